@@ -1,0 +1,190 @@
+//! The one place where failures become distribution-spec error responses.
+//!
+//! ```json
+//! {"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown to registry", "detail": null}]}
+//! ```
+
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::path::RouteError;
+use crate::oci::name::ReferenceError;
+use crate::service::ServiceError;
+
+/// The spec's error codes (plus `UNKNOWN` for server faults), each with its HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    SizeInvalid,
+    Unsupported,
+    PaginationNumberInvalid,
+    RangeNotSatisfiable,
+    ManifestTooLarge,
+    NotFound,
+    Unknown,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::BlobUnknown => "BLOB_UNKNOWN",
+            Code::BlobUploadInvalid | Code::RangeNotSatisfiable => "BLOB_UPLOAD_INVALID",
+            Code::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            Code::DigestInvalid => "DIGEST_INVALID",
+            Code::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
+            Code::ManifestInvalid => "MANIFEST_INVALID",
+            Code::ManifestUnknown => "MANIFEST_UNKNOWN",
+            Code::NameInvalid => "NAME_INVALID",
+            Code::NameUnknown => "NAME_UNKNOWN",
+            Code::SizeInvalid | Code::ManifestTooLarge => "SIZE_INVALID",
+            Code::Unsupported => "UNSUPPORTED",
+            Code::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
+            Code::NotFound => "NOT_FOUND",
+            Code::Unknown => "UNKNOWN",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::BlobUnknown
+            | Code::BlobUploadUnknown
+            | Code::ManifestUnknown
+            | Code::NameUnknown
+            | Code::NotFound => StatusCode::NOT_FOUND,
+            Code::BlobUploadInvalid
+            | Code::DigestInvalid
+            | Code::ManifestBlobUnknown
+            | Code::ManifestInvalid
+            | Code::NameInvalid
+            | Code::SizeInvalid
+            | Code::PaginationNumberInvalid => StatusCode::BAD_REQUEST,
+            Code::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
+            Code::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
+            Code::ManifestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: Code,
+    pub message: String,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    pub fn new(code: Code, message: impl Into<String>) -> ApiError {
+        ApiError { code, message: message.into(), headers: Vec::new() }
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> ApiError {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.code.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self.message, "request failed");
+        }
+        // Server faults say what kind of thing failed, never the backend's own words.
+        let message = if status.is_server_error() { "internal error".to_owned() } else { self.message };
+        let body = serde_json::json!({
+            "errors": [{"code": self.code.as_str(), "message": message, "detail": null}]
+        });
+        let mut resp = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body.to_string())
+            .into_response();
+        resp.headers_mut().extend(self.headers);
+        resp
+    }
+}
+
+impl ApiError {
+    /// A path that does not route. A malformed tag cannot name anything, so reading it is a plain
+    /// `MANIFEST_UNKNOWN`, while pushing to it is `MANIFEST_INVALID`.
+    pub fn from_route(e: RouteError, method: &axum::http::Method) -> ApiError {
+        let code = match &e {
+            RouteError::NotFound => Code::NotFound,
+            RouteError::Name(_) => Code::NameInvalid,
+            RouteError::Digest(_) | RouteError::Reference(ReferenceError::Digest(_)) => Code::DigestInvalid,
+            RouteError::Reference(ReferenceError::Tag(_)) if method == axum::http::Method::PUT => {
+                Code::ManifestInvalid
+            }
+            RouteError::Reference(ReferenceError::Tag(_)) => Code::ManifestUnknown,
+            RouteError::UploadUnknown => Code::BlobUploadUnknown,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let code = match &e {
+            ServiceError::BlobUnknown => Code::BlobUnknown,
+            ServiceError::UploadUnknown => Code::BlobUploadUnknown,
+            ServiceError::UploadInvalid(_) | ServiceError::Body(_) => Code::BlobUploadInvalid,
+            ServiceError::RangeInvalid { .. } => Code::RangeNotSatisfiable,
+            ServiceError::DigestInvalid(_) => Code::DigestInvalid,
+            ServiceError::SizeInvalid(_) => Code::SizeInvalid,
+            ServiceError::ManifestInvalid(_) => Code::ManifestInvalid,
+            ServiceError::ManifestUnknown => Code::ManifestUnknown,
+            ServiceError::ManifestBlobUnknown(_) => Code::ManifestBlobUnknown,
+            ServiceError::NameUnknown => Code::NameUnknown,
+            ServiceError::ManifestTooLarge { .. } => Code::ManifestTooLarge,
+            ServiceError::Storage(_) | ServiceError::Meta(_) => Code::Unknown,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_a_spec_status() {
+        use Code::*;
+        let all = [
+            BlobUnknown,
+            BlobUploadInvalid,
+            BlobUploadUnknown,
+            DigestInvalid,
+            ManifestBlobUnknown,
+            ManifestInvalid,
+            ManifestUnknown,
+            NameInvalid,
+            NameUnknown,
+            SizeInvalid,
+            Unsupported,
+            PaginationNumberInvalid,
+            RangeNotSatisfiable,
+            ManifestTooLarge,
+            NotFound,
+            Unknown,
+        ];
+        for c in all {
+            assert!(c.status().is_client_error() || c == Unknown, "{c:?}");
+            assert!(c.as_str().chars().all(|x| x.is_ascii_uppercase() || x == '_'));
+        }
+        assert_eq!(ManifestTooLarge.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(RangeNotSatisfiable.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    }
+
+    #[test]
+    fn server_faults_hide_backend_text() {
+        let e = ApiError::new(Code::Unknown, "disk /secret/path exploded");
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

@@ -1,0 +1,334 @@
+//! One handler per endpoint: parse headers and query into typed values, make one service call,
+//! shape the response. No OCI logic lives here.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::BodyExt;
+
+use super::error::{ApiError, Code};
+use super::path::Route;
+use super::AppState;
+use crate::oci::range::{parse_content_range, parse_range, ChunkRange};
+use crate::oci::{Digest, Reference, RepoName, UploadId};
+use crate::service::{BodyStream, Listing, UploadState};
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+const DIGEST_HEADER: &str = "docker-content-digest";
+const UPLOAD_UUID_HEADER: &str = "docker-upload-uuid";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+pub(super) async fn handle(st: &AppState, req: &Parts, route: Route, body: Body) -> Result<Response> {
+    let reg = &st.registry;
+    let m = &req.method;
+    let head = *m == Method::HEAD;
+    match route {
+        Route::Base if *m == Method::GET || head => Ok(json_response(StatusCode::OK, "{}".into())),
+        Route::Catalog if *m == Method::GET => {
+            let (n, last) = pagination(req)?;
+            let page = reg.catalog(n, last).await?;
+            Ok(listing_response("/v2/_catalog", n, &page, serde_json::json!({"repositories": page.items})))
+        }
+        Route::Tags(repo) if *m == Method::GET => {
+            let (n, last) = pagination(req)?;
+            let page = reg.tags(&repo, n, last).await?;
+            let body = serde_json::json!({"name": repo.as_str(), "tags": page.items});
+            Ok(listing_response(&format!("/v2/{repo}/tags/list"), n, &page, body))
+        }
+        Route::Manifest(repo, r) if *m == Method::GET || head => get_manifest(st, &repo, &r, head).await,
+        Route::Manifest(repo, r) if *m == Method::PUT => put_manifest(st, req, &repo, &r, body).await,
+        Route::Manifest(repo, r) if *m == Method::DELETE => {
+            reg.delete_manifest(&repo, &r).await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        Route::Blob(repo, d) if *m == Method::GET || head => get_blob(st, req, &repo, &d, head).await,
+        Route::Blob(repo, d) if *m == Method::DELETE => {
+            reg.delete_blob(&repo, &d).await?;
+            Ok(with_digest(StatusCode::ACCEPTED.into_response(), &d))
+        }
+        Route::UploadStart(repo) if *m == Method::POST => start_upload(st, req, &repo, body).await,
+        Route::Upload(repo, id) if *m == Method::GET => {
+            let state = reg.upload_status(&repo, id).await?;
+            Ok(upload_response(StatusCode::NO_CONTENT, &repo, state))
+        }
+        Route::Upload(repo, id) if *m == Method::PATCH => {
+            let (range, len) = chunk_headers(&req.headers)?;
+            let state = reg
+                .upload_chunk(&repo, id, range, len, stream(body))
+                .await
+                .map_err(|e| resumable(e, &repo, id))?;
+            Ok(upload_response(StatusCode::ACCEPTED, &repo, state))
+        }
+        Route::Upload(repo, id) if *m == Method::PUT => {
+            let digest = required_digest(req)?;
+            let (range, len) = chunk_headers(&req.headers)?;
+            let body = stream(body);
+            reg.finish_upload(&repo, id, &digest, range, len, body)
+                .await
+                .map_err(|e| resumable(e, &repo, id))?;
+            Ok(created_blob(&repo, &digest))
+        }
+        Route::Upload(repo, id) if *m == Method::DELETE => {
+            reg.cancel_upload(&repo, id).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Route::Referrers(repo, subject) if *m == Method::GET => referrers(st, req, &repo, &subject).await,
+        _ => Err(ApiError::new(Code::Unsupported, format!("{m} is not supported on this endpoint"))),
+    }
+}
+
+fn query(req: &Parts) -> HashMap<String, String> {
+    axum::extract::Query::<HashMap<String, String>>::try_from_uri(&req.uri).map(|q| q.0).unwrap_or_default()
+}
+
+fn pagination(req: &Parts) -> Result<(Option<usize>, Option<String>)> {
+    let q = query(req);
+    let n =
+        match q.get("n") {
+            None => None,
+            Some(v) => Some(v.parse::<usize>().map_err(|_| {
+                ApiError::new(Code::PaginationNumberInvalid, "n must be a non-negative integer")
+            })?),
+        };
+    Ok((n, q.get("last").cloned()))
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// A sorted listing page; `Link` names the next page when one follows.
+fn listing_response(path: &str, n: Option<usize>, page: &Listing, body: serde_json::Value) -> Response {
+    let mut resp = json_response(StatusCode::OK, body.to_string());
+    if page.more {
+        if let Some(last) = page.items.last() {
+            let n = n.unwrap_or(page.items.len());
+            let last = percent_encoding::utf8_percent_encode(last, percent_encoding::NON_ALPHANUMERIC);
+            let link = format!("<{path}?n={n}&last={last}>; rel=\"next\"");
+            if let Ok(v) = HeaderValue::from_str(&link) {
+                resp.headers_mut().insert(header::LINK, v);
+            }
+        }
+    }
+    resp
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    // Everything passed here is built from validated names, digests and numbers.
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+fn with_digest(mut resp: Response, digest: &Digest) -> Response {
+    resp.headers_mut().insert(DIGEST_HEADER, header_value(digest.as_str()));
+    resp
+}
+
+async fn get_manifest(st: &AppState, repo: &RepoName, r: &Reference, head: bool) -> Result<Response> {
+    let (record, body) = if head {
+        (st.registry.head_manifest(repo, r).await?, Bytes::new())
+    } else {
+        st.registry.get_manifest(repo, r).await?
+    };
+    let mut resp = Response::new(Body::from(body));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, header_value(&record.media_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(record.size));
+    h.insert(header::ETAG, header_value(&format!("\"{}\"", record.digest)));
+    Ok(with_digest(resp, &record.digest))
+}
+
+async fn put_manifest(
+    st: &AppState,
+    req: &Parts,
+    repo: &RepoName,
+    r: &Reference,
+    body: Body,
+) -> Result<Response> {
+    let limit = st.registry.limits().max_manifest_bytes;
+    let too_large = || {
+        ApiError::new(Code::ManifestTooLarge, format!("manifest is larger than the {limit} bytes accepted"))
+    };
+    if content_length(&req.headers)?.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => return Err(ApiError::new(Code::ManifestInvalid, format!("reading manifest failed: {e}"))),
+    };
+    let content_type = req.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let put = st.registry.put_manifest(repo, r, content_type, bytes).await?;
+    let mut resp = StatusCode::CREATED.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, header_value(&format!("/v2/{repo}/manifests/{}", put.digest)));
+    if let Some(subject) = &put.subject {
+        h.insert("oci-subject", header_value(subject.as_str()));
+    }
+    Ok(with_digest(resp, &put.digest))
+}
+
+async fn get_blob(st: &AppState, req: &Parts, repo: &RepoName, d: &Digest, head: bool) -> Result<Response> {
+    let range = req.headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(parse_range);
+    let read = match st.registry.get_blob(repo, d, range, !head).await? {
+        Ok(read) => read,
+        Err(size) => {
+            return Err(ApiError::new(Code::RangeNotSatisfiable, "requested range is not satisfiable")
+                .with_header(header::CONTENT_RANGE, header_value(&format!("bytes */{size}"))));
+        }
+    };
+    let body = read.body.map_or_else(Body::empty, Body::from_stream);
+    let (status, len) = match read.range {
+        Some((start, end)) => (StatusCode::PARTIAL_CONTENT, end - start + 1),
+        None => (StatusCode::OK, read.size),
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::ETAG, header_value(&format!("\"{d}\"")));
+    if let Some((start, end)) = read.range {
+        h.insert(header::CONTENT_RANGE, header_value(&format!("bytes {start}-{end}/{}", read.size)));
+    }
+    Ok(with_digest(resp, d))
+}
+
+async fn start_upload(st: &AppState, req: &Parts, repo: &RepoName, body: Body) -> Result<Response> {
+    let q = query(req);
+    let reg = &st.registry;
+    if let Some(mount) = q.get("mount") {
+        let digest: Digest = mount.parse().map_err(|e| ApiError::new(Code::DigestInvalid, format!("{e}")))?;
+        // An unusable `from` means no mount, not an error: the client then uploads.
+        let from = match q.get("from") {
+            Some(f) => f.parse::<RepoName>().ok().map(Some),
+            None => Some(None),
+        };
+        if let Some(from) = from {
+            if reg.mount_blob(repo, &digest, from.as_ref()).await?.is_some() {
+                return Ok(created_blob(repo, &digest));
+            }
+        }
+    }
+    if let Some(d) = q.get("digest") {
+        let digest: Digest = d.parse().map_err(|e| ApiError::new(Code::DigestInvalid, format!("{e}")))?;
+        let len = content_length(&req.headers)?;
+        reg.put_blob(repo, &digest, len, stream(body)).await?;
+        return Ok(created_blob(repo, &digest));
+    }
+    let state = reg.start_upload(repo).await?;
+    Ok(upload_response(StatusCode::ACCEPTED, repo, state))
+}
+
+async fn referrers(st: &AppState, req: &Parts, repo: &RepoName, subject: &Digest) -> Result<Response> {
+    let q = query(req);
+    let filter = q.get("artifactType").filter(|s| !s.is_empty());
+    let found = st.registry.referrers(repo, subject, filter.map(String::as_str)).await?;
+    let manifests: Vec<serde_json::Value> = found
+        .into_iter()
+        .map(|r| {
+            let mut d = serde_json::json!({
+                "mediaType": r.media_type,
+                "digest": r.digest.as_str(),
+                "size": r.size,
+            });
+            if let Some(at) = r.artifact_type {
+                d["artifactType"] = at.into();
+            }
+            if let Some(a) = r.annotations.and_then(|a| serde_json::from_str::<serde_json::Value>(&a).ok()) {
+                d["annotations"] = a;
+            }
+            d
+        })
+        .collect();
+    let body = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
+    let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, OCI_INDEX)], body.to_string()).into_response();
+    if filter.is_some() {
+        resp.headers_mut().insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
+    }
+    Ok(resp)
+}
+
+fn created_blob(repo: &RepoName, digest: &Digest) -> Response {
+    let mut resp = StatusCode::CREATED.into_response();
+    resp.headers_mut().insert(header::LOCATION, header_value(&format!("/v2/{repo}/blobs/{digest}")));
+    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    with_digest(resp, digest)
+}
+
+fn upload_location(repo: &RepoName, id: UploadId) -> HeaderValue {
+    header_value(&format!("/v2/{repo}/blobs/uploads/{id}"))
+}
+
+/// `Range: 0-<last byte received>` (`0-0` before the first byte, as Distribution writes it).
+fn range_value(received: u64) -> HeaderValue {
+    header_value(&format!("0-{}", received.saturating_sub(1)))
+}
+
+fn upload_response(status: StatusCode, repo: &RepoName, state: UploadState) -> Response {
+    let mut resp = status.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, upload_location(repo, state.id));
+    h.insert(header::RANGE, range_value(state.received));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    h.insert(UPLOAD_UUID_HEADER, header_value(&state.id.to_string()));
+    h.insert(HeaderName::from_static("oci-chunk-min-length"), HeaderValue::from(0));
+    resp
+}
+
+/// A 416 tells the client where the upload stands, so it can resume from there.
+fn resumable(e: crate::service::ServiceError, repo: &RepoName, id: UploadId) -> ApiError {
+    let received = match &e {
+        crate::service::ServiceError::RangeInvalid { received } => Some(*received),
+        _ => None,
+    };
+    let err = ApiError::from(e);
+    match received {
+        Some(r) => err
+            .with_header(header::LOCATION, upload_location(repo, id))
+            .with_header(header::RANGE, range_value(r))
+            .with_header(HeaderName::from_static(UPLOAD_UUID_HEADER), header_value(&id.to_string())),
+        None => err,
+    }
+}
+
+fn required_digest(req: &Parts) -> Result<Digest> {
+    let q = query(req);
+    let d = q
+        .get("digest")
+        .ok_or_else(|| ApiError::new(Code::DigestInvalid, "digest query parameter is required"))?;
+    d.parse().map_err(|e| ApiError::new(Code::DigestInvalid, format!("{e}")))
+}
+
+fn content_length(h: &HeaderMap) -> Result<Option<u64>> {
+    match h.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::new(Code::SizeInvalid, "Content-Length is not a number")),
+    }
+}
+
+fn chunk_headers(h: &HeaderMap) -> Result<(Option<ChunkRange>, Option<u64>)> {
+    let len = content_length(h)?;
+    let range = match h.get(header::CONTENT_RANGE) {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(parse_content_range).ok_or_else(|| {
+            ApiError::new(Code::RangeNotSatisfiable, "Content-Range must be <start>-<end>")
+        })?),
+    };
+    Ok((range, len))
+}
+
+fn stream(body: Body) -> BodyStream {
+    Box::pin(body.into_data_stream().map(|r| r.map_err(std::io::Error::other)))
+}

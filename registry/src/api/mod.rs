@@ -1,0 +1,96 @@
+//! The HTTP edge: the only module that knows HTTP.
+//!
+//! One catch-all route takes every `/v2/...` request; [`path::parse`] turns the raw path into a
+//! typed [`path::Route`], a handler turns headers and query into typed values and calls one
+//! [`Registry`] method, and [`error`] maps whatever failed to the spec's error envelope.
+
+pub mod error;
+mod handlers;
+pub mod path;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use tracing::Instrument;
+
+use crate::service::Registry;
+use crate::telemetry::Metrics;
+use error::{ApiError, Code};
+use path::Route;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The whole HTTP application; tests drive it without a socket.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v2", any(distribution))
+        .route("/v2/", any(distribution))
+        .route("/v2/{*rest}", any(distribution))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
+        .with_state(state)
+}
+
+async fn distribution(State(st): State<AppState>, req: Request) -> Response {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let route = path::parse(parts.uri.path());
+    let kind = route.as_ref().map(Route::kind).unwrap_or("invalid");
+    let mut resp = match route {
+        Ok(route) => {
+            let body = st.metrics.count_body_in(body);
+            let span = tracing::debug_span!("request", endpoint = kind, method = %parts.method);
+            match handlers::handle(&st, &parts, route, body).instrument(span).await {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
+            }
+        }
+        Err(e) => ApiError::from_route(e, &parts.method).into_response(),
+    };
+    resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    st.metrics.observe_request(kind, &parts.method, resp.status(), started.elapsed());
+    if parts.method == Method::HEAD {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, st.metrics.count_body_out(body))
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    match st.registry.ready().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+        }
+    }
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    if let Ok(n) = st.registry.meta().count_uploads().await {
+        st.metrics.set_upload_sessions(n);
+    }
+    match st.metrics.render() {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            Body::from(text),
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}

@@ -1,0 +1,365 @@
+//! `berth`'s configuration: parsed once into validated types.
+//!
+//! This module compiles without the `server` feature, so `berth-operator` renders configs from
+//! these very types and a test proves `berth` parses whatever the operator writes.
+//!
+//! ```yaml
+//! listen: 127.0.0.1:5000
+//! data_dir: ./berth-data
+//! log: { level: info, format: text }        # format: text | json
+//! tls: { cert: tls.crt, key: tls.key }      # reloaded when the files change
+//! storage: { kind: filesystem }             # path defaults to <data_dir>/storage; or kind: memory
+//! metadata: { kind: sqlite }                # path defaults to <data_dir>/meta.db
+//! limits: { max_manifest_bytes: 4194304, upload_ttl: 24h, shutdown_grace: 30s }
+//! ```
+//! Precedence: command-line flags, then `BERTH_*` environment variables, then the file, then the
+//! defaults above.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub metadata: MetadataConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:5000".into()
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./berth-data")
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            log: LogConfig::default(),
+            tls: None,
+            storage: StorageConfig::default(),
+            metadata: MetadataConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "default_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: default_level(), format: LogFormat::Text }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// How often the files are checked for changes.
+    #[serde(default = "default_reload", with = "duration")]
+    pub reload_interval: Duration,
+}
+
+fn default_reload() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StorageConfig {
+    Filesystem {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<PathBuf>,
+    },
+    Memory,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig::Filesystem { path: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum MetadataConfig {
+    Sqlite {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<PathBuf>,
+    },
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig::Sqlite { path: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default = "default_manifest_bytes")]
+    pub max_manifest_bytes: u64,
+    #[serde(default = "default_upload_ttl", with = "duration")]
+    pub upload_ttl: Duration,
+    /// How long in-flight requests may run after a shutdown signal.
+    #[serde(default = "default_grace", with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+fn default_manifest_bytes() -> u64 {
+    4 << 20
+}
+
+fn default_upload_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_manifest_bytes: default_manifest_bytes(),
+            upload_ttl: default_upload_ttl(),
+            shutdown_grace: default_grace(),
+        }
+    }
+}
+
+/// A config error, naming the file and the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.field.as_str() {
+            "" | "." => write!(f, "{}: {}", self.file, self.message),
+            field => write!(f, "{}: {}: {}", self.file, field, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Parses and validates YAML; `file` names the source in errors.
+    pub fn from_yaml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let err = |field: String, message: String| ConfigError { file: file.to_owned(), field, message };
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            let de = serde_yaml::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de)
+                .map_err(|e| err(e.path().to_string(), e.into_inner().to_string()))?
+        };
+        config.validate().map_err(|(field, message)| err(field.to_owned(), message))?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            field: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::from_yaml(&text, &path.display().to_string())
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).unwrap_or_default()
+    }
+
+    /// Cross-field checks; returns the offending field and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.listen_addr().map_err(|m| ("listen", m))?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(("data_dir", "must not be empty".into()));
+        }
+        if !matches!(self.log.format, LogFormat::Text | LogFormat::Json) {
+            return Err(("log.format", "must be text or json".into()));
+        }
+        if self.log.level.trim().is_empty() {
+            return Err(("log.level", "must not be empty (e.g. info, debug, berth=debug)".into()));
+        }
+        if self.limits.max_manifest_bytes < 1024 {
+            return Err(("limits.max_manifest_bytes", "must be at least 1024".into()));
+        }
+        if self.limits.upload_ttl < Duration::from_secs(60) {
+            return Err(("limits.upload_ttl", "must be at least 1m".into()));
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cert.as_os_str().is_empty() || tls.key.as_os_str().is_empty() {
+                return Err(("tls", "cert and key are both required".into()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen
+            .parse()
+            .map_err(|_| format!("{:?} is not an address like 127.0.0.1:5000 or [::]:5000", self.listen))
+    }
+
+    pub fn storage_path(&self) -> Option<PathBuf> {
+        match &self.storage {
+            StorageConfig::Filesystem { path } => {
+                Some(path.clone().unwrap_or_else(|| self.data_dir.join("storage")))
+            }
+            StorageConfig::Memory => None,
+        }
+    }
+
+    pub fn sqlite_path(&self) -> PathBuf {
+        match &self.metadata {
+            MetadataConfig::Sqlite { path } => path.clone().unwrap_or_else(|| self.data_dir.join("meta.db")),
+        }
+    }
+}
+
+/// Durations written as `500ms`, `30s`, `5m`, `24h` or `7d`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 5m or 24h"))?;
+        let ms = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(format!("{s:?} needs a unit: ms, s, m, h or d")),
+        };
+        n.checked_mul(ms).map(Duration::from_millis).ok_or_else(|| format!("{s:?} is too long"))
+    }
+
+    pub fn format(d: &Duration) -> String {
+        let ms = d.as_millis();
+        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+            if ms >= size && ms % size == 0 {
+                return format!("{}{unit}", ms / size);
+            }
+        }
+        format!("{ms}ms")
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(Config::from_yaml("", "c.yaml").unwrap(), Config::default());
+        let c = Config::default();
+        assert_eq!(c.listen_addr().unwrap().port(), 5000);
+        assert_eq!(c.storage_path(), Some(PathBuf::from("./berth-data/storage")));
+        assert_eq!(c.sqlite_path(), PathBuf::from("./berth-data/meta.db"));
+    }
+
+    #[test]
+    fn full_file_round_trips() {
+        let text = "listen: 0.0.0.0:5443\ndata_dir: /var/lib/berth\nlog: {level: debug, format: json}\n\
+                    tls: {cert: /tls/tls.crt, key: /tls/tls.key, reload_interval: 2s}\n\
+                    storage: {kind: filesystem, path: /data}\nmetadata: {kind: sqlite}\n\
+                    limits: {max_manifest_bytes: 8388608, upload_ttl: 2h, shutdown_grace: 5s}\n";
+        let c = Config::from_yaml(text, "c.yaml").unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.tls.as_ref().unwrap().reload_interval, Duration::from_secs(2));
+        assert_eq!(c.limits.upload_ttl, Duration::from_secs(7200));
+        assert_eq!(Config::from_yaml(&c.to_yaml(), "again").unwrap(), c);
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let e = Config::from_yaml("storage: {kind: s4}", "berth.yaml").unwrap_err();
+        assert_eq!(e.file, "berth.yaml");
+        assert_eq!(e.field, "storage.kind");
+        assert!(e.to_string().starts_with("berth.yaml: storage.kind: "), "{e}");
+
+        let e = Config::from_yaml("limits: {upload_ttl: forever}", "b.yaml").unwrap_err();
+        assert_eq!(e.field, "limits.upload_ttl");
+
+        let e = Config::from_yaml("listen: nowhere", "b.yaml").unwrap_err();
+        assert_eq!(e.field, "listen");
+
+        let e = Config::from_yaml("lsiten: 1.2.3.4:5", "b.yaml").unwrap_err();
+        assert!(e.message.contains("lsiten"), "{e}");
+
+        let e = Config::from_yaml("log: {format: xml}", "b.yaml").unwrap_err();
+        assert_eq!(e.field, "log.format");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration::parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration::parse("7d"), Ok(Duration::from_secs(7 * 86400)));
+        for bad in ["", "5", "s", "1.5h", "-1s", "99999999999999999999d"] {
+            assert!(duration::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(duration::format(&Duration::from_secs(90)), "90s");
+        assert_eq!(duration::format(&Duration::from_secs(3600)), "1h");
+    }
+}

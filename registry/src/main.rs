@@ -1,0 +1,141 @@
+//! `berth`: serve the registry, or check a config file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use berth_registry::config::{Config, LogFormat, TlsConfig};
+use berth_registry::server;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "Berth: an OCI container registry and pull-through cache")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the registry (with no configuration: 127.0.0.1:5000, data in ./berth-data).
+    Serve(ServeArgs),
+    /// Validate a config file and explain what is wrong with it.
+    CheckConfig {
+        /// The YAML config file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// YAML config file; flags and BERTH_* variables override what it says.
+    #[arg(long, short, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:5000.
+    #[arg(long, env = "BERTH_LISTEN")]
+    listen: Option<String>,
+    /// Directory for content and metadata.
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log filter, e.g. info, debug, berth_registry=debug.
+    #[arg(long, env = "BERTH_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "BERTH_LOG_FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    /// TLS certificate (PEM); with --tls-key, serves HTTPS.
+    #[arg(long, env = "BERTH_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "BERTH_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    fn config(self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = self.data_dir {
+            c.data_dir = v;
+        }
+        if let Some(v) = self.log_level {
+            c.log.level = v;
+        }
+        if let Some(v) = self.log_format {
+            c.log.format = if v == "json" { LogFormat::Json } else { LogFormat::Text };
+        }
+        if let (Some(cert), Some(key)) = (self.tls_cert, self.tls_key) {
+            let reload_interval =
+                c.tls.as_ref().map_or(std::time::Duration::from_secs(10), |t| t.reload_interval);
+            c.tls = Some(TlsConfig { cert, key, reload_interval });
+        }
+        c.validate().map_err(|(field, msg)| anyhow::anyhow!("{field}: {msg}"))?;
+        Ok(c)
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    init_logging(&config);
+    let addr = config.listen_addr().map_err(anyhow::Error::msg)?;
+    let state = server::build_state(&config)?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    tracing::info!(
+        address = %listener.local_addr()?,
+        data_dir = %config.data_dir.display(),
+        "berth {} listening on {scheme}://{}",
+        env!("CARGO_PKG_VERSION"),
+        listener.local_addr()?
+    );
+    server::serve(&config, state, listener, server::shutdown_signal()).await?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::from_file(&file) {
+            Ok(c) => {
+                println!("{}: ok (listen {}, data in {})", file.display(), c.listen, c.data_dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("berth: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("berth: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Metadata: which repositories exist, which blobs each may read, manifests and the edges from them
+//! to their blobs, children and subject, tags, and upload sessions.
+//!
+//! Content bytes live in [`crate::storage`]; this is the index over them. Every manifest PUT
+//! checks and records its references in one transaction, so a manifest is never visible with a
+//! dangling reference. [`sqlite`] is the embedded default; the trait is written so that a
+//! PostgreSQL store (for several replicas over shared storage) fits beside it.
+
+pub mod sqlite;
+#[cfg(test)]
+pub(crate) mod testsuite;
+
+use crate::oci::{Digest, Reference, RepoName, Tag, UploadId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("blob {0} is not known in this repository")]
+    BlobUnknown(Digest),
+    #[error("manifest {0} is not known in this repository")]
+    ManifestUnknown(Digest),
+    #[error("upload session is unknown")]
+    UploadUnknown,
+    #[error("upload has {current} bytes, not as many as the chunk assumed")]
+    UploadOffset { current: u64 },
+    #[error("metadata store failed: {0}")]
+    Db(String),
+}
+
+pub type Result<T> = std::result::Result<T, MetaError>;
+
+/// What serving a manifest needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRecord {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// A manifest about to be recorded, with everything it refers to.
+#[derive(Debug, Clone)]
+pub struct NewManifest {
+    pub repo: RepoName,
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    pub subject: Option<Digest>,
+    /// The manifest's `annotations`, as a JSON object.
+    pub annotations: Option<String>,
+    pub blobs: Vec<Digest>,
+    pub manifests: Vec<Digest>,
+    pub tag: Option<Tag>,
+}
+
+/// One entry of a referrers response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referrer {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    pub annotations: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub id: UploadId,
+    pub repo: RepoName,
+    pub received: u64,
+    /// The chunks received, in order.
+    pub parts: Vec<UploadPart>,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadPart {
+    pub start: u64,
+    pub size: u64,
+    pub nonce: String,
+}
+
+/// `n`/`last` pagination: at most `limit` names sorted after `last`.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub limit: usize,
+    pub last: Option<String>,
+}
+
+#[async_trait::async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    /// Size of `digest` if the repository may read it.
+    async fn blob_in_repo(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>>;
+    /// Size of `digest` if it is committed anywhere.
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// Repositories that hold `digest` (for mounts without `from`), at most `limit`.
+    async fn repos_with_blob(&self, digest: &Digest, limit: usize) -> Result<Vec<RepoName>>;
+    /// Records committed content and makes it readable in `repo`.
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()>;
+    /// Makes `digest` unreadable in `repo`; false if it was not there.
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+
+    /// Checks every reference and records the manifest (and tag) in one transaction.
+    async fn put_manifest(&self, m: NewManifest) -> Result<()>;
+    async fn manifest(&self, repo: &RepoName, r: &Reference) -> Result<Option<ManifestRecord>>;
+    /// Deletes the manifest and the tags that point at it; false if it was not there.
+    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;
+    /// Tags sorted; `None` if the repository does not exist. Returns up to `limit + 1` so the
+    /// caller can tell whether another page follows.
+    async fn tags(&self, repo: &RepoName, page: &Page) -> Result<Option<Vec<String>>>;
+    /// Repository names sorted, up to `limit + 1`.
+    async fn catalog(&self, page: &Page) -> Result<Vec<String>>;
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>>;
+
+    async fn create_upload(&self, id: UploadId, repo: &RepoName, now: i64) -> Result<()>;
+    async fn upload(&self, id: UploadId) -> Result<Option<Upload>>;
+    /// Appends a chunk if the session still has exactly `part.start` bytes; returns the new total.
+    async fn add_upload_part(&self, id: UploadId, part: &UploadPart, now: i64) -> Result<u64>;
+    async fn delete_upload(&self, id: UploadId) -> Result<bool>;
+    /// Sessions last touched before `before`.
+    async fn stale_uploads(&self, before: i64, limit: usize) -> Result<Vec<UploadId>>;
+    async fn count_uploads(&self) -> Result<u64>;
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,536 @@
+//! The embedded metadata store: one SQLite file in WAL mode.
+//!
+//! One connection writes (SQLite allows one writer at a time anyway); a small pool of connections
+//! reads concurrently. All calls run on the blocking thread pool. `synchronous=NORMAL` in WAL mode
+//! keeps the database consistent across crashes; a power loss may drop the last few commits, never
+//! corrupt it.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use super::{ManifestRecord, MetaError, MetaStore, NewManifest, Page, Referrer, Result, Upload, UploadPart};
+use crate::oci::{Digest, Reference, RepoName, Tag, UploadId};
+
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+const MAX_IDLE_READERS: usize = 8;
+
+#[derive(Clone)]
+pub struct SqliteMeta {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl From<rusqlite::Error> for MetaError {
+    fn from(e: rusqlite::Error) -> Self {
+        MetaError::Db(e.to_string())
+    }
+}
+
+fn corrupt(what: &str, value: &str) -> MetaError {
+    MetaError::Db(format!("stored {what} {value:?} does not parse"))
+}
+
+fn parse<T: FromStr>(what: &str, value: String) -> Result<T> {
+    value.parse().map_err(|_| corrupt(what, &value))
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(MetaError::Db(format!(
+            "database schema version {version} is newer than this berth understands ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl SqliteMeta {
+    pub fn open(path: impl Into<PathBuf>) -> Result<SqliteMeta> {
+        let path = path.into();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| MetaError::Db(e.to_string()))?;
+        }
+        let mut writer = open_connection(&path)?;
+        migrate(&mut writer)?;
+        Ok(SqliteMeta {
+            inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }),
+        })
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        run_blocking(move || {
+            let pooled = inner.readers.lock().map_err(|_| poisoned())?.pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_connection(&inner.path)?,
+            };
+            let out = f(&conn);
+            let mut idle = inner.readers.lock().map_err(|_| poisoned())?;
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+            out
+        })
+        .await
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        run_blocking(move || {
+            let mut conn = inner.writer.lock().map_err(|_| poisoned())?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn poisoned() -> MetaError {
+    MetaError::Db("metadata connection lock poisoned".into())
+}
+
+async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| MetaError::Db(e.to_string()))?
+}
+
+fn repo_id(conn: &Connection, repo: &str) -> Result<Option<i64>> {
+    Ok(conn.query_row("SELECT id FROM repositories WHERE name = ?1", [repo], |r| r.get(0)).optional()?)
+}
+
+fn ensure_repo(tx: &Transaction<'_>, repo: &str, now: i64) -> Result<i64> {
+    tx.execute(
+        "INSERT INTO repositories (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+        params![repo, now],
+    )?;
+    repo_id(tx, repo)?.ok_or_else(|| MetaError::Db("repository vanished while inserting".into()))
+}
+
+fn insert_blob(tx: &Transaction<'_>, digest: &str, size: u64, now: i64) -> Result<()> {
+    tx.execute(
+        "INSERT INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (digest) DO NOTHING",
+        params![digest, size as i64, now],
+    )?;
+    Ok(())
+}
+
+/// Names sorted after `page.last`, at most `page.limit + 1` of them.
+fn page_query(conn: &Connection, sql: &str, scope: Option<i64>, page: &Page) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let last = page.last.clone().unwrap_or_default();
+    let limit = page.limit.saturating_add(1).min(i64::MAX as usize) as i64;
+    let name = |r: &rusqlite::Row<'_>| r.get::<_, String>(0);
+    let rows: rusqlite::Result<Vec<String>> = match scope {
+        Some(id) => stmt.query_map(params![id, last, limit], name)?.collect(),
+        None => stmt.query_map(params![last, limit], name)?.collect(),
+    };
+    Ok(rows?)
+}
+
+#[async_trait::async_trait]
+impl MetaStore for SqliteMeta {
+    async fn blob_in_repo(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.read(move |c| {
+            let size: Option<i64> = c
+                .prepare_cached(
+                    "SELECT b.size FROM repository_blobs rb
+                     JOIN repositories r ON r.id = rb.repository_id
+                     JOIN blobs b ON b.digest = rb.digest
+                     WHERE r.name = ?1 AND rb.digest = ?2",
+                )?
+                .query_row([repo, digest], |r| r.get(0))
+                .optional()?;
+            Ok(size.map(|s| s as u64))
+        })
+        .await
+    }
+
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let digest = digest.to_string();
+        self.read(move |c| {
+            let size: Option<i64> = c
+                .prepare_cached("SELECT size FROM blobs WHERE digest = ?1")?
+                .query_row([digest], |r| r.get(0))
+                .optional()?;
+            Ok(size.map(|s| s as u64))
+        })
+        .await
+    }
+
+    async fn repos_with_blob(&self, digest: &Digest, limit: usize) -> Result<Vec<RepoName>> {
+        let digest = digest.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
+                 WHERE rb.digest = ?1 ORDER BY r.name LIMIT ?2",
+            )?;
+            let names = stmt
+                .query_map(params![digest, limit as i64], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            names.into_iter().map(|n| parse("repository name", n)).collect()
+        })
+        .await
+    }
+
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(move |tx| {
+            let now = super::now();
+            insert_blob(tx, &digest, size, now)?;
+            let id = ensure_repo(tx, &repo, now)?;
+            tx.execute(
+                "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
+                params![id, digest, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(move |tx| {
+            let n = tx.execute(
+                "DELETE FROM repository_blobs WHERE digest = ?2
+                 AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
+                params![repo, digest],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn put_manifest(&self, m: NewManifest) -> Result<()> {
+        self.write(move |tx| put_manifest_tx(tx, &m)).await
+    }
+
+    async fn manifest(&self, repo: &RepoName, r: &Reference) -> Result<Option<ManifestRecord>> {
+        let repo = repo.to_string();
+        let r = r.clone();
+        self.read(move |c| {
+            let row = match &r {
+                Reference::Digest(d) => c
+                    .prepare_cached(
+                        "SELECT m.digest, m.media_type, m.size FROM manifests m
+                         JOIN repositories r ON r.id = m.repository_id
+                         WHERE r.name = ?1 AND m.digest = ?2",
+                    )?
+                    .query_row([repo.as_str(), d.as_str()], row_to_triple)
+                    .optional()?,
+                Reference::Tag(t) => c
+                    .prepare_cached(
+                        "SELECT m.digest, m.media_type, m.size FROM tags t
+                         JOIN repositories r ON r.id = t.repository_id
+                         JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
+                         WHERE r.name = ?1 AND t.name = ?2",
+                    )?
+                    .query_row([repo.as_str(), t.as_str()], row_to_triple)
+                    .optional()?,
+            };
+            row.map(|(digest, media_type, size)| {
+                Ok(ManifestRecord { digest: parse("digest", digest)?, media_type, size: size as u64 })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(move |tx| {
+            let Some(id) = repo_id(tx, &repo)? else { return Ok(false) };
+            tx.execute("DELETE FROM tags WHERE repository_id = ?1 AND digest = ?2", params![id, digest])?;
+            let n = tx.execute(
+                "DELETE FROM manifests WHERE repository_id = ?1 AND digest = ?2",
+                params![id, digest],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        let (repo, tag) = (repo.to_string(), tag.to_string());
+        self.write(move |tx| {
+            let n = tx.execute(
+                "DELETE FROM tags WHERE name = ?2
+                 AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
+                params![repo, tag],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn tags(&self, repo: &RepoName, page: &Page) -> Result<Option<Vec<String>>> {
+        let (repo, page) = (repo.to_string(), page.clone());
+        self.read(move |c| {
+            let Some(id) = repo_id(c, &repo)? else { return Ok(None) };
+            let sql = "SELECT name FROM tags WHERE repository_id = ?1 AND name > ?2
+                       ORDER BY name LIMIT ?3";
+            page_query(c, sql, Some(id), &page).map(Some)
+        })
+        .await
+    }
+
+    async fn catalog(&self, page: &Page) -> Result<Vec<String>> {
+        let page = page.clone();
+        self.read(move |c| {
+            let sql = "SELECT name FROM repositories WHERE name > ?1 ORDER BY name LIMIT ?2";
+            page_query(c, sql, None, &page)
+        })
+        .await
+    }
+
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        let (repo, subject) = (repo.to_string(), subject.to_string());
+        let artifact_type = artifact_type.map(str::to_owned);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations
+                 FROM manifests m JOIN repositories r ON r.id = m.repository_id
+                 WHERE r.name = ?1 AND m.subject = ?2
+                   AND (?3 IS NULL OR m.artifact_type = ?3)
+                 ORDER BY m.created_at, m.digest",
+            )?;
+            let rows = stmt
+                .query_map(params![repo, subject, artifact_type], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter()
+                .map(|(digest, media_type, size, artifact_type, annotations)| {
+                    Ok(Referrer {
+                        digest: parse("digest", digest)?,
+                        media_type,
+                        size: size as u64,
+                        artifact_type,
+                        annotations,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn create_upload(&self, id: UploadId, repo: &RepoName, now: i64) -> Result<()> {
+        let repo = repo.to_string();
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO uploads (id, repository, received, created_at, updated_at)
+                 VALUES (?1, ?2, 0, ?3, ?3)",
+                params![id.to_string(), repo, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn upload(&self, id: UploadId) -> Result<Option<Upload>> {
+        self.read(move |c| {
+            let key = id.to_string();
+            let head: Option<(String, i64, i64)> = c
+                .prepare_cached("SELECT repository, received, updated_at FROM uploads WHERE id = ?1")?
+                .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((repo, received, updated_at)) = head else { return Ok(None) };
+            let parts = c
+                .prepare_cached(
+                    "SELECT start, size, nonce FROM upload_parts WHERE upload_id = ?1 ORDER BY start",
+                )?
+                .query_map([&key], |r| {
+                    Ok(UploadPart {
+                        start: r.get::<_, i64>(0)? as u64,
+                        size: r.get::<_, i64>(1)? as u64,
+                        nonce: r.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some(Upload {
+                id,
+                repo: parse("repository name", repo)?,
+                received: received as u64,
+                parts,
+                updated_at,
+            }))
+        })
+        .await
+    }
+
+    async fn add_upload_part(&self, id: UploadId, part: &UploadPart, now: i64) -> Result<u64> {
+        let UploadPart { start, size, nonce } = part.clone();
+        if !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(MetaError::Db("upload part nonce must be hex".into()));
+        }
+        self.write(move |tx| {
+            let key = id.to_string();
+            let updated = tx.execute(
+                "UPDATE uploads SET received = received + ?3, updated_at = ?4
+                 WHERE id = ?1 AND received = ?2",
+                params![key, start as i64, size as i64, now],
+            )?;
+            if updated == 0 {
+                let current: Option<i64> = tx
+                    .query_row("SELECT received FROM uploads WHERE id = ?1", [&key], |r| r.get(0))
+                    .optional()?;
+                return Err(match current {
+                    Some(c) => MetaError::UploadOffset { current: c as u64 },
+                    None => MetaError::UploadUnknown,
+                });
+            }
+            if size > 0 {
+                tx.execute(
+                    "INSERT INTO upload_parts (upload_id, start, size, nonce) VALUES (?1, ?2, ?3, ?4)",
+                    params![key, start as i64, size as i64, nonce],
+                )?;
+            }
+            Ok(start + size)
+        })
+        .await
+    }
+
+    async fn delete_upload(&self, id: UploadId) -> Result<bool> {
+        self.write(move |tx| Ok(tx.execute("DELETE FROM uploads WHERE id = ?1", [id.to_string()])? > 0)).await
+    }
+
+    async fn stale_uploads(&self, before: i64, limit: usize) -> Result<Vec<UploadId>> {
+        self.read(move |c| {
+            let ids = c
+                .prepare_cached("SELECT id FROM uploads WHERE updated_at < ?1 ORDER BY updated_at LIMIT ?2")?
+                .query_map(params![before, limit as i64], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            ids.into_iter().map(|s| s.parse().map_err(|_| corrupt("upload id", &s))).collect()
+        })
+        .await
+    }
+
+    async fn count_uploads(&self) -> Result<u64> {
+        self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM uploads", [], |r| r.get::<_, i64>(0))? as u64))
+            .await
+    }
+}
+
+fn row_to_triple(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, i64)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+}
+
+fn put_manifest_tx(tx: &Transaction<'_>, m: &NewManifest) -> Result<()> {
+    let now = super::now();
+    let repo = ensure_repo(tx, m.repo.as_str(), now)?;
+    {
+        let mut has_blob =
+            tx.prepare_cached("SELECT 1 FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2")?;
+        for b in &m.blobs {
+            if !has_blob.exists(params![repo, b.as_str()])? {
+                return Err(MetaError::BlobUnknown(b.clone()));
+            }
+        }
+        let mut has_manifest =
+            tx.prepare_cached("SELECT 1 FROM manifests WHERE repository_id = ?1 AND digest = ?2")?;
+        for child in &m.manifests {
+            if !has_manifest.exists(params![repo, child.as_str()])? {
+                return Err(MetaError::ManifestUnknown(child.clone()));
+            }
+        }
+    }
+    let digest = m.digest.as_str();
+    insert_blob(tx, digest, m.size, now)?;
+    let inserted = tx.execute(
+        "INSERT INTO manifests
+           (repository_id, digest, media_type, size, artifact_type, subject, annotations, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (repository_id, digest) DO NOTHING",
+        params![
+            repo,
+            digest,
+            m.media_type,
+            m.size as i64,
+            m.artifact_type,
+            m.subject.as_ref().map(Digest::as_str),
+            m.annotations,
+            now
+        ],
+    )?;
+    if inserted > 0 {
+        let mut edge = tx.prepare_cached(
+            "INSERT INTO manifest_references (repository_id, manifest_digest, child_digest, kind)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+        )?;
+        for b in &m.blobs {
+            edge.execute(params![repo, digest, b.as_str(), "blob"])?;
+        }
+        for child in &m.manifests {
+            edge.execute(params![repo, digest, child.as_str(), "manifest"])?;
+        }
+    }
+    if let Some(tag) = &m.tag {
+        tx.execute(
+            "INSERT INTO tags (repository_id, name, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest,
+               updated_at = excluded.updated_at",
+            params![repo, tag.as_str(), digest, now],
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = super::SqliteMeta::open(dir.path().join("meta.db")).unwrap();
+        super::super::testsuite::run(&meta).await;
+        // Reopening runs no migration twice and keeps the data.
+        drop(meta);
+        let again = super::SqliteMeta::open(dir.path().join("meta.db")).unwrap();
+        use super::MetaStore;
+        assert!(!again.catalog(&super::Page { limit: 10, last: None }).await.unwrap().is_empty());
+    }
+}

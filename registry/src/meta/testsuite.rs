@@ -1,0 +1,143 @@
+//! The metadata conformance suite: every `MetaStore` runs all of it.
+
+use super::{MetaError, MetaStore, NewManifest, Page, UploadPart};
+use crate::oci::{Algorithm, Digest, Reference, RepoName, Tag, UploadId};
+
+pub(crate) async fn run(m: &dyn MetaStore) {
+    blobs_are_per_repository(m).await;
+    manifests_check_references(m).await;
+    tags_and_pagination(m).await;
+    referrers_by_subject(m).await;
+    deletes(m).await;
+    upload_sessions(m).await;
+}
+
+fn repo(s: &str) -> RepoName {
+    s.parse().unwrap()
+}
+
+fn digest(s: &str) -> Digest {
+    Digest::of(Algorithm::Sha256, s.as_bytes())
+}
+
+fn manifest(r: &str, name: &str, blobs: &[&Digest], tag: Option<&str>) -> NewManifest {
+    NewManifest {
+        repo: repo(r),
+        digest: digest(name),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        size: 100,
+        artifact_type: None,
+        subject: None,
+        annotations: None,
+        blobs: blobs.iter().map(|d| (*d).clone()).collect(),
+        manifests: vec![],
+        tag: tag.map(|t| t.parse().unwrap()),
+    }
+}
+
+async fn blobs_are_per_repository(m: &dyn MetaStore) {
+    let d = digest("layer-a");
+    assert_eq!(m.blob_size(&d).await.unwrap(), None);
+    m.link_blob(&repo("one"), &d, 42).await.unwrap();
+    m.link_blob(&repo("one"), &d, 42).await.unwrap(); // idempotent
+    assert_eq!(m.blob_in_repo(&repo("one"), &d).await.unwrap(), Some(42));
+    assert_eq!(m.blob_in_repo(&repo("two"), &d).await.unwrap(), None);
+    assert_eq!(m.blob_size(&d).await.unwrap(), Some(42));
+    assert_eq!(m.repos_with_blob(&d, 10).await.unwrap(), vec![repo("one")]);
+    assert!(m.unlink_blob(&repo("one"), &d).await.unwrap());
+    assert!(!m.unlink_blob(&repo("one"), &d).await.unwrap());
+    assert_eq!(m.blob_in_repo(&repo("one"), &d).await.unwrap(), None);
+}
+
+async fn manifests_check_references(m: &dyn MetaStore) {
+    let (config, layer) = (digest("m-config"), digest("m-layer"));
+    m.link_blob(&repo("app"), &config, 2).await.unwrap();
+    let missing = m.put_manifest(manifest("app", "img", &[&config, &layer], Some("v1"))).await;
+    assert!(matches!(missing, Err(MetaError::BlobUnknown(d)) if d == layer));
+    // Nothing of the refused manifest is visible.
+    let tag: Tag = "v1".parse().unwrap();
+    assert_eq!(m.manifest(&repo("app"), &Reference::Tag(tag.clone())).await.unwrap(), None);
+
+    m.link_blob(&repo("app"), &layer, 3).await.unwrap();
+    m.put_manifest(manifest("app", "img", &[&config, &layer], Some("v1"))).await.unwrap();
+    let by_tag = m.manifest(&repo("app"), &Reference::Tag(tag)).await.unwrap().unwrap();
+    assert_eq!(by_tag.digest, digest("img"));
+    let by_digest = m.manifest(&repo("app"), &Reference::Digest(digest("img"))).await.unwrap();
+    assert_eq!(by_digest, Some(by_tag));
+    assert_eq!(m.manifest(&repo("other"), &Reference::Digest(digest("img"))).await.unwrap(), None);
+
+    let mut index = manifest("app", "index", &[], None);
+    index.manifests = vec![digest("img"), digest("absent")];
+    assert!(matches!(m.put_manifest(index.clone()).await, Err(MetaError::ManifestUnknown(_))));
+    index.manifests.pop();
+    m.put_manifest(index).await.unwrap();
+}
+
+async fn tags_and_pagination(m: &dyn MetaStore) {
+    assert_eq!(m.tags(&repo("nope"), &Page { limit: 10, last: None }).await.unwrap(), None);
+    for t in ["c", "a", "b", "d"] {
+        m.put_manifest(manifest("paged", &format!("p-{t}"), &[], Some(t))).await.unwrap();
+    }
+    let all = m.tags(&repo("paged"), &Page { limit: 100, last: None }).await.unwrap().unwrap();
+    assert_eq!(all, ["a", "b", "c", "d"]);
+    let first = m.tags(&repo("paged"), &Page { limit: 2, last: None }).await.unwrap().unwrap();
+    assert_eq!(first, ["a", "b", "c"], "limit + 1 tells the caller more follow");
+    let after = m.tags(&repo("paged"), &Page { limit: 2, last: Some("b".into()) }).await.unwrap();
+    assert_eq!(after.unwrap(), ["c", "d"]);
+    // Re-tagging moves the tag.
+    m.put_manifest(manifest("paged", "p-a", &[], Some("d"))).await.unwrap();
+    let d = m.manifest(&repo("paged"), &Reference::Tag("d".parse().unwrap())).await.unwrap();
+    assert_eq!(d.unwrap().digest, digest("p-a"));
+    let cat = m.catalog(&Page { limit: 1000, last: None }).await.unwrap();
+    assert!(cat.windows(2).all(|w| w[0] < w[1]));
+    assert!(cat.contains(&"paged".to_owned()));
+}
+
+async fn referrers_by_subject(m: &dyn MetaStore) {
+    let subject = digest("never-pushed-subject");
+    for (name, at) in [("sig", "application/vnd.dev.cosign"), ("sbom", "application/spdx+json")] {
+        let mut r = manifest("refs", name, &[], None);
+        r.subject = Some(subject.clone());
+        r.artifact_type = Some(at.into());
+        r.annotations = Some(r#"{"k":"v"}"#.into());
+        m.put_manifest(r).await.unwrap();
+    }
+    let all = m.referrers(&repo("refs"), &subject, None).await.unwrap();
+    assert_eq!(all.len(), 2);
+    let sboms = m.referrers(&repo("refs"), &subject, Some("application/spdx+json")).await.unwrap();
+    assert_eq!(sboms.len(), 1);
+    assert_eq!(sboms[0].digest, digest("sbom"));
+    assert_eq!(sboms[0].annotations.as_deref(), Some(r#"{"k":"v"}"#));
+    assert!(m.referrers(&repo("elsewhere"), &subject, None).await.unwrap().is_empty());
+}
+
+async fn deletes(m: &dyn MetaStore) {
+    m.put_manifest(manifest("del", "gone", &[], Some("t1"))).await.unwrap();
+    m.put_manifest(manifest("del", "gone", &[], Some("t2"))).await.unwrap();
+    assert!(m.delete_tag(&repo("del"), &"t1".parse().unwrap()).await.unwrap());
+    assert!(!m.delete_tag(&repo("del"), &"t1".parse().unwrap()).await.unwrap());
+    assert!(m.delete_manifest(&repo("del"), &digest("gone")).await.unwrap());
+    assert!(!m.delete_manifest(&repo("del"), &digest("gone")).await.unwrap());
+    let tags = m.tags(&repo("del"), &Page { limit: 10, last: None }).await.unwrap().unwrap();
+    assert!(tags.is_empty(), "deleting a manifest deletes its tags");
+    assert!(!m.delete_manifest(&repo("no-such-repo"), &digest("gone")).await.unwrap());
+}
+
+async fn upload_sessions(m: &dyn MetaStore) {
+    let id = UploadId::random();
+    assert_eq!(m.upload(id).await.unwrap(), None);
+    m.create_upload(id, &repo("up"), 100).await.unwrap();
+    assert_eq!(m.count_uploads().await.unwrap(), 1);
+    let part = |start, size| UploadPart { start, size, nonce: format!("{start:x}") };
+    assert_eq!(m.add_upload_part(id, &part(0, 10), 101).await.unwrap(), 10);
+    let stale = m.add_upload_part(id, &part(0, 10), 102).await;
+    assert!(matches!(stale, Err(MetaError::UploadOffset { current: 10 })));
+    assert_eq!(m.add_upload_part(id, &part(10, 5), 103).await.unwrap(), 15);
+    let u = m.upload(id).await.unwrap().unwrap();
+    assert_eq!((u.received, u.parts, u.updated_at), (15, vec![part(0, 10), part(10, 5)], 103));
+    assert_eq!(m.stale_uploads(104, 10).await.unwrap(), vec![id]);
+    assert!(m.stale_uploads(103, 10).await.unwrap().is_empty());
+    assert!(m.delete_upload(id).await.unwrap());
+    assert!(matches!(m.add_upload_part(id, &part(15, 1), 104).await, Err(MetaError::UploadUnknown)));
+    assert_eq!(m.count_uploads().await.unwrap(), 0);
+}

@@ -1,0 +1,228 @@
+//! Content digests (`<algorithm>:<hex>`) and the streaming hasher that produces them.
+//!
+//! Only the two algorithms the OCI image spec registers are accepted: `sha256` (64 hex digits) and
+//! `sha512` (128). Any other well-formed algorithm is [`DigestError::Unsupported`], so the API can
+//! tell "malformed" from "not supported here" — both are `DIGEST_INVALID` on the wire.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::Digest as _;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Algorithm {
+    Sha256,
+    Sha512,
+}
+
+impl Algorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Sha256 => "sha256",
+            Algorithm::Sha512 => "sha512",
+        }
+    }
+
+    fn hex_len(self) -> usize {
+        match self {
+            Algorithm::Sha256 => 64,
+            Algorithm::Sha512 => 128,
+        }
+    }
+
+    pub fn hasher(self) -> Hasher {
+        match self {
+            Algorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+            Algorithm::Sha512 => Hasher::Sha512(Box::new(sha2::Sha512::new())),
+        }
+    }
+}
+
+/// A validated digest. It cannot exist in a malformed state; `as_str` is its canonical form.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest {
+    algorithm: Algorithm,
+    text: Box<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    #[error("digest {0:?} is not of the form <algorithm>:<encoded>")]
+    Malformed(String),
+    #[error("digest algorithm {0:?} is not supported (use sha256 or sha512)")]
+    Unsupported(String),
+    #[error("digest {0:?} must have {1} lowercase hex digits")]
+    BadEncoding(String, usize),
+}
+
+impl Digest {
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The hex part, after the colon.
+    pub fn hex(&self) -> &str {
+        &self.text[self.algorithm.name().len() + 1..]
+    }
+
+    /// Digest of a byte slice held in memory.
+    pub fn of(algorithm: Algorithm, bytes: &[u8]) -> Digest {
+        let mut hasher = algorithm.hasher();
+        hasher.update(bytes);
+        hasher.finish()
+    }
+}
+
+impl FromStr for Digest {
+    type Err = DigestError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let malformed = || DigestError::Malformed(truncate(s));
+        let (algo, encoded) = s.split_once(':').ok_or_else(malformed)?;
+        if !valid_algorithm_component(algo) || !valid_encoded(encoded) {
+            return Err(malformed());
+        }
+        let algorithm = match algo {
+            "sha256" => Algorithm::Sha256,
+            "sha512" => Algorithm::Sha512,
+            other => return Err(DigestError::Unsupported(truncate(other))),
+        };
+        let want = algorithm.hex_len();
+        let lower_hex = encoded.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if encoded.len() != want || !lower_hex {
+            return Err(DigestError::BadEncoding(truncate(s), want));
+        }
+        Ok(Digest { algorithm, text: s.into() })
+    }
+}
+
+/// `algorithm ::= component ([+._-] component)*`, `component ::= [a-z0-9]+`
+fn valid_algorithm_component(algo: &str) -> bool {
+    !algo.is_empty()
+        && algo
+            .split(['+', '.', '_', '-'])
+            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+}
+
+/// `encoded ::= [a-zA-Z0-9=_-]+`
+fn valid_encoded(encoded: &str) -> bool {
+    !encoded.is_empty()
+        && encoded.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'))
+}
+
+/// Error messages quote input; keep what an attacker controls short.
+pub(crate) fn truncate(s: &str) -> String {
+    const MAX: usize = 160;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({})", self.text)
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Incremental hasher for one algorithm.
+#[derive(Clone)]
+pub enum Hasher {
+    Sha256(sha2::Sha256),
+    Sha512(Box<sha2::Sha512>),
+}
+
+impl Hasher {
+    pub fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(bytes),
+            Hasher::Sha512(h) => h.update(bytes),
+        }
+    }
+
+    pub fn finish(self) -> Digest {
+        let (algorithm, hex) = match self {
+            Hasher::Sha256(h) => (Algorithm::Sha256, format!("{:x}", h.finalize())),
+            Hasher::Sha512(h) => (Algorithm::Sha512, format!("{:x}", h.finalize())),
+        };
+        Digest { algorithm, text: format!("{}:{hex}", algorithm.name()).into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EMPTY_256: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn parses_and_prints_canonical_form() {
+        let d: Digest = EMPTY_256.parse().unwrap();
+        assert_eq!(d.algorithm(), Algorithm::Sha256);
+        assert_eq!(d.to_string(), EMPTY_256);
+        assert_eq!(d.hex().len(), 64);
+    }
+
+    #[test]
+    fn hashes_match_known_vectors() {
+        assert_eq!(Digest::of(Algorithm::Sha256, b"").as_str(), EMPTY_256);
+        let d = Digest::of(Algorithm::Sha512, b"");
+        assert!(d.as_str().starts_with("sha512:cf83e1357eefb8bdf1542850d66d8007"));
+        assert_eq!(d.hex().len(), 128);
+        assert_eq!(d.as_str().parse::<Digest>().unwrap(), d);
+    }
+
+    #[test]
+    fn rejects_bad_digests() {
+        for bad in [
+            "",
+            "sha256",
+            "sha256:",
+            ":abc",
+            "SHA256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+            "sha256:e3b0",
+            "sha256:../../etc/passwd",
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85g",
+            "sha512:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        ] {
+            assert!(bad.parse::<Digest>().is_err(), "{bad:?} must not parse");
+        }
+        assert!(matches!("md5:abcd".parse::<Digest>(), Err(DigestError::Unsupported(_))));
+        assert!(matches!("blake3:abcd".parse::<Digest>(), Err(DigestError::Unsupported(_))));
+    }
+
+    #[test]
+    fn long_input_is_truncated_in_errors() {
+        let long = format!("sha256:{}", "a".repeat(10_000));
+        let msg = long.parse::<Digest>().unwrap_err().to_string();
+        assert!(msg.len() < 400);
+    }
+}

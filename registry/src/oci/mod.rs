@@ -1,0 +1,13 @@
+//! The OCI vocabulary: digests, names, references, manifests and ranges. Pure values, no I/O.
+
+pub mod digest;
+pub mod manifest;
+pub mod name;
+pub mod range;
+
+pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use manifest::{ManifestKind, ParsedManifest};
+pub use name::{Reference, RepoName, Tag};
+pub mod upload_id;
+
+pub use upload_id::UploadId;

@@ -1,0 +1,92 @@
+//! Reading, deleting and mounting blobs.
+
+use tracing::{error, warn};
+
+use super::{Registry, Result, ServiceError};
+use crate::oci::range::{ByteRange, RangeOutcome};
+use crate::oci::{Digest, RepoName};
+use crate::storage::{layout, ByteStream, StorageError};
+
+/// A blob read: its full size, the part being served, and the bytes (none for HEAD).
+pub struct BlobRead {
+    pub size: u64,
+    /// `Some((start, end))` (inclusive) when serving a range.
+    pub range: Option<(u64, u64)>,
+    pub body: Option<ByteStream>,
+}
+
+/// How many other repositories to look through for a mount without `from`.
+const MOUNT_CANDIDATES: usize = 16;
+
+impl Registry {
+    /// Size of a blob the repository may read.
+    pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        self.meta.blob_in_repo(repo, digest).await?.ok_or(ServiceError::BlobUnknown)
+    }
+
+    /// Opens a blob, or the satisfiable part of `range`. `Ok(Err(size))` means the range cannot be
+    /// satisfied (416).
+    pub async fn get_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        with_body: bool,
+    ) -> Result<std::result::Result<BlobRead, u64>> {
+        let size = self.stat_blob(repo, digest).await?;
+        let span = match range.map(|r| r.resolve(size)) {
+            None => None,
+            Some(RangeOutcome::Partial { start, end }) => Some((start, end)),
+            Some(RangeOutcome::Unsatisfiable) => return Ok(Err(size)),
+        };
+        if !with_body {
+            return Ok(Ok(BlobRead { size, range: span, body: None }));
+        }
+        let key = layout::blob(digest);
+        match self.storage.get(&key, span.map(|(s, e)| s..e + 1)).await {
+            Ok(body) => Ok(Ok(BlobRead { size, range: span, body: Some(body) })),
+            Err(StorageError::NotFound) => {
+                error!(digest = %digest, "blob is recorded in metadata but missing from storage");
+                Err(ServiceError::BlobUnknown)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes the blob from the repository. Its bytes stay until garbage collection finds no
+    /// repository and no manifest that still needs them.
+    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        if self.meta.unlink_blob(repo, digest).await? {
+            Ok(())
+        } else {
+            Err(ServiceError::BlobUnknown)
+        }
+    }
+
+    /// Cross-repository mount. With `from`, mounts if that repository has the blob; without, if
+    /// any repository has it. Returns the size when mounted, `None` when an upload is needed.
+    pub async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+    ) -> Result<Option<u64>> {
+        if let Some(size) = self.meta.blob_in_repo(repo, digest).await? {
+            return Ok(Some(size));
+        }
+        let sources = match from {
+            Some(from) => vec![from.clone()],
+            None => self.meta.repos_with_blob(digest, MOUNT_CANDIDATES).await?,
+        };
+        for source in sources {
+            let Some(size) = self.meta.blob_in_repo(&source, digest).await? else { continue };
+            if self.storage.stat(&layout::blob(digest)).await?.is_none() {
+                warn!(digest = %digest, "mount source is recorded but its bytes are missing");
+                return Ok(None);
+            }
+            self.meta.link_blob(repo, digest, size).await?;
+            return Ok(Some(size));
+        }
+        Ok(None)
+    }
+}

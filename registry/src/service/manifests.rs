@@ -1,0 +1,143 @@
+//! Manifests, tags, the catalog and referrers.
+
+use bytes::Bytes;
+
+use super::{Registry, Result, ServiceError};
+use crate::meta::{ManifestRecord, NewManifest, Page, Referrer};
+use crate::oci::manifest::{self, ManifestError};
+use crate::oci::{Algorithm, Digest, Reference, RepoName};
+use crate::storage::{layout, put_all, read_all, StorageError};
+
+pub struct PutManifest {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+}
+
+/// One page of a sorted listing, and whether more follow.
+pub struct Listing {
+    pub items: Vec<String>,
+    pub more: bool,
+}
+
+impl From<ManifestError> for ServiceError {
+    fn from(e: ManifestError) -> Self {
+        ServiceError::ManifestInvalid(e.to_string())
+    }
+}
+
+impl Registry {
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<PutManifest> {
+        if body.len() > self.limits.max_manifest_bytes {
+            return Err(ServiceError::ManifestTooLarge { limit: self.limits.max_manifest_bytes });
+        }
+        let parsed = manifest::parse(content_type, &body)?;
+        let (digest, tag) = match reference {
+            Reference::Digest(want) => {
+                let actual = Digest::of(want.algorithm(), &body);
+                if actual != *want {
+                    return Err(ServiceError::DigestInvalid(format!(
+                        "manifest has digest {actual}, not {want}"
+                    )));
+                }
+                (actual, None)
+            }
+            Reference::Tag(t) => (Digest::of(Algorithm::Sha256, &body), Some(t.clone())),
+        };
+        let key = layout::blob(&digest);
+        if self.storage.stat(&key).await? != Some(body.len() as u64) {
+            put_all(self.storage.as_ref(), &key, body.clone()).await?;
+        }
+        let annotations = match &parsed.annotations {
+            Some(a) => {
+                Some(serde_json::to_string(a).map_err(|e| ServiceError::ManifestInvalid(e.to_string()))?)
+            }
+            None => None,
+        };
+        self.meta
+            .put_manifest(NewManifest {
+                repo: repo.clone(),
+                digest: digest.clone(),
+                media_type: parsed.media_type,
+                size: body.len() as u64,
+                artifact_type: parsed.artifact_type,
+                subject: parsed.subject.clone(),
+                annotations,
+                blobs: parsed.blobs,
+                manifests: parsed.manifests,
+                tag,
+            })
+            .await?;
+        Ok(PutManifest { digest, subject: parsed.subject })
+    }
+
+    pub async fn head_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestRecord> {
+        self.meta.manifest(repo, reference).await?.ok_or(ServiceError::ManifestUnknown)
+    }
+
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(ManifestRecord, Bytes)> {
+        let record = self.head_manifest(repo, reference).await?;
+        match read_all(self.storage.as_ref(), &layout::blob(&record.digest)).await {
+            Ok(bytes) => Ok((record, bytes)),
+            Err(StorageError::NotFound) => {
+                tracing::error!(digest = %record.digest, "manifest recorded but missing from storage");
+                Err(ServiceError::ManifestUnknown)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// By digest: the manifest and its tags. By tag: only the tag.
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        let deleted = match reference {
+            Reference::Digest(d) => self.meta.delete_manifest(repo, d).await?,
+            Reference::Tag(t) => self.meta.delete_tag(repo, t).await?,
+        };
+        if deleted {
+            Ok(())
+        } else {
+            Err(ServiceError::ManifestUnknown)
+        }
+    }
+
+    pub async fn tags(&self, repo: &RepoName, n: Option<usize>, last: Option<String>) -> Result<Listing> {
+        let page = self.page(n, last);
+        let items = self.meta.tags(repo, &page).await?.ok_or(ServiceError::NameUnknown)?;
+        Ok(Self::listing(items, page.limit))
+    }
+
+    pub async fn catalog(&self, n: Option<usize>, last: Option<String>) -> Result<Listing> {
+        let page = self.page(n, last);
+        let items = self.meta.catalog(&page).await?;
+        Ok(Self::listing(items, page.limit))
+    }
+
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        Ok(self.meta.referrers(repo, subject, artifact_type).await?)
+    }
+
+    fn page(&self, n: Option<usize>, last: Option<String>) -> Page {
+        let limit = n.unwrap_or(self.limits.max_page).min(self.limits.max_page);
+        Page { limit, last }
+    }
+
+    fn listing(mut items: Vec<String>, limit: usize) -> Listing {
+        let more = items.len() > limit;
+        items.truncate(limit);
+        Listing { items, more }
+    }
+}

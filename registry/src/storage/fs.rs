@@ -1,0 +1,320 @@
+//! Filesystem backend.
+//!
+//! Objects are files under the root at their key's path. A writer streams into `tmp/<random>` on a
+//! blocking thread (so socket reads and disk writes overlap), and `commit` makes it visible with
+//! `fsync(file)`, `rename(tmp, final)`, `fsync(dir)`: after a crash an object is either whole at its
+//! key or absent. Whatever is left in `tmp/` by a crash is removed when the backend is opened.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{ByteStream, Key, ObjectWriter, Storage, StorageError};
+
+/// Reads and writes move in pieces of this size between disk and socket.
+const IO_CHUNK: usize = 1 << 20;
+/// Objects up to this size are read in one go instead of through a reader thread.
+const SMALL_OBJECT: u64 = 256 << 10;
+
+pub struct FsStorage {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl FsStorage {
+    /// Opens (creating if needed) a store rooted at `root` and clears leftovers of crashed writes.
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<FsStorage> {
+        let root = root.into();
+        let tmp = root.join("tmp");
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp)?;
+        }
+        fs::create_dir_all(&tmp)?;
+        Ok(FsStorage { root, tmp })
+    }
+
+    fn path(&self, key: &Key) -> PathBuf {
+        self.root.join(key.as_str())
+    }
+}
+
+fn not_found_to_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T, StorageError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(StorageError::from),
+        Err(e) => Err(StorageError::Io(io::Error::other(e))),
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for FsStorage {
+    async fn stat(&self, key: &Key) -> Result<Option<u64>, StorageError> {
+        let path = self.path(key);
+        blocking(move || Ok(not_found_to_none(fs::metadata(&path))?.filter(|m| m.is_file()).map(|m| m.len())))
+            .await
+    }
+
+    async fn get(&self, key: &Key, range: Option<Range<u64>>) -> Result<ByteStream, StorageError> {
+        let path = self.path(key);
+        let (file, size) = blocking(move || {
+            let file = not_found_to_none(File::open(&path))?;
+            match file {
+                Some(f) => {
+                    let size = f.metadata()?.len();
+                    Ok(Some((f, size)))
+                }
+                None => Ok(None),
+            }
+        })
+        .await?
+        .ok_or(StorageError::NotFound)?;
+        let range = range.unwrap_or(0..size);
+        let len = range.end.saturating_sub(range.start);
+        if len <= SMALL_OBJECT {
+            let bytes = blocking(move || read_range(file, range.start, len)).await?;
+            return Ok(Box::pin(futures_util::stream::iter([Ok(bytes)])));
+        }
+        Ok(spawn_reader(file, range.start, len))
+    }
+
+    async fn writer(&self) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let temp = self.tmp.join(uuid::Uuid::new_v4().simple().to_string());
+        let file = blocking({
+            let temp = temp.clone();
+            move || File::create_new(temp)
+        })
+        .await?;
+        Ok(Box::new(FsWriter::start(self.root.clone(), file, temp)))
+    }
+
+    async fn rename(&self, from: &Key, to: &Key) -> Result<(), StorageError> {
+        let (from, to) = (self.path(from), self.path(to));
+        blocking(move || {
+            if !from.is_file() {
+                return Err(io::Error::new(io::ErrorKind::NotFound, "rename source missing"));
+            }
+            place(&from, &to)
+        })
+        .await
+        .map_err(|e| match e {
+            StorageError::Io(e) if e.kind() == io::ErrorKind::NotFound => StorageError::NotFound,
+            e => e,
+        })
+    }
+
+    async fn delete(&self, key: &Key) -> Result<(), StorageError> {
+        let path = self.path(key);
+        blocking(move || {
+            not_found_to_none(fs::remove_file(&path))?;
+            // Drop the directory if that emptied it (fails harmlessly when it is not empty).
+            if let Some(parent) = path.parent() {
+                let _ = fs::remove_dir(parent);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &Key) -> Result<Vec<Key>, StorageError> {
+        let root = self.root.clone();
+        let start = self.path(prefix);
+        blocking(move || {
+            let mut out = Vec::new();
+            walk(&root, &start, &mut out)?;
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Moves `from` to `to` durably: rename, then fsync the directory that now names it.
+fn place(from: &Path, to: &Path) -> io::Result<()> {
+    let dir = to.parent().ok_or_else(|| io::Error::other("key has no parent"))?;
+    for attempt in 0..3 {
+        fs::create_dir_all(dir)?;
+        match fs::rename(from, to) {
+            // A concurrent delete may remove the freshly made, still empty directory: make it again.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 2 && from.exists() => continue,
+            r => r?,
+        }
+        break;
+    }
+    File::open(dir)?.sync_all()
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<Key>) -> io::Result<()> {
+    let Some(entries) = not_found_to_none(fs::read_dir(dir))? else {
+        return Ok(());
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            walk(root, &path, out)?;
+        } else if let Ok(rel) = path.strip_prefix(root) {
+            let key = rel.iter().map(|c| c.to_string_lossy()).collect::<Vec<_>>().join("/");
+            out.push(Key::new(key));
+        }
+    }
+    Ok(())
+}
+
+fn read_range(mut file: File, start: u64, len: u64) -> io::Result<Bytes> {
+    file.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::with_capacity(len as usize);
+    file.take(len).read_to_end(&mut buf)?;
+    if (buf.len() as u64) < len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "object shorter than expected"));
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Streams `len` bytes from `start` through a blocking thread, a few chunks ahead of the consumer.
+fn spawn_reader(mut file: File, start: u64, len: u64) -> ByteStream {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = file.seek(SeekFrom::Start(start)) {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(IO_CHUNK as u64) as usize;
+            let mut buf = BytesMut::zeroed(want);
+            let msg = match file.read_exact(&mut buf) {
+                Ok(()) => Ok(buf.freeze()),
+                Err(e) => Err(e),
+            };
+            let failed = msg.is_err();
+            if tx.blocking_send(msg).is_err() || failed {
+                return; // consumer went away, or the error has been handed over
+            }
+            left -= want as u64;
+        }
+    });
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+}
+
+enum Msg {
+    Data(Bytes),
+    Commit(PathBuf, oneshot::Sender<io::Result<()>>),
+}
+
+struct FsWriter {
+    root: PathBuf,
+    tx: mpsc::Sender<Msg>,
+    task: Option<tokio::task::JoinHandle<io::Result<()>>>,
+    written: u64,
+}
+
+impl FsWriter {
+    fn start(root: PathBuf, file: File, temp: PathBuf) -> FsWriter {
+        let (tx, mut rx) = mpsc::channel::<Msg>(16);
+        let task = tokio::task::spawn_blocking(move || {
+            let mut out = BufWriter::with_capacity(IO_CHUNK, file);
+            let result = (|| {
+                while let Some(msg) = rx.blocking_recv() {
+                    match msg {
+                        Msg::Data(b) => out.write_all(&b)?,
+                        Msg::Commit(dest, reply) => {
+                            let r = finish(out, &temp, &dest);
+                            let _ = reply.send(r);
+                            return Ok(true);
+                        }
+                    }
+                }
+                Ok(false)
+            })();
+            // Not committed (dropped, aborted or failed): the temp file must not linger.
+            if !matches!(result, Ok(true)) {
+                let _ = fs::remove_file(&temp);
+            }
+            result.map(|_| ())
+        });
+        FsWriter { root, tx, task: Some(task), written: 0 }
+    }
+
+    /// The writer thread stopped early: report why.
+    async fn failure(&mut self) -> StorageError {
+        match self.task.take() {
+            Some(task) => match task.await {
+                Ok(Err(e)) => StorageError::Io(e),
+                Ok(Ok(())) => StorageError::Io(io::Error::other("writer closed")),
+                Err(e) => StorageError::Io(io::Error::other(e)),
+            },
+            None => StorageError::Io(io::Error::other("writer closed")),
+        }
+    }
+}
+
+fn finish(out: BufWriter<File>, temp: &Path, dest: &Path) -> io::Result<()> {
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    drop(file);
+    place(temp, dest)
+}
+
+#[async_trait::async_trait]
+impl ObjectWriter for FsWriter {
+    async fn write(&mut self, data: Bytes) -> Result<(), StorageError> {
+        let n = data.len() as u64;
+        if self.tx.send(Msg::Data(data)).await.is_err() {
+            return Err(self.failure().await);
+        }
+        self.written += n;
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    async fn commit(mut self: Box<Self>, key: &Key) -> Result<(), StorageError> {
+        let (reply, done) = oneshot::channel();
+        let dest = self.root.join(key.as_str());
+        if self.tx.send(Msg::Commit(dest, reply)).await.is_err() {
+            return Err(self.failure().await);
+        }
+        match done.await {
+            Ok(r) => r.map_err(StorageError::from),
+            Err(_) => Err(self.failure().await),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStorage::open(dir.path()).unwrap();
+        super::super::testsuite::run(&store).await;
+        // Nothing may be left half-written.
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_clears_leftover_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        fs::write(dir.path().join("tmp/crashed-write"), b"partial").unwrap();
+        FsStorage::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,106 @@
+//! In-memory backend, for tests and for throwaway registries (`storage: {kind: memory}`).
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::RwLock;
+
+use bytes::{Bytes, BytesMut};
+
+use super::{ByteStream, Key, ObjectWriter, Storage, StorageError};
+
+#[derive(Default)]
+pub struct MemoryStorage {
+    objects: std::sync::Arc<RwLock<BTreeMap<Key, Bytes>>>,
+}
+
+impl MemoryStorage {
+    pub fn new() -> MemoryStorage {
+        MemoryStorage::default()
+    }
+}
+
+type Objects = std::sync::Arc<RwLock<BTreeMap<Key, Bytes>>>;
+
+fn lock_err() -> StorageError {
+    StorageError::Io(std::io::Error::other("memory storage lock poisoned"))
+}
+
+#[async_trait::async_trait]
+impl Storage for MemoryStorage {
+    async fn stat(&self, key: &Key) -> Result<Option<u64>, StorageError> {
+        let map = self.objects.read().map_err(|_| lock_err())?;
+        Ok(map.get(key).map(|b| b.len() as u64))
+    }
+
+    async fn get(&self, key: &Key, range: Option<Range<u64>>) -> Result<ByteStream, StorageError> {
+        let bytes = {
+            let map = self.objects.read().map_err(|_| lock_err())?;
+            map.get(key).cloned().ok_or(StorageError::NotFound)?
+        };
+        let bytes = match range {
+            Some(r) => {
+                let end = (r.end as usize).min(bytes.len());
+                let start = (r.start as usize).min(end);
+                bytes.slice(start..end)
+            }
+            None => bytes,
+        };
+        Ok(Box::pin(futures_util::stream::iter([Ok(bytes)])))
+    }
+
+    async fn writer(&self) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        Ok(Box::new(MemoryWriter { objects: self.objects.clone(), buf: BytesMut::new() }))
+    }
+
+    async fn rename(&self, from: &Key, to: &Key) -> Result<(), StorageError> {
+        let mut map = self.objects.write().map_err(|_| lock_err())?;
+        let bytes = map.remove(from).ok_or(StorageError::NotFound)?;
+        map.insert(to.clone(), bytes);
+        Ok(())
+    }
+
+    async fn delete(&self, key: &Key) -> Result<(), StorageError> {
+        self.objects.write().map_err(|_| lock_err())?.remove(key);
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &Key) -> Result<Vec<Key>, StorageError> {
+        let map = self.objects.read().map_err(|_| lock_err())?;
+        Ok(map
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.as_str().starts_with(prefix.as_str()))
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+}
+
+struct MemoryWriter {
+    objects: Objects,
+    buf: BytesMut,
+}
+
+#[async_trait::async_trait]
+impl ObjectWriter for MemoryWriter {
+    async fn write(&mut self, data: Bytes) -> Result<(), StorageError> {
+        self.buf.extend_from_slice(&data);
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.buf.len() as u64
+    }
+
+    async fn commit(self: Box<Self>, key: &Key) -> Result<(), StorageError> {
+        let mut map = self.objects.write().map_err(|_| lock_err())?;
+        map.insert(key.clone(), self.buf.freeze());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn conformance() {
+        super::super::testsuite::run(&super::MemoryStorage::new()).await;
+    }
+}

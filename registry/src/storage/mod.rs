@@ -1,0 +1,95 @@
+//! Content storage: bytes by key, nothing else.
+//!
+//! The trait is deliberately narrow — stat, ranged streaming read, write-then-commit, rename,
+//! delete, list — so that every backend (in-memory, filesystem, object stores) can implement it
+//! fully and run the same conformance suite (`testsuite`). What the keys mean is decided in
+//! [`layout`]; what the bytes mean is decided by the service layer.
+//!
+//! Writes are atomic: an [`ObjectWriter`] collects bytes out of sight and `commit` makes the object
+//! visible under its key in one step, or not at all. Dropping a writer without committing discards
+//! what it wrote.
+
+pub mod fs;
+pub mod layout;
+pub mod memory;
+#[cfg(test)]
+pub(crate) mod testsuite;
+
+use std::io;
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+
+pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
+
+/// A storage key: a relative, `/`-separated path built only by [`layout`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(String);
+
+impl Key {
+    fn new(s: String) -> Key {
+        Key(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object not found")]
+    NotFound,
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+#[async_trait::async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// The object's size, or `None` if there is no object at `key`.
+    async fn stat(&self, key: &Key) -> Result<Option<u64>, StorageError>;
+
+    /// Streams the object, or the `range` of it (which the caller has clipped to its size).
+    async fn get(&self, key: &Key, range: Option<Range<u64>>) -> Result<ByteStream, StorageError>;
+
+    /// Starts a new object; it becomes visible only through [`ObjectWriter::commit`].
+    async fn writer(&self) -> Result<Box<dyn ObjectWriter>, StorageError>;
+
+    /// Moves an object to another key, replacing what is there.
+    async fn rename(&self, from: &Key, to: &Key) -> Result<(), StorageError>;
+
+    /// Removes an object; removing a missing one is not an error.
+    async fn delete(&self, key: &Key) -> Result<(), StorageError>;
+
+    /// Keys of all objects under `prefix`, sorted.
+    async fn list(&self, prefix: &Key) -> Result<Vec<Key>, StorageError>;
+}
+
+#[async_trait::async_trait]
+pub trait ObjectWriter: Send {
+    async fn write(&mut self, data: Bytes) -> Result<(), StorageError>;
+
+    /// Bytes accepted so far.
+    fn written(&self) -> u64;
+
+    /// Makes the object durable and visible at `key`, replacing what is there.
+    async fn commit(self: Box<Self>, key: &Key) -> Result<(), StorageError>;
+}
+
+/// Reads a whole (small) object into memory.
+pub async fn read_all(storage: &dyn Storage, key: &Key) -> Result<Bytes, StorageError> {
+    use futures_util::TryStreamExt;
+    let chunks: Vec<Bytes> = storage.get(key, None).await?.try_collect().await?;
+    if chunks.len() == 1 {
+        return Ok(chunks.into_iter().next().unwrap_or_default());
+    }
+    Ok(Bytes::from(chunks.concat()))
+}
+
+/// Writes a whole in-memory object and commits it.
+pub async fn put_all(storage: &dyn Storage, key: &Key, data: Bytes) -> Result<(), StorageError> {
+    let mut w = storage.writer().await?;
+    w.write(data).await?;
+    w.commit(key).await
+}

@@ -1,0 +1,240 @@
+//! Prometheus metrics. Labels are bounded: the endpoint kind (never the path), the method, the
+//! status code, the storage operation.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Method, StatusCode};
+use bytes::Bytes;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::storage::{ByteStream, Key, ObjectWriter, Storage, StorageError};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: &'static str,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    operation: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: HistogramFamily<EndpointLabels>,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    upload_sessions: Gauge,
+    storage_ops: HistogramFamily<OpLabels>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.5, 14))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("berth");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let durations: HistogramFamily<EndpointLabels> = Family::new_with_constructor(latency_histogram);
+        let storage_ops: HistogramFamily<OpLabels> = Family::new_with_constructor(latency_histogram);
+        let (bytes_in, bytes_out, upload_sessions) =
+            (Counter::default(), Counter::default(), Gauge::default());
+        registry.register(
+            "http_requests",
+            "HTTP requests by endpoint kind, method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by endpoint kind",
+            durations.clone(),
+        );
+        registry.register("http_received_bytes", "Request body bytes received", bytes_in.clone());
+        registry.register("http_sent_bytes", "Response body bytes sent", bytes_out.clone());
+        registry.register("upload_sessions", "Blob upload sessions open", upload_sessions.clone());
+        registry.register(
+            "storage_operation_duration_seconds",
+            "Storage backend latency by operation",
+            storage_ops.clone(),
+        );
+        Metrics { registry, requests, durations, bytes_in, bytes_out, upload_sessions, storage_ops }
+    }
+
+    pub fn observe_request(
+        &self,
+        endpoint: &'static str,
+        method: &Method,
+        status: StatusCode,
+        took: Duration,
+    ) {
+        let method = match *method {
+            Method::GET | Method::HEAD | Method::PUT | Method::POST | Method::PATCH | Method::DELETE => {
+                method.as_str()
+            }
+            _ => "other",
+        };
+        self.requests
+            .get_or_create(&RequestLabels { endpoint, method: method.to_owned(), status: status.as_u16() })
+            .inc();
+        self.durations.get_or_create(&EndpointLabels { endpoint }).observe(took.as_secs_f64());
+    }
+
+    pub fn set_upload_sessions(&self, n: u64) {
+        self.upload_sessions.set(n as i64);
+    }
+
+    pub fn count_body_in(&self, body: Body) -> Body {
+        Body::new(Counted { inner: body, counter: self.bytes_in.clone() })
+    }
+
+    pub fn count_body_out(&self, body: Body) -> Body {
+        Body::new(Counted { inner: body, counter: self.bytes_out.clone() })
+    }
+
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    /// Wraps a storage backend so every operation's latency is recorded.
+    pub fn instrument(self: &Arc<Self>, inner: Arc<dyn Storage>) -> Arc<dyn Storage> {
+        Arc::new(Instrumented { inner, metrics: self.clone() })
+    }
+
+    fn time_op(&self, operation: &'static str, started: Instant) {
+        self.storage_ops.get_or_create(&OpLabels { operation }).observe(started.elapsed().as_secs_f64());
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// A body that counts its bytes and otherwise changes nothing (size hints included).
+struct Counted {
+    inner: Body,
+    counter: Counter,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.counter.inc_by(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+struct Instrumented {
+    inner: Arc<dyn Storage>,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait::async_trait]
+impl Storage for Instrumented {
+    async fn stat(&self, key: &Key) -> Result<Option<u64>, StorageError> {
+        let t = Instant::now();
+        let r = self.inner.stat(key).await;
+        self.metrics.time_op("stat", t);
+        r
+    }
+
+    async fn get(&self, key: &Key, range: Option<std::ops::Range<u64>>) -> Result<ByteStream, StorageError> {
+        let t = Instant::now();
+        let r = self.inner.get(key, range).await;
+        self.metrics.time_op("get", t);
+        r
+    }
+
+    async fn writer(&self) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let t = Instant::now();
+        let inner = self.inner.writer().await;
+        self.metrics.time_op("create", t);
+        Ok(Box::new(InstrumentedWriter { inner: inner?, metrics: self.metrics.clone() }))
+    }
+
+    async fn rename(&self, from: &Key, to: &Key) -> Result<(), StorageError> {
+        let t = Instant::now();
+        let r = self.inner.rename(from, to).await;
+        self.metrics.time_op("rename", t);
+        r
+    }
+
+    async fn delete(&self, key: &Key) -> Result<(), StorageError> {
+        let t = Instant::now();
+        let r = self.inner.delete(key).await;
+        self.metrics.time_op("delete", t);
+        r
+    }
+
+    async fn list(&self, prefix: &Key) -> Result<Vec<Key>, StorageError> {
+        let t = Instant::now();
+        let r = self.inner.list(prefix).await;
+        self.metrics.time_op("list", t);
+        r
+    }
+}
+
+struct InstrumentedWriter {
+    inner: Box<dyn ObjectWriter>,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait::async_trait]
+impl ObjectWriter for InstrumentedWriter {
+    async fn write(&mut self, data: Bytes) -> Result<(), StorageError> {
+        self.inner.write(data).await
+    }
+
+    fn written(&self) -> u64 {
+        self.inner.written()
+    }
+
+    async fn commit(self: Box<Self>, key: &Key) -> Result<(), StorageError> {
+        let t = Instant::now();
+        let metrics = self.metrics.clone();
+        let r = self.inner.commit(key).await;
+        metrics.time_op("commit", t);
+        r
+    }
+}

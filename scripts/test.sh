@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine or a warm one: installs what it needs (Debian packages,
+# Go-built tools cached under ~/.cache/berth), checks formatting and lints, runs the Rust tests,
+# then the OCI conformance suite and the real-client tests against the freshly built `berth`.
+# Prints one summary table and a closing "N passed, M failed" line.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+source scripts/tools.sh
+export CARGO_TERM_COLOR=never
+
+declare -a NAMES=() RESULTS=() TIMES=()
+TOTAL_PASSED=0
+TOTAL_FAILED=0
+
+# stage NAME COMMAND...: runs one stage, records its result and time; its own "N passed, M failed"
+# line (if it prints one) is added to the totals, otherwise the stage counts as one test.
+stage() {
+  local name=$1 start=$SECONDS log rc p f
+  shift
+  log=$(mktemp)
+  echo
+  echo "=== $name"
+  "$@" 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
+  read -r p f < <(awk '/^[0-9]+ passed, [0-9]+ failed/ {p=$1; f=$3} END {print p+0, f+0}' "$log")
+  # cargo test prints one "test result:" line per test binary
+  if grep -q '^test result:' "$log"; then
+    read -r p f < <(awk '/^test result:/ {for (i=1;i<=NF;i++) {if ($(i)=="passed;") p+=$(i-1); if ($(i)=="failed;") f+=$(i-1)}} END {print p+0, f+0}' "$log")
+  fi
+  if ((p + f == 0)); then
+    if ((rc == 0)); then p=1; else f=1; fi
+  elif ((rc != 0 && f == 0)); then
+    f=1
+  fi
+  TOTAL_PASSED=$((TOTAL_PASSED + p))
+  TOTAL_FAILED=$((TOTAL_FAILED + f))
+  NAMES+=("$name")
+  RESULTS+=("$([[ $rc == 0 ]] && echo ok || echo FAILED) ($p passed, $f failed)")
+  TIMES+=("$((SECONDS - start))s")
+  rm -f "$log"
+}
+
+provision() {
+  ensure_debs skopeo curl python3 ca-certificates &&
+  for t in conformance crane oras regctl cosign; do ensure_tool "$t" || return 1; done
+}
+
+stage "provision tools" provision
+stage "cargo fmt --check" cargo fmt --all -- --check
+stage "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+stage "cargo build" cargo build --workspace --bins
+stage "cargo test" cargo test --workspace
+stage "OCI conformance suite" bash tests/conformance.sh
+stage "real clients" bash tests/clients.sh
+
+echo
+echo "=== summary"
+for i in "${!NAMES[@]}"; do
+  printf '  %-28s %-32s %s\n' "${NAMES[i]}" "${RESULTS[i]}" "${TIMES[i]}"
+done
+echo
+echo "$TOTAL_PASSED passed, $TOTAL_FAILED failed"
+((TOTAL_FAILED == 0))
