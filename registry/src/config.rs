@@ -196,8 +196,14 @@ impl Config {
             Config::default()
         } else {
             let de = serde_yaml::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de)
-                .map_err(|e| err(e.path().to_string(), e.into_inner().to_string()))?
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let field = e.path().to_string();
+                let message = e.into_inner().to_string();
+                // serde_yaml may already start its message with the path; say it once.
+                let message =
+                    message.strip_prefix(&format!("{field}: ")).map_or(message.clone(), str::to_owned);
+                err(field, message)
+            })?
         };
         config.validate().map_err(|(field, message)| err(field.to_owned(), message))?;
         Ok(config)
@@ -337,7 +343,7 @@ mod tests {
         let e = Config::from_yaml("storage: {kind: s4}", "berth.yaml").unwrap_err();
         assert_eq!(e.file, "berth.yaml");
         assert_eq!(e.field, "storage.kind");
-        assert!(e.to_string().starts_with("berth.yaml: storage.kind: "), "{e}");
+        assert!(e.to_string().starts_with("berth.yaml: storage.kind: unknown variant"), "{e}");
 
         let e = Config::from_yaml("limits: {upload_ttl: forever}", "b.yaml").unwrap_err();
         assert_eq!(e.field, "limits.upload_ttl");

@@ -66,7 +66,14 @@ pub(super) async fn handle(st: &AppState, req: &Parts, route: Route, body: Body)
             Ok(upload_response(StatusCode::ACCEPTED, &repo, state))
         }
         Route::Upload(repo, id) if *m == Method::PUT => {
-            let digest = required_digest(req)?;
+            let digest = match required_digest(req) {
+                Ok(d) => d,
+                Err(e) => {
+                    // An unknown session is the more useful answer than a missing digest.
+                    reg.upload_status(&repo, id).await?;
+                    return Err(e);
+                }
+            };
             let (range, len) = chunk_headers(&req.headers)?;
             let body = stream(body);
             reg.finish_upload(&repo, id, &digest, range, len, body)

@@ -1,0 +1,203 @@
+//! A real `berth` server on a loopback port for each test, and small client helpers.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_registry::api::AppState;
+use berth_registry::config::Config;
+use berth_registry::meta::sqlite::SqliteMeta;
+use berth_registry::service::{Limits, Registry};
+use berth_registry::storage::fs::FsStorage;
+use berth_registry::telemetry::Metrics;
+use reqwest::{Method, StatusCode};
+use sha2::Digest as _;
+use tokio::sync::oneshot;
+
+pub struct TestServer {
+    pub url: String,
+    pub addr: std::net::SocketAddr,
+    pub data: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_path_buf();
+        let mut s = TestServer::start_in(&data, Limits::default()).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    pub async fn with_limits(limits: Limits) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = TestServer::start_in(dir.path(), limits).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    /// A server over an existing data directory (for restart tests).
+    pub async fn start_in(data: &Path, limits: Limits) -> TestServer {
+        let metrics = Arc::new(Metrics::new());
+        let storage = Arc::new(FsStorage::open(data.join("storage")).unwrap());
+        let meta = Arc::new(SqliteMeta::open(data.join("meta.db")).unwrap());
+        let registry = Arc::new(Registry::new(metrics.instrument(storage), meta, limits));
+        let state = AppState { registry, metrics };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = Config { listen: addr.to_string(), ..Config::default() };
+        let task = tokio::spawn(async move {
+            berth_registry::server::serve(&config, state, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestServer {
+            url: format!("http://{addr}"),
+            addr,
+            data: data.to_path_buf(),
+            _dir: None,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+
+    /// Files under storage/blobs (what a client could ever be served).
+    pub fn blob_files(&self) -> Vec<PathBuf> {
+        fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+            if let Ok(rd) = std::fs::read_dir(p) {
+                for e in rd.flatten() {
+                    if e.path().is_dir() {
+                        walk(&e.path(), out)
+                    } else {
+                        out.push(e.path())
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.data.join("storage/blobs"), &mut out);
+        out
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    format!("sha256:{:x}", sha2::Sha256::digest(data))
+}
+
+pub fn sha512(data: &[u8]) -> String {
+    format!("sha512:{:x}", sha2::Sha512::digest(data))
+}
+
+/// The error code of a spec error body.
+pub async fn error_code(resp: reqwest::Response) -> String {
+    let v: serde_json::Value = resp.json().await.unwrap_or_default();
+    v["errors"][0]["code"].as_str().unwrap_or("").to_owned()
+}
+
+pub async fn push_blob(s: &TestServer, repo: &str, data: &[u8]) -> String {
+    let digest = sha256(data);
+    let r = client()
+        .post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "pushing a blob");
+    digest
+}
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// Pushes config + one layer and returns (manifest bytes, its digest) without pushing the manifest.
+pub async fn image_manifest(s: &TestServer, repo: &str, seed: &str, extra: serde_json::Value) -> Vec<u8> {
+    let config = format!("{{\"seed\":\"{seed}\"}}");
+    let layer = format!("layer-{seed}").repeat(100);
+    let cd = push_blob(s, repo, config.as_bytes()).await;
+    let ld = push_blob(s, repo, layer.as_bytes()).await;
+    let mut m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": layer.len()}],
+    });
+    if let (Some(m), Some(extra)) = (m.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::to_vec(&m).unwrap()
+}
+
+pub async fn put_manifest(
+    s: &TestServer,
+    repo: &str,
+    reference: &str,
+    ct: &str,
+    body: &[u8],
+) -> reqwest::Response {
+    client()
+        .put(s.url(&format!("/v2/{repo}/manifests/{reference}")))
+        .header("content-type", ct)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
+pub async fn send(method: Method, url: String) -> reqwest::Response {
+    client().request(method, url).send().await.unwrap()
+}
+
+/// Sends a request line exactly as given (no client-side path normalisation) and returns the status.
+pub async fn raw_status(addr: std::net::SocketAddr, method: &str, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    conn.read_to_end(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf);
+    head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// Polls `f` until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}

@@ -1,0 +1,291 @@
+//! The `berth` binary as an operator runs it: killed with SIGKILL mid-upload, stopped with SIGTERM
+//! while uploads are in flight, and serving TLS while its certificate is replaced.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use tokio::sync::mpsc;
+
+struct Berth {
+    child: Child,
+    url: String,
+}
+
+impl Berth {
+    async fn spawn(data: &Path, addr: &str, extra: &[&str]) -> Berth {
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["serve", "--listen", addr, "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .env("BERTH_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("berth starts");
+        let url = format!("http://{addr}");
+        let up = eventually(Duration::from_secs(20), || async {
+            client().get(format!("{url}/v2/")).send().await.is_ok()
+        })
+        .await;
+        assert!(up, "berth answered on {addr}");
+        Berth { child, url }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    async fn received_bytes(&self) -> u64 {
+        let text = client().get(format!("{}/metrics", self.url)).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("berth_http_received_bytes_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// A request body that sends `first`, then waits for more on the returned channel.
+fn stalled_body(first: Vec<u8>) -> (reqwest::Body, mpsc::Sender<Vec<u8>>) {
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
+    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) }),
+    );
+    (reqwest::Body::wrap_stream(stream), tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_upload_leaves_nothing_partial_and_keeps_what_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let berth = Berth::spawn(dir.path(), &addr, &[]).await;
+    let c = client();
+    let url = berth.url.clone();
+
+    // Finished content: three blobs and a manifest tagged over two of them.
+    let blobs: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 1_000_000 + i as usize]).collect();
+    for b in &blobs {
+        let r = c
+            .post(format!("{url}/v2/crash/done/blobs/uploads/?digest={}", sha256(b)))
+            .body(b.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&blobs[0]), "size": blobs[0].len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&blobs[1]), "size": blobs[1].len()}],
+    }))
+    .unwrap();
+    let r = c
+        .put(format!("{url}/v2/crash/done/manifests/v1"))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // A resumable session with one chunk recorded.
+    let loc = c.post(format!("{url}/v2/crash/session/blobs/uploads/")).send().await.unwrap().headers()
+        ["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let r = c
+        .patch(format!("{url}{loc}"))
+        .header("content-range", "0-9")
+        .body(vec![9u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+
+    // Uploads cut off in the middle: monolithic and streamed PATCH, each stalled after 2 MB.
+    let before = berth.received_bytes().await;
+    let partial: Vec<Vec<u8>> = (0..4u8).map(|i| vec![100 + i; 4_000_000]).collect();
+    let mut senders = Vec::new();
+    for (i, p) in partial.iter().enumerate() {
+        let (body, tx) = stalled_body(p[..2_000_000].to_vec());
+        senders.push(tx);
+        let req = if i % 2 == 0 {
+            c.post(format!("{url}/v2/crash/partial/blobs/uploads/?digest={}", sha256(p)))
+        } else {
+            let loc =
+                c.post(format!("{url}/v2/crash/partial/blobs/uploads/")).send().await.unwrap().headers()
+                    ["location"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+            c.patch(format!("{url}{loc}"))
+        };
+        tokio::spawn(req.body(body).send());
+    }
+    let arrived =
+        eventually(Duration::from_secs(30), || async { berth.received_bytes().await >= before + 7_000_000 })
+            .await;
+    assert!(arrived, "the partial uploads reached the server");
+
+    let mut berth = berth;
+    berth.child.kill().unwrap(); // SIGKILL
+    berth.child.wait().unwrap();
+    drop(senders);
+
+    let berth = Berth::spawn(dir.path(), &addr, &[]).await;
+    for b in &blobs {
+        let r = c.get(format!("{url}/v2/crash/done/blobs/{}", sha256(b))).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.bytes().await.unwrap().as_ref() == b.as_slice(), "finished blob intact");
+    }
+    let r = c.get(format!("{url}/v2/crash/done/manifests/v1")).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), manifest.as_slice());
+    for p in &partial {
+        let r = c.head(format!("{url}/v2/crash/partial/blobs/{}", sha256(p))).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "a cut-off upload is not visible");
+    }
+    let status = c.get(format!("{url}{loc}")).send().await.unwrap();
+    assert_eq!(status.headers()["range"], "0-9", "the recorded chunk survived");
+    let all = [vec![9u8; 10], vec![8u8; 5]].concat();
+    let r = c
+        .put(format!("{url}{loc}?digest={}", sha256(&all)))
+        .header("content-range", "10-14")
+        .body(vec![8u8; 5])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "and the session can be finished");
+    let leftovers = std::fs::read_dir(dir.path().join("storage/tmp")).unwrap().count();
+    assert_eq!(leftovers, 0, "temp files of the killed writes were cleared");
+    drop(berth);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_uploads_in_flight_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mut berth = Berth::spawn(dir.path(), &addr, &[]).await;
+    let data = vec![42u8; 3_000_000];
+    let d = sha256(&data);
+    let (body, tx) = stalled_body(data[..1_000_000].to_vec());
+    let req = client().post(format!("{}/v2/drain/blobs/uploads/?digest={d}", berth.url)).body(body).send();
+    let upload = tokio::spawn(req);
+    let arrived =
+        eventually(Duration::from_secs(20), || async { berth.received_bytes().await >= 1_000_000 }).await;
+    assert!(arrived);
+
+    berth.signal("-TERM");
+    // New connections are refused once the listener closed...
+    let refused = eventually(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(&addr).await.is_err()
+    })
+    .await;
+    assert!(refused, "listener closed after SIGTERM");
+    // ...while the upload in flight completes.
+    tx.send(data[1_000_000..].to_vec()).await.unwrap();
+    drop(tx);
+    let resp = upload.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let exited = eventually(Duration::from_secs(20), || {
+        let done = berth.child.try_wait().ok().flatten().is_some();
+        async move { done }
+    })
+    .await;
+    assert!(exited, "berth exits once drained");
+    assert!(berth.child.wait().unwrap().success());
+}
+
+fn self_signed(name: &str) -> (String, String, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+}
+
+/// Connects over TLS trusting only `trusted`, returns the leaf the server presented.
+async fn handshake(addr: &str, trusted: &[u8]) -> Option<Vec<u8>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(trusted.to_vec())).ok()?;
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .ok()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
+    let mut tls = connector.connect(name, tcp).await.ok()?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.ok()?;
+    let mut buf = Vec::new();
+    let _ = tls.read_to_end(&mut buf).await;
+    if !buf.starts_with(b"HTTP/1.1 200") {
+        return None;
+    }
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?.to_vec();
+    Some(leaf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_certificate_is_reloaded_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_a, key_a, der_a) = self_signed("berth-a");
+    let (cert_b, key_b, der_b) = self_signed("berth-b");
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, cert_a).unwrap();
+    std::fs::write(&key, key_a).unwrap();
+    let addr = free_addr();
+    let config = dir.path().join("berth.yaml");
+    std::fs::write(
+        &config,
+        format!("tls: {{cert: {}, key: {}, reload_interval: 100ms}}\n", cert.display(), key.display()),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--listen", &addr, "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Berth { child, url: String::new() };
+    let up = eventually(Duration::from_secs(20), || async { handshake(&addr, &der_a).await.is_some() }).await;
+    assert!(up, "serves HTTPS with certificate A");
+    assert_eq!(handshake(&addr, &der_a).await.unwrap(), der_a);
+
+    // Replace the pair the way a Secret update does: new files moved into place.
+    for (path, text) in [(&key, key_b), (&cert, cert_b)] {
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+    let switched = eventually(Duration::from_secs(20), || async {
+        handshake(&addr, &der_b).await.as_deref() == Some(&der_b[..])
+    })
+    .await;
+    assert!(switched, "certificate B is served after reload");
+    assert!(handshake(&addr, &der_a).await.is_none(), "A is no longer presented");
+}
