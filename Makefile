@@ -11,6 +11,10 @@ test:
 tools:
 	bash scripts/tools.sh
 
+# Measure berth beside CNCF Distribution (and zot) on this machine; see docs/benchmarks.md.
+bench:
+	bash scripts/bench.sh
+
 fmt:
 	cargo fmt --all
 

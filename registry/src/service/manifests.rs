@@ -53,6 +53,7 @@ impl Registry {
         if self.storage.stat(&key).await? != Some(body.len() as u64) {
             put_all(self.storage.as_ref(), &key, body.clone()).await?;
         }
+        self.manifests.insert(&digest, body.clone());
         let annotations = match &parsed.annotations {
             Some(a) => {
                 Some(serde_json::to_string(a).map_err(|e| ServiceError::ManifestInvalid(e.to_string()))?)
@@ -86,8 +87,14 @@ impl Registry {
         reference: &Reference,
     ) -> Result<(ManifestRecord, Bytes)> {
         let record = self.head_manifest(repo, reference).await?;
+        if let Some(bytes) = self.manifests.get(&record.digest) {
+            return Ok((record, bytes));
+        }
         match read_all(self.storage.as_ref(), &layout::blob(&record.digest)).await {
-            Ok(bytes) => Ok((record, bytes)),
+            Ok(bytes) => {
+                self.manifests.insert(&record.digest, bytes.clone());
+                Ok((record, bytes))
+            }
             Err(StorageError::NotFound) => {
                 tracing::error!(digest = %record.digest, "manifest recorded but missing from storage");
                 Err(ServiceError::ManifestUnknown)

@@ -4,6 +4,7 @@
 //! method here, and turn the result (or the [`ServiceError`]) into a response.
 
 mod blobs;
+mod cache;
 mod manifests;
 mod uploads;
 
@@ -88,6 +89,9 @@ impl From<MetaError> for ServiceError {
 
 pub type Result<T> = std::result::Result<T, ServiceError>;
 
+/// Memory kept for recently used manifests.
+const MANIFEST_CACHE_BYTES: usize = 32 << 20;
+
 pub struct Registry {
     storage: Arc<dyn Storage>,
     meta: Arc<dyn MetaStore>,
@@ -95,11 +99,18 @@ pub struct Registry {
     /// The running sha256 of each upload session at its current offset, so that finishing an
     /// upload needs no second read of its bytes. Lost on restart, then rebuilt from storage.
     hashers: Mutex<HashMap<UploadId, (u64, Hasher)>>,
+    manifests: cache::ManifestCache,
 }
 
 impl Registry {
     pub fn new(storage: Arc<dyn Storage>, meta: Arc<dyn MetaStore>, limits: Limits) -> Registry {
-        Registry { storage, meta, limits, hashers: Mutex::new(HashMap::new()) }
+        Registry {
+            storage,
+            meta,
+            limits,
+            hashers: Mutex::new(HashMap::new()),
+            manifests: cache::ManifestCache::new(MANIFEST_CACHE_BYTES),
+        }
     }
 
     pub fn limits(&self) -> &Limits {

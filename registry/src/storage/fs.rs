@@ -6,11 +6,11 @@
 //! key or absent. Whatever is left in `tmp/` by a crash is removed when the backend is opened.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ByteStream, Key, ObjectWriter, Storage, StorageError};
@@ -193,17 +193,19 @@ fn spawn_reader(mut file: File, start: u64, len: u64) -> ByteStream {
         }
         let mut left = len;
         while left > 0 {
-            let want = left.min(IO_CHUNK as u64) as usize;
-            let mut buf = BytesMut::zeroed(want);
-            let msg = match file.read_exact(&mut buf) {
-                Ok(()) => Ok(buf.freeze()),
+            let want = left.min(IO_CHUNK as u64);
+            // read_to_end fills spare capacity directly: no zeroing pass over every chunk.
+            let mut buf = Vec::with_capacity(want as usize);
+            let msg = match (&mut file).take(want).read_to_end(&mut buf) {
+                Ok(n) if n as u64 == want => Ok(Bytes::from(buf)),
+                Ok(_) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "object shorter than expected")),
                 Err(e) => Err(e),
             };
             let failed = msg.is_err();
             if tx.blocking_send(msg).is_err() || failed {
                 return; // consumer went away, or the error has been handed over
             }
-            left -= want as u64;
+            left -= want;
         }
     });
     Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
@@ -223,15 +225,15 @@ struct FsWriter {
 
 impl FsWriter {
     fn start(root: PathBuf, file: File, temp: PathBuf) -> FsWriter {
-        let (tx, mut rx) = mpsc::channel::<Msg>(16);
+        let (tx, mut rx) = mpsc::channel::<Msg>(32);
         let task = tokio::task::spawn_blocking(move || {
-            let mut out = BufWriter::with_capacity(IO_CHUNK, file);
+            let mut out = Gather::new(file);
             let result = (|| {
                 while let Some(msg) = rx.blocking_recv() {
                     match msg {
-                        Msg::Data(b) => out.write_all(&b)?,
+                        Msg::Data(b) => out.push(b)?,
                         Msg::Commit(dest, reply) => {
-                            let r = finish(out, &temp, &dest);
+                            let r = out.finish().and_then(|f| finish(f, &temp, &dest));
                             let _ = reply.send(r);
                             return Ok(true);
                         }
@@ -261,8 +263,53 @@ impl FsWriter {
     }
 }
 
-fn finish(out: BufWriter<File>, temp: &Path, dest: &Path) -> io::Result<()> {
-    let file = out.into_inner().map_err(|e| e.into_error())?;
+/// Collects received chunks and writes them with one vectored write per `IO_CHUNK` or so: no
+/// copy into a staging buffer, few system calls.
+struct Gather {
+    file: File,
+    pending: Vec<Bytes>,
+    size: usize,
+}
+
+impl Gather {
+    fn new(file: File) -> Gather {
+        Gather { file, pending: Vec::with_capacity(64), size: 0 }
+    }
+
+    fn push(&mut self, b: Bytes) -> io::Result<()> {
+        if b.is_empty() {
+            return Ok(());
+        }
+        self.size += b.len();
+        self.pending.push(b);
+        if self.size >= IO_CHUNK || self.pending.len() >= 64 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = self.pending.iter().map(|b| IoSlice::new(b)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            let n = self.file.write_vectored(rest)?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "disk accepted no bytes"));
+            }
+            IoSlice::advance_slices(&mut rest, n);
+        }
+        self.pending.clear();
+        self.size = 0;
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<File> {
+        self.flush()?;
+        Ok(self.file)
+    }
+}
+
+fn finish(file: File, temp: &Path, dest: &Path) -> io::Result<()> {
     file.sync_all()?;
     drop(file);
     place(temp, dest)

@@ -1,0 +1,340 @@
+//! The loads, identical for every server: blob push and pull (1 MiB and 256 MiB, one stream and
+//! eight), many small blob pushes, manifest PUTs, and manifest GETs by tag (through wrk).
+//!
+//! Every push uses the flow docker and containerd use: `POST` a session, `PATCH` the bytes,
+//! `PUT ?digest=`. Content is distinct per push (an 8-byte prefix varies) so no server can skip
+//! work by deduplicating, and digests are computed before the clock starts.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sha2::Digest as _;
+
+use crate::Metric;
+
+const MIB: usize = 1 << 20;
+const MB: f64 = 1e6;
+const REPO: &str = "bench/load";
+
+pub struct Plan {
+    small_blobs: usize,
+    manifest_puts: usize,
+    one_mib_pushes: usize,
+    big_pushes: usize,
+    get_seconds: u32,
+}
+
+impl Plan {
+    pub fn new(quick: bool) -> Plan {
+        if quick {
+            Plan { small_blobs: 200, manifest_puts: 200, one_mib_pushes: 16, big_pushes: 1, get_seconds: 3 }
+        } else {
+            Plan {
+                small_blobs: 2000,
+                manifest_puts: 2000,
+                one_mib_pushes: 64,
+                big_pushes: 2,
+                get_seconds: 10,
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} × 1 MiB and {} × 256 MiB pushes per stream, {} × 4 KiB pushes at concurrency 16, \
+             {} manifest PUTs at concurrency 16, manifest GETs by tag for {} s at 64 connections (wrk)",
+            self.one_mib_pushes, self.big_pushes, self.small_blobs, self.manifest_puts, self.get_seconds
+        )
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(128)
+        .timeout(Duration::from_secs(600))
+        .build()
+        .unwrap_or_default()
+}
+
+/// Content for blob `n` of `size` bytes: a shared random body behind an 8-byte prefix.
+struct Blob {
+    prefix: Bytes,
+    body: Bytes,
+    digest: String,
+}
+
+impl Blob {
+    fn new(base: &Bytes, n: u64) -> Blob {
+        let prefix = Bytes::copy_from_slice(&n.to_be_bytes());
+        let body = base.slice(8..);
+        let mut h = sha2::Sha256::new();
+        h.update(&prefix);
+        h.update(&body);
+        Blob { prefix, body, digest: format!("sha256:{:x}", h.finalize()) }
+    }
+
+    fn len(&self) -> usize {
+        self.prefix.len() + self.body.len()
+    }
+
+    fn stream(&self) -> reqwest::Body {
+        let mut chunks = vec![self.prefix.clone()];
+        let mut at = 0;
+        while at < self.body.len() {
+            let end = (at + MIB).min(self.body.len());
+            chunks.push(self.body.slice(at..end));
+            at = end;
+        }
+        reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks.into_iter().map(Ok::<_, std::io::Error>),
+        ))
+    }
+}
+
+fn random_bytes(size: usize, seed: u64) -> Bytes {
+    // xorshift: incompressible enough, and the same for every server.
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(size + 8);
+    while v.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(size);
+    Bytes::from(v)
+}
+
+fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with("http") {
+        location.to_owned()
+    } else {
+        format!("{base}{location}")
+    }
+}
+
+fn location(r: &reqwest::Response) -> anyhow::Result<String> {
+    Ok(r.headers().get("location").context("no Location")?.to_str()?.to_owned())
+}
+
+async fn push(c: &reqwest::Client, base: &str, blob: &Blob) -> anyhow::Result<()> {
+    let r = c.post(format!("{base}/v2/{REPO}/blobs/uploads/")).send().await?;
+    if r.status().as_u16() != 202 {
+        bail!("POST upload: {}", r.status());
+    }
+    let loc = absolute(base, &location(&r)?);
+    let r =
+        c.patch(&loc).header("content-type", "application/octet-stream").body(blob.stream()).send().await?;
+    if r.status().as_u16() != 202 {
+        bail!("PATCH upload: {}", r.status());
+    }
+    let loc = absolute(base, &location(&r)?);
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let r = c.put(format!("{loc}{sep}digest={}", blob.digest)).send().await?;
+    if r.status().as_u16() != 201 {
+        bail!("PUT upload: {}", r.status());
+    }
+    Ok(())
+}
+
+async fn pull(c: &reqwest::Client, base: &str, digest: &str, want: usize) -> anyhow::Result<()> {
+    let r = c.get(format!("{base}/v2/{REPO}/blobs/{digest}")).send().await?;
+    if !r.status().is_success() {
+        bail!("GET blob: {}", r.status());
+    }
+    let mut n = 0;
+    let mut s = r.bytes_stream();
+    while let Some(chunk) = s.next().await {
+        n += chunk?.len();
+    }
+    if n != want {
+        bail!("GET blob: {n} bytes, want {want}");
+    }
+    Ok(())
+}
+
+/// Runs `jobs` through `concurrency` workers; returns the wall time.
+async fn run_jobs<F, Fut>(jobs: usize, concurrency: usize, f: F) -> anyhow::Result<Duration>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let f = Arc::new(f);
+    let start = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (next, f) = (next.clone(), f.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= jobs {
+                        return anyhow::Ok(());
+                    }
+                    f(i).await?;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await??;
+    }
+    Ok(start.elapsed())
+}
+
+fn rate(name: &'static str, unit: &'static str, amount: f64, took: Duration) -> Metric {
+    Metric { name, unit, value: amount / took.as_secs_f64(), higher_is_better: true }
+}
+
+pub async fn run(plan: &Plan, base: &str, c: &reqwest::Client) -> anyhow::Result<Vec<Metric>> {
+    let mut out = Vec::new();
+    for (size, label_push, label_pull, label_push8, label_pull8, count) in [
+        (
+            MIB,
+            "push 1 MiB blobs, 1 stream",
+            "pull 1 MiB blobs, 1 stream",
+            "push 1 MiB blobs, 8 streams",
+            "pull 1 MiB blobs, 8 streams",
+            plan.one_mib_pushes,
+        ),
+        (
+            256 * MIB,
+            "push 256 MiB blob, 1 stream",
+            "pull 256 MiB blob, 1 stream",
+            "push 256 MiB blobs, 8 streams",
+            "pull 256 MiB blobs, 8 streams",
+            plan.big_pushes,
+        ),
+    ] {
+        let base_bytes = random_bytes(size, size as u64);
+        let single: Arc<Vec<Blob>> = Arc::new((0..count as u64).map(|n| Blob::new(&base_bytes, n)).collect());
+        let multi: Arc<Vec<Blob>> =
+            Arc::new((0..(8 * count) as u64).map(|n| Blob::new(&base_bytes, 1_000_000 + n)).collect());
+        let total_single = (count * size) as f64 / MB;
+        let total_multi = (8 * count * size) as f64 / MB;
+
+        let (c1, b1, s1) = (c.clone(), base.to_owned(), single.clone());
+        let took = run_jobs(count, 1, move |i| {
+            let (c, b, s) = (c1.clone(), b1.clone(), s1.clone());
+            async move { push(&c, &b, &s[i]).await }
+        })
+        .await?;
+        out.push(rate(label_push, "MB/s", total_single, took));
+        let (c1, b1, s1) = (c.clone(), base.to_owned(), multi.clone());
+        let took = run_jobs(8 * count, 8, move |i| {
+            let (c, b, s) = (c1.clone(), b1.clone(), s1.clone());
+            async move { push(&c, &b, &s[i]).await }
+        })
+        .await?;
+        out.push(rate(label_push8, "MB/s", total_multi, took));
+
+        // Pull what was pushed, twice as many reads as writes for the small size.
+        let reads = if size == MIB { 2 } else { 1 };
+        let (c1, b1, s1) = (c.clone(), base.to_owned(), single.clone());
+        let n = count;
+        let took = run_jobs(count * reads, 1, move |i| {
+            let (c, b, s) = (c1.clone(), b1.clone(), s1.clone());
+            async move {
+                let blob = &s[i % n];
+                pull(&c, &b, &blob.digest, blob.len()).await
+            }
+        })
+        .await?;
+        out.push(rate(label_pull, "MB/s", total_single * reads as f64, took));
+        let (c1, b1, s1) = (c.clone(), base.to_owned(), multi.clone());
+        let n = 8 * count;
+        let took = run_jobs(8 * count * reads, 8, move |i| {
+            let (c, b, s) = (c1.clone(), b1.clone(), s1.clone());
+            async move {
+                let blob = &s[i % n];
+                pull(&c, &b, &blob.digest, blob.len()).await
+            }
+        })
+        .await?;
+        out.push(rate(label_pull8, "MB/s", total_multi * reads as f64, took));
+    }
+
+    let small_base = random_bytes(4096, 4096);
+    let small: Arc<Vec<Blob>> =
+        Arc::new((0..plan.small_blobs as u64).map(|n| Blob::new(&small_base, n)).collect());
+    let (c1, b1, s1) = (c.clone(), base.to_owned(), small.clone());
+    let took = run_jobs(plan.small_blobs, 16, move |i| {
+        let (c, b, s) = (c1.clone(), b1.clone(), s1.clone());
+        async move { push(&c, &b, &s[i]).await }
+    })
+    .await?;
+    out.push(rate("push 4 KiB blobs, concurrency 16", "blobs/s", plan.small_blobs as f64, took));
+
+    let manifests = Arc::new(manifests(&small, plan.manifest_puts));
+    let (c1, b1, m1) = (c.clone(), base.to_owned(), manifests.clone());
+    let took = run_jobs(plan.manifest_puts, 16, move |i| {
+        let (c, b, m) = (c1.clone(), b1.clone(), m1.clone());
+        async move {
+            let r = c
+                .put(format!("{b}/v2/{REPO}/manifests/t{i}"))
+                .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+                .body(m[i].clone())
+                .send()
+                .await?;
+            if r.status().as_u16() != 201 {
+                bail!("PUT manifest: {}", r.status());
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    out.push(rate("manifest PUT, concurrency 16", "manifests/s", plan.manifest_puts as f64, took));
+    out.push(Metric {
+        name: "manifest GET by tag, 64 connections",
+        unit: "requests/s",
+        value: wrk(&format!("{base}/v2/{REPO}/manifests/t0"), plan.get_seconds)?,
+        higher_is_better: true,
+    });
+    Ok(out)
+}
+
+fn manifests(blobs: &[Blob], n: usize) -> Vec<Bytes> {
+    (0..n)
+        .map(|i| {
+            let config = &blobs[i % blobs.len()];
+            let layer = &blobs[(i + 1) % blobs.len()];
+            let m = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.digest, "size": config.len()},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.digest, "size": layer.len()}],
+                "annotations": {"bench.index": i.to_string()},
+            });
+            Bytes::from(m.to_string())
+        })
+        .collect()
+}
+
+/// Requests per second wrk measures at 64 connections over two threads.
+fn wrk(url: &str, seconds: u32) -> anyhow::Result<f64> {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            "-c64",
+            &format!("-d{seconds}s"),
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+            url,
+        ])
+        .output()
+        .context("running wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("Non-2xx") {
+        bail!("wrk saw errors:\n{text}");
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))
+}

@@ -1,0 +1,146 @@
+//! `berth-bench`: one run measures every registry given, on this machine, with the same client,
+//! and the machine's own limits (loopback TCP, sha256, disk write), then prints one table with the
+//! ratios and writes it as Markdown.
+//!
+//! ```text
+//! berth-bench --berth target/release/berth --distribution PATH/registry [--out docs/benchmarks.md]
+//! ```
+//! Every server gets a fresh data directory on the same disk, is started, loaded, measured and
+//! stopped before the next; loads are bounded in count, so a run always ends.
+
+mod load;
+mod machine;
+mod servers;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use servers::{Kind, ServerSpec};
+
+/// One measured number.
+#[derive(Clone, Debug)]
+pub struct Metric {
+    pub name: &'static str,
+    pub unit: &'static str,
+    pub value: f64,
+    /// Larger is better (throughput) or smaller is better (memory, time).
+    pub higher_is_better: bool,
+}
+
+struct Args {
+    servers: Vec<ServerSpec>,
+    out: Option<PathBuf>,
+    quick: bool,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut servers = Vec::new();
+    let mut out = None;
+    let mut quick = false;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut path = || it.next().map(PathBuf::from).with_context(|| format!("{a} needs a path"));
+        match a.as_str() {
+            "--berth" => servers.push(ServerSpec { kind: Kind::Berth, bin: path()? }),
+            "--distribution" => servers.push(ServerSpec { kind: Kind::Distribution, bin: path()? }),
+            "--zot" => servers.push(ServerSpec { kind: Kind::Zot, bin: path()? }),
+            "--out" => out = Some(path()?),
+            "--quick" => quick = true,
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    if servers.is_empty() {
+        bail!("usage: berth-bench --berth BIN [--distribution BIN] [--zot BIN] [--out FILE] [--quick]");
+    }
+    Ok(Args { servers, out, quick })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let scratch = tempfile::tempdir()?;
+    eprintln!("measuring the machine...");
+    let limits = machine::measure(scratch.path()).await?;
+    let plan = load::Plan::new(args.quick);
+    let mut results: Vec<(String, Vec<Metric>)> = Vec::new();
+    for spec in &args.servers {
+        eprintln!("measuring {}...", spec.kind.name());
+        let metrics = servers::measure(spec, &plan, scratch.path()).await?;
+        results.push((spec.kind.name().to_owned(), metrics));
+    }
+    let report = render(&limits, &results, &plan);
+    println!("{report}");
+    if let Some(out) = args.out {
+        std::fs::write(&out, report).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(())
+}
+
+fn render(limits: &[Metric], results: &[(String, Vec<Metric>)], plan: &load::Plan) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "| machine limit | value |\n|---|---|");
+    for m in limits {
+        let _ = writeln!(s, "| {} | {:.0} {} |", m.name, m.value, m.unit);
+    }
+    let _ = writeln!(s);
+    let names: Vec<&str> = results.iter().map(|(n, _)| n.as_str()).collect();
+    let _ = write!(s, "| scenario | unit |");
+    for n in &names {
+        let _ = write!(s, " {n} |");
+    }
+    let peers = names.len() > 1;
+    if peers {
+        let _ = write!(s, " berth ÷ best peer |");
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "|---|---|{}{}", "---:|".repeat(names.len()), if peers { "---:|" } else { "" });
+    let Some((_, first)) = results.first() else { return s };
+    for (i, m) in first.iter().enumerate() {
+        let _ = write!(s, "| {} | {} |", m.name, m.unit);
+        for (_, r) in results {
+            let _ = write!(s, " {} |", r.get(i).map_or("–".into(), |m| fmt_value(m.value)));
+        }
+        if peers {
+            let best_peer = results[1..].iter().filter_map(|(_, r)| r.get(i)).map(|p| p.value).fold(
+                None,
+                |acc: Option<f64>, v| {
+                    Some(match acc {
+                        None => v,
+                        Some(a) if m.higher_is_better => a.max(v),
+                        Some(a) => a.min(v),
+                    })
+                },
+            );
+            let ratio = best_peer.filter(|p| *p > 0.0).map(|p| {
+                if m.higher_is_better {
+                    m.value / p
+                } else {
+                    p / m.value
+                }
+            });
+            let _ = write!(s, " {} |", ratio.map_or("–".into(), |r| format!("{r:.2}×")));
+        }
+        let _ = writeln!(s);
+    }
+    let _ = writeln!(
+        s,
+        "\nRatios are berth's advantage (higher is better for berth, for every row). Loads: {}.",
+        plan.describe()
+    );
+    s
+}
+
+fn fmt_value(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
