@@ -1,4 +1,4 @@
-.PHONY: run test tools bench fmt lint
+.PHONY: run test tools e2e-tools demo bench fmt lint
 
 # Run the registry with the embedded defaults: 127.0.0.1:5000, data in ./berth-data.
 run:
@@ -10,6 +10,16 @@ test:
 
 tools:
 	bash scripts/tools.sh
+
+# Build the Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kubectl)
+# from the Go module proxy into ~/.cache/berth.
+e2e-tools:
+	bash e2e/k8s-tools.sh
+
+# A local Kubernetes with Berth running in it; prints how to push. Ctrl-C stops everything.
+demo: e2e-tools
+	cargo build -p berth-registry -p berth-e2e --bins
+	./target/debug/berth-cluster
 
 # Measure berth beside CNCF Distribution (and zot) on this machine; see docs/benchmarks.md.
 bench:

@@ -10,8 +10,7 @@
 set -euo pipefail
 source "$(dirname "$0")/../scripts/tools.sh"
 
-K8S_VERSION=${K8S_VERSION:-v1.36.3}
-ETCD_VERSION=${ETCD_VERSION:-v3.6.8}
+source "$(dirname "${BASH_SOURCE[0]}")/versions.env"
 
 _k8s_wrapper() {
   local dir=$1 gomod staging
@@ -53,8 +52,15 @@ ensure_k8s() {
   work=$(mktemp -d)
   _k8s_wrapper "$work"
   rm -rf "$tmp" && mkdir -p "$tmp/bin"
+  # The release's own version stamp, so /version and `kubectl version` tell the truth.
+  local minor=${K8S_VERSION#v1.}
+  minor=${minor%%.*}
+  local ldflags="-s"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+  done
   for cmd in kube-apiserver kube-controller-manager kubectl; do
-    (cd "$work" && go build -trimpath -ldflags=-s -tags tools -o "$tmp/bin/$cmd" "k8s.io/kubernetes/cmd/$cmd")
+    (cd "$work" && go build -trimpath -ldflags="$ldflags" -tags tools -o "$tmp/bin/$cmd" "k8s.io/kubernetes/cmd/$cmd")
   done
   rm -rf "$work" "$dest" && mv "$tmp" "$dest"
 }

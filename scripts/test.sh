@@ -42,8 +42,9 @@ stage() {
 }
 
 provision() {
-  ensure_debs skopeo curl python3 ca-certificates &&
-  for t in conformance crane oras regctl cosign; do ensure_tool "$t" || return 1; done
+  ensure_debs skopeo curl python3 ca-certificates util-linux mount &&
+  for t in conformance crane oras regctl cosign; do ensure_tool "$t" || return 1; done &&
+  bash e2e/k8s-tools.sh
 }
 
 stage "provision tools" provision

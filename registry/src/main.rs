@@ -49,6 +49,10 @@ struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, env = "BERTH_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Where several pods share one network (Berth's process kubelet), each is given its own IP
+    /// here: a wildcard listen address (0.0.0.0, [::]) is narrowed to it.
+    #[arg(long, env = "BERTH_LISTEN_HOST", hide = true)]
+    listen_host: Option<std::net::IpAddr>,
 }
 
 impl ServeArgs {
@@ -73,6 +77,11 @@ impl ServeArgs {
             let reload_interval =
                 c.tls.as_ref().map_or(std::time::Duration::from_secs(10), |t| t.reload_interval);
             c.tls = Some(TlsConfig { cert, key, reload_interval });
+        }
+        if let (Some(host), Ok(addr)) = (self.listen_host, c.listen_addr()) {
+            if addr.ip().is_unspecified() {
+                c.listen = std::net::SocketAddr::new(host, addr.port()).to_string();
+            }
         }
         c.validate().map_err(|(field, msg)| anyhow::anyhow!("{field}: {msg}"))?;
         Ok(c)

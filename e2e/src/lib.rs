@@ -1,0 +1,35 @@
+//! Berth's end-to-end harness: a real Kubernetes control plane (etcd, kube-apiserver,
+//! kube-controller-manager built from the Kubernetes Go modules by `e2e/k8s-tools.sh`) and a
+//! process kubelet that runs Berth's own binaries as pods.
+//!
+//! ```text
+//!  test / make demo ──► ControlPlane::start ──► etcd ─► kube-apiserver ─► kube-controller-manager
+//!                                   └──► berth-kubelet (Node "berth-node"): binds pods, runs them as
+//!                                        local processes, probes them, proxies Services
+//! ```
+//! See `e2e/README.md` for the model and its limits.
+
+pub mod cluster;
+pub mod kubelet;
+pub mod pki;
+pub mod support;
+
+pub use cluster::{ControlPlane, Options};
+pub use support::{wait_until, TempNamespace};
+
+/// The versions in `e2e/versions.env`, the single place they are written.
+pub fn version(key: &str) -> Option<&'static str> {
+    include_str!("../versions.env")
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(str::trim)
+}
+
+/// Where `e2e/k8s-tools.sh` caches its builds.
+pub fn cache_dir() -> std::path::PathBuf {
+    if let Ok(dir) = std::env::var("BERTH_CACHE") {
+        return dir.into();
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    std::path::Path::new(&home).join(".cache/berth")
+}
