@@ -43,7 +43,7 @@ GO
 }
 
 ensure_k8s() {
-  local dest="$BERTH_CACHE/kubernetes-$K8S_VERSION"
+  local dest="$BERTH_CACHE/kubernetes-$K8S_VERSION-b$K8S_BUILD"
   if [[ -x $dest/bin/kube-apiserver && -x $dest/bin/kube-controller-manager && -x $dest/bin/kubectl ]]; then
     return 0
   fi
@@ -94,7 +94,7 @@ GO
   rm -rf "$work" "$dest" && mv "$tmp" "$dest"
 }
 
-k8s_bin() { echo "$BERTH_CACHE/kubernetes-$K8S_VERSION/bin/$1"; }
+k8s_bin() { echo "$BERTH_CACHE/kubernetes-$K8S_VERSION-b$K8S_BUILD/bin/$1"; }
 etcd_bin() { echo "$BERTH_CACHE/etcd-$ETCD_VERSION/bin/etcd"; }
 
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then

@@ -43,7 +43,7 @@ stage() {
 
 provision() {
   ensure_debs skopeo curl python3 ca-certificates util-linux mount &&
-  for t in conformance crane oras regctl cosign; do ensure_tool "$t" || return 1; done &&
+  for t in conformance crane oras regctl cosign helm kubeconform; do ensure_tool "$t" || return 1; done &&
   bash e2e/k8s-tools.sh
 }
 
@@ -51,6 +51,7 @@ stage "provision tools" provision
 stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 stage "cargo build" cargo build --workspace --bins
+stage "CRDs match the Rust types" cargo run -q -p berth-operator --bin crdgen -- check crds charts/berth-operator/files/crds
 stage "cargo test" cargo test --workspace
 stage "OCI conformance suite" bash tests/conformance.sh
 stage "real clients" bash tests/clients.sh

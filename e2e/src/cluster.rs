@@ -65,7 +65,9 @@ fn tool(dir: &str, name: &str) -> anyhow::Result<PathBuf> {
 }
 
 pub fn k8s_bin(name: &str) -> anyhow::Result<PathBuf> {
-    tool(&format!("kubernetes-{}", crate::version("K8S_VERSION").unwrap_or_default()), name)
+    let (version, build) =
+        (crate::version("K8S_VERSION").unwrap_or_default(), crate::version("K8S_BUILD").unwrap_or("1"));
+    tool(&format!("kubernetes-{version}-b{build}"), name)
 }
 
 fn etcd_bin() -> anyhow::Result<PathBuf> {

@@ -52,7 +52,7 @@ pub async fn refresh(ctx: &Context, pod: &Pod, vols: &PodVolumes, pod_ip: &str) 
         let Some(dir) = vols.paths.get(&v.name) else { continue };
         let files = contents(ctx, pod, v, pod_ip).await.with_context(|| format!("volume {:?}", v.name))?;
         if let Some(files) = files {
-            sync_dir(dir, &files)?;
+            sync_dir(dir, &files, fs_group(pod))?;
         }
     }
     Ok(())
@@ -225,8 +225,16 @@ async fn service_account_token(
     Ok(created.status.and_then(|s| s.token).unwrap_or_default())
 }
 
-/// Makes the directory hold exactly `files`, each written atomically (temp file, rename).
-fn sync_dir(dir: &Path, files: &Files) -> anyhow::Result<()> {
+fn fs_group(pod: &Pod) -> Option<u32> {
+    pod.spec.as_ref()?.security_context.as_ref()?.fs_group.and_then(|g| u32::try_from(g).ok())
+}
+
+/// Makes the directory hold exactly `files`, each written atomically (temp file, rename). With an
+/// `fsGroup`, files belong to that group, as a kubelet does, so non-root pods can read them.
+fn sync_dir(dir: &Path, files: &Files, group: Option<u32>) -> anyhow::Result<()> {
+    if let Some(g) = group {
+        std::os::unix::fs::chown(dir, None, Some(g))?;
+    }
     use std::os::unix::fs::PermissionsExt;
     for (rel, (bytes, mode)) in files {
         if rel.split('/').any(|c| c == ".." || c.is_empty()) {
@@ -242,6 +250,9 @@ fn sync_dir(dir: &Path, files: &Files) -> anyhow::Result<()> {
         let tmp =
             path.with_file_name(format!(".{}.tmp", path.file_name().and_then(|f| f.to_str()).unwrap_or("f")));
         std::fs::write(&tmp, bytes)?;
+        if let Some(g) = group {
+            std::os::unix::fs::chown(&tmp, None, Some(g))?;
+        }
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(*mode))?;
         std::fs::rename(&tmp, &path)?;
     }

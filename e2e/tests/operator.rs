@@ -1,0 +1,470 @@
+//! The operator end to end on the real control plane: installed with the Helm chart by real helm,
+//! reconciling Registries that really serve.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use berth_e2e::cluster::KubeletBinary;
+use berth_e2e::support::pod_ready;
+use berth_e2e::{wait_until, ControlPlane, Options, TempNamespace};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+const IMAGE_TAG: &str = "dev";
+
+fn target_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(|d| d.parent()).unwrap().join(name)
+}
+
+fn tool(name: &str, version: &str) -> PathBuf {
+    let p = berth_e2e::cache_dir().join(format!("{name}-{version}")).join("bin").join(name);
+    assert!(p.is_file(), "{} missing: bash scripts/tools.sh {name}", p.display());
+    p
+}
+
+fn helm() -> PathBuf {
+    tool("helm", "v3.19.0")
+}
+
+async fn cluster() -> ControlPlane {
+    let (berth, operator) = (target_bin("berth"), target_bin("berth-operator"));
+    assert!(berth.is_file() && operator.is_file(), "cargo build --workspace --bins first");
+    let opts = Options {
+        kubelet: Some(KubeletBinary {
+            path: env!("CARGO_BIN_EXE_berth-kubelet").into(),
+            binaries: vec![("berth".into(), berth), ("berth-operator".into(), operator)],
+        }),
+        state_dir: None,
+    };
+    ControlPlane::start(opts).await.expect("control plane starts")
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `helm install` of the chart, waiting for the operator to be ready.
+fn install_operator(cp: &ControlPlane) {
+    run(Command::new(helm())
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig)
+        .args([
+            "install",
+            "berth",
+            &format!("{ROOT}/charts/berth-operator"),
+            "-n",
+            "berth-system",
+            "--create-namespace",
+        ])
+        .args([
+            "--set",
+            &format!("image.tag={IMAGE_TAG}"),
+            "--set",
+            "logFormat=text",
+            "--wait",
+            "--timeout",
+            "3m",
+        ]));
+}
+
+fn registries(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("berth.dev", "v1alpha1", "Registry");
+    Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk))
+}
+
+fn condition(o: &DynamicObject, kind: &str) -> Option<(String, String, String)> {
+    let conds = o.data["status"]["conditions"].as_array()?;
+    let c = conds.iter().find(|c| c["type"] == kind)?;
+    Some((
+        c["status"].as_str()?.into(),
+        c["reason"].as_str()?.into(),
+        c["message"].as_str().unwrap_or("").into(),
+    ))
+}
+
+async fn wait_condition(
+    api: &Api<DynamicObject>,
+    name: &str,
+    kind: &str,
+    status: &str,
+    within: Duration,
+) -> bool {
+    wait_until(within, || {
+        let api = api.clone();
+        async move {
+            api.get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|o| condition(&o, kind))
+                .is_some_and(|c| c.0 == status)
+        }
+    })
+    .await
+}
+
+fn kubectl_apply(cp: &ControlPlane, ns: &str, yaml: &str) -> std::process::Output {
+    let mut child = cp
+        .kubectl()
+        .unwrap()
+        .args(["apply", "-n", ns, "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn layout() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    run(Command::new("python3").arg(format!("{ROOT}/tests/make_oci_layout.py")).arg(dir.path()));
+    dir
+}
+
+fn skopeo_push(cp: &ControlPlane, layout: &Path, dest: &str, extra: &[&str]) -> std::process::Output {
+    cp.in_cluster_dns("skopeo")
+        .args(["--insecure-policy", "copy"])
+        .args(extra)
+        .arg(format!("oci:{}:multi", layout.display()))
+        .arg(dest)
+        .output()
+        .unwrap()
+}
+
+fn debug(cp: &ControlPlane) -> String {
+    let pods = cp.kubectl().unwrap().args(["get", "pods,registries", "-A", "-o", "wide"]).output().unwrap();
+    format!(
+        "{}\noperator pods' output:\n{}\nkubelet:\n{}",
+        String::from_utf8_lossy(&pods.stdout),
+        operator_output(cp),
+        cp.log("berth-kubelet").lines().rev().take(40).collect::<Vec<_>>().join("\n")
+    )
+}
+
+fn operator_output(cp: &ControlPlane) -> String {
+    let mut out = String::new();
+    for log in glob(&cp.dir.join("kubelet/pods"), "output.log") {
+        if let Ok(text) = std::fs::read_to_string(&log) {
+            out.push_str(&format!(
+                "--- {}\n{}\n",
+                log.display(),
+                text.lines().rev().take(15).collect::<Vec<_>>().join("\n")
+            ));
+        }
+    }
+    out
+}
+
+fn glob(dir: &Path, file: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(glob(&p, file));
+            } else if p.file_name().and_then(|f| f.to_str()) == Some(file) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+const REGISTRY: &str = "apiVersion: berth.dev/v1alpha1
+kind: Registry
+metadata:
+  name: hub
+spec:
+  storage:
+    filesystem:
+      size: 2Gi
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_installed_operator_runs_a_registry_that_serves_and_stays_put() {
+    let cp = cluster().await;
+    install_operator(&cp);
+    let client = cp.client().await.unwrap();
+    let ns = TempNamespace::create(&client, "reg").await.unwrap();
+    let out = kubectl_apply(&cp, &ns.name, REGISTRY);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let regs = registries(&client, &ns.name);
+    assert!(
+        wait_condition(&regs, "hub", "Ready", "True", Duration::from_secs(180)).await,
+        "Registry Ready\n{}",
+        debug(&cp)
+    );
+    let reg = regs.get("hub").await.unwrap();
+    assert_eq!(reg.data["status"]["endpoint"], format!("hub.{}.svc:5000", ns.name));
+    assert_eq!(reg.data["status"]["effective"]["storageSize"], "2Gi");
+    assert_eq!(reg.data["status"]["observedGeneration"], 1);
+
+    // skopeo pushes and pulls through the Registry's Service.
+    let image = layout();
+    let dest = format!("docker://hub.{}.svc.cluster.local:5000/team/app:v1", ns.name);
+    let push = skopeo_push(&cp, image.path(), &dest, &["--dest-tls-verify=false"]);
+    assert!(push.status.success(), "skopeo push: {}", String::from_utf8_lossy(&push.stderr));
+    let back = tempfile::tempdir().unwrap();
+    let pull = cp
+        .in_cluster_dns("skopeo")
+        .args(["--insecure-policy", "copy", "--src-tls-verify=false", &dest])
+        .arg(format!("oci:{}:v1", back.path().display()))
+        .output()
+        .unwrap();
+    assert!(pull.status.success(), "skopeo pull: {}", String::from_utf8_lossy(&pull.stderr));
+
+    // GitOps stability: re-applying the same YAML and letting the operator resync writes nothing.
+    let versions = || async {
+        let mut v = Vec::new();
+        let secrets: Api<Secret> = ns.api();
+        let services: Api<Service> = ns.api();
+        let sets: Api<StatefulSet> = ns.api();
+        for s in secrets.list(&ListParams::default()).await.unwrap() {
+            v.push((format!("secret/{}", s.metadata.name.unwrap()), s.metadata.resource_version.unwrap()));
+        }
+        for s in services.list(&ListParams::default()).await.unwrap() {
+            v.push((format!("service/{}", s.metadata.name.unwrap()), s.metadata.resource_version.unwrap()));
+        }
+        for s in sets.list(&ListParams::default()).await.unwrap() {
+            v.push((
+                format!("statefulset/{}", s.metadata.name.unwrap()),
+                s.metadata.resource_version.unwrap(),
+            ));
+        }
+        let r = regs.get("hub").await.unwrap();
+        v.push(("registry/hub".into(), r.metadata.resource_version.unwrap()));
+        v.sort();
+        v
+    };
+    let before = versions().await;
+    for _ in 0..3 {
+        assert!(kubectl_apply(&cp, &ns.name, REGISTRY).status.success());
+    }
+    // An edit of a label the operator does not own triggers a full reconcile pass.
+    run(cp.kubectl().unwrap().args(["label", "registry", "hub", "-n", &ns.name, "touched=yes"]));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut after = versions().await;
+    let mut expected = before.clone();
+    // Only the Registry itself changed (the label just added).
+    after.retain(|(k, _)| k != "registry/hub");
+    expected.retain(|(k, _)| k != "registry/hub");
+    assert_eq!(after, expected, "no child was written by the resync");
+    let diff = cp
+        .kubectl()
+        .unwrap()
+        .args(["diff", "-n", &ns.name, "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .output();
+    let _ = diff;
+
+    // Drift repair: deleted children come back.
+    let secrets: Api<Secret> = ns.api();
+    let services: Api<Service> = ns.api();
+    secrets.delete("hub-config", &DeleteParams::default()).await.unwrap();
+    services.delete("hub", &DeleteParams::default()).await.unwrap();
+    let back = wait_until(Duration::from_secs(60), || {
+        let (secrets, services) = (secrets.clone(), services.clone());
+        async move {
+            secrets.get_opt("hub-config").await.ok().flatten().is_some()
+                && services.get_opt("hub").await.ok().flatten().is_some()
+        }
+    })
+    .await;
+    assert!(back, "deleted Secret and Service were recreated");
+
+    // Editing the spec rolls the pod (the config hash changes).
+    let pods: Api<Pod> = ns.api();
+    let old_uid = pods.get("hub-0").await.unwrap().metadata.uid;
+    let edited = format!("{REGISTRY}  log:\n    level: debug\n");
+    assert!(kubectl_apply(&cp, &ns.name, &edited).status.success());
+    let rolled = wait_until(Duration::from_secs(180), || {
+        let pods = pods.clone();
+        let old = old_uid.clone();
+        async move {
+            pods.get_opt("hub-0").await.ok().flatten().is_some_and(|p| p.metadata.uid != old && pod_ready(&p))
+        }
+    })
+    .await;
+    assert!(rolled, "the pod was replaced after the spec edit\n{}", debug(&cp));
+
+    // Deleting the Registry removes its children but keeps the volume claim.
+    regs.delete("hub", &DeleteParams::default()).await.unwrap();
+    let sets: Api<StatefulSet> = ns.api();
+    let gone = wait_until(Duration::from_secs(90), || {
+        let (sets, services) = (sets.clone(), services.clone());
+        async move {
+            sets.get_opt("hub").await.ok().flatten().is_none()
+                && services.get_opt("hub").await.ok().flatten().is_none()
+        }
+    })
+    .await;
+    assert!(gone, "children go away by owner reference");
+    let claims: Api<PersistentVolumeClaim> = ns.api();
+    assert!(claims.get_opt("data-hub-0").await.unwrap().is_some(), "the data volume claim is kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_signed_tls_registry_serves_https_to_clients_trusting_its_ca() {
+    let cp = cluster().await;
+    install_operator(&cp);
+    let client = cp.client().await.unwrap();
+    let ns = TempNamespace::create(&client, "tls").await.unwrap();
+    let yaml = "apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: secure\nspec:\n  tls:\n    mode: SelfSigned\n";
+    assert!(kubectl_apply(&cp, &ns.name, yaml).status.success());
+    let regs = registries(&client, &ns.name);
+    assert!(
+        wait_condition(&regs, "secure", "Ready", "True", Duration::from_secs(180)).await,
+        "TLS Registry Ready\n{}",
+        debug(&cp)
+    );
+    let reg = regs.get("secure").await.unwrap();
+    let ca_secret = reg.data["status"]["tls"]["caSecretName"].as_str().unwrap().to_owned();
+    let fingerprint = reg.data["status"]["tls"]["caFingerprint"].as_str().unwrap().to_owned();
+    assert_eq!(fingerprint.len(), 32 * 3 - 1, "SHA-256 as colon-separated hex");
+    let secrets: Api<Secret> = ns.api();
+    let ca = secrets.get(&ca_secret).await.unwrap();
+    let ca_pem = ca.data.unwrap()["ca.crt"].0.clone();
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::write(certs.path().join("ca.crt"), &ca_pem).unwrap();
+
+    let image = layout();
+    let dest = format!("docker://secure.{}.svc.cluster.local/team/app:v1", ns.name);
+    let trusted =
+        skopeo_push(&cp, image.path(), &dest, &["--dest-cert-dir", &certs.path().display().to_string()]);
+    assert!(
+        trusted.status.success(),
+        "HTTPS push trusting the CA: {}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    let untrusted = skopeo_push(&cp, image.path(), &dest, &[]);
+    assert!(!untrusted.status.success(), "a client that does not trust the CA is refused");
+
+    // The CA is created once: another reconcile does not replace it.
+    run(cp.kubectl().unwrap().args(["annotate", "registry", "secure", "-n", &ns.name, "poke=1"]));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = secrets.get(&ca_secret).await.unwrap();
+    assert_eq!(again.data.unwrap()["ca.crt"].0, ca_pem);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_are_refused_and_unprovisionable_storage_stalls() {
+    let cp = cluster().await;
+    install_operator(&cp);
+    let client = cp.client().await.unwrap();
+    let ns = TempNamespace::create(&client, "bad").await.unwrap();
+
+    let too_many =
+        "apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: many\nspec:\n  replicas: 3\n";
+    let out = kubectl_apply(&cp, &ns.name, too_many);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("more than one replica needs shared storage"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let two_kinds = "apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: two\nspec:\n  storage:\n    filesystem: {}\n    existingClaim: {name: x}\n";
+    let out = kubectl_apply(&cp, &ns.name, two_kinds);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("set exactly one of filesystem, existingClaim, s3"));
+
+    let sized = |size: &str| {
+        format!("apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: grow\nspec:\n  storage:\n    filesystem:\n      size: {size}\n      storageClassName: does-not-exist\n")
+    };
+    assert!(kubectl_apply(&cp, &ns.name, &sized("5Gi")).status.success());
+    let out = kubectl_apply(&cp, &ns.name, &sized("1Gi"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the volume size cannot shrink"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let switch = "apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: grow\nspec:\n  storage:\n    existingClaim: {name: other}\n";
+    let out = kubectl_apply(&cp, &ns.name, switch);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the storage kind cannot be changed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The StorageClass does not exist: Stalled with a reason, not an endless loop.
+    let regs = registries(&client, &ns.name);
+    assert!(
+        wait_condition(&regs, "grow", "Stalled", "True", Duration::from_secs(120)).await,
+        "Stalled\n{}",
+        debug(&cp)
+    );
+    let reg = regs.get("grow").await.unwrap();
+    let (_, reason, message) = condition(&reg, "Stalled").unwrap();
+    assert_eq!(reason, "StorageUnavailable");
+    assert!(message.contains("does-not-exist"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_lints_and_renders_manifests_valid_against_the_real_schemas() {
+    let cp = cluster().await;
+    run(Command::new(helm()).args(["lint", "--strict", &format!("{ROOT}/charts/berth-operator")]));
+    let schemas = tempfile::tempdir().unwrap();
+    run(Command::new("python3")
+        .arg(format!("{ROOT}/e2e/kubeconform_schemas.py"))
+        .arg("--kubectl")
+        .arg(berth_e2e::cluster::k8s_bin("kubectl").unwrap())
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig)
+        .args(["--crds", &format!("{ROOT}/crds"), "--out", &schemas.path().display().to_string()]));
+    let version = berth_e2e::version("K8S_VERSION").unwrap().trim_start_matches('v').to_owned();
+    for values in [
+        vec![],
+        vec!["--set", "serviceMonitor.enabled=false", "--set", "replicaCount=2", "--set", "crds.keep=false"],
+    ] {
+        let rendered = run(Command::new(helm())
+            .args([
+                "template",
+                "berth",
+                &format!("{ROOT}/charts/berth-operator"),
+                "-n",
+                "berth-system",
+                "--kube-version",
+                &version,
+            ])
+            .args(&values));
+        let example =
+            std::fs::read_to_string(format!("{ROOT}/charts/berth-operator/examples/registry.yaml")).unwrap();
+        let all = format!("{rendered}\n---\n{example}");
+        let location = format!(
+            "{}/{{{{ .Group }}}}-{{{{ .ResourceAPIVersion }}}}-{{{{ .ResourceKind }}}}.json",
+            schemas.path().display()
+        );
+        let mut child = Command::new(tool("kubeconform", "v0.7.0"))
+            .args(["-strict", "-summary", "-schema-location", &location])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(all.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && !text.contains("Skipped: 1"),
+            "kubeconform:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("Invalid: 0, Errors: 0, Skipped: 0"), "{text}");
+    }
+}

@@ -1,0 +1,335 @@
+//! The children of a `Registry`, as a pure function of the resource and what the reconciler
+//! looked up. No I/O: every decision here is unit-tested without a cluster.
+//!
+//! ```text
+//! Registry ─► Secret <name>-config          berth's config.yaml, rendered from berth's own types
+//!          ├► Service <name>                clients (ClusterIP/NodePort/LoadBalancer)
+//!          ├► Service <name>-headless       stable pod names for the StatefulSet
+//!          ├► StatefulSet <name>            berth serve; config hash annotation rolls pods
+//!          └► PodDisruptionBudget <name>    only with more than one replica
+//! ```
+
+use std::collections::BTreeMap;
+
+use berth_registry::config::{Config, LogConfig, LogFormat, MetadataConfig, StorageConfig, TlsConfig};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+use sha2::Digest as _;
+
+use super::effective::{self, Effective, CONTAINER_PORT};
+use crate::crd::registry::{RetainPolicy, TlsMode};
+use crate::crd::Registry;
+use crate::labels;
+
+pub const CONFIG_DIR: &str = "/etc/berth/config";
+pub const TLS_DIR: &str = "/etc/berth/tls";
+pub const DATA_DIR: &str = "/var/lib/berth";
+pub const CONFIG_HASH: &str = "berth.dev/config-hash";
+/// The non-root user of the Berth image.
+pub const UID: i64 = 65532;
+
+/// What the reconciler found out before building.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub default_image: String,
+    /// The Secret with the serving certificate (`tls.crt`, `tls.key`) when TLS is on.
+    pub tls_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0} is not supported by this version of berth yet")]
+    NotSupported(&'static str),
+    #[error("spec.podTemplate is not a valid pod template once merged: {0}")]
+    PodTemplate(String),
+    #[error("TLS is on but no certificate Secret is available yet")]
+    TlsPending,
+}
+
+impl BuildError {
+    /// Stable reason for conditions and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BuildError::NotSupported(_) => "NotSupported",
+            BuildError::PodTemplate(_) => "InvalidPodTemplate",
+            BuildError::TlsPending => "CertificatePending",
+        }
+    }
+}
+
+// A handful are built per reconcile; boxing the large variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Child {
+    Secret(Secret),
+    Service(Service),
+    StatefulSet(StatefulSet),
+    Pdb(PodDisruptionBudget),
+}
+
+impl Child {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Child::Secret(_) => "Secret",
+            Child::Service(_) => "Service",
+            Child::StatefulSet(_) => "StatefulSet",
+            Child::Pdb(_) => "PodDisruptionBudget",
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Child::Secret(o) => o.name_any(),
+            Child::Service(o) => o.name_any(),
+            Child::StatefulSet(o) => o.name_any(),
+            Child::Pdb(o) => o.name_any(),
+        }
+    }
+}
+
+pub fn headless_name(reg: &Registry) -> String {
+    format!("{}-headless", reg.name_any())
+}
+
+pub fn config_secret_name(reg: &Registry) -> String {
+    format!("{}-config", reg.name_any())
+}
+
+/// berth's config for this Registry, from the very types `berth` parses.
+pub fn render_config(reg: &Registry, eff: &Effective) -> Result<Config, BuildError> {
+    let spec = &reg.spec;
+    let storage = spec.storage.clone().unwrap_or_default();
+    if storage.s3.is_some() {
+        return Err(BuildError::NotSupported("spec.storage.s3"));
+    }
+    if spec.database.as_ref().is_some_and(|d| d.postgres.is_some()) {
+        return Err(BuildError::NotSupported("spec.database.postgres"));
+    }
+    let tls = (eff.tls != TlsMode::None).then(|| TlsConfig {
+        cert: format!("{TLS_DIR}/tls.crt").into(),
+        key: format!("{TLS_DIR}/tls.key").into(),
+        reload_interval: std::time::Duration::from_secs(10),
+    });
+    Ok(Config {
+        listen: format!("0.0.0.0:{CONTAINER_PORT}"),
+        data_dir: DATA_DIR.into(),
+        log: LogConfig {
+            level: eff.log_level.clone(),
+            format: if eff.log_json { LogFormat::Json } else { LogFormat::Text },
+        },
+        tls,
+        storage: StorageConfig::Filesystem { path: Some(format!("{DATA_DIR}/storage").into()) },
+        metadata: MetadataConfig::Sqlite { path: Some(format!("{DATA_DIR}/meta.db").into()) },
+        ..Config::default()
+    })
+}
+
+fn owner(reg: &Registry) -> Vec<OwnerReference> {
+    reg.controller_owner_ref(&()).into_iter().collect()
+}
+
+fn meta(reg: &Registry, name: String, component: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "namespace": reg.namespace(),
+        "labels": labels::child(&reg.name_any(), component),
+        "ownerReferences": owner(reg),
+    })
+}
+
+pub fn build(reg: &Registry, inputs: &Inputs) -> Result<Vec<Child>, BuildError> {
+    let eff = effective::resolve(reg, &inputs.default_image);
+    let config = render_config(reg, &eff)?;
+    let config_yaml = config.to_yaml();
+    let hash = format!("{:x}", sha2::Sha256::digest(config_yaml.as_bytes()));
+    let tls_secret = match eff.tls {
+        TlsMode::None => None,
+        _ => Some(inputs.tls_secret.clone().ok_or(BuildError::TlsPending)?),
+    };
+    let mut children = vec![
+        Child::Secret(from_json(serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": meta(reg, config_secret_name(reg), "config"),
+            "type": "Opaque",
+            "stringData": {"config.yaml": config_yaml},
+        }))?),
+        Child::Service(service(reg, &eff)?),
+        Child::Service(headless(reg)?),
+        Child::StatefulSet(statefulset(reg, &eff, &hash, tls_secret.as_deref())?),
+    ];
+    if eff.replicas > 1 {
+        children.push(Child::Pdb(from_json(serde_json::json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": meta(reg, reg.name_any(), "registry"),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels::selector(&reg.name_any())}},
+        }))?));
+    }
+    Ok(children)
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, BuildError> {
+    serde_json::from_value(v).map_err(|e| BuildError::PodTemplate(e.to_string()))
+}
+
+fn port_name(eff: &Effective) -> &'static str {
+    if eff.tls == TlsMode::None {
+        "http"
+    } else {
+        "https"
+    }
+}
+
+fn service(reg: &Registry, eff: &Effective) -> Result<Service, BuildError> {
+    let mut m = meta(reg, reg.name_any(), "registry");
+    if let Some(a) = reg.spec.service.as_ref().and_then(|s| s.annotations.clone()) {
+        m["annotations"] = serde_json::to_value(a).unwrap_or_default();
+    }
+    from_json(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": m,
+        "spec": {
+            "type": eff.service_type,
+            "selector": labels::selector(&reg.name_any()),
+            "ports": [{"name": port_name(eff), "port": eff.port, "targetPort": port_name(eff), "protocol": "TCP"}],
+        },
+    }))
+}
+
+fn headless(reg: &Registry) -> Result<Service, BuildError> {
+    from_json(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": meta(reg, headless_name(reg), "registry"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": true,
+            "selector": labels::selector(&reg.name_any()),
+            "ports": [{"name": "registry", "port": CONTAINER_PORT, "targetPort": CONTAINER_PORT, "protocol": "TCP"}],
+        },
+    }))
+}
+
+fn statefulset(
+    reg: &Registry,
+    eff: &Effective,
+    hash: &str,
+    tls_secret: Option<&str>,
+) -> Result<StatefulSet, BuildError> {
+    let name = reg.name_any();
+    let storage = reg.spec.storage.clone().unwrap_or_default();
+    let scheme = if eff.tls == TlsMode::None { "HTTP" } else { "HTTPS" };
+    let port = port_name(eff);
+    let mut mounts = vec![
+        serde_json::json!({"name": "config", "mountPath": CONFIG_DIR, "readOnly": true}),
+        serde_json::json!({"name": "data", "mountPath": DATA_DIR}),
+        serde_json::json!({"name": "tmp", "mountPath": "/tmp"}),
+    ];
+    let mut volumes = vec![
+        serde_json::json!({"name": "config", "secret": {"secretName": config_secret_name(reg), "defaultMode": 0o440}}),
+        serde_json::json!({"name": "tmp", "emptyDir": {}}),
+    ];
+    if let Some(secret) = tls_secret {
+        mounts.push(serde_json::json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
+        volumes
+            .push(serde_json::json!({"name": "tls", "secret": {"secretName": secret, "defaultMode": 0o440}}));
+    }
+    let mut claims = Vec::new();
+    if let Some(existing) = &storage.existing_claim {
+        volumes
+            .push(serde_json::json!({"name": "data", "persistentVolumeClaim": {"claimName": existing.name}}));
+    } else {
+        let fs = storage.filesystem.clone().unwrap_or_default();
+        let mut spec = serde_json::json!({
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": fs.size.clone().unwrap_or_else(|| effective::DEFAULT_SIZE.into())}},
+        });
+        if let Some(class) = &fs.storage_class_name {
+            spec["storageClassName"] = class.clone().into();
+        }
+        claims.push(serde_json::json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data", "labels": labels::selector(&name)},
+            "spec": spec,
+        }));
+    }
+    let mut pod = serde_json::json!({
+        "metadata": {
+            "labels": labels::child(&name, "registry"),
+            "annotations": {CONFIG_HASH: hash},
+        },
+        "spec": {
+            "securityContext": {"runAsNonRoot": true, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
+                "seccompProfile": {"type": "RuntimeDefault"}},
+            "terminationGracePeriodSeconds": 45,
+            "containers": [{
+                "name": "berth",
+                "image": eff.image,
+                "imagePullPolicy": reg.spec.image_pull_policy.clone().unwrap_or_else(|| "IfNotPresent".into()),
+                "args": ["serve", "--config", format!("{CONFIG_DIR}/config.yaml")],
+                "ports": [{"name": port, "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": port, "scheme": scheme}, "periodSeconds": 5, "failureThreshold": 3},
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": port, "scheme": scheme}, "periodSeconds": 10, "failureThreshold": 6},
+                "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+                "volumeMounts": mounts,
+            }],
+            "volumes": volumes,
+        },
+    });
+    let spec = &reg.spec;
+    if let Some(r) = &spec.resources {
+        pod["spec"]["containers"][0]["resources"] = serde_json::to_value(r).unwrap_or_default();
+    }
+    if let Some(v) = &spec.node_selector {
+        pod["spec"]["nodeSelector"] = serde_json::to_value(v).unwrap_or_default();
+    }
+    if let Some(v) = &spec.tolerations {
+        pod["spec"]["tolerations"] = serde_json::to_value(v).unwrap_or_default();
+    }
+    if let Some(v) = &spec.affinity {
+        pod["spec"]["affinity"] = serde_json::to_value(v).unwrap_or_default();
+    }
+    if let Some(patch) = &spec.pod_template {
+        merge_patch(&mut pod, patch);
+    }
+    let retention = if eff.retain == RetainPolicy::Delete { "Delete" } else { "Retain" };
+    from_json(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": meta(reg, name.clone(), "registry"),
+        "spec": {
+            "replicas": eff.replicas,
+            "serviceName": headless_name(reg),
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": labels::selector(&name)},
+            "template": pod,
+            "volumeClaimTemplates": claims,
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": retention, "whenScaled": "Retain"},
+        },
+    }))
+}
+
+/// RFC 7386 JSON merge patch.
+pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let serde_json::Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::Value::Object(Default::default());
+    }
+    if let serde_json::Value::Object(t) = target {
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+    }
+}
+
+/// Labels and owner of the children, as a map, for tests and pruning.
+pub fn child_labels(reg: &Registry) -> BTreeMap<String, String> {
+    labels::child(&reg.name_any(), "registry")
+}

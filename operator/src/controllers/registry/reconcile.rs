@@ -1,0 +1,211 @@
+//! The only code of the Registry controller that talks to the API server.
+//!
+//! One pass: TLS material → pure `desired::build` → server-side apply of every child → prune
+//! children no longer wanted → observe → pure `status::compute` → patch status only if it changed
+//! → an Event when `Ready` flips.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Resource, ResourceExt};
+
+use super::desired::{self, BuildError, Child, Inputs};
+use super::effective;
+use super::status::{self, Observed, SetState};
+use super::tls::{self, TlsError};
+use crate::controllers::apply::{apply, prune};
+use crate::crd::common::is_true;
+use crate::crd::Registry;
+use crate::labels;
+use crate::metrics::Metrics;
+
+pub struct Context {
+    pub client: kube::Client,
+    pub recorder: Recorder,
+    pub default_image: String,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("TLS: {0}")]
+    Tls(TlsError),
+}
+
+impl Error {
+    /// A stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(_)) => "api",
+            Error::Kube(_) => "client",
+            Error::Tls(_) => "tls",
+        }
+    }
+}
+
+pub async fn reconcile(reg: Arc<Registry>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&reg, &ctx).await;
+    ctx.metrics.observe("Registry", started.elapsed(), result.as_ref().err().map(Error::label));
+    result
+}
+
+pub fn error_policy(reg: Arc<Registry>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(registry = %reg.name_any(), error = %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(15))
+}
+
+async fn reconcile_inner(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
+    let ns = reg.namespace().unwrap_or_default();
+    let name = reg.name_any();
+    let eff = effective::resolve(reg, &ctx.default_image);
+    let mut obs = Observed {
+        endpoint: format!("{name}.{ns}.svc:{}", eff.port),
+        selector: labels::selector_string(&name),
+        suspended: reg.spec.suspend == Some(true),
+        ..Observed::default()
+    };
+    if reg.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    if !obs.suspended {
+        converge(reg, ctx, &ns, &mut obs).await?;
+    }
+    observe(reg, ctx, &ns, &mut obs).await?;
+    let new = status::compute(reg, &eff, &obs, crate::now());
+    let was_ready =
+        reg.status.as_ref().and_then(|s| s.conditions.as_deref()).is_some_and(|c| is_true(c, "Ready"));
+    let now_ready = new.conditions.as_deref().is_some_and(|c| is_true(c, "Ready"));
+    if reg.status.as_ref() != Some(&new) {
+        let api: Api<Registry> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = serde_json::json!({"status": new});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    }
+    if was_ready != now_ready {
+        let (kind, reason, note) = if now_ready {
+            (EventType::Normal, "Ready", format!("serving at {}", obs.endpoint))
+        } else {
+            let c =
+                new.conditions.as_deref().and_then(|c| crate::crd::common::condition(c, "Ready").cloned());
+            (EventType::Warning, "NotReady", c.map(|c| c.message).unwrap_or_default())
+        };
+        let event = Event {
+            type_: kind,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reg.object_ref(&())).await {
+            tracing::debug!(error = %e, "publishing event failed");
+        }
+    }
+    // Certificates are checked for renewal at least every few hours even when nothing changes.
+    Ok(if now_ready {
+        Action::requeue(Duration::from_secs(3 * 3600))
+    } else {
+        Action::requeue(Duration::from_secs(30))
+    })
+}
+
+/// TLS, children, pruning. Problems the user must fix become `obs.stalled` instead of errors, so
+/// the controller reports them instead of retrying in a tight loop.
+async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -> Result<(), Error> {
+    let tls = match tls::ensure(&ctx.client, reg).await {
+        Ok(t) => t,
+        Err(TlsError::MissingSecret(s)) => {
+            obs.stalled = Some(("TLSSecretMissing".into(), format!("TLS Secret {s} does not exist")));
+            return Ok(());
+        }
+        Err(TlsError::Kube(e)) => return Err(Error::Kube(e)),
+        Err(e) => return Err(Error::Tls(e)),
+    };
+    obs.tls = tls.as_ref().map(|(_, s)| s.clone());
+    let inputs = Inputs { default_image: ctx.default_image.clone(), tls_secret: tls.map(|(name, _)| name) };
+    let children = match desired::build(reg, &inputs) {
+        Ok(c) => c,
+        Err(e @ BuildError::NotSupported(_))
+        | Err(e @ BuildError::PodTemplate(_))
+        | Err(e @ BuildError::TlsPending) => {
+            obs.stalled = Some((e.reason().into(), e.to_string()));
+            return Ok(());
+        }
+    };
+    let mut keep = std::collections::BTreeMap::<&str, Vec<String>>::new();
+    for child in &children {
+        keep.entry(child.kind()).or_default().push(child.name());
+        match child {
+            Child::Secret(o) => drop(apply(&ctx.client, ns, o).await?),
+            Child::Service(o) => drop(apply(&ctx.client, ns, o).await?),
+            Child::StatefulSet(o) => drop(apply(&ctx.client, ns, o).await?),
+            Child::Pdb(o) => drop(apply(&ctx.client, ns, o).await?),
+        }
+    }
+    let selector = labels::owned_by(&reg.name_any());
+    let uid = reg.uid().unwrap_or_default();
+    let none = Vec::new();
+    prune::<PodDisruptionBudget>(
+        &ctx.client,
+        ns,
+        &selector,
+        &uid,
+        keep.get("PodDisruptionBudget").unwrap_or(&none),
+    )
+    .await?;
+    prune::<Service>(&ctx.client, ns, &selector, &uid, keep.get("Service").unwrap_or(&none)).await?;
+    let mut secrets = keep.get("Secret").cloned().unwrap_or_default();
+    secrets.extend([tls::ca_secret_name(reg), tls::tls_secret_name(reg)]);
+    prune::<Secret>(&ctx.client, ns, &selector, &uid, &secrets).await?;
+    Ok(())
+}
+
+async fn observe(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -> Result<(), Error> {
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+    if let Some(set) = sets.get_opt(&reg.name_any()).await? {
+        let st = set.status.clone().unwrap_or_default();
+        obs.statefulset = Some(SetState {
+            generation: set.metadata.generation.unwrap_or(0),
+            observed_generation: st.observed_generation.unwrap_or(0),
+            replicas: st.replicas,
+            ready: st.ready_replicas.unwrap_or(0),
+            updated: st.updated_replicas.unwrap_or(0),
+        });
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    for c in claims.list(&ListParams::default().labels(&labels::selector_string(&reg.name_any()))).await? {
+        if c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending") {
+            let class = c.spec.as_ref().and_then(|s| s.storage_class_name.clone());
+            let why = match class {
+                Some(class) => {
+                    storage_problem(ctx, &class).await?.unwrap_or_else(|| "waiting for a volume".into())
+                }
+                None => "no StorageClass given and the cluster has no default".into(),
+            };
+            obs.pending_claims.push((c.name_any(), why));
+        }
+    }
+    // A claim that can never be bound is a problem the user must fix: stall, do not spin.
+    if obs.stalled.is_none() {
+        if let Some((claim, why)) = obs.pending_claims.iter().find(|(_, why)| why.starts_with("StorageClass"))
+        {
+            obs.stalled = Some(("StorageUnavailable".into(), format!("volume claim {claim}: {why}")));
+        }
+    }
+    Ok(())
+}
+
+async fn storage_problem(ctx: &Context, class: &str) -> Result<Option<String>, Error> {
+    let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(ctx.client.clone());
+    Ok(match classes.get_opt(class).await? {
+        Some(_) => None,
+        None => Some(format!("StorageClass {class:?} does not exist")),
+    })
+}

@@ -1,0 +1,108 @@
+//! A Registry's status, as a pure function of what was observed. Condition times change only on
+//! transitions, so an unchanged world produces an identical status and no write.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use super::effective::Effective;
+use crate::crd::registry::{RegistryStatus, TlsStatus};
+use crate::crd::Registry;
+
+/// What the reconciler saw.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// `None` when the StatefulSet does not exist (yet).
+    pub statefulset: Option<SetState>,
+    /// Why the Registry cannot make progress, if it cannot: (reason, message).
+    pub stalled: Option<(String, String)>,
+    pub suspended: bool,
+    /// Claims of the pods that are still Pending, with why.
+    pub pending_claims: Vec<(String, String)>,
+    pub tls: Option<TlsStatus>,
+    pub endpoint: String,
+    pub selector: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SetState {
+    pub generation: i64,
+    pub observed_generation: i64,
+    pub replicas: i32,
+    pub ready: i32,
+    pub updated: i32,
+}
+
+struct Cond {
+    kind: &'static str,
+    ok: bool,
+    reason: String,
+    message: String,
+}
+
+pub fn compute(reg: &Registry, eff: &Effective, obs: &Observed, now: Time) -> RegistryStatus {
+    let previous = reg.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    let want = eff.replicas;
+    let set = obs.statefulset.clone().unwrap_or_default();
+    let rolled_out = obs.statefulset.is_some()
+        && set.observed_generation >= set.generation
+        && set.updated >= want
+        && set.replicas == want;
+    let ready = obs.stalled.is_none() && !obs.suspended && rolled_out && set.ready >= want;
+    let (ready_reason, ready_message) = if let Some((r, m)) = &obs.stalled {
+        (r.clone(), m.clone())
+    } else if obs.suspended {
+        ("Suspended".into(), "spec.suspend is true: the operator leaves this Registry as it is".into())
+    } else if ready && want == 0 {
+        ("ScaledToZero".into(), "no replicas requested".into())
+    } else if ready {
+        ("Serving".into(), format!("{}/{} replicas ready at {}", set.ready, want, obs.endpoint))
+    } else if let Some((claim, why)) = obs.pending_claims.first() {
+        ("StoragePending".into(), format!("volume claim {claim} is not bound: {why}"))
+    } else {
+        ("Progressing".into(), format!("{}/{} replicas ready", set.ready, want))
+    };
+    let conds = [
+        Cond { kind: "Ready", ok: ready, reason: ready_reason.clone(), message: ready_message.clone() },
+        Cond {
+            kind: "Reconciling",
+            ok: !ready && obs.stalled.is_none() && !obs.suspended,
+            reason: if ready { "Reconciled".into() } else { ready_reason.clone() },
+            message: ready_message.clone(),
+        },
+        Cond {
+            kind: "Stalled",
+            ok: obs.stalled.is_some(),
+            reason: obs.stalled.as_ref().map_or("NotStalled".into(), |s| s.0.clone()),
+            message: obs.stalled.as_ref().map_or(String::new(), |s| s.1.clone()),
+        },
+    ];
+    let generation = reg.metadata.generation;
+    let conditions = conds
+        .into_iter()
+        .map(|c| {
+            let status = if c.ok { "True" } else { "False" };
+            let since = previous
+                .iter()
+                .find(|p| p.type_ == c.kind && p.status == status)
+                .map(|p| p.last_transition_time.clone())
+                .unwrap_or_else(|| now.clone());
+            Condition {
+                type_: c.kind.into(),
+                status: status.into(),
+                reason: c.reason,
+                message: c.message,
+                last_transition_time: since,
+                observed_generation: generation,
+            }
+        })
+        .collect();
+    RegistryStatus {
+        observed_generation: generation,
+        conditions: Some(conditions),
+        endpoint: Some(obs.endpoint.clone()),
+        replicas: Some(set.replicas),
+        ready_replicas: Some(set.ready),
+        selector: Some(obs.selector.clone()),
+        effective: Some(eff.report(reg)),
+        tls: obs.tls.clone(),
+    }
+}

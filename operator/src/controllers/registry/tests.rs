@@ -1,0 +1,247 @@
+//! Unit tests of the pure parts: what a Registry becomes, and what its status says.
+
+use berth_registry::config::Config;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::desired::{self, BuildError, Child, Inputs};
+use super::effective;
+use super::status::{self, Observed, SetState};
+use crate::crd::registry::*;
+use crate::crd::Registry;
+
+fn registry(spec: serde_json::Value) -> Registry {
+    let mut r: Registry = serde_json::from_value(serde_json::json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "Registry",
+        "metadata": {"name": "hub", "namespace": "team", "uid": "u-1", "generation": 3,
+                     "labels": {"team": "x"}, "annotations": {"argocd.argoproj.io/tracking-id": "y"}},
+        "spec": spec,
+    }))
+    .unwrap();
+    r.metadata.creation_timestamp = None;
+    r
+}
+
+fn inputs() -> Inputs {
+    Inputs { default_image: "ghcr.io/berth-dev/berth:0.1.0".into(), tls_secret: None }
+}
+
+fn children(r: &Registry, i: &Inputs) -> Vec<Child> {
+    desired::build(r, i).unwrap()
+}
+
+fn find<'a>(c: &'a [Child], kind: &str, name: &str) -> &'a Child {
+    c.iter().find(|x| x.kind() == kind && x.name() == name).unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn config_of(c: &[Child]) -> Config {
+    let Child::Secret(s) = find(c, "Secret", "hub-config") else { unreachable!() };
+    let yaml = &s.string_data.as_ref().unwrap()["config.yaml"];
+    Config::from_yaml(yaml, "rendered").unwrap()
+}
+
+#[test]
+fn defaults_make_one_filesystem_registry() {
+    let r = registry(serde_json::json!({}));
+    let c = children(&r, &inputs());
+    let kinds: Vec<_> = c.iter().map(|x| (x.kind(), x.name())).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("Secret", "hub-config".into()),
+            ("Service", "hub".into()),
+            ("Service", "hub-headless".into()),
+            ("StatefulSet", "hub".into())
+        ]
+    );
+    let Child::StatefulSet(set) = find(&c, "StatefulSet", "hub") else { unreachable!() };
+    let spec = set.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(1));
+    let claims = spec.volume_claim_templates.as_ref().unwrap();
+    assert_eq!(
+        claims[0].spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+        "10Gi"
+    );
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.containers[0].image.as_deref(), Some("ghcr.io/berth-dev/berth:0.1.0"));
+    assert_eq!(pod.security_context.as_ref().unwrap().run_as_non_root, Some(true));
+    let probe = pod.containers[0].readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+    assert_eq!((probe.path.as_deref(), probe.scheme.as_deref()), (Some("/readyz"), Some("HTTP")));
+    assert_eq!(
+        spec.persistent_volume_claim_retention_policy.as_ref().unwrap().when_deleted.as_deref(),
+        Some("Retain")
+    );
+}
+
+#[test]
+fn what_the_operator_renders_berth_parses() {
+    let r = registry(serde_json::json!({"log": {"level": "debug", "format": "text"}}));
+    let config = config_of(&children(&r, &inputs()));
+    assert_eq!(config.listen, "0.0.0.0:5000");
+    assert_eq!(config.log.level, "debug");
+    assert!(config.tls.is_none());
+    let r = registry(serde_json::json!({"tls": {"mode": "SelfSigned"}}));
+    let tls = Inputs { tls_secret: Some("hub-tls".into()), ..inputs() };
+    let config = config_of(&children(&r, &tls));
+    assert_eq!(config.tls.unwrap().cert, std::path::PathBuf::from("/etc/berth/tls/tls.crt"));
+}
+
+#[test]
+fn children_carry_berth_labels_and_owner_never_the_crs_own() {
+    let r = registry(serde_json::json!({}));
+    for c in children(&r, &inputs()) {
+        let meta = match &c {
+            Child::Secret(o) => &o.metadata,
+            Child::Service(o) => &o.metadata,
+            Child::StatefulSet(o) => &o.metadata,
+            Child::Pdb(o) => &o.metadata,
+        };
+        let labels = meta.labels.clone().unwrap();
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "berth-operator", "{}", c.name());
+        assert!(!labels.contains_key("team"), "CR labels are not copied");
+        assert!(meta.annotations.as_ref().is_none_or(|a| !a.contains_key("argocd.argoproj.io/tracking-id")));
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("Registry", "u-1", Some(true))
+        );
+    }
+}
+
+#[test]
+fn config_changes_roll_the_pods() {
+    let hash = |spec| {
+        let c = children(&registry(spec), &inputs());
+        let Child::StatefulSet(s) = find(&c, "StatefulSet", "hub") else { unreachable!() };
+        s.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()
+            [desired::CONFIG_HASH]
+            .clone()
+    };
+    assert_eq!(hash(serde_json::json!({})), hash(serde_json::json!({})), "same spec, same hash");
+    assert_ne!(hash(serde_json::json!({})), hash(serde_json::json!({"log": {"level": "debug"}})));
+}
+
+#[test]
+fn replicas_pdb_tls_and_overrides() {
+    let r = registry(serde_json::json!({
+        "replicas": 3,
+        "tls": {"mode": "Secret", "secretName": "mine"},
+        "service": {"type": "LoadBalancer", "annotations": {"lb": "internal"}},
+        "retainPolicy": "Delete",
+        "podTemplate": {"metadata": {"annotations": {"extra": "1"}}, "spec": {"priorityClassName": "high"}},
+    }));
+    let c = children(&r, &Inputs { tls_secret: Some("mine".into()), ..inputs() });
+    assert!(c.iter().any(|x| x.kind() == "PodDisruptionBudget"));
+    let Child::Service(svc) = find(&c, "Service", "hub") else { unreachable!() };
+    let s = svc.spec.as_ref().unwrap();
+    assert_eq!((s.type_.as_deref(), s.ports.as_ref().unwrap()[0].port), (Some("LoadBalancer"), 443));
+    assert_eq!(svc.metadata.annotations.as_ref().unwrap()["lb"], "internal");
+    let Child::StatefulSet(set) = find(&c, "StatefulSet", "hub") else { unreachable!() };
+    let spec = set.spec.as_ref().unwrap();
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.priority_class_name.as_deref(), Some("high"));
+    assert!(pod.volumes.as_ref().unwrap().iter().any(|v| v
+        .secret
+        .as_ref()
+        .and_then(|s| s.secret_name.as_deref())
+        == Some("mine")));
+    let probe = pod.containers[0].readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+    assert_eq!(probe.scheme.as_deref(), Some("HTTPS"));
+    let ann = spec.template.metadata.as_ref().unwrap().annotations.as_ref().unwrap();
+    assert!(ann.contains_key("extra") && ann.contains_key(desired::CONFIG_HASH), "merge keeps both");
+    assert_eq!(
+        spec.persistent_volume_claim_retention_policy.as_ref().unwrap().when_deleted.as_deref(),
+        Some("Delete")
+    );
+}
+
+#[test]
+fn unsupported_and_pending_inputs_are_build_errors() {
+    let s3 = registry(serde_json::json!({"storage": {"s3": {"bucket": "b"}}}));
+    assert_eq!(desired::build(&s3, &inputs()), Err(BuildError::NotSupported("spec.storage.s3")));
+    let tls = registry(serde_json::json!({"tls": {"mode": "SelfSigned"}}));
+    assert_eq!(desired::build(&tls, &inputs()), Err(BuildError::TlsPending));
+    let existing = registry(serde_json::json!({"storage": {"existingClaim": {"name": "old"}}}));
+    let c = children(&existing, &inputs());
+    let Child::StatefulSet(set) = find(&c, "StatefulSet", "hub") else { unreachable!() };
+    assert!(set.spec.as_ref().unwrap().volume_claim_templates.as_ref().is_none_or(|v| v.is_empty()));
+}
+
+#[test]
+fn merge_patch_follows_rfc7386() {
+    let mut t = serde_json::json!({"a": {"b": 1, "c": 2}, "d": [1]});
+    desired::merge_patch(&mut t, &serde_json::json!({"a": {"b": null, "e": 3}, "d": [2]}));
+    assert_eq!(t, serde_json::json!({"a": {"c": 2, "e": 3}, "d": [2]}));
+}
+
+fn time(s: &str) -> Time {
+    Time(s.parse().unwrap())
+}
+
+fn observed(ready: i32) -> Observed {
+    Observed {
+        statefulset: Some(SetState { generation: 2, observed_generation: 2, replicas: 1, ready, updated: 1 }),
+        endpoint: "hub.team.svc:5000".into(),
+        selector: "app.kubernetes.io/instance=hub".into(),
+        ..Observed::default()
+    }
+}
+
+fn cond(s: &RegistryStatus, kind: &str) -> (String, String) {
+    let c = s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == kind).unwrap();
+    (c.status.clone(), c.reason.clone())
+}
+
+#[test]
+fn status_ready_reconciling_stalled() {
+    let mut r = registry(serde_json::json!({}));
+    let eff = effective::resolve(&r, "img");
+    let t0 = time("2026-01-01T00:00:00Z");
+    let progressing = status::compute(&r, &eff, &observed(0), t0.clone());
+    assert_eq!(cond(&progressing, "Ready"), ("False".into(), "Progressing".into()));
+    assert_eq!(cond(&progressing, "Reconciling").0, "True");
+    assert_eq!(progressing.observed_generation, Some(3));
+    assert_eq!(progressing.effective.as_ref().unwrap().storage_size.as_deref(), Some("10Gi"));
+
+    r.status = Some(progressing.clone());
+    let t1 = time("2026-01-01T00:01:00Z");
+    let again = status::compute(&r, &eff, &observed(0), t1.clone());
+    assert_eq!(again, progressing, "an unchanged world gives an identical status (no write)");
+
+    let ready = status::compute(&r, &eff, &observed(1), t1.clone());
+    assert_eq!(cond(&ready, "Ready"), ("True".into(), "Serving".into()));
+    assert_eq!(cond(&ready, "Reconciling").0, "False");
+    let ready_since = ready
+        .conditions
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .last_transition_time
+        .clone();
+    assert_eq!(ready_since, t1, "transition time moves on transitions only");
+
+    let mut stuck = observed(0);
+    stuck.stalled = Some((
+        "StorageUnavailable".into(),
+        "volume claim data-hub-0: StorageClass \"gold\" does not exist".into(),
+    ));
+    let stalled = status::compute(&r, &eff, &stuck, t1);
+    assert_eq!(cond(&stalled, "Stalled"), ("True".into(), "StorageUnavailable".into()));
+    assert_eq!(cond(&stalled, "Ready").0, "False");
+    assert_eq!(cond(&stalled, "Reconciling").0, "False", "stalled is not progressing");
+}
+
+#[test]
+fn effective_values_are_reported() {
+    let r = registry(
+        serde_json::json!({"tls": {"mode": "SelfSigned"}, "storage": {"filesystem": {"size": "50Gi"}}}),
+    );
+    let eff = effective::resolve(&r, "img");
+    let rep = eff.report(&r);
+    assert_eq!(
+        (rep.tls_mode.as_str(), rep.port, rep.storage_size.as_deref()),
+        ("SelfSigned", 443, Some("50Gi"))
+    );
+    assert_eq!(rep.retain_policy, "Retain");
+}

@@ -1,0 +1,228 @@
+//! `Registry`: one Berth registry (a StatefulSet of `berth serve`) and how it is exposed.
+//!
+//! Every user-facing field is optional and has no schema default: defaults are resolved in code
+//! (`controllers::registry::effective`) and reported in `status.effective`, so GitOps tools that
+//! compare the applied YAML with the live object never see a field they did not write.
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::common::SecretKeyRef;
+
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "berth.dev",
+    version = "v1alpha1",
+    kind = "Registry",
+    plural = "registries",
+    shortname = "reg",
+    category = "berth",
+    namespaced,
+    status = "RegistryStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    scale(spec_replicas_path = ".spec.replicas", status_replicas_path = ".status.replicas", label_selector_path = ".status.selector"),
+    validation = Rule::new("!has(self.spec.replicas) || self.spec.replicas <= 1 || (has(self.spec.storage) && has(self.spec.storage.s3) && has(self.spec.database) && has(self.spec.database.postgres))")
+        .message("more than one replica needs shared storage (spec.storage.s3) and PostgreSQL (spec.database.postgres)")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrySpec {
+    /// Container image holding `berth`. Default: the image this operator was released with.
+    pub image: Option<String>,
+    /// Pull policy of that image.
+    pub image_pull_policy: Option<String>,
+    /// Number of registry pods. Default 1; more needs shared storage and PostgreSQL.
+    #[x_kube(validation = Rule::new("self >= 0").message("replicas cannot be negative"))]
+    pub replicas: Option<i32>,
+    /// Where content is stored. Default: a 10Gi PersistentVolumeClaim per pod.
+    pub storage: Option<StorageSpec>,
+    /// Where metadata lives. Default: SQLite embedded in the data volume.
+    pub database: Option<DatabaseSpec>,
+    /// How the registry serves TLS. Default: plain HTTP inside the cluster.
+    pub tls: Option<TlsSpec>,
+    /// The client Service.
+    pub service: Option<ServiceSpec>,
+    /// Log level and format of `berth`.
+    pub log: Option<LogSpec>,
+    /// Resources of the registry container.
+    pub resources: Option<ResourceRequirements>,
+    pub node_selector: Option<BTreeMap<String, String>>,
+    pub tolerations: Option<Vec<Toleration>>,
+    pub affinity: Option<Affinity>,
+    /// Merged (JSON merge patch) over the generated pod template: anything not covered above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::crd::preserve_unknown")]
+    pub pod_template: Option<serde_json::Value>,
+    /// What happens to volumes and generated Secrets when the Registry is deleted. Default: Retain.
+    pub retain_policy: Option<RetainPolicy>,
+    /// Stop reconciling (children are left as they are).
+    pub suspend: Option<bool>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RetainPolicy {
+    Retain,
+    Delete,
+}
+
+/// Exactly one kind of storage; the kind cannot change after creation.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.filesystem), has(self.existingClaim), has(self.s3)].filter(x, x).size() == 1").message("set exactly one of filesystem, existingClaim, s3"))]
+#[x_kube(validation = Rule::new("has(self.filesystem) == has(oldSelf.filesystem) && has(self.existingClaim) == has(oldSelf.existingClaim) && has(self.s3) == has(oldSelf.s3)").message("the storage kind cannot be changed"))]
+pub struct StorageSpec {
+    /// A PersistentVolumeClaim per pod, created from this template.
+    pub filesystem: Option<FilesystemStorage>,
+    /// A claim that already exists (one replica only).
+    pub existing_claim: Option<ExistingClaim>,
+    /// S3-compatible object storage shared by all replicas.
+    pub s3: Option<S3Storage>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(oldSelf.size) || (has(self.size) && quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0)").message("the volume size cannot shrink"))]
+pub struct FilesystemStorage {
+    /// Requested size, e.g. 50Gi. Default 10Gi.
+    #[x_kube(validation = Rule::new("isQuantity(self)").message("size must be a quantity like 10Gi"))]
+    pub size: Option<String>,
+    /// StorageClass of the claims. Default: the cluster's default class.
+    pub storage_class_name: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExistingClaim {
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Storage {
+    pub bucket: String,
+    /// Endpoint for S3-compatible stores (MinIO, Ceph RGW). Default: AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// A Secret with `accessKeyId` and `secretAccessKey`.
+    pub credentials_secret: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.embedded) && has(self.postgres))").message("choose embedded or postgres, not both"))]
+pub struct DatabaseSpec {
+    /// SQLite in the data volume (the default).
+    pub embedded: Option<EmbeddedDatabase>,
+    /// PostgreSQL, for several replicas: the connection URL in a Secret.
+    pub postgres: Option<PostgresDatabase>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct EmbeddedDatabase {}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresDatabase {
+    pub url_secret: SecretKeyRef,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TlsMode {
+    None,
+    SelfSigned,
+    CertManager,
+    Secret,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'Secret' || has(self.secretName)").message("mode Secret needs secretName"))]
+#[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'CertManager' || has(self.issuerRef)").message("mode CertManager needs issuerRef"))]
+pub struct TlsSpec {
+    pub mode: Option<TlsMode>,
+    /// With mode Secret: a `kubernetes.io/tls` Secret you provide (rotations are picked up).
+    pub secret_name: Option<String>,
+    /// With mode CertManager: the issuer of the Certificate.
+    pub issuer_ref: Option<IssuerRef>,
+    /// Extra DNS names for the serving certificate (the Service names are always included).
+    pub dns_names: Option<Vec<String>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    pub name: String,
+    /// Issuer or ClusterIssuer. Default Issuer.
+    pub kind: Option<String>,
+    /// Default cert-manager.io.
+    pub group: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// ClusterIP (default), NodePort or LoadBalancer.
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    /// Port of the Service. Default 5000 (443 with TLS).
+    pub port: Option<i32>,
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogSpec {
+    /// A tracing filter: info (default), debug, berth_registry=debug.
+    pub level: Option<String>,
+    /// text or json (default).
+    pub format: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryStatus {
+    /// The generation the conditions and effective values describe.
+    pub observed_generation: Option<i64>,
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Option<Vec<Condition>>,
+    /// host:port clients inside the cluster push to.
+    pub endpoint: Option<String>,
+    pub replicas: Option<i32>,
+    pub ready_replicas: Option<i32>,
+    /// Label selector of the pods (for the scale subresource).
+    pub selector: Option<String>,
+    /// Every setting with its default resolved.
+    pub effective: Option<EffectiveRegistry>,
+    pub tls: Option<TlsStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectiveRegistry {
+    pub image: String,
+    pub replicas: i32,
+    pub storage: String,
+    pub storage_size: Option<String>,
+    pub database: String,
+    pub tls_mode: String,
+    pub service_type: String,
+    pub port: i32,
+    pub retain_policy: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsStatus {
+    /// Secret holding the serving certificate.
+    pub secret_name: Option<String>,
+    /// With SelfSigned: the Secret whose `ca.crt` clients should trust, and its SHA-256 fingerprint.
+    pub ca_secret_name: Option<String>,
+    pub ca_fingerprint: Option<String>,
+}
