@@ -56,9 +56,16 @@ def from_api(kubectl, kubeconfig, out):
 
 def from_crds(kubectl, kubeconfig, crd_dir, out):
     # kubectl reads the YAML, so no YAML library is needed here.
-    listed = json.loads(subprocess.check_output(
-        [kubectl, "--kubeconfig", kubeconfig, "create", "--dry-run=client", "-o", "json", "-f", crd_dir]))
-    items = listed.get("items", [listed])
+    text = subprocess.check_output(
+        [kubectl, "--kubeconfig", kubeconfig, "create", "--dry-run=client", "-o", "json", "-f", crd_dir]).decode()
+    # One JSON document per object, one after the other.
+    items, decoder, at = [], json.JSONDecoder(), 0
+    while at < len(text):
+        if text[at].isspace():
+            at += 1
+            continue
+        obj, at = decoder.raw_decode(text, at)
+        items.extend(obj.get("items", [obj]))
     for crd in items:
         spec = crd["spec"]
         for v in spec["versions"]:

@@ -20,7 +20,6 @@ use crate::support::wait_until;
 /// The process kubelet's node name and the StorageClass it provisions.
 pub const NODE_NAME: &str = "berth-node";
 pub const STORAGE_CLASS: &str = "berth-local";
-pub const SERVICE_CIDR: &str = "127.96.0.0/16";
 
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -44,6 +43,7 @@ struct Proc {
 
 pub struct ControlPlane {
     pub dir: PathBuf,
+    pub network: crate::network::NetworkLease,
     _temp: Option<tempfile::TempDir>,
     pub kubeconfig: PathBuf,
     pub server: String,
@@ -97,6 +97,8 @@ impl ControlPlane {
                 (t.path().to_path_buf(), Some(t))
             }
         };
+        let network = crate::network::NetworkLease::acquire()?;
+        let kubernetes_ip = network.kubernetes_service_ip().to_string();
         let pki_dir = dir.join("pki");
         std::fs::create_dir_all(&pki_dir)?;
         let ca = Ca::new(&pki_dir, "berth-e2e-ca")?;
@@ -110,7 +112,7 @@ impl ControlPlane {
             &[
                 "127.0.0.1",
                 "localhost",
-                "127.96.0.1",
+                &kubernetes_ip,
                 "kubernetes",
                 "kubernetes.default",
                 "kubernetes.default.svc",
@@ -130,6 +132,7 @@ impl ControlPlane {
 
         let mut cp = ControlPlane {
             dir: dir.clone(),
+            network,
             _temp: temp,
             kubeconfig,
             server,
@@ -233,7 +236,7 @@ impl ControlPlane {
             .arg(format!("--service-account-key-file={}", sa_pub.display()))
             .arg(format!("--service-account-signing-key-file={}", sa_key.display()))
             .args(["--service-account-issuer", "https://kubernetes.default.svc.cluster.local"])
-            .args(["--service-cluster-ip-range", SERVICE_CIDR])
+            .args(["--service-cluster-ip-range", &self.network.service_cidr()])
             .args(["--authorization-mode", "Node,RBAC", "--allow-privileged=true", "--profiling=false"])
             .args([
                 "--enable-admission-plugins",
@@ -271,6 +274,8 @@ impl ControlPlane {
             .arg("--hosts-file")
             .arg(&self.hosts_file)
             .args(["--node-name", NODE_NAME])
+            .args(["--pod-cidr", &self.network.pod_cidr()])
+            .args(["--kubernetes-service-ip", &self.network.kubernetes_service_ip().to_string()])
             .env("RUST_LOG", std::env::var("BERTH_KUBELET_LOG").unwrap_or_else(|_| "info".into()));
         for (name, path) in &k.binaries {
             cmd.arg("--binary").arg(format!("{name}={}", path.display()));

@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod kubelet;
+pub mod network;
 pub mod pki;
 pub mod support;
 

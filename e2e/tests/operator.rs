@@ -401,6 +401,31 @@ async fn invalid_specs_are_refused_and_unprovisionable_storage_stalls() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // The other two kinds are installed with their rules too.
+    let bad_prefix = "apiVersion: berth.dev/v1alpha1\nkind: ProxyCache\nmetadata:\n  name: hub\nspec:\n  registryRef: {name: grow}\n  upstream: {url: https://registry-1.docker.io}\n  prefix: Docker.IO\n";
+    let out = kubectl_apply(&cp, &ns.name, bad_prefix);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("prefix must be a repository path"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let good_proxy = bad_prefix.replace("Docker.IO", "docker.io");
+    assert!(kubectl_apply(&cp, &ns.name, &good_proxy).status.success());
+    let no_trigger = "apiVersion: berth.dev/v1alpha1\nkind: ReplicationPolicy\nmetadata:\n  name: out\nspec:\n  source: {registryRef: {name: grow}}\n  destination: {url: https://mirror.example}\n";
+    let out = kubectl_apply(&cp, &ns.name, no_trigger);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("set trigger.schedule"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let both_ends = "apiVersion: berth.dev/v1alpha1\nkind: ReplicationPolicy\nmetadata:\n  name: out\nspec:\n  source: {registryRef: {name: grow}, url: https://x.example}\n  destination: {url: https://mirror.example}\n  trigger: {schedule: '0 * * * *'}\n";
+    let out = kubectl_apply(&cp, &ns.name, both_ends);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("set exactly one of registryRef and url"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // The StorageClass does not exist: Stalled with a reason, not an endless loop.
     let regs = registries(&client, &ns.name);
     assert!(

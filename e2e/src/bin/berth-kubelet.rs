@@ -8,7 +8,7 @@ use berth_e2e::kubelet::{self, Options};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 fn usage() -> &'static str {
-    "usage: berth-kubelet --kubeconfig FILE --state-dir DIR --hosts-file FILE [--node-name NAME] --binary NAME=PATH..."
+    "usage: berth-kubelet --kubeconfig FILE --state-dir DIR --hosts-file FILE --pod-cidr 127.X.0.0/16 --kubernetes-service-ip IP [--node-name NAME] --binary NAME=PATH..."
 }
 
 #[tokio::main]
@@ -25,6 +25,8 @@ async fn main() -> anyhow::Result<()> {
         hosts_file: PathBuf::new(),
         binaries: BTreeMap::new(),
         api_server: None,
+        pod_range: (127, 160),
+        kubernetes_service_ip: std::net::Ipv4Addr::new(127, 96, 0, 1),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -34,6 +36,23 @@ async fn main() -> anyhow::Result<()> {
             "--state-dir" => opts.state_dir = value()?.into(),
             "--hosts-file" => opts.hosts_file = value()?.into(),
             "--node-name" => opts.node_name = value()?,
+            "--pod-cidr" => {
+                let v = value()?;
+                let ip: std::net::Ipv4Addr = v
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .parse()
+                    .with_context(|| format!("--pod-cidr {v:?}"))?;
+                let [a, b, ..] = ip.octets();
+                if a != 127 || !v.ends_with("/16") {
+                    bail!("--pod-cidr must be a loopback /16, like 127.160.0.0/16");
+                }
+                opts.pod_range = (a, b);
+            }
+            "--kubernetes-service-ip" => {
+                opts.kubernetes_service_ip = value()?.parse().context("--kubernetes-service-ip")?
+            }
             "--binary" => {
                 let v = value()?;
                 let (name, path) =

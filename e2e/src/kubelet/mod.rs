@@ -4,10 +4,10 @@
 //!            watch Pods ──► bind unscheduled pods to this node (it is the only one)
 //!                      └──► one worker per pod on this node:
 //!                             volumes as directories (Secret, ConfigMap, emptyDir, projected token,
-//!                             PVC, downward API), a loopback IP (127.100.x.y), each container a
+//!                             PVC, downward API), a loopback IP (--pod-cidr), each container a
 //!                             process in its own mount namespace (`sandbox`), probes, restarts,
 //!                             status; SIGTERM then SIGKILL when the pod is deleted
-//!   watch Services+EndpointSlices ──► a TCP proxy on every ClusterIP:port (127.96.0.0/16) and a hosts
+//!   watch Services+Pods ──► a TCP proxy on every ClusterIP:port (a loopback range) and a hosts
 //!                                     file naming every Service and StatefulSet pod (`services`)
 //!            watch PVCs ──► a PV (a directory) for each claim of the `berth-local` class
 //! ```
@@ -38,6 +38,10 @@ pub struct Options {
     pub binaries: BTreeMap<String, PathBuf>,
     /// Where the `kubernetes` Service forwards to.
     pub api_server: Option<std::net::SocketAddr>,
+    /// This cluster's pod addresses: the first two octets of a 127.x.0.0/16 range.
+    pub pod_range: (u8, u8),
+    /// The `kubernetes` Service's ClusterIP (given to pods as KUBERNETES_SERVICE_HOST).
+    pub kubernetes_service_ip: std::net::Ipv4Addr,
 }
 
 pub struct Context {
@@ -54,7 +58,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(opts.state_dir.join("pids"))?;
     kill_leftovers(&opts.state_dir);
-    let ctx = Arc::new(Context { client, opts, ips: pods::IpPool::default() });
+    let ips = pods::IpPool::new(opts.pod_range);
+    let ctx = Arc::new(Context { client, opts, ips });
     node::register(&ctx).await?;
     let tasks = vec![
         tokio::spawn(node::heartbeat(ctx.clone())),

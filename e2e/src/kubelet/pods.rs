@@ -18,23 +18,26 @@ use super::sandbox::{self, Mount};
 use super::volumes::{self, PodVolumes};
 use super::Context;
 
-/// Pod IPs: 127.100.0.2 onwards, one per running pod.
-#[derive(Default)]
+/// Pod IPs: the second address of the pod range onwards, one per running pod.
 pub struct IpPool {
+    base: u32,
     used: Mutex<BTreeSet<u32>>,
 }
 
 impl IpPool {
+    pub fn new((a, b): (u8, u8)) -> IpPool {
+        IpPool { base: u32::from(Ipv4Addr::new(a, b, 0, 0)), used: Mutex::new(BTreeSet::new()) }
+    }
+
     fn take(&self) -> Ipv4Addr {
-        let base = u32::from(Ipv4Addr::new(127, 100, 0, 0));
-        let Ok(mut used) = self.used.lock() else { return Ipv4Addr::new(127, 100, 0, 2) };
+        let Ok(mut used) = self.used.lock() else { return Ipv4Addr::from(self.base + 2) };
         let n = (2..65_000u32).find(|n| !used.contains(n)).unwrap_or(2);
         used.insert(n);
-        Ipv4Addr::from(base + n)
+        Ipv4Addr::from(self.base + n)
     }
 
     fn give(&self, ip: Ipv4Addr) {
-        let n = u32::from(ip) - u32::from(Ipv4Addr::new(127, 100, 0, 0));
+        let n = u32::from(ip).wrapping_sub(self.base);
         if let Ok(mut used) = self.used.lock() {
             used.remove(&n);
         }
@@ -789,10 +792,10 @@ async fn container_env(
         ("PATH".into(), "/berth/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
         ("HOME".into(), "/root".into()),
         ("HOSTNAME".into(), pod.metadata.name.clone().unwrap_or_default()),
-        ("KUBERNETES_SERVICE_HOST".into(), "127.96.0.1".into()),
+        ("KUBERNETES_SERVICE_HOST".into(), ctx.opts.kubernetes_service_ip.to_string()),
         ("KUBERNETES_SERVICE_PORT".into(), "443".into()),
         ("KUBERNETES_SERVICE_PORT_HTTPS".into(), "443".into()),
-        ("KUBERNETES_PORT".into(), "tcp://127.96.0.1:443".into()),
+        ("KUBERNETES_PORT".into(), format!("tcp://{}:443", ctx.opts.kubernetes_service_ip)),
         // Every pod shares the host's network: Berth narrows a wildcard listen address to this.
         ("BERTH_LISTEN_HOST".into(), ip.into()),
     ];

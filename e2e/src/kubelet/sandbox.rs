@@ -1,6 +1,6 @@
 //! Running one container as a process.
 //!
-//! All pods share the host's network (each listens on its own 127.100.x.y), but every container
+//! All pods share the host's network (each listens on its own loopback address), but every container
 //! gets its own mount namespace and root: the host's /usr, /lib… read-only, a private /etc with the
 //! cluster's hosts file, /dev, /proc, the container's binary at /berth/bin/<name>, and its volumes at
 //! their mount paths. So a pod sees `/etc/berth/config.yaml` where its spec mounts it, as in a real

@@ -1,5 +1,5 @@
-//! Services without kube-proxy or DNS: a TCP proxy on every ClusterIP:port (ClusterIPs come from
-//! 127.96.0.0/16, so they are loopback addresses this process can listen on) forwarding to the
+//! Services without kube-proxy or DNS: a TCP proxy on every ClusterIP:port (ClusterIPs come from a
+//! loopback /16, so they are addresses this process can listen on) forwarding to the
 //! ready endpoints, and a hosts file that names every Service
 //! (`<svc>.<ns>.svc.cluster.local`, `<svc>.<ns>.svc`, `<svc>.<ns>`) and every pod with a hostname
 //! and subdomain (StatefulSet pods). Pods see that file as /etc/hosts; tests run clients with it

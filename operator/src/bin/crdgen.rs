@@ -11,7 +11,8 @@ use anyhow::{bail, Context};
 use kube::CustomResourceExt;
 
 fn rendered() -> anyhow::Result<Vec<(String, String)>> {
-    let crds = [berth_operator::crd::Registry::crd()];
+    use berth_operator::crd::{ProxyCache, Registry, ReplicationPolicy};
+    let crds = [Registry::crd(), ProxyCache::crd(), ReplicationPolicy::crd()];
     crds.iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();

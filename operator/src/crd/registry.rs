@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 
 use super::common::SecretKeyRef;
 
+// Several printer columns repeat `type_ = "string"`, which is not a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "berth.dev",

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds the Berth image: one image holding `berth` and `berth-operator`, non-root, FROM scratch.
+#   scripts/image.sh [TAG]      (default TAG: localhost/berth:dev)
+#
+# No base image can be pulled here, so the image's root filesystem is assembled from the release
+# binaries and exactly the shared libraries they link (plus CA certificates, a passwd entry for
+# the non-root user 65532, /tmp and the data directory), then `podman build` copies it into an
+# empty image with the Dockerfile at the repository's top.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TAG=${1:-localhost/berth:dev}
+cargo build --release -p berth-registry -p berth-operator
+CTX=target/image
+rm -rf "$CTX" && mkdir -p "$CTX/rootfs/usr/local/bin" "$CTX/rootfs/etc/ssl/certs" "$CTX/rootfs/tmp" "$CTX/rootfs/var/lib/berth"
+for bin in berth berth-operator; do
+  cp "target/release/$bin" "$CTX/rootfs/usr/local/bin/$bin"
+  # Every library the binary loads, at the path the dynamic loader looks for it.
+  ldd "target/release/$bin" | awk '/=>/ {print $3} /^\t\/.*ld-linux/ {print $1}' | while read -r lib; do
+    [[ -n $lib && -f $lib ]] || continue
+    mkdir -p "$CTX/rootfs$(dirname "$lib")"
+    cp -L "$lib" "$CTX/rootfs$lib"
+  done
+done
+cp -L /etc/ssl/certs/ca-certificates.crt "$CTX/rootfs/etc/ssl/certs/"
+printf 'root:x:0:0:root:/root:/sbin/nologin\nberth:x:65532:65532:berth:/var/lib/berth:/sbin/nologin\n' >"$CTX/rootfs/etc/passwd"
+printf 'root:x:0:\nberth:x:65532:\n' >"$CTX/rootfs/etc/group"
+printf 'hosts: files dns\n' >"$CTX/rootfs/etc/nsswitch.conf"
+chmod 1777 "$CTX/rootfs/tmp"
+chown -R 65532:65532 "$CTX/rootfs/var/lib/berth"
+cp Dockerfile "$CTX/Dockerfile"
+podman build --quiet -t "$TAG" "$CTX" >/dev/null
+echo "$TAG"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The Berth image, built here with podman FROM scratch: a container of it serves `berth` (push and
+# pull with crane), starts `berth-operator --help`, runs as non-root, and stays small.
+source "$(dirname "$0")/lib.sh"
+source "$ROOT/scripts/tools.sh"
+CRANE=$(tool_path crane)
+
+TAG=localhost/berth:test-$$
+echo "== image"
+if ! bash "$ROOT/scripts/image.sh" "$TAG" >/dev/null; then
+  echo "image build failed" >&2
+  exit 1
+fi
+on_exit "podman rmi -f $TAG"
+PODMAN=(podman run --runtime runc --rm --network host)
+
+check "the image runs as the non-root user 65532" bash -c "[[ \$(podman image inspect --format '{{.Config.User}}' $TAG) == 65532:65532 ]]"
+check "the image is small (< 40 MB)" bash -c "(( \$(podman image inspect --format '{{.Size}}' $TAG) < 40000000 ))"
+check "berth-operator starts and prints its help" bash -c "'${PODMAN[0]}' ${PODMAN[*]:1} --entrypoint berth-operator $TAG --help | grep -q 'reconciles Berth registries'"
+
+PORT=$(free_port)
+NAME=berth-image-test-$$
+podman run --runtime runc -d --rm --network host --name "$NAME" "$TAG" serve --listen "127.0.0.1:$PORT" >/dev/null
+on_exit "podman stop -t 2 $NAME"
+check "a container of the image serves the registry API" wait_for "http://127.0.0.1:$PORT/v2/" 30
+check "crane pushes to it and reads back the digest" bash -c "
+  cd \$(mktemp -d) && head -c 100000 /dev/urandom > layer && tar cf layer.tar layer &&
+  d=\$('$CRANE' append --insecure -f layer.tar -t 127.0.0.1:$PORT/image/test:v1 2>/dev/null) &&
+  [[ \$('$CRANE' digest --insecure 127.0.0.1:$PORT/image/test:v1) == \${d#*@} ]]"
+finish
