@@ -117,10 +117,14 @@ async fn wait_condition(
 }
 
 fn kubectl_apply(cp: &ControlPlane, ns: &str, yaml: &str) -> std::process::Output {
+    kubectl_with_stdin(cp, &["apply", "-n", ns, "-f", "-"], yaml)
+}
+
+fn kubectl_with_stdin(cp: &ControlPlane, args: &[&str], yaml: &str) -> std::process::Output {
     let mut child = cp
         .kubectl()
         .unwrap()
-        .args(["apply", "-n", ns, "-f", "-"])
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -265,13 +269,15 @@ async fn helm_installed_operator_runs_a_registry_that_serves_and_stays_put() {
     after.retain(|(k, _)| k != "registry/hub");
     expected.retain(|(k, _)| k != "registry/hub");
     assert_eq!(after, expected, "no child was written by the resync");
-    let diff = cp
-        .kubectl()
-        .unwrap()
-        .args(["diff", "-n", &ns.name, "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .output();
-    let _ = diff;
+    // And what the user applied is exactly what is live: `kubectl diff` finds nothing (exit 0).
+    let diff = kubectl_with_stdin(&cp, &["diff", "-n", &ns.name, "-f", "-"], REGISTRY);
+    assert_eq!(
+        diff.status.code(),
+        Some(0),
+        "kubectl diff: {}{}",
+        String::from_utf8_lossy(&diff.stdout),
+        String::from_utf8_lossy(&diff.stderr)
+    );
 
     // Drift repair: deleted children come back.
     let secrets: Api<Secret> = ns.api();

@@ -9,7 +9,6 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode}
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http_body_util::BodyExt;
 
 use super::error::{ApiError, Code};
 use super::path::Route;
@@ -158,17 +157,13 @@ async fn put_manifest(
     body: Body,
 ) -> Result<Response> {
     let limit = st.registry.limits().max_manifest_bytes;
-    let too_large = || {
-        ApiError::new(Code::ManifestTooLarge, format!("manifest is larger than the {limit} bytes accepted"))
-    };
-    if content_length(&req.headers)?.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(e) => return Err(ApiError::new(Code::ManifestInvalid, format!("reading manifest failed: {e}"))),
-    };
+    let bytes = read_bounded(body, limit).await.map_err(|e| match e {
+        BodyError::TooLarge => ApiError::new(
+            Code::ManifestTooLarge,
+            format!("manifest is larger than the {limit} bytes accepted"),
+        ),
+        BodyError::Read(e) => ApiError::new(Code::ManifestInvalid, format!("reading manifest failed: {e}")),
+    })?;
     let content_type = req.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let put = st.registry.put_manifest(repo, r, content_type, bytes).await?;
     let mut resp = StatusCode::CREATED.into_response();
@@ -334,6 +329,35 @@ fn chunk_headers(h: &HeaderMap) -> Result<(Option<ChunkRange>, Option<u64>)> {
         })?),
     };
     Ok((range, len))
+}
+
+enum BodyError {
+    TooLarge,
+    Read(axum::Error),
+}
+
+/// Bytes kept reading (and thrown away) past a limit, so that a client still sending an oversized
+/// body receives the 413 instead of a reset connection.
+const DRAIN_AFTER_LIMIT: usize = 16 << 20;
+
+/// Collects a body of at most `limit` bytes. A larger one is drained up to a bound and refused.
+async fn read_bounded(body: Body, limit: usize) -> std::result::Result<Bytes, BodyError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(BodyError::Read)?;
+        seen += chunk.len();
+        if seen <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if seen > limit + DRAIN_AFTER_LIMIT {
+            return Err(BodyError::TooLarge);
+        }
+    }
+    if seen > limit {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(buf.freeze())
 }
 
 fn stream(body: Body) -> BodyStream {
