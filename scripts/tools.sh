@@ -9,6 +9,8 @@ set -euo pipefail
 
 BERTH_CACHE=${BERTH_CACHE:-$HOME/.cache/berth}
 export GOPROXY=${GOPROXY:-https://proxy.golang.org} GOSUMDB=off GOFLAGS=-mod=mod GOTOOLCHAIN=local
+# Versions the Rust tests read too.
+source "$(dirname "${BASH_SOURCE[0]}")/../e2e/versions.env"
 
 # name|version|Go module|package inside the module ("-" = a test binary of the module's root)
 #
@@ -22,8 +24,8 @@ TOOLS=(
   "cosign|v2.6.5|github.com/sigstore/cosign/v2|./cmd/cosign"
   "registry|v3.1.2|github.com/distribution/distribution/v3|./cmd/registry"
   "conformance|v0.0.0-20231101194043-f2182352d4cc|github.com/opencontainers/distribution-spec/conformance|-"
-  "helm|v3.19.0|helm.sh/helm/v3|./cmd/helm"
-  "kubeconform|v0.7.0|github.com/yannh/kubeconform|./cmd/kubeconform"
+  "helm|$HELM_VERSION|helm.sh/helm/v3|./cmd/helm"
+  "kubeconform|$KUBECONFORM_VERSION|github.com/yannh/kubeconform|./cmd/kubeconform"
   # Benchmarks only, and refused by the module proxy here (403): never in the default set.
   "zot|v2.1.8|zotregistry.dev/zot/v2|./cmd/zot"
 )

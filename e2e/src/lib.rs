@@ -26,6 +26,17 @@ pub fn version(key: &str) -> Option<&'static str> {
         .map(str::trim)
 }
 
+/// A tool built by `scripts/tools.sh`, at the version `versions.env` names.
+pub fn tool(name: &str, version_key: &str) -> anyhow::Result<std::path::PathBuf> {
+    let version =
+        version(version_key).ok_or_else(|| anyhow::anyhow!("{version_key} missing from versions.env"))?;
+    let path = cache_dir().join(format!("{name}-{version}")).join("bin").join(name);
+    if !path.is_file() {
+        anyhow::bail!("{} is missing: run `bash scripts/tools.sh {name}`", path.display());
+    }
+    Ok(path)
+}
+
 /// Where `e2e/k8s-tools.sh` caches its builds.
 pub fn cache_dir() -> std::path::PathBuf {
     if let Ok(dir) = std::env::var("BERTH_CACHE") {

@@ -60,7 +60,13 @@ async fn statefulset_of_berth_serves_through_its_service_and_goes_away_with_it()
     let apply = cp
         .kubectl()
         .unwrap()
-        .args(["apply", "-n", &ns.name, "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/demo/registry.yaml")])
+        .args([
+            "apply",
+            "-n",
+            &ns.name,
+            "-f",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/statefulset-registry.yaml"),
+        ])
         .output()
         .unwrap();
     assert!(apply.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&apply.stderr));

@@ -22,14 +22,8 @@ fn target_bin(name: &str) -> PathBuf {
     exe.parent().and_then(|d| d.parent()).unwrap().join(name)
 }
 
-fn tool(name: &str, version: &str) -> PathBuf {
-    let p = berth_e2e::cache_dir().join(format!("{name}-{version}")).join("bin").join(name);
-    assert!(p.is_file(), "{} missing: bash scripts/tools.sh {name}", p.display());
-    p
-}
-
 fn helm() -> PathBuf {
-    tool("helm", "v3.19.0")
+    berth_e2e::tool("helm", "HELM_VERSION").unwrap()
 }
 
 async fn cluster() -> ControlPlane {
@@ -480,7 +474,7 @@ async fn chart_lints_and_renders_manifests_valid_against_the_real_schemas() {
             "{}/{{{{ .Group }}}}-{{{{ .ResourceAPIVersion }}}}-{{{{ .ResourceKind }}}}.json",
             schemas.path().display()
         );
-        let mut child = Command::new(tool("kubeconform", "v0.7.0"))
+        let mut child = Command::new(berth_e2e::tool("kubeconform", "KUBECONFORM_VERSION").unwrap())
             .args(["-strict", "-summary", "-schema-location", &location])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

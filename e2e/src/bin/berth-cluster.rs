@@ -1,18 +1,18 @@
 //! `berth-cluster`: the local demo's engine. Starts the control plane and the process kubelet,
-//! applies the demo registry, waits until it serves, prints how to use it, and runs until
-//! interrupted (Ctrl-C or SIGTERM), then stops everything it started.
+//! installs the operator with the Helm chart (as a user would), applies a `Registry`, waits until
+//! it serves, prints how to use it, and runs until interrupted (Ctrl-C or SIGTERM), then stops
+//! everything it started.
 //!
 //! ```text
-//! berth-cluster [--state-dir DIR] [--berth PATH] [--manifest FILE]
+//! berth-cluster [--state-dir DIR] [--manifest FILE]
 //! ```
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use berth_e2e::cluster::KubeletBinary;
-use berth_e2e::{wait_until, ControlPlane, Options};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use berth_e2e::{ControlPlane, Options};
+use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 
 const NAMESPACE: &str = "berth-demo";
@@ -26,23 +26,28 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("warn,kube_client=off").init();
     let mut state_dir = None;
-    let mut berth = sibling("berth")?;
+    let berth = sibling("berth")?;
+    let operator = sibling("berth-operator")?;
     let mut manifest = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/demo/registry.yaml"));
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().map(PathBuf::from).with_context(|| format!("{a} needs a value"));
         match a.as_str() {
             "--state-dir" => state_dir = Some(value()?),
-            "--berth" => berth = value()?,
             "--manifest" => manifest = value()?,
-            _ => bail!("usage: berth-cluster [--state-dir DIR] [--berth PATH] [--manifest FILE]"),
+            _ => bail!("usage: berth-cluster [--state-dir DIR] [--manifest FILE]"),
         }
     }
-    if !berth.is_file() {
-        bail!("{} not found: build it with `cargo build -p berth-registry`", berth.display());
+    for bin in [&berth, &operator] {
+        if !bin.is_file() {
+            bail!("{} not found: build it with `cargo build --workspace --bins`", bin.display());
+        }
     }
     eprintln!("starting etcd, kube-apiserver, kube-controller-manager and berth-kubelet...");
-    let kubelet = KubeletBinary { path: sibling("berth-kubelet")?, binaries: vec![("berth".into(), berth)] };
+    let kubelet = KubeletBinary {
+        path: sibling("berth-kubelet")?,
+        binaries: vec![("berth".into(), berth), ("berth-operator".into(), operator)],
+    };
     let cp = ControlPlane::start(Options { kubelet: Some(kubelet), state_dir }).await?;
     let kubectl = |args: &[&str]| -> anyhow::Result<()> {
         let out = cp.kubectl()?.args(args).output()?;
@@ -51,23 +56,38 @@ async fn main() -> anyhow::Result<()> {
         }
         Ok(())
     };
+    eprintln!("installing the operator with helm...");
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/berth-operator");
+    let helm = std::process::Command::new(berth_e2e::tool("helm", "HELM_VERSION")?)
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig)
+        .args([
+            "install",
+            "berth",
+            chart,
+            "-n",
+            "berth-system",
+            "--create-namespace",
+            "--set",
+            "image.tag=dev",
+            "--wait",
+        ])
+        .output()?;
+    if !helm.status.success() {
+        bail!("helm install: {}", String::from_utf8_lossy(&helm.stderr));
+    }
     kubectl(&["create", "namespace", NAMESPACE])?;
     kubectl(&["apply", "-n", NAMESPACE, "-f", &manifest.display().to_string()])?;
-    let client = cp.client().await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let ready = wait_until(Duration::from_secs(180), || {
-        let pods = pods.clone();
-        async move {
-            pods.get_opt("registry-0").await.ok().flatten().is_some_and(|p| berth_e2e::support::pod_ready(&p))
-        }
-    })
-    .await;
-    if !ready {
+    eprintln!("waiting for the Registry to become Ready...");
+    if let Err(e) =
+        kubectl(&["wait", "--for=condition=Ready", "registry/registry", "-n", NAMESPACE, "--timeout=180s"])
+    {
         bail!(
-            "the demo registry did not become Ready; kubelet log: {}",
+            "the demo Registry did not become Ready ({e}); kubelet log: {}",
             cp.dir.join("berth-kubelet.log").display()
         );
     }
+    let client = cp.client().await?;
     let svc: Service = Api::namespaced(client, NAMESPACE).get("registry").await?;
     let ip = svc.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
     println!(
