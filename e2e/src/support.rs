@@ -28,27 +28,30 @@ where
 }
 
 pub fn node_ready(n: &Node) -> bool {
-    condition_true(
+    ready(
         n.status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
-            .map(|c| c.iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect::<Vec<_>>()),
-        "Ready",
+            .into_iter()
+            .flatten()
+            .map(|c| (&c.type_, &c.status)),
     )
 }
 
 pub fn pod_ready(p: &Pod) -> bool {
-    condition_true(
+    ready(
         p.status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
-            .map(|c| c.iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect::<Vec<_>>()),
-        "Ready",
+            .into_iter()
+            .flatten()
+            .map(|c| (&c.type_, &c.status)),
     )
 }
 
-fn condition_true(conditions: Option<Vec<(&str, &str)>>, kind: &str) -> bool {
-    conditions.unwrap_or_default().iter().any(|(t, s)| *t == kind && *s == "True")
+/// Whether the (type, status) pairs hold `Ready=True`.
+fn ready<'a>(mut conditions: impl Iterator<Item = (&'a String, &'a String)>) -> bool {
+    conditions.any(|(t, s)| t == "Ready" && s == "True")
 }
 
 /// A namespace that exists for the life of the value; deleted (without waiting) on drop.

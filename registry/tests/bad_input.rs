@@ -77,12 +77,7 @@ async fn digest_mismatch_stores_nothing_on_every_path() {
     let c = client();
     let claimed = sha256(b"what the client says");
     let body = b"what the client sends".to_vec();
-    let session = || async {
-        c.post(s.url("/v2/r/b/blobs/uploads/")).send().await.unwrap().headers()["location"]
-            .to_str()
-            .unwrap()
-            .to_owned()
-    };
+    let session = || start_session(&s, "r/b");
     let expect_invalid = |r: reqwest::Response, what: &'static str| async move {
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{what}");
         assert_eq!(error_code(r).await, "DIGEST_INVALID", "{what}");
@@ -227,10 +222,7 @@ async fn manifest_size_limit() {
 async fn bad_content_range_and_lengths() {
     let s = TestServer::start().await;
     let c = client();
-    let loc = c.post(s.url("/v2/r/e/blobs/uploads/")).send().await.unwrap().headers()["location"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let loc = start_session(&s, "r/e").await;
     for bad in ["garbage", "5-1", "-", "0-", "a-b", "0-99999999999999999999999"] {
         let r = c.patch(s.url(&loc)).header("content-range", bad).body("abc").send().await.unwrap();
         assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{bad}");
@@ -259,10 +251,7 @@ async fn unknown_foreign_and_expired_upload_ids() {
     let r = c.get(s.url("/v2/r/f/blobs/uploads/not-an-id")).send().await.unwrap();
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
 
-    let loc = c.post(s.url("/v2/r/f/blobs/uploads/")).send().await.unwrap().headers()["location"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let loc = start_session(&s, "r/f").await;
     let foreign = loc.replace("/r/f/", "/r/other/");
     let r = c.get(s.url(&foreign)).send().await.unwrap();
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN", "a session belongs to its repository");

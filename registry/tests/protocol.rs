@@ -91,10 +91,7 @@ async fn chunked_upload_with_out_of_order_chunk_and_resume() {
     let s = TestServer::start().await;
     let c = client();
     let data: Vec<u8> = (0..300u32).map(|i| (i * 7 % 256) as u8).collect();
-    let loc = c.post(s.url("/v2/r/c/blobs/uploads/")).send().await.unwrap().headers()["location"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let loc = start_session(&s, "r/c").await;
     let patch = |start: usize, end: usize| {
         c.patch(s.url(&loc))
             .header("content-range", format!("{start}-{}", end - 1))
@@ -136,10 +133,7 @@ async fn chunked_upload_with_out_of_order_chunk_and_resume() {
 async fn streamed_patch_without_content_range() {
     let s = TestServer::start().await;
     let c = client();
-    let loc = c.post(s.url("/v2/r/d/blobs/uploads/")).send().await.unwrap().headers()["location"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let loc = start_session(&s, "r/d").await;
     let parts: Vec<Result<Vec<u8>, std::io::Error>> = (0..64).map(|i| Ok(vec![i as u8; 65_537])).collect();
     let all: Vec<u8> = parts.iter().flat_map(|p| p.as_ref().unwrap().clone()).collect();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(parts));
@@ -156,10 +150,7 @@ async fn streamed_patch_without_content_range() {
 async fn cancel_upload() {
     let s = TestServer::start().await;
     let c = client();
-    let loc = c.post(s.url("/v2/r/e/blobs/uploads/")).send().await.unwrap().headers()["location"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let loc = start_session(&s, "r/e").await;
     c.patch(s.url(&loc)).body(vec![1u8; 10]).send().await.unwrap();
     assert_eq!(c.delete(s.url(&loc)).send().await.unwrap().status(), StatusCode::NO_CONTENT);
     let r = c.get(s.url(&loc)).send().await.unwrap();
@@ -179,10 +170,7 @@ async fn sha512_blobs_and_manifests() {
         c.post(s.url(&format!("/v2/r/f/blobs/uploads/?digest={d}"))).body(data.clone()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     // and through a session, where the algorithm is only known at the end
-    let loc = c.post(s.url("/v2/r/f/blobs/uploads/")).send().await.unwrap().headers()["location"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let loc = start_session(&s, "r/f").await;
     c.patch(s.url(&loc)).body(b"chunk-one".to_vec()).send().await.unwrap();
     let d2 = sha512(b"chunk-onechunk-two");
     let r = c.put(s.url(&format!("{loc}?digest={d2}"))).body(b"chunk-two".to_vec()).send().await.unwrap();
@@ -384,10 +372,7 @@ async fn upload_sessions_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start_in(dir.path(), Limits::default()).await;
     let c = client();
-    let loc = c.post(s.url("/v2/r/k/blobs/uploads/")).send().await.unwrap().headers()["location"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let loc = start_session(&s, "r/k").await;
     let r = c.patch(s.url(&loc)).header("content-range", "0-4").body(b"first".to_vec()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     s.stop().await;

@@ -143,6 +143,23 @@ fn select(
     Ok(())
 }
 
+/// Looks up a Secret or ConfigMap a volume names; an `optional` one may be missing.
+async fn lookup<K>(ctx: &Context, ns: &str, name: &str, optional: bool) -> anyhow::Result<Option<K>>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    match api.get_opt(name).await? {
+        Some(o) => Ok(Some(o)),
+        None if optional => Ok(None),
+        None => bail!("{} {ns}/{name} not found", K::kind(&K::DynamicType::default()).to_lowercase()),
+    }
+}
+
 async fn add_secret(
     ctx: &Context,
     ns: &str,
@@ -152,13 +169,7 @@ async fn add_secret(
     optional: bool,
     files: &mut Files,
 ) -> anyhow::Result<()> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(secret) = api.get_opt(name).await? else {
-        if optional {
-            return Ok(());
-        }
-        bail!("secret {ns}/{name} not found");
-    };
+    let Some(secret) = lookup::<Secret>(ctx, ns, name, optional).await? else { return Ok(()) };
     let data = secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
     select(data, items, mode, files)
 }
@@ -172,13 +183,7 @@ async fn add_config_map(
     optional: bool,
     files: &mut Files,
 ) -> anyhow::Result<()> {
-    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(cm) = api.get_opt(name).await? else {
-        if optional {
-            return Ok(());
-        }
-        bail!("configmap {ns}/{name} not found");
-    };
+    let Some(cm) = lookup::<ConfigMap>(ctx, ns, name, optional).await? else { return Ok(()) };
     let mut data: BTreeMap<String, Vec<u8>> =
         cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
     data.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));

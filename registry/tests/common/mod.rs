@@ -130,6 +130,13 @@ pub async fn push_blob(s: &TestServer, repo: &str, data: &[u8]) -> String {
     digest
 }
 
+/// Starts an upload session in `repo` and returns its Location (a path).
+pub async fn start_session(s: &TestServer, repo: &str) -> String {
+    let r = client().post(s.url(&format!("/v2/{repo}/blobs/uploads/"))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "starting an upload session");
+    r.headers()["location"].to_str().unwrap().to_owned()
+}
+
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
