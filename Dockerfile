@@ -3,6 +3,9 @@
 # certificates, /etc/passwd) — this file only puts it into an empty image.
 FROM scratch
 COPY rootfs/ /
+# COPY makes everything root's; the data directory (created by this COPY) belongs to the user
+# berth runs as.
+COPY --chown=65532:65532 data/ /var/lib/berth/
 ENV PATH=/usr/local/bin
 USER 65532:65532
 WORKDIR /var/lib/berth

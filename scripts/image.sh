@@ -4,14 +4,17 @@
 #
 # No base image can be pulled here, so the image's root filesystem is assembled from the release
 # binaries and exactly the shared libraries they link (plus CA certificates, a passwd entry for
-# the non-root user 65532, /tmp and the data directory), then `podman build` copies it into an
+# the non-root user 65532, /tmp; and the data directory, copied owned by that user), then `podman
+# build` copies it into an
 # empty image with the Dockerfile at the repository's top.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=${1:-localhost/berth:dev}
 cargo build --release -p berth-registry -p berth-operator
 CTX=target/image
-rm -rf "$CTX" && mkdir -p "$CTX/rootfs/usr/local/bin" "$CTX/rootfs/etc/ssl/certs" "$CTX/rootfs/tmp" "$CTX/rootfs/var/lib/berth"
+rm -rf "$CTX" && mkdir -p "$CTX/rootfs/usr/local/bin" "$CTX/rootfs/etc/ssl/certs" "$CTX/rootfs/tmp" "$CTX/data"
+# The data directory's content: a marker, so the COPY that creates it has something to copy.
+printf 'berth data directory\n' >"$CTX/data/.berth"
 for bin in berth berth-operator; do
   cp "target/release/$bin" "$CTX/rootfs/usr/local/bin/$bin"
   # Every library the binary loads, at the path the dynamic loader looks for it.
@@ -26,7 +29,6 @@ printf 'root:x:0:0:root:/root:/sbin/nologin\nberth:x:65532:65532:berth:/var/lib/
 printf 'root:x:0:\nberth:x:65532:\n' >"$CTX/rootfs/etc/group"
 printf 'hosts: files dns\n' >"$CTX/rootfs/etc/nsswitch.conf"
 chmod 1777 "$CTX/rootfs/tmp"
-chown -R 65532:65532 "$CTX/rootfs/var/lib/berth"
 cp Dockerfile "$CTX/Dockerfile"
 podman build --quiet -t "$TAG" "$CTX" >/dev/null
 echo "$TAG"

@@ -12,15 +12,19 @@ if ! bash "$ROOT/scripts/image.sh" "$TAG" >/dev/null; then
   exit 1
 fi
 on_exit "podman rmi -f $TAG"
-PODMAN=(podman run --runtime runc --rm --network host)
+# podman's default open-files and process limits are above what this machine lets a container
+# set: use the host's open-files limit and a modest process limit (berth needs few threads).
+LIMITS=(--runtime runc --ulimit "nofile=$(ulimit -Sn):$(ulimit -Hn)" --ulimit nproc=4096:4096)
+PODMAN=(podman run "${LIMITS[@]}" --rm --network host)
 
 check "the image runs as the non-root user 65532" bash -c "[[ \$(podman image inspect --format '{{.Config.User}}' $TAG) == 65532:65532 ]]"
 check "the image is small (< 40 MB)" bash -c "(( \$(podman image inspect --format '{{.Size}}' $TAG) < 40000000 ))"
-check "berth-operator starts and prints its help" bash -c "'${PODMAN[0]}' ${PODMAN[*]:1} --entrypoint berth-operator $TAG --help | grep -q 'reconciles Berth registries'"
+operator_help() { "${PODMAN[@]}" --entrypoint berth-operator "$TAG" --help | grep -q 'reconciles Berth registries'; }
+check "berth-operator starts and prints its help" operator_help
 
 PORT=$(free_port)
 NAME=berth-image-test-$$
-podman run --runtime runc -d --rm --network host --name "$NAME" "$TAG" serve --listen "127.0.0.1:$PORT" >/dev/null
+podman run "${LIMITS[@]}" -d --rm --network host --name "$NAME" "$TAG" serve --listen "127.0.0.1:$PORT" >/dev/null
 on_exit "podman stop -t 2 $NAME"
 check "a container of the image serves the registry API" wait_for "http://127.0.0.1:$PORT/v2/" 30
 check "crane pushes to it and reads back the digest" bash -c "
