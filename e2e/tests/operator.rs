@@ -493,3 +493,78 @@ async fn chart_lints_and_renders_manifests_valid_against_the_real_schemas() {
         assert!(text.contains("Invalid: 0, Errors: 0, Skipped: 0"), "{text}");
     }
 }
+
+/// What installing cert-manager adds to the API that Berth relies on: the Certificate kind.
+const CERTIFICATE_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: certificates.cert-manager.io
+spec:
+  group: cert-manager.io
+  scope: Namespaced
+  names: {kind: Certificate, listKind: CertificateList, plural: certificates, singular: certificate}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      subresources: {status: {}}
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_manager_mode_stalls_without_it_and_serves_the_secret_it_issues() {
+    let cp = cluster().await;
+    install_operator(&cp);
+    let client = cp.client().await.unwrap();
+    let ns = TempNamespace::create(&client, "cm").await.unwrap();
+    let yaml = "apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: issued\nspec:\n  tls:\n    mode: CertManager\n    issuerRef: {name: team-ca}\n";
+    assert!(kubectl_apply(&cp, &ns.name, yaml).status.success());
+    let regs = registries(&client, &ns.name);
+    assert!(
+        wait_condition(&regs, "issued", "Stalled", "True", Duration::from_secs(90)).await,
+        "Stalled without cert-manager\n{}",
+        debug(&cp)
+    );
+    assert_eq!(condition(&regs.get("issued").await.unwrap(), "Stalled").unwrap().1, "CertManagerMissing");
+
+    // cert-manager's Certificate kind appears: the operator asks for a certificate.
+    assert!(kubectl_apply(&cp, "default", CERTIFICATE_CRD).status.success());
+    let gvk = GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate");
+    let certs: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns.name, &ApiResource::from_gvk(&gvk));
+    let asked = wait_until(Duration::from_secs(120), || {
+        let certs = certs.clone();
+        async move { certs.get_opt("issued-tls").await.ok().flatten().is_some() }
+    })
+    .await;
+    assert!(asked, "a Certificate was created\n{}", debug(&cp));
+    let cert = certs.get("issued-tls").await.unwrap();
+    assert_eq!(cert.data["spec"]["secretName"], "issued-tls");
+    assert_eq!(cert.data["spec"]["issuerRef"]["name"], "team-ca");
+    assert!(wait_condition(&regs, "issued", "Reconciling", "True", Duration::from_secs(60)).await);
+    assert_eq!(condition(&regs.get("issued").await.unwrap(), "Ready").unwrap().1, "CertificatePending");
+
+    // Issue the Secret as cert-manager would; the registry then serves HTTPS with it.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = berth_e2e::pki::Ca::new(dir.path(), "team-ca").unwrap();
+    let names: Vec<String> = cert.data["spec"]["dnsNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let leaf = ca.issue(dir.path(), "issued", "issued", &[], &names, true).unwrap();
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "issued-tls"},
+        "stringData": {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": ca.pair.cert_pem},
+    });
+    assert!(kubectl_apply(&cp, &ns.name, &secret.to_string()).status.success());
+    assert!(
+        wait_condition(&regs, "issued", "Ready", "True", Duration::from_secs(180)).await,
+        "Ready with the issued certificate\n{}",
+        debug(&cp)
+    );
+}

@@ -125,6 +125,14 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
             obs.stalled = Some(("TLSSecretMissing".into(), format!("TLS Secret {s} does not exist")));
             return Ok(());
         }
+        Err(e @ TlsError::CertManagerMissing) => {
+            obs.stalled = Some(("CertManagerMissing".into(), e.to_string()));
+            return Ok(());
+        }
+        Err(e @ TlsError::CertificatePending(_)) => {
+            obs.waiting = Some(("CertificatePending".into(), e.to_string()));
+            return Ok(());
+        }
         Err(TlsError::Kube(e)) => return Err(Error::Kube(e)),
         Err(e) => return Err(Error::Tls(e)),
     };

@@ -14,6 +14,8 @@ pub struct Observed {
     pub statefulset: Option<SetState>,
     /// Why the Registry cannot make progress, if it cannot: (reason, message).
     pub stalled: Option<(String, String)>,
+    /// What it is waiting for that is on its way (e.g. a certificate being issued).
+    pub waiting: Option<(String, String)>,
     pub suspended: bool,
     /// Claims of the pods that are still Pending, with why.
     pub pending_claims: Vec<(String, String)>,
@@ -46,8 +48,11 @@ pub fn compute(reg: &Registry, eff: &Effective, obs: &Observed, now: Time) -> Re
         && set.observed_generation >= set.generation
         && set.updated >= want
         && set.replicas == want;
-    let ready = obs.stalled.is_none() && !obs.suspended && rolled_out && set.ready >= want;
+    let ready =
+        obs.stalled.is_none() && obs.waiting.is_none() && !obs.suspended && rolled_out && set.ready >= want;
     let (ready_reason, ready_message) = if let Some((r, m)) = &obs.stalled {
+        (r.clone(), m.clone())
+    } else if let Some((r, m)) = &obs.waiting {
         (r.clone(), m.clone())
     } else if obs.suspended {
         ("Suspended".into(), "spec.suspend is true: the operator leaves this Registry as it is".into())

@@ -245,3 +245,35 @@ fn effective_values_are_reported() {
     );
     assert_eq!(rep.retain_policy, "Retain");
 }
+
+#[test]
+fn waiting_for_a_certificate_is_progress_not_a_stall() {
+    let r = registry(
+        serde_json::json!({"tls": {"mode": "CertManager", "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}}}),
+    );
+    let eff = effective::resolve(&r, "img");
+    let mut obs = observed(1);
+    obs.waiting =
+        Some(("CertificatePending".into(), "waiting for cert-manager to issue Secret hub-tls".into()));
+    let s = status::compute(&r, &eff, &obs, time("2026-01-01T00:00:00Z"));
+    assert_eq!(cond(&s, "Ready"), ("False".into(), "CertificatePending".into()));
+    assert_eq!(cond(&s, "Reconciling").0, "True");
+    assert_eq!(cond(&s, "Stalled").0, "False");
+}
+
+#[test]
+fn certificate_for_cert_manager() {
+    let r = registry(
+        serde_json::json!({"tls": {"mode": "CertManager", "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}, "dnsNames": ["registry.example.com"]}}),
+    );
+    let c = super::tls::certificate(&r);
+    assert_eq!(c["spec"]["secretName"], "hub-tls");
+    assert_eq!(
+        c["spec"]["issuerRef"],
+        serde_json::json!({"name": "ca", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+    );
+    let names: Vec<&str> =
+        c["spec"]["dnsNames"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    assert!(names.contains(&"hub.team.svc.cluster.local") && names.contains(&"registry.example.com"));
+    assert_eq!(c["metadata"]["ownerReferences"][0]["uid"], "u-1");
+}

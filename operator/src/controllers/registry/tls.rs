@@ -45,6 +45,10 @@ pub enum TlsError {
     BrokenCa(String),
     #[error("TLS Secret {0} does not exist")]
     MissingSecret(String),
+    #[error("cert-manager is not installed: the API server serves no cert-manager.io/v1 Certificates")]
+    CertManagerMissing,
+    #[error("waiting for cert-manager to issue Secret {0}")]
+    CertificatePending(String),
 }
 
 pub fn ca_secret_name(reg: &Registry) -> String {
@@ -148,15 +152,67 @@ pub async fn ensure(client: &kube::Client, reg: &Registry) -> Result<Option<(Str
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     match mode {
         TlsMode::None => Ok(None),
-        TlsMode::Secret | TlsMode::CertManager => {
+        TlsMode::Secret => {
             let name = tls_secret_name(reg);
             if secrets.get_opt(&name).await?.is_none() {
                 return Err(TlsError::MissingSecret(name));
             }
             Ok(Some((name.clone(), TlsStatus { secret_name: Some(name), ..TlsStatus::default() })))
         }
+        TlsMode::CertManager => cert_manager(client, &secrets, reg).await.map(Some),
         TlsMode::SelfSigned => self_signed(&secrets, reg).await.map(Some),
     }
+}
+
+/// The cert-manager `Certificate` that writes `<name>-tls`; the Secret is used once it exists.
+pub fn certificate(reg: &Registry) -> serde_json::Value {
+    let issuer = reg.spec.tls.as_ref().and_then(|t| t.issuer_ref.clone()).unwrap_or_default();
+    let mut meta = serde_json::json!({
+        "name": tls_secret_name(reg),
+        "namespace": reg.namespace(),
+        "labels": labels::child(&reg.name_any(), "tls"),
+    });
+    if let Some(owner) = reg.controller_owner_ref(&()) {
+        meta["ownerReferences"] = serde_json::json!([owner]);
+    }
+    serde_json::json!({
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": meta,
+        "spec": {
+            "secretName": tls_secret_name(reg),
+            "dnsNames": dns_names(reg),
+            "issuerRef": {
+                "name": issuer.name,
+                "kind": issuer.kind.unwrap_or_else(|| "Issuer".into()),
+                "group": issuer.group.unwrap_or_else(|| "cert-manager.io".into()),
+            },
+        },
+    })
+}
+
+async fn cert_manager(
+    client: &kube::Client,
+    secrets: &Api<Secret>,
+    reg: &Registry,
+) -> Result<(String, TlsStatus), TlsError> {
+    match client.list_api_group_resources("cert-manager.io/v1").await {
+        Ok(list) if list.resources.iter().any(|r| r.name == "certificates") => {}
+        Ok(_) => return Err(TlsError::CertManagerMissing),
+        Err(kube::Error::Api(e)) if e.code == 404 => return Err(TlsError::CertManagerMissing),
+        Err(e) => return Err(e.into()),
+    }
+    let gvk = kube::core::GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate");
+    let ns = reg.namespace().unwrap_or_default();
+    let certs: Api<kube::core::DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &kube::core::ApiResource::from_gvk(&gvk));
+    let name = tls_secret_name(reg);
+    let params = kube::api::PatchParams::apply(super::super::apply::FIELD_MANAGER).force();
+    certs.patch(&name, &params, &kube::api::Patch::Apply(certificate(reg))).await?;
+    if secrets.get_opt(&name).await?.is_none() {
+        return Err(TlsError::CertificatePending(name));
+    }
+    Ok((name.clone(), TlsStatus { secret_name: Some(name), ..TlsStatus::default() }))
 }
 
 async fn self_signed(secrets: &Api<Secret>, reg: &Registry) -> Result<(String, TlsStatus), TlsError> {
