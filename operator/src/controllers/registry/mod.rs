@@ -7,4 +7,6 @@ pub mod status;
 pub mod tls;
 
 #[cfg(test)]
+mod scenario;
+#[cfg(test)]
 mod tests;

@@ -1,0 +1,130 @@
+//! The reconcile call sequence against a mocked API server: which requests one pass makes, in
+//! which order, and that an unchanged world gets no status write. (The real API server is in the
+//! end-to-end tests; this pins the sequence cheaply.)
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+
+use super::reconcile::{reconcile, Context};
+use crate::crd::Registry;
+use crate::metrics::Metrics;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn registry(status: serde_json::Value) -> Registry {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "Registry",
+        "metadata": {"name": "hub", "namespace": "team", "uid": "u-1", "generation": 1, "resourceVersion": "7"},
+        "spec": {},
+        "status": status,
+    }))
+    .unwrap()
+}
+
+fn context(handle_client: kube::Client) -> Arc<Context> {
+    let reporter = Reporter { controller: "berth-operator".into(), instance: None };
+    Arc::new(Context {
+        recorder: Recorder::new(handle_client.clone(), reporter),
+        client: handle_client,
+        default_image: "ghcr.io/berth-dev/berth:test".into(),
+        metrics: Arc::new(Metrics::default()),
+    })
+}
+
+/// One request as the mock saw it.
+struct Seen {
+    line: String,
+    body: serde_json::Value,
+}
+
+/// Answers every request with what an API server would, recording each.
+async fn serve(mut handle: Handle, ready: bool) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    while let Some((req, send)) = handle.next_request().await {
+        let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
+        let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
+        let echo: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        let answer = match (method.as_str(), path.as_str()) {
+            ("GET", "/apis/apps/v1/namespaces/team/statefulsets/hub") => serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "StatefulSet",
+                "metadata": {"name": "hub", "namespace": "team", "generation": 1},
+                "status": {"observedGeneration": 1, "replicas": 1, "readyReplicas": if ready { 1 } else { 0 }, "updatedReplicas": 1},
+            }),
+            ("GET", _) => {
+                serde_json::json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": []})
+            }
+            ("PATCH", p) if p.ends_with("/status") => {
+                serde_json::to_value(registry(echo["status"].clone())).unwrap()
+            }
+            // Server-side apply and events: the object as sent.
+            _ => echo.clone(),
+        };
+        seen.push(Seen { line: format!("{method} {path}"), body: echo });
+        send.send_response(
+            Response::builder().body(Body::from(serde_json::to_vec(&answer).unwrap())).unwrap(),
+        );
+    }
+    seen
+}
+
+/// One reconcile pass against the mock; returns every request it made.
+async fn one_pass(reg: Registry, ready: bool) -> Vec<Seen> {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(serve(handle, ready));
+    let ctx = context(kube::Client::new(service, "default"));
+    reconcile(Arc::new(reg), ctx).await.unwrap();
+    // The context held the only client: with it gone the mock sees no more requests and returns.
+    server.await.unwrap()
+}
+
+fn lines(seen: &[Seen]) -> Vec<&str> {
+    seen.iter().map(|s| s.line.as_str()).collect()
+}
+
+#[tokio::test]
+async fn first_pass_applies_children_prunes_observes_and_reports() {
+    let seen = one_pass(registry(serde_json::Value::Null), true).await;
+    assert_eq!(
+        lines(&seen),
+        [
+            "PATCH /api/v1/namespaces/team/secrets/hub-config",
+            "PATCH /api/v1/namespaces/team/services/hub",
+            "PATCH /api/v1/namespaces/team/services/hub-headless",
+            "PATCH /apis/apps/v1/namespaces/team/statefulsets/hub",
+            "GET /apis/policy/v1/namespaces/team/poddisruptionbudgets",
+            "GET /api/v1/namespaces/team/services",
+            "GET /api/v1/namespaces/team/secrets",
+            "GET /apis/apps/v1/namespaces/team/statefulsets/hub",
+            "GET /api/v1/namespaces/team/persistentvolumeclaims",
+            "PATCH /apis/berth.dev/v1alpha1/namespaces/team/registries/hub/status",
+            "POST /apis/events.k8s.io/v1/namespaces/team/events",
+        ]
+    );
+    let status = &seen[9].body["status"];
+    let ready = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+    assert_eq!(ready["status"], "True");
+    assert_eq!(seen[10].body["reason"], "Ready");
+}
+
+#[tokio::test]
+async fn steady_state_writes_no_status_and_sends_no_event() {
+    let first = one_pass(registry(serde_json::Value::Null), true).await;
+    let written = first.iter().find(|s| s.line.ends_with("/status")).unwrap().body["status"].clone();
+    let second = one_pass(registry(written), true).await;
+    let writes: Vec<&str> =
+        lines(&second).into_iter().filter(|l| l.ends_with("/status") || l.starts_with("POST")).collect();
+    assert!(writes.is_empty(), "an unchanged world is not written back: {writes:?}");
+}
+
+#[tokio::test]
+async fn losing_readiness_is_reported_once() {
+    let first = one_pass(registry(serde_json::Value::Null), true).await;
+    let written = first.iter().find(|s| s.line.ends_with("/status")).unwrap().body["status"].clone();
+    let second = one_pass(registry(written), false).await;
+    let event = second.iter().find(|s| s.line.starts_with("POST")).expect("an Event on the transition");
+    assert_eq!(event.body["reason"], "NotReady");
+    assert_eq!(event.body["type"], "Warning");
+}
