@@ -184,6 +184,27 @@ fn glob(dir: &Path, file: &str) -> Vec<PathBuf> {
     out
 }
 
+/// Registry reconciles the operator has finished, from its own metrics (through its Service).
+async fn reconciles(client: &kube::Client) -> u64 {
+    let services: Api<Service> = Api::namespaced(client.clone(), "berth-system");
+    let Ok(svc) = services.get("berth-berth-operator-metrics").await else { return 0 };
+    let ip = svc.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+    let Ok(resp) = reqwest::get(format!("http://{ip}:8080/metrics")).await else { return 0 };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("berth_operator_reconciles_total{kind=\"Registry\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs `change`, then waits until the operator has completed at least one more reconcile.
+async fn after_a_reconcile(client: &kube::Client, change: impl FnOnce()) {
+    let before = reconciles(client).await;
+    change();
+    let done = wait_until(Duration::from_secs(60), || async { reconciles(client).await > before }).await;
+    assert!(done, "the operator reconciled after the change");
+}
+
 const REGISTRY: &str = "apiVersion: berth.dev/v1alpha1
 kind: Registry
 metadata:
@@ -255,8 +276,10 @@ async fn helm_installed_operator_runs_a_registry_that_serves_and_stays_put() {
         assert!(kubectl_apply(&cp, &ns.name, REGISTRY).status.success());
     }
     // An edit of a label the operator does not own triggers a full reconcile pass.
-    run(cp.kubectl().unwrap().args(["label", "registry", "hub", "-n", &ns.name, "touched=yes"]));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    after_a_reconcile(&client, || {
+        run(cp.kubectl().unwrap().args(["label", "registry", "hub", "-n", &ns.name, "touched=yes"]));
+    })
+    .await;
     let mut after = versions().await;
     let mut expected = before.clone();
     // Only the Registry itself changed (the label just added).
@@ -356,8 +379,10 @@ async fn self_signed_tls_registry_serves_https_to_clients_trusting_its_ca() {
     assert!(!untrusted.status.success(), "a client that does not trust the CA is refused");
 
     // The CA is created once: another reconcile does not replace it.
-    run(cp.kubectl().unwrap().args(["annotate", "registry", "secure", "-n", &ns.name, "poke=1"]));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    after_a_reconcile(&client, || {
+        run(cp.kubectl().unwrap().args(["annotate", "registry", "secure", "-n", &ns.name, "poke=1"]));
+    })
+    .await;
     let again = secrets.get(&ca_secret).await.unwrap();
     assert_eq!(again.data.unwrap()["ca.crt"].0, ca_pem);
 }

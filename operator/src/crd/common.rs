@@ -14,13 +14,6 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
-/// A Secret in the resource's namespace.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SecretRef {
-    pub name: String,
-}
-
 /// Looks up a condition by type.
 pub fn condition<'a>(conditions: &'a [Condition], kind: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == kind)

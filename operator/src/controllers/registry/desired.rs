@@ -9,8 +9,6 @@
 //!          └► PodDisruptionBudget <name>    only with more than one replica
 //! ```
 
-use std::collections::BTreeMap;
-
 use berth_registry::config::{Config, LogConfig, LogFormat, MetadataConfig, StorageConfig, TlsConfig};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -327,9 +325,4 @@ pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
             }
         }
     }
-}
-
-/// Labels and owner of the children, as a map, for tests and pruning.
-pub fn child_labels(reg: &Registry) -> BTreeMap<String, String> {
-    labels::child(&reg.name_any(), "registry")
 }
