@@ -22,7 +22,7 @@ TOOLS=(
   "regctl|v0.11.7|github.com/regclient/regclient|./cmd/regctl"
   "oras|v1.2.0|oras.land/oras|./cmd/oras"
   "cosign|v2.6.5|github.com/sigstore/cosign/v2|./cmd/cosign"
-  "registry|v3.1.2|github.com/distribution/distribution/v3|./cmd/registry"
+  "registry|$DISTRIBUTION_VERSION|github.com/distribution/distribution/v3|./cmd/registry"
   "conformance|v0.0.0-20231101194043-f2182352d4cc|github.com/opencontainers/distribution-spec/conformance|-"
   "helm|$HELM_VERSION|helm.sh/helm/v3|./cmd/helm"
   "kubeconform|$KUBECONFORM_VERSION|github.com/yannh/kubeconform|./cmd/kubeconform"

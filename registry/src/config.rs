@@ -22,6 +22,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod proxy;
+
+pub use proxy::{ProxyConfig, UpstreamConfig};
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -39,6 +43,8 @@ pub struct Config {
     pub metadata: MetadataConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default, skip_serializing_if = "ProxyConfig::is_empty")]
+    pub proxy: ProxyConfig,
 }
 
 fn default_listen() -> String {
@@ -59,6 +65,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             metadata: MetadataConfig::default(),
             limits: LimitsConfig::default(),
+            proxy: ProxyConfig::default(),
         }
     }
 }
@@ -205,7 +212,7 @@ impl Config {
                 err(field, message)
             })?
         };
-        config.validate().map_err(|(field, message)| err(field.to_owned(), message))?;
+        config.validate().map_err(|(field, message)| err(field, message))?;
         Ok(config)
     }
 
@@ -223,7 +230,12 @@ impl Config {
     }
 
     /// Cross-field checks; returns the offending field and why.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.validate_core().map_err(|(field, m)| (field.to_owned(), m))?;
+        self.proxy.validate()
+    }
+
+    fn validate_core(&self) -> Result<(), (&'static str, String)> {
         self.listen_addr().map_err(|m| ("listen", m))?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(("data_dir", "must not be empty".into()));
@@ -310,6 +322,86 @@ pub mod duration {
         let s = String::deserialize(d)?;
         parse(&s).map_err(serde::de::Error::custom)
     }
+
+    /// The same, for optional fields.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => s.serialize_str(&super::format(d)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|s| super::parse(&s).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}
+
+/// Byte sizes written as a number of bytes or with a unit: `512Mi`, `50Gi`, `2Ti` (also `MiB`,
+/// `GiB`) or the decimal `500M`, `10G`.
+pub mod size {
+    pub fn parse(s: &str) -> Result<u64, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 500Mi or 50Gi"))?;
+        let mult: u64 = match unit.trim_end_matches('B') {
+            "" => 1,
+            "K" | "k" => 1_000,
+            "M" => 1_000_000,
+            "G" => 1_000_000_000,
+            "T" => 1_000_000_000_000,
+            "Ki" => 1 << 10,
+            "Mi" => 1 << 20,
+            "Gi" => 1 << 30,
+            "Ti" => 1 << 40,
+            _ => return Err(format!("{s:?} has an unknown unit; use Ki, Mi, Gi or Ti")),
+        };
+        n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    }
+
+    pub fn format(n: u64) -> String {
+        for (unit, shift) in [("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
+            if n >= 1 << shift && n % (1 << shift) == 0 {
+                return format!("{}{unit}", n >> shift);
+            }
+        }
+        n.to_string()
+    }
+
+    /// Optional sizes, as a string with a unit or a plain number.
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+
+        pub fn serialize<S: Serializer>(n: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+            match n {
+                Some(n) => s.serialize_str(&super::format(*n)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+            match Option::<Raw>::deserialize(d)? {
+                None => Ok(None),
+                Some(Raw::Number(n)) => Ok(Some(n)),
+                Some(Raw::Text(s)) => super::parse(&s).map(Some).map_err(serde::de::Error::custom),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -367,5 +459,18 @@ mod tests {
         }
         assert_eq!(duration::format(&Duration::from_secs(90)), "90s");
         assert_eq!(duration::format(&Duration::from_secs(3600)), "1h");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size::parse("512Mi"), Ok(512 << 20));
+        assert_eq!(size::parse("2GiB"), Ok(2 << 30));
+        assert_eq!(size::parse("10G"), Ok(10_000_000_000));
+        assert_eq!(size::parse("4096"), Ok(4096));
+        for bad in ["", "Gi", "1.5Gi", "-1", "3Pi", "99999999999Ti"] {
+            assert!(size::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(size::format(50 << 30), "50Gi");
+        assert_eq!(size::format(1000), "1000");
     }
 }

@@ -16,6 +16,8 @@ pub mod meta;
 #[cfg(feature = "server")]
 pub mod oci;
 #[cfg(feature = "server")]
+pub mod proxy;
+#[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 pub mod service;

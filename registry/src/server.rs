@@ -16,6 +16,7 @@ use crate::api::{self, AppState};
 use crate::config::{Config, StorageConfig};
 use crate::meta::sqlite::SqliteMeta;
 use crate::meta::MetaError;
+use crate::proxy::Proxy;
 use crate::service::{Limits, Registry};
 use crate::storage::fs::FsStorage;
 use crate::storage::memory::MemoryStorage;
@@ -33,6 +34,8 @@ pub enum ServeError {
     Meta(#[from] MetaError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("proxy: {0}")]
+    Proxy(String),
 }
 
 /// Opens storage and metadata as configured and wires up the application state.
@@ -53,7 +56,16 @@ pub fn build_state(config: &Config) -> Result<AppState, ServeError> {
         ..Limits::default()
     };
     let registry = Arc::new(Registry::new(metrics.instrument(storage), meta, limits));
-    Ok(AppState { registry, metrics })
+    let proxy = if config.proxy.is_empty() {
+        None
+    } else {
+        let spool = config.data_dir.join("proxy-spool");
+        Some(
+            Proxy::new(&config.proxy, registry.clone(), spool, metrics.proxy.clone())
+                .map_err(ServeError::Proxy)?,
+        )
+    };
+    Ok(AppState { registry, metrics, proxy })
 }
 
 /// Serves until `shutdown` resolves, then drains for at most the configured grace period.
@@ -68,6 +80,7 @@ pub async fn serve(
         None => None,
     };
     let purge = tokio::spawn(purge_uploads(state.registry.clone()));
+    let maintain = state.proxy.clone().map(|p| tokio::spawn(p.maintain()));
     let app = api::router(state);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A client gets this long to send its request headers (slow-loris protection); bodies are
@@ -116,6 +129,9 @@ pub async fn serve(
     }
     drop(listener);
     purge.abort();
+    if let Some(m) = maintain {
+        m.abort();
+    }
     info!("shutting down: waiting for requests in flight");
     tokio::select! {
         _ = graceful.shutdown() => info!("all connections closed"),

@@ -8,7 +8,10 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::path::RouteError;
+use crate::meta::ContentKind;
 use crate::oci::name::ReferenceError;
+use crate::proxy::client::UpstreamError;
+use crate::proxy::ProxyError;
 use crate::service::ServiceError;
 
 /// The spec's error codes (plus `UNKNOWN` for server faults), each with its HTTP status.
@@ -29,6 +32,14 @@ pub enum Code {
     RangeNotSatisfiable,
     ManifestTooLarge,
     NotFound,
+    /// The repository refuses the operation (a read-only mirror).
+    Denied,
+    /// The upstream of a proxied repository is rate limiting.
+    TooManyRequests,
+    /// The upstream of a proxied repository failed or cannot be reached.
+    UpstreamUnavailable,
+    /// The upstream of a proxied repository did not answer in time.
+    UpstreamTimeout,
     Unknown,
 }
 
@@ -48,6 +59,9 @@ impl Code {
             Code::Unsupported => "UNSUPPORTED",
             Code::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             Code::NotFound => "NOT_FOUND",
+            Code::Denied => "DENIED",
+            Code::TooManyRequests => "TOOMANYREQUESTS",
+            Code::UpstreamUnavailable | Code::UpstreamTimeout => "UNAVAILABLE",
             Code::Unknown => "UNKNOWN",
         }
     }
@@ -69,6 +83,10 @@ impl Code {
             Code::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             Code::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             Code::ManifestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::Denied => StatusCode::FORBIDDEN,
+            Code::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Code::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Code::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Code::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -98,8 +116,9 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self.message, "request failed");
         }
-        // Server faults say what kind of thing failed, never the backend's own words.
-        let message = if status.is_server_error() { "internal error".to_owned() } else { self.message };
+        // Server faults say what kind of thing failed, never the backend's own words. Upstream
+        // failures are the exception: the client needs to know the upstream is the problem.
+        let message = if self.code == Code::Unknown { "internal error".to_owned() } else { self.message };
         let body = serde_json::json!({
             "errors": [{"code": self.code.as_str(), "message": message, "detail": null}]
         });
@@ -130,7 +149,13 @@ impl ApiError {
 
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
-        let code = match &e {
+        ApiError::from(&e)
+    }
+}
+
+impl From<&ServiceError> for ApiError {
+    fn from(e: &ServiceError) -> Self {
+        let code = match e {
             ServiceError::BlobUnknown => Code::BlobUnknown,
             ServiceError::UploadUnknown => Code::BlobUploadUnknown,
             ServiceError::UploadInvalid(_) | ServiceError::Body(_) => Code::BlobUploadInvalid,
@@ -145,6 +170,38 @@ impl From<ServiceError> for ApiError {
             ServiceError::Storage(_) | ServiceError::Meta(_) => Code::Unknown,
         };
         ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<ProxyError> for ApiError {
+    fn from(e: ProxyError) -> Self {
+        match e {
+            ProxyError::NotFound(ContentKind::Manifest) => {
+                ApiError::new(Code::ManifestUnknown, "manifest unknown to the upstream")
+            }
+            ProxyError::NotFound(ContentKind::Blob) => {
+                ApiError::new(Code::BlobUnknown, "blob unknown to the upstream")
+            }
+            ProxyError::Local(e) => ApiError::from(&*e),
+            ProxyError::Upstream(e) => {
+                let code = match &*e {
+                    UpstreamError::RateLimited { .. } => Code::TooManyRequests,
+                    UpstreamError::Timeout { .. } => Code::UpstreamTimeout,
+                    _ => Code::UpstreamUnavailable,
+                };
+                let err = ApiError::new(code, e.to_string());
+                match &*e {
+                    UpstreamError::RateLimited { retry_after: Some(s), .. } => {
+                        err.with_header(axum::http::header::RETRY_AFTER, HeaderValue::from(*s))
+                    }
+                    _ => err,
+                }
+            }
+            ProxyError::Fetch { class, message } => {
+                let code = if class == "timeout" { Code::UpstreamTimeout } else { Code::UpstreamUnavailable };
+                ApiError::new(code, message)
+            }
+        }
     }
 }
 
@@ -171,10 +228,15 @@ mod tests {
             RangeNotSatisfiable,
             ManifestTooLarge,
             NotFound,
+            Denied,
+            TooManyRequests,
+            UpstreamUnavailable,
+            UpstreamTimeout,
             Unknown,
         ];
         for c in all {
-            assert!(c.status().is_client_error() || c == Unknown, "{c:?}");
+            let upstream = matches!(c, UpstreamUnavailable | UpstreamTimeout);
+            assert!(c.status().is_client_error() || c == Unknown || upstream, "{c:?}");
             assert!(c.as_str().chars().all(|x| x.is_ascii_uppercase() || x == '_'));
         }
         assert_eq!(ManifestTooLarge.status(), StatusCode::PAYLOAD_TOO_LARGE);

@@ -2,6 +2,7 @@
 //! shape the response. No OCI logic lives here.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::request::Parts;
@@ -13,9 +14,11 @@ use futures_util::StreamExt;
 use super::error::{ApiError, Code};
 use super::path::Route;
 use super::AppState;
+use crate::meta::ManifestRecord;
 use crate::oci::range::{parse_content_range, parse_range, ChunkRange};
 use crate::oci::{Digest, Reference, RepoName, UploadId};
-use crate::service::{BodyStream, Listing, UploadState};
+use crate::proxy::{Proxy, Target};
+use crate::service::{BlobRead, BodyStream, Listing, UploadState};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -24,6 +27,12 @@ const UPLOAD_UUID_HEADER: &str = "docker-upload-uuid";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 pub(super) async fn handle(st: &AppState, req: &Parts, route: Route, body: Body) -> Result<Response> {
+    if let (Some(proxy), Some(repo)) = (&st.proxy, route.repo()) {
+        let q = query(req);
+        if let Some(target) = proxy.resolve(repo, q.get("ns").map(String::as_str)) {
+            return proxied(st, proxy, req, route, target).await;
+        }
+    }
     let reg = &st.registry;
     let m = &req.method;
     let head = *m == Method::HEAD;
@@ -89,6 +98,53 @@ pub(super) async fn handle(st: &AppState, req: &Parts, route: Route, body: Body)
     }
 }
 
+/// A request for a repository an upstream serves: reads go through the cache; writes are refused.
+async fn proxied(
+    st: &AppState,
+    proxy: &Arc<Proxy>,
+    req: &Parts,
+    route: Route,
+    t: Target,
+) -> Result<Response> {
+    let m = &req.method;
+    let head = *m == Method::HEAD;
+    match route {
+        Route::Manifest(_, r) if *m == Method::GET || head => {
+            let (record, body) = proxy.manifest(&t, &r, head).await?;
+            Ok(manifest_response(&record, body))
+        }
+        Route::Blob(_, d) if *m == Method::GET || head => {
+            blob_response(proxy.blob(&t, &d, requested_range(req), head).await?, &d)
+        }
+        Route::Tags(repo) if *m == Method::GET => {
+            let (n, last) = pagination(req)?;
+            let upstream_query = req.uri.query().map(strip_ns).unwrap_or_default();
+            if let Some((tags, more)) = proxy.tags(&t, &upstream_query).await? {
+                let page = Listing { items: tags, more };
+                let body = serde_json::json!({"name": repo.as_str(), "tags": page.items});
+                return Ok(listing_response(&format!("/v2/{repo}/tags/list"), n, &page, body));
+            }
+            let page = st.registry.tags(&t.local, n, last).await?;
+            let body = serde_json::json!({"name": repo.as_str(), "tags": page.items});
+            Ok(listing_response(&format!("/v2/{repo}/tags/list"), n, &page, body))
+        }
+        Route::Referrers(_, subject) if *m == Method::GET => referrers(st, req, &t.local, &subject).await,
+        _ => Err(ApiError::new(
+            Code::Denied,
+            format!(
+                "{} is a read-only mirror of upstream {}; push to a repository no upstream serves",
+                t.local,
+                proxy.upstream_name(&t)
+            ),
+        )),
+    }
+}
+
+/// The query minus containerd's `ns`, for passing on to the upstream.
+fn strip_ns(q: &str) -> String {
+    q.split('&').filter(|kv| !kv.starts_with("ns=")).collect::<Vec<_>>().join("&")
+}
+
 fn query(req: &Parts) -> HashMap<String, String> {
     axum::extract::Query::<HashMap<String, String>>::try_from_uri(&req.uri).map(|q| q.0).unwrap_or_default()
 }
@@ -141,12 +197,16 @@ async fn get_manifest(st: &AppState, repo: &RepoName, r: &Reference, head: bool)
     } else {
         st.registry.get_manifest(repo, r).await?
     };
+    Ok(manifest_response(&record, body))
+}
+
+fn manifest_response(record: &ManifestRecord, body: Bytes) -> Response {
     let mut resp = Response::new(Body::from(body));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, header_value(&record.media_type));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(record.size));
     h.insert(header::ETAG, header_value(&format!("\"{}\"", record.digest)));
-    Ok(with_digest(resp, &record.digest))
+    with_digest(resp, &record.digest)
 }
 
 async fn put_manifest(
@@ -176,8 +236,18 @@ async fn put_manifest(
 }
 
 async fn get_blob(st: &AppState, req: &Parts, repo: &RepoName, d: &Digest, head: bool) -> Result<Response> {
-    let range = req.headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(parse_range);
-    let read = match st.registry.get_blob(repo, d, range, !head).await? {
+    let range = requested_range(req);
+    let read = st.registry.get_blob(repo, d, range, !head).await?;
+    blob_response(read, d)
+}
+
+fn requested_range(req: &Parts) -> Option<crate::oci::range::ByteRange> {
+    req.headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(parse_range)
+}
+
+/// A blob read, a 206 for a range, or the 416 when the range cannot be satisfied (`Err(size)`).
+fn blob_response(read: std::result::Result<BlobRead, u64>, d: &Digest) -> Result<Response> {
+    let read = match read {
         Ok(read) => read,
         Err(size) => {
             return Err(ApiError::new(Code::RangeNotSatisfiable, "requested range is not satisfiable")
@@ -193,7 +263,9 @@ async fn get_blob(st: &AppState, req: &Parts, repo: &RepoName, d: &Digest, head:
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if read.size_known {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::ETAG, header_value(&format!("\"{d}\"")));
     if let Some((start, end)) = read.range {

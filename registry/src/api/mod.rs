@@ -19,6 +19,7 @@ use axum::routing::{any, get};
 use axum::Router;
 use tracing::Instrument;
 
+use crate::proxy::Proxy;
 use crate::service::Registry;
 use crate::telemetry::Metrics;
 use error::{ApiError, Code};
@@ -28,6 +29,8 @@ use path::Route;
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    /// The pull-through cache, when upstreams are configured.
+    pub proxy: Option<Arc<Proxy>>,
 }
 
 /// The whole HTTP application; tests drive it without a socket.

@@ -24,6 +24,19 @@ pub enum Route {
 }
 
 impl Route {
+    /// The repository the request is about, if any.
+    pub fn repo(&self) -> Option<&RepoName> {
+        match self {
+            Route::Base | Route::Catalog => None,
+            Route::Tags(r)
+            | Route::Manifest(r, _)
+            | Route::Blob(r, _)
+            | Route::UploadStart(r)
+            | Route::Upload(r, _)
+            | Route::Referrers(r, _) => Some(r),
+        }
+    }
+
     /// A bounded label for metrics and logs (never the raw path).
     pub fn kind(&self) -> &'static str {
         match self {

@@ -1,6 +1,6 @@
 //! The metadata conformance suite: every `MetaStore` runs all of it.
 
-use super::{MetaError, MetaStore, NewManifest, Page, UploadPart};
+use super::{CachedItem, CachedPull, ContentKind, MetaError, MetaStore, NewManifest, Page, UploadPart};
 use crate::oci::{Algorithm, Digest, Reference, RepoName, Tag, UploadId};
 
 pub(crate) async fn run(m: &dyn MetaStore) {
@@ -10,6 +10,7 @@ pub(crate) async fn run(m: &dyn MetaStore) {
     referrers_by_subject(m).await;
     deletes(m).await;
     upload_sessions(m).await;
+    cache_bookkeeping(m).await;
 }
 
 fn repo(s: &str) -> RepoName {
@@ -32,6 +33,7 @@ fn manifest(r: &str, name: &str, blobs: &[&Digest], tag: Option<&str>) -> NewMan
         blobs: blobs.iter().map(|d| (*d).clone()).collect(),
         manifests: vec![],
         tag: tag.map(|t| t.parse().unwrap()),
+        verify_references: true,
     }
 }
 
@@ -140,4 +142,54 @@ async fn upload_sessions(m: &dyn MetaStore) {
     assert!(m.delete_upload(id).await.unwrap());
     assert!(matches!(m.add_upload_part(id, &part(15, 1), 104).await, Err(MetaError::UploadUnknown)));
     assert_eq!(m.count_uploads().await.unwrap(), 0);
+}
+
+async fn cache_bookkeeping(m: &dyn MetaStore) {
+    let hub = repo("docker.io/library/alpine");
+    let tag: Tag = "3.20".parse().unwrap();
+    // A cached manifest may name blobs that have not been pulled yet.
+    let (layer, shared) = (digest("c-layer"), digest("c-shared"));
+    let mut index = manifest("docker.io/library/alpine", "c-index", &[&layer], Some("3.20"));
+    assert!(m.put_manifest(index.clone()).await.is_err());
+    index.verify_references = false;
+    m.put_manifest(index).await.unwrap();
+    assert_eq!(m.tag_checked_at(&hub, &tag).await.unwrap(), None);
+    m.set_tag_checked(&hub, &tag, 100).await.unwrap();
+    m.set_tag_checked(&hub, &tag, 200).await.unwrap();
+    assert_eq!(m.tag_checked_at(&hub, &tag).await.unwrap(), Some(200));
+
+    m.link_blob(&hub, &layer, 1000).await.unwrap();
+    m.link_blob(&hub, &shared, 10).await.unwrap();
+    m.link_blob(&repo("private/app"), &shared, 10).await.unwrap();
+    let pull =
+        |d: &Digest, kind, size, at| CachedPull { repo: hub.clone(), digest: d.clone(), kind, size, at };
+    m.record_pulls(vec![
+        pull(&digest("c-index"), ContentKind::Manifest, 100, 10),
+        pull(&layer, ContentKind::Blob, 1000, 20),
+        pull(&shared, ContentKind::Blob, 10, 30),
+    ])
+    .await
+    .unwrap();
+    // An older pull never moves the time back.
+    m.record_pulls(vec![
+        pull(&layer, ContentKind::Blob, 1000, 5),
+        pull(&digest("c-index"), ContentKind::Manifest, 100, 40),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(m.cached_size("docker.io").await.unwrap(), 1110);
+    assert_eq!(m.cached_size("docker").await.unwrap(), 0);
+    let order = m.least_recently_pulled("docker.io", 35, 10).await.unwrap();
+    assert_eq!(order.iter().map(|i| i.size).collect::<Vec<_>>(), vec![1000, 10]);
+    assert_eq!(m.least_recently_pulled("docker.io", 100, 1).await.unwrap().len(), 1);
+
+    // Evicting the only link frees the bytes; a blob another repository holds stays.
+    let item = |d: &Digest, kind, size| CachedItem { repo: hub.clone(), digest: d.clone(), kind, size };
+    assert!(!m.evict(&item(&layer, ContentKind::Blob, 1000)).await.unwrap());
+    assert_eq!(m.blob_size(&layer).await.unwrap(), None);
+    assert!(m.evict(&item(&shared, ContentKind::Blob, 10)).await.unwrap());
+    assert_eq!(m.blob_in_repo(&repo("private/app"), &shared).await.unwrap(), Some(10));
+    assert!(!m.evict(&item(&digest("c-index"), ContentKind::Manifest, 100)).await.unwrap());
+    assert_eq!(m.manifest(&hub, &Reference::Tag(tag)).await.unwrap(), None);
+    assert_eq!(m.cached_size("docker.io").await.unwrap(), 0);
 }

@@ -5,7 +5,7 @@ use tracing::{error, warn};
 use super::{Registry, Result, ServiceError};
 use crate::oci::range::{ByteRange, RangeOutcome};
 use crate::oci::{Digest, RepoName};
-use crate::storage::{layout, ByteStream, StorageError};
+use crate::storage::{layout, ByteStream, ObjectWriter, StorageError};
 
 /// A blob read: its full size, the part being served, and the bytes (none for HEAD).
 pub struct BlobRead {
@@ -13,6 +13,9 @@ pub struct BlobRead {
     /// `Some((start, end))` (inclusive) when serving a range.
     pub range: Option<(u64, u64)>,
     pub body: Option<ByteStream>,
+    /// False only for a proxied blob whose upstream sent no length; it is then streamed without
+    /// a `Content-Length`.
+    pub size_known: bool,
 }
 
 /// How many other repositories to look through for a mount without `from`.
@@ -40,17 +43,52 @@ impl Registry {
             Some(RangeOutcome::Unsatisfiable) => return Ok(Err(size)),
         };
         if !with_body {
-            return Ok(Ok(BlobRead { size, range: span, body: None }));
+            return Ok(Ok(BlobRead { size, range: span, body: None, size_known: true }));
         }
         let key = layout::blob(digest);
         match self.storage.get(&key, span.map(|(s, e)| s..e + 1)).await {
-            Ok(body) => Ok(Ok(BlobRead { size, range: span, body: Some(body) })),
+            Ok(body) => Ok(Ok(BlobRead { size, range: span, body: Some(body), size_known: true })),
             Err(StorageError::NotFound) => {
                 error!(digest = %digest, "blob is recorded in metadata but missing from storage");
                 Err(ServiceError::BlobUnknown)
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Starts writing a blob fetched from an upstream; [`Registry::commit_cached_blob`] publishes it.
+    pub async fn blob_writer(&self) -> Result<Box<dyn ObjectWriter>> {
+        Ok(self.storage.writer().await?)
+    }
+
+    /// Publishes a blob whose digest the caller verified while writing it, and links it to `repo`.
+    pub async fn commit_cached_blob(
+        &self,
+        writer: Box<dyn ObjectWriter>,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
+        writer.commit(&layout::blob(digest)).await?;
+        self.meta.link_blob(repo, digest, size).await?;
+        Ok(())
+    }
+
+    /// Links bytes already in storage to another repository (the caller knows the repository may
+    /// hold them). False when the bytes are not there after all.
+    pub async fn link_existing_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        let Some(size) = self.meta.blob_size(digest).await? else { return Ok(None) };
+        if self.storage.stat(&layout::blob(digest)).await? != Some(size) {
+            return Ok(None);
+        }
+        self.meta.link_blob(repo, digest, size).await?;
+        Ok(Some(size))
+    }
+
+    /// Deletes the bytes of a blob no repository references any more.
+    pub async fn delete_unreferenced_bytes(&self, digest: &Digest) -> Result<()> {
+        self.manifests.remove(digest);
+        Ok(self.storage.delete(&layout::blob(digest)).await?)
     }
 
     /// Removes the blob from the repository. Its bytes stay until garbage collection finds no

@@ -33,6 +33,14 @@ impl ManifestCache {
         self.inner.lock().ok()?.entries.get(digest).cloned()
     }
 
+    /// Drops an entry whose bytes are being deleted (the order queue skips it later).
+    pub fn remove(&self, digest: &Digest) {
+        let Ok(mut inner) = self.inner.lock() else { return };
+        if let Some(b) = inner.entries.remove(digest) {
+            inner.bytes -= b.len();
+        }
+    }
+
     pub fn insert(&self, digest: &Digest, bytes: Bytes) {
         if bytes.len() > self.capacity / 8 {
             return; // one huge manifest must not flush everything else

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use super::{Registry, Result, ServiceError};
 use crate::meta::{ManifestRecord, NewManifest, Page, Referrer};
 use crate::oci::manifest::{self, ManifestError};
-use crate::oci::{Algorithm, Digest, Reference, RepoName};
+use crate::oci::{Algorithm, Digest, Reference, RepoName, Tag};
 use crate::storage::{layout, put_all, read_all, StorageError};
 
 pub struct PutManifest {
@@ -49,11 +49,42 @@ impl Registry {
             }
             Reference::Tag(t) => (Digest::of(Algorithm::Sha256, &body), Some(t.clone())),
         };
-        let key = layout::blob(&digest);
+        let subject = parsed.subject.clone();
+        self.store_manifest(repo, &digest, tag, parsed, body, true).await?;
+        Ok(PutManifest { digest, subject })
+    }
+
+    /// Records a manifest fetched from an upstream under `digest` (which the caller verified).
+    /// What it references is cached later, on demand, so references are not required yet.
+    pub async fn cache_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        tag: Option<Tag>,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<ManifestRecord> {
+        let parsed = manifest::parse(content_type, &body)?;
+        let media_type = parsed.media_type.clone();
+        let size = body.len() as u64;
+        self.store_manifest(repo, digest, tag, parsed, body, false).await?;
+        Ok(ManifestRecord { digest: digest.clone(), media_type, size })
+    }
+
+    async fn store_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        tag: Option<Tag>,
+        parsed: manifest::ParsedManifest,
+        body: Bytes,
+        verify_references: bool,
+    ) -> Result<()> {
+        let key = layout::blob(digest);
         if self.storage.stat(&key).await? != Some(body.len() as u64) {
             put_all(self.storage.as_ref(), &key, body.clone()).await?;
         }
-        self.manifests.insert(&digest, body.clone());
+        self.manifests.insert(digest, body.clone());
         let annotations = match &parsed.annotations {
             Some(a) => {
                 Some(serde_json::to_string(a).map_err(|e| ServiceError::ManifestInvalid(e.to_string()))?)
@@ -67,14 +98,15 @@ impl Registry {
                 media_type: parsed.media_type,
                 size: body.len() as u64,
                 artifact_type: parsed.artifact_type,
-                subject: parsed.subject.clone(),
+                subject: parsed.subject,
                 annotations,
                 blobs: parsed.blobs,
                 manifests: parsed.manifests,
                 tag,
+                verify_references,
             })
             .await?;
-        Ok(PutManifest { digest, subject: parsed.subject })
+        Ok(())
     }
 
     pub async fn head_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestRecord> {

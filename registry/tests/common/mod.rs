@@ -15,8 +15,11 @@ use reqwest::{Method, StatusCode};
 use sha2::Digest as _;
 use tokio::sync::oneshot;
 
+pub mod upstream;
+
 pub struct TestServer {
     pub url: String,
+    pub state: AppState,
     pub addr: std::net::SocketAddr,
     pub data: PathBuf,
     _dir: Option<tempfile::TempDir>,
@@ -46,13 +49,30 @@ impl TestServer {
         let storage = Arc::new(FsStorage::open(data.join("storage")).unwrap());
         let meta = Arc::new(SqliteMeta::open(data.join("meta.db")).unwrap());
         let registry = Arc::new(Registry::new(metrics.instrument(storage), meta, limits));
-        let state = AppState { registry, metrics };
+        let state = AppState { registry, metrics, proxy: None };
+        let config = Config { data_dir: data.to_path_buf(), ..Config::default() };
+        TestServer::serve(config, state).await
+    }
+
+    /// A server built from `config` exactly as `berth serve` builds it, in a fresh data directory.
+    pub async fn with_config(mut config: Config) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        config.data_dir = dir.path().to_path_buf();
+        let state = berth_registry::server::build_state(&config).unwrap();
+        let mut s = TestServer::serve(config, state).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    async fn serve(config: Config, state: AppState) -> TestServer {
+        let data = config.data_dir.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = Config { listen: addr.to_string(), ..Config::default() };
+        let config = Config { listen: addr.to_string(), ..config };
+        let served = state.clone();
         let task = tokio::spawn(async move {
-            berth_registry::server::serve(&config, state, listener, async {
+            berth_registry::server::serve(&config, served, listener, async {
                 let _ = stopped.await;
             })
             .await
@@ -60,8 +80,9 @@ impl TestServer {
         });
         TestServer {
             url: format!("http://{addr}"),
+            state,
             addr,
-            data: data.to_path_buf(),
+            data,
             _dir: None,
             stop: Some(stop),
             task: Some(task),

@@ -1,0 +1,530 @@
+//! Talking to one upstream registry: authentication, retries, rate limits, redirects.
+//!
+//! - Auth: anonymous, Basic, or Bearer tokens from the realm the upstream names in its
+//!   `WWW-Authenticate` challenge, one token per repository scope, cached until shortly before
+//!   it expires. Once the upstream's scheme is known, requests carry credentials up front instead
+//!   of collecting a 401 each time.
+//! - Credentials are read from their file or variable when a token is fetched, so a rotated
+//!   Secret is picked up without a restart; they never reach a log, `Debug` or an error message.
+//! - Redirects (blob storage, presigned URLs) are followed; the `Authorization` header is dropped
+//!   whenever a redirect leaves the upstream's host.
+//! - Only idempotent requests (GET, HEAD) exist here, and they are retried with backoff on
+//!   refused connections, 5xx and 429 (waiting out a short `Retry-After`). Timeouts are not
+//!   retried: a pull must never hang longer than one connect or idle-read timeout.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, ACCEPT, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::{Method, Response, StatusCode};
+use serde::Deserialize;
+
+use super::challenge::{self, Challenge};
+use crate::config::UpstreamConfig;
+use crate::oci::RepoName;
+use crate::telemetry::ProxyMetrics;
+
+/// Every manifest type a pull may end in; upstreams pick the best they have.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+     application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json, \
+     application/vnd.docker.distribution.manifest.v2+json";
+
+const ATTEMPTS: u32 = 3;
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest `Retry-After` waited out inside one pull; longer ones are passed to the client.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+/// Tokens are renewed this long before they expire.
+const TOKEN_MARGIN: Duration = Duration::from_secs(15);
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {upstream} cannot be reached: {detail}")]
+    Connect { upstream: String, detail: String },
+    #[error("upstream {upstream} did not answer in time")]
+    Timeout { upstream: String },
+    #[error("upstream {upstream} refused the credentials: {detail}")]
+    Auth { upstream: String, detail: String },
+    #[error("upstream {upstream} is rate limiting pulls")]
+    RateLimited { upstream: String, retry_after: Option<u64> },
+    #[error("upstream {upstream} answered {status}: {detail}")]
+    Status { upstream: String, status: u16, detail: String },
+    #[error("upstream {upstream} sent content that does not match {digest}")]
+    Corrupt { upstream: String, digest: String },
+    #[error("upstream {upstream}: {detail}")]
+    Protocol { upstream: String, detail: String },
+}
+
+impl UpstreamError {
+    /// A bounded label for metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::Auth { .. } => "auth",
+            UpstreamError::RateLimited { .. } => "rate_limited",
+            UpstreamError::Status { status, .. } if *status >= 500 => "status_5xx",
+            UpstreamError::Status { .. } => "status_4xx",
+            UpstreamError::Corrupt { .. } => "corrupt",
+            UpstreamError::Protocol { .. } => "protocol",
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, UpstreamError>;
+
+/// What an upstream said about a manifest or blob.
+pub enum Fetched {
+    Found(Response),
+    NotFound,
+}
+
+/// Credentials for one request.
+enum Auth {
+    Basic(String, String),
+    Bearer(String),
+}
+
+enum Secret {
+    None,
+    Basic { user: String, password: String },
+    Bearer(String),
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Secret::None => "anonymous",
+            Secret::Basic { .. } => "basic(redacted)",
+            Secret::Bearer(_) => "bearer(redacted)",
+        })
+    }
+}
+
+#[derive(Clone)]
+enum Scheme {
+    Unknown,
+    Anonymous,
+    Basic,
+    Bearer { realm: String, service: Option<String> },
+}
+
+struct Token {
+    value: String,
+    renew_at: Instant,
+}
+
+pub struct Upstream {
+    pub name: String,
+    base: String,
+    config: UpstreamConfig,
+    http: reqwest::Client,
+    scheme: Mutex<Scheme>,
+    tokens: Mutex<HashMap<String, Token>>,
+    metrics: Arc<ProxyMetrics>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("name", &self.name).field("url", &self.base).finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig, metrics: Arc<ProxyMetrics>) -> std::result::Result<Upstream, String> {
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::limited(10));
+        if config.insecure {
+            b = b.danger_accept_invalid_certs(true);
+        }
+        if let Some(ca) = &config.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let http = b.build().map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Upstream {
+            name: config.name.clone(),
+            base: config.url.trim_end_matches('/').to_owned(),
+            config: config.clone(),
+            http,
+            scheme: Mutex::new(Scheme::Unknown),
+            tokens: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
+    /// `HEAD` or `GET` of `/v2/<repo>/manifests/<reference>` or `/v2/<repo>/blobs/<digest>`.
+    pub async fn fetch(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        kind: &str,
+        reference: &str,
+    ) -> Result<Fetched> {
+        let url = format!("{}/v2/{repo}/{kind}/{reference}", self.base);
+        let accept = (kind == "manifests").then_some(MANIFEST_ACCEPT);
+        let r = self.send(&method, &url, repo, accept).await;
+        if let Err(e) = &r {
+            self.metrics.error(&self.name, e.class());
+        }
+        r
+    }
+
+    /// `GET /v2/<repo>/tags/list`, passing the query on.
+    pub async fn tags(&self, repo: &RepoName, query: &str) -> Result<Fetched> {
+        let q = if query.is_empty() { String::new() } else { format!("?{query}") };
+        let url = format!("{}/v2/{repo}/tags/list{q}", self.base);
+        self.send(&Method::GET, &url, repo, None).await
+    }
+
+    /// Checks reachability and credentials with `GET /v2/` and, when a repository is named, a
+    /// pull token for it.
+    pub async fn probe(&self, repo: Option<&RepoName>) -> Result<()> {
+        let url = format!("{}/v2/", self.base);
+        let resp = self.attempt(&Method::GET, &url, None, None).await?;
+        self.learn(&resp);
+        let needs_auth = resp.status() == StatusCode::UNAUTHORIZED;
+        if needs_auth {
+            let scheme = self.scheme.lock().map(|s| s.clone()).unwrap_or(Scheme::Unknown);
+            let scope = repo.map(|r| format!("repository:{r}:pull"));
+            let auth = self.authorization(&scheme, scope.as_deref(), true).await?;
+            let resp = self.attempt(&Method::GET, &url, None, auth.as_ref()).await?;
+            if !resp.status().is_success() {
+                return Err(self.auth_error(resp).await);
+            }
+        } else if !resp.status().is_success() {
+            return Err(self.status_error(resp).await);
+        }
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        method: &Method,
+        url: &str,
+        repo: &RepoName,
+        accept: Option<&str>,
+    ) -> Result<Fetched> {
+        let scope = format!("repository:{repo}:pull");
+        let mut fresh_token = false;
+        for round in 0..2 {
+            let scheme = self.scheme.lock().map(|s| s.clone()).unwrap_or(Scheme::Unknown);
+            let auth = self.authorization(&scheme, Some(&scope), fresh_token).await?;
+            let resp = self.with_retries(method, url, accept, auth.as_ref()).await?;
+            match resp.status() {
+                StatusCode::UNAUTHORIZED if round == 0 => {
+                    self.learn(&resp);
+                    fresh_token = true;
+                }
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Err(self.auth_error(resp).await),
+                StatusCode::NOT_FOUND => return Ok(Fetched::NotFound),
+                s if s.is_success() => return Ok(Fetched::Found(resp)),
+                _ => return Err(self.status_error(resp).await),
+            }
+        }
+        Err(UpstreamError::Auth {
+            upstream: self.name.clone(),
+            detail: "still unauthorized after login".into(),
+        })
+    }
+
+    /// Remembers the scheme from a 401's challenge.
+    fn learn(&self, resp: &Response) {
+        let challenges: Vec<Challenge> = resp
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(challenge::parse)
+            .collect();
+        let scheme = if let Some(b) = challenges.iter().find(|c| c.scheme == "bearer") {
+            match b.param("realm") {
+                Some(realm) => {
+                    Scheme::Bearer { realm: realm.to_owned(), service: b.param("service").map(str::to_owned) }
+                }
+                None => Scheme::Unknown,
+            }
+        } else if challenges.iter().any(|c| c.scheme == "basic") {
+            Scheme::Basic
+        } else if resp.status() == StatusCode::UNAUTHORIZED {
+            Scheme::Unknown
+        } else {
+            Scheme::Anonymous
+        };
+        if let Ok(mut s) = self.scheme.lock() {
+            *s = scheme;
+        }
+    }
+
+    async fn authorization(&self, scheme: &Scheme, scope: Option<&str>, renew: bool) -> Result<Option<Auth>> {
+        let secret = self.secret()?;
+        Ok(match (scheme, secret) {
+            (_, Secret::Bearer(t)) => Some(Auth::Bearer(t)),
+            (Scheme::Basic, Secret::Basic { user, password }) => Some(Auth::Basic(user, password)),
+            (Scheme::Bearer { realm, service }, secret) => {
+                Some(Auth::Bearer(self.token(realm, service.as_deref(), scope, &secret, renew).await?))
+            }
+            _ => None,
+        })
+    }
+
+    async fn token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: Option<&str>,
+        secret: &Secret,
+        renew: bool,
+    ) -> Result<String> {
+        let key = scope.unwrap_or("").to_owned();
+        if !renew {
+            if let Some(t) =
+                self.tokens.lock().ok().and_then(|m| {
+                    m.get(&key).filter(|t| t.renew_at > Instant::now()).map(|t| t.value.clone())
+                })
+            {
+                return Ok(t);
+            }
+        }
+        let mut query: Vec<(&str, &str)> = vec![];
+        if let Some(s) = service {
+            query.push(("service", s));
+        }
+        if let Some(s) = scope {
+            query.push(("scope", s));
+        }
+        let mut req = self.http.get(realm).query(&query);
+        if let Secret::Basic { user, password } = secret {
+            req = req.basic_auth(user, Some(password));
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
+        if !resp.status().is_success() {
+            return Err(self.auth_error(resp).await);
+        }
+        let body: TokenResponse = resp.json().await.map_err(|e| UpstreamError::Auth {
+            upstream: self.name.clone(),
+            detail: format!("token service answered something that is not a token: {e}"),
+        })?;
+        let Some(value) = body.token.or(body.access_token).filter(|t| !t.is_empty()) else {
+            return Err(UpstreamError::Auth {
+                upstream: self.name.clone(),
+                detail: "token service sent no token".into(),
+            });
+        };
+        let lifetime = body.expires_in.map(Duration::from_secs).unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        let renew_at = Instant::now() + lifetime.saturating_sub(TOKEN_MARGIN).max(lifetime / 2);
+        if let Ok(mut m) = self.tokens.lock() {
+            m.retain(|_, t| t.renew_at > Instant::now());
+            m.insert(key, Token { value: value.clone(), renew_at });
+        }
+        Ok(value)
+    }
+
+    /// The credentials as they are now (files are re-read, so rotation needs no restart).
+    fn secret(&self) -> Result<Secret> {
+        let c = &self.config;
+        let read = |file: &Option<std::path::PathBuf>, env: &Option<String>| -> Result<Option<String>> {
+            if let Some(f) = file {
+                return std::fs::read_to_string(f)
+                    .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_owned()))
+                    .map_err(|e| UpstreamError::Auth {
+                        upstream: self.name.clone(),
+                        detail: format!("cannot read {}: {}", f.display(), e.kind()),
+                    });
+            }
+            if let Some(v) = env {
+                return std::env::var(v).map(Some).map_err(|_| UpstreamError::Auth {
+                    upstream: self.name.clone(),
+                    detail: format!("environment variable {v} is not set"),
+                });
+            }
+            Ok(None)
+        };
+        if let Some(token) = read(&c.token_file, &c.token_env)? {
+            return Ok(Secret::Bearer(token));
+        }
+        match (&c.username, read(&c.password_file, &c.password_env)?) {
+            (Some(user), password) => {
+                Ok(Secret::Basic { user: user.clone(), password: password.unwrap_or_default() })
+            }
+            (None, _) => Ok(Secret::None),
+        }
+    }
+
+    async fn with_retries(
+        &self,
+        method: &Method,
+        url: &str,
+        accept: Option<&str>,
+        auth: Option<&Auth>,
+    ) -> Result<Response> {
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=ATTEMPTS {
+            let last = attempt == ATTEMPTS;
+            match self.attempt(method, url, accept, auth).await {
+                Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
+                    let wait = retry_after(resp.headers());
+                    match wait {
+                        Some(w) if !last && w <= MAX_RETRY_WAIT => tokio::time::sleep(w).await,
+                        None if !last => tokio::time::sleep(backoff).await,
+                        _ => {
+                            return Err(UpstreamError::RateLimited {
+                                upstream: self.name.clone(),
+                                retry_after: wait.map(|w| w.as_secs()),
+                            })
+                        }
+                    }
+                }
+                Ok(resp) if resp.status().is_server_error() && !last => {
+                    self.metrics.error(&self.name, "status_5xx");
+                    tokio::time::sleep(backoff).await;
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e @ UpstreamError::Connect { .. }) if !last => {
+                    self.metrics.error(&self.name, e.class());
+                    tokio::time::sleep(backoff).await;
+                }
+                Err(e) => return Err(e),
+            }
+            backoff *= 2;
+        }
+        Err(UpstreamError::Protocol { upstream: self.name.clone(), detail: "no attempt was made".into() })
+    }
+
+    async fn attempt(
+        &self,
+        method: &Method,
+        url: &str,
+        accept: Option<&str>,
+        auth: Option<&Auth>,
+    ) -> Result<Response> {
+        let mut req = self.http.request(method.clone(), url);
+        if let Some(a) = accept {
+            req = req.header(ACCEPT, a);
+        }
+        req = match auth {
+            Some(Auth::Basic(user, password)) => req.basic_auth(user, Some(password)),
+            Some(Auth::Bearer(token)) => req.bearer_auth(token),
+            None => req,
+        };
+        let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
+        if let Some(n) = ratelimit_remaining(resp.headers()) {
+            self.metrics.ratelimit_remaining(&self.name, n);
+        }
+        Ok(resp)
+    }
+
+    pub fn transport_error(&self, e: &reqwest::Error) -> UpstreamError {
+        let upstream = self.name.clone();
+        if e.is_timeout() {
+            return UpstreamError::Timeout { upstream };
+        }
+        // The chain, without the URL (which never holds credentials, but keeps messages short).
+        let mut detail = String::new();
+        let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+        while let Some(s) = source {
+            detail = s.to_string();
+            source = s.source();
+        }
+        if detail.is_empty() {
+            detail = e.to_string();
+        }
+        if e.is_connect() {
+            UpstreamError::Connect { upstream, detail }
+        } else {
+            UpstreamError::Protocol { upstream, detail }
+        }
+    }
+
+    async fn auth_error(&self, resp: Response) -> UpstreamError {
+        let status = resp.status().as_u16();
+        let detail = error_message(resp).await.unwrap_or_else(|| format!("HTTP {status}"));
+        UpstreamError::Auth { upstream: self.name.clone(), detail }
+    }
+
+    async fn status_error(&self, resp: Response) -> UpstreamError {
+        let status = resp.status().as_u16();
+        let detail = error_message(resp).await.unwrap_or_else(|| "no error message".into());
+        UpstreamError::Status { upstream: self.name.clone(), status, detail }
+    }
+}
+
+/// The first message of a distribution error envelope, or a short plain-text body.
+async fn error_message(resp: Response) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        errors: Vec<Entry>,
+    }
+    #[derive(Deserialize)]
+    struct Entry {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    let text = resp.text().await.ok()?;
+    if let Ok(env) = serde_json::from_str::<Envelope>(&text) {
+        let e = env.errors.into_iter().next()?;
+        return Some(if e.message.is_empty() { e.code } else { format!("{}: {}", e.code, e.message) });
+    }
+    let text = text.trim();
+    (!text.is_empty() && text.len() <= 200 && !text.contains('<')).then(|| text.to_owned())
+}
+
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    h.get(RETRY_AFTER)?.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// `ratelimit-remaining: 76;w=21600` (Docker Hub) or a plain number.
+fn ratelimit_remaining(h: &HeaderMap) -> Option<i64> {
+    let v = h.get("ratelimit-remaining")?.to_str().ok()?;
+    v.split(';').next()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn rate_limit_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("ratelimit-remaining", HeaderValue::from_static("76;w=21600"));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(ratelimit_remaining(&h), Some(76));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert("ratelimit-remaining", HeaderValue::from_static("lots"));
+        assert_eq!(ratelimit_remaining(&h), None);
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let s = Secret::Basic { user: "u".into(), password: "hunter2".into() };
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!format!("{:?}", Secret::Bearer("tok-123".into())).contains("tok-123"));
+    }
+}

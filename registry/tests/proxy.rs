@@ -1,0 +1,377 @@
+//! The pull-through cache against a real upstream: CNCF Distribution, with a counting proxy in
+//! between that records every upstream request and can corrupt or hold back what it passes on.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use berth_registry::config::{Config, ProxyConfig, UpstreamConfig};
+use common::upstream::{
+    body_digest, noise, push_image, push_index, temp_secret, Auth, CountingProxy, Distribution,
+};
+use common::{client, error_code, sha256, TestServer, OCI_MANIFEST};
+use reqwest::StatusCode;
+
+const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json";
+
+/// Distribution, a counting proxy in front of it, and Berth mirroring it as `docker.io`.
+struct Setup {
+    upstream: Distribution,
+    counter: CountingProxy,
+    berth: TestServer,
+}
+
+async fn setup(auth: Auth, tune: impl FnOnce(&mut UpstreamConfig)) -> Setup {
+    let upstream = Distribution::start(auth).await;
+    let counter = CountingProxy::start(&upstream.url).await;
+    let mut hub = UpstreamConfig::new("docker.io", &counter.url);
+    hub.aliases = vec!["hub".into()];
+    hub.default = true;
+    hub.include = vec!["library/**".into(), "bitnami/**".into()];
+    hub.revalidate_after = Duration::from_secs(3600);
+    tune(&mut hub);
+    let config = Config { proxy: ProxyConfig { upstreams: vec![hub] }, ..Config::default() };
+    let berth = TestServer::with_config(config).await;
+    Setup { upstream, counter, berth }
+}
+
+async fn get(url: String) -> reqwest::Response {
+    client().get(url).header("accept", ACCEPT).send().await.unwrap()
+}
+
+async fn manifest(s: &TestServer, repo: &str, reference: &str) -> reqwest::Response {
+    get(s.url(&format!("/v2/{repo}/manifests/{reference}"))).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cold_pull_matches_upstream_and_warm_pulls_stay_local_in_every_name_form() {
+    let s = setup(Auth::None, |_| {}).await;
+    let image =
+        push_image(&s.upstream.url, "library/alpine", "3.20", vec![noise(1, 300_000), noise(2, 1000)]).await;
+
+    // Cold: by tag through the path form.
+    let r = manifest(&s.berth, "docker.io/library/alpine", "3.20").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["docker-content-digest"], image.digest.as_str());
+    assert_eq!(r.headers()["content-type"], OCI_MANIFEST);
+    assert_eq!(r.bytes().await.unwrap(), image.manifest);
+    for d in image.layers.iter().chain([&image.config]) {
+        let r = get(s.berth.url(&format!("/v2/docker.io/library/alpine/blobs/{d}"))).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(body_digest(r).await.unwrap(), *d);
+    }
+    assert_eq!(s.counter.count("GET", "/blobs/"), 3, "{:?}", s.counter.seen());
+    s.counter.reset();
+
+    // Warm, in every form that names this image: nothing reaches the upstream.
+    for (repo, query) in [
+        ("docker.io/library/alpine", ""),
+        ("hub/alpine", ""),
+        ("library/alpine", "?ns=docker.io"),
+        ("alpine", ""),
+    ] {
+        let r = get(s.berth.url(&format!("/v2/{repo}/manifests/3.20{query}"))).await;
+        assert_eq!(r.status(), StatusCode::OK, "{repo}{query}");
+        assert_eq!(r.headers()["docker-content-digest"], image.digest.as_str());
+        let r = get(s.berth.url(&format!("/v2/{repo}/manifests/{}{query}", image.digest))).await;
+        assert_eq!(r.status(), StatusCode::OK, "{repo}{query} by digest");
+        for d in &image.layers {
+            let r = get(s.berth.url(&format!("/v2/{repo}/blobs/{d}{query}"))).await;
+            assert_eq!(body_digest(r).await.unwrap(), *d, "{repo}{query}");
+        }
+    }
+    assert_eq!(s.counter.seen(), vec![], "warm pulls made upstream requests");
+
+    // A range of a cached blob.
+    let r = client()
+        .get(s.berth.url(&format!("/v2/hub/alpine/blobs/{}", image.layers[0])))
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap(), noise(1, 300_000).slice(10..20));
+
+    let metrics = client().get(s.berth.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("berth_proxy_hits_total{upstream=\"docker.io\",kind=\"blob\"}"), "{metrics}");
+    assert!(metrics.contains("berth_proxy_upstream_received_bytes_total{upstream=\"docker.io\"}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxied_repositories_are_read_only_and_private_ones_coexist() {
+    let s = setup(Auth::None, |_| {}).await;
+    push_image(&s.upstream.url, "library/nginx", "1.27", vec![noise(3, 5000)]).await;
+    assert_eq!(manifest(&s.berth, "hub/nginx", "1.27").await.status(), StatusCode::OK);
+
+    // Pushing into a mirrored repository is refused, whatever the name form.
+    for repo in ["docker.io/library/nginx", "hub/nginx", "nginx"] {
+        let r = client().post(s.berth.url(&format!("/v2/{repo}/blobs/uploads/"))).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{repo}");
+        assert_eq!(error_code(r).await, "DENIED");
+    }
+
+    // A repository no upstream serves takes pushes as usual, beside the cache.
+    let private = push_image(&s.berth.url, "team/app", "v1", vec![noise(4, 2000)]).await;
+    let r = manifest(&s.berth, "team/app", "v1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap(), private.manifest);
+    assert_eq!(s.counter.count("GET", "team/app"), 0, "private pulls never go upstream");
+    let catalog: serde_json::Value =
+        client().get(s.berth.url("/v2/_catalog")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(catalog["repositories"], serde_json::json!(["docker.io/library/nginx", "team/app"]));
+
+    // Tags of a proxied repository come from the upstream.
+    let tags: serde_json::Value =
+        client().get(s.berth.url("/v2/hub/nginx/tags/list")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(tags, serde_json::json!({"name": "hub/nginx", "tags": ["1.27"]}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tags_are_revalidated_with_one_head_only_after_the_interval() {
+    // revalidate_after 0s: every tag pull checks; the upstream sees exactly one HEAD each time.
+    let s = setup(Auth::None, |u| u.revalidate_after = Duration::ZERO).await;
+    let v1 = push_image(&s.upstream.url, "library/redis", "7", vec![noise(5, 1000)]).await;
+    assert_eq!(manifest(&s.berth, "hub/redis", "7").await.status(), StatusCode::OK);
+    assert_eq!((s.counter.count("GET", "/manifests/"), s.counter.count("HEAD", "/manifests/")), (1, 0));
+    s.counter.reset();
+
+    let r = manifest(&s.berth, "hub/redis", "7").await;
+    assert_eq!(r.headers()["docker-content-digest"], v1.digest.as_str());
+    assert_eq!((s.counter.count("GET", "/manifests/"), s.counter.count("HEAD", "/manifests/")), (0, 1));
+    s.counter.reset();
+
+    // The tag moves upstream: one HEAD sees it, one GET fetches it.
+    let v2 = push_image(&s.upstream.url, "library/redis", "7", vec![noise(6, 1000)]).await;
+    s.counter.reset();
+    let r = manifest(&s.berth, "hub/redis", "7").await;
+    assert_eq!(r.headers()["docker-content-digest"], v2.digest.as_str());
+    assert_eq!(r.bytes().await.unwrap(), v2.manifest);
+    assert_eq!((s.counter.count("GET", "/manifests/"), s.counter.count("HEAD", "/manifests/")), (1, 1));
+
+    // With the default interval of this setup (1h), repeated pulls reach the upstream not at all.
+    let fresh = setup(Auth::None, |_| {}).await;
+    push_image(&fresh.upstream.url, "library/redis", "7", vec![noise(7, 1000)]).await;
+    for _ in 0..5 {
+        assert_eq!(manifest(&fresh.berth, "hub/redis", "7").await.status(), StatusCode::OK);
+    }
+    assert_eq!(fresh.counter.seen().len(), 1, "{:?}", fresh.counter.seen());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_upstream_gone_cached_content_still_pulls_and_the_rest_fails_fast() {
+    let mut s = setup(Auth::None, |u| u.revalidate_after = Duration::ZERO).await;
+    let image = push_image(&s.upstream.url, "library/busybox", "1.36", vec![noise(8, 4000)]).await;
+    push_image(&s.upstream.url, "library/busybox", "never-pulled", vec![noise(9, 10)]).await;
+    assert_eq!(manifest(&s.berth, "hub/busybox", "1.36").await.status(), StatusCode::OK);
+    let layer = &image.layers[0];
+    let r = get(s.berth.url(&format!("/v2/hub/busybox/blobs/{layer}"))).await;
+    assert_eq!(body_digest(r).await.unwrap(), *layer);
+
+    s.upstream.stop();
+    // The tag is due for revalidation, the upstream fails, the cached tag is served (stale-if-error).
+    let r = manifest(&s.berth, "hub/busybox", "1.36").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap(), image.manifest);
+    assert_eq!(manifest(&s.berth, "hub/busybox", &image.digest).await.status(), StatusCode::OK);
+    let r = get(s.berth.url(&format!("/v2/hub/busybox/blobs/{layer}"))).await;
+    assert_eq!(body_digest(r).await.unwrap(), *layer);
+
+    // Uncached content fails quickly, with the upstream named in the message.
+    let started = Instant::now();
+    let r = manifest(&s.berth, "hub/busybox", "never-pulled").await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "UNAVAILABLE");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("upstream docker.io"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    let metrics = client().get(s.berth.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("berth_proxy_stale_serves_total{upstream=\"docker.io\"} "), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstream_404s_are_remembered_briefly() {
+    let s = setup(Auth::None, |u| u.negative_ttl = Duration::from_secs(3600)).await;
+    for _ in 0..3 {
+        let r = manifest(&s.berth, "hub/nosuch", "latest").await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+    }
+    assert_eq!(s.counter.count("GET", "/manifests/"), 1, "{:?}", s.counter.seen());
+    // Digests are never negatively cached by tag; an unknown blob is a plain 404.
+    let r = get(s.berth.url(&format!("/v2/hub/nosuch/blobs/{}", sha256(b"x")))).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_cold_pulls_cause_one_upstream_fetch() {
+    let s = setup(Auth::None, |_| {}).await;
+    let layer = noise(10, 100 << 20);
+    let image = push_image(&s.upstream.url, "library/postgres", "17", vec![layer]).await;
+    let digest = image.layers[0].clone();
+    s.counter.reset();
+    let url = s.berth.url(&format!("/v2/hub/postgres/blobs/{digest}"));
+    let pulls: Vec<_> = (0..50)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { body_digest(client().get(url).send().await.unwrap()).await })
+        })
+        .collect();
+    for p in pulls {
+        assert_eq!(p.await.unwrap().unwrap(), digest);
+    }
+    assert_eq!(s.counter.count("GET", &digest), 1, "{:?}", s.counter.seen());
+    assert_eq!(s.counter.shared.blob_bytes_sent.load(Ordering::SeqCst), 100 << 20);
+    let metrics = client().get(s.berth.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("berth_proxy_coalesced_waits_total{upstream=\"docker.io\"}"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_first_byte_arrives_before_the_upstream_sent_the_whole_layer() {
+    let s = setup(Auth::None, |_| {}).await;
+    let size = 256usize << 20;
+    let image = push_image(&s.upstream.url, "library/ubuntu", "24.04", vec![noise(11, size)]).await;
+    let digest = image.layers[0].clone();
+    // The upstream stops after 8 MiB and waits until the test has seen bytes through Berth.
+    s.counter.shared.hold_after.store(8 << 20, Ordering::SeqCst);
+    let resp = client().get(s.berth.url(&format!("/v2/hub/ubuntu/blobs/{digest}"))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.content_length(), Some(size as u64));
+    let mut stream = resp.bytes_stream();
+    use futures_util::StreamExt;
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    let upstream_sent = s.counter.shared.blob_bytes_sent.load(Ordering::SeqCst);
+    assert!(upstream_sent < size as u64, "the upstream had sent {upstream_sent} bytes");
+    s.counter.shared.release.notify_one();
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(&first);
+    let mut total = first.len();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        total += chunk.len();
+        h.update(&chunk);
+    }
+    assert_eq!(total, size);
+    assert_eq!(format!("sha256:{:x}", h.finalize()), digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupted_upstream_content_is_never_cached_or_served() {
+    let s = setup(Auth::None, |_| {}).await;
+    let image = push_image(&s.upstream.url, "library/node", "22", vec![noise(12, 3 << 20)]).await;
+    let layer = image.layers[0].clone();
+    s.counter.shared.corrupt.store(true, Ordering::SeqCst);
+
+    let r = manifest(&s.berth, "hub/node", &image.digest).await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("does not match"), "{body}");
+
+    let r = get(s.berth.url(&format!("/v2/hub/node/blobs/{layer}"))).await;
+    let served = body_digest(r).await;
+    assert!(served.is_err(), "a corrupted layer was served whole: {served:?}");
+    let blobs: Vec<String> = s.berth.blob_files().iter().map(|p| p.display().to_string()).collect();
+    assert!(!blobs.iter().any(|p| p.contains(layer.trim_start_matches("sha256:"))), "{blobs:?}");
+
+    // Once the upstream behaves, the same pulls succeed and are cached.
+    s.counter.shared.corrupt.store(false, Ordering::SeqCst);
+    let r = manifest(&s.berth, "hub/node", &image.digest).await;
+    assert_eq!(r.bytes().await.unwrap(), image.manifest);
+    let r = get(s.berth.url(&format!("/v2/hub/node/blobs/{layer}"))).await;
+    assert_eq!(body_digest(r).await.unwrap(), layer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_index_is_cached_at_once_and_its_platforms_on_demand() {
+    let s = setup(Auth::None, |_| {}).await;
+    let amd = push_image(&s.upstream.url, "library/golang", "amd64-only", vec![noise(13, 1000)]).await;
+    let arm = push_image(&s.upstream.url, "library/golang", "arm64-only", vec![noise(14, 1000)]).await;
+    let (index, index_digest) =
+        push_index(&s.upstream.url, "library/golang", "1.23", &[("amd64", &amd), ("arm64", &arm)]).await;
+    s.counter.reset();
+
+    let r = manifest(&s.berth, "hub/golang", "1.23").await;
+    assert_eq!(r.bytes().await.unwrap(), index);
+    assert_eq!(s.counter.seen().len(), 1, "only the index is fetched: {:?}", s.counter.seen());
+    // The amd64 client follows with its platform's manifest and layers.
+    let r = manifest(&s.berth, "hub/golang", &amd.digest).await;
+    assert_eq!(r.bytes().await.unwrap(), amd.manifest);
+    let r = get(s.berth.url(&format!("/v2/hub/golang/blobs/{}", amd.layers[0]))).await;
+    assert_eq!(body_digest(r).await.unwrap(), amd.layers[0]);
+    assert_eq!(s.counter.count("GET", &arm.digest), 0, "arm64 was never asked for");
+    let r = manifest(&s.berth, "hub/golang", &index_digest).await;
+    assert_eq!(r.status(), StatusCode::OK, "the index is pullable by digest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn basic_auth_upstreams_need_the_right_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = temp_secret(dir.path(), "good", "s3cret\n");
+    let s = setup(Auth::Htpasswd { user: "mirror", password: "s3cret" }, |u| {
+        u.username = Some("mirror".into());
+        u.password_file = Some(good.clone());
+    })
+    .await;
+    // Push straight to Distribution with the same credentials.
+    let authed = s.upstream.url.replacen("http://", "http://mirror:s3cret@", 1);
+    let image = push_image(&authed, "library/httpd", "2.4", vec![noise(15, 2000)]).await;
+    let r = manifest(&s.berth, "hub/httpd", "2.4").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap(), image.manifest);
+
+    // A rotated, wrong password is read on the next login and refused with the upstream's words.
+    std::fs::write(&good, "wrong").unwrap();
+    let s2 = {
+        let mut u = UpstreamConfig::new("docker.io", &s.counter.url);
+        u.default = true;
+        u.username = Some("mirror".into());
+        u.password_file = Some(good.clone());
+        TestServer::with_config(Config { proxy: ProxyConfig { upstreams: vec![u] }, ..Config::default() })
+            .await
+    };
+    let r = manifest(&s2, "httpd", "2.4").await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("refused the credentials"), "{message}");
+    assert!(!message.contains("wrong"), "the password leaked: {message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_size_limit_evicts_the_least_recently_pulled_content_only() {
+    let s = setup(Auth::None, |u| u.max_size = Some(300_000)).await;
+    let old = push_image(&s.upstream.url, "library/old", "1", vec![noise(16, 120_000)]).await;
+    let mid = push_image(&s.upstream.url, "library/mid", "1", vec![noise(17, 120_000)]).await;
+    let new = push_image(&s.upstream.url, "library/new", "1", vec![noise(18, 120_000)]).await;
+    let pull = |repo: &'static str, image: common::upstream::Pushed| {
+        let url = s.berth.url("");
+        async move {
+            let r = get(format!("{url}/v2/hub/{repo}/manifests/1")).await;
+            assert_eq!(r.status(), StatusCode::OK);
+            let r = get(format!("{url}/v2/hub/{repo}/blobs/{}", image.layers[0])).await;
+            assert_eq!(body_digest(r).await.unwrap(), image.layers[0]);
+        }
+    };
+    pull("old", old.clone()).await;
+    pull("mid", mid.clone()).await;
+    pull("old", old.clone()).await; // old is now more recent than mid
+    pull("new", new.clone()).await;
+    let proxy = s.berth.state.proxy.clone().unwrap();
+    let evicted = proxy.maintain_once().await.unwrap();
+    assert!(evicted >= 1, "nothing evicted");
+    let layer_file = |d: &str| {
+        let hex = d.trim_start_matches("sha256:").to_owned();
+        s.berth.blob_files().iter().any(|p| p.ends_with(&hex))
+    };
+    assert!(!layer_file(&mid.layers[0]), "the least recently pulled layer is evicted");
+    assert!(layer_file(&old.layers[0]) && layer_file(&new.layers[0]));
+    // Evicted content is fetched again on demand.
+    s.counter.reset();
+    pull("mid", mid.clone()).await;
+    assert_eq!(s.counter.count("GET", &mid.layers[0]), 1);
+}
