@@ -42,8 +42,8 @@ stage() {
 }
 
 provision() {
-  ensure_debs skopeo curl python3 ca-certificates util-linux mount lua5.4 podman buildah runc uidmap fuse-overlayfs &&
-  for t in conformance crane oras regctl cosign helm kubeconform; do ensure_tool "$t" || return 1; done &&
+  ensure_debs skopeo containerd curl python3 ca-certificates util-linux mount lua5.4 podman buildah runc uidmap fuse-overlayfs &&
+  for t in conformance crane oras regctl cosign registry helm kubeconform; do ensure_tool "$t" || return 1; done &&
   bash e2e/k8s-tools.sh
 }
 
@@ -55,6 +55,7 @@ stage "CRDs match the Rust types" cargo run -q -p berth-operator --bin crdgen --
 stage "cargo test" cargo test --workspace
 stage "OCI conformance suite" bash tests/conformance.sh
 stage "real clients" bash tests/clients.sh
+stage "pull-through cache clients" bash tests/proxy-clients.sh
 stage "Argo CD health check" lua5.4 docs/argocd/health_test.lua docs/argocd
 stage "container image" bash tests/image.sh
 

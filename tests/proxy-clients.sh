@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Real clients pulling through Berth's pull-through cache. The upstream is CNCF Distribution
+# holding test images under Docker Hub names; Berth mirrors it as docker.io. skopeo and crane pull
+# by Berth's own names; containerd, given a hosts.toml mirror for docker.io, pulls
+# docker.io/library/alpine by its original name (it cannot reach the real Docker Hub from here, so
+# a successful pull can only have come through Berth).
+source "$(dirname "$0")/lib.sh"
+source "$ROOT/scripts/tools.sh"
+
+CRANE=$(tool_path crane)
+DISTRIBUTION=$(tool_path registry)
+for t in "$CRANE" "$DISTRIBUTION"; do
+  [[ -x $t ]] || { echo "missing $t: run scripts/tools.sh" >&2; exit 1; }
+done
+for c in skopeo containerd ctr; do
+  command -v "$c" >/dev/null || { echo "$c is not installed" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d)
+on_exit "rm -rf $WORK"
+export HOME=$WORK/home
+mkdir -p "$HOME"
+python3 "$ROOT/tests/make_oci_layout.py" "$WORK/layout"
+digest_in_layout() { python3 -c "
+import json
+idx=json.load(open('$WORK/layout/index.json'))
+print([m['digest'] for m in idx['manifests'] if m['annotations']['org.opencontainers.image.ref.name']=='$1'][0])"; }
+MULTI=$(digest_in_layout multi)
+MULTIARCH=$(digest_in_layout multiarch)
+
+# The upstream, with its own access log so the test can count what reached it.
+UP_PORT=$(free_port)
+UP=127.0.0.1:$UP_PORT
+cat >"$WORK/distribution.yml" <<EOF
+version: 0.1
+log: {level: info, formatter: json}
+storage: {filesystem: {rootdirectory: $WORK/upstream}}
+http: {addr: $UP}
+EOF
+OTEL_TRACES_EXPORTER=none "$DISTRIBUTION" serve "$WORK/distribution.yml" >"$WORK/upstream.log" 2>&1 &
+on_exit "kill $!"
+wait_for "http://$UP/v2/" 20 || exit 1
+SK=(skopeo --insecure-policy)
+"${SK[@]}" copy -q --dest-tls-verify=false "oci:$WORK/layout:multi" "docker://$UP/library/alpine:3.20" || exit 1
+"${SK[@]}" copy -q --all --dest-tls-verify=false "oci:$WORK/layout:multiarch" "docker://$UP/library/alpine:multiarch" || exit 1
+upstream_blob_gets() { grep -c '"http.request.method":"GET","http.request.remoteaddr"[^}]*"http.request.uri":"/v2/library/alpine/blobs/' "$WORK/upstream.log" || true; }
+
+cat >"$WORK/berth.yaml" <<EOF
+proxy:
+  upstreams:
+    - name: docker.io
+      url: http://$UP
+      aliases: [hub]
+      default: true
+      include: ["library/**"]
+EOF
+start_berth --config "$WORK/berth.yaml" || exit 1
+R=$BERTH_ADDR
+
+echo "== skopeo"
+pull_layout() {
+  local ref=$1 out=$2 want=$3 all=${4:-}
+  rm -rf "$out" &&
+  "${SK[@]}" copy -q $all --preserve-digests --src-tls-verify=false "docker://$ref" "oci:$out:pulled" &&
+  equal "$(python3 -c "import json; print(json.load(open('$out/index.json'))['manifests'][0]['digest'])")" "$want" &&
+  for blob in "$out"/blobs/sha256/*; do
+    cmp -s "$blob" "$WORK/layout/blobs/sha256/$(basename "$blob")" || { echo "blob $(basename "$blob") differs"; return 1; }
+  done
+}
+check "skopeo pulls docker.io/library/alpine through Berth, content identical" \
+  pull_layout "$R/docker.io/library/alpine:3.20" "$WORK/sk1" "$MULTI"
+check "skopeo pulls a multi-arch index through the hub alias" \
+  pull_layout "$R/hub/alpine:multiarch" "$WORK/sk2" "$MULTIARCH" --all
+BEFORE=$(upstream_blob_gets)
+check "the cold pulls fetched blobs from the upstream (the log is read)" test "$BEFORE" -gt 0
+check "a warm pull by another name form is served from the cache" \
+  pull_layout "$R/alpine:3.20" "$WORK/sk3" "$MULTI"
+check "the warm pull fetched no blob from the upstream" equal "$(upstream_blob_gets)" "$BEFORE"
+
+echo "== crane"
+check "crane resolves the tag through Berth" bash -c "[[ \$('$CRANE' --insecure digest $R/hub/alpine:3.20) == $MULTI ]]"
+check "crane picks a platform out of the cached index" \
+  bash -c "'$CRANE' --insecure manifest --platform linux/arm64 $R/docker.io/library/alpine:multiarch | grep -q layers"
+check "crane lists the upstream's tags" bash -c "'$CRANE' --insecure ls $R/hub/alpine | sort | tr '\n' ' ' | grep -q '3.20 multiarch'"
+check "crane cannot push into the mirror" bash -c "! '$CRANE' --insecure copy $R/hub/alpine:3.20 $R/hub/alpine:mine 2>$WORK/push.err && grep -q DENIED $WORK/push.err"
+check "crane pushes a private image beside the mirror" "$CRANE" --insecure copy "$R/hub/alpine:3.20" "$R/team/app:v1"
+
+echo "== containerd"
+mkdir -p "$WORK/certs.d/docker.io"
+cat >"$WORK/certs.d/docker.io/hosts.toml" <<EOF
+server = "https://registry-1.docker.io"
+
+[host."http://$R"]
+  capabilities = ["pull", "resolve"]
+EOF
+cat >"$WORK/containerd.toml" <<EOF
+version = 2
+root = "$WORK/containerd/root"
+state = "$WORK/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$WORK/containerd/containerd.sock"
+EOF
+mkdir -p "$WORK/containerd"
+containerd --config "$WORK/containerd.toml" >"$WORK/containerd.log" 2>&1 &
+on_exit "kill $!"
+CTR=(ctr --address "$WORK/containerd/containerd.sock" --namespace berth-test)
+deadline=$((SECONDS + 20))
+until "${CTR[@]}" version >/dev/null 2>&1 || ((SECONDS > deadline)); do sleep 0.1; done
+proxied_pulls() { curl -sf "$BERTH_URL/metrics" | awk '/^berth_proxy_(hits|misses)_total\{upstream="docker.io"/ {n += $NF} END {print n+0}'; }
+PULLS_BEFORE=$(proxied_pulls)
+check "containerd pulls docker.io/library/alpine by its original name via the hosts.toml mirror" \
+  "${CTR[@]}" content fetch --hosts-dir "$WORK/certs.d" docker.io/library/alpine:3.20
+check "containerd recorded the upstream's digest" \
+  bash -c "'${CTR[0]}' --address '$WORK/containerd/containerd.sock' --namespace berth-test images ls | grep 'docker.io/library/alpine:3.20' | grep -q '$MULTI'"
+check "containerd's pulls came through Berth (the ns= mirror form)" test "$(proxied_pulls)" -gt "$PULLS_BEFORE"
+check "Berth's catalog holds the mirrored and the private repository" \
+  bash -c "[[ \$(curl -sf $BERTH_URL/v2/_catalog) == '{\"repositories\":[\"docker.io/library/alpine\",\"team/app\"]}' ]]"
+
+finish
