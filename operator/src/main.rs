@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::routing::get;
 use berth_operator::controllers::registry::reconcile::{self, Context};
+use berth_operator::crd::proxycache::ProxyCache;
 use berth_operator::crd::Registry;
 use berth_operator::metrics::Metrics;
 use futures_util::StreamExt;
@@ -14,7 +15,9 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
+use kube::ResourceExt;
 
 const HELP: &str = "berth-operator: reconciles Berth registries in Kubernetes
 
@@ -93,6 +96,11 @@ async fn main() -> anyhow::Result<()> {
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<Secret>::all(client.clone()), owned.clone())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned)
+        // A ProxyCache is rendered into the config of the Registry it names.
+        .watches(Api::<ProxyCache>::all(client.clone()), watcher::Config::default(), |pc: ProxyCache| {
+            let ns = pc.namespace()?;
+            Some(ObjectRef::<Registry>::new(&pc.spec.registry_ref.name).within(&ns))
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|r| async move {

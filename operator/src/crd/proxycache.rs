@@ -34,9 +34,10 @@ pub struct ProxyCacheSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("registryRef cannot be changed"))]
     pub registry_ref: LocalRef,
     pub upstream: Upstream,
-    /// Path under which the upstream is served, e.g. `docker.io` for `<registry>/docker.io/library/nginx`.
+    /// The first path part under which the upstream is served, e.g. `docker.io` for
+    /// `<registry>/docker.io/library/nginx`; also the `ns` value containerd mirrors send.
     /// Default: the upstream's host name.
-    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$')").message("prefix must be a repository path: lowercase letters, digits, '.', '_', '-', '/'"))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]+([._-][a-z0-9]+)*$')").message("prefix must be one path part: lowercase letters, digits, '.', '_', '-'"))]
     pub prefix: Option<String>,
     /// Serve repositories without a prefix from this upstream (Docker's `registry-mirrors`).
     pub default_upstream: Option<bool>,

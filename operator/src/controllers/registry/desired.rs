@@ -18,6 +18,7 @@ use kube::{Resource, ResourceExt};
 use sha2::Digest as _;
 
 use super::effective::{self, Effective, CONTAINER_PORT};
+use super::proxies::{self, ProxySource};
 use crate::crd::registry::{RetainPolicy, TlsMode};
 use crate::crd::Registry;
 use crate::labels;
@@ -35,6 +36,8 @@ pub struct Inputs {
     pub default_image: String,
     /// The Secret with the serving certificate (`tls.crt`, `tls.key`) when TLS is on.
     pub tls_secret: Option<String>,
+    /// The `ProxyCache`s that name this Registry.
+    pub proxies: Vec<ProxySource>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -45,6 +48,8 @@ pub enum BuildError {
     PodTemplate(String),
     #[error("TLS is on but no certificate Secret is available yet")]
     TlsPending,
+    #[error("ProxyCache {name}: {message}")]
+    InvalidProxyCache { name: String, message: String },
 }
 
 impl BuildError {
@@ -54,6 +59,7 @@ impl BuildError {
             BuildError::NotSupported(_) => "NotSupported",
             BuildError::PodTemplate(_) => "InvalidPodTemplate",
             BuildError::TlsPending => "CertificatePending",
+            BuildError::InvalidProxyCache { .. } => "InvalidProxyCache",
         }
     }
 }
@@ -97,7 +103,7 @@ pub fn config_secret_name(reg: &Registry) -> String {
 }
 
 /// berth's config for this Registry, from the very types `berth` parses.
-pub fn render_config(reg: &Registry, eff: &Effective) -> Result<Config, BuildError> {
+pub fn render_config(reg: &Registry, eff: &Effective, proxies: &[ProxySource]) -> Result<Config, BuildError> {
     let spec = &reg.spec;
     let storage = spec.storage.clone().unwrap_or_default();
     if storage.s3.is_some() {
@@ -121,6 +127,7 @@ pub fn render_config(reg: &Registry, eff: &Effective) -> Result<Config, BuildErr
         tls,
         storage: StorageConfig::Filesystem { path: Some(format!("{DATA_DIR}/storage").into()) },
         metadata: MetadataConfig::Sqlite { path: Some(format!("{DATA_DIR}/meta.db").into()) },
+        proxy: proxies::upstreams(proxies)?,
         ..Config::default()
     })
 }
@@ -140,7 +147,7 @@ fn meta(reg: &Registry, name: String, component: &str) -> serde_json::Value {
 
 pub fn build(reg: &Registry, inputs: &Inputs) -> Result<Vec<Child>, BuildError> {
     let eff = effective::resolve(reg, &inputs.default_image);
-    let config = render_config(reg, &eff)?;
+    let config = render_config(reg, &eff, &inputs.proxies)?;
     let config_yaml = config.to_yaml();
     let hash = format!("{:x}", sha2::Sha256::digest(config_yaml.as_bytes()));
     let tls_secret = match eff.tls {
@@ -156,7 +163,7 @@ pub fn build(reg: &Registry, inputs: &Inputs) -> Result<Vec<Child>, BuildError> 
         }))?),
         Child::Service(service(reg, &eff)?),
         Child::Service(headless(reg)?),
-        Child::StatefulSet(statefulset(reg, &eff, &hash, tls_secret.as_deref())?),
+        Child::StatefulSet(statefulset(reg, &eff, &hash, tls_secret.as_deref(), &inputs.proxies)?),
     ];
     if eff.replicas > 1 {
         children.push(Child::Pdb(from_json(serde_json::json!({
@@ -214,6 +221,7 @@ fn statefulset(
     eff: &Effective,
     hash: &str,
     tls_secret: Option<&str>,
+    proxies: &[ProxySource],
 ) -> Result<StatefulSet, BuildError> {
     let name = reg.name_any();
     let storage = reg.spec.storage.clone().unwrap_or_default();
@@ -233,6 +241,9 @@ fn statefulset(
         volumes
             .push(serde_json::json!({"name": "tls", "secret": {"secretName": secret, "defaultMode": 0o440}}));
     }
+    let (proxy_mounts, proxy_volumes) = proxies::volumes(proxies);
+    mounts.extend(proxy_mounts);
+    volumes.extend(proxy_volumes);
     let mut claims = Vec::new();
     if let Some(existing) = &storage.existing_claim {
         volumes

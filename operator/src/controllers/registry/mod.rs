@@ -2,6 +2,7 @@
 
 pub mod desired;
 pub mod effective;
+pub mod proxies;
 pub mod reconcile;
 pub mod status;
 pub mod tls;

@@ -17,10 +17,12 @@ use kube::{Resource, ResourceExt};
 
 use super::desired::{self, BuildError, Child, Inputs};
 use super::effective;
+use super::proxies::ProxySource;
 use super::status::{self, Observed, SetState};
 use super::tls::{self, TlsError};
 use crate::controllers::apply::{apply, prune};
 use crate::crd::common::is_true;
+use crate::crd::proxycache::ProxyCache;
 use crate::crd::Registry;
 use crate::labels;
 use crate::metrics::Metrics;
@@ -137,12 +139,15 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
         Err(e) => return Err(Error::Tls(e)),
     };
     obs.tls = tls.as_ref().map(|(_, s)| s.clone());
-    let inputs = Inputs { default_image: ctx.default_image.clone(), tls_secret: tls.map(|(name, _)| name) };
+    let proxies = proxy_sources(reg, ctx, ns).await?;
+    let inputs =
+        Inputs { default_image: ctx.default_image.clone(), tls_secret: tls.map(|(name, _)| name), proxies };
     let children = match desired::build(reg, &inputs) {
         Ok(c) => c,
         Err(e @ BuildError::NotSupported(_))
         | Err(e @ BuildError::PodTemplate(_))
-        | Err(e @ BuildError::TlsPending) => {
+        | Err(e @ BuildError::TlsPending)
+        | Err(e @ BuildError::InvalidProxyCache { .. }) => {
             obs.stalled = Some((e.reason().into(), e.to_string()));
             return Ok(());
         }
@@ -173,6 +178,28 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
     secrets.extend([tls::ca_secret_name(reg), tls::tls_secret_name(reg)]);
     prune::<Secret>(&ctx.client, ns, &selector, &uid, &secrets).await?;
     Ok(())
+}
+
+/// The ProxyCaches naming this Registry, with what their credentials Secrets hold.
+async fn proxy_sources(reg: &Registry, ctx: &Context, ns: &str) -> Result<Vec<ProxySource>, Error> {
+    let caches: Api<ProxyCache> = Api::namespaced(ctx.client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut out = vec![];
+    for pc in caches.list(&ListParams::default()).await? {
+        if pc.spec.registry_ref.name != reg.name_any() {
+            continue;
+        }
+        let (mut username, mut has_token) = (None, false);
+        if let Some(name) = &pc.spec.upstream.credentials_secret {
+            if let Some(secret) = secrets.get_opt(name).await? {
+                let data = secret.data.unwrap_or_default();
+                username = data.get("username").and_then(|v| String::from_utf8(v.0.clone()).ok());
+                has_token = data.contains_key("token");
+            }
+        }
+        out.push(ProxySource { name: pc.name_any(), spec: pc.spec.clone(), username, has_token });
+    }
+    Ok(out)
 }
 
 async fn observe(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -> Result<(), Error> {

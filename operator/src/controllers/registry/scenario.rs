@@ -90,6 +90,7 @@ async fn first_pass_applies_children_prunes_observes_and_reports() {
     assert_eq!(
         lines(&seen),
         [
+            "GET /apis/berth.dev/v1alpha1/namespaces/team/proxycaches",
             "PATCH /api/v1/namespaces/team/secrets/hub-config",
             "PATCH /api/v1/namespaces/team/services/hub",
             "PATCH /api/v1/namespaces/team/services/hub-headless",
@@ -103,10 +104,10 @@ async fn first_pass_applies_children_prunes_observes_and_reports() {
             "POST /apis/events.k8s.io/v1/namespaces/team/events",
         ]
     );
-    let status = &seen[9].body["status"];
+    let status = &seen[10].body["status"];
     let ready = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
     assert_eq!(ready["status"], "True");
-    assert_eq!(seen[10].body["reason"], "Ready");
+    assert_eq!(seen[11].body["reason"], "Ready");
 }
 
 #[tokio::test]

@@ -22,7 +22,7 @@ fn registry(spec: serde_json::Value) -> Registry {
 }
 
 fn inputs() -> Inputs {
-    Inputs { default_image: "ghcr.io/berth-dev/berth:0.1.0".into(), tls_secret: None }
+    Inputs { default_image: "ghcr.io/berth-dev/berth:0.1.0".into(), tls_secret: None, proxies: vec![] }
 }
 
 fn children(r: &Registry, i: &Inputs) -> Vec<Child> {
