@@ -430,7 +430,7 @@ async fn invalid_specs_are_refused_and_unprovisionable_storage_stalls() {
     let bad_prefix = "apiVersion: berth.dev/v1alpha1\nkind: ProxyCache\nmetadata:\n  name: hub\nspec:\n  registryRef: {name: grow}\n  upstream: {url: https://registry-1.docker.io}\n  prefix: Docker.IO\n";
     let out = kubectl_apply(&cp, &ns.name, bad_prefix);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("prefix must be a repository path"),
+        String::from_utf8_lossy(&out.stderr).contains("prefix must be one path part"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
