@@ -312,45 +312,48 @@ impl Proxy {
     }
 
     /// Runs `fetch` once for concurrent requests of the same manifest; the others wait for it.
-    /// The fetch runs in its own task, so it completes even if the client that started it leaves.
-    async fn single_fetch<F, Fut>(&self, t: &Target, r: &Reference, fetch: F) -> Result<ManifestRecord>
+    /// The fetch runs in its own task, which also retires the entry when done, so it completes and
+    /// is forgotten even if every client that waited for it has left.
+    async fn single_fetch<F, Fut>(
+        self: &Arc<Self>,
+        t: &Target,
+        r: &Reference,
+        fetch: F,
+    ) -> Result<ManifestRecord>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<ManifestRecord>> + Send + 'static,
     {
         let key = format!("{}@{r}", t.local);
-        let (shared, leader) = {
+        let shared = {
             let Ok(mut map) = self.manifest_fetches.lock() else {
                 return fetch().await;
             };
-            match map.get(&key) {
-                Some(s) => (s.clone(), false),
-                None => {
-                    let task = tokio::spawn(fetch());
-                    let fut: BoxFuture<'static, Result<ManifestRecord>> = Box::pin(async move {
-                        task.await.unwrap_or_else(|e| {
-                            Err(ProxyError::Fetch {
-                                class: "aborted",
-                                message: format!("fetch task failed: {e}"),
-                            })
+            if let Some(s) = map.get(&key) {
+                self.metrics.coalesced(self.upstream_name(t));
+                s.clone()
+            } else {
+                let fetch = fetch();
+                let (this, done_key) = (self.clone(), key.clone());
+                // The entry is inserted before this task can take the lock to remove it.
+                let task = tokio::spawn(async move {
+                    let _retire = Retire(this, done_key);
+                    fetch.await
+                });
+                let fut: BoxFuture<'static, Result<ManifestRecord>> = Box::pin(async move {
+                    task.await.unwrap_or_else(|e| {
+                        Err(ProxyError::Fetch {
+                            class: "aborted",
+                            message: format!("fetch task failed: {e}"),
                         })
-                    });
-                    let s = fut.shared();
-                    map.insert(key.clone(), s.clone());
-                    (s, true)
-                }
+                    })
+                });
+                let s = fut.shared();
+                map.insert(key, s.clone());
+                s
             }
         };
-        if !leader {
-            self.metrics.coalesced(self.upstream_name(t));
-        }
-        let out = shared.await;
-        if leader {
-            if let Ok(mut map) = self.manifest_fetches.lock() {
-                map.remove(&key);
-            }
-        }
-        out
+        shared.await
     }
 
     fn revalidate_after(&self, t: &Target) -> Duration {
@@ -688,6 +691,17 @@ impl Proxy {
         self.metrics.evicted(upstream, 1);
         debug!(repository = %item.repo, digest = %item.digest, kind = %item.kind, "evicted cached content");
         Ok(())
+    }
+}
+
+/// Forgets a finished manifest fetch, also when its task ends by panic.
+struct Retire(Arc<Proxy>, String);
+
+impl Drop for Retire {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.0.manifest_fetches.lock() {
+            map.remove(&self.1);
+        }
     }
 }
 
