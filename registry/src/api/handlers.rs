@@ -119,12 +119,11 @@ async fn proxied(
         Route::Tags(repo) if *m == Method::GET => {
             let (n, last) = pagination(req)?;
             let upstream_query = req.uri.query().map(strip_ns).unwrap_or_default();
-            if let Some((tags, more)) = proxy.tags(&t, &upstream_query).await? {
-                let page = Listing { items: tags, more };
-                let body = serde_json::json!({"name": repo.as_str(), "tags": page.items});
-                return Ok(listing_response(&format!("/v2/{repo}/tags/list"), n, &page, body));
-            }
-            let page = st.registry.tags(&t.local, n, last).await?;
+            // The upstream's list, or the cached tags when the upstream cannot answer.
+            let page = match proxy.tags(&t, &upstream_query).await? {
+                Some((items, more)) => Listing { items, more },
+                None => st.registry.tags(&t.local, n, last).await?,
+            };
             let body = serde_json::json!({"name": repo.as_str(), "tags": page.items});
             Ok(listing_response(&format!("/v2/{repo}/tags/list"), n, &page, body))
         }

@@ -201,27 +201,6 @@ impl Upstream {
         self.send(&Method::GET, &url, repo, None).await
     }
 
-    /// Checks reachability and credentials with `GET /v2/` and, when a repository is named, a
-    /// pull token for it.
-    pub async fn probe(&self, repo: Option<&RepoName>) -> Result<()> {
-        let url = format!("{}/v2/", self.base);
-        let resp = self.attempt(&Method::GET, &url, None, None).await?;
-        self.learn(&resp);
-        let needs_auth = resp.status() == StatusCode::UNAUTHORIZED;
-        if needs_auth {
-            let scheme = self.scheme.lock().map(|s| s.clone()).unwrap_or(Scheme::Unknown);
-            let scope = repo.map(|r| format!("repository:{r}:pull"));
-            let auth = self.authorization(&scheme, scope.as_deref(), true).await?;
-            let resp = self.attempt(&Method::GET, &url, None, auth.as_ref()).await?;
-            if !resp.status().is_success() {
-                return Err(self.auth_error(resp).await);
-            }
-        } else if !resp.status().is_success() {
-            return Err(self.status_error(resp).await);
-        }
-        Ok(())
-    }
-
     async fn send(
         &self,
         method: &Method,

@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use crate::oci::Digest;
@@ -240,19 +239,11 @@ impl Flight {
     }
 }
 
-/// Collects whatever items are ready right now (at least one) into one batch.
-pub fn batches<S>(stream: S) -> impl futures_util::Stream<Item = Vec<S::Item>>
-where
-    S: futures_util::Stream,
-{
-    stream.ready_chunks(64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::oci::Algorithm;
-    use futures_util::TryStreamExt;
+    use futures_util::{StreamExt, TryStreamExt};
 
     fn started(j: Joined) -> (Arc<Flight>, FlightWriter) {
         match j {

@@ -182,7 +182,8 @@ impl Proxy {
         if head {
             return Ok((record, Bytes::new()));
         }
-        Ok(self.registry.get_manifest(&t.local, &Reference::Digest(record.digest)).await?)
+        let bytes = self.registry.manifest_bytes(&record).await?;
+        Ok((record, bytes))
     }
 
     async fn tag(self: &Arc<Self>, t: &Target, tag: &Tag) -> Result<ManifestRecord> {
@@ -274,7 +275,7 @@ impl Proxy {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = read_limited(up, resp, limit).await?;
+        let body = read_limited(up, resp, "manifest", limit).await?;
         self.metrics.upstream_bytes(&up.name, body.len() as u64);
         // The digest the content must have: the one asked for, else the one the upstream named.
         let expected = match r {
@@ -428,7 +429,7 @@ impl Proxy {
                 upstream.fetch(Method::HEAD, &t.remote, "blobs", digest.as_str()).await?
             {
                 if self.registry.link_existing_blob(&t.local, digest).await?.is_some() {
-                    self.metrics.hit(&up, "blob");
+                    // Served from storage now, counted as a hit there.
                     return Box::pin(self.blob(t, digest, range, head)).await;
                 }
             }
@@ -522,7 +523,8 @@ impl Proxy {
         writer.begin(declared);
         let mut store = self.registry.blob_writer().await.map_err(|e| err("storage", e.to_string()))?;
         let mut hasher = digest.algorithm().hasher();
-        let mut batches = flight::batches(resp.bytes_stream());
+        // Whatever chunks are ready at once go out as one batch (one spool write, one wake-up).
+        let mut batches = resp.bytes_stream().ready_chunks(64);
         while let Some(batch) = batches.next().await {
             let mut chunks = Vec::with_capacity(batch.len());
             for item in batch {
@@ -587,14 +589,16 @@ impl Proxy {
             Ok(Fetched::NotFound) => return Err(ProxyError::NotFound(ContentKind::Manifest)),
             Ok(Fetched::Found(resp)) => {
                 let more = resp.headers().contains_key(reqwest::header::LINK);
-                read_limited(up, resp, self.registry.limits().max_manifest_bytes).await.and_then(|body| {
-                    serde_json::from_slice::<TagList>(&body)
-                        .map(|l| (l.tags.unwrap_or_default(), more))
-                        .map_err(|e| UpstreamError::Protocol {
-                            upstream: up.name.clone(),
-                            detail: format!("tag list: {e}"),
-                        })
-                })
+                read_limited(up, resp, "tag list", self.registry.limits().max_manifest_bytes).await.and_then(
+                    |body| {
+                        serde_json::from_slice::<TagList>(&body)
+                            .map(|l| (l.tags.unwrap_or_default(), more))
+                            .map_err(|e| UpstreamError::Protocol {
+                                upstream: up.name.clone(),
+                                detail: format!("tag list: {e}"),
+                            })
+                    },
+                )
             }
             Err(e) => Err(e),
         };
@@ -720,12 +724,13 @@ fn digest_header(resp: &reqwest::Response) -> Option<Digest> {
 async fn read_limited(
     up: &Upstream,
     resp: reqwest::Response,
+    what: &str,
     limit: usize,
 ) -> std::result::Result<Bytes, UpstreamError> {
     if resp.content_length().is_some_and(|n| n > limit as u64) {
         return Err(UpstreamError::Protocol {
             upstream: up.name.clone(),
-            detail: format!("manifest is larger than the {limit} bytes accepted"),
+            detail: format!("{what} is larger than the {limit} bytes accepted"),
         });
     }
     let mut stream = resp.bytes_stream();
@@ -735,7 +740,7 @@ async fn read_limited(
         if buf.len() + chunk.len() > limit {
             return Err(UpstreamError::Protocol {
                 upstream: up.name.clone(),
-                detail: format!("manifest is larger than the {limit} bytes accepted"),
+                detail: format!("{what} is larger than the {limit} bytes accepted"),
             });
         }
         buf.extend_from_slice(&chunk);

@@ -76,12 +76,6 @@ impl Routes {
         let local = format!("{}/{remote}", e.names[0]).parse().ok()?;
         Some(Target { upstream: i, remote: remote.parse().ok()?, local })
     }
-
-    /// Which upstream a cached local name belongs to.
-    pub fn owner_of(&self, local: &RepoName) -> Option<usize> {
-        let first = local.as_str().split('/').next()?;
-        self.entries.iter().position(|e| e.names[0] == first)
-    }
 }
 
 /// A repository pattern: `*` matches within one path part, `**` matches any number of parts.
@@ -180,8 +174,6 @@ mod tests {
         assert_eq!(resolve(&r, "app", Some("quay.io")), None);
         let no_default = Routes::new(&[UpstreamConfig::new("quay.io", "https://quay.io")]);
         assert_eq!(resolve(&no_default, "team/app", None), None);
-        assert_eq!(no_default.owner_of(&repo("quay.io/a/b")), Some(0));
-        assert_eq!(no_default.owner_of(&repo("team/app")), None);
     }
 
     #[test]

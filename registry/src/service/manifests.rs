@@ -119,13 +119,19 @@ impl Registry {
         reference: &Reference,
     ) -> Result<(ManifestRecord, Bytes)> {
         let record = self.head_manifest(repo, reference).await?;
+        let bytes = self.manifest_bytes(&record).await?;
+        Ok((record, bytes))
+    }
+
+    /// The bytes of a manifest already looked up in metadata.
+    pub async fn manifest_bytes(&self, record: &ManifestRecord) -> Result<Bytes> {
         if let Some(bytes) = self.manifests.get(&record.digest) {
-            return Ok((record, bytes));
+            return Ok(bytes);
         }
         match read_all(self.storage.as_ref(), &layout::blob(&record.digest)).await {
             Ok(bytes) => {
                 self.manifests.insert(&record.digest, bytes.clone());
-                Ok((record, bytes))
+                Ok(bytes)
             }
             Err(StorageError::NotFound) => {
                 tracing::error!(digest = %record.digest, "manifest recorded but missing from storage");

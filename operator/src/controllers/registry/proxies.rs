@@ -46,11 +46,17 @@ fn invalid(source: &ProxySource, message: String) -> BuildError {
     BuildError::InvalidProxyCache { name: source.name.clone(), message }
 }
 
-/// berth's upstream list; suspended caches are left out. Sorted by name, so the rendered config
-/// (and its hash) does not depend on listing order.
-pub fn upstreams(sources: &[ProxySource]) -> Result<ProxyConfig, BuildError> {
+/// The caches that are not suspended, by name, so the rendered config (and its hash) does not
+/// depend on listing order.
+fn active(sources: &[ProxySource]) -> Vec<&ProxySource> {
     let mut sorted: Vec<&ProxySource> = sources.iter().filter(|s| s.spec.suspend != Some(true)).collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    sorted
+}
+
+/// berth's upstream list, one entry per active cache.
+pub fn upstreams(sources: &[ProxySource]) -> Result<ProxyConfig, BuildError> {
+    let sorted = active(sources);
     let mut out = ProxyConfig::default();
     for s in &sorted {
         out.upstreams.push(upstream(s)?);
@@ -123,9 +129,7 @@ fn upstream(s: &ProxySource) -> Result<UpstreamConfig, BuildError> {
 pub fn volumes(sources: &[ProxySource]) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
     let mut mounts = vec![];
     let mut volumes = vec![];
-    let mut sorted: Vec<&ProxySource> = sources.iter().filter(|s| s.spec.suspend != Some(true)).collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    for (i, s) in sorted.iter().enumerate() {
+    for (i, s) in active(sources).iter().enumerate() {
         if let Some(secret) = &s.spec.upstream.credentials_secret {
             let name = format!("proxy-{i}-credentials");
             mounts.push(serde_json::json!({"name": name, "mountPath": credentials_dir(s), "readOnly": true}));
@@ -142,11 +146,6 @@ pub fn volumes(sources: &[ProxySource]) -> (Vec<serde_json::Value>, Vec<serde_js
         }
     }
     (mounts, volumes)
-}
-
-/// The containerd `hosts.toml` that sends a node's pulls of `upstream_host` through Berth.
-pub fn hosts_toml(upstream_url: &str, endpoint_url: &str) -> String {
-    format!("server = \"{upstream_url}\"\n\n[host.\"{endpoint_url}\"]\n  capabilities = [\"pull\", \"resolve\"]\n")
 }
 
 #[cfg(test)]
@@ -241,12 +240,5 @@ mod tests {
         let mut c = source("c", "https://x.example");
         c.spec.upstream.credentials_secret = Some("s".into());
         assert!(upstreams(&[c]).unwrap_err().to_string().contains("username"));
-    }
-
-    #[test]
-    fn hosts_toml_for_containerd() {
-        let t = hosts_toml("https://registry-1.docker.io", "https://hub.team.svc:5000");
-        assert!(t.starts_with("server = \"https://registry-1.docker.io\""));
-        assert!(t.contains("[host.\"https://hub.team.svc:5000\"]"));
     }
 }
