@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod proxy;
 
-pub use proxy::{ProxyConfig, UpstreamConfig};
+pub use proxy::{ProxyConfig, RevalidateRule, UpstreamConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

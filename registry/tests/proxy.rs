@@ -7,9 +7,10 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use berth_registry::config::{Config, ProxyConfig, UpstreamConfig};
+use berth_registry::config::{Config, ProxyConfig, RevalidateRule, UpstreamConfig};
+use berth_registry::proxy::client::{Credentials, Upstream, UpstreamError};
 use common::upstream::{
-    body_digest, noise, push_image, push_index, temp_secret, Auth, CountingProxy, Distribution,
+    body_digest, noise, push_image, push_index, temp_secret, Auth, CountingProxy, Distribution, TokenService,
 };
 use common::{client, error_code, sha256, TestServer, OCI_MANIFEST};
 use reqwest::StatusCode;
@@ -374,4 +375,207 @@ async fn the_size_limit_evicts_the_least_recently_pulled_content_only() {
     s.counter.reset();
     pull("mid", mid.clone()).await;
     assert_eq!(s.counter.count("GET", &mid.layers[0]), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bearer_token_upstreams_get_one_token_per_repository() {
+    let tokens = TokenService::start("mirror", "s3cret").await;
+    let dir = tempfile::tempdir().unwrap();
+    let password = temp_secret(dir.path(), "password", "s3cret\n");
+    let mut s = setup(Auth::None, |u| {
+        u.username = Some("mirror".into());
+        u.password_file = Some(password.clone());
+    })
+    .await;
+    // Content goes in while the upstream is open; then it only accepts tokens from the service.
+    let alpine =
+        push_image(&s.upstream.url, "library/alpine", "3.20", vec![noise(30, 5000), noise(31, 7000)]).await;
+    let nginx = push_image(&s.upstream.url, "library/nginx", "1.27", vec![noise(32, 3000)]).await;
+    s.upstream.restart(tokens.auth()).await;
+    assert_eq!(client().get(format!("{}/v2/", s.upstream.url)).send().await.unwrap().status(), 401);
+    s.counter.reset();
+
+    for (repo, image) in [("alpine", &alpine), ("nginx", &nginx)] {
+        let r = manifest(&s.berth, &format!("hub/{repo}"), &image.digest).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.bytes().await.unwrap(), image.manifest);
+        for layer in &image.layers {
+            let r = get(s.berth.url(&format!("/v2/hub/{repo}/blobs/{layer}"))).await;
+            assert_eq!(body_digest(r).await.unwrap(), *layer);
+        }
+    }
+    // One 401 taught berth the scheme; then one token per repository served every request.
+    assert_eq!(
+        tokens.issued(),
+        vec!["repository:library/alpine:pull".to_owned(), "repository:library/nginx:pull".to_owned()]
+    );
+    let seen = s.counter.seen();
+    assert_eq!(seen.iter().filter(|r| !r.authorized).count(), 1, "{seen:?}");
+
+    // A wrong password is refused by the token service, in its words, and nothing leaks.
+    std::fs::write(&password, "guess").unwrap();
+    let mut u = UpstreamConfig::new("docker.io", &s.counter.url);
+    u.default = true;
+    u.username = Some("mirror".into());
+    u.password_file = Some(password.clone());
+    let wrong =
+        TestServer::with_config(Config { proxy: ProxyConfig { upstreams: vec![u] }, ..Config::default() })
+            .await;
+    let r = manifest(&wrong, "library/alpine", "3.20").await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("incorrect username or password"), "{message}");
+    assert!(!message.contains("guess"), "{message}");
+    assert!(tokens.shared.refused.load(Ordering::SeqCst) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checking_an_upstream_tells_unreachable_from_refused_credentials() {
+    let check = |url: &str, creds: Credentials| {
+        let config = UpstreamConfig::new("up", url);
+        async move { Upstream::with_credentials(&config, creds, None).unwrap().check().await }
+    };
+    let basic =
+        |user: &str, password: &str| Credentials::Basic { user: user.into(), password: password.into() };
+
+    let open = Distribution::start(Auth::None).await;
+    check(&open.url, Credentials::None).await.unwrap();
+
+    let htpasswd = Distribution::start(Auth::Htpasswd { user: "mirror", password: "s3cret" }).await;
+    check(&htpasswd.url, basic("mirror", "s3cret")).await.unwrap();
+    match check(&htpasswd.url, basic("mirror", "nope")).await {
+        Err(UpstreamError::Auth { detail, .. }) => {
+            assert!(detail.contains("authentication required"), "{detail}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(check(&htpasswd.url, Credentials::None).await, Err(UpstreamError::Auth { .. })));
+
+    let tokens = TokenService::start("mirror", "s3cret").await;
+    let mut bearer = Distribution::start(Auth::None).await;
+    bearer.restart(tokens.auth()).await;
+    check(&bearer.url, basic("mirror", "s3cret")).await.unwrap();
+    match check(&bearer.url, basic("mirror", "nope")).await {
+        Err(UpstreamError::Auth { detail, .. }) => {
+            assert!(detail.contains("incorrect username or password"), "{detail}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let gone = format!("http://127.0.0.1:{}", {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    });
+    assert!(matches!(check(&gone, Credentials::None).await, Err(UpstreamError::Connect { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limits_are_waited_out_briefly_and_otherwise_passed_on() {
+    let s = setup(Auth::None, |u| u.revalidate_after = Duration::ZERO).await;
+    let image = push_image(&s.upstream.url, "library/traefik", "3", vec![noise(33, 1000)]).await;
+    s.counter.reset();
+    // One 429 with Retry-After: 1 is waited out inside the pull.
+    s.counter.shared.throttle.store(1, Ordering::SeqCst);
+    let r = manifest(&s.berth, "hub/traefik", "3").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(s.counter.count("GET", "/manifests/3"), 2);
+
+    // An upstream that keeps refusing: the client gets 429 TOOMANYREQUESTS for uncached content,
+    // and the cached tag for a revalidation (stale-if-error).
+    s.counter.shared.throttle.store(100, Ordering::SeqCst);
+    let r = get(s.berth.url(&format!("/v2/hub/traefik/blobs/{}", image.layers[0]))).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(error_code(r).await, "TOOMANYREQUESTS");
+    let r = manifest(&s.berth, "hub/traefik", "3").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap(), image.manifest);
+    s.counter.shared.throttle.store(0, Ordering::SeqCst);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redirects_to_blob_storage_on_another_host_carry_no_credentials() {
+    // The upstream needs Basic auth and redirects blob GETs to "storage" on another host name.
+    let dir = tempfile::tempdir().unwrap();
+    let password = temp_secret(dir.path(), "password", "s3cret");
+    let s = setup(Auth::Htpasswd { user: "mirror", password: "s3cret" }, |u| {
+        u.username = Some("mirror".into());
+        u.password_file = Some(password.clone());
+    })
+    .await;
+    let authed = s.upstream.url.replacen("http://", "http://mirror:s3cret@", 1);
+    let layers = vec![noise(34, 9000)];
+    let image = push_image(&authed, "library/caddy", "2", layers.clone()).await;
+    let storage_backend = Distribution::start(Auth::None).await;
+    push_image(&storage_backend.url, "library/caddy", "2", layers).await;
+    let storage = CountingProxy::start(&storage_backend.url).await;
+    let other_host = storage.url.replace("127.0.0.1", "localhost");
+    *s.counter.shared.redirect_blobs.lock().unwrap() = Some(other_host);
+
+    assert_eq!(manifest(&s.berth, "hub/caddy", "2").await.status(), StatusCode::OK);
+    let r = get(s.berth.url(&format!("/v2/hub/caddy/blobs/{}", image.layers[0]))).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body_digest(r).await.unwrap(), image.layers[0]);
+    let fetched = storage.seen();
+    assert_eq!(fetched.len(), 1, "{fetched:?}");
+    assert!(!fetched[0].authorized, "credentials went to another host: {fetched:?}");
+    assert!(s.counter.seen().iter().filter(|r| r.path.contains("/blobs/")).all(|r| r.authorized));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revalidation_intervals_follow_repository_patterns() {
+    let s = setup(Auth::None, |u| {
+        u.revalidate_after = Duration::from_secs(3600);
+        u.revalidate =
+            vec![RevalidateRule { repositories: "library/nightly-*".into(), after: Duration::ZERO }];
+    })
+    .await;
+    push_image(&s.upstream.url, "library/nightly-build", "latest", vec![noise(35, 100)]).await;
+    push_image(&s.upstream.url, "library/stable", "latest", vec![noise(36, 100)]).await;
+    for repo in ["hub/nightly-build", "hub/stable"] {
+        assert_eq!(manifest(&s.berth, repo, "latest").await.status(), StatusCode::OK);
+    }
+    s.counter.reset();
+    for _ in 0..3 {
+        for repo in ["hub/nightly-build", "hub/stable"] {
+            assert_eq!(manifest(&s.berth, repo, "latest").await.status(), StatusCode::OK);
+        }
+    }
+    assert_eq!(s.counter.count("HEAD", "library/nightly-build/manifests/latest"), 3);
+    assert_eq!(s.counter.count("HEAD", "library/stable/"), 0, "{:?}", s.counter.seen());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn content_nobody_pulls_expires_and_pulled_content_stays() {
+    let s = setup(Auth::None, |u| u.unpulled_ttl = Some(Duration::from_secs(2))).await;
+    let kept = push_image(&s.upstream.url, "library/kept", "1", vec![noise(37, 3000)]).await;
+    let idle = push_image(&s.upstream.url, "library/idle", "1", vec![noise(38, 3000)]).await;
+    let pull = |repo: &'static str, image: common::upstream::Pushed| {
+        let url = s.berth.url("");
+        async move {
+            assert_eq!(get(format!("{url}/v2/hub/{repo}/manifests/1")).await.status(), StatusCode::OK);
+            let r = get(format!("{url}/v2/hub/{repo}/blobs/{}", image.layers[0])).await;
+            assert_eq!(body_digest(r).await.unwrap(), image.layers[0]);
+        }
+    };
+    pull("kept", kept.clone()).await;
+    pull("idle", idle.clone()).await;
+    let proxy = s.berth.state.proxy.clone().unwrap();
+    assert_eq!(proxy.maintain_once().await.unwrap(), 0, "nothing is old yet");
+    // Keep pulling one image while the other ages past the TTL.
+    let until = Instant::now() + Duration::from_millis(2600);
+    while Instant::now() < until {
+        pull("kept", kept.clone()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(proxy.maintain_once().await.unwrap() >= 1);
+    let layer_file = |d: &str| {
+        let hex = d.trim_start_matches("sha256:").to_owned();
+        s.berth.blob_files().iter().any(|p| p.ends_with(&hex))
+    };
+    assert!(!layer_file(&idle.layers[0]), "unpulled content expired");
+    assert!(layer_file(&kept.layers[0]), "pulled content stays");
+    s.counter.reset();
+    pull("idle", idle.clone()).await;
+    assert_eq!(s.counter.count("GET", &idle.layers[0]), 1, "expired content is fetched again");
 }

@@ -198,7 +198,11 @@ impl From<ProxyError> for ApiError {
                 }
             }
             ProxyError::Fetch { class, message } => {
-                let code = if class == "timeout" { Code::UpstreamTimeout } else { Code::UpstreamUnavailable };
+                let code = match class {
+                    "timeout" => Code::UpstreamTimeout,
+                    "rate_limited" => Code::TooManyRequests,
+                    _ => Code::UpstreamUnavailable,
+                };
                 ApiError::new(code, message)
             }
         }

@@ -87,18 +87,20 @@ enum Auth {
     Bearer(String),
 }
 
-enum Secret {
+/// What an upstream is logged in with.
+#[derive(Clone)]
+pub enum Credentials {
     None,
     Basic { user: String, password: String },
     Bearer(String),
 }
 
-impl std::fmt::Debug for Secret {
+impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Secret::None => "anonymous",
-            Secret::Basic { .. } => "basic(redacted)",
-            Secret::Bearer(_) => "bearer(redacted)",
+            Credentials::None => "anonymous",
+            Credentials::Basic { .. } => "basic(redacted)",
+            Credentials::Bearer(_) => "bearer(redacted)",
         })
     }
 }
@@ -123,6 +125,8 @@ pub struct Upstream {
     http: reqwest::Client,
     scheme: Mutex<Scheme>,
     tokens: Mutex<HashMap<String, Token>>,
+    /// Credentials given in memory instead of the config's files (the operator's probe).
+    given: Option<Credentials>,
     metrics: Arc<ProxyMetrics>,
 }
 
@@ -144,6 +148,29 @@ struct TokenResponse {
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig, metrics: Arc<ProxyMetrics>) -> std::result::Result<Upstream, String> {
+        let ca = match &config.ca_file {
+            Some(f) => Some(std::fs::read(f).map_err(|e| format!("ca_file {}: {e}", f.display()))?),
+            None => None,
+        };
+        Upstream::build(config, ca.as_deref(), None, metrics)
+    }
+
+    /// An upstream logged in with `credentials` and trusting `ca` (PEM), whatever the config's
+    /// credential and CA files say: for checking an upstream from outside berth.
+    pub fn with_credentials(
+        config: &UpstreamConfig,
+        credentials: Credentials,
+        ca: Option<&[u8]>,
+    ) -> std::result::Result<Upstream, String> {
+        Upstream::build(config, ca, Some(credentials), Arc::new(ProxyMetrics::default()))
+    }
+
+    fn build(
+        config: &UpstreamConfig,
+        ca: Option<&[u8]>,
+        given: Option<Credentials>,
+        metrics: Arc<ProxyMetrics>,
+    ) -> std::result::Result<Upstream, String> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
@@ -153,10 +180,9 @@ impl Upstream {
         if config.insecure {
             b = b.danger_accept_invalid_certs(true);
         }
-        if let Some(ca) = &config.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+        if let Some(pem) = ca {
+            let certs =
+                reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("CA certificates: {e}"))?;
             for c in certs {
                 b = b.add_root_certificate(c);
             }
@@ -169,6 +195,7 @@ impl Upstream {
             http,
             scheme: Mutex::new(Scheme::Unknown),
             tokens: Mutex::new(HashMap::new()),
+            given,
             metrics,
         })
     }
@@ -187,7 +214,7 @@ impl Upstream {
     ) -> Result<Fetched> {
         let url = format!("{}/v2/{repo}/{kind}/{reference}", self.base);
         let accept = (kind == "manifests").then_some(MANIFEST_ACCEPT);
-        let r = self.send(&method, &url, repo, accept).await;
+        let r = self.send(&method, &url, Some(repo), accept).await;
         if let Err(e) = &r {
             self.metrics.error(&self.name, e.class());
         }
@@ -198,21 +225,35 @@ impl Upstream {
     pub async fn tags(&self, repo: &RepoName, query: &str) -> Result<Fetched> {
         let q = if query.is_empty() { String::new() } else { format!("?{query}") };
         let url = format!("{}/v2/{repo}/tags/list{q}", self.base);
-        self.send(&Method::GET, &url, repo, None).await
+        self.send(&Method::GET, &url, Some(repo), None).await
+    }
+
+    /// Logs in and asks `GET /v2/`: `Ok` when the upstream is a registry that accepts the
+    /// credentials (or needs none).
+    pub async fn check(&self) -> Result<()> {
+        let url = format!("{}/v2/", self.base);
+        match self.send(&Method::GET, &url, None, None).await? {
+            Fetched::Found(_) => Ok(()),
+            Fetched::NotFound => Err(UpstreamError::Status {
+                upstream: self.name.clone(),
+                status: 404,
+                detail: "no registry API at /v2/".into(),
+            }),
+        }
     }
 
     async fn send(
         &self,
         method: &Method,
         url: &str,
-        repo: &RepoName,
+        repo: Option<&RepoName>,
         accept: Option<&str>,
     ) -> Result<Fetched> {
-        let scope = format!("repository:{repo}:pull");
+        let scope = repo.map(|r| format!("repository:{r}:pull"));
         let mut fresh_token = false;
         for round in 0..2 {
             let scheme = self.scheme.lock().map(|s| s.clone()).unwrap_or(Scheme::Unknown);
-            let auth = self.authorization(&scheme, Some(&scope), fresh_token).await?;
+            let auth = self.authorization(&scheme, scope.as_deref(), fresh_token).await?;
             let resp = self.with_retries(method, url, accept, auth.as_ref()).await?;
             match resp.status() {
                 StatusCode::UNAUTHORIZED if round == 0 => {
@@ -262,8 +303,8 @@ impl Upstream {
     async fn authorization(&self, scheme: &Scheme, scope: Option<&str>, renew: bool) -> Result<Option<Auth>> {
         let secret = self.secret()?;
         Ok(match (scheme, secret) {
-            (_, Secret::Bearer(t)) => Some(Auth::Bearer(t)),
-            (Scheme::Basic, Secret::Basic { user, password }) => Some(Auth::Basic(user, password)),
+            (_, Credentials::Bearer(t)) => Some(Auth::Bearer(t)),
+            (Scheme::Basic, Credentials::Basic { user, password }) => Some(Auth::Basic(user, password)),
             (Scheme::Bearer { realm, service }, secret) => {
                 Some(Auth::Bearer(self.token(realm, service.as_deref(), scope, &secret, renew).await?))
             }
@@ -276,7 +317,7 @@ impl Upstream {
         realm: &str,
         service: Option<&str>,
         scope: Option<&str>,
-        secret: &Secret,
+        secret: &Credentials,
         renew: bool,
     ) -> Result<String> {
         let key = scope.unwrap_or("").to_owned();
@@ -297,7 +338,7 @@ impl Upstream {
             query.push(("scope", s));
         }
         let mut req = self.http.get(realm).query(&query);
-        if let Secret::Basic { user, password } = secret {
+        if let Credentials::Basic { user, password } = secret {
             req = req.basic_auth(user, Some(password));
         }
         let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
@@ -324,7 +365,10 @@ impl Upstream {
     }
 
     /// The credentials as they are now (files are re-read, so rotation needs no restart).
-    fn secret(&self) -> Result<Secret> {
+    fn secret(&self) -> Result<Credentials> {
+        if let Some(given) = &self.given {
+            return Ok(given.clone());
+        }
         let c = &self.config;
         let read = |file: &Option<std::path::PathBuf>, env: &Option<String>| -> Result<Option<String>> {
             if let Some(f) = file {
@@ -344,13 +388,13 @@ impl Upstream {
             Ok(None)
         };
         if let Some(token) = read(&c.token_file, &c.token_env)? {
-            return Ok(Secret::Bearer(token));
+            return Ok(Credentials::Bearer(token));
         }
         match (&c.username, read(&c.password_file, &c.password_env)?) {
             (Some(user), password) => {
-                Ok(Secret::Basic { user: user.clone(), password: password.unwrap_or_default() })
+                Ok(Credentials::Basic { user: user.clone(), password: password.unwrap_or_default() })
             }
-            (None, _) => Ok(Secret::None),
+            (None, _) => Ok(Credentials::None),
         }
     }
 
@@ -470,6 +514,13 @@ async fn error_message(resp: Response) -> Option<String> {
         let e = env.errors.into_iter().next()?;
         return Some(if e.message.is_empty() { e.code } else { format!("{}: {}", e.code, e.message) });
     }
+    // Token services answer `{"details": ...}` (Docker Hub) or `{"error": ...}`.
+    if let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(&text) {
+        let said = ["details", "message", "error"].iter().find_map(|k| o.get(*k)?.as_str());
+        if let Some(said) = said.filter(|s| !s.is_empty() && s.len() <= 200) {
+            return Some(said.to_owned());
+        }
+    }
     let text = text.trim();
     (!text.is_empty() && text.len() <= 200 && !text.contains('<')).then(|| text.to_owned())
 }
@@ -502,8 +553,8 @@ mod tests {
 
     #[test]
     fn secrets_never_show_in_debug() {
-        let s = Secret::Basic { user: "u".into(), password: "hunter2".into() };
+        let s = Credentials::Basic { user: "u".into(), password: "hunter2".into() };
         assert!(!format!("{s:?}").contains("hunter2"));
-        assert!(!format!("{:?}", Secret::Bearer("tok-123".into())).contains("tok-123"));
+        assert!(!format!("{:?}", Credentials::Bearer("tok-123".into())).contains("tok-123"));
     }
 }

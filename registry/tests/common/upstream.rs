@@ -50,28 +50,53 @@ pub enum Auth {
         user: &'static str,
         password: &'static str,
     },
+    /// Bearer tokens from a token service Distribution trusts (see [`TokenService`]).
+    Token {
+        realm: String,
+        cert_pem: String,
+    },
 }
 
 impl Distribution {
     pub async fn start(auth: Auth) -> Distribution {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let child = Distribution::spawn(dir.path(), free_port(), auth).await;
+        Distribution { url: child.0, child: Some(child.1), _dir: dir }
+    }
+
+    /// Stops and starts again over the same content and port, with other auth.
+    pub async fn restart(&mut self, auth: Auth) {
+        self.stop();
+        let port = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        self.child = Some(Distribution::spawn(self._dir.path(), port, auth).await.1);
+    }
+
+    async fn spawn(dir: &Path, port: u16, auth: Auth) -> (String, Child) {
         let auth_yaml = match auth {
             Auth::None => String::new(),
             Auth::Htpasswd { user, password } => {
                 let hash = bcrypt::hash(password, 4).unwrap();
-                let file = dir.path().join("htpasswd");
+                let file = dir.join("htpasswd");
                 std::fs::write(&file, format!("{user}:{hash}\n")).unwrap();
                 format!("auth:\n  htpasswd:\n    realm: upstream\n    path: {}\n", file.display())
+            }
+            Auth::Token { realm, cert_pem } => {
+                let file = dir.join("token-ca.pem");
+                std::fs::write(&file, cert_pem).unwrap();
+                format!(
+                    "auth:\n  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    \
+                     issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                    file.display()
+                )
             }
         };
         let config = format!(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
              http:\n  addr: 127.0.0.1:{port}\n{auth_yaml}",
-            dir.path().join("data").display()
+            dir.join("data").display()
         );
-        let config_path = dir.path().join("config.yml");
+        let config_path = dir.join("config.yml");
         std::fs::write(&config_path, config).unwrap();
         let child = Command::new(distribution_binary())
             .arg("serve")
@@ -86,7 +111,7 @@ impl Distribution {
         let up =
             eventually(Duration::from_secs(20), || async { client().get(&probe).send().await.is_ok() }).await;
         assert!(up, "Distribution did not start on {url}");
-        Distribution { url, child: Some(child), _dir: dir }
+        (url, child)
     }
 
     /// Stops the upstream for good (as if its host went away).
@@ -104,6 +129,157 @@ impl Drop for Distribution {
     }
 }
 
+pub const TOKEN_SERVICE: &str = "upstream-registry";
+pub const TOKEN_ISSUER: &str = "berth-test-token-issuer";
+
+/// A token service in the style of Docker Hub's `auth.docker.io`: checks Basic credentials and
+/// issues EdDSA-signed JWTs with `access` claims for the scopes asked for. Distribution trusts
+/// its certificate; the key ID is the key's JWK thumbprint, as Distribution looks keys up.
+pub struct TokenService {
+    pub url: String,
+    pub cert_pem: String,
+    pub shared: Arc<TokenState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub struct TokenState {
+    user: String,
+    password: String,
+    key: rcgen::KeyPair,
+    kid: String,
+    /// The `scope` of every token issued.
+    pub issued: Mutex<Vec<String>>,
+    pub refused: AtomicU64,
+}
+
+impl TokenService {
+    pub async fn start(user: &str, password: &str) -> TokenService {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let cert_pem = rcgen::CertificateParams::new(vec!["token-issuer".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .pem();
+        let jwk = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, b64(key.public_key_raw()));
+        let kid = b64(&sha2::Sha256::digest(jwk.as_bytes()));
+        let shared = Arc::new(TokenState {
+            user: user.into(),
+            password: password.into(),
+            key,
+            kid,
+            issued: Mutex::new(vec![]),
+            refused: AtomicU64::new(0),
+        });
+        let app = axum::Router::new().route("/token", axum::routing::get(issue)).with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        TokenService { url, cert_pem, shared, task }
+    }
+
+    pub fn auth(&self) -> Auth {
+        Auth::Token { realm: format!("{}/token", self.url), cert_pem: self.cert_pem.clone() }
+    }
+
+    pub fn issued(&self) -> Vec<String> {
+        self.shared.issued.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TokenService {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+use sha2::Digest as _;
+
+fn b64(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+async fn issue(
+    State(st): State<Arc<TokenState>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    use base64::Engine as _;
+    use rcgen::SigningKey as _;
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+        .and_then(|v| String::from_utf8(v).ok());
+    if given != Some(format!("{}:{}", st.user, st.password)) {
+        st.refused.fetch_add(1, Ordering::SeqCst);
+        return Response::builder()
+            .status(401)
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"details":"incorrect username or password"}"#))
+            .unwrap();
+    }
+    let scopes: Vec<String> = url_pairs(query.as_deref().unwrap_or(""))
+        .into_iter()
+        .filter(|(k, _)| k == "scope")
+        .map(|(_, v)| v)
+        .collect();
+    let access: Vec<serde_json::Value> = scopes
+        .iter()
+        .filter_map(|s| {
+            let (kind, rest) = s.split_once(':')?;
+            let (name, actions) = rest.rsplit_once(':')?;
+            Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+        })
+        .collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": st.kid});
+    let claims = serde_json::json!({
+        "iss": TOKEN_ISSUER, "sub": st.user, "aud": TOKEN_SERVICE,
+        "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("t{now}-{}", scopes.len()),
+        "access": access,
+    });
+    let signing_input =
+        format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+    let signature = st.key.sign(signing_input.as_bytes()).unwrap();
+    let token = format!("{signing_input}.{}", b64(&signature));
+    st.issued.lock().unwrap().push(scopes.join(" "));
+    let body = serde_json::json!({"token": token, "access_token": token, "expires_in": 300});
+    Response::builder().header("content-type", "application/json").body(Body::from(body.to_string())).unwrap()
+}
+
+/// `a=b&c=d` with percent-decoding.
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    query.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (decode(k), decode(v))).collect()
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -113,6 +289,8 @@ fn free_port() -> u16 {
 pub struct Seen {
     pub method: String,
     pub path: String,
+    /// Whether the request carried an `Authorization` header.
+    pub authorized: bool,
 }
 
 /// A reverse proxy in front of an upstream: counts requests and can misbehave on demand.
@@ -132,6 +310,11 @@ pub struct ProxyState {
     pub release: Notify,
     /// Bytes of blob bodies passed on so far.
     pub blob_bytes_sent: AtomicU64,
+    /// Answer this many of the next requests with 429 and `Retry-After: 1`.
+    pub throttle: AtomicU64,
+    /// Answer blob GETs with a 307 to this base URL (another host), as registries redirect to
+    /// blob storage.
+    pub redirect_blobs: Mutex<Option<String>>,
 }
 
 impl CountingProxy {
@@ -143,6 +326,8 @@ impl CountingProxy {
             hold_after: AtomicU64::new(u64::MAX),
             release: Notify::new(),
             blob_bytes_sent: AtomicU64::new(0),
+            throttle: AtomicU64::new(0),
+            redirect_blobs: Mutex::new(None),
         });
         let app = axum::Router::new().fallback(forward).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -176,7 +361,20 @@ impl Drop for CountingProxy {
 async fn forward(State(st): State<Arc<ProxyState>>, req: Request) -> Response {
     let method = req.method().clone();
     let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
-    st.seen.lock().unwrap().push(Seen { method: method.to_string(), path: path_and_query.clone() });
+    let authorized = req.headers().contains_key("authorization");
+    st.seen.lock().unwrap().push(Seen {
+        method: method.to_string(),
+        path: path_and_query.clone(),
+        authorized,
+    });
+    if st.throttle.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+        return Response::builder().status(429).header("retry-after", "1").body(Body::empty()).unwrap();
+    }
+    let redirect = st.redirect_blobs.lock().unwrap().clone();
+    if let Some(to) = redirect.filter(|_| method == "GET" && path_and_query.contains("/blobs/sha256:")) {
+        let location = format!("{to}{path_and_query}");
+        return Response::builder().status(307).header("location", location).body(Body::empty()).unwrap();
+    }
     let mut out = client().request(method, format!("{}{path_and_query}", st.upstream));
     for (name, value) in req.headers() {
         if name != "host" {
