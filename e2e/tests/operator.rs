@@ -593,3 +593,139 @@ async fn cert_manager_mode_stalls_without_it_and_serves_the_secret_it_issues() {
         debug(&cp)
     );
 }
+
+/// CNCF Distribution with one htpasswd user, on a loopback port: the upstream a ProxyCache mirrors.
+struct Upstream {
+    url: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Upstream {
+    async fn start(user: &str, password: &str) -> Upstream {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let htpasswd = dir.path().join("htpasswd");
+        std::fs::write(&htpasswd, format!("{user}:{}\n", bcrypt::hash(password, 4).unwrap())).unwrap();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: upstream\n    path: {}\n",
+                dir.path().join("data").display(),
+                htpasswd.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(berth_e2e::tool("registry", "DISTRIBUTION_VERSION").unwrap())
+            .arg("serve")
+            .arg(&config)
+            .env("OTEL_TRACES_EXPORTER", "none")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let up = wait_until(Duration::from_secs(20), || {
+            let probe = format!("{url}/v2/");
+            async move { reqwest::get(probe).await.is_ok() }
+        })
+        .await;
+        assert!(up, "Distribution started");
+        Upstream { url, child, _dir: dir }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proxy_caches(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("berth.dev", "v1alpha1", "ProxyCache");
+    Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk))
+}
+
+fn credentials(password: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: upstream-login\nstringData:\n  username: mirror\n  password: {password}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_cache_added_to_a_running_registry_serves_and_reports_its_credentials() {
+    let upstream = Upstream::start("mirror", "s3cret").await;
+    let image = layout();
+    let host = upstream.url.trim_start_matches("http://").to_owned();
+    let seeded = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--dest-tls-verify=false", "--dest-creds", "mirror:s3cret"])
+        .arg(format!("oci:{}:multi", image.path().display()))
+        .arg(format!("docker://{host}/library/alpine:3.20"))
+        .output()
+        .unwrap();
+    assert!(seeded.status.success(), "seeding: {}", String::from_utf8_lossy(&seeded.stderr));
+
+    let cp = cluster().await;
+    install_operator(&cp);
+    let client = cp.client().await.unwrap();
+    let ns = TempNamespace::create(&client, "pxc").await.unwrap();
+    assert!(kubectl_apply(&cp, &ns.name, &REGISTRY.replace("name: hub", "name: mirror")).status.success());
+    let regs = registries(&client, &ns.name);
+    assert!(
+        wait_condition(&regs, "mirror", "Ready", "True", Duration::from_secs(180)).await,
+        "Registry Ready\n{}",
+        debug(&cp)
+    );
+
+    // Added while the Registry runs: the Registry rolls to the new config and the cache is Ready.
+    assert!(kubectl_apply(&cp, &ns.name, &credentials("s3cret")).status.success());
+    let cache = format!(
+        "apiVersion: berth.dev/v1alpha1\nkind: ProxyCache\nmetadata:\n  name: hub\nspec:\n  registryRef: {{name: mirror}}\n  upstream:\n    url: {}\n    credentialsSecret: upstream-login\n  prefix: docker.io\n",
+        upstream.url
+    );
+    let out = kubectl_apply(&cp, &ns.name, &cache);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let caches = proxy_caches(&client, &ns.name);
+    assert!(
+        wait_condition(&caches, "hub", "Ready", "True", Duration::from_secs(180)).await,
+        "ProxyCache Ready\n{:?}\n{}",
+        caches.get("hub").await.map(|c| c.data["status"].clone()),
+        debug(&cp)
+    );
+    let pc = caches.get("hub").await.unwrap();
+    let endpoint = format!("mirror.{}.svc:5000", ns.name);
+    assert_eq!(pc.data["status"]["pullPrefix"], format!("{endpoint}/docker.io"));
+    let toml = pc.data["status"]["containerdHostsToml"].as_str().unwrap();
+    assert!(toml.contains(&format!("[host.\"http://{endpoint}\"]")), "{toml}");
+    assert_eq!(condition(&pc, "CredentialsValid").unwrap().1, "Accepted");
+    assert_eq!(condition(&pc, "UpstreamReachable").unwrap().0, "True");
+
+    // A client pulls the upstream's image through the Registry by the prefixed name.
+    let back = tempfile::tempdir().unwrap();
+    let pull = cp
+        .in_cluster_dns("skopeo")
+        .args(["--insecure-policy", "copy", "--src-tls-verify=false"])
+        .arg(format!("docker://mirror.{}.svc.cluster.local:5000/docker.io/library/alpine:3.20", ns.name))
+        .arg(format!("oci:{}:pulled", back.path().display()))
+        .output()
+        .unwrap();
+    assert!(pull.status.success(), "pull through the cache: {}", String::from_utf8_lossy(&pull.stderr));
+
+    // A wrong password in the Secret: the operator notices the Secret change and says so in the
+    // upstream's words.
+    assert!(kubectl_apply(&cp, &ns.name, &credentials("wrong")).status.success());
+    assert!(
+        wait_condition(&caches, "hub", "CredentialsValid", "False", Duration::from_secs(90)).await,
+        "CredentialsValid=False\n{:?}",
+        caches.get("hub").await.map(|c| c.data["status"].clone())
+    );
+    let pc = caches.get("hub").await.unwrap();
+    let (_, reason, message) = condition(&pc, "CredentialsValid").unwrap();
+    assert_eq!(reason, "Rejected");
+    assert!(message.contains("authentication required"), "{message}");
+    assert!(!message.contains("wrong"), "the password leaked: {message}");
+    assert_eq!(condition(&pc, "Ready").unwrap().0, "False");
+}

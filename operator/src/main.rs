@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::routing::get;
+use berth_operator::controllers::proxycache;
 use berth_operator::controllers::registry::reconcile::{self, Context};
 use berth_operator::crd::proxycache::ProxyCache;
 use berth_operator::crd::Registry;
@@ -13,9 +14,9 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::Api;
+use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{watcher, Controller};
 use kube::ResourceExt;
 
@@ -83,31 +84,83 @@ async fn main() -> anyhow::Result<()> {
         berth_operator::labels::MANAGED_BY,
         berth_operator::labels::OPERATOR
     ));
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-        }
-        tracing::info!("shutting down");
-    };
-    Controller::new(registries, watcher::Config::default())
+    // Caches are watched once: the ProxyCache controller's store also maps Secrets to Registries.
+    let caches = Controller::new(Api::<ProxyCache>::all(client.clone()), watcher::Config::default());
+    let cache_store = caches.store();
+    // Credentials Secrets are user objects without Berth's labels: watched as metadata only
+    // (an `Api` of `PartialObjectMeta` never transfers their data).
+    let secret_meta = || Api::<PartialObjectMeta<Secret>>::all(client.clone());
+    let by_store = cache_store.clone();
+    let registry_controller = Controller::new(registries.clone(), watcher::Config::default())
         .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<Secret>::all(client.clone()), owned.clone())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned)
-        // A ProxyCache is rendered into the config of the Registry it names.
+        // A ProxyCache, and the Secret it logs in with, are rendered into its Registry's config.
         .watches(Api::<ProxyCache>::all(client.clone()), watcher::Config::default(), |pc: ProxyCache| {
             let ns = pc.namespace()?;
             Some(ObjectRef::<Registry>::new(&pc.spec.registry_ref.name).within(&ns))
         })
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .watches(secret_meta(), watcher::Config::default(), move |s: PartialObjectMeta<Secret>| {
+            using_secret(&by_store, &s).into_iter().filter_map(|pc| {
+                Some(ObjectRef::<Registry>::new(&pc.spec.registry_ref.name).within(&pc.namespace()?))
+            })
+        })
+        .graceful_shutdown_on(shutdown(tokio::signal::ctrl_c()))
+        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "reconcile");
             }
+        });
+    let by_secret = cache_store.clone();
+    let by_registry = cache_store;
+    let cache_controller = caches
+        .watches(secret_meta(), watcher::Config::default(), move |s: PartialObjectMeta<Secret>| {
+            using_secret(&by_secret, &s).into_iter().map(|pc| ObjectRef::from_obj(&*pc))
         })
-        .await;
+        // A cache is Ready once its Registry serves it.
+        .watches(registries, watcher::Config::default(), move |reg: Registry| {
+            let (ns, name) = (reg.namespace(), reg.name_any());
+            by_registry
+                .state()
+                .into_iter()
+                .filter(|pc| pc.namespace() == ns && pc.spec.registry_ref.name == name)
+                .map(|pc| ObjectRef::from_obj(&*pc))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown(tokio::signal::ctrl_c()))
+        .run(proxycache::reconcile::reconcile, proxycache::reconcile::error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "reconcile");
+            }
+        });
+    tokio::join!(registry_controller, cache_controller);
     Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM (each controller gets its own).
+async fn shutdown(ctrl_c: impl std::future::Future) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// The ProxyCaches that log in with (or trust the CA in) this Secret.
+fn using_secret(caches: &Store<ProxyCache>, secret: &PartialObjectMeta<Secret>) -> Vec<Arc<ProxyCache>> {
+    let (ns, name) = (secret.namespace(), secret.name_any());
+    caches
+        .state()
+        .into_iter()
+        .filter(|pc| {
+            let u = &pc.spec.upstream;
+            pc.namespace() == ns
+                && (u.credentials_secret.as_deref() == Some(name.as_str())
+                    || u.ca_secret.as_deref() == Some(name.as_str()))
+        })
+        .collect()
 }

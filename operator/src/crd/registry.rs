@@ -203,6 +203,9 @@ pub struct RegistryStatus {
     /// Every setting with its default resolved.
     pub effective: Option<EffectiveRegistry>,
     pub tls: Option<TlsStatus>,
+    /// The ProxyCaches in the configuration the pods were given, by name. With `Ready`, the pods
+    /// serve them.
+    pub proxy_caches: Option<Vec<String>>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -54,6 +54,11 @@ fn active(sources: &[ProxySource]) -> Vec<&ProxySource> {
     sorted
 }
 
+/// The names of the caches berth serves.
+pub fn active_names(sources: &[ProxySource]) -> Vec<String> {
+    active(sources).iter().map(|s| s.name.clone()).collect()
+}
+
 /// berth's upstream list, one entry per active cache.
 pub fn upstreams(sources: &[ProxySource]) -> Result<ProxyConfig, BuildError> {
     let sorted = active(sources);

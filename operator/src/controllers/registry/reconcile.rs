@@ -12,7 +12,6 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 
 use super::desired::{self, BuildError, Child, Inputs};
@@ -21,37 +20,11 @@ use super::proxies::ProxySource;
 use super::status::{self, Observed, SetState};
 use super::tls::{self, TlsError};
 use crate::controllers::apply::{apply, prune};
+pub use crate::controllers::{publish_readiness, Context, Error};
 use crate::crd::common::is_true;
 use crate::crd::proxycache::ProxyCache;
 use crate::crd::Registry;
 use crate::labels;
-use crate::metrics::Metrics;
-
-pub struct Context {
-    pub client: kube::Client,
-    pub recorder: Recorder,
-    pub default_image: String,
-    pub metrics: Arc<Metrics>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("TLS: {0}")]
-    Tls(TlsError),
-}
-
-impl Error {
-    /// A stable label for metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Error::Kube(kube::Error::Api(_)) => "api",
-            Error::Kube(_) => "client",
-            Error::Tls(_) => "tls",
-        }
-    }
-}
 
 pub async fn reconcile(reg: Arc<Registry>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -92,23 +65,13 @@ async fn reconcile_inner(reg: &Registry, ctx: &Context) -> Result<Action, Error>
         api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
     }
     if was_ready != now_ready {
-        let (kind, reason, note) = if now_ready {
-            (EventType::Normal, "Ready", format!("serving at {}", obs.endpoint))
+        let message = if now_ready {
+            format!("serving at {}", obs.endpoint)
         } else {
-            let c =
-                new.conditions.as_deref().and_then(|c| crate::crd::common::condition(c, "Ready").cloned());
-            (EventType::Warning, "NotReady", c.map(|c| c.message).unwrap_or_default())
+            let ready = new.conditions.as_deref().and_then(|c| crate::crd::common::condition(c, "Ready"));
+            ready.map(|c| c.message.clone()).unwrap_or_default()
         };
-        let event = Event {
-            type_: kind,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &reg.object_ref(&())).await {
-            tracing::debug!(error = %e, "publishing event failed");
-        }
+        publish_readiness(ctx, reg, now_ready, &message).await;
     }
     // Certificates are checked for renewal at least every few hours even when nothing changes.
     Ok(if now_ready {
@@ -152,6 +115,7 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
             return Ok(());
         }
     };
+    obs.proxy_caches = Some(super::proxies::active_names(&inputs.proxies));
     let mut keep = std::collections::BTreeMap::<&str, Vec<String>>::new();
     for child in &children {
         keep.entry(child.kind()).or_default().push(child.name());

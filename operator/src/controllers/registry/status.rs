@@ -1,9 +1,10 @@
 //! A Registry's status, as a pure function of what was observed. Condition times change only on
 //! transitions, so an unchanged world produces an identical status and no write.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::effective::Effective;
+use crate::crd::common::{conditions, Cond};
 use crate::crd::registry::{RegistryStatus, TlsStatus};
 use crate::crd::Registry;
 
@@ -22,6 +23,9 @@ pub struct Observed {
     pub tls: Option<TlsStatus>,
     pub endpoint: String,
     pub selector: String,
+    /// The ProxyCaches rendered into the config just applied; `None` when nothing was applied
+    /// (the previous report stands).
+    pub proxy_caches: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -31,13 +35,6 @@ pub struct SetState {
     pub replicas: i32,
     pub ready: i32,
     pub updated: i32,
-}
-
-struct Cond {
-    kind: &'static str,
-    ok: bool,
-    reason: String,
-    message: String,
 }
 
 pub fn compute(reg: &Registry, eff: &Effective, obs: &Observed, now: Time) -> RegistryStatus {
@@ -65,41 +62,23 @@ pub fn compute(reg: &Registry, eff: &Effective, obs: &Observed, now: Time) -> Re
     } else {
         ("Progressing".into(), format!("{}/{} replicas ready", set.ready, want))
     };
-    let conds = [
-        Cond { kind: "Ready", ok: ready, reason: ready_reason.clone(), message: ready_message.clone() },
-        Cond {
-            kind: "Reconciling",
-            ok: !ready && obs.stalled.is_none() && !obs.suspended,
-            reason: if ready { "Reconciled".into() } else { ready_reason.clone() },
-            message: ready_message.clone(),
-        },
-        Cond {
-            kind: "Stalled",
-            ok: obs.stalled.is_some(),
-            reason: obs.stalled.as_ref().map_or("NotStalled".into(), |s| s.0.clone()),
-            message: obs.stalled.as_ref().map_or(String::new(), |s| s.1.clone()),
-        },
+    let conds = vec![
+        Cond::new("Ready", ready, ready_reason.clone(), ready_message.clone()),
+        Cond::new(
+            "Reconciling",
+            !ready && obs.stalled.is_none() && !obs.suspended,
+            if ready { "Reconciled".into() } else { ready_reason.clone() },
+            ready_message.clone(),
+        ),
+        Cond::new(
+            "Stalled",
+            obs.stalled.is_some(),
+            obs.stalled.as_ref().map_or("NotStalled".into(), |s| s.0.clone()),
+            obs.stalled.as_ref().map_or(String::new(), |s| s.1.clone()),
+        ),
     ];
     let generation = reg.metadata.generation;
-    let conditions = conds
-        .into_iter()
-        .map(|c| {
-            let status = if c.ok { "True" } else { "False" };
-            let since = previous
-                .iter()
-                .find(|p| p.type_ == c.kind && p.status == status)
-                .map(|p| p.last_transition_time.clone())
-                .unwrap_or_else(|| now.clone());
-            Condition {
-                type_: c.kind.into(),
-                status: status.into(),
-                reason: c.reason,
-                message: c.message,
-                last_transition_time: since,
-                observed_generation: generation,
-            }
-        })
-        .collect();
+    let conditions = conditions(&previous, conds, generation, &now);
     RegistryStatus {
         observed_generation: generation,
         conditions: Some(conditions),
@@ -109,5 +88,9 @@ pub fn compute(reg: &Registry, eff: &Effective, obs: &Observed, now: Time) -> Re
         selector: Some(obs.selector.clone()),
         effective: Some(eff.report(reg)),
         tls: obs.tls.clone(),
+        proxy_caches: obs
+            .proxy_caches
+            .clone()
+            .or_else(|| reg.status.as_ref().and_then(|s| s.proxy_caches.clone())),
     }
 }
