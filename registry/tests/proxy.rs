@@ -579,3 +579,36 @@ async fn content_nobody_pulls_expires_and_pulled_content_stays() {
     pull("idle", idle.clone()).await;
     assert_eq!(s.counter.count("GET", &idle.layers[0]), 1, "expired content is fetched again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_berth_is_an_upstream_like_any_registry() {
+    // A second berth, with a private multi-arch image, mirrored by the first under `team.local`.
+    let upstream = TestServer::start().await;
+    let amd = push_image(&upstream.url, "team/api", "amd64", vec![noise(40, 4000)]).await;
+    let arm = push_image(&upstream.url, "team/api", "arm64", vec![noise(41, 4000)]).await;
+    let (index, index_digest) =
+        push_index(&upstream.url, "team/api", "2.0", &[("amd64", &amd), ("arm64", &arm)]).await;
+    let counter = CountingProxy::start(&upstream.url).await;
+    let mirror = TestServer::with_config(Config {
+        proxy: ProxyConfig { upstreams: vec![UpstreamConfig::new("team.local", &counter.url)] },
+        ..Config::default()
+    })
+    .await;
+
+    let r = manifest(&mirror, "team.local/team/api", "2.0").await;
+    assert_eq!(r.headers()["docker-content-digest"], index_digest.as_str());
+    assert_eq!(r.bytes().await.unwrap(), index);
+    let r = manifest(&mirror, "team.local/team/api", &arm.digest).await;
+    assert_eq!(r.bytes().await.unwrap(), arm.manifest);
+    let r = get(mirror.url(&format!("/v2/team.local/team/api/blobs/{}", arm.layers[0]))).await;
+    assert_eq!(body_digest(r).await.unwrap(), arm.layers[0]);
+    // Tags come from the upstream; the platform nobody pulled was never fetched.
+    let tags: serde_json::Value =
+        get(mirror.url("/v2/team.local/team/api/tags/list")).await.json().await.unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["2.0", "amd64", "arm64"]));
+    assert_eq!(counter.count("GET", &amd.layers[0]), 0);
+    counter.reset();
+    let r = get(mirror.url(&format!("/v2/team.local/team/api/blobs/{}", arm.layers[0]))).await;
+    assert_eq!(body_digest(r).await.unwrap(), arm.layers[0]);
+    assert!(counter.seen().is_empty(), "warm pulls stay local: {:?}", counter.seen());
+}
