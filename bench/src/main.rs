@@ -5,11 +5,14 @@
 //! ```text
 //! berth-bench --berth target/release/berth --distribution PATH/registry [--out docs/benchmarks.md]
 //! ```
+//! With both berth and Distribution given, the pull-through cache comparison (`proxy`) follows;
+//! `--proxy-only` runs just that.
 //! Every server gets a fresh data directory on the same disk, is started, loaded, measured and
 //! stopped before the next; loads are bounded in count, so a run always ends.
 
 mod load;
 mod machine;
+mod proxy;
 mod servers;
 
 use std::fmt::Write as _;
@@ -34,12 +37,15 @@ struct Args {
     servers: Vec<ServerSpec>,
     out: Option<PathBuf>,
     quick: bool,
+    /// Only the pull-through cache comparison.
+    proxy_only: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut servers = Vec::new();
     let mut out = None;
     let mut quick = false;
+    let mut proxy_only = false;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut path = || it.next().map(PathBuf::from).with_context(|| format!("{a} needs a path"));
@@ -49,13 +55,14 @@ fn parse_args() -> anyhow::Result<Args> {
             "--zot" => servers.push(ServerSpec { kind: Kind::Zot, bin: path()? }),
             "--out" => out = Some(path()?),
             "--quick" => quick = true,
+            "--proxy-only" => proxy_only = true,
             other => bail!("unknown argument {other:?}"),
         }
     }
     if servers.is_empty() {
-        bail!("usage: berth-bench --berth BIN [--distribution BIN] [--zot BIN] [--out FILE] [--quick]");
+        bail!("usage: berth-bench --berth BIN [--distribution BIN] [--zot BIN] [--out FILE] [--quick] [--proxy-only]");
     }
-    Ok(Args { servers, out, quick })
+    Ok(Args { servers, out, quick, proxy_only })
 }
 
 #[tokio::main]
@@ -66,12 +73,17 @@ async fn main() -> anyhow::Result<()> {
     let limits = machine::measure(scratch.path()).await?;
     let plan = load::Plan::new(args.quick);
     let mut results: Vec<(String, Vec<Metric>)> = Vec::new();
-    for spec in &args.servers {
+    for spec in args.servers.iter().filter(|_| !args.proxy_only) {
         eprintln!("measuring {}...", spec.kind.name());
         let metrics = servers::measure(spec, &plan, scratch.path()).await?;
         results.push((spec.kind.name().to_owned(), metrics));
     }
-    let report = render(&limits, &results, &plan);
+    let mut report = render(&limits, &results, &plan);
+    let find = |k: Kind| args.servers.iter().find(|s| s.kind == k).map(|s| s.bin.clone());
+    if let (Some(berth), Some(distribution)) = (find(Kind::Berth), find(Kind::Distribution)) {
+        let plan = proxy::ProxyPlan::new(args.quick);
+        report.push_str(&proxy::run(&berth, &distribution, &plan, scratch.path()).await?);
+    }
     println!("{report}");
     if let Some(out) = args.out {
         std::fs::write(&out, report).with_context(|| format!("writing {}", out.display()))?;
@@ -88,6 +100,9 @@ fn render(limits: &[Metric], results: &[(String, Vec<Metric>)], plan: &load::Pla
         let _ = writeln!(s, "| {} | {:.0} {} |", m.name, m.value, m.unit);
     }
     let _ = writeln!(s);
+    if results.is_empty() {
+        return s;
+    }
     let names: Vec<&str> = results.iter().map(|(n, _)| n.as_str()).collect();
     let _ = write!(s, "| scenario | unit |");
     for n in &names {

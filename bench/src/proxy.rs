@@ -1,0 +1,468 @@
+//! The pull-through cache: berth and CNCF Distribution in proxy mode mirror the same upstream (a
+//! plain Distribution holding one 10-layer image), in the same run, pulled by the same client.
+//!
+//! ```text
+//! client ──► mirror (berth | distribution proxy) ──► byte counter (TCP) ──► upstream distribution
+//! ```
+//! Measured per mirror: a cold pull (empty cache), warm pulls (everything cached), and N clients
+//! pulling the same image at once into an empty cache, with the bytes the upstream sent in each
+//! case. A direct pull from the upstream is the reference for the cold pull. A pull is what
+//! docker and containerd do: the manifest, then the config and layers, three at a time.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sha2::Digest as _;
+
+const MIB: usize = 1 << 20;
+const REPO: &str = "library/big";
+const TAG: &str = "v1";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Layers a client fetches at once (docker's and containerd's default is 3).
+const PARALLEL_LAYERS: usize = 3;
+
+pub struct ProxyPlan {
+    layers: usize,
+    layer_size: usize,
+    concurrent_clients: usize,
+    warm_pulls: usize,
+}
+
+impl ProxyPlan {
+    pub fn new(quick: bool) -> ProxyPlan {
+        if quick {
+            ProxyPlan { layers: 10, layer_size: 5 * MIB, concurrent_clients: 4, warm_pulls: 3 }
+        } else {
+            ProxyPlan { layers: 10, layer_size: 50 * MIB, concurrent_clients: 8, warm_pulls: 5 }
+        }
+    }
+
+    fn image_bytes(&self) -> u64 {
+        (self.layers * self.layer_size) as u64
+    }
+}
+
+/// A process stopped on drop.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_ready(url: &str, client: &reqwest::Client) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if client.get(format!("{url}/v2/")).send().await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("{url} did not answer within 30 s")
+}
+
+/// Distribution, optionally as a proxy of `remote`.
+async fn distribution(
+    bin: &Path,
+    data: &Path,
+    remote: Option<&str>,
+    c: &reqwest::Client,
+) -> anyhow::Result<(Process, String)> {
+    std::fs::create_dir_all(data)?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let proxy = remote.map(|r| format!("proxy:\n  remoteurl: {r}\n")).unwrap_or_default();
+    let config = data.join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{proxy}",
+            data.join("storage").display()
+        ),
+    )?;
+    let child = Command::new(bin)
+        .arg("serve")
+        .arg(config)
+        .env("OTEL_TRACES_EXPORTER", "none")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let url = format!("http://{addr}");
+    let p = Process(child);
+    wait_ready(&url, c).await?;
+    Ok((p, url))
+}
+
+/// berth mirroring `remote` as its default upstream (so names need no prefix, as with
+/// Distribution's proxy mode).
+async fn berth(
+    bin: &Path,
+    data: &Path,
+    remote: &str,
+    c: &reqwest::Client,
+) -> anyhow::Result<(Process, String)> {
+    std::fs::create_dir_all(data)?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let config = data.join("berth.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: {addr}\ndata_dir: {}\nlog:\n  level: warn\nproxy:\n  upstreams:\n    - name: upstream\n      url: {remote}\n      default: true\n",
+            data.join("data").display()
+        ),
+    )?;
+    let child = Command::new(bin)
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let url = format!("http://{addr}");
+    let p = Process(child);
+    wait_ready(&url, c).await?;
+    Ok((p, url))
+}
+
+/// A TCP forwarder in front of the upstream that counts the bytes the upstream sends.
+struct ByteCounter {
+    url: String,
+    sent: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ByteCounter {
+    async fn start(upstream: &str) -> anyhow::Result<ByteCounter> {
+        let target = upstream.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let sent = Arc::new(AtomicU64::new(0));
+        let counted = sent.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let (target, counted) = (target.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    if let Ok((_, down)) = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await {
+                        counted.fetch_add(down, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        Ok(ByteCounter { url, sent, task })
+    }
+
+    /// Bytes the upstream sent on connections that have closed. Mirrors keep connections
+    /// alive, so this is read after the mirror is stopped.
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ByteCounter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn random_bytes(size: usize, seed: u64) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(size + 8);
+    while v.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(size);
+    Bytes::from(v)
+}
+
+fn sha256(b: &[u8]) -> String {
+    format!("sha256:{:x}", sha2::Sha256::digest(b))
+}
+
+async fn push_blob(c: &reqwest::Client, base: &str, data: Bytes) -> anyhow::Result<(String, usize)> {
+    let (digest, size) = (sha256(&data), data.len());
+    let r = c.post(format!("{base}/v2/{REPO}/blobs/uploads/")).send().await?;
+    let loc = r.headers().get("location").context("no Location")?.to_str()?.to_owned();
+    let loc = if loc.starts_with("http") { loc } else { format!("{base}{loc}") };
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let r = c.put(format!("{loc}{sep}digest={digest}")).body(data).send().await?;
+    if r.status().as_u16() != 201 {
+        bail!("pushing a blob to the upstream: {}", r.status());
+    }
+    Ok((digest, size))
+}
+
+/// The 10-layer image, pushed to the upstream.
+async fn seed(c: &reqwest::Client, base: &str, plan: &ProxyPlan) -> anyhow::Result<()> {
+    let (config, config_size) =
+        push_blob(c, base, Bytes::from_static(b"{\"architecture\":\"amd64\",\"os\":\"linux\"}")).await?;
+    let mut layers = vec![];
+    for i in 0..plan.layers {
+        let (d, size) = push_blob(c, base, random_bytes(plan.layer_size, 1000 + i as u64)).await?;
+        layers.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": size}));
+    }
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
+        "layers": layers,
+    });
+    let r = c
+        .put(format!("{base}/v2/{REPO}/manifests/{TAG}"))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.to_string())
+        .send()
+        .await?;
+    if r.status().as_u16() != 201 {
+        bail!("pushing the manifest to the upstream: {}", r.status());
+    }
+    Ok(())
+}
+
+/// Pulls the image as a container runtime does; fails on any short blob, and with `verify` on any
+/// wrong one. (Hashing on the client competes with the server for this machine's cores, so only
+/// the pulls that fetch from the upstream verify; warm pulls count bytes.)
+async fn pull(c: &reqwest::Client, base: &str, verify: bool) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let r = c.get(format!("{base}/v2/{REPO}/manifests/{TAG}")).header("accept", OCI_MANIFEST).send().await?;
+    if !r.status().is_success() {
+        bail!("GET manifest from {base}: {}", r.status());
+    }
+    let m: serde_json::Value = r.json().await?;
+    let mut blobs: Vec<(String, u64)> = vec![];
+    for d in std::iter::once(&m["config"]).chain(m["layers"].as_array().into_iter().flatten()) {
+        blobs.push((d["digest"].as_str().context("digest")?.to_owned(), d["size"].as_u64().context("size")?));
+    }
+    let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(blobs)
+        .map(|(digest, size)| async move {
+            let r = c.get(format!("{base}/v2/{REPO}/blobs/{digest}")).send().await?;
+            if !r.status().is_success() {
+                bail!("GET {digest} from {base}: {}", r.status());
+            }
+            let mut h = sha2::Sha256::new();
+            let mut n = 0u64;
+            let mut s = r.bytes_stream();
+            while let Some(chunk) = s.next().await {
+                let chunk = chunk?;
+                n += chunk.len() as u64;
+                if verify {
+                    h.update(&chunk);
+                }
+            }
+            if n != size || (verify && format!("sha256:{:x}", h.finalize()) != digest) {
+                bail!("{digest} from {base}: {n} bytes, not the content");
+            }
+            Ok(())
+        })
+        .buffer_unordered(PARALLEL_LAYERS)
+        .collect()
+        .await;
+    results.into_iter().collect::<anyhow::Result<()>>()?;
+    Ok(start.elapsed())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// CPU time (user + system) a process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state; utime and stime are
+    // fields 14 and 15 of the line, in clock ticks (100 per second on Linux).
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = after.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
+    Duration::from_millis(f.iter().sum::<u64>() * 10)
+}
+
+/// What one mirror did.
+struct Run {
+    cold: Duration,
+    cold_cpu: Duration,
+    cold_upstream: u64,
+    warm: Duration,
+    concurrent: Duration,
+    concurrent_upstream: u64,
+}
+
+#[derive(Clone, Copy)]
+enum Mirror {
+    Berth,
+    Distribution,
+}
+
+async fn start_mirror(
+    which: Mirror,
+    bins: (&Path, &Path),
+    data: &Path,
+    remote: &str,
+    c: &reqwest::Client,
+) -> anyhow::Result<(Process, String)> {
+    match which {
+        Mirror::Berth => berth(bins.0, data, remote, c).await,
+        Mirror::Distribution => distribution(bins.1, data, Some(remote), c).await,
+    }
+}
+
+async fn measure(
+    which: Mirror,
+    bins: (&Path, &Path),
+    upstream: &str,
+    plan: &ProxyPlan,
+    scratch: &Path,
+    name: &str,
+) -> anyhow::Result<Run> {
+    let c = crate::load::client();
+    // Cold, then warm, on one mirror.
+    let counter = ByteCounter::start(upstream).await?;
+    let (mirror, url) =
+        start_mirror(which, bins, &scratch.join(format!("{name}-mirror")), &counter.url, &c).await?;
+    let cpu_before = cpu_time(mirror.0.id());
+    let cold = pull(&c, &url, true).await?;
+    let cold_cpu = cpu_time(mirror.0.id()) - cpu_before;
+    pull(&c, &url, true).await?;
+    let mut warm = vec![];
+    for _ in 0..plan.warm_pulls {
+        warm.push(pull(&c, &url, false).await?);
+    }
+    drop(mirror);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cold_upstream = counter.sent();
+
+    // N clients at once into an empty cache.
+    let counter = ByteCounter::start(upstream).await?;
+    let (mirror, url) =
+        start_mirror(which, bins, &scratch.join(format!("{name}-concurrent")), &counter.url, &c).await?;
+    let start = Instant::now();
+    let pulls: Vec<_> = (0..plan.concurrent_clients)
+        .map(|_| {
+            let (c, url) = (crate::load::client(), url.clone());
+            tokio::spawn(async move { pull(&c, &url, true).await })
+        })
+        .collect();
+    for p in pulls {
+        p.await??;
+    }
+    let concurrent = start.elapsed();
+    drop(mirror);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(Run {
+        cold,
+        cold_cpu,
+        cold_upstream,
+        warm: median(warm),
+        concurrent,
+        concurrent_upstream: counter.sent(),
+    })
+}
+
+/// Runs the whole comparison; returns a Markdown section.
+pub async fn run(
+    berth_bin: &Path,
+    distribution_bin: &Path,
+    plan: &ProxyPlan,
+    scratch: &Path,
+) -> anyhow::Result<String> {
+    let c = crate::load::client();
+    let (_upstream, upstream) =
+        distribution(distribution_bin, &scratch.join("proxy-upstream"), None, &c).await?;
+    seed(&c, &upstream, plan).await?;
+    let mut direct = vec![];
+    for _ in 0..3 {
+        direct.push(pull(&c, &upstream, true).await?);
+    }
+    let direct = median(direct);
+    let bins = (berth_bin, distribution_bin);
+    eprintln!("measuring the pull-through cache: berth...");
+    let b = measure(Mirror::Berth, bins, &upstream, plan, scratch, "berth").await?;
+    eprintln!("measuring the pull-through cache: distribution v3 (proxy mode)...");
+    let d = measure(Mirror::Distribution, bins, &upstream, plan, scratch, "distribution").await?;
+
+    let image = plan.image_bytes() as f64;
+    let secs = |d: Duration| d.as_secs_f64();
+    let mut s = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        s,
+        "\n### Pull-through cache\n\nOne image of {} layers × {} MiB ({} MiB), pulled manifest first and then {PARALLEL_LAYERS} blobs \
+         at a time; cold pulls verify every digest, warm pulls count bytes. A direct (verified) pull from the upstream takes {:.2} s.\n",
+        plan.layers,
+        plan.layer_size / MIB,
+        plan.image_bytes() / MIB as u64,
+        secs(direct)
+    );
+    let _ = writeln!(
+        s,
+        "| scenario | unit | berth | distribution v3 proxy | berth's advantage |\n|---|---|---:|---:|---:|"
+    );
+    let row = |s: &mut String, name: &str, unit: &str, bv: f64, dv: f64, lower_better: bool| {
+        let adv = if lower_better { dv / bv } else { bv / dv };
+        let _ = writeln!(s, "| {name} | {unit} | {bv:.2} | {dv:.2} | {adv:.2}× |");
+    };
+    row(&mut s, "cold pull", "s", secs(b.cold), secs(d.cold), true);
+    row(
+        &mut s,
+        "cold pull ÷ direct pull from the upstream",
+        "×",
+        secs(b.cold) / secs(direct),
+        secs(d.cold) / secs(direct),
+        true,
+    );
+    row(&mut s, "mirror CPU time during the cold pull", "s", secs(b.cold_cpu), secs(d.cold_cpu), true);
+    row(&mut s, "warm pull (median)", "s", secs(b.warm), secs(d.warm), true);
+    row(
+        &mut s,
+        "warm pull throughput",
+        "MB/s",
+        image / secs(b.warm) / 1e6,
+        image / secs(d.warm) / 1e6,
+        false,
+    );
+    row(
+        &mut s,
+        "upstream bytes, one cold pull",
+        "× image",
+        b.cold_upstream as f64 / image,
+        d.cold_upstream as f64 / image,
+        true,
+    );
+    let n = plan.concurrent_clients;
+    row(
+        &mut s,
+        &format!("{n} concurrent cold pulls, wall time"),
+        "s",
+        secs(b.concurrent),
+        secs(d.concurrent),
+        true,
+    );
+    row(
+        &mut s,
+        &format!("{n} concurrent cold pulls, upstream bytes"),
+        "× image",
+        b.concurrent_upstream as f64 / image,
+        d.concurrent_upstream as f64 / image,
+        true,
+    );
+    let _ = writeln!(
+        s,
+        "\nUpstream bytes are counted on the TCP connections to the upstream (so they include HTTP \
+         headers and any retries); 1.00 means every byte of the image crossed once."
+    );
+    Ok(s)
+}
