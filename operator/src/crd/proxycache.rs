@@ -68,7 +68,7 @@ pub struct Upstream {
     pub url: String,
     /// A Secret with `username` and `password` (or `token`) for the upstream.
     pub credentials_secret: Option<String>,
-    /// A Secret or ConfigMap key with extra CA certificates (PEM).
+    /// A Secret whose `ca.crt` holds extra CA certificates (PEM) for the upstream.
     pub ca_secret: Option<String>,
     /// Skip TLS verification of the upstream (never in production).
     pub insecure_skip_verify: Option<bool>,
@@ -90,6 +90,18 @@ pub struct Freshness {
     pub stale_if_error: Option<String>,
     /// How long an upstream "not found" is remembered, e.g. 1m.
     pub negative_ttl: Option<String>,
+    /// Other revalidation intervals for some repositories; the first matching rule wins, e.g.
+    /// `{repositories: "library/*-nightly", after: 0s}`.
+    pub rules: Option<Vec<RevalidateRule>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevalidateRule {
+    /// Upstream repositories (glob: `*` within one path part, `**` across parts).
+    pub repositories: String,
+    /// e.g. 1h, or 0s to check on every pull.
+    pub after: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -5,7 +5,7 @@
 //! token file whenever it logs in, so a rotated Secret needs no restart. Only the user name (not
 //! secret) is copied into the config.
 
-use berth_registry::config::{duration, size, ProxyConfig, UpstreamConfig};
+use berth_registry::config::{duration, size, ProxyConfig, RevalidateRule, UpstreamConfig};
 
 use super::desired::BuildError;
 use crate::crd::proxycache::ProxyCacheSpec;
@@ -117,6 +117,11 @@ fn upstream(s: &ProxySource) -> Result<UpstreamConfig, BuildError> {
         if let Some(d) = dur("freshness.negativeTTL", &f.negative_ttl)? {
             u.negative_ttl = d;
         }
+        for (i, r) in f.rules.iter().flatten().enumerate() {
+            let after = duration::parse(&r.after)
+                .map_err(|e| invalid(s, format!("freshness.rules[{i}].after: {e}")))?;
+            u.revalidate.push(RevalidateRule { repositories: r.repositories.clone(), after });
+        }
     }
     u.unpulled_ttl = dur("unusedTTL", &spec.unused_ttl)?;
     u.max_size = spec
@@ -193,6 +198,10 @@ mod tests {
             revalidate_after: Some("10m".into()),
             stale_if_error: None,
             negative_ttl: None,
+            rules: Some(vec![crate::crd::proxycache::RevalidateRule {
+                repositories: "library/*-nightly".into(),
+                after: "0s".into(),
+            }]),
         });
         hub.spec.size_limit = Some("50Gi".into());
         let mut ghcr = source("ghcr", "https://ghcr.io");
@@ -212,6 +221,8 @@ mod tests {
             Some(std::path::Path::new("/etc/berth/proxy/hub/credentials/password"))
         );
         assert_eq!(d.revalidate_after.as_secs(), 600);
+        assert_eq!(d.revalidate[0].repositories, "library/*-nightly");
+        assert!(d.revalidate[0].after.is_zero());
         assert_eq!(d.max_size, Some(50 << 30));
         assert_eq!(
             p.upstreams[0].token_file.as_deref(),
