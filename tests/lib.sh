@@ -50,6 +50,26 @@ start_berth() {
   wait_for "$BERTH_URL/v2/" 20
 }
 
+# start_containerd DIR: a containerd of its own under DIR (no CRI), with CTR set to a ctr talking
+# to it in the namespace berth-test.
+start_containerd() {
+  local dir=$1
+  mkdir -p "$dir"
+  cat >"$dir/containerd.toml" <<EOF
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$dir/containerd.sock"
+EOF
+  containerd --config "$dir/containerd.toml" >"$dir/containerd.log" 2>&1 &
+  on_exit "kill $!"
+  CTR=(ctr --address "$dir/containerd.sock" --namespace berth-test)
+  local deadline=$((SECONDS + 20))
+  until "${CTR[@]}" version >/dev/null 2>&1 || ((SECONDS > deadline)); do sleep 0.1; done
+}
+
 # check NAME COMMAND...: runs COMMAND, counts it, shows its output only when it fails.
 check() {
   local name=$1 out

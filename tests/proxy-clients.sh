@@ -93,26 +93,13 @@ server = "https://registry-1.docker.io"
 [host."http://$R"]
   capabilities = ["pull", "resolve"]
 EOF
-cat >"$WORK/containerd.toml" <<EOF
-version = 2
-root = "$WORK/containerd/root"
-state = "$WORK/containerd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$WORK/containerd/containerd.sock"
-EOF
-mkdir -p "$WORK/containerd"
-containerd --config "$WORK/containerd.toml" >"$WORK/containerd.log" 2>&1 &
-on_exit "kill $!"
-CTR=(ctr --address "$WORK/containerd/containerd.sock" --namespace berth-test)
-deadline=$((SECONDS + 20))
-until "${CTR[@]}" version >/dev/null 2>&1 || ((SECONDS > deadline)); do sleep 0.1; done
+start_containerd "$WORK/containerd"
 proxied_pulls() { curl -sf "$BERTH_URL/metrics" | awk '/^berth_proxy_(hits|misses)_total\{upstream="docker.io"/ {n += $NF} END {print n+0}'; }
 PULLS_BEFORE=$(proxied_pulls)
 check "containerd pulls docker.io/library/alpine by its original name via the hosts.toml mirror" \
   "${CTR[@]}" content fetch --hosts-dir "$WORK/certs.d" docker.io/library/alpine:3.20
 check "containerd recorded the upstream's digest" \
-  bash -c "'${CTR[0]}' --address '$WORK/containerd/containerd.sock' --namespace berth-test images ls | grep 'docker.io/library/alpine:3.20' | grep -q '$MULTI'"
+  bash -c "${CTR[*]} images ls | grep 'docker.io/library/alpine:3.20' | grep -q '$MULTI'"
 check "containerd's pulls came through Berth (the ns= mirror form)" test "$(proxied_pulls)" -gt "$PULLS_BEFORE"
 check "Berth's catalog holds the mirrored and the private repository" \
   bash -c "[[ \$(curl -sf $BERTH_URL/v2/_catalog) == '{\"repositories\":[\"docker.io/library/alpine\",\"team/app\"]}' ]]"

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod auth;
 pub mod proxy;
 
 pub use proxy::{ProxyConfig, RevalidateRule, UpstreamConfig};
@@ -45,6 +46,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default, skip_serializing_if = "ProxyConfig::is_empty")]
     pub proxy: ProxyConfig,
+    /// Who may do what; without it the registry is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<auth::AuthConfig>,
 }
 
 fn default_listen() -> String {
@@ -66,6 +70,7 @@ impl Default for Config {
             metadata: MetadataConfig::default(),
             limits: LimitsConfig::default(),
             proxy: ProxyConfig::default(),
+            auth: None,
         }
     }
 }
@@ -232,6 +237,9 @@ impl Config {
     /// Cross-field checks; returns the offending field and why.
     pub fn validate(&self) -> Result<(), (String, String)> {
         self.validate_core().map_err(|(field, m)| (field.to_owned(), m))?;
+        if let Some(auth) = &self.auth {
+            auth.validate()?;
+        }
         self.proxy.validate()
     }
 

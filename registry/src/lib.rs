@@ -12,6 +12,10 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod api;
 #[cfg(feature = "server")]
+pub mod auth;
+#[cfg(feature = "server")]
+pub mod glob;
+#[cfg(feature = "server")]
 pub mod meta;
 #[cfg(feature = "server")]
 pub mod oci;

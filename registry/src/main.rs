@@ -1,4 +1,4 @@
-//! `berth`: serve the registry, or check a config file.
+//! `berth`: serve the registry, check a config file, or hash a password for it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +23,13 @@ enum Command {
     CheckConfig {
         /// The YAML config file.
         file: PathBuf,
+    },
+    /// Read a password from stdin and print its bcrypt hash, for an htpasswd file
+    /// (`user:<hash>`) or a robot's `secret_hash`.
+    HashPassword {
+        /// bcrypt cost (4..=31); each step doubles the work of every login.
+        #[arg(long, default_value_t = 10)]
+        cost: u32,
     },
 }
 
@@ -130,6 +137,30 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::HashPassword { cost } => {
+            let mut password = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut password) {
+                eprintln!("berth: reading the password: {e}");
+                return ExitCode::FAILURE;
+            }
+            let password = password.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                eprintln!(
+                    "berth: give the password on stdin, e.g. `printf %s \"$PASSWORD\" | berth hash-password`"
+                );
+                return ExitCode::FAILURE;
+            }
+            match bcrypt::hash(password, cost) {
+                Ok(h) => {
+                    println!("{h}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("berth: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve(args) => {
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(r) => r,

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::api::{self, AppState};
+use crate::auth::Authenticator;
 use crate::config::{Config, StorageConfig};
 use crate::meta::sqlite::SqliteMeta;
 use crate::meta::MetaError;
@@ -36,6 +37,8 @@ pub enum ServeError {
     Tls(#[from] TlsError),
     #[error("proxy: {0}")]
     Proxy(String),
+    #[error("auth: {0}")]
+    Auth(String),
 }
 
 /// Opens storage and metadata as configured and wires up the application state.
@@ -65,7 +68,11 @@ pub fn build_state(config: &Config) -> Result<AppState, ServeError> {
                 .map_err(ServeError::Proxy)?,
         )
     };
-    Ok(AppState { registry, metrics, proxy })
+    let auth = match &config.auth {
+        Some(a) => Some(Arc::new(Authenticator::new(a, &config.data_dir).map_err(ServeError::Auth)?)),
+        None => None,
+    };
+    Ok(AppState { registry, metrics, proxy, auth, tls: config.tls.is_some() })
 }
 
 /// Serves until `shutdown` resolves, then drains for at most the configured grace period.

@@ -34,6 +34,10 @@ pub enum Code {
     NotFound,
     /// The repository refuses the operation (a read-only mirror).
     Denied,
+    /// No or unusable credentials.
+    Unauthorized,
+    /// Something the request depends on is down (not an upstream).
+    ServiceUnavailable,
     /// The upstream of a proxied repository is rate limiting.
     TooManyRequests,
     /// The upstream of a proxied repository failed or cannot be reached.
@@ -60,6 +64,8 @@ impl Code {
             Code::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             Code::NotFound => "NOT_FOUND",
             Code::Denied => "DENIED",
+            Code::Unauthorized => "UNAUTHORIZED",
+            Code::ServiceUnavailable => "UNAVAILABLE",
             Code::TooManyRequests => "TOOMANYREQUESTS",
             Code::UpstreamUnavailable | Code::UpstreamTimeout => "UNAVAILABLE",
             Code::Unknown => "UNKNOWN",
@@ -84,6 +90,8 @@ impl Code {
             Code::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             Code::ManifestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::Denied => StatusCode::FORBIDDEN,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Code::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Code::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,

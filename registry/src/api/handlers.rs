@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use super::error::{ApiError, Code};
 use super::path::Route;
 use super::AppState;
+use crate::auth::{Actions, Caller};
 use crate::meta::ManifestRecord;
 use crate::oci::range::{parse_content_range, parse_range, ChunkRange};
 use crate::oci::{Digest, Reference, RepoName, UploadId};
@@ -26,7 +27,13 @@ const DIGEST_HEADER: &str = "docker-content-digest";
 const UPLOAD_UUID_HEADER: &str = "docker-upload-uuid";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-pub(super) async fn handle(st: &AppState, req: &Parts, route: Route, body: Body) -> Result<Response> {
+pub(super) async fn handle(
+    st: &AppState,
+    req: &Parts,
+    route: Route,
+    body: Body,
+    caller: &Caller,
+) -> Result<Response> {
     if let (Some(proxy), Some(repo)) = (&st.proxy, route.repo()) {
         let q = query(req);
         if let Some(target) = proxy.resolve(repo, q.get("ns").map(String::as_str)) {
@@ -40,7 +47,7 @@ pub(super) async fn handle(st: &AppState, req: &Parts, route: Route, body: Body)
         Route::Base if *m == Method::GET || head => Ok(json_response(StatusCode::OK, "{}".into())),
         Route::Catalog if *m == Method::GET => {
             let (n, last) = pagination(req)?;
-            let page = reg.catalog(n, last).await?;
+            let page = reg.catalog(n, last, |repo| caller.may_read(repo)).await?;
             Ok(listing_response("/v2/_catalog", n, &page, serde_json::json!({"repositories": page.items})))
         }
         Route::Tags(repo) if *m == Method::GET => {
@@ -60,7 +67,7 @@ pub(super) async fn handle(st: &AppState, req: &Parts, route: Route, body: Body)
             reg.delete_blob(&repo, &d).await?;
             Ok(with_digest(StatusCode::ACCEPTED.into_response(), &d))
         }
-        Route::UploadStart(repo) if *m == Method::POST => start_upload(st, req, &repo, body).await,
+        Route::UploadStart(repo) if *m == Method::POST => start_upload(st, req, &repo, body, caller).await,
         Route::Upload(repo, id) if *m == Method::GET => {
             let state = reg.upload_status(&repo, id).await?;
             Ok(upload_response(StatusCode::NO_CONTENT, &repo, state))
@@ -273,7 +280,13 @@ fn blob_response(read: std::result::Result<BlobRead, u64>, d: &Digest) -> Result
     Ok(with_digest(resp, d))
 }
 
-async fn start_upload(st: &AppState, req: &Parts, repo: &RepoName, body: Body) -> Result<Response> {
+async fn start_upload(
+    st: &AppState,
+    req: &Parts,
+    repo: &RepoName,
+    body: Body,
+    caller: &Caller,
+) -> Result<Response> {
     let q = query(req);
     let reg = &st.registry;
     if let Some(mount) = q.get("mount") {
@@ -284,7 +297,17 @@ async fn start_upload(st: &AppState, req: &Parts, repo: &RepoName, body: Body) -
             None => Some(None),
         };
         if let Some(from) = from {
-            if reg.mount_blob(repo, &digest, from.as_ref()).await?.is_some() {
+            // A named source needs pull there (in the token, if the caller has one); otherwise any
+            // repository the caller may read will do.
+            let named = from.is_some();
+            let readable = |source: &RepoName| {
+                if named {
+                    caller.may(source.as_str(), Actions::PULL)
+                } else {
+                    caller.may_read(source.as_str())
+                }
+            };
+            if reg.mount_blob(repo, &digest, from.as_ref(), readable).await?.is_some() {
                 return Ok(created_blob(repo, &digest));
             }
         }

@@ -4,6 +4,7 @@
 //! typed [`path::Route`], a handler turns headers and query into typed values and calls one
 //! [`Registry`] method, and [`error`] maps whatever failed to the spec's error envelope.
 
+mod auth;
 pub mod error;
 mod handlers;
 pub mod path;
@@ -19,6 +20,7 @@ use axum::routing::{any, get};
 use axum::Router;
 use tracing::Instrument;
 
+use crate::auth::Authenticator;
 use crate::proxy::Proxy;
 use crate::service::Registry;
 use crate::telemetry::Metrics;
@@ -31,6 +33,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The pull-through cache, when upstreams are configured.
     pub proxy: Option<Arc<Proxy>>,
+    /// Access control, when `auth` is configured.
+    pub auth: Option<Arc<Authenticator>>,
+    /// Whether clients reach this server over TLS (for the token realm).
+    pub tls: bool,
 }
 
 /// The whole HTTP application; tests drive it without a socket.
@@ -39,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", any(distribution))
         .route("/v2/", any(distribution))
         .route("/v2/{*rest}", any(distribution))
+        .route("/token", get(auth::token).post(auth::token))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -55,9 +62,14 @@ async fn distribution(State(st): State<AppState>, req: Request) -> Response {
         Ok(route) => {
             let body = st.metrics.count_body_in(body);
             let span = tracing::debug_span!("request", endpoint = kind, method = %parts.method);
-            match handlers::handle(&st, &parts, route, body).instrument(span).await {
-                Ok(r) => r,
-                Err(e) => e.into_response(),
+            match auth::admit(&st, &parts, &route).await {
+                Err(refused) => refused,
+                Ok(caller) => {
+                    match handlers::handle(&st, &parts, route, body, &caller).instrument(span).await {
+                        Ok(r) => r,
+                        Err(e) => e.into_response(),
+                    }
+                }
             }
         }
         Err(e) => ApiError::from_route(e, &parts.method).into_response(),

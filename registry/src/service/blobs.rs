@@ -108,6 +108,7 @@ impl Registry {
         repo: &RepoName,
         digest: &Digest,
         from: Option<&RepoName>,
+        readable: impl Fn(&RepoName) -> bool,
     ) -> Result<Option<u64>> {
         if let Some(size) = self.meta.blob_in_repo(repo, digest).await? {
             return Ok(Some(size));
@@ -116,7 +117,7 @@ impl Registry {
             Some(from) => vec![from.clone()],
             None => self.meta.repos_with_blob(digest, MOUNT_CANDIDATES).await?,
         };
-        for source in sources {
+        for source in sources.into_iter().filter(|s| readable(s)) {
             let Some(size) = self.meta.blob_in_repo(&source, digest).await? else { continue };
             if self.storage.stat(&layout::blob(digest)).await?.is_none() {
                 warn!(digest = %digest, "mount source is recorded but its bytes are missing");

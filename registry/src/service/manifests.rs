@@ -160,9 +160,27 @@ impl Registry {
         Ok(Self::listing(items, page.limit))
     }
 
-    pub async fn catalog(&self, n: Option<usize>, last: Option<String>) -> Result<Listing> {
+    /// One page of the repositories `visible` lets through, in order.
+    pub async fn catalog(
+        &self,
+        n: Option<usize>,
+        last: Option<String>,
+        visible: impl Fn(&str) -> bool,
+    ) -> Result<Listing> {
         let page = self.page(n, last);
-        let items = self.meta.catalog(&page).await?;
+        let mut items = Vec::new();
+        let mut cursor = page.last.clone();
+        // Read on past repositories the caller may not see until the page is full.
+        loop {
+            let batch = self.meta.catalog(&Page { limit: page.limit.max(1), last: cursor.clone() }).await?;
+            let more = batch.len() > page.limit.max(1);
+            let scanned: Vec<String> = batch.into_iter().take(page.limit.max(1)).collect();
+            cursor = scanned.last().cloned();
+            items.extend(scanned.into_iter().filter(|r| visible(r)));
+            if items.len() > page.limit || !more {
+                break;
+            }
+        }
         Ok(Self::listing(items, page.limit))
     }
 

@@ -49,7 +49,7 @@ impl TestServer {
         let storage = Arc::new(FsStorage::open(data.join("storage")).unwrap());
         let meta = Arc::new(SqliteMeta::open(data.join("meta.db")).unwrap());
         let registry = Arc::new(Registry::new(metrics.instrument(storage), meta, limits));
-        let state = AppState { registry, metrics, proxy: None };
+        let state = AppState { registry, metrics, proxy: None, auth: None, tls: false };
         let config = Config { data_dir: data.to_path_buf(), ..Config::default() };
         TestServer::serve(config, state).await
     }

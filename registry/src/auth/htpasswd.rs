@@ -1,0 +1,131 @@
+//! The htpasswd file (bcrypt entries only), and files that are re-read when they change.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Users and their bcrypt hashes.
+#[derive(Debug, Default)]
+pub struct Htpasswd {
+    users: HashMap<String, String>,
+}
+
+impl Htpasswd {
+    /// `user:$2y$...` per line; blank lines and `#` comments are skipped. Other hash kinds
+    /// (MD5, SHA1, crypt) are refused: they are too weak to accept.
+    pub fn parse(text: &str) -> Result<Htpasswd, String> {
+        let mut users = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (user, hash) =
+                line.split_once(':').ok_or_else(|| format!("line {}: expected user:hash", i + 1))?;
+            if !hash.starts_with("$2") {
+                return Err(format!("line {}: only bcrypt hashes ($2y$) are accepted", i + 1));
+            }
+            users.insert(user.to_owned(), hash.to_owned());
+        }
+        Ok(Htpasswd { users })
+    }
+
+    pub fn hash(&self, user: &str) -> Option<&str> {
+        self.users.get(user).map(String::as_str)
+    }
+
+    /// The bcrypt cost most entries use.
+    pub fn typical_cost(&self) -> Option<u32> {
+        let mut costs: Vec<u32> = self.users.values().filter_map(|h| h.get(4..6)?.parse().ok()).collect();
+        costs.sort_unstable();
+        costs.get(costs.len() / 2).copied()
+    }
+}
+
+/// How often a watched file's modification time and size are checked.
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+type Stamp = Option<(SystemTime, u64)>;
+
+/// A value parsed from a file, re-read when the file changes. A change that does not parse is
+/// logged and the previous value is kept.
+pub struct Watched<T> {
+    path: Option<PathBuf>,
+    parse: fn(&str) -> Result<T, String>,
+    state: Mutex<(Arc<T>, Stamp, Instant)>,
+}
+
+fn stamp(path: &std::path::Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+impl<T> Watched<T> {
+    pub fn open(path: PathBuf, parse: fn(&str) -> Result<T, String>) -> Result<Watched<T>, String> {
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let value = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let s = stamp(&path);
+        Ok(Watched { path: Some(path), parse, state: Mutex::new((Arc::new(value), s, Instant::now())) })
+    }
+
+    pub fn fixed(value: T) -> Watched<T> {
+        Watched {
+            path: None,
+            parse: |_| Err("fixed".into()),
+            state: Mutex::new((Arc::new(value), None, Instant::now())),
+        }
+    }
+
+    /// The value as the file says now (checked at most every couple of seconds).
+    pub fn current(&self) -> Result<Arc<T>, String> {
+        let mut st = self.state.lock().map_err(|_| "lock poisoned".to_owned())?;
+        let Some(path) = &self.path else { return Ok(st.0.clone()) };
+        if st.2.elapsed() >= CHECK_EVERY {
+            st.2 = Instant::now();
+            let now = stamp(path);
+            if now != st.1 {
+                match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| (self.parse)(&t))
+                {
+                    Ok(v) => {
+                        st.0 = Arc::new(v);
+                        st.1 = now;
+                        tracing::info!(file = %path.display(), "reloaded");
+                    }
+                    Err(e) => tracing::warn!(file = %path.display(), error = %e, "kept the previous version"),
+                }
+            }
+        }
+        Ok(st.0.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bcrypt_entries_are_accepted() {
+        let h = Htpasswd::parse("# users\nalice:$2y$05$abcdefghijklmnopqrstuu\n\nbob:$2b$10$xyz\n").unwrap();
+        assert!(h.hash("alice").is_some() && h.hash("bob").is_some() && h.hash("carol").is_none());
+        assert_eq!(h.typical_cost(), Some(10));
+        assert!(Htpasswd::parse("alice:{SHA}abc").unwrap_err().contains("line 1"));
+        assert!(Htpasswd::parse("alice").unwrap_err().contains("user:hash"));
+    }
+
+    #[test]
+    fn watched_files_reload_and_keep_the_last_good_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("htpasswd");
+        std::fs::write(&path, "alice:$2y$04$aaaaaaaaaaaaaaaaaaaaaa\n").unwrap();
+        let w = Watched::open(path.clone(), Htpasswd::parse).unwrap();
+        assert!(w.current().unwrap().hash("alice").is_some());
+        std::fs::write(&path, "alice:$2y$04$aaaaaaaaaaaaaaaaaaaaaa\nbob:$2y$04$bbbbbbbbbbbbbbbbbbbbbb\n")
+            .unwrap();
+        w.state.lock().unwrap().2 -= CHECK_EVERY;
+        assert!(w.current().unwrap().hash("bob").is_some());
+        std::fs::write(&path, "garbage").unwrap();
+        w.state.lock().unwrap().2 -= CHECK_EVERY;
+        assert!(w.current().unwrap().hash("bob").is_some(), "a broken file keeps the previous users");
+    }
+}
