@@ -7,6 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 source scripts/tools.sh
+export CARGO_INCREMENTAL=0 # one build per run: incremental state would only fill the disk
 # tools.sh sets -e for its own runs; here a failing stage must not end the suite before its summary.
 set +e
 export CARGO_TERM_COLOR=never

@@ -729,3 +729,88 @@ async fn a_proxy_cache_added_to_a_running_registry_serves_and_reports_its_creden
     assert!(!message.contains("wrong"), "the password leaked: {message}");
     assert_eq!(condition(&pc, "Ready").unwrap().0, "False");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_with_auth_admits_its_users_and_robots_only() {
+    let cp = cluster().await;
+    install_operator(&cp);
+    let client = cp.client().await.unwrap();
+    let ns = TempNamespace::create(&client, "auth").await.unwrap();
+    let users = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: users\nstringData:\n  htpasswd: |\n    alice:{}\n",
+        bcrypt::hash("alice-pw", 5).unwrap()
+    );
+    assert!(kubectl_apply(&cp, &ns.name, &users).status.success());
+    let registry = "apiVersion: berth.dev/v1alpha1
+kind: Registry
+metadata:
+  name: locked
+spec:
+  storage:
+    filesystem:
+      size: 1Gi
+  auth:
+    htpasswdSecret: users
+    anonymousPull: [\"public/**\"]
+    rules:
+      - {users: [alice], repositories: [\"**\"], actions: [pull, push, delete]}
+    robots:
+      - {name: ci, repositories: [\"team/**\"], actions: [pull, push]}
+";
+    let out = kubectl_apply(&cp, &ns.name, registry);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let regs = registries(&client, &ns.name);
+    assert!(
+        wait_condition(&regs, "locked", "Ready", "True", Duration::from_secs(180)).await,
+        "Registry Ready\n{}",
+        debug(&cp)
+    );
+    // The robot's secret was generated once, beside its hash.
+    let secrets: Api<Secret> = ns.api();
+    let robots = secrets.get("locked-robots").await.unwrap();
+    let data = robots.data.clone().unwrap();
+    let robot_secret = String::from_utf8(data["ci"].0.clone()).unwrap();
+    assert!(robot_secret.len() >= 40);
+    assert!(bcrypt::verify(&robot_secret, std::str::from_utf8(&data["ci.bcrypt"].0).unwrap()).unwrap());
+    assert!(secrets.get_opt("locked-token-key").await.unwrap().is_some());
+
+    let image = layout();
+    let host = format!("locked.{}.svc.cluster.local:5000", ns.name);
+    let push = |creds: Option<String>, repo: &str| {
+        let mut extra = vec!["--dest-tls-verify=false".to_owned()];
+        if let Some(c) = creds {
+            extra.push("--dest-creds".into());
+            extra.push(c);
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        skopeo_push(&cp, image.path(), &format!("docker://{host}/{repo}:v1"), &extra)
+    };
+    let out = push(Some(format!("ci:{robot_secret}")), "team/app");
+    assert!(out.status.success(), "the robot pushes: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!push(Some(format!("ci:{robot_secret}")), "public/app").status.success(), "outside its grant");
+    assert!(!push(None, "team/anon").status.success(), "anonymous pushes are refused");
+    let out = push(Some("alice:alice-pw".into()), "public/app");
+    assert!(out.status.success(), "alice pushes: {}", String::from_utf8_lossy(&out.stderr));
+    let pull = |src: &str, creds: Option<&str>| {
+        let back = tempfile::tempdir().unwrap();
+        let mut cmd = cp.in_cluster_dns("skopeo");
+        cmd.args(["--insecure-policy", "copy", "--src-tls-verify=false"]);
+        if let Some(c) = creds {
+            cmd.args(["--src-creds", c]);
+        }
+        cmd.arg(format!("docker://{host}/{src}")).arg(format!("oci:{}:x", back.path().display()));
+        cmd.output().unwrap().status.success()
+    };
+    assert!(pull("public/app:v1", None), "anonymous pulls of public/**");
+    assert!(!pull("team/app:v1", None), "no anonymous pulls elsewhere");
+    assert!(pull("team/app:v1", Some(&format!("ci:{robot_secret}"))));
+
+    // Re-applying leaves the generated secrets as they were.
+    let before = secrets.get("locked-robots").await.unwrap().metadata.resource_version;
+    after_a_reconcile(&client, || {
+        assert!(kubectl_apply(&cp, &ns.name, registry).status.success());
+        run(cp.kubectl().unwrap().args(["label", "registry", "locked", "-n", &ns.name, "touched=yes"]));
+    })
+    .await;
+    assert_eq!(secrets.get("locked-robots").await.unwrap().metadata.resource_version, before);
+}

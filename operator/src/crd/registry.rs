@@ -53,6 +53,8 @@ pub struct RegistrySpec {
     pub service: Option<ServiceSpec>,
     /// Log level and format of `berth`.
     pub log: Option<LogSpec>,
+    /// Who may pull, push and delete. Without it the registry is open to anyone who reaches it.
+    pub auth: Option<AuthSpec>,
     /// Resources of the registry container.
     pub resources: Option<ResourceRequirements>,
     pub node_selector: Option<BTreeMap<String, String>>,
@@ -66,6 +68,53 @@ pub struct RegistrySpec {
     pub retain_policy: Option<RetainPolicy>,
     /// Stop reconciling (children are left as they are).
     pub suspend: Option<bool>,
+}
+
+/// Access control: users from an htpasswd Secret, robots, anonymous pulls, per-repository rules.
+/// Clients log in with the Docker token protocol at the registry's own `/token`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// A Secret whose `htpasswd` key holds `user:<bcrypt hash>` lines (`berth hash-password`
+    /// makes the hashes). Changes are picked up without a restart.
+    pub htpasswd_secret: Option<String>,
+    /// Repositories anyone may pull without credentials (globs; `**` is everything).
+    pub anonymous_pull: Option<Vec<String>>,
+    /// What htpasswd users may do. Without rules every user may do everything.
+    pub rules: Option<Vec<AccessRule>>,
+    /// Robot accounts for CI and clusters. The operator generates each robot's secret once into
+    /// the Secret `<registry>-robots` (key: the robot's name); the robot logs in with its name.
+    pub robots: Option<Vec<RobotSpec>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessRule {
+    /// User names from the htpasswd Secret; `*` is every user.
+    pub users: Vec<String>,
+    /// Repository globs: `*` within one path part, `**` across parts.
+    pub repositories: Vec<String>,
+    pub actions: Vec<AccessAction>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RobotSpec {
+    /// Lowercase letters, digits and '-', at most 63.
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(min = 1, max = 63))]
+    pub name: String,
+    pub repositories: Vec<String>,
+    pub actions: Vec<AccessAction>,
+    /// RFC 3339 time after which the robot is refused, e.g. 2027-06-30T00:00:00Z.
+    pub expires: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessAction {
+    Pull,
+    Push,
+    Delete,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

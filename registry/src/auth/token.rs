@@ -147,14 +147,20 @@ fn load(path: &Path) -> Result<Key, String> {
     Ok(Key { pair, kid })
 }
 
-/// Writes a new key, readable only by its owner, without ever exposing a partial file.
-fn generate(path: &Path) -> Result<(), String> {
+/// A new Ed25519 signing key as PKCS#8 PEM (also what the operator puts in a Registry's
+/// token key Secret).
+pub fn generate_pem() -> Result<String, String> {
     let rng = ring::rand::SystemRandom::new();
     let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| format!("generating a token key: {e}"))?;
-    let pem = format!(
+    Ok(format!(
         "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
         base64::engine::general_purpose::STANDARD.encode(doc.as_ref())
-    );
+    ))
+}
+
+/// Writes a new key, readable only by its owner, without ever exposing a partial file.
+fn generate(path: &Path) -> Result<(), String> {
+    let pem = generate_pem()?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }

@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 use sha2::Digest as _;
 
+use super::auth;
 use super::effective::{self, Effective, CONTAINER_PORT};
 use super::proxies::{self, ProxySource};
 use crate::crd::registry::{RetainPolicy, TlsMode};
@@ -50,6 +51,8 @@ pub enum BuildError {
     TlsPending,
     #[error("ProxyCache {name}: {message}")]
     InvalidProxyCache { name: String, message: String },
+    #[error("{0}")]
+    InvalidAuth(String),
 }
 
 impl BuildError {
@@ -60,6 +63,7 @@ impl BuildError {
             BuildError::PodTemplate(_) => "InvalidPodTemplate",
             BuildError::TlsPending => "CertificatePending",
             BuildError::InvalidProxyCache { .. } => "InvalidProxyCache",
+            BuildError::InvalidAuth(_) => "InvalidAuth",
         }
     }
 }
@@ -128,6 +132,7 @@ pub fn render_config(reg: &Registry, eff: &Effective, proxies: &[ProxySource]) -
         storage: StorageConfig::Filesystem { path: Some(format!("{DATA_DIR}/storage").into()) },
         metadata: MetadataConfig::Sqlite { path: Some(format!("{DATA_DIR}/meta.db").into()) },
         proxy: proxies::upstreams(proxies)?,
+        auth: spec.auth.as_ref().map(auth::render).transpose()?,
         ..Config::default()
     })
 }
@@ -244,6 +249,11 @@ fn statefulset(
     let (proxy_mounts, proxy_volumes) = proxies::volumes(proxies);
     mounts.extend(proxy_mounts);
     volumes.extend(proxy_volumes);
+    if let Some(spec) = &reg.spec.auth {
+        let (auth_mounts, auth_volumes) = auth::volumes(reg, spec);
+        mounts.extend(auth_mounts);
+        volumes.extend(auth_volumes);
+    }
     let mut claims = Vec::new();
     if let Some(existing) = &storage.existing_claim {
         volumes

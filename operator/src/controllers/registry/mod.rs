@@ -1,5 +1,6 @@
 //! The `Registry` controller.
 
+pub mod auth;
 pub mod desired;
 pub mod effective;
 pub mod proxies;

@@ -102,6 +102,16 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
         Err(e) => return Err(Error::Tls(e)),
     };
     obs.tls = tls.as_ref().map(|(_, s)| s.clone());
+    if let Some(spec) = &reg.spec.auth {
+        match super::auth::ensure(&ctx.client, reg, spec).await {
+            Ok(()) => {}
+            Err(super::auth::AuthError::Kube(e)) => return Err(Error::Kube(e)),
+            Err(e @ super::auth::AuthError::Generate(_)) => {
+                obs.stalled = Some(("AuthSecretsFailed".into(), e.to_string()));
+                return Ok(());
+            }
+        }
+    }
     let proxies = proxy_sources(reg, ctx, ns).await?;
     let inputs =
         Inputs { default_image: ctx.default_image.clone(), tls_secret: tls.map(|(name, _)| name), proxies };
@@ -110,7 +120,8 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
         Err(e @ BuildError::NotSupported(_))
         | Err(e @ BuildError::PodTemplate(_))
         | Err(e @ BuildError::TlsPending)
-        | Err(e @ BuildError::InvalidProxyCache { .. }) => {
+        | Err(e @ BuildError::InvalidProxyCache { .. })
+        | Err(e @ BuildError::InvalidAuth(_)) => {
             obs.stalled = Some((e.reason().into(), e.to_string()));
             return Ok(());
         }
@@ -139,7 +150,12 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
     .await?;
     prune::<Service>(&ctx.client, ns, &selector, &uid, keep.get("Service").unwrap_or(&none)).await?;
     let mut secrets = keep.get("Secret").cloned().unwrap_or_default();
-    secrets.extend([tls::ca_secret_name(reg), tls::tls_secret_name(reg)]);
+    secrets.extend([
+        tls::ca_secret_name(reg),
+        tls::tls_secret_name(reg),
+        super::auth::robots_secret_name(reg),
+        super::auth::token_key_secret_name(reg),
+    ]);
     prune::<Secret>(&ctx.client, ns, &selector, &uid, &secrets).await?;
     Ok(())
 }

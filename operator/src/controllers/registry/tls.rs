@@ -82,14 +82,17 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn data(s: &Secret, key: &str) -> Option<String> {
+pub(super) fn data(s: &Secret, key: &str) -> Option<String> {
     s.data.as_ref()?.get(key).map(|b| String::from_utf8_lossy(&b.0).into_owned())
 }
 
-fn secret(
+/// A Secret the operator generates for `reg`: labelled as its child, owned by it only with
+/// `retainPolicy: Delete` (otherwise it outlives the Registry).
+pub(super) fn secret(
     reg: &Registry,
     name: String,
     kind: &str,
+    component: &str,
     entries: BTreeMap<String, String>,
     annotations: BTreeMap<String, String>,
 ) -> Secret {
@@ -100,7 +103,7 @@ fn secret(
     };
     s.metadata.name = Some(name);
     s.metadata.namespace = reg.namespace();
-    s.metadata.labels = Some(labels::child(&reg.name_any(), "tls"));
+    s.metadata.labels = Some(labels::child(&reg.name_any(), component));
     s.metadata.annotations = Some(annotations);
     if reg.spec.retain_policy == Some(RetainPolicy::Delete) {
         s.metadata.owner_references = reg.controller_owner_ref(&()).map(|o| vec![o]);
@@ -233,7 +236,7 @@ async fn self_signed(secrets: &Api<Secret>, reg: &Registry) -> Result<(String, T
             let cert = params.self_signed(&key)?;
             let entries =
                 BTreeMap::from([("ca.crt".into(), cert.pem()), ("ca.key".into(), key.serialize_pem())]);
-            let s = secret(reg, ca_name.clone(), "Opaque", entries, BTreeMap::new());
+            let s = secret(reg, ca_name.clone(), "Opaque", "tls", entries, BTreeMap::new());
             // Created once: if another reconcile won the race, use what it made.
             match secrets.create(&PostParams::default(), &s).await {
                 Ok(s) => s,
@@ -276,7 +279,7 @@ async fn self_signed(secrets: &Api<Secret>, reg: &Registry) -> Result<(String, T
             (NOT_AFTER.into(), unix(not_after).to_string()),
             (DNS_NAMES.into(), wanted_names),
         ]);
-        let s = secret(reg, name.clone(), "kubernetes.io/tls", entries, annotations);
+        let s = secret(reg, name.clone(), "kubernetes.io/tls", "tls", entries, annotations);
         super::super::apply::apply(&secrets.clone().into_client(), &reg.namespace().unwrap_or_default(), &s)
             .await?;
     }
