@@ -814,3 +814,161 @@ spec:
     .await;
     assert_eq!(secrets.get("locked-robots").await.unwrap().metadata.resource_version, before);
 }
+
+/// crane, at the version `scripts/tools.sh` builds.
+fn crane() -> PathBuf {
+    let version = include_str!("../../scripts/tools.sh")
+        .lines()
+        .find_map(|l| l.trim().trim_start_matches('"').strip_prefix("crane|"))
+        .and_then(|rest| rest.split('|').next())
+        .expect("crane in scripts/tools.sh")
+        .to_owned();
+    berth_e2e::cache_dir().join(format!("crane-{version}/bin/crane"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_secrets_follow_namespace_labels_and_leave_with_the_registry() {
+    let cp = cluster().await;
+    install_operator(&cp);
+    let client = cp.client().await.unwrap();
+    let ns = TempNamespace::create(&client, "dist").await.unwrap();
+    let users = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: users\nstringData:\n  htpasswd: |\n    alice:{}\n",
+        bcrypt::hash("alice-pw", 5).unwrap()
+    );
+    assert!(kubectl_apply(&cp, &ns.name, &users).status.success());
+    let registry = "apiVersion: berth.dev/v1alpha1
+kind: Registry
+metadata:
+  name: dist
+spec:
+  storage:
+    filesystem:
+      size: 1Gi
+  auth:
+    htpasswdSecret: users
+  pullSecrets:
+    namespaceSelector:
+      matchLabels: {berth.dev/pull: \"yes\"}
+    serviceAccounts: [default]
+";
+    let out = kubectl_apply(&cp, &ns.name, registry);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let regs = registries(&client, &ns.name);
+    assert!(
+        wait_condition(&regs, "dist", "Ready", "True", Duration::from_secs(180)).await,
+        "Ready\n{}",
+        debug(&cp)
+    );
+    let host = format!("dist.{}.svc.cluster.local:5000", ns.name);
+    let image = layout();
+    let push = skopeo_push(
+        &cp,
+        image.path(),
+        &format!("docker://{host}/team/app:v1"),
+        &["--dest-tls-verify=false", "--dest-creds", "alice:alice-pw"],
+    );
+    assert!(push.status.success(), "{}", String::from_utf8_lossy(&push.stderr));
+
+    let app = TempNamespace::create(&client, "app").await.unwrap();
+    let later = TempNamespace::create(&client, "later").await.unwrap();
+    let foreign = TempNamespace::create(&client, "foreign").await.unwrap();
+    let not_ours = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: dist-pull\nstringData:\n  note: mine\n";
+    assert!(kubectl_apply(&cp, &foreign.name, not_ours).status.success());
+    let label = |ns: &str, value: &str| {
+        run(cp.kubectl().unwrap().args([
+            "label",
+            "namespace",
+            ns,
+            &format!("berth.dev/pull={value}"),
+            "--overwrite",
+        ]));
+    };
+    label(&app.name, "yes");
+    label(&foreign.name, "yes");
+    let secret_in = |ns: &str| {
+        let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+        async move { api.get_opt("dist-pull").await.ok().flatten() }
+    };
+    let placed = wait_until(Duration::from_secs(60), || async { secret_in(&app.name).await.is_some() }).await;
+    assert!(placed, "a pull Secret appears in the labelled namespace\n{}", debug(&cp));
+    let s = secret_in(&app.name).await.unwrap();
+    assert_eq!(s.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
+
+    // crane, given nothing but that Secret's docker config, pulls the Registry's image.
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(home.path().join("config.json"), &s.data.unwrap()[".dockerconfigjson"].0).unwrap();
+    let pulled = cp
+        .in_cluster_dns(crane().to_str().unwrap())
+        .env("DOCKER_CONFIG", home.path())
+        .args(["--insecure", "manifest", &format!("{host}/team/app:v1")])
+        .output()
+        .unwrap();
+    assert!(pulled.status.success(), "crane pull: {}", String::from_utf8_lossy(&pulled.stderr));
+    let denied = cp
+        .in_cluster_dns(crane().to_str().unwrap())
+        .env("DOCKER_CONFIG", tempfile::tempdir().unwrap().path())
+        .args(["--insecure", "manifest", &format!("{host}/team/app:v1")])
+        .output()
+        .unwrap();
+    assert!(!denied.status.success(), "without the Secret the pull is refused");
+
+    // The default ServiceAccount lists it.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), &app.name);
+    let listed = wait_until(Duration::from_secs(60), || async {
+        accounts
+            .get_opt("default")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|sa| sa.image_pull_secrets.iter().flatten().any(|r| r.name == "dist-pull"))
+    })
+    .await;
+    assert!(listed, "the default ServiceAccount lists the pull Secret");
+
+    // Deleted: it comes back. The foreign Secret is left alone and reported.
+    let app_secrets: Api<Secret> = Api::namespaced(client.clone(), &app.name);
+    app_secrets.delete("dist-pull", &DeleteParams::default()).await.unwrap();
+    let back = wait_until(Duration::from_secs(60), || async { secret_in(&app.name).await.is_some() }).await;
+    assert!(back, "a deleted pull Secret is recreated");
+    let reported = wait_until(Duration::from_secs(60), || {
+        let regs = regs.clone();
+        let foreign = foreign.name.clone();
+        async move {
+            regs.get("dist").await.ok().is_some_and(|r| {
+                r.data["status"]["pullSecrets"]["failed"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x["namespace"] == foreign.as_str()))
+            })
+        }
+    })
+    .await;
+    assert!(
+        reported,
+        "the foreign Secret is reported: {:?}",
+        regs.get("dist").await.map(|r| r.data["status"].clone())
+    );
+    let theirs = secret_in(&foreign.name).await.unwrap();
+    assert!(theirs.data.unwrap().contains_key("note"), "the foreign Secret is untouched");
+
+    // Selection changes: one namespace joins, one leaves (its ServiceAccount entry goes too).
+    label(&later.name, "yes");
+    label(&app.name, "no");
+    let moved = wait_until(Duration::from_secs(60), || async {
+        secret_in(&later.name).await.is_some() && secret_in(&app.name).await.is_none()
+    })
+    .await;
+    assert!(moved, "the Secret follows the selection");
+    let sa = accounts.get("default").await.unwrap();
+    assert!(!sa.image_pull_secrets.iter().flatten().any(|r| r.name == "dist-pull"));
+
+    // The Registry goes: its Secrets go everywhere; the foreign one stays.
+    regs.delete("dist", &DeleteParams::default()).await.unwrap();
+    let gone = wait_until(Duration::from_secs(90), || async {
+        secret_in(&later.name).await.is_none() && regs.get_opt("dist").await.ok().flatten().is_none()
+    })
+    .await;
+    assert!(gone, "pull Secrets are removed with the Registry\n{}", debug(&cp));
+    assert!(secret_in(&foreign.name).await.is_some());
+}

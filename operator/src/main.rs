@@ -6,13 +6,14 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::routing::get;
 use berth_operator::controllers::proxycache;
+use berth_operator::controllers::registry::pullsecrets;
 use berth_operator::controllers::registry::reconcile::{self, Context};
 use berth_operator::crd::proxycache::ProxyCache;
 use berth_operator::crd::Registry;
 use berth_operator::metrics::Metrics;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::events::{Recorder, Reporter};
@@ -91,7 +92,9 @@ async fn main() -> anyhow::Result<()> {
     // (an `Api` of `PartialObjectMeta` never transfers their data).
     let secret_meta = || Api::<PartialObjectMeta<Secret>>::all(client.clone());
     let by_store = cache_store.clone();
-    let registry_controller = Controller::new(registries.clone(), watcher::Config::default())
+    let registry_base = Controller::new(registries.clone(), watcher::Config::default());
+    let distributing = registry_base.store();
+    let registry_controller = registry_base
         .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<Secret>::all(client.clone()), owned.clone())
@@ -101,11 +104,30 @@ async fn main() -> anyhow::Result<()> {
             let ns = pc.namespace()?;
             Some(ObjectRef::<Registry>::new(&pc.spec.registry_ref.name).within(&ns))
         })
+        // ... and a pull Secret it placed in another namespace (deleted or edited: put back).
         .watches(secret_meta(), watcher::Config::default(), move |s: PartialObjectMeta<Secret>| {
-            using_secret(&by_store, &s).into_iter().filter_map(|pc| {
-                Some(ObjectRef::<Registry>::new(&pc.spec.registry_ref.name).within(&pc.namespace()?))
-            })
+            let mut refs: Vec<ObjectRef<Registry>> = using_secret(&by_store, &s)
+                .into_iter()
+                .filter_map(|pc| Some(ObjectRef::new(&pc.spec.registry_ref.name).within(&pc.namespace()?)))
+                .collect();
+            if let Some((ns, name)) = pullsecrets::registry_of(s.labels()) {
+                refs.push(ObjectRef::new(&name).within(&ns));
+            }
+            refs
         })
+        // A namespace that appears or changes labels may enter or leave a pull Secrets selection.
+        .watches(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            watcher::Config::default(),
+            move |_ns: PartialObjectMeta<Namespace>| {
+                distributing
+                    .state()
+                    .into_iter()
+                    .filter(|r| r.spec.pull_secrets.is_some())
+                    .map(|r| ObjectRef::from_obj(&*r))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(shutdown(tokio::signal::ctrl_c()))
         .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
         .for_each(|r| async move {

@@ -5,7 +5,7 @@
 //! compare the applied YAML with the live object never see a field they did not write.
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -32,7 +32,9 @@ use super::common::SecretKeyRef;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     scale(spec_replicas_path = ".spec.replicas", status_replicas_path = ".status.replicas", label_selector_path = ".status.selector"),
     validation = Rule::new("!has(self.spec.replicas) || self.spec.replicas <= 1 || (has(self.spec.storage) && has(self.spec.storage.s3) && has(self.spec.database) && has(self.spec.database.postgres))")
-        .message("more than one replica needs shared storage (spec.storage.s3) and PostgreSQL (spec.database.postgres)")
+        .message("more than one replica needs shared storage (spec.storage.s3) and PostgreSQL (spec.database.postgres)"),
+    validation = Rule::new("!has(self.spec.pullSecrets) || has(self.spec.auth)")
+        .message("spec.pullSecrets needs spec.auth: an open registry needs no pull secret")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrySpec {
@@ -55,6 +57,8 @@ pub struct RegistrySpec {
     pub log: Option<LogSpec>,
     /// Who may pull, push and delete. Without it the registry is open to anyone who reaches it.
     pub auth: Option<AuthSpec>,
+    /// imagePullSecrets for this registry, kept in the namespaces chosen here.
+    pub pull_secrets: Option<PullSecretsSpec>,
     /// Resources of the registry container.
     pub resources: Option<ResourceRequirements>,
     pub node_selector: Option<BTreeMap<String, String>>,
@@ -85,6 +89,44 @@ pub struct AuthSpec {
     /// Robot accounts for CI and clusters. The operator generates each robot's secret once into
     /// the Secret `<registry>-robots` (key: the robot's name); the robot logs in with its name.
     pub robots: Option<Vec<RobotSpec>>,
+}
+
+/// A `kubernetes.io/dockerconfigjson` Secret for a pull-only robot, in every chosen namespace:
+/// created, repaired, updated when the endpoint or credential changes, and removed when the
+/// namespace leaves the selection or the Registry goes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PullSecretsSpec {
+    /// Name of the Secret in each namespace. Default: `<registry>-pull`.
+    pub secret_name: Option<String>,
+    /// Namespaces with these labels.
+    pub namespace_selector: Option<LabelSelector>,
+    /// Namespaces by name.
+    pub namespaces: Option<Vec<String>>,
+    /// Never these namespaces, whatever the rest says.
+    pub exclude_namespaces: Option<Vec<String>>,
+    /// Also list the Secret in these ServiceAccounts' imagePullSecrets (e.g. `default`), keeping
+    /// what others put there. Default: none.
+    pub service_accounts: Option<Vec<String>>,
+    /// The registry host as nodes reach it. Default: `<registry>.<namespace>.svc.cluster.local:<port>`.
+    pub server: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PullSecretsStatus {
+    pub secret_name: Option<String>,
+    /// Namespaces that hold an up-to-date Secret.
+    pub namespaces: Option<i32>,
+    /// Namespaces where it could not be placed, and why.
+    pub failed: Option<Vec<NamespaceFailure>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceFailure {
+    pub namespace: String,
+    pub reason: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -255,6 +297,8 @@ pub struct RegistryStatus {
     /// The ProxyCaches in the configuration the pods were given, by name. With `Ready`, the pods
     /// serve them.
     pub proxy_caches: Option<Vec<String>>,
+    /// Where the pull Secrets are.
+    pub pull_secrets: Option<PullSecretsStatus>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -18,6 +18,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 
 use super::desired::BuildError;
+use super::pullsecrets::PULL_ROBOT;
 use super::tls::{data, secret};
 use crate::crd::registry::{AccessAction, AuthSpec};
 use crate::crd::Registry;
@@ -43,7 +44,12 @@ fn actions(list: &[AccessAction]) -> Vec<BerthAction> {
 }
 
 /// berth's `auth` section for this spec (pure).
-pub fn render(spec: &AuthSpec) -> Result<AuthConfig, BuildError> {
+pub fn render(spec: &AuthSpec, pull_robot: bool) -> Result<AuthConfig, BuildError> {
+    if spec.robots.iter().flatten().any(|r| r.name == PULL_ROBOT) {
+        return Err(BuildError::InvalidAuth(format!(
+            "spec.auth.robots: {PULL_ROBOT} is the robot of spec.pullSecrets; choose another name"
+        )));
+    }
     let config = AuthConfig {
         htpasswd: spec.htpasswd_secret.as_ref().map(|_| format!("{AUTH_DIR}/htpasswd/htpasswd").into()),
         token: TokenConfig {
@@ -77,6 +83,13 @@ pub fn render(spec: &AuthSpec) -> Result<AuthConfig, BuildError> {
                 expires: r.expires.clone(),
                 grants: vec![Grant { repositories: r.repositories.clone(), actions: actions(&r.actions) }],
             })
+            .chain(pull_robot.then(|| Robot {
+                name: PULL_ROBOT.into(),
+                secret_hash: None,
+                secret_hash_file: Some(format!("{AUTH_DIR}/robots/{PULL_ROBOT}.bcrypt").into()),
+                expires: None,
+                grants: vec![Grant { repositories: vec!["**".into()], actions: vec![BerthAction::Pull] }],
+            }))
             .collect(),
     };
     config.validate().map_err(|(field, message)| {
@@ -86,7 +99,11 @@ pub fn render(spec: &AuthSpec) -> Result<AuthConfig, BuildError> {
 }
 
 /// Mounts and volumes for the htpasswd, robots and token key Secrets (pure).
-pub fn volumes(reg: &Registry, spec: &AuthSpec) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+pub fn volumes(
+    reg: &Registry,
+    spec: &AuthSpec,
+    pull_robot: bool,
+) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
     let mut mounts = vec![];
     let mut volumes = vec![];
     let mut add = |name: &str, secret: String, dir: &str| {
@@ -100,7 +117,7 @@ pub fn volumes(reg: &Registry, spec: &AuthSpec) -> (Vec<serde_json::Value>, Vec<
         add("auth-htpasswd", h.clone(), "htpasswd");
     }
     add("auth-token-key", token_key_secret_name(reg), "token");
-    if spec.robots.as_ref().is_some_and(|r| !r.is_empty()) {
+    if pull_robot || spec.robots.as_ref().is_some_and(|r| !r.is_empty()) {
         add("auth-robots", robots_secret_name(reg), "robots");
     }
     (mounts, volumes)
@@ -124,8 +141,14 @@ pub enum AuthError {
 }
 
 /// Creates the token key once, and gives every robot a secret once (removing those of robots no
-/// longer declared). Never regenerates anything that exists.
-pub async fn ensure(client: &kube::Client, reg: &Registry, spec: &AuthSpec) -> Result<(), AuthError> {
+/// longer declared). Never regenerates anything that exists. Returns the pull robot's secret
+/// when there is one.
+pub async fn ensure(
+    client: &kube::Client,
+    reg: &Registry,
+    spec: &AuthSpec,
+    pull_robot: bool,
+) -> Result<Option<String>, AuthError> {
     let ns = reg.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let key_name = token_key_secret_name(reg);
@@ -145,11 +168,17 @@ pub async fn ensure(client: &kube::Client, reg: &Registry, spec: &AuthSpec) -> R
             Err(e) => return Err(e.into()),
         }
     }
-    let robots: Vec<&str> = spec.robots.iter().flatten().map(|r| r.name.as_str()).collect();
+    let robots: Vec<&str> = spec
+        .robots
+        .iter()
+        .flatten()
+        .map(|r| r.name.as_str())
+        .chain(pull_robot.then_some(PULL_ROBOT))
+        .collect();
     let name = robots_secret_name(reg);
     let current = secrets.get_opt(&name).await?;
     if current.is_none() && robots.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let mut entries: BTreeMap<String, Option<String>> = BTreeMap::new();
     for robot in &robots {
@@ -175,7 +204,7 @@ pub async fn ensure(client: &kube::Client, reg: &Registry, spec: &AuthSpec) -> R
     match current {
         None => {
             let all = entries.into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
-            let s = secret(reg, name, "Opaque", "auth", all, BTreeMap::new());
+            let s = secret(reg, name.clone(), "Opaque", "auth", all, BTreeMap::new());
             match secrets.create(&PostParams::default(), &s).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -191,7 +220,10 @@ pub async fn ensure(client: &kube::Client, reg: &Registry, spec: &AuthSpec) -> R
             secrets.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
         }
     }
-    Ok(())
+    if !pull_robot {
+        return Ok(None);
+    }
+    Ok(secrets.get_opt(&name).await?.and_then(|s| data(&s, PULL_ROBOT)))
 }
 
 #[cfg(test)]
@@ -216,7 +248,7 @@ mod tests {
                 expires: Some("2030-01-01T00:00:00Z".into()),
             }]),
         };
-        let c = render(&spec).unwrap();
+        let c = render(&spec, true).unwrap();
         assert_eq!(c.htpasswd.as_deref(), Some(std::path::Path::new("/etc/berth/auth/htpasswd/htpasswd")));
         assert_eq!(
             c.token.key_file.as_deref(),
@@ -229,6 +261,8 @@ mod tests {
             Some(std::path::Path::new("/etc/berth/auth/robots/ci.bcrypt"))
         );
         assert_eq!(c.robots[0].expires.as_deref(), Some("2030-01-01T00:00:00Z"));
+        assert_eq!(c.robots[1].name, PULL_ROBOT, "the pull Secrets' robot");
+        assert_eq!(c.robots[1].grants[0].actions, [BerthAction::Pull]);
 
         let bad = AuthSpec {
             rules: Some(vec![AccessRule {
@@ -238,7 +272,7 @@ mod tests {
             }]),
             ..AuthSpec::default()
         };
-        match render(&bad) {
+        match render(&bad, false) {
             Err(BuildError::InvalidAuth(m)) => assert!(m.starts_with("spec.auth.rules[0].users"), "{m}"),
             other => panic!("{other:?}"),
         }

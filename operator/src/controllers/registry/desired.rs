@@ -132,7 +132,7 @@ pub fn render_config(reg: &Registry, eff: &Effective, proxies: &[ProxySource]) -
         storage: StorageConfig::Filesystem { path: Some(format!("{DATA_DIR}/storage").into()) },
         metadata: MetadataConfig::Sqlite { path: Some(format!("{DATA_DIR}/meta.db").into()) },
         proxy: proxies::upstreams(proxies)?,
-        auth: spec.auth.as_ref().map(auth::render).transpose()?,
+        auth: spec.auth.as_ref().map(|a| auth::render(a, spec.pull_secrets.is_some())).transpose()?,
         ..Config::default()
     })
 }
@@ -250,7 +250,7 @@ fn statefulset(
     mounts.extend(proxy_mounts);
     volumes.extend(proxy_volumes);
     if let Some(spec) = &reg.spec.auth {
-        let (auth_mounts, auth_volumes) = auth::volumes(reg, spec);
+        let (auth_mounts, auth_volumes) = auth::volumes(reg, spec, reg.spec.pull_secrets.is_some());
         mounts.extend(auth_mounts);
         volumes.extend(auth_volumes);
     }

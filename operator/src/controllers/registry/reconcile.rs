@@ -17,6 +17,7 @@ use kube::{Resource, ResourceExt};
 use super::desired::{self, BuildError, Child, Inputs};
 use super::effective;
 use super::proxies::ProxySource;
+use super::pullsecrets;
 use super::status::{self, Observed, SetState};
 use super::tls::{self, TlsError};
 use crate::controllers::apply::{apply, prune};
@@ -49,6 +50,12 @@ async fn reconcile_inner(reg: &Registry, ctx: &Context) -> Result<Action, Error>
         ..Observed::default()
     };
     if reg.meta().deletion_timestamp.is_some() {
+        // Pull Secrets in other namespaces cannot be owned: take them back before letting go.
+        if has_finalizer(reg) {
+            let spec = reg.spec.pull_secrets.clone().unwrap_or_default();
+            pullsecrets::withdraw(&ctx.client, reg, &spec).await?;
+            set_finalizer(ctx, reg, false).await?;
+        }
         return Ok(Action::await_change());
     }
     if !obs.suspended {
@@ -102,9 +109,10 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
         Err(e) => return Err(Error::Tls(e)),
     };
     obs.tls = tls.as_ref().map(|(_, s)| s.clone());
+    let mut pull_secret = None;
     if let Some(spec) = &reg.spec.auth {
-        match super::auth::ensure(&ctx.client, reg, spec).await {
-            Ok(()) => {}
+        match super::auth::ensure(&ctx.client, reg, spec, reg.spec.pull_secrets.is_some()).await {
+            Ok(p) => pull_secret = p,
             Err(super::auth::AuthError::Kube(e)) => return Err(Error::Kube(e)),
             Err(e @ super::auth::AuthError::Generate(_)) => {
                 obs.stalled = Some(("AuthSecretsFailed".into(), e.to_string()));
@@ -157,6 +165,40 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
         super::auth::token_key_secret_name(reg),
     ]);
     prune::<Secret>(&ctx.client, ns, &selector, &uid, &secrets).await?;
+    match (&reg.spec.pull_secrets, pull_secret) {
+        (Some(spec), Some(password)) => {
+            if !has_finalizer(reg) {
+                set_finalizer(ctx, reg, true).await?;
+            }
+            let eff = effective::resolve(reg, &ctx.default_image);
+            let server = pullsecrets::server(reg, spec, eff.port);
+            let config = pullsecrets::docker_config(&server, pullsecrets::PULL_ROBOT, &password);
+            obs.pull_secrets = Some(pullsecrets::distribute(&ctx.client, reg, spec, &config).await?);
+        }
+        (Some(_), None) => {}
+        (None, _) if has_finalizer(reg) => {
+            pullsecrets::withdraw(&ctx.client, reg, &Default::default()).await?;
+            set_finalizer(ctx, reg, false).await?;
+        }
+        (None, _) => {}
+    }
+    Ok(())
+}
+
+fn has_finalizer(reg: &Registry) -> bool {
+    reg.finalizers().iter().any(|f| f == pullsecrets::FINALIZER)
+}
+
+/// Adds or removes the pull Secrets finalizer, guarded by the resourceVersion read.
+async fn set_finalizer(ctx: &Context, reg: &Registry, on: bool) -> Result<(), Error> {
+    let mut finalizers: Vec<String> =
+        reg.finalizers().iter().filter(|f| *f != pullsecrets::FINALIZER).cloned().collect();
+    if on {
+        finalizers.push(pullsecrets::FINALIZER.into());
+    }
+    let api: Api<Registry> = Api::namespaced(ctx.client.clone(), &reg.namespace().unwrap_or_default());
+    let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": reg.resource_version()}});
+    api.patch(&reg.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(())
 }
 

@@ -26,6 +26,7 @@ pub struct Observed {
     /// The ProxyCaches rendered into the config just applied; `None` when nothing was applied
     /// (the previous report stands).
     pub proxy_caches: Option<Vec<String>>,
+    pub pull_secrets: Option<crate::crd::registry::PullSecretsStatus>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -88,6 +89,7 @@ pub fn compute(reg: &Registry, eff: &Effective, obs: &Observed, now: Time) -> Re
         selector: Some(obs.selector.clone()),
         effective: Some(eff.report(reg)),
         tls: obs.tls.clone(),
+        pull_secrets: obs.pull_secrets.clone(),
         proxy_caches: obs
             .proxy_caches
             .clone()
