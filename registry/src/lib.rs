@@ -14,6 +14,9 @@ pub mod api;
 #[cfg(feature = "server")]
 pub mod auth;
 #[cfg(feature = "server")]
+#[doc(hidden)]
+pub mod fuzzing;
+#[cfg(feature = "server")]
 pub mod glob;
 #[cfg(feature = "server")]
 pub mod meta;

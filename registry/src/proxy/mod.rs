@@ -12,7 +12,7 @@
 //! Content addressed by digest never changes, so it is never revalidated. Proxied repositories
 //! are read-only; every other repository is an ordinary one (the hybrid registry).
 
-mod challenge;
+pub mod challenge;
 pub mod client;
 pub mod flight;
 pub mod route;

@@ -1,0 +1,105 @@
+//! The checks the fuzz targets (`fuzz/`) run on arbitrary input, shared with the regression test
+//! that replays every saved case (`tests/fuzz_regressions.rs`) on stable Rust in `cargo test`.
+//! Each parser must return, never panic, and what it accepts must hold its own invariants.
+
+use std::sync::OnceLock;
+
+use crate::api::path::{self, Route};
+use crate::auth::token::Signer;
+use crate::config::auth::TokenConfig;
+use crate::oci::range::{parse_content_range, parse_range, ByteRange};
+use crate::oci::{manifest, Digest, Reference, RepoName, Tag};
+use crate::proxy::challenge;
+
+/// Every target by name, for the replay test.
+pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+    ("path", path),
+    ("reference", reference),
+    ("manifest", manifest),
+    ("range", range),
+    ("www_authenticate", www_authenticate),
+    ("token", token),
+];
+
+fn text(data: &[u8]) -> &str {
+    std::str::from_utf8(data).unwrap_or("")
+}
+
+/// The request path parser: an accepted route names a repository that parses again as itself.
+pub fn path(data: &[u8]) {
+    if let Ok(route) = path::parse(text(data)) {
+        if let Some(repo) = route.repo() {
+            let again = repo.as_str().parse::<RepoName>();
+            assert_eq!(again.as_ref().ok(), Some(repo), "an accepted name parses again as itself");
+        }
+        let _ = matches!(route, Route::Base);
+    }
+}
+
+/// Digests, tags, references and names: whatever parses prints back as it was written.
+pub fn reference(data: &[u8]) {
+    let s = text(data);
+    if let Ok(d) = s.parse::<Digest>() {
+        assert_eq!(d.to_string(), s);
+    }
+    if let Ok(t) = s.parse::<Tag>() {
+        assert_eq!(t.to_string(), s);
+    }
+    if let Ok(r) = s.parse::<Reference>() {
+        assert_eq!(r.to_string(), s);
+    }
+    if let Ok(n) = s.parse::<RepoName>() {
+        assert_eq!(n.as_str(), s);
+    }
+}
+
+/// Manifest parsing, under each content type a client may send.
+pub fn manifest(data: &[u8]) {
+    let Some((selector, body)) = data.split_first() else { return };
+    let content_type = match selector % 6 {
+        0 => None,
+        1 => Some("application/vnd.oci.image.manifest.v1+json"),
+        2 => Some("application/vnd.oci.image.index.v1+json"),
+        3 => Some("application/vnd.docker.distribution.manifest.v2+json"),
+        4 => Some("application/vnd.docker.distribution.manifest.list.v2+json"),
+        _ => Some("application/json; charset=utf-8"),
+    };
+    let _ = manifest::parse(content_type, body);
+}
+
+/// `Content-Range` of upload chunks and `Range` of blob reads: accepted ranges are ordered.
+pub fn range(data: &[u8]) {
+    let s = text(data);
+    if let Some(r) = parse_content_range(s) {
+        assert!(r.start <= r.end, "{s:?} gave {}..{}", r.start, r.end);
+    }
+    if let Some(ByteRange::From { start, end: Some(end) }) = parse_range(s) {
+        assert!(start <= end, "{s:?} gave {start}..{end}");
+    }
+}
+
+/// `WWW-Authenticate` from upstreams: schemes are lowercase words, parameter names lowercase.
+pub fn www_authenticate(data: &[u8]) {
+    for c in challenge::parse(text(data)) {
+        assert!(!c.scheme.is_empty());
+        assert_eq!(c.scheme, c.scheme.to_ascii_lowercase());
+        for (name, _) in &c.params {
+            assert_eq!(*name, name.to_ascii_lowercase());
+        }
+    }
+}
+
+/// Bearer tokens and token-request scopes: arbitrary input is refused, never trusted.
+pub fn token(data: &[u8]) {
+    static SIGNER: OnceLock<Option<Signer>> = OnceLock::new();
+    let s = text(data);
+    let _ = crate::auth::parse_scope(s);
+    let _ = crate::auth::decode_basic(s);
+    let signer = SIGNER.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("berth-fuzz-token-{}.key", std::process::id()));
+        Signer::open(&path, true, &TokenConfig::default()).ok()
+    });
+    if let Some(signer) = signer {
+        assert!(signer.verify(s).is_err(), "an unsigned input verified: {s:?}");
+    }
+}
