@@ -11,8 +11,11 @@ use crate::oci::range::{parse_content_range, parse_range, ByteRange};
 use crate::oci::{manifest, Digest, Reference, RepoName, Tag};
 use crate::proxy::challenge;
 
+/// A check: returns, or panics on a broken invariant.
+pub type Check = fn(&[u8]);
+
 /// Every target by name, for the replay test.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Check); 6] = [
     ("path", path),
     ("reference", reference),
     ("manifest", manifest),
