@@ -157,6 +157,21 @@ pub struct LimitsConfig {
     /// How long in-flight requests may run after a shutdown signal.
     #[serde(default = "default_grace", with = "duration")]
     pub shutdown_grace: Duration,
+    /// A request body that sends nothing for this long is cut off (slow or stalled clients);
+    /// an upload session stays resumable.
+    #[serde(default = "default_body_idle", with = "duration")]
+    pub body_idle_timeout: Duration,
+    /// Largest request head (request line and headers) accepted; larger gets 431.
+    #[serde(default = "default_header_bytes")]
+    pub max_header_bytes: u64,
+}
+
+fn default_body_idle() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_header_bytes() -> u64 {
+    64 << 10
 }
 
 fn default_manifest_bytes() -> u64 {
@@ -177,6 +192,8 @@ impl Default for LimitsConfig {
             max_manifest_bytes: default_manifest_bytes(),
             upload_ttl: default_upload_ttl(),
             shutdown_grace: default_grace(),
+            body_idle_timeout: default_body_idle(),
+            max_header_bytes: default_header_bytes(),
         }
     }
 }
@@ -256,6 +273,12 @@ impl Config {
         }
         if self.limits.max_manifest_bytes < 1024 {
             return Err(("limits.max_manifest_bytes", "must be at least 1024".into()));
+        }
+        if self.limits.body_idle_timeout < Duration::from_secs(1) {
+            return Err(("limits.body_idle_timeout", "must be at least 1s".into()));
+        }
+        if self.limits.max_header_bytes < 8192 {
+            return Err(("limits.max_header_bytes", "must be at least 8192".into()));
         }
         if self.limits.upload_ttl < Duration::from_secs(60) {
             return Err(("limits.upload_ttl", "must be at least 1m".into()));

@@ -72,7 +72,14 @@ pub fn build_state(config: &Config) -> Result<AppState, ServeError> {
         Some(a) => Some(Arc::new(Authenticator::new(a, &config.data_dir).map_err(ServeError::Auth)?)),
         None => None,
     };
-    Ok(AppState { registry, metrics, proxy, auth, tls: config.tls.is_some() })
+    Ok(AppState {
+        registry,
+        metrics,
+        proxy,
+        auth,
+        tls: config.tls.is_some(),
+        body_idle_timeout: config.limits.body_idle_timeout,
+    })
 }
 
 /// Serves until `shutdown` resolves, then drains for at most the configured grace period.
@@ -92,8 +99,13 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A client gets this long to send its request headers (slow-loris protection); bodies are
     // streamed and bounded by their own limits.
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    // and the head may be only so large (431 above).
+    let max_head = usize::try_from(config.limits.max_header_bytes).unwrap_or(usize::MAX);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(max_head);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

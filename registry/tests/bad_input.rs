@@ -352,3 +352,41 @@ async fn unsupported_methods_and_garbage_paths() {
     assert_eq!(seen, pieces.len() * pieces.len());
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_and_stalled_bodies_are_cut_off() {
+    use berth_registry::config::{Config, LimitsConfig};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = LimitsConfig { body_idle_timeout: Duration::from_secs(1), ..LimitsConfig::default() };
+    let s = TestServer::with_config(Config { limits, ..Config::default() }).await;
+
+    // A request head over the limit (64 KiB by default) gets 431, not an allocation spree.
+    let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let huge = format!("GET /v2/ HTTP/1.1\r\nHost: test\r\nX-Junk: {}\r\n\r\n", "a".repeat(100 << 10));
+    let _ = conn.write_all(huge.as_bytes()).await;
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await.unwrap().unwrap_or(0);
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 431"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    // A client that promises 1000 bytes, sends 10 and stalls is answered (and let go) soon after
+    // the idle timeout, and its upload session stays usable.
+    let session = start_session(&s, "slow/client").await;
+    let path = session.trim_start_matches(&s.url).to_owned();
+    let status_url = format!("{}{path}", s.url);
+    let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n0123456789"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the stalled request was still open after 20 s");
+    assert!(started.elapsed() >= Duration::from_millis(900), "cut off before the idle timeout");
+    let r = client().get(&status_url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT, "the session survives the stalled request");
+}

@@ -37,6 +37,8 @@ pub struct AppState {
     pub auth: Option<Arc<Authenticator>>,
     /// Whether clients reach this server over TLS (for the token realm).
     pub tls: bool,
+    /// A request body silent for this long is cut off.
+    pub body_idle_timeout: std::time::Duration,
 }
 
 /// The whole HTTP application; tests drive it without a socket.
@@ -60,7 +62,7 @@ async fn distribution(State(st): State<AppState>, req: Request) -> Response {
     let kind = route.as_ref().map(Route::kind).unwrap_or("invalid");
     let mut resp = match route {
         Ok(route) => {
-            let body = st.metrics.count_body_in(body);
+            let body = Body::new(IdleLimited::new(st.metrics.count_body_in(body), st.body_idle_timeout));
             let span = tracing::debug_span!("request", endpoint = kind, method = %parts.method);
             match auth::admit(&st, &parts, &route).await {
                 Err(refused) => refused,
@@ -107,5 +109,55 @@ async fn metrics(State(st): State<AppState>) -> Response {
         )
             .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// A request body that fails once the client has sent nothing for `idle` (a stalled or
+/// deliberately slow client cannot hold a request, and its upload, open forever).
+struct IdleLimited {
+    inner: Body,
+    idle: std::time::Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleLimited {
+    fn new(inner: Body, idle: std::time::Duration) -> IdleLimited {
+        IdleLimited { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)) }
+    }
+}
+
+impl http_body::Body for IdleLimited {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the client sent nothing for {:?}", this.idle),
+                ))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

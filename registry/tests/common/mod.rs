@@ -17,6 +17,10 @@ use tokio::sync::oneshot;
 
 pub mod upstream;
 
+fn config_limits() -> berth_registry::config::LimitsConfig {
+    berth_registry::config::LimitsConfig::default()
+}
+
 pub struct TestServer {
     pub url: String,
     pub state: AppState,
@@ -49,7 +53,14 @@ impl TestServer {
         let storage = Arc::new(FsStorage::open(data.join("storage")).unwrap());
         let meta = Arc::new(SqliteMeta::open(data.join("meta.db")).unwrap());
         let registry = Arc::new(Registry::new(metrics.instrument(storage), meta, limits));
-        let state = AppState { registry, metrics, proxy: None, auth: None, tls: false };
+        let state = AppState {
+            registry,
+            metrics,
+            proxy: None,
+            auth: None,
+            tls: false,
+            body_idle_timeout: config_limits().body_idle_timeout,
+        };
         let config = Config { data_dir: data.to_path_buf(), ..Config::default() };
         TestServer::serve(config, state).await
     }
