@@ -164,6 +164,13 @@ pub struct LimitsConfig {
     /// Largest request head (request line and headers) accepted; larger gets 431.
     #[serde(default = "default_header_bytes")]
     pub max_header_bytes: u64,
+    /// Upload sessions one client address may hold open at once; more get 429.
+    #[serde(default = "default_uploads_per_client")]
+    pub max_uploads_per_client: usize,
+}
+
+fn default_uploads_per_client() -> usize {
+    256
 }
 
 fn default_body_idle() -> Duration {
@@ -194,6 +201,7 @@ impl Default for LimitsConfig {
             shutdown_grace: default_grace(),
             body_idle_timeout: default_body_idle(),
             max_header_bytes: default_header_bytes(),
+            max_uploads_per_client: default_uploads_per_client(),
         }
     }
 }

@@ -79,6 +79,10 @@ pub fn build_state(config: &Config) -> Result<AppState, ServeError> {
         auth,
         tls: config.tls.is_some(),
         body_idle_timeout: config.limits.body_idle_timeout,
+        uploads: Arc::new(api::UploadsPerClient::new(
+            config.limits.max_uploads_per_client,
+            config.limits.upload_ttl,
+        )),
     })
 }
 
@@ -122,7 +126,14 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        let client = api::ClientAddr(peer.ip());
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(client);
+                req
+            },
+        ));
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();

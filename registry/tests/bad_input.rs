@@ -390,3 +390,43 @@ async fn oversized_heads_and_stalled_bodies_are_cut_off() {
     let r = client().get(&status_url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT, "the session survives the stalled request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_hold_every_upload_session() {
+    use berth_registry::config::{Config, LimitsConfig};
+    let limits = LimitsConfig { max_uploads_per_client: 3, ..LimitsConfig::default() };
+    let s = TestServer::with_config(Config { limits, ..Config::default() }).await;
+    let start = || async { client().post(s.url("/v2/many/sessions/blobs/uploads/")).send().await.unwrap() };
+    let mut sessions = vec![];
+    for _ in 0..3 {
+        let r = start().await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        sessions.push(r.headers()["location"].to_str().unwrap().to_owned());
+    }
+    let r = start().await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(error_code(r).await, "TOOMANYREQUESTS");
+    // Finishing or cancelling one frees a slot.
+    let r = client().delete(s.url(&sessions[0])).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let data = b"finished";
+    let digest = sha256(data);
+    let r = client()
+        .put(s.url(&format!("{}?digest={digest}", sessions[1])))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(start().await.status(), StatusCode::ACCEPTED);
+    assert_eq!(start().await.status(), StatusCode::ACCEPTED);
+    assert_eq!(start().await.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Monolithic pushes and mounts open no session and are not limited.
+    let r = client()
+        .post(s.url(&format!("/v2/many/sessions/blobs/uploads/?digest={digest}")))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}

@@ -91,13 +91,17 @@ pub(super) async fn handle(
             };
             let (range, len) = chunk_headers(&req.headers)?;
             let body = stream(body);
+            let session = id.to_string();
             reg.finish_upload(&repo, id, &digest, range, len, body)
                 .await
                 .map_err(|e| resumable(e, &repo, id))?;
+            st.uploads.closed(&session);
             Ok(created_blob(&repo, &digest))
         }
         Route::Upload(repo, id) if *m == Method::DELETE => {
+            let session = id.to_string();
             reg.cancel_upload(&repo, id).await?;
+            st.uploads.closed(&session);
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Route::Referrers(repo, subject) if *m == Method::GET => referrers(st, req, &repo, &subject).await,
@@ -318,7 +322,17 @@ async fn start_upload(
         reg.put_blob(repo, &digest, len, stream(body)).await?;
         return Ok(created_blob(repo, &digest));
     }
+    let client = req.extensions.get::<super::ClientAddr>().map(|c| c.0);
+    if let Some(client) = client.filter(|c| !st.uploads.admits(*c)) {
+        return Err(ApiError::new(
+            Code::TooManyRequests,
+            format!("{client} has too many upload sessions open; finish or cancel some first"),
+        ));
+    }
     let state = reg.start_upload(repo).await?;
+    if let Some(client) = client {
+        st.uploads.opened(client, state.id.to_string());
+    }
     Ok(upload_response(StatusCode::ACCEPTED, repo, state))
 }
 

@@ -39,6 +39,50 @@ pub struct AppState {
     pub tls: bool,
     /// A request body silent for this long is cut off.
     pub body_idle_timeout: std::time::Duration,
+    /// Open upload sessions per client address.
+    pub uploads: Arc<UploadsPerClient>,
+}
+
+/// The address a request came from (set by the server for each connection).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
+/// Upload sessions each client address holds open, so one client cannot exhaust them. Sessions
+/// are forgotten when finished or cancelled, or after the upload TTL (when they expire anyway).
+pub struct UploadsPerClient {
+    limit: usize,
+    ttl: std::time::Duration,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Vec<(String, std::time::Instant)>>>,
+}
+
+impl UploadsPerClient {
+    pub fn new(limit: usize, ttl: std::time::Duration) -> UploadsPerClient {
+        UploadsPerClient { limit, ttl, open: Default::default() }
+    }
+
+    /// Whether `client` may open another session.
+    fn admits(&self, client: std::net::IpAddr) -> bool {
+        let Ok(mut open) = self.open.lock() else { return true };
+        let ttl = self.ttl;
+        let sessions = open.entry(client).or_default();
+        sessions.retain(|(_, at)| at.elapsed() < ttl);
+        sessions.len() < self.limit
+    }
+
+    fn opened(&self, client: std::net::IpAddr, id: String) {
+        if let Ok(mut open) = self.open.lock() {
+            open.entry(client).or_default().push((id, std::time::Instant::now()));
+        }
+    }
+
+    fn closed(&self, id: &str) {
+        if let Ok(mut open) = self.open.lock() {
+            for sessions in open.values_mut() {
+                sessions.retain(|(s, _)| s != id);
+            }
+            open.retain(|_, s| !s.is_empty());
+        }
+    }
 }
 
 /// The whole HTTP application; tests drive it without a socket.

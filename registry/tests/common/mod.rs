@@ -60,6 +60,10 @@ impl TestServer {
             auth: None,
             tls: false,
             body_idle_timeout: config_limits().body_idle_timeout,
+            uploads: Arc::new(berth_registry::api::UploadsPerClient::new(
+                config_limits().max_uploads_per_client,
+                config_limits().upload_ttl,
+            )),
         };
         let config = Config { data_dir: data.to_path_buf(), ..Config::default() };
         TestServer::serve(config, state).await
