@@ -509,3 +509,46 @@ async fn unknown_users_and_wrong_passwords_take_the_same_time() {
         known.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxied_repositories_obey_the_same_rules() {
+    use berth_registry::config::{ProxyConfig, UpstreamConfig};
+    use common::upstream::{body_digest, Auth, Distribution};
+    let upstream = Distribution::start(Auth::None).await;
+    let image = push_image(&upstream.url, "library/alpine", "3.20", vec![noise(50, 2000)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, format!("bob:{}\n", bcrypt::hash("bob-pw", 4).unwrap())).unwrap();
+    let auth = AuthConfig {
+        htpasswd: Some(htpasswd),
+        token: TokenConfig { enabled: false, ..TokenConfig::default() },
+        rules: vec![rule(&["bob"], &["docker.io/library/**"], &[Action::Pull])],
+        ..AuthConfig::default()
+    };
+    let hub = UpstreamConfig::new("docker.io", &upstream.url);
+    let berth = TestServer::with_config(Config {
+        auth: Some(auth),
+        proxy: ProxyConfig { upstreams: vec![hub] },
+        ..Config::default()
+    })
+    .await;
+    let get = |who: Option<(&'static str, &'static str)>, path: String| {
+        let url = berth.url(&path);
+        async move {
+            let mut req = client().get(url);
+            if let Some((u, p)) = who {
+                req = req.basic_auth(u, Some(p));
+            }
+            req.send().await.unwrap()
+        }
+    };
+    let manifest = "/v2/docker.io/library/alpine/manifests/3.20".to_owned();
+    assert_eq!(get(None, manifest.clone()).await.status(), 401, "anonymous: no pulls through the mirror");
+    assert_eq!(get(Some(("bob", "bob-pw")), manifest).await.status(), 200);
+    let blob = format!("/v2/docker.io/library/alpine/blobs/{}", image.layers[0]);
+    let r = get(Some(("bob", "bob-pw")), blob).await;
+    assert_eq!(body_digest(r).await.unwrap(), image.layers[0]);
+    // A name outside bob's rule is refused before anything is fetched.
+    let r = get(Some(("bob", "bob-pw")), "/v2/docker.io/bitnami/redis/manifests/7".to_owned()).await;
+    assert_eq!(r.status(), 403);
+}
