@@ -385,6 +385,68 @@ async fn self_signed_tls_registry_serves_https_to_clients_trusting_its_ca() {
     .await;
     let again = secrets.get(&ca_secret).await.unwrap();
     assert_eq!(again.data.unwrap()["ca.crt"].0, ca_pem);
+
+    // Rotation: a serving certificate due for renewal is re-issued by the same CA, and the pod
+    // serves the new one without a restart (the Secret volume refreshes; berth reloads it).
+    let tls_secret = reg.data["status"]["tls"]["secretName"].as_str().unwrap().to_owned();
+    let old_crt = secrets.get(&tls_secret).await.unwrap().data.unwrap()["tls.crt"].0.clone();
+    let pods: Api<Pod> = ns.api();
+    let pod_uid = pods.get("secure-0").await.unwrap().metadata.uid;
+    after_a_reconcile(&client, || {
+        run(cp.kubectl().unwrap().args([
+            "annotate",
+            "secret",
+            &tls_secret,
+            "-n",
+            &ns.name,
+            "berth.dev/not-after=1",
+            "--overwrite",
+        ]));
+        run(cp.kubectl().unwrap().args([
+            "annotate",
+            "registry",
+            "secure",
+            "-n",
+            &ns.name,
+            "poke=2",
+            "--overwrite",
+        ]));
+    })
+    .await;
+    let renewed = wait_until(Duration::from_secs(60), || async {
+        secrets.get(&tls_secret).await.ok().and_then(|s| s.data).is_some_and(|d| d["tls.crt"].0 != old_crt)
+    })
+    .await;
+    assert!(renewed, "the serving certificate was re-issued");
+    let new_crt = secrets.get(&tls_secret).await.unwrap().data.unwrap()["tls.crt"].0.clone();
+    assert_eq!(secrets.get(&ca_secret).await.unwrap().data.unwrap()["ca.crt"].0, ca_pem, "same CA");
+    let fingerprint_of = |pem: &[u8]| {
+        let mut child = Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(pem).unwrap();
+        String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).trim().to_owned()
+    };
+    let want = fingerprint_of(&new_crt);
+    let host = format!("secure.{}.svc.cluster.local:443", ns.name);
+    let served = wait_until(Duration::from_secs(120), || {
+        let (host, want) = (host.clone(), want.clone());
+        let out = cp
+            .in_cluster_dns("sh")
+            .args(["-c", &format!("openssl s_client -connect {host} -servername {} </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256", host.split(':').next().unwrap())])
+            .output();
+        async move { out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == want) }
+    })
+    .await;
+    assert!(served, "the pod serves the renewed certificate\n{}", debug(&cp));
+    assert_eq!(pods.get("secure-0").await.unwrap().metadata.uid, pod_uid, "without a restart");
+    let after =
+        skopeo_push(&cp, image.path(), &dest, &["--dest-cert-dir", &certs.path().display().to_string()]);
+    assert!(after.status.success(), "clients trusting the CA still push");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
