@@ -331,6 +331,38 @@ async fn helm_installed_operator_runs_a_registry_that_serves_and_stays_put() {
     .await;
     assert!(rolled, "the pod was replaced after the spec edit\n{}", debug(&cp));
 
+    // A larger volume grows the claim in place; the StatefulSet's template (immutable) stays.
+    let grown = format!("{}  log:\n    level: debug\n", REGISTRY.replace("size: 2Gi", "size: 3Gi"));
+    let out = kubectl_apply(&cp, &ns.name, &grown);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let claims: Api<PersistentVolumeClaim> = ns.api();
+    let requested = |c: &PersistentVolumeClaim| {
+        c.spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref()?.requests.as_ref()?.get("storage").map(|q| q.0.clone()))
+    };
+    let grew = wait_until(Duration::from_secs(60), || async {
+        claims
+            .get_opt("data-hub-0")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|c| requested(&c).as_deref() == Some("3Gi"))
+    })
+    .await;
+    assert!(
+        grew,
+        "the claim was grown to 3Gi: {:?}\n{:?}\n{}",
+        claims.get_opt("data-hub-0").await.ok().flatten().map(|c| (c.spec, c.metadata.labels)),
+        regs.get("hub").await.map(|r| r.data["status"].clone()),
+        debug(&cp)
+    );
+    let sets: Api<StatefulSet> = ns.api();
+    let template = sets.get("hub").await.unwrap().spec.unwrap().volume_claim_templates.unwrap();
+    assert_eq!(requested(&template[0]).as_deref(), Some("2Gi"));
+    let reg = regs.get("hub").await.unwrap();
+    assert_eq!(condition(&reg, "Stalled").map(|c| c.0), Some("False".to_owned()), "{:?}", reg.data["status"]);
+
     // Deleting the Registry removes its children but keeps the volume claim.
     regs.delete("hub", &DeleteParams::default()).await.unwrap();
     let sets: Api<StatefulSet> = ns.api();

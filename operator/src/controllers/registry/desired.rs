@@ -39,6 +39,9 @@ pub struct Inputs {
     pub tls_secret: Option<String>,
     /// The `ProxyCache`s that name this Registry.
     pub proxies: Vec<ProxySource>,
+    /// The claim size in the existing StatefulSet's volumeClaimTemplates, which cannot change:
+    /// a larger `spec.storage.filesystem.size` grows the claims themselves instead.
+    pub claim_template_size: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -168,7 +171,7 @@ pub fn build(reg: &Registry, inputs: &Inputs) -> Result<Vec<Child>, BuildError> 
         }))?),
         Child::Service(service(reg, &eff)?),
         Child::Service(headless(reg)?),
-        Child::StatefulSet(statefulset(reg, &eff, &hash, tls_secret.as_deref(), &inputs.proxies)?),
+        Child::StatefulSet(statefulset(reg, &eff, &hash, tls_secret.as_deref(), inputs)?),
     ];
     if eff.replicas > 1 {
         children.push(Child::Pdb(from_json(serde_json::json!({
@@ -226,8 +229,9 @@ fn statefulset(
     eff: &Effective,
     hash: &str,
     tls_secret: Option<&str>,
-    proxies: &[ProxySource],
+    inputs: &Inputs,
 ) -> Result<StatefulSet, BuildError> {
+    let proxies = &inputs.proxies;
     let name = reg.name_any();
     let storage = reg.spec.storage.clone().unwrap_or_default();
     let scheme = if eff.tls == TlsMode::None { "HTTP" } else { "HTTPS" };
@@ -262,7 +266,11 @@ fn statefulset(
         let fs = storage.filesystem.clone().unwrap_or_default();
         let mut spec = serde_json::json!({
             "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": fs.size.clone().unwrap_or_else(|| effective::DEFAULT_SIZE.into())}},
+            "resources": {"requests": {"storage": inputs
+                .claim_template_size
+                .clone()
+                .or_else(|| fs.size.clone())
+                .unwrap_or_else(|| effective::DEFAULT_SIZE.into())}},
         });
         if let Some(class) = &fs.storage_class_name {
             spec["storageClassName"] = class.clone().into();

@@ -121,8 +121,28 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
         }
     }
     let proxies = proxy_sources(reg, ctx, ns).await?;
-    let inputs =
-        Inputs { default_image: ctx.default_image.clone(), tls_secret: tls.map(|(name, _)| name), proxies };
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+    let claim_template_size = sets.get_opt(&reg.name_any()).await?.and_then(|s| {
+        let templates = s.spec?.volume_claim_templates?;
+        let size = templates
+            .first()?
+            .spec
+            .as_ref()?
+            .resources
+            .as_ref()?
+            .requests
+            .as_ref()?
+            .get("storage")?
+            .0
+            .clone();
+        Some(size)
+    });
+    let inputs = Inputs {
+        default_image: ctx.default_image.clone(),
+        tls_secret: tls.map(|(name, _)| name),
+        proxies,
+        claim_template_size,
+    };
     let children = match desired::build(reg, &inputs) {
         Ok(c) => c,
         Err(e @ BuildError::NotSupported(_))
@@ -165,6 +185,7 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
         super::auth::token_key_secret_name(reg),
     ]);
     prune::<Secret>(&ctx.client, ns, &selector, &uid, &secrets).await?;
+    grow_claims(reg, ctx, ns, obs).await?;
     match (&reg.spec.pull_secrets, pull_secret) {
         (Some(spec), Some(password)) => {
             if !has_finalizer(reg) {
@@ -181,6 +202,40 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
             set_finalizer(ctx, reg, false).await?;
         }
         (None, _) => {}
+    }
+    Ok(())
+}
+
+/// Volume claims smaller than `spec.storage.filesystem.size` are grown in place (the
+/// StatefulSet's templates cannot change). A StorageClass that cannot expand stalls the Registry
+/// with the API server's reason.
+async fn grow_claims(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -> Result<(), Error> {
+    use berth_registry::config::size;
+    let Some(want) =
+        reg.spec.storage.as_ref().and_then(|s| s.filesystem.as_ref()).and_then(|f| f.size.clone())
+    else {
+        return Ok(());
+    };
+    let Ok(want_bytes) = size::parse(&want) else { return Ok(()) };
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    for c in claims.list(&ListParams::default().labels(&labels::selector_string(&reg.name_any()))).await? {
+        let current =
+            c.spec.as_ref().and_then(|s| s.resources.as_ref()?.requests.as_ref()?.get("storage").cloned());
+        let smaller = current.as_ref().and_then(|q| size::parse(&q.0).ok()).is_some_and(|b| b < want_bytes);
+        if !smaller {
+            continue;
+        }
+        let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": want}}}});
+        match claims.patch(&c.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 422 || e.code == 403 => {
+                obs.stalled = Some((
+                    "StorageCannotGrow".into(),
+                    format!("volume claim {}: {}", c.name_any(), e.message),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }

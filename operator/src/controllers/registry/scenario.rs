@@ -91,6 +91,8 @@ async fn first_pass_applies_children_prunes_observes_and_reports() {
         lines(&seen),
         [
             "GET /apis/berth.dev/v1alpha1/namespaces/team/proxycaches",
+            // the claim size the existing StatefulSet was created with
+            "GET /apis/apps/v1/namespaces/team/statefulsets/hub",
             "PATCH /api/v1/namespaces/team/secrets/hub-config",
             "PATCH /api/v1/namespaces/team/services/hub",
             "PATCH /api/v1/namespaces/team/services/hub-headless",
@@ -104,10 +106,10 @@ async fn first_pass_applies_children_prunes_observes_and_reports() {
             "POST /apis/events.k8s.io/v1/namespaces/team/events",
         ]
     );
-    let status = &seen[10].body["status"];
+    let status = &seen[11].body["status"];
     let ready = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
     assert_eq!(ready["status"], "True");
-    assert_eq!(seen[11].body["reason"], "Ready");
+    assert_eq!(seen[12].body["reason"], "Ready");
 }
 
 #[tokio::test]

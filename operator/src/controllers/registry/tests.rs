@@ -22,7 +22,12 @@ fn registry(spec: serde_json::Value) -> Registry {
 }
 
 fn inputs() -> Inputs {
-    Inputs { default_image: "ghcr.io/berth-dev/berth:0.1.0".into(), tls_secret: None, proxies: vec![] }
+    Inputs {
+        default_image: "ghcr.io/berth-dev/berth:0.1.0".into(),
+        tls_secret: None,
+        proxies: vec![],
+        claim_template_size: None,
+    }
 }
 
 fn children(r: &Registry, i: &Inputs) -> Vec<Child> {
