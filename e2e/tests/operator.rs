@@ -315,6 +315,22 @@ async fn helm_installed_operator_runs_a_registry_that_serves_and_stays_put() {
     })
     .await;
     assert!(back, "deleted Secret and Service were recreated");
+    // The StatefulSet too (orphaning its pod, as `kubectl delete --cascade=orphan` does, so the
+    // registry keeps serving while the operator puts the set back and adopts it).
+    let sets: Api<StatefulSet> = ns.api();
+    let old_set = sets.get("hub").await.unwrap().metadata.uid;
+    sets.delete("hub", &DeleteParams::orphan()).await.unwrap();
+    let set_back = wait_until(Duration::from_secs(60), || {
+        let (sets, old_set) = (sets.clone(), old_set.clone());
+        async move { sets.get_opt("hub").await.ok().flatten().is_some_and(|s| s.metadata.uid != old_set) }
+    })
+    .await;
+    assert!(set_back, "a deleted StatefulSet was recreated\n{}", debug(&cp));
+    assert!(
+        wait_condition(&regs, "hub", "Ready", "True", Duration::from_secs(120)).await,
+        "Ready again after the StatefulSet came back\n{}",
+        debug(&cp)
+    );
 
     // Editing the spec rolls the pod (the config hash changes).
     let pods: Api<Pod> = ns.api();
@@ -912,6 +928,16 @@ spec:
     })
     .await;
     assert_eq!(secrets.get("locked-robots").await.unwrap().metadata.resource_version, before);
+
+    // Deleting the Registry keeps the secrets it generated (retainPolicy defaults to Retain).
+    regs.delete("locked", &DeleteParams::default()).await.unwrap();
+    let gone = wait_until(Duration::from_secs(90), || async {
+        regs.get_opt("locked").await.ok().flatten().is_none()
+    })
+    .await;
+    assert!(gone, "the Registry went away");
+    assert!(secrets.get_opt("locked-robots").await.unwrap().is_some(), "robot secrets are kept");
+    assert!(secrets.get_opt("locked-token-key").await.unwrap().is_some(), "the token key is kept");
 }
 
 /// crane, at the version `scripts/tools.sh` builds.
