@@ -7,12 +7,8 @@ source "$ROOT/scripts/tools.sh"
 
 CRANE=$(tool_path crane)
 ORAS=$(tool_path oras)
-for t in "$CRANE" "$ORAS"; do
-  [[ -x $t ]] || { echo "missing $t: run scripts/tools.sh" >&2; exit 1; }
-done
-for c in skopeo podman containerd ctr; do
-  command -v "$c" >/dev/null || { echo "$c is not installed" >&2; exit 1; }
-done
+require_tools "$CRANE" "$ORAS"
+require_commands skopeo podman containerd ctr
 
 WORK=$(mktemp -d)
 on_exit "rm -rf $WORK"

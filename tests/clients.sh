@@ -8,10 +8,8 @@ CRANE=$(tool_path crane)
 ORAS=$(tool_path oras)
 REGCTL=$(tool_path regctl)
 COSIGN=$(tool_path cosign)
-for t in "$CRANE" "$ORAS" "$REGCTL" "$COSIGN"; do
-  [[ -x $t ]] || { echo "missing $t: run scripts/tools.sh" >&2; exit 1; }
-done
-command -v skopeo >/dev/null || { echo "skopeo is not installed" >&2; exit 1; }
+require_tools "$CRANE" "$ORAS" "$REGCTL" "$COSIGN"
+require_commands skopeo
 
 start_berth
 WORK=$(mktemp -d)

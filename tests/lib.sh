@@ -50,6 +50,17 @@ start_berth() {
   wait_for "$BERTH_URL/v2/" 20
 }
 
+# require_tools PATH...: each built tool (scripts/tools.sh) must be there.
+# require_commands NAME...: each command (Debian packages) must be installed.
+require_tools() {
+  local t
+  for t in "$@"; do [[ -x $t ]] || { echo "missing $t: run scripts/tools.sh" >&2; exit 1; }; done
+}
+require_commands() {
+  local c
+  for c in "$@"; do command -v "$c" >/dev/null || { echo "$c is not installed" >&2; exit 1; }; done
+}
+
 # start_containerd DIR: a containerd of its own under DIR (no CRI), with CTR set to a ctr talking
 # to it in the namespace berth-test.
 start_containerd() {

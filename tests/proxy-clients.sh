@@ -9,12 +9,8 @@ source "$ROOT/scripts/tools.sh"
 
 CRANE=$(tool_path crane)
 DISTRIBUTION=$(tool_path registry)
-for t in "$CRANE" "$DISTRIBUTION"; do
-  [[ -x $t ]] || { echo "missing $t: run scripts/tools.sh" >&2; exit 1; }
-done
-for c in skopeo containerd ctr; do
-  command -v "$c" >/dev/null || { echo "$c is not installed" >&2; exit 1; }
-done
+require_tools "$CRANE" "$DISTRIBUTION"
+require_commands skopeo containerd ctr
 
 WORK=$(mktemp -d)
 on_exit "rm -rf $WORK"

@@ -97,7 +97,7 @@ impl Blob {
     }
 }
 
-fn random_bytes(size: usize, seed: u64) -> Bytes {
+pub fn random_bytes(size: usize, seed: u64) -> Bytes {
     // xorshift: incompressible enough, and the same for every server.
     let mut x = seed | 1;
     let mut v = Vec::with_capacity(size + 8);

@@ -58,10 +58,6 @@ impl Drop for Process {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 async fn wait_ready(url: &str, client: &reqwest::Client) -> anyhow::Result<()> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
@@ -81,7 +77,7 @@ async fn distribution(
     c: &reqwest::Client,
 ) -> anyhow::Result<(Process, String)> {
     std::fs::create_dir_all(data)?;
-    let addr = format!("127.0.0.1:{}", free_port()?);
+    let addr = format!("127.0.0.1:{}", crate::servers::free_port()?);
     let proxy = remote.map(|r| format!("proxy:\n  remoteurl: {r}\n")).unwrap_or_default();
     let config = data.join("config.yml");
     std::fs::write(
@@ -114,7 +110,7 @@ async fn berth(
     c: &reqwest::Client,
 ) -> anyhow::Result<(Process, String)> {
     std::fs::create_dir_all(data)?;
-    let addr = format!("127.0.0.1:{}", free_port()?);
+    let addr = format!("127.0.0.1:{}", crate::servers::free_port()?);
     let config = data.join("berth.yml");
     std::fs::write(
         &config,
@@ -178,19 +174,6 @@ impl Drop for ByteCounter {
     }
 }
 
-fn random_bytes(size: usize, seed: u64) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(size + 8);
-    while v.len() < size {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(size);
-    Bytes::from(v)
-}
-
 fn sha256(b: &[u8]) -> String {
     format!("sha256:{:x}", sha2::Sha256::digest(b))
 }
@@ -214,7 +197,8 @@ async fn seed(c: &reqwest::Client, base: &str, plan: &ProxyPlan) -> anyhow::Resu
         push_blob(c, base, Bytes::from_static(b"{\"architecture\":\"amd64\",\"os\":\"linux\"}")).await?;
     let mut layers = vec![];
     for i in 0..plan.layers {
-        let (d, size) = push_blob(c, base, random_bytes(plan.layer_size, 1000 + i as u64)).await?;
+        let (d, size) =
+            push_blob(c, base, crate::load::random_bytes(plan.layer_size, 1000 + i as u64)).await?;
         layers.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": size}));
     }
     let manifest = serde_json::json!({

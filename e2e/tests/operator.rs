@@ -851,11 +851,7 @@ async fn a_registry_with_auth_admits_its_users_and_robots_only() {
     install_operator(&cp);
     let client = cp.client().await.unwrap();
     let ns = TempNamespace::create(&client, "auth").await.unwrap();
-    let users = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: users\nstringData:\n  htpasswd: |\n    alice:{}\n",
-        bcrypt::hash("alice-pw", 5).unwrap()
-    );
-    assert!(kubectl_apply(&cp, &ns.name, &users).status.success());
+    users_secret(&cp, &ns.name);
     let registry = "apiVersion: berth.dev/v1alpha1
 kind: Registry
 metadata:
@@ -940,6 +936,15 @@ spec:
     assert!(secrets.get_opt("locked-token-key").await.unwrap().is_some(), "the token key is kept");
 }
 
+/// The Secret `users` with one htpasswd user, alice (password alice-pw).
+fn users_secret(cp: &ControlPlane, ns: &str) {
+    let users = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: users\nstringData:\n  htpasswd: |\n    alice:{}\n",
+        bcrypt::hash("alice-pw", 5).unwrap()
+    );
+    assert!(kubectl_apply(cp, ns, &users).status.success());
+}
+
 /// crane, at the version `scripts/tools.sh` builds.
 fn crane() -> PathBuf {
     let version = include_str!("../../scripts/tools.sh")
@@ -957,11 +962,7 @@ async fn pull_secrets_follow_namespace_labels_and_leave_with_the_registry() {
     install_operator(&cp);
     let client = cp.client().await.unwrap();
     let ns = TempNamespace::create(&client, "dist").await.unwrap();
-    let users = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: users\nstringData:\n  htpasswd: |\n    alice:{}\n",
-        bcrypt::hash("alice-pw", 5).unwrap()
-    );
-    assert!(kubectl_apply(&cp, &ns.name, &users).status.success());
+    users_secret(&cp, &ns.name);
     let registry = "apiVersion: berth.dev/v1alpha1
 kind: Registry
 metadata:

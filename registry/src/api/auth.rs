@@ -31,12 +31,8 @@ pub fn required(route: &Route, method: &Method) -> Vec<(String, Actions)> {
 }
 
 /// `a=b&c=d` pairs in order, repeated keys kept (token requests repeat `scope`).
-fn pairs(query: &str) -> Vec<(String, String)> {
-    let uri: axum::http::Uri = match format!("/?{query}").parse() {
-        Ok(u) => u,
-        Err(_) => return vec![],
-    };
-    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri).map(|q| q.0).unwrap_or_default()
+fn pairs(query: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(query).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
 /// The token endpoint's URL as clients reach this server: configured, or from `Host`.
@@ -151,11 +147,11 @@ pub async fn token(State(st): State<AppState>, req: Request) -> Response {
     let post = parts.method == Method::POST;
     let fields = if post {
         match axum::body::to_bytes(body, 64 << 10).await {
-            Ok(b) => pairs(&String::from_utf8_lossy(&b)),
+            Ok(b) => pairs(&b),
             Err(_) => return token_error(StatusCode::BAD_REQUEST, Code::Unsupported, "form too large"),
         }
     } else if parts.method == Method::GET {
-        pairs(parts.uri.query().unwrap_or(""))
+        pairs(parts.uri.query().unwrap_or("").as_bytes())
     } else {
         return token_error(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, "use GET or POST");
     };
@@ -256,11 +252,7 @@ pub async fn token(State(st): State<AppState>, req: Request) -> Response {
 
 /// The identity a refresh token stands for, if it is valid and they still are.
 fn refreshed(auth: &Arc<Authenticator>, token: &str) -> Option<Identity> {
-    let claims = auth.signer()?.verify(token).ok().filter(|c| c.refresh)?;
-    let identity = if auth.config().robots.iter().any(|r| r.name == claims.sub) {
-        Identity::Robot(claims.sub)
-    } else {
-        Identity::User(claims.sub)
-    };
+    let claims = auth.signer()?.verify(token).ok().filter(|c| c.refresh && !c.sub.is_empty())?;
+    let identity = auth.identity_named(&claims.sub);
     auth.still_valid(&identity).then_some(identity)
 }

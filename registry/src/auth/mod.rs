@@ -22,7 +22,7 @@ use sha2::Digest as _;
 use crate::config::auth::{Action, AuthConfig, Grant};
 use crate::glob::Glob;
 use htpasswd::{Htpasswd, Watched};
-use token::{Claims, Signer};
+use token::Signer;
 
 /// A set of actions on one repository.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -313,15 +313,16 @@ impl Authenticator {
             if claims.refresh {
                 return Err(AuthError::BadToken("a refresh token is not an access token".into()));
             }
-            let identity = self.identity_of(&claims);
+            let identity = self.identity_named(&claims.sub);
             let access = claims.repository_access();
             return Ok(Caller { identity, auth: Some(self.clone()), token: Some(access) });
         }
         Err(AuthError::Scheme)
     }
 
-    fn identity_of(&self, claims: &Claims) -> Identity {
-        match claims.sub.as_str() {
+    /// Who a token's subject is: a robot by that name, else a user (empty: anonymous).
+    pub fn identity_named(&self, subject: &str) -> Identity {
+        match subject {
             "" => Identity::Anonymous,
             s if self.robots.contains_key(s) => Identity::Robot(s.to_owned()),
             s => Identity::User(s.to_owned()),

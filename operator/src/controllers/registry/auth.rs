@@ -201,13 +201,22 @@ pub async fn ensure(
             }
         }
     }
+    // The pull robot's secret as it will stand, without reading the Secret back.
+    let mut pull_secret = entries
+        .get(PULL_ROBOT)
+        .cloned()
+        .flatten()
+        .or_else(|| current.as_ref().and_then(|s| data(s, PULL_ROBOT)));
     match current {
         None => {
             let all = entries.into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
             let s = secret(reg, name.clone(), "Opaque", "auth", all, BTreeMap::new());
             match secrets.create(&PostParams::default(), &s).await {
                 Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                // Another reconcile created it first: its secrets are the ones that count.
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    pull_secret = secrets.get_opt(&name).await?.and_then(|s| data(&s, PULL_ROBOT));
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -220,10 +229,7 @@ pub async fn ensure(
             secrets.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
         }
     }
-    if !pull_robot {
-        return Ok(None);
-    }
-    Ok(secrets.get_opt(&name).await?.and_then(|s| data(&s, PULL_ROBOT)))
+    Ok(pull_secret.filter(|_| pull_robot))
 }
 
 #[cfg(test)]

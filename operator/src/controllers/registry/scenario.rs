@@ -106,10 +106,11 @@ async fn first_pass_applies_children_prunes_observes_and_reports() {
             "POST /apis/events.k8s.io/v1/namespaces/team/events",
         ]
     );
-    let status = &seen[11].body["status"];
+    let written = |suffix: &str| &seen.iter().find(|s| s.line.ends_with(suffix)).unwrap().body;
+    let status = &written("/status")["status"];
     let ready = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
     assert_eq!(ready["status"], "True");
-    assert_eq!(seen[12].body["reason"], "Ready");
+    assert_eq!(written("/events")["reason"], "Ready");
 }
 
 #[tokio::test]
