@@ -46,7 +46,7 @@ stage() {
 
 provision() {
   ensure_debs skopeo containerd curl python3 ca-certificates util-linux mount lua5.4 podman buildah runc uidmap fuse-overlayfs &&
-  for t in conformance crane oras regctl cosign registry helm kubeconform; do ensure_tool "$t" || return 1; done &&
+  for t in conformance conformance-main crane oras regctl cosign registry helm kubeconform; do ensure_tool "$t" || return 1; done &&
   bash e2e/k8s-tools.sh
 }
 

@@ -23,7 +23,11 @@ TOOLS=(
   "oras|v1.2.0|oras.land/oras|./cmd/oras"
   "cosign|v2.6.5|github.com/sigstore/cosign/v2|./cmd/cosign"
   "registry|$DISTRIBUTION_VERSION|github.com/distribution/distribution/v3|./cmd/registry"
+  # The distribution-spec conformance suites: the Ginkgo suite of the v1.1 release line (a test
+  # binary), and the rewritten suite of the main branch (a program). The exact v1.1.1 commit
+  # (a139cc42) is refused by the module proxy (403).
   "conformance|v0.0.0-20231101194043-f2182352d4cc|github.com/opencontainers/distribution-spec/conformance|-"
+  "conformance-main|v0.0.0-20260831232431-97274622c111|github.com/opencontainers/distribution-spec/conformance|."
   "helm|$HELM_VERSION|helm.sh/helm/v3|./cmd/helm"
   "kubeconform|$KUBECONFORM_VERSION|github.com/yannh/kubeconform|./cmd/kubeconform"
   # Benchmarks only, and refused by the module proxy here (403): never in the default set.

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use crate::api::path;
 use crate::auth::token::Signer;
 use crate::config::auth::TokenConfig;
-use crate::oci::range::{parse_content_range, parse_range, ByteRange};
+use crate::oci::range::{parse_content_range, parse_range, RangeOutcome};
 use crate::oci::{manifest, Digest, Reference, RepoName, Tag};
 use crate::proxy::challenge;
 
@@ -69,14 +69,19 @@ pub fn manifest(data: &[u8]) {
     let _ = manifest::parse(content_type, body);
 }
 
-/// `Content-Range` of upload chunks and `Range` of blob reads: accepted ranges are ordered.
+/// `Content-Range` of upload chunks and `Range` of blob reads: accepted ranges are ordered and
+/// every range served lies inside the blob.
 pub fn range(data: &[u8]) {
     let s = text(data);
     if let Some(r) = parse_content_range(s) {
         assert!(r.start <= r.end, "{s:?} gave {}..{}", r.start, r.end);
     }
-    if let Some(ByteRange::From { start, end: Some(end) }) = parse_range(s) {
-        assert!(start <= end, "{s:?} gave {start}..{end}");
+    if let Some(r) = parse_range(s) {
+        for size in [0, 1, 500, u64::MAX] {
+            if let RangeOutcome::Partial { start, end } = r.resolve(size) {
+                assert!(start <= end && end < size, "{s:?} on {size} bytes gave {start}..={end}");
+            }
+        }
     }
 }
 

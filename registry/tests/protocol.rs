@@ -54,6 +54,9 @@ async fn blob_reads_and_ranges() {
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.headers()["content-range"], "bytes */1000");
 
+    let r = range("bytes=500-0").await.unwrap();
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE, "a range that ends before it starts");
+
     let r = range("bytes=0-1,5-6").await.unwrap();
     assert_eq!(r.status(), StatusCode::OK, "multi-range requests get the whole blob");
 
@@ -334,6 +337,46 @@ async fn tags_and_catalog_paginate_with_link() {
     let after: serde_json::Value =
         send(Method::GET, s.url("/v2/_catalog?n=5&last=a/first")).await.json().await.unwrap();
     assert_eq!(after["repositories"], serde_json::json!(["r/h", "r/i"]));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_push_with_tag_parameters() {
+    let s = TestServer::start().await;
+    let m = image_manifest(&s, "r/tp", "tp", serde_json::json!({})).await;
+    let md = sha256(&m);
+    let put = |query: &str| {
+        client()
+            .put(s.url(&format!("/v2/r/tp/manifests/{md}?{query}")))
+            .header("content-type", OCI_MANIFEST)
+            .body(m.clone())
+            .send()
+    };
+
+    // An invalid tag refuses the whole push: neither the manifest nor the valid tag lands.
+    let r = put("tag=ok&tag=-bad").await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(r).await, "MANIFEST_INVALID");
+    let head = send(Method::HEAD, s.url(&format!("/v2/r/tp/manifests/{md}"))).await;
+    assert_eq!(head.status(), StatusCode::NOT_FOUND);
+
+    let too_many: Vec<String> = (0..65).map(|i| format!("tag=t{i}")).collect();
+    let r = put(&too_many.join("&")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "tag parameters are bounded");
+
+    let r = put("tag=v1&tag=latest&tag=v1&other=x").await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let tags: Vec<&str> = r.headers().get_all("oci-tag").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(tags, ["latest", "v1"], "one OCI-Tag per tag applied");
+    assert_eq!(r.headers()["docker-content-digest"], md.as_str());
+    for t in ["v1", "latest"] {
+        let got = send(Method::GET, s.url(&format!("/v2/r/tp/manifests/{t}"))).await;
+        assert_eq!(got.headers()["docker-content-digest"], md.as_str(), "{t}");
+    }
+
+    // Without parameters there is no OCI-Tag, also for a push by tag.
+    let r = put_manifest(&s, "r/tp", "plain", OCI_MANIFEST, &m).await;
+    assert!(!r.headers().contains_key("oci-tag"));
     s.stop().await;
 }
 

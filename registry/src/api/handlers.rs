@@ -17,7 +17,7 @@ use super::AppState;
 use crate::auth::{Actions, Caller};
 use crate::meta::ManifestRecord;
 use crate::oci::range::{parse_content_range, parse_range, ChunkRange};
-use crate::oci::{Digest, Reference, RepoName, UploadId};
+use crate::oci::{Digest, Reference, RepoName, Tag, UploadId};
 use crate::proxy::{Proxy, Target};
 use crate::service::{BlobRead, BodyStream, Listing, UploadState};
 
@@ -235,14 +235,31 @@ async fn put_manifest(
         BodyError::Read(e) => ApiError::new(Code::ManifestInvalid, format!("reading manifest failed: {e}")),
     })?;
     let content_type = req.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let put = st.registry.put_manifest(repo, r, content_type, bytes).await?;
+    let tags = tag_params(req)?;
+    let tagged_by_param = !tags.is_empty();
+    let put = st.registry.put_manifest(repo, r, content_type, bytes, tags).await?;
     let mut resp = StatusCode::CREATED.into_response();
     let h = resp.headers_mut();
     h.insert(header::LOCATION, header_value(&format!("/v2/{repo}/manifests/{}", put.digest)));
     if let Some(subject) = &put.subject {
         h.insert("oci-subject", header_value(subject.as_str()));
     }
+    if tagged_by_param {
+        // One `OCI-Tag` per tag applied tells the client this registry honoured the parameters.
+        for tag in &put.tags {
+            h.append("oci-tag", header_value(tag.as_str()));
+        }
+    }
     Ok(with_digest(resp, &put.digest))
+}
+
+/// The `tag` query parameters of a manifest push (`PUT …/manifests/<digest>?tag=a&tag=b`).
+fn tag_params(req: &Parts) -> Result<Vec<Tag>> {
+    let Some(q) = req.uri.query() else { return Ok(Vec::new()) };
+    form_urlencoded::parse(q.as_bytes())
+        .filter(|(k, _)| k == "tag")
+        .map(|(_, v)| v.parse::<Tag>().map_err(|e| ApiError::new(Code::ManifestInvalid, e.to_string())))
+        .collect()
 }
 
 async fn get_blob(st: &AppState, req: &Parts, repo: &RepoName, d: &Digest, head: bool) -> Result<Response> {

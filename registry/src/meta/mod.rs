@@ -49,7 +49,8 @@ pub struct NewManifest {
     pub annotations: Option<String>,
     pub blobs: Vec<Digest>,
     pub manifests: Vec<Digest>,
-    pub tag: Option<Tag>,
+    /// Tags to point at the manifest, in the same transaction.
+    pub tags: Vec<Tag>,
     /// Refuse the manifest unless everything it references is already in the repository. Off
     /// only for manifests cached from an upstream, whose content arrives on demand.
     pub verify_references: bool,

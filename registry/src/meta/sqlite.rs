@@ -659,13 +659,13 @@ fn put_manifest_tx(tx: &Transaction<'_>, m: &NewManifest) -> Result<()> {
             edge.execute(params![repo, digest, child.as_str(), "manifest"])?;
         }
     }
-    if let Some(tag) = &m.tag {
-        tx.execute(
-            "INSERT INTO tags (repository_id, name, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest,
-               updated_at = excluded.updated_at",
-            params![repo, tag.as_str(), digest, now],
-        )?;
+    let mut set_tag = tx.prepare_cached(
+        "INSERT INTO tags (repository_id, name, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest,
+           updated_at = excluded.updated_at",
+    )?;
+    for tag in &m.tags {
+        set_tag.execute(params![repo, tag.as_str(), digest, now])?;
     }
     Ok(())
 }

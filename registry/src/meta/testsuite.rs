@@ -32,7 +32,7 @@ fn manifest(r: &str, name: &str, blobs: &[&Digest], tag: Option<&str>) -> NewMan
         annotations: None,
         blobs: blobs.iter().map(|d| (*d).clone()).collect(),
         manifests: vec![],
-        tag: tag.map(|t| t.parse().unwrap()),
+        tags: tag.map(|t| t.parse().unwrap()).into_iter().collect(),
         verify_references: true,
     }
 }

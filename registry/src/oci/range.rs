@@ -44,7 +44,8 @@ pub enum RangeOutcome {
 }
 
 /// Parses `Range`. `None` means "serve the whole blob": absent, malformed, non-`bytes` units and
-/// multi-range requests are all ignored, as RFC 9110 allows.
+/// multi-range requests are all ignored, as RFC 9110 allows. A well-formed range that ends before
+/// it starts (`bytes=500-0`) is kept: RFC 9110 calls it invalid, and it is answered with 416.
 pub fn parse_range(value: &str) -> Option<ByteRange> {
     let spec = value.trim().strip_prefix("bytes=")?.trim();
     if spec.contains(',') {
@@ -56,9 +57,6 @@ pub fn parse_range(value: &str) -> Option<ByteRange> {
     }
     let start = parse_u64(a)?;
     let end = if b.is_empty() { None } else { Some(parse_u64(b)?) };
-    if end.is_some_and(|e| e < start) {
-        return None;
-    }
     Some(ByteRange::From { start, end })
 }
 
@@ -69,6 +67,7 @@ impl ByteRange {
             ByteRange::Suffix(_) if size == 0 => RangeOutcome::Unsatisfiable,
             ByteRange::Suffix(n) => RangeOutcome::Partial { start: size.saturating_sub(n), end: size - 1 },
             ByteRange::From { start, .. } if start >= size => RangeOutcome::Unsatisfiable,
+            ByteRange::From { start, end: Some(end) } if end < start => RangeOutcome::Unsatisfiable,
             ByteRange::From { start, end } => {
                 let end = end.map_or(size - 1, |e| e.min(size - 1));
                 RangeOutcome::Partial { start, end }
@@ -105,7 +104,7 @@ mod tests {
         assert_eq!(parse_range("bytes=0-9"), Some(ByteRange::From { start: 0, end: Some(9) }));
         assert_eq!(parse_range("bytes=5-"), Some(ByteRange::From { start: 5, end: None }));
         assert_eq!(parse_range("bytes=-5"), Some(ByteRange::Suffix(5)));
-        for ignored in ["", "items=0-1", "bytes=0-1,3-4", "bytes=5-1", "bytes=x-"] {
+        for ignored in ["", "items=0-1", "bytes=0-1,3-4", "bytes=x-", "bytes=1-x"] {
             assert_eq!(parse_range(ignored), None, "{ignored:?}");
         }
     }

@@ -11,7 +11,12 @@ use crate::storage::{layout, put_all, read_all, StorageError};
 pub struct PutManifest {
     pub digest: Digest,
     pub subject: Option<Digest>,
+    /// Every tag that now names the manifest: the reference's and the `tag` parameters'.
+    pub tags: Vec<Tag>,
 }
+
+/// The most `tag` parameters one manifest push may carry.
+pub const MAX_TAG_PARAMS: usize = 64;
 
 /// One page of a sorted listing, and whether more follow.
 pub struct Listing {
@@ -26,15 +31,25 @@ impl From<ManifestError> for ServiceError {
 }
 
 impl Registry {
+    /// Stores a manifest pushed by tag or by digest. `extra_tags` (the spec's `tag` query
+    /// parameters) are applied in the same transaction, so either every tag names the
+    /// manifest afterwards or the push fails as a whole.
     pub async fn put_manifest(
         &self,
         repo: &RepoName,
         reference: &Reference,
         content_type: Option<&str>,
         body: Bytes,
+        extra_tags: Vec<Tag>,
     ) -> Result<PutManifest> {
         if body.len() > self.limits.max_manifest_bytes {
             return Err(ServiceError::ManifestTooLarge { limit: self.limits.max_manifest_bytes });
+        }
+        if extra_tags.len() > MAX_TAG_PARAMS {
+            return Err(ServiceError::ManifestInvalid(format!(
+                "{} tag parameters given; at most {MAX_TAG_PARAMS} are accepted",
+                extra_tags.len()
+            )));
         }
         let parsed = manifest::parse(content_type, &body)?;
         let (digest, tag) = match reference {
@@ -49,9 +64,12 @@ impl Registry {
             }
             Reference::Tag(t) => (Digest::of(Algorithm::Sha256, &body), Some(t.clone())),
         };
+        let mut tags: Vec<Tag> = tag.into_iter().chain(extra_tags).collect();
+        tags.sort();
+        tags.dedup();
         let subject = parsed.subject.clone();
-        self.store_manifest(repo, &digest, tag, parsed, body, true).await?;
-        Ok(PutManifest { digest, subject })
+        self.store_manifest(repo, &digest, tags.clone(), parsed, body, true).await?;
+        Ok(PutManifest { digest, subject, tags })
     }
 
     /// Records a manifest fetched from an upstream under `digest` (which the caller verified).
@@ -67,7 +85,7 @@ impl Registry {
         let parsed = manifest::parse(content_type, &body)?;
         let media_type = parsed.media_type.clone();
         let size = body.len() as u64;
-        self.store_manifest(repo, digest, tag, parsed, body, false).await?;
+        self.store_manifest(repo, digest, tag.into_iter().collect(), parsed, body, false).await?;
         Ok(ManifestRecord { digest: digest.clone(), media_type, size })
     }
 
@@ -75,7 +93,7 @@ impl Registry {
         &self,
         repo: &RepoName,
         digest: &Digest,
-        tag: Option<Tag>,
+        tags: Vec<Tag>,
         parsed: manifest::ParsedManifest,
         body: Bytes,
         verify_references: bool,
@@ -102,7 +120,7 @@ impl Registry {
                 annotations,
                 blobs: parsed.blobs,
                 manifests: parsed.manifests,
-                tag,
+                tags,
                 verify_references,
             })
             .await?;
