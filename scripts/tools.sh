@@ -29,6 +29,8 @@ TOOLS=(
   "conformance|v0.0.0-20231101194043-f2182352d4cc|github.com/opencontainers/distribution-spec/conformance|-"
   "conformance-main|v0.0.0-20260831232431-97274622c111|github.com/opencontainers/distribution-spec/conformance|."
   "helm|$HELM_VERSION|helm.sh/helm/v3|./cmd/helm"
+  # The S3-compatible object store for storage tests (MinIO's last source release on the proxy).
+  "minio|v0.0.0-20260212201848-7aac2a2c5b7c|github.com/minio/minio|."
   "kubeconform|$KUBECONFORM_VERSION|github.com/yannh/kubeconform|./cmd/kubeconform"
   # Benchmarks only, and refused by the module proxy here (403): never in the default set.
   "zot|v2.1.8|zotregistry.dev/zot/v2|./cmd/zot"

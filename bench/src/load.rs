@@ -98,8 +98,14 @@ impl Blob {
 }
 
 pub fn random_bytes(size: usize, seed: u64) -> Bytes {
-    // xorshift: incompressible enough, and the same for every server.
-    let mut x = seed | 1;
+    // xorshift: incompressible enough, and the same for every server. The seed is spread first
+    // (a splitmix64 step), so that every seed gives its own bytes: neighbouring seeds must not
+    // collide, or "distinct" blobs would deduplicate.
+    let mut x = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    let mut x = x | 1;
     let mut v = Vec::with_capacity(size + 8);
     while v.len() < size {
         x ^= x << 13;
@@ -337,4 +343,13 @@ fn wrk(url: &str, seconds: u32) -> anyhow::Result<f64> {
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_seed_gives_its_own_bytes() {
+        let firsts: std::collections::HashSet<_> = (0..4096).map(|s| super::random_bytes(16, s)).collect();
+        assert_eq!(firsts.len(), 4096);
+    }
 }

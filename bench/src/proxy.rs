@@ -151,18 +151,34 @@ impl ByteCounter {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let (target, counted) = (target.clone(), counted.clone());
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
-                    if let Ok((_, down)) = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await {
-                        counted.fetch_add(down, Ordering::Relaxed);
-                    }
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    let (mut in_read, mut in_write) = inbound.split();
+                    let (mut out_read, mut out_write) = outbound.into_split();
+                    let up = async {
+                        let _ = tokio::io::copy(&mut in_read, &mut out_write).await;
+                        let _ = out_write.shutdown().await;
+                    };
+                    // Counted as the bytes pass: a connection the mirror resets when it stops
+                    // still counts everything it received.
+                    let down = async {
+                        let mut buf = vec![0u8; 256 << 10];
+                        while let Ok(n) = out_read.read(&mut buf).await {
+                            if n == 0 || in_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            counted.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        let _ = in_write.shutdown().await;
+                    };
+                    tokio::join!(up, down);
                 });
             }
         });
         Ok(ByteCounter { url, sent, task })
     }
 
-    /// Bytes the upstream sent on connections that have closed. Mirrors keep connections
-    /// alive, so this is read after the mirror is stopped.
+    /// Bytes the upstream sent so far (read after the mirror is stopped, so nothing is in flight).
     fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
     }

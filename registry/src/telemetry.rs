@@ -327,6 +327,17 @@ impl Storage for Instrumented {
         self.metrics.time_op("list", t);
         r
     }
+
+    fn adopts_from(&self, dir: &std::path::Path) -> bool {
+        self.inner.adopts_from(dir)
+    }
+
+    async fn adopt(&self, file: &std::path::Path, key: &Key) -> Result<(), StorageError> {
+        let t = Instant::now();
+        let r = self.inner.adopt(file, key).await;
+        self.metrics.time_op("commit", t);
+        r
+    }
 }
 
 struct InstrumentedWriter {

@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use berth_registry::config::{Config, ProxyConfig, RevalidateRule, UpstreamConfig};
+use berth_registry::config::{Config, ProxyConfig, RevalidateRule, StorageConfig, UpstreamConfig};
 use berth_registry::proxy::client::{Credentials, Upstream, UpstreamError};
 use common::upstream::{
     body_digest, noise, push_image, push_index, temp_secret, Auth, CountingProxy, Distribution, TokenService,
@@ -25,6 +25,14 @@ struct Setup {
 }
 
 async fn setup(auth: Auth, tune: impl FnOnce(&mut UpstreamConfig)) -> Setup {
+    setup_with(auth, tune, |_| {}).await
+}
+
+async fn setup_with(
+    auth: Auth,
+    tune: impl FnOnce(&mut UpstreamConfig),
+    tune_config: impl FnOnce(&mut Config),
+) -> Setup {
     let upstream = Distribution::start(auth).await;
     let counter = CountingProxy::start(&upstream.url).await;
     let mut hub = UpstreamConfig::new("docker.io", &counter.url);
@@ -33,7 +41,8 @@ async fn setup(auth: Auth, tune: impl FnOnce(&mut UpstreamConfig)) -> Setup {
     hub.include = vec!["library/**".into(), "bitnami/**".into()];
     hub.revalidate_after = Duration::from_secs(3600);
     tune(&mut hub);
-    let config = Config { proxy: ProxyConfig { upstreams: vec![hub] }, ..Config::default() };
+    let mut config = Config { proxy: ProxyConfig { upstreams: vec![hub] }, ..Config::default() };
+    tune_config(&mut config);
     let berth = TestServer::with_config(config).await;
     Setup { upstream, counter, berth }
 }
@@ -228,6 +237,40 @@ async fn fifty_concurrent_cold_pulls_cause_one_upstream_fetch() {
     assert_eq!(s.counter.shared.blob_bytes_sent.load(Ordering::SeqCst), 100 << 20);
     let metrics = client().get(s.berth.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("berth_proxy_coalesced_waits_total{upstream=\"docker.io\"}"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fetched_blobs_are_stored_from_the_spool_on_files_and_copied_on_other_storage() {
+    for memory in [false, true] {
+        let s = setup_with(
+            Auth::None,
+            |_| {},
+            |c| {
+                if memory {
+                    c.storage = StorageConfig::Memory;
+                }
+            },
+        )
+        .await;
+        let image = push_image(&s.upstream.url, "library/redis", "7", vec![noise(20, 5 << 20)]).await;
+        let layer = image.layers[0].clone();
+        s.counter.reset();
+        for pull in 0..3 {
+            let r = get(s.berth.url(&format!("/v2/hub/redis/blobs/{layer}"))).await;
+            assert_eq!(body_digest(r).await.unwrap(), layer, "memory={memory} pull {pull}");
+        }
+        assert_eq!(s.counter.count("GET", &layer), 1, "memory={memory}: {:?}", s.counter.seen());
+        let on_disk = s.berth.blob_files().iter().any(|p| p.display().to_string().contains(&layer[7..]));
+        assert_eq!(on_disk, !memory);
+        // Only storage that cannot adopt the spool file needs a writer of its own for the blob.
+        let metrics = client().get(s.berth.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let writers =
+            metrics.contains("berth_storage_operation_duration_seconds_count{operation=\"create\"}");
+        assert_eq!(writers, memory, "memory={memory}: {metrics}");
+        let spool = s.berth.data.join("proxy-spool");
+        let spool_empty = || async { std::fs::read_dir(&spool).map(|d| d.count() == 0).unwrap_or(false) };
+        assert!(common::eventually(Duration::from_secs(10), spool_empty).await, "memory={memory}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

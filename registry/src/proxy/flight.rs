@@ -4,8 +4,12 @@
 //!                      ┌──► spool file ──► reader 1 (the client that missed)
 //! upstream GET ──► task┤                └─► reader 2..n (joined while the fetch runs)
 //!                      ├──► hasher
-//!                      └──► storage writer ──(digest verified)──► commit + link
+//!                      └──(digest verified)──► spool file adopted by storage + link
 //! ```
+//! When storage keeps its blobs as files on the same filesystem (the default), the spool file
+//! itself becomes the stored blob once verified (`Storage::adopt`: fsync and rename), so every
+//! fetched byte is written to disk once; other storage gets a copy written alongside the spool.
+//!
 //! The fetch runs in its own task, so clients may come and go without affecting it. Readers
 //! follow the spool file as it grows (a `watch` channel says how far it got) but are always held
 //! one byte short of the end until the digest is verified and the blob committed: a response that
@@ -118,10 +122,7 @@ impl FlightWriter {
         let mut file = self.file.take().ok_or_else(|| io::Error::other("spool file already closed"))?;
         let n: u64 = batch.iter().map(|b| b.len() as u64).sum();
         let file = tokio::task::spawn_blocking(move || -> io::Result<File> {
-            use std::io::Write;
-            for b in &batch {
-                file.write_all(b)?;
-            }
+            crate::storage::fs::write_all_vectored(&mut file, &batch)?;
             Ok(file)
         })
         .await
@@ -134,6 +135,11 @@ impl FlightWriter {
 
     pub fn written(&self) -> u64 {
         self.written
+    }
+
+    /// The spool file's name, until the writer is dropped (or storage adopts the file).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn verified(&self) {
@@ -154,7 +160,8 @@ impl Drop for FlightWriter {
                 message: "the upstream fetch stopped".into(),
             })));
         }
-        // Readers hold their own handle; the name can go now.
+        // Readers hold their own handle; the name can go now (unless storage adopted the file,
+        // which leaves nothing under this name).
         let _ = std::fs::remove_file(&self.path);
     }
 }

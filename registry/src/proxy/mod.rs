@@ -93,6 +93,8 @@ pub struct Proxy {
     revalidate: Vec<Vec<(Glob, Duration)>>,
     flights: Flights,
     spool_dir: PathBuf,
+    /// Storage takes finished spool files as they are: each fetched blob is written once.
+    adopt_spool: bool,
     manifest_fetches: Mutex<HashMap<String, SharedFetch>>,
     negative: Mutex<HashMap<String, Instant>>,
     pulls: Mutex<HashMap<(RepoName, Digest), CachedPull>>,
@@ -128,7 +130,9 @@ impl Proxy {
             .iter()
             .map(|u| u.revalidate.iter().map(|r| (Glob::new(&r.repositories), r.after)).collect())
             .collect();
+        let adopt_spool = registry.adopts_from(&spool_dir);
         Ok(Arc::new(Proxy {
+            adopt_spool,
             registry,
             routes: Routes::new(&config.upstreams),
             upstreams,
@@ -492,7 +496,8 @@ impl Proxy {
         Ok(Ok(BlobRead { size: size.unwrap_or(0), range: span, body: None, size_known: size.is_some() }))
     }
 
-    /// The one upstream fetch of a blob: spool for readers, hash, write to storage, verify, commit.
+    /// The one upstream fetch of a blob: spool for readers, hash, verify, then commit the spool
+    /// file to storage (or a copy written alongside it, for storage that cannot adopt files).
     async fn fetch_blob(self: Arc<Self>, t: &Target, digest: &Digest, mut writer: flight::FlightWriter) {
         let up = self.upstreams[t.upstream].clone();
         let outcome = self.fetch_blob_inner(&up, t, digest, &mut writer).await;
@@ -521,7 +526,12 @@ impl Proxy {
         };
         let declared = resp.content_length();
         writer.begin(declared);
-        let mut store = self.registry.blob_writer().await.map_err(|e| err("storage", e.to_string()))?;
+        // Local storage adopts the spool file once it is verified; any other storage is written
+        // alongside the spool.
+        let mut store = match self.adopt_spool {
+            true => None,
+            false => Some(self.registry.blob_writer().await.map_err(|e| err("storage", e.to_string()))?),
+        };
         let mut hasher = digest.algorithm().hasher();
         // Whatever chunks are ready at once go out as one batch (one spool write, one wake-up).
         let mut batches = resp.bytes_stream().ready_chunks(64);
@@ -543,13 +553,18 @@ impl Proxy {
                 ));
             }
             self.metrics.upstream_bytes(&up.name, n);
-            let to_store = chunks.clone();
-            let (spooled, stored) = tokio::join!(writer.append(chunks), async {
-                for c in to_store {
-                    store.write(c).await?;
+            let (spooled, stored) = match &mut store {
+                None => (writer.append(chunks).await, Ok(())),
+                Some(store) => {
+                    let to_store = chunks.clone();
+                    tokio::join!(writer.append(chunks), async {
+                        for c in to_store {
+                            store.write(c).await?;
+                        }
+                        Ok::<_, crate::storage::StorageError>(())
+                    })
                 }
-                Ok::<_, crate::storage::StorageError>(())
-            });
+            };
             spooled.map_err(|e| err("storage", format!("spool: {e}")))?;
             stored.map_err(|e| err("storage", e.to_string()))?;
         }
@@ -562,7 +577,11 @@ impl Proxy {
             ));
         }
         // Commit before releasing the last byte: a client that has the whole blob finds it cached.
-        match self.registry.commit_cached_blob(store, &t.local, digest, size).await {
+        let committed = match store {
+            Some(store) => self.registry.commit_cached_blob(store, &t.local, digest, size).await,
+            None => self.registry.adopt_cached_blob(writer.path(), &t.local, digest, size).await,
+        };
+        match committed {
             Ok(()) => {
                 self.record_pull(&t.local, digest, ContentKind::Blob, size);
                 info!(upstream = %up.name, repository = %t.local, %digest, size, "cached blob");

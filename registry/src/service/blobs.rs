@@ -74,6 +74,25 @@ impl Registry {
         Ok(())
     }
 
+    /// Whether fetched blobs spooled in `dir` can become stored blobs by being moved, not copied.
+    pub fn adopts_from(&self, dir: &std::path::Path) -> bool {
+        self.storage.adopts_from(dir)
+    }
+
+    /// Publishes a complete local file whose digest the caller verified by moving it into storage
+    /// (see [`Registry::adopts_from`]), and links it to `repo`.
+    pub async fn adopt_cached_blob(
+        &self,
+        file: &std::path::Path,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
+        self.storage.adopt(file, &layout::blob(digest)).await?;
+        self.meta.link_blob(repo, digest, size).await?;
+        Ok(())
+    }
+
     /// Links bytes already in storage to another repository (the caller knows the repository may
     /// hold them). False when the bytes are not there after all.
     pub async fn link_existing_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {

@@ -139,6 +139,23 @@ impl Storage for FsStorage {
         })
         .await
     }
+
+    fn adopts_from(&self, dir: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (fs::metadata(dir), fs::metadata(&self.root)) {
+            (Ok(d), Ok(r)) => d.is_dir() && d.dev() == r.dev(),
+            _ => false,
+        }
+    }
+
+    async fn adopt(&self, file: &Path, key: &Key) -> Result<(), StorageError> {
+        let (from, to) = (file.to_path_buf(), self.path(key));
+        blocking(move || {
+            File::open(&from)?.sync_all()?;
+            place(&from, &to)
+        })
+        .await
+    }
 }
 
 /// Moves `from` to `to` durably: rename, then fsync the directory that now names it.
@@ -289,15 +306,7 @@ impl Gather {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let mut slices: Vec<IoSlice<'_>> = self.pending.iter().map(|b| IoSlice::new(b)).collect();
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            let n = self.file.write_vectored(rest)?;
-            if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::WriteZero, "disk accepted no bytes"));
-            }
-            IoSlice::advance_slices(&mut rest, n);
-        }
+        write_all_vectored(&mut self.file, &self.pending)?;
         self.pending.clear();
         self.size = 0;
         Ok(())
@@ -307,6 +316,20 @@ impl Gather {
         self.flush()?;
         Ok(self.file)
     }
+}
+
+/// Writes every buffer, in order, with as few vectored writes as the kernel allows.
+pub(crate) fn write_all_vectored(file: &mut File, bufs: &[Bytes]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = file.write_vectored(rest)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "disk accepted no bytes"));
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
 }
 
 fn finish(file: File, temp: &Path, dest: &Path) -> io::Result<()> {
@@ -354,6 +377,27 @@ mod tests {
         super::super::testsuite::run(&store).await;
         // Nothing may be left half-written.
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn adopts_local_files_without_copying() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStorage::open(dir.path().join("store")).unwrap();
+        let spool = dir.path().join("spool");
+        fs::create_dir_all(&spool).unwrap();
+        assert!(store.adopts_from(&spool), "same filesystem");
+        assert!(!store.adopts_from(&dir.path().join("missing")));
+        let file = spool.join("fetched");
+        fs::write(&file, b"adopted bytes").unwrap();
+        let open = File::open(&file).unwrap();
+        let key = Key::new("blobs/sha256/ab/abcdef".into());
+        store.adopt(&file, &key).await.unwrap();
+        assert!(!file.exists(), "moved, not copied");
+        assert_eq!(super::super::read_all(&store, &key).await.unwrap(), Bytes::from_static(b"adopted bytes"));
+        let mut again = String::new();
+        (&open).read_to_string(&mut again).unwrap();
+        assert_eq!(again, "adopted bytes", "open handles read on");
+        assert!(store.adopt(&file, &key).await.is_err(), "a missing file is an error");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@ pub(crate) mod testsuite;
 
 use std::io;
 use std::ops::Range;
+use std::path::Path;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
@@ -64,6 +65,24 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Keys of all objects under `prefix`, sorted.
     async fn list(&self, prefix: &Key) -> Result<Vec<Key>, StorageError>;
+
+    /// Whether [`Storage::adopt`] can take files from the local directory `dir`: true only for a
+    /// backend that keeps its objects as files on the same filesystem.
+    fn adopts_from(&self, dir: &Path) -> bool {
+        let _ = dir;
+        false
+    }
+
+    /// Makes the complete local `file` (in a directory [`Storage::adopts_from`] accepts) the object
+    /// at `key` by moving it there, durably and atomically, without copying a byte. Handles
+    /// already open on the file keep reading the same bytes.
+    async fn adopt(&self, file: &Path, key: &Key) -> Result<(), StorageError> {
+        let _ = (file, key);
+        Err(StorageError::Io(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this storage cannot adopt local files",
+        )))
+    }
 }
 
 #[async_trait::async_trait]
