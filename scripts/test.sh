@@ -45,8 +45,8 @@ stage() {
 }
 
 provision() {
-  ensure_debs skopeo containerd curl python3 ca-certificates util-linux mount lua5.4 podman buildah runc uidmap fuse-overlayfs &&
-  for t in conformance conformance-main crane oras regctl cosign registry helm kubeconform; do ensure_tool "$t" || return 1; done &&
+  ensure_debs skopeo containerd curl python3 ca-certificates util-linux mount lua5.4 podman buildah runc uidmap fuse-overlayfs postgresql &&
+  for t in conformance conformance-main crane oras regctl cosign registry helm kubeconform minio; do ensure_tool "$t" || return 1; done &&
   bash e2e/k8s-tools.sh
 }
 
@@ -60,6 +60,7 @@ stage "OCI conformance suite" bash tests/conformance.sh
 stage "real clients" bash tests/clients.sh
 stage "pull-through cache clients" bash tests/proxy-clients.sh
 stage "access control clients" bash tests/auth-clients.sh
+stage "real backends (MinIO, PostgreSQL)" bash tests/backends.sh
 stage "fuzzing (20 s per target)" bash tests/fuzz.sh 20
 stage "Argo CD health check" lua5.4 docs/argocd/health_test.lua docs/argocd
 stage "container image" bash tests/image.sh

@@ -81,6 +81,48 @@ EOF
   until "${CTR[@]}" version >/dev/null 2>&1 || ((SECONDS > deadline)); do sleep 0.1; done
 }
 
+# start_minio DIR: a MinIO server of its own under DIR; sets MINIO_URL, MINIO_USER, MINIO_PASSWORD.
+start_minio() {
+  local dir=$1 port console
+  port=$(free_port)
+  console=$(free_port)
+  mkdir -p "$dir/data"
+  MINIO_URL=http://127.0.0.1:$port MINIO_USER=berth-test MINIO_PASSWORD=berth-test-secret
+  MINIO_ROOT_USER=$MINIO_USER MINIO_ROOT_PASSWORD=$MINIO_PASSWORD MINIO_BROWSER=off MINIO_UPDATE=off \
+    "$(tool_path minio)" server "$dir/data" --quiet --address "127.0.0.1:$port" \
+    --console-address "127.0.0.1:$console" >"$dir/minio.log" 2>&1 &
+  on_exit "kill $!"
+  wait_for "$MINIO_URL/minio/health/ready" 30
+}
+
+# s3 METHOD PATH [curl args...]: one SigV4-signed request to the MinIO of start_minio.
+s3() {
+  local method=$1 path=$2
+  shift 2
+  curl -sS -f -X "$method" --aws-sigv4 "aws:amz:us-east-1:s3" --user "$MINIO_USER:$MINIO_PASSWORD" \
+    -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@" "$MINIO_URL$path"
+}
+
+# start_postgres: a PostgreSQL cluster of its own in a fresh temp dir (trust auth, loopback only);
+# sets PG_URL and PSQL (an array: psql connected to it). As root, the server runs as `postgres`.
+start_postgres() {
+  local dir port bin as=()
+  bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+  port=$(free_port)
+  dir=$(mktemp -d)
+  on_exit "rm -rf $dir"
+  if ((EUID == 0)); then
+    chown postgres "$dir"
+    as=(runuser -u postgres --)
+  fi
+  "${as[@]}" "$bin/initdb" -D "$dir/data" -A trust -U berth >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log"; return 1; }
+  "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 30 \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off" start >/dev/null || { cat "$dir/postgres.log"; return 1; }
+  on_exit "${as[*]} $bin/pg_ctl -D $dir/data -m immediate stop"
+  PG_URL=postgres://berth@127.0.0.1:$port/postgres
+  PSQL=(psql -X -q -t -A -v ON_ERROR_STOP=1 "$PG_URL")
+}
+
 # check NAME COMMAND...: runs COMMAND, counts it, shows its output only when it fails.
 check() {
   local name=$1 out
