@@ -28,6 +28,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::oci::Digest;
+use crate::storage::fs::Appender;
 use crate::storage::ByteStream;
 
 /// How far a fetch got.
@@ -58,7 +59,7 @@ pub struct Flight {
 
 /// The writing side, owned by the fetch task.
 pub struct FlightWriter {
-    file: Option<File>,
+    file: Option<Appender>,
     path: PathBuf,
     tx: watch::Sender<Progress>,
     written: u64,
@@ -101,7 +102,10 @@ impl Flights {
             return Ok(Joined::Running(existing));
         }
         running.insert(digest.clone(), flight.clone());
-        Ok(Joined::Started(flight, FlightWriter { file: Some(file), path, tx, written: 0, size: None }))
+        Ok(Joined::Started(
+            flight,
+            FlightWriter { file: Some(Appender::new(file)), path, tx, written: 0, size: None },
+        ))
     }
 
     pub fn finish(&self, digest: &Digest) {
@@ -121,8 +125,8 @@ impl FlightWriter {
     pub async fn append(&mut self, batch: Vec<Bytes>) -> io::Result<()> {
         let mut file = self.file.take().ok_or_else(|| io::Error::other("spool file already closed"))?;
         let n: u64 = batch.iter().map(|b| b.len() as u64).sum();
-        let file = tokio::task::spawn_blocking(move || -> io::Result<File> {
-            crate::storage::fs::write_all_vectored(&mut file, &batch)?;
+        let file = tokio::task::spawn_blocking(move || -> io::Result<Appender> {
+            file.append(&batch)?;
             Ok(file)
         })
         .await

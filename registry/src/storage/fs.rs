@@ -15,8 +15,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{ByteStream, Key, ObjectWriter, Storage, StorageError};
 
-/// Reads and writes move in pieces of this size between disk and socket.
+/// Writes are gathered into pieces of this size.
 const IO_CHUNK: usize = 1 << 20;
+/// Large reads are mapped this much at a time, at most `MAPPED_AHEAD` chunks ahead of the socket.
+const MAP_CHUNK: u64 = 2 << 20;
+const MAPPED_AHEAD: usize = 3;
 /// Objects up to this size are read in one go instead of through a reader thread.
 const SMALL_OBJECT: u64 = 256 << 10;
 
@@ -200,32 +203,49 @@ fn read_range(mut file: File, start: u64, len: u64) -> io::Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
-/// Streams `len` bytes from `start` through a blocking thread, a few chunks ahead of the consumer.
-fn spawn_reader(mut file: File, start: u64, len: u64) -> ByteStream {
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
+/// Streams `len` bytes from `start`: a blocking thread maps the file a chunk at a time, with its
+/// pages populated (read in, if they were not cached) before the chunk is handed over, so the
+/// bytes go from the page cache to the socket with no copy in between and the async threads
+/// never wait for the disk.
+fn spawn_reader(file: File, start: u64, len: u64) -> ByteStream {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(MAPPED_AHEAD);
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = file.seek(SeekFrom::Start(start)) {
-            let _ = tx.blocking_send(Err(e));
-            return;
-        }
-        let mut left = len;
-        while left > 0 {
-            let want = left.min(IO_CHUNK as u64);
-            // read_to_end fills spare capacity directly: no zeroing pass over every chunk.
-            let mut buf = Vec::with_capacity(want as usize);
-            let msg = match (&mut file).take(want).read_to_end(&mut buf) {
-                Ok(n) if n as u64 == want => Ok(Bytes::from(buf)),
-                Ok(_) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "object shorter than expected")),
-                Err(e) => Err(e),
+        let mut pos = start;
+        let end = start + len;
+        let size = match file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        while pos < end {
+            let want = (end - pos).min(MAP_CHUNK);
+            let msg = if pos + want > size {
+                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "object shorter than expected"))
+            } else {
+                map_chunk(&file, pos, want)
             };
             let failed = msg.is_err();
             if tx.blocking_send(msg).is_err() || failed {
                 return; // consumer went away, or the error has been handed over
             }
-            left -= want;
+            pos += want;
         }
     });
     Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+}
+
+/// `len` bytes of `file` from `offset`, mapped read-only and populated.
+#[allow(unsafe_code)]
+fn map_chunk(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
+    let len = usize::try_from(len).map_err(io::Error::other)?;
+    // SAFETY: a mapping is only unsound if the file changes under it. Objects of this backend
+    // never do: a file becomes visible by rename once complete and fsynced, and is afterwards
+    // only replaced by another rename or unlinked, neither of which touches the mapped inode.
+    // The range was checked against the file's size above, so no page lies past its end.
+    let map = unsafe { memmap2::MmapOptions::new().offset(offset).len(len).populate().map(file)? };
+    Ok(Bytes::from_owner(map))
 }
 
 enum Msg {
@@ -283,14 +303,14 @@ impl FsWriter {
 /// Collects received chunks and writes them with one vectored write per `IO_CHUNK` or so: no
 /// copy into a staging buffer, few system calls.
 struct Gather {
-    file: File,
+    out: Appender,
     pending: Vec<Bytes>,
     size: usize,
 }
 
 impl Gather {
     fn new(file: File) -> Gather {
-        Gather { file, pending: Vec::with_capacity(64), size: 0 }
+        Gather { out: Appender::new(file), pending: Vec::with_capacity(64), size: 0 }
     }
 
     fn push(&mut self, b: Bytes) -> io::Result<()> {
@@ -306,7 +326,7 @@ impl Gather {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        write_all_vectored(&mut self.file, &self.pending)?;
+        self.out.append(&self.pending)?;
         self.pending.clear();
         self.size = 0;
         Ok(())
@@ -314,22 +334,64 @@ impl Gather {
 
     fn finish(mut self) -> io::Result<File> {
         self.flush()?;
-        Ok(self.file)
+        Ok(self.out.into_file())
     }
 }
 
-/// Writes every buffer, in order, with as few vectored writes as the kernel allows.
-pub(crate) fn write_all_vectored(file: &mut File, bufs: &[Bytes]) -> io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        let n = file.write_vectored(rest)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "disk accepted no bytes"));
-        }
-        IoSlice::advance_slices(&mut rest, n);
+/// Start the disk writing the last this-many bytes while more arrive.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// Appends to a new file and keeps the disk busy while it grows: every `WRITEBACK_EVERY` bytes
+/// it starts writeback of what came before (without waiting for it), so the `fsync` that makes
+/// the file durable at the end has only the tail left to write instead of the whole file.
+pub(crate) struct Appender {
+    file: File,
+    written: u64,
+    flushed: u64,
+}
+
+impl Appender {
+    pub(crate) fn new(file: File) -> Appender {
+        Appender { file, written: 0, flushed: 0 }
     }
-    Ok(())
+
+    /// Writes every buffer, in order, with as few vectored writes as the kernel allows.
+    pub(crate) fn append(&mut self, bufs: &[Bytes]) -> io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            let n = self.file.write_vectored(rest)?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "disk accepted no bytes"));
+            }
+            self.written += n as u64;
+            IoSlice::advance_slices(&mut rest, n);
+        }
+        if self.written - self.flushed >= WRITEBACK_EVERY {
+            start_writeback(&self.file, self.flushed, self.written - self.flushed);
+            self.flushed = self.written;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn into_file(self) -> File {
+        self.file
+    }
+}
+
+/// Asks the kernel to start writing `len` bytes from `offset` to disk, and returns at once. Only
+/// a head start for a later `fsync`, so a failure is of no consequence and is ignored.
+#[allow(unsafe_code)]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off64_t::try_from(offset), libc::off64_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: plain system call on a descriptor `file` keeps open for the duration; no memory is
+    // passed to the kernel.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 fn finish(file: File, temp: &Path, dest: &Path) -> io::Result<()> {
