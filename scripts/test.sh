@@ -60,7 +60,7 @@ stage "OCI conformance suite" bash tests/conformance.sh
 stage "real clients" bash tests/clients.sh
 stage "pull-through cache clients" bash tests/proxy-clients.sh
 stage "access control clients" bash tests/auth-clients.sh
-stage "real backends (MinIO, PostgreSQL)" bash tests/backends.sh
+stage "MinIO and PostgreSQL" bash tests/backends.sh
 stage "fuzzing (20 s per target)" bash tests/fuzz.sh 20
 stage "Argo CD health check" lua5.4 docs/argocd/health_test.lua docs/argocd
 stage "container image" bash tests/image.sh
