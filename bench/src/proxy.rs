@@ -87,18 +87,9 @@ async fn distribution(
             data.join("storage").display()
         ),
     )?;
-    let child = Command::new(bin)
-        .arg("serve")
-        .arg(config)
-        .env("OTEL_TRACES_EXPORTER", "none")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let url = format!("http://{addr}");
-    let p = Process(child);
-    wait_ready(&url, c).await?;
-    Ok((p, url))
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve").arg(config).env("OTEL_TRACES_EXPORTER", "none");
+    spawn_ready(cmd, &addr, c).await
 }
 
 /// berth mirroring `remote` as its default upstream (so names need no prefix, as with
@@ -119,14 +110,18 @@ async fn berth(
             data.join("data").display()
         ),
     )?;
-    let child = Command::new(bin)
-        .arg("serve")
-        .arg("--config")
-        .arg(config)
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve").arg("--config").arg(config);
+    spawn_ready(cmd, &addr, c).await
+}
+
+/// Starts a server quietly and waits until it answers at `addr`.
+async fn spawn_ready(mut cmd: Command, addr: &str, c: &reqwest::Client) -> anyhow::Result<(Process, String)> {
+    let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
     let url = format!("http://{addr}");
     let p = Process(child);
     wait_ready(&url, c).await?;

@@ -76,6 +76,16 @@ impl ByteRange {
     }
 }
 
+/// What to serve of a blob of `size` bytes for an optional `Range`: `Ok(None)` the whole blob,
+/// `Ok(Some((start, end)))` an inclusive part (206), `Err(size)` nothing (416).
+pub fn span(range: Option<ByteRange>, size: u64) -> Result<Option<(u64, u64)>, u64> {
+    match range.map(|r| r.resolve(size)) {
+        None => Ok(None),
+        Some(RangeOutcome::Partial { start, end }) => Ok(Some((start, end))),
+        Some(RangeOutcome::Unsatisfiable) => Err(size),
+    }
+}
+
 fn parse_u64(s: &str) -> Option<u64> {
     let s = s.trim();
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {

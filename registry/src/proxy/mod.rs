@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::ProxyConfig;
 use crate::meta::{self, CachedPull, ContentKind, ManifestRecord, MetaError};
-use crate::oci::range::{ByteRange, RangeOutcome};
+use crate::oci::range::{span, ByteRange};
 use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::service::{BlobRead, Registry, ServiceError};
 use crate::telemetry::ProxyMetrics;
@@ -456,12 +456,10 @@ impl Proxy {
             Answer::Streaming { size } => size,
             Answer::Failed(f) => return Err(failure(&f)),
         };
-        let span = match (range, size) {
-            (Some(r), Some(size)) => match r.resolve(size) {
-                RangeOutcome::Partial { start, end } => Some((start, end)),
-                RangeOutcome::Unsatisfiable => return Ok(Err(size)),
-            },
-            _ => None,
+        let span = match size.map(|size| span(range, size)) {
+            Some(Err(size)) => return Ok(Err(size)),
+            Some(Ok(span)) => span,
+            None => None,
         };
         let body = match span {
             Some((start, end)) => flight.read(start, Some(end + 1)),
@@ -486,12 +484,10 @@ impl Proxy {
             Fetched::NotFound => return Err(ProxyError::NotFound(ContentKind::Blob)),
             Fetched::Found(resp) => resp.content_length(),
         };
-        let span = match (range, size) {
-            (Some(r), Some(size)) => match r.resolve(size) {
-                RangeOutcome::Partial { start, end } => Some((start, end)),
-                RangeOutcome::Unsatisfiable => return Ok(Err(size)),
-            },
-            _ => None,
+        let span = match size.map(|size| span(range, size)) {
+            Some(Err(size)) => return Ok(Err(size)),
+            Some(Ok(span)) => span,
+            None => None,
         };
         Ok(Ok(BlobRead { size: size.unwrap_or(0), range: span, body: None, size_known: size.is_some() }))
     }
@@ -528,9 +524,10 @@ impl Proxy {
         writer.begin(declared);
         // Local storage adopts the spool file once it is verified; any other storage is written
         // alongside the spool.
-        let mut store = match self.adopt_spool {
-            true => None,
-            false => Some(self.registry.blob_writer().await.map_err(|e| err("storage", e.to_string()))?),
+        let mut store = if self.adopt_spool {
+            None
+        } else {
+            Some(self.registry.blob_writer().await.map_err(|e| err("storage", e.to_string()))?)
         };
         let mut hasher = digest.algorithm().hasher();
         // Whatever chunks are ready at once go out as one batch (one spool write, one wake-up).

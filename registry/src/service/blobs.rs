@@ -3,7 +3,7 @@
 use tracing::{error, warn};
 
 use super::{Registry, Result, ServiceError};
-use crate::oci::range::{ByteRange, RangeOutcome};
+use crate::oci::range::{span, ByteRange};
 use crate::oci::{Digest, RepoName};
 use crate::storage::{layout, ByteStream, ObjectWriter, StorageError};
 
@@ -37,10 +37,9 @@ impl Registry {
         with_body: bool,
     ) -> Result<std::result::Result<BlobRead, u64>> {
         let size = self.stat_blob(repo, digest).await?;
-        let span = match range.map(|r| r.resolve(size)) {
-            None => None,
-            Some(RangeOutcome::Partial { start, end }) => Some((start, end)),
-            Some(RangeOutcome::Unsatisfiable) => return Ok(Err(size)),
+        let span = match span(range, size) {
+            Ok(span) => span,
+            Err(size) => return Ok(Err(size)),
         };
         if !with_body {
             return Ok(Ok(BlobRead { size, range: span, body: None, size_known: true }));
