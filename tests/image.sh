@@ -19,7 +19,12 @@ PODMAN=(podman run "${LIMITS[@]}" --rm --network host)
 
 check "the image runs as the non-root user 65532" bash -c "[[ \$(podman image inspect --format '{{.Config.User}}' $TAG) == 65532:65532 ]]"
 check "the image is small (< 40 MB)" bash -c "(( \$(podman image inspect --format '{{.Size}}' $TAG) < 40000000 ))"
-operator_help() { "${PODMAN[@]}" --entrypoint berth-operator "$TAG" --help | grep -q 'reconciles Berth registries'; }
+# The whole output first: `grep -q` in a pipe stops reading at its match, and podman, still
+# writing, would fail on the closed pipe.
+operator_help() {
+  local out
+  out=$("${PODMAN[@]}" --entrypoint berth-operator "$TAG" --help) && grep -q 'reconciles Berth registries' <<<"$out"
+}
 check "berth-operator starts and prints its help" operator_help
 
 PORT=$(free_port)
