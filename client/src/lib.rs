@@ -1,4 +1,6 @@
-//! Talking to one upstream registry: authentication, retries, rate limits, redirects.
+//! `berth-client`: talking to another registry as a client — authentication, retries, rate
+//! limits, redirects. The pull-through cache fetches from its upstreams with it, the operator
+//! checks ProxyCache upstreams with it, and `berth replicate` builds on it.
 //!
 //! - Auth: anonymous, Basic, or Bearer tokens from the realm the upstream names in its
 //!   `WWW-Authenticate` challenge, one token per repository scope, cached until shortly before
@@ -20,10 +22,11 @@ use reqwest::header::{HeaderMap, ACCEPT, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
 
-use super::challenge::{self, Challenge};
-use crate::config::UpstreamConfig;
-use crate::oci::RepoName;
-use crate::telemetry::ProxyMetrics;
+pub mod challenge;
+
+use berth_core::config::UpstreamConfig;
+use berth_core::oci::RepoName;
+use challenge::Challenge;
 
 /// Every manifest type a pull may end in; upstreams pick the best they have.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -74,6 +77,19 @@ impl UpstreamError {
 }
 
 pub type Result<T> = std::result::Result<T, UpstreamError>;
+
+/// What a client reports as it goes (the registry counts these in its metrics).
+pub trait Observer: Send + Sync {
+    /// A request failed; `class` is [`UpstreamError::class`].
+    fn error(&self, _upstream: &str, _class: &'static str) {}
+    /// The upstream's `ratelimit-remaining` header.
+    fn ratelimit_remaining(&self, _upstream: &str, _remaining: i64) {}
+}
+
+/// Reports nothing.
+pub struct Unobserved;
+
+impl Observer for Unobserved {}
 
 /// What an upstream said about a manifest or blob.
 pub enum Fetched {
@@ -127,7 +143,7 @@ pub struct Upstream {
     tokens: Mutex<HashMap<String, Token>>,
     /// Credentials given in memory instead of the config's files (the operator's probe).
     given: Option<Credentials>,
-    metrics: Arc<ProxyMetrics>,
+    observer: Arc<dyn Observer>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -147,12 +163,15 @@ struct TokenResponse {
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig, metrics: Arc<ProxyMetrics>) -> std::result::Result<Upstream, String> {
+    pub fn new(
+        config: &UpstreamConfig,
+        observer: Arc<dyn Observer>,
+    ) -> std::result::Result<Upstream, String> {
         let ca = match &config.ca_file {
             Some(f) => Some(std::fs::read(f).map_err(|e| format!("ca_file {}: {e}", f.display()))?),
             None => None,
         };
-        Upstream::build(config, ca.as_deref(), None, metrics)
+        Upstream::build(config, ca.as_deref(), None, observer)
     }
 
     /// An upstream logged in with `credentials` and trusting `ca` (PEM), whatever the config's
@@ -162,14 +181,14 @@ impl Upstream {
         credentials: Credentials,
         ca: Option<&[u8]>,
     ) -> std::result::Result<Upstream, String> {
-        Upstream::build(config, ca, Some(credentials), Arc::new(ProxyMetrics::default()))
+        Upstream::build(config, ca, Some(credentials), Arc::new(Unobserved))
     }
 
     fn build(
         config: &UpstreamConfig,
         ca: Option<&[u8]>,
         given: Option<Credentials>,
-        metrics: Arc<ProxyMetrics>,
+        observer: Arc<dyn Observer>,
     ) -> std::result::Result<Upstream, String> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
@@ -196,7 +215,7 @@ impl Upstream {
             scheme: Mutex::new(Scheme::Unknown),
             tokens: Mutex::new(HashMap::new()),
             given,
-            metrics,
+            observer,
         })
     }
 
@@ -216,7 +235,7 @@ impl Upstream {
         let accept = (kind == "manifests").then_some(MANIFEST_ACCEPT);
         let r = self.send(&method, &url, Some(repo), accept).await;
         if let Err(e) = &r {
-            self.metrics.error(&self.name, e.class());
+            self.observer.error(&self.name, e.class());
         }
         r
     }
@@ -423,12 +442,12 @@ impl Upstream {
                     }
                 }
                 Ok(resp) if resp.status().is_server_error() && !last => {
-                    self.metrics.error(&self.name, "status_5xx");
+                    self.observer.error(&self.name, "status_5xx");
                     tokio::time::sleep(backoff).await;
                 }
                 Ok(resp) => return Ok(resp),
                 Err(e @ UpstreamError::Connect { .. }) if !last => {
-                    self.metrics.error(&self.name, e.class());
+                    self.observer.error(&self.name, e.class());
                     tokio::time::sleep(backoff).await;
                 }
                 Err(e) => return Err(e),
@@ -456,7 +475,7 @@ impl Upstream {
         };
         let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
         if let Some(n) = ratelimit_remaining(resp.headers()) {
-            self.metrics.ratelimit_remaining(&self.name, n);
+            self.observer.ratelimit_remaining(&self.name, n);
         }
         Ok(resp)
     }

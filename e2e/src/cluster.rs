@@ -14,12 +14,13 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+use crate::kubelet::provisioner::{PROVISIONER, STORAGE_CLASS};
 use crate::pki::{self, Ca, Pair};
 use crate::support::wait_until;
+use crate::tools::{cache_dir, version};
 
 /// The process kubelet's node name and the StorageClass it provisions.
 pub const NODE_NAME: &str = "berth-node";
-pub const STORAGE_CLASS: &str = "berth-local";
 
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -57,7 +58,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 fn tool(dir: &str, name: &str) -> anyhow::Result<PathBuf> {
-    let path = crate::cache_dir().join(dir).join("bin").join(name);
+    let path = cache_dir().join(dir).join("bin").join(name);
     if !path.is_file() {
         bail!("{} is missing: run `bash e2e/k8s-tools.sh` (or `make e2e-tools`)", path.display());
     }
@@ -65,13 +66,12 @@ fn tool(dir: &str, name: &str) -> anyhow::Result<PathBuf> {
 }
 
 pub fn k8s_bin(name: &str) -> anyhow::Result<PathBuf> {
-    let (version, build) =
-        (crate::version("K8S_VERSION").unwrap_or_default(), crate::version("K8S_BUILD").unwrap_or("1"));
+    let (version, build) = (version("K8S_VERSION").unwrap_or_default(), version("K8S_BUILD").unwrap_or("1"));
     tool(&format!("kubernetes-{version}-b{build}"), name)
 }
 
 fn etcd_bin() -> anyhow::Result<PathBuf> {
-    tool(&format!("etcd-{}", crate::version("ETCD_VERSION").unwrap_or_default()), "etcd")
+    tool(&format!("etcd-{}", version("ETCD_VERSION").unwrap_or_default()), "etcd")
 }
 
 fn kubeconfig_yaml(server: &str, ca: &Pair, user: &Pair) -> String {
@@ -288,7 +288,7 @@ impl ControlPlane {
         let sc: StorageClass = serde_json::from_value(serde_json::json!({
             "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
             "metadata": {"name": STORAGE_CLASS, "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
-            "provisioner": crate::kubelet::PROVISIONER,
+            "provisioner": PROVISIONER,
             "reclaimPolicy": "Delete",
             "volumeBindingMode": "Immediate",
             "allowVolumeExpansion": true,

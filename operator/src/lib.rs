@@ -15,7 +15,3 @@ pub mod crd;
 pub mod labels;
 pub mod leader;
 pub mod metrics;
-
-pub fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
-    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())
-}

@@ -6,10 +6,10 @@ use std::sync::OnceLock;
 
 use crate::api::path;
 use crate::auth::token::Signer;
-use crate::config::auth::TokenConfig;
-use crate::oci::range::{parse_content_range, parse_range, RangeOutcome};
-use crate::oci::{manifest, Digest, Reference, RepoName, Tag};
-use crate::proxy::challenge;
+use berth_client::challenge;
+use berth_core::config::auth::TokenConfig;
+use berth_core::oci::range::{parse_content_range, parse_range, RangeOutcome};
+use berth_core::oci::{manifest, Digest, Reference, RepoName, Tag};
 
 /// A check: returns, or panics on a broken invariant.
 pub type Check = fn(&[u8]);

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use berth_registry::config::{Config, LogFormat, TlsConfig};
+use berth_core::config::{Config, LogFormat, TlsConfig};
 use berth_registry::server;
 use clap::{Args, Parser, Subcommand};
 

@@ -14,7 +14,6 @@ use tracing::{info, warn};
 
 use crate::api::{self, AppState};
 use crate::auth::Authenticator;
-use crate::config::{Config, StorageConfig};
 use crate::meta::sqlite::SqliteMeta;
 use crate::meta::MetaError;
 use crate::proxy::Proxy;
@@ -24,6 +23,7 @@ use crate::storage::memory::MemoryStorage;
 use crate::storage::Storage;
 use crate::telemetry::Metrics;
 use crate::tls::{self, TlsError};
+use berth_core::config::{Config, StorageConfig};
 
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -58,13 +58,13 @@ pub fn build_state(config: &Config) -> Result<AppState, ServeError> {
         upload_ttl: config.limits.upload_ttl,
         ..Limits::default()
     };
-    let registry = Arc::new(Registry::new(metrics.instrument(storage), meta, limits));
+    let registry = Arc::new(Registry::new(metrics.instrument(storage), meta.clone(), limits));
     let proxy = if config.proxy.is_empty() {
         None
     } else {
         let spool = config.data_dir.join("proxy-spool");
         Some(
-            Proxy::new(&config.proxy, registry.clone(), spool, metrics.proxy.clone())
+            Proxy::new(&config.proxy, registry.clone(), meta, spool, metrics.proxy.clone())
                 .map_err(ServeError::Proxy)?,
         )
     };

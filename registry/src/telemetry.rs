@@ -146,6 +146,17 @@ impl ProxyMetrics {
     }
 }
 
+/// What the upstream client reports lands in the same metrics.
+impl berth_client::Observer for ProxyMetrics {
+    fn error(&self, upstream: &str, class: &'static str) {
+        ProxyMetrics::error(self, upstream, class);
+    }
+
+    fn ratelimit_remaining(&self, upstream: &str, remaining: i64) {
+        ProxyMetrics::ratelimit_remaining(self, upstream, remaining);
+    }
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {

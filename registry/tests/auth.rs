@@ -7,9 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use berth_core::config::auth::{Action, AuthConfig, Grant, Robot, Rule, TokenConfig};
+use berth_core::config::Config;
 use berth_registry::auth::token::{Claims, Signer};
-use berth_registry::config::auth::{Action, AuthConfig, Grant, Robot, Rule, TokenConfig};
-use berth_registry::config::Config;
 use common::upstream::{noise, push_image, Pushed};
 use common::{client, error_code, TestServer};
 use reqwest::{Method, StatusCode};
@@ -512,7 +512,7 @@ async fn unknown_users_and_wrong_passwords_take_the_same_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn proxied_repositories_obey_the_same_rules() {
-    use berth_registry::config::{ProxyConfig, UpstreamConfig};
+    use berth_core::config::{ProxyConfig, UpstreamConfig};
     use common::upstream::{body_digest, Auth, Distribution};
     let upstream = Distribution::start(Auth::None).await;
     let image = push_image(&upstream.url, "library/alpine", "3.20", vec![noise(50, 2000)]).await;

@@ -355,7 +355,7 @@ async fn unsupported_methods_and_garbage_paths() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_heads_and_stalled_bodies_are_cut_off() {
-    use berth_registry::config::{Config, LimitsConfig};
+    use berth_core::config::{Config, LimitsConfig};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let limits = LimitsConfig { body_idle_timeout: Duration::from_secs(1), ..LimitsConfig::default() };
     let s = TestServer::with_config(Config { limits, ..Config::default() }).await;
@@ -393,7 +393,7 @@ async fn oversized_heads_and_stalled_bodies_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_cannot_hold_every_upload_session() {
-    use berth_registry::config::{Config, LimitsConfig};
+    use berth_core::config::{Config, LimitsConfig};
     let limits = LimitsConfig { max_uploads_per_client: 3, ..LimitsConfig::default() };
     let s = TestServer::with_config(Config { limits, ..Config::default() }).await;
     let start = || async { client().post(s.url("/v2/many/sessions/blobs/uploads/")).send().await.unwrap() };

@@ -7,8 +7,8 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use berth_registry::config::{Config, ProxyConfig, RevalidateRule, StorageConfig, UpstreamConfig};
-use berth_registry::proxy::client::{Credentials, Upstream, UpstreamError};
+use berth_client::{Credentials, Upstream, UpstreamError};
+use berth_core::config::{Config, ProxyConfig, RevalidateRule, StorageConfig, UpstreamConfig};
 use common::upstream::{
     body_digest, noise, push_image, push_index, temp_secret, Auth, CountingProxy, Distribution, TokenService,
 };

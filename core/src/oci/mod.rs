@@ -8,6 +8,3 @@ pub mod range;
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use manifest::{ManifestKind, ParsedManifest};
 pub use name::{Reference, RepoName, Tag};
-pub mod upload_id;
-
-pub use upload_id::UploadId;

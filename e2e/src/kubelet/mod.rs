@@ -14,6 +14,9 @@
 //! Only images whose repository is named `berth` run: the container's command picks one of the
 //! binaries given with `--binary name=path` (`berth` when there is no command).
 
+mod context;
+mod env;
+mod ips;
 pub mod node;
 pub mod pods;
 pub mod probes;
@@ -22,33 +25,11 @@ pub mod sandbox;
 pub mod services;
 pub mod volumes;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-/// The provisioner name of the StorageClass this kubelet serves.
-pub const PROVISIONER: &str = "berth.dev/process-kubelet";
-
-#[derive(Debug, Clone)]
-pub struct Options {
-    pub node_name: String,
-    pub state_dir: PathBuf,
-    pub hosts_file: PathBuf,
-    /// Binary name (as a container command names it) → local path.
-    pub binaries: BTreeMap<String, PathBuf>,
-    /// Where the `kubernetes` Service forwards to.
-    pub api_server: Option<std::net::SocketAddr>,
-    /// This cluster's pod addresses: the first two octets of a 127.x.0.0/16 range.
-    pub pod_range: (u8, u8),
-    /// The `kubernetes` Service's ClusterIP (given to pods as KUBERNETES_SERVICE_HOST).
-    pub kubernetes_service_ip: std::net::Ipv4Addr,
-}
-
-pub struct Context {
-    pub client: kube::Client,
-    pub opts: Options,
-    pub ips: pods::IpPool,
-}
+pub use context::{Context, Options};
+use ips::IpPool;
 
 /// Runs until `shutdown` resolves, then stops every pod process it started.
 pub async fn run(
@@ -58,7 +39,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(opts.state_dir.join("pids"))?;
     kill_leftovers(&opts.state_dir);
-    let ips = pods::IpPool::new(opts.pod_range);
+    let ips = IpPool::new(opts.pod_range);
     let ctx = Arc::new(Context { client, opts, ips });
     node::register(&ctx).await?;
     let tasks = vec![
@@ -90,8 +71,4 @@ pub fn kill_leftovers(state_dir: &Path) {
         }
         let _ = std::fs::remove_file(e.path());
     }
-}
-
-pub fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
-    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())
 }

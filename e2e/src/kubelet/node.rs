@@ -8,7 +8,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
-use super::Context;
+use super::context::Context;
 
 const FIELD_MANAGER: &str = "berth-kubelet";
 
@@ -29,7 +29,7 @@ fn memory_kib() -> u64 {
 }
 
 fn status(ctx: &Context) -> serde_json::Value {
-    let now = super::now();
+    let now = super::context::now();
     let resources = serde_json::json!({
         "cpu": cpus().to_string(), "memory": format!("{}Ki", memory_kib()), "pods": "110",
         "ephemeral-storage": "100Gi",
@@ -52,7 +52,7 @@ fn status(ctx: &Context) -> serde_json::Value {
                 "machineID": "berth-e2e", "systemUUID": "berth-e2e", "bootID": "berth-e2e",
                 "kernelVersion": "", "osImage": "berth process kubelet",
                 "containerRuntimeVersion": "berth-process://0.1",
-                "kubeletVersion": crate::version("K8S_VERSION").unwrap_or("v0.0.0"),
+                "kubeletVersion": crate::tools::version("K8S_VERSION").unwrap_or("v0.0.0"),
                 "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64",
             },
         }

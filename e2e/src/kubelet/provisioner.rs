@@ -10,8 +10,12 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::watcher;
 
-use super::{Context, PROVISIONER};
-use crate::cluster::STORAGE_CLASS;
+use super::context::Context;
+
+/// The StorageClass whose claims this provisioner serves (the cluster's default).
+pub const STORAGE_CLASS: &str = "berth-local";
+/// Its provisioner name.
+pub const PROVISIONER: &str = "berth.dev/process-kubelet";
 
 pub async fn run(ctx: Arc<Context>) {
     let claims: Api<PersistentVolumeClaim> = Api::all(ctx.client.clone());

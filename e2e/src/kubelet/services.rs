@@ -23,7 +23,7 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 
-use super::Context;
+use super::context::Context;
 
 type Endpoints = Arc<RwLock<Vec<SocketAddr>>>;
 

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::api::{Api, PostParams};
 
-use super::Context;
+use super::context::Context;
 
 pub struct PodVolumes {
     pub dir: PathBuf,
@@ -199,7 +199,7 @@ fn add_downward(
 ) -> anyhow::Result<()> {
     for item in items {
         let Some(f) = &item.field_ref else { continue };
-        let value = super::pods::field_value(pod, pod_ip, &f.field_path)?;
+        let value = super::env::field_value(pod, pod_ip, &f.field_path)?;
         files.insert(item.path.clone(), (value.into_bytes(), item.mode.map_or(mode, |m| m as u32)));
     }
     Ok(())

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::{ApiError, Code};
 use super::path::Route;
-use super::AppState;
+use super::state::AppState;
 use crate::auth::{parse_scope, Actions, AuthError, Authenticator, Caller, Identity, Scope};
 
 /// What a request needs: actions on repositories. (`/v2/` and `_catalog` need only a caller.)

@@ -8,11 +8,11 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::path::RouteError;
-use crate::meta::ContentKind;
-use crate::oci::name::ReferenceError;
-use crate::proxy::client::UpstreamError;
+use crate::meta::cache::ContentKind;
 use crate::proxy::ProxyError;
 use crate::service::ServiceError;
+use berth_client::UpstreamError;
+use berth_core::oci::name::ReferenceError;
 
 /// The spec's error codes (plus `UNKNOWN` for server faults), each with its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,13 +13,14 @@ use futures_util::StreamExt;
 
 use super::error::{ApiError, Code};
 use super::path::Route;
-use super::AppState;
+use super::state::AppState;
 use crate::auth::{Actions, Caller};
 use crate::meta::ManifestRecord;
-use crate::oci::range::{parse_content_range, parse_range, ChunkRange};
-use crate::oci::{Digest, Reference, RepoName, Tag, UploadId};
 use crate::proxy::{Proxy, Target};
 use crate::service::{BlobRead, BodyStream, Listing, UploadState};
+use crate::UploadId;
+use berth_core::oci::range::{parse_content_range, parse_range, ChunkRange};
+use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -268,7 +269,7 @@ async fn get_blob(st: &AppState, req: &Parts, repo: &RepoName, d: &Digest, head:
     blob_response(read, d)
 }
 
-fn requested_range(req: &Parts) -> Option<crate::oci::range::ByteRange> {
+fn requested_range(req: &Parts) -> Option<berth_core::oci::range::ByteRange> {
     req.headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(parse_range)
 }
 
@@ -339,7 +340,7 @@ async fn start_upload(
         reg.put_blob(repo, &digest, len, stream(body)).await?;
         return Ok(created_blob(repo, &digest));
     }
-    let client = req.extensions.get::<super::ClientAddr>().map(|c| c.0);
+    let client = req.extensions.get::<super::state::ClientAddr>().map(|c| c.0);
     if let Some(client) = client.filter(|c| !st.uploads.admits(*c)) {
         return Err(ApiError::new(
             Code::TooManyRequests,

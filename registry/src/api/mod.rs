@@ -5,11 +5,12 @@
 //! [`Registry`] method, and [`error`] maps whatever failed to the spec's error envelope.
 
 mod auth;
+mod body;
 pub mod error;
 mod handlers;
 pub mod path;
+mod state;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -20,70 +21,10 @@ use axum::routing::{any, get};
 use axum::Router;
 use tracing::Instrument;
 
-use crate::auth::Authenticator;
-use crate::proxy::Proxy;
-use crate::service::Registry;
-use crate::telemetry::Metrics;
+use body::IdleLimited;
 use error::{ApiError, Code};
 use path::Route;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub registry: Arc<Registry>,
-    pub metrics: Arc<Metrics>,
-    /// The pull-through cache, when upstreams are configured.
-    pub proxy: Option<Arc<Proxy>>,
-    /// Access control, when `auth` is configured.
-    pub auth: Option<Arc<Authenticator>>,
-    /// Whether clients reach this server over TLS (for the token realm).
-    pub tls: bool,
-    /// A request body silent for this long is cut off.
-    pub body_idle_timeout: std::time::Duration,
-    /// Open upload sessions per client address.
-    pub uploads: Arc<UploadsPerClient>,
-}
-
-/// The address a request came from (set by the server for each connection).
-#[derive(Clone, Copy, Debug)]
-pub struct ClientAddr(pub std::net::IpAddr);
-
-/// Upload sessions each client address holds open, so one client cannot exhaust them. Sessions
-/// are forgotten when finished or cancelled, or after the upload TTL (when they expire anyway).
-pub struct UploadsPerClient {
-    limit: usize,
-    ttl: std::time::Duration,
-    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Vec<(String, std::time::Instant)>>>,
-}
-
-impl UploadsPerClient {
-    pub fn new(limit: usize, ttl: std::time::Duration) -> UploadsPerClient {
-        UploadsPerClient { limit, ttl, open: Default::default() }
-    }
-
-    /// Whether `client` may open another session.
-    fn admits(&self, client: std::net::IpAddr) -> bool {
-        let Ok(mut open) = self.open.lock() else { return true };
-        let ttl = self.ttl;
-        let sessions = open.entry(client).or_default();
-        sessions.retain(|(_, at)| at.elapsed() < ttl);
-        sessions.len() < self.limit
-    }
-
-    fn opened(&self, client: std::net::IpAddr, id: String) {
-        if let Ok(mut open) = self.open.lock() {
-            open.entry(client).or_default().push((id, std::time::Instant::now()));
-        }
-    }
-
-    fn closed(&self, id: &str) {
-        if let Ok(mut open) = self.open.lock() {
-            for sessions in open.values_mut() {
-                sessions.retain(|(s, _)| s != id);
-            }
-            open.retain(|_, s| !s.is_empty());
-        }
-    }
-}
+pub use state::{AppState, ClientAddr, UploadsPerClient};
 
 /// The whole HTTP application; tests drive it without a socket.
 pub fn router(state: AppState) -> Router {
@@ -153,55 +94,5 @@ async fn metrics(State(st): State<AppState>) -> Response {
         )
             .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
-
-/// A request body that fails once the client has sent nothing for `idle` (a stalled or
-/// deliberately slow client cannot hold a request, and its upload, open forever).
-struct IdleLimited {
-    inner: Body,
-    idle: std::time::Duration,
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
-}
-
-impl IdleLimited {
-    fn new(inner: Body, idle: std::time::Duration) -> IdleLimited {
-        IdleLimited { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)) }
-    }
-}
-
-impl http_body::Body for IdleLimited {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
-        use std::future::Future as _;
-        use std::task::Poll;
-        let this = &mut *self;
-        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                let next = tokio::time::Instant::now() + this.idle;
-                this.deadline.as_mut().reset(next);
-                Poll::Ready(frame)
-            }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("the client sent nothing for {:?}", this.idle),
-                ))))),
-                Poll::Pending => Poll::Pending,
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }

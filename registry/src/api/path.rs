@@ -8,8 +8,9 @@
 
 use percent_encoding::percent_decode_str;
 
-use crate::oci::name::{NameError, ReferenceError};
-use crate::oci::{Digest, DigestError, Reference, RepoName, UploadId};
+use crate::UploadId;
+use berth_core::oci::name::{NameError, ReferenceError};
+use berth_core::oci::{Digest, DigestError, Reference, RepoName};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {

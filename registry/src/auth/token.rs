@@ -14,8 +14,8 @@ use ring::signature::{Ed25519KeyPair, KeyPair as _, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
-use super::{Actions, Scope};
-use crate::config::auth::TokenConfig;
+use super::scope::{Actions, Scope};
+use berth_core::config::auth::TokenConfig;
 
 /// Clock skew accepted between issuing and checking.
 const LEEWAY: u64 = 30;
@@ -147,20 +147,9 @@ fn load(path: &Path) -> Result<Key, String> {
     Ok(Key { pair, kid })
 }
 
-/// A new Ed25519 signing key as PKCS#8 PEM (also what the operator puts in a Registry's
-/// token key Secret).
-pub fn generate_pem() -> Result<String, String> {
-    let rng = ring::rand::SystemRandom::new();
-    let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| format!("generating a token key: {e}"))?;
-    Ok(format!(
-        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-        base64::engine::general_purpose::STANDARD.encode(doc.as_ref())
-    ))
-}
-
 /// Writes a new key, readable only by its owner, without ever exposing a partial file.
 fn generate(path: &Path) -> Result<(), String> {
-    let pem = generate_pem()?;
+    let pem = berth_core::keys::generate_token_key_pem()?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }

@@ -4,13 +4,16 @@
 //! Content bytes live in [`crate::storage`]; this is the index over them. Every manifest PUT
 //! checks and records its references in one transaction, so a manifest is never visible with a
 //! dangling reference. [`sqlite`] is the embedded default; the trait is written so that a
-//! PostgreSQL store (for several replicas over shared storage) fits beside it.
+//! PostgreSQL store (for several replicas over shared storage) fits beside it. The pull-through
+//! cache's own bookkeeping (tag checks, pull times) is the separate [`cache::CacheIndex`].
 
+pub mod cache;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod testsuite;
 
-use crate::oci::{Digest, Reference, RepoName, Tag, UploadId};
+use crate::UploadId;
+use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -54,41 +57,6 @@ pub struct NewManifest {
     /// Refuse the manifest unless everything it references is already in the repository. Off
     /// only for manifests cached from an upstream, whose content arrives on demand.
     pub verify_references: bool,
-}
-
-/// Cached content an upstream's pull just used.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedPull {
-    pub repo: RepoName,
-    pub digest: Digest,
-    pub kind: ContentKind,
-    pub size: u64,
-    /// Unix milliseconds (pulls within one second must still order).
-    pub at: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ContentKind {
-    Blob,
-    Manifest,
-}
-
-impl ContentKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ContentKind::Blob => "blob",
-            ContentKind::Manifest => "manifest",
-        }
-    }
-}
-
-/// One piece of cached content picked for eviction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedItem {
-    pub repo: RepoName,
-    pub digest: Digest,
-    pub kind: ContentKind,
-    pub size: u64,
 }
 
 /// One entry of a referrers response.
@@ -155,21 +123,6 @@ pub trait MetaStore: Send + Sync + 'static {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<Referrer>>;
-
-    /// When a cached tag was last confirmed with its upstream.
-    async fn tag_checked_at(&self, repo: &RepoName, tag: &Tag) -> Result<Option<i64>>;
-    async fn set_tag_checked(&self, repo: &RepoName, tag: &Tag, at: i64) -> Result<()>;
-    /// Records pulls of cached content, many at once.
-    async fn record_pulls(&self, pulls: Vec<CachedPull>) -> Result<()>;
-    /// Total size of the cached content in repositories under `prefix/`.
-    async fn cached_size(&self, prefix: &str) -> Result<u64>;
-    /// Cached content under `prefix/`, least recently pulled first, pulled before `before` (unix
-    /// milliseconds).
-    async fn least_recently_pulled(&self, prefix: &str, before: i64, limit: usize)
-        -> Result<Vec<CachedItem>>;
-    /// Forgets cached content: the manifest (with its tags) or the blob link, and its pull record.
-    /// Returns whether any repository still links the bytes.
-    async fn evict(&self, item: &CachedItem) -> Result<bool>;
 
     async fn create_upload(&self, id: UploadId, repo: &RepoName, now: i64) -> Result<()>;
     async fn upload(&self, id: UploadId) -> Result<Option<Upload>>;

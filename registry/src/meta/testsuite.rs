@@ -1,9 +1,11 @@
-//! The metadata conformance suite: every `MetaStore` runs all of it.
+//! The metadata conformance suite: every `MetaStore` (with its `CacheIndex`) runs all of it.
 
-use super::{CachedItem, CachedPull, ContentKind, MetaError, MetaStore, NewManifest, Page, UploadPart};
-use crate::oci::{Algorithm, Digest, Reference, RepoName, Tag, UploadId};
+use super::cache::{CacheIndex, CachedItem, CachedPull, ContentKind};
+use super::{MetaError, MetaStore, NewManifest, Page, UploadPart};
+use crate::UploadId;
+use berth_core::oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
-pub(crate) async fn run(m: &dyn MetaStore) {
+pub(crate) async fn run<M: MetaStore + CacheIndex>(m: &M) {
     blobs_are_per_repository(m).await;
     manifests_check_references(m).await;
     tags_and_pagination(m).await;
@@ -144,7 +146,7 @@ async fn upload_sessions(m: &dyn MetaStore) {
     assert_eq!(m.count_uploads().await.unwrap(), 0);
 }
 
-async fn cache_bookkeeping(m: &dyn MetaStore) {
+async fn cache_bookkeeping<M: MetaStore + CacheIndex>(m: &M) {
     let hub = repo("docker.io/library/alpine");
     let tag: Tag = "3.20".parse().unwrap();
     // A cached manifest may name blobs that have not been pulled yet.

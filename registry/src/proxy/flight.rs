@@ -27,9 +27,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::oci::Digest;
 use crate::storage::fs::Appender;
 use crate::storage::ByteStream;
+use berth_core::oci::Digest;
 
 /// How far a fetch got.
 #[derive(Debug, Clone)]
@@ -253,7 +253,7 @@ impl Flight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::Algorithm;
+    use berth_core::oci::Algorithm;
     use futures_util::{StreamExt, TryStreamExt};
 
     fn started(j: Joined) -> (Arc<Flight>, FlightWriter) {

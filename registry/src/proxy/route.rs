@@ -10,8 +10,8 @@
 //! A name no upstream serves (or whose upstream's filters reject it) is an ordinary local
 //! repository that accepts pushes.
 
-use crate::config::UpstreamConfig;
-use crate::oci::RepoName;
+use berth_core::config::UpstreamConfig;
+use berth_core::oci::RepoName;
 
 /// A request for proxied content: the upstream (an index into the configured list), the name
 /// there, and the name of the local cache.
@@ -78,7 +78,7 @@ impl Routes {
     }
 }
 
-pub use crate::glob::Glob;
+pub use berth_core::glob::Glob;
 
 #[cfg(test)]
 mod tests {

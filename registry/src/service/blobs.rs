@@ -2,10 +2,11 @@
 
 use tracing::{error, warn};
 
-use super::{Registry, Result, ServiceError};
-use crate::oci::range::{span, ByteRange};
-use crate::oci::{Digest, RepoName};
+use super::error::{Result, ServiceError};
+use super::registry::Registry;
 use crate::storage::{layout, ByteStream, ObjectWriter, StorageError};
+use berth_core::oci::range::{span, ByteRange};
+use berth_core::oci::{Digest, RepoName};
 
 /// A blob read: its full size, the part being served, and the bytes (none for HEAD).
 pub struct BlobRead {

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use crate::oci::Digest;
+use berth_core::oci::Digest;
 
 pub struct ManifestCache {
     inner: Mutex<Inner>,
@@ -64,7 +64,7 @@ impl ManifestCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::Algorithm;
+    use berth_core::oci::Algorithm;
 
     #[test]
     fn bounded_by_bytes_oldest_out_first() {

@@ -2,11 +2,12 @@
 
 use bytes::Bytes;
 
-use super::{Registry, Result, ServiceError};
+use super::error::{Result, ServiceError};
+use super::registry::Registry;
 use crate::meta::{ManifestRecord, NewManifest, Page, Referrer};
-use crate::oci::manifest::{self, ManifestError};
-use crate::oci::{Algorithm, Digest, Reference, RepoName, Tag};
 use crate::storage::{layout, put_all, read_all, StorageError};
+use berth_core::oci::manifest::{self, ManifestError};
+use berth_core::oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
 pub struct PutManifest {
     pub digest: Digest,

@@ -12,11 +12,13 @@
 
 use futures_util::StreamExt;
 
-use super::{copy_body, repo_matches, BodyStream, Registry, Result, ServiceError};
+use super::error::{Result, ServiceError};
+use super::registry::{copy_body, repo_matches, BodyStream, Registry};
 use crate::meta::{now, Upload, UploadPart};
-use crate::oci::range::ChunkRange;
-use crate::oci::{Algorithm, Digest, Hasher, RepoName, UploadId};
 use crate::storage::{layout, put_all};
+use crate::UploadId;
+use berth_core::oci::range::ChunkRange;
+use berth_core::oci::{Algorithm, Digest, Hasher, RepoName};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UploadState {

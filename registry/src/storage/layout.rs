@@ -12,7 +12,8 @@
 //! ```
 //! The filesystem backend adds `tmp/` beside these for objects being written.
 
-use crate::oci::{Digest, UploadId};
+use crate::UploadId;
+use berth_core::oci::Digest;
 
 use super::Key;
 

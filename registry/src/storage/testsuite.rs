@@ -4,7 +4,8 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 
 use super::{layout, put_all, read_all, Storage, StorageError};
-use crate::oci::{Algorithm, Digest, UploadId};
+use crate::UploadId;
+use berth_core::oci::{Algorithm, Digest};
 
 pub(crate) async fn run(s: &dyn Storage) {
     missing_objects(s).await;

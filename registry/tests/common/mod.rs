@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use berth_core::config::Config;
 use berth_registry::api::AppState;
-use berth_registry::config::Config;
 use berth_registry::meta::sqlite::SqliteMeta;
 use berth_registry::service::{Limits, Registry};
 use berth_registry::storage::fs::FsStorage;
@@ -17,8 +17,8 @@ use tokio::sync::oneshot;
 
 pub mod upstream;
 
-fn config_limits() -> berth_registry::config::LimitsConfig {
-    berth_registry::config::LimitsConfig::default()
+fn config_limits() -> berth_core::config::LimitsConfig {
+    berth_core::config::LimitsConfig::default()
 }
 
 pub struct TestServer {

@@ -4,15 +4,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_registry::proxy::client::{Credentials, Upstream, UpstreamError};
+use berth_client::{Credentials, Upstream, UpstreamError};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 
 use super::status::{self, CredentialsState, Observed, ProbeFailure, RegistryView};
-use crate::controllers::registry::proxies::{self, ProxySource};
-use crate::controllers::registry::reconcile::{publish_readiness, Context, Error};
+use crate::controllers::render::proxies::{self, ProxySource};
+use crate::controllers::{publish_readiness, Context, Error};
 use crate::crd::common::{condition, is_true};
 use crate::crd::proxycache::ProxyCache;
 use crate::crd::registry::TlsMode;
@@ -44,7 +44,7 @@ async fn reconcile_inner(pc: &ProxyCache, ctx: &Context) -> Result<Action, Error
     let ns = pc.namespace().unwrap_or_default();
     let name = pc.name_any();
     let obs = observe(pc, ctx, &ns).await?;
-    let new = status::compute(pc, &obs, crate::now());
+    let new = status::compute(pc, &obs, crate::controllers::now());
     let was_ready =
         pc.status.as_ref().and_then(|s| s.conditions.as_deref()).is_some_and(|c| is_true(c, "Ready"));
     let now_ready = new.conditions.as_deref().is_some_and(|c| is_true(c, "Ready"));

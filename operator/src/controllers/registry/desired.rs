@@ -9,7 +9,7 @@
 //!          └► PodDisruptionBudget <name>    only with more than one replica
 //! ```
 
-use berth_registry::config::{Config, LogConfig, LogFormat, MetadataConfig, StorageConfig, TlsConfig};
+use berth_core::config::{Config, LogConfig, LogFormat, MetadataConfig, StorageConfig, TlsConfig};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -17,9 +17,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 use sha2::Digest as _;
 
-use super::auth;
 use super::effective::{self, Effective, CONTAINER_PORT};
-use super::proxies::{self, ProxySource};
+use crate::controllers::render::proxies::{self, ProxySource};
+use crate::controllers::render::{auth, BuildError};
 use crate::crd::registry::{RetainPolicy, TlsMode};
 use crate::crd::Registry;
 use crate::labels;
@@ -42,33 +42,6 @@ pub struct Inputs {
     /// The claim size in the existing StatefulSet's volumeClaimTemplates, which cannot change:
     /// a larger `spec.storage.filesystem.size` grows the claims themselves instead.
     pub claim_template_size: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum BuildError {
-    #[error("{0} is not supported by this version of berth yet")]
-    NotSupported(&'static str),
-    #[error("spec.podTemplate is not a valid pod template once merged: {0}")]
-    PodTemplate(String),
-    #[error("TLS is on but no certificate Secret is available yet")]
-    TlsPending,
-    #[error("ProxyCache {name}: {message}")]
-    InvalidProxyCache { name: String, message: String },
-    #[error("{0}")]
-    InvalidAuth(String),
-}
-
-impl BuildError {
-    /// Stable reason for conditions and metric labels.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            BuildError::NotSupported(_) => "NotSupported",
-            BuildError::PodTemplate(_) => "InvalidPodTemplate",
-            BuildError::TlsPending => "CertificatePending",
-            BuildError::InvalidProxyCache { .. } => "InvalidProxyCache",
-            BuildError::InvalidAuth(_) => "InvalidAuth",
-        }
-    }
 }
 
 // A handful are built per reconcile; boxing the large variants would buy nothing.

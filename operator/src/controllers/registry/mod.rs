@@ -1,9 +1,8 @@
 //! The `Registry` controller.
 
-pub mod auth;
+pub mod credentials;
 pub mod desired;
 pub mod effective;
-pub mod proxies;
 pub mod pullsecrets;
 pub mod reconcile;
 pub mod status;

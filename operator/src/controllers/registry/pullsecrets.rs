@@ -23,7 +23,6 @@ use crate::crd::Registry;
 use crate::labels;
 
 /// The robot every distributed pull Secret logs in as (pull on every repository).
-pub const PULL_ROBOT: &str = "pull-secrets";
 pub const FINALIZER: &str = "berth.dev/pull-secrets";
 pub const REGISTRY_NAMESPACE: &str = "berth.dev/registry-namespace";
 const COMPONENT: &str = "pull-secret";

@@ -14,14 +14,17 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
-use super::desired::{self, BuildError, Child, Inputs};
+use super::credentials::{self, AuthError};
+use super::desired::{self, Child, Inputs};
 use super::effective;
-use super::proxies::ProxySource;
 use super::pullsecrets;
 use super::status::{self, Observed, SetState};
 use super::tls::{self, TlsError};
 use crate::controllers::apply::{apply, prune};
-pub use crate::controllers::{publish_readiness, Context, Error};
+use crate::controllers::render::auth::{robots_secret_name, token_key_secret_name, PULL_ROBOT};
+use crate::controllers::render::proxies::{self, ProxySource};
+use crate::controllers::render::BuildError;
+use crate::controllers::{publish_readiness, Context, Error};
 use crate::crd::common::is_true;
 use crate::crd::proxycache::ProxyCache;
 use crate::crd::Registry;
@@ -62,7 +65,7 @@ async fn reconcile_inner(reg: &Registry, ctx: &Context) -> Result<Action, Error>
         converge(reg, ctx, &ns, &mut obs).await?;
     }
     observe(reg, ctx, &ns, &mut obs).await?;
-    let new = status::compute(reg, &eff, &obs, crate::now());
+    let new = status::compute(reg, &eff, &obs, crate::controllers::now());
     let was_ready =
         reg.status.as_ref().and_then(|s| s.conditions.as_deref()).is_some_and(|c| is_true(c, "Ready"));
     let now_ready = new.conditions.as_deref().is_some_and(|c| is_true(c, "Ready"));
@@ -111,10 +114,10 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
     obs.tls = tls.as_ref().map(|(_, s)| s.clone());
     let mut pull_secret = None;
     if let Some(spec) = &reg.spec.auth {
-        match super::auth::ensure(&ctx.client, reg, spec, reg.spec.pull_secrets.is_some()).await {
+        match credentials::ensure(&ctx.client, reg, spec, reg.spec.pull_secrets.is_some()).await {
             Ok(p) => pull_secret = p,
-            Err(super::auth::AuthError::Kube(e)) => return Err(Error::Kube(e)),
-            Err(e @ super::auth::AuthError::Generate(_)) => {
+            Err(AuthError::Kube(e)) => return Err(Error::Kube(e)),
+            Err(e @ AuthError::Generate(_)) => {
                 obs.stalled = Some(("AuthSecretsFailed".into(), e.to_string()));
                 return Ok(());
             }
@@ -154,7 +157,7 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
             return Ok(());
         }
     };
-    obs.proxy_caches = Some(super::proxies::active_names(&inputs.proxies));
+    obs.proxy_caches = Some(proxies::active_names(&inputs.proxies));
     let mut keep = std::collections::BTreeMap::<&str, Vec<String>>::new();
     for child in &children {
         keep.entry(child.kind()).or_default().push(child.name());
@@ -181,8 +184,8 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
     secrets.extend([
         tls::ca_secret_name(reg),
         tls::tls_secret_name(reg),
-        super::auth::robots_secret_name(reg),
-        super::auth::token_key_secret_name(reg),
+        robots_secret_name(reg),
+        token_key_secret_name(reg),
     ]);
     prune::<Secret>(&ctx.client, ns, &selector, &uid, &secrets).await?;
     grow_claims(reg, ctx, ns, obs).await?;
@@ -193,7 +196,7 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
             }
             let eff = effective::resolve(reg, &ctx.default_image);
             let server = pullsecrets::server(reg, spec, eff.port);
-            let config = pullsecrets::docker_config(&server, pullsecrets::PULL_ROBOT, &password);
+            let config = pullsecrets::docker_config(&server, PULL_ROBOT, &password);
             obs.pull_secrets = Some(pullsecrets::distribute(&ctx.client, reg, spec, &config).await?);
         }
         (Some(_), None) => {}
@@ -210,7 +213,7 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
 /// StatefulSet's templates cannot change). A StorageClass that cannot expand stalls the Registry
 /// with the API server's reason.
 async fn grow_claims(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -> Result<(), Error> {
-    use berth_registry::config::size;
+    use berth_core::config::size;
     let Some(want) =
         reg.spec.storage.as_ref().and_then(|s| s.filesystem.as_ref()).and_then(|f| f.size.clone())
     else {

@@ -8,7 +8,8 @@ use http::{Request, Response};
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 
-use super::reconcile::{reconcile, Context};
+use super::reconcile::reconcile;
+use crate::controllers::Context;
 use crate::crd::Registry;
 use crate::metrics::Metrics;
 

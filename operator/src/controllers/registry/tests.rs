@@ -1,11 +1,12 @@
 //! Unit tests of the pure parts: what a Registry becomes, and what its status says.
 
-use berth_registry::config::Config;
+use berth_core::config::Config;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::desired::{self, BuildError, Child, Inputs};
+use super::desired::{self, Child, Inputs};
 use super::effective;
 use super::status::{self, Observed, SetState};
+use crate::controllers::render::BuildError;
 use crate::crd::registry::*;
 use crate::crd::Registry;
 

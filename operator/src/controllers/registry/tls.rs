@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::ByteString;
 use kube::api::{Api, PostParams};
 use kube::{Resource, ResourceExt};
 use rcgen::{
@@ -24,7 +23,9 @@ use rcgen::{
 };
 use sha2::Digest as _;
 
-use crate::crd::registry::{RetainPolicy, TlsMode, TlsStatus};
+use crate::controllers::apply::{self, FIELD_MANAGER};
+use crate::controllers::secrets::{data, secret};
+use crate::crd::registry::{TlsMode, TlsStatus};
 use crate::crd::Registry;
 use crate::labels;
 
@@ -80,35 +81,6 @@ pub fn dns_names(reg: &Registry) -> Vec<String> {
 
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-pub(super) fn data(s: &Secret, key: &str) -> Option<String> {
-    s.data.as_ref()?.get(key).map(|b| String::from_utf8_lossy(&b.0).into_owned())
-}
-
-/// A Secret the operator generates for `reg`: labelled as its child, owned by it only with
-/// `retainPolicy: Delete` (otherwise it outlives the Registry).
-pub(super) fn secret(
-    reg: &Registry,
-    name: String,
-    kind: &str,
-    component: &str,
-    entries: BTreeMap<String, String>,
-    annotations: BTreeMap<String, String>,
-) -> Secret {
-    let mut s = Secret {
-        type_: Some(kind.into()),
-        data: Some(entries.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect()),
-        ..Secret::default()
-    };
-    s.metadata.name = Some(name);
-    s.metadata.namespace = reg.namespace();
-    s.metadata.labels = Some(labels::child(&reg.name_any(), component));
-    s.metadata.annotations = Some(annotations);
-    if reg.spec.retain_policy == Some(RetainPolicy::Delete) {
-        s.metadata.owner_references = reg.controller_owner_ref(&()).map(|o| vec![o]);
-    }
-    s
 }
 
 /// SHA-256 of the first certificate in a PEM bundle, as colon-separated hex.
@@ -210,7 +182,7 @@ async fn cert_manager(
     let certs: Api<kube::core::DynamicObject> =
         Api::namespaced_with(client.clone(), &ns, &kube::core::ApiResource::from_gvk(&gvk));
     let name = tls_secret_name(reg);
-    let params = kube::api::PatchParams::apply(super::super::apply::FIELD_MANAGER).force();
+    let params = kube::api::PatchParams::apply(FIELD_MANAGER).force();
     certs.patch(&name, &params, &kube::api::Patch::Apply(certificate(reg))).await?;
     if secrets.get_opt(&name).await?.is_none() {
         return Err(TlsError::CertificatePending(name));
@@ -280,8 +252,7 @@ async fn self_signed(secrets: &Api<Secret>, reg: &Registry) -> Result<(String, T
             (DNS_NAMES.into(), wanted_names),
         ]);
         let s = secret(reg, name.clone(), "kubernetes.io/tls", "tls", entries, annotations);
-        super::super::apply::apply(&secrets.clone().into_client(), &reg.namespace().unwrap_or_default(), &s)
-            .await?;
+        apply::apply(&secrets.clone().into_client(), &reg.namespace().unwrap_or_default(), &s).await?;
     }
     let status = TlsStatus {
         secret_name: Some(name.clone()),

@@ -5,9 +5,9 @@
 //! token file whenever it logs in, so a rotated Secret needs no restart. Only the user name (not
 //! secret) is copied into the config.
 
-use berth_registry::config::{duration, size, ProxyConfig, RevalidateRule, UpstreamConfig};
+use berth_core::config::{duration, size, ProxyConfig, RevalidateRule, UpstreamConfig};
 
-use super::desired::BuildError;
+use super::error::BuildError;
 use crate::crd::proxycache::ProxyCacheSpec;
 
 pub const PROXY_SECRETS_DIR: &str = "/etc/berth/proxy";

@@ -11,15 +11,15 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use super::{
-    CachedItem, CachedPull, ContentKind, ManifestRecord, MetaError, MetaStore, NewManifest, Page, Referrer,
-    Result, Upload, UploadPart,
-};
-use crate::oci::{Digest, Reference, RepoName, Tag, UploadId};
+mod cache;
+
+use super::{ManifestRecord, MetaError, MetaStore, NewManifest, Page, Referrer, Result, Upload, UploadPart};
+use crate::UploadId;
+use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
 const MIGRATIONS: &[&str] = &[
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-    include_str!("../../migrations/sqlite/0002_proxy.sql"),
+    include_str!("../../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../../migrations/sqlite/0002_proxy.sql"),
 ];
 const MAX_IDLE_READERS: usize = 8;
 
@@ -366,145 +366,6 @@ impl MetaStore for SqliteMeta {
                     })
                 })
                 .collect()
-        })
-        .await
-    }
-
-    async fn tag_checked_at(&self, repo: &RepoName, tag: &Tag) -> Result<Option<i64>> {
-        let (repo, tag) = (repo.to_string(), tag.to_string());
-        self.read(move |c| {
-            Ok(c.prepare_cached(
-                "SELECT p.checked_at FROM proxy_tags p JOIN repositories r ON r.id = p.repository_id
-                 WHERE r.name = ?1 AND p.name = ?2",
-            )?
-            .query_row([repo, tag], |r| r.get(0))
-            .optional()?)
-        })
-        .await
-    }
-
-    async fn set_tag_checked(&self, repo: &RepoName, tag: &Tag, at: i64) -> Result<()> {
-        let (repo, tag) = (repo.to_string(), tag.to_string());
-        self.write(move |tx| {
-            let id = ensure_repo(tx, &repo, at)?;
-            tx.execute(
-                "INSERT INTO proxy_tags (repository_id, name, checked_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (repository_id, name) DO UPDATE SET checked_at = excluded.checked_at",
-                params![id, tag, at],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn record_pulls(&self, pulls: Vec<CachedPull>) -> Result<()> {
-        self.write(move |tx| {
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO proxy_content (repository_id, digest, kind, size, pulled_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (repository_id, digest) DO UPDATE SET pulled_at = max(pulled_at, excluded.pulled_at)",
-            )?;
-            for p in &pulls {
-                let id = ensure_repo(tx, p.repo.as_str(), p.at)?;
-                upsert.execute(params![id, p.digest.as_str(), p.kind.as_str(), p.size as i64, p.at])?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    async fn cached_size(&self, prefix: &str) -> Result<u64> {
-        let (lo, hi) = prefix_bounds(prefix);
-        self.read(move |c| {
-            let n: i64 = c
-                .prepare_cached(
-                    "SELECT coalesce(sum(p.size), 0) FROM proxy_content p
-                     JOIN repositories r ON r.id = p.repository_id WHERE r.name >= ?1 AND r.name < ?2",
-                )?
-                .query_row([lo, hi], |r| r.get(0))?;
-            Ok(n.max(0) as u64)
-        })
-        .await
-    }
-
-    async fn least_recently_pulled(
-        &self,
-        prefix: &str,
-        before: i64,
-        limit: usize,
-    ) -> Result<Vec<CachedItem>> {
-        let (lo, hi) = prefix_bounds(prefix);
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT r.name, p.digest, p.kind, p.size FROM proxy_content p
-                 JOIN repositories r ON r.id = p.repository_id
-                 WHERE r.name >= ?1 AND r.name < ?2 AND p.pulled_at < ?3
-                 ORDER BY p.pulled_at, p.kind, p.digest LIMIT ?4",
-            )?;
-            let rows = stmt.query_map(params![lo, hi, before, limit as i64], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })?;
-            let mut out = vec![];
-            for row in rows {
-                let (repo, digest, kind, size) = row?;
-                let kind = match kind.as_str() {
-                    "manifest" => ContentKind::Manifest,
-                    _ => ContentKind::Blob,
-                };
-                out.push(CachedItem {
-                    repo: parse("repository", repo)?,
-                    digest: parse("digest", digest)?,
-                    kind,
-                    size: size.max(0) as u64,
-                });
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn evict(&self, item: &CachedItem) -> Result<bool> {
-        let item = item.clone();
-        self.write(move |tx| {
-            let Some(id) = repo_id(tx, item.repo.as_str())? else { return Ok(true) };
-            let digest = item.digest.as_str();
-            tx.execute(
-                "DELETE FROM proxy_content WHERE repository_id = ?1 AND digest = ?2",
-                params![id, digest],
-            )?;
-            match item.kind {
-                ContentKind::Manifest => {
-                    tx.execute(
-                        "DELETE FROM tags WHERE repository_id = ?1 AND digest = ?2",
-                        params![id, digest],
-                    )?;
-                    tx.execute(
-                        "DELETE FROM manifests WHERE repository_id = ?1 AND digest = ?2",
-                        params![id, digest],
-                    )?;
-                }
-                ContentKind::Blob => {
-                    tx.execute(
-                        "DELETE FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2",
-                        params![id, digest],
-                    )?;
-                }
-            }
-            let used = tx
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM repository_blobs WHERE digest = ?1)
-                         OR EXISTS (SELECT 1 FROM manifests WHERE digest = ?1)",
-                )?
-                .query_row([digest], |r| r.get::<_, bool>(0))?;
-            if !used {
-                tx.execute("DELETE FROM blobs WHERE digest = ?1", [digest])?;
-            }
-            Ok(used)
         })
         .await
     }

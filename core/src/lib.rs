@@ -1,0 +1,13 @@
+//! Berth's shared vocabulary, with no server, database or network in it:
+//!
+//! - [`oci`]: digests, repository names, tags, references, manifests and byte ranges, each parsed
+//!   once into a type that cannot hold an invalid value;
+//! - [`config`]: `berth`'s configuration, which `berth serve` parses and `berth-operator` renders
+//!   from the same types;
+//! - [`glob`]: the repository patterns of access rules, upstream filters and (later) retention;
+//! - [`keys`]: key material Berth generates.
+
+pub mod config;
+pub mod glob;
+pub mod keys;
+pub mod oci;

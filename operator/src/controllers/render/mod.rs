@@ -1,0 +1,12 @@
+//! Pure rendering of the custom resources into what `berth` reads: its config (from the very types
+//! `berth` parses) and the volumes that carry credentials into the pod. No API calls: the
+//! reconcilers look resources and Secrets up and pass them in.
+//!
+//! Both controllers use it: the Registry controller to build its children, the ProxyCache
+//! controller to check a cache exactly as berth will be configured for it.
+
+pub mod auth;
+mod error;
+pub mod proxies;
+
+pub use error::BuildError;

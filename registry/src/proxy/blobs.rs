@@ -1,0 +1,211 @@
+//! Blobs of proxied repositories: served from the cache, or from the one upstream fetch (a
+//! [`super::flight`]) that every client asking for the digest joins while it streams.
+
+use std::sync::Arc;
+
+use berth_client::{Fetched, Upstream};
+use berth_core::oci::range::{span, ByteRange};
+use berth_core::oci::Digest;
+use futures_util::StreamExt;
+use reqwest::Method;
+use tracing::{info, warn};
+
+use super::error::{failure, ProxyError, Result};
+use super::flight::{self, Answer, FlightFailure, Joined};
+use super::route::Target;
+use super::state::Proxy;
+use crate::meta::cache::ContentKind;
+use crate::service::{BlobRead, ServiceError};
+
+impl Proxy {
+    /// A blob (or a range of it) of a proxied repository. `Ok(Err(size))`: the range cannot be
+    /// satisfied.
+    pub async fn blob(
+        self: &Arc<Self>,
+        t: &Target,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        head: bool,
+    ) -> Result<std::result::Result<BlobRead, u64>> {
+        let up = self.upstream_name(t).to_owned();
+        match self.registry.get_blob(&t.local, digest, range, !head).await {
+            Ok(read) => {
+                self.metrics.hit(&up, "blob");
+                if let Ok(r) = &read {
+                    self.pulls.record(&t.local, digest, ContentKind::Blob, r.size);
+                    if !head {
+                        self.metrics.cache_bytes(&up, r.range.map_or(r.size, |(s, e)| e - s + 1));
+                    }
+                }
+                return Ok(read);
+            }
+            Err(ServiceError::BlobUnknown) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if head {
+            return self.head_blob(t, digest, range).await;
+        }
+        // Bytes another repository already has: the upstream need only confirm this one holds them.
+        let upstream = &self.upstreams[t.upstream];
+        if self.flights.get(digest).is_none() && self.registry.meta().blob_size(digest).await?.is_some() {
+            if let Fetched::Found(_) =
+                upstream.fetch(Method::HEAD, &t.remote, "blobs", digest.as_str()).await?
+            {
+                if self.registry.link_existing_blob(&t.local, digest).await?.is_some() {
+                    // Served from storage now, counted as a hit there.
+                    return Box::pin(self.blob(t, digest, range, head)).await;
+                }
+            }
+        }
+        let flight = match self.flights.start(&self.spool_dir, digest) {
+            Ok(Joined::Started(flight, writer)) => {
+                self.metrics.miss(&up, "blob");
+                let this = self.clone();
+                let (t2, d2) = (t.clone(), digest.clone());
+                tokio::spawn(async move { this.fetch_blob(&t2, &d2, writer).await });
+                flight
+            }
+            Ok(Joined::Running(running)) => {
+                self.metrics.coalesced(&up);
+                running
+            }
+            Err(e) => return Err(ServiceError::Storage(e.into()).into()),
+        };
+        let size = match flight.answer().await {
+            Answer::Streaming { size } => size,
+            Answer::Failed(f) => return Err(failure(&f)),
+        };
+        let span = match size.map(|size| span(range, size)) {
+            Some(Err(size)) => return Ok(Err(size)),
+            Some(Ok(span)) => span,
+            None => None,
+        };
+        let body = match span {
+            Some((start, end)) => flight.read(start, Some(end + 1)),
+            None => flight.read(0, None),
+        };
+        Ok(Ok(BlobRead {
+            size: size.unwrap_or(0),
+            range: span,
+            body: Some(body),
+            size_known: size.is_some(),
+        }))
+    }
+
+    async fn head_blob(
+        &self,
+        t: &Target,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<std::result::Result<BlobRead, u64>> {
+        let up = &self.upstreams[t.upstream];
+        let size = match up.fetch(Method::HEAD, &t.remote, "blobs", digest.as_str()).await? {
+            Fetched::NotFound => return Err(ProxyError::NotFound(ContentKind::Blob)),
+            Fetched::Found(resp) => resp.content_length(),
+        };
+        let span = match size.map(|size| span(range, size)) {
+            Some(Err(size)) => return Ok(Err(size)),
+            Some(Ok(span)) => span,
+            None => None,
+        };
+        Ok(Ok(BlobRead { size: size.unwrap_or(0), range: span, body: None, size_known: size.is_some() }))
+    }
+
+    /// The one upstream fetch of a blob: spool for readers, hash, verify, then commit the spool
+    /// file to storage (or a copy written alongside it, for storage that cannot adopt files).
+    async fn fetch_blob(self: Arc<Self>, t: &Target, digest: &Digest, mut writer: flight::FlightWriter) {
+        let up = self.upstreams[t.upstream].clone();
+        let outcome = self.fetch_blob_inner(&up, t, digest, &mut writer).await;
+        if let Err(failure) = outcome {
+            if let FlightFailure::Error { class, message } = &failure {
+                self.metrics.error(&up.name, class);
+                warn!(upstream = %up.name, repository = %t.local, %digest, error = %message, "blob fetch failed");
+            }
+            writer.fail(failure);
+        }
+        self.flights.finish(digest);
+    }
+
+    async fn fetch_blob_inner(
+        &self,
+        up: &Upstream,
+        t: &Target,
+        digest: &Digest,
+        writer: &mut flight::FlightWriter,
+    ) -> std::result::Result<(), FlightFailure> {
+        let err = |class: &'static str, message: String| FlightFailure::Error { class, message };
+        let resp = match up.fetch(Method::GET, &t.remote, "blobs", digest.as_str()).await {
+            Ok(Fetched::Found(resp)) => resp,
+            Ok(Fetched::NotFound) => return Err(FlightFailure::NotFound),
+            Err(e) => return Err(err(e.class(), e.to_string())),
+        };
+        let declared = resp.content_length();
+        writer.begin(declared);
+        // Local storage adopts the spool file once it is verified; any other storage is written
+        // alongside the spool.
+        let mut store = if self.adopt_spool {
+            None
+        } else {
+            Some(self.registry.blob_writer().await.map_err(|e| err("storage", e.to_string()))?)
+        };
+        let mut hasher = digest.algorithm().hasher();
+        // Whatever chunks are ready at once go out as one batch (one spool write, one wake-up).
+        let mut batches = resp.bytes_stream().ready_chunks(64);
+        while let Some(batch) = batches.next().await {
+            let mut chunks = Vec::with_capacity(batch.len());
+            for item in batch {
+                let chunk = item.map_err(|e| {
+                    let e = up.transport_error(&e);
+                    err(e.class(), e.to_string())
+                })?;
+                hasher.update(&chunk);
+                chunks.push(chunk);
+            }
+            let n: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+            if declared.is_some_and(|d| writer.written() + n > d) {
+                return Err(err(
+                    "corrupt",
+                    format!("upstream {} sent more than its Content-Length", up.name),
+                ));
+            }
+            self.metrics.upstream_bytes(&up.name, n);
+            let (spooled, stored) = match &mut store {
+                None => (writer.append(chunks).await, Ok(())),
+                Some(store) => {
+                    let to_store = chunks.clone();
+                    tokio::join!(writer.append(chunks), async {
+                        for c in to_store {
+                            store.write(c).await?;
+                        }
+                        Ok::<_, crate::storage::StorageError>(())
+                    })
+                }
+            };
+            spooled.map_err(|e| err("storage", format!("spool: {e}")))?;
+            stored.map_err(|e| err("storage", e.to_string()))?;
+        }
+        let size = writer.written();
+        let actual = hasher.finish();
+        if actual != *digest || declared.is_some_and(|d| d != size) {
+            return Err(err(
+                "corrupt",
+                format!("upstream {} sent content that does not match {digest}", up.name),
+            ));
+        }
+        // Commit before releasing the last byte: a client that has the whole blob finds it cached.
+        let committed = match store {
+            Some(store) => self.registry.commit_cached_blob(store, &t.local, digest, size).await,
+            None => self.registry.adopt_cached_blob(writer.path(), &t.local, digest, size).await,
+        };
+        match committed {
+            Ok(()) => {
+                self.pulls.record(&t.local, digest, ContentKind::Blob, size);
+                info!(upstream = %up.name, repository = %t.local, %digest, size, "cached blob");
+            }
+            // The clients still get verified bytes; only the cache missed out.
+            Err(e) => warn!(upstream = %up.name, %digest, error = %e, "could not cache a fetched blob"),
+        }
+        writer.verified();
+        Ok(())
+    }
+}

@@ -1,0 +1,54 @@
+//! What can go wrong in the service, named by what failed; `api::error` maps each to a spec code.
+
+use std::io;
+
+use berth_core::oci::Digest;
+
+use crate::meta::MetaError;
+use crate::storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("blob unknown to registry")]
+    BlobUnknown,
+    #[error("upload session unknown (it may have expired)")]
+    UploadUnknown,
+    #[error("{0}")]
+    UploadInvalid(String),
+    /// A chunk that does not continue the upload where it stands (416).
+    #[error("chunk does not start at the upload's current offset {received}")]
+    RangeInvalid { received: u64 },
+    #[error("{0}")]
+    DigestInvalid(String),
+    #[error("{0}")]
+    SizeInvalid(String),
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
+    #[error("manifest unknown")]
+    ManifestUnknown,
+    #[error("manifest references {0}, which is not in this repository")]
+    ManifestBlobUnknown(Digest),
+    #[error("repository name not known to registry")]
+    NameUnknown,
+    #[error("manifest is larger than the {limit} bytes this registry accepts")]
+    ManifestTooLarge { limit: usize },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Meta(MetaError),
+    #[error("request body failed: {0}")]
+    Body(io::Error),
+}
+
+impl From<MetaError> for ServiceError {
+    fn from(e: MetaError) -> Self {
+        match e {
+            MetaError::BlobUnknown(d) | MetaError::ManifestUnknown(d) => ServiceError::ManifestBlobUnknown(d),
+            MetaError::UploadUnknown => ServiceError::UploadUnknown,
+            MetaError::UploadOffset { current } => ServiceError::RangeInvalid { received: current },
+            e => ServiceError::Meta(e),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ServiceError>;

@@ -1,0 +1,112 @@
+//! The registry itself (`Registry`): storage and metadata with their limits. Each kind of content
+//! adds its methods in its own file: `uploads`, `blobs`, `manifests`.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_core::oci::{Hasher, RepoName};
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+
+use super::cache;
+use super::error::{Result, ServiceError};
+use crate::meta::MetaStore;
+use crate::storage::{ObjectWriter, Storage};
+use crate::upload_id::UploadId;
+
+/// A request body as the service sees it.
+pub type BodyStream = BoxStream<'static, io::Result<Bytes>>;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest manifest accepted (413 above).
+    pub max_manifest_bytes: usize,
+    /// An upload session untouched this long is gone.
+    pub upload_ttl: Duration,
+    /// Most entries in one tags or catalog page when the client asks for no `n`, or more.
+    pub max_page: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_manifest_bytes: 4 << 20, upload_ttl: Duration::from_secs(24 * 3600), max_page: 10_000 }
+    }
+}
+
+/// Memory kept for recently used manifests.
+const MANIFEST_CACHE_BYTES: usize = 32 << 20;
+
+pub struct Registry {
+    pub(super) storage: Arc<dyn Storage>,
+    pub(super) meta: Arc<dyn MetaStore>,
+    pub(super) limits: Limits,
+    /// The running sha256 of each upload session at its current offset, so that finishing an
+    /// upload needs no second read of its bytes. Lost on restart, then rebuilt from storage.
+    pub(super) hashers: Mutex<HashMap<UploadId, (u64, Hasher)>>,
+    pub(super) manifests: cache::ManifestCache,
+}
+
+impl Registry {
+    pub fn new(storage: Arc<dyn Storage>, meta: Arc<dyn MetaStore>, limits: Limits) -> Registry {
+        Registry {
+            storage,
+            meta,
+            limits,
+            hashers: Mutex::new(HashMap::new()),
+            manifests: cache::ManifestCache::new(MANIFEST_CACHE_BYTES),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn meta(&self) -> &Arc<dyn MetaStore> {
+        &self.meta
+    }
+
+    /// Checks that storage and metadata answer; used by `/readyz`.
+    pub async fn ready(&self) -> Result<()> {
+        self.meta.count_uploads().await?;
+        self.storage.stat(&crate::storage::layout::blobs_root()).await?;
+        Ok(())
+    }
+}
+
+/// Streams `body` into `writer`, hashing as it goes; checks the byte count if one was declared.
+pub(super) async fn copy_body(
+    mut body: BodyStream,
+    declared: Option<u64>,
+    writer: &mut dyn ObjectWriter,
+    hasher: &mut Hasher,
+) -> Result<u64> {
+    use futures_util::StreamExt;
+    let mut total = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(ServiceError::Body)?;
+        total += chunk.len() as u64;
+        if declared.is_some_and(|d| total > d) {
+            return Err(ServiceError::SizeInvalid("body is longer than its declared length".into()));
+        }
+        if !chunk.is_empty() {
+            hasher.update(&chunk);
+            writer.write(chunk).await?;
+        }
+    }
+    match declared {
+        Some(d) if d != total => {
+            Err(ServiceError::SizeInvalid(format!("body has {total} bytes, {d} were declared")))
+        }
+        _ => Ok(total),
+    }
+}
+
+pub(super) fn repo_matches(upload_repo: &RepoName, repo: &RepoName) -> Result<()> {
+    if upload_repo == repo {
+        Ok(())
+    } else {
+        Err(ServiceError::UploadUnknown)
+    }
+}
