@@ -72,6 +72,9 @@ fn install_operator_with(cp: &ControlPlane, values: &[&str]) {
             &format!("image.tag={IMAGE_TAG}"),
             "--set",
             "logFormat=text",
+            // Pods share one network here (see pod_ip_env): the operator binds its pod IP too.
+            "--set",
+            "bindPodIP=true",
             "--wait",
             "--timeout",
             "3m",
@@ -210,7 +213,16 @@ async fn after_a_reconcile(client: &kube::Client, change: impl FnOnce()) {
     assert!(done, "the operator reconciled after the change");
 }
 
-const REGISTRY: &str = "apiVersion: berth.dev/v1alpha1
+/// The process kubelet's pods share one network, as `hostNetwork` pods do: so each Registry binds
+/// only its own pod IP, the way a user of such a cluster would (the downward API in `spec.env`).
+macro_rules! pod_ip_env {
+    () => {
+        "  env:\n    - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}\n    - {name: BERTH_LISTEN, value: \"$(POD_IP):5000\"}\n"
+    };
+}
+
+const REGISTRY: &str = concat!(
+    "apiVersion: berth.dev/v1alpha1
 kind: Registry
 metadata:
   name: hub
@@ -218,7 +230,9 @@ spec:
   storage:
     filesystem:
       size: 2Gi
-";
+",
+    pod_ip_env!()
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_installed_operator_runs_a_registry_that_serves_and_stays_put() {
@@ -401,7 +415,10 @@ async fn self_signed_tls_registry_serves_https_to_clients_trusting_its_ca() {
     install_operator(&cp);
     let client = cp.client().await.unwrap();
     let ns = TempNamespace::create(&client, "tls").await.unwrap();
-    let yaml = "apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: secure\nspec:\n  tls:\n    mode: SelfSigned\n";
+    let yaml = concat!(
+        "apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: secure\nspec:\n  tls:\n    mode: SelfSigned\n",
+        pod_ip_env!()
+    );
     assert!(kubectl_apply(&cp, &ns.name, yaml).status.success());
     let regs = registries(&client, &ns.name);
     assert!(
@@ -658,7 +675,10 @@ async fn cert_manager_mode_stalls_without_it_and_serves_the_secret_it_issues() {
     install_operator(&cp);
     let client = cp.client().await.unwrap();
     let ns = TempNamespace::create(&client, "cm").await.unwrap();
-    let yaml = "apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: issued\nspec:\n  tls:\n    mode: CertManager\n    issuerRef: {name: team-ca}\n";
+    let yaml = concat!(
+        "apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: issued\nspec:\n  tls:\n    mode: CertManager\n    issuerRef: {name: team-ca}\n",
+        pod_ip_env!()
+    );
     assert!(kubectl_apply(&cp, &ns.name, yaml).status.success());
     let regs = registries(&client, &ns.name);
     assert!(
@@ -852,7 +872,8 @@ async fn a_registry_with_auth_admits_its_users_and_robots_only() {
     let client = cp.client().await.unwrap();
     let ns = TempNamespace::create(&client, "auth").await.unwrap();
     users_secret(&cp, &ns.name);
-    let registry = "apiVersion: berth.dev/v1alpha1
+    let registry = concat!(
+        "apiVersion: berth.dev/v1alpha1
 kind: Registry
 metadata:
   name: locked
@@ -867,7 +888,9 @@ spec:
       - {users: [alice], repositories: [\"**\"], actions: [pull, push, delete]}
     robots:
       - {name: ci, repositories: [\"team/**\"], actions: [pull, push]}
-";
+",
+        pod_ip_env!()
+    );
     let out = kubectl_apply(&cp, &ns.name, registry);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let regs = registries(&client, &ns.name);
@@ -963,7 +986,8 @@ async fn pull_secrets_follow_namespace_labels_and_leave_with_the_registry() {
     let client = cp.client().await.unwrap();
     let ns = TempNamespace::create(&client, "dist").await.unwrap();
     users_secret(&cp, &ns.name);
-    let registry = "apiVersion: berth.dev/v1alpha1
+    let registry = concat!(
+        "apiVersion: berth.dev/v1alpha1
 kind: Registry
 metadata:
   name: dist
@@ -977,7 +1001,9 @@ spec:
     namespaceSelector:
       matchLabels: {berth.dev/pull: \"yes\"}
     serviceAccounts: [default]
-";
+",
+        pod_ip_env!()
+    );
     let out = kubectl_apply(&cp, &ns.name, registry);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let regs = registries(&client, &ns.name);

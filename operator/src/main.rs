@@ -53,11 +53,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
     let metrics = Arc::new(Metrics::default());
-    let mut addr: std::net::SocketAddr = env("BERTH_METRICS_ADDR", "0.0.0.0:8080").parse()?;
-    // Where pods share one network (Berth's e2e kubelet), a wildcard address is narrowed to ours.
-    if let (true, Ok(host)) = (addr.ip().is_unspecified(), env("BERTH_LISTEN_HOST", "").parse()) {
-        addr.set_ip(host);
-    }
+    // `$(POD_IP):8080` binds only the pod's own IP (the chart's `bindPodIP`).
+    let addr = berth_core::config::parse_listen(&env("BERTH_METRICS_ADDR", "0.0.0.0:8080"))
+        .map_err(|e| anyhow::anyhow!("BERTH_METRICS_ADDR: {e}"))?;
     let served = metrics.clone();
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))

@@ -38,7 +38,8 @@ struct ServeArgs {
     /// YAML config file; flags and BERTH_* variables override what it says.
     #[arg(long, short, env = "BERTH_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on, e.g. 0.0.0.0:5000.
+    /// Address to listen on, e.g. 0.0.0.0:5000. In a pod that shares its network with others
+    /// (hostNetwork), bind the pod's own IP: `$(POD_IP):5000`, with POD_IP from the downward API.
     #[arg(long, env = "BERTH_LISTEN")]
     listen: Option<String>,
     /// Directory for content and metadata.
@@ -56,10 +57,6 @@ struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, env = "BERTH_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Where several pods share one network (Berth's process kubelet), each is given its own IP
-    /// here: a wildcard listen address (0.0.0.0, [::]) is narrowed to it.
-    #[arg(long, env = "BERTH_LISTEN_HOST", hide = true)]
-    listen_host: Option<std::net::IpAddr>,
 }
 
 impl ServeArgs {
@@ -84,11 +81,6 @@ impl ServeArgs {
             let reload_interval =
                 c.tls.as_ref().map_or(std::time::Duration::from_secs(10), |t| t.reload_interval);
             c.tls = Some(TlsConfig { cert, key, reload_interval });
-        }
-        if let (Some(host), Ok(addr)) = (self.listen_host, c.listen_addr()) {
-            if addr.ip().is_unspecified() {
-                c.listen = std::net::SocketAddr::new(host, addr.port()).to_string();
-            }
         }
         c.validate().map_err(|(field, msg)| anyhow::anyhow!("{field}: {msg}"))?;
         Ok(c)

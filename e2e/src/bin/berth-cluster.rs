@@ -70,6 +70,9 @@ async fn main() -> anyhow::Result<()> {
             "--create-namespace",
             "--set",
             "image.tag=dev",
+            // The demo's pods share one network: the operator binds its own pod IP.
+            "--set",
+            "bindPodIP=true",
             "--wait",
         ])
         .output()?;

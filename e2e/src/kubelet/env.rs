@@ -91,8 +91,6 @@ pub async fn container_env(
         ("KUBERNETES_SERVICE_PORT".into(), "443".into()),
         ("KUBERNETES_SERVICE_PORT_HTTPS".into(), "443".into()),
         ("KUBERNETES_PORT".into(), format!("tcp://{}:443", ctx.opts.kubernetes_service_ip)),
-        // Every pod shares the host's network: Berth narrows a wildcard listen address to this.
-        ("BERTH_LISTEN_HOST".into(), ip.into()),
     ];
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);

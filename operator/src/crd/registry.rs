@@ -4,7 +4,7 @@
 //! (`controllers::registry::effective`) and reported in `status.effective`, so GitOps tools that
 //! compare the applied YAML with the live object never see a field they did not write.
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -61,6 +61,11 @@ pub struct RegistrySpec {
     pub pull_secrets: Option<PullSecretsSpec>,
     /// Resources of the registry container.
     pub resources: Option<ResourceRequirements>,
+    /// Extra environment of the registry container, after the operator's own: for example
+    /// `HTTPS_PROXY`/`NO_PROXY` for reaching upstreams, or, where pods share a network (as with
+    /// `hostNetwork`), `POD_IP` from `status.podIP` and `BERTH_LISTEN: $(POD_IP):5000` to bind only
+    /// the pod's own address.
+    pub env: Option<Vec<EnvVar>>,
     pub node_selector: Option<BTreeMap<String, String>>,
     pub tolerations: Option<Vec<Toleration>>,
     pub affinity: Option<Affinity>,

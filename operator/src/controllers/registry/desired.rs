@@ -281,6 +281,9 @@ fn statefulset(
     if let Some(r) = &spec.resources {
         pod["spec"]["containers"][0]["resources"] = serde_json::to_value(r).unwrap_or_default();
     }
+    if let Some(env) = spec.env.as_ref().filter(|e| !e.is_empty()) {
+        pod["spec"]["containers"][0]["env"] = serde_json::to_value(env).unwrap_or_default();
+    }
     if let Some(v) = &spec.node_selector {
         pod["spec"]["nodeSelector"] = serde_json::to_value(v).unwrap_or_default();
     }

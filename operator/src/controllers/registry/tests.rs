@@ -283,3 +283,20 @@ fn certificate_for_cert_manager() {
     assert!(names.contains(&"hub.team.svc.cluster.local") && names.contains(&"registry.example.com"));
     assert_eq!(c["metadata"]["ownerReferences"][0]["uid"], "u-1");
 }
+
+#[test]
+fn extra_env_reaches_the_registry_container() {
+    let r = registry(serde_json::json!({"env": [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "BERTH_LISTEN", "value": "$(POD_IP):5000"},
+    ]}));
+    let c = children(&r, &inputs());
+    let Child::StatefulSet(set) = find(&c, "StatefulSet", "hub") else { unreachable!() };
+    let env = set.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].env.clone().unwrap();
+    assert_eq!(env.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["POD_IP", "BERTH_LISTEN"]);
+    assert_eq!(env[0].value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path, "status.podIP");
+    // Without it, the container has no env at all (nothing to drift).
+    let plain = children(&registry(serde_json::json!({})), &inputs());
+    let Child::StatefulSet(set) = find(&plain, "StatefulSet", "hub") else { unreachable!() };
+    assert!(set.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].env.is_none());
+}
