@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Berth image: one image holding `berth` and `berth-operator`, non-root, FROM scratch.
 #   scripts/image.sh [TAG]      (default TAG: localhost/berth:dev)
+# The binaries are a release build, or those already in $BERTH_BIN_DIR (the test suite packs the
+# very binaries it tested, instead of compiling everything again); either way stripped.
 #
 # No base image can be pulled here, so the image's root filesystem is assembled from the release
 # binaries and exactly the shared libraries they link (plus CA certificates, a passwd entry for
@@ -10,15 +12,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=${1:-localhost/berth:dev}
-cargo build --release -p berth-registry -p berth-operator
+BIN_DIR=${BERTH_BIN_DIR:-}
+if [[ -z $BIN_DIR ]]; then
+  cargo build --release -p berth-registry -p berth-operator
+  BIN_DIR=target/release
+fi
 CTX=target/image
 rm -rf "$CTX" && mkdir -p "$CTX/rootfs/usr/local/bin" "$CTX/rootfs/etc/ssl/certs" "$CTX/rootfs/tmp" "$CTX/data"
 # The data directory's content: a marker, so the COPY that creates it has something to copy.
 printf 'berth data directory\n' >"$CTX/data/.berth"
 for bin in berth berth-operator; do
-  cp "target/release/$bin" "$CTX/rootfs/usr/local/bin/$bin"
+  strip -o "$CTX/rootfs/usr/local/bin/$bin" "$BIN_DIR/$bin"
   # Every library the binary loads, at the path the dynamic loader looks for it.
-  ldd "target/release/$bin" | awk '/=>/ {print $3} /^\t\/.*ld-linux/ {print $1}' | while read -r lib; do
+  ldd "$BIN_DIR/$bin" | awk '/=>/ {print $3} /^\t\/.*ld-linux/ {print $1}' | while read -r lib; do
     [[ -n $lib && -f $lib ]] || continue
     mkdir -p "$CTX/rootfs$(dirname "$lib")"
     cp -L "$lib" "$CTX/rootfs$lib"

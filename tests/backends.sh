@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The real backends the storage and metadata work builds on, provisioned and started the way the
-# suites start them: MinIO (S3 API, signed requests) and PostgreSQL (Debian's server).
+# suites will start them: MinIO (S3 API, signed requests) and PostgreSQL (Debian's server). This
+# checks the servers, not Berth, so it is not part of `make test`; run it by hand after
+# `bash scripts/tools.sh minio` and `apt-get install postgresql`.
 source "$(dirname "$0")/lib.sh"
 source "$ROOT/scripts/tools.sh"
 set +e

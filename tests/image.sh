@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The Berth image, built here with podman FROM scratch: a container of it serves `berth` (push and
-# pull with crane), starts `berth-operator --help`, runs as non-root, and stays small.
+# The Berth image, built here with podman FROM scratch from the binaries the suite tested: a
+# container of it serves `berth` (push and pull with crane), starts `berth-operator --help`, runs
+# as non-root, and stays small.
 source "$(dirname "$0")/lib.sh"
 source "$ROOT/scripts/tools.sh"
 CRANE=$(tool_path crane)
 
 TAG=localhost/berth:test-$$
 echo "== image"
-if ! bash "$ROOT/scripts/image.sh" "$TAG" >/dev/null; then
+# From the binaries the suite built and tested (BERTH_BIN_DIR, default target/debug).
+if ! BERTH_BIN_DIR=${BERTH_BIN_DIR:-$ROOT/target/debug} bash "$ROOT/scripts/image.sh" "$TAG" >/dev/null; then
   echo "image build failed" >&2
   exit 1
 fi
