@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::Digest as _;
 
-use crate::Metric;
+use crate::metric::Metric;
 
 const MIB: usize = 1 << 20;
 const MB: f64 = 1e6;

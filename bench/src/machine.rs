@@ -9,7 +9,7 @@ use std::time::Instant;
 use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::Metric;
+use crate::metric::Metric;
 
 const MB: f64 = 1e6;
 

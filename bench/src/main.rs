@@ -12,6 +12,7 @@
 
 mod load;
 mod machine;
+mod metric;
 mod proxy;
 mod servers;
 
@@ -21,17 +22,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+use metric::Metric;
 use servers::{Kind, ServerSpec};
-
-/// One measured number.
-#[derive(Clone, Debug)]
-pub struct Metric {
-    pub name: &'static str,
-    pub unit: &'static str,
-    pub value: f64,
-    /// Larger is better (throughput) or smaller is better (memory, time).
-    pub higher_is_better: bool,
-}
 
 struct Args {
     servers: Vec<ServerSpec>,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::load::{self, Plan};
-use crate::Metric;
+use crate::metric::Metric;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
