@@ -1,10 +1,12 @@
 //! The machine's own limits, measured in the same run as the servers: loopback TCP throughput,
-//! sha256 speed (one core, the crate berth uses) and sequential disk write with fsync.
+//! sha256 speed (one core, the crate berth uses), sequential disk write with fsync, and how many
+//! small files per second 16 threads can make durable (write, fsync, rename, fsync the directory:
+//! what any registry must do for each acknowledged blob).
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,7 +29,56 @@ pub async fn measure(scratch: &Path) -> anyhow::Result<Vec<Metric>> {
             value: disk_write(scratch)? / MB,
             higher_is_better: true,
         },
+        Metric {
+            name: "durable 4 KiB files, 16 threads",
+            unit: "files/s",
+            value: durable_small_files(scratch, 16, Duration::from_secs(5))?,
+            higher_is_better: true,
+        },
     ])
+}
+
+/// Files per second that `threads` threads make durable, each: write 4 KiB to a temp file, fsync
+/// it, rename it into a directory of its own kind (by a hash prefix, as blobs are), fsync that
+/// directory.
+fn durable_small_files(dir: &Path, threads: usize, run: Duration) -> anyhow::Result<f64> {
+    let root = dir.join("durable-probe");
+    std::fs::create_dir_all(root.join("tmp"))?;
+    for i in 0..256 {
+        std::fs::create_dir_all(root.join(format!("{i:02x}")))?;
+    }
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (root, done) = (&root, &done);
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let data = vec![t as u8; 4096];
+                    let mut n = 0u64;
+                    while start.elapsed() < run {
+                        let tmp = root.join("tmp").join(format!("{t}-{n}"));
+                        let mut f = std::fs::File::create(&tmp)?;
+                        f.write_all(&data)?;
+                        f.sync_all()?;
+                        let dir = root.join(format!("{:02x}", (t as u64 * 7919 + n) % 256));
+                        std::fs::rename(&tmp, dir.join(format!("{t}-{n}")))?;
+                        std::fs::File::open(&dir)?.sync_all()?;
+                        n += 1;
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| anyhow::anyhow!("a probe thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let rate = done.load(std::sync::atomic::Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&root)?;
+    Ok(rate)
 }
 
 /// Bytes per second over loopback as iperf3 measures it (single stream, 3 s), if it is installed.

@@ -406,6 +406,9 @@ impl Upstream {
             }
             Ok(None)
         };
+        if let Some(dir) = &c.credentials_dir {
+            return self.credentials_in(dir);
+        }
         if let Some(token) = read(&c.token_file, &c.token_env)? {
             return Ok(Credentials::Bearer(token));
         }
@@ -414,6 +417,28 @@ impl Upstream {
                 Ok(Credentials::Basic { user: user.clone(), password: password.unwrap_or_default() })
             }
             (None, _) => Ok(Credentials::None),
+        }
+    }
+
+    /// `token`, or `username` and `password`, from a directory (a mounted Secret).
+    fn credentials_in(&self, dir: &std::path::Path) -> Result<Credentials> {
+        let read = |name: &str| match std::fs::read_to_string(dir.join(name)) {
+            Ok(v) => Ok(Some(v.trim_end_matches(['\n', '\r']).to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(UpstreamError::Auth {
+                upstream: self.name.clone(),
+                detail: format!("cannot read {}: {}", dir.join(name).display(), e.kind()),
+            }),
+        };
+        match (read("token")?, read("username")?) {
+            (Some(token), _) => Ok(Credentials::Bearer(token)),
+            (None, Some(user)) => {
+                Ok(Credentials::Basic { user, password: read("password")?.unwrap_or_default() })
+            }
+            (None, None) => Err(UpstreamError::Auth {
+                upstream: self.name.clone(),
+                detail: format!("{} holds neither `token` nor `username`", dir.display()),
+            }),
         }
     }
 

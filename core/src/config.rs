@@ -10,7 +10,10 @@
 //! tls: { cert: tls.crt, key: tls.key }      # reloaded when the files change
 //! storage: { kind: filesystem }             # path defaults to <data_dir>/storage; or kind: memory
 //! metadata: { kind: sqlite }                # path defaults to <data_dir>/meta.db
-//! limits: { max_manifest_bytes: 4194304, upload_ttl: 24h, shutdown_grace: 30s }
+//! limits: { max_manifest_bytes: 4194304, upload_ttl: 24h, max_connections: 4096 }   # see LimitsConfig
+//! external_url: https://registry.example.com   # token realm; default: each request's own host
+//! trusted_proxies: [10.0.0.0/8]                 # whose X-Forwarded-* headers count
+//! metrics: { listen: 0.0.0.0:9090 }             # /metrics on its own port, not the registry's
 //! ```
 //! Precedence: command-line flags, then `BERTH_*` environment variables, then the file, then the
 //! defaults above.
@@ -23,9 +26,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod auth;
+mod limits;
 pub mod proxy;
 mod units;
 
+pub use limits::LimitsConfig;
 pub use proxy::{ProxyConfig, RevalidateRule, UpstreamConfig};
 pub use units::{duration, size};
 
@@ -51,6 +56,31 @@ pub struct Config {
     /// Who may do what; without it the registry is open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<auth::AuthConfig>,
+    /// How clients reach this registry (`https://registry.example.com`): the token service's
+    /// realm in challenges. Without it, each challenge names the host the request was sent to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_url: Option<String>,
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For`, `-Proto` and `-Host` headers
+    /// are believed; from anyone else they are ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default, skip_serializing_if = "MetricsConfig::is_default")]
+    pub metrics: MetricsConfig,
+}
+
+/// Where `/metrics` is served: on the registry's own port (the default), or on a listener of its
+/// own, which keeps the numbers off the port clients reach.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+impl MetricsConfig {
+    fn is_default(&self) -> bool {
+        self == &MetricsConfig::default()
+    }
 }
 
 fn default_listen() -> String {
@@ -73,6 +103,9 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             proxy: ProxyConfig::default(),
             auth: None,
+            external_url: None,
+            trusted_proxies: Vec::new(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -149,65 +182,6 @@ impl Default for MetadataConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    #[serde(default = "default_manifest_bytes")]
-    pub max_manifest_bytes: u64,
-    #[serde(default = "default_upload_ttl", with = "duration")]
-    pub upload_ttl: Duration,
-    /// How long in-flight requests may run after a shutdown signal.
-    #[serde(default = "default_grace", with = "duration")]
-    pub shutdown_grace: Duration,
-    /// A request body that sends nothing for this long is cut off (slow or stalled clients);
-    /// an upload session stays resumable.
-    #[serde(default = "default_body_idle", with = "duration")]
-    pub body_idle_timeout: Duration,
-    /// Largest request head (request line and headers) accepted; larger gets 431.
-    #[serde(default = "default_header_bytes")]
-    pub max_header_bytes: u64,
-    /// Upload sessions one client address may hold open at once; more get 429.
-    #[serde(default = "default_uploads_per_client")]
-    pub max_uploads_per_client: usize,
-}
-
-fn default_uploads_per_client() -> usize {
-    256
-}
-
-fn default_body_idle() -> Duration {
-    Duration::from_secs(60)
-}
-
-fn default_header_bytes() -> u64 {
-    64 << 10
-}
-
-fn default_manifest_bytes() -> u64 {
-    4 << 20
-}
-
-fn default_upload_ttl() -> Duration {
-    Duration::from_secs(24 * 3600)
-}
-
-fn default_grace() -> Duration {
-    Duration::from_secs(30)
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            max_manifest_bytes: default_manifest_bytes(),
-            upload_ttl: default_upload_ttl(),
-            shutdown_grace: default_grace(),
-            body_idle_timeout: default_body_idle(),
-            max_header_bytes: default_header_bytes(),
-            max_uploads_per_client: default_uploads_per_client(),
-        }
-    }
-}
-
 /// A config error, naming the file and the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -281,17 +255,15 @@ impl Config {
         if self.log.level.trim().is_empty() {
             return Err(("log.level", "must not be empty (e.g. info, debug, berth=debug)".into()));
         }
-        if self.limits.max_manifest_bytes < 1024 {
-            return Err(("limits.max_manifest_bytes", "must be at least 1024".into()));
+        self.limits.validate()?;
+        if let Some(url) = &self.external_url {
+            crate::net::ExternalUrl::parse(url).map_err(|m| ("external_url", m))?;
         }
-        if self.limits.body_idle_timeout < Duration::from_secs(1) {
-            return Err(("limits.body_idle_timeout", "must be at least 1s".into()));
+        for p in &self.trusted_proxies {
+            p.parse::<crate::net::Cidr>().map_err(|m| ("trusted_proxies", m))?;
         }
-        if self.limits.max_header_bytes < 8192 {
-            return Err(("limits.max_header_bytes", "must be at least 8192".into()));
-        }
-        if self.limits.upload_ttl < Duration::from_secs(60) {
-            return Err(("limits.upload_ttl", "must be at least 1m".into()));
+        if let Some(addr) = &self.metrics.listen {
+            parse_listen(addr).map_err(|m| ("metrics.listen", m))?;
         }
         if let Some(tls) = &self.tls {
             if tls.cert.as_os_str().is_empty() || tls.key.as_os_str().is_empty() {

@@ -5,9 +5,11 @@
 //! - [`config`]: `berth`'s configuration, which `berth serve` parses and `berth-operator` renders
 //!   from the same types;
 //! - [`glob`]: the repository patterns of access rules, upstream filters and (later) retention;
-//! - [`keys`]: key material Berth generates.
+//! - [`keys`]: key material Berth generates;
+//! - [`net`]: trusted proxies, the client behind `X-Forwarded-For`, external URLs.
 
 pub mod config;
 pub mod glob;
 pub mod keys;
+pub mod net;
 pub mod oci;

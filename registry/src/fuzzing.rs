@@ -15,13 +15,14 @@ use berth_core::oci::{manifest, Digest, Reference, RepoName, Tag};
 pub type Check = fn(&[u8]);
 
 /// Every target by name, for the replay test.
-pub const TARGETS: [(&str, Check); 6] = [
+pub const TARGETS: [(&str, Check); 7] = [
     ("path", path),
     ("reference", reference),
     ("manifest", manifest),
     ("range", range),
     ("www_authenticate", www_authenticate),
     ("token", token),
+    ("forwarded", forwarded),
 ];
 
 fn text(data: &[u8]) -> &str {
@@ -108,5 +109,35 @@ pub fn token(data: &[u8]) {
     });
     if let Some(signer) = signer {
         assert!(signer.verify(s).is_err(), "an unsigned input verified: {s:?}");
+    }
+}
+
+/// Who a request comes from and where clients reach the registry: trusted ranges, the
+/// `X-Forwarded-For` chain, hosts and external URLs. Lines of input: trusted ranges, then the
+/// peer, then header values. The client found is the peer or an address the chain names; a host
+/// or URL accepted can never end a quoted header parameter or add a path.
+pub fn forwarded(data: &[u8]) {
+    use berth_core::net::{client_address, is_authority, parse_hop, Cidr, ExternalUrl};
+    let s = text(data);
+    let mut lines = s.lines();
+    let trusted: Vec<Cidr> = lines.next().unwrap_or("").split(' ').filter_map(|c| c.parse().ok()).collect();
+    let peer: std::net::IpAddr = lines.next().and_then(|p| p.parse().ok()).unwrap_or([127, 0, 0, 1].into());
+    let values: Vec<&str> = lines.collect();
+    let client = client_address(peer, values.iter().copied(), &trusted);
+    // The client is the peer or one of the hops the headers name: never an invented address.
+    let hops = || values.iter().flat_map(|v| v.split(',')).filter_map(|h| parse_hop(h.trim()));
+    let peer_seen = parse_hop(&peer.to_string());
+    assert!(Some(client) == peer_seen || hops().any(|h| h == client), "{s:?} gave {client}");
+    for v in std::iter::once(s).chain(values.iter().copied()) {
+        if is_authority(v) {
+            assert!(!v.contains(['"', '/', '?', '#', ' ', '\\']), "{v:?} accepted as a host");
+        }
+        if let Ok(u) = ExternalUrl::parse(v) {
+            let joined = u.join("/token");
+            assert!(
+                !joined.contains(['"', '?', '#', ' ']) && joined.ends_with("/token"),
+                "{v:?} gave {joined}"
+            );
+        }
     }
 }

@@ -100,6 +100,7 @@ fn init_logging(config: &Config) {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     init_logging(&config);
+    raise_open_files(config.limits.max_connections);
     let addr = config.listen_addr().map_err(anyhow::Error::msg)?;
     let state = server::build_state(&config)?;
     let listener =
@@ -114,6 +115,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     server::serve(&config, state, listener, server::shutdown_signal()).await?;
     Ok(())
+}
+
+/// Lifts the soft limit on open files to the hard one: every connection is a descriptor, and
+/// `limits.max_connections` (4,096 by default) is above the usual soft limit of 1,024.
+#[allow(unsafe_code)]
+fn raise_open_files(connections: usize) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain system calls on a local struct.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    if ok && lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+    // Leave room for storage, the database and the metrics listener beside the connections.
+    let wanted = connections as u64 + 256;
+    if ok && lim.rlim_cur < wanted {
+        tracing::warn!(
+            open_files = lim.rlim_cur,
+            max_connections = connections,
+            "the open-files limit is below what limits.max_connections needs; raise it (ulimit -n)"
+        );
+    }
 }
 
 fn main() -> ExitCode {

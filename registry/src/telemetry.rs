@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::auth::throttle::LoginMetrics;
 use crate::storage::{ByteStream, Key, ObjectWriter, Storage, StorageError};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -168,6 +169,20 @@ pub struct Metrics {
     upload_sessions: Gauge,
     storage_ops: HistogramFamily<OpLabels>,
     pub proxy: Arc<ProxyMetrics>,
+    pub login: LoginMetrics,
+    pub connections: ConnectionMetrics,
+}
+
+/// What the accept loop saw.
+#[derive(Clone, Default)]
+pub struct ConnectionMetrics {
+    pub open: Gauge,
+    /// Turned away because `limits.max_connections` were open.
+    pub refused: Counter,
+    /// Closed for not finishing a TLS handshake in time.
+    pub handshake_timeouts: Counter,
+    /// Closed because the client took nothing of a response for `limits.body_idle_timeout`.
+    pub stalled: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -202,7 +217,46 @@ impl Metrics {
         );
         let proxy = Arc::new(ProxyMetrics::default());
         proxy.register(&mut registry);
-        Metrics { registry, requests, durations, bytes_in, bytes_out, upload_sessions, storage_ops, proxy }
+        let login = LoginMetrics::default();
+        registry.register(
+            "auth_failed_logins",
+            "Logins refused for a wrong name or password",
+            login.failed.clone(),
+        );
+        registry.register(
+            "auth_throttled_logins",
+            "Logins refused unheard after repeated failures, or for want of a turn at password checking",
+            login.throttled.clone(),
+        );
+        let connections = ConnectionMetrics::default();
+        registry.register("connections_open", "Client connections open", connections.open.clone());
+        registry.register(
+            "connections_refused",
+            "Connections refused because limits.max_connections were open",
+            connections.refused.clone(),
+        );
+        registry.register(
+            "connections_handshake_timeouts",
+            "TLS connections closed for not finishing the handshake in time",
+            connections.handshake_timeouts.clone(),
+        );
+        registry.register(
+            "connections_stalled",
+            "Connections closed because the client stopped taking a response",
+            connections.stalled.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            durations,
+            bytes_in,
+            bytes_out,
+            upload_sessions,
+            storage_ops,
+            proxy,
+            login,
+            connections,
+        }
     }
 
     pub fn observe_request(
@@ -371,6 +425,14 @@ impl ObjectWriter for InstrumentedWriter {
         let metrics = self.metrics.clone();
         let r = self.inner.commit(key).await;
         metrics.time_op("commit", t);
+        r
+    }
+
+    async fn commit_unsynced(self: Box<Self>, key: &Key) -> Result<(), StorageError> {
+        let t = Instant::now();
+        let metrics = self.metrics.clone();
+        let r = self.inner.commit_unsynced(key).await;
+        metrics.time_op("commit_unsynced", t);
         r
     }
 }

@@ -1,6 +1,7 @@
 //! TLS with certificate hot reload: the certificate and key files are checked every
-//! `reload_interval` and, when they changed and parse, new handshakes use them. A bad new pair is
-//! logged and the old one kept, so a half-written Secret update never takes the registry down.
+//! `reload_interval` and, when they changed, parse, and the key belongs to the certificate, new
+//! handshakes use them. Anything else (a half-written Secret update, a certificate replaced before
+//! its key) is logged and the old pair kept, so no reload can break every handshake.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -36,7 +37,12 @@ fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError(format!("{}: {e}", key.display())))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| TlsError(format!("unsupported private key: {e}")))?;
-    Ok(CertifiedKey::new(certs, signing))
+    let pair = CertifiedKey::new(certs, signing);
+    match pair.keys_match() {
+        // A key type that cannot show its public half is taken on trust, as rustls does.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(pair),
+        Err(e) => Err(TlsError(format!("the private key does not belong to the certificate: {e}"))),
+    }
 }
 
 fn stamp(paths: &[&Path]) -> Vec<Option<(SystemTime, u64)>> {
@@ -63,11 +69,15 @@ pub fn acceptor(cert: PathBuf, key: PathBuf, every: Duration) -> Result<tokio_ru
         tick.tick().await;
         loop {
             tick.tick().await;
-            let now = stamp(&[&cert, &key]);
-            if now == seen {
-                continue;
-            }
-            match load(&cert, &key) {
+            let (c, k, before) = (cert.clone(), key.clone(), seen.clone());
+            let checked = tokio::task::spawn_blocking(move || {
+                let now = stamp(&[&c, &k]);
+                let fresh = (now != before).then(|| load(&c, &k));
+                (now, fresh)
+            })
+            .await;
+            let Ok((now, Some(fresh))) = checked else { continue };
+            match fresh {
                 Ok(fresh) => {
                     if let Ok(mut cur) = resolver.current.write() {
                         *cur = Arc::new(fresh);
@@ -76,7 +86,9 @@ pub fn acceptor(cert: PathBuf, key: PathBuf, every: Duration) -> Result<tokio_ru
                     tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
                 }
                 // Possibly caught mid-update: keep serving the old pair and look again next tick.
-                Err(e) => tracing::warn!(error = %e, "TLS certificate changed but does not load yet"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS certificate changed but is not usable; serving the old one")
+                }
             }
         }
     });

@@ -4,74 +4,14 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::berth::*;
 use common::*;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use tokio::sync::mpsc;
-
-struct Berth {
-    child: Child,
-    url: String,
-}
-
-impl Berth {
-    async fn spawn(data: &Path, addr: &str, extra: &[&str]) -> Berth {
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["serve", "--listen", addr, "--data-dir"])
-            .arg(data)
-            .args(extra)
-            .env("BERTH_LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("berth starts");
-        let url = format!("http://{addr}");
-        let up = eventually(Duration::from_secs(20), || async {
-            client().get(format!("{url}/v2/")).send().await.is_ok()
-        })
-        .await;
-        assert!(up, "berth answered on {addr}");
-        Berth { child, url }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
-        assert!(ok.success());
-    }
-
-    async fn received_bytes(&self) -> u64 {
-        let text = client().get(format!("{}/metrics", self.url)).send().await.unwrap().text().await.unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("berth_http_received_bytes_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Berth {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
-/// A request body that sends `first`, then waits for more on the returned channel.
-fn stalled_body(first: Vec<u8>) -> (reqwest::Body, mpsc::Sender<Vec<u8>>) {
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
-    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) }),
-    );
-    (reqwest::Body::wrap_stream(stream), tx)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_upload_leaves_nothing_partial_and_keeps_what_finished() {
@@ -288,4 +228,128 @@ async fn tls_certificate_is_reloaded_without_restart() {
     .await;
     assert!(switched, "certificate B is served after reload");
     assert!(handshake(&addr, &der_a).await.is_none(), "A is no longer presented");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_file_truncated_under_a_download_fails_that_download_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let berth = Berth::spawn(dir.path(), &addr, &[]).await;
+    let big: Vec<u8> = (0..(24u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let digest = sha256(&big);
+    let pushed = client()
+        .post(format!("{}/v2/cut/blobs/uploads/?digest={digest}", berth.url))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), StatusCode::CREATED);
+    let file = dir.path().join("storage/blobs/sha256").join(&digest[7..9]).join(&digest[7..]);
+    assert!(file.is_file(), "{}", file.display());
+
+    let resp = client().get(format!("{}/v2/cut/blobs/{digest}", berth.url)).send().await.unwrap();
+    let mut body = resp.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    // The file shrinks while the download runs (a broken disk, a network filesystem, an admin).
+    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(1 << 20).unwrap();
+    let mut failed = false;
+    while let Some(chunk) = body.next().await {
+        if chunk.is_err() {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "the download ended with an error, not a short success");
+    // The server is still there for everyone else.
+    let alive = client().get(format!("{}/v2/", berth.url)).send().await.unwrap();
+    assert_eq!(alive.status(), StatusCode::OK);
+}
+
+/// Writes berth's config for TLS from `cert` and `key`, with a quick reload and `extra` YAML.
+fn tls_config(
+    dir: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    extra: &str,
+) -> std::path::PathBuf {
+    let config = dir.join("berth.yaml");
+    let tls = format!("tls: {{cert: {}, key: {}, reload_interval: 100ms}}\n", cert.display(), key.display());
+    std::fs::write(&config, format!("{tls}{extra}")).unwrap();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_replaced_before_its_key_keeps_the_old_pair_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_a, key_a, der_a) = self_signed("berth-a");
+    let (cert_b, key_b, der_b) = self_signed("berth-b");
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, cert_a).unwrap();
+    std::fs::write(&key, key_a).unwrap();
+    let addr = free_addr();
+    let config = tls_config(dir.path(), &cert, &key, "");
+    let log = dir.path().join("berth.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--listen", &addr, "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _guard = Berth { child, url: String::new() };
+    let up = eventually(Duration::from_secs(20), || async { handshake(&addr, &der_a).await.is_some() }).await;
+    assert!(up, "serves HTTPS with certificate A");
+
+    // The certificate alone is replaced: berth notices, refuses the pair, keeps serving A.
+    std::fs::write(cert.with_extension("new"), &cert_b).unwrap();
+    std::fs::rename(cert.with_extension("new"), &cert).unwrap();
+    let refused = eventually(Duration::from_secs(20), || async {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("does not belong to the certificate")
+    })
+    .await;
+    assert!(
+        refused,
+        "the mismatched pair was refused:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(handshake(&addr, &der_a).await.as_deref(), Some(&der_a[..]), "A still serves");
+
+    // Its key follows: now B serves.
+    std::fs::write(key.with_extension("new"), key_b).unwrap();
+    std::fs::rename(key.with_extension("new"), &key).unwrap();
+    let switched = eventually(Duration::from_secs(20), || async {
+        handshake(&addr, &der_b).await.as_deref() == Some(&der_b[..])
+    })
+    .await;
+    assert!(switched, "certificate B serves once its key is there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_never_says_hello_is_disconnected() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_a, key_a, der_a) = self_signed("berth-a");
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, cert_a).unwrap();
+    std::fs::write(&key, key_a).unwrap();
+    let addr = free_addr();
+    let config = tls_config(dir.path(), &cert, &key, "limits: {tls_handshake_timeout: 500ms}\n");
+    let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--listen", &addr, "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Berth { child, url: String::new() };
+    let up = eventually(Duration::from_secs(20), || async { handshake(&addr, &der_a).await.is_some() }).await;
+    assert!(up);
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut got)).await;
+    assert!(closed.is_ok(), "a client that never sent a ClientHello was let go");
 }

@@ -454,3 +454,42 @@ async fn health_ready_and_metrics() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_session_holds_a_bounded_number_of_chunks() {
+    let s = TestServer::with_limits(Limits { max_upload_chunks: 3, ..Limits::default() }).await;
+    let c = client();
+    let data: Vec<u8> = (0..40u32).map(|i| (i * 13 % 256) as u8).collect();
+    let loc = start_session(&s, "r/chunks").await;
+    let patch = |start: usize, end: usize| {
+        c.patch(s.url(&loc))
+            .header("content-range", format!("{start}-{}", end - 1))
+            .header("content-type", "application/octet-stream")
+            .body(data[start..end].to_vec())
+            .send()
+    };
+    for i in 0..3 {
+        assert_eq!(patch(i * 10, i * 10 + 10).await.unwrap().status(), StatusCode::ACCEPTED);
+    }
+    // One chunk too many: refused with the spec's code and a reason, and nothing changes.
+    let r = patch(30, 40).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["code"], "BLOB_UPLOAD_INVALID");
+    assert!(v["errors"][0]["message"].as_str().unwrap().contains("3 chunks"), "{v}");
+    let status = c.get(s.url(&loc)).send().await.unwrap();
+    assert_eq!(status.headers()["range"], "0-29");
+    // The session still finishes, with the last bytes in the closing PUT.
+    let d = sha256(&data);
+    let r = c
+        .put(s.url(&format!("{loc}?digest={d}")))
+        .header("content-range", "30-39")
+        .body(data[30..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "the closing chunk counts too");
+    let r = c.put(s.url(&format!("{loc}?digest={}", sha256(&data[..30])))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "what it holds can be finished");
+    s.stop().await;
+}

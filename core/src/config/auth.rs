@@ -18,6 +18,7 @@
 //!       secret_hash: "$2y$10$..."       # bcrypt of the robot's secret
 //!       expires: 2027-06-30T00:00:00Z
 //!       grants: [{ repositories: ["apps/**"], actions: [pull, push] }]
+//!   failed_logins: { free: 5, max_wait: 5m }   # then each failure doubles the wait (per name, per address)
 //! ```
 
 use std::path::PathBuf;
@@ -40,6 +41,40 @@ pub struct AuthConfig {
     pub rules: Vec<Rule>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub robots: Vec<Robot>,
+    #[serde(default, skip_serializing_if = "FailedLogins::is_default")]
+    pub failed_logins: FailedLogins,
+}
+
+/// How failed logins slow the next ones down: after `free` failures for one user name, or from
+/// one client address, each further failure doubles the wait before the next attempt is heard
+/// (1 s, 2 s, 4 s, … up to `max_wait`). A refused attempt costs no password check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailedLogins {
+    #[serde(default = "default_free_failures")]
+    pub free: u32,
+    #[serde(default = "default_max_wait", with = "duration")]
+    pub max_wait: Duration,
+}
+
+fn default_free_failures() -> u32 {
+    5
+}
+
+fn default_max_wait() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for FailedLogins {
+    fn default() -> Self {
+        FailedLogins { free: default_free_failures(), max_wait: default_max_wait() }
+    }
+}
+
+impl FailedLogins {
+    fn is_default(&self) -> bool {
+        self == &FailedLogins::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,6 +10,7 @@
 //!       library: true                   # one-part names get `library/` (default: name is docker.io)
 //!       username: robot
 //!       password_file: /secrets/hub/password   # or password_env; a bearer token: token_file/token_env
+//!       # or credentials_dir: /secrets/hub, a Secret mounted as files: `token`, or `username` and `password`
 //!       ca_file: /secrets/hub/ca.crt      # or insecure: true
 //!       include: ["library/*", "bitnami/**"]    # `*` stays within one path part, `**` crosses them
 //!       exclude: ["library/busybox"]
@@ -58,6 +59,10 @@ pub struct UpstreamConfig {
     pub token_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
+    /// A directory of credential files, as a Kubernetes Secret is mounted: `token`, or
+    /// `username` and `password`; read at each login, so a rotated Secret needs no restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -125,6 +130,7 @@ impl UpstreamConfig {
             password_file: None,
             password_env: None,
             token_file: None,
+            credentials_dir: None,
             token_env: None,
             ca_file: None,
             insecure: false,
@@ -195,6 +201,17 @@ impl ProxyConfig {
             }
             if (u.token_file.is_some() || u.token_env.is_some()) && u.username.is_some() {
                 return Err((f("token_file"), "give a username and password, or a token, not both".into()));
+            }
+            let named = u.username.is_some()
+                || u.password_file.is_some()
+                || u.password_env.is_some()
+                || u.token_file.is_some()
+                || u.token_env.is_some();
+            if u.credentials_dir.is_some() && named {
+                return Err((
+                    f("credentials_dir"),
+                    "give credentials_dir or the other credential fields, not both".into(),
+                ));
             }
             if u.insecure && u.ca_file.is_some() {
                 return Err((

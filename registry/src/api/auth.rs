@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::error::{ApiError, Code};
@@ -35,18 +35,54 @@ fn pairs(query: &[u8]) -> Vec<(String, String)> {
     form_urlencoded::parse(query).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
-/// The token endpoint's URL as clients reach this server: configured, or from `Host`.
-fn realm(auth: &Authenticator, headers: &HeaderMap, tls: bool) -> String {
+/// The token endpoint's URL as clients reach this server: the configured realm, else the
+/// configured external URL, else the host the request was sent to. `X-Forwarded-Proto` and
+/// `-Host` count only from a trusted proxy, and a `Host` that is not a plain host name or address
+/// is not used: no request can point a challenge somewhere else.
+fn realm(st: &AppState, auth: &Authenticator, req: &Parts) -> String {
     if let Some(r) = &auth.config().token.realm {
         return r.clone();
     }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-    let proto = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or(if tls {
-        "https"
-    } else {
-        "http"
-    });
+    if let Some(url) = &st.external_url {
+        return url.join("/token");
+    }
+    let host = st
+        .forwarded(req, "x-forwarded-host")
+        .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        .filter(|h| berth_core::net::is_authority(h))
+        .unwrap_or("localhost");
+    let proto = match st.forwarded(req, "x-forwarded-proto") {
+        Some("https") => "https",
+        Some("http") => "http",
+        _ if st.tls => "https",
+        _ => "http",
+    };
     format!("{proto}://{host}/token")
+}
+
+/// The refusal for a failed authentication.
+fn refused(
+    st: &AppState,
+    auth: &Authenticator,
+    req: &Parts,
+    needed: &[(String, Actions)],
+    e: &AuthError,
+) -> Response {
+    match e {
+        AuthError::Unavailable => {
+            ApiError::new(Code::ServiceUnavailable, "authentication is temporarily unavailable")
+                .into_response()
+        }
+        AuthError::Throttled(wait) => throttled(*wait, &e.to_string()),
+        e => challenge(st, auth, req, needed, false, &e.to_string()),
+    }
+}
+
+/// 429 with `Retry-After`.
+fn throttled(wait: std::time::Duration, message: &str) -> Response {
+    let mut resp = ApiError::new(Code::TooManyRequests, message).into_response();
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+    resp
 }
 
 /// 401 with a challenge for `needed`.
@@ -65,7 +101,7 @@ fn challenge(
             .collect::<Vec<_>>()
             .join(" ")
     });
-    let value = auth.challenge(&realm(auth, &req.headers, st.tls), scope.as_deref(), insufficient);
+    let value = auth.challenge(&realm(st, auth, req), scope.as_deref(), insufficient);
     let mut resp = ApiError::new(Code::Unauthorized, message).into_response();
     if let Ok(v) = HeaderValue::from_str(&value) {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
@@ -78,13 +114,9 @@ pub async fn admit(st: &AppState, req: &Parts, route: &Route) -> Result<Caller, 
     let Some(auth) = &st.auth else { return Ok(Caller::open()) };
     let header = req.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let needed = required(route, &req.method);
-    let caller = match auth.caller(header).await {
+    let caller = match auth.caller(header, st.client(req)).await {
         Ok(c) => c,
-        Err(AuthError::Unavailable) => {
-            return Err(ApiError::new(Code::ServiceUnavailable, "authentication is temporarily unavailable")
-                .into_response())
-        }
-        Err(e) => return Err(challenge(st, auth, req, &needed, false, &e.to_string())),
+        Err(e) => return Err(refused(st, auth, req, &needed, &e)),
     };
     // Clients learn the scheme from `/v2/`: anonymous callers get the challenge there (unless
     // Basic auth is all there is and anonymous callers may pull something).
@@ -144,6 +176,7 @@ pub async fn token(State(st): State<AppState>, req: Request) -> Response {
         return ApiError::new(Code::NotFound, "the token service is disabled").into_response();
     }
     let (parts, body) = req.into_parts();
+    let client = st.client(&parts);
     let post = parts.method == Method::POST;
     let fields = if post {
         match axum::body::to_bytes(body, 64 << 10).await {
@@ -176,12 +209,19 @@ pub async fn token(State(st): State<AppState>, req: Request) -> Response {
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"berth\""));
         resp
     };
+    let login_failed = |e: AuthError| match e {
+        AuthError::Throttled(wait) => throttled(wait, &e.to_string()),
+        AuthError::Unavailable => {
+            token_error(StatusCode::SERVICE_UNAVAILABLE, Code::ServiceUnavailable, &e.to_string())
+        }
+        e => unauthorized(&e.to_string()),
+    };
     let (identity, offline) = if post {
         match get("grant_type") {
             Some("password") => {
-                match auth.login(get("username").unwrap_or(""), get("password").unwrap_or("")).await {
+                match auth.login(get("username").unwrap_or(""), get("password").unwrap_or(""), client).await {
                     Ok(i) => (i, get("access_type") == Some("offline")),
-                    Err(e) => return unauthorized(&e.to_string()),
+                    Err(e) => return login_failed(e),
                 }
             }
             Some("refresh_token") => match refreshed(&auth, get("refresh_token").unwrap_or("")) {
@@ -200,9 +240,9 @@ pub async fn token(State(st): State<AppState>, req: Request) -> Response {
         let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let basic = header.and_then(|h| h.split_once(' ')).filter(|(s, _)| s.eq_ignore_ascii_case("basic"));
         match basic.and_then(|(_, b)| crate::auth::decode_basic(b.trim())) {
-            Some((user, password)) => match auth.login(&user, &password).await {
+            Some((user, password)) => match auth.login(&user, &password, client).await {
                 Ok(i) => (i, get("offline_token") == Some("true")),
-                Err(e) => return unauthorized(&e.to_string()),
+                Err(e) => return login_failed(e),
             },
             None if header.is_some() => return unauthorized("use Basic credentials to get a token"),
             None => (Identity::Anonymous, false),

@@ -38,6 +38,8 @@ pub enum Code {
     Unauthorized,
     /// Something the request depends on is down (not an upstream).
     ServiceUnavailable,
+    /// The disk under storage or metadata is full: nothing of the write was kept.
+    StorageFull,
     /// The upstream of a proxied repository is rate limiting.
     TooManyRequests,
     /// The upstream of a proxied repository failed or cannot be reached.
@@ -65,7 +67,7 @@ impl Code {
             Code::NotFound => "NOT_FOUND",
             Code::Denied => "DENIED",
             Code::Unauthorized => "UNAUTHORIZED",
-            Code::ServiceUnavailable => "UNAVAILABLE",
+            Code::ServiceUnavailable | Code::StorageFull => "UNAVAILABLE",
             Code::TooManyRequests => "TOOMANYREQUESTS",
             Code::UpstreamUnavailable | Code::UpstreamTimeout => "UNAVAILABLE",
             Code::Unknown => "UNKNOWN",
@@ -92,6 +94,7 @@ impl Code {
             Code::Denied => StatusCode::FORBIDDEN,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             Code::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Code::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Code::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -175,8 +178,13 @@ impl From<&ServiceError> for ApiError {
             ServiceError::ManifestBlobUnknown(_) => Code::ManifestBlobUnknown,
             ServiceError::NameUnknown => Code::NameUnknown,
             ServiceError::ManifestTooLarge { .. } => Code::ManifestTooLarge,
+            ServiceError::Storage(s) if s.is_full() => Code::StorageFull,
+            ServiceError::Meta(crate::meta::MetaError::Full) => Code::StorageFull,
             ServiceError::Storage(_) | ServiceError::Meta(_) => Code::Unknown,
         };
+        if code == Code::StorageFull {
+            return ApiError::new(code, "the registry's storage is full; nothing of this request was kept");
+        }
         ApiError::new(code, e.to_string())
     }
 }

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 
 use super::error::{ApiError, Code};
 use super::path::Route;
-use super::state::AppState;
+use super::state::{AppState, Uploader};
 use crate::auth::{Actions, Caller};
 use crate::meta::ManifestRecord;
 use crate::proxy::{Proxy, Target};
@@ -133,7 +133,7 @@ async fn proxied(
             let upstream_query = req.uri.query().map(strip_ns).unwrap_or_default();
             // The upstream's list, or the cached tags when the upstream cannot answer.
             let page = match proxy.tags(&t, &upstream_query).await? {
-                Some((items, more)) => Listing { items, more },
+                Some((items, more)) => Listing { next: items.last().filter(|_| more).cloned(), items },
                 None => st.registry.tags(&t.local, n, last).await?,
             };
             let body = serde_json::json!({"name": repo.as_str(), "tags": page.items});
@@ -179,14 +179,14 @@ fn json_response(status: StatusCode, body: String) -> Response {
 /// A sorted listing page; `Link` names the next page when one follows.
 fn listing_response(path: &str, n: Option<usize>, page: &Listing, body: serde_json::Value) -> Response {
     let mut resp = json_response(StatusCode::OK, body.to_string());
-    if page.more {
-        if let Some(last) = page.items.last() {
-            let n = n.unwrap_or(page.items.len());
-            let last = percent_encoding::utf8_percent_encode(last, percent_encoding::NON_ALPHANUMERIC);
-            let link = format!("<{path}?n={n}&last={last}>; rel=\"next\"");
-            if let Ok(v) = HeaderValue::from_str(&link) {
-                resp.headers_mut().insert(header::LINK, v);
-            }
+    if let Some(next) = &page.next {
+        let last = percent_encoding::utf8_percent_encode(next, percent_encoding::NON_ALPHANUMERIC);
+        let link = match n {
+            Some(n) => format!("<{path}?n={n}&last={last}>; rel=\"next\""),
+            None => format!("<{path}?last={last}>; rel=\"next\""),
+        };
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            resp.headers_mut().insert(header::LINK, v);
         }
     }
     resp
@@ -319,16 +319,9 @@ async fn start_upload(
             None => Some(None),
         };
         if let Some(from) = from {
-            // A named source needs pull there (in the token, if the caller has one); otherwise any
-            // repository the caller may read will do.
-            let named = from.is_some();
-            let readable = |source: &RepoName| {
-                if named {
-                    caller.may(source.as_str(), Actions::PULL)
-                } else {
-                    caller.may_read(source.as_str())
-                }
-            };
+            // Named or not, a source must be one this request may pull from: with a token, one
+            // the token was scoped to, so a down-scoped token mounts nothing outside its scope.
+            let readable = |source: &RepoName| caller.may(source.as_str(), Actions::PULL);
             if reg.mount_blob(repo, &digest, from.as_ref(), readable).await?.is_some() {
                 return Ok(created_blob(repo, &digest));
             }
@@ -340,17 +333,15 @@ async fn start_upload(
         reg.put_blob(repo, &digest, len, stream(body)).await?;
         return Ok(created_blob(repo, &digest));
     }
-    let client = req.extensions.get::<super::state::ClientAddr>().map(|c| c.0);
-    if let Some(client) = client.filter(|c| !st.uploads.admits(*c)) {
+    let who = Uploader::of(caller, st.client(req));
+    if !st.uploads.admits(&who) {
         return Err(ApiError::new(
             Code::TooManyRequests,
-            format!("{client} has too many upload sessions open; finish or cancel some first"),
+            format!("{who} has too many upload sessions open; finish or cancel some first"),
         ));
     }
     let state = reg.start_upload(repo).await?;
-    if let Some(client) = client {
-        st.uploads.opened(client, state.id.to_string());
-    }
+    st.uploads.opened(who, state.id.to_string());
     Ok(upload_response(StatusCode::ACCEPTED, repo, state))
 }
 

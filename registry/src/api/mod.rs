@@ -24,17 +24,26 @@ use tracing::Instrument;
 use body::IdleLimited;
 use error::{ApiError, Code};
 use path::Route;
-pub use state::{AppState, ClientAddr, UploadsPerClient};
+pub use state::{AppState, PeerAddr, UploadsPerClient};
 
 /// The whole HTTP application; tests drive it without a socket.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut app = Router::new()
         .route("/v2", any(distribution))
         .route("/v2/", any(distribution))
         .route("/v2/{*rest}", any(distribution))
         .route("/token", get(auth::token).post(auth::token))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    if state.serve_metrics {
+        app = app.route("/metrics", get(metrics));
+    }
+    app.fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") }).with_state(state)
+}
+
+/// `/metrics` alone, for a listener of its own (`metrics.listen`).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
         .with_state(state)

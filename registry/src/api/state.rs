@@ -1,8 +1,17 @@
-//! What every request handler shares: the registry, the cache, access control, metrics, limits.
+//! What every request handler shares: the registry, the cache, access control, metrics, limits,
+//! and who is asking.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use crate::auth::Authenticator;
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use berth_core::config::Config;
+use berth_core::net::{self, Cidr, ExternalUrl};
+
+use crate::auth::{Authenticator, Caller, Identity};
 use crate::proxy::Proxy;
 use crate::service::Registry;
 use crate::telemetry::Metrics;
@@ -17,41 +26,122 @@ pub struct AppState {
     pub auth: Option<Arc<Authenticator>>,
     /// Whether clients reach this server over TLS (for the token realm).
     pub tls: bool,
+    /// Where clients reach this registry, when configured.
+    pub external_url: Option<Arc<ExternalUrl>>,
+    /// Peers whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Arc<Vec<Cidr>>,
     /// A request body silent for this long is cut off.
-    pub body_idle_timeout: std::time::Duration,
-    /// Open upload sessions per client address.
+    pub body_idle_timeout: Duration,
+    /// Open upload sessions per client.
     pub uploads: Arc<UploadsPerClient>,
+    /// `/metrics` is served here (false when it has a listener of its own).
+    pub serve_metrics: bool,
 }
 
-/// The address a request came from (set by the server for each connection).
-#[derive(Clone, Copy, Debug)]
-pub struct ClientAddr(pub std::net::IpAddr);
+impl AppState {
+    /// The state for `config`, without a cache or access control (the server adds those).
+    pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>, config: &Config) -> Result<AppState, String> {
+        let external_url = match &config.external_url {
+            Some(u) => Some(Arc::new(ExternalUrl::parse(u)?)),
+            None => None,
+        };
+        let trusted_proxies =
+            config.trusted_proxies.iter().map(|p| p.parse::<Cidr>()).collect::<Result<Vec<_>, _>>()?;
+        Ok(AppState {
+            registry,
+            metrics,
+            proxy: None,
+            auth: None,
+            tls: config.tls.is_some(),
+            external_url,
+            trusted_proxies: Arc::new(trusted_proxies),
+            body_idle_timeout: config.limits.body_idle_timeout,
+            uploads: Arc::new(UploadsPerClient::new(
+                config.limits.max_uploads_per_client,
+                config.limits.upload_ttl,
+            )),
+            serve_metrics: config.metrics.listen.is_none(),
+        })
+    }
+}
 
-/// Upload sessions each client address holds open, so one client cannot exhaust them. Sessions
-/// are forgotten when finished or cancelled, or after the upload TTL (when they expire anyway).
+/// The address a connection came from (set by the server for each connection).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub IpAddr);
+
+impl AppState {
+    /// The peer, or the client a trusted proxy forwarded the request for.
+    pub fn client(&self, req: &Parts) -> IpAddr {
+        let peer = req.extensions.get::<PeerAddr>().map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0);
+        let forwarded = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+        net::client_address(peer, forwarded, &self.trusted_proxies)
+    }
+
+    /// A forwarded header's first value, if the peer is a trusted proxy.
+    pub fn forwarded<'a>(&self, req: &'a Parts, name: &str) -> Option<&'a str> {
+        let peer = req.extensions.get::<PeerAddr>()?.0;
+        if !net::is_trusted(peer, &self.trusted_proxies) {
+            return None;
+        }
+        first_value(&req.headers, name)
+    }
+}
+
+fn first_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name)?.to_str().ok()?.split(',').next().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// Whose upload sessions count together: a user's or robot's wherever they connect from (behind
+/// a load balancer every client has the same address); anonymous clients by address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Uploader {
+    Named(String),
+    Address(IpAddr),
+}
+
+impl Uploader {
+    pub fn of(caller: &Caller, client: IpAddr) -> Uploader {
+        match &caller.identity {
+            Identity::Anonymous => Uploader::Address(client),
+            named => Uploader::Named(named.name().to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for Uploader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Uploader::Named(n) => f.write_str(n),
+            Uploader::Address(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+/// Upload sessions each client holds open, so one client cannot exhaust them. Sessions are
+/// forgotten when finished or cancelled, or after the upload TTL (when they expire anyway).
 pub struct UploadsPerClient {
     limit: usize,
-    ttl: std::time::Duration,
-    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Vec<(String, std::time::Instant)>>>,
+    ttl: Duration,
+    open: Mutex<HashMap<Uploader, Vec<(String, Instant)>>>,
 }
 
 impl UploadsPerClient {
-    pub fn new(limit: usize, ttl: std::time::Duration) -> UploadsPerClient {
+    pub fn new(limit: usize, ttl: Duration) -> UploadsPerClient {
         UploadsPerClient { limit, ttl, open: Default::default() }
     }
 
-    /// Whether `client` may open another session.
-    pub(super) fn admits(&self, client: std::net::IpAddr) -> bool {
+    /// Whether `who` may open another session.
+    pub(super) fn admits(&self, who: &Uploader) -> bool {
         let Ok(mut open) = self.open.lock() else { return true };
         let ttl = self.ttl;
-        let sessions = open.entry(client).or_default();
+        let sessions = open.entry(who.clone()).or_default();
         sessions.retain(|(_, at)| at.elapsed() < ttl);
         sessions.len() < self.limit
     }
 
-    pub(super) fn opened(&self, client: std::net::IpAddr, id: String) {
+    pub(super) fn opened(&self, who: Uploader, id: String) {
         if let Ok(mut open) = self.open.lock() {
-            open.entry(client).or_default().push((id, std::time::Instant::now()));
+            open.entry(who).or_default().push((id, Instant::now()));
         }
     }
 

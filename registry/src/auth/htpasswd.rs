@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 /// Users and their bcrypt hashes.
 #[derive(Debug, Default)]
@@ -43,17 +43,18 @@ impl Htpasswd {
     }
 }
 
-/// How often a watched file's modification time and size are checked.
-const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How often [`Watched::refresh`] is meant to run (the server's refresh task).
+pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 type Stamp = Option<(SystemTime, u64)>;
 
 /// A value parsed from a file, re-read when the file changes. A change that does not parse is
-/// logged and the previous value is kept.
+/// logged and the previous value is kept. Reading the value touches only memory; the file is
+/// looked at by [`Watched::refresh`], off the request path.
 pub struct Watched<T> {
     path: Option<PathBuf>,
     parse: fn(&str) -> Result<T, String>,
-    state: Mutex<(Arc<T>, Stamp, Instant)>,
+    state: Mutex<(Arc<T>, Stamp)>,
 }
 
 fn stamp(path: &std::path::Path) -> Stamp {
@@ -66,37 +67,34 @@ impl<T> Watched<T> {
         let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let value = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let s = stamp(&path);
-        Ok(Watched { path: Some(path), parse, state: Mutex::new((Arc::new(value), s, Instant::now())) })
+        Ok(Watched { path: Some(path), parse, state: Mutex::new((Arc::new(value), s)) })
     }
 
     pub fn fixed(value: T) -> Watched<T> {
-        Watched {
-            path: None,
-            parse: |_| Err("fixed".into()),
-            state: Mutex::new((Arc::new(value), None, Instant::now())),
-        }
+        Watched { path: None, parse: |_| Err("fixed".into()), state: Mutex::new((Arc::new(value), None)) }
     }
 
-    /// The value as the file says now (checked at most every couple of seconds).
+    /// The value as the file said when last refreshed.
     pub fn current(&self) -> Result<Arc<T>, String> {
-        let mut st = self.state.lock().map_err(|_| "lock poisoned".to_owned())?;
-        let Some(path) = &self.path else { return Ok(st.0.clone()) };
-        if st.2.elapsed() >= CHECK_EVERY {
-            st.2 = Instant::now();
-            let now = stamp(path);
-            if now != st.1 {
-                match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| (self.parse)(&t))
-                {
-                    Ok(v) => {
-                        st.0 = Arc::new(v);
-                        st.1 = now;
-                        tracing::info!(file = %path.display(), "reloaded");
-                    }
-                    Err(e) => tracing::warn!(file = %path.display(), error = %e, "kept the previous version"),
-                }
-            }
+        Ok(self.state.lock().map_err(|_| "lock poisoned".to_owned())?.0.clone())
+    }
+
+    /// Re-reads the file if it changed (blocking file I/O: run it off the async threads).
+    pub fn refresh(&self) {
+        let Some(path) = &self.path else { return };
+        let now = stamp(path);
+        if self.state.lock().map(|st| st.1 == now).unwrap_or(true) {
+            return;
         }
-        Ok(st.0.clone())
+        match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| (self.parse)(&t)) {
+            Ok(v) => {
+                if let Ok(mut st) = self.state.lock() {
+                    *st = (Arc::new(v), now);
+                }
+                tracing::info!(file = %path.display(), "reloaded");
+            }
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "kept the previous version"),
+        }
     }
 }
 
@@ -122,10 +120,11 @@ mod tests {
         assert!(w.current().unwrap().hash("alice").is_some());
         std::fs::write(&path, "alice:$2y$04$aaaaaaaaaaaaaaaaaaaaaa\nbob:$2y$04$bbbbbbbbbbbbbbbbbbbbbb\n")
             .unwrap();
-        w.state.lock().unwrap().2 -= CHECK_EVERY;
+        assert!(w.current().unwrap().hash("bob").is_none(), "reading never touches the file");
+        w.refresh();
         assert!(w.current().unwrap().hash("bob").is_some());
         std::fs::write(&path, "garbage").unwrap();
-        w.state.lock().unwrap().2 -= CHECK_EVERY;
+        w.refresh();
         assert!(w.current().unwrap().hash("bob").is_some(), "a broken file keeps the previous users");
     }
 }

@@ -11,9 +11,11 @@
 
 pub mod htpasswd;
 mod scope;
+pub mod throttle;
 pub mod token;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -24,6 +26,7 @@ use berth_core::config::auth::{Action, AuthConfig, Grant};
 use berth_core::glob::Glob;
 use htpasswd::{Htpasswd, Watched};
 pub use scope::{parse_scope, Actions, Scope};
+use throttle::{LoginGuard, LoginMetrics};
 use token::Signer;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,8 +75,8 @@ impl Caller {
         self.allowed(repo).contains(needed)
     }
 
-    /// Whether the caller may see `repo` at all (the catalog, automatic mounts): by the rules for
-    /// who they are, whatever their token was scoped to.
+    /// Whether the caller may see `repo` at all (the catalog): by the rules for who they are,
+    /// whatever their token was scoped to.
     pub fn may_read(&self, repo: &str) -> bool {
         match &self.auth {
             None => true,
@@ -97,6 +100,9 @@ pub enum AuthError {
     Scheme,
     #[error("authentication is temporarily unavailable")]
     Unavailable,
+    /// Too many failed logins for this name or from this address, or too many at once.
+    #[error("too many failed logins; try again in {} s", .0.as_secs().max(1))]
+    Throttled(Duration),
 }
 
 struct CompiledGrant {
@@ -141,6 +147,7 @@ pub struct Authenticator {
     /// A hash of the usual cost, checked for unknown users so they take as long as known ones.
     decoy: String,
     remembered: Mutex<HashMap<[u8; 32], (Identity, Instant)>>,
+    guard: LoginGuard,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -150,7 +157,7 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(config: &AuthConfig, data_dir: &Path) -> Result<Authenticator, String> {
+    pub fn new(config: &AuthConfig, data_dir: &Path, logins: LoginMetrics) -> Result<Authenticator, String> {
         config.validate().map_err(|(field, m)| format!("{field}: {m}"))?;
         let htpasswd = match &config.htpasswd {
             Some(path) => Some(Watched::open(path.clone(), Htpasswd::parse)?),
@@ -211,7 +218,28 @@ impl Authenticator {
             signer,
             decoy,
             remembered: Mutex::new(HashMap::new()),
+            guard: LoginGuard::new(
+                &config.failed_logins,
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+                throttle::HASHING_WAIT,
+                logins,
+            ),
         })
+    }
+
+    /// Re-reads the htpasswd file, robot secrets and a configured token key that changed. Blocking
+    /// file I/O, run every couple of seconds by the server's refresh task: requests only ever read
+    /// what is in memory.
+    pub fn refresh_files(&self) {
+        if let Some(h) = &self.htpasswd {
+            h.refresh();
+        }
+        for r in self.robots.values() {
+            r.hash.refresh();
+        }
+        if let Some(s) = &self.signer {
+            s.refresh();
+        }
     }
 
     pub fn config(&self) -> &AuthConfig {
@@ -239,8 +267,12 @@ impl Authenticator {
         }
     }
 
-    /// The caller of a request with this `Authorization` header (if any).
-    pub async fn caller(self: &Arc<Self>, authorization: Option<&str>) -> Result<Caller, AuthError> {
+    /// The caller of a request from `client` with this `Authorization` header (if any).
+    pub async fn caller(
+        self: &Arc<Self>,
+        authorization: Option<&str>,
+        client: IpAddr,
+    ) -> Result<Caller, AuthError> {
         let rules = |identity| Caller { identity, auth: Some(self.clone()), token: None };
         let Some(value) = authorization.map(str::trim).filter(|v| !v.is_empty()) else {
             return Ok(rules(Identity::Anonymous));
@@ -248,7 +280,7 @@ impl Authenticator {
         let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
         if scheme.eq_ignore_ascii_case("basic") {
             let (user, password) = decode_basic(rest.trim()).ok_or(AuthError::BadCredentials)?;
-            return Ok(rules(self.login(&user, &password).await?));
+            return Ok(rules(self.login(&user, &password, client).await?));
         }
         if scheme.eq_ignore_ascii_case("bearer") {
             let signer = self.signer.as_ref().ok_or(AuthError::Scheme)?;
@@ -257,6 +289,11 @@ impl Authenticator {
                 return Err(AuthError::BadToken("a refresh token is not an access token".into()));
             }
             let identity = self.identity_named(&claims.sub);
+            // A token outlives nothing it was issued to: a user removed from the file or a robot
+            // past its expiry loses access at once, not when the token runs out.
+            if !self.still_valid(&identity) {
+                return Err(AuthError::BadToken(format!("{} may no longer log in", identity.name())));
+            }
             let access = claims.repository_access();
             return Ok(Caller { identity, auth: Some(self.clone()), token: Some(access) });
         }
@@ -272,9 +309,10 @@ impl Authenticator {
         }
     }
 
-    /// Checks a user name and password (robots first, then the htpasswd file). An unknown user
-    /// costs one bcrypt check, like a known one, so timing does not tell them apart.
-    pub async fn login(&self, user: &str, password: &str) -> Result<Identity, AuthError> {
+    /// Checks a user name and password (robots first, then the htpasswd file) for a login from
+    /// `client`. An unknown user costs one bcrypt check, like a known one, so timing does not tell
+    /// them apart; repeated failures are slowed down (see [`throttle`]).
+    pub async fn login(&self, user: &str, password: &str, client: IpAddr) -> Result<Identity, AuthError> {
         let key: [u8; 32] = {
             let mut h = sha2::Sha256::new();
             h.update(user.as_bytes());
@@ -287,6 +325,12 @@ impl Authenticator {
                 return Ok(identity);
             }
         }
+        if let Some(wait) = self.guard.wait(user, client) {
+            return Err(AuthError::Throttled(wait));
+        }
+        let Some(_turn) = self.guard.hashing_turn().await else {
+            return Err(AuthError::Throttled(Duration::from_secs(1)));
+        };
         let (identity, hash) = if let Some(robot) = self.robots.get(user) {
             let hash = robot.hash.current().map_err(|_| AuthError::Unavailable)?;
             (Some(Identity::Robot(user.to_owned())), (*hash).clone())
@@ -310,9 +354,13 @@ impl Authenticator {
                     m.retain(|_, (_, at)| at.elapsed() < REMEMBER);
                     m.insert(key, (identity.clone(), Instant::now()));
                 }
+                self.guard.succeeded(user);
                 Ok(identity)
             }
-            _ => Err(AuthError::BadCredentials),
+            _ => {
+                self.guard.failed(user, client);
+                Err(AuthError::BadCredentials)
+            }
         }
     }
 

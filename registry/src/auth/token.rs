@@ -19,7 +19,6 @@ use berth_core::config::auth::TokenConfig;
 
 /// Clock skew accepted between issuing and checking.
 const LEEWAY: u64 = 30;
-const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
@@ -92,7 +91,6 @@ struct Keys {
     /// The key before a rotation, with when it stopped signing.
     previous: Option<(Vec<u8>, String, Instant)>,
     stamp: Option<(SystemTime, u64)>,
-    checked: Instant,
 }
 
 pub struct Signer {
@@ -185,7 +183,7 @@ impl Signer {
             service: config.service.clone(),
             lifetime: config.lifetime,
             refresh_lifetime: config.refresh_lifetime,
-            keys: Mutex::new(Keys { current, previous: None, stamp: stamp(path), checked: Instant::now() }),
+            keys: Mutex::new(Keys { current, previous: None, stamp: stamp(path) }),
         })
     }
 
@@ -198,18 +196,18 @@ impl Signer {
     }
 
     /// Re-reads a configured key file that changed; the old key keeps verifying for one token
-    /// lifetime.
-    fn refresh_keys(&self, keys: &mut Keys) {
-        if !self.watch || keys.checked.elapsed() < CHECK_EVERY {
+    /// lifetime. Blocking file I/O: the server's refresh task runs it, never a request.
+    pub fn refresh(&self) {
+        if !self.watch {
             return;
         }
-        keys.checked = Instant::now();
         let now = stamp(&self.path);
-        if now == keys.stamp {
+        if self.keys.lock().map(|k| k.stamp == now).unwrap_or(true) {
             return;
         }
         match load(&self.path) {
             Ok(next) => {
+                let Ok(mut keys) = self.keys.lock() else { return };
                 let old = std::mem::replace(&mut keys.current, next);
                 keys.previous = Some((old.pair.public_key().as_ref().to_vec(), old.kid, Instant::now()));
                 keys.stamp = now;
@@ -221,8 +219,7 @@ impl Signer {
 
     /// Signs `claims` as they are (the token endpoint builds them with `issue`).
     pub fn sign(&self, claims: &Claims) -> Result<String, String> {
-        let mut keys = self.keys.lock().map_err(|_| "key lock poisoned".to_owned())?;
-        self.refresh_keys(&mut keys);
+        let keys = self.keys.lock().map_err(|_| "key lock poisoned".to_owned())?;
         let header = Header { alg: "EdDSA".into(), typ: Some("JWT".into()), kid: keys.current.kid.clone() };
         let h = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
         let c = serde_json::to_vec(claims).map_err(|e| e.to_string())?;
@@ -280,8 +277,7 @@ impl Signer {
             return Err(TokenError::Signature);
         }
         let public = {
-            let mut keys = self.keys.lock().map_err(|_| TokenError::UnknownKey)?;
-            self.refresh_keys(&mut keys);
+            let keys = self.keys.lock().map_err(|_| TokenError::UnknownKey)?;
             if header.kid == keys.current.kid {
                 keys.current.pair.public_key().as_ref().to_vec()
             } else {
@@ -381,7 +377,7 @@ mod tests {
         let s = Signer::open(&path, false, &TokenConfig::default()).unwrap();
         let before = s.issue("alice", &[]).unwrap();
         generate(&path).unwrap();
-        s.keys.lock().unwrap().checked -= CHECK_EVERY;
+        s.refresh();
         let after = s.issue("alice", &[]).unwrap();
         assert_ne!(before.split('.').next(), after.split('.').next(), "a new key id");
         assert!(s.verify(&before).is_ok() && s.verify(&after).is_ok());

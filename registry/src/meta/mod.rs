@@ -25,8 +25,13 @@ pub enum MetaError {
     UploadUnknown,
     #[error("upload has {current} bytes, not as many as the chunk assumed")]
     UploadOffset { current: u64 },
+    #[error("upload already has {max} chunks, the most one session may hold")]
+    UploadFull { max: u32 },
     #[error("metadata store failed: {0}")]
     Db(String),
+    /// The disk under the database is full.
+    #[error("the metadata store's disk is full")]
+    Full,
 }
 
 pub type Result<T> = std::result::Result<T, MetaError>;
@@ -74,8 +79,6 @@ pub struct Upload {
     pub id: UploadId,
     pub repo: RepoName,
     pub received: u64,
-    /// The chunks received, in order.
-    pub parts: Vec<UploadPart>,
     pub updated_at: i64,
 }
 
@@ -106,6 +109,9 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Makes `digest` unreadable in `repo`; false if it was not there.
     async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
 
+    /// `Ok` if `repo` holds every one of `blobs` and `manifests`; else the first that is missing
+    /// (`BlobUnknown` or `ManifestUnknown`).
+    async fn check_references(&self, repo: &RepoName, blobs: &[Digest], manifests: &[Digest]) -> Result<()>;
     /// Checks every reference and records the manifest (and tag) in one transaction.
     async fn put_manifest(&self, m: NewManifest) -> Result<()>;
     async fn manifest(&self, repo: &RepoName, r: &Reference) -> Result<Option<ManifestRecord>>;
@@ -125,9 +131,17 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> Result<Vec<Referrer>>;
 
     async fn create_upload(&self, id: UploadId, repo: &RepoName, now: i64) -> Result<()>;
+    /// The session, without its chunks (a request that only adds one needs none of them).
     async fn upload(&self, id: UploadId) -> Result<Option<Upload>>;
-    /// Appends a chunk if the session still has exactly `part.start` bytes; returns the new total.
-    async fn add_upload_part(&self, id: UploadId, part: &UploadPart, now: i64) -> Result<u64>;
+    /// The session's chunks, in order.
+    async fn upload_parts(&self, id: UploadId) -> Result<Vec<UploadPart>>;
+    /// Appends a chunk if the session still has exactly `part.start` bytes and fewer than
+    /// `max_parts` chunks; returns the new total.
+    async fn add_upload_part(&self, id: UploadId, part: &UploadPart, max_parts: u32, now: i64)
+        -> Result<u64>;
+    /// Ends a session whose bytes are now the blob `digest`: links the blob into `repo` and forgets
+    /// the session, in one transaction.
+    async fn finish_upload(&self, id: UploadId, repo: &RepoName, digest: &Digest, size: u64) -> Result<()>;
     async fn delete_upload(&self, id: UploadId) -> Result<bool>;
     /// Sessions last touched before `before`.
     async fn stale_uploads(&self, before: i64, limit: usize) -> Result<Vec<UploadId>>;

@@ -55,7 +55,24 @@ async fn blobs_are_per_repository(m: &dyn MetaStore) {
 
 async fn manifests_check_references(m: &dyn MetaStore) {
     let (config, layer) = (digest("m-config"), digest("m-layer"));
+    let none: &[Digest] = &[];
+    assert!(
+        matches!(
+            m.check_references(&repo("app"), std::slice::from_ref(&config), none).await,
+            Err(MetaError::BlobUnknown(d)) if d == config
+        ),
+        "a repository that does not exist holds nothing"
+    );
     m.link_blob(&repo("app"), &config, 2).await.unwrap();
+    m.check_references(&repo("app"), std::slice::from_ref(&config), none).await.unwrap();
+    assert!(matches!(
+        m.check_references(&repo("app"), &[config.clone(), layer.clone()], none).await,
+        Err(MetaError::BlobUnknown(d)) if d == layer
+    ));
+    assert!(matches!(
+        m.check_references(&repo("app"), none, &[digest("img")]).await,
+        Err(MetaError::ManifestUnknown(_))
+    ));
     let missing = m.put_manifest(manifest("app", "img", &[&config, &layer], Some("v1"))).await;
     assert!(matches!(missing, Err(MetaError::BlobUnknown(d)) if d == layer));
     // Nothing of the refused manifest is visible.
@@ -133,17 +150,35 @@ async fn upload_sessions(m: &dyn MetaStore) {
     m.create_upload(id, &repo("up"), 100).await.unwrap();
     assert_eq!(m.count_uploads().await.unwrap(), 1);
     let part = |start, size| UploadPart { start, size, nonce: format!("{start:x}") };
-    assert_eq!(m.add_upload_part(id, &part(0, 10), 101).await.unwrap(), 10);
-    let stale = m.add_upload_part(id, &part(0, 10), 102).await;
+    assert_eq!(m.add_upload_part(id, &part(0, 10), 3, 101).await.unwrap(), 10);
+    let stale = m.add_upload_part(id, &part(0, 10), 3, 102).await;
     assert!(matches!(stale, Err(MetaError::UploadOffset { current: 10 })));
-    assert_eq!(m.add_upload_part(id, &part(10, 5), 103).await.unwrap(), 15);
+    assert_eq!(m.add_upload_part(id, &part(10, 5), 3, 103).await.unwrap(), 15);
     let u = m.upload(id).await.unwrap().unwrap();
-    assert_eq!((u.received, u.parts, u.updated_at), (15, vec![part(0, 10), part(10, 5)], 103));
+    assert_eq!((u.received, u.updated_at), (15, 103));
+    assert_eq!(m.upload_parts(id).await.unwrap(), vec![part(0, 10), part(10, 5)]);
     assert_eq!(m.stale_uploads(104, 10).await.unwrap(), vec![id]);
     assert!(m.stale_uploads(103, 10).await.unwrap().is_empty());
+
+    // A session holds a bounded number of chunks; an empty one takes no place.
+    assert_eq!(m.add_upload_part(id, &part(15, 0), 3, 104).await.unwrap(), 15);
+    assert_eq!(m.add_upload_part(id, &part(15, 1), 3, 104).await.unwrap(), 16);
+    let full = m.add_upload_part(id, &part(16, 1), 3, 105).await;
+    assert!(matches!(full, Err(MetaError::UploadFull { max: 3 })), "{full:?}");
+    assert_eq!(m.upload(id).await.unwrap().unwrap().received, 16, "a refused chunk changes nothing");
+
     assert!(m.delete_upload(id).await.unwrap());
-    assert!(matches!(m.add_upload_part(id, &part(15, 1), 104).await, Err(MetaError::UploadUnknown)));
+    assert!(matches!(m.add_upload_part(id, &part(16, 1), 3, 106).await, Err(MetaError::UploadUnknown)));
     assert_eq!(m.count_uploads().await.unwrap(), 0);
+
+    // Finishing links the blob and forgets the session in one step.
+    let (id, blob) = (UploadId::random(), digest("finished"));
+    m.create_upload(id, &repo("up"), 200).await.unwrap();
+    m.add_upload_part(id, &part(0, 7), 3, 201).await.unwrap();
+    m.finish_upload(id, &repo("up"), &blob, 7).await.unwrap();
+    assert_eq!(m.upload(id).await.unwrap(), None);
+    assert!(m.upload_parts(id).await.unwrap().is_empty(), "chunks go with their session");
+    assert_eq!(m.blob_in_repo(&repo("up"), &blob).await.unwrap(), Some(7));
 }
 
 async fn cache_bookkeeping<M: MetaStore + CacheIndex>(m: &M) {

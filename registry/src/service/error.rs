@@ -46,6 +46,9 @@ impl From<MetaError> for ServiceError {
             MetaError::BlobUnknown(d) | MetaError::ManifestUnknown(d) => ServiceError::ManifestBlobUnknown(d),
             MetaError::UploadUnknown => ServiceError::UploadUnknown,
             MetaError::UploadOffset { current } => ServiceError::RangeInvalid { received: current },
+            MetaError::UploadFull { max } => ServiceError::UploadInvalid(format!(
+                "the upload already has {max} chunks, the most one session may hold; send larger chunks"
+            )),
             e => ServiceError::Meta(e),
         }
     }

@@ -19,11 +19,14 @@ pub struct PutManifest {
 /// The most `tag` parameters one manifest push may carry.
 pub const MAX_TAG_PARAMS: usize = 64;
 
-/// One page of a sorted listing, and whether more follow.
+/// One page of a sorted listing, and where the next page starts (the `last` of its `Link`).
 pub struct Listing {
     pub items: Vec<String>,
-    pub more: bool,
+    pub next: Option<String>,
 }
+
+/// Names read per query while filling a catalog page.
+const CATALOG_BATCH: usize = 1_000;
 
 impl From<ManifestError> for ServiceError {
     fn from(e: ManifestError) -> Self {
@@ -99,11 +102,15 @@ impl Registry {
         body: Bytes,
         verify_references: bool,
     ) -> Result<()> {
+        // A manifest refused for a missing reference leaves no bytes behind: check before writing
+        // (the transaction below checks again, against pushes and deletes racing this one).
+        if verify_references {
+            self.meta.check_references(repo, &parsed.blobs, &parsed.manifests).await?;
+        }
         let key = layout::blob(digest);
         if self.storage.stat(&key).await? != Some(body.len() as u64) {
             put_all(self.storage.as_ref(), &key, body.clone()).await?;
         }
-        self.manifests.insert(digest, body.clone());
         let annotations = match &parsed.annotations {
             Some(a) => {
                 Some(serde_json::to_string(a).map_err(|e| ServiceError::ManifestInvalid(e.to_string()))?)
@@ -125,6 +132,7 @@ impl Registry {
                 verify_references,
             })
             .await?;
+        self.manifests.insert(digest, body);
         Ok(())
     }
 
@@ -179,7 +187,9 @@ impl Registry {
         Ok(Self::listing(items, page.limit))
     }
 
-    /// One page of the repositories `visible` lets through, in order.
+    /// One page of the repositories `visible` lets through, in order. Reads in batches, and at
+    /// most `limits.catalog_scan` names (or the page size, if larger): a caller who may see few
+    /// repositories gets a short page and a `Link` to go on, not a scan of the whole table.
     pub async fn catalog(
         &self,
         n: Option<usize>,
@@ -187,20 +197,33 @@ impl Registry {
         visible: impl Fn(&str) -> bool,
     ) -> Result<Listing> {
         let page = self.page(n, last);
+        let budget = self.limits.catalog_scan.max(page.limit.saturating_add(1));
         let mut items = Vec::new();
-        let mut cursor = page.last.clone();
-        // Read on past repositories the caller may not see until the page is full.
+        let (mut cursor, mut scanned) = (page.last.clone(), 0);
         loop {
-            let batch = self.meta.catalog(&Page { limit: page.limit.max(1), last: cursor.clone() }).await?;
-            let more = batch.len() > page.limit.max(1);
-            let scanned: Vec<String> = batch.into_iter().take(page.limit.max(1)).collect();
-            cursor = scanned.last().cloned();
-            items.extend(scanned.into_iter().filter(|r| visible(r)));
-            if items.len() > page.limit || !more {
-                break;
+            let batch_size = CATALOG_BATCH.max(page.limit).min(budget - scanned).max(1);
+            let batch = self.meta.catalog(&Page { limit: batch_size, last: cursor.clone() }).await?;
+            let more = batch.len() > batch_size;
+            let read: Vec<String> = batch.into_iter().take(batch_size).collect();
+            scanned += read.len();
+            for name in read {
+                cursor = Some(name.clone());
+                if visible(&name) {
+                    items.push(name);
+                    if items.len() > page.limit {
+                        // One past the page: the page ends at the one before it.
+                        items.pop();
+                        return Ok(Listing { next: items.last().cloned(), items });
+                    }
+                }
+            }
+            if !more {
+                return Ok(Listing { items, next: None });
+            }
+            if scanned >= budget {
+                return Ok(Listing { items, next: cursor });
             }
         }
-        Ok(Self::listing(items, page.limit))
     }
 
     pub async fn referrers(
@@ -220,6 +243,55 @@ impl Registry {
     fn listing(mut items: Vec<String>, limit: usize) -> Listing {
         let more = items.len() > limit;
         items.truncate(limit);
-        Listing { items, more }
+        Listing { next: items.last().filter(|_| more).cloned(), items }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::meta::sqlite::SqliteMeta;
+    use crate::meta::MetaStore;
+    use crate::service::Limits;
+    use crate::storage::memory::MemoryStorage;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_catalog_page_reads_a_bounded_number_of_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Arc::new(SqliteMeta::open(dir.path().join("meta.db")).unwrap());
+        let blob = Digest::of(Algorithm::Sha256, b"x");
+        for i in 0..120 {
+            meta.link_blob(&format!("hidden/{i:03}").parse().unwrap(), &blob, 1).await.unwrap();
+        }
+        meta.link_blob(&"z/visible".parse().unwrap(), &blob, 1).await.unwrap();
+        let limits = Limits { catalog_scan: 50, ..Limits::default() };
+        let registry = Registry::new(Arc::new(MemoryStorage::new()), meta, limits);
+        let visible = |r: &str| r == "z/visible";
+
+        // The caller sees one repository in 121: the page stops after 50 names, with a cursor.
+        let first = registry.catalog(Some(1), None, visible).await.unwrap();
+        assert!(first.items.is_empty());
+        assert_eq!(first.next.as_deref(), Some("hidden/049"));
+        // Following the cursor gets there, a bounded step at a time.
+        let mut cursor = first.next;
+        let mut pages = 1;
+        let found = loop {
+            let page = registry.catalog(Some(1), cursor.clone(), visible).await.unwrap();
+            pages += 1;
+            if !page.items.is_empty() {
+                break page;
+            }
+            assert!(page.next > cursor, "every page moves on");
+            cursor = page.next;
+        };
+        assert_eq!(found.items, ["z/visible"]);
+        assert_eq!(found.next, None, "nothing after the last repository");
+        assert_eq!(pages, 3);
+        // A caller who sees everything gets full pages as before.
+        let all = registry.catalog(Some(5), None, |_| true).await.unwrap();
+        assert_eq!(all.items.len(), 5);
+        assert_eq!(all.next.as_deref(), Some("hidden/004"));
     }
 }

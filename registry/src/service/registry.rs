@@ -27,11 +27,21 @@ pub struct Limits {
     pub upload_ttl: Duration,
     /// Most entries in one tags or catalog page when the client asks for no `n`, or more.
     pub max_page: usize,
+    /// Most chunks one upload session may hold.
+    pub max_upload_chunks: u32,
+    /// Most repository names one catalog request reads (see `catalog`).
+    pub catalog_scan: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_manifest_bytes: 4 << 20, upload_ttl: Duration::from_secs(24 * 3600), max_page: 10_000 }
+        Limits {
+            max_manifest_bytes: 4 << 20,
+            upload_ttl: Duration::from_secs(24 * 3600),
+            max_page: 10_000,
+            max_upload_chunks: 10_000,
+            catalog_scan: 10_000,
+        }
     }
 }
 

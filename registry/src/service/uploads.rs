@@ -5,10 +5,15 @@
 //! POST /blobs/uploads/ ──► session (meta row, no bytes)
 //! PATCH [Content-Range] ──► one storage object per chunk: uploads/<id>/<start>-<nonce>
 //!                           recorded only if the session still stood at <start> (else 416)
+//!                           and holds fewer than `max_upload_chunks` chunks (else 400)
 //! PUT ?digest=          ──► digest checked (running hash, or re-read after a restart)
-//!                           one chunk: renamed into blobs/; several: concatenated; then linked
+//!                           one chunk: renamed into blobs/; several: concatenated; then the blob
+//!                           is linked and the session forgotten in one durable transaction
 //! ```
-//! Nothing under `blobs/` is ever written before its digest is verified.
+//! Nothing under `blobs/` is ever written before its digest is verified. Chunks and the session's
+//! bookkeeping are not synced to disk as they arrive: a power loss that takes them makes the
+//! client's next request a 416 (or an unknown session), from which it resumes. What a `201`
+//! acknowledges — the blob and its link — is durable before the answer.
 
 use futures_util::StreamExt;
 
@@ -80,9 +85,13 @@ impl Registry {
                 "uploaded content has digest {actual}, not {digest}"
             )));
         }
-        self.publish(&u, digest).await?;
-        self.meta.link_blob(repo, digest, u.received).await?;
-        self.discard(&u).await;
+        let parts = self.meta.upload_parts(u.id).await?;
+        self.publish(&u, &parts, digest).await?;
+        for p in &parts {
+            self.storage.delete(&layout::upload_part(&u.id, p.start, &p.nonce)).await?;
+        }
+        self.meta.finish_upload(u.id, repo, digest, u.received).await?;
+        self.forget_hasher(u.id);
         Ok(u.received)
     }
 
@@ -162,8 +171,8 @@ impl Registry {
         }
         let part = UploadPart { start: u.received, size, nonce: uuid::Uuid::new_v4().simple().to_string() };
         let key = layout::upload_part(&u.id, part.start, &part.nonce);
-        writer.commit(&key).await?;
-        match self.meta.add_upload_part(u.id, &part, now()).await {
+        writer.commit_unsynced(&key).await?;
+        match self.meta.add_upload_part(u.id, &part, self.limits.max_upload_chunks, now()).await {
             Ok(total) => {
                 self.keep_hasher(u.id, total, hasher);
                 Ok(total)
@@ -193,7 +202,7 @@ impl Registry {
 
     async fn rehash(&self, u: &Upload, algorithm: Algorithm) -> Result<Hasher> {
         let mut hasher = algorithm.hasher();
-        for p in &u.parts {
+        for p in &self.meta.upload_parts(u.id).await? {
             let mut s = self.storage.get(&layout::upload_part(&u.id, p.start, &p.nonce), None).await?;
             while let Some(chunk) = s.next().await {
                 hasher.update(&chunk.map_err(crate::storage::StorageError::Io)?);
@@ -203,13 +212,13 @@ impl Registry {
     }
 
     /// Makes the verified bytes of `u` the blob `digest`.
-    async fn publish(&self, u: &Upload, digest: &Digest) -> Result<()> {
+    async fn publish(&self, u: &Upload, parts: &[UploadPart], digest: &Digest) -> Result<()> {
         let target = layout::blob(digest);
         if self.storage.stat(&target).await? == Some(u.received) {
             return Ok(()); // already stored by someone else: content-addressed, so identical
         }
         let part_key = |p: &UploadPart| layout::upload_part(&u.id, p.start, &p.nonce);
-        match u.parts.as_slice() {
+        match parts {
             [] => put_all(self.storage.as_ref(), &target, bytes::Bytes::new()).await?,
             [only] => self.storage.rename(&part_key(only), &target).await?,
             parts => {
@@ -226,12 +235,11 @@ impl Registry {
         Ok(())
     }
 
-    /// Forgets a session and removes every byte it left in storage. Best effort: what fails here
-    /// is retried by the next purge (the session row goes last).
+    /// Forgets a session and removes every byte it left in storage (chunks a crash left
+    /// unrecorded too). Best effort: what fails here is retried by the next purge (the session
+    /// row goes last).
     async fn discard(&self, u: &Upload) {
-        if let Ok(mut map) = self.hashers.lock() {
-            map.remove(&u.id);
-        }
+        self.forget_hasher(u.id);
         let keys = self.storage.list(&layout::upload_dir(&u.id)).await.unwrap_or_default();
         for k in keys {
             if let Err(e) = self.storage.delete(&k).await {
@@ -241,6 +249,12 @@ impl Registry {
         }
         if let Err(e) = self.meta.delete_upload(u.id).await {
             tracing::warn!(error = %e, upload = %u.id, "could not remove upload session");
+        }
+    }
+
+    fn forget_hasher(&self, id: UploadId) {
+        if let Ok(mut map) = self.hashers.lock() {
+            map.remove(&id);
         }
     }
 }

@@ -1,27 +1,35 @@
 //! Filesystem backend.
 //!
-//! Objects are files under the root at their key's path. A writer streams into `tmp/<random>` on a
-//! blocking thread (so socket reads and disk writes overlap), and `commit` makes it visible with
-//! `fsync(file)`, `rename(tmp, final)`, `fsync(dir)`: after a crash an object is either whole at its
-//! key or absent. Whatever is left in `tmp/` by a crash is removed when the backend is opened.
+//! Objects are files under the root at their key's path. A writer gathers what arrives and writes
+//! it into `tmp/<random>` a batch at a time, and `commit` makes it visible with `fsync(file)`,
+//! `rename(tmp, final)` and an fsync of every directory the rename needed (the ones it created
+//! and the one that now names it): after a crash an object is either whole at its key or absent.
+//! Whatever is left in `tmp/` by a crash is removed when the backend is opened.
+//!
+//! No thread waits on a client. Reads and writes go to the blocking pool one disk operation at a
+//! time (a `pread` of the next chunk when the client asks for it, a vectored write of the next
+//! batch), so a client that reads or sends slowly costs a socket and one chunk of memory, not a
+//! thread. Reads copy from the page cache instead of mapping the file: a mapped file that is
+//! truncated or fails to read kills the process with SIGBUS; a read only fails its request.
 
 use std::fs::{self, File};
-use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
+use std::io::{self, IoSlice, Write};
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use super::{ByteStream, Key, ObjectWriter, Storage, StorageError};
 
-/// Writes are gathered into pieces of this size.
+/// Writes are gathered into batches of about this size, one vectored write each.
 const IO_CHUNK: usize = 1 << 20;
-/// Large reads are mapped this much at a time, at most `MAPPED_AHEAD` chunks ahead of the socket.
-const MAP_CHUNK: u64 = 2 << 20;
-const MAPPED_AHEAD: usize = 3;
-/// Objects up to this size are read in one go instead of through a reader thread.
-const SMALL_OBJECT: u64 = 256 << 10;
+/// Reads start with chunks this small (a client that stops reading early holds little)...
+const FIRST_READ: u64 = 64 << 10;
+/// ...and double up to this size for clients that keep reading.
+const MAX_READ: u64 = 1 << 20;
 
 pub struct FsStorage {
     root: PathBuf,
@@ -85,12 +93,7 @@ impl Storage for FsStorage {
         .await?
         .ok_or(StorageError::NotFound)?;
         let range = range.unwrap_or(0..size);
-        let len = range.end.saturating_sub(range.start);
-        if len <= SMALL_OBJECT {
-            let bytes = blocking(move || read_range(file, range.start, len)).await?;
-            return Ok(Box::pin(futures_util::stream::iter([Ok(bytes)])));
-        }
-        Ok(spawn_reader(file, range.start, len))
+        Ok(read_chunks(Arc::new(file), range.start, range.end.max(range.start)))
     }
 
     async fn writer(&self) -> Result<Box<dyn ObjectWriter>, StorageError> {
@@ -100,15 +103,14 @@ impl Storage for FsStorage {
             move || File::create_new(temp)
         })
         .await?;
-        Ok(Box::new(FsWriter::start(self.root.clone(), file, temp)))
+        Ok(Box::new(FsWriter::new(self.root.clone(), file, temp)))
     }
 
     async fn rename(&self, from: &Key, to: &Key) -> Result<(), StorageError> {
         let (from, to) = (self.path(from), self.path(to));
         blocking(move || {
-            if !from.is_file() {
-                return Err(io::Error::new(io::ErrorKind::NotFound, "rename source missing"));
-            }
+            // The bytes must be on disk before a name that says they are complete.
+            File::open(&from)?.sync_all()?;
             place(&from, &to)
         })
         .await
@@ -161,19 +163,53 @@ impl Storage for FsStorage {
     }
 }
 
-/// Moves `from` to `to` durably: rename, then fsync the directory that now names it.
+/// Moves `from` to `to` durably: every directory the move needs is created and made durable,
+/// then the rename, then an fsync of the directory that now names the file.
 fn place(from: &Path, to: &Path) -> io::Result<()> {
+    rename_into(from, to, true)?;
+    let dir = to.parent().ok_or_else(|| io::Error::other("key has no parent"))?;
+    File::open(dir)?.sync_all()
+}
+
+/// Renames `from` to `to`, creating the directories it needs (made durable with `durable`; not for
+/// files a crash may lose anyway, such as upload chunks).
+fn rename_into(from: &Path, to: &Path, durable: bool) -> io::Result<()> {
     let dir = to.parent().ok_or_else(|| io::Error::other("key has no parent"))?;
     for attempt in 0..3 {
-        fs::create_dir_all(dir)?;
+        if durable {
+            create_dirs_durably(dir)?;
+        } else {
+            fs::create_dir_all(dir)?;
+        }
         match fs::rename(from, to) {
             // A concurrent delete may remove the freshly made, still empty directory: make it again.
             Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 2 && from.exists() => continue,
-            r => r?,
+            r => return r,
         }
-        break;
     }
-    File::open(dir)?.sync_all()
+    Ok(())
+}
+
+/// Creates `dir` and any missing parents, fsyncing each parent that gained an entry, so a file
+/// placed in a new directory cannot vanish with the directory after a power loss.
+fn create_dirs_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = vec![];
+    let mut at = dir;
+    while !at.is_dir() {
+        missing.push(at);
+        at = at.parent().ok_or_else(|| io::Error::other("no existing ancestor"))?;
+    }
+    for d in missing.iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        if let Some(parent) = d.parent() {
+            File::open(parent)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<Key>) -> io::Result<()> {
@@ -193,148 +229,116 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<Key>) -> io::Result<()> {
     Ok(())
 }
 
-fn read_range(mut file: File, start: u64, len: u64) -> io::Result<Bytes> {
-    file.seek(SeekFrom::Start(start))?;
-    let mut buf = Vec::with_capacity(len as usize);
-    file.take(len).read_to_end(&mut buf)?;
-    if (buf.len() as u64) < len {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "object shorter than expected"));
-    }
+/// Streams bytes `start..end`, one `pread` on the blocking pool per chunk, each made only when the
+/// consumer asks for the next one: nothing waits on a slow client but the chunk it has not taken.
+/// A file found shorter than `end` (truncated underneath) ends the stream with an error.
+fn read_chunks(file: Arc<File>, start: u64, end: u64) -> ByteStream {
+    Box::pin(futures_util::stream::unfold((start, FIRST_READ), move |(pos, chunk)| {
+        let file = file.clone();
+        async move {
+            if pos >= end {
+                return None;
+            }
+            let want = (end - pos).min(chunk);
+            let read = tokio::task::spawn_blocking(move || read_exact_at(&file, pos, want))
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)));
+            match read {
+                Ok(bytes) => Some((Ok(bytes), (pos + want, (chunk * 2).min(MAX_READ)))),
+                Err(e) => Some((Err(e), (end, chunk))),
+            }
+        }
+    }))
+}
+
+fn read_exact_at(file: &File, pos: u64, len: u64) -> io::Result<Bytes> {
+    let mut buf = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
+    file.read_exact_at(&mut buf, pos).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => io::Error::new(e.kind(), "object shorter than expected"),
+        _ => e,
+    })?;
     Ok(Bytes::from(buf))
 }
 
-/// Streams `len` bytes from `start`: a blocking thread maps the file a chunk at a time, with its
-/// pages populated (read in, if they were not cached) before the chunk is handed over, so the
-/// bytes go from the page cache to the socket with no copy in between and the async threads
-/// never wait for the disk.
-fn spawn_reader(file: File, start: u64, len: u64) -> ByteStream {
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(MAPPED_AHEAD);
-    tokio::task::spawn_blocking(move || {
-        let mut pos = start;
-        let end = start + len;
-        let size = match file.metadata() {
-            Ok(m) => m.len(),
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        };
-        while pos < end {
-            let want = (end - pos).min(MAP_CHUNK);
-            let msg = if pos + want > size {
-                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "object shorter than expected"))
-            } else {
-                map_chunk(&file, pos, want)
-            };
-            let failed = msg.is_err();
-            if tx.blocking_send(msg).is_err() || failed {
-                return; // consumer went away, or the error has been handed over
-            }
-            pos += want;
-        }
-    });
-    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
-}
-
-/// `len` bytes of `file` from `offset`, mapped read-only and populated.
-#[allow(unsafe_code)]
-fn map_chunk(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
-    let len = usize::try_from(len).map_err(io::Error::other)?;
-    // SAFETY: a mapping is only unsound if the file changes under it. Objects of this backend
-    // never do: a file becomes visible by rename once complete and fsynced, and is afterwards
-    // only replaced by another rename or unlinked, neither of which touches the mapped inode.
-    // The range was checked against the file's size above, so no page lies past its end.
-    let map = unsafe { memmap2::MmapOptions::new().offset(offset).len(len).populate().map(file)? };
-    Ok(Bytes::from_owner(map))
-}
-
-enum Msg {
-    Data(Bytes),
-    Commit(PathBuf, oneshot::Sender<io::Result<()>>),
-}
-
+/// A new object: received bytes are gathered, and each full batch is written on the blocking pool
+/// while the next one gathers (at most one write in flight). Between batches, and while the client
+/// is silent, no thread is held.
 struct FsWriter {
     root: PathBuf,
-    tx: mpsc::Sender<Msg>,
-    task: Option<tokio::task::JoinHandle<io::Result<()>>>,
+    temp: PathBuf,
+    /// The file, unless a write in flight has it (and will hand it back).
+    file: Option<Appender>,
+    in_flight: Option<JoinHandle<io::Result<Appender>>>,
+    pending: Vec<Bytes>,
+    pending_len: usize,
     written: u64,
+    done: bool,
 }
 
 impl FsWriter {
-    fn start(root: PathBuf, file: File, temp: PathBuf) -> FsWriter {
-        let (tx, mut rx) = mpsc::channel::<Msg>(32);
-        let task = tokio::task::spawn_blocking(move || {
-            let mut out = Gather::new(file);
-            let result = (|| {
-                while let Some(msg) = rx.blocking_recv() {
-                    match msg {
-                        Msg::Data(b) => out.push(b)?,
-                        Msg::Commit(dest, reply) => {
-                            let r = out.finish().and_then(|f| finish(f, &temp, &dest));
-                            let _ = reply.send(r);
-                            return Ok(true);
-                        }
-                    }
-                }
-                Ok(false)
-            })();
-            // Not committed (dropped, aborted or failed): the temp file must not linger.
-            if !matches!(result, Ok(true)) {
-                let _ = fs::remove_file(&temp);
+    fn new(root: PathBuf, file: File, temp: PathBuf) -> FsWriter {
+        FsWriter {
+            root,
+            temp,
+            file: Some(Appender::new(file)),
+            in_flight: None,
+            pending: Vec::with_capacity(64),
+            pending_len: 0,
+            written: 0,
+            done: false,
+        }
+    }
+
+    /// The file, once the write in flight (if any) has finished.
+    async fn file(&mut self) -> Result<Appender, StorageError> {
+        if let Some(task) = self.in_flight.take() {
+            return task.await.map_err(|e| StorageError::Io(io::Error::other(e)))?.map_err(StorageError::Io);
+        }
+        self.file.take().ok_or_else(|| StorageError::Io(io::Error::other("an earlier write failed")))
+    }
+
+    /// Starts writing the gathered batch.
+    async fn flush(&mut self) -> Result<(), StorageError> {
+        let mut file = self.file().await?;
+        let batch = std::mem::take(&mut self.pending);
+        self.pending_len = 0;
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            file.append(&batch)?;
+            Ok(file)
+        }));
+        Ok(())
+    }
+
+    /// Writes what is left, then runs `finish` (fsyncs, rename) on the blocking pool.
+    async fn complete(
+        mut self: Box<Self>,
+        key: &Key,
+        finish: fn(File, &Path, &Path) -> io::Result<()>,
+    ) -> Result<(), StorageError> {
+        let mut file = self.file().await?;
+        let batch = std::mem::take(&mut self.pending);
+        let (temp, dest) = (self.temp.clone(), self.root.join(key.as_str()));
+        let done = blocking(move || {
+            file.append(&batch)?;
+            finish(file.into_file(), &temp, &dest)
+        })
+        .await;
+        // Committed: the temp name is gone. Failed: Drop removes whatever is left.
+        self.done = done.is_ok();
+        done
+    }
+}
+
+impl Drop for FsWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            let temp = std::mem::take(&mut self.temp);
+            // A write still in flight finishes on its own; the name goes now, the inode with it.
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || fs::remove_file(temp))),
+                Err(_) => drop(fs::remove_file(temp)),
             }
-            result.map(|_| ())
-        });
-        FsWriter { root, tx, task: Some(task), written: 0 }
-    }
-
-    /// The writer thread stopped early: report why.
-    async fn failure(&mut self) -> StorageError {
-        match self.task.take() {
-            Some(task) => match task.await {
-                Ok(Err(e)) => StorageError::Io(e),
-                Ok(Ok(())) => StorageError::Io(io::Error::other("writer closed")),
-                Err(e) => StorageError::Io(io::Error::other(e)),
-            },
-            None => StorageError::Io(io::Error::other("writer closed")),
         }
-    }
-}
-
-/// Collects received chunks and writes them with one vectored write per `IO_CHUNK` or so: no
-/// copy into a staging buffer, few system calls.
-struct Gather {
-    out: Appender,
-    pending: Vec<Bytes>,
-    size: usize,
-}
-
-impl Gather {
-    fn new(file: File) -> Gather {
-        Gather { out: Appender::new(file), pending: Vec::with_capacity(64), size: 0 }
-    }
-
-    fn push(&mut self, b: Bytes) -> io::Result<()> {
-        if b.is_empty() {
-            return Ok(());
-        }
-        self.size += b.len();
-        self.pending.push(b);
-        if self.size >= IO_CHUNK || self.pending.len() >= 64 {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.append(&self.pending)?;
-        self.pending.clear();
-        self.size = 0;
-        Ok(())
-    }
-
-    fn finish(mut self) -> io::Result<File> {
-        self.flush()?;
-        Ok(self.out.into_file())
     }
 }
 
@@ -394,20 +398,31 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
-fn finish(file: File, temp: &Path, dest: &Path) -> io::Result<()> {
+/// Durable: the file's bytes, then its name.
+fn finish_synced(file: File, temp: &Path, dest: &Path) -> io::Result<()> {
     file.sync_all()?;
     drop(file);
     place(temp, dest)
 }
 
+/// Visible at once, but a crash may lose it.
+fn finish_unsynced(file: File, temp: &Path, dest: &Path) -> io::Result<()> {
+    drop(file);
+    rename_into(temp, dest, false)
+}
+
 #[async_trait::async_trait]
 impl ObjectWriter for FsWriter {
     async fn write(&mut self, data: Bytes) -> Result<(), StorageError> {
-        let n = data.len() as u64;
-        if self.tx.send(Msg::Data(data)).await.is_err() {
-            return Err(self.failure().await);
+        if data.is_empty() {
+            return Ok(());
         }
-        self.written += n;
+        self.written += data.len() as u64;
+        self.pending_len += data.len();
+        self.pending.push(data);
+        if self.pending_len >= IO_CHUNK || self.pending.len() >= 64 {
+            self.flush().await?;
+        }
         Ok(())
     }
 
@@ -415,22 +430,19 @@ impl ObjectWriter for FsWriter {
         self.written
     }
 
-    async fn commit(mut self: Box<Self>, key: &Key) -> Result<(), StorageError> {
-        let (reply, done) = oneshot::channel();
-        let dest = self.root.join(key.as_str());
-        if self.tx.send(Msg::Commit(dest, reply)).await.is_err() {
-            return Err(self.failure().await);
-        }
-        match done.await {
-            Ok(r) => r.map_err(StorageError::from),
-            Err(_) => Err(self.failure().await),
-        }
+    async fn commit(self: Box<Self>, key: &Key) -> Result<(), StorageError> {
+        self.complete(key, finish_synced).await
+    }
+
+    async fn commit_unsynced(self: Box<Self>, key: &Key) -> Result<(), StorageError> {
+        self.complete(key, finish_unsynced).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn conformance() {

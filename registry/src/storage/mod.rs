@@ -46,6 +46,21 @@ pub enum StorageError {
     Io(#[from] io::Error),
 }
 
+impl StorageError {
+    /// The disk (or a quota) is full: the write failed and nothing of it is visible.
+    pub fn is_full(&self) -> bool {
+        match self {
+            StorageError::Io(e) => is_full(e),
+            StorageError::NotFound => false,
+        }
+    }
+}
+
+/// `ENOSPC` and `EDQUOT`.
+pub fn is_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::EDQUOT)
+}
+
 #[async_trait::async_trait]
 pub trait Storage: Send + Sync + 'static {
     /// The object's size, or `None` if there is no object at `key`.
@@ -57,7 +72,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Starts a new object; it becomes visible only through [`ObjectWriter::commit`].
     async fn writer(&self) -> Result<Box<dyn ObjectWriter>, StorageError>;
 
-    /// Moves an object to another key, replacing what is there.
+    /// Moves an object to another key, replacing what is there, durably: after a crash the
+    /// object is whole at `to` (or still at `from`), even if it was committed unsynced.
     async fn rename(&self, from: &Key, to: &Key) -> Result<(), StorageError>;
 
     /// Removes an object; removing a missing one is not an error.
@@ -94,6 +110,13 @@ pub trait ObjectWriter: Send {
 
     /// Makes the object durable and visible at `key`, replacing what is there.
     async fn commit(self: Box<Self>, key: &Key) -> Result<(), StorageError>;
+
+    /// Makes the object visible at `key` without waiting for the disk: a crash may lose it (or
+    /// leave it shorter). For what the protocol recovers from by itself, such as upload chunks
+    /// (whose loss a client sees as a `416` and resumes); a later `rename` makes it durable.
+    async fn commit_unsynced(self: Box<Self>, key: &Key) -> Result<(), StorageError> {
+        self.commit(key).await
+    }
 }
 
 /// Reads a whole (small) object into memory.

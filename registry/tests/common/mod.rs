@@ -15,11 +15,8 @@ use reqwest::{Method, StatusCode};
 use sha2::Digest as _;
 use tokio::sync::oneshot;
 
+pub mod berth;
 pub mod upstream;
-
-fn config_limits() -> berth_core::config::LimitsConfig {
-    berth_core::config::LimitsConfig::default()
-}
 
 pub struct TestServer {
     pub url: String,
@@ -53,19 +50,8 @@ impl TestServer {
         let storage = Arc::new(FsStorage::open(data.join("storage")).unwrap());
         let meta = Arc::new(SqliteMeta::open(data.join("meta.db")).unwrap());
         let registry = Arc::new(Registry::new(metrics.instrument(storage), meta, limits));
-        let state = AppState {
-            registry,
-            metrics,
-            proxy: None,
-            auth: None,
-            tls: false,
-            body_idle_timeout: config_limits().body_idle_timeout,
-            uploads: Arc::new(berth_registry::api::UploadsPerClient::new(
-                config_limits().max_uploads_per_client,
-                config_limits().upload_ttl,
-            )),
-        };
         let config = Config { data_dir: data.to_path_buf(), ..Config::default() };
+        let state = AppState::new(registry, metrics, &config).unwrap();
         TestServer::serve(config, state).await
     }
 

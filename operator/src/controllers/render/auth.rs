@@ -87,6 +87,7 @@ pub fn render(spec: &AuthSpec, pull_robot: bool) -> Result<AuthConfig, BuildErro
                 grants: vec![Grant { repositories: vec!["**".into()], actions: vec![BerthAction::Pull] }],
             }))
             .collect(),
+        failed_logins: Default::default(),
     };
     config.validate().map_err(|(field, message)| {
         BuildError::InvalidAuth(format!("{}: {message}", field.replacen("auth.", "spec.auth.", 1)))

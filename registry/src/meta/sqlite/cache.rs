@@ -3,6 +3,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
+use super::writer::Durability;
 use super::{ensure_repo, parse, prefix_bounds, repo_id, SqliteMeta};
 use crate::meta::cache::{CacheIndex, CachedItem, CachedPull, ContentKind};
 use crate::meta::Result;
@@ -25,7 +26,7 @@ impl CacheIndex for SqliteMeta {
 
     async fn set_tag_checked(&self, repo: &RepoName, tag: &Tag, at: i64) -> Result<()> {
         let (repo, tag) = (repo.to_string(), tag.to_string());
-        self.write(move |tx| {
+        self.write(Durability::Unsynced, move |tx| {
             let id = ensure_repo(tx, &repo, at)?;
             tx.execute(
                 "INSERT INTO proxy_tags (repository_id, name, checked_at) VALUES (?1, ?2, ?3)
@@ -38,7 +39,7 @@ impl CacheIndex for SqliteMeta {
     }
 
     async fn record_pulls(&self, pulls: Vec<CachedPull>) -> Result<()> {
-        self.write(move |tx| {
+        self.write(Durability::Unsynced, move |tx| {
             let mut upsert = tx.prepare_cached(
                 "INSERT INTO proxy_content (repository_id, digest, kind, size, pulled_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)
@@ -110,7 +111,7 @@ impl CacheIndex for SqliteMeta {
 
     async fn evict(&self, item: &CachedItem) -> Result<bool> {
         let item = item.clone();
-        self.write(move |tx| {
+        self.write(Durability::Synced, move |tx| {
             let Some(id) = repo_id(tx, item.repo.as_str())? else { return Ok(true) };
             let digest = item.digest.as_str();
             tx.execute(

@@ -1,17 +1,20 @@
 //! The embedded metadata store: one SQLite file in WAL mode.
 //!
-//! One connection writes (SQLite allows one writer at a time anyway); a small pool of connections
-//! reads concurrently. All calls run on the blocking thread pool. `synchronous=NORMAL` in WAL mode
-//! keeps the database consistent across crashes; a power loss may drop the last few commits, never
-//! corrupt it.
+//! One connection writes, on a thread of its own that commits concurrent writes together
+//! ([`writer`]); a small pool of connections reads concurrently on the blocking thread pool.
+//! Acknowledged writes are durable (`synchronous=FULL` for their commit); the bookkeeping of upload
+//! sessions is not waited for, since a client that loses it in a power loss resumes with a 416.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 
 mod cache;
+mod writer;
+
+use writer::{Durability, Writer};
 
 use super::{ManifestRecord, MetaError, MetaStore, NewManifest, Page, Referrer, Result, Upload, UploadPart};
 use crate::UploadId;
@@ -20,6 +23,7 @@ use berth_core::oci::{Digest, Reference, RepoName, Tag};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0001_init.sql"),
     include_str!("../../../migrations/sqlite/0002_proxy.sql"),
+    include_str!("../../../migrations/sqlite/0003_upload_parts.sql"),
 ];
 const MAX_IDLE_READERS: usize = 8;
 
@@ -30,13 +34,16 @@ pub struct SqliteMeta {
 
 struct Inner {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    writer: Writer,
     readers: Mutex<Vec<Connection>>,
 }
 
 impl From<rusqlite::Error> for MetaError {
     fn from(e: rusqlite::Error) -> Self {
-        MetaError::Db(e.to_string())
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => MetaError::Full,
+            _ => MetaError::Db(e.to_string()),
+        }
     }
 }
 
@@ -51,7 +58,7 @@ fn parse<T: FromStr>(what: &str, value: String) -> Result<T> {
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
     Ok(conn)
 }
 
@@ -78,11 +85,10 @@ impl SqliteMeta {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| MetaError::Db(e.to_string()))?;
         }
-        let mut writer = open_connection(&path)?;
-        migrate(&mut writer)?;
-        Ok(SqliteMeta {
-            inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }),
-        })
+        let mut conn = open_connection(&path)?;
+        migrate(&mut conn)?;
+        let writer = Writer::start(conn).map_err(|e| MetaError::Db(format!("metadata writer: {e}")))?;
+        Ok(SqliteMeta { inner: Arc::new(Inner { path, writer, readers: Mutex::new(Vec::new()) }) })
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -107,20 +113,12 @@ impl SqliteMeta {
         .await
     }
 
-    async fn write<T, F>(&self, f: F) -> Result<T>
+    async fn write<T, F>(&self, durability: Durability, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        run_blocking(move || {
-            let mut conn = inner.writer.lock().map_err(|_| poisoned())?;
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
+        self.inner.writer.run(durability, f).await
     }
 }
 
@@ -136,7 +134,7 @@ fn repo_id(conn: &Connection, repo: &str) -> Result<Option<i64>> {
     Ok(conn.query_row("SELECT id FROM repositories WHERE name = ?1", [repo], |r| r.get(0)).optional()?)
 }
 
-fn ensure_repo(tx: &Transaction<'_>, repo: &str, now: i64) -> Result<i64> {
+fn ensure_repo(tx: &Connection, repo: &str, now: i64) -> Result<i64> {
     tx.execute(
         "INSERT INTO repositories (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
         params![repo, now],
@@ -144,7 +142,7 @@ fn ensure_repo(tx: &Transaction<'_>, repo: &str, now: i64) -> Result<i64> {
     repo_id(tx, repo)?.ok_or_else(|| MetaError::Db("repository vanished while inserting".into()))
 }
 
-fn insert_blob(tx: &Transaction<'_>, digest: &str, size: u64, now: i64) -> Result<()> {
+fn insert_blob(tx: &Connection, digest: &str, size: u64, now: i64) -> Result<()> {
     tx.execute(
         "INSERT INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (digest) DO NOTHING",
@@ -219,23 +217,12 @@ impl MetaStore for SqliteMeta {
 
     async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
-        self.write(move |tx| {
-            let now = super::now();
-            insert_blob(tx, &digest, size, now)?;
-            let id = ensure_repo(tx, &repo, now)?;
-            tx.execute(
-                "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT DO NOTHING",
-                params![id, digest, now],
-            )?;
-            Ok(())
-        })
-        .await
+        self.write(Durability::Synced, move |tx| link_blob_tx(tx, &repo, &digest, size)).await
     }
 
     async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
-        self.write(move |tx| {
+        self.write(Durability::Synced, move |tx| {
             let n = tx.execute(
                 "DELETE FROM repository_blobs WHERE digest = ?2
                  AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
@@ -246,8 +233,13 @@ impl MetaStore for SqliteMeta {
         .await
     }
 
+    async fn check_references(&self, repo: &RepoName, blobs: &[Digest], manifests: &[Digest]) -> Result<()> {
+        let (repo, blobs, manifests) = (repo.to_string(), blobs.to_vec(), manifests.to_vec());
+        self.read(move |c| check_references(c, repo_id(c, &repo)?, &blobs, &manifests)).await
+    }
+
     async fn put_manifest(&self, m: NewManifest) -> Result<()> {
-        self.write(move |tx| put_manifest_tx(tx, &m)).await
+        self.write(Durability::Synced, move |tx| put_manifest_tx(tx, &m)).await
     }
 
     async fn manifest(&self, repo: &RepoName, r: &Reference) -> Result<Option<ManifestRecord>> {
@@ -283,7 +275,7 @@ impl MetaStore for SqliteMeta {
 
     async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
-        self.write(move |tx| {
+        self.write(Durability::Synced, move |tx| {
             let Some(id) = repo_id(tx, &repo)? else { return Ok(false) };
             tx.execute("DELETE FROM tags WHERE repository_id = ?1 AND digest = ?2", params![id, digest])?;
             let n = tx.execute(
@@ -297,7 +289,7 @@ impl MetaStore for SqliteMeta {
 
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
         let (repo, tag) = (repo.to_string(), tag.to_string());
-        self.write(move |tx| {
+        self.write(Durability::Synced, move |tx| {
             let n = tx.execute(
                 "DELETE FROM tags WHERE name = ?2
                  AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
@@ -372,7 +364,7 @@ impl MetaStore for SqliteMeta {
 
     async fn create_upload(&self, id: UploadId, repo: &RepoName, now: i64) -> Result<()> {
         let repo = repo.to_string();
-        self.write(move |tx| {
+        self.write(Durability::Unsynced, move |tx| {
             tx.execute(
                 "INSERT INTO uploads (id, repository, received, created_at, updated_at)
                  VALUES (?1, ?2, 0, ?3, ?3)",
@@ -385,17 +377,28 @@ impl MetaStore for SqliteMeta {
 
     async fn upload(&self, id: UploadId) -> Result<Option<Upload>> {
         self.read(move |c| {
-            let key = id.to_string();
             let head: Option<(String, i64, i64)> = c
                 .prepare_cached("SELECT repository, received, updated_at FROM uploads WHERE id = ?1")?
-                .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
             let Some((repo, received, updated_at)) = head else { return Ok(None) };
+            Ok(Some(Upload {
+                id,
+                repo: parse("repository name", repo)?,
+                received: received as u64,
+                updated_at,
+            }))
+        })
+        .await
+    }
+
+    async fn upload_parts(&self, id: UploadId) -> Result<Vec<UploadPart>> {
+        self.read(move |c| {
             let parts = c
                 .prepare_cached(
                     "SELECT start, size, nonce FROM upload_parts WHERE upload_id = ?1 ORDER BY start",
                 )?
-                .query_map([&key], |r| {
+                .query_map([id.to_string()], |r| {
                     Ok(UploadPart {
                         start: r.get::<_, i64>(0)? as u64,
                         size: r.get::<_, i64>(1)? as u64,
@@ -403,35 +406,39 @@ impl MetaStore for SqliteMeta {
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(Some(Upload {
-                id,
-                repo: parse("repository name", repo)?,
-                received: received as u64,
-                parts,
-                updated_at,
-            }))
+            Ok(parts)
         })
         .await
     }
 
-    async fn add_upload_part(&self, id: UploadId, part: &UploadPart, now: i64) -> Result<u64> {
+    async fn add_upload_part(
+        &self,
+        id: UploadId,
+        part: &UploadPart,
+        max_parts: u32,
+        now: i64,
+    ) -> Result<u64> {
         let UploadPart { start, size, nonce } = part.clone();
         if !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(MetaError::Db("upload part nonce must be hex".into()));
         }
-        self.write(move |tx| {
+        self.write(Durability::Unsynced, move |tx| {
             let key = id.to_string();
+            let added = i64::from(size > 0);
             let updated = tx.execute(
-                "UPDATE uploads SET received = received + ?3, updated_at = ?4
-                 WHERE id = ?1 AND received = ?2",
-                params![key, start as i64, size as i64, now],
+                "UPDATE uploads SET received = received + ?3, parts = parts + ?5, updated_at = ?4
+                 WHERE id = ?1 AND received = ?2 AND parts + ?5 <= ?6",
+                params![key, start as i64, size as i64, now, added, i64::from(max_parts)],
             )?;
             if updated == 0 {
-                let current: Option<i64> = tx
-                    .query_row("SELECT received FROM uploads WHERE id = ?1", [&key], |r| r.get(0))
+                let current: Option<(i64, i64)> = tx
+                    .query_row("SELECT received, parts FROM uploads WHERE id = ?1", [&key], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
                     .optional()?;
                 return Err(match current {
-                    Some(c) => MetaError::UploadOffset { current: c as u64 },
+                    Some((c, _)) if c as u64 != start => MetaError::UploadOffset { current: c as u64 },
+                    Some(_) => MetaError::UploadFull { max: max_parts },
                     None => MetaError::UploadUnknown,
                 });
             }
@@ -446,8 +453,21 @@ impl MetaStore for SqliteMeta {
         .await
     }
 
+    async fn finish_upload(&self, id: UploadId, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(Durability::Synced, move |tx| {
+            link_blob_tx(tx, &repo, &digest, size)?;
+            tx.execute("DELETE FROM uploads WHERE id = ?1", [id.to_string()])?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn delete_upload(&self, id: UploadId) -> Result<bool> {
-        self.write(move |tx| Ok(tx.execute("DELETE FROM uploads WHERE id = ?1", [id.to_string()])? > 0)).await
+        self.write(Durability::Unsynced, move |tx| {
+            Ok(tx.execute("DELETE FROM uploads WHERE id = ?1", [id.to_string()])? > 0)
+        })
+        .await
     }
 
     async fn stale_uploads(&self, before: i64, limit: usize) -> Result<Vec<UploadId>> {
@@ -467,28 +487,53 @@ impl MetaStore for SqliteMeta {
     }
 }
 
+fn link_blob_tx(tx: &Connection, repo: &str, digest: &str, size: u64) -> Result<()> {
+    let now = super::now();
+    insert_blob(tx, digest, size, now)?;
+    let id = ensure_repo(tx, repo, now)?;
+    tx.execute(
+        "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT DO NOTHING",
+        params![id, digest, now],
+    )?;
+    Ok(())
+}
+
 fn row_to_triple(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, i64)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
 }
 
-fn put_manifest_tx(tx: &Transaction<'_>, m: &NewManifest) -> Result<()> {
+/// The first reference the repository (`None`: not created yet) does not hold, as an error.
+fn check_references(c: &Connection, repo: Option<i64>, blobs: &[Digest], manifests: &[Digest]) -> Result<()> {
+    let Some(repo) = repo else {
+        return match (blobs.first(), manifests.first()) {
+            (Some(b), _) => Err(MetaError::BlobUnknown(b.clone())),
+            (None, Some(m)) => Err(MetaError::ManifestUnknown(m.clone())),
+            (None, None) => Ok(()),
+        };
+    };
+    let mut has_blob =
+        c.prepare_cached("SELECT 1 FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2")?;
+    for b in blobs {
+        if !has_blob.exists(params![repo, b.as_str()])? {
+            return Err(MetaError::BlobUnknown(b.clone()));
+        }
+    }
+    let mut has_manifest =
+        c.prepare_cached("SELECT 1 FROM manifests WHERE repository_id = ?1 AND digest = ?2")?;
+    for child in manifests {
+        if !has_manifest.exists(params![repo, child.as_str()])? {
+            return Err(MetaError::ManifestUnknown(child.clone()));
+        }
+    }
+    Ok(())
+}
+
+fn put_manifest_tx(tx: &Connection, m: &NewManifest) -> Result<()> {
     let now = super::now();
     let repo = ensure_repo(tx, m.repo.as_str(), now)?;
     if m.verify_references {
-        let mut has_blob =
-            tx.prepare_cached("SELECT 1 FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2")?;
-        for b in &m.blobs {
-            if !has_blob.exists(params![repo, b.as_str()])? {
-                return Err(MetaError::BlobUnknown(b.clone()));
-            }
-        }
-        let mut has_manifest =
-            tx.prepare_cached("SELECT 1 FROM manifests WHERE repository_id = ?1 AND digest = ?2")?;
-        for child in &m.manifests {
-            if !has_manifest.exists(params![repo, child.as_str()])? {
-                return Err(MetaError::ManifestUnknown(child.clone()));
-            }
-        }
+        check_references(tx, Some(repo), &m.blobs, &m.manifests)?;
     }
     let digest = m.digest.as_str();
     insert_blob(tx, digest, m.size, now)?;

@@ -1,6 +1,10 @@
 //! Building the registry from its config and serving it: accept loop (plain or TLS, HTTP/1.1 and
-//! HTTP/2), graceful shutdown that lets requests in flight finish within the grace period, and the
-//! background purge of expired upload sessions.
+//! HTTP/2) within the connection bounds of [`connection`], an optional listener of its own for
+//! `/metrics`, graceful shutdown that lets requests in flight finish within the grace period, and
+//! the background work: the purge of expired upload sessions and the re-reading of credential
+//! files (so that requests only ever read memory).
+
+mod connection;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,6 +43,8 @@ pub enum ServeError {
     Proxy(String),
     #[error("auth: {0}")]
     Auth(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Opens storage and metadata as configured and wires up the application state.
@@ -56,34 +62,24 @@ pub fn build_state(config: &Config) -> Result<AppState, ServeError> {
     let limits = Limits {
         max_manifest_bytes: usize::try_from(config.limits.max_manifest_bytes).unwrap_or(usize::MAX),
         upload_ttl: config.limits.upload_ttl,
+        max_upload_chunks: config.limits.max_upload_chunks,
         ..Limits::default()
     };
     let registry = Arc::new(Registry::new(metrics.instrument(storage), meta.clone(), limits));
-    let proxy = if config.proxy.is_empty() {
-        None
-    } else {
+    let mut state = AppState::new(registry.clone(), metrics.clone(), config).map_err(ServeError::Config)?;
+    if !config.proxy.is_empty() {
         let spool = config.data_dir.join("proxy-spool");
-        Some(
-            Proxy::new(&config.proxy, registry.clone(), meta, spool, metrics.proxy.clone())
+        state.proxy = Some(
+            Proxy::new(&config.proxy, registry, meta, spool, metrics.proxy.clone())
                 .map_err(ServeError::Proxy)?,
-        )
-    };
-    let auth = match &config.auth {
-        Some(a) => Some(Arc::new(Authenticator::new(a, &config.data_dir).map_err(ServeError::Auth)?)),
-        None => None,
-    };
-    Ok(AppState {
-        registry,
-        metrics,
-        proxy,
-        auth,
-        tls: config.tls.is_some(),
-        body_idle_timeout: config.limits.body_idle_timeout,
-        uploads: Arc::new(api::UploadsPerClient::new(
-            config.limits.max_uploads_per_client,
-            config.limits.upload_ttl,
-        )),
-    })
+        );
+    }
+    if let Some(a) = &config.auth {
+        let auth =
+            Authenticator::new(a, &config.data_dir, metrics.login.clone()).map_err(ServeError::Auth)?;
+        state.auth = Some(Arc::new(auth));
+    }
+    Ok(state)
 }
 
 /// Serves until `shutdown` resolves, then drains for at most the configured grace period.
@@ -97,20 +93,27 @@ pub async fn serve(
         Some(t) => Some(tls::acceptor(t.cert.clone(), t.key.clone(), t.reload_interval)?),
         None => None,
     };
-    let purge = tokio::spawn(purge_uploads(state.registry.clone()));
-    let maintain = state.proxy.clone().map(|p| tokio::spawn(p.maintain()));
+    let metrics_listener = match &config.metrics.listen {
+        Some(addr) => {
+            let addr = berth_core::config::parse_listen(addr).map_err(ServeError::Config)?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServeError::Config(format!("metrics.listen {addr}: {e}")))?;
+            info!(address = %addr, "metrics on their own listener");
+            Some(l)
+        }
+        None => None,
+    };
+    let mut background = vec![tokio::spawn(purge_uploads(state.registry.clone()))];
+    background.extend(state.proxy.clone().map(|p| tokio::spawn(p.maintain())));
+    background.extend(state.auth.clone().map(|a| tokio::spawn(refresh_credentials(a))));
+    background.extend(metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.clone()))));
+    let connections =
+        connection::Connections::new(config.limits.max_connections, state.metrics.connections.clone());
     let app = api::router(state);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // A client gets this long to send its request headers (slow-loris protection); bodies are
-    // streamed and bounded by their own limits.
-    // and the head may be only so large (431 above).
-    let max_head = usize::try_from(config.limits.max_header_bytes).unwrap_or(usize::MAX);
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(max_head);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
+    let builder = http_builder(config);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (handshake, idle) = (config.limits.tls_handshake_timeout, config.limits.body_idle_timeout);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -125,32 +128,37 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        let Some((stream, slot)) = connections.admit(stream, tls.is_none()) else { continue };
         let _ = stream.set_nodelay(true);
-        let client = api::ClientAddr(peer.ip());
+        let peer_addr = api::PeerAddr(peer.ip());
         let service = TowerToHyperService::new(tower::ServiceExt::map_request(
             app.clone(),
             move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(client);
+                req.extensions_mut().insert(peer_addr);
                 req
             },
         ));
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+        let io = connection::StallGuard::new(stream, idle, connections.metrics.clone());
+        let metrics = connections.metrics.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let result = match tls {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(s) => {
+                Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(io)).await {
+                    Ok(Ok(s)) => {
                         watcher.watch(builder.serve_connection(TokioIo::new(s), service).into_owned()).await
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         tracing::debug!(error = %e, peer = %peer, "TLS handshake failed");
                         return;
                     }
+                    Err(_) => {
+                        metrics.handshake_timeouts.inc();
+                        tracing::debug!(peer = %peer, "TLS handshake did not finish in time");
+                        return;
+                    }
                 },
-                None => {
-                    watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
-                }
+                None => watcher.watch(builder.serve_connection(TokioIo::new(io), service).into_owned()).await,
             };
             if let Err(e) = result {
                 tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
@@ -158,9 +166,8 @@ pub async fn serve(
         });
     }
     drop(listener);
-    purge.abort();
-    if let Some(m) = maintain {
-        m.abort();
+    for task in background {
+        task.abort();
     }
     info!("shutting down: waiting for requests in flight");
     tokio::select! {
@@ -170,6 +177,40 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A client gets this long to send its request headers (slow-loris protection), and the head
+    // may be only so large (431 above); bodies are streamed and bounded by their own limits.
+    let max_head = usize::try_from(config.limits.max_header_bytes).unwrap_or(usize::MAX);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(max_head);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
+    builder
+}
+
+/// `/metrics` on a listener of its own: plain HTTP, no access control (keep it off the network
+/// clients reach, or scrape it from inside the cluster).
+async fn serve_metrics(listener: TcpListener, state: AppState) {
+    let app = api::metrics_router(state);
+    if let Err(e) = axum::serve(listener, app).await {
+        warn!(error = %e, "metrics listener stopped");
+    }
+}
+
+/// Re-reads changed credential files (htpasswd, robot secrets, a configured token key), off the
+/// async threads, so a request never touches the disk for them.
+async fn refresh_credentials(auth: Arc<Authenticator>) {
+    let mut tick = tokio::time::interval(crate::auth::htpasswd::CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let a = auth.clone();
+        let _ = tokio::task::spawn_blocking(move || a.refresh_files()).await;
+    }
 }
 
 async fn purge_uploads(registry: Arc<Registry>) {

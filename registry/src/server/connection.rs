@@ -1,0 +1,158 @@
+//! One client connection's bounds: how many may be open at once (one more is told so and closed),
+//! how long a TLS handshake may take, and how long a response may wait for a client that takes
+//! none of it.
+
+use std::future::Future as _;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
+
+use crate::telemetry::ConnectionMetrics;
+
+/// What a refused connection is told (plain HTTP only; a TLS client just sees the close).
+const REFUSAL: &str = "{\"errors\":[{\"code\":\"UNAVAILABLE\",\"message\":\"the registry has as many connections open as it serves; retry shortly\"}]}\n";
+
+/// The bound on open connections.
+pub struct Connections {
+    slots: Arc<Semaphore>,
+    pub metrics: ConnectionMetrics,
+}
+
+/// An open connection's slot, given back (and counted) when it closes.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    metrics: ConnectionMetrics,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.open.dec();
+    }
+}
+
+impl Connections {
+    pub fn new(max: usize, metrics: ConnectionMetrics) -> Connections {
+        Connections { slots: Arc::new(Semaphore::new(max)), metrics }
+    }
+
+    /// A slot for a new connection; without one, the connection is refused (off the accept loop:
+    /// writing the refusal must not wait on the client).
+    pub fn admit(&self, stream: TcpStream, plain: bool) -> Option<(TcpStream, Slot)> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                self.metrics.open.inc();
+                Some((stream, Slot { _permit: permit, metrics: self.metrics.clone() }))
+            }
+            Err(_) => {
+                self.metrics.refused.inc();
+                tokio::spawn(refuse(stream, plain));
+                None
+            }
+        }
+    }
+}
+
+async fn refuse(mut stream: TcpStream, plain: bool) {
+    if plain {
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n\
+             Connection: close\r\nContent-Length: {}\r\n\r\n{REFUSAL}",
+            REFUSAL.len()
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(response.as_bytes())).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+}
+
+/// A connection whose writes fail once one has waited `idle` for the client to take anything:
+/// a client that stops reading a response cannot hold its request (and what the request holds)
+/// open forever. Reads are not limited here (request heads and bodies have their own timeouts).
+pub struct StallGuard<T> {
+    inner: T,
+    idle: Duration,
+    stalled: Option<Pin<Box<Sleep>>>,
+    metrics: ConnectionMetrics,
+}
+
+impl<T> StallGuard<T> {
+    pub fn new(inner: T, idle: Duration, metrics: ConnectionMetrics) -> StallGuard<T> {
+        StallGuard { inner, idle, stalled: None, metrics }
+    }
+
+    /// After a write made no progress: starts the clock, or fails once it has run out.
+    fn pending<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        let idle = self.idle;
+        let clock = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        match clock.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.metrics.stalled.inc();
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the client took nothing for {idle:?}"),
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for StallGuard<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for StallGuard<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => self.pending(cx),
+            done => {
+                self.stalled = None;
+                done
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => self.pending(cx),
+            done => {
+                self.stalled = None;
+                done
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => self.pending(cx),
+            done => {
+                self.stalled = None;
+                done
+            }
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,80 @@
+//! The `berth` binary as an operator runs it, and clients that misbehave.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{client, eventually};
+
+pub struct Berth {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Berth {
+    pub async fn spawn(data: &Path, addr: &str, extra: &[&str]) -> Berth {
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["serve", "--listen", addr, "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .env("BERTH_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("berth starts");
+        let url = format!("http://{addr}");
+        let up = eventually(Duration::from_secs(20), || async {
+            client().get(format!("{url}/v2/")).send().await.is_ok()
+        })
+        .await;
+        assert!(up, "berth answered on {addr}");
+        Berth { child, url }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// One unlabelled sample of `/metrics`; 0 when absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let Ok(resp) = client().get(format!("{}/metrics", self.url)).send().await else { return 0.0 };
+        let text = resp.text().await.unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub async fn received_bytes(&self) -> u64 {
+        let text = client().get(format!("{}/metrics", self.url)).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("berth_http_received_bytes_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// A request body that sends `first`, then waits for more on the returned channel.
+pub fn stalled_body(first: Vec<u8>) -> (reqwest::Body, mpsc::Sender<Vec<u8>>) {
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
+    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) }),
+    );
+    (reqwest::Body::wrap_stream(stream), tx)
+}

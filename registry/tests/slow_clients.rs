@@ -1,0 +1,213 @@
+//! Slow and stalled clients cost the registry memory and a socket, never a thread: hundreds of
+//! them held open leave every other client answered promptly, and a connection that is never
+//! going anywhere is closed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::berth::*;
+use common::*;
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Far above what any request below should take, so a slow shared machine still passes.
+const PROMPT: Duration = Duration::from_secs(5);
+const STALLED_DOWNLOADS: usize = 600;
+const STALLED_UPLOADS: usize = 200;
+
+fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A connection that asks for `path` and then reads nothing (with a tiny receive window, so the
+/// server soon has to wait for it).
+async fn stalled_download(addr: &str, path: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.unwrap();
+    conn
+}
+
+/// An upload that announces 10 MiB, sends 1 KiB and then nothing.
+async fn stalled_upload(addr: &str, location: &str) -> TcpStream {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {}\r\n\r\n",
+        10 << 20
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&[7u8; 1024]).await.unwrap();
+    conn
+}
+
+async fn prompt<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    let started = Instant::now();
+    match tokio::time::timeout(PROMPT, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} took more than {PROMPT:?} (after {:?})", started.elapsed()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_stalled_clients_leave_everyone_else_answered() {
+    raise_open_files();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let berth = Berth::spawn(dir.path(), &addr, &[]).await;
+    let url = berth.url.clone();
+    let big = content(32 << 20, 1);
+    let big_digest = sha256(&big);
+    let c = client();
+    let pushed = c
+        .post(format!("{url}/v2/load/big/blobs/uploads/?digest={big_digest}"))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), StatusCode::CREATED);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": big_digest, "size": big.len()},
+        "layers": [],
+    })
+    .to_string();
+    let put = c
+        .put(format!("{url}/v2/load/big/manifests/v1"))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+
+    let mut held = Vec::with_capacity(STALLED_DOWNLOADS + STALLED_UPLOADS);
+    for _ in 0..STALLED_DOWNLOADS {
+        held.push(stalled_download(&addr, &format!("/v2/load/big/blobs/{big_digest}")).await);
+    }
+    for _ in 0..STALLED_UPLOADS {
+        let session = c.post(format!("{url}/v2/load/slow/blobs/uploads/")).send().await.unwrap();
+        assert_eq!(session.status(), StatusCode::ACCEPTED);
+        let location = session.headers()["location"].to_str().unwrap().to_owned();
+        held.push(stalled_upload(&addr, &location).await);
+    }
+
+    // A fresh client, while every one of them is held open.
+    let fresh = client();
+    let base = prompt("GET /v2/", fresh.get(format!("{url}/v2/")).send()).await.unwrap();
+    assert_eq!(base.status(), StatusCode::OK);
+    let m =
+        prompt("a manifest GET", fresh.get(format!("{url}/v2/load/big/manifests/v1")).send()).await.unwrap();
+    assert_eq!(m.status(), StatusCode::OK);
+    let small = content(4096, 2);
+    let small_digest = sha256(&small);
+    let push = prompt(
+        "a small blob push",
+        fresh.post(format!("{url}/v2/load/fresh/blobs/uploads/?digest={small_digest}")).body(small).send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(push.status(), StatusCode::CREATED);
+    let head = prompt("a HEAD", fresh.head(format!("{url}/v2/load/fresh/blobs/{small_digest}")).send())
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+
+    // The stalled clients leave; the big blob is whole.
+    drop(held);
+    let back = client().get(format!("{url}/v2/load/big/blobs/{big_digest}")).send().await.unwrap();
+    assert_eq!(back.status(), StatusCode::OK);
+    assert_eq!(sha256(&back.bytes().await.unwrap()), big_digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_nobody_reads_is_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("berth.yaml");
+    std::fs::write(&config, "limits: {body_idle_timeout: 1s}\n").unwrap();
+    let addr = free_addr();
+    let berth = Berth::spawn(dir.path(), &addr, &["--config", config.to_str().unwrap()]).await;
+    let big = content(16 << 20, 3);
+    let digest = sha256(&big);
+    let pushed = client()
+        .post(format!("{}/v2/idle/blobs/uploads/?digest={digest}", berth.url))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), StatusCode::CREATED);
+    let mut conn = stalled_download(&addr, &format!("/v2/idle/blobs/{digest}")).await;
+    // Take nothing until the server says it gave up on a stalled connection...
+    let cut = eventually(Duration::from_secs(20), || async {
+        berth.metric("berth_connections_stalled_total").await >= 1.0
+    })
+    .await;
+    assert!(cut, "the server counted a stalled connection");
+    // ...then read: what arrives is cut short, not the whole blob.
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the connection ended instead of waiting for us");
+    assert!(got.len() < 16 << 20, "the server cut the response short ({} bytes)", got.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_told_so_and_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("berth.yaml");
+    std::fs::write(&config, "limits: {max_connections: 8}\n").unwrap();
+    let addr = free_addr();
+    let berth = Berth::spawn(dir.path(), &addr, &["--config", config.to_str().unwrap()]).await;
+    // Hold connections until one more is refused (whatever spawn's probes left open counts too).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut held = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "no connection was refused");
+        let mut extra = TcpStream::connect(&addr).await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_millis(500), extra.read_to_end(&mut got)).await;
+        if String::from_utf8_lossy(&got).starts_with("HTTP/1.1 503") {
+            break;
+        }
+        held.push(extra);
+    }
+    assert!(held.len() <= 8, "at most max_connections were let in");
+    let mut extra = TcpStream::connect(&addr).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(PROMPT, extra.read_to_end(&mut got)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 503") && text.contains("Retry-After: 1"), "{text}");
+    assert!(text.contains("\"code\":\"UNAVAILABLE\""), "{text}");
+    // Room again once they leave.
+    drop(held);
+    let back = eventually(Duration::from_secs(20), || async {
+        client().get(format!("{}/v2/", berth.url)).send().await.is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    assert!(back);
+}
+
+/// Eight hundred sockets and a margin: more than the usual soft limit of 1024 leaves.
+#[allow(unsafe_code)]
+fn raise_open_files() {
+    // SAFETY: plain system calls on a local struct.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
