@@ -75,6 +75,9 @@ fn install_operator_with(cp: &ControlPlane, values: &[&str]) {
             // Pods share one network here (see pod_ip_env): the operator binds its pod IP too.
             "--set",
             "bindPodIP=true",
+            // Secrets are not watched: drift in them is put right at each resync.
+            "--set",
+            "resync=10s",
             "--wait",
             "--timeout",
             "3m",
@@ -234,10 +237,38 @@ spec:
     pod_ip_env!()
 );
 
+/// Whether the operator's ServiceAccount may `verb` Secrets (in `ns`, or in every namespace).
+fn operator_may(cp: &ControlPlane, verb: &str, ns: Option<&str>) -> bool {
+    let mut cmd = cp.kubectl().unwrap();
+    cmd.args([
+        "auth",
+        "can-i",
+        verb,
+        "secrets",
+        "--as=system:serviceaccount:berth-system:berth-berth-operator",
+    ]);
+    match ns {
+        Some(ns) => cmd.args(["-n", ns]),
+        None => cmd.arg("--all-namespaces"),
+    };
+    let out = cmd.output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_installed_operator_runs_a_registry_that_serves_and_stays_put() {
     let cp = cluster().await;
     install_operator(&cp);
+    // What the operator may do with Secrets, pinned: what it names, by name; never a list or a
+    // watch, which would read every Secret in the cluster.
+    for ns in [None, Some("kube-system"), Some("default")] {
+        for verb in ["create", "get", "patch", "delete"] {
+            assert!(operator_may(&cp, verb, ns), "{verb} secrets in {ns:?}");
+        }
+        for verb in ["list", "watch", "update", "deletecollection"] {
+            assert!(!operator_may(&cp, verb, ns), "no {verb} of secrets in {ns:?}");
+        }
+    }
     let client = cp.client().await.unwrap();
     let ns = TempNamespace::create(&client, "reg").await.unwrap();
     let out = kubectl_apply(&cp, &ns.name, REGISTRY);

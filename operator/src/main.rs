@@ -6,7 +6,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::routing::get;
 use berth_operator::controllers::proxycache;
-use berth_operator::controllers::registry::pullsecrets;
 use berth_operator::controllers::registry::reconcile;
 use berth_operator::controllers::Context;
 use berth_operator::crd::proxycache::ProxyCache;
@@ -14,11 +13,11 @@ use berth_operator::crd::Registry;
 use berth_operator::metrics::Metrics;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::ResourceExt;
 
@@ -28,6 +27,7 @@ Environment:
   BERTH_IMAGE           image for Registries that name none (default ghcr.io/berth-dev/berth:<version>)
   BERTH_METRICS_ADDR    address of /metrics, /healthz and /readyz (default 0.0.0.0:8080)
   BERTH_LEADER_ELECTION true|false (default true); needs POD_NAMESPACE and POD_NAME
+  BERTH_RESYNC          how often resources are reconciled with nothing changed (default 5m)
   BERTH_LOG_LEVEL       tracing filter (default info); BERTH_LOG_FORMAT text|json (default json)";
 
 fn env(key: &str, default: &str) -> String {
@@ -77,6 +77,8 @@ async fn main() -> anyhow::Result<()> {
         recorder: Recorder::new(client.clone(), reporter),
         default_image: env("BERTH_IMAGE", &format!("ghcr.io/berth-dev/berth:{}", env!("CARGO_PKG_VERSION"))),
         metrics,
+        resync: berth_core::config::duration::parse(&env("BERTH_RESYNC", "5m"))
+            .map_err(|e| anyhow::anyhow!("BERTH_RESYNC: {e}"))?,
     });
     let registries: Api<Registry> = Api::all(client.clone());
     let owned = watcher::Config::default().labels(&format!(
@@ -84,35 +86,21 @@ async fn main() -> anyhow::Result<()> {
         berth_operator::labels::MANAGED_BY,
         berth_operator::labels::OPERATOR
     ));
-    // Caches are watched once: the ProxyCache controller's store also maps Secrets to Registries.
     let caches = Controller::new(Api::<ProxyCache>::all(client.clone()), watcher::Config::default());
     let cache_store = caches.store();
-    // Credentials Secrets are user objects without Berth's labels: watched as metadata only
-    // (an `Api` of `PartialObjectMeta` never transfers their data).
-    let secret_meta = || Api::<PartialObjectMeta<Secret>>::all(client.clone());
-    let by_store = cache_store.clone();
     let registry_base = Controller::new(registries.clone(), watcher::Config::default());
     let distributing = registry_base.store();
+    // Secrets are not watched: RBAC cannot narrow a list or watch of Secrets by label, so the
+    // operator may not list them at all (see the chart's RBAC). What happens to the Secrets it
+    // made, or to the ones users name, is picked up by the periodic resync of each resource.
     let registry_controller = registry_base
         .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<Secret>::all(client.clone()), owned.clone())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned)
-        // A ProxyCache, and the Secret it logs in with, are rendered into its Registry's config.
+        // A ProxyCache is rendered into its Registry's config.
         .watches(Api::<ProxyCache>::all(client.clone()), watcher::Config::default(), |pc: ProxyCache| {
             let ns = pc.namespace()?;
             Some(ObjectRef::<Registry>::new(&pc.spec.registry_ref.name).within(&ns))
-        })
-        // ... and a pull Secret it placed in another namespace (deleted or edited: put back).
-        .watches(secret_meta(), watcher::Config::default(), move |s: PartialObjectMeta<Secret>| {
-            let mut refs: Vec<ObjectRef<Registry>> = using_secret(&by_store, &s)
-                .into_iter()
-                .filter_map(|pc| Some(ObjectRef::new(&pc.spec.registry_ref.name).within(&pc.namespace()?)))
-                .collect();
-            if let Some((ns, name)) = pullsecrets::registry_of(s.labels()) {
-                refs.push(ObjectRef::new(&name).within(&ns));
-            }
-            refs
         })
         // A namespace that appears or changes labels may enter or leave a pull Secrets selection.
         .watches(
@@ -134,12 +122,8 @@ async fn main() -> anyhow::Result<()> {
                 tracing::debug!(error = %e, "reconcile");
             }
         });
-    let by_secret = cache_store.clone();
     let by_registry = cache_store;
     let cache_controller = caches
-        .watches(secret_meta(), watcher::Config::default(), move |s: PartialObjectMeta<Secret>| {
-            using_secret(&by_secret, &s).into_iter().map(|pc| ObjectRef::from_obj(&*pc))
-        })
         // A cache is Ready once its Registry serves it.
         .watches(registries, watcher::Config::default(), move |reg: Registry| {
             let (ns, name) = (reg.namespace(), reg.name_any());
@@ -169,19 +153,4 @@ async fn shutdown(ctrl_c: impl std::future::Future) {
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
     }
     tracing::info!("shutting down");
-}
-
-/// The ProxyCaches that log in with (or trust the CA in) this Secret.
-fn using_secret(caches: &Store<ProxyCache>, secret: &PartialObjectMeta<Secret>) -> Vec<Arc<ProxyCache>> {
-    let (ns, name) = (secret.namespace(), secret.name_any());
-    caches
-        .state()
-        .into_iter()
-        .filter(|pc| {
-            let u = &pc.spec.upstream;
-            pc.namespace() == ns
-                && (u.credentials_secret.as_deref() == Some(name.as_str())
-                    || u.ca_secret.as_deref() == Some(name.as_str()))
-        })
-        .collect()
 }

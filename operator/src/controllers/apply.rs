@@ -16,8 +16,18 @@ where
     K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
     K::DynamicType: Default,
 {
+    not_leading()?;
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     api.patch(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await
+}
+
+/// Every write checks leadership first: a reconcile that began while this process led must not
+/// write once it no longer does (a pause, or renewals that failed meanwhile).
+fn not_leading() -> Result<(), kube::Error> {
+    if crate::leader::still_leading() {
+        return Ok(());
+    }
+    Err(kube::Error::Service(Box::new(std::io::Error::other("this replica no longer leads"))))
 }
 
 /// Deletes objects of kind `K` labelled as children of `owner_uid`'s resource that are not in
@@ -33,6 +43,7 @@ where
     K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
     K::DynamicType: Default,
 {
+    not_leading()?;
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let mut removed = 0;
     for obj in api.list(&ListParams::default().labels(selector)).await? {

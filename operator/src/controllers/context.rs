@@ -14,6 +14,9 @@ pub struct Context {
     pub recorder: Recorder,
     pub default_image: String,
     pub metrics: Arc<Metrics>,
+    /// How often a resource is reconciled with nothing changed: Secrets are not watched, so this
+    /// is how soon a deleted Secret comes back or a changed credential is checked.
+    pub resync: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]

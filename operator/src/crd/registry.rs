@@ -123,6 +123,9 @@ pub struct PullSecretsStatus {
     pub secret_name: Option<String>,
     /// Namespaces that hold an up-to-date Secret.
     pub namespaces: Option<i32>,
+    /// Where the operator placed the Secret: it removes them from here when a namespace leaves the
+    /// selection, without listing Secrets across the cluster (its RBAC allows no such list).
+    pub placed: Option<Vec<String>>,
     /// Namespaces where it could not be placed, and why.
     pub failed: Option<Vec<NamespaceFailure>>,
 }

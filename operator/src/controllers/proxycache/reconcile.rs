@@ -18,14 +18,17 @@ use crate::crd::proxycache::ProxyCache;
 use crate::crd::registry::TlsMode;
 use crate::crd::Registry;
 
-/// How often a healthy cache's upstream is checked again.
-const RECHECK: Duration = Duration::from_secs(300);
 const RETRY: Duration = Duration::from_secs(30);
 /// The check must answer quickly: it runs inside a reconcile.
 const CHECK_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CHECK_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn reconcile(pc: Arc<ProxyCache>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !crate::leader::still_leading() {
+        tracing::debug!(proxycache = %pc.name_any(), "not leading; leaving it to the leader");
+        return Ok(Action::await_change());
+    }
+    tracing::debug!(proxycache = %pc.name_any(), "reconciling");
     let started = Instant::now();
     let result = reconcile_inner(&pc, &ctx).await;
     ctx.metrics.observe("ProxyCache", started.elapsed(), result.as_ref().err().map(Error::label));
@@ -60,7 +63,7 @@ async fn reconcile_inner(pc: &ProxyCache, ctx: &Context) -> Result<Action, Error
     Ok(if obs.suspended {
         Action::await_change()
     } else if now_ready {
-        Action::requeue(RECHECK)
+        Action::requeue(ctx.resync)
     } else {
         Action::requeue(RETRY)
     })
@@ -79,15 +82,16 @@ async fn observe(pc: &ProxyCache, ctx: &Context, ns: &str) -> Result<Observed, E
         return Ok(obs);
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let (credentials, username, has_token) = match &pc.spec.upstream.credentials_secret {
-        None => (Credentials::None, None, false),
+    // The one place the operator reads a user's Secret: to log in to the upstream as berth will.
+    let credentials = match &pc.spec.upstream.credentials_secret {
+        None => Credentials::None,
         Some(name) => match secrets.get_opt(name).await? {
             None => {
                 obs.credentials = CredentialsState::Unusable(
                     "SecretNotFound".into(),
                     format!("credentials Secret {name} does not exist"),
                 );
-                (Credentials::None, None, false)
+                Credentials::None
             }
             Some(secret) => {
                 let c = credentials(&secret);
@@ -98,12 +102,7 @@ async fn observe(pc: &ProxyCache, ctx: &Context, ns: &str) -> Result<Observed, E
                     ),
                     _ => CredentialsState::Loaded,
                 };
-                let username = match &c {
-                    Credentials::Basic { user, .. } => Some(user.clone()),
-                    _ => None,
-                };
-                let has_token = matches!(c, Credentials::Bearer(_));
-                (c, username, has_token)
+                c
             }
         },
     };
@@ -113,7 +112,7 @@ async fn observe(pc: &ProxyCache, ctx: &Context, ns: &str) -> Result<Observed, E
     if matches!(obs.credentials, CredentialsState::Unusable(..)) {
         spec.upstream.credentials_secret = None;
     }
-    let source = ProxySource { name: pc.name_any(), spec, username, has_token };
+    let source = ProxySource { name: pc.name_any(), spec };
     let rendered = proxies::upstreams(std::slice::from_ref(&source)).map(|p| p.upstreams.into_iter().next());
     let mut config = match rendered {
         Ok(Some(u)) => u,

@@ -68,11 +68,32 @@ pub fn hosts_toml(prefix: &str, upstream_url: &str, registry: &RegistryView) -> 
     out
 }
 
+/// Longest message an upstream's answer may put into a condition.
+pub const PROBE_MESSAGE_MAX: usize = 160;
+
+/// An upstream's words as one short line: whatever a URL a user wrote answers, status carries at
+/// most this much of it (no bodies, no control characters).
+pub fn short_line(text: &str) -> String {
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let clean: String = line.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if clean.chars().count() <= PROBE_MESSAGE_MAX {
+        return clean;
+    }
+    let cut: String = clean.chars().take(PROBE_MESSAGE_MAX - 1).collect();
+    format!("{cut}…")
+}
+
 pub fn compute(pc: &ProxyCache, obs: &Observed, now: Time) -> ProxyCacheStatus {
     let previous = pc.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
     let pull_prefix = obs.registry.as_ref().map(|r| format!("{}/{}", r.endpoint, obs.prefix));
+    let probe = obs.probe.as_ref().map(|p| {
+        p.as_ref().map(|_| ()).map_err(|f| match f {
+            ProbeFailure::Unreachable(m) => ProbeFailure::Unreachable(short_line(m)),
+            ProbeFailure::Rejected(m) => ProbeFailure::Rejected(short_line(m)),
+        })
+    });
 
-    let (reachable, credentials) = match (&obs.credentials, &obs.probe) {
+    let (reachable, credentials) = match (&obs.credentials, &probe) {
         (CredentialsState::Unusable(reason, message), probe) => (
             match probe {
                 Some(Err(ProbeFailure::Unreachable(m))) => {

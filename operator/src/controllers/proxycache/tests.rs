@@ -1,7 +1,10 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use super::status::{compute, hosts_toml, CredentialsState, Observed, ProbeFailure, RegistryView};
+use super::status::{
+    compute, hosts_toml, short_line, CredentialsState, Observed, ProbeFailure, RegistryView,
+    PROBE_MESSAGE_MAX,
+};
 use crate::crd::common::condition;
 use crate::crd::proxycache::{LocalRef, ProxyCache, ProxyCacheSpec, ProxyCacheStatus, Upstream};
 
@@ -87,6 +90,21 @@ fn rejected_credentials_stall_with_the_upstreams_words() {
     assert_eq!(cond(&s, "Ready").1, "Rejected");
     assert_eq!(cond(&s, "Stalled").0, "True");
     assert_eq!(cond(&s, "Reconciling").0, "False");
+}
+
+#[test]
+fn an_upstream_puts_at_most_one_short_line_into_status() {
+    let page = format!("upstream x answered 500: <html>\n<body>{}</body>\n</html>", "spam ".repeat(500));
+    for probe in [ProbeFailure::Unreachable(page.clone()), ProbeFailure::Rejected(page.clone())] {
+        let obs = Observed { probe: Some(Err(probe)), ..healthy() };
+        let s = compute(&cache(), &obs, at(100));
+        for c in s.conditions.as_deref().unwrap() {
+            assert!(c.message.chars().count() <= PROBE_MESSAGE_MAX, "{}: {} chars", c.type_, c.message.len());
+            assert!(!c.message.contains('\n') && !c.message.contains("spam"), "{}", c.message);
+        }
+    }
+    assert_eq!(short_line("\n  connection refused \r\n more"), "connection refused");
+    assert_eq!(short_line("a\u{7}b"), "a b");
 }
 
 #[test]

@@ -22,7 +22,6 @@ use crate::crd::registry::{NamespaceFailure, PullSecretsSpec, PullSecretsStatus}
 use crate::crd::Registry;
 use crate::labels;
 
-/// The robot every distributed pull Secret logs in as (pull on every repository).
 pub const FINALIZER: &str = "berth.dev/pull-secrets";
 pub const REGISTRY_NAMESPACE: &str = "berth.dev/registry-namespace";
 const COMPONENT: &str = "pull-secret";
@@ -36,10 +35,6 @@ pub fn secret_labels(reg: &Registry) -> BTreeMap<String, String> {
     let mut l = labels::child(&reg.name_any(), COMPONENT);
     l.insert(REGISTRY_NAMESPACE.into(), reg.namespace().unwrap_or_default());
     l
-}
-
-fn selector(reg: &Registry) -> String {
-    secret_labels(reg).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 /// The Registry a pull Secret belongs to, from its labels.
@@ -133,26 +128,35 @@ pub async fn distribute(
         .collect();
     let wanted = selected(&all, spec);
     let mut failed = vec![];
-    let mut served = 0;
+    let mut placed = vec![];
     for ns in &wanted {
         match place(client, reg, spec, &name, ns, docker_config).await {
-            Ok(()) => served += 1,
+            Ok(()) => placed.push(ns.clone()),
             Err(reason) => failed.push(NamespaceFailure { namespace: ns.clone(), reason }),
         }
     }
-    // Ours, where it is no longer wanted (or under an old name).
-    let everywhere: Api<Secret> = Api::all(client.clone());
-    for s in everywhere.list(&ListParams::default().labels(&selector(reg))).await? {
-        let ns = s.namespace().unwrap_or_default();
-        if !wanted.contains(&ns) || s.name_any() != name {
-            remove(client, spec, &s.name_any(), &ns).await?;
+    // Ours where it no longer belongs (a namespace left the selection, or the name changed), by
+    // the record of where it was placed.
+    let (before, old_name) = previous(reg);
+    for ns in before {
+        if !wanted.contains(&ns) || old_name != name {
+            remove(client, spec, &old_name, &ns).await?;
         }
     }
+    placed.sort();
     Ok(PullSecretsStatus {
         secret_name: Some(name),
-        namespaces: Some(served),
+        namespaces: Some(placed.len() as i32),
+        placed: Some(placed),
         failed: (!failed.is_empty()).then_some(failed),
     })
+}
+
+/// Where the last reconcile placed the Secret, and under which name.
+fn previous(reg: &Registry) -> (Vec<String>, String) {
+    let status = reg.status.as_ref().and_then(|s| s.pull_secrets.clone()).unwrap_or_default();
+    let name = status.secret_name.unwrap_or_else(|| format!("{}-pull", reg.name_any()));
+    (status.placed.unwrap_or_default(), name)
 }
 
 async fn place(
@@ -225,9 +229,9 @@ pub async fn withdraw(
     reg: &Registry,
     spec: &PullSecretsSpec,
 ) -> Result<(), kube::Error> {
-    let everywhere: Api<Secret> = Api::all(client.clone());
-    for s in everywhere.list(&ListParams::default().labels(&selector(reg))).await? {
-        remove(client, spec, &s.name_any(), &s.namespace().unwrap_or_default()).await?;
+    let (placed, name) = previous(reg);
+    for ns in placed {
+        remove(client, spec, &name, &ns).await?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -21,7 +21,7 @@ use super::pullsecrets;
 use super::status::{self, Observed, SetState};
 use super::tls::{self, TlsError};
 use crate::controllers::apply::{apply, prune};
-use crate::controllers::render::auth::{robots_secret_name, token_key_secret_name, PULL_ROBOT};
+use crate::controllers::render::auth::PULL_ROBOT;
 use crate::controllers::render::proxies::{self, ProxySource};
 use crate::controllers::render::BuildError;
 use crate::controllers::{publish_readiness, Context, Error};
@@ -31,6 +31,11 @@ use crate::crd::Registry;
 use crate::labels;
 
 pub async fn reconcile(reg: Arc<Registry>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !crate::leader::still_leading() {
+        tracing::debug!(registry = %reg.name_any(), "not leading; leaving it to the leader");
+        return Ok(Action::await_change());
+    }
+    tracing::debug!(registry = %reg.name_any(), "reconciling");
     let started = Instant::now();
     let result = reconcile_inner(&reg, &ctx).await;
     ctx.metrics.observe("Registry", started.elapsed(), result.as_ref().err().map(Error::label));
@@ -83,11 +88,13 @@ async fn reconcile_inner(reg: &Registry, ctx: &Context) -> Result<Action, Error>
         };
         publish_readiness(ctx, reg, now_ready, &message).await;
     }
-    // Certificates are checked for renewal at least every few hours even when nothing changes.
+    // Secrets are not watched (the operator may not list them), so a Secret it made that someone
+    // deleted, a pull Secret removed from a namespace, or a certificate due for renewal is put
+    // right by this periodic pass.
     Ok(if now_ready {
-        Action::requeue(Duration::from_secs(3 * 3600))
+        Action::requeue(ctx.resync)
     } else {
-        Action::requeue(Duration::from_secs(30))
+        Action::requeue(ctx.resync.min(Duration::from_secs(30)))
     })
 }
 
@@ -180,14 +187,8 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
     )
     .await?;
     prune::<Service>(&ctx.client, ns, &selector, &uid, keep.get("Service").unwrap_or(&none)).await?;
-    let mut secrets = keep.get("Secret").cloned().unwrap_or_default();
-    secrets.extend([
-        tls::ca_secret_name(reg),
-        tls::tls_secret_name(reg),
-        robots_secret_name(reg),
-        token_key_secret_name(reg),
-    ]);
-    prune::<Secret>(&ctx.client, ns, &selector, &uid, &secrets).await?;
+    // Secrets are not pruned: every one the operator makes has a name it keeps (config, CA, serving
+    // certificate, robots, token key), and its RBAC lets it list none.
     grow_claims(reg, ctx, ns, obs).await?;
     match (&reg.spec.pull_secrets, pull_secret) {
         (Some(spec), Some(password)) => {
@@ -260,26 +261,16 @@ async fn set_finalizer(ctx: &Context, reg: &Registry, on: bool) -> Result<(), Er
     Ok(())
 }
 
-/// The ProxyCaches naming this Registry, with what their credentials Secrets hold.
+/// The ProxyCaches naming this Registry.
 async fn proxy_sources(reg: &Registry, ctx: &Context, ns: &str) -> Result<Vec<ProxySource>, Error> {
     let caches: Api<ProxyCache> = Api::namespaced(ctx.client.clone(), ns);
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let mut out = vec![];
-    for pc in caches.list(&ListParams::default()).await? {
-        if pc.spec.registry_ref.name != reg.name_any() {
-            continue;
-        }
-        let (mut username, mut has_token) = (None, false);
-        if let Some(name) = &pc.spec.upstream.credentials_secret {
-            if let Some(secret) = secrets.get_opt(name).await? {
-                let data = secret.data.unwrap_or_default();
-                username = data.get("username").and_then(|v| String::from_utf8(v.0.clone()).ok());
-                has_token = data.contains_key("token");
-            }
-        }
-        out.push(ProxySource { name: pc.name_any(), spec: pc.spec.clone(), username, has_token });
-    }
-    Ok(out)
+    Ok(caches
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .filter(|pc| pc.spec.registry_ref.name == reg.name_any())
+        .map(|pc| ProxySource { name: pc.name_any(), spec: pc.spec })
+        .collect())
 }
 
 async fn observe(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -> Result<(), Error> {

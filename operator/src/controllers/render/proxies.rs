@@ -1,9 +1,9 @@
 //! The `ProxyCache`s of a `Registry`, rendered into berth's `proxy.upstreams` and the volumes
-//! that carry their credentials. Pure: the reconciler looks the resources and Secrets up.
+//! that carry their credentials. Pure: the reconciler looks the resources up.
 //!
-//! Credentials stay in their Secret: it is mounted into the pod, and berth reads the password or
-//! token file whenever it logs in, so a rotated Secret needs no restart. Only the user name (not
-//! secret) is copied into the config.
+//! Credentials stay in their Secret, which the operator never reads to render them: it is
+//! mounted into the pod as a credentials directory (`token`, or `username` and `password`), and
+//! berth reads it whenever it logs in, so a rotated Secret needs no restart.
 
 use berth_core::config::{duration, size, ProxyConfig, RevalidateRule, UpstreamConfig};
 
@@ -12,15 +12,11 @@ use crate::crd::proxycache::ProxyCacheSpec;
 
 pub const PROXY_SECRETS_DIR: &str = "/etc/berth/proxy";
 
-/// A `ProxyCache` and what its credentials Secret holds.
+/// A `ProxyCache` by name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProxySource {
     pub name: String,
     pub spec: ProxyCacheSpec,
-    /// The `username` key of the credentials Secret.
-    pub username: Option<String>,
-    /// Whether the credentials Secret holds a `token` (used instead of username and password).
-    pub has_token: bool,
 }
 
 /// The served prefix: the one given, else the upstream's host name without its port.
@@ -86,16 +82,7 @@ fn upstream(s: &ProxySource) -> Result<UpstreamConfig, BuildError> {
     u.default = spec.default_upstream == Some(true);
     u.insecure = spec.upstream.insecure_skip_verify == Some(true);
     if spec.upstream.credentials_secret.is_some() {
-        let dir = credentials_dir(s);
-        if s.has_token {
-            u.token_file = Some(format!("{dir}/token").into());
-        } else {
-            let user = s.username.clone().ok_or_else(|| {
-                invalid(s, "the credentials Secret needs a `username` and `password`, or a `token`".into())
-            })?;
-            u.username = Some(user);
-            u.password_file = Some(format!("{dir}/password").into());
-        }
+        u.credentials_dir = Some(credentials_dir(s).into());
     }
     if spec.upstream.ca_secret.is_some() {
         u.ca_file = Some(format!("{}/ca.crt", ca_dir(s)).into());
@@ -171,8 +158,6 @@ mod tests {
                 upstream: Upstream { url: url.into(), ..Upstream::default() },
                 ..ProxyCacheSpec::default()
             },
-            username: None,
-            has_token: false,
         }
     }
 
@@ -191,7 +176,6 @@ mod tests {
         hub.spec.prefix = Some("docker.io".into());
         hub.spec.default_upstream = Some(true);
         hub.spec.upstream.credentials_secret = Some("hub-creds".into());
-        hub.username = Some("robot".into());
         hub.spec.repositories =
             Some(RepositoryFilter { include: Some(vec!["library/**".into()]), exclude: None });
         hub.spec.freshness = Some(Freshness {
@@ -206,7 +190,6 @@ mod tests {
         hub.spec.size_limit = Some("50Gi".into());
         let mut ghcr = source("ghcr", "https://ghcr.io");
         ghcr.spec.upstream.credentials_secret = Some("ghcr-token".into());
-        ghcr.has_token = true;
         let mut off = source("off", "https://quay.io");
         off.spec.suspend = Some(true);
 
@@ -215,18 +198,19 @@ mod tests {
         assert_eq!(names, ["ghcr.io", "docker.io"], "sorted by ProxyCache name, suspended left out");
         let d = &p.upstreams[1];
         assert!(d.default && d.library_rule());
-        assert_eq!(d.username.as_deref(), Some("robot"));
         assert_eq!(
-            d.password_file.as_deref(),
-            Some(std::path::Path::new("/etc/berth/proxy/hub/credentials/password"))
+            d.credentials_dir.as_deref(),
+            Some(std::path::Path::new("/etc/berth/proxy/hub/credentials")),
+            "the Secret's files, read by berth: the operator copies nothing out of it"
         );
+        assert_eq!(d.username, None);
         assert_eq!(d.revalidate_after.as_secs(), 600);
         assert_eq!(d.revalidate[0].repositories, "library/*-nightly");
         assert!(d.revalidate[0].after.is_zero());
         assert_eq!(d.max_size, Some(50 << 30));
         assert_eq!(
-            p.upstreams[0].token_file.as_deref(),
-            Some(std::path::Path::new("/etc/berth/proxy/ghcr/credentials/token"))
+            p.upstreams[0].credentials_dir.as_deref(),
+            Some(std::path::Path::new("/etc/berth/proxy/ghcr/credentials"))
         );
 
         let (mounts, volumes) = volumes(&[hub, ghcr]);
@@ -252,9 +236,5 @@ mod tests {
             matches!(&e, BuildError::InvalidProxyCache { name, message } if name == "b" && message.contains("two upstreams")),
             "{e}"
         );
-
-        let mut c = source("c", "https://x.example");
-        c.spec.upstream.credentials_secret = Some("s".into());
-        assert!(upstreams(&[c]).unwrap_err().to_string().contains("username"));
     }
 }
