@@ -31,6 +31,7 @@ TOOLS=(
   "helm|$HELM_VERSION|helm.sh/helm/v3|./cmd/helm"
   # The S3-compatible object store for storage tests (MinIO's last source release on the proxy).
   "minio|v0.0.0-20260212201848-7aac2a2c5b7c|github.com/minio/minio|."
+  "weed|v0.0.0-20261109003541-7506e5f91cd6|github.com/seaweedfs/seaweedfs|./weed"
   "kubeconform|$KUBECONFORM_VERSION|github.com/yannh/kubeconform|./cmd/kubeconform"
   # Benchmarks only, and refused by the module proxy here (403): never in the default set.
   "zot|v2.1.8|zotregistry.dev/zot/v2|./cmd/zot"

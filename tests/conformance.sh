@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The OCI distribution-spec conformance suites against a fresh `berth`, every workflow enabled:
 # the Ginkgo suite of the v1.1 release line, and the current suite of the spec's main branch.
+#   tests/conformance.sh [berth serve args...]   (tests/s3.sh passes a config with S3 storage)
 source "$(dirname "$0")/lib.sh"
 source "$ROOT/scripts/tools.sh"
 
@@ -55,8 +56,8 @@ run_main_suite() {
   return $rc
 }
 
-echo "== OCI distribution-spec conformance"
-start_berth
+echo "== OCI distribution-spec conformance${*:+ (berth serve $*)}"
+start_berth "$@" || { cat "$BERTH_DIR/log"; exit 1; }
 REPORTS=$(mktemp -d)
 on_exit "rm -rf $REPORTS"
 check "v1.1 suite (automatic cross-mount)" run_release_suite "$REPORTS/auto" OCI_AUTOMATIC_CROSSMOUNT=1

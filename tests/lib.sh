@@ -95,12 +95,22 @@ start_minio() {
   wait_for "$MINIO_URL/minio/health/ready" 30
 }
 
-# s3 METHOD PATH [curl args...]: one SigV4-signed request to the MinIO of start_minio.
-s3() {
-  local method=$1 path=$2
-  shift 2
-  curl -sS -f -X "$method" --aws-sigv4 "aws:amz:us-east-1:s3" --user "$MINIO_USER:$MINIO_PASSWORD" \
-    -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@" "$MINIO_URL$path"
+# start_seaweedfs DIR: SeaweedFS (`weed mini`: master, volume, filer and S3 gateway in one process)
+# under DIR, every port its own, nothing but S3 served; sets SEAWEED_URL, SEAWEED_USER,
+# SEAWEED_PASSWORD (an admin identity, from the AWS_* variables weed reads at start).
+start_seaweedfs() {
+  local dir=$1 p=()
+  for _ in 1 2 3 4 5 6 7 8; do p+=("$(free_port)"); done
+  mkdir -p "$dir/data"
+  SEAWEED_URL=http://127.0.0.1:${p[0]} SEAWEED_USER=berth-test SEAWEED_PASSWORD=berth-test-secret
+  AWS_ACCESS_KEY_ID=$SEAWEED_USER AWS_SECRET_ACCESS_KEY=$SEAWEED_PASSWORD \
+    "$(tool_path weed)" mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    -s3.port="${p[0]}" -s3.port.grpc="${p[1]}" -master.port="${p[2]}" -master.port.grpc="${p[3]}" \
+    -volume.port="${p[4]}" -volume.port.grpc="${p[5]}" -filer.port="${p[6]}" -filer.port.grpc="${p[7]}" \
+    -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false -admin.ui=false -admin.port.legacy=0 \
+    -master.telemetry=false >"$dir/weed.log" 2>&1 &
+  on_exit "kill $!"
+  wait_for "$SEAWEED_URL/" 60
 }
 
 # start_postgres: a PostgreSQL cluster of its own in a fresh temp dir (trust auth, loopback only);

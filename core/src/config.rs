@@ -8,7 +8,7 @@
 //! data_dir: ./berth-data
 //! log: { level: info, format: text }        # format: text | json
 //! tls: { cert: tls.crt, key: tls.key }      # reloaded when the files change
-//! storage: { kind: filesystem }             # path defaults to <data_dir>/storage; or kind: memory
+//! storage: { kind: filesystem }             # path defaults to <data_dir>/storage; or memory, or s3 (S3Config)
 //! metadata: { kind: sqlite }                # path defaults to <data_dir>/meta.db
 //! limits: { max_manifest_bytes: 4194304, upload_ttl: 24h, max_connections: 4096 }   # see LimitsConfig
 //! external_url: https://registry.example.com   # token realm; default: each request's own host
@@ -28,10 +28,12 @@ use serde::{Deserialize, Serialize};
 pub mod auth;
 mod limits;
 pub mod proxy;
+mod s3;
 mod units;
 
 pub use limits::LimitsConfig;
 pub use proxy::{ProxyConfig, RevalidateRule, UpstreamConfig};
+pub use s3::S3Config;
 pub use units::{duration, size};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,6 +161,7 @@ pub enum StorageConfig {
         path: Option<PathBuf>,
     },
     Memory,
+    S3(S3Config),
 }
 
 impl Default for StorageConfig {
@@ -265,6 +268,18 @@ impl Config {
         if let Some(addr) = &self.metrics.listen {
             parse_listen(addr).map_err(|m| ("metrics.listen", m))?;
         }
+        if let StorageConfig::S3(s3) = &self.storage {
+            s3.validate()?;
+        }
+        if let (StorageConfig::Memory, MetadataConfig::Sqlite { path: Some(_) }) =
+            (&self.storage, &self.metadata)
+        {
+            return Err((
+                "metadata.path",
+                "memory storage keeps its metadata in memory too: a database file would outlive the blobs"
+                    .into(),
+            ));
+        }
         if let Some(tls) = &self.tls {
             if tls.cert.as_os_str().is_empty() || tls.key.as_os_str().is_empty() {
                 return Err(("tls", "cert and key are both required".into()));
@@ -282,13 +297,18 @@ impl Config {
             StorageConfig::Filesystem { path } => {
                 Some(path.clone().unwrap_or_else(|| self.data_dir.join("storage")))
             }
-            StorageConfig::Memory => None,
+            StorageConfig::Memory | StorageConfig::S3(_) => None,
         }
     }
 
-    pub fn sqlite_path(&self) -> PathBuf {
-        match &self.metadata {
-            MetadataConfig::Sqlite { path } => path.clone().unwrap_or_else(|| self.data_dir.join("meta.db")),
+    /// Where the SQLite database lives; `None` with memory storage, whose metadata must not
+    /// outlive its blobs (a database kept across a restart would report gone blobs present).
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        match (&self.metadata, &self.storage) {
+            (MetadataConfig::Sqlite { path: None }, StorageConfig::Memory) => None,
+            (MetadataConfig::Sqlite { path }, _) => {
+                Some(path.clone().unwrap_or_else(|| self.data_dir.join("meta.db")))
+            }
         }
     }
 }
@@ -318,7 +338,38 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.listen_addr().unwrap().port(), 5000);
         assert_eq!(c.storage_path(), Some(PathBuf::from("./berth-data/storage")));
-        assert_eq!(c.sqlite_path(), PathBuf::from("./berth-data/meta.db"));
+        assert_eq!(c.sqlite_path(), Some(PathBuf::from("./berth-data/meta.db")));
+    }
+
+    #[test]
+    fn s3_storage() {
+        let text = "storage: {kind: s3, bucket: berth, endpoint: 'http://127.0.0.1:9000', path_style: true, \
+                    credentials_dir: /etc/berth/s3}\n";
+        let c = Config::from_yaml(text, "c.yaml").unwrap();
+        let StorageConfig::S3(s3) = &c.storage else { panic!("{:?}", c.storage) };
+        assert_eq!((s3.bucket.as_str(), s3.path_style), ("berth", true));
+        assert_eq!(c.storage_path(), None);
+        assert_eq!(c.sqlite_path(), Some(PathBuf::from("./berth-data/meta.db")), "metadata stays on disk");
+        for (bad, field) in [
+            ("storage: {kind: s3, bucket: Berth}", "storage.bucket"),
+            ("storage: {kind: s3, bucket: b}", "storage.bucket"),
+            ("storage: {kind: s3, bucket: berth, endpoint: 'minio:9000'}", "storage.endpoint"),
+            ("storage: {kind: s3, bucket: berth, prefix: '../x'}", "storage.prefix"),
+            ("storage: {kind: s3}", "storage"),
+        ] {
+            let e = Config::from_yaml(bad, "c.yaml").unwrap_err();
+            assert!(e.to_string().contains(field), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn memory_storage_keeps_metadata_in_memory() {
+        let c = Config::from_yaml("storage: {kind: memory}\n", "c.yaml").unwrap();
+        assert_eq!((c.storage_path(), c.sqlite_path()), (None, None));
+        let e =
+            Config::from_yaml("storage: {kind: memory}\nmetadata: {kind: sqlite, path: /m.db}\n", "c.yaml")
+                .unwrap_err();
+        assert!(e.to_string().contains("metadata.path"), "{e}");
     }
 
     #[test]

@@ -393,6 +393,10 @@ impl Storage for Instrumented {
         r
     }
 
+    async fn check(&self) -> Result<(), StorageError> {
+        self.inner.check().await
+    }
+
     fn adopts_from(&self, dir: &std::path::Path) -> bool {
         self.inner.adopts_from(dir)
     }

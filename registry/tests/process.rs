@@ -353,3 +353,29 @@ async fn a_tls_client_that_never_says_hello_is_disconnected() {
     let closed = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut got)).await;
     assert!(closed.is_ok(), "a client that never sent a ClientHello was let go");
 }
+
+/// Memory storage loses its blobs on restart; its metadata must go with them, or a restarted
+/// berth reports blobs present that it can no longer serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_storage_forgets_its_metadata_with_its_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("berth.yaml");
+    std::fs::write(&config, "storage: {kind: memory}\n").unwrap();
+    let addr = free_addr();
+    let args = ["--config", config.to_str().unwrap()];
+    let berth = Berth::spawn(&dir.path().join("data"), &addr, &args).await;
+    let digest =
+        common::upstream::push_blob_to(&berth.url, "mem/app", bytes::Bytes::from_static(b"fleeting")).await;
+    let head = |url: String| async move { client().head(url).send().await.unwrap().status() };
+    let blob = format!("{}/v2/mem/app/blobs/{digest}", berth.url);
+    assert_eq!(head(blob.clone()).await, StatusCode::OK);
+    drop(berth);
+
+    let berth = Berth::spawn(&dir.path().join("data"), &addr, &args).await;
+    assert_eq!(head(blob).await, StatusCode::NOT_FOUND, "the blob is gone, and berth says so");
+    let catalog: serde_json::Value =
+        client().get(format!("{}/v2/_catalog", berth.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(catalog["repositories"], serde_json::json!([]));
+    drop(berth);
+    assert!(!dir.path().join("data/meta.db").exists(), "no database file in the data directory");
+}

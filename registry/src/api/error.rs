@@ -11,6 +11,7 @@ use super::path::RouteError;
 use crate::meta::cache::ContentKind;
 use crate::proxy::ProxyError;
 use crate::service::ServiceError;
+use crate::storage::StorageError;
 use berth_client::UpstreamError;
 use berth_core::oci::name::ReferenceError;
 
@@ -180,6 +181,13 @@ impl From<&ServiceError> for ApiError {
             ServiceError::ManifestTooLarge { .. } => Code::ManifestTooLarge,
             ServiceError::Storage(s) if s.is_full() => Code::StorageFull,
             ServiceError::Meta(crate::meta::MetaError::Full) => Code::StorageFull,
+            ServiceError::Storage(StorageError::Unavailable(reason)) => {
+                tracing::error!(%reason, "object storage did not serve a request");
+                return ApiError::new(
+                    Code::ServiceUnavailable,
+                    "the registry's storage is unavailable; try again shortly",
+                );
+            }
             ServiceError::Storage(_) | ServiceError::Meta(_) => Code::Unknown,
         };
         if code == Code::StorageFull {

@@ -24,10 +24,11 @@ use crate::proxy::Proxy;
 use crate::service::{Limits, Registry};
 use crate::storage::fs::FsStorage;
 use crate::storage::memory::MemoryStorage;
+use crate::storage::s3::{S3Options, S3Storage};
 use crate::storage::Storage;
 use crate::telemetry::Metrics;
 use crate::tls::{self, TlsError};
-use berth_core::config::{Config, StorageConfig};
+use berth_core::config::{Config, S3Config, StorageConfig};
 
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -47,6 +48,35 @@ pub enum ServeError {
     Config(String),
 }
 
+/// The bucket as configured, with its credentials from `credentials_dir` (the files a mounted
+/// Secret's `accessKeyId` and `secretAccessKey` keys become) or the usual AWS variables.
+fn s3_storage(c: &S3Config) -> Result<S3Storage, ServeError> {
+    let fail = |m: String| ServeError::Config(format!("storage: {m}"));
+    let secret = |file: &str, var: &str| -> Result<String, ServeError> {
+        match &c.credentials_dir {
+            Some(dir) => std::fs::read_to_string(dir.join(file))
+                .map(|v| v.trim().to_owned())
+                .map_err(|e| fail(format!("reading {}: {e}", dir.join(file).display()))),
+            None => std::env::var(var).map_err(|_| fail(format!("no credentials_dir and {var} is not set"))),
+        }
+    };
+    let ca_pem = match &c.ca_file {
+        Some(f) => Some(std::fs::read(f).map_err(|e| fail(format!("reading {}: {e}", f.display())))?),
+        None => None,
+    };
+    S3Storage::new(&S3Options {
+        bucket: c.bucket.clone(),
+        prefix: c.prefix.clone().unwrap_or_default(),
+        region: c.region.clone().unwrap_or_default(),
+        endpoint: c.endpoint.clone().unwrap_or_default(),
+        path_style: c.path_style,
+        access_key_id: secret("accessKeyId", "AWS_ACCESS_KEY_ID")?,
+        secret_access_key: secret("secretAccessKey", "AWS_SECRET_ACCESS_KEY")?,
+        ca_pem,
+    })
+    .map_err(fail)
+}
+
 /// Opens storage and metadata as configured and wires up the application state.
 pub fn build_state(config: &Config) -> Result<AppState, ServeError> {
     let metrics = Arc::new(Metrics::new());
@@ -56,9 +86,13 @@ pub fn build_state(config: &Config) -> Result<AppState, ServeError> {
                 .map_err(|source| ServeError::Storage { path: path.display().to_string(), source })?;
             Arc::new(fs)
         }
+        (StorageConfig::S3(s3), _) => Arc::new(s3_storage(s3)?),
         _ => Arc::new(MemoryStorage::new()),
     };
-    let meta = Arc::new(SqliteMeta::open(config.sqlite_path())?);
+    let meta = Arc::new(match config.sqlite_path() {
+        Some(path) => SqliteMeta::open(path)?,
+        None => SqliteMeta::temporary()?,
+    });
     let limits = Limits {
         max_manifest_bytes: usize::try_from(config.limits.max_manifest_bytes).unwrap_or(usize::MAX),
         upload_ttl: config.limits.upload_ttl,

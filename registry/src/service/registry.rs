@@ -80,7 +80,7 @@ impl Registry {
     /// Checks that storage and metadata answer; used by `/readyz`.
     pub async fn ready(&self) -> Result<()> {
         self.meta.count_uploads().await?;
-        self.storage.stat(&crate::storage::layout::blobs_root()).await?;
+        self.storage.check().await?;
         Ok(())
     }
 }

@@ -72,6 +72,16 @@ async fn blocking<T: Send + 'static>(
 
 #[async_trait::async_trait]
 impl Storage for FsStorage {
+    async fn check(&self) -> Result<(), StorageError> {
+        // The root is there and a directory (an unmounted or removed volume is not).
+        let meta = tokio::fs::metadata(&self.root).await?;
+        if meta.is_dir() {
+            Ok(())
+        } else {
+            Err(StorageError::Io(io::Error::other(format!("{} is not a directory", self.root.display()))))
+        }
+    }
+
     async fn stat(&self, key: &Key) -> Result<Option<u64>, StorageError> {
         let path = self.path(key);
         blocking(move || Ok(not_found_to_none(fs::metadata(&path))?.filter(|m| m.is_file()).map(|m| m.len())))

@@ -27,6 +27,10 @@ fn lock_err() -> StorageError {
 
 #[async_trait::async_trait]
 impl Storage for MemoryStorage {
+    async fn check(&self) -> Result<(), StorageError> {
+        self.objects.read().map(|_| ()).map_err(|_| lock_err())
+    }
+
     async fn stat(&self, key: &Key) -> Result<Option<u64>, StorageError> {
         let map = self.objects.read().map_err(|_| lock_err())?;
         Ok(map.get(key).map(|b| b.len() as u64))

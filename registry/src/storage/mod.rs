@@ -12,6 +12,7 @@
 pub mod fs;
 pub mod layout;
 pub mod memory;
+pub mod s3;
 #[cfg(test)]
 pub(crate) mod testsuite;
 
@@ -44,6 +45,10 @@ pub enum StorageError {
     NotFound,
     #[error("storage I/O failed: {0}")]
     Io(#[from] io::Error),
+    /// A remote store (S3) did not serve the request: unreachable, refusing the credentials,
+    /// without the bucket, or failing. Clients hear 503 and may retry; the reason is logged.
+    #[error("object storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StorageError {
@@ -51,7 +56,7 @@ impl StorageError {
     pub fn is_full(&self) -> bool {
         match self {
             StorageError::Io(e) => is_full(e),
-            StorageError::NotFound => false,
+            StorageError::NotFound | StorageError::Unavailable(_) => false,
         }
     }
 }
@@ -81,6 +86,10 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Keys of all objects under `prefix`, sorted.
     async fn list(&self, prefix: &Key) -> Result<Vec<Key>, StorageError>;
+
+    /// Whether the store answers, for `/readyz`: an error names what is wrong (unreachable,
+    /// refused credentials, no such bucket).
+    async fn check(&self) -> Result<(), StorageError>;
 
     /// Whether [`Storage::adopt`] can take files from the local directory `dir`: true only for a
     /// backend that keeps its objects as files on the same filesystem.

@@ -8,6 +8,7 @@ use crate::UploadId;
 use berth_core::oci::{Algorithm, Digest};
 
 pub(crate) async fn run(s: &dyn Storage) {
+    s.check().await.expect("a working store passes its readiness check");
     missing_objects(s).await;
     write_commit_read(s).await;
     ranges(s).await;

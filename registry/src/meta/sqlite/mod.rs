@@ -36,6 +36,17 @@ struct Inner {
     path: PathBuf,
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
+    /// A directory of this process's own, removed with the store ([`SqliteMeta::temporary`]).
+    scratch: Option<PathBuf>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.scratch {
+            // Open connections keep reading an unlinked file; nothing else uses it.
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 impl From<rusqlite::Error> for MetaError {
@@ -62,6 +73,24 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Temporary databases left by processes that were killed before they could remove them.
+fn remove_orphaned_temporaries(tmp: &Path) {
+    // Without /proc no process can be told alive or gone: leave everything.
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("berth-meta-")?.split('-').next()) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn migrate(conn: &mut Connection) -> Result<()> {
     let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     if version > MIGRATIONS.len() {
@@ -85,10 +114,37 @@ impl SqliteMeta {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| MetaError::Db(e.to_string()))?;
         }
-        let mut conn = open_connection(&path)?;
-        migrate(&mut conn)?;
-        let writer = Writer::start(conn).map_err(|e| MetaError::Db(format!("metadata writer: {e}")))?;
-        Ok(SqliteMeta { inner: Arc::new(Inner { path, writer, readers: Mutex::new(Vec::new()) }) })
+        Self::open_with(path, None)
+    }
+
+    /// A database that lives as long as this store and no longer: for memory storage, whose
+    /// blobs are gone after a restart. (SQLite's own in-memory databases are private to one
+    /// connection, or share a cache with table locks; a file of our own keeps the one-writer,
+    /// many-readers design.)
+    pub fn temporary() -> Result<SqliteMeta> {
+        use std::os::unix::fs::DirBuilderExt;
+        let tmp = std::env::temp_dir();
+        remove_orphaned_temporaries(&tmp);
+        let dir = tmp.join(format!("berth-meta-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| MetaError::Db(format!("creating {}: {e}", dir.display())))?;
+        Self::open_with(dir.join("meta.db"), Some(dir))
+    }
+
+    fn open_with(path: PathBuf, scratch: Option<PathBuf>) -> Result<SqliteMeta> {
+        let cleanup = |e: MetaError| {
+            if let Some(dir) = &scratch {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            e
+        };
+        let mut conn = open_connection(&path).map_err(|e| cleanup(e.into()))?;
+        migrate(&mut conn).map_err(cleanup)?;
+        let writer =
+            Writer::start(conn).map_err(|e| cleanup(MetaError::Db(format!("metadata writer: {e}"))))?;
+        Ok(SqliteMeta { inner: Arc::new(Inner { path, writer, readers: Mutex::new(Vec::new()), scratch }) })
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -588,5 +644,15 @@ mod tests {
         let again = super::SqliteMeta::open(dir.path().join("meta.db")).unwrap();
         use super::MetaStore;
         assert!(!again.catalog(&super::Page { limit: 10, last: None }).await.unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_temporary_store_conforms_and_leaves_nothing_behind() {
+        let meta = super::SqliteMeta::temporary().unwrap();
+        let dir = meta.inner.scratch.clone().unwrap();
+        super::super::testsuite::run(&meta).await;
+        assert!(dir.join("meta.db").is_file());
+        drop(meta);
+        assert!(!dir.exists(), "{} removed with the store", dir.display());
     }
 }

@@ -1,0 +1,381 @@
+//! Content storage in an S3-compatible bucket (AWS, MinIO, SeaweedFS, Ceph RGW), through the
+//! `object_store` crate.
+//!
+//! Keys map to object names under an optional prefix. Reads are ranged GETs streamed as they
+//! arrive. A writer keeps at most one part in memory: an object that ends before the first part is
+//! full is one PUT straight to its key (written once); a larger one becomes a multipart upload to
+//! a staging name, completed and then copied to its key at commit, since S3 fixes an object's name
+//! when its upload starts and a blob's name is its digest, known only at the end. A writer dropped
+//! without committing aborts its multipart upload.
+
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    ClientOptions, GetOptions, GetRange, MultipartId, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
+
+use super::{ByteStream, Key, ObjectWriter, Storage, StorageError};
+
+/// Every part but the last must be at least 5 MiB on S3; larger parts mean fewer requests.
+pub const PART_SIZE: usize = 8 << 20;
+
+/// Where the bucket is and how to reach it.
+#[derive(Clone, Default)]
+pub struct S3Options {
+    pub bucket: String,
+    /// Object names start with `prefix/` (empty: the bucket's root).
+    pub prefix: String,
+    pub region: String,
+    /// `https://s3.example.com` or `http://127.0.0.1:9000`; empty for AWS itself.
+    pub endpoint: String,
+    /// `endpoint/bucket/key` rather than `bucket.endpoint/key` (MinIO and most self-hosted stores).
+    pub path_style: bool,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// PEM certificates to trust besides the system's, for a store behind a private CA.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("S3Options")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("path_style", &self.path_style)
+            .finish_non_exhaustive()
+    }
+}
+
+pub struct S3Storage {
+    store: Arc<AmazonS3>,
+    prefix: String,
+}
+
+impl S3Storage {
+    pub fn new(o: &S3Options) -> Result<S3Storage, String> {
+        let mut client = ClientOptions::new()
+            .with_allow_http(o.endpoint.starts_with("http://"))
+            .with_connect_timeout(Duration::from_secs(10))
+            // A stalled store must not hold a request forever; large parts still fit.
+            .with_timeout(Duration::from_secs(300));
+        if let Some(pem) = &o.ca_pem {
+            for cert in
+                object_store::Certificate::from_pem_bundle(pem).map_err(|e| format!("CA bundle: {e}"))?
+            {
+                client = client.with_root_certificate(cert);
+            }
+        }
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(&o.bucket)
+            .with_region(if o.region.is_empty() { "us-east-1" } else { &o.region })
+            .with_virtual_hosted_style_request(!o.path_style)
+            .with_access_key_id(&o.access_key_id)
+            .with_secret_access_key(&o.secret_access_key)
+            .with_client_options(client)
+            // A store that is down answers as an error within seconds, not after minutes of retries.
+            .with_retry(RetryConfig {
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(15),
+                ..RetryConfig::default()
+            });
+        if !o.endpoint.is_empty() {
+            b = b.with_endpoint(&o.endpoint);
+        }
+        let store = b.build().map_err(|e| e.to_string())?;
+        Ok(S3Storage { store: Arc::new(store), prefix: o.prefix.trim_matches('/').to_owned() })
+    }
+
+    fn path(&self, key: &Key) -> ObjectPath {
+        object_path(&self.prefix, key)
+    }
+
+    fn key(&self, path: &ObjectPath) -> Option<Key> {
+        let s = path.as_ref();
+        let rest =
+            if self.prefix.is_empty() { s } else { s.strip_prefix(&self.prefix)?.strip_prefix('/')? };
+        Some(Key::new(rest.to_owned()))
+    }
+}
+
+fn object_path(prefix: &str, key: &Key) -> ObjectPath {
+    let key = key.as_str().trim_end_matches('/');
+    if prefix.is_empty() {
+        ObjectPath::from(key)
+    } else {
+        ObjectPath::from(format!("{prefix}/{key}"))
+    }
+}
+
+fn storage_error(e: object_store::Error) -> StorageError {
+    match e {
+        object_store::Error::NotFound { .. } => StorageError::NotFound,
+        other => StorageError::Unavailable(other.to_string()),
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for S3Storage {
+    async fn stat(&self, key: &Key) -> Result<Option<u64>, StorageError> {
+        match self.store.head(&self.path(key)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(storage_error(e)),
+        }
+    }
+
+    async fn get(&self, key: &Key, range: Option<Range<u64>>) -> Result<ByteStream, StorageError> {
+        let opts = GetOptions { range: range.map(GetRange::Bounded), ..GetOptions::default() };
+        let got = self.store.get_opts(&self.path(key), opts).await.map_err(storage_error)?;
+        Ok(got.into_stream().map_err(io::Error::other).boxed())
+    }
+
+    async fn writer(&self) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        Ok(Box::new(S3Writer {
+            store: self.store.clone(),
+            prefix: self.prefix.clone(),
+            staging: self.path(&Key::new(format!("tmp/{}", uuid::Uuid::new_v4().simple()))),
+            buffer: BytesMut::new(),
+            multipart: None,
+            written: 0,
+        }))
+    }
+
+    async fn rename(&self, from: &Key, to: &Key) -> Result<(), StorageError> {
+        let (from, to) = (self.path(from), self.path(to));
+        self.store.copy(&from, &to).await.map_err(storage_error)?;
+        self.store.delete(&from).await.map_err(storage_error)
+    }
+
+    async fn delete(&self, key: &Key) -> Result<(), StorageError> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(storage_error(e)),
+        }
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        // A listing, not a HEAD: a HEAD in a missing bucket is a bare 404, like a missing object.
+        let prefix = (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.as_str()));
+        self.store.list_with_delimiter(prefix.as_ref()).await.map(|_| ()).map_err(storage_error)
+    }
+
+    async fn list(&self, prefix: &Key) -> Result<Vec<Key>, StorageError> {
+        let metas: Vec<_> =
+            self.store.list(Some(&self.path(prefix))).try_collect().await.map_err(storage_error)?;
+        let mut keys: Vec<Key> = metas.iter().filter_map(|m| self.key(&m.location)).collect();
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+struct Multipart {
+    id: MultipartId,
+    parts: Vec<PartId>,
+}
+
+struct S3Writer {
+    store: Arc<AmazonS3>,
+    prefix: String,
+    staging: ObjectPath,
+    buffer: BytesMut,
+    multipart: Option<Multipart>,
+    written: u64,
+}
+
+impl S3Writer {
+    /// Sends the first `PART_SIZE` buffered bytes as the next part, starting the upload if needed.
+    async fn send_part(&mut self, len: usize) -> Result<(), StorageError> {
+        let data = self.buffer.split_to(len).freeze();
+        if self.multipart.is_none() {
+            let id = self.store.create_multipart(&self.staging).await.map_err(storage_error)?;
+            self.multipart = Some(Multipart { id, parts: Vec::new() });
+        }
+        let Some(m) = self.multipart.as_mut() else { return Ok(()) };
+        let part = self
+            .store
+            .put_part(&self.staging, &m.id, m.parts.len(), PutPayload::from_bytes(data))
+            .await
+            .map_err(storage_error)?;
+        m.parts.push(part);
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectWriter for S3Writer {
+    async fn write(&mut self, data: Bytes) -> Result<(), StorageError> {
+        self.written += data.len() as u64;
+        self.buffer.extend_from_slice(&data);
+        while self.buffer.len() >= PART_SIZE {
+            self.send_part(PART_SIZE).await?;
+        }
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    async fn commit(mut self: Box<Self>, key: &Key) -> Result<(), StorageError> {
+        let to = object_path(&self.prefix, key);
+        if self.multipart.is_none() {
+            let data = std::mem::take(&mut self.buffer).freeze();
+            self.store.put(&to, PutPayload::from_bytes(data)).await.map_err(storage_error)?;
+            return Ok(());
+        }
+        if !self.buffer.is_empty() {
+            let len = self.buffer.len();
+            self.send_part(len).await?;
+        }
+        let Some(m) = self.multipart.take() else { return Ok(()) };
+        let staging = self.staging.clone();
+        if let Err(e) = self.store.complete_multipart(&staging, &m.id, m.parts).await {
+            let _ = self.store.abort_multipart(&staging, &m.id).await;
+            return Err(storage_error(e));
+        }
+        let copied = self.store.copy(&staging, &to).await.map_err(storage_error);
+        let _ = self.store.delete(&staging).await;
+        copied
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        // Not committed: give the parts back rather than leave them billed in the bucket.
+        let Some(m) = self.multipart.take() else { return };
+        let (store, path) = (self.store.clone(), self.staging.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.abort_multipart(&path, &m.id).await {
+                    tracing::warn!(error = %e, "aborting an abandoned multipart upload failed");
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bucket of a real S3-compatible server, from the environment the suite sets
+    /// (tests/s3.sh starts MinIO and SeaweedFS on loopback): `BERTH_TEST_S3_ENDPOINT`,
+    /// `_BUCKET`, `_ACCESS_KEY`, `_SECRET_KEY`.
+    fn from_env(prefix: &str) -> S3Storage {
+        let var = |name: &str| {
+            std::env::var(format!("BERTH_TEST_S3_{name}"))
+                .unwrap_or_else(|_| panic!("BERTH_TEST_S3_{name} is not set: run tests/s3.sh"))
+        };
+        S3Storage::new(&S3Options {
+            bucket: var("BUCKET"),
+            prefix: prefix.into(),
+            region: "us-east-1".into(),
+            endpoint: var("ENDPOINT"),
+            path_style: true,
+            access_key_id: var("ACCESS_KEY"),
+            secret_access_key: var("SECRET_KEY"),
+            ca_pem: None,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs an S3 server: tests/s3.sh runs it"]
+    async fn conformance_on_a_real_s3_server() {
+        let prefix = format!("conformance-{}", uuid::Uuid::new_v4().simple());
+        let store = from_env(&prefix);
+        super::super::testsuite::run(&store).await;
+        // Nothing staged is left behind by commits or abandoned writers.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(store.list(&Key::new("tmp/".into())).await.unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs an S3 server: tests/s3.sh runs it"]
+    async fn multipart_objects_are_whole_and_prefixes_keep_stores_apart() {
+        let a = from_env(&format!("a-{}", uuid::Uuid::new_v4().simple()));
+        let b = from_env(&format!("b-{}", uuid::Uuid::new_v4().simple()));
+        // Two full parts and a tail, written in pieces that straddle part boundaries.
+        let data: Vec<u8> = (0..2 * PART_SIZE + 12_345).map(|i| (i % 253) as u8).collect();
+        let key = Key::new("blobs/sha256/ab/multipart".into());
+        let mut w = a.writer().await.unwrap();
+        for chunk in data.chunks(1_000_003) {
+            w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        w.commit(&key).await.unwrap();
+        assert_eq!(a.stat(&key).await.unwrap(), Some(data.len() as u64));
+        let back = super::super::read_all(&a, &key).await.unwrap();
+        assert!(back == data, "the object reads back whole");
+        assert_eq!(b.stat(&key).await.unwrap(), None, "another prefix sees nothing of it");
+        a.delete(&key).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs an S3 server: tests/s3.sh runs it"]
+    async fn a_wrong_secret_is_an_error_that_says_so() {
+        let good = from_env("creds");
+        let bad = S3Storage::new(&S3Options {
+            bucket: std::env::var("BERTH_TEST_S3_BUCKET").unwrap(),
+            endpoint: std::env::var("BERTH_TEST_S3_ENDPOINT").unwrap(),
+            path_style: true,
+            access_key_id: std::env::var("BERTH_TEST_S3_ACCESS_KEY").unwrap(),
+            secret_access_key: "not-the-secret".into(),
+            ..S3Options::default()
+        })
+        .unwrap();
+        let key = Key::new("blobs/sha256/cd/creds".into());
+        super::super::put_all(&good, &key, Bytes::from_static(b"x")).await.unwrap();
+        let Err(StorageError::Unavailable(e)) =
+            bad.stat(&Key::new("creds/blobs/sha256/cd/creds".into())).await
+        else {
+            panic!("a wrong secret reads nothing");
+        };
+        assert!(!e.contains("not-the-secret"), "{e}");
+        assert!(super::super::put_all(&bad, &key, Bytes::from_static(b"y")).await.is_err());
+        assert!(bad.check().await.is_err(), "not ready with a wrong secret");
+        good.check().await.unwrap();
+        let missing = S3Storage::new(&S3Options {
+            bucket: "no-such-bucket-for-berth".into(),
+            endpoint: std::env::var("BERTH_TEST_S3_ENDPOINT").unwrap(),
+            path_style: true,
+            access_key_id: std::env::var("BERTH_TEST_S3_ACCESS_KEY").unwrap(),
+            secret_access_key: std::env::var("BERTH_TEST_S3_SECRET_KEY").unwrap(),
+            ..S3Options::default()
+        })
+        .unwrap();
+        assert!(missing.check().await.is_err(), "not ready without the bucket");
+        assert_eq!(super::super::read_all(&good, &key).await.unwrap(), Bytes::from_static(b"x"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wrong_credentials_and_unreachable_stores_are_errors_not_hangs() {
+        // Nothing listens on this port: the error comes back, within the connect timeout.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let store = S3Storage::new(&S3Options {
+            bucket: "b".into(),
+            endpoint: format!("http://127.0.0.1:{port}"),
+            path_style: true,
+            access_key_id: "k".into(),
+            secret_access_key: "s".into(),
+            ..S3Options::default()
+        })
+        .unwrap();
+        let key = Key::new("blobs/x".into());
+        let stat = tokio::time::timeout(Duration::from_secs(60), store.stat(&key)).await;
+        assert!(matches!(stat, Ok(Err(StorageError::Unavailable(_)))), "{stat:?}");
+        let shown =
+            format!("{:?}", S3Options { secret_access_key: "hunter2".into(), ..S3Options::default() });
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Berth's storage on real S3-compatible servers started on loopback, each in turn: the storage
+# conformance suite and the S3 backend's own tests (multipart objects, prefixes, a wrong secret),
+# then berth serving the OCI conformance suites with its blobs in the bucket.
+# Run from the suite with the same compiler wrapper as its build, so the test binary is reused.
+source "$(dirname "$0")/lib.sh"
+source "$ROOT/scripts/tools.sh"
+set +e
+require_tools "$(tool_path minio)" "$(tool_path weed)"
+require_commands curl
+WORK=$(mktemp -d)
+on_exit "rm -rf $WORK"
+cd "$ROOT" || exit 1
+
+# run_suite NAME URL KEY SECRET: the ignored S3 tests of the registry crate against one server.
+run_suite() {
+  local name=$1 url=$2 key=$3 secret=$4 bucket=berth-$RANDOM
+  if ! curl -sS -f -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" --user "$key:$secret" \
+    -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$url/$bucket"; then
+    check "$name: a bucket is created" false
+    return
+  fi
+  check "$name: storage conformance, multipart objects, prefixes, a wrong secret" \
+    env BERTH_TEST_S3_ENDPOINT="$url" BERTH_TEST_S3_BUCKET="$bucket" \
+    BERTH_TEST_S3_ACCESS_KEY="$key" BERTH_TEST_S3_SECRET_KEY="$secret" \
+    cargo test --workspace --lib -- --ignored storage::s3
+  # berth itself on the bucket: every conformance workflow, objects under a prefix of their own.
+  mkdir -p "$WORK/$name"
+  printf '%s\n' "$key" >"$WORK/$name/accessKeyId"
+  printf '%s\n' "$secret" >"$WORK/$name/secretAccessKey"
+  cat >"$WORK/$name/berth.yaml" <<EOF
+storage:
+  kind: s3
+  bucket: $bucket
+  prefix: conformance
+  endpoint: $url
+  path_style: true
+  credentials_dir: $WORK/$name
+EOF
+  bash "$ROOT/tests/conformance.sh" --config "$WORK/$name/berth.yaml" |
+    sed -E -e "s/^  (ok|FAIL)( +)/  \1\2$name: /" -e '/^[0-9]+ passed, [0-9]+ failed$/d'
+  local rc=${PIPESTATUS[0]}
+  check "$name: berth passes the OCI conformance suites on it" test "$rc" = 0
+  # A wrong secret: not ready, and a push is refused with 503 and a code, promptly.
+  sed -e "s|credentials_dir: .*|credentials_dir: $WORK/$name-wrong|" "$WORK/$name/berth.yaml" >"$WORK/$name/wrong.yaml"
+  mkdir -p "$WORK/$name-wrong"
+  printf '%s\n' "$key" >"$WORK/$name-wrong/accessKeyId"
+  printf 'not-the-secret\n' >"$WORK/$name-wrong/secretAccessKey"
+  start_berth --config "$WORK/$name/wrong.yaml" || { cat "$BERTH_DIR/log"; return; }
+  check "$name, wrong secret: /readyz answers 503" \
+    equal "$(curl -s -o /dev/null -w '%{http_code}' "$BERTH_URL/readyz")" 503
+  local loc
+  loc=$(curl -s -D - -o /dev/null -X POST "$BERTH_URL/v2/s3/app/blobs/uploads/" | tr -d '\r' |
+    awk 'tolower($1) == "location:" {print $2}')
+  check "$name, wrong secret: a push fails with 503 UNAVAILABLE, not a hang" bash -c \
+    "curl -s -m 60 -o '$WORK/wrong.json' -w '%{http_code}' -X PATCH --data-binary x '$BERTH_URL$loc' | grep -qx 503 &&
+     grep -q '\"code\":\"UNAVAILABLE\"' '$WORK/wrong.json'"
+  kill "$BERTH_PID"
+}
+
+echo "== MinIO"
+if start_minio "$WORK/minio"; then
+  run_suite MinIO "$MINIO_URL" "$MINIO_USER" "$MINIO_PASSWORD"
+else
+  tail -n 20 "$WORK/minio/minio.log"
+  check "MinIO starts" false
+fi
+echo "== SeaweedFS"
+if start_seaweedfs "$WORK/seaweedfs"; then
+  run_suite SeaweedFS "$SEAWEED_URL" "$SEAWEED_USER" "$SEAWEED_PASSWORD"
+else
+  tail -n 20 "$WORK/seaweedfs/weed.log"
+  check "SeaweedFS starts" false
+fi
+finish
