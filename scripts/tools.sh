@@ -30,7 +30,7 @@ TOOLS=(
   "conformance-main|v0.0.0-20260831232431-97274622c111|github.com/opencontainers/distribution-spec/conformance|."
   "helm|$HELM_VERSION|helm.sh/helm/v3|./cmd/helm"
   # The S3-compatible object store for storage tests (MinIO's last source release on the proxy).
-  "minio|v0.0.0-20260212201848-7aac2a2c5b7c|github.com/minio/minio|."
+  "minio|$MINIO_VERSION|github.com/minio/minio|."
   "weed|v0.0.0-20261109003541-7506e5f91cd6|github.com/seaweedfs/seaweedfs|./weed"
   "kubeconform|$KUBECONFORM_VERSION|github.com/yannh/kubeconform|./cmd/kubeconform"
   # Benchmarks only, and refused by the module proxy here (403): never in the default set.

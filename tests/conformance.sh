@@ -2,6 +2,8 @@
 # The OCI distribution-spec conformance suites against a fresh `berth`, every workflow enabled:
 # the Ginkgo suite of the v1.1 release line, and the current suite of the spec's main branch.
 #   tests/conformance.sh [berth serve args...]   (tests/s3.sh passes a config with S3 storage)
+# BLOBS_DIGEST_HEADER=false leaves out the one check a blob redirect cannot pass: the store that
+# serves the presigned URL sends no Docker-Content-Digest (berth's 307 does).
 source "$(dirname "$0")/lib.sh"
 source "$ROOT/scripts/tools.sh"
 
@@ -34,7 +36,7 @@ run_main_suite() {
   (cd "$report" && env OCI_REGISTRY="${BERTH_URL#http://}" OCI_TLS=disabled OCI_VERSION=1.1 \
     OCI_REPO1=conformance/main/repo1 OCI_REPO2=conformance/main/repo2 OCI_RESULTS_DIR="$report/results" \
     OCI_API_PULL=true OCI_API_PUSH=true OCI_API_BLOBS_ATOMIC=true OCI_API_BLOBS_DELETE=true \
-    OCI_API_BLOBS_DIGEST_HEADER=true OCI_API_BLOBS_MOUNT_ANONYMOUS=true OCI_API_BLOBS_UPLOAD_CANCEL=true \
+    OCI_API_BLOBS_DIGEST_HEADER="${BLOBS_DIGEST_HEADER:-true}" OCI_API_BLOBS_MOUNT_ANONYMOUS=true OCI_API_BLOBS_UPLOAD_CANCEL=true \
     OCI_API_MANIFESTS_ATOMIC=true OCI_API_MANIFESTS_DELETE=true OCI_API_MANIFESTS_DIGEST_HEADER=true \
     OCI_API_MANIFESTS_TAG_PARAM=true OCI_API_TAGS_ATOMIC=true OCI_API_TAGS_DELETE=true OCI_API_TAGS_LIST=true \
     OCI_API_REFERRER=true OCI_DATA_IMAGE=true OCI_DATA_INDEX=true OCI_DATA_INDEX_LIST=true OCI_DATA_SPARSE=false \

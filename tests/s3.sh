@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Berth's storage on real S3-compatible servers started on loopback, each in turn: the storage
 # conformance suite and the S3 backend's own tests (multipart objects, prefixes, a wrong secret),
-# then berth serving the OCI conformance suites with its blobs in the bucket.
+# then berth serving the OCI conformance suites with its blobs in the bucket (on SeaweedFS with
+# redirect: true, so clients read blobs from the store through presigned URLs).
 # Run from the suite with the same compiler wrapper as its build, so the test binary is reused.
 source "$(dirname "$0")/lib.sh"
 source "$ROOT/scripts/tools.sh"
@@ -12,9 +13,10 @@ WORK=$(mktemp -d)
 on_exit "rm -rf $WORK"
 cd "$ROOT" || exit 1
 
-# run_suite NAME URL KEY SECRET: the ignored S3 tests of the registry crate against one server.
+# run_suite NAME URL KEY SECRET REDIRECT: the ignored S3 tests of the registry crate against one
+# server, then berth on it, blob reads served through berth (REDIRECT=false) or by the store.
 run_suite() {
-  local name=$1 url=$2 key=$3 secret=$4 bucket=berth-$RANDOM
+  local name=$1 url=$2 key=$3 secret=$4 redirect=$5 bucket=berth-$RANDOM
   if ! curl -sS -f -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" --user "$key:$secret" \
     -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$url/$bucket"; then
     check "$name: a bucket is created" false
@@ -36,11 +38,29 @@ storage:
   endpoint: $url
   path_style: true
   credentials_dir: $WORK/$name
+  redirect: $redirect
 EOF
-  bash "$ROOT/tests/conformance.sh" --config "$WORK/$name/berth.yaml" |
+  BLOBS_DIGEST_HEADER=$([[ $redirect == true ]] && echo false || echo true) \
+    bash "$ROOT/tests/conformance.sh" --config "$WORK/$name/berth.yaml" |
     sed -E -e "s/^  (ok|FAIL)( +)/  \1\2$name: /" -e '/^[0-9]+ passed, [0-9]+ failed$/d'
   local rc=${PIPESTATUS[0]}
-  check "$name: berth passes the OCI conformance suites on it" test "$rc" = 0
+  check "$name: berth passes the OCI conformance suites on it (redirect: $redirect)" test "$rc" = 0
+  if [[ $redirect == true ]]; then
+    start_berth --config "$WORK/$name/berth.yaml" || { cat "$BERTH_DIR/log"; return; }
+    head -c 3000000 /dev/urandom >"$WORK/blob"
+    local digest=sha256:$(sha256sum <"$WORK/blob" | cut -d' ' -f1)
+    curl -s -o /dev/null -X POST "$BERTH_URL/v2/s3/app/blobs/uploads/?digest=$digest" --data-binary "@$WORK/blob"
+    check "$name: a blob GET answers 307 to the store" bash -c \
+      "curl -s -o /dev/null -D - '$BERTH_URL/v2/s3/app/blobs/$digest' | tr -d '\r' |
+       grep -q '^HTTP/1.1 307' && curl -s -D - -o /dev/null '$BERTH_URL/v2/s3/app/blobs/$digest' |
+       grep -qi '^location: ${url}/'"
+    check "$name: and the URL serves the blob, ranges too" bash -c \
+      "curl -sL '$BERTH_URL/v2/s3/app/blobs/$digest' | sha256sum | grep -q '${digest#sha256:}' &&
+       [[ \$(curl -sL -H 'Range: bytes=10-19' '$BERTH_URL/v2/s3/app/blobs/$digest' | wc -c) == 10 ]]"
+    check "$name: a blob the repository does not hold is 404, not a URL" \
+      equal "$(curl -s -o /dev/null -w '%{http_code}' "$BERTH_URL/v2/s3/other/blobs/$digest")" 404
+    kill "$BERTH_PID"
+  fi
   # A wrong secret: not ready, and a push is refused with 503 and a code, promptly.
   sed -e "s|credentials_dir: .*|credentials_dir: $WORK/$name-wrong|" "$WORK/$name/berth.yaml" >"$WORK/$name/wrong.yaml"
   mkdir -p "$WORK/$name-wrong"
@@ -60,14 +80,14 @@ EOF
 
 echo "== MinIO"
 if start_minio "$WORK/minio"; then
-  run_suite MinIO "$MINIO_URL" "$MINIO_USER" "$MINIO_PASSWORD"
+  run_suite MinIO "$MINIO_URL" "$MINIO_USER" "$MINIO_PASSWORD" false
 else
   tail -n 20 "$WORK/minio/minio.log"
   check "MinIO starts" false
 fi
 echo "== SeaweedFS"
 if start_seaweedfs "$WORK/seaweedfs"; then
-  run_suite SeaweedFS "$SEAWEED_URL" "$SEAWEED_USER" "$SEAWEED_PASSWORD"
+  run_suite SeaweedFS "$SEAWEED_URL" "$SEAWEED_USER" "$SEAWEED_PASSWORD" true
 else
   tail -n 20 "$WORK/seaweedfs/weed.log"
   check "SeaweedFS starts" false

@@ -156,6 +156,16 @@ fn skopeo_push(cp: &ControlPlane, layout: &Path, dest: &str, extra: &[&str]) -> 
         .unwrap()
 }
 
+/// Pulls `src` (plain HTTP) into a throwaway layout.
+fn skopeo_pull(cp: &ControlPlane, src: &str) -> std::process::Output {
+    let back = tempfile::tempdir().unwrap();
+    cp.in_cluster_dns("skopeo")
+        .args(["--insecure-policy", "copy", "--src-tls-verify=false", src])
+        .arg(format!("oci:{}:v1", back.path().display()))
+        .output()
+        .unwrap()
+}
+
 fn debug(cp: &ControlPlane) -> String {
     let pods = cp.kubectl().unwrap().args(["get", "pods,registries", "-A", "-o", "wide"]).output().unwrap();
     format!(
@@ -289,13 +299,7 @@ async fn helm_installed_operator_runs_a_registry_that_serves_and_stays_put() {
     let dest = format!("docker://hub.{}.svc.cluster.local:5000/team/app:v1", ns.name);
     let push = skopeo_push(&cp, image.path(), &dest, &["--dest-tls-verify=false"]);
     assert!(push.status.success(), "skopeo push: {}", String::from_utf8_lossy(&push.stderr));
-    let back = tempfile::tempdir().unwrap();
-    let pull = cp
-        .in_cluster_dns("skopeo")
-        .args(["--insecure-policy", "copy", "--src-tls-verify=false", &dest])
-        .arg(format!("oci:{}:v1", back.path().display()))
-        .output()
-        .unwrap();
+    let pull = skopeo_pull(&cp, &dest);
     assert!(pull.status.success(), "skopeo pull: {}", String::from_utf8_lossy(&pull.stderr));
 
     // GitOps stability: re-applying the same YAML and letting the operator resync writes nothing.
@@ -1219,4 +1223,99 @@ async fn two_operator_replicas_elect_one_leader_and_fail_over() {
         "the new leader reconciles\n{}",
         debug(&cp)
     );
+}
+
+/// A MinIO server of its own on loopback (pods run as processes here, so they reach it there),
+/// with one bucket.
+struct Minio {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+const MINIO_USER: &str = "berth-e2e";
+const MINIO_SECRET: &str = "berth-e2e-secret";
+
+impl Minio {
+    async fn start(bucket: &str) -> Minio {
+        let dir = tempfile::tempdir().unwrap();
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (port, console) = (free(), free());
+        let child = Command::new(berth_e2e::tool("minio", "MINIO_VERSION").unwrap())
+            .args(["server", "--quiet", "--address", &format!("127.0.0.1:{port}")])
+            .args(["--console-address", &format!("127.0.0.1:{console}")])
+            .arg(dir.path())
+            .env("MINIO_ROOT_USER", MINIO_USER)
+            .env("MINIO_ROOT_PASSWORD", MINIO_SECRET)
+            .env("MINIO_BROWSER", "off")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let minio = Minio { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
+        let ready = wait_until(Duration::from_secs(30), || async {
+            reqwest::get(format!("{}/minio/health/ready", minio.url))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        assert!(ready, "MinIO starts");
+        run(&mut minio.s3("PUT", &format!("/{bucket}")));
+        minio
+    }
+
+    /// One SigV4-signed request (curl signs it).
+    fn s3(&self, method: &str, path: &str) -> Command {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-f", "-X", method, "--aws-sigv4", "aws:amz:us-east-1:s3"])
+            .args(["--user", &format!("{MINIO_USER}:{MINIO_SECRET}")])
+            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+            .arg(format!("{}{path}", self.url));
+        c
+    }
+}
+
+impl Drop for Minio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_on_s3_keeps_its_blobs_in_the_bucket() {
+    let minio = Minio::start("berth").await;
+    let cp = cluster().await;
+    install_operator(&cp);
+    let client = cp.client().await.unwrap();
+    let ns = TempNamespace::create(&client, "s3").await.unwrap();
+    run(cp.kubectl().unwrap().args(["-n", &ns.name, "create", "secret", "generic", "berth-s3"]).args([
+        format!("--from-literal=accessKeyId={MINIO_USER}"),
+        format!("--from-literal=secretAccessKey={MINIO_SECRET}"),
+    ]));
+    let registry = REGISTRY.replace(
+        "  storage:\n    filesystem:\n      size: 2Gi\n",
+        &format!(
+            "  storage:\n    s3:\n      bucket: berth\n      prefix: hub\n      endpoint: {}\n      pathStyle: true\n      credentialsSecret: berth-s3\n",
+            minio.url
+        ),
+    );
+    assert!(registry.contains("s3:"), "{registry}");
+    let out = kubectl_apply(&cp, &ns.name, &registry);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let regs = registries(&client, &ns.name);
+    assert!(
+        wait_condition(&regs, "hub", "Ready", "True", Duration::from_secs(180)).await,
+        "Registry Ready (its /readyz lists the bucket)\n{}",
+        debug(&cp)
+    );
+    assert_eq!(regs.get("hub").await.unwrap().data["status"]["effective"]["storage"], "s3");
+
+    let image = layout();
+    let dest = format!("docker://hub.{}.svc.cluster.local:5000/team/app:v1", ns.name);
+    let push = skopeo_push(&cp, image.path(), &dest, &["--dest-tls-verify=false"]);
+    assert!(push.status.success(), "skopeo push: {}", String::from_utf8_lossy(&push.stderr));
+    let listed = run(&mut minio.s3("GET", "/berth?list-type=2&prefix=hub%2Fblobs%2F"));
+    assert!(listed.contains("<Key>hub/blobs/sha256/"), "the blobs are in the bucket: {listed}");
+    let pull = skopeo_pull(&cp, &dest);
+    assert!(pull.status.success(), "skopeo pull: {}", String::from_utf8_lossy(&pull.stderr));
 }

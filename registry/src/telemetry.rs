@@ -34,6 +34,8 @@ struct EndpointLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     operation: &'static str,
+    /// ok, not_found, full, unavailable (a remote store did not serve it) or error.
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -212,7 +214,7 @@ impl Metrics {
         registry.register("upload_sessions", "Blob upload sessions open", upload_sessions.clone());
         registry.register(
             "storage_operation_duration_seconds",
-            "Storage backend latency by operation",
+            "Storage backend latency by operation and outcome",
             storage_ops.clone(),
         );
         let proxy = Arc::new(ProxyMetrics::default());
@@ -301,8 +303,16 @@ impl Metrics {
         Arc::new(Instrumented { inner, metrics: self.clone() })
     }
 
-    fn time_op(&self, operation: &'static str, started: Instant) {
-        self.storage_ops.get_or_create(&OpLabels { operation }).observe(started.elapsed().as_secs_f64());
+    fn time_op<T>(&self, operation: &'static str, started: Instant, result: &Result<T, StorageError>) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(StorageError::NotFound) => "not_found",
+            Err(StorageError::Unavailable(_)) => "unavailable",
+            Err(e) if e.is_full() => "full",
+            Err(_) => "error",
+        };
+        let labels = OpLabels { operation, outcome };
+        self.storage_ops.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     }
 }
 
@@ -354,47 +364,54 @@ impl Storage for Instrumented {
     async fn stat(&self, key: &Key) -> Result<Option<u64>, StorageError> {
         let t = Instant::now();
         let r = self.inner.stat(key).await;
-        self.metrics.time_op("stat", t);
+        self.metrics.time_op("stat", t, &r);
         r
     }
 
     async fn get(&self, key: &Key, range: Option<std::ops::Range<u64>>) -> Result<ByteStream, StorageError> {
         let t = Instant::now();
         let r = self.inner.get(key, range).await;
-        self.metrics.time_op("get", t);
+        self.metrics.time_op("get", t, &r);
         r
     }
 
     async fn writer(&self) -> Result<Box<dyn ObjectWriter>, StorageError> {
         let t = Instant::now();
         let inner = self.inner.writer().await;
-        self.metrics.time_op("create", t);
+        self.metrics.time_op("create", t, &inner);
         Ok(Box::new(InstrumentedWriter { inner: inner?, metrics: self.metrics.clone() }))
     }
 
     async fn rename(&self, from: &Key, to: &Key) -> Result<(), StorageError> {
         let t = Instant::now();
         let r = self.inner.rename(from, to).await;
-        self.metrics.time_op("rename", t);
+        self.metrics.time_op("rename", t, &r);
         r
     }
 
     async fn delete(&self, key: &Key) -> Result<(), StorageError> {
         let t = Instant::now();
         let r = self.inner.delete(key).await;
-        self.metrics.time_op("delete", t);
+        self.metrics.time_op("delete", t, &r);
         r
     }
 
     async fn list(&self, prefix: &Key) -> Result<Vec<Key>, StorageError> {
         let t = Instant::now();
         let r = self.inner.list(prefix).await;
-        self.metrics.time_op("list", t);
+        self.metrics.time_op("list", t, &r);
         r
     }
 
     async fn check(&self) -> Result<(), StorageError> {
         self.inner.check().await
+    }
+
+    async fn presigned_get(&self, key: &Key) -> Result<Option<String>, StorageError> {
+        let t = Instant::now();
+        let r = self.inner.presigned_get(key).await;
+        self.metrics.time_op("presign", t, &r);
+        r
     }
 
     fn adopts_from(&self, dir: &std::path::Path) -> bool {
@@ -404,7 +421,7 @@ impl Storage for Instrumented {
     async fn adopt(&self, file: &std::path::Path, key: &Key) -> Result<(), StorageError> {
         let t = Instant::now();
         let r = self.inner.adopt(file, key).await;
-        self.metrics.time_op("commit", t);
+        self.metrics.time_op("commit", t, &r);
         r
     }
 }
@@ -428,7 +445,7 @@ impl ObjectWriter for InstrumentedWriter {
         let t = Instant::now();
         let metrics = self.metrics.clone();
         let r = self.inner.commit(key).await;
-        metrics.time_op("commit", t);
+        metrics.time_op("commit", t, &r);
         r
     }
 
@@ -436,7 +453,7 @@ impl ObjectWriter for InstrumentedWriter {
         let t = Instant::now();
         let metrics = self.metrics.clone();
         let r = self.inner.commit_unsynced(key).await;
-        metrics.time_op("commit_unsynced", t);
+        metrics.time_op("commit_unsynced", t, &r);
         r
     }
 }

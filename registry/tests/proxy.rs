@@ -264,8 +264,8 @@ async fn fetched_blobs_are_stored_from_the_spool_on_files_and_copied_on_other_st
         assert_eq!(on_disk, !memory);
         // Only storage that cannot adopt the spool file needs a writer of its own for the blob.
         let metrics = client().get(s.berth.url("/metrics")).send().await.unwrap().text().await.unwrap();
-        let writers =
-            metrics.contains("berth_storage_operation_duration_seconds_count{operation=\"create\"}");
+        let writers = metrics
+            .contains("berth_storage_operation_duration_seconds_count{operation=\"create\",outcome=\"ok\"}");
         assert_eq!(writers, memory, "memory={memory}: {metrics}");
         let spool = s.berth.data.join("proxy-spool");
         let spool_empty = || async { std::fs::read_dir(&spool).map(|d| d.count() == 0).unwrap_or(false) };

@@ -12,6 +12,7 @@
 //!   credentials_dir: /etc/berth/s3    # files accessKeyId and secretAccessKey (a mounted Secret);
 //!                                     # default: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
 //!   ca_file: /etc/berth/s3-ca.crt     # PEM, trusted besides the system's roots
+//!   redirect: false                   # true: blob GETs answer 307 to a presigned URL
 //! ```
 
 use std::path::PathBuf;
@@ -34,6 +35,10 @@ pub struct S3Config {
     pub credentials_dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Blob GETs answer 307 with a short-lived presigned URL of the object, so the bytes flow
+    /// from the store rather than through berth (clients must reach the endpoint).
+    #[serde(default)]
+    pub redirect: bool,
 }
 
 impl S3Config {

@@ -208,11 +208,22 @@ pub struct ExistingClaim {
 #[serde(rename_all = "camelCase")]
 pub struct S3Storage {
     pub bucket: String,
-    /// Endpoint for S3-compatible stores (MinIO, Ceph RGW). Default: AWS.
+    /// Object names start with `prefix/` (several registries may share a bucket).
+    pub prefix: Option<String>,
+    /// Endpoint for S3-compatible stores (MinIO, SeaweedFS, Ceph RGW). Default: AWS.
     pub endpoint: Option<String>,
     pub region: Option<String>,
-    /// A Secret with `accessKeyId` and `secretAccessKey`.
+    /// `endpoint/bucket/key` addressing, as MinIO and most self-hosted stores want. Default false.
+    pub path_style: Option<bool>,
+    /// A Secret with `accessKeyId` and `secretAccessKey`, mounted into berth (never read by the
+    /// operator) and re-read when it changes. Without it berth takes `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY` from `spec.env`.
     pub credentials_secret: Option<String>,
+    /// A Secret whose `ca.crt` holds extra CA certificates (PEM) for the endpoint.
+    pub ca_secret: Option<String>,
+    /// Blob GETs answer 307 with a short-lived presigned URL, so bytes flow from the store
+    /// (clients must reach the endpoint). Default false.
+    pub redirect: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]

@@ -264,6 +264,15 @@ fn tag_params(req: &Parts) -> Result<Vec<Tag>> {
 }
 
 async fn get_blob(st: &AppState, req: &Parts, repo: &RepoName, d: &Digest, head: bool) -> Result<Response> {
+    if !head {
+        if let Some(url) = st.registry.blob_redirect(repo, d).await? {
+            // The store serves the bytes (and any Range the client sends along).
+            let mut resp = Response::new(Body::empty());
+            *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            resp.headers_mut().insert(header::LOCATION, header_value(&url));
+            return Ok(with_digest(resp, d));
+        }
+    }
     let range = requested_range(req);
     let read = st.registry.get_blob(repo, d, range, !head).await?;
     blob_response(read, d)

@@ -24,6 +24,7 @@ use crate::proxy::Proxy;
 use crate::service::{Limits, Registry};
 use crate::storage::fs::FsStorage;
 use crate::storage::memory::MemoryStorage;
+#[cfg(feature = "s3")]
 use crate::storage::s3::{S3Options, S3Storage};
 use crate::storage::Storage;
 use crate::telemetry::Metrics;
@@ -48,17 +49,21 @@ pub enum ServeError {
     Config(String),
 }
 
+#[cfg(not(feature = "s3"))]
+fn s3_storage(_: &S3Config) -> Result<MemoryStorage, ServeError> {
+    Err(ServeError::Config("storage: this berth was built without S3 support (feature s3)".into()))
+}
+
 /// The bucket as configured, with its credentials from `credentials_dir` (the files a mounted
-/// Secret's `accessKeyId` and `secretAccessKey` keys become) or the usual AWS variables.
+/// Secret's `accessKeyId` and `secretAccessKey` keys become, re-read when they change) or the
+/// usual AWS variables.
+#[cfg(feature = "s3")]
 fn s3_storage(c: &S3Config) -> Result<S3Storage, ServeError> {
     let fail = |m: String| ServeError::Config(format!("storage: {m}"));
-    let secret = |file: &str, var: &str| -> Result<String, ServeError> {
-        match &c.credentials_dir {
-            Some(dir) => std::fs::read_to_string(dir.join(file))
-                .map(|v| v.trim().to_owned())
-                .map_err(|e| fail(format!("reading {}: {e}", dir.join(file).display()))),
-            None => std::env::var(var).map_err(|_| fail(format!("no credentials_dir and {var} is not set"))),
-        }
+    let env = |var: &str| match (&c.credentials_dir, std::env::var(var)) {
+        (Some(_), _) => Ok(String::new()),
+        (None, Ok(v)) => Ok(v),
+        (None, Err(_)) => Err(fail(format!("no credentials_dir and {var} is not set"))),
     };
     let ca_pem = match &c.ca_file {
         Some(f) => Some(std::fs::read(f).map_err(|e| fail(format!("reading {}: {e}", f.display())))?),
@@ -70,9 +75,11 @@ fn s3_storage(c: &S3Config) -> Result<S3Storage, ServeError> {
         region: c.region.clone().unwrap_or_default(),
         endpoint: c.endpoint.clone().unwrap_or_default(),
         path_style: c.path_style,
-        access_key_id: secret("accessKeyId", "AWS_ACCESS_KEY_ID")?,
-        secret_access_key: secret("secretAccessKey", "AWS_SECRET_ACCESS_KEY")?,
+        access_key_id: env("AWS_ACCESS_KEY_ID")?,
+        secret_access_key: env("AWS_SECRET_ACCESS_KEY")?,
+        credentials_dir: c.credentials_dir.clone(),
         ca_pem,
+        redirect: c.redirect,
     })
     .map_err(fail)
 }

@@ -56,6 +56,13 @@ impl Registry {
         }
     }
 
+    /// Where the client may read the blob directly, when storage hands reads out (S3 with
+    /// `redirect: true`): checked against the repository first, like any read.
+    pub async fn blob_redirect(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {
+        self.stat_blob(repo, digest).await?;
+        Ok(self.storage.presigned_get(&layout::blob(digest)).await?)
+    }
+
     /// Starts writing a blob fetched from an upstream; [`Registry::commit_cached_blob`] publishes it.
     pub async fn blob_writer(&self) -> Result<Box<dyn ObjectWriter>> {
         Ok(self.storage.writer().await?)

@@ -12,6 +12,7 @@
 pub mod fs;
 pub mod layout;
 pub mod memory;
+#[cfg(feature = "s3")]
 pub mod s3;
 #[cfg(test)]
 pub(crate) mod testsuite;
@@ -24,6 +25,10 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 
 pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
+
+/// How long a presigned read URL stays valid. Garbage collection must not delete an object
+/// sooner than this after a URL for it was handed out.
+pub const REDIRECT_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 /// A storage key: a relative, `/`-separated path built only by [`layout`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -90,6 +95,13 @@ pub trait Storage: Send + Sync + 'static {
     /// Whether the store answers, for `/readyz`: an error names what is wrong (unreachable,
     /// refused credentials, no such bucket).
     async fn check(&self) -> Result<(), StorageError>;
+
+    /// A URL that serves the whole object to anyone holding it for [`REDIRECT_TTL`], when this
+    /// store hands reads to clients directly (S3 with `redirect: true`); `None` otherwise.
+    async fn presigned_get(&self, key: &Key) -> Result<Option<String>, StorageError> {
+        let _ = key;
+        Ok(None)
+    }
 
     /// Whether [`Storage::adopt`] can take files from the local directory `dir`: true only for a
     /// backend that keeps its objects as files on the same filesystem.

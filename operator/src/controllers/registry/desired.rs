@@ -19,7 +19,7 @@ use sha2::Digest as _;
 
 use super::effective::{self, Effective, CONTAINER_PORT};
 use crate::controllers::render::proxies::{self, ProxySource};
-use crate::controllers::render::{auth, BuildError};
+use crate::controllers::render::{auth, s3, BuildError};
 use crate::crd::registry::{RetainPolicy, TlsMode};
 use crate::crd::Registry;
 use crate::labels;
@@ -86,9 +86,6 @@ pub fn config_secret_name(reg: &Registry) -> String {
 pub fn render_config(reg: &Registry, eff: &Effective, proxies: &[ProxySource]) -> Result<Config, BuildError> {
     let spec = &reg.spec;
     let storage = spec.storage.clone().unwrap_or_default();
-    if storage.s3.is_some() {
-        return Err(BuildError::NotSupported("spec.storage.s3"));
-    }
     if spec.database.as_ref().is_some_and(|d| d.postgres.is_some()) {
         return Err(BuildError::NotSupported("spec.database.postgres"));
     }
@@ -105,7 +102,10 @@ pub fn render_config(reg: &Registry, eff: &Effective, proxies: &[ProxySource]) -
             format: if eff.log_json { LogFormat::Json } else { LogFormat::Text },
         },
         tls,
-        storage: StorageConfig::Filesystem { path: Some(format!("{DATA_DIR}/storage").into()) },
+        storage: match &storage.s3 {
+            Some(s3) => StorageConfig::S3(s3::config(s3)),
+            None => StorageConfig::Filesystem { path: Some(format!("{DATA_DIR}/storage").into()) },
+        },
         metadata: MetadataConfig::Sqlite { path: Some(format!("{DATA_DIR}/meta.db").into()) },
         proxy: proxies::upstreams(proxies)?,
         auth: spec.auth.as_ref().map(|a| auth::render(a, spec.pull_secrets.is_some())).transpose()?,
@@ -222,6 +222,11 @@ fn statefulset(
         mounts.push(serde_json::json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
         volumes
             .push(serde_json::json!({"name": "tls", "secret": {"secretName": secret, "defaultMode": 0o440}}));
+    }
+    if let Some(s3) = &storage.s3 {
+        let (s3_mounts, s3_volumes) = s3::volumes(s3);
+        mounts.extend(s3_mounts);
+        volumes.extend(s3_volumes);
     }
     let (proxy_mounts, proxy_volumes) = proxies::volumes(proxies);
     mounts.extend(proxy_mounts);

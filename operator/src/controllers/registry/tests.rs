@@ -161,9 +161,39 @@ fn replicas_pdb_tls_and_overrides() {
 }
 
 #[test]
+fn s3_storage_is_rendered_and_its_secrets_mounted() {
+    let reg = registry(serde_json::json!({"storage": {"s3": {
+        "bucket": "berth", "endpoint": "http://minio.storage:9000", "pathStyle": true,
+        "credentialsSecret": "minio-keys", "prefix": "hub", "redirect": true}}}));
+    let c = children(&reg, &inputs());
+    let config = config_of(&c);
+    let berth_core::config::StorageConfig::S3(s3) = &config.storage else { panic!("{:?}", config.storage) };
+    assert_eq!(
+        (s3.bucket.as_str(), s3.prefix.as_deref(), s3.path_style, s3.redirect),
+        ("berth", Some("hub"), true, true)
+    );
+    let dir = s3.credentials_dir.clone().unwrap();
+    // The metadata stays in SQLite on the data volume until PostgreSQL is configured.
+    assert!(config.sqlite_path().unwrap().starts_with("/var/lib/berth"), "{:?}", config.sqlite_path());
+    let Child::StatefulSet(set) = find(&c, "StatefulSet", "hub") else { unreachable!() };
+    let pod = set.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let mount = pod.containers[0]
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "s3-credentials")
+        .unwrap();
+    assert_eq!(std::path::Path::new(&mount.mount_path), dir);
+    let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == "s3-credentials").unwrap();
+    assert_eq!(volume.secret.as_ref().unwrap().secret_name.as_deref(), Some("minio-keys"));
+}
+
+#[test]
 fn unsupported_and_pending_inputs_are_build_errors() {
-    let s3 = registry(serde_json::json!({"storage": {"s3": {"bucket": "b"}}}));
-    assert_eq!(desired::build(&s3, &inputs()), Err(BuildError::NotSupported("spec.storage.s3")));
+    let pg =
+        registry(serde_json::json!({"database": {"postgres": {"urlSecret": {"name": "pg", "key": "url"}}}}));
+    assert_eq!(desired::build(&pg, &inputs()), Err(BuildError::NotSupported("spec.database.postgres")));
     let tls = registry(serde_json::json!({"tls": {"mode": "SelfSigned"}}));
     assert_eq!(desired::build(&tls, &inputs()), Err(BuildError::TlsPending));
     let existing = registry(serde_json::json!({"storage": {"existingClaim": {"name": "old"}}}));

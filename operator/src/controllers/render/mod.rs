@@ -8,5 +8,6 @@
 pub mod auth;
 mod error;
 pub mod proxies;
+pub mod s3;
 
 pub use error::BuildError;

@@ -18,11 +18,16 @@ use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
+use object_store::signer::Signer;
 use object_store::{
     ClientOptions, GetOptions, GetRange, MultipartId, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
 };
 
 use super::{ByteStream, Key, ObjectWriter, Storage, StorageError};
+
+pub mod credentials;
+
+use credentials::FileCredentials;
 
 /// Every part but the last must be at least 5 MiB on S3; larger parts mean fewer requests.
 pub const PART_SIZE: usize = 8 << 20;
@@ -40,8 +45,13 @@ pub struct S3Options {
     pub path_style: bool,
     pub access_key_id: String,
     pub secret_access_key: String,
+    /// Read the key pair from `accessKeyId` and `secretAccessKey` here instead, and again when
+    /// they change ([`credentials`]).
+    pub credentials_dir: Option<std::path::PathBuf>,
     /// PEM certificates to trust besides the system's, for a store behind a private CA.
     pub ca_pem: Option<Vec<u8>>,
+    /// Blob reads answer with a presigned URL of the object (307), so bytes flow from the store.
+    pub redirect: bool,
 }
 
 impl std::fmt::Debug for S3Options {
@@ -53,6 +63,7 @@ impl std::fmt::Debug for S3Options {
             .field("region", &self.region)
             .field("endpoint", &self.endpoint)
             .field("path_style", &self.path_style)
+            .field("credentials_dir", &self.credentials_dir)
             .finish_non_exhaustive()
     }
 }
@@ -60,6 +71,7 @@ impl std::fmt::Debug for S3Options {
 pub struct S3Storage {
     store: Arc<AmazonS3>,
     prefix: String,
+    redirect: bool,
 }
 
 impl S3Storage {
@@ -80,8 +92,6 @@ impl S3Storage {
             .with_bucket_name(&o.bucket)
             .with_region(if o.region.is_empty() { "us-east-1" } else { &o.region })
             .with_virtual_hosted_style_request(!o.path_style)
-            .with_access_key_id(&o.access_key_id)
-            .with_secret_access_key(&o.secret_access_key)
             .with_client_options(client)
             // A store that is down answers as an error within seconds, not after minutes of retries.
             .with_retry(RetryConfig {
@@ -92,8 +102,20 @@ impl S3Storage {
         if !o.endpoint.is_empty() {
             b = b.with_endpoint(&o.endpoint);
         }
+        b = match &o.credentials_dir {
+            Some(dir) => {
+                let creds = FileCredentials::load(dir)?;
+                creds.watch();
+                b.with_credentials(creds)
+            }
+            None => b.with_access_key_id(&o.access_key_id).with_secret_access_key(&o.secret_access_key),
+        };
         let store = b.build().map_err(|e| e.to_string())?;
-        Ok(S3Storage { store: Arc::new(store), prefix: o.prefix.trim_matches('/').to_owned() })
+        Ok(S3Storage {
+            store: Arc::new(store),
+            prefix: o.prefix.trim_matches('/').to_owned(),
+            redirect: o.redirect,
+        })
     }
 
     fn path(&self, key: &Key) -> ObjectPath {
@@ -168,6 +190,18 @@ impl Storage for S3Storage {
         // A listing, not a HEAD: a HEAD in a missing bucket is a bare 404, like a missing object.
         let prefix = (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.as_str()));
         self.store.list_with_delimiter(prefix.as_ref()).await.map(|_| ()).map_err(storage_error)
+    }
+
+    async fn presigned_get(&self, key: &Key) -> Result<Option<String>, StorageError> {
+        if !self.redirect {
+            return Ok(None);
+        }
+        let url = self
+            .store
+            .signed_url(axum::http::Method::GET, &self.path(key), super::REDIRECT_TTL)
+            .await
+            .map_err(storage_error)?;
+        Ok(Some(url.to_string()))
     }
 
     async fn list(&self, prefix: &Key) -> Result<Vec<Key>, StorageError> {
@@ -285,7 +319,9 @@ mod tests {
             path_style: true,
             access_key_id: var("ACCESS_KEY"),
             secret_access_key: var("SECRET_KEY"),
+            credentials_dir: None,
             ca_pem: None,
+            redirect: false,
         })
         .unwrap()
     }
