@@ -188,40 +188,58 @@ async fn handshake(addr: &str, trusted: &[u8]) -> Option<Vec<u8>> {
     Some(leaf)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_certificate_is_reloaded_without_restart() {
-    let dir = tempfile::tempdir().unwrap();
+/// berth serving HTTPS with a self-signed pair A (files `tls.crt`/`tls.key` in `dir`, re-read
+/// every 100 ms), its log in `berth.log`, once a client sees certificate A.
+struct TlsBerth {
+    _berth: Berth,
+    addr: String,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    log: std::path::PathBuf,
+    der_a: Vec<u8>,
+}
+
+async fn tls_berth(dir: &std::path::Path, extra_config: &str) -> TlsBerth {
     let (cert_a, key_a, der_a) = self_signed("berth-a");
-    let (cert_b, key_b, der_b) = self_signed("berth-b");
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
     std::fs::write(&cert, cert_a).unwrap();
     std::fs::write(&key, key_a).unwrap();
-    let addr = free_addr();
-    let config = dir.path().join("berth.yaml");
-    std::fs::write(
-        &config,
-        format!("tls: {{cert: {}, key: {}, reload_interval: 100ms}}\n", cert.display(), key.display()),
-    )
-    .unwrap();
+    let config = dir.join("berth.yaml");
+    let tls = format!("tls: {{cert: {}, key: {}, reload_interval: 100ms}}\n", cert.display(), key.display());
+    std::fs::write(&config, format!("{tls}{extra_config}")).unwrap();
+    let (addr, log) = (free_addr(), dir.join("berth.log"));
     let child = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["serve", "--listen", &addr, "--config"])
         .arg(&config)
         .arg("--data-dir")
-        .arg(dir.path().join("data"))
+        .arg(dir.join("data"))
         .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let _guard = Berth { child, url: String::new() };
+    let berth = Berth { child, url: String::new() };
     let up = eventually(Duration::from_secs(20), || async { handshake(&addr, &der_a).await.is_some() }).await;
     assert!(up, "serves HTTPS with certificate A");
+    TlsBerth { _berth: berth, addr, cert, key, log, der_a }
+}
+
+/// Moves `text` into place at `path`, the way a Secret update does.
+fn replace(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_certificate_is_reloaded_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let TlsBerth { addr, cert, key, der_a, _berth, .. } = tls_berth(dir.path(), "").await;
+    let (cert_b, key_b, der_b) = self_signed("berth-b");
     assert_eq!(handshake(&addr, &der_a).await.unwrap(), der_a);
 
     // Replace the pair the way a Secret update does: new files moved into place.
-    for (path, text) in [(&key, key_b), (&cert, cert_b)] {
-        let tmp = path.with_extension("new");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, path).unwrap();
-    }
+    replace(&key, &key_b);
+    replace(&cert, &cert_b);
     let switched = eventually(Duration::from_secs(20), || async {
         handshake(&addr, &der_b).await.as_deref() == Some(&der_b[..])
     })
@@ -266,46 +284,14 @@ async fn a_blob_file_truncated_under_a_download_fails_that_download_only() {
     assert_eq!(alive.status(), StatusCode::OK);
 }
 
-/// Writes berth's config for TLS from `cert` and `key`, with a quick reload and `extra` YAML.
-fn tls_config(
-    dir: &std::path::Path,
-    cert: &std::path::Path,
-    key: &std::path::Path,
-    extra: &str,
-) -> std::path::PathBuf {
-    let config = dir.join("berth.yaml");
-    let tls = format!("tls: {{cert: {}, key: {}, reload_interval: 100ms}}\n", cert.display(), key.display());
-    std::fs::write(&config, format!("{tls}{extra}")).unwrap();
-    config
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_replaced_before_its_key_keeps_the_old_pair_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert_a, key_a, der_a) = self_signed("berth-a");
+    let TlsBerth { addr, cert, key, log, der_a, _berth } = tls_berth(dir.path(), "").await;
     let (cert_b, key_b, der_b) = self_signed("berth-b");
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert, cert_a).unwrap();
-    std::fs::write(&key, key_a).unwrap();
-    let addr = free_addr();
-    let config = tls_config(dir.path(), &cert, &key, "");
-    let log = dir.path().join("berth.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["serve", "--listen", &addr, "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let _guard = Berth { child, url: String::new() };
-    let up = eventually(Duration::from_secs(20), || async { handshake(&addr, &der_a).await.is_some() }).await;
-    assert!(up, "serves HTTPS with certificate A");
 
     // The certificate alone is replaced: berth notices, refuses the pair, keeps serving A.
-    std::fs::write(cert.with_extension("new"), &cert_b).unwrap();
-    std::fs::rename(cert.with_extension("new"), &cert).unwrap();
+    replace(&cert, &cert_b);
     let refused = eventually(Duration::from_secs(20), || async {
         std::fs::read_to_string(&log).unwrap_or_default().contains("does not belong to the certificate")
     })
@@ -318,8 +304,7 @@ async fn a_certificate_replaced_before_its_key_keeps_the_old_pair_serving() {
     assert_eq!(handshake(&addr, &der_a).await.as_deref(), Some(&der_a[..]), "A still serves");
 
     // Its key follows: now B serves.
-    std::fs::write(key.with_extension("new"), key_b).unwrap();
-    std::fs::rename(key.with_extension("new"), &key).unwrap();
+    replace(&key, &key_b);
     let switched = eventually(Duration::from_secs(20), || async {
         handshake(&addr, &der_b).await.as_deref() == Some(&der_b[..])
     })
@@ -331,23 +316,8 @@ async fn a_certificate_replaced_before_its_key_keeps_the_old_pair_serving() {
 async fn a_tls_client_that_never_says_hello_is_disconnected() {
     use tokio::io::AsyncReadExt;
     let dir = tempfile::tempdir().unwrap();
-    let (cert_a, key_a, der_a) = self_signed("berth-a");
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert, cert_a).unwrap();
-    std::fs::write(&key, key_a).unwrap();
-    let addr = free_addr();
-    let config = tls_config(dir.path(), &cert, &key, "limits: {tls_handshake_timeout: 500ms}\n");
-    let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["serve", "--listen", &addr, "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = Berth { child, url: String::new() };
-    let up = eventually(Duration::from_secs(20), || async { handshake(&addr, &der_a).await.is_some() }).await;
-    assert!(up);
+    let TlsBerth { addr, _berth, .. } =
+        tls_berth(dir.path(), "limits: {tls_handshake_timeout: 500ms}\n").await;
     let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let mut got = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut got)).await;

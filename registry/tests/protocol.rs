@@ -95,13 +95,7 @@ async fn chunked_upload_with_out_of_order_chunk_and_resume() {
     let c = client();
     let data: Vec<u8> = (0..300u32).map(|i| (i * 7 % 256) as u8).collect();
     let loc = start_session(&s, "r/c").await;
-    let patch = |start: usize, end: usize| {
-        c.patch(s.url(&loc))
-            .header("content-range", format!("{start}-{}", end - 1))
-            .header("content-type", "application/octet-stream")
-            .body(data[start..end].to_vec())
-            .send()
-    };
+    let patch = |start: usize, end: usize| patch_chunk(&s, &loc, start, &data[start..end]);
     let r = patch(0, 100).await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(r.headers()["range"], "0-99");
@@ -461,13 +455,7 @@ async fn an_upload_session_holds_a_bounded_number_of_chunks() {
     let c = client();
     let data: Vec<u8> = (0..40u32).map(|i| (i * 13 % 256) as u8).collect();
     let loc = start_session(&s, "r/chunks").await;
-    let patch = |start: usize, end: usize| {
-        c.patch(s.url(&loc))
-            .header("content-range", format!("{start}-{}", end - 1))
-            .header("content-type", "application/octet-stream")
-            .body(data[start..end].to_vec())
-            .send()
-    };
+    let patch = |start: usize, end: usize| patch_chunk(&s, &loc, start, &data[start..end]);
     for i in 0..3 {
         assert_eq!(patch(i * 10, i * 10 + 10).await.unwrap().status(), StatusCode::ACCEPTED);
     }

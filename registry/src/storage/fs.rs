@@ -118,13 +118,7 @@ impl Storage for FsStorage {
 
     async fn rename(&self, from: &Key, to: &Key) -> Result<(), StorageError> {
         let (from, to) = (self.path(from), self.path(to));
-        blocking(move || {
-            // The bytes must be on disk before a name that says they are complete.
-            File::open(&from)?.sync_all()?;
-            place(&from, &to)
-        })
-        .await
-        .map_err(|e| match e {
+        blocking(move || place_synced(&from, &to)).await.map_err(|e| match e {
             StorageError::Io(e) if e.kind() == io::ErrorKind::NotFound => StorageError::NotFound,
             e => e,
         })
@@ -165,12 +159,15 @@ impl Storage for FsStorage {
 
     async fn adopt(&self, file: &Path, key: &Key) -> Result<(), StorageError> {
         let (from, to) = (file.to_path_buf(), self.path(key));
-        blocking(move || {
-            File::open(&from)?.sync_all()?;
-            place(&from, &to)
-        })
-        .await
+        blocking(move || place_synced(&from, &to)).await
     }
+}
+
+/// [`place`] for a file written by someone else, or not synced when written: its bytes must be
+/// on disk before a name says they are complete.
+fn place_synced(from: &Path, to: &Path) -> io::Result<()> {
+    File::open(from)?.sync_all()?;
+    place(from, to)
 }
 
 /// Moves `from` to `to` durably: every directory the move needs is created and made durable,

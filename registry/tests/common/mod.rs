@@ -163,6 +163,22 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// Pushes config + one layer and returns (manifest bytes, its digest) without pushing the manifest.
+/// PATCHes `chunk` into the session at `loc` as the bytes from `start` on.
+pub async fn patch_chunk(
+    s: &TestServer,
+    loc: &str,
+    start: usize,
+    chunk: &[u8],
+) -> reqwest::Result<reqwest::Response> {
+    client()
+        .patch(s.url(loc))
+        .header("content-range", format!("{start}-{}", start + chunk.len() - 1))
+        .header("content-type", "application/octet-stream")
+        .body(chunk.to_vec())
+        .send()
+        .await
+}
+
 pub async fn image_manifest(s: &TestServer, repo: &str, seed: &str, extra: serde_json::Value) -> Vec<u8> {
     let config = format!("{{\"seed\":\"{seed}\"}}");
     let layer = format!("layer-{seed}").repeat(100);

@@ -332,9 +332,13 @@ mod tests {
         let prefix = format!("conformance-{}", uuid::Uuid::new_v4().simple());
         let store = from_env(&prefix);
         super::super::testsuite::run(&store).await;
-        // Nothing staged is left behind by commits or abandoned writers.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(store.list(&Key::new("tmp/".into())).await.unwrap().is_empty());
+        // Nothing staged is left behind by commits or abandoned writers (whose abort runs in
+        // the background: wait for it, within bounds).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !store.list(&Key::new("tmp/".into())).await.unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "staged objects left behind");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
