@@ -27,12 +27,21 @@ pub struct Plan {
     one_mib_pushes: usize,
     big_pushes: usize,
     get_seconds: u32,
+    /// Only the scenarios whose name contains this (for investigating one of them).
+    only: Option<String>,
 }
 
 impl Plan {
-    pub fn new(quick: bool) -> Plan {
+    pub fn new(quick: bool, only: Option<String>) -> Plan {
         if quick {
-            Plan { small_blobs: 200, manifest_puts: 200, one_mib_pushes: 16, big_pushes: 1, get_seconds: 3 }
+            Plan {
+                small_blobs: 200,
+                manifest_puts: 200,
+                one_mib_pushes: 16,
+                big_pushes: 1,
+                get_seconds: 3,
+                only,
+            }
         } else {
             Plan {
                 small_blobs: 2000,
@@ -40,8 +49,13 @@ impl Plan {
                 one_mib_pushes: 64,
                 big_pushes: 2,
                 get_seconds: 10,
+                only,
             }
         }
+    }
+
+    pub fn wants(&self, scenario: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| scenario.contains(o))
     }
 
     pub fn describe(&self) -> String {
@@ -198,7 +212,15 @@ fn rate(name: &'static str, unit: &'static str, amount: f64, took: Duration) -> 
     Metric { name, unit, value: amount / took.as_secs_f64(), higher_is_better: true }
 }
 
+/// Runs the plan's scenarios (and what they need: pulls read what was pushed, manifests refer to
+/// the small blobs); reports only the scenarios asked for.
 pub async fn run(plan: &Plan, base: &str, c: &reqwest::Client) -> anyhow::Result<Vec<Metric>> {
+    let mut out = scenarios(plan, base, c).await?;
+    out.retain(|m| plan.wants(m.name));
+    Ok(out)
+}
+
+async fn scenarios(plan: &Plan, base: &str, c: &reqwest::Client) -> anyhow::Result<Vec<Metric>> {
     let mut out = Vec::new();
     for (size, label_push, label_pull, label_push8, label_pull8, count) in [
         (
@@ -218,6 +240,9 @@ pub async fn run(plan: &Plan, base: &str, c: &reqwest::Client) -> anyhow::Result
             plan.big_pushes,
         ),
     ] {
+        if ![label_push, label_pull, label_push8, label_pull8].iter().any(|l| plan.wants(l)) {
+            continue;
+        }
         let base_bytes = random_bytes(size, size as u64);
         let single: Arc<Vec<Blob>> = Arc::new((0..count as u64).map(|n| Blob::new(&base_bytes, n)).collect());
         let multi: Arc<Vec<Blob>> =
@@ -266,6 +291,12 @@ pub async fn run(plan: &Plan, base: &str, c: &reqwest::Client) -> anyhow::Result
         out.push(rate(label_pull8, "MB/s", total_multi * reads as f64, took));
     }
 
+    const SMALL: &str = "push 4 KiB blobs, concurrency 16";
+    const MANIFEST_PUT: &str = "manifest PUT, concurrency 16";
+    const MANIFEST_GET: &str = "manifest GET by tag, 64 connections";
+    if ![SMALL, MANIFEST_PUT, MANIFEST_GET].iter().any(|l| plan.wants(l)) {
+        return Ok(out);
+    }
     let small_base = random_bytes(4096, 4096);
     let small: Arc<Vec<Blob>> =
         Arc::new((0..plan.small_blobs as u64).map(|n| Blob::new(&small_base, n)).collect());
@@ -275,7 +306,10 @@ pub async fn run(plan: &Plan, base: &str, c: &reqwest::Client) -> anyhow::Result
         async move { push(&c, &b, &s[i]).await }
     })
     .await?;
-    out.push(rate("push 4 KiB blobs, concurrency 16", "blobs/s", plan.small_blobs as f64, took));
+    out.push(rate(SMALL, "blobs/s", plan.small_blobs as f64, took));
+    if !plan.wants(MANIFEST_PUT) && !plan.wants(MANIFEST_GET) {
+        return Ok(out);
+    }
 
     let manifests = Arc::new(manifests(&small, plan.manifest_puts));
     let (c1, b1, m1) = (c.clone(), base.to_owned(), manifests.clone());
@@ -295,9 +329,9 @@ pub async fn run(plan: &Plan, base: &str, c: &reqwest::Client) -> anyhow::Result
         }
     })
     .await?;
-    out.push(rate("manifest PUT, concurrency 16", "manifests/s", plan.manifest_puts as f64, took));
+    out.push(rate(MANIFEST_PUT, "manifests/s", plan.manifest_puts as f64, took));
     out.push(Metric {
-        name: "manifest GET by tag, 64 connections",
+        name: MANIFEST_GET,
         unit: "requests/s",
         value: wrk(&format!("{base}/v2/{REPO}/manifests/t0"), plan.get_seconds)?,
         higher_is_better: true,

@@ -6,7 +6,8 @@
 //! berth-bench --berth target/release/berth --distribution PATH/registry [--out docs/benchmarks.md]
 //! ```
 //! With both berth and Distribution given, the pull-through cache comparison (`proxy`) follows;
-//! `--proxy-only` runs just that.
+//! `--proxy-only` runs just that; `--only TEXT` reports only the scenarios whose name contains
+//! TEXT (running what they need first), for looking into one of them.
 //! Every server gets a fresh data directory on the same disk, is started, loaded, measured and
 //! stopped before the next; loads are bounded in count, so a run always ends.
 
@@ -29,6 +30,8 @@ struct Args {
     servers: Vec<ServerSpec>,
     out: Option<PathBuf>,
     quick: bool,
+    /// Only the scenarios whose name contains this.
+    only: Option<String>,
     /// Only the pull-through cache comparison.
     proxy_only: bool,
 }
@@ -38,6 +41,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut out = None;
     let mut quick = false;
     let mut proxy_only = false;
+    let mut only = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut path = || it.next().map(PathBuf::from).with_context(|| format!("{a} needs a path"));
@@ -48,13 +52,14 @@ fn parse_args() -> anyhow::Result<Args> {
             "--out" => out = Some(path()?),
             "--quick" => quick = true,
             "--proxy-only" => proxy_only = true,
+            "--only" => only = Some(it.next().context("--only needs part of a scenario name")?),
             other => bail!("unknown argument {other:?}"),
         }
     }
     if servers.is_empty() {
-        bail!("usage: berth-bench --berth BIN [--distribution BIN] [--zot BIN] [--out FILE] [--quick] [--proxy-only]");
+        bail!("usage: berth-bench --berth BIN [--distribution BIN] [--zot BIN] [--out FILE] [--quick] [--only SCENARIO] [--proxy-only]");
     }
-    Ok(Args { servers, out, quick, proxy_only })
+    Ok(Args { servers, out, quick, only, proxy_only })
 }
 
 #[tokio::main]
@@ -63,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
     eprintln!("measuring the machine...");
     let limits = machine::measure(scratch.path()).await?;
-    let plan = load::Plan::new(args.quick);
+    let plan = load::Plan::new(args.quick, args.only.clone());
     let mut results: Vec<(String, Vec<Metric>)> = Vec::new();
     for spec in args.servers.iter().filter(|_| !args.proxy_only) {
         eprintln!("measuring {}...", spec.kind.name());

@@ -139,5 +139,6 @@ pub async fn measure(spec: &ServerSpec, plan: &Plan, scratch: &Path) -> anyhow::
         value: startup.as_secs_f64() * 1e3,
         higher_is_better: false,
     });
+    metrics.retain(|m| plan.wants(m.name));
     Ok(metrics)
 }
