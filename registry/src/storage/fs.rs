@@ -45,12 +45,29 @@ impl FsStorage {
             fs::remove_dir_all(&tmp)?;
         }
         fs::create_dir_all(&tmp)?;
+        remove_upload_dirs_of_old_layout(&root.join("uploads"))?;
         Ok(FsStorage { root, tmp })
     }
 
     fn path(&self, key: &Key) -> PathBuf {
         self.root.join(key.as_str())
     }
+}
+
+/// Before uploads were kept flat in `uploads/<hh>/`, each had a directory `uploads/<upload-id>/`.
+/// Sessions do not survive the change of layout (their clients start over), so such directories
+/// only hold bytes nothing refers to any more.
+fn remove_upload_dirs_of_old_layout(uploads: &Path) -> io::Result<()> {
+    let Some(entries) = not_found_to_none(fs::read_dir(uploads))? else {
+        return Ok(());
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() && entry.file_name().len() > 2 {
+            fs::remove_dir_all(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 fn not_found_to_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
@@ -108,12 +125,7 @@ impl Storage for FsStorage {
 
     async fn writer(&self) -> Result<Box<dyn ObjectWriter>, StorageError> {
         let temp = self.tmp.join(uuid::Uuid::new_v4().simple().to_string());
-        let file = blocking({
-            let temp = temp.clone();
-            move || File::create_new(temp)
-        })
-        .await?;
-        Ok(Box::new(FsWriter::new(self.root.clone(), file, temp)))
+        Ok(Box::new(FsWriter::new(self.root.clone(), temp)))
     }
 
     async fn rename(&self, from: &Key, to: &Key) -> Result<(), StorageError> {
@@ -124,25 +136,22 @@ impl Storage for FsStorage {
         })
     }
 
+    /// Removes the file. Its directory stays: every directory the layout makes is one of a
+    /// fixed few (hash prefixes), so keeping them costs nothing, and removing and remaking them
+    /// would cost an inode allocation and a free per object.
     async fn delete(&self, key: &Key) -> Result<(), StorageError> {
         let path = self.path(key);
-        blocking(move || {
-            not_found_to_none(fs::remove_file(&path))?;
-            // Drop the directory if that emptied it (fails harmlessly when it is not empty).
-            if let Some(parent) = path.parent() {
-                let _ = fs::remove_dir(parent);
-            }
-            Ok(())
-        })
-        .await
+        blocking(move || not_found_to_none(fs::remove_file(&path)).map(drop)).await
     }
 
     async fn list(&self, prefix: &Key) -> Result<Vec<Key>, StorageError> {
         let root = self.root.clone();
-        let start = self.path(prefix);
+        let prefix = prefix.clone();
+        let dir = self.root.join(&prefix.as_str()[..prefix.as_str().rfind('/').map_or(0, |i| i + 1)]);
         blocking(move || {
             let mut out = Vec::new();
-            walk(&root, &start, &mut out)?;
+            walk(&root, &dir, &mut out)?;
+            out.retain(|k| k.as_str().starts_with(prefix.as_str()));
             out.sort();
             Ok(out)
         })
@@ -179,22 +188,17 @@ fn place(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// Renames `from` to `to`, creating the directories it needs (made durable with `durable`; not for
-/// files a crash may lose anyway, such as upload chunks).
+/// files a crash may lose anyway, such as upload chunks). Directories are never removed, so one
+/// made here is still there for the rename.
 fn rename_into(from: &Path, to: &Path, durable: bool) -> io::Result<()> {
     let dir = to.parent().ok_or_else(|| io::Error::other("key has no parent"))?;
-    for attempt in 0..3 {
-        if durable {
-            create_dirs_durably(dir)?;
-        } else {
-            fs::create_dir_all(dir)?;
-        }
-        match fs::rename(from, to) {
-            // A concurrent delete may remove the freshly made, still empty directory: make it again.
-            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 2 && from.exists() => continue,
-            r => return r,
-        }
+    if durable {
+        create_dirs_durably(dir)?;
+    } else if !dir.is_dir() {
+        // Looked up first: `mkdir` of a directory that exists still locks its parent.
+        fs::create_dir_all(dir)?;
     }
-    Ok(())
+    fs::rename(from, to)
 }
 
 /// Creates `dir` and any missing parents, fsyncing each parent that gained an entry, so a file
@@ -269,11 +273,14 @@ fn read_exact_at(file: &File, pos: u64, len: u64) -> io::Result<Bytes> {
 
 /// A new object: received bytes are gathered, and each full batch is written on the blocking pool
 /// while the next one gathers (at most one write in flight). Between batches, and while the client
-/// is silent, no thread is held.
+/// is silent, no thread is held. The temp file is made with the first batch, so a writer that
+/// receives nothing (the empty closing `PUT` of an upload) costs no file.
 struct FsWriter {
     root: PathBuf,
     temp: PathBuf,
-    /// The file, unless a write in flight has it (and will hand it back).
+    /// Whether the temp file was (or is being) created.
+    opened: bool,
+    /// The file, unless a write in flight has it (and will hand it back), or it is not made yet.
     file: Option<Appender>,
     in_flight: Option<JoinHandle<io::Result<Appender>>>,
     pending: Vec<Bytes>,
@@ -283,11 +290,12 @@ struct FsWriter {
 }
 
 impl FsWriter {
-    fn new(root: PathBuf, file: File, temp: PathBuf) -> FsWriter {
+    fn new(root: PathBuf, temp: PathBuf) -> FsWriter {
         FsWriter {
             root,
             temp,
-            file: Some(Appender::new(file)),
+            opened: false,
+            file: None,
             in_flight: None,
             pending: Vec::with_capacity(64),
             pending_len: 0,
@@ -296,20 +304,30 @@ impl FsWriter {
         }
     }
 
-    /// The file, once the write in flight (if any) has finished.
-    async fn file(&mut self) -> Result<Appender, StorageError> {
+    /// The file, once the write in flight (if any) has finished; `None` before it is made.
+    async fn file(&mut self) -> Result<Option<Appender>, StorageError> {
         if let Some(task) = self.in_flight.take() {
-            return task.await.map_err(|e| StorageError::Io(io::Error::other(e)))?.map_err(StorageError::Io);
+            let file = task.await.map_err(|e| StorageError::Io(io::Error::other(e)))?;
+            return file.map(Some).map_err(StorageError::Io);
         }
-        self.file.take().ok_or_else(|| StorageError::Io(io::Error::other("an earlier write failed")))
+        match self.file.take() {
+            Some(file) => Ok(Some(file)),
+            None if !self.opened => {
+                self.opened = true;
+                Ok(None)
+            }
+            None => Err(StorageError::Io(io::Error::other("an earlier write failed"))),
+        }
     }
 
     /// Starts writing the gathered batch.
     async fn flush(&mut self) -> Result<(), StorageError> {
-        let mut file = self.file().await?;
+        let file = self.file().await?;
         let batch = std::mem::take(&mut self.pending);
         self.pending_len = 0;
+        let temp = self.temp.clone();
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let mut file = open_or_create(file, &temp)?;
             file.append(&batch)?;
             Ok(file)
         }));
@@ -322,10 +340,11 @@ impl FsWriter {
         key: &Key,
         finish: fn(File, &Path, &Path) -> io::Result<()>,
     ) -> Result<(), StorageError> {
-        let mut file = self.file().await?;
+        let file = self.file().await?;
         let batch = std::mem::take(&mut self.pending);
         let (temp, dest) = (self.temp.clone(), self.root.join(key.as_str()));
         let done = blocking(move || {
+            let mut file = open_or_create(file, &temp)?;
             file.append(&batch)?;
             finish(file.into_file(), &temp, &dest)
         })
@@ -336,9 +355,17 @@ impl FsWriter {
     }
 }
 
+/// The writer's file: the one it has, or a new one at `temp`.
+fn open_or_create(file: Option<Appender>, temp: &Path) -> io::Result<Appender> {
+    match file {
+        Some(file) => Ok(file),
+        None => File::create_new(temp).map(Appender::new),
+    }
+}
+
 impl Drop for FsWriter {
     fn drop(&mut self) {
-        if !self.done {
+        if self.opened && !self.done {
             let temp = std::mem::take(&mut self.temp);
             // A write still in flight finishes on its own; the name goes now, the inode with it.
             match tokio::runtime::Handle::try_current() {
@@ -412,8 +439,12 @@ fn finish_synced(file: File, temp: &Path, dest: &Path) -> io::Result<()> {
     place(temp, dest)
 }
 
-/// Visible at once, but a crash may lose it.
+/// Visible at once, but a crash may lose it. Its writeback starts now, so that the `fsync` that
+/// later makes it durable (when an upload's chunk becomes its blob) finds little left to do.
 fn finish_unsynced(file: File, temp: &Path, dest: &Path) -> io::Result<()> {
+    if let Ok(meta) = file.metadata() {
+        start_writeback(&file, 0, meta.len());
+    }
     drop(file);
     rename_into(temp, dest, false)
 }
@@ -488,5 +519,35 @@ mod tests {
         fs::write(dir.path().join("tmp/crashed-write"), b"partial").unwrap();
         FsStorage::open(dir.path()).unwrap();
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_removes_upload_directories_of_the_old_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("uploads/0f3c9a5e-6a1b-4c1e-9a55-5d2f0e7c1b2a");
+        let new = dir.path().join("uploads/0f");
+        fs::create_dir_all(&old).unwrap();
+        fs::write(old.join("00000000000000000000-ab"), b"orphaned chunk").unwrap();
+        fs::create_dir_all(&new).unwrap();
+        fs::write(new.join("0f3c.00000000000000000000-ab"), b"live chunk").unwrap();
+        FsStorage::open(dir.path()).unwrap();
+        assert!(!old.exists());
+        assert_eq!(fs::read(new.join("0f3c.00000000000000000000-ab")).unwrap(), b"live chunk");
+    }
+
+    /// The closing `PUT` of most uploads carries no bytes; it must not cost a file made and
+    /// removed (an inode allocated and freed per push).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_that_receives_nothing_makes_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStorage::open(dir.path()).unwrap();
+        let tmp = dir.path().join("tmp");
+        let before = fs::metadata(&tmp).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut w = store.writer().await.unwrap();
+        w.write(Bytes::new()).await.unwrap();
+        drop(w);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(fs::metadata(&tmp).unwrap().modified().unwrap(), before, "tmp/ was changed");
     }
 }
