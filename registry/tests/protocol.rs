@@ -153,7 +153,7 @@ async fn cancel_upload() {
     let r = c.get(s.url(&loc)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
-    assert!(std::fs::read_dir(s.data.join("storage/uploads")).map(|d| d.count() == 0).unwrap_or(true));
+    assert_eq!(s.files_under("storage/uploads"), Vec::<std::path::PathBuf>::new());
     s.stop().await;
 }
 

@@ -25,6 +25,15 @@ use crate::UploadId;
 use berth_core::oci::range::ChunkRange;
 use berth_core::oci::{Algorithm, Digest, Hasher, RepoName};
 
+/// How an upload's bytes became its blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Published {
+    /// Its one chunk was renamed into place: no chunk is left.
+    Moved,
+    /// The blob was written anew (or was there already): the chunks are left to remove.
+    Copied,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UploadState {
     pub id: UploadId,
@@ -86,9 +95,10 @@ impl Registry {
             )));
         }
         let parts = self.meta.upload_parts(u.id).await?;
-        self.publish(&u, &parts, digest).await?;
-        for p in &parts {
-            self.storage.delete(&layout::upload_part(&u.id, p.start, &p.nonce)).await?;
+        if self.publish(&u, &parts, digest).await? == Published::Copied {
+            for p in &parts {
+                self.storage.delete(&layout::upload_part(&u.id, p.start, &p.nonce)).await?;
+            }
         }
         self.meta.finish_upload(u.id, repo, digest, u.received).await?;
         self.forget_hasher(u.id);
@@ -212,15 +222,18 @@ impl Registry {
     }
 
     /// Makes the verified bytes of `u` the blob `digest`.
-    async fn publish(&self, u: &Upload, parts: &[UploadPart], digest: &Digest) -> Result<()> {
+    async fn publish(&self, u: &Upload, parts: &[UploadPart], digest: &Digest) -> Result<Published> {
         let target = layout::blob(digest);
         if self.storage.stat(&target).await? == Some(u.received) {
-            return Ok(()); // already stored by someone else: content-addressed, so identical
+            return Ok(Published::Copied); // already stored by someone else: content-addressed, so identical
         }
         let part_key = |p: &UploadPart| layout::upload_part(&u.id, p.start, &p.nonce);
         match parts {
             [] => put_all(self.storage.as_ref(), &target, bytes::Bytes::new()).await?,
-            [only] => self.storage.rename(&part_key(only), &target).await?,
+            [only] => {
+                self.storage.rename(&part_key(only), &target).await?;
+                return Ok(Published::Moved);
+            }
             parts => {
                 let mut writer = self.storage.writer().await?;
                 for p in parts {
@@ -232,7 +245,7 @@ impl Registry {
                 writer.commit(&target).await?;
             }
         }
-        Ok(())
+        Ok(Published::Copied)
     }
 
     /// Forgets a session and removes every byte it left in storage (chunks a crash left
@@ -240,7 +253,7 @@ impl Registry {
     /// row goes last).
     async fn discard(&self, u: &Upload) {
         self.forget_hasher(u.id);
-        let keys = self.storage.list(&layout::upload_dir(&u.id)).await.unwrap_or_default();
+        let keys = self.storage.list(&layout::upload_prefix(&u.id)).await.unwrap_or_default();
         for k in keys {
             if let Err(e) = self.storage.delete(&k).await {
                 tracing::warn!(error = %e, upload = %u.id, "could not remove upload data");

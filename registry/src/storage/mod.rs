@@ -89,7 +89,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Removes an object; removing a missing one is not an error.
     async fn delete(&self, key: &Key) -> Result<(), StorageError>;
 
-    /// Keys of all objects under `prefix`, sorted.
+    /// Keys of all objects whose key starts with `prefix` (a string prefix, not only a
+    /// directory), sorted.
     async fn list(&self, prefix: &Key) -> Result<Vec<Key>, StorageError>;
 
     /// Whether the store answers, for `/readyz`: an error names what is wrong (unreachable,

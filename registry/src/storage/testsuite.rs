@@ -104,14 +104,14 @@ async fn listing(s: &dyn Storage) {
         put_all(s, &layout::upload_part(&a, start, "a"), Bytes::from_static(b"x")).await.unwrap();
     }
     put_all(s, &layout::upload_part(&b, 0, "b"), Bytes::from_static(b"y")).await.unwrap();
-    let keys = s.list(&layout::upload_dir(&a)).await.unwrap();
+    let keys = s.list(&layout::upload_prefix(&a)).await.unwrap();
     let want: Vec<_> = [0u64, 10, 20].iter().map(|o| layout::upload_part(&a, *o, "a")).collect();
     assert_eq!(keys, want);
     for k in keys {
         s.delete(&k).await.unwrap();
     }
-    assert!(s.list(&layout::upload_dir(&a)).await.unwrap().is_empty());
-    assert_eq!(s.list(&layout::upload_dir(&b)).await.unwrap().len(), 1);
+    assert!(s.list(&layout::upload_prefix(&a)).await.unwrap().is_empty());
+    assert_eq!(s.list(&layout::upload_prefix(&b)).await.unwrap().len(), 1);
 }
 
 async fn concurrent_commits_to_one_key(s: &dyn Storage) {

@@ -105,6 +105,11 @@ impl TestServer {
 
     /// Files under storage/blobs (what a client could ever be served).
     pub fn blob_files(&self) -> Vec<PathBuf> {
+        self.files_under("storage/blobs")
+    }
+
+    /// Files (not directories) anywhere under `dir` of the data directory.
+    pub fn files_under(&self, dir: &str) -> Vec<PathBuf> {
         fn walk(p: &Path, out: &mut Vec<PathBuf>) {
             if let Ok(rd) = std::fs::read_dir(p) {
                 for e in rd.flatten() {
@@ -117,7 +122,7 @@ impl TestServer {
             }
         }
         let mut out = Vec::new();
-        walk(&self.data.join("storage/blobs"), &mut out);
+        walk(&self.data.join(dir), &mut out);
         out
     }
 }

@@ -205,9 +205,15 @@ impl Storage for S3Storage {
     }
 
     async fn list(&self, prefix: &Key) -> Result<Vec<Key>, StorageError> {
+        // The store lists whole path segments: list the prefix's directory, then match the rest.
+        let dir = Key::new(prefix.as_str()[..prefix.as_str().rfind('/').map_or(0, |i| i + 1)].to_owned());
         let metas: Vec<_> =
-            self.store.list(Some(&self.path(prefix))).try_collect().await.map_err(storage_error)?;
-        let mut keys: Vec<Key> = metas.iter().filter_map(|m| self.key(&m.location)).collect();
+            self.store.list(Some(&self.path(&dir))).try_collect().await.map_err(storage_error)?;
+        let mut keys: Vec<Key> = metas
+            .iter()
+            .filter_map(|m| self.key(&m.location))
+            .filter(|k| k.as_str().starts_with(prefix.as_str()))
+            .collect();
         keys.sort();
         Ok(keys)
     }
