@@ -2,8 +2,9 @@
 //!
 //! One connection writes, on a thread of its own that commits concurrent writes together
 //! ([`writer`]); a small pool of connections reads concurrently on the blocking thread pool.
-//! Acknowledged writes are durable (`synchronous=FULL` for their commit); the bookkeeping of upload
-//! sessions is not waited for, since a client that loses it in a power loss resumes with a 416.
+//! Acknowledged writes are durable (the write-ahead log is synced before they are acknowledged);
+//! the bookkeeping of upload sessions is not waited for, since a client that loses it in a power
+//! loss resumes with a 416.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -142,8 +143,11 @@ impl SqliteMeta {
         };
         let mut conn = open_connection(&path).map_err(|e| cleanup(e.into()))?;
         migrate(&mut conn).map_err(cleanup)?;
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
         let writer =
-            Writer::start(conn).map_err(|e| cleanup(MetaError::Db(format!("metadata writer: {e}"))))?;
+            Writer::start(conn, &wal).map_err(|e| cleanup(MetaError::Db(format!("metadata writer: {e}"))))?;
         Ok(SqliteMeta { inner: Arc::new(Inner { path, writer, readers: Mutex::new(Vec::new()), scratch }) })
     }
 

@@ -1,23 +1,36 @@
-//! The one writing connection, with group commit.
+//! The one writing connection, with pipelined group commit.
 //!
 //! ```text
 //! write(f) ─► queue ─► writer thread: BEGIN IMMEDIATE
 //! write(g) ─┘                          SAVEPOINT; f; RELEASE   (or ROLLBACK TO: f alone fails)
 //!                                      SAVEPOINT; g; RELEASE
-//!                                      COMMIT  ─► one fsync of the WAL for all of them
-//!                                      ─► each caller hears its own result, only now
+//!                                      COMMIT (not synced) ─► unsynced writes hear their result
+//!                                         │
+//!                                         ▼
+//!                       syncer thread: fdatasync(WAL) once for every commit made before it
+//!                                      ─► synced writes hear their result, only now
 //! ```
 //! SQLite takes one writer at a time anyway; a dedicated thread takes every write that queued up
-//! while the last commit was syncing and commits them together, so concurrent pushes share one
-//! fsync instead of waiting for one each. Each write keeps its own all-or-none (a savepoint), and
-//! nobody hears of success before the commit that carries it is durable.
+//! and commits them together. The commit itself does not wait for the disk
+//! (`synchronous=NORMAL`): a second thread syncs the write-ahead log, once for all the commits
+//! made since its last sync, while the writer goes on committing. So the disk's latency is paid
+//! once per round by every concurrent push together, and a write that need not wait for it (an
+//! upload session's bookkeeping, which the protocol recovers from with a 416: `Unsynced`) is
+//! never queued behind someone else's sync. Each write keeps its own all-or-none (a savepoint),
+//! and no `Synced` write (blobs linked, manifests, tags, deletes) is acknowledged before the log
+//! holding it is on disk. (A concurrent reader may see such a write a millisecond before it is
+//! durable; its writer has not yet been told it succeeded.)
 //!
-//! A write that a crash may lose (an upload session's bookkeeping, which the protocol recovers
-//! from with a 416) is `Unsynced`: a batch of only such writes commits without waiting for the
-//! disk. Acknowledged content (blobs linked, manifests, tags, deletes) is `Synced`.
+//! Syncing SQLite's log from a descriptor of our own is sound because `fdatasync` flushes the
+//! file, not the descriptor, and the log is only ever reset or truncated in place while the
+//! database is open (it is removed only when the last connection closes). If a sync fails, what
+//! is on disk is unknown: every later write is refused until berth restarts and SQLite recovers
+//! from what the disk really holds.
 
+use std::fs::File;
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
@@ -81,15 +94,34 @@ struct Job {
     work: Box<dyn Work>,
 }
 
-/// Hands writes to the writer thread; the thread ends when this is dropped.
+/// Hands writes to the writer thread; the threads end when this is dropped.
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
 }
 
 impl Writer {
-    pub fn start(conn: Connection) -> std::io::Result<Writer> {
+    /// Starts writing through `conn` (a database in WAL mode whose log is at `wal`).
+    pub fn start(conn: Connection, wal: &std::path::Path) -> std::io::Result<Writer> {
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(std::io::Error::other)?;
+        let log = open_log(wal)?;
+        Writer::spawn(conn, move || log.sync_data())
+    }
+
+    /// Starts the writer and the syncer threads; `sync` makes every commit made so far durable.
+    fn spawn<S>(conn: Connection, sync: S) -> std::io::Result<Writer>
+    where
+        S: FnMut() -> std::io::Result<()> + Send + 'static,
+    {
+        let failed = Arc::new(AtomicBool::new(false));
+        let (syncs, to_sync) = mpsc::channel();
+        let sync_failed = failed.clone();
+        std::thread::Builder::new()
+            .name("berth-meta-sync".into())
+            .spawn(move || sync_rounds(sync, &to_sync, &sync_failed))?;
         let (jobs, queue) = mpsc::channel();
-        std::thread::Builder::new().name("berth-meta-writer".into()).spawn(move || serve(conn, queue))?;
+        std::thread::Builder::new()
+            .name("berth-meta-writer".into())
+            .spawn(move || serve(conn, &queue, &syncs, &failed))?;
         Ok(Writer { jobs })
     }
 
@@ -110,27 +142,93 @@ fn stopped() -> MetaError {
     MetaError::Db("the metadata writer has stopped".into())
 }
 
-fn serve(mut conn: Connection, queue: mpsc::Receiver<Job>) {
-    let mut synced = true;
+/// The write-ahead log, opened for syncing, and made durable in its directory: SQLite creates it
+/// on the first write, and a file whose name is not durable can vanish whole with a power loss.
+fn open_log(wal: &std::path::Path) -> std::io::Result<File> {
+    let log = std::fs::OpenOptions::new().create(true).truncate(false).append(true).open(wal)?;
+    if let Some(dir) = wal.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(log)
+}
+
+/// Committed writes that wait for the next sync of the log.
+type Committed = Vec<Box<dyn Work>>;
+
+/// A batch's commit outcome, and every job's work still to be told it.
+type Outcome = (std::result::Result<(), MetaError>, Vec<(Durability, Box<dyn Work>)>);
+
+fn serve(
+    mut conn: Connection,
+    queue: &mpsc::Receiver<Job>,
+    syncs: &mpsc::Sender<Committed>,
+    failed: &AtomicBool,
+) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         batch.extend(queue.try_iter().take(MAX_BATCH - 1));
-        let durable = batch.iter().any(|j| j.durability == Durability::Synced);
-        if durable != synced {
-            let mode = if durable { "FULL" } else { "NORMAL" };
-            synced = conn.pragma_update(None, "synchronous", mode).is_ok() && durable;
+        if failed.load(Ordering::Acquire) {
+            let e = sync_failed();
+            batch.into_iter().for_each(|j| j.work.finish(Err(&e)));
+            continue;
         }
-        commit(&mut conn, batch);
+        let (outcome, done) = commit(&mut conn, batch);
+        let mut synced = Vec::new();
+        for (durability, work) in done {
+            match (&outcome, durability) {
+                (Ok(()), Durability::Synced) => synced.push(work),
+                _ => work.finish(outcome.as_ref().map(|_| ())),
+            }
+        }
+        if !synced.is_empty() {
+            if let Err(mpsc::SendError(works)) = syncs.send(synced) {
+                works.into_iter().for_each(|w| w.finish(Err(&stopped())));
+            }
+        }
     }
 }
 
-fn commit(conn: &mut Connection, batch: Vec<Job>) {
+/// Syncs the log once for every commit that arrived since the last round, then acknowledges them.
+fn sync_rounds(
+    mut sync: impl FnMut() -> std::io::Result<()>,
+    commits: &mpsc::Receiver<Committed>,
+    failed: &AtomicBool,
+) {
+    while let Ok(first) = commits.recv() {
+        let mut round = vec![first];
+        round.extend(commits.try_iter());
+        let synced = if failed.load(Ordering::Acquire) {
+            Err(sync_failed())
+        } else {
+            sync().map_err(|e| {
+                tracing::error!(error = %e, "syncing the metadata log failed; refusing writes until restart");
+                failed.store(true, Ordering::Release);
+                if crate::storage::is_full(&e) {
+                    MetaError::Full
+                } else {
+                    sync_failed()
+                }
+            })
+        };
+        for works in round {
+            for work in works {
+                work.finish(synced.as_ref().map(|_| ()));
+            }
+        }
+    }
+}
+
+fn sync_failed() -> MetaError {
+    MetaError::Db("the metadata log could not be synced to disk; restart berth to recover".into())
+}
+
+/// Runs the batch in one transaction, committed without waiting for the disk.
+fn commit(conn: &mut Connection, batch: Vec<Job>) -> Outcome {
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
-            let e = MetaError::from(e);
-            batch.into_iter().for_each(|j| j.work.finish(Err(&e)));
-            return;
+            let works = batch.into_iter().map(|j| (j.durability, j.work)).collect();
+            return (Err(MetaError::from(e)), works);
         }
     };
     let mut done = Vec::with_capacity(batch.len());
@@ -146,10 +244,70 @@ fn commit(conn: &mut Connection, batch: Vec<Job>) {
             // Not run: finish reports the failure.
             Err(e) => tracing::warn!(error = %e, "metadata savepoint failed"),
         }
-        done.push(job.work);
+        done.push((job.durability, job.work));
     }
-    let outcome = tx.commit().map_err(MetaError::from);
-    for work in done {
-        work.finish(outcome.as_ref().map(|_| ()));
+    (tx.commit().map_err(MetaError::from), done)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn writer(sync: impl FnMut() -> std::io::Result<()> + Send + 'static) -> Arc<Writer> {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER)").unwrap();
+        Arc::new(Writer::spawn(conn, sync).unwrap())
+    }
+
+    fn insert(v: i64) -> impl FnOnce(&Connection) -> Result<usize> + Send + 'static {
+        move |c: &Connection| Ok(c.execute("INSERT INTO t VALUES (?1)", [v])?)
+    }
+
+    #[tokio::test]
+    async fn unsynced_writes_do_not_wait_behind_a_slow_sync() {
+        let (entered, syncing) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let w = writer(move || {
+            let _ = entered.send(());
+            let _ = released.recv();
+            Ok(())
+        });
+        let durable = tokio::spawn({
+            let w = w.clone();
+            async move { w.run(Durability::Synced, insert(1)).await }
+        });
+        tokio::task::spawn_blocking(move || syncing.recv()).await.unwrap().unwrap();
+
+        let quick =
+            tokio::time::timeout(Duration::from_secs(30), w.run(Durability::Unsynced, insert(2))).await;
+        assert_eq!(quick.expect("an unsynced write waited for the sync").unwrap(), 1);
+        assert!(!durable.is_finished(), "a synced write was acknowledged before its sync");
+
+        release.send(()).unwrap();
+        assert_eq!(durable.await.unwrap().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_refuses_every_later_write() {
+        let w = writer(|| Err(std::io::Error::from_raw_os_error(28)));
+        let e = w.run(Durability::Synced, insert(1)).await.unwrap_err();
+        assert!(matches!(e, MetaError::Full), "{e:?}");
+        for durability in [Durability::Synced, Durability::Unsynced] {
+            let e = w.run(durability, insert(2)).await.unwrap_err();
+            assert!(e.to_string().contains("restart berth"), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_fails_alone_in_its_batch() {
+        let w = writer(|| Ok(()));
+        let bad =
+            w.run(Durability::Synced, |c: &Connection| Ok(c.execute("INSERT INTO nope VALUES (1)", [])?));
+        let good = w.run(Durability::Synced, insert(3));
+        let (bad, good) = tokio::join!(bad, good);
+        assert!(bad.is_err());
+        assert_eq!(good.unwrap(), 1);
     }
 }
