@@ -54,7 +54,7 @@ clippy_driver() {
 }
 
 provision() {
-  ensure_debs skopeo containerd curl python3 ca-certificates util-linux mount lua5.4 podman buildah runc uidmap fuse-overlayfs strace &&
+  ensure_debs skopeo containerd postgresql curl python3 ca-certificates util-linux mount lua5.4 podman buildah runc uidmap fuse-overlayfs strace &&
   for t in conformance conformance-main crane oras regctl cosign registry helm kubeconform minio weed; do ensure_tool "$t" || return 1; done &&
   bash e2e/k8s-tools.sh
 }
@@ -77,6 +77,7 @@ stage "pull-through cache clients" bash tests/proxy-clients.sh
 stage "access control clients" bash tests/auth-clients.sh
 stage "durability and a full disk" bash tests/durability.sh
 stage "storage on S3 servers" "${LINTED[@]}" bash tests/s3.sh
+stage "replicas on S3 and PostgreSQL" bash tests/replicas.sh
 stage "fuzzing (20 s per target)" bash tests/fuzz.sh 20
 stage "Argo CD health check" lua5.4 docs/argocd/health_test.lua docs/argocd
 stage "container image" bash tests/image.sh

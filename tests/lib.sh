@@ -114,7 +114,8 @@ start_seaweedfs() {
 }
 
 # start_postgres: a PostgreSQL cluster of its own in a fresh temp dir (trust auth, loopback only);
-# sets PG_URL and PSQL (an array: psql connected to it). As root, the server runs as `postgres`.
+# sets PG_URL, PSQL (an array: psql connected to it), and PG_STOP and PG_START (commands that stop
+# and start it again, for outage tests). As root, the server runs as `postgres`.
 start_postgres() {
   local dir port bin as=()
   bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
@@ -126,8 +127,10 @@ start_postgres() {
     as=(runuser -u postgres --)
   fi
   "${as[@]}" "$bin/initdb" -D "$dir/data" -A trust -U berth >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log"; return 1; }
-  "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 30 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off" start >/dev/null || { cat "$dir/postgres.log"; return 1; }
+  PG_START=("${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 30
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off" start)
+  PG_STOP=("${as[@]}" "$bin/pg_ctl" -D "$dir/data" -w -t 30 -m fast stop)
+  "${PG_START[@]}" >/dev/null || { cat "$dir/postgres.log"; return 1; }
   on_exit "${as[*]} $bin/pg_ctl -D $dir/data -m immediate stop"
   PG_URL=postgres://berth@127.0.0.1:$port/postgres
   PSQL=(psql -X -q -t -A -v ON_ERROR_STOP=1 "$PG_URL")

@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
 # Berth's storage on real S3-compatible servers started on loopback, each in turn: the storage
 # conformance suite and the S3 backend's own tests (multipart objects, prefixes, a wrong secret),
-# then berth serving the OCI conformance suites with its blobs in the bucket (on SeaweedFS with
-# redirect: true, so clients read blobs from the store through presigned URLs).
+# then berth serving the OCI conformance suites with its blobs in the bucket: on MinIO with its
+# metadata in PostgreSQL (the several-replica setup), on SeaweedFS with SQLite and redirect: true
+# (clients read blobs from the store through presigned URLs).
 # Run from the suite with the same compiler wrapper as its build, so the test binary is reused.
 source "$(dirname "$0")/lib.sh"
 source "$ROOT/scripts/tools.sh"
 set +e
 require_tools "$(tool_path minio)" "$(tool_path weed)"
-require_commands curl
+require_commands curl psql runuser
 WORK=$(mktemp -d)
 on_exit "rm -rf $WORK"
 cd "$ROOT" || exit 1
 
-# run_suite NAME URL KEY SECRET REDIRECT: the ignored S3 tests of the registry crate against one
-# server, then berth on it, blob reads served through berth (REDIRECT=false) or by the store.
+# run_suite NAME URL KEY SECRET REDIRECT METADATA: the ignored S3 tests of the registry crate against
+# one server, then berth on it, blob reads served through berth (REDIRECT=false) or by the store,
+# metadata in SQLite or in PostgreSQL (METADATA=postgres: the database BERTH_POSTGRES_URL names).
 run_suite() {
-  local name=$1 url=$2 key=$3 secret=$4 redirect=$5 bucket=berth-$RANDOM
+  local name=$1 url=$2 key=$3 secret=$4 redirect=$5 metadata=$6 bucket=berth-$RANDOM
   if ! curl -sS -f -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" --user "$key:$secret" \
     -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$url/$bucket"; then
     check "$name: a bucket is created" false
@@ -39,12 +41,14 @@ storage:
   path_style: true
   credentials_dir: $WORK/$name
   redirect: $redirect
+metadata:
+  kind: $metadata
 EOF
   BLOBS_DIGEST_HEADER=$([[ $redirect == true ]] && echo false || echo true) \
     bash "$ROOT/tests/conformance.sh" --config "$WORK/$name/berth.yaml" |
     sed -E -e "s/^  (ok|FAIL)( +)/  \1\2$name: /" -e '/^[0-9]+ passed, [0-9]+ failed$/d'
   local rc=${PIPESTATUS[0]}
-  check "$name: berth passes the OCI conformance suites on it (redirect: $redirect)" test "$rc" = 0
+  check "$name: berth passes the OCI conformance suites on it (redirect: $redirect, $metadata)" test "$rc" = 0
   if [[ $redirect == true ]]; then
     start_berth --config "$WORK/$name/berth.yaml" || { cat "$BERTH_DIR/log"; return; }
     head -c 3000000 /dev/urandom >"$WORK/blob"
@@ -78,16 +82,17 @@ EOF
   kill "$BERTH_PID"
 }
 
-echo "== MinIO"
-if start_minio "$WORK/minio"; then
-  run_suite MinIO "$MINIO_URL" "$MINIO_USER" "$MINIO_PASSWORD" false
+echo "== MinIO, with PostgreSQL"
+if start_minio "$WORK/minio" && start_postgres && "${PSQL[@]}" -c "CREATE DATABASE berth"; then
+  export BERTH_POSTGRES_URL=${PG_URL%/postgres}/berth
+  run_suite MinIO "$MINIO_URL" "$MINIO_USER" "$MINIO_PASSWORD" false postgres
 else
   tail -n 20 "$WORK/minio/minio.log"
-  check "MinIO starts" false
+  check "MinIO and PostgreSQL start" false
 fi
 echo "== SeaweedFS"
 if start_seaweedfs "$WORK/seaweedfs"; then
-  run_suite SeaweedFS "$SEAWEED_URL" "$SEAWEED_USER" "$SEAWEED_PASSWORD" true
+  run_suite SeaweedFS "$SEAWEED_URL" "$SEAWEED_USER" "$SEAWEED_PASSWORD" true sqlite
 else
   tail -n 20 "$WORK/seaweedfs/weed.log"
   check "SeaweedFS starts" false

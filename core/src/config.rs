@@ -9,7 +9,7 @@
 //! log: { level: info, format: text }        # format: text | json
 //! tls: { cert: tls.crt, key: tls.key }      # reloaded when the files change
 //! storage: { kind: filesystem }             # path defaults to <data_dir>/storage; or memory, or s3 (S3Config)
-//! metadata: { kind: sqlite }                # path defaults to <data_dir>/meta.db
+//! metadata: { kind: sqlite }                # path defaults to <data_dir>/meta.db; or postgres
 //! limits: { max_manifest_bytes: 4194304, upload_ttl: 24h, max_connections: 4096 }   # see LimitsConfig
 //! external_url: https://registry.example.com   # token realm; default: each request's own host
 //! trusted_proxies: [10.0.0.0/8]                 # whose X-Forwarded-* headers count
@@ -177,6 +177,25 @@ pub enum MetadataConfig {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<PathBuf>,
     },
+    /// One PostgreSQL database shared by every replica.
+    ///
+    /// ```yaml
+    /// metadata:
+    ///   kind: postgres
+    ///   url_file: /etc/berth/db/url     # postgres://user:password@host:5432/berth (a mounted Secret);
+    ///                                   # default: the BERTH_POSTGRES_URL environment variable
+    ///   max_connections: 16             # per replica
+    /// ```
+    Postgres {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url_file: Option<PathBuf>,
+        #[serde(default = "default_max_db_connections")]
+        max_connections: u32,
+    },
+}
+
+fn default_max_db_connections() -> u32 {
+    16
 }
 
 impl Default for MetadataConfig {
@@ -271,14 +290,28 @@ impl Config {
         if let StorageConfig::S3(s3) = &self.storage {
             s3.validate()?;
         }
-        if let (StorageConfig::Memory, MetadataConfig::Sqlite { path: Some(_) }) =
-            (&self.storage, &self.metadata)
-        {
-            return Err((
-                "metadata.path",
-                "memory storage keeps its metadata in memory too: a database file would outlive the blobs"
-                    .into(),
-            ));
+        match (&self.storage, &self.metadata) {
+            (StorageConfig::Memory, MetadataConfig::Sqlite { path: Some(_) }) => {
+                return Err((
+                    "metadata.path",
+                    "memory storage keeps its metadata in memory too: a database file would outlive \
+                     the blobs"
+                        .into(),
+                ));
+            }
+            (StorageConfig::Memory, MetadataConfig::Postgres { .. }) => {
+                return Err((
+                    "metadata.kind",
+                    "memory storage keeps its metadata in memory too: a database would outlive the blobs"
+                        .into(),
+                ));
+            }
+            (_, MetadataConfig::Postgres { max_connections, .. })
+                if !(1..=1024).contains(max_connections) =>
+            {
+                return Err(("metadata.max_connections", "must be between 1 and 1024".into()));
+            }
+            _ => {}
         }
         if let Some(tls) = &self.tls {
             if tls.cert.as_os_str().is_empty() || tls.key.as_os_str().is_empty() {
@@ -309,6 +342,7 @@ impl Config {
             (MetadataConfig::Sqlite { path }, _) => {
                 Some(path.clone().unwrap_or_else(|| self.data_dir.join("meta.db")))
             }
+            (MetadataConfig::Postgres { .. }, _) => None,
         }
     }
 }

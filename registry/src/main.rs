@@ -102,7 +102,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&config);
     raise_open_files(config.limits.max_connections);
     let addr = config.listen_addr().map_err(anyhow::Error::msg)?;
-    let state = server::build_state(&config)?;
+    let state = server::build_state(&config).await?;
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let scheme = if config.tls.is_some() { "https" } else { "http" };

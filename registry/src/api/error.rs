@@ -188,6 +188,13 @@ impl From<&ServiceError> for ApiError {
                     "the registry's storage is unavailable; try again shortly",
                 );
             }
+            ServiceError::Meta(crate::meta::MetaError::Unavailable(reason)) => {
+                tracing::error!(%reason, "the metadata database did not serve a request");
+                return ApiError::new(
+                    Code::ServiceUnavailable,
+                    "the registry's database is unavailable; try again shortly",
+                );
+            }
             ServiceError::Storage(_) | ServiceError::Meta(_) => Code::Unknown,
         };
         if code == Code::StorageFull {

@@ -5,6 +5,11 @@
 use super::Result;
 use berth_core::oci::{Digest, RepoName, Tag};
 
+/// The name range `[prefix/, prefix0)`: every repository under `prefix/` (`0` follows `/`).
+pub(crate) fn prefix_bounds(prefix: &str) -> (String, String) {
+    (format!("{prefix}/"), format!("{prefix}0"))
+}
+
 /// Cached content an upstream's pull just used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedPull {

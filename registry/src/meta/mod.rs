@@ -3,11 +3,13 @@
 //!
 //! Content bytes live in [`crate::storage`]; this is the index over them. Every manifest PUT
 //! checks and records its references in one transaction, so a manifest is never visible with a
-//! dangling reference. [`sqlite`] is the embedded default; the trait is written so that a
-//! PostgreSQL store (for several replicas over shared storage) fits beside it. The pull-through
+//! dangling reference. [`sqlite`] is the embedded default; `postgres` serves several replicas
+//! over shared storage, and the same conformance suite runs on both. The pull-through
 //! cache's own bookkeeping (tag checks, pull times) is the separate [`cache::CacheIndex`].
 
 pub mod cache;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod testsuite;
@@ -29,6 +31,9 @@ pub enum MetaError {
     UploadFull { max: u32 },
     #[error("metadata store failed: {0}")]
     Db(String),
+    /// The database cannot be reached (a 503: the client may try again).
+    #[error("metadata store is unavailable: {0}")]
+    Unavailable(String),
     /// The disk under the database is full.
     #[error("the metadata store's disk is full")]
     Full,

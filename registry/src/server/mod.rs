@@ -18,8 +18,11 @@ use tracing::{info, warn};
 
 use crate::api::{self, AppState};
 use crate::auth::Authenticator;
+use crate::meta::cache::CacheIndex;
+#[cfg(feature = "postgres")]
+use crate::meta::postgres::PostgresMeta;
 use crate::meta::sqlite::SqliteMeta;
-use crate::meta::MetaError;
+use crate::meta::{MetaError, MetaStore};
 use crate::proxy::Proxy;
 use crate::service::{Limits, Registry};
 use crate::storage::fs::FsStorage;
@@ -29,7 +32,7 @@ use crate::storage::s3::{S3Options, S3Storage};
 use crate::storage::Storage;
 use crate::telemetry::Metrics;
 use crate::tls::{self, TlsError};
-use berth_core::config::{Config, S3Config, StorageConfig};
+use berth_core::config::{Config, MetadataConfig, S3Config, StorageConfig};
 
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -84,8 +87,37 @@ fn s3_storage(c: &S3Config) -> Result<S3Storage, ServeError> {
     .map_err(fail)
 }
 
+/// The configured metadata store, as the registry's index and as the proxy's cache bookkeeping.
+async fn open_metadata(config: &Config) -> Result<(Arc<dyn MetaStore>, Arc<dyn CacheIndex>), ServeError> {
+    match &config.metadata {
+        MetadataConfig::Sqlite { .. } => {
+            let meta = Arc::new(match config.sqlite_path() {
+                Some(path) => SqliteMeta::open(path)?,
+                None => SqliteMeta::temporary()?,
+            });
+            Ok((meta.clone(), meta))
+        }
+        #[cfg(feature = "postgres")]
+        MetadataConfig::Postgres { url_file, max_connections } => {
+            let url = match url_file {
+                Some(f) => std::fs::read_to_string(f)
+                    .map_err(|e| ServeError::Config(format!("metadata.url_file {}: {e}", f.display())))?,
+                None => std::env::var("BERTH_POSTGRES_URL").map_err(|_| {
+                    ServeError::Config("metadata: no url_file and BERTH_POSTGRES_URL is not set".into())
+                })?,
+            };
+            let meta = Arc::new(PostgresMeta::connect(url.trim(), *max_connections as usize).await?);
+            Ok((meta.clone(), meta))
+        }
+        #[cfg(not(feature = "postgres"))]
+        MetadataConfig::Postgres { .. } => {
+            Err(ServeError::Config("metadata: this berth was built without PostgreSQL support".into()))
+        }
+    }
+}
+
 /// Opens storage and metadata as configured and wires up the application state.
-pub fn build_state(config: &Config) -> Result<AppState, ServeError> {
+pub async fn build_state(config: &Config) -> Result<AppState, ServeError> {
     let metrics = Arc::new(Metrics::new());
     let storage: Arc<dyn Storage> = match (&config.storage, config.storage_path()) {
         (StorageConfig::Filesystem { .. }, Some(path)) => {
@@ -96,22 +128,19 @@ pub fn build_state(config: &Config) -> Result<AppState, ServeError> {
         (StorageConfig::S3(s3), _) => Arc::new(s3_storage(s3)?),
         _ => Arc::new(MemoryStorage::new()),
     };
-    let meta = Arc::new(match config.sqlite_path() {
-        Some(path) => SqliteMeta::open(path)?,
-        None => SqliteMeta::temporary()?,
-    });
+    let (meta, cache) = open_metadata(config).await?;
     let limits = Limits {
         max_manifest_bytes: usize::try_from(config.limits.max_manifest_bytes).unwrap_or(usize::MAX),
         upload_ttl: config.limits.upload_ttl,
         max_upload_chunks: config.limits.max_upload_chunks,
         ..Limits::default()
     };
-    let registry = Arc::new(Registry::new(metrics.instrument(storage), meta.clone(), limits));
+    let registry = Arc::new(Registry::new(metrics.instrument(storage), meta, limits));
     let mut state = AppState::new(registry.clone(), metrics.clone(), config).map_err(ServeError::Config)?;
     if !config.proxy.is_empty() {
         let spool = config.data_dir.join("proxy-spool");
         state.proxy = Some(
-            Proxy::new(&config.proxy, registry, meta, spool, metrics.proxy.clone())
+            Proxy::new(&config.proxy, registry, cache, spool, metrics.proxy.clone())
                 .map_err(ServeError::Proxy)?,
         );
     }

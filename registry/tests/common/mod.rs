@@ -59,7 +59,7 @@ impl TestServer {
     pub async fn with_config(mut config: Config) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         config.data_dir = dir.path().to_path_buf();
-        let state = berth_registry::server::build_state(&config).unwrap();
+        let state = berth_registry::server::build_state(&config).await.unwrap();
         let mut s = TestServer::serve(config, state).await;
         s._dir = Some(dir);
         s

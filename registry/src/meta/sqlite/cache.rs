@@ -4,8 +4,8 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::writer::Durability;
-use super::{ensure_repo, parse, prefix_bounds, repo_id, SqliteMeta};
-use crate::meta::cache::{CacheIndex, CachedItem, CachedPull, ContentKind};
+use super::{ensure_repo, parse, repo_id, SqliteMeta};
+use crate::meta::cache::{prefix_bounds, CacheIndex, CachedItem, CachedPull, ContentKind};
 use crate::meta::Result;
 use berth_core::oci::{RepoName, Tag};
 

@@ -211,11 +211,6 @@ fn insert_blob(tx: &Connection, digest: &str, size: u64, now: i64) -> Result<()>
     Ok(())
 }
 
-/// The name range `[prefix/, prefix0)`: every repository under `prefix/` (`0` follows `/`).
-fn prefix_bounds(prefix: &str) -> (String, String) {
-    (format!("{prefix}/"), format!("{prefix}0"))
-}
-
 /// Names sorted after `page.last`, at most `page.limit + 1` of them.
 fn page_query(conn: &Connection, sql: &str, scope: Option<i64>, page: &Page) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(sql)?;

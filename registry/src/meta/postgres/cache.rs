@@ -1,0 +1,167 @@
+//! The pull-through cache's bookkeeping in PostgreSQL, shared by every replica: one size account
+//! and one least-recently-pulled order for the whole cache.
+
+use super::errors::db_error;
+use super::{ensure_repo, execute, parse, query, query_opt, repo_id, size, PostgresMeta};
+use crate::meta::cache::{prefix_bounds, CacheIndex, CachedItem, CachedPull, ContentKind};
+use crate::meta::Result;
+use berth_core::oci::{RepoName, Tag};
+
+#[async_trait::async_trait]
+impl CacheIndex for PostgresMeta {
+    async fn tag_checked_at(&self, repo: &RepoName, tag: &Tag) -> Result<Option<i64>> {
+        let c = self.client().await?;
+        let row = query_opt(
+            &c,
+            "SELECT p.checked_at FROM proxy_tags p JOIN repositories r ON r.id = p.repository_id
+             WHERE r.name = $1 AND p.name = $2",
+            &[&repo.as_str(), &tag.as_str()],
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn set_tag_checked(&self, repo: &RepoName, tag: &Tag, at: i64) -> Result<()> {
+        let (repo, tag) = (repo.to_string(), tag.to_string());
+        self.write(false, move |tx| {
+            let (repo, tag) = (repo.clone(), tag.clone());
+            Box::pin(async move {
+                let id = ensure_repo(tx, &repo, at).await?;
+                execute(
+                    tx,
+                    "INSERT INTO proxy_tags (repository_id, name, checked_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (repository_id, name) DO UPDATE SET checked_at = excluded.checked_at",
+                    &[&id, &tag, &at],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn record_pulls(&self, pulls: Vec<CachedPull>) -> Result<()> {
+        self.write(false, move |tx| {
+            let pulls = pulls.clone();
+            Box::pin(async move {
+                for p in &pulls {
+                    let id = ensure_repo(tx, p.repo.as_str(), p.at / 1000).await?;
+                    execute(
+                        tx,
+                        "INSERT INTO proxy_content (repository_id, digest, kind, size, pulled_at)
+                         VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (repository_id, digest)
+                         DO UPDATE SET pulled_at = greatest(proxy_content.pulled_at, excluded.pulled_at)",
+                        &[&id, &p.digest.as_str(), &p.kind.as_str(), &(p.size as i64), &p.at],
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn cached_size(&self, prefix: &str) -> Result<u64> {
+        let (lo, hi) = prefix_bounds(prefix);
+        let c = self.client().await?;
+        let row = query_opt(
+            &c,
+            "SELECT coalesce(sum(p.size), 0)::bigint FROM proxy_content p
+             JOIN repositories r ON r.id = p.repository_id WHERE r.name >= $1 AND r.name < $2",
+            &[&lo, &hi],
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(row.map_or(0, |r| size(r.get(0))))
+    }
+
+    async fn least_recently_pulled(
+        &self,
+        prefix: &str,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<CachedItem>> {
+        let (lo, hi) = prefix_bounds(prefix);
+        let c = self.client().await?;
+        let rows = query(
+            &c,
+            "SELECT r.name, p.digest, p.kind, p.size FROM proxy_content p
+             JOIN repositories r ON r.id = p.repository_id
+             WHERE r.name >= $1 AND r.name < $2 AND p.pulled_at < $3
+             ORDER BY p.pulled_at, p.kind, p.digest LIMIT $4",
+            &[&lo, &hi, &before, &(limit.min(i64::MAX as usize) as i64)],
+        )
+        .await
+        .map_err(db_error)?;
+        rows.into_iter()
+            .map(|r| {
+                let kind = match r.get::<_, &str>(2) {
+                    "manifest" => ContentKind::Manifest,
+                    _ => ContentKind::Blob,
+                };
+                Ok(CachedItem {
+                    repo: parse("repository", r.get(0))?,
+                    digest: parse("digest", r.get(1))?,
+                    kind,
+                    size: size(r.get(3)),
+                })
+            })
+            .collect()
+    }
+
+    async fn evict(&self, item: &CachedItem) -> Result<bool> {
+        let item = item.clone();
+        self.write(true, move |tx| {
+            let item = item.clone();
+            Box::pin(async move {
+                let Some(id) = repo_id(tx, item.repo.as_str()).await? else { return Ok(true) };
+                let digest = item.digest.as_str();
+                execute(
+                    tx,
+                    "DELETE FROM proxy_content WHERE repository_id = $1 AND digest = $2",
+                    &[&id, &digest],
+                )
+                .await?;
+                match item.kind {
+                    ContentKind::Manifest => {
+                        execute(
+                            tx,
+                            "DELETE FROM tags WHERE repository_id = $1 AND digest = $2",
+                            &[&id, &digest],
+                        )
+                        .await?;
+                        execute(
+                            tx,
+                            "DELETE FROM manifests WHERE repository_id = $1 AND digest = $2",
+                            &[&id, &digest],
+                        )
+                        .await?;
+                    }
+                    ContentKind::Blob => {
+                        execute(
+                            tx,
+                            "DELETE FROM repository_blobs WHERE repository_id = $1 AND digest = $2",
+                            &[&id, &digest],
+                        )
+                        .await?;
+                    }
+                }
+                let used = query_opt(
+                    tx,
+                    "SELECT EXISTS (SELECT 1 FROM repository_blobs WHERE digest = $1)
+                         OR EXISTS (SELECT 1 FROM manifests WHERE digest = $1)",
+                    &[&digest],
+                )
+                .await?
+                .is_some_and(|r| r.get::<_, bool>(0));
+                if !used {
+                    execute(tx, "DELETE FROM blobs WHERE digest = $1", &[&digest]).await?;
+                }
+                Ok(used)
+            })
+        })
+        .await
+    }
+}

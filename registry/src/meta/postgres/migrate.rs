@@ -1,0 +1,71 @@
+//! Schema migrations, applied once per upgrade by whichever replica gets there first.
+//!
+//! Every replica that starts runs [`migrate`]: inside one transaction it takes an advisory lock
+//! (so the others wait for it, then find nothing left to do), applies the migrations the database
+//! lacks, and records each. Changes are expand-then-contract: each migration records the oldest
+//! schema version whose code still runs correctly on it, so during a rolling upgrade an old
+//! replica keeps serving on a database that a new one has expanded, and refuses (instead of
+//! corrupting anything) only once a contracting migration has removed what it needs.
+
+use tokio_postgres::Client;
+
+use super::errors::db_error;
+use crate::meta::{MetaError, Result};
+
+struct Migration {
+    sql: &'static str,
+    /// The oldest schema version whose code still works once this migration is applied.
+    compatible_from: i32,
+}
+
+const MIGRATIONS: &[Migration] =
+    &[Migration { sql: include_str!("../../../migrations/postgres/0001_init.sql"), compatible_from: 1 }];
+
+/// The advisory lock's key, shared by every replica (an arbitrary constant: "berthmig").
+const LOCK: i64 = 0x6265_7274_686d_6967;
+
+/// The schema version this code writes.
+pub fn known() -> i32 {
+    MIGRATIONS.len() as i32
+}
+
+pub async fn migrate(client: &mut Client) -> Result<()> {
+    let tx = client.transaction().await.map_err(db_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK]).await.map_err(db_error)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS berth_schema (
+             version         INTEGER PRIMARY KEY,
+             compatible_from INTEGER NOT NULL,
+             applied_at      BIGINT  NOT NULL
+         )",
+    )
+    .await
+    .map_err(db_error)?;
+    let row = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0), coalesce(max(compatible_from), 0) FROM berth_schema",
+            &[],
+        )
+        .await
+        .map_err(db_error)?;
+    let (version, needs): (i32, i32) = (row.get(0), row.get(1));
+    if needs > known() {
+        return Err(MetaError::Db(format!(
+            "the database's schema (version {version}) needs a berth that knows schema version \
+             {needs}; this one knows {}: upgrade berth",
+            known()
+        )));
+    }
+    let now = crate::meta::now();
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        tx.batch_execute(m.sql).await.map_err(db_error)?;
+        tx.execute(
+            "INSERT INTO berth_schema (version, compatible_from, applied_at) VALUES ($1, $2, $3)",
+            &[&(i as i32 + 1), &m.compatible_from, &now],
+        )
+        .await
+        .map_err(db_error)?;
+        tracing::info!(version = i + 1, "applied a metadata schema migration");
+    }
+    tx.commit().await.map_err(db_error)
+}

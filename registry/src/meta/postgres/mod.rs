@@ -1,0 +1,718 @@
+//! Metadata in PostgreSQL: one database shared by every replica.
+//!
+//! The same model as [`super::sqlite`], with PostgreSQL doing the concurrency: each write is one
+//! transaction at READ COMMITTED, and what must not change under it is locked by the statements
+//! that read it (a manifest's references are checked `FOR SHARE`, so a concurrent delete waits
+//! for the manifest to commit and the manifest never points at something gone). A transaction
+//! that PostgreSQL breaks off to end a deadlock is run again. Acknowledged writes are durable
+//! (`synchronous_commit` as the server has it, `on` by default); the bookkeeping of upload sessions
+//! commits with `synchronous_commit = off`, since a client that loses it resumes with a 416.
+//!
+//! Connections come from a pool of at most `max_connections` per replica. When the database
+//! cannot be reached, requests fail at once with [`MetaError::Unavailable`] (a 503), and service
+//! resumes by itself when it returns: a broken connection is dropped, not reused.
+
+mod cache;
+mod errors;
+mod migrate;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod testing;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use errors::{db_error, retryable};
+
+use super::{ManifestRecord, MetaError, MetaStore, NewManifest, Page, Referrer, Result, Upload, UploadPart};
+use crate::UploadId;
+use berth_core::oci::{Digest, Reference, RepoName, Tag};
+
+/// How long a request waits for a pooled connection, or for a new one to be made.
+const CONNECTION_WAIT: Duration = Duration::from_secs(5);
+/// Runs of a transaction that PostgreSQL aborted to break a deadlock.
+const ATTEMPTS: usize = 3;
+
+#[derive(Clone)]
+pub struct PostgresMeta {
+    pool: Pool,
+}
+
+type Tx<'t> = deadpool_postgres::Transaction<'t>;
+type TxFuture<'t, T> = Pin<Box<dyn Future<Output = TxResult<T>> + Send + 't>>;
+
+fn corrupt(what: &str, value: &str) -> MetaError {
+    MetaError::Db(format!("stored {what} {value:?} does not parse"))
+}
+
+fn parse<T: std::str::FromStr>(what: &str, value: String) -> Result<T> {
+    value.parse().map_err(|_| corrupt(what, &value))
+}
+
+/// Sizes and counts are BIGINT; nothing stored is negative, but a row edited by hand might be.
+fn size(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+/// A failed statement inside a transaction: kept whole, so the retry loop can tell a deadlock.
+enum Failure {
+    Db(tokio_postgres::Error),
+    Meta(MetaError),
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Failure::Db(e)
+    }
+}
+
+impl From<MetaError> for Failure {
+    fn from(e: MetaError) -> Self {
+        Failure::Meta(e)
+    }
+}
+
+type TxResult<T> = std::result::Result<T, Failure>;
+
+impl PostgresMeta {
+    /// Connects to the database at `url` and brings its schema up to date (waiting while another
+    /// replica does).
+    pub async fn connect(url: &str, max_connections: usize) -> Result<PostgresMeta> {
+        // The parse error never quotes the URL, which may hold a password.
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| MetaError::Db(format!("the database URL does not parse: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECTION_WAIT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("berth");
+        }
+        // Verified recycling: a connection that broke while idle is found out before a request
+        // gets it, so a database restart costs no request an error.
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Verified },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_connections.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECTION_WAIT))
+            .create_timeout(Some(CONNECTION_WAIT))
+            .recycle_timeout(Some(CONNECTION_WAIT))
+            .build()
+            .map_err(|e| MetaError::Db(format!("database pool: {e}")))?;
+        let store = PostgresMeta { pool };
+        let mut client = store.client().await?;
+        migrate::migrate(&mut client).await?;
+        Ok(store)
+    }
+
+    /// Connections open and idle, and the most allowed (for metrics).
+    pub fn pool_status(&self) -> (usize, usize, usize) {
+        let s = self.pool.status();
+        (s.size, s.available, s.max_size)
+    }
+
+    async fn client(&self) -> Result<Object> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => db_error(e),
+            deadpool_postgres::PoolError::Timeout(_) => {
+                MetaError::Unavailable("no database connection could be had in time".into())
+            }
+            e => MetaError::Unavailable(e.to_string()),
+        })
+    }
+
+    /// Runs `f` in a transaction, again if PostgreSQL broke it off to end a deadlock. `synced`
+    /// false lets the commit return before it is on disk.
+    async fn write<T, F>(&self, synced: bool, f: F) -> Result<T>
+    where
+        T: Send,
+        F: for<'t> Fn(&'t Tx<'t>) -> TxFuture<'t, T> + Send + Sync,
+    {
+        let mut client = self.client().await?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = async {
+                let tx = client.transaction().await?;
+                if !synced {
+                    tx.batch_execute("SET LOCAL synchronous_commit = off").await?;
+                }
+                let value = f(&tx).await?;
+                tx.commit().await?;
+                TxResult::Ok(value)
+            }
+            .await;
+            match outcome {
+                Ok(v) => return Ok(v),
+                Err(Failure::Db(e)) if retryable(&e) && attempt < ATTEMPTS => {
+                    tracing::debug!(error = %e, attempt, "metadata transaction retried");
+                }
+                Err(Failure::Db(e)) => return Err(db_error(e)),
+                Err(Failure::Meta(e)) => return Err(e),
+            }
+        }
+    }
+}
+
+/// One statement's rows, prepared once per connection.
+async fn query<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    let stmt = c.prepare_cached(sql).await?;
+    c.query(&stmt, params).await
+}
+
+async fn query_opt<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> std::result::Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+    let stmt = c.prepare_cached(sql).await?;
+    c.query_opt(&stmt, params).await
+}
+
+async fn execute<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    let stmt = c.prepare_cached(sql).await?;
+    c.execute(&stmt, params).await
+}
+
+async fn repo_id<C: GenericClient>(
+    c: &C,
+    repo: &str,
+) -> std::result::Result<Option<i64>, tokio_postgres::Error> {
+    Ok(query_opt(c, "SELECT id FROM repositories WHERE name = $1", &[&repo]).await?.map(|r| r.get(0)))
+}
+
+async fn ensure_repo(tx: &Tx<'_>, repo: &str, now: i64) -> TxResult<i64> {
+    execute(
+        tx,
+        "INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        &[&repo, &now],
+    )
+    .await?;
+    repo_id(tx, repo).await?.ok_or_else(|| MetaError::Db("repository vanished while inserting".into()).into())
+}
+
+async fn link_blob_tx(tx: &Tx<'_>, repo: &str, digest: &str, size: u64) -> TxResult<()> {
+    let now = super::now();
+    insert_blob(tx, digest, size, now).await?;
+    let id = ensure_repo(tx, repo, now).await?;
+    execute(
+        tx,
+        "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
+        &[&id, &digest, &now],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn insert_blob(tx: &Tx<'_>, digest: &str, size: u64, now: i64) -> TxResult<()> {
+    execute(
+        tx,
+        "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING",
+        &[&digest, &(size as i64), &now],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The first reference the repository (`None`: not created yet) does not hold, as an error.
+/// `lock` holds what was found until the transaction ends, so no delete removes it meanwhile.
+async fn check_references<C: GenericClient>(
+    c: &C,
+    repo: Option<i64>,
+    blobs: &[Digest],
+    manifests: &[Digest],
+    lock: bool,
+) -> TxResult<()> {
+    let Some(repo) = repo else {
+        return Err(match (blobs.first(), manifests.first()) {
+            (Some(b), _) => MetaError::BlobUnknown(b.clone()).into(),
+            (None, Some(m)) => MetaError::ManifestUnknown(m.clone()).into(),
+            (None, None) => return Ok(()),
+        });
+    };
+    let suffix = if lock { " FOR SHARE" } else { "" };
+    for (table, wanted, missing) in [
+        ("repository_blobs", blobs, MetaError::BlobUnknown as fn(Digest) -> MetaError),
+        ("manifests", manifests, MetaError::ManifestUnknown as fn(Digest) -> MetaError),
+    ] {
+        if wanted.is_empty() {
+            continue;
+        }
+        let digests: Vec<&str> = wanted.iter().map(Digest::as_str).collect();
+        let sql = format!("SELECT digest FROM {table} WHERE repository_id = $1 AND digest = ANY($2){suffix}");
+        let found: std::collections::HashSet<String> =
+            query(c, &sql, &[&repo, &digests]).await?.iter().map(|r| r.get(0)).collect();
+        if let Some(d) = wanted.iter().find(|d| !found.contains(d.as_str())) {
+            return Err(missing(d.clone()).into());
+        }
+    }
+    Ok(())
+}
+
+async fn put_manifest_tx(tx: &Tx<'_>, m: &NewManifest) -> TxResult<()> {
+    let now = super::now();
+    let repo = ensure_repo(tx, m.repo.as_str(), now).await?;
+    if m.verify_references {
+        check_references(tx, Some(repo), &m.blobs, &m.manifests, true).await?;
+    }
+    let digest = m.digest.as_str();
+    insert_blob(tx, digest, m.size, now).await?;
+    let inserted = execute(
+        tx,
+        "INSERT INTO manifests
+           (repository_id, digest, media_type, size, artifact_type, subject, annotations, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (repository_id, digest) DO NOTHING",
+        &[
+            &repo,
+            &digest,
+            &m.media_type,
+            &(m.size as i64),
+            &m.artifact_type,
+            &m.subject.as_ref().map(Digest::as_str),
+            &m.annotations,
+            &now,
+        ],
+    )
+    .await?;
+    if inserted > 0 {
+        for (kind, children) in [("blob", &m.blobs), ("manifest", &m.manifests)] {
+            if children.is_empty() {
+                continue;
+            }
+            let children: Vec<&str> = children.iter().map(Digest::as_str).collect();
+            execute(
+                tx,
+                "INSERT INTO manifest_references (repository_id, manifest_digest, child_digest, kind)
+                 SELECT $1, $2, child, $4 FROM unnest($3::text[]) AS child ON CONFLICT DO NOTHING",
+                &[&repo, &digest, &children, &kind],
+            )
+            .await?;
+        }
+    }
+    for tag in &m.tags {
+        execute(
+            tx,
+            "INSERT INTO tags (repository_id, name, digest, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest,
+               updated_at = excluded.updated_at",
+            &[&repo, &tag.as_str(), &digest, &now],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Names sorted after `page.last`, at most `page.limit + 1` of them.
+fn page_params(page: &Page) -> (String, i64) {
+    (page.last.clone().unwrap_or_default(), page.limit.saturating_add(1).min(i64::MAX as usize) as i64)
+}
+
+fn manifest_record(r: &tokio_postgres::Row) -> Result<ManifestRecord> {
+    Ok(ManifestRecord { digest: parse("digest", r.get(0))?, media_type: r.get(1), size: size(r.get(2)) })
+}
+
+#[async_trait::async_trait]
+impl MetaStore for PostgresMeta {
+    async fn blob_in_repo(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        let c = self.client().await?;
+        let row = query_opt(
+            &c,
+            "SELECT b.size FROM repository_blobs rb
+             JOIN repositories r ON r.id = rb.repository_id
+             JOIN blobs b ON b.digest = rb.digest
+             WHERE r.name = $1 AND rb.digest = $2",
+            &[&repo.as_str(), &digest.as_str()],
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(row.map(|r| size(r.get(0))))
+    }
+
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let c = self.client().await?;
+        let row = query_opt(&c, "SELECT size FROM blobs WHERE digest = $1", &[&digest.as_str()])
+            .await
+            .map_err(db_error)?;
+        Ok(row.map(|r| size(r.get(0))))
+    }
+
+    async fn repos_with_blob(&self, digest: &Digest, limit: usize) -> Result<Vec<RepoName>> {
+        let c = self.client().await?;
+        let rows = query(
+            &c,
+            "SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
+             WHERE rb.digest = $1 ORDER BY r.name LIMIT $2",
+            &[&digest.as_str(), &(limit.min(i64::MAX as usize) as i64)],
+        )
+        .await
+        .map_err(db_error)?;
+        rows.into_iter().map(|r| parse("repository name", r.get(0))).collect()
+    }
+
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(true, move |tx| {
+            let (repo, digest) = (repo.clone(), digest.clone());
+            Box::pin(async move { link_blob_tx(tx, &repo, &digest, size).await })
+        })
+        .await
+    }
+
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let c = self.client().await?;
+        let n = execute(
+            &c,
+            "DELETE FROM repository_blobs WHERE digest = $2
+             AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+            &[&repo.as_str(), &digest.as_str()],
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(n > 0)
+    }
+
+    async fn check_references(&self, repo: &RepoName, blobs: &[Digest], manifests: &[Digest]) -> Result<()> {
+        let c = self.client().await?;
+        let id = repo_id(&c, repo.as_str()).await.map_err(db_error)?;
+        check_references(&c, id, blobs, manifests, false).await.map_err(|f| match f {
+            Failure::Db(e) => db_error(e),
+            Failure::Meta(e) => e,
+        })
+    }
+
+    async fn put_manifest(&self, m: NewManifest) -> Result<()> {
+        self.write(true, move |tx| {
+            let m = m.clone();
+            Box::pin(async move { put_manifest_tx(tx, &m).await })
+        })
+        .await
+    }
+
+    async fn manifest(&self, repo: &RepoName, r: &Reference) -> Result<Option<ManifestRecord>> {
+        let c = self.client().await?;
+        let (sql, key) = match r {
+            Reference::Digest(d) => (
+                "SELECT m.digest, m.media_type, m.size FROM manifests m
+                 JOIN repositories r ON r.id = m.repository_id
+                 WHERE r.name = $1 AND m.digest = $2",
+                d.as_str(),
+            ),
+            Reference::Tag(t) => (
+                "SELECT m.digest, m.media_type, m.size FROM tags t
+                 JOIN repositories r ON r.id = t.repository_id
+                 JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
+                 WHERE r.name = $1 AND t.name = $2",
+                t.as_str(),
+            ),
+        };
+        let row = query_opt(&c, sql, &[&repo.as_str(), &key]).await.map_err(db_error)?;
+        row.as_ref().map(manifest_record).transpose()
+    }
+
+    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(true, move |tx| {
+            let (repo, digest) = (repo.clone(), digest.clone());
+            Box::pin(async move {
+                let Some(id) = repo_id(tx, &repo).await? else { return Ok(false) };
+                execute(tx, "DELETE FROM tags WHERE repository_id = $1 AND digest = $2", &[&id, &digest])
+                    .await?;
+                let n = execute(
+                    tx,
+                    "DELETE FROM manifests WHERE repository_id = $1 AND digest = $2",
+                    &[&id, &digest],
+                )
+                .await?;
+                Ok(n > 0)
+            })
+        })
+        .await
+    }
+
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        let c = self.client().await?;
+        let n = execute(
+            &c,
+            "DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+            &[&repo.as_str(), &tag.as_str()],
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(n > 0)
+    }
+
+    async fn tags(&self, repo: &RepoName, page: &Page) -> Result<Option<Vec<String>>> {
+        let c = self.client().await?;
+        let Some(id) = repo_id(&c, repo.as_str()).await.map_err(db_error)? else { return Ok(None) };
+        let (last, limit) = page_params(page);
+        let rows = query(
+            &c,
+            "SELECT name FROM tags WHERE repository_id = $1 AND name > $2
+             ORDER BY name LIMIT $3",
+            &[&id, &last, &limit],
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
+    }
+
+    async fn catalog(&self, page: &Page) -> Result<Vec<String>> {
+        let c = self.client().await?;
+        let (last, limit) = page_params(page);
+        let rows = query(
+            &c,
+            "SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2",
+            &[&last, &limit],
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        let c = self.client().await?;
+        let rows = query(
+            &c,
+            "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations
+             FROM manifests m JOIN repositories r ON r.id = m.repository_id
+             WHERE r.name = $1 AND m.subject = $2
+               AND ($3::text IS NULL OR m.artifact_type = $3)
+             ORDER BY m.created_at, m.digest",
+            &[&repo.as_str(), &subject.as_str(), &artifact_type],
+        )
+        .await
+        .map_err(db_error)?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Referrer {
+                    digest: parse("digest", r.get(0))?,
+                    media_type: r.get(1),
+                    size: size(r.get(2)),
+                    artifact_type: r.get(3),
+                    annotations: r.get(4),
+                })
+            })
+            .collect()
+    }
+
+    async fn create_upload(&self, id: UploadId, repo: &RepoName, now: i64) -> Result<()> {
+        let repo = repo.to_string();
+        self.write(false, move |tx| {
+            let repo = repo.clone();
+            Box::pin(async move {
+                execute(
+                    tx,
+                    "INSERT INTO uploads (id, repository, received, created_at, updated_at)
+                     VALUES ($1, $2, 0, $3, $3)",
+                    &[&id.to_string(), &repo, &now],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn upload(&self, id: UploadId) -> Result<Option<Upload>> {
+        let c = self.client().await?;
+        let row = query_opt(
+            &c,
+            "SELECT repository, received, updated_at FROM uploads WHERE id = $1",
+            &[&id.to_string()],
+        )
+        .await
+        .map_err(db_error)?;
+        row.map(|r| {
+            Ok(Upload {
+                id,
+                repo: parse("repository name", r.get(0))?,
+                received: size(r.get(1)),
+                updated_at: r.get(2),
+            })
+        })
+        .transpose()
+    }
+
+    async fn upload_parts(&self, id: UploadId) -> Result<Vec<UploadPart>> {
+        let c = self.client().await?;
+        let rows = query(
+            &c,
+            "SELECT start, size, nonce FROM upload_parts WHERE upload_id = $1 ORDER BY start",
+            &[&id.to_string()],
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| UploadPart { start: size(r.get(0)), size: size(r.get(1)), nonce: r.get(2) })
+            .collect())
+    }
+
+    async fn add_upload_part(
+        &self,
+        id: UploadId,
+        part: &UploadPart,
+        max_parts: u32,
+        now: i64,
+    ) -> Result<u64> {
+        let part = part.clone();
+        if !part.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(MetaError::Db("upload part nonce must be hex".into()));
+        }
+        self.write(false, move |tx| {
+            let part = part.clone();
+            Box::pin(async move { add_upload_part_tx(tx, id, &part, max_parts, now).await })
+        })
+        .await
+    }
+
+    async fn finish_upload(&self, id: UploadId, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(true, move |tx| {
+            let (repo, digest) = (repo.clone(), digest.clone());
+            Box::pin(async move {
+                link_blob_tx(tx, &repo, &digest, size).await?;
+                execute(tx, "DELETE FROM uploads WHERE id = $1", &[&id.to_string()]).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn delete_upload(&self, id: UploadId) -> Result<bool> {
+        self.write(false, move |tx| {
+            Box::pin(async move {
+                Ok(execute(tx, "DELETE FROM uploads WHERE id = $1", &[&id.to_string()]).await? > 0)
+            })
+        })
+        .await
+    }
+
+    async fn stale_uploads(&self, before: i64, limit: usize) -> Result<Vec<UploadId>> {
+        let c = self.client().await?;
+        let rows = query(
+            &c,
+            "SELECT id FROM uploads WHERE updated_at < $1 ORDER BY updated_at LIMIT $2",
+            &[&before, &(limit.min(i64::MAX as usize) as i64)],
+        )
+        .await
+        .map_err(db_error)?;
+        rows.into_iter().map(|r| parse("upload id", r.get(0))).collect()
+    }
+
+    async fn count_uploads(&self) -> Result<u64> {
+        let c = self.client().await?;
+        let row = query_opt(&c, "SELECT count(*) FROM uploads", &[]).await.map_err(db_error)?;
+        Ok(row.map_or(0, |r| size(r.get(0))))
+    }
+}
+
+async fn add_upload_part_tx(
+    tx: &Tx<'_>,
+    id: UploadId,
+    part: &UploadPart,
+    max_parts: u32,
+    now: i64,
+) -> TxResult<u64> {
+    let key = id.to_string();
+    let (start, len) = (part.start as i64, part.size as i64);
+    let added = i32::from(part.size > 0);
+    let updated = execute(
+        tx,
+        "UPDATE uploads SET received = received + $3, parts = parts + $5, updated_at = $4
+         WHERE id = $1 AND received = $2 AND parts + $5 <= $6",
+        &[&key, &start, &len, &now, &added, &(max_parts.min(i32::MAX as u32) as i32)],
+    )
+    .await?;
+    if updated == 0 {
+        let current = query_opt(tx, "SELECT received FROM uploads WHERE id = $1", &[&key]).await?;
+        return Err(match current.map(|r| size(r.get(0))) {
+            Some(c) if c != part.start => MetaError::UploadOffset { current: c },
+            Some(_) => MetaError::UploadFull { max: max_parts },
+            None => MetaError::UploadUnknown,
+        }
+        .into());
+    }
+    if part.size > 0 {
+        execute(
+            tx,
+            "INSERT INTO upload_parts (upload_id, start, size, nonce) VALUES ($1, $2, $3, $4)",
+            &[&key, &start, &len, &part.nonce],
+        )
+        .await?;
+    }
+    Ok(part.start + part.size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::TestDatabase;
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance() {
+        let db = TestDatabase::create().await;
+        let meta = PostgresMeta::connect(&db.url, 4).await.unwrap();
+        super::super::testsuite::run(&meta).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_starting_together_migrate_once() {
+        let db = TestDatabase::create().await;
+        let starts = (0..4).map(|_| PostgresMeta::connect(&db.url, 2));
+        for store in futures_util::future::join_all(starts).await {
+            store.unwrap();
+        }
+        let (client, _conn) = db.client().await;
+        let n: i64 = client.query_one("SELECT count(*) FROM berth_schema", &[]).await.unwrap().get(0);
+        assert_eq!(n, i64::from(migrate::known()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_schema_newer_than_this_berth_can_run_on_is_refused() {
+        let db = TestDatabase::create().await;
+        PostgresMeta::connect(&db.url, 1).await.unwrap();
+        let (client, _conn) = db.client().await;
+        let next = migrate::known() + 1;
+        // An expanding migration: older code still runs on it.
+        client.execute("INSERT INTO berth_schema VALUES ($1, 1, 0)", &[&next]).await.unwrap();
+        PostgresMeta::connect(&db.url, 1).await.expect("an expanded schema still serves older berth");
+        // A contracting one: it does not.
+        client.execute("INSERT INTO berth_schema VALUES ($1, $1, 0)", &[&(next + 1)]).await.unwrap();
+        let e = PostgresMeta::connect(&db.url, 1).await.err().expect("refused").to_string();
+        assert!(e.contains("upgrade berth"), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_database_is_unavailable_not_a_hang() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("postgres://berth@127.0.0.1:{port}/berth");
+        let e = tokio::time::timeout(Duration::from_secs(30), PostgresMeta::connect(&url, 1))
+            .await
+            .expect("connect gave up in time")
+            .err()
+            .expect("nothing listens there");
+        assert!(matches!(e, MetaError::Unavailable(_)), "{e:?}");
+    }
+}

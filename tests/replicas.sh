@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Several berth replicas over one S3 bucket (MinIO) and one PostgreSQL database, requests spread
+# over them: an upload continued and finished on other replicas, concurrent pushes of one tag, a
+# delete seen everywhere at once, real clients pushing through one replica and pulling through
+# another, and the database stopped and started again under requests.
+source "$(dirname "$0")/lib.sh"
+source "$ROOT/scripts/tools.sh"
+set +e
+require_tools "$(tool_path minio)" "$(tool_path crane)"
+require_commands curl skopeo psql runuser python3
+WORK=$(mktemp -d)
+on_exit "rm -rf $WORK"
+
+start_minio "$WORK/minio" || { tail -n 20 "$WORK/minio/minio.log"; check "MinIO starts" false; finish; exit; }
+start_postgres || { check "PostgreSQL starts" false; finish; exit; }
+"${PSQL[@]}" -c "CREATE DATABASE berth" || exit 1
+export BERTH_POSTGRES_URL=${PG_URL%/postgres}/berth
+BUCKET=berth-replicas
+curl -sS -f -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" --user "$MINIO_USER:$MINIO_PASSWORD" \
+  -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$MINIO_URL/$BUCKET" || exit 1
+mkdir -p "$WORK/s3"
+printf '%s\n' "$MINIO_USER" >"$WORK/s3/accessKeyId"
+printf '%s\n' "$MINIO_PASSWORD" >"$WORK/s3/secretAccessKey"
+cat >"$WORK/berth.yaml" <<EOF
+storage:
+  kind: s3
+  bucket: $BUCKET
+  endpoint: $MINIO_URL
+  path_style: true
+  credentials_dir: $WORK/s3
+metadata:
+  kind: postgres
+  max_connections: 8
+EOF
+
+R=()
+for i in 0 1 2; do
+  start_berth --config "$WORK/berth.yaml" || { cat "$BERTH_DIR/log"; check "replica $i starts" false; finish; exit; }
+  R+=("$BERTH_URL")
+done
+
+# put_blob URL REPO FILE: a monolithic push; prints the digest.
+put_blob() {
+  local d
+  d=sha256:$(sha256sum <"$3" | cut -d' ' -f1)
+  curl -sf -o /dev/null -X POST -H 'Content-Type: application/octet-stream' \
+    "$1/v2/$2/blobs/uploads/?digest=$d" --data-binary "@$3" && echo "$d"
+}
+
+# put_image URL REPO TAG TEXT: an image whose config is TEXT; prints the manifest's digest.
+put_image() {
+  local dir=$WORK/img-$RANDOM$RANDOM cfg m
+  mkdir -p "$dir"
+  printf '{"architecture":"amd64","os":"linux","note":"%s"}' "$4" >"$dir/config"
+  cfg=$(put_blob "$1" "$2" "$dir/config") || return 1
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"%s","size":%d}]}' \
+    "$cfg" "$(wc -c <"$dir/config")" "$cfg" "$(wc -c <"$dir/config")" >"$dir/manifest"
+  m=sha256:$(sha256sum <"$dir/manifest" | cut -d' ' -f1)
+  curl -sf -o /dev/null -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \
+    "$1/v2/$2/manifests/$3" --data-binary "@$dir/manifest" && echo "$m"
+}
+
+status() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
+location() { curl -s -D - -o /dev/null "$@" | tr -d '\r' | awk 'tolower($1) == "location:" {print $2}'; }
+
+echo "== an upload started on one replica, continued on another, finished on a third"
+chunked_across_replicas() {
+  head -c 3000000 /dev/urandom >"$WORK/big"
+  head -c 1000000 "$WORK/big" >"$WORK/c1"
+  tail -c +1000001 "$WORK/big" >"$WORK/c2"
+  local d loc
+  d=sha256:$(sha256sum <"$WORK/big" | cut -d' ' -f1)
+  loc=$(location -X POST "${R[0]}/v2/spread/app/blobs/uploads/") || return 1
+  loc=$(location -X PATCH -H 'Content-Type: application/octet-stream' -H 'Content-Range: 0-999999' \
+    --data-binary "@$WORK/c1" "${R[1]}$loc")
+  [[ -n $loc ]] || { echo "first PATCH refused"; return 1; }
+  equal "$(curl -s -D - -o /dev/null "${R[2]}$loc" | tr -d '\r' | awk 'tolower($1) == "range:" {print $2}')" 0-999999 || return 1
+  loc=$(location -X PATCH -H 'Content-Type: application/octet-stream' -H 'Content-Range: 1000000-2999999' \
+    --data-binary "@$WORK/c2" "${R[2]}$loc")
+  [[ -n $loc ]] || { echo "second PATCH refused"; return 1; }
+  local sep='?'
+  [[ $loc == *\?* ]] && sep='&'
+  equal "$(status -X PUT "${R[0]}$loc${sep}digest=$d")" 201 || return 1
+  for r in "${R[@]}"; do
+    equal "$(curl -s "$r/v2/spread/app/blobs/$d" | sha256sum | cut -d' ' -f1)" "${d#sha256:}" || return 1
+  done
+}
+check "the blob is whole, and every replica serves it" chunked_across_replicas
+
+echo "== 16 concurrent pushes of one tag through three replicas"
+concurrent_tag_pushes() {
+  local i pids=() digests
+  for i in $(seq 1 16); do
+    put_image "${R[$((i % 3))]}" race/app latest "push $i" >"$WORK/race-$i" &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || { echo "a push failed"; return 1; }; done
+  digests=$(cat "$WORK"/race-*)
+  local seen
+  seen=$(curl -s -o /dev/null -D - -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+    "${R[0]}/v2/race/app/manifests/latest" | tr -d '\r' | awk 'tolower($1) == "docker-content-digest:" {print $2}')
+  grep -qx "$seen" <<<"$digests" || { echo "tag points at $seen, pushed: $digests"; return 1; }
+  for r in "${R[@]}"; do
+    equal "$(curl -s -o /dev/null -D - "$r/v2/race/app/manifests/latest" | tr -d '\r' |
+      awk 'tolower($1) == "docker-content-digest:" {print $2}')" "$seen" || return 1
+    for d in $digests; do equal "$(status "$r/v2/race/app/manifests/$d")" 200 || return 1; done
+  done
+}
+check "the tag ends on one pushed digest, the same on every replica, and every image pulls" concurrent_tag_pushes
+
+echo "== a delete on one replica is seen by the others at once"
+delete_seen_everywhere() {
+  local m
+  m=$(put_image "${R[0]}" gone/app v1 "to be deleted") || return 1
+  for r in "${R[@]}"; do equal "$(status "$r/v2/gone/app/manifests/$m")" 200 || return 1; done
+  equal "$(status -X DELETE "${R[1]}/v2/gone/app/manifests/$m")" 202 || return 1
+  for r in "${R[@]}"; do
+    equal "$(status "$r/v2/gone/app/manifests/$m")" 404 || return 1
+    equal "$(status "$r/v2/gone/app/manifests/v1")" 404 || return 1
+  done
+}
+check "after the 202, every replica answers 404" delete_seen_everywhere
+
+echo "== real clients: push through one replica, pull through the others"
+put_image "${R[0]}" source/app v1 "client image" >/dev/null
+check "skopeo copies an image in through replica 1" \
+  skopeo copy --src-tls-verify=false --dest-tls-verify=false --all \
+  "docker://${R[0]#http://}/source/app:v1" "docker://${R[1]#http://}/clients/app:v1"
+check "skopeo reads it back through replica 3" \
+  skopeo inspect --tls-verify=false --raw "docker://${R[2]#http://}/clients/app:v1"
+check "crane copies it between repositories through replica 3, and pulls it through replica 1" bash -c \
+  "'$(tool_path crane)' copy --insecure '${R[2]#http://}/clients/app:v1' '${R[2]#http://}/clients/copy:v1' &&
+   '$(tool_path crane)' pull --insecure '${R[0]#http://}/clients/copy:v1' '$WORK/pulled.tar' && test -s '$WORK/pulled.tar'"
+
+echo "== the database stopped and started again while requests run"
+database_outage() {
+  local m
+  m=$(put_image "${R[0]}" outage/app v1 "survives the outage") || return 1
+  "${PG_STOP[@]}" >/dev/null || return 1
+  local code
+  code=$(curl -s -m 30 -o "$WORK/outage.json" -w '%{http_code}' "${R[1]}/v2/outage/app/manifests/v1")
+  equal "$code" 503 || return 1
+  grep -q '"code":"UNAVAILABLE"' "$WORK/outage.json" || { cat "$WORK/outage.json"; return 1; }
+  equal "$(status -m 30 "${R[2]}/readyz")" 503 || return 1
+  "${PG_START[@]}" >/dev/null || return 1
+  local deadline=$((SECONDS + 30))
+  until [[ $(status "${R[1]}/readyz") == 200 ]]; do
+    ((SECONDS < deadline)) || { echo "not ready again within 30 s"; return 1; }
+    sleep 0.2
+  done
+  for r in "${R[@]}"; do equal "$(status "$r/v2/outage/app/manifests/v1")" 200 || return 1; done
+  put_image "${R[2]}" outage/app v2 "after the outage" >/dev/null
+}
+check "503 UNAVAILABLE while it is down, not a hang; service resumes by itself, nothing lost" database_outage
+
+finish
