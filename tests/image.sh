@@ -20,7 +20,9 @@ LIMITS=(--runtime runc --ulimit "nofile=$(ulimit -Sn):$(ulimit -Hn)" --ulimit np
 PODMAN=(podman run "${LIMITS[@]}" --rm --network host)
 
 check "the image runs as the non-root user 65532" bash -c "[[ \$(podman image inspect --format '{{.Config.User}}' $TAG) == 65532:65532 ]]"
-check "the image is small (< 40 MB)" bash -c "(( \$(podman image inspect --format '{{.Size}}' $TAG) < 40000000 ))"
+# Measured on the suite's own binaries (workspace crates at opt-level 1, stripped), which are larger
+# than a release build's; the PostgreSQL client took them past 40 MB.
+check "the image is small (< 45 MB)" bash -c "(( \$(podman image inspect --format '{{.Size}}' $TAG) < 45000000 ))"
 # The whole output first: `grep -q` in a pipe stops reading at its match, and podman, still
 # writing, would fail on the closed pipe.
 operator_help() {
