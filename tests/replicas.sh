@@ -132,6 +132,10 @@ check "crane copies it between repositories through replica 3, and pulls it thro
   "'$(tool_path crane)' copy --insecure '${R[2]#http://}/clients/app:v1' '${R[2]#http://}/clients/copy:v1' &&
    '$(tool_path crane)' pull --insecure '${R[0]#http://}/clients/copy:v1' '$WORK/pulled.tar' && test -s '$WORK/pulled.tar'"
 
+check "/metrics shows the database pool's use" bash -c \
+  "curl -s '${R[0]}/metrics' | grep -q '^berth_database_max_connections 8' &&
+   curl -s '${R[0]}/metrics' | grep -q '^berth_database_connections{state=\"idle\"} [1-8]'"
+
 echo "== the database stopped and started again while requests run"
 database_outage() {
   local m

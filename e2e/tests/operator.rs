@@ -1282,8 +1282,9 @@ impl Drop for Minio {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_registry_on_s3_keeps_its_blobs_in_the_bucket() {
+async fn three_replicas_on_s3_and_postgres_serve_and_scale() {
     let minio = Minio::start("berth").await;
+    let db = berth_registry::meta::postgres::testing::TestDatabase::create().await;
     let cp = cluster().await;
     install_operator(&cp);
     let client = cp.client().await.unwrap();
@@ -1292,23 +1293,32 @@ async fn a_registry_on_s3_keeps_its_blobs_in_the_bucket() {
         format!("--from-literal=accessKeyId={MINIO_USER}"),
         format!("--from-literal=secretAccessKey={MINIO_SECRET}"),
     ]));
+    run(cp
+        .kubectl()
+        .unwrap()
+        .args(["-n", &ns.name, "create", "secret", "generic", "berth-db"])
+        .arg(format!("--from-literal=uri={}", db.url)));
     let registry = REGISTRY.replace(
         "  storage:\n    filesystem:\n      size: 2Gi\n",
         &format!(
-            "  storage:\n    s3:\n      bucket: berth\n      prefix: hub\n      endpoint: {}\n      pathStyle: true\n      credentialsSecret: berth-s3\n",
+            "  replicas: 3\n  storage:\n    s3:\n      bucket: berth\n      prefix: hub\n      endpoint: {}\n      pathStyle: true\n      credentialsSecret: berth-s3\n  database:\n    postgres:\n      urlSecret: {{name: berth-db, key: uri}}\n",
             minio.url
         ),
     );
-    assert!(registry.contains("s3:"), "{registry}");
+    assert!(registry.contains("postgres:"), "{registry}");
     let out = kubectl_apply(&cp, &ns.name, &registry);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let regs = registries(&client, &ns.name);
     assert!(
-        wait_condition(&regs, "hub", "Ready", "True", Duration::from_secs(180)).await,
-        "Registry Ready (its /readyz lists the bucket)\n{}",
+        wait_condition(&regs, "hub", "Ready", "True", Duration::from_secs(240)).await,
+        "Registry Ready with 3 of 3 replicas (each /readyz reaches the bucket and the database)\n{}",
         debug(&cp)
     );
-    assert_eq!(regs.get("hub").await.unwrap().data["status"]["effective"]["storage"], "s3");
+    let status = regs.get("hub").await.unwrap().data["status"].clone();
+    assert_eq!(
+        (status["effective"]["storage"].as_str(), status["readyReplicas"].as_i64()),
+        (Some("s3"), Some(3))
+    );
 
     let image = layout();
     let dest = format!("docker://hub.{}.svc.cluster.local:5000/team/app:v1", ns.name);
@@ -1316,6 +1326,29 @@ async fn a_registry_on_s3_keeps_its_blobs_in_the_bucket() {
     assert!(push.status.success(), "skopeo push: {}", String::from_utf8_lossy(&push.stderr));
     let listed = run(&mut minio.s3("GET", "/berth?list-type=2&prefix=hub%2Fblobs%2F"));
     assert!(listed.contains("<Key>hub/blobs/sha256/"), "the blobs are in the bucket: {listed}");
-    let pull = skopeo_pull(&cp, &dest);
-    assert!(pull.status.success(), "skopeo pull: {}", String::from_utf8_lossy(&pull.stderr));
+    let (pg, _conn) = db.client().await;
+    let tags: i64 = pg.query_one("SELECT count(*) FROM tags", &[]).await.unwrap().get(0);
+    assert_eq!(tags, 1, "the tag is in PostgreSQL");
+    // Every replica answers from the shared state: several pulls through the Service.
+    for _ in 0..3 {
+        let pull = skopeo_pull(&cp, &dest);
+        assert!(pull.status.success(), "skopeo pull: {}", String::from_utf8_lossy(&pull.stderr));
+    }
+
+    // The scale subresource: down to one and back, serving throughout what was pushed.
+    for replicas in ["1", "3"] {
+        run(cp.kubectl().unwrap().args(["-n", &ns.name, "scale", "registry/hub", "--replicas", replicas]));
+        let want = replicas.parse::<i64>().unwrap();
+        let scaled = wait_until(Duration::from_secs(180), || {
+            let regs = regs.clone();
+            async move {
+                let s = regs.get("hub").await.map(|r| r.data["status"].clone()).unwrap_or_default();
+                s["readyReplicas"].as_i64() == Some(want) && s["replicas"].as_i64() == Some(want)
+            }
+        })
+        .await;
+        assert!(scaled, "scaled to {replicas}\n{}", debug(&cp));
+        let pull = skopeo_pull(&cp, &dest);
+        assert!(pull.status.success(), "pull at {replicas}: {}", String::from_utf8_lossy(&pull.stderr));
+    }
 }

@@ -32,6 +32,11 @@ struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     operation: &'static str,
     /// ok, not_found, full, unavailable (a remote store did not serve it) or error.
@@ -169,6 +174,9 @@ pub struct Metrics {
     bytes_in: Counter,
     bytes_out: Counter,
     upload_sessions: Gauge,
+    /// The metadata database's pooled connections by state (in_use, idle), and the most allowed.
+    db_connections: Family<StateLabels, Gauge>,
+    db_max_connections: Gauge,
     storage_ops: HistogramFamily<OpLabels>,
     pub proxy: Arc<ProxyMetrics>,
     pub login: LoginMetrics,
@@ -212,6 +220,18 @@ impl Metrics {
         registry.register("http_received_bytes", "Request body bytes received", bytes_in.clone());
         registry.register("http_sent_bytes", "Response body bytes sent", bytes_out.clone());
         registry.register("upload_sessions", "Blob upload sessions open", upload_sessions.clone());
+        let (db_connections, db_max_connections) =
+            (Family::<StateLabels, Gauge>::default(), Gauge::default());
+        registry.register(
+            "database_connections",
+            "Pooled connections to the metadata database, by state (in_use, idle)",
+            db_connections.clone(),
+        );
+        registry.register(
+            "database_max_connections",
+            "The most connections to the metadata database this replica opens",
+            db_max_connections.clone(),
+        );
         registry.register(
             "storage_operation_duration_seconds",
             "Storage backend latency by operation and outcome",
@@ -254,6 +274,8 @@ impl Metrics {
             bytes_in,
             bytes_out,
             upload_sessions,
+            db_connections,
+            db_max_connections,
             storage_ops,
             proxy,
             login,
@@ -282,6 +304,12 @@ impl Metrics {
 
     pub fn set_upload_sessions(&self, n: u64) {
         self.upload_sessions.set(n as i64);
+    }
+
+    pub fn set_database_pool(&self, pool: crate::meta::PoolUse) {
+        self.db_connections.get_or_create(&StateLabels { state: "in_use" }).set(pool.in_use as i64);
+        self.db_connections.get_or_create(&StateLabels { state: "idle" }).set(pool.idle as i64);
+        self.db_max_connections.set(pool.max as i64);
     }
 
     pub fn count_body_in(&self, body: Body) -> Body {

@@ -93,6 +93,9 @@ async fn metrics(State(st): State<AppState>) -> Response {
     if let Ok(n) = st.registry.meta().count_uploads().await {
         st.metrics.set_upload_sessions(n);
     }
+    if let Some(pool) = st.registry.meta().pool_use() {
+        st.metrics.set_database_pool(pool);
+    }
     match st.metrics.render() {
         Ok(text) => (
             [(

@@ -94,6 +94,14 @@ pub struct UploadPart {
     pub nonce: String,
 }
 
+/// A connection pool's use, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUse {
+    pub in_use: usize,
+    pub idle: usize,
+    pub max: usize,
+}
+
 /// `n`/`last` pagination: at most `limit` names sorted after `last`.
 #[derive(Debug, Clone, Default)]
 pub struct Page {
@@ -151,6 +159,10 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Sessions last touched before `before`.
     async fn stale_uploads(&self, before: i64, limit: usize) -> Result<Vec<UploadId>>;
     async fn count_uploads(&self) -> Result<u64>;
+    /// The connection pool's use, for a store that pools connections to a server.
+    fn pool_use(&self) -> Option<PoolUse> {
+        None
+    }
 }
 
 /// Unix milliseconds.

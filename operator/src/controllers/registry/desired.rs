@@ -19,7 +19,7 @@ use sha2::Digest as _;
 
 use super::effective::{self, Effective, CONTAINER_PORT};
 use crate::controllers::render::proxies::{self, ProxySource};
-use crate::controllers::render::{auth, s3, BuildError};
+use crate::controllers::render::{auth, postgres, s3, BuildError};
 use crate::crd::registry::{RetainPolicy, TlsMode};
 use crate::crd::Registry;
 use crate::labels;
@@ -86,9 +86,7 @@ pub fn config_secret_name(reg: &Registry) -> String {
 pub fn render_config(reg: &Registry, eff: &Effective, proxies: &[ProxySource]) -> Result<Config, BuildError> {
     let spec = &reg.spec;
     let storage = spec.storage.clone().unwrap_or_default();
-    if spec.database.as_ref().is_some_and(|d| d.postgres.is_some()) {
-        return Err(BuildError::NotSupported("spec.database.postgres"));
-    }
+    let postgres = spec.database.as_ref().and_then(|d| d.postgres.as_ref());
     let tls = (eff.tls != TlsMode::None).then(|| TlsConfig {
         cert: format!("{TLS_DIR}/tls.crt").into(),
         key: format!("{TLS_DIR}/tls.key").into(),
@@ -106,7 +104,10 @@ pub fn render_config(reg: &Registry, eff: &Effective, proxies: &[ProxySource]) -
             Some(s3) => StorageConfig::S3(s3::config(s3)),
             None => StorageConfig::Filesystem { path: Some(format!("{DATA_DIR}/storage").into()) },
         },
-        metadata: MetadataConfig::Sqlite { path: Some(format!("{DATA_DIR}/meta.db").into()) },
+        metadata: match postgres {
+            Some(pg) => postgres::config(pg),
+            None => MetadataConfig::Sqlite { path: Some(format!("{DATA_DIR}/meta.db").into()) },
+        },
         proxy: proxies::upstreams(proxies)?,
         auth: spec.auth.as_ref().map(|a| auth::render(a, spec.pull_secrets.is_some())).transpose()?,
         ..Config::default()
@@ -228,6 +229,11 @@ fn statefulset(
         mounts.extend(s3_mounts);
         volumes.extend(s3_volumes);
     }
+    if let Some(pg) = reg.spec.database.as_ref().and_then(|d| d.postgres.as_ref()) {
+        let (mount, volume) = postgres::volumes(pg);
+        mounts.push(mount);
+        volumes.push(volume);
+    }
     let (proxy_mounts, proxy_volumes) = proxies::volumes(proxies);
     mounts.extend(proxy_mounts);
     volumes.extend(proxy_volumes);
@@ -294,6 +300,16 @@ fn statefulset(
     }
     if let Some(v) = &spec.tolerations {
         pod["spec"]["tolerations"] = serde_json::to_value(v).unwrap_or_default();
+    }
+    if eff.replicas > 1 {
+        // Replicas on different nodes where the cluster has them, so one node's loss leaves the
+        // registry serving; never a reason to leave a pod unscheduled.
+        pod["spec"]["topologySpreadConstraints"] = serde_json::json!([{
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": labels::selector(&name)},
+        }]);
     }
     if let Some(v) = &spec.affinity {
         pod["spec"]["affinity"] = serde_json::to_value(v).unwrap_or_default();

@@ -190,10 +190,40 @@ fn s3_storage_is_rendered_and_its_secrets_mounted() {
 }
 
 #[test]
+fn replicas_on_s3_and_postgres_share_one_database_and_spread_over_nodes() {
+    let reg = registry(serde_json::json!({
+        "replicas": 3,
+        "storage": {"s3": {"bucket": "berth", "endpoint": "http://minio.storage:9000", "pathStyle": true}},
+        "database": {"postgres": {"urlSecret": {"name": "pg", "key": "uri"}}},
+    }));
+    let c = children(&reg, &inputs());
+    let config = config_of(&c);
+    let berth_core::config::MetadataConfig::Postgres { url_file: Some(file), .. } = &config.metadata else {
+        panic!("{:?}", config.metadata)
+    };
+    assert_eq!(config.sqlite_path(), None);
+    let Child::StatefulSet(set) = find(&c, "StatefulSet", "hub") else { unreachable!() };
+    let spec = set.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    let pod = spec.template.spec.as_ref().unwrap();
+    let mount =
+        pod.containers[0].volume_mounts.as_ref().unwrap().iter().find(|m| m.name == "database").unwrap();
+    let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == "database").unwrap();
+    let secret = volume.secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("pg"));
+    let item = &secret.items.as_ref().unwrap()[0];
+    assert_eq!(item.key, "uri");
+    assert_eq!(std::path::Path::new(&mount.mount_path).join(&item.path), *file);
+    let spread = &pod.topology_spread_constraints.as_ref().unwrap()[0];
+    assert_eq!(
+        (spread.topology_key.as_str(), spread.when_unsatisfiable.as_str()),
+        ("kubernetes.io/hostname", "ScheduleAnyway")
+    );
+    assert!(matches!(find(&c, "PodDisruptionBudget", "hub"), Child::Pdb(_)));
+}
+
+#[test]
 fn unsupported_and_pending_inputs_are_build_errors() {
-    let pg =
-        registry(serde_json::json!({"database": {"postgres": {"urlSecret": {"name": "pg", "key": "url"}}}}));
-    assert_eq!(desired::build(&pg, &inputs()), Err(BuildError::NotSupported("spec.database.postgres")));
     let tls = registry(serde_json::json!({"tls": {"mode": "SelfSigned"}}));
     assert_eq!(desired::build(&tls, &inputs()), Err(BuildError::TlsPending));
     let existing = registry(serde_json::json!({"storage": {"existingClaim": {"name": "old"}}}));

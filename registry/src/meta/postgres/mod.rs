@@ -27,7 +27,9 @@ use tokio_postgres::NoTls;
 
 use errors::{db_error, retryable};
 
-use super::{ManifestRecord, MetaError, MetaStore, NewManifest, Page, Referrer, Result, Upload, UploadPart};
+use super::{
+    ManifestRecord, MetaError, MetaStore, NewManifest, Page, PoolUse, Referrer, Result, Upload, UploadPart,
+};
 use crate::UploadId;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
@@ -109,12 +111,6 @@ impl PostgresMeta {
         let mut client = store.client().await?;
         migrate::migrate(&mut client).await?;
         Ok(store)
-    }
-
-    /// Connections open and idle, and the most allowed (for metrics).
-    pub fn pool_status(&self) -> (usize, usize, usize) {
-        let s = self.pool.status();
-        (s.size, s.available, s.max_size)
     }
 
     async fn client(&self) -> Result<Object> {
@@ -625,6 +621,11 @@ impl MetaStore for PostgresMeta {
         let c = self.client().await?;
         let row = query_opt(&c, "SELECT count(*) FROM uploads", &[]).await.map_err(db_error)?;
         Ok(row.map_or(0, |r| size(r.get(0))))
+    }
+
+    fn pool_use(&self) -> Option<PoolUse> {
+        let s = self.pool.status();
+        Some(PoolUse { in_use: s.size.saturating_sub(s.available), idle: s.available, max: s.max_size })
     }
 }
 
