@@ -36,6 +36,16 @@ impl ContentKind {
     }
 }
 
+impl ContentKind {
+    /// The kind as stored (`blob` or `manifest`; the schema allows no other).
+    pub fn from_stored(s: &str) -> ContentKind {
+        match s {
+            "manifest" => ContentKind::Manifest,
+            _ => ContentKind::Blob,
+        }
+    }
+}
+
 impl std::fmt::Display for ContentKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

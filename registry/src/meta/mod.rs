@@ -165,6 +165,23 @@ pub trait MetaStore: Send + Sync + 'static {
     }
 }
 
+/// A value read back from the store that does not parse: the database was edited or damaged.
+pub(crate) fn parse_stored<T: std::str::FromStr>(what: &str, value: String) -> Result<T> {
+    value.parse().map_err(|_| MetaError::Db(format!("stored {what} {value:?} does not parse")))
+}
+
+impl UploadPart {
+    /// The nonce names a storage object: the service makes it hex, and a store refuses anything
+    /// else rather than build a key from it.
+    pub(crate) fn check_nonce(&self) -> Result<()> {
+        if self.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(())
+        } else {
+            Err(MetaError::Db("upload part nonce must be hex".into()))
+        }
+    }
+}
+
 /// Unix milliseconds.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now()

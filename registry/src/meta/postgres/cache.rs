@@ -97,14 +97,10 @@ impl CacheIndex for PostgresMeta {
         .map_err(db_error)?;
         rows.into_iter()
             .map(|r| {
-                let kind = match r.get::<_, &str>(2) {
-                    "manifest" => ContentKind::Manifest,
-                    _ => ContentKind::Blob,
-                };
                 Ok(CachedItem {
                     repo: parse("repository", r.get(0))?,
                     digest: parse("digest", r.get(1))?,
-                    kind,
+                    kind: ContentKind::from_stored(r.get(2)),
                     size: size(r.get(3)),
                 })
             })

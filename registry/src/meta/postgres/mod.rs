@@ -46,13 +46,7 @@ pub struct PostgresMeta {
 type Tx<'t> = deadpool_postgres::Transaction<'t>;
 type TxFuture<'t, T> = Pin<Box<dyn Future<Output = TxResult<T>> + Send + 't>>;
 
-fn corrupt(what: &str, value: &str) -> MetaError {
-    MetaError::Db(format!("stored {what} {value:?} does not parse"))
-}
-
-fn parse<T: std::str::FromStr>(what: &str, value: String) -> Result<T> {
-    value.parse().map_err(|_| corrupt(what, &value))
-}
+use super::parse_stored as parse;
 
 /// Sizes and counts are BIGINT; nothing stored is negative, but a row edited by hand might be.
 fn size(v: i64) -> u64 {
@@ -74,6 +68,15 @@ impl From<tokio_postgres::Error> for Failure {
 impl From<MetaError> for Failure {
     fn from(e: MetaError) -> Self {
         Failure::Meta(e)
+    }
+}
+
+impl From<Failure> for MetaError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Db(e) => db_error(e),
+            Failure::Meta(e) => e,
+        }
     }
 }
 
@@ -149,8 +152,7 @@ impl PostgresMeta {
                 Err(Failure::Db(e)) if retryable(&e) && attempt < ATTEMPTS => {
                     tracing::debug!(error = %e, attempt, "metadata transaction retried");
                 }
-                Err(Failure::Db(e)) => return Err(db_error(e)),
-                Err(Failure::Meta(e)) => return Err(e),
+                Err(f) => return Err(f.into()),
             }
         }
     }
@@ -386,10 +388,7 @@ impl MetaStore for PostgresMeta {
     async fn check_references(&self, repo: &RepoName, blobs: &[Digest], manifests: &[Digest]) -> Result<()> {
         let c = self.client().await?;
         let id = repo_id(&c, repo.as_str()).await.map_err(db_error)?;
-        check_references(&c, id, blobs, manifests, false).await.map_err(|f| match f {
-            Failure::Db(e) => db_error(e),
-            Failure::Meta(e) => e,
-        })
+        Ok(check_references(&c, id, blobs, manifests, false).await?)
     }
 
     async fn put_manifest(&self, m: NewManifest) -> Result<()> {
@@ -572,10 +571,8 @@ impl MetaStore for PostgresMeta {
         max_parts: u32,
         now: i64,
     ) -> Result<u64> {
+        part.check_nonce()?;
         let part = part.clone();
-        if !part.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(MetaError::Db("upload part nonce must be hex".into()));
-        }
         self.write(false, move |tx| {
             let part = part.clone();
             Box::pin(async move { add_upload_part_tx(tx, id, &part, max_parts, now).await })

@@ -93,14 +93,10 @@ impl CacheIndex for SqliteMeta {
             let mut out = vec![];
             for row in rows {
                 let (repo, digest, kind, size) = row?;
-                let kind = match kind.as_str() {
-                    "manifest" => ContentKind::Manifest,
-                    _ => ContentKind::Blob,
-                };
                 out.push(CachedItem {
                     repo: parse("repository", repo)?,
                     digest: parse("digest", digest)?,
-                    kind,
+                    kind: ContentKind::from_stored(&kind),
                     size: size.max(0) as u64,
                 });
             }

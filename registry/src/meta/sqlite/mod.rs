@@ -7,7 +7,6 @@
 //! loss resumes with a 416.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -59,13 +58,7 @@ impl From<rusqlite::Error> for MetaError {
     }
 }
 
-fn corrupt(what: &str, value: &str) -> MetaError {
-    MetaError::Db(format!("stored {what} {value:?} does not parse"))
-}
-
-fn parse<T: FromStr>(what: &str, value: String) -> Result<T> {
-    value.parse().map_err(|_| corrupt(what, &value))
-}
+use super::parse_stored as parse;
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
@@ -473,10 +466,8 @@ impl MetaStore for SqliteMeta {
         max_parts: u32,
         now: i64,
     ) -> Result<u64> {
+        part.check_nonce()?;
         let UploadPart { start, size, nonce } = part.clone();
-        if !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(MetaError::Db("upload part nonce must be hex".into()));
-        }
         self.write(Durability::Unsynced, move |tx| {
             let key = id.to_string();
             let added = i64::from(size > 0);
@@ -531,7 +522,7 @@ impl MetaStore for SqliteMeta {
                 .prepare_cached("SELECT id FROM uploads WHERE updated_at < ?1 ORDER BY updated_at LIMIT ?2")?
                 .query_map(params![before, limit as i64], |r| r.get::<_, String>(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            ids.into_iter().map(|s| s.parse().map_err(|_| corrupt("upload id", &s))).collect()
+            ids.into_iter().map(|s| parse("upload id", s)).collect()
         })
         .await
     }
