@@ -2,7 +2,8 @@
 # Several berth replicas over one S3 bucket (MinIO) and one PostgreSQL database, requests spread
 # over them: an upload continued and finished on other replicas, concurrent pushes of one tag, a
 # delete seen everywhere at once, real clients pushing through one replica and pulling through
-# another, and the database stopped and started again under requests.
+# another, a replica killed in the middle of uploads, a cold pull-through of one image by clients on every replica costing one upstream
+# fetch, and the database stopped and started again under requests.
 source "$(dirname "$0")/lib.sh"
 source "$ROOT/scripts/tools.sh"
 set +e
@@ -21,7 +22,16 @@ curl -sS -f -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" --user "$MINIO_USER:$MINIO
 mkdir -p "$WORK/s3"
 printf '%s\n' "$MINIO_USER" >"$WORK/s3/accessKeyId"
 printf '%s\n' "$MINIO_PASSWORD" >"$WORK/s3/secretAccessKey"
+# The upstream the replicas mirror: another berth, whose sent-bytes counter says what they fetched.
+start_berth || { check "the upstream starts" false; finish; exit; }
+UPSTREAM=$BERTH_URL
 cat >"$WORK/berth.yaml" <<EOF
+proxy:
+  upstreams:
+    - name: docker.io
+      url: $UPSTREAM
+      default: true
+      include: ["library/**"]
 storage:
   kind: s3
   bucket: $BUCKET
@@ -135,6 +145,91 @@ check "crane copies it between repositories through replica 3, and pulls it thro
 check "/metrics shows the database pool's use" bash -c \
   "curl -s '${R[0]}/metrics' | grep -q '^berth_database_max_connections 8' &&
    curl -s '${R[0]}/metrics' | grep -q '^berth_database_connections{state=\"idle\"} [1-8]'"
+
+echo "== a replica killed (SIGKILL) in the middle of uploads"
+killed_mid_upload() {
+  start_berth --config "$WORK/berth.yaml" || return 1
+  local doomed=$BERTH_URL pid=$BERTH_PID d loc range sep='?'
+  head -c 3000000 /dev/urandom >"$WORK/k-big"
+  head -c 1000000 "$WORK/k-big" >"$WORK/k-c1"
+  tail -c +1000001 "$WORK/k-big" >"$WORK/k-c2"
+  d=sha256:$(sha256sum <"$WORK/k-big" | cut -d' ' -f1)
+  loc=$(location -X POST "$doomed/v2/killed/app/blobs/uploads/") || return 1
+  loc=$(location -X PATCH -H 'Content-Type: application/octet-stream' -H 'Content-Range: 0-999999' \
+    --data-binary "@$WORK/k-c1" "$doomed$loc")
+  [[ -n $loc ]] || { echo "first PATCH refused"; return 1; }
+  # Both slow: a chunk of the session, and a whole blob in one request. Kill the replica mid-way.
+  curl -s -o /dev/null --limit-rate 200k -X PATCH -H 'Content-Type: application/octet-stream' \
+    -H 'Content-Range: 1000000-2999999' --data-binary "@$WORK/k-c2" "$doomed$loc" &
+  local chunk=$!
+  curl -s -o /dev/null --limit-rate 200k -X POST -H 'Content-Type: application/octet-stream' \
+    "$doomed/v2/killed/app/blobs/uploads/?digest=$d" --data-binary "@$WORK/k-big" &
+  local whole=$!
+  sleep 2
+  kill -9 "$pid"
+  wait "$chunk" "$whole"
+  # Nothing partial is visible anywhere.
+  for r in "${R[@]}"; do equal "$(status -I "$r/v2/killed/app/blobs/$d")" 404 || return 1; done
+  # The client resumes through the others: the session stands where its last recorded chunk ended.
+  range=$(curl -s -D - -o /dev/null "${R[0]}$loc" | tr -d '\r' | awk 'tolower($1) == "range:" {print $2}')
+  equal "$range" 0-999999 || return 1
+  loc=$(location -X PATCH -H 'Content-Type: application/octet-stream' -H 'Content-Range: 1000000-2999999' \
+    --data-binary "@$WORK/k-c2" "${R[1]}$loc")
+  [[ -n $loc ]] || { echo "resumed PATCH refused"; return 1; }
+  [[ $loc == *\?* ]] && sep='&'
+  equal "$(status -X PUT "${R[2]}$loc${sep}digest=$d")" 201 || return 1
+  for r in "${R[@]}"; do
+    equal "$(curl -s "$r/v2/killed/app/blobs/$d" | sha256sum | cut -d' ' -f1)" "${d#sha256:}" || return 1
+  done
+  # The whole-blob client retries through another replica too.
+  equal "$(status -X POST -H 'Content-Type: application/octet-stream' \
+    "${R[0]}/v2/killed/other/blobs/uploads/?digest=$d" --data-binary "@$WORK/k-big")" 201
+}
+check "clients that retry finish through the other replicas, and nothing partial is visible" killed_mid_upload
+
+echo "== a cold pull-through of one image by 8 clients spread over the 3 replicas"
+sent_bytes() { curl -sf "$1/metrics" | awk '/^berth_http_sent_bytes/ {print $NF}'; }
+cold_pull_everywhere() {
+  local dir=$WORK/cold i layers=() d size total=0 manifest cfg before after pids=()
+  mkdir -p "$dir"
+  for i in 1 2 3; do
+    head -c $((1500000 + i * 250000)) /dev/urandom | gzip -1 >"$dir/layer$i"
+    d=$(put_blob "$UPSTREAM" library/cold "$dir/layer$i") || return 1
+    size=$(wc -c <"$dir/layer$i")
+    layers+=("{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"$d\",\"size\":$size}")
+    total=$((total + size))
+  done
+  printf '{"architecture":"amd64","os":"linux"}' >"$dir/config"
+  cfg=$(put_blob "$UPSTREAM" library/cold "$dir/config") || return 1
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%d},"layers":[%s]}' \
+    "$cfg" "$(wc -c <"$dir/config")" "$(IFS=,; echo "${layers[*]}")" >"$dir/manifest"
+  curl -sf -o /dev/null -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \
+    "$UPSTREAM/v2/library/cold/manifests/v1" --data-binary "@$dir/manifest" || return 1
+  total=$((total + $(wc -c <"$dir/config") + $(wc -c <"$dir/manifest")))
+  before=$(sent_bytes "$UPSTREAM") || return 1
+  for i in $(seq 0 7); do
+    skopeo copy -q --preserve-digests --src-tls-verify=false \
+      "docker://${R[$((i % 3))]#http://}/docker.io/library/cold:v1" \
+      "oci:$dir/pull-$i:v1" &
+    pids+=($!)
+  done
+  for i in "${pids[@]}"; do wait "$i" || { echo "a pull failed"; return 1; }; done
+  for i in $(seq 0 7); do
+    for f in "$dir"/layer? "$dir/config"; do
+      [[ -f $dir/pull-$i/blobs/sha256/$(sha256sum <"$f" | cut -d' ' -f1) ]] || { echo "pull $i lacks $f"; return 1; }
+    done
+  done
+  after=$(sent_bytes "$UPSTREAM") || return 1
+  # Manifests and the metrics pages themselves are the only other bytes: well under 1%.
+  python3 - "$before" "$after" "$total" <<'PY'
+import sys
+before, after, image = map(int, sys.argv[1:])
+ratio = (after - before) / image
+print(f"upstream sent {after - before} bytes for an image of {image}: {ratio:.3f}x")
+sys.exit(0 if 1.0 <= ratio < 1.01 else 1)
+PY
+}
+check "the upstream sends the image once (1.00x its bytes), not once per replica" cold_pull_everywhere
 
 echo "== the database stopped and started again while requests run"
 database_outage() {

@@ -1,6 +1,7 @@
 //! The pull-through cache's bookkeeping, apart from the repository model in [`super::MetaStore`]:
 //! when a cached tag was last confirmed with its upstream, and when each piece of cached content
-//! was last pulled, which the cache's size limit and TTL evict by (least recently pulled first).
+//! was last pulled, which the cache's size limit and TTL evict by (least recently pulled first);
+//! and who is fetching which missing blob, so that one upstream fetch serves every replica.
 
 use super::Result;
 use berth_core::oci::{Digest, RepoName, Tag};
@@ -61,6 +62,18 @@ pub struct CachedItem {
     pub size: u64,
 }
 
+/// The answer to a claim on fetching a missing blob from upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchClaim {
+    /// The claimant fetches: the claim was free, expired, or already its own (then renewed).
+    Mine,
+    /// Another holder is fetching the blob and renewing its claim.
+    Elsewhere,
+    /// The last fetch failed a moment ago with this outcome (as its holder recorded it), which
+    /// stands until the claim expires.
+    Failed(String),
+}
+
 #[async_trait::async_trait]
 pub trait CacheIndex: Send + Sync + 'static {
     /// When a cached tag was last confirmed with its upstream.
@@ -77,4 +90,40 @@ pub trait CacheIndex: Send + Sync + 'static {
     /// Forgets cached content: the manifest (with its tags) or the blob link, and its pull record.
     /// Returns whether any repository still links the bytes.
     async fn evict(&self, item: &CachedItem) -> Result<bool>;
+    /// Claims (or renews) the fetch of `digest` for `holder` until `expires_at` (unix
+    /// milliseconds); a claim whose holder stopped renewing it by `now` is taken over, and so is
+    /// a failed one if `retry` (a new request), while those that waited on it hear its failure.
+    async fn claim_fetch(
+        &self,
+        digest: &Digest,
+        holder: &str,
+        now: i64,
+        expires_at: i64,
+        retry: bool,
+    ) -> Result<FetchClaim>;
+    /// Ends `holder`'s claim: forgotten when the blob is stored (`failure` = `None`), otherwise
+    /// kept with the failure until `expires_at`. Claims expired long before `now` are swept along.
+    async fn end_fetch(
+        &self,
+        digest: &Digest,
+        holder: &str,
+        failure: Option<&str>,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<()>;
 }
+
+/// How long an expired fetch claim is kept before [`CacheIndex::end_fetch`] sweeps it.
+pub(crate) const FETCH_CLAIM_SWEEP_MS: i64 = 60 * 60 * 1000;
+
+/// Takes a free or expired claim (or a failed one, when retrying), or renews the holder's own
+/// running one; changes nothing (0 rows) while another holder's claim or a recent failure stands.
+/// Parameters: digest, holder, expires_at, now, retry (SQLite numbers `$n` parameters in order of
+/// appearance, as PostgreSQL does).
+pub(crate) const CLAIM_FETCH: &str =
+    "INSERT INTO proxy_fetches (digest, holder, expires_at) VALUES ($1, $2, $3)
+     ON CONFLICT (digest) DO UPDATE
+     SET holder = excluded.holder, expires_at = excluded.expires_at, failure = NULL
+     WHERE proxy_fetches.expires_at < $4
+        OR (proxy_fetches.holder = excluded.holder AND proxy_fetches.failure IS NULL)
+        OR ($5 AND proxy_fetches.failure IS NOT NULL)";

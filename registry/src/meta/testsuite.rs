@@ -1,6 +1,6 @@
 //! The metadata conformance suite: every `MetaStore` (with its `CacheIndex`) runs all of it.
 
-use super::cache::{CacheIndex, CachedItem, CachedPull, ContentKind};
+use super::cache::{CacheIndex, CachedItem, CachedPull, ContentKind, FetchClaim};
 use super::{MetaError, MetaStore, NewManifest, Page, UploadPart};
 use crate::UploadId;
 use berth_core::oci::{Algorithm, Digest, Reference, RepoName, Tag};
@@ -13,6 +13,7 @@ pub(crate) async fn run<M: MetaStore + CacheIndex>(m: &M) {
     deletes(m).await;
     upload_sessions(m).await;
     cache_bookkeeping(m).await;
+    fetch_claims(m).await;
 }
 
 fn repo(s: &str) -> RepoName {
@@ -229,4 +230,47 @@ async fn cache_bookkeeping<M: MetaStore + CacheIndex>(m: &M) {
     assert!(!m.evict(&item(&digest("c-index"), ContentKind::Manifest, 100)).await.unwrap());
     assert_eq!(m.manifest(&hub, &Reference::Tag(tag)).await.unwrap(), None);
     assert_eq!(m.cached_size("docker.io").await.unwrap(), 0);
+}
+
+async fn fetch_claims<M: CacheIndex>(m: &M) {
+    let (d, other) = (digest("claimed"), digest("claimed-too"));
+    assert_eq!(m.claim_fetch(&d, "a", 1_000, 2_000, false).await.unwrap(), FetchClaim::Mine);
+    assert_eq!(m.claim_fetch(&d, "b", 1_500, 2_500, false).await.unwrap(), FetchClaim::Elsewhere);
+    assert_eq!(
+        m.claim_fetch(&other, "b", 1_500, 2_500, false).await.unwrap(),
+        FetchClaim::Mine,
+        "per digest"
+    );
+    // The holder renews; a claim its holder stopped renewing is taken over.
+    assert_eq!(m.claim_fetch(&d, "a", 1_900, 3_000, false).await.unwrap(), FetchClaim::Mine);
+    assert_eq!(m.claim_fetch(&d, "b", 2_500, 3_500, false).await.unwrap(), FetchClaim::Elsewhere);
+    assert_eq!(m.claim_fetch(&d, "b", 3_001, 4_000, false).await.unwrap(), FetchClaim::Mine);
+    assert_eq!(m.claim_fetch(&d, "a", 3_002, 4_000, false).await.unwrap(), FetchClaim::Elsewhere, "lost");
+    // Ending someone else's claim changes nothing.
+    m.end_fetch(&d, "a", Some("stale"), 3_002, 9_000).await.unwrap();
+    assert_eq!(m.claim_fetch(&d, "c", 3_003, 4_000, false).await.unwrap(), FetchClaim::Elsewhere);
+    // A failure answers those who waited (its holder included) until it expires; a new request
+    // retries at once, and then anyone once it expired.
+    m.end_fetch(&d, "b", Some("not_found"), 3_003, 5_000).await.unwrap();
+    assert_eq!(
+        m.claim_fetch(&d, "c", 4_000, 6_000, false).await.unwrap(),
+        FetchClaim::Failed("not_found".into())
+    );
+    assert_eq!(
+        m.claim_fetch(&d, "b", 4_000, 6_000, false).await.unwrap(),
+        FetchClaim::Failed("not_found".into())
+    );
+    assert_eq!(m.claim_fetch(&d, "a", 4_001, 6_000, true).await.unwrap(), FetchClaim::Mine);
+    assert_eq!(
+        m.claim_fetch(&d, "c", 4_002, 6_000, true).await.unwrap(),
+        FetchClaim::Elsewhere,
+        "running again"
+    );
+    m.end_fetch(&d, "a", Some("timeout\nslow"), 4_003, 5_000).await.unwrap();
+    assert_eq!(m.claim_fetch(&d, "c", 5_001, 6_000, false).await.unwrap(), FetchClaim::Mine);
+    // A stored blob's claim is forgotten: the next miss (after an eviction) fetches again.
+    m.end_fetch(&d, "c", None, 5_002, 0).await.unwrap();
+    assert_eq!(m.claim_fetch(&d, "a", 5_002, 7_000, false).await.unwrap(), FetchClaim::Mine);
+    m.end_fetch(&d, "a", None, 5_002, 0).await.unwrap();
+    m.end_fetch(&other, "b", None, 5_002, 0).await.unwrap();
 }

@@ -1,7 +1,14 @@
 //! Blobs of proxied repositories: served from the cache, or from the one upstream fetch (a
 //! [`super::flight`]) that every client asking for the digest joins while it streams.
+//!
+//! One fetch per blob holds across replicas too: a replica fetches only under a claim in the
+//! shared database ([`crate::meta::cache::CacheIndex::claim_fetch`]), renewed while it runs. The other replicas wait
+//! for the blob to be stored and then serve it from storage — no upstream request and no traffic
+//! between replicas. A claim whose holder died expires and is taken over; a failed fetch is
+//! remembered for a moment, so its waiters hear the same answer rather than each asking again.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use berth_client::{Fetched, Upstream};
 use berth_core::oci::range::{span, ByteRange};
@@ -14,8 +21,17 @@ use super::error::{failure, ProxyError, Result};
 use super::flight::{self, Answer, FlightFailure, Joined};
 use super::route::Target;
 use super::state::Proxy;
-use crate::meta::cache::ContentKind;
+use crate::meta::cache::{ContentKind, FetchClaim};
+use crate::meta::now_millis;
 use crate::service::{BlobRead, ServiceError};
+
+/// How long a fetch claim lasts unless its holder renews it (every third of this).
+const CLAIM_TTL_MS: i64 = 30_000;
+/// How long a failed fetch's outcome answers the requests that waited on it (a few polls).
+const FAILURE_MEMORY_MS: i64 = 5_000;
+/// How often a replica waiting on another's fetch looks for the stored blob: soon, then less.
+const FOLLOW_POLL_FIRST: Duration = Duration::from_millis(50);
+const FOLLOW_POLL_MAX: Duration = Duration::from_millis(500);
 
 impl Proxy {
     /// A blob (or a range of it) of a proxied repository. `Ok(Err(size))`: the range cannot be
@@ -57,19 +73,9 @@ impl Proxy {
                 }
             }
         }
-        let flight = match self.flights.start(&self.spool_dir, digest) {
-            Ok(Joined::Started(flight, writer)) => {
-                self.metrics.miss(&up, "blob");
-                let this = self.clone();
-                let (t2, d2) = (t.clone(), digest.clone());
-                tokio::spawn(async move { this.fetch_blob(&t2, &d2, writer).await });
-                flight
-            }
-            Ok(Joined::Running(running)) => {
-                self.metrics.coalesced(&up);
-                running
-            }
-            Err(e) => return Err(ServiceError::Storage(e.into()).into()),
+        let Some(flight) = self.join_or_claim(t, digest).await? else {
+            // Another replica fetched it: stored now, served like any cached blob.
+            return Box::pin(self.blob(t, digest, range, head)).await;
         };
         let size = match flight.answer().await {
             Answer::Streaming { size } => size,
@@ -90,6 +96,74 @@ impl Proxy {
             body: Some(body),
             size_known: size.is_some(),
         }))
+    }
+
+    /// The local fetch of `digest` to stream from: joined, or started under this replica's
+    /// claim. `None` once another replica's fetch has stored the blob.
+    async fn join_or_claim(
+        self: &Arc<Self>,
+        t: &Target,
+        digest: &Digest,
+    ) -> Result<Option<Arc<flight::Flight>>> {
+        let up = self.upstream_name(t).to_owned();
+        let mut wait = FOLLOW_POLL_FIRST;
+        let mut following = false;
+        loop {
+            if let Some(running) = self.flights.get(digest) {
+                self.metrics.coalesced(&up);
+                return Ok(Some(running));
+            }
+            let now = now_millis();
+            // A request that has not waited retries a failed fetch; those that waited on it share
+            // its failure.
+            match self.cache.claim_fetch(digest, &self.holder, now, now + CLAIM_TTL_MS, !following).await? {
+                FetchClaim::Mine => {}
+                FetchClaim::Failed(f) => return Err(failure(&FlightFailure::from_stored(&f))),
+                FetchClaim::Elsewhere => {
+                    if !following {
+                        following = true;
+                        self.metrics.coalesced(&up);
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(FOLLOW_POLL_MAX);
+                    if self.registry.meta().blob_size(digest).await?.is_some() {
+                        return Ok(None);
+                    }
+                    continue;
+                }
+            }
+            return match self.flights.start(&self.spool_dir, digest) {
+                Ok(Joined::Started(flight, writer)) => {
+                    self.metrics.miss(&up, "blob");
+                    let this = self.clone();
+                    let (t2, d2) = (t.clone(), digest.clone());
+                    tokio::spawn(async move { this.fetch_blob(&t2, &d2, writer).await });
+                    Ok(Some(flight))
+                }
+                Ok(Joined::Running(running)) => {
+                    self.metrics.coalesced(&up);
+                    Ok(Some(running))
+                }
+                Err(e) => {
+                    let failed = FlightFailure::Error { class: "storage", message: format!("spool: {e}") };
+                    self.end_claim(digest, Some(&failed)).await;
+                    Err(ServiceError::Storage(e.into()).into())
+                }
+            };
+        }
+    }
+
+    /// Gives up this replica's claim on fetching `digest`: the blob is stored (`None`), or the
+    /// fetch failed, which the waiting replicas then hear for a moment.
+    async fn end_claim(&self, digest: &Digest, failed: Option<&FlightFailure>) {
+        let now = now_millis();
+        let stored = failed.map(FlightFailure::to_stored);
+        if let Err(e) =
+            self.cache.end_fetch(digest, &self.holder, stored.as_deref(), now, now + FAILURE_MEMORY_MS).await
+        {
+            // The claim then expires by itself; until then other replicas wait for it.
+            warn!(%digest, error = %e, "could not end a fetch claim");
+        }
     }
 
     async fn head_blob(
@@ -113,15 +187,38 @@ impl Proxy {
 
     /// The one upstream fetch of a blob: spool for readers, hash, verify, then commit the spool
     /// file to storage (or a copy written alongside it, for storage that cannot adopt files).
+    /// The claim on the fetch is renewed while it runs and ended when it is over.
     async fn fetch_blob(self: Arc<Self>, t: &Target, digest: &Digest, mut writer: flight::FlightWriter) {
         let up = self.upstreams[t.upstream].clone();
-        let outcome = self.fetch_blob_inner(&up, t, digest, &mut writer).await;
-        if let Err(failure) = outcome {
-            if let FlightFailure::Error { class, message } = &failure {
-                self.metrics.error(&up.name, class);
-                warn!(upstream = %up.name, repository = %t.local, %digest, error = %message, "blob fetch failed");
+        let outcome = {
+            let fetch = self.fetch_blob_inner(&up, t, digest, &mut writer);
+            tokio::pin!(fetch);
+            let mut renew = tokio::time::interval(Duration::from_millis(CLAIM_TTL_MS as u64 / 3));
+            renew.tick().await;
+            loop {
+                tokio::select! {
+                    outcome = &mut fetch => break outcome,
+                    _ = renew.tick() => {
+                        let now = now_millis();
+                        match self.cache.claim_fetch(digest, &self.holder, now, now + CLAIM_TTL_MS, false).await {
+                            Ok(FetchClaim::Mine) => {}
+                            // Another replica may fetch it too now: wasteful, never wrong.
+                            other => warn!(%digest, ?other, "lost the claim on a running fetch"),
+                        }
+                    }
+                }
             }
-            writer.fail(failure);
+        };
+        match outcome {
+            Ok(()) => self.end_claim(digest, None).await,
+            Err(failure) => {
+                if let FlightFailure::Error { class, message } = &failure {
+                    self.metrics.error(&up.name, class);
+                    warn!(upstream = %up.name, repository = %t.local, %digest, error = %message, "blob fetch failed");
+                }
+                self.end_claim(digest, Some(&failure)).await;
+                writer.fail(failure);
+            }
         }
         self.flights.finish(digest);
     }

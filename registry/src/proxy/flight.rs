@@ -52,6 +52,39 @@ pub enum FlightFailure {
     Error { class: &'static str, message: String },
 }
 
+impl FlightFailure {
+    /// The failure as recorded for other replicas ([`crate::meta::cache::FetchClaim::Failed`]).
+    pub fn to_stored(&self) -> String {
+        match self {
+            FlightFailure::NotFound => "not_found".into(),
+            FlightFailure::Error { class, message } => format!("{class}\n{message}"),
+        }
+    }
+
+    /// Reads a failure another replica recorded; classes this build does not know become
+    /// `elsewhere` (they only choose the error code).
+    pub fn from_stored(s: &str) -> FlightFailure {
+        const CLASSES: &[&str] = &[
+            "connect",
+            "timeout",
+            "auth",
+            "rate_limited",
+            "status_5xx",
+            "status_4xx",
+            "corrupt",
+            "protocol",
+            "storage",
+            "aborted",
+        ];
+        if s == "not_found" {
+            return FlightFailure::NotFound;
+        }
+        let (class, message) = s.split_once('\n').unwrap_or(("", s));
+        let class = CLASSES.iter().copied().find(|c| *c == class).unwrap_or("elsewhere");
+        FlightFailure::Error { class, message: message.to_owned() }
+    }
+}
+
 pub struct Flight {
     spool: Arc<File>,
     progress: watch::Receiver<Progress>,
@@ -299,6 +332,18 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "spool removed");
         // A late reader of the finished flight still gets everything.
         assert_eq!(&collect(flight.read(0, None)).await.unwrap()[..], b"hello world");
+    }
+
+    #[test]
+    fn failures_read_back_as_recorded() {
+        for f in [
+            FlightFailure::NotFound,
+            FlightFailure::Error { class: "rate_limited", message: "upstream hub: 429\nslow down".into() },
+        ] {
+            assert_eq!(FlightFailure::from_stored(&f.to_stored()), f);
+        }
+        let unknown = FlightFailure::from_stored("brand_new_class\nwhat happened");
+        assert_eq!(unknown, FlightFailure::Error { class: "elsewhere", message: "what happened".into() });
     }
 
     #[tokio::test]

@@ -33,6 +33,8 @@ pub struct Proxy {
     pub(super) routes: Routes,
     pub(super) freshness: Freshness,
     pub(super) flights: Flights,
+    /// This process's name in the fetch claims every replica shares (see `blobs`).
+    pub(super) holder: String,
     pub(super) spool_dir: PathBuf,
     /// Storage takes finished spool files as they are: each fetched blob is written once.
     pub(super) adopt_spool: bool,
@@ -75,6 +77,7 @@ impl Proxy {
             freshness: Freshness::new(config),
             upstreams,
             flights: Flights::default(),
+            holder: uuid::Uuid::new_v4().simple().to_string(),
             spool_dir,
             manifest_fetches: Mutex::new(HashMap::new()),
             pulls: PullLog::default(),

@@ -3,9 +3,12 @@
 
 use super::errors::db_error;
 use super::{ensure_repo, execute, parse, query, query_opt, repo_id, size, PostgresMeta};
-use crate::meta::cache::{prefix_bounds, CacheIndex, CachedItem, CachedPull, ContentKind};
+use crate::meta::cache::{
+    prefix_bounds, CacheIndex, CachedItem, CachedPull, ContentKind, FetchClaim, CLAIM_FETCH,
+    FETCH_CLAIM_SWEEP_MS,
+};
 use crate::meta::Result;
-use berth_core::oci::{RepoName, Tag};
+use berth_core::oci::{Digest, RepoName, Tag};
 
 #[async_trait::async_trait]
 impl CacheIndex for PostgresMeta {
@@ -159,5 +162,61 @@ impl CacheIndex for PostgresMeta {
             })
         })
         .await
+    }
+
+    async fn claim_fetch(
+        &self,
+        digest: &Digest,
+        holder: &str,
+        now: i64,
+        expires_at: i64,
+        retry: bool,
+    ) -> Result<FetchClaim> {
+        // One statement each, outside a transaction: the row lock of the upsert decides between
+        // replicas that claim at once.
+        let c = self.client().await?;
+        let taken = execute(&c, CLAIM_FETCH, &[&digest.as_str(), &holder, &expires_at, &now, &retry])
+            .await
+            .map_err(db_error)?;
+        if taken == 1 {
+            return Ok(FetchClaim::Mine);
+        }
+        let failure: Option<String> =
+            query_opt(&c, "SELECT failure FROM proxy_fetches WHERE digest = $1", &[&digest.as_str()])
+                .await
+                .map_err(db_error)?
+                .and_then(|r| r.get(0));
+        Ok(failure.map_or(FetchClaim::Elsewhere, FetchClaim::Failed))
+    }
+
+    async fn end_fetch(
+        &self,
+        digest: &Digest,
+        holder: &str,
+        failure: Option<&str>,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<()> {
+        let c = self.client().await?;
+        match failure {
+            None => {
+                execute(
+                    &c,
+                    "DELETE FROM proxy_fetches WHERE digest = $1 AND holder = $2",
+                    &[&digest.as_str(), &holder],
+                )
+                .await
+            }
+            Some(f) => execute(
+                &c,
+                "UPDATE proxy_fetches SET failure = $3, expires_at = $4 WHERE digest = $1 AND holder = $2",
+                &[&digest.as_str(), &holder, &f, &expires_at],
+            )
+            .await,
+        }
+        .map_err(db_error)?;
+        let swept = now - FETCH_CLAIM_SWEEP_MS;
+        execute(&c, "DELETE FROM proxy_fetches WHERE expires_at < $1", &[&swept]).await.map_err(db_error)?;
+        Ok(())
     }
 }

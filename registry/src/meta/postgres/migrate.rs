@@ -18,8 +18,14 @@ struct Migration {
     compatible_from: i32,
 }
 
-const MIGRATIONS: &[Migration] =
-    &[Migration { sql: include_str!("../../../migrations/postgres/0001_init.sql"), compatible_from: 1 }];
+const MIGRATIONS: &[Migration] = &[
+    Migration { sql: include_str!("../../../migrations/postgres/0001_init.sql"), compatible_from: 1 },
+    // A new table only: schema 1's code runs on it unchanged.
+    Migration {
+        sql: include_str!("../../../migrations/postgres/0002_proxy_fetches.sql"),
+        compatible_from: 1,
+    },
+];
 
 /// The advisory lock's key, shared by every replica (an arbitrary constant: "berthmig").
 const LOCK: i64 = 0x6265_7274_686d_6967;

@@ -5,9 +5,12 @@ use rusqlite::{params, OptionalExtension};
 
 use super::writer::Durability;
 use super::{ensure_repo, parse, repo_id, SqliteMeta};
-use crate::meta::cache::{prefix_bounds, CacheIndex, CachedItem, CachedPull, ContentKind};
+use crate::meta::cache::{
+    prefix_bounds, CacheIndex, CachedItem, CachedPull, ContentKind, FetchClaim, CLAIM_FETCH,
+    FETCH_CLAIM_SWEEP_MS,
+};
 use crate::meta::Result;
-use berth_core::oci::{RepoName, Tag};
+use berth_core::oci::{Digest, RepoName, Tag};
 
 #[async_trait::async_trait]
 impl CacheIndex for SqliteMeta {
@@ -142,6 +145,61 @@ impl CacheIndex for SqliteMeta {
                 tx.execute("DELETE FROM blobs WHERE digest = ?1", [digest])?;
             }
             Ok(used)
+        })
+        .await
+    }
+
+    async fn claim_fetch(
+        &self,
+        digest: &Digest,
+        holder: &str,
+        now: i64,
+        expires_at: i64,
+        retry: bool,
+    ) -> Result<FetchClaim> {
+        let (digest, holder) = (digest.to_string(), holder.to_owned());
+        // Unsynced: a claim lost to a crash only lets a later request fetch again.
+        self.write(Durability::Unsynced, move |tx| {
+            let taken =
+                tx.prepare_cached(CLAIM_FETCH)?.execute(params![digest, holder, expires_at, now, retry])?;
+            if taken == 1 {
+                return Ok(FetchClaim::Mine);
+            }
+            let failure: Option<String> = tx
+                .prepare_cached("SELECT failure FROM proxy_fetches WHERE digest = ?1")?
+                .query_row([&digest], |r| r.get(0))
+                .optional()?
+                .flatten();
+            Ok(failure.map_or(FetchClaim::Elsewhere, FetchClaim::Failed))
+        })
+        .await
+    }
+
+    async fn end_fetch(
+        &self,
+        digest: &Digest,
+        holder: &str,
+        failure: Option<&str>,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<()> {
+        let (digest, holder, failure) = (digest.to_string(), holder.to_owned(), failure.map(str::to_owned));
+        self.write(Durability::Unsynced, move |tx| {
+            match failure {
+                None => tx.execute(
+                    "DELETE FROM proxy_fetches WHERE digest = ?1 AND holder = ?2",
+                    params![digest, holder],
+                )?,
+                Some(f) => tx.execute(
+                    "UPDATE proxy_fetches SET failure = ?3, expires_at = ?4 WHERE digest = ?1 AND holder = ?2",
+                    params![digest, holder, f, expires_at],
+                )?,
+            };
+            tx.execute(
+                "DELETE FROM proxy_fetches WHERE expires_at < ?1",
+                [now - FETCH_CLAIM_SWEEP_MS],
+            )?;
+            Ok(())
         })
         .await
     }

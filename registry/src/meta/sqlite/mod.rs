@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0001_init.sql"),
     include_str!("../../../migrations/sqlite/0002_proxy.sql"),
     include_str!("../../../migrations/sqlite/0003_upload_parts.sql"),
+    include_str!("../../../migrations/sqlite/0004_proxy_fetches.sql"),
 ];
 const MAX_IDLE_READERS: usize = 8;
 
