@@ -74,18 +74,19 @@ status() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
 location() { curl -s -D - -o /dev/null "$@" | tr -d '\r' | awk 'tolower($1) == "location:" {print $2}'; }
 
 echo "== an upload started on one replica, continued on another, finished on a third"
+# 20 MB: the first chunk stays an object of its own; the second fills it into multipart parts.
 chunked_across_replicas() {
-  head -c 3000000 /dev/urandom >"$WORK/big"
-  head -c 1000000 "$WORK/big" >"$WORK/c1"
-  tail -c +1000001 "$WORK/big" >"$WORK/c2"
+  head -c 20000000 /dev/urandom >"$WORK/big"
+  head -c 6000000 "$WORK/big" >"$WORK/c1"
+  tail -c +6000001 "$WORK/big" >"$WORK/c2"
   local d loc
   d=sha256:$(sha256sum <"$WORK/big" | cut -d' ' -f1)
   loc=$(location -X POST "${R[0]}/v2/spread/app/blobs/uploads/") || return 1
-  loc=$(location -X PATCH -H 'Content-Type: application/octet-stream' -H 'Content-Range: 0-999999' \
+  loc=$(location -X PATCH -H 'Content-Type: application/octet-stream' -H 'Content-Range: 0-5999999' \
     --data-binary "@$WORK/c1" "${R[1]}$loc")
   [[ -n $loc ]] || { echo "first PATCH refused"; return 1; }
-  equal "$(curl -s -D - -o /dev/null "${R[2]}$loc" | tr -d '\r' | awk 'tolower($1) == "range:" {print $2}')" 0-999999 || return 1
-  loc=$(location -X PATCH -H 'Content-Type: application/octet-stream' -H 'Content-Range: 1000000-2999999' \
+  equal "$(curl -s -D - -o /dev/null "${R[2]}$loc" | tr -d '\r' | awk 'tolower($1) == "range:" {print $2}')" 0-5999999 || return 1
+  loc=$(location -X PATCH -H 'Content-Type: application/octet-stream' -H 'Content-Range: 6000000-19999999' \
     --data-binary "@$WORK/c2" "${R[2]}$loc")
   [[ -n $loc ]] || { echo "second PATCH refused"; return 1; }
   local sep='?'
@@ -94,8 +95,11 @@ chunked_across_replicas() {
   for r in "${R[@]}"; do
     equal "$(curl -s "$r/v2/spread/app/blobs/$d" | sha256sum | cut -d' ' -f1)" "${d#sha256:}" || return 1
   done
+  # The second chunk went into the session's multipart upload, and nothing of it is left.
+  curl -s "${R[2]}/metrics" | grep 'operation="put_part"' | grep -q 'outcome="ok"' || { echo "no parts sent"; return 1; }
+  curl -s "${R[0]}/metrics" | grep 'operation="complete_assembly"' | grep -q 'outcome="ok"' || { echo "not completed"; return 1; }
 }
-check "the blob is whole, and every replica serves it" chunked_across_replicas
+check "the blob is whole, every replica serves it, its bytes went into one multipart upload" chunked_across_replicas
 
 echo "== 16 concurrent pushes of one tag through three replicas"
 concurrent_tag_pushes() {

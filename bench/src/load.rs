@@ -90,7 +90,7 @@ impl Blob {
         let mut h = sha2::Sha256::new();
         h.update(&prefix);
         h.update(&body);
-        Blob { prefix, body, digest: format!("sha256:{:x}", h.finalize()) }
+        Blob { prefix, body, digest: format!("sha256:{}", berth_core::oci::hex(&h.finalize())) }
     }
 
     fn len(&self) -> usize {

@@ -186,7 +186,7 @@ impl Drop for ByteCounter {
 }
 
 fn sha256(b: &[u8]) -> String {
-    format!("sha256:{:x}", sha2::Sha256::digest(b))
+    format!("sha256:{}", berth_core::oci::hex(&sha2::Sha256::digest(b)))
 }
 
 async fn push_blob(c: &reqwest::Client, base: &str, data: Bytes) -> anyhow::Result<(String, usize)> {
@@ -259,7 +259,7 @@ async fn pull(c: &reqwest::Client, base: &str, verify: bool) -> anyhow::Result<D
                     h.update(&chunk);
                 }
             }
-            if n != size || (verify && format!("sha256:{:x}", h.finalize()) != digest) {
+            if n != size || (verify && format!("sha256:{}", berth_core::oci::hex(&h.finalize())) != digest) {
                 bail!("{digest} from {base}: {n} bytes, not the content");
             }
             Ok(())

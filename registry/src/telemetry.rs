@@ -442,6 +442,44 @@ impl Storage for Instrumented {
         r
     }
 
+    fn assembly_part_size(&self) -> Option<u64> {
+        self.inner.assembly_part_size()
+    }
+
+    async fn start_assembly(&self, key: &Key) -> Result<String, StorageError> {
+        let t = Instant::now();
+        let r = self.inner.start_assembly(key).await;
+        self.metrics.time_op("start_assembly", t, &r);
+        r
+    }
+
+    async fn put_assembly_part(
+        &self,
+        key: &Key,
+        id: &str,
+        index: usize,
+        data: Bytes,
+    ) -> Result<String, StorageError> {
+        let t = Instant::now();
+        let r = self.inner.put_assembly_part(key, id, index, data).await;
+        self.metrics.time_op("put_part", t, &r);
+        r
+    }
+
+    async fn complete_assembly(&self, key: &Key, id: &str, tags: Vec<String>) -> Result<(), StorageError> {
+        let t = Instant::now();
+        let r = self.inner.complete_assembly(key, id, tags).await;
+        self.metrics.time_op("complete_assembly", t, &r);
+        r
+    }
+
+    async fn abort_assembly(&self, key: &Key, id: &str) -> Result<(), StorageError> {
+        let t = Instant::now();
+        let r = self.inner.abort_assembly(key, id).await;
+        self.metrics.time_op("abort_assembly", t, &r);
+        r
+    }
+
     fn adopts_from(&self, dir: &std::path::Path) -> bool {
         self.inner.adopts_from(dir)
     }

@@ -301,7 +301,7 @@ async fn the_first_byte_arrives_before_the_upstream_sent_the_whole_layer() {
         h.update(&chunk);
     }
     assert_eq!(total, size);
-    assert_eq!(format!("sha256:{:x}", h.finalize()), digest);
+    assert_eq!(format!("sha256:{}", berth_core::oci::hex(&h.finalize())), digest);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 use sha2::Digest as _;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -152,6 +153,20 @@ impl<'de> serde::Deserialize<'de> for Digest {
     }
 }
 
+/// Lowercase hex of `bytes`, as digests are written.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
+}
+
+/// The first byte of a stored sha256 [`Hasher::state`].
+const STATE_SHA256: u8 = 1;
+
 /// Incremental hasher for one algorithm.
 #[derive(Clone)]
 pub enum Hasher {
@@ -167,10 +182,30 @@ impl Hasher {
         }
     }
 
+    /// The state after the bytes so far, to be stored and resumed by another process
+    /// ([`Hasher::resume`]): sha256 only (the one algorithm uploads are hashed in as they arrive).
+    pub fn state(&self) -> Option<Vec<u8>> {
+        match self {
+            Hasher::Sha256(h) => {
+                let mut out = vec![STATE_SHA256];
+                out.extend_from_slice(&h.serialize());
+                Some(out)
+            }
+            Hasher::Sha512(_) => None,
+        }
+    }
+
+    /// A hasher continuing from a [`Hasher::state`]; `None` if `state` is not one.
+    pub fn resume(state: &[u8]) -> Option<Hasher> {
+        let (&STATE_SHA256, rest) = state.split_first()? else { return None };
+        let rest = SerializedState::<sha2::Sha256>::try_from(rest).ok()?;
+        sha2::Sha256::deserialize(&rest).ok().map(Hasher::Sha256)
+    }
+
     pub fn finish(self) -> Digest {
         let (algorithm, hex) = match self {
-            Hasher::Sha256(h) => (Algorithm::Sha256, format!("{:x}", h.finalize())),
-            Hasher::Sha512(h) => (Algorithm::Sha512, format!("{:x}", h.finalize())),
+            Hasher::Sha256(h) => (Algorithm::Sha256, hex(&h.finalize())),
+            Hasher::Sha512(h) => (Algorithm::Sha512, hex(&h.finalize())),
         };
         Digest { algorithm, text: format!("{}:{hex}", algorithm.name()).into() }
     }
@@ -188,6 +223,24 @@ mod tests {
         assert_eq!(d.algorithm(), Algorithm::Sha256);
         assert_eq!(d.to_string(), EMPTY_256);
         assert_eq!(d.hex().len(), 64);
+    }
+
+    #[test]
+    fn a_stored_state_resumes_where_it_stopped() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for cut in [0, 1, 63, 64, 65, 4096, 9_999, 10_000] {
+            let mut h = Algorithm::Sha256.hasher();
+            h.update(&data[..cut]);
+            let state = h.state().unwrap();
+            let mut resumed = Hasher::resume(&state).unwrap();
+            resumed.update(&data[cut..]);
+            assert_eq!(resumed.finish(), Digest::of(Algorithm::Sha256, &data), "cut at {cut}");
+        }
+        assert!(Algorithm::Sha512.hasher().state().is_none());
+        let state = Algorithm::Sha256.hasher().state().unwrap();
+        assert!(Hasher::resume(&state[..state.len() - 1]).is_none(), "truncated");
+        assert!(Hasher::resume(&[]).is_none());
+        assert!(Hasher::resume(&[9; 41]).is_none(), "unknown kind");
     }
 
     #[test]

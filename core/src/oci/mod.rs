@@ -5,6 +5,6 @@ pub mod manifest;
 pub mod name;
 pub mod range;
 
-pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use digest::{hex, Algorithm, Digest, DigestError, Hasher};
 pub use manifest::{ManifestKind, ParsedManifest};
 pub use name::{Reference, RepoName, Tag};

@@ -85,6 +85,11 @@ pub struct Upload {
     pub repo: RepoName,
     pub received: u64,
     pub updated_at: i64,
+    /// The sha256 state after the `received` bytes ([`berth_core::oci::Hasher::state`]), so that
+    /// any replica continues the session without reading it back; `None` when not recorded.
+    pub hash_state: Option<Vec<u8>>,
+    /// The storage assembly (multipart upload) the session's parts go into, once it has one.
+    pub assembly: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +97,24 @@ pub struct UploadPart {
     pub start: u64,
     pub size: u64,
     pub nonce: String,
+    /// A part of the session's assembly, with the tag the store gave it; `None`: a chunk stored
+    /// as an object of its own (named by `start` and `nonce`).
+    pub tag: Option<String>,
+}
+
+/// What one request adds to an upload session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The session's size the request started from: nothing is recorded unless it still is.
+    pub at: u64,
+    /// Bytes the request added.
+    pub added: u64,
+    /// The parts that now hold them, in order.
+    pub parts: Vec<UploadPart>,
+    /// The session's chunk objects went into the first of `parts`: forget them.
+    pub drop_chunks: bool,
+    /// The hash state after `at + added` bytes.
+    pub hash_state: Option<Vec<u8>>,
 }
 
 /// A connection pool's use, for metrics.
@@ -148,10 +171,12 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn upload(&self, id: UploadId) -> Result<Option<Upload>>;
     /// The session's chunks, in order.
     async fn upload_parts(&self, id: UploadId) -> Result<Vec<UploadPart>>;
-    /// Appends a chunk if the session still has exactly `part.start` bytes and fewer than
-    /// `max_parts` chunks; returns the new total.
-    async fn add_upload_part(&self, id: UploadId, part: &UploadPart, max_parts: u32, now: i64)
-        -> Result<u64>;
+    /// Records what a request added, if the session still has exactly `a.at` bytes and fewer than
+    /// `max_parts` requests added to it; returns the new total.
+    async fn append_upload(&self, id: UploadId, a: &Appended, max_parts: u32, now: i64) -> Result<u64>;
+    /// Gives the session the assembly `assembly` unless it has one; returns the one it has, or
+    /// `None` when the session is gone.
+    async fn set_upload_assembly(&self, id: UploadId, assembly: &str) -> Result<Option<String>>;
     /// Ends a session whose bytes are now the blob `digest`: links the blob into `repo` and forgets
     /// the session, in one transaction.
     async fn finish_upload(&self, id: UploadId, repo: &RepoName, digest: &Digest, size: u64) -> Result<()>;
@@ -168,6 +193,17 @@ pub trait MetaStore: Send + Sync + 'static {
 /// A value read back from the store that does not parse: the database was edited or damaged.
 pub(crate) fn parse_stored<T: std::str::FromStr>(what: &str, value: String) -> Result<T> {
     value.parse().map_err(|_| MetaError::Db(format!("stored {what} {value:?} does not parse")))
+}
+
+impl MetaError {
+    /// Why an append was refused: the session is gone, moved on from `at`, or full.
+    pub(crate) fn refused_append(current: Option<u64>, at: u64, max_parts: u32) -> MetaError {
+        match current {
+            Some(c) if c != at => MetaError::UploadOffset { current: c },
+            Some(_) => MetaError::UploadFull { max: max_parts },
+            None => MetaError::UploadUnknown,
+        }
+    }
 }
 
 impl UploadPart {

@@ -1,7 +1,7 @@
 //! The metadata conformance suite: every `MetaStore` (with its `CacheIndex`) runs all of it.
 
 use super::cache::{CacheIndex, CachedItem, CachedPull, ContentKind, FetchClaim};
-use super::{MetaError, MetaStore, NewManifest, Page, UploadPart};
+use super::{Appended, MetaError, MetaStore, NewManifest, Page, UploadPart};
 use crate::UploadId;
 use berth_core::oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
@@ -150,32 +150,68 @@ async fn upload_sessions(m: &dyn MetaStore) {
     assert_eq!(m.upload(id).await.unwrap(), None);
     m.create_upload(id, &repo("up"), 100).await.unwrap();
     assert_eq!(m.count_uploads().await.unwrap(), 1);
-    let part = |start, size| UploadPart { start, size, nonce: format!("{start:x}") };
-    assert_eq!(m.add_upload_part(id, &part(0, 10), 3, 101).await.unwrap(), 10);
-    let stale = m.add_upload_part(id, &part(0, 10), 3, 102).await;
+    let part = |start, size| UploadPart { start, size, nonce: format!("{start:x}"), tag: None };
+    // One request's chunk, stored as an object of its own.
+    let chunk = |start: u64, size: u64| Appended {
+        at: start,
+        added: size,
+        parts: if size > 0 { vec![part(start, size)] } else { vec![] },
+        drop_chunks: false,
+        hash_state: Some(vec![start as u8, size as u8]),
+    };
+    assert_eq!(m.append_upload(id, &chunk(0, 10), 3, 101).await.unwrap(), 10);
+    let stale = m.append_upload(id, &chunk(0, 10), 3, 102).await;
     assert!(matches!(stale, Err(MetaError::UploadOffset { current: 10 })));
-    assert_eq!(m.add_upload_part(id, &part(10, 5), 3, 103).await.unwrap(), 15);
+    assert_eq!(m.append_upload(id, &chunk(10, 5), 3, 103).await.unwrap(), 15);
     let u = m.upload(id).await.unwrap().unwrap();
     assert_eq!((u.received, u.updated_at), (15, 103));
+    assert_eq!((u.hash_state, u.assembly), (Some(vec![10, 5]), None), "the state after the last append");
     assert_eq!(m.upload_parts(id).await.unwrap(), vec![part(0, 10), part(10, 5)]);
     assert_eq!(m.stale_uploads(104, 10).await.unwrap(), vec![id]);
     assert!(m.stale_uploads(103, 10).await.unwrap().is_empty());
 
     // A session holds a bounded number of chunks; an empty one takes no place.
-    assert_eq!(m.add_upload_part(id, &part(15, 0), 3, 104).await.unwrap(), 15);
-    assert_eq!(m.add_upload_part(id, &part(15, 1), 3, 104).await.unwrap(), 16);
-    let full = m.add_upload_part(id, &part(16, 1), 3, 105).await;
+    assert_eq!(m.append_upload(id, &chunk(15, 0), 3, 104).await.unwrap(), 15);
+    assert_eq!(m.append_upload(id, &chunk(15, 1), 3, 104).await.unwrap(), 16);
+    let full = m.append_upload(id, &chunk(16, 1), 3, 105).await;
     assert!(matches!(full, Err(MetaError::UploadFull { max: 3 })), "{full:?}");
     assert_eq!(m.upload(id).await.unwrap().unwrap().received, 16, "a refused chunk changes nothing");
 
     assert!(m.delete_upload(id).await.unwrap());
-    assert!(matches!(m.add_upload_part(id, &part(16, 1), 3, 106).await, Err(MetaError::UploadUnknown)));
+    assert!(matches!(m.append_upload(id, &chunk(16, 1), 3, 106).await, Err(MetaError::UploadUnknown)));
     assert_eq!(m.count_uploads().await.unwrap(), 0);
+
+    // On an object store, chunks go into an assembly whose id is recorded once.
+    let id = UploadId::random();
+    m.create_upload(id, &repo("up"), 150).await.unwrap();
+    assert_eq!(m.set_upload_assembly(id, "mp-1").await.unwrap().as_deref(), Some("mp-1"));
+    assert_eq!(m.set_upload_assembly(id, "mp-2").await.unwrap().as_deref(), Some("mp-1"), "the first stays");
+    assert_eq!(m.set_upload_assembly(UploadId::random(), "mp-3").await.unwrap(), None);
+    m.append_upload(id, &chunk(0, 4), 10, 151).await.unwrap();
+    m.append_upload(id, &chunk(4, 3), 10, 152).await.unwrap();
+    // A request whose bytes filled a part: the chunks before it went into the part, its rest is a chunk.
+    let tagged = UploadPart { start: 0, size: 9, nonce: "a1".into(), tag: Some("\"etag-1\"".into()) };
+    let grown = Appended {
+        at: 7,
+        added: 5,
+        parts: vec![tagged.clone(), part(9, 3)],
+        drop_chunks: true,
+        hash_state: Some(vec![1; 41]),
+    };
+    assert_eq!(m.append_upload(id, &grown, 10, 153).await.unwrap(), 12);
+    assert_eq!(m.upload_parts(id).await.unwrap(), vec![tagged, part(9, 3)]);
+    let u = m.upload(id).await.unwrap().unwrap();
+    assert_eq!((u.received, u.hash_state, u.assembly.as_deref()), (12, Some(vec![1; 41]), Some("mp-1")));
+    assert!(matches!(
+        m.append_upload(id, &grown, 10, 154).await,
+        Err(MetaError::UploadOffset { current: 12 })
+    ));
+    assert!(m.delete_upload(id).await.unwrap());
 
     // Finishing links the blob and forgets the session in one step.
     let (id, blob) = (UploadId::random(), digest("finished"));
     m.create_upload(id, &repo("up"), 200).await.unwrap();
-    m.add_upload_part(id, &part(0, 7), 3, 201).await.unwrap();
+    m.append_upload(id, &chunk(0, 7), 3, 201).await.unwrap();
     m.finish_upload(id, &repo("up"), &blob, 7).await.unwrap();
     assert_eq!(m.upload(id).await.unwrap(), None);
     assert!(m.upload_parts(id).await.unwrap().is_empty(), "chunks go with their session");

@@ -3,6 +3,7 @@
 //! Nothing here knows HTTP. Handlers in [`crate::api`] parse a request into typed values, call one
 //! method here, and turn the result (or the [`ServiceError`]) into a response.
 
+mod assembly;
 mod blobs;
 mod cache;
 mod error;

@@ -1,9 +1,8 @@
 //! The registry itself (`Registry`): storage and metadata with their limits. Each kind of content
 //! adds its methods in its own file: `uploads`, `blobs`, `manifests`.
 
-use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::oci::{Hasher, RepoName};
@@ -14,7 +13,6 @@ use super::cache;
 use super::error::{Result, ServiceError};
 use crate::meta::MetaStore;
 use crate::storage::{ObjectWriter, Storage};
-use crate::upload_id::UploadId;
 
 /// A request body as the service sees it.
 pub type BodyStream = BoxStream<'static, io::Result<Bytes>>;
@@ -52,21 +50,12 @@ pub struct Registry {
     pub(super) storage: Arc<dyn Storage>,
     pub(super) meta: Arc<dyn MetaStore>,
     pub(super) limits: Limits,
-    /// The running sha256 of each upload session at its current offset, so that finishing an
-    /// upload needs no second read of its bytes. Lost on restart, then rebuilt from storage.
-    pub(super) hashers: Mutex<HashMap<UploadId, (u64, Hasher)>>,
     pub(super) manifests: cache::ManifestCache,
 }
 
 impl Registry {
     pub fn new(storage: Arc<dyn Storage>, meta: Arc<dyn MetaStore>, limits: Limits) -> Registry {
-        Registry {
-            storage,
-            meta,
-            limits,
-            hashers: Mutex::new(HashMap::new()),
-            manifests: cache::ManifestCache::new(MANIFEST_CACHE_BYTES),
-        }
+        Registry { storage, meta, limits, manifests: cache::ManifestCache::new(MANIFEST_CACHE_BYTES) }
     }
 
     pub fn limits(&self) -> &Limits {

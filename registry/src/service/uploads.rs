@@ -6,10 +6,12 @@
 //! PATCH [Content-Range] ──► one storage object per chunk: uploads/<id>/<start>-<nonce>
 //!                           recorded only if the session still stood at <start> (else 416)
 //!                           and holds fewer than `max_upload_chunks` chunks (else 400)
-//! PUT ?digest=          ──► digest checked (running hash, or re-read after a restart)
+//! PUT ?digest=          ──► digest checked (the sha256 state recorded with each chunk)
 //!                           one chunk: renamed into blobs/; several: concatenated; then the blob
 //!                           is linked and the session forgotten in one durable transaction
 //! ```
+//! On stores that build objects from parts (S3), chunks go into the session's multipart upload
+//! instead ([`super::assembly`]).
 //! Nothing under `blobs/` is ever written before its digest is verified. Chunks and the session's
 //! bookkeeping are not synced to disk as they arrive: a power loss that takes them makes the
 //! client's next request a 416 (or an unknown session), from which it resumes. What a `201`
@@ -17,13 +19,19 @@
 
 use futures_util::StreamExt;
 
+use super::assembly::{self, PartSink};
 use super::error::{Result, ServiceError};
 use super::registry::{copy_body, repo_matches, BodyStream, Registry};
-use crate::meta::{now, Upload, UploadPart};
+use crate::meta::{now, Appended, Upload, UploadPart};
 use crate::storage::{layout, put_all};
 use crate::UploadId;
 use berth_core::oci::range::ChunkRange;
 use berth_core::oci::{Algorithm, Digest, Hasher, RepoName};
+
+/// A fresh name for a chunk object (hex, as storage keys require).
+pub(super) fn nonce() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
 
 /// How an upload's bytes became its blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +73,7 @@ impl Registry {
         body: BodyStream,
     ) -> Result<UploadState> {
         let u = self.live_upload(repo, id).await?;
-        let received = self.append(&u, range, declared, body).await?;
+        let (received, _) = self.append(&u, range, declared, body).await?;
         Ok(UploadState { id, received })
     }
 
@@ -80,28 +88,42 @@ impl Registry {
         body: BodyStream,
     ) -> Result<u64> {
         let mut u = self.live_upload(repo, id).await?;
-        if self.append(&u, range, declared, body).await? != u.received {
+        let (received, hasher) = self.append(&u, range, declared, body).await?;
+        if received != u.received {
             u = self.live_upload(repo, id).await?;
         }
-        let hasher = match digest.algorithm() {
-            Algorithm::Sha256 => self.hasher_at(&u).await?,
-            other => self.rehash(&u, other).await?,
+        let parts = self.meta.upload_parts(u.id).await?;
+        let assembled = parts.iter().any(|p| p.tag.is_some());
+        // An assembled session's bytes can be read only once its assembly is complete.
+        let completed =
+            if assembled { Some(assembly::complete(self.storage.as_ref(), &u, &parts).await?) } else { None };
+        let actual = match (digest.algorithm(), hasher) {
+            (Algorithm::Sha256, Some(h)) => h.finish(),
+            (algorithm, _) => match &completed {
+                Some(key) => self.hash_object(key, algorithm).await?,
+                None => self.rehash(&u, &parts, algorithm).await?,
+            }
+            .finish(),
         };
-        let actual = hasher.finish();
         if actual != *digest {
             self.discard(&u).await;
             return Err(ServiceError::DigestInvalid(format!(
                 "uploaded content has digest {actual}, not {digest}"
             )));
         }
-        let parts = self.meta.upload_parts(u.id).await?;
-        if self.publish(&u, &parts, digest).await? == Published::Copied {
-            for p in &parts {
+        let published = match &completed {
+            Some(key) => {
+                self.storage.rename(key, &layout::blob(digest)).await?;
+                Published::Copied
+            }
+            None => self.publish(&u, &parts, digest).await?,
+        };
+        if published == Published::Copied {
+            for p in parts.iter().filter(|p| p.tag.is_none()) {
                 self.storage.delete(&layout::upload_part(&u.id, p.start, &p.nonce)).await?;
             }
         }
         self.meta.finish_upload(u.id, repo, digest, u.received).await?;
-        self.forget_hasher(u.id);
         Ok(u.received)
     }
 
@@ -155,14 +177,15 @@ impl Registry {
         Ok(u)
     }
 
-    /// Stores one chunk and records it; returns the session's new size.
+    /// Stores one request's bytes and records them; returns the session's new size and, when
+    /// known, the sha256 state after it.
     async fn append(
         &self,
         u: &Upload,
         range: Option<ChunkRange>,
         declared: Option<u64>,
         body: BodyStream,
-    ) -> Result<u64> {
+    ) -> Result<(u64, Option<Hasher>)> {
         if let Some(r) = range {
             if r.start != u.received {
                 return Err(ServiceError::RangeInvalid { received: u.received });
@@ -173,52 +196,85 @@ impl Registry {
         }
         let expected = range.map(|r| r.len()).or(declared);
         let mut hasher = self.hasher_at(u).await?;
-        let mut writer = self.storage.writer().await?;
-        let size = copy_body(body, expected, writer.as_mut(), &mut hasher).await?;
-        if size == 0 {
-            self.keep_hasher(u.id, u.received, hasher);
-            return Ok(u.received);
-        }
-        let part = UploadPart { start: u.received, size, nonce: uuid::Uuid::new_v4().simple().to_string() };
-        let key = layout::upload_part(&u.id, part.start, &part.nonce);
-        writer.commit_unsynced(&key).await?;
-        match self.meta.add_upload_part(u.id, &part, self.limits.max_upload_chunks, now()).await {
+        let mut scratch = Algorithm::Sha256.hasher();
+        let h = hasher.as_mut().unwrap_or(&mut scratch);
+        let (added, parts, drop_chunks, written, merged) = match self.storage.assembly_part_size() {
+            None => {
+                let mut writer = self.storage.writer().await?;
+                let size = copy_body(body, expected, writer.as_mut(), h).await?;
+                if size == 0 {
+                    return Ok((u.received, hasher));
+                }
+                let part = UploadPart { start: u.received, size, nonce: nonce(), tag: None };
+                let key = layout::upload_part(&u.id, part.start, &part.nonce);
+                writer.commit_unsynced(&key).await?;
+                (size, vec![part], false, Some(key), vec![])
+            }
+            Some(part_size) => {
+                let parts = self.meta.upload_parts(u.id).await?;
+                let mut sink = PartSink::new(self.storage.clone(), self.meta.clone(), u, &parts, part_size);
+                let size = copy_body(body, expected, &mut sink, h).await?;
+                if size == 0 {
+                    return Ok((u.received, hasher));
+                }
+                let sunk = sink.finish().await?;
+                (size, sunk.parts, sunk.drop_chunks, sunk.chunk_key, sunk.merged)
+            }
+        };
+        let hash_state = hasher.as_ref().and_then(Hasher::state);
+        let appended = Appended { at: u.received, added, parts, drop_chunks, hash_state };
+        match self.meta.append_upload(u.id, &appended, self.limits.max_upload_chunks, now()).await {
             Ok(total) => {
-                self.keep_hasher(u.id, total, hasher);
-                Ok(total)
+                for k in &merged {
+                    // Inside a part now; a leftover is removed with the session.
+                    let _ = self.storage.delete(k).await;
+                }
+                Ok((total, hasher))
             }
             Err(e) => {
                 // Another request won the race for this offset; this chunk was never recorded.
-                let _ = self.storage.delete(&key).await;
+                if let Some(k) = &written {
+                    let _ = self.storage.delete(k).await;
+                }
                 Err(e.into())
             }
         }
     }
 
-    fn keep_hasher(&self, id: UploadId, at: u64, hasher: Hasher) {
-        if let Ok(mut map) = self.hashers.lock() {
-            map.insert(id, (at, hasher));
+    /// The sha256 state after the session's bytes so far: recorded with them, or else (a session
+    /// from before states were recorded) read back from its chunks; `None` if neither can be.
+    async fn hasher_at(&self, u: &Upload) -> Result<Option<Hasher>> {
+        if let Some(h) = u.hash_state.as_deref().and_then(Hasher::resume) {
+            return Ok(Some(h));
         }
+        let parts = self.meta.upload_parts(u.id).await?;
+        if parts.iter().any(|p| p.tag.is_some()) {
+            return Ok(None);
+        }
+        Ok(Some(self.rehash(u, &parts, Algorithm::Sha256).await?))
     }
 
-    /// The sha256 state after the session's bytes so far: remembered, or re-read from storage.
-    async fn hasher_at(&self, u: &Upload) -> Result<Hasher> {
-        let remembered = self.hashers.lock().ok().and_then(|mut m| m.remove(&u.id));
-        match remembered {
-            Some((at, h)) if at == u.received => Ok(h),
-            _ => self.rehash(u, Algorithm::Sha256).await,
-        }
-    }
-
-    async fn rehash(&self, u: &Upload, algorithm: Algorithm) -> Result<Hasher> {
+    /// Hashes the session's chunk objects (an unassembled session) in `algorithm`.
+    async fn rehash(&self, u: &Upload, parts: &[UploadPart], algorithm: Algorithm) -> Result<Hasher> {
         let mut hasher = algorithm.hasher();
-        for p in &self.meta.upload_parts(u.id).await? {
-            let mut s = self.storage.get(&layout::upload_part(&u.id, p.start, &p.nonce), None).await?;
-            while let Some(chunk) = s.next().await {
-                hasher.update(&chunk.map_err(crate::storage::StorageError::Io)?);
-            }
+        for p in parts {
+            self.hash_into(&layout::upload_part(&u.id, p.start, &p.nonce), &mut hasher).await?;
         }
         Ok(hasher)
+    }
+
+    async fn hash_object(&self, key: &crate::storage::Key, algorithm: Algorithm) -> Result<Hasher> {
+        let mut hasher = algorithm.hasher();
+        self.hash_into(key, &mut hasher).await?;
+        Ok(hasher)
+    }
+
+    async fn hash_into(&self, key: &crate::storage::Key, hasher: &mut Hasher) -> Result<()> {
+        let mut s = self.storage.get(key, None).await?;
+        while let Some(chunk) = s.next().await {
+            hasher.update(&chunk.map_err(crate::storage::StorageError::Io)?);
+        }
+        Ok(())
     }
 
     /// Makes the verified bytes of `u` the blob `digest`.
@@ -252,7 +308,13 @@ impl Registry {
     /// unrecorded too). Best effort: what fails here is retried by the next purge (the session
     /// row goes last).
     async fn discard(&self, u: &Upload) {
-        self.forget_hasher(u.id);
+        if let Some(a) = &u.assembly {
+            // By its recorded id: the bucket's multipart uploads are never listed.
+            if let Err(e) = self.storage.abort_assembly(&layout::upload_assembly(&u.id), a).await {
+                tracing::warn!(error = %e, upload = %u.id, "could not abort the upload's multipart upload");
+                return;
+            }
+        }
         let keys = self.storage.list(&layout::upload_prefix(&u.id)).await.unwrap_or_default();
         for k in keys {
             if let Err(e) = self.storage.delete(&k).await {
@@ -262,12 +324,6 @@ impl Registry {
         }
         if let Err(e) = self.meta.delete_upload(u.id).await {
             tracing::warn!(error = %e, upload = %u.id, "could not remove upload session");
-        }
-    }
-
-    fn forget_hasher(&self, id: UploadId) {
-        if let Ok(mut map) = self.hashers.lock() {
-            map.remove(&id);
         }
     }
 }

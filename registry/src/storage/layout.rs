@@ -8,7 +8,8 @@
 //! │   └── sha512/<hh>/<hex>
 //! └── uploads/
 //!     └── <hh>/                                   the upload id's first two characters
-//!         └── <upload-id>.<start offset, 20 digits>-<nonce>   one object per chunk received
+//!         ├── <upload-id>.<start offset, 20 digits>-<nonce>   one object per chunk received
+//!         └── <upload-id>.assembled      on object stores: the session's multipart upload
 //! ```
 //! The filesystem backend adds `tmp/` beside these for objects being written.
 //!
@@ -42,6 +43,12 @@ pub fn upload_part(id: &UploadId, start: u64, nonce: &str) -> Key {
     Key::new(format!("{}{start:020}-{nonce}", upload_prefix(id).as_str()))
 }
 
+/// Where an upload session assembles its parts on a store that uploads in parts (S3): the
+/// object its multipart upload completes into, before it is copied to its digest's key.
+pub fn upload_assembly(id: &UploadId) -> Key {
+    Key::new(format!("{}assembled", upload_prefix(id).as_str()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +66,6 @@ mod tests {
         assert!(part.as_str().ends_with(&format!("/{id}.00000000000000000007-ab12")));
         assert!(part.as_str().starts_with(upload_prefix(&id).as_str()));
         assert_eq!(part.as_str().split('/').nth(1), Some(&id.to_string()[..2]));
+        assert!(upload_assembly(&id).as_str().starts_with(upload_prefix(&id).as_str()));
     }
 }

@@ -104,6 +104,45 @@ pub trait Storage: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The size of every part but the last of an object assembled from parts uploaded separately,
+    /// when this store builds large objects that way (S3 multipart uploads, whose parts must be at
+    /// least 5 MiB); `None` when it keeps upload chunks as objects of their own.
+    fn assembly_part_size(&self) -> Option<u64> {
+        None
+    }
+
+    /// Starts assembling an object at `key` from parts; returns the assembly's id, which the
+    /// caller records so that an abandoned assembly can be aborted by it.
+    async fn start_assembly(&self, key: &Key) -> Result<String, StorageError> {
+        let _ = key;
+        Err(unsupported("assembling objects from parts"))
+    }
+
+    /// Uploads part `index` (from 0, contiguous) of an assembly; returns its tag for
+    /// [`Storage::complete_assembly`].
+    async fn put_assembly_part(
+        &self,
+        key: &Key,
+        id: &str,
+        index: usize,
+        data: Bytes,
+    ) -> Result<String, StorageError> {
+        let _ = (key, id, index, data);
+        Err(unsupported("assembling objects from parts"))
+    }
+
+    /// Makes the parts (tags in order) the object at `key`, at once.
+    async fn complete_assembly(&self, key: &Key, id: &str, tags: Vec<String>) -> Result<(), StorageError> {
+        let _ = (key, id, tags);
+        Err(unsupported("assembling objects from parts"))
+    }
+
+    /// Gives up an assembly and the parts it holds; aborting one that is gone is not an error.
+    async fn abort_assembly(&self, key: &Key, id: &str) -> Result<(), StorageError> {
+        let _ = (key, id);
+        Err(unsupported("assembling objects from parts"))
+    }
+
     /// Whether [`Storage::adopt`] can take files from the local directory `dir`: true only for a
     /// backend that keeps its objects as files on the same filesystem.
     fn adopts_from(&self, dir: &Path) -> bool {
@@ -116,11 +155,15 @@ pub trait Storage: Send + Sync + 'static {
     /// already open on the file keep reading the same bytes.
     async fn adopt(&self, file: &Path, key: &Key) -> Result<(), StorageError> {
         let _ = (file, key);
-        Err(StorageError::Io(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "this storage cannot adopt local files",
-        )))
+        Err(unsupported("adopting local files"))
     }
+}
+
+fn unsupported(what: &str) -> StorageError {
+    StorageError::Io(io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("this storage does not support {what}"),
+    ))
 }
 
 #[async_trait::async_trait]

@@ -132,11 +132,11 @@ pub fn client() -> reqwest::Client {
 }
 
 pub fn sha256(data: &[u8]) -> String {
-    format!("sha256:{:x}", sha2::Sha256::digest(data))
+    format!("sha256:{}", berth_core::oci::hex(&sha2::Sha256::digest(data)))
 }
 
 pub fn sha512(data: &[u8]) -> String {
-    format!("sha512:{:x}", sha2::Sha512::digest(data))
+    format!("sha512:{}", berth_core::oci::hex(&sha2::Sha512::digest(data)))
 }
 
 /// The error code of a spec error body.

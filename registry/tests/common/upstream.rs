@@ -565,7 +565,7 @@ pub async fn body_digest(resp: reqwest::Response) -> Result<String, String> {
     while let Some(chunk) = s.next().await {
         h.update(&chunk.map_err(|e| e.to_string())?);
     }
-    Ok(format!("sha256:{:x}", h.finalize()))
+    Ok(format!("sha256:{}", berth_core::oci::hex(&h.finalize())))
 }
 
 pub fn temp_secret(dir: &Path, name: &str, value: &str) -> PathBuf {

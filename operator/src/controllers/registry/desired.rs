@@ -131,7 +131,7 @@ pub fn build(reg: &Registry, inputs: &Inputs) -> Result<Vec<Child>, BuildError> 
     let eff = effective::resolve(reg, &inputs.default_image);
     let config = render_config(reg, &eff, &inputs.proxies)?;
     let config_yaml = config.to_yaml();
-    let hash = format!("{:x}", sha2::Sha256::digest(config_yaml.as_bytes()));
+    let hash = berth_core::oci::hex(&sha2::Sha256::digest(config_yaml.as_bytes()));
     let tls_secret = match eff.tls {
         TlsMode::None => None,
         _ => Some(inputs.tls_secret.clone().ok_or(BuildError::TlsPending)?),

@@ -28,7 +28,8 @@ use tokio_postgres::NoTls;
 use errors::{db_error, retryable};
 
 use super::{
-    ManifestRecord, MetaError, MetaStore, NewManifest, Page, PoolUse, Referrer, Result, Upload, UploadPart,
+    Appended, ManifestRecord, MetaError, MetaStore, NewManifest, Page, PoolUse, Referrer, Result, Upload,
+    UploadPart,
 };
 use crate::UploadId;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
@@ -533,7 +534,7 @@ impl MetaStore for PostgresMeta {
         let c = self.client().await?;
         let row = query_opt(
             &c,
-            "SELECT repository, received, updated_at FROM uploads WHERE id = $1",
+            "SELECT repository, received, updated_at, hash_state, assembly FROM uploads WHERE id = $1",
             &[&id.to_string()],
         )
         .await
@@ -544,6 +545,8 @@ impl MetaStore for PostgresMeta {
                 repo: parse("repository name", r.get(0))?,
                 received: size(r.get(1)),
                 updated_at: r.get(2),
+                hash_state: r.get(3),
+                assembly: r.get(4),
             })
         })
         .transpose()
@@ -553,31 +556,47 @@ impl MetaStore for PostgresMeta {
         let c = self.client().await?;
         let rows = query(
             &c,
-            "SELECT start, size, nonce FROM upload_parts WHERE upload_id = $1 ORDER BY start",
+            "SELECT start, size, nonce, tag FROM upload_parts WHERE upload_id = $1 ORDER BY start",
             &[&id.to_string()],
         )
         .await
         .map_err(db_error)?;
         Ok(rows
-            .iter()
-            .map(|r| UploadPart { start: size(r.get(0)), size: size(r.get(1)), nonce: r.get(2) })
+            .into_iter()
+            .map(|r| UploadPart {
+                start: size(r.get(0)),
+                size: size(r.get(1)),
+                nonce: r.get(2),
+                tag: r.get(3),
+            })
             .collect())
     }
 
-    async fn add_upload_part(
-        &self,
-        id: UploadId,
-        part: &UploadPart,
-        max_parts: u32,
-        now: i64,
-    ) -> Result<u64> {
-        part.check_nonce()?;
-        let part = part.clone();
+    async fn append_upload(&self, id: UploadId, a: &Appended, max_parts: u32, now: i64) -> Result<u64> {
+        for p in &a.parts {
+            p.check_nonce()?;
+        }
+        let a = a.clone();
         self.write(false, move |tx| {
-            let part = part.clone();
-            Box::pin(async move { add_upload_part_tx(tx, id, &part, max_parts, now).await })
+            let a = a.clone();
+            Box::pin(async move { append_upload_tx(tx, id, &a, max_parts, now).await })
         })
         .await
+    }
+
+    async fn set_upload_assembly(&self, id: UploadId, assembly: &str) -> Result<Option<String>> {
+        let c = self.client().await?;
+        let key = id.to_string();
+        execute(
+            &c,
+            "UPDATE uploads SET assembly = $2 WHERE id = $1 AND assembly IS NULL",
+            &[&key, &assembly],
+        )
+        .await
+        .map_err(db_error)?;
+        let row =
+            query_opt(&c, "SELECT assembly FROM uploads WHERE id = $1", &[&key]).await.map_err(db_error)?;
+        Ok(row.and_then(|r| r.get(0)))
     }
 
     async fn finish_upload(&self, id: UploadId, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
@@ -626,41 +645,46 @@ impl MetaStore for PostgresMeta {
     }
 }
 
-async fn add_upload_part_tx(
+async fn append_upload_tx(
     tx: &Tx<'_>,
     id: UploadId,
-    part: &UploadPart,
+    a: &Appended,
     max_parts: u32,
     now: i64,
 ) -> TxResult<u64> {
     let key = id.to_string();
-    let (start, len) = (part.start as i64, part.size as i64);
-    let added = i32::from(part.size > 0);
+    let counted = i32::from(a.added > 0);
     let updated = execute(
         tx,
-        "UPDATE uploads SET received = received + $3, parts = parts + $5, updated_at = $4
+        "UPDATE uploads SET received = received + $3, parts = parts + $5, updated_at = $4, hash_state = $7
          WHERE id = $1 AND received = $2 AND parts + $5 <= $6",
-        &[&key, &start, &len, &now, &added, &(max_parts.min(i32::MAX as u32) as i32)],
+        &[
+            &key,
+            &(a.at as i64),
+            &(a.added as i64),
+            &now,
+            &counted,
+            &(max_parts.min(i32::MAX as u32) as i32),
+            &a.hash_state,
+        ],
     )
     .await?;
     if updated == 0 {
         let current = query_opt(tx, "SELECT received FROM uploads WHERE id = $1", &[&key]).await?;
-        return Err(match current.map(|r| size(r.get(0))) {
-            Some(c) if c != part.start => MetaError::UploadOffset { current: c },
-            Some(_) => MetaError::UploadFull { max: max_parts },
-            None => MetaError::UploadUnknown,
-        }
-        .into());
+        return Err(MetaError::refused_append(current.map(|r| size(r.get(0))), a.at, max_parts).into());
     }
-    if part.size > 0 {
+    if a.drop_chunks {
+        execute(tx, "DELETE FROM upload_parts WHERE upload_id = $1 AND tag IS NULL", &[&key]).await?;
+    }
+    for p in &a.parts {
         execute(
             tx,
-            "INSERT INTO upload_parts (upload_id, start, size, nonce) VALUES ($1, $2, $3, $4)",
-            &[&key, &start, &len, &part.nonce],
+            "INSERT INTO upload_parts (upload_id, start, size, nonce, tag) VALUES ($1, $2, $3, $4, $5)",
+            &[&key, &(p.start as i64), &(p.size as i64), &p.nonce, &p.tag],
         )
         .await?;
     }
-    Ok(part.start + part.size)
+    Ok(a.at + a.added)
 }
 
 #[cfg(test)]

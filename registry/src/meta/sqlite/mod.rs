@@ -16,7 +16,9 @@ mod writer;
 
 use writer::{Durability, Writer};
 
-use super::{ManifestRecord, MetaError, MetaStore, NewManifest, Page, Referrer, Result, Upload, UploadPart};
+use super::{
+    Appended, ManifestRecord, MetaError, MetaStore, NewManifest, Page, Referrer, Result, Upload, UploadPart,
+};
 use crate::UploadId;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
@@ -25,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0002_proxy.sql"),
     include_str!("../../../migrations/sqlite/0003_upload_parts.sql"),
     include_str!("../../../migrations/sqlite/0004_proxy_fetches.sql"),
+    include_str!("../../../migrations/sqlite/0005_upload_assembly.sql"),
 ];
 const MAX_IDLE_READERS: usize = 8;
 
@@ -426,16 +429,21 @@ impl MetaStore for SqliteMeta {
 
     async fn upload(&self, id: UploadId) -> Result<Option<Upload>> {
         self.read(move |c| {
-            let head: Option<(String, i64, i64)> = c
-                .prepare_cached("SELECT repository, received, updated_at FROM uploads WHERE id = ?1")?
-                .query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            type Head = (String, i64, i64, Option<Vec<u8>>, Option<String>);
+            let head: Option<Head> = c
+                .prepare_cached(
+                    "SELECT repository, received, updated_at, hash_state, assembly FROM uploads WHERE id = ?1",
+                )?
+                .query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
                 .optional()?;
-            let Some((repo, received, updated_at)) = head else { return Ok(None) };
+            let Some((repo, received, updated_at, hash_state, assembly)) = head else { return Ok(None) };
             Ok(Some(Upload {
                 id,
                 repo: parse("repository name", repo)?,
                 received: received as u64,
                 updated_at,
+                hash_state,
+                assembly,
             }))
         })
         .await
@@ -445,13 +453,14 @@ impl MetaStore for SqliteMeta {
         self.read(move |c| {
             let parts = c
                 .prepare_cached(
-                    "SELECT start, size, nonce FROM upload_parts WHERE upload_id = ?1 ORDER BY start",
+                    "SELECT start, size, nonce, tag FROM upload_parts WHERE upload_id = ?1 ORDER BY start",
                 )?
                 .query_map([id.to_string()], |r| {
                     Ok(UploadPart {
                         start: r.get::<_, i64>(0)? as u64,
                         size: r.get::<_, i64>(1)? as u64,
                         nonce: r.get(2)?,
+                        tag: r.get(3)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -460,42 +469,54 @@ impl MetaStore for SqliteMeta {
         .await
     }
 
-    async fn add_upload_part(
-        &self,
-        id: UploadId,
-        part: &UploadPart,
-        max_parts: u32,
-        now: i64,
-    ) -> Result<u64> {
-        part.check_nonce()?;
-        let UploadPart { start, size, nonce } = part.clone();
+    async fn append_upload(&self, id: UploadId, a: &Appended, max_parts: u32, now: i64) -> Result<u64> {
+        for p in &a.parts {
+            p.check_nonce()?;
+        }
+        let a = a.clone();
         self.write(Durability::Unsynced, move |tx| {
             let key = id.to_string();
-            let added = i64::from(size > 0);
+            let counted = i64::from(a.added > 0);
             let updated = tx.execute(
-                "UPDATE uploads SET received = received + ?3, parts = parts + ?5, updated_at = ?4
+                "UPDATE uploads SET received = received + ?3, parts = parts + ?5, updated_at = ?4,
+                     hash_state = ?7
                  WHERE id = ?1 AND received = ?2 AND parts + ?5 <= ?6",
-                params![key, start as i64, size as i64, now, added, i64::from(max_parts)],
+                params![key, a.at as i64, a.added as i64, now, counted, i64::from(max_parts), a.hash_state],
             )?;
             if updated == 0 {
-                let current: Option<(i64, i64)> = tx
-                    .query_row("SELECT received, parts FROM uploads WHERE id = ?1", [&key], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
+                let current: Option<i64> = tx
+                    .query_row("SELECT received FROM uploads WHERE id = ?1", [&key], |r| r.get(0))
                     .optional()?;
-                return Err(match current {
-                    Some((c, _)) if c as u64 != start => MetaError::UploadOffset { current: c as u64 },
-                    Some(_) => MetaError::UploadFull { max: max_parts },
-                    None => MetaError::UploadUnknown,
-                });
+                return Err(MetaError::refused_append(current.map(|c| c as u64), a.at, max_parts));
             }
-            if size > 0 {
-                tx.execute(
-                    "INSERT INTO upload_parts (upload_id, start, size, nonce) VALUES (?1, ?2, ?3, ?4)",
-                    params![key, start as i64, size as i64, nonce],
-                )?;
+            if a.drop_chunks {
+                tx.execute("DELETE FROM upload_parts WHERE upload_id = ?1 AND tag IS NULL", [&key])?;
             }
-            Ok(start + size)
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO upload_parts (upload_id, start, size, nonce, tag) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for p in &a.parts {
+                insert.execute(params![key, p.start as i64, p.size as i64, p.nonce, p.tag])?;
+            }
+            Ok(a.at + a.added)
+        })
+        .await
+    }
+
+    async fn set_upload_assembly(&self, id: UploadId, assembly: &str) -> Result<Option<String>> {
+        let assembly = assembly.to_owned();
+        self.write(Durability::Synced, move |tx| {
+            let key = id.to_string();
+            tx.execute(
+                "UPDATE uploads SET assembly = ?2 WHERE id = ?1 AND assembly IS NULL",
+                params![key, assembly],
+            )?;
+            Ok(tx
+                .query_row("SELECT assembly FROM uploads WHERE id = ?1", [&key], |r| {
+                    r.get::<_, Option<String>>(0)
+                })
+                .optional()?
+                .flatten())
         })
         .await
     }

@@ -204,6 +204,44 @@ impl Storage for S3Storage {
         Ok(Some(url.to_string()))
     }
 
+    fn assembly_part_size(&self) -> Option<u64> {
+        Some(PART_SIZE as u64)
+    }
+
+    async fn start_assembly(&self, key: &Key) -> Result<String, StorageError> {
+        self.store.create_multipart(&self.path(key)).await.map_err(storage_error)
+    }
+
+    async fn put_assembly_part(
+        &self,
+        key: &Key,
+        id: &str,
+        index: usize,
+        data: Bytes,
+    ) -> Result<String, StorageError> {
+        let id: MultipartId = id.to_owned();
+        let part = self
+            .store
+            .put_part(&self.path(key), &id, index, PutPayload::from_bytes(data))
+            .await
+            .map_err(storage_error)?;
+        Ok(part.content_id)
+    }
+
+    async fn complete_assembly(&self, key: &Key, id: &str, tags: Vec<String>) -> Result<(), StorageError> {
+        let parts = tags.into_iter().map(|content_id| PartId { content_id }).collect();
+        let id: MultipartId = id.to_owned();
+        self.store.complete_multipart(&self.path(key), &id, parts).await.map(|_| ()).map_err(storage_error)
+    }
+
+    async fn abort_assembly(&self, key: &Key, id: &str) -> Result<(), StorageError> {
+        let id: MultipartId = id.to_owned();
+        match self.store.abort_multipart(&self.path(key), &id).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(storage_error(e)),
+        }
+    }
+
     async fn list(&self, prefix: &Key) -> Result<Vec<Key>, StorageError> {
         // The store lists whole path segments: list the prefix's directory, then match the rest.
         let dir = Key::new(prefix.as_str()[..prefix.as_str().rfind('/').map_or(0, |i| i + 1)].to_owned());
@@ -305,32 +343,34 @@ impl Drop for S3Writer {
     }
 }
 
+/// The bucket of a real S3-compatible server, from the environment the suite sets (tests/s3.sh
+/// starts MinIO and SeaweedFS on loopback): `BERTH_TEST_S3_ENDPOINT`, `_BUCKET`, `_ACCESS_KEY`,
+/// `_SECRET_KEY`; objects under `prefix`.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub(crate) fn from_env(prefix: &str) -> S3Storage {
+    let var = |name: &str| {
+        std::env::var(format!("BERTH_TEST_S3_{name}"))
+            .unwrap_or_else(|_| panic!("BERTH_TEST_S3_{name} is not set: run tests/s3.sh"))
+    };
+    S3Storage::new(&S3Options {
+        bucket: var("BUCKET"),
+        prefix: prefix.into(),
+        region: "us-east-1".into(),
+        endpoint: var("ENDPOINT"),
+        path_style: true,
+        access_key_id: var("ACCESS_KEY"),
+        secret_access_key: var("SECRET_KEY"),
+        credentials_dir: None,
+        ca_pem: None,
+        redirect: false,
+    })
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The bucket of a real S3-compatible server, from the environment the suite sets
-    /// (tests/s3.sh starts MinIO and SeaweedFS on loopback): `BERTH_TEST_S3_ENDPOINT`,
-    /// `_BUCKET`, `_ACCESS_KEY`, `_SECRET_KEY`.
-    fn from_env(prefix: &str) -> S3Storage {
-        let var = |name: &str| {
-            std::env::var(format!("BERTH_TEST_S3_{name}"))
-                .unwrap_or_else(|_| panic!("BERTH_TEST_S3_{name} is not set: run tests/s3.sh"))
-        };
-        S3Storage::new(&S3Options {
-            bucket: var("BUCKET"),
-            prefix: prefix.into(),
-            region: "us-east-1".into(),
-            endpoint: var("ENDPOINT"),
-            path_style: true,
-            access_key_id: var("ACCESS_KEY"),
-            secret_access_key: var("SECRET_KEY"),
-            credentials_dir: None,
-            ca_pem: None,
-            redirect: false,
-        })
-        .unwrap()
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs an S3 server: tests/s3.sh runs it"]

@@ -1,0 +1,7 @@
+-- Upload sessions that any replica continues without re-reading what came before: the sha256
+-- state after the session's bytes, and on object stores the multipart upload the session's parts
+-- go into (its id recorded before the first part is sent, so an abandoned one is aborted by it).
+-- A part with a `tag` is a part of that multipart upload; one without is a chunk object of its own.
+ALTER TABLE uploads ADD COLUMN hash_state BLOB;
+ALTER TABLE uploads ADD COLUMN assembly TEXT;
+ALTER TABLE upload_parts ADD COLUMN tag TEXT;
