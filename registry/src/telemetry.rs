@@ -410,6 +410,13 @@ impl Storage for Instrumented {
         Ok(Box::new(InstrumentedWriter { inner: inner?, metrics: self.metrics.clone() }))
     }
 
+    async fn writer_at(&self, key: &Key) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let t = Instant::now();
+        let inner = self.inner.writer_at(key).await;
+        self.metrics.time_op("create", t, &inner);
+        Ok(Box::new(InstrumentedWriter { inner: inner?, metrics: self.metrics.clone() }))
+    }
+
     async fn rename(&self, from: &Key, to: &Key) -> Result<(), StorageError> {
         let t = Instant::now();
         let r = self.inner.rename(from, to).await;

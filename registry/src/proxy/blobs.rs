@@ -243,7 +243,7 @@ impl Proxy {
         let mut store = if self.adopt_spool {
             None
         } else {
-            Some(self.registry.blob_writer().await.map_err(|e| err("storage", e.to_string()))?)
+            Some(self.registry.blob_writer(digest).await.map_err(|e| err("storage", e.to_string()))?)
         };
         let mut hasher = digest.algorithm().hasher();
         // Whatever chunks are ready at once go out as one batch (one spool write, one wake-up).

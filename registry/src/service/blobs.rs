@@ -64,8 +64,8 @@ impl Registry {
     }
 
     /// Starts writing a blob fetched from an upstream; [`Registry::commit_cached_blob`] publishes it.
-    pub async fn blob_writer(&self) -> Result<Box<dyn ObjectWriter>> {
-        Ok(self.storage.writer().await?)
+    pub async fn blob_writer(&self, digest: &Digest) -> Result<Box<dyn ObjectWriter>> {
+        Ok(self.storage.writer_at(&layout::blob(digest)).await?)
     }
 
     /// Publishes a blob whose digest the caller verified while writing it, and links it to `repo`.

@@ -142,7 +142,7 @@ impl Registry {
         body: BodyStream,
     ) -> Result<u64> {
         let mut hasher = digest.algorithm().hasher();
-        let mut writer = self.storage.writer().await?;
+        let mut writer = self.storage.writer_at(&layout::blob(digest)).await?;
         let size = copy_body(body, declared, writer.as_mut(), &mut hasher).await?;
         let actual = hasher.finish();
         if actual != *digest {

@@ -82,6 +82,15 @@ pub trait Storage: Send + Sync + 'static {
     /// Starts a new object; it becomes visible only through [`ObjectWriter::commit`].
     async fn writer(&self) -> Result<Box<dyn ObjectWriter>, StorageError>;
 
+    /// Starts a new object that will most likely be committed at `key` (a blob whose digest is
+    /// known before its bytes), so a store that fixes an object's name when its upload starts
+    /// (S3) writes it there once instead of copying it from a staging name. It is still visible
+    /// only through [`ObjectWriter::commit`], which may name another key.
+    async fn writer_at(&self, key: &Key) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let _ = key;
+        self.writer().await
+    }
+
     /// Moves an object to another key, replacing what is there, durably: after a crash the
     /// object is whole at `to` (or still at `from`), even if it was committed unsynced.
     async fn rename(&self, from: &Key, to: &Key) -> Result<(), StorageError>;

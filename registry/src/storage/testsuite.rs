@@ -66,13 +66,26 @@ async fn uncommitted_writes_stay_invisible(s: &dyn Storage) {
     drop(w);
     assert_eq!(s.stat(&k).await.unwrap(), None);
     assert!(s.list(&layout::blobs_root()).await.unwrap().iter().all(|x| *x != k));
+    // Nor those begun where they were meant to go: the key shows nothing until a commit, which
+    // may still name another key.
+    let mut w = s.writer_at(&k).await.unwrap();
+    w.write(Bytes::from_static(b"abandoned")).await.unwrap();
+    assert_eq!(s.stat(&k).await.unwrap(), None);
+    drop(w);
+    assert_eq!(s.stat(&k).await.unwrap(), None);
+    let elsewhere = key_for(b"moved on");
+    let mut w = s.writer_at(&k).await.unwrap();
+    w.write(Bytes::from_static(b"moved on")).await.unwrap();
+    w.commit(&elsewhere).await.unwrap();
+    assert_eq!((s.stat(&k).await.unwrap(), s.stat(&elsewhere).await.unwrap()), (None, Some(8)));
+    s.delete(&elsewhere).await.unwrap();
 }
 
 async fn large_objects_stream_in_order(s: &dyn Storage) {
     // 5 MiB + 3 in odd-sized writes, so reads and writes cross every internal buffer boundary.
     let data: Vec<u8> = (0..(5 << 20) + 3).map(|i: u32| (i % 251) as u8).collect();
     let k = key_for(&data);
-    let mut w = s.writer().await.unwrap();
+    let mut w = s.writer_at(&k).await.unwrap();
     for chunk in data.chunks(70_001) {
         w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
     }

@@ -3,10 +3,11 @@
 //!
 //! Keys map to object names under an optional prefix. Reads are ranged GETs streamed as they
 //! arrive. A writer keeps at most one part in memory: an object that ends before the first part is
-//! full is one PUT straight to its key (written once); a larger one becomes a multipart upload to
-//! a staging name, completed and then copied to its key at commit, since S3 fixes an object's name
-//! when its upload starts and a blob's name is its digest, known only at the end. A writer dropped
-//! without committing aborts its multipart upload.
+//! full is one PUT straight to its key (written once); a larger one becomes a multipart upload,
+//! which S3 names when it starts: at the key itself when the caller knows it (`writer_at`: a blob
+//! whose digest came first), so it is written once; otherwise at a staging name, copied to its
+//! key at commit. A writer dropped without committing aborts its multipart upload. Upload
+//! sessions assemble their parts through the `*_assembly` methods (see `service::assembly`).
 
 use std::io;
 use std::ops::Range;
@@ -163,10 +164,16 @@ impl Storage for S3Storage {
     }
 
     async fn writer(&self) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        self.writer_at(&Key::new(format!("tmp/{}", uuid::Uuid::new_v4().simple()))).await
+    }
+
+    async fn writer_at(&self, key: &Key) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        // A multipart upload is invisible until completed, so it may run at the key itself:
+        // a writer dropped before its commit aborts it, and nothing was ever there.
         Ok(Box::new(S3Writer {
             store: self.store.clone(),
             prefix: self.prefix.clone(),
-            staging: self.path(&Key::new(format!("tmp/{}", uuid::Uuid::new_v4().simple()))),
+            staging: self.path(key),
             buffer: BytesMut::new(),
             multipart: None,
             written: 0,
@@ -322,6 +329,9 @@ impl ObjectWriter for S3Writer {
             let _ = self.store.abort_multipart(&staging, &m.id).await;
             return Err(storage_error(e));
         }
+        if staging == to {
+            return Ok(());
+        }
         let copied = self.store.copy(&staging, &to).await.map_err(storage_error);
         let _ = self.store.delete(&staging).await;
         copied
@@ -404,6 +414,20 @@ mod tests {
         let back = super::super::read_all(&a, &key).await.unwrap();
         assert!(back == data, "the object reads back whole");
         assert_eq!(b.stat(&key).await.unwrap(), None, "another prefix sees nothing of it");
+        a.delete(&key).await.unwrap();
+
+        // Written where it will be committed: whole there, with nothing staged; and nothing at
+        // all if dropped before its commit.
+        let mut w = a.writer_at(&key).await.unwrap();
+        w.write(Bytes::copy_from_slice(&data)).await.unwrap();
+        w.commit(&key).await.unwrap();
+        assert!(super::super::read_all(&a, &key).await.unwrap() == data);
+        assert!(a.list(&Key::new("tmp/".into())).await.unwrap().is_empty(), "no staging copy");
+        let dropped = Key::new("blobs/sha256/ab/dropped".into());
+        let mut w = a.writer_at(&dropped).await.unwrap();
+        w.write(Bytes::copy_from_slice(&data)).await.unwrap();
+        drop(w);
+        assert_eq!(a.stat(&dropped).await.unwrap(), None);
         a.delete(&key).await.unwrap();
     }
 
