@@ -245,6 +245,7 @@ database_outage() {
   equal "$code" 503 || return 1
   grep -q '"code":"UNAVAILABLE"' "$WORK/outage.json" || { cat "$WORK/outage.json"; return 1; }
   equal "$(status -m 30 "${R[2]}/readyz")" 503 || return 1
+  curl -s -m 30 "${R[2]}/readyz" | python3 -c 'import json,sys; b=json.load(sys.stdin); assert b["ready"] is False and b["database"] and b["storage"] is None, b' || return 1
   "${PG_START[@]}" >/dev/null || return 1
   local deadline=$((SECONDS + 30))
   until [[ $(status "${R[1]}/readyz") == 200 ]]; do

@@ -66,13 +66,21 @@ EOF
     kill "$BERTH_PID"
   fi
   # A wrong secret: not ready, and a push is refused with 503 and a code, promptly.
+  local metrics_port
+  metrics_port=$(free_port)
   sed -e "s|credentials_dir: .*|credentials_dir: $WORK/$name-wrong|" "$WORK/$name/berth.yaml" >"$WORK/$name/wrong.yaml"
+  printf 'metrics:\n  listen: 127.0.0.1:%s\n' "$metrics_port" >>"$WORK/$name/wrong.yaml"
   mkdir -p "$WORK/$name-wrong"
   printf '%s\n' "$key" >"$WORK/$name-wrong/accessKeyId"
   printf 'not-the-secret\n' >"$WORK/$name-wrong/secretAccessKey"
   start_berth --config "$WORK/$name/wrong.yaml" || { cat "$BERTH_DIR/log"; return; }
   check "$name, wrong secret: /readyz answers 503" \
     equal "$(curl -s -o /dev/null -w '%{http_code}' "$BERTH_URL/readyz")" 503
+  # Why, in the store's words, on the registry port and on the metrics listener alike.
+  check "$name, wrong secret: /readyz says the storage is the problem, not the database" bash -c \
+    "for u in '$BERTH_URL' 'http://127.0.0.1:$metrics_port'; do
+       curl -s \$u/readyz | python3 -c 'import json,sys; b=json.load(sys.stdin); assert b[\"ready\"] is False and b[\"database\"] is None and \"storage\" in b[\"storage\"], b' || exit 1
+     done"
   local loc
   loc=$(curl -s -D - -o /dev/null -X POST "$BERTH_URL/v2/s3/app/blobs/uploads/" | tr -d '\r' |
     awk 'tolower($1) == "location:" {print $2}')

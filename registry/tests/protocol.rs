@@ -434,7 +434,10 @@ async fn upload_sessions_survive_a_restart() {
 async fn health_ready_and_metrics() {
     let s = TestServer::start().await;
     assert_eq!(send(Method::GET, s.url("/healthz")).await.status(), StatusCode::OK);
-    assert_eq!(send(Method::GET, s.url("/readyz")).await.status(), StatusCode::OK);
+    let ready = send(Method::GET, s.url("/readyz")).await;
+    assert_eq!(ready.status(), StatusCode::OK);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"ready": true, "database": null, "storage": null}));
     push_blob(&s, "r/m", b"metrics").await;
     client().post(s.url("/v2/r/m/blobs/uploads/")).send().await.unwrap();
     let text = send(Method::GET, s.url("/metrics")).await.text().await.unwrap();

@@ -41,10 +41,12 @@ pub fn router(state: AppState) -> Router {
     app.fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") }).with_state(state)
 }
 
-/// `/metrics` alone, for a listener of its own (`metrics.listen`).
+/// `/metrics` and `/readyz`, for a listener of its own (`metrics.listen`): plain HTTP without
+/// credentials, for Prometheus and for the operator reading why a replica is not ready.
 pub fn metrics_router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
         .with_state(state)
 }
@@ -79,14 +81,20 @@ async fn distribution(State(st): State<AppState>, req: Request) -> Response {
     Response::from_parts(parts, st.metrics.count_body_out(body))
 }
 
+/// 200 when storage and the database both answer, 503 otherwise; the body says which is which,
+/// in each backend's own words, for people and for the operator's `StorageReady` and
+/// `DatabaseReady` conditions: `{"ready":false,"database":null,"storage":"object storage
+/// unavailable: ..."}`.
 async fn readyz(State(st): State<AppState>) -> Response {
-    match st.registry.ready().await {
-        Ok(()) => (StatusCode::OK, "ready").into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
-        }
-    }
+    let r = st.registry.readiness().await;
+    let status = if r.ready() {
+        StatusCode::OK
+    } else {
+        tracing::warn!(database = ?r.database, storage = ?r.storage, "not ready");
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({"ready": r.ready(), "database": r.database, "storage": r.storage});
+    (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {

@@ -107,6 +107,10 @@ async fn open_metadata(config: &Config) -> Result<(Arc<dyn MetaStore>, Arc<dyn C
                 })?,
             };
             let meta = Arc::new(PostgresMeta::connect(url.trim(), *max_connections as usize).await?);
+            if let Some(f) = url_file {
+                // A rotated password takes effect without a restart.
+                meta.watch_url_file(f.clone(), crate::meta::postgres::URL_REFRESH);
+            }
             Ok((meta.clone(), meta))
         }
         #[cfg(not(feature = "postgres"))]

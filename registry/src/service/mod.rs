@@ -14,5 +14,5 @@ mod uploads;
 pub use blobs::BlobRead;
 pub use error::{Result, ServiceError};
 pub use manifests::{Listing, PutManifest};
-pub use registry::{BodyStream, Limits, Registry};
+pub use registry::{BodyStream, Limits, Readiness, Registry};
 pub use uploads::UploadState;

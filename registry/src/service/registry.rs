@@ -43,6 +43,19 @@ impl Default for Limits {
     }
 }
 
+/// What `/readyz` reports: `None` for a backend that answers, else why it does not.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Readiness {
+    pub database: Option<String>,
+    pub storage: Option<String>,
+}
+
+impl Readiness {
+    pub fn ready(&self) -> bool {
+        self.database.is_none() && self.storage.is_none()
+    }
+}
+
 /// Memory kept for recently used manifests.
 const MANIFEST_CACHE_BYTES: usize = 32 << 20;
 
@@ -66,11 +79,14 @@ impl Registry {
         &self.meta
     }
 
-    /// Checks that storage and metadata answer; used by `/readyz`.
-    pub async fn ready(&self) -> Result<()> {
-        self.meta.count_uploads().await?;
-        self.storage.check().await?;
-        Ok(())
+    /// Checks, side by side, that metadata and storage answer; used by `/readyz`. Each error is
+    /// the backend's own reason (unreachable, refused credentials, no such bucket).
+    pub async fn readiness(&self) -> Readiness {
+        let (database, storage) = tokio::join!(self.meta.count_uploads(), self.storage.check());
+        Readiness {
+            database: database.err().map(|e| e.to_string()),
+            storage: storage.err().map(|e| e.to_string()),
+        }
     }
 }
 

@@ -15,15 +15,17 @@
 mod cache;
 mod errors;
 mod migrate;
+mod pool;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod testing;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use deadpool_postgres::{GenericClient, Object};
 
 use errors::{db_error, retryable};
 
@@ -34,6 +36,8 @@ use super::{
 use crate::UploadId;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
+/// How often a `url_file` is read again for a rotated URL.
+pub const URL_REFRESH: Duration = Duration::from_secs(10);
 /// How long a request waits for a pooled connection, or for a new one to be made.
 const CONNECTION_WAIT: Duration = Duration::from_secs(5);
 /// Runs of a transaction that PostgreSQL aborted to break a deadlock.
@@ -41,7 +45,7 @@ const ATTEMPTS: usize = 3;
 
 #[derive(Clone)]
 pub struct PostgresMeta {
-    pool: Pool,
+    pool: Arc<pool::SharedPool>,
 }
 
 type Tx<'t> = deadpool_postgres::Transaction<'t>;
@@ -87,38 +91,21 @@ impl PostgresMeta {
     /// Connects to the database at `url` and brings its schema up to date (waiting while another
     /// replica does).
     pub async fn connect(url: &str, max_connections: usize) -> Result<PostgresMeta> {
-        // The parse error never quotes the URL, which may hold a password.
-        let mut config: tokio_postgres::Config =
-            url.parse().map_err(|e| MetaError::Db(format!("the database URL does not parse: {e}")))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECTION_WAIT);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("berth");
-        }
-        // Verified recycling: a connection that broke while idle is found out before a request
-        // gets it, so a database restart costs no request an error.
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Verified },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(max_connections.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(CONNECTION_WAIT))
-            .create_timeout(Some(CONNECTION_WAIT))
-            .recycle_timeout(Some(CONNECTION_WAIT))
-            .build()
-            .map_err(|e| MetaError::Db(format!("database pool: {e}")))?;
+        let pool = Arc::new(pool::SharedPool::new(url, max_connections)?);
         let store = PostgresMeta { pool };
         let mut client = store.client().await?;
         migrate::migrate(&mut client).await?;
         Ok(store)
     }
 
+    /// Switches to the database URL in `file` whenever it changes (a rotated password), checking
+    /// every `every`; a URL that does not work is logged and the one in use kept.
+    pub fn watch_url_file(&self, file: PathBuf, every: Duration) {
+        pool::watch(&self.pool, file, every);
+    }
+
     async fn client(&self) -> Result<Object> {
-        self.pool.get().await.map_err(|e| match e {
+        self.pool.get()?.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => db_error(e),
             deadpool_postgres::PoolError::Timeout(_) => {
                 MetaError::Unavailable("no database connection could be had in time".into())
@@ -640,7 +627,7 @@ impl MetaStore for PostgresMeta {
     }
 
     fn pool_use(&self) -> Option<PoolUse> {
-        let s = self.pool.status();
+        let s = self.pool.get().ok()?.status();
         Some(PoolUse { in_use: s.size.saturating_sub(s.available), idle: s.available, max: s.max_size })
     }
 }
@@ -724,6 +711,57 @@ mod tests {
         client.execute("INSERT INTO berth_schema VALUES ($1, $1, 0)", &[&(next + 1)]).await.unwrap();
         let e = PostgresMeta::connect(&db.url, 1).await.err().expect("refused").to_string();
         assert!(e.contains("upgrade berth"), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rotated_url_file_is_used_without_a_restart_and_a_broken_one_is_not() {
+        let db = TestDatabase::create().await;
+        let meta = PostgresMeta::connect(&db.url, 2).await.unwrap();
+        let (admin, _conn) = db.client().await;
+        let role = format!("rotated_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE {role} LOGIN; GRANT ALL ON ALL TABLES IN SCHEMA public TO {role};"
+            ))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("url");
+        std::fs::write(&file, format!("{}\n", db.url)).unwrap();
+        meta.watch_url_file(file.clone(), Duration::from_millis(50));
+        let sessions_of = |role: String| {
+            let admin = &admin;
+            async move {
+                let row = admin
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND application_name = 'berth'",
+                        &[&role],
+                    )
+                    .await
+                    .unwrap();
+                row.get::<_, i64>(0)
+            }
+        };
+
+        // A URL that does not work is not taken: requests go on as before.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        std::fs::write(&file, format!("postgres://{role}@127.0.0.1:{port}/nowhere")).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        meta.count_uploads().await.unwrap();
+
+        // A working one is: new connections log in as the new role.
+        let (_, host) = db.url.split_once('@').expect("the test URL names its user");
+        let rotated = format!("postgres://{role}@{host}");
+        std::fs::write(&file, &rotated).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            meta.count_uploads().await.unwrap();
+            if sessions_of(role.clone()).await > 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never switched to {rotated}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

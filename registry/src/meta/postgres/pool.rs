@@ -1,0 +1,101 @@
+//! The connection pool, and its replacement when the database URL changes (a rotated password
+//! in a mounted Secret): requests take connections from the new pool as soon as one of them
+//! connected; connections of the old pool finish what they are doing and close.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use super::errors::db_error;
+use super::CONNECTION_WAIT;
+use crate::meta::{MetaError, Result};
+
+pub(super) struct SharedPool {
+    current: RwLock<(Pool, String)>,
+    max_connections: usize,
+}
+
+impl SharedPool {
+    pub(super) fn new(url: &str, max_connections: usize) -> Result<SharedPool> {
+        let pool = build(url, max_connections)?;
+        Ok(SharedPool { current: RwLock::new((pool, url.to_owned())), max_connections })
+    }
+
+    /// The pool in use (a handle: cheap to clone).
+    pub(super) fn get(&self) -> Result<Pool> {
+        self.current.read().map(|c| c.0.clone()).map_err(|_| poisoned())
+    }
+
+    /// Uses `url` from now on, once a connection to it works; an unchanged URL changes nothing.
+    /// On failure the pool in use stays.
+    pub(super) async fn replace(&self, url: &str) -> Result<bool> {
+        if self.current.read().map_err(|_| poisoned())?.1 == url {
+            return Ok(false);
+        }
+        let pool = build(url, self.max_connections)?;
+        drop(pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => db_error(e),
+            e => MetaError::Unavailable(e.to_string()),
+        })?);
+        *self.current.write().map_err(|_| poisoned())? = (pool, url.to_owned());
+        Ok(true)
+    }
+}
+
+fn poisoned() -> MetaError {
+    MetaError::Db("database pool lock poisoned".into())
+}
+
+fn build(url: &str, max_connections: usize) -> Result<Pool> {
+    // The parse error never quotes the URL, which may hold a password.
+    let mut config: tokio_postgres::Config =
+        url.parse().map_err(|e| MetaError::Db(format!("the database URL does not parse: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECTION_WAIT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("berth");
+    }
+    // Verified recycling: a connection that broke while idle is found out before a request
+    // gets it, so a database restart costs no request an error.
+    let manager =
+        Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Verified });
+    Pool::builder(manager)
+        .max_size(max_connections.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(CONNECTION_WAIT))
+        .create_timeout(Some(CONNECTION_WAIT))
+        .recycle_timeout(Some(CONNECTION_WAIT))
+        .build()
+        .map_err(|e| MetaError::Db(format!("database pool: {e}")))
+}
+
+/// Re-reads `file` every `every` for as long as `pool` lives, and switches to the URL it holds
+/// when that changes (and works).
+pub(super) fn watch(pool: &Arc<SharedPool>, file: PathBuf, every: Duration) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+    let weak: Weak<SharedPool> = Arc::downgrade(pool);
+    rt.spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(pool) = weak.upgrade() else { return };
+            let path = file.clone();
+            let url = match tokio::task::spawn_blocking(move || std::fs::read_to_string(path)).await {
+                Ok(Ok(url)) => url,
+                Ok(Err(e)) => {
+                    tracing::warn!(file = %file.display(), error = %e, "database URL not re-read; keeping the last");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            match pool.replace(url.trim()).await {
+                Ok(true) => tracing::info!("the database URL changed; new connections use it"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "the new database URL does not work; keeping the last"),
+            }
+        }
+    });
+}
