@@ -230,7 +230,7 @@ async fn after_a_reconcile(client: &kube::Client, change: impl FnOnce()) {
 /// only its own pod IP, the way a user of such a cluster would (the downward API in `spec.env`).
 macro_rules! pod_ip_env {
     () => {
-        "  env:\n    - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}\n    - {name: BERTH_LISTEN, value: \"$(POD_IP):5000\"}\n"
+        "  env:\n    - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}\n    - {name: BERTH_LISTEN, value: \"$(POD_IP):5000\"}\n    - {name: BERTH_METRICS_LISTEN, value: \"$(POD_IP):9102\"}\n"
     };
 }
 
@@ -1351,4 +1351,33 @@ async fn three_replicas_on_s3_and_postgres_serve_and_scale() {
         let pull = skopeo_pull(&cp, &dest);
         assert!(pull.status.success(), "pull at {replicas}: {}", String::from_utf8_lossy(&pull.stderr));
     }
+
+    // A Registry whose bucket refuses its secret says so in its status, in the store's words,
+    // and is Stalled rather than silently not ready.
+    run(cp.kubectl().unwrap().args(["-n", &ns.name, "create", "secret", "generic", "berth-s3-wrong"]).args(
+        [
+            format!("--from-literal=accessKeyId={MINIO_USER}"),
+            "--from-literal=secretAccessKey=not-the-secret".to_owned(),
+        ],
+    ));
+    let broken = registry
+        .replace("name: hub", "name: broken")
+        .replace("replicas: 3", "replicas: 1")
+        .replace("credentialsSecret: berth-s3", "credentialsSecret: berth-s3-wrong");
+    let out = kubectl_apply(&cp, &ns.name, &broken);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        wait_condition(&regs, "broken", "StorageReady", "False", Duration::from_secs(180)).await,
+        "StorageReady=False for a refused secret\n{}",
+        debug(&cp)
+    );
+    let b = regs.get("broken").await.unwrap();
+    let (_, reason, message) = condition(&b, "StorageReady").unwrap();
+    assert_eq!(reason, "CredentialsRefused", "{message}");
+    assert!(message.starts_with("broken-0: "), "{message}");
+    assert_eq!(condition(&b, "DatabaseReady").map(|c| c.0), Some("True".into()), "the database is fine");
+    assert_eq!(
+        condition(&b, "Stalled").map(|c| (c.0, c.1)),
+        Some(("True".into(), "StorageUnavailable".into()))
+    );
 }

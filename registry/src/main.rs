@@ -42,6 +42,10 @@ struct ServeArgs {
     /// (hostNetwork), bind the pod's own IP: `$(POD_IP):5000`, with POD_IP from the downward API.
     #[arg(long, env = "BERTH_LISTEN")]
     listen: Option<String>,
+    /// Address of a listener of its own for /metrics and /readyz (plain HTTP), e.g.
+    /// 0.0.0.0:9102; with a shared network, `$(POD_IP):9102` as for --listen.
+    #[arg(long, env = "BERTH_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Directory for content and metadata.
     #[arg(long, env = "BERTH_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -67,6 +71,9 @@ impl ServeArgs {
         };
         if let Some(v) = self.listen {
             c.listen = v;
+        }
+        if let Some(v) = self.metrics_listen {
+            c.metrics.listen = Some(v);
         }
         if let Some(v) = self.data_dir {
             c.data_dir = v;

@@ -63,8 +63,8 @@ pub struct RegistrySpec {
     pub resources: Option<ResourceRequirements>,
     /// Extra environment of the registry container, after the operator's own: for example
     /// `HTTPS_PROXY`/`NO_PROXY` for reaching upstreams, or, where pods share a network (as with
-    /// `hostNetwork`), `POD_IP` from `status.podIP` and `BERTH_LISTEN: $(POD_IP):5000` to bind only
-    /// the pod's own address.
+    /// `hostNetwork`), `POD_IP` from `status.podIP` with `BERTH_LISTEN: $(POD_IP):5000` and
+    /// `BERTH_METRICS_LISTEN: $(POD_IP):9102` to bind only the pod's own address.
     pub env: Option<Vec<EnvVar>>,
     pub node_selector: Option<BTreeMap<String, String>>,
     pub tolerations: Option<Vec<Toleration>>,

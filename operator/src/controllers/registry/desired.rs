@@ -9,7 +9,9 @@
 //!          └► PodDisruptionBudget <name>    only with more than one replica
 //! ```
 
-use berth_core::config::{Config, LogConfig, LogFormat, MetadataConfig, StorageConfig, TlsConfig};
+use berth_core::config::{
+    Config, LogConfig, LogFormat, MetadataConfig, MetricsConfig, StorageConfig, TlsConfig,
+};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -17,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 use sha2::Digest as _;
 
-use super::effective::{self, Effective, CONTAINER_PORT};
+use super::effective::{self, Effective, CONTAINER_PORT, METRICS_PORT};
 use crate::controllers::render::proxies::{self, ProxySource};
 use crate::controllers::render::{auth, postgres, s3, BuildError};
 use crate::crd::registry::{RetainPolicy, TlsMode};
@@ -108,6 +110,8 @@ pub fn render_config(reg: &Registry, eff: &Effective, proxies: &[ProxySource]) -
             Some(pg) => postgres::config(pg),
             None => MetadataConfig::Sqlite { path: Some(format!("{DATA_DIR}/meta.db").into()) },
         },
+        // Off the port clients reach; the operator reads /readyz there for the status.
+        metrics: MetricsConfig { listen: Some(format!("0.0.0.0:{METRICS_PORT}")) },
         proxy: proxies::upstreams(proxies)?,
         auth: spec.auth.as_ref().map(|a| auth::render(a, spec.pull_secrets.is_some())).transpose()?,
         ..Config::default()
@@ -279,7 +283,10 @@ fn statefulset(
                 "image": eff.image,
                 "imagePullPolicy": reg.spec.image_pull_policy.clone().unwrap_or_else(|| "IfNotPresent".into()),
                 "args": ["serve", "--config", format!("{CONFIG_DIR}/config.yaml")],
-                "ports": [{"name": port, "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+                "ports": [
+                    {"name": port, "containerPort": CONTAINER_PORT, "protocol": "TCP"},
+                    {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+                ],
                 "readinessProbe": {"httpGet": {"path": "/readyz", "port": port, "scheme": scheme}, "periodSeconds": 5, "failureThreshold": 3},
                 "livenessProbe": {"httpGet": {"path": "/healthz", "port": port, "scheme": scheme}, "periodSeconds": 10, "failureThreshold": 6},
                 "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},

@@ -5,6 +5,8 @@ use crate::crd::{registry::EffectiveRegistry, Registry};
 
 pub const DEFAULT_SIZE: &str = "10Gi";
 pub const CONTAINER_PORT: i32 = 5000;
+/// berth's metrics listener (`/metrics`, `/readyz`): plain HTTP, inside the cluster only.
+pub const METRICS_PORT: i32 = 9102;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Effective {

@@ -1,5 +1,6 @@
 //! The `Registry` controller.
 
+pub mod backends;
 pub mod credentials;
 pub mod desired;
 pub mod effective;

@@ -298,6 +298,24 @@ async fn observe(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) ->
             obs.pending_claims.push((c.name_any(), why));
         }
     }
+    // Replicas that are not ready say why; a backend they cannot reach stalls the Registry (the
+    // user must fix credentials, a bucket, a database), rather than leaving it crash-looping
+    // silently.
+    let want = reg.spec.replicas.unwrap_or(1);
+    if obs.statefulset.as_ref().is_some_and(|s| s.ready < want) && want > 0 {
+        obs.backends = super::backends::probe(ctx, ns, &reg.name_any()).await?;
+        if obs.stalled.is_none() {
+            if let Some(b) = &obs.backends {
+                for (what, health) in
+                    [("StorageUnavailable", &b.storage), ("DatabaseUnavailable", &b.database)]
+                {
+                    if let super::backends::Health::Failing { message, .. } = health {
+                        obs.stalled.get_or_insert_with(|| (what.into(), message.clone()));
+                    }
+                }
+            }
+        }
+    }
     // A claim that can never be bound is a problem the user must fix: stall, do not spin.
     if obs.stalled.is_none() {
         if let Some((claim, why)) = obs.pending_claims.iter().find(|(_, why)| why.starts_with("StorageClass"))

@@ -3,6 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::backends::{Backends, Health};
 use super::effective::Effective;
 use crate::crd::common::{conditions, Cond};
 use crate::crd::registry::{RegistryStatus, TlsStatus};
@@ -27,6 +28,9 @@ pub struct Observed {
     /// (the previous report stands).
     pub proxy_caches: Option<Vec<String>>,
     pub pull_secrets: Option<crate::crd::registry::PullSecretsStatus>,
+    /// What replicas that are not ready said of their storage and database; `None` when none
+    /// was asked (all ready) or none answered.
+    pub backends: Option<Backends>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -78,6 +82,9 @@ pub fn compute(reg: &Registry, eff: &Effective, obs: &Observed, now: Time) -> Re
             obs.stalled.as_ref().map_or(String::new(), |s| s.1.clone()),
         ),
     ];
+    let mut conds = conds;
+    conds.push(backend_condition("StorageReady", obs.backends.as_ref().map(|b| &b.storage), ready));
+    conds.push(backend_condition("DatabaseReady", obs.backends.as_ref().map(|b| &b.database), ready));
     let generation = reg.metadata.generation;
     let conditions = conditions(&previous, conds, generation, &now);
     RegistryStatus {
@@ -94,5 +101,21 @@ pub fn compute(reg: &Registry, eff: &Effective, obs: &Observed, now: Time) -> Re
             .proxy_caches
             .clone()
             .or_else(|| reg.status.as_ref().and_then(|s| s.proxy_caches.clone())),
+    }
+}
+
+/// `StorageReady` or `DatabaseReady`: what a replica said when one was asked; otherwise true
+/// while every replica is ready (their readiness checks both), unknown while none could say.
+fn backend_condition(kind: &'static str, health: Option<&Health>, all_ready: bool) -> Cond {
+    match health {
+        Some(Health::Failing { reason, message }) => Cond::new(kind, false, *reason, message.clone()),
+        Some(Health::Ready) => Cond::new(kind, true, "Reachable", "the replicas asked reach it"),
+        None if all_ready => Cond::new(kind, true, "Reachable", "every replica is ready"),
+        None => Cond {
+            kind,
+            status: "Unknown",
+            reason: "NoAnswer".into(),
+            message: "no replica has said yet".into(),
+        },
     }
 }

@@ -299,6 +299,34 @@ fn status_ready_reconciling_stalled() {
 }
 
 #[test]
+fn backends_are_reported_in_their_own_words_and_an_unreachable_one_stalls() {
+    use super::backends::{Backends, Health};
+    let r = registry(serde_json::json!({}));
+    let eff = effective::resolve(&r, "img");
+    let t = time("2026-01-01T00:00:00Z");
+    let ready = status::compute(&r, &eff, &observed(1), t.clone());
+    assert_eq!(cond(&ready, "StorageReady"), ("True".into(), "Reachable".into()));
+    assert_eq!(cond(&ready, "DatabaseReady"), ("True".into(), "Reachable".into()));
+    let starting = status::compute(&r, &eff, &observed(0), t.clone());
+    assert_eq!(cond(&starting, "StorageReady"), ("Unknown".into(), "NoAnswer".into()));
+
+    // What reconcile sets when a replica that is not ready says its bucket refuses the secret.
+    let message = "hub-0: object storage unavailable: InvalidAccessKeyId".to_owned();
+    let mut obs = observed(0);
+    obs.backends = Some(Backends {
+        storage: Health::Failing { reason: "CredentialsRefused", message: message.clone() },
+        database: Health::Ready,
+    });
+    obs.stalled = Some(("StorageUnavailable".into(), message.clone()));
+    let s = status::compute(&r, &eff, &obs, t);
+    assert_eq!(cond(&s, "StorageReady"), ("False".into(), "CredentialsRefused".into()));
+    assert_eq!(cond(&s, "DatabaseReady"), ("True".into(), "Reachable".into()));
+    assert_eq!(cond(&s, "Stalled"), ("True".into(), "StorageUnavailable".into()));
+    let stalled = s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Stalled").unwrap();
+    assert_eq!(stalled.message, message, "the backend's words reach the user");
+}
+
+#[test]
 fn effective_values_are_reported() {
     let r = registry(
         serde_json::json!({"tls": {"mode": "SelfSigned"}, "storage": {"filesystem": {"size": "50Gi"}}}),
