@@ -24,6 +24,11 @@ use super::error::{Result, ServiceError};
 use crate::meta::{MetaStore, Upload, UploadPart};
 use crate::storage::{layout, read_all, Key, ObjectWriter, Storage, StorageError};
 
+/// A fresh name for a chunk object (hex, as storage keys require).
+pub(super) fn nonce() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
 /// Collects one request's bytes into whole parts of the session's assembly; what is left over
 /// becomes a chunk object ([`PartSink::finish`]).
 pub(super) struct PartSink {
@@ -105,7 +110,7 @@ impl PartSink {
         let key = layout::upload_assembly(&self.upload.id);
         let tag = self.storage.put_assembly_part(&key, &assembly, self.index, data.freeze()).await?;
         self.index += 1;
-        self.sent.push(UploadPart { start, size, nonce: super::uploads::nonce(), tag: Some(tag) });
+        self.sent.push(UploadPart { start, size, nonce: nonce(), tag: Some(tag) });
         Ok(())
     }
 
@@ -148,12 +153,8 @@ impl PartSink {
         };
         let mut chunk_key_written = None;
         if !self.buf.is_empty() {
-            let part = UploadPart {
-                start: self.offset,
-                size: self.buf.len() as u64,
-                nonce: super::uploads::nonce(),
-                tag: None,
-            };
+            let part =
+                UploadPart { start: self.offset, size: self.buf.len() as u64, nonce: nonce(), tag: None };
             let key = chunk_key(&self.upload, &part);
             let mut w = self.storage.writer().await?;
             w.write(std::mem::take(&mut self.buf).freeze()).await?;
@@ -216,9 +217,10 @@ pub(super) async fn complete(storage: &dyn Storage, u: &Upload, parts: &[UploadP
 #[cfg(all(test, feature = "s3"))]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::super::error::ServiceError;
+    use super::super::registry::{BodyStream, Limits, Registry};
     use super::*;
     use crate::meta::sqlite::SqliteMeta;
-    use crate::service::{BodyStream, Limits, Registry, ServiceError};
     use crate::storage::s3::{from_env, PART_SIZE};
     use berth_core::oci::{Algorithm, Digest, RepoName};
     use futures_util::StreamExt;

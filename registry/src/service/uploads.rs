@@ -19,7 +19,7 @@
 
 use futures_util::StreamExt;
 
-use super::assembly::{self, PartSink};
+use super::assembly::{self, nonce, PartSink};
 use super::error::{Result, ServiceError};
 use super::registry::{copy_body, repo_matches, BodyStream, Registry};
 use crate::meta::{now, Appended, Upload, UploadPart};
@@ -27,11 +27,6 @@ use crate::storage::{layout, put_all};
 use crate::UploadId;
 use berth_core::oci::range::ChunkRange;
 use berth_core::oci::{Algorithm, Digest, Hasher, RepoName};
-
-/// A fresh name for a chunk object (hex, as storage keys require).
-pub(super) fn nonce() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
 
 /// How an upload's bytes became its blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -38,8 +38,6 @@ use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
 /// How often a `url_file` is read again for a rotated URL.
 pub const URL_REFRESH: Duration = Duration::from_secs(10);
-/// How long a request waits for a pooled connection, or for a new one to be made.
-const CONNECTION_WAIT: Duration = Duration::from_secs(5);
 /// Runs of a transaction that PostgreSQL aborted to break a deadlock.
 const ATTEMPTS: usize = 3;
 

@@ -10,8 +10,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use super::errors::db_error;
-use super::CONNECTION_WAIT;
 use crate::meta::{MetaError, Result};
+
+/// How long a request waits for a pooled connection, or for a new one to be made.
+const CONNECTION_WAIT: Duration = Duration::from_secs(5);
 
 pub(super) struct SharedPool {
     current: RwLock<(Pool, String)>,
