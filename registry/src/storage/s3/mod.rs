@@ -73,7 +73,12 @@ pub struct S3Storage {
     store: Arc<AmazonS3>,
     prefix: String,
     redirect: bool,
+    /// The largest object one server-side copy moves ([`COPY_LIMIT`]; smaller in tests).
+    copy_limit: u64,
 }
+
+/// S3's CopyObject moves at most 5 GiB; a larger object is copied as a stream of parts.
+pub const COPY_LIMIT: u64 = 5 << 30;
 
 impl S3Storage {
     pub fn new(o: &S3Options) -> Result<S3Storage, String> {
@@ -116,7 +121,14 @@ impl S3Storage {
             store: Arc::new(store),
             prefix: o.prefix.trim_matches('/').to_owned(),
             redirect: o.redirect,
+            copy_limit: COPY_LIMIT,
         })
+    }
+
+    #[cfg(test)]
+    fn with_copy_limit(mut self, limit: u64) -> S3Storage {
+        self.copy_limit = limit;
+        self
     }
 
     fn path(&self, key: &Key) -> ObjectPath {
@@ -181,9 +193,20 @@ impl Storage for S3Storage {
     }
 
     async fn rename(&self, from: &Key, to: &Key) -> Result<(), StorageError> {
-        let (from, to) = (self.path(from), self.path(to));
-        self.store.copy(&from, &to).await.map_err(storage_error)?;
-        self.store.delete(&from).await.map_err(storage_error)
+        let size = self.stat(from).await?.ok_or(StorageError::NotFound)?;
+        if size > self.copy_limit {
+            // Too big for one server-side copy: through here once, as the parts of a multipart
+            // upload at the target (invisible until complete).
+            let mut source = self.get(from, None).await?;
+            let mut w = self.writer_at(to).await?;
+            while let Some(chunk) = source.next().await {
+                w.write(chunk?).await?;
+            }
+            w.commit(to).await?;
+        } else {
+            self.store.copy(&self.path(from), &self.path(to)).await.map_err(storage_error)?;
+        }
+        self.store.delete(&self.path(from)).await.map_err(storage_error)
     }
 
     async fn delete(&self, key: &Key) -> Result<(), StorageError> {
@@ -414,6 +437,14 @@ mod tests {
         let back = super::super::read_all(&a, &key).await.unwrap();
         assert!(back == data, "the object reads back whole");
         assert_eq!(b.stat(&key).await.unwrap(), None, "another prefix sees nothing of it");
+        // An object too big for one server-side copy is moved as a stream of parts.
+        let small_copies = from_env(&format!("c-{}", uuid::Uuid::new_v4().simple())).with_copy_limit(1 << 20);
+        let big = Key::new("uploads/ab/big.assembled".into());
+        super::super::put_all(&small_copies, &big, Bytes::copy_from_slice(&data)).await.unwrap();
+        small_copies.rename(&big, &key).await.unwrap();
+        assert!(super::super::read_all(&small_copies, &key).await.unwrap() == data, "moved whole");
+        assert_eq!(small_copies.stat(&big).await.unwrap(), None);
+        small_copies.delete(&key).await.unwrap();
         a.delete(&key).await.unwrap();
 
         // Written where it will be committed: whole there, with nothing staged; and nothing at
