@@ -185,12 +185,16 @@ pub enum MetadataConfig {
     ///   url_file: /etc/berth/db/url     # postgres://user:password@host:5432/berth (a mounted Secret);
     ///                                   # default: the BERTH_POSTGRES_URL environment variable
     ///   max_connections: 16             # per replica
+    ///   ca_file: /etc/berth/db/ca.crt   # verify the server against this CA (libpq's verify-full);
+    ///                                   # without it, TLS (sslmode in the URL) encrypts unverified
     /// ```
     Postgres {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         url_file: Option<PathBuf>,
         #[serde(default = "default_max_db_connections")]
         max_connections: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_file: Option<PathBuf>,
     },
 }
 

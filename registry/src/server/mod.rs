@@ -98,7 +98,7 @@ async fn open_metadata(config: &Config) -> Result<(Arc<dyn MetaStore>, Arc<dyn C
             Ok((meta.clone(), meta))
         }
         #[cfg(feature = "postgres")]
-        MetadataConfig::Postgres { url_file, max_connections } => {
+        MetadataConfig::Postgres { url_file, max_connections, ca_file } => {
             let url = match url_file {
                 Some(f) => std::fs::read_to_string(f)
                     .map_err(|e| ServeError::Config(format!("metadata.url_file {}: {e}", f.display())))?,
@@ -106,7 +106,9 @@ async fn open_metadata(config: &Config) -> Result<(Arc<dyn MetaStore>, Arc<dyn C
                     ServeError::Config("metadata: no url_file and BERTH_POSTGRES_URL is not set".into())
                 })?,
             };
-            let meta = Arc::new(PostgresMeta::connect(url.trim(), *max_connections as usize).await?);
+            let meta = Arc::new(
+                PostgresMeta::connect_with(url.trim(), *max_connections as usize, ca_file.as_deref()).await?,
+            );
             if let Some(f) = url_file {
                 // A rotated password takes effect without a restart.
                 meta.watch_url_file(f.clone(), crate::meta::postgres::URL_REFRESH);

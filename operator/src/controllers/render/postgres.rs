@@ -15,6 +15,7 @@ pub fn config(_pg: &PostgresDatabase) -> MetadataConfig {
     MetadataConfig::Postgres {
         url_file: Some(format!("{URL_DIR}/{URL_FILE}").into()),
         max_connections: MAX_CONNECTIONS,
+        ca_file: None,
     }
 }
 

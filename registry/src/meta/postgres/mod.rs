@@ -18,9 +18,10 @@ mod migrate;
 mod pool;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod testing;
+pub mod tls;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,7 +90,17 @@ impl PostgresMeta {
     /// Connects to the database at `url` and brings its schema up to date (waiting while another
     /// replica does).
     pub async fn connect(url: &str, max_connections: usize) -> Result<PostgresMeta> {
-        let pool = Arc::new(pool::SharedPool::new(url, max_connections)?);
+        Self::connect_with(url, max_connections, None).await
+    }
+
+    /// [`PostgresMeta::connect`], verifying the server against the CA in `ca_file` when one is
+    /// given (see [`tls`]).
+    pub async fn connect_with(
+        url: &str,
+        max_connections: usize,
+        ca_file: Option<&Path>,
+    ) -> Result<PostgresMeta> {
+        let pool = Arc::new(pool::SharedPool::new(url, max_connections, tls::Connector::new(ca_file)?)?);
         let store = PostgresMeta { pool };
         let mut client = store.client().await?;
         migrate::migrate(&mut client).await?;
@@ -760,6 +771,40 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "never switched to {rotated}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Whether this store's connections are encrypted, as the server sees them.
+    async fn encrypted(meta: &PostgresMeta) -> bool {
+        let c = meta.client().await.unwrap();
+        c.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap().get(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_use_tls_when_the_server_offers_it_and_verify_it_against_a_given_ca() {
+        let db = TestDatabase::create().await;
+        let ca = testing::server_ca().expect("the test server this process started serves TLS");
+        // sslmode=prefer (the default): encrypted, the certificate not checked.
+        assert!(encrypted(&PostgresMeta::connect(&db.url, 1).await.unwrap()).await);
+        // With the server's CA: verified, and encrypted.
+        let verified = PostgresMeta::connect_with(&db.url, 1, Some(&ca)).await.unwrap();
+        assert!(encrypted(&verified).await);
+        // Against another CA: refused, saying why.
+        let dir = tempfile::tempdir().unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["elsewhere".into()]).unwrap();
+        let other_ca = dir.path().join("other.crt");
+        std::fs::write(&other_ca, other.cert.pem()).unwrap();
+        let refused =
+            PostgresMeta::connect_with(&db.url, 1, Some(&other_ca)).await.err().expect("not verified");
+        assert!(refused.to_string().contains("certificate"), "{refused}");
+        // sslmode=disable: plain, as asked.
+        let plain = PostgresMeta::connect(&format!("{}?sslmode=disable", db.url), 1).await.unwrap();
+        assert!(!encrypted(&plain).await);
+        let empty = dir.path().join("empty.crt");
+        std::fs::write(&empty, "").unwrap();
+        assert!(
+            PostgresMeta::connect_with(&db.url, 1, Some(&empty)).await.is_err(),
+            "a CA file without a CA"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,9 +7,9 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
 use super::errors::db_error;
+use super::tls::Connector;
 use crate::meta::{MetaError, Result};
 
 /// How long a request waits for a pooled connection, or for a new one to be made.
@@ -18,12 +18,13 @@ const CONNECTION_WAIT: Duration = Duration::from_secs(5);
 pub(super) struct SharedPool {
     current: RwLock<(Pool, String)>,
     max_connections: usize,
+    tls: Connector,
 }
 
 impl SharedPool {
-    pub(super) fn new(url: &str, max_connections: usize) -> Result<SharedPool> {
-        let pool = build(url, max_connections)?;
-        Ok(SharedPool { current: RwLock::new((pool, url.to_owned())), max_connections })
+    pub(super) fn new(url: &str, max_connections: usize, tls: Connector) -> Result<SharedPool> {
+        let pool = build(url, max_connections, &tls)?;
+        Ok(SharedPool { current: RwLock::new((pool, url.to_owned())), max_connections, tls })
     }
 
     /// The pool in use (a handle: cheap to clone).
@@ -37,7 +38,7 @@ impl SharedPool {
         if self.current.read().map_err(|_| poisoned())?.1 == url {
             return Ok(false);
         }
-        let pool = build(url, self.max_connections)?;
+        let pool = build(url, self.max_connections, &self.tls)?;
         drop(pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => db_error(e),
             e => MetaError::Unavailable(e.to_string()),
@@ -51,7 +52,7 @@ fn poisoned() -> MetaError {
     MetaError::Db("database pool lock poisoned".into())
 }
 
-fn build(url: &str, max_connections: usize) -> Result<Pool> {
+fn build(url: &str, max_connections: usize, tls: &Connector) -> Result<Pool> {
     // The parse error never quotes the URL, which may hold a password.
     let mut config: tokio_postgres::Config =
         url.parse().map_err(|e| MetaError::Db(format!("the database URL does not parse: {e}")))?;
@@ -63,8 +64,11 @@ fn build(url: &str, max_connections: usize) -> Result<Pool> {
     }
     // Verified recycling: a connection that broke while idle is found out before a request
     // gets it, so a database restart costs no request an error.
-    let manager =
-        Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Verified });
+    let manager = Manager::from_config(
+        config,
+        tls.clone(),
+        ManagerConfig { recycling_method: RecyclingMethod::Verified },
+    );
     Pool::builder(manager)
         .max_size(max_connections.max(1))
         .runtime(Runtime::Tokio1)

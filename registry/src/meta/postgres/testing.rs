@@ -91,11 +91,24 @@ fn start_server() -> Result<String, String> {
         .map_err(|e| e.to_string())?
         .port();
     let data = dir.join("data");
+    // TLS on, with a certificate for 127.0.0.1 from a CA of its own ([`server_ca`]): clients
+    // that prefer TLS (berth's default) get it, and tests can verify the server.
     let script = format!(
         "set -e
          '{bin}/initdb' -D '{data}' -U berth -A trust -E UTF8 --no-sync >'{dir}/initdb.log' 2>&1
+         cd '{dir}'
+         printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' >server.ext
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
+            -subj /CN=berth-test-ca -keyout ca.key -out ca.crt >openssl.log 2>&1
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 \
+            -keyout server.key -out server.csr >>openssl.log 2>&1
+         openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 7 \
+            -extfile server.ext -out server.crt >>openssl.log 2>&1
+         chmod 600 server.key ca.key
+         chmod 644 ca.crt
          '{bin}/postgres' -D '{data}' -h 127.0.0.1 -p {port} -k '{dir}' -c fsync=off \
             -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
+            -c ssl=on -c ssl_cert_file='{dir}/server.crt' -c ssl_key_file='{dir}/server.key' \
             >'{dir}/server.log' 2>&1 &
          pid=$!
          read _ || true
@@ -126,6 +139,7 @@ fn start_server() -> Result<String, String> {
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
             let log = std::fs::read_to_string(dir.join("initdb.log")).unwrap_or_default()
+                + &std::fs::read_to_string(dir.join("openssl.log")).unwrap_or_default()
                 + &std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
             return Err(format!("PostgreSQL exited ({status}): {log}"));
         }
@@ -134,5 +148,13 @@ fn start_server() -> Result<String, String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = SERVER_CA.set(dir.join("ca.crt"));
     Ok(format!("postgres://berth@127.0.0.1:{port}"))
+}
+
+static SERVER_CA: OnceLock<PathBuf> = OnceLock::new();
+
+/// The CA of the test server's TLS certificate, when this process started the server.
+pub fn server_ca() -> Option<PathBuf> {
+    SERVER_CA.get().cloned()
 }
