@@ -1298,10 +1298,17 @@ async fn three_replicas_on_s3_and_postgres_serve_and_scale() {
         .unwrap()
         .args(["-n", &ns.name, "create", "secret", "generic", "berth-db"])
         .arg(format!("--from-literal=uri={}", db.url)));
+    // The database serves TLS from a CA of its own: the replicas verify it (verify-full).
+    let ca = berth_registry::meta::postgres::testing::server_ca().expect("the test database serves TLS");
+    run(cp
+        .kubectl()
+        .unwrap()
+        .args(["-n", &ns.name, "create", "secret", "generic", "berth-db-ca"])
+        .arg(format!("--from-file=ca.crt={}", ca.display())));
     let registry = REGISTRY.replace(
         "  storage:\n    filesystem:\n      size: 2Gi\n",
         &format!(
-            "  replicas: 3\n  storage:\n    s3:\n      bucket: berth\n      prefix: hub\n      endpoint: {}\n      pathStyle: true\n      credentialsSecret: berth-s3\n  database:\n    postgres:\n      urlSecret: {{name: berth-db, key: uri}}\n",
+            "  replicas: 3\n  storage:\n    s3:\n      bucket: berth\n      prefix: hub\n      endpoint: {}\n      pathStyle: true\n      credentialsSecret: berth-s3\n  database:\n    postgres:\n      urlSecret: {{name: berth-db, key: uri}}\n      caSecret: berth-db-ca\n",
             minio.url
         ),
     );

@@ -243,6 +243,10 @@ pub struct EmbeddedDatabase {}
 #[serde(rename_all = "camelCase")]
 pub struct PostgresDatabase {
     pub url_secret: SecretKeyRef,
+    /// A Secret whose `ca.crt` holds the CA (PEM) the database's certificate must chain to: berth
+    /// then verifies the server and its host name (libpq's `verify-full`). Without it, TLS as
+    /// the URL's `sslmode` says (`prefer` by default) encrypts without checking the certificate.
+    pub ca_secret: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

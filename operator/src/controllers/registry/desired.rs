@@ -234,9 +234,9 @@ fn statefulset(
         volumes.extend(s3_volumes);
     }
     if let Some(pg) = reg.spec.database.as_ref().and_then(|d| d.postgres.as_ref()) {
-        let (mount, volume) = postgres::volumes(pg);
-        mounts.push(mount);
-        volumes.push(volume);
+        let (pg_mounts, pg_volumes) = postgres::volumes(pg);
+        mounts.extend(pg_mounts);
+        volumes.extend(pg_volumes);
     }
     let (proxy_mounts, proxy_volumes) = proxies::volumes(proxies);
     mounts.extend(proxy_mounts);

@@ -1,34 +1,43 @@
-//! `spec.database.postgres`: berth's metadata section, and the URL Secret mounted into the pod.
+//! `spec.database.postgres`: berth's metadata section, and the URL (and CA) Secrets mounted into
+//! the pod.
 
 use berth_core::config::MetadataConfig;
 
 use crate::crd::registry::PostgresDatabase;
 
 const URL_DIR: &str = "/etc/berth/db";
+const CA_DIR: &str = "/etc/berth/db-ca";
 /// The file the Secret's key is mounted as, whatever the key is called.
 const URL_FILE: &str = "url";
 /// Pooled connections per replica: enough for a busy pod, few enough that ten replicas stay well
 /// inside PostgreSQL's default of 100 connections.
 const MAX_CONNECTIONS: u32 = 8;
 
-pub fn config(_pg: &PostgresDatabase) -> MetadataConfig {
+pub fn config(pg: &PostgresDatabase) -> MetadataConfig {
     MetadataConfig::Postgres {
         url_file: Some(format!("{URL_DIR}/{URL_FILE}").into()),
         max_connections: MAX_CONNECTIONS,
-        ca_file: None,
+        ca_file: pg.ca_secret.as_ref().map(|_| format!("{CA_DIR}/ca.crt").into()),
     }
 }
 
-/// The volume mount and volume for the URL Secret (only its one key, as the file `url`).
-pub fn volumes(pg: &PostgresDatabase) -> (serde_json::Value, serde_json::Value) {
-    (
-        serde_json::json!({"name": "database", "mountPath": URL_DIR, "readOnly": true}),
-        serde_json::json!({"name": "database", "secret": {
-            "secretName": pg.url_secret.name,
-            "defaultMode": 0o440,
-            "items": [{"key": pg.url_secret.key, "path": URL_FILE}],
-        }}),
-    )
+/// The volume mounts and volumes for the URL Secret (only its one key, as the file `url`) and
+/// the CA Secret. Secret volumes follow the Secret, so a rotated URL reaches berth (which
+/// re-reads the file) without a restart.
+pub fn volumes(pg: &PostgresDatabase) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let mut mounts = vec![serde_json::json!({"name": "database", "mountPath": URL_DIR, "readOnly": true})];
+    let mut volumes = vec![serde_json::json!({"name": "database", "secret": {
+        "secretName": pg.url_secret.name,
+        "defaultMode": 0o440,
+        "items": [{"key": pg.url_secret.key, "path": URL_FILE}],
+    }})];
+    if let Some(ca) = &pg.ca_secret {
+        mounts.push(serde_json::json!({"name": "database-ca", "mountPath": CA_DIR, "readOnly": true}));
+        volumes.push(
+            serde_json::json!({"name": "database-ca", "secret": {"secretName": ca, "defaultMode": 0o440}}),
+        );
+    }
+    (mounts, volumes)
 }
 
 #[cfg(test)]
@@ -38,16 +47,27 @@ mod tests {
 
     #[test]
     fn the_url_secret_is_mounted_where_the_config_says() {
-        let pg =
-            PostgresDatabase { url_secret: SecretKeyRef { name: "pg".into(), key: "connection".into() } };
-        let MetadataConfig::Postgres { url_file: Some(file), .. } = config(&pg) else { panic!("postgres") };
-        let (mount, volume) = volumes(&pg);
+        let mut pg = PostgresDatabase {
+            url_secret: SecretKeyRef { name: "pg".into(), key: "connection".into() },
+            ca_secret: None,
+        };
+        let MetadataConfig::Postgres { url_file: Some(file), ca_file: None, .. } = config(&pg) else {
+            panic!("postgres, without a CA")
+        };
+        let (mounts, volumes_) = volumes(&pg);
         assert_eq!(
-            std::path::Path::new(mount["mountPath"].as_str().unwrap())
-                .join(volume["secret"]["items"][0]["path"].as_str().unwrap()),
+            std::path::Path::new(mounts[0]["mountPath"].as_str().unwrap())
+                .join(volumes_[0]["secret"]["items"][0]["path"].as_str().unwrap()),
             file
         );
-        assert_eq!(volume["secret"]["secretName"], "pg");
-        assert_eq!(volume["secret"]["items"][0]["key"], "connection");
+        assert_eq!(volumes_[0]["secret"]["secretName"], "pg");
+        assert_eq!(volumes_[0]["secret"]["items"][0]["key"], "connection");
+        assert_eq!(mounts.len(), 1);
+
+        pg.ca_secret = Some("pg-ca".into());
+        let MetadataConfig::Postgres { ca_file: Some(ca), .. } = config(&pg) else { panic!("with a CA") };
+        let (mounts, volumes_) = volumes(&pg);
+        assert_eq!(std::path::Path::new(mounts[1]["mountPath"].as_str().unwrap()).join("ca.crt"), ca);
+        assert_eq!(volumes_[1]["secret"]["secretName"], "pg-ca");
     }
 }
