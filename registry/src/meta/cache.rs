@@ -113,9 +113,6 @@ pub trait CacheIndex: Send + Sync + 'static {
     ) -> Result<()>;
 }
 
-/// How long an expired fetch claim is kept before [`CacheIndex::end_fetch`] sweeps it.
-pub(crate) const FETCH_CLAIM_SWEEP_MS: i64 = 60 * 60 * 1000;
-
 /// Takes a free or expired claim (or a failed one, when retrying), or renews the holder's own
 /// running one; changes nothing (0 rows) while another holder's claim or a recent failure stands.
 /// Parameters: digest, holder, expires_at, now, retry (SQLite numbers `$n` parameters in order of
@@ -127,3 +124,13 @@ pub(crate) const CLAIM_FETCH: &str =
      WHERE proxy_fetches.expires_at < $4
         OR (proxy_fetches.holder = excluded.holder AND proxy_fetches.failure IS NULL)
         OR ($5 AND proxy_fetches.failure IS NOT NULL)";
+
+/// Forgets a stored blob's claim. Parameters: digest, holder.
+pub(crate) const FETCH_STORED: &str = "DELETE FROM proxy_fetches WHERE digest = $1 AND holder = $2";
+/// Keeps a failed claim with its failure. Parameters (numbered in order of appearance, for
+/// SQLite): failure, expires_at, digest, holder.
+pub(crate) const FETCH_FAILED: &str =
+    "UPDATE proxy_fetches SET failure = $1, expires_at = $2 WHERE digest = $3 AND holder = $4";
+/// Removes claims that expired an hour or more before `now`. Parameter: now.
+pub(crate) const FETCH_SWEEP: &str =
+    "DELETE FROM proxy_fetches WHERE expires_at < CAST($1 AS BIGINT) - 3600000";

@@ -309,4 +309,11 @@ async fn fetch_claims<M: CacheIndex>(m: &M) {
     assert_eq!(m.claim_fetch(&d, "a", 5_002, 7_000, false).await.unwrap(), FetchClaim::Mine);
     m.end_fetch(&d, "a", None, 5_002, 0).await.unwrap();
     m.end_fetch(&other, "b", None, 5_002, 0).await.unwrap();
+    // A claim whose holder died is swept away once it expired an hour before: here, no
+    // renewal or take-over happened, yet after the sweep anyone may claim it even "earlier".
+    let dead = digest("claimed-dead");
+    assert_eq!(m.claim_fetch(&dead, "gone", 6_000, 7_000, false).await.unwrap(), FetchClaim::Mine);
+    m.end_fetch(&other, "b", None, 7_001 + 3_600_000, 0).await.unwrap();
+    assert_eq!(m.claim_fetch(&dead, "z", 6_500, 7_500, false).await.unwrap(), FetchClaim::Mine, "swept");
+    m.end_fetch(&dead, "z", None, 7_002 + 3_600_000, 0).await.unwrap();
 }

@@ -121,24 +121,22 @@ impl PartSink {
         }
         let key = layout::upload_assembly(&self.upload.id);
         let started = self.storage.start_assembly(&key).await?;
-        let kept = self.meta.set_upload_assembly(self.upload.id, &started).await.map_err(|e| {
-            StorageError::Io(std::io::Error::other(format!("recording the multipart upload: {e}")))
-        });
-        let kept = match kept {
-            Ok(Some(kept)) => kept,
-            Ok(None) => String::new(),
-            Err(e) => {
+        let kept = match self.meta.set_upload_assembly(self.upload.id, &started).await {
+            Ok(Some(kept)) if kept == started => kept,
+            // Another request started one first, the session is gone, or it could not be
+            // recorded: ours is given back.
+            other => {
                 let _ = self.storage.abort_assembly(&key, &started).await;
-                return Err(e);
+                match other {
+                    Ok(Some(theirs)) => theirs,
+                    Ok(None) => return Err(StorageError::NotFound),
+                    Err(e) => {
+                        let why = format!("recording the multipart upload: {e}");
+                        return Err(StorageError::Io(std::io::Error::other(why)));
+                    }
+                }
             }
         };
-        if kept != started {
-            // Another request started one first (or the session is gone): give ours back.
-            let _ = self.storage.abort_assembly(&key, &started).await;
-        }
-        if kept.is_empty() {
-            return Err(StorageError::NotFound);
-        }
         self.upload.assembly = Some(kept.clone());
         Ok(kept)
     }

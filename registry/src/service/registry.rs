@@ -44,7 +44,7 @@ impl Default for Limits {
 }
 
 /// What `/readyz` reports: `None` for a backend that answers, else why it does not.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Readiness {
     pub database: Option<String>,
     pub storage: Option<String>,

@@ -89,22 +89,25 @@ impl Registry {
         }
         let parts = self.meta.upload_parts(u.id).await?;
         let assembled = parts.iter().any(|p| p.tag.is_some());
-        // An assembled session's bytes can be read only once its assembly is complete.
-        let completed =
-            if assembled { Some(assembly::complete(self.storage.as_ref(), &u, &parts).await?) } else { None };
-        let actual = match (digest.algorithm(), hasher) {
-            (Algorithm::Sha256, Some(h)) => h.finish(),
-            (algorithm, _) => match &completed {
-                Some(key) => self.hash_object(key, algorithm).await?,
-                None => self.rehash(&u, &parts, algorithm).await?,
+        // The recorded state checks a sha256 digest before anything is completed; any other
+        // digest is checked by reading the bytes, which an assembled session has only once its
+        // assembly is complete (into its own key, not a blob's).
+        let (actual, mut completed) = match (digest.algorithm(), hasher) {
+            (Algorithm::Sha256, Some(h)) => (h.finish(), None),
+            (algorithm, _) if assembled => {
+                let key = assembly::complete(self.storage.as_ref(), &u, &parts).await?;
+                (self.hash_object(&key, algorithm).await?.finish(), Some(key))
             }
-            .finish(),
+            (algorithm, _) => (self.rehash(&u, &parts, algorithm).await?.finish(), None),
         };
         if actual != *digest {
             self.discard(&u).await;
             return Err(ServiceError::DigestInvalid(format!(
                 "uploaded content has digest {actual}, not {digest}"
             )));
+        }
+        if assembled && completed.is_none() {
+            completed = Some(assembly::complete(self.storage.as_ref(), &u, &parts).await?);
         }
         let published = match &completed {
             Some(key) => {
@@ -239,6 +242,10 @@ impl Registry {
     /// The sha256 state after the session's bytes so far: recorded with them, or else (a session
     /// from before states were recorded) read back from its chunks; `None` if neither can be.
     async fn hasher_at(&self, u: &Upload) -> Result<Option<Hasher>> {
+        if u.received == 0 {
+            // A new session: no state recorded yet, and nothing to read.
+            return Ok(Some(Algorithm::Sha256.hasher()));
+        }
         if let Some(h) = u.hash_state.as_deref().and_then(Hasher::resume) {
             return Ok(Some(h));
         }

@@ -69,7 +69,7 @@ async fn reconcile_inner(reg: &Registry, ctx: &Context) -> Result<Action, Error>
     if !obs.suspended {
         converge(reg, ctx, &ns, &mut obs).await?;
     }
-    observe(reg, ctx, &ns, &mut obs).await?;
+    observe(reg, ctx, &ns, eff.replicas, &mut obs).await?;
     let new = status::compute(reg, &eff, &obs, crate::controllers::now());
     let was_ready =
         reg.status.as_ref().and_then(|s| s.conditions.as_deref()).is_some_and(|c| is_true(c, "Ready"));
@@ -273,7 +273,13 @@ async fn proxy_sources(reg: &Registry, ctx: &Context, ns: &str) -> Result<Vec<Pr
         .collect())
 }
 
-async fn observe(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -> Result<(), Error> {
+async fn observe(
+    reg: &Registry,
+    ctx: &Context,
+    ns: &str,
+    want: i32,
+    obs: &mut Observed,
+) -> Result<(), Error> {
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
     if let Some(set) = sets.get_opt(&reg.name_any()).await? {
         let st = set.status.clone().unwrap_or_default();
@@ -301,7 +307,6 @@ async fn observe(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) ->
     // Replicas that are not ready say why; a backend they cannot reach stalls the Registry (the
     // user must fix credentials, a bucket, a database), rather than leaving it crash-looping
     // silently.
-    let want = reg.spec.replicas.unwrap_or(1);
     if obs.statefulset.as_ref().is_some_and(|s| s.ready < want) && want > 0 {
         obs.backends = super::backends::probe(ctx, ns, &reg.name_any()).await?;
         if obs.stalled.is_none() {

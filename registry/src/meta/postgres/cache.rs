@@ -4,8 +4,8 @@
 use super::errors::db_error;
 use super::{ensure_repo, execute, parse, query, query_opt, repo_id, size, PostgresMeta};
 use crate::meta::cache::{
-    prefix_bounds, CacheIndex, CachedItem, CachedPull, ContentKind, FetchClaim, CLAIM_FETCH,
-    FETCH_CLAIM_SWEEP_MS,
+    prefix_bounds, CacheIndex, CachedItem, CachedPull, ContentKind, FetchClaim, CLAIM_FETCH, FETCH_FAILED,
+    FETCH_STORED, FETCH_SWEEP,
 };
 use crate::meta::Result;
 use berth_core::oci::{Digest, RepoName, Tag};
@@ -199,24 +199,11 @@ impl CacheIndex for PostgresMeta {
     ) -> Result<()> {
         let c = self.client().await?;
         match failure {
-            None => {
-                execute(
-                    &c,
-                    "DELETE FROM proxy_fetches WHERE digest = $1 AND holder = $2",
-                    &[&digest.as_str(), &holder],
-                )
-                .await
-            }
-            Some(f) => execute(
-                &c,
-                "UPDATE proxy_fetches SET failure = $3, expires_at = $4 WHERE digest = $1 AND holder = $2",
-                &[&digest.as_str(), &holder, &f, &expires_at],
-            )
-            .await,
+            None => execute(&c, FETCH_STORED, &[&digest.as_str(), &holder]).await,
+            Some(f) => execute(&c, FETCH_FAILED, &[&f, &expires_at, &digest.as_str(), &holder]).await,
         }
         .map_err(db_error)?;
-        let swept = now - FETCH_CLAIM_SWEEP_MS;
-        execute(&c, "DELETE FROM proxy_fetches WHERE expires_at < $1", &[&swept]).await.map_err(db_error)?;
+        execute(&c, FETCH_SWEEP, &[&now]).await.map_err(db_error)?;
         Ok(())
     }
 }

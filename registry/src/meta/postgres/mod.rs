@@ -754,9 +754,10 @@ mod tests {
 
         // A URL that does not work is not taken: requests go on as before.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        std::fs::write(&file, format!("postgres://{role}@127.0.0.1:{port}/nowhere")).unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let broken = format!("postgres://{role}@127.0.0.1:{port}/nowhere");
+        assert!(meta.pool.replace(&broken).await.is_err());
         meta.count_uploads().await.unwrap();
+        assert_eq!(sessions_of(role.clone()).await, 0);
 
         // A working one is: new connections log in as the new role.
         let (_, host) = db.url.split_once('@').expect("the test URL names its user");

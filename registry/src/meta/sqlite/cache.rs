@@ -6,8 +6,8 @@ use rusqlite::{params, OptionalExtension};
 use super::writer::Durability;
 use super::{ensure_repo, parse, repo_id, SqliteMeta};
 use crate::meta::cache::{
-    prefix_bounds, CacheIndex, CachedItem, CachedPull, ContentKind, FetchClaim, CLAIM_FETCH,
-    FETCH_CLAIM_SWEEP_MS,
+    prefix_bounds, CacheIndex, CachedItem, CachedPull, ContentKind, FetchClaim, CLAIM_FETCH, FETCH_FAILED,
+    FETCH_STORED, FETCH_SWEEP,
 };
 use crate::meta::Result;
 use berth_core::oci::{Digest, RepoName, Tag};
@@ -186,19 +186,12 @@ impl CacheIndex for SqliteMeta {
         let (digest, holder, failure) = (digest.to_string(), holder.to_owned(), failure.map(str::to_owned));
         self.write(Durability::Unsynced, move |tx| {
             match failure {
-                None => tx.execute(
-                    "DELETE FROM proxy_fetches WHERE digest = ?1 AND holder = ?2",
-                    params![digest, holder],
-                )?,
-                Some(f) => tx.execute(
-                    "UPDATE proxy_fetches SET failure = ?3, expires_at = ?4 WHERE digest = ?1 AND holder = ?2",
-                    params![digest, holder, f, expires_at],
-                )?,
+                None => tx.prepare_cached(FETCH_STORED)?.execute(params![digest, holder])?,
+                Some(f) => {
+                    tx.prepare_cached(FETCH_FAILED)?.execute(params![f, expires_at, digest, holder])?
+                }
             };
-            tx.execute(
-                "DELETE FROM proxy_fetches WHERE expires_at < ?1",
-                [now - FETCH_CLAIM_SWEEP_MS],
-            )?;
+            tx.prepare_cached(FETCH_SWEEP)?.execute([now])?;
             Ok(())
         })
         .await
