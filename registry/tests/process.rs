@@ -146,13 +146,45 @@ async fn sigterm_lets_uploads_in_flight_finish() {
     drop(tx);
     let resp = upload.await.unwrap().unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
-    let exited = eventually(Duration::from_secs(20), || {
-        let done = berth.child.try_wait().ok().flatten().is_some();
-        async move { done }
+    assert!(berth.exits_cleanly().await, "berth exits once drained");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_shutdown_delay_turns_readiness_off_before_the_listener_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mut berth = Berth::spawn_with_config(dir.path(), &addr, "limits: {shutdown_delay: 5s}\n").await;
+    let c = client();
+    let ready = c.get(format!("{}/readyz", berth.url)).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    // A keep-alive connection opened before the signal.
+    let kept = reqwest::Client::builder().no_proxy().build().unwrap();
+    assert_eq!(kept.get(format!("{}/v2/", berth.url)).send().await.unwrap().status(), StatusCode::OK);
+
+    berth.signal("-TERM");
+    let not_ready = eventually(Duration::from_secs(10), || async {
+        let r = client().get(format!("{}/readyz", berth.url)).send().await;
+        r.is_ok_and(|r| r.status() == StatusCode::SERVICE_UNAVAILABLE)
     })
     .await;
-    assert!(exited, "berth exits once drained");
-    assert!(berth.child.wait().unwrap().success());
+    assert!(not_ready, "readiness is off at once");
+    // During the delay new connections are still served, and each response closes its connection
+    // so clients move to replicas that stay.
+    let r = client().get(format!("{}/v2/", berth.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "still serving during the delay");
+    assert_eq!(r.headers()["connection"], "close");
+    let r = kept.get(format!("{}/v2/", berth.url)).send().await.unwrap();
+    assert_eq!(r.headers()["connection"], "close", "a kept-alive connection is told to close too");
+    let body: serde_json::Value =
+        client().get(format!("{}/readyz", berth.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["stopping"], true, "{body}");
+    // Then the listener closes and berth exits.
+    let refused = eventually(Duration::from_secs(15), || async {
+        tokio::net::TcpStream::connect(&addr).await.is_err()
+    })
+    .await;
+    assert!(refused, "listener closed after the delay");
+    assert!(berth.exits_cleanly().await, "berth exits cleanly");
 }
 
 fn self_signed(name: &str) -> (String, String, Vec<u8>) {

@@ -136,10 +136,8 @@ async fn hundreds_of_stalled_clients_leave_everyone_else_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_nobody_reads_is_closed_after_the_idle_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("berth.yaml");
-    std::fs::write(&config, "limits: {body_idle_timeout: 1s}\n").unwrap();
     let addr = free_addr();
-    let berth = Berth::spawn(dir.path(), &addr, &["--config", config.to_str().unwrap()]).await;
+    let berth = Berth::spawn_with_config(dir.path(), &addr, "limits: {body_idle_timeout: 1s}\n").await;
     let big = content(16 << 20, 3);
     let digest = sha256(&big);
     let pushed = client()
@@ -166,10 +164,8 @@ async fn a_download_nobody_reads_is_closed_after_the_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_are_told_so_and_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("berth.yaml");
-    std::fs::write(&config, "limits: {max_connections: 8}\n").unwrap();
     let addr = free_addr();
-    let berth = Berth::spawn(dir.path(), &addr, &["--config", config.to_str().unwrap()]).await;
+    let berth = Berth::spawn_with_config(dir.path(), &addr, "limits: {max_connections: 8}\n").await;
     // Hold connections until one more is refused (whatever spawn's probes left open counts too).
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut held = Vec::new();

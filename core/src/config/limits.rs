@@ -16,6 +16,11 @@ pub struct LimitsConfig {
     /// How long in-flight requests may run after a shutdown signal.
     #[serde(default = "default_grace", with = "duration")]
     pub shutdown_grace: Duration,
+    /// After a shutdown signal, how long new connections are still accepted while `/readyz`
+    /// answers 503 and every response closes its connection, so load balancers (Kubernetes
+    /// endpoints) stop sending traffic here before the listener closes.
+    #[serde(default, with = "duration")]
+    pub shutdown_delay: Duration,
     /// A request body that sends nothing for this long, or a client that takes nothing of a
     /// response for this long, is cut off (slow or stalled clients); an upload stays resumable.
     #[serde(default = "default_body_idle", with = "duration")]
@@ -80,6 +85,7 @@ impl Default for LimitsConfig {
             max_manifest_bytes: default_manifest_bytes(),
             upload_ttl: default_upload_ttl(),
             shutdown_grace: default_grace(),
+            shutdown_delay: Duration::ZERO,
             body_idle_timeout: default_body_idle(),
             max_header_bytes: default_header_bytes(),
             max_uploads_per_client: default_uploads_per_client(),

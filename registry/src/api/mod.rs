@@ -38,7 +38,19 @@ pub fn router(state: AppState) -> Router {
     if state.serve_metrics {
         app = app.route("/metrics", get(metrics));
     }
-    app.fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") }).with_state(state)
+    app.fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
+        .layer(axum::middleware::map_response_with_state(state.clone(), close_when_stopping))
+        .with_state(state)
+}
+
+/// Once a shutdown has begun, every response closes its connection, so clients holding
+/// keep-alive connections reconnect — through the load balancer, to a replica that stays —
+/// instead of finding this one gone between two requests.
+async fn close_when_stopping(State(st): State<AppState>, mut resp: Response) -> Response {
+    if st.is_stopping() {
+        resp.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// `/metrics` and `/readyz`, for a listener of its own (`metrics.listen`): plain HTTP without
@@ -81,11 +93,17 @@ async fn distribution(State(st): State<AppState>, req: Request) -> Response {
     Response::from_parts(parts, st.metrics.count_body_out(body))
 }
 
-/// 200 when storage and the database both answer, 503 otherwise; the body says which is which,
+/// 200 when storage and the database both answer, 503 otherwise (and from the moment a shutdown
+/// begins: `{"ready":false,"stopping":true,...}`); the body says which is which,
 /// in each backend's own words, for people and for the operator's `StorageReady` and
 /// `DatabaseReady` conditions: `{"ready":false,"database":null,"storage":"object storage
 /// unavailable: ..."}`.
 async fn readyz(State(st): State<AppState>) -> Response {
+    if st.is_stopping() {
+        let body = serde_json::json!({"ready": false, "stopping": true, "database": null, "storage": null});
+        let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+        return (StatusCode::SERVICE_UNAVAILABLE, json, body.to_string()).into_response();
+    }
     let r = st.registry.readiness().await;
     let status = if r.ready() {
         StatusCode::OK

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,8 @@ pub struct AppState {
     pub uploads: Arc<UploadsPerClient>,
     /// `/metrics` is served here (false when it has a listener of its own).
     pub serve_metrics: bool,
+    /// Set once a shutdown has begun: `/readyz` fails and responses close their connections.
+    pub stopping: Arc<AtomicBool>,
 }
 
 impl AppState {
@@ -61,6 +64,7 @@ impl AppState {
                 config.limits.upload_ttl,
             )),
             serve_metrics: config.metrics.listen.is_none(),
+            stopping: Arc::new(AtomicBool::new(false)),
         })
     }
 }
@@ -70,6 +74,11 @@ impl AppState {
 pub struct PeerAddr(pub IpAddr);
 
 impl AppState {
+    /// Whether a shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The peer, or the client a trusted proxy forwarded the request for.
     pub fn client(&self, req: &Parts) -> IpAddr {
         let peer = req.extensions.get::<PeerAddr>().map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0);

@@ -1,6 +1,7 @@
 //! Building the registry from its config and serving it: accept loop (plain or TLS, HTTP/1.1 and
 //! HTTP/2) within the connection bounds of [`connection`], an optional listener of its own for
-//! `/metrics`, graceful shutdown that lets requests in flight finish within the grace period, and
+//! `/metrics`, graceful shutdown (readiness off and connections still accepted for the shutdown
+//! delay, then requests in flight may finish within the grace period), and
 //! the background work: the purge of expired upload sessions and the re-reading of credential
 //! files (so that requests only ever read memory).
 
@@ -186,13 +187,30 @@ pub async fn serve(
     background.extend(metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.clone()))));
     let connections =
         connection::Connections::new(config.limits.max_connections, state.metrics.connections.clone());
+    let stopping = state.stopping.clone();
     let app = api::router(state);
     let builder = http_builder(config);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let (handshake, idle) = (config.limits.tls_handshake_timeout, config.limits.body_idle_timeout);
     tokio::pin!(shutdown);
+    // After the signal: readiness off and connections still accepted until `stop_accepting`.
+    let mut signalled = false;
+    let stop_accepting = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
+    tokio::pin!(stop_accepting);
     loop {
         let (stream, peer) = tokio::select! {
+            _ = &mut shutdown, if !signalled => {
+                signalled = true;
+                stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+                let delay = config.limits.shutdown_delay;
+                if delay.is_zero() {
+                    break;
+                }
+                info!(?delay, "shutdown signal: not ready, still accepting while load balancers notice");
+                stop_accepting.as_mut().reset(tokio::time::Instant::now() + delay);
+                continue;
+            }
+            _ = &mut stop_accepting, if signalled => break,
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
                 Err(e) => {
@@ -202,7 +220,6 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
         };
         let Some((stream, slot)) = connections.admit(stream, tls.is_none()) else { continue };
         let _ = stream.set_nodelay(true);

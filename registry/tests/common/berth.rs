@@ -34,6 +34,27 @@ impl Berth {
         Berth { child, url }
     }
 
+    /// berth with `yaml` as its config file (written into `data`, its data directory).
+    pub async fn spawn_with_config(data: &Path, addr: &str, yaml: &str) -> Berth {
+        let config = data.join("berth.yaml");
+        std::fs::write(&config, yaml).expect("writing the config");
+        Berth::spawn(data, addr, &["--config", config.to_str().expect("a UTF-8 path")]).await
+    }
+
+    /// Waits (bounded) for the process to end; whether it ended with success.
+    pub async fn exits_cleanly(&mut self) -> bool {
+        let child = &mut self.child;
+        let mut status = None;
+        for _ in 0..200 {
+            status = child.try_wait().ok().flatten();
+            if status.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        status.is_some_and(|s| s.success())
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
         assert!(ok.success());

@@ -10,7 +10,7 @@
 //! ```
 
 use berth_core::config::{
-    Config, LogConfig, LogFormat, MetadataConfig, MetricsConfig, StorageConfig, TlsConfig,
+    Config, LimitsConfig, LogConfig, LogFormat, MetadataConfig, MetricsConfig, StorageConfig, TlsConfig,
 };
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -84,6 +84,13 @@ pub fn config_secret_name(reg: &Registry) -> String {
     format!("{}-config", reg.name_any())
 }
 
+/// After SIGTERM a replica stays reachable, not ready, this long, so endpoints drop it before its
+/// listener closes; then requests in flight get [`SHUTDOWN_GRACE`]. Both fit in
+/// [`TERMINATION_GRACE_SECONDS`].
+const SHUTDOWN_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+const TERMINATION_GRACE_SECONDS: u64 = 45;
+
 /// berth's config for this Registry, from the very types `berth` parses.
 pub fn render_config(reg: &Registry, eff: &Effective, proxies: &[ProxySource]) -> Result<Config, BuildError> {
     let spec = &reg.spec;
@@ -114,6 +121,11 @@ pub fn render_config(reg: &Registry, eff: &Effective, proxies: &[ProxySource]) -
         metrics: MetricsConfig { listen: Some(format!("0.0.0.0:{METRICS_PORT}")) },
         proxy: proxies::upstreams(proxies)?,
         auth: spec.auth.as_ref().map(|a| auth::render(a, spec.pull_secrets.is_some())).transpose()?,
+        limits: LimitsConfig {
+            shutdown_delay: SHUTDOWN_DELAY,
+            shutdown_grace: SHUTDOWN_GRACE,
+            ..LimitsConfig::default()
+        },
         ..Config::default()
     })
 }
@@ -277,7 +289,7 @@ fn statefulset(
         "spec": {
             "securityContext": {"runAsNonRoot": true, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
                 "seccompProfile": {"type": "RuntimeDefault"}},
-            "terminationGracePeriodSeconds": 45,
+            "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
             "containers": [{
                 "name": "berth",
                 "image": eff.image,

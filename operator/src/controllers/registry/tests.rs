@@ -85,6 +85,14 @@ fn what_the_operator_renders_berth_parses() {
     assert_eq!(config.listen, "0.0.0.0:5000");
     assert_eq!(config.log.level, "debug");
     assert!(config.tls.is_none());
+    // On SIGTERM a replica stays reachable (not ready) while endpoints drop it, then drains; both
+    // within the pod's termination grace period.
+    assert_eq!(config.limits.shutdown_delay, std::time::Duration::from_secs(5));
+    let c = children(&r, &inputs());
+    let Child::StatefulSet(set) = find(&c, "StatefulSet", "hub") else { unreachable!() };
+    let grace = set.spec.as_ref().unwrap().template.spec.as_ref().unwrap().termination_grace_period_seconds;
+    let needed = (config.limits.shutdown_delay + config.limits.shutdown_grace).as_secs() as i64;
+    assert!(grace.unwrap() > needed, "{grace:?} > {needed}");
     let r = registry(serde_json::json!({"tls": {"mode": "SelfSigned"}}));
     let tls = Inputs { tls_secret: Some("hub-tls".into()), ..inputs() };
     let config = config_of(&children(&r, &tls));
