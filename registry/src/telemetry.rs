@@ -449,8 +449,8 @@ impl Storage for Instrumented {
         r
     }
 
-    fn assembly_part_size(&self) -> Option<u64> {
-        self.inner.assembly_part_size()
+    fn assembly_part_size(&self, index: usize) -> Option<u64> {
+        self.inner.assembly_part_size(index)
     }
 
     async fn start_assembly(&self, key: &Key) -> Result<String, StorageError> {

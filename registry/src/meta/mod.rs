@@ -5,9 +5,11 @@
 //! checks and records its references in one transaction, so a manifest is never visible with a
 //! dangling reference. [`sqlite`] is the embedded default; `postgres` serves several replicas
 //! over shared storage, and the same conformance suite runs on both. The pull-through
-//! cache's own bookkeeping (tag checks, pull times) is the separate [`cache::CacheIndex`].
+//! cache's own bookkeeping (tag checks, pull times) is the separate [`cache::CacheIndex`], and the
+//! multipart uploads requests write straight into object storage are [`multiparts::MultipartLog`].
 
 pub mod cache;
+pub mod multiparts;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod sqlite;

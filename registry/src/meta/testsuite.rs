@@ -1,11 +1,12 @@
 //! The metadata conformance suite: every `MetaStore` (with its `CacheIndex`) runs all of it.
 
 use super::cache::{CacheIndex, CachedItem, CachedPull, ContentKind, FetchClaim};
+use super::multiparts::MultipartLog;
 use super::{Appended, MetaError, MetaStore, NewManifest, Page, UploadPart};
 use crate::UploadId;
 use berth_core::oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
-pub(crate) async fn run<M: MetaStore + CacheIndex>(m: &M) {
+pub(crate) async fn run<M: MetaStore + CacheIndex + MultipartLog>(m: &M) {
     blobs_are_per_repository(m).await;
     manifests_check_references(m).await;
     tags_and_pagination(m).await;
@@ -14,6 +15,26 @@ pub(crate) async fn run<M: MetaStore + CacheIndex>(m: &M) {
     upload_sessions(m).await;
     cache_bookkeeping(m).await;
     fetch_claims(m).await;
+    multipart_leases(m).await;
+}
+
+async fn multipart_leases<M: MultipartLog>(m: &M) {
+    let lease = |k: &str, id: &str| (k.to_owned(), id.to_owned());
+    m.record_multipart("blobs/sha256/aa/one", "id-1", 1_000).await.unwrap();
+    m.record_multipart("blobs/sha256/aa/one", "id-2", 3_000).await.unwrap();
+    m.record_multipart("tmp/two", "id-3", 2_000).await.unwrap();
+    assert_eq!(m.lapsed_multiparts(1_000, 10).await.unwrap(), vec![], "a lease runs to its end");
+    let lapsed = m.lapsed_multiparts(2_500, 10).await.unwrap();
+    assert_eq!(lapsed, [lease("blobs/sha256/aa/one", "id-1"), lease("tmp/two", "id-3")], "oldest first");
+    assert_eq!(m.lapsed_multiparts(2_500, 1).await.unwrap().len(), 1, "limited");
+    // Renewed: no longer lapsed.
+    m.record_multipart("blobs/sha256/aa/one", "id-1", 5_000).await.unwrap();
+    assert_eq!(m.lapsed_multiparts(2_500, 10).await.unwrap(), [lease("tmp/two", "id-3")]);
+    for (k, id) in [("blobs/sha256/aa/one", "id-1"), ("blobs/sha256/aa/one", "id-2"), ("tmp/two", "id-3")] {
+        m.forget_multipart(k, id).await.unwrap();
+    }
+    m.forget_multipart("tmp/two", "id-3").await.unwrap();
+    assert_eq!(m.lapsed_multiparts(i64::MAX, 10).await.unwrap(), vec![], "forgotten");
 }
 
 fn repo(s: &str) -> RepoName {

@@ -20,11 +20,14 @@ use tracing::{info, warn};
 use crate::api::{self, AppState};
 use crate::auth::Authenticator;
 use crate::meta::cache::CacheIndex;
+use crate::meta::multiparts::MultipartLog;
 #[cfg(feature = "postgres")]
 use crate::meta::postgres::PostgresMeta;
 use crate::meta::sqlite::SqliteMeta;
 use crate::meta::{MetaError, MetaStore};
 use crate::proxy::Proxy;
+#[cfg(feature = "s3")]
+use crate::service::multiparts::Journal;
 use crate::service::{Limits, Registry};
 use crate::storage::fs::FsStorage;
 use crate::storage::memory::MemoryStorage;
@@ -54,15 +57,16 @@ pub enum ServeError {
 }
 
 #[cfg(not(feature = "s3"))]
-fn s3_storage(_: &S3Config) -> Result<MemoryStorage, ServeError> {
+fn s3_storage(_: &S3Config, _: Arc<dyn MultipartLog>) -> Result<MemoryStorage, ServeError> {
     Err(ServeError::Config("storage: this berth was built without S3 support (feature s3)".into()))
 }
 
 /// The bucket as configured, with its credentials from `credentials_dir` (the files a mounted
 /// Secret's `accessKeyId` and `secretAccessKey` keys become, re-read when they change) or the
 /// usual AWS variables.
+/// Its writers record their multipart uploads in `log`.
 #[cfg(feature = "s3")]
-fn s3_storage(c: &S3Config) -> Result<S3Storage, ServeError> {
+fn s3_storage(c: &S3Config, log: Arc<dyn MultipartLog>) -> Result<S3Storage, ServeError> {
     let fail = |m: String| ServeError::Config(format!("storage: {m}"));
     let env = |var: &str| match (&c.credentials_dir, std::env::var(var)) {
         (Some(_), _) => Ok(String::new()),
@@ -85,18 +89,35 @@ fn s3_storage(c: &S3Config) -> Result<S3Storage, ServeError> {
         ca_pem,
         redirect: c.redirect,
     })
+    .map(|s| s.with_journal(Arc::new(Journal(log))))
     .map_err(fail)
 }
 
-/// The configured metadata store, as the registry's index and as the proxy's cache bookkeeping.
-async fn open_metadata(config: &Config) -> Result<(Arc<dyn MetaStore>, Arc<dyn CacheIndex>), ServeError> {
+/// One metadata store in its three roles.
+struct Metadata {
+    /// The registry's index.
+    meta: Arc<dyn MetaStore>,
+    /// The proxy's cache bookkeeping.
+    cache: Arc<dyn CacheIndex>,
+    /// The record of multipart uploads written straight into object storage.
+    multiparts: Arc<dyn MultipartLog>,
+}
+
+impl Metadata {
+    fn of<M: MetaStore + CacheIndex + MultipartLog>(m: Arc<M>) -> Metadata {
+        Metadata { meta: m.clone(), cache: m.clone(), multiparts: m }
+    }
+}
+
+/// The configured metadata store.
+async fn open_metadata(config: &Config) -> Result<Metadata, ServeError> {
     match &config.metadata {
         MetadataConfig::Sqlite { .. } => {
             let meta = Arc::new(match config.sqlite_path() {
                 Some(path) => SqliteMeta::open(path)?,
                 None => SqliteMeta::temporary()?,
             });
-            Ok((meta.clone(), meta))
+            Ok(Metadata::of(meta))
         }
         #[cfg(feature = "postgres")]
         MetadataConfig::Postgres { url_file, max_connections, ca_file } => {
@@ -114,7 +135,7 @@ async fn open_metadata(config: &Config) -> Result<(Arc<dyn MetaStore>, Arc<dyn C
                 // A rotated password takes effect without a restart.
                 meta.watch_url_file(f.clone(), crate::meta::postgres::URL_REFRESH);
             }
-            Ok((meta.clone(), meta))
+            Ok(Metadata::of(meta))
         }
         #[cfg(not(feature = "postgres"))]
         MetadataConfig::Postgres { .. } => {
@@ -126,23 +147,31 @@ async fn open_metadata(config: &Config) -> Result<(Arc<dyn MetaStore>, Arc<dyn C
 /// Opens storage and metadata as configured and wires up the application state.
 pub async fn build_state(config: &Config) -> Result<AppState, ServeError> {
     let metrics = Arc::new(Metrics::new());
+    let Metadata { meta, cache, multiparts } = open_metadata(config).await?;
+    let mut journaled = None;
     let storage: Arc<dyn Storage> = match (&config.storage, config.storage_path()) {
         (StorageConfig::Filesystem { .. }, Some(path)) => {
             let fs = FsStorage::open(&path)
                 .map_err(|source| ServeError::Storage { path: path.display().to_string(), source })?;
             Arc::new(fs)
         }
-        (StorageConfig::S3(s3), _) => Arc::new(s3_storage(s3)?),
+        (StorageConfig::S3(s3), _) => {
+            journaled = Some(multiparts.clone());
+            Arc::new(s3_storage(s3, multiparts)?)
+        }
         _ => Arc::new(MemoryStorage::new()),
     };
-    let (meta, cache) = open_metadata(config).await?;
     let limits = Limits {
         max_manifest_bytes: usize::try_from(config.limits.max_manifest_bytes).unwrap_or(usize::MAX),
         upload_ttl: config.limits.upload_ttl,
         max_upload_chunks: config.limits.max_upload_chunks,
         ..Limits::default()
     };
-    let registry = Arc::new(Registry::new(metrics.instrument(storage), meta, limits));
+    let mut registry = Registry::new(metrics.instrument(storage), meta, limits);
+    if let Some(log) = journaled {
+        registry = registry.with_multipart_log(log);
+    }
+    let registry = Arc::new(registry);
     let mut state = AppState::new(registry.clone(), metrics.clone(), config).map_err(ServeError::Config)?;
     if !config.proxy.is_empty() {
         let spool = config.data_dir.join("proxy-spool");
@@ -181,7 +210,10 @@ pub async fn serve(
         }
         None => None,
     };
-    let mut background = vec![tokio::spawn(purge_uploads(state.registry.clone()))];
+    let mut background = vec![
+        tokio::spawn(purge_uploads(state.registry.clone())),
+        tokio::spawn(sweep_multiparts(state.registry.clone())),
+    ];
     background.extend(state.proxy.clone().map(|p| tokio::spawn(p.maintain())));
     background.extend(state.auth.clone().map(|a| tokio::spawn(refresh_credentials(a))));
     background.extend(metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.clone()))));
@@ -315,6 +347,21 @@ async fn purge_uploads(registry: Arc<Registry>) {
             Ok(0) => {}
             Ok(n) => info!(sessions = n, "removed expired upload sessions"),
             Err(e) => warn!(error = %e, "purging expired upload sessions failed"),
+        }
+    }
+}
+
+/// Aborts the multipart uploads that writers on any replica left behind when they crashed.
+async fn sweep_multiparts(registry: Arc<Registry>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(300));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match registry.sweep_multiparts().await {
+            None => return,
+            Some(Ok(0)) => {}
+            Some(Ok(n)) => info!(uploads = n, "aborted multipart uploads left by writers that are gone"),
+            Some(Err(e)) => warn!(error = %e, "sweeping abandoned multipart uploads failed"),
         }
     }
 }

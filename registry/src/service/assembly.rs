@@ -3,10 +3,10 @@
 //! size costs one completion and one server-side copy, and no byte passes through Berth twice.
 //!
 //! ```text
-//! PATCH ─► bytes ─► whole parts (PART bytes) ──► the session's multipart upload
+//! PATCH ─► bytes ─► whole parts (growing) ─────► the session's multipart upload
 //!                         ▲                       (id recorded before its first part)
 //!          earlier chunk objects, when they and the new bytes fill a part
-//!       └► the rest (< PART) ─► a chunk object of its own, until a later request fills a part
+//!       └► the rest (< a part) ─► a chunk object of its own, until a later request fills a part
 //! PUT   ─► digest checked from the stored hash state ─► remaining chunks as the last part
 //!       ─► complete into uploads/<hh>/<id>.assembled ─► copied to blobs/ (server-side)
 //! ```
@@ -35,7 +35,6 @@ pub(super) struct PartSink {
     storage: Arc<dyn Storage>,
     meta: Arc<dyn MetaStore>,
     upload: Upload,
-    part_size: usize,
     /// The session's chunk objects, their total size until they go into a part, and whether
     /// they have.
     chunks: Vec<UploadPart>,
@@ -68,13 +67,11 @@ impl PartSink {
         meta: Arc<dyn MetaStore>,
         upload: &Upload,
         parts: &[UploadPart],
-        part_size: u64,
     ) -> PartSink {
         let chunks: Vec<UploadPart> = parts.iter().filter(|p| p.tag.is_none()).cloned().collect();
         PartSink {
             storage,
             meta,
-            part_size: usize::try_from(part_size).unwrap_or(usize::MAX),
             chunk_bytes: chunks.iter().map(|c| c.size).sum(),
             chunks,
             merged: false,
@@ -87,10 +84,17 @@ impl PartSink {
         }
     }
 
+    /// The size of the next part (parts grow with their number).
+    fn part_size(&self) -> usize {
+        let size = self.storage.assembly_part_size(self.index).unwrap_or(u64::MAX);
+        usize::try_from(size).unwrap_or(usize::MAX)
+    }
+
     /// Sends one part: the earlier chunks (when this is the first part of the request) and then
     /// new bytes, `part_size` in all.
     async fn send_part(&mut self) -> std::result::Result<(), StorageError> {
-        let mut data = BytesMut::with_capacity(self.part_size);
+        let part_size = self.part_size();
+        let mut data = BytesMut::with_capacity(part_size);
         let mut start = self.offset;
         if !self.merged {
             if let Some(first) = self.chunks.first() {
@@ -102,7 +106,7 @@ impl PartSink {
             self.chunk_bytes = 0;
             self.merged = true;
         }
-        let take = self.part_size.saturating_sub(data.len()).min(self.buf.len());
+        let take = part_size.saturating_sub(data.len()).min(self.buf.len());
         data.extend_from_slice(&self.buf.split_to(take));
         self.offset += take as u64;
         let assembly = self.assembly().await?;
@@ -169,7 +173,7 @@ impl ObjectWriter for PartSink {
     async fn write(&mut self, data: Bytes) -> std::result::Result<(), StorageError> {
         self.written += data.len() as u64;
         self.buf.extend_from_slice(&data);
-        while self.chunk_bytes as usize + self.buf.len() >= self.part_size {
+        while self.chunk_bytes as usize + self.buf.len() >= self.part_size() {
             self.send_part().await?;
         }
         Ok(())
@@ -237,6 +241,33 @@ mod tests {
         let a = Registry::new(storage.clone(), meta.clone(), Limits::default());
         let b = Registry::new(storage.clone(), meta, Limits::default());
         (a, b, storage)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs an S3 server: tests/s3.sh runs it"]
+    async fn s3_upload_session_parts_grow_with_their_number() {
+        // Parts grow every part here (every 1,000 in service): 8 MiB, then 16 MiB, then the tail.
+        let storage: Arc<dyn Storage> =
+            Arc::new(from_env(&format!("grow-{}", uuid::Uuid::new_v4().simple())).with_part_step(1));
+        let meta: Arc<dyn MetaStore> = Arc::new(SqliteMeta::temporary().unwrap());
+        let (a, b) = (
+            Registry::new(storage.clone(), meta.clone(), Limits::default()),
+            Registry::new(storage.clone(), meta, Limits::default()),
+        );
+        let repo: RepoName = "s3/grown".parse().unwrap();
+        let data: Vec<u8> = (0..25 * (1 << 20) + 123_457).map(|i| (i * 7 % 251) as u8).collect();
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        let id = a.start_upload(&repo).await.unwrap().id;
+        let mb = 1 << 20;
+        a.upload_chunk(&repo, id, None, None, body(&data[..5 * mb])).await.unwrap();
+        b.upload_chunk(&repo, id, None, None, body(&data[5 * mb..20 * mb])).await.unwrap();
+        a.upload_chunk(&repo, id, None, None, body(&data[20 * mb..25 * mb])).await.unwrap();
+        let parts = a.meta().upload_parts(id).await.unwrap();
+        let sizes: Vec<u64> = parts.iter().filter(|p| p.tag.is_some()).map(|p| p.size).collect();
+        assert_eq!(sizes, [8 * mb as u64, 16 * mb as u64], "{parts:?}");
+        b.finish_upload(&repo, id, &digest, None, None, body(&data[25 * mb..])).await.unwrap();
+        let back = read_all(storage.as_ref(), &layout::blob(&digest)).await.unwrap();
+        assert!(back == data, "the blob reads back whole");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

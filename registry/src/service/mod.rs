@@ -8,6 +8,7 @@ mod blobs;
 mod cache;
 mod error;
 mod manifests;
+pub mod multiparts;
 mod registry;
 mod uploads;
 

@@ -11,6 +11,7 @@ use futures_util::stream::BoxStream;
 
 use super::cache;
 use super::error::{Result, ServiceError};
+use crate::meta::multiparts::MultipartLog;
 use crate::meta::MetaStore;
 use crate::storage::{ObjectWriter, Storage};
 
@@ -64,11 +65,33 @@ pub struct Registry {
     pub(super) meta: Arc<dyn MetaStore>,
     pub(super) limits: Limits,
     pub(super) manifests: cache::ManifestCache,
+    /// Where the store's writers record their multipart uploads (object storage only).
+    multiparts: Option<Arc<dyn MultipartLog>>,
 }
 
 impl Registry {
     pub fn new(storage: Arc<dyn Storage>, meta: Arc<dyn MetaStore>, limits: Limits) -> Registry {
-        Registry { storage, meta, limits, manifests: cache::ManifestCache::new(MANIFEST_CACHE_BYTES) }
+        Registry {
+            storage,
+            meta,
+            limits,
+            manifests: cache::ManifestCache::new(MANIFEST_CACHE_BYTES),
+            multiparts: None,
+        }
+    }
+
+    /// The registry whose storage records its writers' multipart uploads in `log`
+    /// ([`super::multiparts::Journal`]), which [`Registry::sweep_multiparts`] then sweeps.
+    pub fn with_multipart_log(mut self, log: Arc<dyn MultipartLog>) -> Registry {
+        self.multiparts = Some(log);
+        self
+    }
+
+    /// Aborts the recorded multipart uploads whose writers are gone; `None` when this registry's
+    /// storage records none.
+    pub async fn sweep_multiparts(&self) -> Option<std::result::Result<usize, String>> {
+        let log = self.multiparts.as_ref()?;
+        Some(super::multiparts::sweep(self.storage.as_ref(), log.as_ref(), crate::meta::now_millis()).await)
     }
 
     pub fn limits(&self) -> &Limits {

@@ -196,7 +196,7 @@ impl Registry {
         let mut hasher = self.hasher_at(u).await?;
         let mut scratch = Algorithm::Sha256.hasher();
         let h = hasher.as_mut().unwrap_or(&mut scratch);
-        let (added, parts, drop_chunks, written, merged) = match self.storage.assembly_part_size() {
+        let (added, parts, drop_chunks, written, merged) = match self.storage.assembly_part_size(0) {
             None => {
                 let mut writer = self.storage.writer().await?;
                 let size = copy_body(body, expected, writer.as_mut(), h).await?;
@@ -208,9 +208,9 @@ impl Registry {
                 writer.commit_unsynced(&key).await?;
                 (size, vec![part], false, Some(key), vec![])
             }
-            Some(part_size) => {
+            Some(_) => {
                 let parts = self.meta.upload_parts(u.id).await?;
-                let mut sink = PartSink::new(self.storage.clone(), self.meta.clone(), u, &parts, part_size);
+                let mut sink = PartSink::new(self.storage.clone(), self.meta.clone(), u, &parts);
                 let size = copy_body(body, expected, &mut sink, h).await?;
                 if size == 0 {
                     return Ok((u.received, hasher));

@@ -49,6 +49,19 @@ pub fn upload_assembly(id: &UploadId) -> Key {
     Key::new(format!("{}assembled", upload_prefix(id).as_str()))
 }
 
+/// A key read back from where Berth recorded it (the metadata store's record of a multipart
+/// upload): only the shapes built here — relative, `/`-separated, lowercase hex and the names
+/// above — never a path out of the store's root.
+pub fn recorded(s: &str) -> Option<Key> {
+    let fine = |seg: &str| {
+        !seg.is_empty()
+            && seg != "."
+            && seg != ".."
+            && seg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    };
+    s.split('/').all(fine).then(|| Key::new(s.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +80,17 @@ mod tests {
         assert!(part.as_str().starts_with(upload_prefix(&id).as_str()));
         assert_eq!(part.as_str().split('/').nth(1), Some(&id.to_string()[..2]));
         assert!(upload_assembly(&id).as_str().starts_with(upload_prefix(&id).as_str()));
+    }
+
+    #[test]
+    fn recorded_keys_are_only_the_shapes_built_here() {
+        let d: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        let id = UploadId::random();
+        for k in [blob(&d), upload_assembly(&id), upload_part(&id, 3, "0f")] {
+            assert_eq!(recorded(k.as_str()), Some(k));
+        }
+        for bad in ["", "/etc/passwd", "blobs/../x", "blobs//x", "./x", "Blobs/x", "x/", "a b"] {
+            assert_eq!(recorded(bad), None, "{bad:?}");
+        }
     }
 }

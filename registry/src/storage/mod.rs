@@ -113,10 +113,12 @@ pub trait Storage: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// The size of every part but the last of an object assembled from parts uploaded separately,
-    /// when this store builds large objects that way (S3 multipart uploads, whose parts must be at
-    /// least 5 MiB); `None` when it keeps upload chunks as objects of their own.
-    fn assembly_part_size(&self) -> Option<u64> {
+    /// The size of part `index` (from 0; every part but the last has exactly this size) of an
+    /// object assembled from parts uploaded separately, when this store builds large objects that
+    /// way (S3 multipart uploads, whose parts must be at least 5 MiB and number at most 10,000, so
+    /// they grow); `None` when it keeps upload chunks as objects of their own.
+    fn assembly_part_size(&self, index: usize) -> Option<u64> {
+        let _ = index;
         None
     }
 
@@ -174,6 +176,22 @@ fn unsupported(what: &str) -> StorageError {
         format!("this storage does not support {what}"),
     ))
 }
+
+/// Where a store whose writers run multipart uploads records each one: started before its first
+/// part, renewed while it runs, ended once completed or aborted — so that one a crash leaves
+/// behind is aborted by its id ([`crate::service`] keeps the record in the metadata store).
+#[async_trait::async_trait]
+pub trait MultipartJournal: Send + Sync {
+    /// The upload `id` at `key` has started; an error keeps its first part from being sent.
+    async fn started(&self, key: &Key, id: &str) -> Result<(), StorageError>;
+    /// It still runs (called at most every [`MULTIPART_RENEW`]).
+    async fn renewed(&self, key: &Key, id: &str);
+    /// It was completed or aborted.
+    async fn ended(&self, key: &Key, id: &str);
+}
+
+/// How often a running multipart upload renews its record; the record's lease is much longer.
+pub const MULTIPART_RENEW: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[async_trait::async_trait]
 pub trait ObjectWriter: Send {

@@ -29,6 +29,10 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/postgres/0003_upload_assembly.sql"),
         compatible_from: 1,
     },
+    Migration {
+        sql: include_str!("../../../migrations/postgres/0004_multipart_uploads.sql"),
+        compatible_from: 1,
+    },
 ];
 
 /// The advisory lock's key, shared by every replica (an arbitrary constant: "berthmig").

@@ -15,6 +15,7 @@
 mod cache;
 mod errors;
 mod migrate;
+mod multiparts;
 mod pool;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod testing;

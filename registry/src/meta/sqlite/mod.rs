@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension};
 
 mod cache;
+mod multiparts;
 mod writer;
 
 use writer::{Durability, Writer};
@@ -28,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0003_upload_parts.sql"),
     include_str!("../../../migrations/sqlite/0004_proxy_fetches.sql"),
     include_str!("../../../migrations/sqlite/0005_upload_assembly.sql"),
+    include_str!("../../../migrations/sqlite/0006_multipart_uploads.sql"),
 ];
 const MAX_IDLE_READERS: usize = 8;
 

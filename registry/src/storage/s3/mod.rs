@@ -6,7 +6,9 @@
 //! full is one PUT straight to its key (written once); a larger one becomes a multipart upload,
 //! which S3 names when it starts: at the key itself when the caller knows it (`writer_at`: a blob
 //! whose digest came first), so it is written once; otherwise at a staging name, copied to its
-//! key at commit. A writer dropped without committing aborts its multipart upload. Upload
+//! key at commit. A writer dropped without committing aborts its multipart upload, and each
+//! multipart upload is recorded in a [`MultipartJournal`] while it runs, so one a crash leaves
+//! behind is aborted by its id. Parts grow with their number (see [`part_size`]). Upload
 //! sessions assemble their parts through the `*_assembly` methods (see `service::assembly`).
 
 use std::io;
@@ -24,7 +26,7 @@ use object_store::{
     ClientOptions, GetOptions, GetRange, MultipartId, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
 };
 
-use super::{ByteStream, Key, ObjectWriter, Storage, StorageError};
+use super::{ByteStream, Key, MultipartJournal, ObjectWriter, Storage, StorageError, MULTIPART_RENEW};
 
 pub mod credentials;
 
@@ -32,6 +34,19 @@ use credentials::FileCredentials;
 
 /// Every part but the last must be at least 5 MiB on S3; larger parts mean fewer requests.
 pub const PART_SIZE: usize = 8 << 20;
+
+/// Parts grow by [`PART_SIZE`] every this many parts: an upload has at most 10,000 parts on S3,
+/// which at a fixed 8 MiB would cap objects at 80 GiB; growing, they reach 430 GiB while the
+/// first 8 GiB of any object still go in 8 MiB parts (and the largest part is 80 MiB).
+pub const PARTS_PER_STEP: usize = 1000;
+
+/// S3's largest part number.
+pub const MAX_PARTS: usize = 10_000;
+
+/// The size of part `index` (from 0) of a multipart upload when parts grow every `every` parts.
+pub fn part_size(every: usize, index: usize) -> usize {
+    PART_SIZE * (1 + index / every.max(1))
+}
 
 /// Where the bucket is and how to reach it.
 #[derive(Clone, Default)]
@@ -75,6 +90,10 @@ pub struct S3Storage {
     redirect: bool,
     /// The largest object one server-side copy moves ([`COPY_LIMIT`]; smaller in tests).
     copy_limit: u64,
+    /// Parts grow every this many parts ([`PARTS_PER_STEP`]; fewer in tests).
+    part_step: usize,
+    /// Where writers record their multipart uploads (none: a crash may leave one behind).
+    journal: Option<Arc<dyn MultipartJournal>>,
 }
 
 /// S3's CopyObject moves at most 5 GiB; a larger object is copied as a stream of parts.
@@ -122,12 +141,26 @@ impl S3Storage {
             prefix: o.prefix.trim_matches('/').to_owned(),
             redirect: o.redirect,
             copy_limit: COPY_LIMIT,
+            part_step: PARTS_PER_STEP,
+            journal: None,
         })
+    }
+
+    /// Writers record their multipart uploads in `journal`.
+    pub fn with_journal(mut self, journal: Arc<dyn MultipartJournal>) -> S3Storage {
+        self.journal = Some(journal);
+        self
     }
 
     #[cfg(test)]
     fn with_copy_limit(mut self, limit: u64) -> S3Storage {
         self.copy_limit = limit;
+        self
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_part_step(mut self, every: usize) -> S3Storage {
+        self.part_step = every;
         self
     }
 
@@ -150,6 +183,15 @@ fn object_path(prefix: &str, key: &Key) -> ObjectPath {
     } else {
         ObjectPath::from(format!("{prefix}/{key}"))
     }
+}
+
+/// Refuses a part past S3's last part number, in words a client can act on.
+fn too_many_parts(index: usize) -> Result<(), StorageError> {
+    if index < MAX_PARTS {
+        return Ok(());
+    }
+    let why = format!("object too large: more than {MAX_PARTS} parts of a multipart upload");
+    Err(StorageError::Io(io::Error::other(why)))
 }
 
 fn storage_error(e: object_store::Error) -> StorageError {
@@ -186,6 +228,9 @@ impl Storage for S3Storage {
             store: self.store.clone(),
             prefix: self.prefix.clone(),
             staging: self.path(key),
+            staging_key: key.clone(),
+            journal: self.journal.clone(),
+            part_step: self.part_step,
             buffer: BytesMut::new(),
             multipart: None,
             written: 0,
@@ -234,8 +279,8 @@ impl Storage for S3Storage {
         Ok(Some(url.to_string()))
     }
 
-    fn assembly_part_size(&self) -> Option<u64> {
-        Some(PART_SIZE as u64)
+    fn assembly_part_size(&self, index: usize) -> Option<u64> {
+        Some(part_size(self.part_step, index) as u64)
     }
 
     async fn start_assembly(&self, key: &Key) -> Result<String, StorageError> {
@@ -249,6 +294,7 @@ impl Storage for S3Storage {
         index: usize,
         data: Bytes,
     ) -> Result<String, StorageError> {
+        too_many_parts(index)?;
         let id: MultipartId = id.to_owned();
         let part = self
             .store
@@ -290,25 +336,57 @@ impl Storage for S3Storage {
 struct Multipart {
     id: MultipartId,
     parts: Vec<PartId>,
+    /// When the journal last heard of it.
+    renewed: std::time::Instant,
 }
 
 struct S3Writer {
     store: Arc<AmazonS3>,
     prefix: String,
     staging: ObjectPath,
+    staging_key: Key,
+    journal: Option<Arc<dyn MultipartJournal>>,
+    part_step: usize,
     buffer: BytesMut,
     multipart: Option<Multipart>,
     written: u64,
 }
 
 impl S3Writer {
-    /// Sends the first `PART_SIZE` buffered bytes as the next part, starting the upload if needed.
+    /// Tells the journal the upload still runs, at most every [`MULTIPART_RENEW`] (however slowly
+    /// its bytes arrive).
+    async fn renew(&mut self) {
+        let Some(m) = self.multipart.as_mut() else { return };
+        if m.renewed.elapsed() < MULTIPART_RENEW {
+            return;
+        }
+        if let Some(j) = &self.journal {
+            j.renewed(&self.staging_key, &m.id).await;
+        }
+        m.renewed = std::time::Instant::now();
+    }
+
+    /// The size of the next part.
+    fn next_part(&self) -> usize {
+        part_size(self.part_step, self.multipart.as_ref().map_or(0, |m| m.parts.len()))
+    }
+
+    /// Sends the first `len` buffered bytes as the next part, starting the upload if needed.
     async fn send_part(&mut self, len: usize) -> Result<(), StorageError> {
+        too_many_parts(self.multipart.as_ref().map_or(0, |m| m.parts.len()))?;
         let data = self.buffer.split_to(len).freeze();
         if self.multipart.is_none() {
             let id = self.store.create_multipart(&self.staging).await.map_err(storage_error)?;
-            self.multipart = Some(Multipart { id, parts: Vec::new() });
+            if let Some(j) = &self.journal {
+                // Recorded before any part is sent, or given back at once.
+                if let Err(e) = j.started(&self.staging_key, &id).await {
+                    let _ = self.store.abort_multipart(&self.staging, &id).await;
+                    return Err(e);
+                }
+            }
+            self.multipart = Some(Multipart { id, parts: Vec::new(), renewed: std::time::Instant::now() });
         }
+        self.renew().await;
         let Some(m) = self.multipart.as_mut() else { return Ok(()) };
         let part = self
             .store
@@ -325,8 +403,9 @@ impl ObjectWriter for S3Writer {
     async fn write(&mut self, data: Bytes) -> Result<(), StorageError> {
         self.written += data.len() as u64;
         self.buffer.extend_from_slice(&data);
-        while self.buffer.len() >= PART_SIZE {
-            self.send_part(PART_SIZE).await?;
+        self.renew().await;
+        while self.buffer.len() >= self.next_part() {
+            self.send_part(self.next_part()).await?;
         }
         Ok(())
     }
@@ -348,10 +427,13 @@ impl ObjectWriter for S3Writer {
         }
         let Some(m) = self.multipart.take() else { return Ok(()) };
         let staging = self.staging.clone();
-        if let Err(e) = self.store.complete_multipart(&staging, &m.id, m.parts).await {
-            let _ = self.store.abort_multipart(&staging, &m.id).await;
-            return Err(storage_error(e));
+        let completed = self.store.complete_multipart(&staging, &m.id, m.parts).await;
+        // Ended once completed or given back; if neither, the record stays for the sweep.
+        let ended = completed.is_ok() || self.store.abort_multipart(&staging, &m.id).await.is_ok();
+        if let (true, Some(j)) = (ended, &self.journal) {
+            j.ended(&self.staging_key, &m.id).await;
         }
+        completed.map_err(storage_error)?;
         if staging == to {
             return Ok(());
         }
@@ -366,10 +448,17 @@ impl Drop for S3Writer {
         // Not committed: give the parts back rather than leave them billed in the bucket.
         let Some(m) = self.multipart.take() else { return };
         let (store, path) = (self.store.clone(), self.staging.clone());
+        let (journal, key) = (self.journal.clone(), self.staging_key.clone());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = store.abort_multipart(&path, &m.id).await {
-                    tracing::warn!(error = %e, "aborting an abandoned multipart upload failed");
+                match store.abort_multipart(&path, &m.id).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                        if let Some(j) = journal {
+                            j.ended(&key, &m.id).await;
+                        }
+                    }
+                    // Still recorded: the sweep tries again once its lease runs out.
+                    Err(e) => tracing::warn!(error = %e, "aborting an abandoned multipart upload failed"),
                 }
             });
         }
@@ -460,6 +549,35 @@ mod tests {
         drop(w);
         assert_eq!(a.stat(&dropped).await.unwrap(), None);
         a.delete(&key).await.unwrap();
+    }
+
+    #[test]
+    fn parts_grow_so_ten_thousand_hold_hundreds_of_gibibytes() {
+        let sizes: Vec<u64> = (0..MAX_PARTS).map(|i| part_size(PARTS_PER_STEP, i) as u64).collect();
+        assert!(sizes[..PARTS_PER_STEP].iter().all(|&s| s == PART_SIZE as u64), "the first 8 GiB as before");
+        assert!(sizes.iter().sum::<u64>() >= 400 << 30, "10,000 parts hold at least 400 GiB");
+        assert!(sizes.iter().all(|&s| (5 << 20..=5 << 30).contains(&s)), "each part within S3's bounds");
+        assert!(too_many_parts(MAX_PARTS - 1).is_ok());
+        assert!(too_many_parts(MAX_PARTS).unwrap_err().to_string().contains("object too large"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs an S3 server: tests/s3.sh runs it"]
+    async fn growing_parts_make_whole_objects() {
+        // Parts grow every part here: 8, 16, then the 1 MiB tail — three parts, not four.
+        let s = from_env(&format!("grow-{}", uuid::Uuid::new_v4().simple())).with_part_step(1);
+        let data: Vec<u8> = (0..3 * PART_SIZE + (1 << 20)).map(|i| (i % 241) as u8).collect();
+        let key = Key::new("blobs/sha256/ab/grown".into());
+        let mut w = s.writer_at(&key).await.unwrap();
+        for chunk in data.chunks(3_000_017) {
+            w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        w.commit(&key).await.unwrap();
+        assert!(super::super::read_all(&s, &key).await.unwrap() == data, "the object reads back whole");
+        let head = s.store.head(&s.path(&key)).await.unwrap();
+        let etag = head.e_tag.unwrap_or_default();
+        assert!(etag.trim_matches('"').ends_with("-3"), "three parts: {etag}");
+        s.delete(&key).await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
