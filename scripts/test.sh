@@ -70,7 +70,7 @@ stage "cargo fmt --check" cargo fmt --all -- --check
 stage "no import circles" python3 scripts/module-cycles.py
 stage "clippy and build" "${LINTED[@]}" cargo build --workspace --all-targets
 stage "CRDs match the Rust types" target/debug/crdgen check crds charts/berth-operator/files/crds
-stage "cargo test" "${LINTED[@]}" cargo test --workspace
+stage "cargo test" "${LINTED[@]}" cargo test --workspace --no-fail-fast
 stage "OCI conformance suite" bash tests/conformance.sh
 stage "real clients" bash tests/clients.sh
 stage "pull-through cache clients" bash tests/proxy-clients.sh
