@@ -5,10 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
-ensure_debs wrk iperf3
+ensure_debs wrk iperf3 postgresql curl
 ensure_tool registry
+ensure_tool minio
 cargo build --release -p berth-registry -p berth-bench
-args=(--berth target/release/berth --distribution "$(tool_path registry)")
+args=(--berth target/release/berth --distribution "$(tool_path registry)" --minio "$(tool_path minio)")
 if ensure_tool zot 2>/dev/null; then
   args+=(--zot "$(tool_path zot)")
 else

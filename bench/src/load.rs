@@ -61,7 +61,8 @@ impl Plan {
     pub fn describe(&self) -> String {
         format!(
             "{} × 1 MiB and {} × 256 MiB pushes per stream, {} × 4 KiB pushes at concurrency 16, \
-             {} manifest PUTs at concurrency 16, manifest GETs by tag for {} s at 64 connections (wrk)",
+             {} manifest PUTs at concurrency 16, manifest GETs by tag (one hot tag, and a random one of \
+             1,000 in 100 repositories) and GET /v2/ for {} s each at 64 connections (wrk)",
             self.one_mib_pushes, self.big_pushes, self.small_blobs, self.manifest_puts, self.get_seconds
         )
     }
@@ -294,7 +295,7 @@ async fn scenarios(plan: &Plan, base: &str, c: &reqwest::Client) -> anyhow::Resu
     const SMALL: &str = "push 4 KiB blobs, concurrency 16";
     const MANIFEST_PUT: &str = "manifest PUT, concurrency 16";
     const MANIFEST_GET: &str = "manifest GET by tag, 64 connections";
-    if ![SMALL, MANIFEST_PUT, MANIFEST_GET].iter().any(|l| plan.wants(l)) {
+    if ![SMALL, MANIFEST_PUT, MANIFEST_GET, MANIFEST_GET_SPREAD, CEILING].iter().any(|l| plan.wants(l)) {
         return Ok(out);
     }
     let small_base = random_bytes(4096, 4096);
@@ -307,7 +308,7 @@ async fn scenarios(plan: &Plan, base: &str, c: &reqwest::Client) -> anyhow::Resu
     })
     .await?;
     out.push(rate(SMALL, "blobs/s", plan.small_blobs as f64, took));
-    if !plan.wants(MANIFEST_PUT) && !plan.wants(MANIFEST_GET) {
+    if ![MANIFEST_PUT, MANIFEST_GET, MANIFEST_GET_SPREAD, CEILING].iter().any(|l| plan.wants(l)) {
         return Ok(out);
     }
 
@@ -333,10 +334,69 @@ async fn scenarios(plan: &Plan, base: &str, c: &reqwest::Client) -> anyhow::Resu
     out.push(Metric {
         name: MANIFEST_GET,
         unit: "requests/s",
-        value: wrk(&format!("{base}/v2/{REPO}/manifests/t0"), plan.get_seconds)?,
+        value: wrk(base, &[format!("/v2/{REPO}/manifests/t0")], plan.get_seconds)?,
         higher_is_better: true,
     });
+    if plan.wants(MANIFEST_GET_SPREAD) {
+        let paths = spread(c, base, &small, &manifests).await?;
+        out.push(Metric {
+            name: MANIFEST_GET_SPREAD,
+            unit: "requests/s",
+            value: wrk(base, &paths, plan.get_seconds)?,
+            higher_is_better: true,
+        });
+    }
+    if plan.wants(CEILING) {
+        // The same server stack on a route that reads no database and no storage: what the
+        // manifest rows are measured against.
+        out.push(Metric {
+            name: CEILING,
+            unit: "requests/s",
+            value: wrk(base, &["/v2/".to_owned()], plan.get_seconds)?,
+            higher_is_better: true,
+        });
+    }
     Ok(out)
+}
+
+const MANIFEST_GET_SPREAD: &str = "manifest GET, random of 1000 tags in 100 repositories";
+const CEILING: &str = "GET /v2/ (no database, no storage), 64 connections";
+const SPREAD_REPOS: usize = 100;
+const TAGS_PER_REPO: usize = 10;
+
+/// Puts manifests under 10 tags in each of 100 repositories (their blobs mounted from the load
+/// repository); returns the 1,000 tag paths.
+async fn spread(
+    c: &reqwest::Client,
+    base: &str,
+    blobs: &[Blob],
+    manifests: &[Bytes],
+) -> anyhow::Result<Vec<String>> {
+    let mut paths = Vec::new();
+    for r in 0..SPREAD_REPOS {
+        let repo = format!("bench/spread-{r:03}");
+        for t in 0..TAGS_PER_REPO {
+            let i = r * TAGS_PER_REPO + t;
+            for blob in [&blobs[i % blobs.len()], &blobs[(i + 1) % blobs.len()]] {
+                let url = format!("{base}/v2/{repo}/blobs/uploads/?mount={}&from={REPO}", blob.digest);
+                let m = c.post(url).send().await?;
+                if m.status().as_u16() != 201 {
+                    bail!("mount into {repo}: {}", m.status());
+                }
+            }
+            let r = c
+                .put(format!("{base}/v2/{repo}/manifests/t{t}"))
+                .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+                .body(manifests[i % manifests.len()].clone())
+                .send()
+                .await?;
+            if r.status().as_u16() != 201 {
+                bail!("PUT manifest into {repo}: {}", r.status());
+            }
+            paths.push(format!("/v2/{repo}/manifests/t{t}"));
+        }
+    }
+    Ok(paths)
 }
 
 fn manifests(blobs: &[Blob], n: usize) -> Vec<Bytes> {
@@ -356,17 +416,23 @@ fn manifests(blobs: &[Blob], n: usize) -> Vec<Bytes> {
         .collect()
 }
 
-/// Requests per second wrk measures at 64 connections over two threads.
-fn wrk(url: &str, seconds: u32) -> anyhow::Result<f64> {
+/// Requests per second wrk measures at 64 connections over two threads, each request for one of
+/// `paths` at random (a Lua script picks it).
+fn wrk(base: &str, paths: &[String], seconds: u32) -> anyhow::Result<f64> {
+    let script = tempfile::NamedTempFile::new()?;
+    let list: Vec<String> = paths.iter().map(|p| format!("{p:?}")).collect();
+    std::fs::write(
+        script.path(),
+        format!(
+            "local paths = {{{}}}\nrequest = function()\n  return wrk.format(nil, paths[math.random(#paths)])\nend\n",
+            list.join(",")
+        ),
+    )?;
     let out = Command::new("wrk")
-        .args([
-            "-t2",
-            "-c64",
-            &format!("-d{seconds}s"),
-            "-H",
-            "Accept: application/vnd.oci.image.manifest.v1+json",
-            url,
-        ])
+        .args(["-t2", "-c64", &format!("-d{seconds}s")])
+        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json", "-s"])
+        .arg(script.path())
+        .arg(format!("{base}{}", paths.first().map_or("/v2/", String::as_str)))
         .output()
         .context("running wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout);

@@ -7,13 +7,17 @@
 //! ```
 //! With both berth and Distribution given, the pull-through cache comparison (`proxy`) follows;
 //! `--proxy-only` runs just that; `--only TEXT` reports only the scenarios whose name contains
-//! TEXT (running what they need first), for looking into one of them.
+//! TEXT (running what they need first), for looking into one of them. `--minio BIN` runs the
+//! loads and the pull-through comparison again with content in S3 (`objstore`): MinIO on
+//! loopback, berth's metadata in a throwaway PostgreSQL.
 //! Every server gets a fresh data directory on the same disk, is started, loaded, measured and
 //! stopped before the next; loads are bounded in count, so a run always ends.
 
 mod load;
 mod machine;
 mod metric;
+mod net;
+mod objstore;
 mod proxy;
 mod servers;
 
@@ -34,6 +38,8 @@ struct Args {
     only: Option<String>,
     /// Only the pull-through cache comparison.
     proxy_only: bool,
+    /// MinIO, for the same loads on S3 (and PostgreSQL for berth's metadata).
+    minio: Option<PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -42,6 +48,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut quick = false;
     let mut proxy_only = false;
     let mut only = None;
+    let mut minio = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut path = || it.next().map(PathBuf::from).with_context(|| format!("{a} needs a path"));
@@ -50,6 +57,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--distribution" => servers.push(ServerSpec { kind: Kind::Distribution, bin: path()? }),
             "--zot" => servers.push(ServerSpec { kind: Kind::Zot, bin: path()? }),
             "--out" => out = Some(path()?),
+            "--minio" => minio = Some(path()?),
             "--quick" => quick = true,
             "--proxy-only" => proxy_only = true,
             "--only" => only = Some(it.next().context("--only needs part of a scenario name")?),
@@ -57,9 +65,9 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     if servers.is_empty() {
-        bail!("usage: berth-bench --berth BIN [--distribution BIN] [--zot BIN] [--out FILE] [--quick] [--only SCENARIO] [--proxy-only]");
+        bail!("usage: berth-bench --berth BIN [--distribution BIN] [--zot BIN] [--out FILE] [--quick] [--only SCENARIO] [--proxy-only] [--minio BIN]");
     }
-    Ok(Args { servers, out, quick, only, proxy_only })
+    Ok(Args { servers, out, quick, only, proxy_only, minio })
 }
 
 #[tokio::main]
@@ -72,14 +80,25 @@ async fn main() -> anyhow::Result<()> {
     let mut results: Vec<(String, Vec<Metric>)> = Vec::new();
     for spec in args.servers.iter().filter(|_| !args.proxy_only) {
         eprintln!("measuring {}...", spec.kind.name());
-        let metrics = servers::measure(spec, &plan, scratch.path()).await?;
+        let metrics = servers::measure(spec, &plan, scratch.path(), None).await?;
         results.push((spec.kind.name().to_owned(), metrics));
     }
     let mut report = render(&limits, &results, &plan);
+    let store = match &args.minio {
+        Some(bin) => Some(objstore::Minio::start(bin, &scratch.path().join("minio")).await?),
+        None => None,
+    };
+    if let Some(store) = store.as_ref().filter(|_| !args.proxy_only) {
+        report.push_str(&on_s3(&args, store, &plan, scratch.path()).await?);
+    }
     let find = |k: Kind| args.servers.iter().find(|s| s.kind == k).map(|s| s.bin.clone());
     if let (Some(berth), Some(distribution)) = (find(Kind::Berth), find(Kind::Distribution)) {
         let plan = proxy::ProxyPlan::new(args.quick);
-        report.push_str(&proxy::run(&berth, &distribution, &plan, scratch.path()).await?);
+        report.push_str(&proxy::run(&berth, &distribution, &plan, scratch.path(), None).await?);
+        if let Some(store) = &store {
+            eprintln!("the pull-through cache again, mirrors on S3...");
+            report.push_str(&proxy::run(&berth, &distribution, &plan, scratch.path(), Some(store)).await?);
+        }
     }
     println!("{report}");
     if let Some(out) = args.out {
@@ -90,13 +109,37 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The same loads on S3: each server with a bucket of its own on one MinIO, berth with a database
+/// of its own.
+async fn on_s3(
+    args: &Args,
+    store: &objstore::Minio,
+    plan: &load::Plan,
+    scratch: &std::path::Path,
+) -> anyhow::Result<String> {
+    let mut results: Vec<(String, Vec<Metric>)> = Vec::new();
+    for spec in args.servers.iter().filter(|s| s.kind != Kind::Zot) {
+        let target = store.target(spec.kind == Kind::Berth).await?;
+        eprintln!("measuring {} on S3...", spec.kind.name());
+        let metrics = servers::measure(spec, plan, scratch, Some(&target)).await?;
+        results.push((format!("{} (S3)", spec.kind.name()), metrics));
+    }
+    let mut s = String::from(
+        "\n### On S3 (MinIO on loopback); berth's metadata in PostgreSQL\n\nBoth serve every byte themselves (berth `redirect: false`, Distribution `redirect.disable: true`); Distribution keeps its recommended in-memory blob descriptor cache.\n\n",
+    );
+    s.push_str(&render(&[], &results, plan));
+    Ok(s)
+}
+
 fn render(limits: &[Metric], results: &[(String, Vec<Metric>)], plan: &load::Plan) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "| machine limit | value |\n|---|---|");
-    for m in limits {
-        let _ = writeln!(s, "| {} | {:.0} {} |", m.name, m.value, m.unit);
+    if !limits.is_empty() {
+        let _ = writeln!(s, "| machine limit | value |\n|---|---|");
+        for m in limits {
+            let _ = writeln!(s, "| {} | {:.0} {} |", m.name, m.value, m.unit);
+        }
+        let _ = writeln!(s);
     }
-    let _ = writeln!(s);
     if results.is_empty() {
         return s;
     }

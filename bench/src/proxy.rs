@@ -20,6 +20,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::Digest as _;
 
+use crate::objstore::{Minio, S3Target};
+
 const MIB: usize = 1 << 20;
 const REPO: &str = "library/big";
 const TAG: &str = "v1";
@@ -69,22 +71,29 @@ async fn wait_ready(url: &str, client: &reqwest::Client) -> anyhow::Result<()> {
     bail!("{url} did not answer within 30 s")
 }
 
-/// Distribution, optionally as a proxy of `remote`.
+/// Distribution, optionally as a proxy of `remote`, its content on the local disk or in `s3`.
 async fn distribution(
     bin: &Path,
     data: &Path,
     remote: Option<&str>,
+    s3: Option<&S3Target>,
     c: &reqwest::Client,
 ) -> anyhow::Result<(Process, String)> {
     std::fs::create_dir_all(data)?;
-    let addr = format!("127.0.0.1:{}", crate::servers::free_port()?);
+    let addr = format!("127.0.0.1:{}", crate::net::free_port()?);
     let proxy = remote.map(|r| format!("proxy:\n  remoteurl: {r}\n")).unwrap_or_default();
+    let storage = match s3 {
+        Some(t) => t.distribution_storage(),
+        None => format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n",
+            data.join("storage").display()
+        ),
+    };
     let config = data.join("config.yml");
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{proxy}",
-            data.join("storage").display()
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n{storage}http:\n  addr: {addr}\n{proxy}"
         ),
     )?;
     let mut cmd = Command::new(bin);
@@ -98,20 +107,25 @@ async fn berth(
     bin: &Path,
     data: &Path,
     remote: &str,
+    s3: Option<&S3Target>,
     c: &reqwest::Client,
 ) -> anyhow::Result<(Process, String)> {
     std::fs::create_dir_all(data)?;
-    let addr = format!("127.0.0.1:{}", crate::servers::free_port()?);
+    let addr = format!("127.0.0.1:{}", crate::net::free_port()?);
     let config = data.join("berth.yml");
     std::fs::write(
         &config,
         format!(
-            "listen: {addr}\ndata_dir: {}\nlog:\n  level: warn\nproxy:\n  upstreams:\n    - name: upstream\n      url: {remote}\n      default: true\n",
-            data.join("data").display()
+            "listen: {addr}\ndata_dir: {}\nlog:\n  level: warn\nproxy:\n  upstreams:\n    - name: upstream\n      url: {remote}\n      default: true\n{}",
+            data.join("data").display(),
+            s3.map(S3Target::berth_config).unwrap_or_default()
         ),
     )?;
     let mut cmd = Command::new(bin);
     cmd.arg("serve").arg("--config").arg(config);
+    if let Some(t) = s3 {
+        cmd.envs(t.env());
+    }
     spawn_ready(cmd, &addr, c).await
 }
 
@@ -302,16 +316,22 @@ enum Mirror {
     Distribution,
 }
 
+/// A fresh, empty mirror; on S3 with a bucket (and for berth a database) of its own.
 async fn start_mirror(
     which: Mirror,
     bins: (&Path, &Path),
     data: &Path,
     remote: &str,
+    store: Option<&Minio>,
     c: &reqwest::Client,
 ) -> anyhow::Result<(Process, String)> {
+    let target = match store {
+        Some(m) => Some(m.target(matches!(which, Mirror::Berth)).await?),
+        None => None,
+    };
     match which {
-        Mirror::Berth => berth(bins.0, data, remote, c).await,
-        Mirror::Distribution => distribution(bins.1, data, Some(remote), c).await,
+        Mirror::Berth => berth(bins.0, data, remote, target.as_ref(), c).await,
+        Mirror::Distribution => distribution(bins.1, data, Some(remote), target.as_ref(), c).await,
     }
 }
 
@@ -322,12 +342,13 @@ async fn measure(
     plan: &ProxyPlan,
     scratch: &Path,
     name: &str,
+    store: Option<&Minio>,
 ) -> anyhow::Result<Run> {
     let c = crate::load::client();
     // Cold, then warm, on one mirror.
     let counter = ByteCounter::start(upstream).await?;
     let (mirror, url) =
-        start_mirror(which, bins, &scratch.join(format!("{name}-mirror")), &counter.url, &c).await?;
+        start_mirror(which, bins, &scratch.join(format!("{name}-mirror")), &counter.url, store, &c).await?;
     let cpu_before = cpu_time(mirror.0.id());
     let cold = pull(&c, &url, true).await?;
     let cold_cpu = cpu_time(mirror.0.id()) - cpu_before;
@@ -343,7 +364,8 @@ async fn measure(
     // N clients at once into an empty cache.
     let counter = ByteCounter::start(upstream).await?;
     let (mirror, url) =
-        start_mirror(which, bins, &scratch.join(format!("{name}-concurrent")), &counter.url, &c).await?;
+        start_mirror(which, bins, &scratch.join(format!("{name}-concurrent")), &counter.url, store, &c)
+            .await?;
     let start = Instant::now();
     let pulls: Vec<_> = (0..plan.concurrent_clients)
         .map(|_| {
@@ -367,16 +389,19 @@ async fn measure(
     })
 }
 
-/// Runs the whole comparison; returns a Markdown section.
+/// Runs the whole comparison, the mirrors' content on the local disk or (`store`) in S3; returns a
+/// Markdown section.
 pub async fn run(
     berth_bin: &Path,
     distribution_bin: &Path,
     plan: &ProxyPlan,
     scratch: &Path,
+    store: Option<&Minio>,
 ) -> anyhow::Result<String> {
     let c = crate::load::client();
+    let scratch = &scratch.join(if store.is_some() { "proxy-s3" } else { "proxy" });
     let (_upstream, upstream) =
-        distribution(distribution_bin, &scratch.join("proxy-upstream"), None, &c).await?;
+        distribution(distribution_bin, &scratch.join("proxy-upstream"), None, None, &c).await?;
     seed(&c, &upstream, plan).await?;
     let mut direct = vec![];
     for _ in 0..3 {
@@ -385,9 +410,9 @@ pub async fn run(
     let direct = median(direct);
     let bins = (berth_bin, distribution_bin);
     eprintln!("measuring the pull-through cache: berth...");
-    let b = measure(Mirror::Berth, bins, &upstream, plan, scratch, "berth").await?;
+    let b = measure(Mirror::Berth, bins, &upstream, plan, scratch, "berth", store).await?;
     eprintln!("measuring the pull-through cache: distribution v3 (proxy mode)...");
-    let d = measure(Mirror::Distribution, bins, &upstream, plan, scratch, "distribution").await?;
+    let d = measure(Mirror::Distribution, bins, &upstream, plan, scratch, "distribution", store).await?;
 
     let image = plan.image_bytes() as f64;
     let secs = |d: Duration| d.as_secs_f64();
@@ -395,8 +420,9 @@ pub async fn run(
     use std::fmt::Write as _;
     let _ = writeln!(
         s,
-        "\n### Pull-through cache\n\nOne image of {} layers × {} MiB ({} MiB), pulled manifest first and then {PARALLEL_LAYERS} blobs \
+        "\n### Pull-through cache{}\n\nOne image of {} layers × {} MiB ({} MiB), pulled manifest first and then {PARALLEL_LAYERS} blobs \
          at a time; cold pulls verify every digest, warm pulls count bytes. A direct (verified) pull from the upstream takes {:.2} s.\n",
+        if store.is_some() { ", mirrors on S3 (berth's metadata in PostgreSQL)" } else { "" },
         plan.layers,
         plan.layer_size / MIB,
         plan.image_bytes() / MIB as u64,

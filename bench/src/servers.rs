@@ -4,10 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 
 use crate::load::{self, Plan};
 use crate::metric::Metric;
+use crate::net::free_port;
+use crate::objstore::S3Target;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -43,11 +45,8 @@ impl Drop for Running {
     }
 }
 
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn spawn(spec: &ServerSpec, data: &Path) -> anyhow::Result<Running> {
+/// Starts the server over `data`, its content on the local disk or in `s3`.
+fn spawn(spec: &ServerSpec, data: &Path, s3: Option<&S3Target>) -> anyhow::Result<Running> {
     std::fs::create_dir_all(data)?;
     let port = free_port()?;
     let addr = format!("127.0.0.1:{port}");
@@ -55,20 +54,34 @@ fn spawn(spec: &ServerSpec, data: &Path) -> anyhow::Result<Running> {
     match spec.kind {
         Kind::Berth => {
             cmd.args(["serve", "--listen", &addr, "--log-level", "warn", "--data-dir"]).arg(data);
+            if let Some(t) = s3 {
+                let config = data.join("berth.yaml");
+                std::fs::write(&config, t.berth_config())?;
+                cmd.arg("--config").arg(config).envs(t.env());
+            }
         }
         Kind::Distribution => {
             let config = data.join("config.yml");
-            let storage = data.join("storage");
+            // Its recommended production cache of blob descriptors, on either storage.
+            let storage = match s3 {
+                Some(t) => t.distribution_storage(),
+                None => format!(
+                    "storage:\n  filesystem:\n    rootdirectory: {}\n  cache:\n    blobdescriptor: inmemory\n  delete:\n    enabled: true\n",
+                    data.join("storage").display()
+                ),
+            };
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                    storage.display()
+                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n{storage}http:\n  addr: {addr}\n"
                 ),
             )?;
             cmd.arg("serve").arg(config);
         }
         Kind::Zot => {
+            if s3.is_some() {
+                bail!("zot is measured on the local disk only");
+            }
             let config = data.join("config.json");
             let json = serde_json::json!({
                 "distSpecVersion": "1.1.0",
@@ -112,18 +125,26 @@ fn proc_kib(pid: u32, field: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-pub async fn measure(spec: &ServerSpec, plan: &Plan, scratch: &Path) -> anyhow::Result<Vec<Metric>> {
+/// The loads, memory and start-up time of one server; with `s3`, its content in that bucket (and
+/// no start-up rows: they would time the store, not the server).
+pub async fn measure(
+    spec: &ServerSpec,
+    plan: &Plan,
+    scratch: &Path,
+    s3: Option<&S3Target>,
+) -> anyhow::Result<Vec<Metric>> {
     let client = load::client();
+    let name = spec.kind.name().replace(' ', "-");
     let mut startups = Vec::new();
-    for i in 0..5 {
-        let r = spawn(spec, &scratch.join(format!("{}-start-{i}", spec.kind.name().replace(' ', "-"))))?;
+    for i in 0..if s3.is_some() { 0 } else { 5 } {
+        let r = spawn(spec, &scratch.join(format!("{name}-start-{i}")), None)?;
         startups.push(wait_ready(&r, &client).await?);
     }
     startups.sort();
-    let startup = startups[startups.len() / 2];
+    let startup = startups.get(startups.len() / 2).copied();
 
-    let data = scratch.join(format!("{}-load", spec.kind.name().replace(' ', "-")));
-    let r = spawn(spec, &data)?;
+    let data = scratch.join(format!("{name}-load"));
+    let r = spawn(spec, &data, s3)?;
     wait_ready(&r, &client).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = proc_kib(r.child.id(), "VmRSS:") / 1024.0;
@@ -133,12 +154,14 @@ pub async fn measure(spec: &ServerSpec, plan: &Plan, scratch: &Path) -> anyhow::
     let _ = std::fs::remove_dir_all(&data);
     metrics.push(Metric { name: "idle RSS", unit: "MiB", value: idle, higher_is_better: false });
     metrics.push(Metric { name: "peak RSS", unit: "MiB", value: peak, higher_is_better: false });
-    metrics.push(Metric {
-        name: "start to first GET /v2/",
-        unit: "ms",
-        value: startup.as_secs_f64() * 1e3,
-        higher_is_better: false,
-    });
+    if let Some(startup) = startup {
+        metrics.push(Metric {
+            name: "start to first GET /v2/",
+            unit: "ms",
+            value: startup.as_secs_f64() * 1e3,
+            higher_is_better: false,
+        });
+    }
     metrics.retain(|m| plan.wants(m.name));
     Ok(metrics)
 }

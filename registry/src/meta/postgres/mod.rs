@@ -17,7 +17,7 @@ mod errors;
 mod migrate;
 mod multiparts;
 mod pool;
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
 
