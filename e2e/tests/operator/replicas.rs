@@ -126,6 +126,7 @@ async fn three_replicas_on_s3_and_postgres_serve_and_scale() {
     let service = format!("hub.{}.svc.cluster.local:5000", ns.name);
     a_pod_deleted_during_a_push_loop_loses_nothing(&cp, &client, &ns.name, &service).await;
     a_rolling_update_during_a_pull_loop_fails_no_pull(&cp, &client, &ns.name, &dest).await;
+    a_rotated_database_secret_takes_effect_without_restarts(&cp, &client, &ns.name, &db, &dest).await;
 
     // The scale subresource: down to one and back, serving throughout what was pushed.
     for replicas in ["1", "3"] {
@@ -319,4 +320,68 @@ async fn a_rolling_update_during_a_pull_loop_fails_no_pull(
         report.failures
     );
     assert!(report.runs >= 3, "pulls ran throughout the rollout: {}", report.runs);
+}
+
+/// The database URL in its Secret is rotated (to another role) while the replicas run: the kubelet
+/// updates the mounted file, each replica re-reads it and moves its pool to the new role, and no
+/// pod restarts.
+async fn a_rotated_database_secret_takes_effect_without_restarts(
+    cp: &Arc<ControlPlane>,
+    client: &kube::Client,
+    ns: &str,
+    db: &berth_registry::meta::postgres::testing::TestDatabase,
+    image: &str,
+) {
+    let (pg, _conn) = db.client().await;
+    let url = db.url.as_str();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let running = || async {
+        let list = pods.list(&ListParams::default().labels("app.kubernetes.io/name=berth")).await.unwrap();
+        let mut ids: Vec<(String, Option<String>, i32)> = list
+            .items
+            .iter()
+            .map(|p| {
+                let restarts = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .map_or(0, |c| c.iter().map(|c| c.restart_count).sum());
+                (p.metadata.name.clone().unwrap_or_default(), p.metadata.uid.clone(), restarts)
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before = running().await;
+    assert_eq!(before.len(), 3, "{before:?}");
+    pg.batch_execute("CREATE ROLE berth_rotated LOGIN SUPERUSER").await.unwrap();
+    let rotated = url.replacen("://berth@", "://berth_rotated@", 1);
+    assert_ne!(rotated, url, "the test database's URL names the role berth");
+    let patch = serde_json::json!({"stringData": {"uri": rotated}}).to_string();
+    run(cp
+        .kubectl()
+        .unwrap()
+        .args(["-n", ns, "patch", "secret", "berth-db", "--type", "merge", "-p", &patch]));
+    // Every replica's connections (berth names itself to the server) move to the new role.
+    let moved = wait_until(Duration::from_secs(120), || async {
+        let count = |role: &'static str| {
+            let pg = &pg;
+            async move {
+                pg.query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                 WHERE usename = $1 AND datname = current_database() AND application_name = 'berth'",
+                    &[&role],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .unwrap_or(-1)
+            }
+        };
+        count("berth").await == 0 && count("berth_rotated").await >= 1
+    })
+    .await;
+    assert!(moved, "the replicas connect with the rotated URL\n{}", debug(cp));
+    let pull = skopeo_pull(cp, image);
+    assert!(pull.status.success(), "pull after the rotation: {}", String::from_utf8_lossy(&pull.stderr));
+    assert_eq!(running().await, before, "the same pods, not restarted");
 }

@@ -773,6 +773,14 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "never switched to {rotated}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // And the old role's connections close (a revoked credential holds on to nothing).
+        let old_role = db.url.split_once("://").and_then(|(_, r)| r.split_once('@')).unwrap().0.to_owned();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while sessions_of(old_role.clone()).await > 0 {
+            assert!(std::time::Instant::now() < deadline, "the old pool's connections stay open");
+            meta.count_uploads().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Whether this store's connections are encrypted, as the server sees them.
