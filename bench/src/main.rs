@@ -85,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut report = render(&limits, &results, &plan);
     let store = match &args.minio {
-        Some(bin) => Some(objstore::Minio::start(bin, &scratch.path().join("minio")).await?),
+        Some(bin) => Some(objstore::start(bin, &scratch.path().join("minio")).await?),
         None => None,
     };
     if let Some(store) = store.as_ref().filter(|_| !args.proxy_only) {
@@ -119,7 +119,7 @@ async fn on_s3(
 ) -> anyhow::Result<String> {
     let mut results: Vec<(String, Vec<Metric>)> = Vec::new();
     for spec in args.servers.iter().filter(|s| s.kind != Kind::Zot) {
-        let target = store.target(spec.kind == Kind::Berth).await?;
+        let target = objstore::target(store, spec.kind == Kind::Berth).await?;
         eprintln!("measuring {} on S3...", spec.kind.name());
         let metrics = servers::measure(spec, plan, scratch, Some(&target)).await?;
         results.push((format!("{} (S3)", spec.kind.name()), metrics));

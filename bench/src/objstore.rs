@@ -5,86 +5,26 @@
 //! through the registry (`redirect.disable: true`) like berth's `redirect: false`, so both
 //! columns move every byte through the registry.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use berth_registry::storage::s3::testing::{SECRET, USER};
 
-use anyhow::{bail, Context};
+pub use berth_registry::storage::s3::testing::Minio;
 
-const USER: &str = "berth-bench";
-const SECRET: &str = "berth-bench-secret";
-
-/// A MinIO server on loopback, stopped on drop.
-pub struct Minio {
-    child: Child,
-    pub url: String,
+/// Starts MinIO over `dir`.
+pub async fn start(bin: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<Minio> {
+    Minio::start(bin, dir).await.map_err(anyhow::Error::msg)
 }
 
-impl Drop for Minio {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Minio {
-    pub async fn start(bin: &Path, dir: &Path) -> anyhow::Result<Minio> {
-        let (port, console) = (crate::net::free_port()?, crate::net::free_port()?);
-        std::fs::create_dir_all(dir)?;
-        let child = Command::new(bin)
-            .args(["server", "--quiet", "--address", &format!("127.0.0.1:{port}")])
-            .args(["--console-address", &format!("127.0.0.1:{console}")])
-            .arg(dir)
-            .env("MINIO_ROOT_USER", USER)
-            .env("MINIO_ROOT_PASSWORD", SECRET)
-            .env("MINIO_BROWSER", "off")
-            .env("MINIO_UPDATE", "off")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let minio = Minio { child, url: format!("http://127.0.0.1:{port}") };
-        let client = crate::load::client();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
-            let ready = client.get(format!("{}/minio/health/ready", minio.url)).send().await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                return Ok(minio);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!("MinIO did not become ready within 30 s")
-    }
-
-    /// A new, empty bucket (curl signs the request).
-    pub fn bucket(&self, name: &str) -> anyhow::Result<()> {
-        let out = Command::new("curl")
-            .args(["-sS", "-f", "-X", "PUT", "--aws-sigv4", "aws:amz:us-east-1:s3"])
-            .args(["--user", &format!("{USER}:{SECRET}")])
-            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
-            .arg(format!("{}/{name}", self.url))
-            .output()
-            .context("running curl")?;
-        if !out.status.success() {
-            bail!("creating bucket {name}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
-    }
-}
-
-impl Minio {
-    /// A target of its own for one server: a new bucket and, for berth, a new database.
-    pub async fn target(&self, with_database: bool) -> anyhow::Result<S3Target> {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let bucket = format!("bench-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        self.bucket(&bucket)?;
-        let postgres_url = if with_database {
-            Some(berth_registry::meta::postgres::testing::TestDatabase::create().await.url)
-        } else {
-            None
-        };
-        Ok(S3Target { endpoint: self.url.clone(), bucket, postgres_url })
-    }
+/// A target of its own for one server: a new bucket on `store` and, for berth, a new database.
+pub async fn target(store: &Minio, with_database: bool) -> anyhow::Result<S3Target> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let bucket = format!("bench-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    store.bucket(&bucket).map_err(anyhow::Error::msg)?;
+    let postgres_url = if with_database {
+        Some(berth_registry::meta::postgres::testing::TestDatabase::create().await.url)
+    } else {
+        None
+    };
+    Ok(S3Target { endpoint: store.url.clone(), bucket, postgres_url })
 }
 
 /// Where one server keeps its content: its own bucket and (berth) its own database.

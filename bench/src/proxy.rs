@@ -326,7 +326,7 @@ async fn start_mirror(
     c: &reqwest::Client,
 ) -> anyhow::Result<(Process, String)> {
     let target = match store {
-        Some(m) => Some(m.target(matches!(which, Mirror::Berth)).await?),
+        Some(m) => Some(crate::objstore::target(m, matches!(which, Mirror::Berth)).await?),
         None => None,
     };
     match which {

@@ -6,65 +6,15 @@ use std::sync::Arc;
 
 use super::*;
 
-/// A MinIO server of its own on loopback (pods run as processes here, so they reach it there),
-/// with one bucket.
-struct Minio {
-    child: std::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-const MINIO_USER: &str = "berth-e2e";
-const MINIO_SECRET: &str = "berth-e2e-secret";
-
-impl Minio {
-    async fn start(bucket: &str) -> Minio {
-        let dir = tempfile::tempdir().unwrap();
-        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let (port, console) = (free(), free());
-        let child = Command::new(berth_e2e::tool("minio", "MINIO_VERSION").unwrap())
-            .args(["server", "--quiet", "--address", &format!("127.0.0.1:{port}")])
-            .args(["--console-address", &format!("127.0.0.1:{console}")])
-            .arg(dir.path())
-            .env("MINIO_ROOT_USER", MINIO_USER)
-            .env("MINIO_ROOT_PASSWORD", MINIO_SECRET)
-            .env("MINIO_BROWSER", "off")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let minio = Minio { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
-        let ready = wait_until(Duration::from_secs(30), || async {
-            reqwest::get(format!("{}/minio/health/ready", minio.url))
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
-        .await;
-        assert!(ready, "MinIO starts");
-        run(&mut minio.s3("PUT", &format!("/{bucket}")));
-        minio
-    }
-
-    /// One SigV4-signed request (curl signs it).
-    fn s3(&self, method: &str, path: &str) -> Command {
-        let mut c = Command::new("curl");
-        c.args(["-sS", "-f", "-X", method, "--aws-sigv4", "aws:amz:us-east-1:s3"])
-            .args(["--user", &format!("{MINIO_USER}:{MINIO_SECRET}")])
-            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
-            .arg(format!("{}{path}", self.url));
-        c
-    }
-}
-
-impl Drop for Minio {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use berth_registry::storage::s3::testing::{Minio, SECRET as MINIO_SECRET, USER as MINIO_USER};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_on_s3_and_postgres_serve_and_scale() {
-    let minio = Minio::start("berth").await;
+    // Pods run as processes here, so they reach a MinIO on loopback.
+    let minio_dir = tempfile::tempdir().unwrap();
+    let minio_bin = berth_e2e::tool("minio", "MINIO_VERSION").unwrap();
+    let minio = Minio::start(&minio_bin, minio_dir.path()).await.expect("MinIO starts");
+    minio.bucket("berth").unwrap();
     let db = berth_registry::meta::postgres::testing::TestDatabase::create().await;
     let cp = Arc::new(cluster().await);
     install_operator(&cp);

@@ -11,6 +11,8 @@ mod handlers;
 pub mod path;
 mod state;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -39,15 +41,15 @@ pub fn router(state: AppState) -> Router {
         app = app.route("/metrics", get(metrics));
     }
     app.fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
-        .layer(axum::middleware::map_response_with_state(state.clone(), close_when_stopping))
+        .layer(axum::middleware::map_response_with_state(state.stopping.clone(), close_when_stopping))
         .with_state(state)
 }
 
 /// Once a shutdown has begun, every response closes its connection, so clients holding
 /// keep-alive connections reconnect — through the load balancer, to a replica that stays —
 /// instead of finding this one gone between two requests.
-async fn close_when_stopping(State(st): State<AppState>, mut resp: Response) -> Response {
-    if st.is_stopping() {
+async fn close_when_stopping(State(stopping): State<Arc<AtomicBool>>, mut resp: Response) -> Response {
+    if stopping.load(Ordering::Relaxed) {
         resp.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp

@@ -29,6 +29,8 @@ use object_store::{
 use super::{ByteStream, Key, MultipartJournal, ObjectWriter, Storage, StorageError, MULTIPART_RENEW};
 
 pub mod credentials;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use credentials::FileCredentials;
 
