@@ -87,8 +87,7 @@ pub async fn run(ctx: Arc<Context>) {
             }
         }
         if desired.hosts != hosts {
-            // Rewritten in place: pods bind-mount this very file, so it must stay the same inode.
-            if let Err(e) = std::fs::write(&ctx.opts.hosts_file, &desired.hosts) {
+            if let Err(e) = rewrite_in_place(&ctx.opts.hosts_file, &desired.hosts) {
                 tracing::warn!(error = %e, "writing the hosts file failed");
             }
             hosts = desired.hosts;
@@ -104,8 +103,15 @@ struct Desired {
 fn desired(services: &Store<Service>, pods: &Store<Pod>, api_server: Option<SocketAddr>) -> Desired {
     let pods = pods.state();
     let mut proxies = HashMap::new();
+    // Service addresses first, pod addresses after: a rolling update changes only the pod lines,
+    // so the bytes naming a Service stay where they were in every rewrite.
     let mut lines = vec!["127.0.0.1\tlocalhost".to_owned()];
-    for svc in services.state() {
+    let mut pod_lines = Vec::new();
+    let mut services = services.state();
+    services.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
+    for svc in services {
         let ns = svc.metadata.namespace.clone().unwrap_or_default();
         let name = svc.metadata.name.clone().unwrap_or_default();
         let names = format!("{name}.{ns}.svc.cluster.local {name}.{ns}.svc {name}.{ns}");
@@ -134,12 +140,13 @@ fn desired(services: &Store<Service>, pods: &Store<Pod>, api_server: Option<Sock
                 continue;
             };
             if sub == name {
-                lines.push(format!("{}\t{h}.{name}.{ns}.svc.cluster.local {h}.{name}.{ns}.svc", pod_ip(p)));
+                pod_lines
+                    .push(format!("{}\t{h}.{name}.{ns}.svc.cluster.local {h}.{name}.{ns}.svc", pod_ip(p)));
             }
         }
         if cluster_ip == "None" || cluster_ip.is_empty() {
             for p in &members {
-                lines.push(format!("{}\t{names}", pod_ip(p)));
+                pod_lines.push(format!("{}\t{names}", pod_ip(p)));
             }
             continue;
         }
@@ -157,8 +164,25 @@ fn desired(services: &Store<Service>, pods: &Store<Pod>, api_server: Option<Sock
             proxies.insert(addr, targets);
         }
     }
+    lines.append(&mut pod_lines);
     lines.push(String::new());
     Desired { proxies, hosts: lines.join("\n") }
+}
+
+/// Rewrites the hosts file without ever leaving it empty or cut short: pods bind-mount this very
+/// file, so it must stay the same inode (no rename), and a resolver reading it between a truncate
+/// and a write would find no names at all. The new text is written over the old at offset 0 in one
+/// call, padded with blank lines (which resolvers skip) to the old length, so the file never
+/// shrinks and a reader sees either version or, at worst, a mix whose Service lines agree.
+fn rewrite_in_place(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path)?;
+    let old_len = file.metadata()?.len() as usize;
+    let mut bytes = text.as_bytes().to_vec();
+    if bytes.len() < old_len {
+        bytes.resize(old_len, b'\n');
+    }
+    file.write_all_at(&bytes, 0)
 }
 
 fn pod_ip(p: &Pod) -> String {
@@ -226,4 +250,43 @@ async fn listen(addr: SocketAddr, eps: Vec<SocketAddr>) -> std::io::Result<Liste
         }
     });
     Ok(Listener { endpoints, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rewrite_in_place;
+
+    /// A resolver reading the hosts file while it is rewritten (as happens on every pod change
+    /// of a rolling update) must always find the Service's name.
+    #[test]
+    fn a_reader_never_sees_the_hosts_file_without_its_services() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        let service = "127.0.0.1\tlocalhost\n10.96.0.9\thub.ns.svc.cluster.local hub.ns.svc hub.ns\n";
+        let long = format!(
+            "{service}127.1.0.5\thub-0.hub.ns.svc.cluster.local\n127.1.0.6\thub-1.hub.ns.svc.cluster.local\n"
+        );
+        rewrite_in_place(&path, &long).unwrap();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (path, done) = (path.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut misses = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    if !text.contains("hub.ns.svc.cluster.local hub.ns.svc") {
+                        misses += 1;
+                    }
+                }
+                misses
+            })
+        };
+        for i in 0..20_000 {
+            rewrite_in_place(&path, if i % 2 == 0 { service } else { &long }).unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(reader.join().unwrap(), 0, "reads found no Service line");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(&long), "the last text written is what the file holds");
+    }
 }
