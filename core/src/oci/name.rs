@@ -128,7 +128,7 @@ impl fmt::Debug for Tag {
 }
 
 /// What follows `/manifests/`: a tag or a digest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Reference {
     Tag(Tag),
     Digest(Digest),

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod multiparts;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod resolved;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod testsuite;

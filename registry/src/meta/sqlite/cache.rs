@@ -109,44 +109,48 @@ impl CacheIndex for SqliteMeta {
     }
 
     async fn evict(&self, item: &CachedItem) -> Result<bool> {
+        let repo = item.repo.clone();
         let item = item.clone();
-        self.write(Durability::Synced, move |tx| {
-            let Some(id) = repo_id(tx, item.repo.as_str())? else { return Ok(true) };
-            let digest = item.digest.as_str();
-            tx.execute(
-                "DELETE FROM proxy_content WHERE repository_id = ?1 AND digest = ?2",
-                params![id, digest],
-            )?;
-            match item.kind {
-                ContentKind::Manifest => {
-                    tx.execute(
-                        "DELETE FROM tags WHERE repository_id = ?1 AND digest = ?2",
-                        params![id, digest],
-                    )?;
-                    tx.execute(
-                        "DELETE FROM manifests WHERE repository_id = ?1 AND digest = ?2",
-                        params![id, digest],
-                    )?;
+        let out = self
+            .write(Durability::Synced, move |tx| {
+                let Some(id) = repo_id(tx, item.repo.as_str())? else { return Ok(true) };
+                let digest = item.digest.as_str();
+                tx.execute(
+                    "DELETE FROM proxy_content WHERE repository_id = ?1 AND digest = ?2",
+                    params![id, digest],
+                )?;
+                match item.kind {
+                    ContentKind::Manifest => {
+                        tx.execute(
+                            "DELETE FROM tags WHERE repository_id = ?1 AND digest = ?2",
+                            params![id, digest],
+                        )?;
+                        tx.execute(
+                            "DELETE FROM manifests WHERE repository_id = ?1 AND digest = ?2",
+                            params![id, digest],
+                        )?;
+                    }
+                    ContentKind::Blob => {
+                        tx.execute(
+                            "DELETE FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2",
+                            params![id, digest],
+                        )?;
+                    }
                 }
-                ContentKind::Blob => {
-                    tx.execute(
-                        "DELETE FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2",
-                        params![id, digest],
-                    )?;
-                }
-            }
-            let used = tx
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM repository_blobs WHERE digest = ?1)
+                let used = tx
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM repository_blobs WHERE digest = ?1)
                          OR EXISTS (SELECT 1 FROM manifests WHERE digest = ?1)",
-                )?
-                .query_row([digest], |r| r.get::<_, bool>(0))?;
-            if !used {
-                tx.execute("DELETE FROM blobs WHERE digest = ?1", [digest])?;
-            }
-            Ok(used)
-        })
-        .await
+                    )?
+                    .query_row([digest], |r| r.get::<_, bool>(0))?;
+                if !used {
+                    tx.execute("DELETE FROM blobs WHERE digest = ?1", [digest])?;
+                }
+                Ok(used)
+            })
+            .await;
+        self.resolved().invalidate(&repo);
+        out
     }
 
     async fn claim_fetch(

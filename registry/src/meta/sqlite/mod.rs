@@ -17,6 +17,7 @@ mod writer;
 
 use writer::{Durability, Writer};
 
+use super::resolved::{self, Resolved};
 use super::{
     Appended, ManifestRecord, MetaError, MetaStore, NewManifest, Page, Referrer, Result, Upload, UploadPart,
 };
@@ -42,6 +43,8 @@ struct Inner {
     path: PathBuf,
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
+    /// Manifest lookups, exact because every write to tags and manifests passes through here.
+    resolved: Resolved,
     /// A directory of this process's own, removed with the store ([`SqliteMeta::temporary`]).
     scratch: Option<PathBuf>,
 }
@@ -147,7 +150,10 @@ impl SqliteMeta {
         let wal = PathBuf::from(wal);
         let writer =
             Writer::start(conn, &wal).map_err(|e| cleanup(MetaError::Db(format!("metadata writer: {e}"))))?;
-        Ok(SqliteMeta { inner: Arc::new(Inner { path, writer, readers: Mutex::new(Vec::new()), scratch }) })
+        let resolved = Resolved::new(resolved::CAPACITY);
+        Ok(SqliteMeta {
+            inner: Arc::new(Inner { path, writer, readers: Mutex::new(Vec::new()), resolved, scratch }),
+        })
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -170,6 +176,10 @@ impl SqliteMeta {
             out
         })
         .await
+    }
+
+    fn resolved(&self) -> &Resolved {
+        &self.inner.resolved
     }
 
     async fn write<T, F>(&self, durability: Durability, f: F) -> Result<T>
@@ -293,65 +303,83 @@ impl MetaStore for SqliteMeta {
     }
 
     async fn put_manifest(&self, m: NewManifest) -> Result<()> {
-        self.write(Durability::Synced, move |tx| put_manifest_tx(tx, &m)).await
+        let repo = m.repo.clone();
+        let out = self.write(Durability::Synced, move |tx| put_manifest_tx(tx, &m)).await;
+        self.resolved().invalidate(&repo);
+        out
     }
 
-    async fn manifest(&self, repo: &RepoName, r: &Reference) -> Result<Option<ManifestRecord>> {
-        let repo = repo.to_string();
-        let r = r.clone();
-        self.read(move |c| {
-            let row = match &r {
-                Reference::Digest(d) => c
-                    .prepare_cached(
-                        "SELECT m.digest, m.media_type, m.size FROM manifests m
+    async fn manifest(&self, repo_name: &RepoName, reference: &Reference) -> Result<Option<ManifestRecord>> {
+        let began = match self.resolved().get(repo_name, reference) {
+            Ok(record) => return Ok(Some(record)),
+            Err(began) => began,
+        };
+        let repo = repo_name.to_string();
+        let r = reference.clone();
+        let found = self
+            .read(move |c| {
+                let row = match &r {
+                    Reference::Digest(d) => c
+                        .prepare_cached(
+                            "SELECT m.digest, m.media_type, m.size FROM manifests m
                          JOIN repositories r ON r.id = m.repository_id
                          WHERE r.name = ?1 AND m.digest = ?2",
-                    )?
-                    .query_row([repo.as_str(), d.as_str()], row_to_triple)
-                    .optional()?,
-                Reference::Tag(t) => c
-                    .prepare_cached(
-                        "SELECT m.digest, m.media_type, m.size FROM tags t
+                        )?
+                        .query_row([repo.as_str(), d.as_str()], row_to_triple)
+                        .optional()?,
+                    Reference::Tag(t) => c
+                        .prepare_cached(
+                            "SELECT m.digest, m.media_type, m.size FROM tags t
                          JOIN repositories r ON r.id = t.repository_id
                          JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
                          WHERE r.name = ?1 AND t.name = ?2",
-                    )?
-                    .query_row([repo.as_str(), t.as_str()], row_to_triple)
-                    .optional()?,
-            };
-            row.map(|(digest, media_type, size)| {
-                Ok(ManifestRecord { digest: parse("digest", digest)?, media_type, size: size as u64 })
+                        )?
+                        .query_row([repo.as_str(), t.as_str()], row_to_triple)
+                        .optional()?,
+                };
+                row.map(|(digest, media_type, size)| {
+                    Ok(ManifestRecord { digest: parse("digest", digest)?, media_type, size: size as u64 })
+                })
+                .transpose()
             })
-            .transpose()
-        })
-        .await
+            .await?;
+        if let Some(record) = &found {
+            self.resolved().insert(began, repo_name, reference, record);
+        }
+        Ok(found)
     }
 
-    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
-        self.write(Durability::Synced, move |tx| {
-            let Some(id) = repo_id(tx, &repo)? else { return Ok(false) };
-            tx.execute("DELETE FROM tags WHERE repository_id = ?1 AND digest = ?2", params![id, digest])?;
-            let n = tx.execute(
-                "DELETE FROM manifests WHERE repository_id = ?1 AND digest = ?2",
-                params![id, digest],
-            )?;
-            Ok(n > 0)
-        })
-        .await
+    async fn delete_manifest(&self, repo_name: &RepoName, digest: &Digest) -> Result<bool> {
+        let (repo, digest) = (repo_name.to_string(), digest.to_string());
+        let out = self
+            .write(Durability::Synced, move |tx| {
+                let Some(id) = repo_id(tx, &repo)? else { return Ok(false) };
+                tx.execute("DELETE FROM tags WHERE repository_id = ?1 AND digest = ?2", params![id, digest])?;
+                let n = tx.execute(
+                    "DELETE FROM manifests WHERE repository_id = ?1 AND digest = ?2",
+                    params![id, digest],
+                )?;
+                Ok(n > 0)
+            })
+            .await;
+        self.resolved().invalidate(repo_name);
+        out
     }
 
-    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
-        let (repo, tag) = (repo.to_string(), tag.to_string());
-        self.write(Durability::Synced, move |tx| {
-            let n = tx.execute(
-                "DELETE FROM tags WHERE name = ?2
+    async fn delete_tag(&self, repo_name: &RepoName, tag: &Tag) -> Result<bool> {
+        let (repo, tag) = (repo_name.to_string(), tag.to_string());
+        let out = self
+            .write(Durability::Synced, move |tx| {
+                let n = tx.execute(
+                    "DELETE FROM tags WHERE name = ?2
                  AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
-                params![repo, tag],
-            )?;
-            Ok(n > 0)
-        })
-        .await
+                    params![repo, tag],
+                )?;
+                Ok(n > 0)
+            })
+            .await;
+        self.resolved().invalidate(repo_name);
+        out
     }
 
     async fn tags(&self, repo: &RepoName, page: &Page) -> Result<Option<Vec<String>>> {
