@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use tokio::sync::Notify;
 
-use super::{client, eventually, sha256, OCI_INDEX, OCI_MANIFEST};
+use super::{client, sha256, OCI_INDEX, OCI_MANIFEST};
 
 /// The Distribution binary `scripts/tools.sh registry` builds, at the pinned version.
 pub fn distribution_binary() -> PathBuf {
@@ -60,7 +60,7 @@ pub enum Auth {
 impl Distribution {
     pub async fn start(auth: Auth) -> Distribution {
         let dir = tempfile::tempdir().unwrap();
-        let child = Distribution::spawn(dir.path(), free_port(), auth).await;
+        let child = Distribution::spawn(dir.path(), None, auth).await;
         Distribution { url: child.0, child: Some(child.1), _dir: dir }
     }
 
@@ -68,10 +68,11 @@ impl Distribution {
     pub async fn restart(&mut self, auth: Auth) {
         self.stop();
         let port = self.url.rsplit(':').next().unwrap().parse().unwrap();
-        self.child = Some(Distribution::spawn(self._dir.path(), port, auth).await.1);
+        self.child = Some(Distribution::spawn(self._dir.path(), Some(port), auth).await.1);
     }
 
-    async fn spawn(dir: &Path, port: u16, auth: Auth) -> (String, Child) {
+    /// Starts Distribution on `port`, or on a free one.
+    async fn spawn(dir: &Path, port: Option<u16>, auth: Auth) -> (String, Child) {
         let auth_yaml = match auth {
             Auth::None => String::new(),
             Auth::Htpasswd { user, password } => {
@@ -90,28 +91,54 @@ impl Distribution {
                 )
             }
         };
-        let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
-             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n{auth_yaml}",
-            dir.join("data").display()
-        );
-        let config_path = dir.join("config.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let child = Command::new(distribution_binary())
-            .arg("serve")
-            .arg(&config_path)
-            .env("OTEL_TRACES_EXPORTER", "none")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
+        // The port was free when picked, but any socket on this machine (a client's ephemeral
+        // port, another test's server) may take it before Distribution binds: then Distribution
+        // exits, and whatever holds the port must not pass for it. Start again until it is ours.
+        for _ in 0..20 {
+            let port = port.unwrap_or_else(free_port);
+            let url = format!("http://127.0.0.1:{port}");
+            let config = format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: 127.0.0.1:{port}\n{auth_yaml}",
+                dir.join("data").display()
+            );
+            let config_path = dir.join("config.yml");
+            std::fs::write(&config_path, config).unwrap();
+            let mut child = Command::new(distribution_binary())
+                .arg("serve")
+                .arg(&config_path)
+                .env("OTEL_TRACES_EXPORTER", "none")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            if Distribution::serving(&url, &mut child).await {
+                return (url, child);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("Distribution did not start");
+    }
+
+    /// Whether `child` answers on `url`: a Distribution response there while the child lives.
+    async fn serving(url: &str, child: &mut Child) -> bool {
         let probe = format!("{url}/v2/");
-        let up =
-            eventually(Duration::from_secs(20), || async { client().get(&probe).send().await.is_ok() }).await;
-        assert!(up, "Distribution did not start on {url}");
-        (url, child)
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return false;
+            }
+            if let Ok(r) = client().get(&probe).send().await {
+                if r.headers().contains_key("docker-distribution-api-version") {
+                    return matches!(child.try_wait(), Ok(None));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     /// Stops the upstream for good (as if its host went away).
