@@ -1,5 +1,6 @@
-//! Manifest lookups (a tag or a digest in a repository) kept in memory, for a metadata store that
-//! this process alone writes.
+//! Manifest lookups (a tag or a digest in a repository) kept in memory, told of every write: the
+//! embedded store's writes all pass through this process; PostgreSQL's are announced to every
+//! replica (see `postgres/lookups.rs`).
 //!
 //! Every pull starts with such a lookup, and on the embedded store each one would cost a hop to a
 //! blocking thread and back — more than the query itself. Kept here, a hit costs a hash lookup.
@@ -49,6 +50,11 @@ impl Resolved {
         }
     }
 
+    /// The generation now, for a lookup that will not use a kept answer.
+    pub fn generation(&self) -> Generation {
+        Generation(self.state.lock().map(|s| s.generation).unwrap_or(u64::MAX))
+    }
+
     /// Keeps what the database answered, unless a write to any repository ended since the
     /// lookup began (its answer may predate that write).
     pub fn insert(&self, began: Generation, repo: &RepoName, r: &Reference, record: &ManifestRecord) {
@@ -74,6 +80,14 @@ impl Resolved {
         if let Some(refs) = state.repos.remove(repo) {
             state.len -= refs.len();
         }
+    }
+
+    /// Forgets every answer (for a store that may have missed some writes' notices).
+    pub fn clear(&self) {
+        let Ok(mut state) = self.state.lock() else { return };
+        state.generation = state.generation.wrapping_add(1);
+        state.repos.clear();
+        state.len = 0;
     }
 }
 

@@ -41,11 +41,11 @@ fn repo(s: &str) -> RepoName {
     s.parse().unwrap()
 }
 
-fn digest(s: &str) -> Digest {
+pub(crate) fn digest(s: &str) -> Digest {
     Digest::of(Algorithm::Sha256, s.as_bytes())
 }
 
-fn manifest(r: &str, name: &str, blobs: &[&Digest], tag: Option<&str>) -> NewManifest {
+pub(crate) fn manifest(r: &str, name: &str, blobs: &[&Digest], tag: Option<&str>) -> NewManifest {
     NewManifest {
         repo: repo(r),
         digest: digest(name),

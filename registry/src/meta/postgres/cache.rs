@@ -2,7 +2,7 @@
 //! and one least-recently-pulled order for the whole cache.
 
 use super::errors::db_error;
-use super::{ensure_repo, execute, parse, query, query_opt, repo_id, size, PostgresMeta};
+use super::{ensure_repo, execute, parse, query, query_opt, repo_id, size, PostgresMeta, Tx, TxFuture};
 use crate::meta::cache::{
     prefix_bounds, CacheIndex, CachedItem, CachedPull, ContentKind, FetchClaim, CLAIM_FETCH, FETCH_FAILED,
     FETCH_STORED, FETCH_SWEEP,
@@ -112,56 +112,14 @@ impl CacheIndex for PostgresMeta {
 
     async fn evict(&self, item: &CachedItem) -> Result<bool> {
         let item = item.clone();
-        self.write(true, move |tx| {
-            let item = item.clone();
-            Box::pin(async move {
-                let Some(id) = repo_id(tx, item.repo.as_str()).await? else { return Ok(true) };
-                let digest = item.digest.as_str();
-                execute(
-                    tx,
-                    "DELETE FROM proxy_content WHERE repository_id = $1 AND digest = $2",
-                    &[&id, &digest],
-                )
-                .await?;
-                match item.kind {
-                    ContentKind::Manifest => {
-                        execute(
-                            tx,
-                            "DELETE FROM tags WHERE repository_id = $1 AND digest = $2",
-                            &[&id, &digest],
-                        )
-                        .await?;
-                        execute(
-                            tx,
-                            "DELETE FROM manifests WHERE repository_id = $1 AND digest = $2",
-                            &[&id, &digest],
-                        )
-                        .await?;
-                    }
-                    ContentKind::Blob => {
-                        execute(
-                            tx,
-                            "DELETE FROM repository_blobs WHERE repository_id = $1 AND digest = $2",
-                            &[&id, &digest],
-                        )
-                        .await?;
-                    }
-                }
-                let used = query_opt(
-                    tx,
-                    "SELECT EXISTS (SELECT 1 FROM repository_blobs WHERE digest = $1)
-                         OR EXISTS (SELECT 1 FROM manifests WHERE digest = $1)",
-                    &[&digest],
-                )
-                .await?
-                .is_some_and(|r| r.get::<_, bool>(0));
-                if !used {
-                    execute(tx, "DELETE FROM blobs WHERE digest = $1", &[&digest]).await?;
-                }
-                Ok(used)
-            })
-        })
-        .await
+        match item.kind {
+            // A manifest's lookups are kept by every replica: they must forget them.
+            ContentKind::Manifest => {
+                let repo = item.repo.clone();
+                self.write_announced(&repo, move |tx| evict_tx(tx, item.clone())).await
+            }
+            ContentKind::Blob => self.write(true, move |tx| evict_tx(tx, item.clone())).await,
+        }
     }
 
     async fn claim_fetch(
@@ -206,4 +164,47 @@ impl CacheIndex for PostgresMeta {
         execute(&c, FETCH_SWEEP, &[&now]).await.map_err(db_error)?;
         Ok(())
     }
+}
+
+/// Removes `item` from the cache's records (and its blob row once nothing uses it); whether
+/// anything still uses its digest.
+fn evict_tx<'t>(tx: &'t Tx<'t>, item: CachedItem) -> TxFuture<'t, bool> {
+    Box::pin(async move {
+        let Some(id) = repo_id(tx, item.repo.as_str()).await? else { return Ok(true) };
+        let digest = item.digest.as_str();
+        execute(tx, "DELETE FROM proxy_content WHERE repository_id = $1 AND digest = $2", &[&id, &digest])
+            .await?;
+        match item.kind {
+            ContentKind::Manifest => {
+                execute(tx, "DELETE FROM tags WHERE repository_id = $1 AND digest = $2", &[&id, &digest])
+                    .await?;
+                execute(
+                    tx,
+                    "DELETE FROM manifests WHERE repository_id = $1 AND digest = $2",
+                    &[&id, &digest],
+                )
+                .await?;
+            }
+            ContentKind::Blob => {
+                execute(
+                    tx,
+                    "DELETE FROM repository_blobs WHERE repository_id = $1 AND digest = $2",
+                    &[&id, &digest],
+                )
+                .await?;
+            }
+        }
+        let used = query_opt(
+            tx,
+            "SELECT EXISTS (SELECT 1 FROM repository_blobs WHERE digest = $1)
+                 OR EXISTS (SELECT 1 FROM manifests WHERE digest = $1)",
+            &[&digest],
+        )
+        .await?
+        .is_some_and(|r| r.get::<_, bool>(0));
+        if !used {
+            execute(tx, "DELETE FROM blobs WHERE digest = $1", &[&digest]).await?;
+        }
+        Ok(used)
+    })
 }

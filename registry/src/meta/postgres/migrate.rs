@@ -33,6 +33,11 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/postgres/0004_multipart_uploads.sql"),
         compatible_from: 1,
     },
+    // A trigger, a function and a table: older code runs on it, its writes announced for it.
+    Migration {
+        sql: include_str!("../../../migrations/postgres/0005_lookup_notices.sql"),
+        compatible_from: 1,
+    },
 ];
 
 /// The advisory lock's key, shared by every replica (an arbitrary constant: "berthmig").

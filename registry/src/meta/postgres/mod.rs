@@ -12,8 +12,10 @@
 //! cannot be reached, requests fail at once with [`MetaError::Unavailable`] (a 503), and service
 //! resumes by itself when it returns: a broken connection is dropped, not reused.
 
+mod announced;
 mod cache;
 mod errors;
+mod lookups;
 mod migrate;
 mod multiparts;
 mod pool;
@@ -46,6 +48,7 @@ const ATTEMPTS: usize = 3;
 #[derive(Clone)]
 pub struct PostgresMeta {
     pool: Arc<pool::SharedPool>,
+    lookups: Arc<lookups::Lookups>,
 }
 
 type Tx<'t> = deadpool_postgres::Transaction<'t>;
@@ -102,10 +105,10 @@ impl PostgresMeta {
         ca_file: Option<&Path>,
     ) -> Result<PostgresMeta> {
         let pool = Arc::new(pool::SharedPool::new(url, max_connections, tls::Connector::new(ca_file)?)?);
-        let store = PostgresMeta { pool };
-        let mut client = store.client().await?;
+        let mut client = pool::client(&pool).await?;
         migrate::migrate(&mut client).await?;
-        Ok(store)
+        let lookups = lookups::Lookups::start(&pool);
+        Ok(PostgresMeta { pool, lookups })
     }
 
     /// Switches to the database URL in `file` whenever it changes (a rotated password), checking
@@ -115,13 +118,7 @@ impl PostgresMeta {
     }
 
     async fn client(&self) -> Result<Object> {
-        self.pool.get()?.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Backend(e) => db_error(e),
-            deadpool_postgres::PoolError::Timeout(_) => {
-                MetaError::Unavailable("no database connection could be had in time".into())
-            }
-            e => MetaError::Unavailable(e.to_string()),
-        })
+        pool::client(&self.pool).await
     }
 
     /// Runs `f` in a transaction, again if PostgreSQL broke it off to end a deadlock. `synced`
@@ -390,7 +387,8 @@ impl MetaStore for PostgresMeta {
     }
 
     async fn put_manifest(&self, m: NewManifest) -> Result<()> {
-        self.write(true, move |tx| {
+        let repo = m.repo.clone();
+        self.write_announced(&repo, move |tx| {
             let m = m.clone();
             Box::pin(async move { put_manifest_tx(tx, &m).await })
         })
@@ -398,29 +396,12 @@ impl MetaStore for PostgresMeta {
     }
 
     async fn manifest(&self, repo: &RepoName, r: &Reference) -> Result<Option<ManifestRecord>> {
-        let c = self.client().await?;
-        let (sql, key) = match r {
-            Reference::Digest(d) => (
-                "SELECT m.digest, m.media_type, m.size FROM manifests m
-                 JOIN repositories r ON r.id = m.repository_id
-                 WHERE r.name = $1 AND m.digest = $2",
-                d.as_str(),
-            ),
-            Reference::Tag(t) => (
-                "SELECT m.digest, m.media_type, m.size FROM tags t
-                 JOIN repositories r ON r.id = t.repository_id
-                 JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
-                 WHERE r.name = $1 AND t.name = $2",
-                t.as_str(),
-            ),
-        };
-        let row = query_opt(&c, sql, &[&repo.as_str(), &key]).await.map_err(db_error)?;
-        row.as_ref().map(manifest_record).transpose()
+        self.lookup(repo, r).await
     }
 
-    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
-        self.write(true, move |tx| {
+    async fn delete_manifest(&self, repo_name: &RepoName, digest: &Digest) -> Result<bool> {
+        let (repo, digest) = (repo_name.to_string(), digest.to_string());
+        self.write_announced(repo_name, move |tx| {
             let (repo, digest) = (repo.clone(), digest.clone());
             Box::pin(async move {
                 let Some(id) = repo_id(tx, &repo).await? else { return Ok(false) };
@@ -438,16 +419,22 @@ impl MetaStore for PostgresMeta {
         .await
     }
 
-    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
-        let c = self.client().await?;
-        let n = execute(
-            &c,
-            "DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
-            &[&repo.as_str(), &tag.as_str()],
-        )
+    async fn delete_tag(&self, repo_name: &RepoName, tag: &Tag) -> Result<bool> {
+        let (repo, tag) = (repo_name.to_string(), tag.to_string());
+        self.write_announced(repo_name, move |tx| {
+            let (repo, tag) = (repo.clone(), tag.clone());
+            Box::pin(async move {
+                let n = execute(
+                    tx,
+                    "DELETE FROM tags
+                     WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+                    &[&repo, &tag],
+                )
+                .await?;
+                Ok(n > 0)
+            })
+        })
         .await
-        .map_err(db_error)?;
-        Ok(n > 0)
     }
 
     async fn tags(&self, repo: &RepoName, page: &Page) -> Result<Option<Vec<String>>> {

@@ -7,6 +7,9 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Notification};
 
 use super::errors::db_error;
 use super::tls::Connector;
@@ -32,6 +35,43 @@ impl SharedPool {
         self.current.read().map(|c| c.0.clone()).map_err(|_| poisoned())
     }
 
+    /// The URL in use.
+    pub(super) fn url(&self) -> Result<String> {
+        self.current.read().map(|c| c.1.clone()).map_err(|_| poisoned())
+    }
+
+    /// One connection outside the pool, to the URL in use (returned too, to tell when it
+    /// changes), whose notifications arrive on the receiver; the receiver ends when the
+    /// connection does.
+    pub(super) async fn connect_listener(
+        &self,
+        application_name: &str,
+    ) -> Result<(String, tokio_postgres::Client, mpsc::UnboundedReceiver<Notification>)> {
+        let url = self.url()?;
+        let mut config = config(&url)?;
+        config.application_name(application_name);
+        let (client, mut connection) = config.connect(self.tls.clone()).await.map_err(db_error)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        if tx.send(n).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "database listening connection ended");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok((url, client, rx))
+    }
+
     /// Uses `url` from now on, once a connection to it works; an unchanged URL changes nothing.
     /// On failure the pool in use stays.
     pub(super) async fn replace(&self, url: &str) -> Result<bool> {
@@ -52,7 +92,19 @@ fn poisoned() -> MetaError {
     MetaError::Db("database pool lock poisoned".into())
 }
 
-fn build(url: &str, max_connections: usize, tls: &Connector) -> Result<Pool> {
+/// A connection from `pool`, or why none could be had in time.
+pub(super) async fn client(pool: &SharedPool) -> Result<deadpool_postgres::Object> {
+    pool.get()?.get().await.map_err(|e| match e {
+        deadpool_postgres::PoolError::Backend(e) => db_error(e),
+        deadpool_postgres::PoolError::Timeout(_) => {
+            MetaError::Unavailable("no database connection could be had in time".into())
+        }
+        e => MetaError::Unavailable(e.to_string()),
+    })
+}
+
+/// The settings every connection to `url` is made with.
+fn config(url: &str) -> Result<tokio_postgres::Config> {
     // The parse error never quotes the URL, which may hold a password.
     let mut config: tokio_postgres::Config =
         url.parse().map_err(|e| MetaError::Db(format!("the database URL does not parse: {e}")))?;
@@ -62,6 +114,11 @@ fn build(url: &str, max_connections: usize, tls: &Connector) -> Result<Pool> {
     if config.get_application_name().is_none() {
         config.application_name("berth");
     }
+    Ok(config)
+}
+
+fn build(url: &str, max_connections: usize, tls: &Connector) -> Result<Pool> {
+    let config = config(url)?;
     // Verified recycling: a connection that broke while idle is found out before a request
     // gets it, so a database restart costs no request an error.
     let manager = Manager::from_config(
