@@ -2,7 +2,8 @@
 //! `object_store` crate.
 //!
 //! Keys map to object names under an optional prefix. Reads are ranged GETs streamed as they
-//! arrive. A writer keeps at most one part in memory: an object that ends before the first part is
+//! arrive. A writer keeps at most two parts in memory, one filling while the one before it is
+//! sent: an object that ends before the first part is
 //! full is one PUT straight to its key (written once); a larger one becomes a multipart upload,
 //! which S3 names when it starts: at the key itself when the caller knows it (`writer_at`: a blob
 //! whose digest came first), so it is written once; otherwise at a staging name, copied to its
@@ -235,6 +236,7 @@ impl Storage for S3Storage {
             part_step: self.part_step,
             buffer: BytesMut::new(),
             multipart: None,
+            in_flight: None,
             written: 0,
         }))
     }
@@ -351,6 +353,9 @@ struct S3Writer {
     part_step: usize,
     buffer: BytesMut,
     multipart: Option<Multipart>,
+    /// The part being sent while the next one fills: the client's bytes keep arriving during
+    /// each part's upload instead of waiting for it.
+    in_flight: Option<tokio::task::JoinHandle<object_store::Result<PartId>>>,
     written: u64,
 }
 
@@ -368,14 +373,31 @@ impl S3Writer {
         m.renewed = std::time::Instant::now();
     }
 
-    /// The size of the next part.
-    fn next_part(&self) -> usize {
-        part_size(self.part_step, self.multipart.as_ref().map_or(0, |m| m.parts.len()))
+    /// Parts sent or being sent.
+    fn parts(&self) -> usize {
+        self.multipart.as_ref().map_or(0, |m| m.parts.len()) + usize::from(self.in_flight.is_some())
     }
 
-    /// Sends the first `len` buffered bytes as the next part, starting the upload if needed.
+    /// The size of the next part.
+    fn next_part(&self) -> usize {
+        part_size(self.part_step, self.parts())
+    }
+
+    /// Waits for the part in flight, if any, and records it.
+    async fn settle(&mut self) -> Result<(), StorageError> {
+        let Some(task) = self.in_flight.take() else { return Ok(()) };
+        let part = task.await.map_err(|e| StorageError::Unavailable(format!("sending a part: {e}")))?;
+        let part = part.map_err(storage_error)?;
+        if let Some(m) = self.multipart.as_mut() {
+            m.parts.push(part);
+        }
+        Ok(())
+    }
+
+    /// Starts sending the first `len` buffered bytes as the next part (starting the upload if
+    /// needed), once the part before it is in.
     async fn send_part(&mut self, len: usize) -> Result<(), StorageError> {
-        too_many_parts(self.multipart.as_ref().map_or(0, |m| m.parts.len()))?;
+        too_many_parts(self.parts())?;
         let data = self.buffer.split_to(len).freeze();
         if self.multipart.is_none() {
             let id = self.store.create_multipart(&self.staging).await.map_err(storage_error)?;
@@ -389,13 +411,13 @@ impl S3Writer {
             self.multipart = Some(Multipart { id, parts: Vec::new(), renewed: std::time::Instant::now() });
         }
         self.renew().await;
-        let Some(m) = self.multipart.as_mut() else { return Ok(()) };
-        let part = self
-            .store
-            .put_part(&self.staging, &m.id, m.parts.len(), PutPayload::from_bytes(data))
-            .await
-            .map_err(storage_error)?;
-        m.parts.push(part);
+        self.settle().await?;
+        let Some(m) = self.multipart.as_ref() else { return Ok(()) };
+        let (store, path, id, index) =
+            (self.store.clone(), self.staging.clone(), m.id.clone(), m.parts.len());
+        self.in_flight = Some(tokio::spawn(async move {
+            store.put_part(&path, &id, index, PutPayload::from_bytes(data)).await
+        }));
         Ok(())
     }
 }
@@ -427,6 +449,7 @@ impl ObjectWriter for S3Writer {
             let len = self.buffer.len();
             self.send_part(len).await?;
         }
+        self.settle().await?;
         let Some(m) = self.multipart.take() else { return Ok(()) };
         let staging = self.staging.clone();
         let completed = self.store.complete_multipart(&staging, &m.id, m.parts).await;
@@ -448,6 +471,9 @@ impl ObjectWriter for S3Writer {
 impl Drop for S3Writer {
     fn drop(&mut self) {
         // Not committed: give the parts back rather than leave them billed in the bucket.
+        if let Some(task) = self.in_flight.take() {
+            task.abort();
+        }
         let Some(m) = self.multipart.take() else { return };
         let (store, path) = (self.store.clone(), self.staging.clone());
         let (journal, key) = (self.journal.clone(), self.staging_key.clone());
