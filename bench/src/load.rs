@@ -17,16 +17,16 @@ use sha2::Digest as _;
 
 use crate::metric::Metric;
 
-const MIB: usize = 1 << 20;
-const MB: f64 = 1e6;
-const REPO: &str = "bench/load";
+pub(crate) const MIB: usize = 1 << 20;
+pub(crate) const MB: f64 = 1e6;
+pub(crate) const REPO: &str = "bench/load";
 
 pub struct Plan {
-    small_blobs: usize,
-    manifest_puts: usize,
-    one_mib_pushes: usize,
-    big_pushes: usize,
-    get_seconds: u32,
+    pub(crate) small_blobs: usize,
+    pub(crate) manifest_puts: usize,
+    pub(crate) one_mib_pushes: usize,
+    pub(crate) big_pushes: usize,
+    pub(crate) get_seconds: u32,
     /// Only the scenarios whose name contains this (for investigating one of them).
     only: Option<String>,
 }
@@ -78,14 +78,15 @@ pub fn client() -> reqwest::Client {
 }
 
 /// Content for blob `n` of `size` bytes: a shared random body behind an 8-byte prefix.
-struct Blob {
+#[derive(Clone)]
+pub(crate) struct Blob {
     prefix: Bytes,
     body: Bytes,
-    digest: String,
+    pub(crate) digest: String,
 }
 
 impl Blob {
-    fn new(base: &Bytes, n: u64) -> Blob {
+    pub(crate) fn new(base: &Bytes, n: u64) -> Blob {
         let prefix = Bytes::copy_from_slice(&n.to_be_bytes());
         let body = base.slice(8..);
         let mut h = sha2::Sha256::new();
@@ -94,7 +95,7 @@ impl Blob {
         Blob { prefix, body, digest: format!("sha256:{}", berth_core::oci::hex(&h.finalize())) }
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.prefix.len() + self.body.len()
     }
 
@@ -144,7 +145,7 @@ fn location(r: &reqwest::Response) -> anyhow::Result<String> {
     Ok(r.headers().get("location").context("no Location")?.to_str()?.to_owned())
 }
 
-async fn push(c: &reqwest::Client, base: &str, blob: &Blob) -> anyhow::Result<()> {
+pub(crate) async fn push(c: &reqwest::Client, base: &str, blob: &Blob) -> anyhow::Result<()> {
     let r = c.post(format!("{base}/v2/{REPO}/blobs/uploads/")).send().await?;
     if r.status().as_u16() != 202 {
         bail!("POST upload: {}", r.status());
@@ -164,10 +165,15 @@ async fn push(c: &reqwest::Client, base: &str, blob: &Blob) -> anyhow::Result<()
     Ok(())
 }
 
-async fn pull(c: &reqwest::Client, base: &str, digest: &str, want: usize) -> anyhow::Result<()> {
-    let r = c.get(format!("{base}/v2/{REPO}/blobs/{digest}")).send().await?;
+pub(crate) async fn pull(c: &reqwest::Client, base: &str, digest: &str, want: usize) -> anyhow::Result<()> {
+    read_all(c, &format!("{base}/v2/{REPO}/blobs/{digest}"), want).await
+}
+
+/// GETs `url` and reads the body to its end, checking its length.
+pub(crate) async fn read_all(c: &reqwest::Client, url: &str, want: usize) -> anyhow::Result<()> {
+    let r = c.get(url).send().await?;
     if !r.status().is_success() {
-        bail!("GET blob: {}", r.status());
+        bail!("GET {url}: {}", r.status());
     }
     let mut n = 0;
     let mut s = r.bytes_stream();
@@ -175,13 +181,13 @@ async fn pull(c: &reqwest::Client, base: &str, digest: &str, want: usize) -> any
         n += chunk?.len();
     }
     if n != want {
-        bail!("GET blob: {n} bytes, want {want}");
+        bail!("GET {url}: {n} bytes, want {want}");
     }
     Ok(())
 }
 
 /// Runs `jobs` through `concurrency` workers; returns the wall time.
-async fn run_jobs<F, Fut>(jobs: usize, concurrency: usize, f: F) -> anyhow::Result<Duration>
+pub(crate) async fn run_jobs<F, Fut>(jobs: usize, concurrency: usize, f: F) -> anyhow::Result<Duration>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
@@ -209,7 +215,7 @@ where
     Ok(start.elapsed())
 }
 
-fn rate(name: &'static str, unit: &'static str, amount: f64, took: Duration) -> Metric {
+pub(crate) fn rate(name: &'static str, unit: &'static str, amount: f64, took: Duration) -> Metric {
     Metric { name, unit, value: amount / took.as_secs_f64(), higher_is_better: true }
 }
 
@@ -366,7 +372,7 @@ const TAGS_PER_REPO: usize = 10;
 
 /// Puts manifests under 10 tags in each of 100 repositories (their blobs mounted from the load
 /// repository); returns the 1,000 tag paths.
-async fn spread(
+pub(crate) async fn spread(
     c: &reqwest::Client,
     base: &str,
     blobs: &[Blob],
@@ -399,7 +405,7 @@ async fn spread(
     Ok(paths)
 }
 
-fn manifests(blobs: &[Blob], n: usize) -> Vec<Bytes> {
+pub(crate) fn manifests(blobs: &[Blob], n: usize) -> Vec<Bytes> {
     (0..n)
         .map(|i| {
             let config = &blobs[i % blobs.len()];
@@ -419,6 +425,17 @@ fn manifests(blobs: &[Blob], n: usize) -> Vec<Bytes> {
 /// Requests per second wrk measures at 64 connections over two threads, each request for one of
 /// `paths` at random (a Lua script picks it).
 fn wrk(base: &str, paths: &[String], seconds: u32) -> anyhow::Result<f64> {
+    wrk_with(base, paths, seconds, 2, 64)
+}
+
+/// [`wrk`] with `threads` and `connections` of its own (for several servers loaded at once).
+pub(crate) fn wrk_with(
+    base: &str,
+    paths: &[String],
+    seconds: u32,
+    threads: u32,
+    connections: u32,
+) -> anyhow::Result<f64> {
     let script = tempfile::NamedTempFile::new()?;
     let list: Vec<String> = paths.iter().map(|p| format!("{p:?}")).collect();
     std::fs::write(
@@ -429,7 +446,7 @@ fn wrk(base: &str, paths: &[String], seconds: u32) -> anyhow::Result<f64> {
         ),
     )?;
     let out = Command::new("wrk")
-        .args(["-t2", "-c64", &format!("-d{seconds}s")])
+        .args([format!("-t{threads}"), format!("-c{connections}"), format!("-d{seconds}s")])
         .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json", "-s"])
         .arg(script.path())
         .arg(format!("{base}{}", paths.first().map_or("/v2/", String::as_str)))

@@ -19,6 +19,7 @@ mod metric;
 mod net;
 mod objstore;
 mod proxy;
+mod replicas;
 mod servers;
 
 use std::fmt::Write as _;
@@ -90,6 +91,11 @@ async fn main() -> anyhow::Result<()> {
     };
     if let Some(store) = store.as_ref().filter(|_| !args.proxy_only) {
         report.push_str(&on_s3(&args, store, &plan, scratch.path()).await?);
+        let berth = args.servers.iter().find(|s| s.kind == Kind::Berth);
+        if let Some(berth) = berth.filter(|_| replicas::wanted(&plan)) {
+            eprintln!("measuring three berth replicas and redirects on S3...");
+            report.push_str(&replicas::run(&berth.bin, store, &plan, scratch.path()).await?);
+        }
     }
     let find = |k: Kind| args.servers.iter().find(|s| s.kind == k).map(|s| s.bin.clone());
     if let (Some(berth), Some(distribution)) = (find(Kind::Berth), find(Kind::Distribution)) {

@@ -24,7 +24,7 @@ pub async fn target(store: &Minio, with_database: bool) -> anyhow::Result<S3Targ
     } else {
         None
     };
-    Ok(S3Target { endpoint: store.url.clone(), bucket, postgres_url })
+    Ok(S3Target { endpoint: store.url.clone(), bucket, postgres_url, redirect: false })
 }
 
 /// Where one server keeps its content: its own bucket and (berth) its own database.
@@ -33,15 +33,18 @@ pub struct S3Target {
     pub endpoint: String,
     pub bucket: String,
     pub postgres_url: Option<String>,
+    /// berth answers blob GETs with a presigned URL (307) instead of the bytes.
+    pub redirect: bool,
 }
 
 impl S3Target {
     /// berth's config for this target; the credentials come from the environment ([`env`]).
     pub fn berth_config(&self) -> String {
         format!(
-            "storage:\n  kind: s3\n  bucket: {}\n  endpoint: {}\n  path_style: true\nmetadata:\n  kind: {}\n",
+            "storage:\n  kind: s3\n  bucket: {}\n  endpoint: {}\n  path_style: true\n  redirect: {}\nmetadata:\n  kind: {}\n",
             self.bucket,
             self.endpoint,
+            self.redirect,
             if self.postgres_url.is_some() { "postgres" } else { "sqlite" }
         )
     }

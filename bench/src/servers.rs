@@ -33,9 +33,9 @@ pub struct ServerSpec {
     pub bin: PathBuf,
 }
 
-struct Running {
+pub(crate) struct Running {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for Running {
@@ -46,7 +46,7 @@ impl Drop for Running {
 }
 
 /// Starts the server over `data`, its content on the local disk or in `s3`.
-fn spawn(spec: &ServerSpec, data: &Path, s3: Option<&S3Target>) -> anyhow::Result<Running> {
+pub(crate) fn spawn(spec: &ServerSpec, data: &Path, s3: Option<&S3Target>) -> anyhow::Result<Running> {
     std::fs::create_dir_all(data)?;
     let port = free_port()?;
     let addr = format!("127.0.0.1:{port}");
@@ -102,7 +102,7 @@ fn spawn(spec: &ServerSpec, data: &Path, s3: Option<&S3Target>) -> anyhow::Resul
 }
 
 /// Time from spawn to the first answer of `GET /v2/`.
-async fn wait_ready(r: &Running, client: &reqwest::Client) -> anyhow::Result<Duration> {
+pub(crate) async fn wait_ready(r: &Running, client: &reqwest::Client) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let url = format!("{}/v2/", r.url);
     while start.elapsed() < Duration::from_secs(30) {
