@@ -117,6 +117,12 @@ impl Proxy {
             // A request that has not waited retries a failed fetch; those that waited on it share
             // its failure.
             match self.cache.claim_fetch(digest, &self.holder, now, now + CLAIM_TTL_MS, !following).await? {
+                // A holder stores the blob before it gives its claim up, so a claim won after the
+                // last look may follow a fetch that just ended: look once more before fetching.
+                FetchClaim::Mine if self.registry.meta().blob_size(digest).await?.is_some() => {
+                    self.end_claim(digest, None).await;
+                    return Ok(None);
+                }
                 FetchClaim::Mine => {}
                 FetchClaim::Failed(f) => return Err(failure(&FlightFailure::from_stored(&f))),
                 FetchClaim::Elsewhere => {
