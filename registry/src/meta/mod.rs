@@ -187,6 +187,9 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Sessions last touched before `before`.
     async fn stale_uploads(&self, before: i64, limit: usize) -> Result<Vec<UploadId>>;
     async fn count_uploads(&self) -> Result<u64>;
+    /// This process stops serving: a store shared with other replicas tells them not to wait
+    /// for it any more. Called once requests have drained.
+    async fn leave(&self) {}
     /// The connection pool's use, for a store that pools connections to a server.
     fn pool_use(&self) -> Option<PoolUse> {
         None

@@ -220,6 +220,7 @@ pub async fn serve(
     let connections =
         connection::Connections::new(config.limits.max_connections, state.metrics.connections.clone());
     let stopping = state.stopping.clone();
+    let registry = state.registry.clone();
     let app = api::router(state);
     let builder = http_builder(config);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -301,6 +302,7 @@ pub async fn serve(
             warn!(grace = ?config.limits.shutdown_grace, "grace period over, closing remaining connections");
         }
     }
+    registry.meta().leave().await;
     Ok(())
 }
 

@@ -21,7 +21,7 @@
 //! at once, clears, and reconnects; writers wait at most until its lease ends.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,8 @@ pub(super) struct Lookups {
     /// Until when (milliseconds since `started`) kept answers may be served; 0 when not at all.
     trusted_until: AtomicU64,
     started: Instant,
+    /// Set by [`Lookups::leave`]: the lease is given up for good.
+    left: AtomicBool,
     state: Mutex<State>,
     /// Writes waiting for acknowledgements, by transaction id.
     waiting: Mutex<HashMap<i64, Waiter>>,
@@ -95,6 +97,7 @@ impl Lookups {
             kept: Resolved::new(resolved::CAPACITY),
             trusted_until: AtomicU64::new(0),
             started: Instant::now(),
+            left: AtomicBool::new(false),
             state: Mutex::new(State::default()),
             waiting: Mutex::new(HashMap::new()),
         });
@@ -149,9 +152,29 @@ impl Lookups {
         self.kept.clear();
     }
 
+    /// Gives the lease up for good (the process is stopping): writers stop waiting for this
+    /// replica at once instead of when its lease would have ended, and it keeps nothing.
+    pub(super) async fn leave(&self, pool: &SharedPool) {
+        self.left.store(true, Ordering::Release);
+        self.lapse();
+        let gone = async {
+            pool::client(pool)
+                .await?
+                .execute("DELETE FROM lookup_replicas WHERE id = $1", &[&self.id])
+                .await
+                .map_err(db_error)
+        };
+        if let Err(e) = gone.await {
+            tracing::warn!(error = %e, "leaving the replicas that keep lookups; others wait until the lease ends");
+        }
+    }
+
     /// A new listening connection listens; it counts once a ping comes back over it.
     fn listening(&self, since: String) {
         let Ok(mut state) = self.state.lock() else { return };
+        if self.left.load(Ordering::Acquire) {
+            return;
+        }
         state.sessions += 1;
         state.session = Some((state.sessions, since));
         state.ping = None;
@@ -206,6 +229,9 @@ impl Lookups {
     async fn renew(&self, pool: &SharedPool, sweep: bool) -> Result<()> {
         let (session, renewing, ping) = {
             let Ok(mut state) = self.state.lock() else { return Ok(()) };
+            if self.left.load(Ordering::Acquire) {
+                return Ok(());
+            }
             let Some(session) = state.session.clone() else { return Ok(()) };
             let renewing = std::mem::take(&mut state.heard);
             let ping = match state.ping {

@@ -617,6 +617,10 @@ impl MetaStore for PostgresMeta {
         rows.into_iter().map(|r| parse("upload id", r.get(0))).collect()
     }
 
+    async fn leave(&self) {
+        self.lookups.leave(&self.pool).await;
+    }
+
     async fn count_uploads(&self) -> Result<u64> {
         let c = self.client().await?;
         let row = query_opt(&c, "SELECT count(*) FROM uploads", &[]).await.map_err(db_error)?;

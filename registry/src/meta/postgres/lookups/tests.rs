@@ -135,3 +135,26 @@ async fn a_replica_whose_listening_connection_breaks_serves_no_stale_answer() {
         trusted(&[&b]).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_leaves_gives_up_its_lease_at_once_and_for_good() {
+    let db = TestDatabase::create().await;
+    let (a, b) = (replica(&db).await, replica(&db).await);
+    trusted(&[&a, &b]).await;
+    let (admin, _conn) = db.client().await;
+    let leases = |id: String| {
+        let admin = &admin;
+        async move {
+            let n = admin.query_one("SELECT count(*) FROM lookup_replicas WHERE id = $1", &[&id]).await;
+            n.unwrap().get::<_, i64>(0)
+        }
+    };
+    assert_eq!(leases(b.lookups.id.clone()).await, 1);
+    b.leave().await;
+    assert!(!b.lookups.trusted(), "a replica that left serves nothing from memory");
+    // Its renewals, which go on until the process ends, do not bring the lease back.
+    tokio::time::sleep(RENEW_EVERY * 3).await;
+    assert_eq!(leases(b.lookups.id.clone()).await, 0);
+    assert!(!b.lookups.trusted());
+    assert_eq!(leases(a.lookups.id.clone()).await, 1, "the other replica keeps its lease");
+}
