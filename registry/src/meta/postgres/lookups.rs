@@ -157,13 +157,7 @@ impl Lookups {
     pub(super) async fn leave(&self, pool: &SharedPool) {
         self.left.store(true, Ordering::Release);
         self.lapse();
-        let gone = async {
-            pool::client(pool)
-                .await?
-                .execute("DELETE FROM lookup_replicas WHERE id = $1", &[&self.id])
-                .await
-                .map_err(db_error)
-        };
+        let gone = async { drop_lease(&*pool::client(pool).await?, &self.id).await };
         if let Err(e) = gone.await {
             tracing::warn!(error = %e, "leaving the replicas that keep lookups; others wait until the lease ends");
         }
@@ -258,6 +252,10 @@ impl Lookups {
             )
             .await
             .map_err(db_error)?;
+            if self.left.load(Ordering::Acquire) {
+                // Left while this renewal ran: the lease it brought back goes again.
+                return drop_lease(&c, &self.id).await;
+            }
             self.extend(session.0, sent);
         }
         if let Some(seq) = ping {
@@ -314,6 +312,12 @@ impl Lookups {
             _ => Ok(()),
         }
     }
+}
+
+/// Removes replica `id`'s lease: writers stop waiting for it.
+async fn drop_lease(c: &tokio_postgres::Client, id: &str) -> Result<()> {
+    c.execute("DELETE FROM lookup_replicas WHERE id = $1", &[&id]).await.map_err(db_error)?;
+    Ok(())
 }
 
 /// Keeps a listening connection for as long as the store lives, making it again when it breaks
@@ -384,7 +388,7 @@ async fn session(lookups: &Weak<Lookups>, pool: &Weak<SharedPool>) -> Ended {
             _ = tick.tick() => {
                 if lookups.strong_count() == 0 {
                     // Leave at once rather than have writers wait for this lease to end.
-                    let _ = client.execute("DELETE FROM lookup_replicas WHERE id = $1", &[&id]).await;
+                    let _ = drop_lease(&client, &id).await;
                     return Ended::Gone;
                 }
                 match pool.upgrade().map(|p| p.url()) {
