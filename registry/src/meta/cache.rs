@@ -88,7 +88,8 @@ pub trait CacheIndex: Send + Sync + 'static {
     async fn least_recently_pulled(&self, prefix: &str, before: i64, limit: usize)
         -> Result<Vec<CachedItem>>;
     /// Forgets cached content: the manifest (with its tags) or the blob link, and its pull record.
-    /// Returns whether any repository still links the bytes.
+    /// Returns whether that released the bytes (nothing uses them any more, see
+    /// [`super::sweep`]): a purge then deletes them.
     async fn evict(&self, item: &CachedItem) -> Result<bool>;
     /// Claims (or renews) the fetch of `digest` for `holder` until `expires_at` (unix
     /// milliseconds); a claim whose holder stopped renewing it by `now` is taken over, and so is

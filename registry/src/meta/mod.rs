@@ -14,11 +14,13 @@ pub mod multiparts;
 pub mod postgres;
 pub mod resolved;
 pub mod sqlite;
+pub mod sweep;
 #[cfg(test)]
 pub(crate) mod testsuite;
 
 use crate::UploadId;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
+pub use sweep::Stored;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -26,6 +28,10 @@ pub enum MetaError {
     BlobUnknown(Digest),
     #[error("manifest {0} is not known in this repository")]
     ManifestUnknown(Digest),
+    /// The blob's object is being deleted (or, for a write that assumed it stored, is gone):
+    /// write it again once the deletion is over ([`MetaStore::blob_purging`]).
+    #[error("blob {0} is being deleted")]
+    BlobGone(Digest),
     #[error("upload session is unknown")]
     UploadUnknown,
     #[error("upload has {current} bytes, not as many as the chunk assumed")]
@@ -70,6 +76,8 @@ pub struct NewManifest {
     /// Refuse the manifest unless everything it references is already in the repository. Off
     /// only for manifests cached from an upstream, whose content arrives on demand.
     pub verify_references: bool,
+    /// Whether the caller wrote the manifest's bytes or found them stored ([`sweep`]).
+    pub stored: Stored,
 }
 
 /// One entry of a referrers response.
@@ -143,8 +151,8 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
     /// Repositories that hold `digest` (for mounts without `from`), at most `limit`.
     async fn repos_with_blob(&self, digest: &Digest, limit: usize) -> Result<Vec<RepoName>>;
-    /// Records committed content and makes it readable in `repo`.
-    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()>;
+    /// Records committed content and makes it readable in `repo` (see [`sweep`] for `stored`).
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64, stored: Stored) -> Result<()>;
     /// Makes `digest` unreadable in `repo`; false if it was not there.
     async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
 
@@ -182,11 +190,35 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn set_upload_assembly(&self, id: UploadId, assembly: &str) -> Result<Option<String>>;
     /// Ends a session whose bytes are now the blob `digest`: links the blob into `repo` and forgets
     /// the session, in one transaction.
-    async fn finish_upload(&self, id: UploadId, repo: &RepoName, digest: &Digest, size: u64) -> Result<()>;
+    async fn finish_upload(
+        &self,
+        id: UploadId,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        stored: Stored,
+    ) -> Result<()>;
     async fn delete_upload(&self, id: UploadId) -> Result<bool>;
     /// Sessions last touched before `before`.
     async fn stale_uploads(&self, before: i64, limit: usize) -> Result<Vec<UploadId>>;
     async fn count_uploads(&self) -> Result<u64>;
+    /// Released blobs ([`sweep`]) whose objects may be deleted: released before
+    /// `deleting_before`, or left purging since before `purging_before` (unix milliseconds).
+    async fn purgeable_blobs(
+        &self,
+        deleting_before: i64,
+        purging_before: i64,
+        limit: usize,
+    ) -> Result<Vec<Digest>>;
+    /// Marks one of them purging (now, by the caller) if it still is purgeable and unused; false
+    /// otherwise (a blob something uses again is made live).
+    async fn begin_purge(&self, digest: &Digest, deleting_before: i64, purging_before: i64) -> Result<bool>;
+    /// Marks a purging blob whose object is deleted `gone`.
+    async fn end_purge(&self, digest: &Digest) -> Result<()>;
+    /// Forgets up to `limit` blobs gone since before `before` (unix milliseconds); how many.
+    async fn forget_gone(&self, before: i64, limit: usize) -> Result<u64>;
+    /// Whether the blob's object is being deleted.
+    async fn blob_purging(&self, digest: &Digest) -> Result<bool>;
     /// This process stops serving: a store shared with other replicas tells them not to wait
     /// for it any more. Called once requests have drained.
     async fn leave(&self) {}
@@ -221,6 +253,16 @@ impl UploadPart {
         } else {
             Err(MetaError::Db("upload part nonce must be hex".into()))
         }
+    }
+}
+
+/// What a write that records a blob makes of the state it found: `Ok` when the blob is `live`
+/// now, [`MetaError::BlobGone`] when its object is being deleted or was (for an assumed
+/// object: or is not stored at all).
+pub(crate) fn recorded_blob(digest: &Digest, stored: Stored, state: Option<&str>) -> Result<()> {
+    match (stored, state) {
+        (_, Some("live")) | (Stored::Written | Stored::Confirmed, None) => Ok(()),
+        _ => Err(MetaError::BlobGone(digest.clone())),
     }
 }
 

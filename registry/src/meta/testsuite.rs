@@ -2,7 +2,7 @@
 
 use super::cache::{CacheIndex, CachedItem, CachedPull, ContentKind, FetchClaim};
 use super::multiparts::MultipartLog;
-use super::{Appended, MetaError, MetaStore, NewManifest, Page, UploadPart};
+use super::{Appended, MetaError, MetaStore, NewManifest, Page, Stored, UploadPart};
 use crate::UploadId;
 use berth_core::oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
@@ -15,6 +15,7 @@ pub(crate) async fn run<M: MetaStore + CacheIndex + MultipartLog>(m: &M) {
     upload_sessions(m).await;
     cache_bookkeeping(m).await;
     fetch_claims(m).await;
+    released_blobs_leave_safely(m).await;
     multipart_leases(m).await;
 }
 
@@ -58,14 +59,15 @@ pub(crate) fn manifest(r: &str, name: &str, blobs: &[&Digest], tag: Option<&str>
         manifests: vec![],
         tags: tag.map(|t| t.parse().unwrap()).into_iter().collect(),
         verify_references: true,
+        stored: Stored::Written,
     }
 }
 
 async fn blobs_are_per_repository(m: &dyn MetaStore) {
     let d = digest("layer-a");
     assert_eq!(m.blob_size(&d).await.unwrap(), None);
-    m.link_blob(&repo("one"), &d, 42).await.unwrap();
-    m.link_blob(&repo("one"), &d, 42).await.unwrap(); // idempotent
+    m.link_blob(&repo("one"), &d, 42, Stored::Written).await.unwrap();
+    m.link_blob(&repo("one"), &d, 42, Stored::Written).await.unwrap(); // idempotent
     assert_eq!(m.blob_in_repo(&repo("one"), &d).await.unwrap(), Some(42));
     assert_eq!(m.blob_in_repo(&repo("two"), &d).await.unwrap(), None);
     assert_eq!(m.blob_size(&d).await.unwrap(), Some(42));
@@ -85,7 +87,7 @@ async fn manifests_check_references(m: &dyn MetaStore) {
         ),
         "a repository that does not exist holds nothing"
     );
-    m.link_blob(&repo("app"), &config, 2).await.unwrap();
+    m.link_blob(&repo("app"), &config, 2, Stored::Written).await.unwrap();
     m.check_references(&repo("app"), std::slice::from_ref(&config), none).await.unwrap();
     assert!(matches!(
         m.check_references(&repo("app"), &[config.clone(), layer.clone()], none).await,
@@ -101,7 +103,7 @@ async fn manifests_check_references(m: &dyn MetaStore) {
     let tag: Tag = "v1".parse().unwrap();
     assert_eq!(m.manifest(&repo("app"), &Reference::Tag(tag.clone())).await.unwrap(), None);
 
-    m.link_blob(&repo("app"), &layer, 3).await.unwrap();
+    m.link_blob(&repo("app"), &layer, 3, Stored::Written).await.unwrap();
     m.put_manifest(manifest("app", "img", &[&config, &layer], Some("v1"))).await.unwrap();
     let by_tag = m.manifest(&repo("app"), &Reference::Tag(tag)).await.unwrap().unwrap();
     assert_eq!(by_tag.digest, digest("img"));
@@ -233,7 +235,7 @@ async fn upload_sessions(m: &dyn MetaStore) {
     let (id, blob) = (UploadId::random(), digest("finished"));
     m.create_upload(id, &repo("up"), 200).await.unwrap();
     m.append_upload(id, &chunk(0, 7), 3, 201).await.unwrap();
-    m.finish_upload(id, &repo("up"), &blob, 7).await.unwrap();
+    m.finish_upload(id, &repo("up"), &blob, 7, Stored::Written).await.unwrap();
     assert_eq!(m.upload(id).await.unwrap(), None);
     assert!(m.upload_parts(id).await.unwrap().is_empty(), "chunks go with their session");
     assert_eq!(m.blob_in_repo(&repo("up"), &blob).await.unwrap(), Some(7));
@@ -253,9 +255,9 @@ async fn cache_bookkeeping<M: MetaStore + CacheIndex>(m: &M) {
     m.set_tag_checked(&hub, &tag, 200).await.unwrap();
     assert_eq!(m.tag_checked_at(&hub, &tag).await.unwrap(), Some(200));
 
-    m.link_blob(&hub, &layer, 1000).await.unwrap();
-    m.link_blob(&hub, &shared, 10).await.unwrap();
-    m.link_blob(&repo("private/app"), &shared, 10).await.unwrap();
+    m.link_blob(&hub, &layer, 1000, Stored::Written).await.unwrap();
+    m.link_blob(&hub, &shared, 10, Stored::Written).await.unwrap();
+    m.link_blob(&repo("private/app"), &shared, 10, Stored::Written).await.unwrap();
     let pull =
         |d: &Digest, kind, size, at| CachedPull { repo: hub.clone(), digest: d.clone(), kind, size, at };
     m.record_pulls(vec![
@@ -278,15 +280,85 @@ async fn cache_bookkeeping<M: MetaStore + CacheIndex>(m: &M) {
     assert_eq!(order.iter().map(|i| i.size).collect::<Vec<_>>(), vec![1000, 10]);
     assert_eq!(m.least_recently_pulled("docker.io", 100, 1).await.unwrap().len(), 1);
 
-    // Evicting the only link frees the bytes; a blob another repository holds stays.
+    // Evicting the only link releases the bytes; a blob another repository holds stays.
     let item = |d: &Digest, kind, size| CachedItem { repo: hub.clone(), digest: d.clone(), kind, size };
-    assert!(!m.evict(&item(&layer, ContentKind::Blob, 1000)).await.unwrap());
+    assert!(m.evict(&item(&layer, ContentKind::Blob, 1000)).await.unwrap());
     assert_eq!(m.blob_size(&layer).await.unwrap(), None);
-    assert!(m.evict(&item(&shared, ContentKind::Blob, 10)).await.unwrap());
+    assert!(!m.evict(&item(&shared, ContentKind::Blob, 10)).await.unwrap());
     assert_eq!(m.blob_in_repo(&repo("private/app"), &shared).await.unwrap(), Some(10));
-    assert!(!m.evict(&item(&digest("c-index"), ContentKind::Manifest, 100)).await.unwrap());
+    assert!(m.evict(&item(&digest("c-index"), ContentKind::Manifest, 100)).await.unwrap());
     assert_eq!(m.manifest(&hub, &Reference::Tag(tag)).await.unwrap(), None);
     assert_eq!(m.cached_size("docker.io").await.unwrap(), 0);
+}
+
+/// The steps by which a blob leaves (`super::sweep`), and what writes of its digest meet.
+async fn released_blobs_leave_safely<M: MetaStore + CacheIndex>(m: &M) {
+    let r = repo("cache/leaving");
+    let d = digest("leaving");
+    let item = CachedItem { repo: r.clone(), digest: d.clone(), kind: ContentKind::Blob, size: 5 };
+    m.link_blob(&r, &d, 5, Stored::Written).await.unwrap();
+    let released_at = super::now_millis();
+    assert!(m.evict(&item).await.unwrap(), "nothing else uses it: released");
+    assert_eq!(m.blob_size(&d).await.unwrap(), None, "a released blob answers as absent");
+    assert!(!m.purgeable_blobs(released_at - 60_000, 0, 10).await.unwrap().contains(&d), "readers' grace");
+    assert!(!m.begin_purge(&d, released_at - 60_000, 0).await.unwrap());
+
+    // Any write of the digest makes it live again, out of the purge's reach.
+    m.link_blob(&r, &d, 5, Stored::Written).await.unwrap();
+    assert_eq!(m.blob_size(&d).await.unwrap(), Some(5));
+    let later = super::now_millis() + 1;
+    assert!(!m.purgeable_blobs(later, 0, 10).await.unwrap().contains(&d));
+    assert!(!m.begin_purge(&d, later, 0).await.unwrap());
+
+    // Released again and purging: writes of the digest are told, and nothing is recorded.
+    assert!(m.evict(&item).await.unwrap());
+    let later = super::now_millis() + 1;
+    assert!(m.purgeable_blobs(later, 0, 10).await.unwrap().contains(&d));
+    assert!(m.begin_purge(&d, later, 0).await.unwrap());
+    assert!(m.blob_purging(&d).await.unwrap());
+    let gone = |e: Result<(), MetaError>| matches!(e, Err(MetaError::BlobGone(g)) if g == d);
+    assert!(gone(m.link_blob(&r, &d, 5, Stored::Written).await));
+    assert!(gone(m.link_blob(&r, &d, 5, Stored::Assumed).await));
+    let mut named = manifest("cache/leaving", "leaving", &[], Some("t"));
+    named.stored = Stored::Assumed;
+    assert!(gone(m.put_manifest(named).await));
+    assert_eq!(m.blob_in_repo(&r, &d).await.unwrap(), None);
+    assert_eq!(m.manifest(&r, &Reference::Tag("t".parse().unwrap())).await.unwrap(), None);
+
+    // A purge that stopped is taken over once its lease is over, not before.
+    assert!(!m.purgeable_blobs(0, 0, 10).await.unwrap().contains(&d));
+    assert!(!m.begin_purge(&d, later, 0).await.unwrap());
+    let lease_over = super::now_millis() + 1;
+    assert!(m.purgeable_blobs(0, lease_over, 10).await.unwrap().contains(&d));
+    assert!(m.begin_purge(&d, 0, lease_over).await.unwrap());
+    m.end_purge(&d).await.unwrap();
+    assert!(!m.blob_purging(&d).await.unwrap());
+    assert_eq!(m.blob_size(&d).await.unwrap(), None);
+
+    // Once gone, a write cannot tell whether the delete took its object: only an object seen
+    // stored after the purge ended is recorded.
+    assert!(gone(m.link_blob(&r, &d, 5, Stored::Assumed).await));
+    assert!(gone(m.link_blob(&r, &d, 5, Stored::Written).await));
+    m.link_blob(&r, &d, 5, Stored::Confirmed).await.unwrap();
+    assert_eq!(m.blob_size(&d).await.unwrap(), Some(5));
+    assert_eq!(m.blob_in_repo(&r, &d).await.unwrap(), Some(5));
+
+    // A gone blob's row is forgotten in time; then a write records as for a new blob.
+    let e = digest("leaving-too");
+    m.link_blob(&r, &e, 6, Stored::Written).await.unwrap();
+    assert!(m.evict(&CachedItem { digest: e.clone(), size: 6, ..item.clone() }).await.unwrap());
+    let later = super::now_millis() + 1;
+    assert!(m.begin_purge(&e, later, 0).await.unwrap());
+    m.end_purge(&e).await.unwrap();
+    assert_eq!(m.forget_gone(0, 10).await.unwrap(), 0, "kept while young");
+    assert!(m.forget_gone(super::now_millis() + 1, 10).await.unwrap() >= 1);
+    m.link_blob(&r, &e, 6, Stored::Written).await.unwrap();
+    assert_eq!(m.blob_size(&e).await.unwrap(), Some(6));
+
+    // A blob that another repository links is not released.
+    m.link_blob(&repo("cache/other"), &d, 5, Stored::Assumed).await.unwrap();
+    assert!(!m.evict(&CachedItem { repo: repo("cache/other"), ..item.clone() }).await.unwrap());
+    assert_eq!(m.blob_size(&d).await.unwrap(), Some(5));
 }
 
 async fn fetch_claims<M: CacheIndex>(m: &M) {

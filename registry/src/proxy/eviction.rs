@@ -66,6 +66,9 @@ impl Proxy {
                 }
             }
         }
+        if evicted > 0 {
+            self.registry.purge_released().await?;
+        }
         Ok(evicted)
     }
 
@@ -77,11 +80,10 @@ impl Proxy {
         Ok(())
     }
 
+    /// Forgets the item; its bytes, once nothing uses them, go on the one safe delete path
+    /// (`crate::meta::sweep`), which the pass ends with.
     async fn evict(&self, upstream: &str, item: &CachedItem) -> Result<()> {
-        let still_used = self.cache.evict(item).await?;
-        if !still_used {
-            self.registry.delete_unreferenced_bytes(&item.digest).await?;
-        }
+        self.cache.evict(item).await?;
         self.metrics.evicted(upstream, 1);
         debug!(repository = %item.repo, digest = %item.digest, kind = %item.kind, "evicted cached content");
         Ok(())

@@ -213,6 +213,7 @@ pub async fn serve(
     let mut background = vec![
         tokio::spawn(purge_uploads(state.registry.clone())),
         tokio::spawn(sweep_multiparts(state.registry.clone())),
+        tokio::spawn(purge_released(state.registry.clone())),
     ];
     background.extend(state.proxy.clone().map(|p| tokio::spawn(p.maintain())));
     background.extend(state.auth.clone().map(|a| tokio::spawn(refresh_credentials(a))));
@@ -364,6 +365,20 @@ async fn sweep_multiparts(registry: Arc<Registry>) {
             Some(Ok(0)) => {}
             Some(Ok(n)) => info!(uploads = n, "aborted multipart uploads left by writers that are gone"),
             Some(Err(e)) => warn!(error = %e, "sweeping abandoned multipart uploads failed"),
+        }
+    }
+}
+
+/// Deletes the bytes of released blobs once their readers' grace is over (on any replica).
+async fn purge_released(registry: Arc<Registry>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match registry.purge_released().await {
+            Ok(0) => {}
+            Ok(n) => info!(blobs = n, "deleted the bytes of released blobs"),
+            Err(e) => warn!(error = %e, "deleting released blobs failed; retrying later"),
         }
     }
 }

@@ -4,6 +4,7 @@ use tracing::{error, warn};
 
 use super::error::{Result, ServiceError};
 use super::registry::Registry;
+use crate::meta::Stored;
 use crate::storage::{layout, ByteStream, ObjectWriter, StorageError};
 use berth_core::oci::range::{span, ByteRange};
 use berth_core::oci::{Digest, RepoName};
@@ -77,8 +78,7 @@ impl Registry {
         size: u64,
     ) -> Result<()> {
         writer.commit(&layout::blob(digest)).await?;
-        self.meta.link_blob(repo, digest, size).await?;
-        Ok(())
+        self.record_written(repo, digest, size).await
     }
 
     /// Whether fetched blobs spooled in `dir` can become stored blobs by being moved, not copied.
@@ -96,8 +96,24 @@ impl Registry {
         size: u64,
     ) -> Result<()> {
         self.storage.adopt(file, &layout::blob(digest)).await?;
-        self.meta.link_blob(repo, digest, size).await?;
-        Ok(())
+        self.record_written(repo, digest, size).await
+    }
+
+    /// Links a blob whose object the caller just wrote; an error if a purge took it meanwhile.
+    pub(super) async fn record_written(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
+        let linked = self
+            .record_past_purge(digest, size, Stored::Written, |s| self.meta.link_blob(repo, digest, size, s));
+        if linked.await? {
+            Ok(())
+        } else {
+            Err(ServiceError::gone(digest))
+        }
+    }
+
+    /// Links a blob found stored to `repo`; false when it turns out to be gone.
+    async fn record_assumed(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<bool> {
+        self.record_past_purge(digest, size, Stored::Assumed, |s| self.meta.link_blob(repo, digest, size, s))
+            .await
     }
 
     /// Links bytes already in storage to another repository (the caller knows the repository may
@@ -107,14 +123,7 @@ impl Registry {
         if self.storage.stat(&layout::blob(digest)).await? != Some(size) {
             return Ok(None);
         }
-        self.meta.link_blob(repo, digest, size).await?;
-        Ok(Some(size))
-    }
-
-    /// Deletes the bytes of a blob no repository references any more.
-    pub async fn delete_unreferenced_bytes(&self, digest: &Digest) -> Result<()> {
-        self.manifests.remove(digest);
-        Ok(self.storage.delete(&layout::blob(digest)).await?)
+        Ok(self.record_assumed(repo, digest, size).await?.then_some(size))
     }
 
     /// Removes the blob from the repository. Its bytes stay until garbage collection finds no
@@ -149,8 +158,7 @@ impl Registry {
                 warn!(digest = %digest, "mount source is recorded but its bytes are missing");
                 return Ok(None);
             }
-            self.meta.link_blob(repo, digest, size).await?;
-            return Ok(Some(size));
+            return Ok(self.record_assumed(repo, digest, size).await?.then_some(size));
         }
         Ok(None)
     }

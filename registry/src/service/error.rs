@@ -49,8 +49,19 @@ impl From<MetaError> for ServiceError {
             MetaError::UploadFull { max } => ServiceError::UploadInvalid(format!(
                 "the upload already has {max} chunks, the most one session may hold; send larger chunks"
             )),
+            MetaError::BlobGone(d) => ServiceError::gone(&d),
             e => ServiceError::Meta(e),
         }
+    }
+}
+
+impl ServiceError {
+    /// The blob's bytes went with a deletion that raced their write (a 503: writing them again
+    /// succeeds).
+    pub(crate) fn gone(digest: &Digest) -> ServiceError {
+        ServiceError::Meta(MetaError::Unavailable(format!(
+            "blob {digest} was being deleted as it was written; write it again"
+        )))
     }
 }
 

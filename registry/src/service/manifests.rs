@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use super::error::{Result, ServiceError};
 use super::registry::Registry;
-use crate::meta::{ManifestRecord, NewManifest, Page, Referrer};
+use crate::meta::{ManifestRecord, NewManifest, Page, Referrer, Stored};
 use crate::storage::{layout, put_all, read_all, StorageError};
 use berth_core::oci::manifest::{self, ManifestError};
 use berth_core::oci::{Algorithm, Digest, Reference, RepoName, Tag};
@@ -107,31 +107,44 @@ impl Registry {
         if verify_references {
             self.meta.check_references(repo, &parsed.blobs, &parsed.manifests).await?;
         }
+        // A `live` row always has its object (see `crate::meta::sweep`); otherwise write it.
         let key = layout::blob(digest);
-        if self.storage.stat(&key).await? != Some(body.len() as u64) {
+        let size = body.len() as u64;
+        let stored = if self.meta.blob_size(digest).await? == Some(size) {
+            Stored::Assumed
+        } else {
             put_all(self.storage.as_ref(), &key, body.clone()).await?;
-        }
+            Stored::Written
+        };
         let annotations = match &parsed.annotations {
             Some(a) => {
                 Some(serde_json::to_string(a).map_err(|e| ServiceError::ManifestInvalid(e.to_string()))?)
             }
             None => None,
         };
-        self.meta
-            .put_manifest(NewManifest {
-                repo: repo.clone(),
-                digest: digest.clone(),
-                media_type: parsed.media_type,
-                size: body.len() as u64,
-                artifact_type: parsed.artifact_type,
-                subject: parsed.subject,
-                annotations,
-                blobs: parsed.blobs,
-                manifests: parsed.manifests,
-                tags,
-                verify_references,
-            })
-            .await?;
+        let m = NewManifest {
+            repo: repo.clone(),
+            digest: digest.clone(),
+            media_type: parsed.media_type,
+            size,
+            artifact_type: parsed.artifact_type,
+            subject: parsed.subject,
+            annotations,
+            blobs: parsed.blobs,
+            manifests: parsed.manifests,
+            tags,
+            verify_references,
+            stored,
+        };
+        let record = |stored| self.meta.put_manifest(NewManifest { stored, ..m.clone() });
+        if !self.record_past_purge(digest, size, stored, record).await? {
+            // A purge took the bytes: they are in hand, so write them again.
+            put_all(self.storage.as_ref(), &key, body.clone()).await?;
+            let record = |stored| self.meta.put_manifest(NewManifest { stored, ..m.clone() });
+            if !self.record_past_purge(digest, size, Stored::Written, record).await? {
+                return Err(ServiceError::gone(digest));
+            }
+        }
         self.manifests.insert(digest, body);
         Ok(())
     }
@@ -263,9 +276,16 @@ mod tests {
         let meta = Arc::new(SqliteMeta::open(dir.path().join("meta.db")).unwrap());
         let blob = Digest::of(Algorithm::Sha256, b"x");
         for i in 0..120 {
-            meta.link_blob(&format!("hidden/{i:03}").parse().unwrap(), &blob, 1).await.unwrap();
+            meta.link_blob(
+                &format!("hidden/{i:03}").parse().unwrap(),
+                &blob,
+                1,
+                crate::meta::Stored::Written,
+            )
+            .await
+            .unwrap();
         }
-        meta.link_blob(&"z/visible".parse().unwrap(), &blob, 1).await.unwrap();
+        meta.link_blob(&"z/visible".parse().unwrap(), &blob, 1, crate::meta::Stored::Written).await.unwrap();
         let limits = Limits { catalog_scan: 50, ..Limits::default() };
         let registry = Registry::new(Arc::new(MemoryStorage::new()), meta, limits);
         let visible = |r: &str| r == "z/visible";

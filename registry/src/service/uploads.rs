@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use super::assembly::{self, nonce, PartSink};
 use super::error::{Result, ServiceError};
 use super::registry::{copy_body, repo_matches, BodyStream, Registry};
-use crate::meta::{now, Appended, Upload, UploadPart};
+use crate::meta::{now, Appended, Stored, Upload, UploadPart};
 use crate::storage::{layout, put_all};
 use crate::UploadId;
 use berth_core::oci::range::ChunkRange;
@@ -33,8 +33,10 @@ use berth_core::oci::{Algorithm, Digest, Hasher, RepoName};
 enum Published {
     /// Its one chunk was renamed into place: no chunk is left.
     Moved,
-    /// The blob was written anew (or was there already): the chunks are left to remove.
+    /// The blob was written anew: the chunks are left to remove.
     Copied,
+    /// The blob was stored already (content-addressed, so identical): the chunks are left too.
+    Found,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,19 +111,36 @@ impl Registry {
         if assembled && completed.is_none() {
             completed = Some(assembly::complete(self.storage.as_ref(), &u, &parts).await?);
         }
-        let published = match &completed {
+        // A `live` row always has its object (see `crate::meta::sweep`): then the session's own
+        // bytes need not be published.
+        let found = completed.is_none() && self.meta.blob_size(digest).await? == Some(u.received);
+        let (mut published, stored) = match &completed {
+            _ if found => (Published::Found, Stored::Assumed),
             Some(key) => {
                 self.storage.rename(key, &layout::blob(digest)).await?;
-                Published::Copied
+                (Published::Copied, Stored::Written)
             }
-            None => self.publish(&u, &parts, digest).await?,
+            None => (self.publish(&u, &parts, digest).await?, Stored::Written),
         };
-        if published == Published::Copied {
+        let finish = |s| self.meta.finish_upload(u.id, repo, digest, u.received, s);
+        let mut recorded = self.record_past_purge(digest, u.received, stored, &finish).await?;
+        if !recorded && found {
+            // What was found stored went with a purge: publish the session's bytes after all.
+            published = self.publish(&u, &parts, digest).await?;
+            recorded = self.record_past_purge(digest, u.received, Stored::Written, &finish).await?;
+        }
+        if !recorded {
+            self.discard(&u).await;
+            return Err(ServiceError::gone(digest));
+        }
+        if published != Published::Moved {
+            // The blob is recorded: a chunk left behind is only litter (the scrub's to find).
             for p in parts.iter().filter(|p| p.tag.is_none()) {
-                self.storage.delete(&layout::upload_part(&u.id, p.start, &p.nonce)).await?;
+                if let Err(e) = self.storage.delete(&layout::upload_part(&u.id, p.start, &p.nonce)).await {
+                    tracing::warn!(error = %e, upload = %u.id, "could not remove an upload chunk");
+                }
             }
         }
-        self.meta.finish_upload(u.id, repo, digest, u.received).await?;
         Ok(u.received)
     }
 
@@ -149,7 +168,7 @@ impl Registry {
             )));
         }
         writer.commit(&layout::blob(digest)).await?;
-        self.meta.link_blob(repo, digest, size).await?;
+        self.record_written(repo, digest, size).await?;
         Ok(size)
     }
 
@@ -282,9 +301,6 @@ impl Registry {
     /// Makes the verified bytes of `u` the blob `digest`.
     async fn publish(&self, u: &Upload, parts: &[UploadPart], digest: &Digest) -> Result<Published> {
         let target = layout::blob(digest);
-        if self.storage.stat(&target).await? == Some(u.received) {
-            return Ok(Published::Copied); // already stored by someone else: content-addressed, so identical
-        }
         let part_key = |p: &UploadPart| layout::upload_part(&u.id, p.start, &p.nonce);
         match parts {
             [] => put_all(self.storage.as_ref(), &target, bytes::Bytes::new()).await?,

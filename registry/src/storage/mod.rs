@@ -113,6 +113,14 @@ pub trait Storage: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// How long an object whose blob was released stays before it is deleted, for readers that
+    /// were handed it: on an object store, a read streams in requests of its own over minutes and
+    /// a presigned URL ([`Storage::presigned_get`]) may be used until it expires; a file already
+    /// open keeps its bytes.
+    fn read_grace(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// The size of part `index` (from 0; every part but the last has exactly this size) of an
     /// object assembled from parts uploaded separately, when this store builds large objects that
     /// way (S3 multipart uploads, whose parts must be at least 5 MiB and number at most 10,000, so

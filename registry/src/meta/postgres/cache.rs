@@ -166,11 +166,11 @@ impl CacheIndex for PostgresMeta {
     }
 }
 
-/// Removes `item` from the cache's records (and its blob row once nothing uses it); whether
-/// anything still uses its digest.
+/// Removes `item` from the cache's records, and releases its blob once nothing uses it; whether
+/// it did.
 fn evict_tx<'t>(tx: &'t Tx<'t>, item: CachedItem) -> TxFuture<'t, bool> {
     Box::pin(async move {
-        let Some(id) = repo_id(tx, item.repo.as_str()).await? else { return Ok(true) };
+        let Some(id) = repo_id(tx, item.repo.as_str()).await? else { return Ok(false) };
         let digest = item.digest.as_str();
         execute(tx, "DELETE FROM proxy_content WHERE repository_id = $1 AND digest = $2", &[&id, &digest])
             .await?;
@@ -194,17 +194,11 @@ fn evict_tx<'t>(tx: &'t Tx<'t>, item: CachedItem) -> TxFuture<'t, bool> {
                 .await?;
             }
         }
-        let used = query_opt(
-            tx,
-            "SELECT EXISTS (SELECT 1 FROM repository_blobs WHERE digest = $1)
-                 OR EXISTS (SELECT 1 FROM manifests WHERE digest = $1)",
-            &[&digest],
-        )
-        .await?
-        .is_some_and(|r| r.get::<_, bool>(0));
-        if !used {
-            execute(tx, "DELETE FROM blobs WHERE digest = $1", &[&digest]).await?;
-        }
-        Ok(used)
+        // The row lock first: the release's own look at what uses the blob then sees every write
+        // of the digest that held it.
+        query_opt(tx, crate::meta::sweep::LOCK, &[&digest]).await?;
+        let released =
+            execute(tx, crate::meta::sweep::RELEASE, &[&crate::meta::now_millis(), &digest]).await?;
+        Ok(released > 0)
     })
 }

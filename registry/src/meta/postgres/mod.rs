@@ -19,6 +19,7 @@ mod lookups;
 mod migrate;
 mod multiparts;
 mod pool;
+mod sweep;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
@@ -34,8 +35,8 @@ use deadpool_postgres::{GenericClient, Object};
 use errors::{db_error, retryable};
 
 use super::{
-    Appended, ManifestRecord, MetaError, MetaStore, NewManifest, Page, PoolUse, Referrer, Result, Upload,
-    UploadPart,
+    Appended, ManifestRecord, MetaError, MetaStore, NewManifest, Page, PoolUse, Referrer, Result, Stored,
+    Upload, UploadPart,
 };
 use crate::UploadId;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
@@ -198,10 +199,11 @@ async fn ensure_repo(tx: &Tx<'_>, repo: &str, now: i64) -> TxResult<i64> {
     repo_id(tx, repo).await?.ok_or_else(|| MetaError::Db("repository vanished while inserting".into()).into())
 }
 
-async fn link_blob_tx(tx: &Tx<'_>, repo: &str, digest: &str, size: u64) -> TxResult<()> {
+async fn link_blob_tx(tx: &Tx<'_>, repo: &str, digest: &Digest, size: u64, stored: Stored) -> TxResult<()> {
     let now = super::now();
-    insert_blob(tx, digest, size, now).await?;
+    record_blob(tx, digest, size, now, stored).await?;
     let id = ensure_repo(tx, repo, now).await?;
+    let digest = digest.as_str();
     execute(
         tx,
         "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3)
@@ -212,14 +214,19 @@ async fn link_blob_tx(tx: &Tx<'_>, repo: &str, digest: &str, size: u64) -> TxRes
     Ok(())
 }
 
-async fn insert_blob(tx: &Tx<'_>, digest: &str, size: u64, now: i64) -> TxResult<()> {
-    execute(
-        tx,
-        "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING",
-        &[&digest, &(size as i64), &now],
-    )
-    .await?;
-    Ok(())
+/// Records the blob's row for a write of its object (see [`crate::meta::sweep`]); the statement
+/// locks the row, so a release or purge of the same digest waits for this transaction.
+async fn record_blob(tx: &Tx<'_>, digest: &Digest, size: u64, now: i64, stored: Stored) -> TxResult<()> {
+    use crate::meta::sweep::{RECORD_ASSUMED, RECORD_WRITTEN};
+    let row = match stored {
+        Stored::Written | Stored::Confirmed => {
+            let confirmed = stored == Stored::Confirmed;
+            query_opt(tx, RECORD_WRITTEN, &[&digest.as_str(), &(size as i64), &now, &confirmed]).await?
+        }
+        Stored::Assumed => query_opt(tx, RECORD_ASSUMED, &[&digest.as_str()]).await?,
+    };
+    let state: Option<String> = row.map(|r| r.get(0));
+    Ok(crate::meta::recorded_blob(digest, stored, state.as_deref())?)
 }
 
 /// The first reference the repository (`None`: not created yet) does not hold, as an error.
@@ -263,8 +270,8 @@ async fn put_manifest_tx(tx: &Tx<'_>, m: &NewManifest) -> TxResult<()> {
     if m.verify_references {
         check_references(tx, Some(repo), &m.blobs, &m.manifests, true).await?;
     }
+    record_blob(tx, &m.digest, m.size, now, m.stored).await?;
     let digest = m.digest.as_str();
-    insert_blob(tx, digest, m.size, now).await?;
     let inserted = execute(
         tx,
         "INSERT INTO manifests
@@ -339,9 +346,10 @@ impl MetaStore for PostgresMeta {
 
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
         let c = self.client().await?;
-        let row = query_opt(&c, "SELECT size FROM blobs WHERE digest = $1", &[&digest.as_str()])
-            .await
-            .map_err(db_error)?;
+        let row =
+            query_opt(&c, "SELECT size FROM blobs WHERE digest = $1 AND state = 'live'", &[&digest.as_str()])
+                .await
+                .map_err(db_error)?;
         Ok(row.map(|r| size(r.get(0))))
     }
 
@@ -358,11 +366,11 @@ impl MetaStore for PostgresMeta {
         rows.into_iter().map(|r| parse("repository name", r.get(0))).collect()
     }
 
-    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64, stored: Stored) -> Result<()> {
+        let (repo, digest) = (repo.to_string(), digest.clone());
         self.write(true, move |tx| {
             let (repo, digest) = (repo.clone(), digest.clone());
-            Box::pin(async move { link_blob_tx(tx, &repo, &digest, size).await })
+            Box::pin(async move { link_blob_tx(tx, &repo, &digest, size, stored).await })
         })
         .await
     }
@@ -583,12 +591,19 @@ impl MetaStore for PostgresMeta {
         Ok(row.and_then(|r| r.get(0)))
     }
 
-    async fn finish_upload(&self, id: UploadId, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
+    async fn finish_upload(
+        &self,
+        id: UploadId,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        stored: Stored,
+    ) -> Result<()> {
+        let (repo, digest) = (repo.to_string(), digest.clone());
         self.write(true, move |tx| {
             let (repo, digest) = (repo.clone(), digest.clone());
             Box::pin(async move {
-                link_blob_tx(tx, &repo, &digest, size).await?;
+                link_blob_tx(tx, &repo, &digest, size, stored).await?;
                 execute(tx, "DELETE FROM uploads WHERE id = $1", &[&id.to_string()]).await?;
                 Ok(())
             })
@@ -619,6 +634,31 @@ impl MetaStore for PostgresMeta {
 
     async fn leave(&self) {
         self.lookups.leave(&self.pool).await;
+    }
+
+    async fn purgeable_blobs(
+        &self,
+        deleting_before: i64,
+        purging_before: i64,
+        limit: usize,
+    ) -> Result<Vec<Digest>> {
+        self.purgeable(deleting_before, purging_before, limit).await
+    }
+
+    async fn begin_purge(&self, digest: &Digest, deleting_before: i64, purging_before: i64) -> Result<bool> {
+        self.purge_begins(digest, deleting_before, purging_before).await
+    }
+
+    async fn end_purge(&self, digest: &Digest) -> Result<()> {
+        self.purge_ends(digest).await
+    }
+
+    async fn forget_gone(&self, before: i64, limit: usize) -> Result<u64> {
+        self.gone_forgotten(before, limit).await
+    }
+
+    async fn blob_purging(&self, digest: &Digest) -> Result<bool> {
+        self.purging(digest).await
     }
 
     async fn count_uploads(&self) -> Result<u64> {

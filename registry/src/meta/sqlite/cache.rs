@@ -113,7 +113,7 @@ impl CacheIndex for SqliteMeta {
         let item = item.clone();
         let out = self
             .write(Durability::Synced, move |tx| {
-                let Some(id) = repo_id(tx, item.repo.as_str())? else { return Ok(true) };
+                let Some(id) = repo_id(tx, item.repo.as_str())? else { return Ok(false) };
                 let digest = item.digest.as_str();
                 tx.execute(
                     "DELETE FROM proxy_content WHERE repository_id = ?1 AND digest = ?2",
@@ -137,16 +137,10 @@ impl CacheIndex for SqliteMeta {
                         )?;
                     }
                 }
-                let used = tx
-                    .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM repository_blobs WHERE digest = ?1)
-                         OR EXISTS (SELECT 1 FROM manifests WHERE digest = ?1)",
-                    )?
-                    .query_row([digest], |r| r.get::<_, bool>(0))?;
-                if !used {
-                    tx.execute("DELETE FROM blobs WHERE digest = ?1", [digest])?;
-                }
-                Ok(used)
+                let released = tx
+                    .prepare_cached(crate::meta::sweep::RELEASE)?
+                    .execute(params![crate::meta::now_millis(), digest])?;
+                Ok(released > 0)
             })
             .await;
         self.resolved().invalidate(&repo);

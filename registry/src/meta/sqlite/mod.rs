@@ -18,6 +18,7 @@ mod writer;
 use writer::{Durability, Writer};
 
 use super::resolved::{self, Resolved};
+use super::sweep::{self, Stored};
 use super::{
     Appended, ManifestRecord, MetaError, MetaStore, NewManifest, Page, Referrer, Result, Upload, UploadPart,
 };
@@ -31,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0004_proxy_fetches.sql"),
     include_str!("../../../migrations/sqlite/0005_upload_assembly.sql"),
     include_str!("../../../migrations/sqlite/0006_multipart_uploads.sql"),
+    include_str!("../../../migrations/sqlite/0007_blob_states.sql"),
 ];
 const MAX_IDLE_READERS: usize = 8;
 
@@ -211,13 +213,18 @@ fn ensure_repo(tx: &Connection, repo: &str, now: i64) -> Result<i64> {
     repo_id(tx, repo)?.ok_or_else(|| MetaError::Db("repository vanished while inserting".into()))
 }
 
-fn insert_blob(tx: &Connection, digest: &str, size: u64, now: i64) -> Result<()> {
-    tx.execute(
-        "INSERT INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT (digest) DO NOTHING",
-        params![digest, size as i64, now],
-    )?;
-    Ok(())
+/// Records the blob's row for a write of its object ([`sweep`]).
+fn record_blob(tx: &Connection, digest: &Digest, size: u64, now: i64, stored: Stored) -> Result<()> {
+    let state: Option<String> = match stored {
+        Stored::Written | Stored::Confirmed => tx
+            .prepare_cached(sweep::RECORD_WRITTEN)?
+            .query_row(params![digest.as_str(), size as i64, now, stored == Stored::Confirmed], |r| r.get(0))
+            .optional()?,
+        Stored::Assumed => {
+            tx.prepare_cached(sweep::RECORD_ASSUMED)?.query_row([digest.as_str()], |r| r.get(0)).optional()?
+        }
+    };
+    super::recorded_blob(digest, stored, state.as_deref())
 }
 
 /// Names sorted after `page.last`, at most `page.limit + 1` of them.
@@ -256,7 +263,7 @@ impl MetaStore for SqliteMeta {
         let digest = digest.to_string();
         self.read(move |c| {
             let size: Option<i64> = c
-                .prepare_cached("SELECT size FROM blobs WHERE digest = ?1")?
+                .prepare_cached("SELECT size FROM blobs WHERE digest = ?1 AND state = 'live'")?
                 .query_row([digest], |r| r.get(0))
                 .optional()?;
             Ok(size.map(|s| s as u64))
@@ -279,9 +286,9 @@ impl MetaStore for SqliteMeta {
         .await
     }
 
-    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
-        self.write(Durability::Synced, move |tx| link_blob_tx(tx, &repo, &digest, size)).await
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64, stored: Stored) -> Result<()> {
+        let (repo, digest) = (repo.to_string(), digest.clone());
+        self.write(Durability::Synced, move |tx| link_blob_tx(tx, &repo, &digest, size, stored)).await
     }
 
     async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
@@ -551,10 +558,17 @@ impl MetaStore for SqliteMeta {
         .await
     }
 
-    async fn finish_upload(&self, id: UploadId, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
+    async fn finish_upload(
+        &self,
+        id: UploadId,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        stored: Stored,
+    ) -> Result<()> {
+        let (repo, digest) = (repo.to_string(), digest.clone());
         self.write(Durability::Synced, move |tx| {
-            link_blob_tx(tx, &repo, &digest, size)?;
+            link_blob_tx(tx, &repo, &digest, size, stored)?;
             tx.execute("DELETE FROM uploads WHERE id = ?1", [id.to_string()])?;
             Ok(())
         })
@@ -583,16 +597,71 @@ impl MetaStore for SqliteMeta {
         self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM uploads", [], |r| r.get::<_, i64>(0))? as u64))
             .await
     }
+
+    async fn purgeable_blobs(
+        &self,
+        deleting_before: i64,
+        purging_before: i64,
+        limit: usize,
+    ) -> Result<Vec<Digest>> {
+        self.read(move |c| {
+            let digests = c
+                .prepare_cached(sweep::PURGEABLE)?
+                .query_map(params![deleting_before, purging_before, limit as i64], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            digests.into_iter().map(|d| parse("digest", d)).collect()
+        })
+        .await
+    }
+
+    async fn begin_purge(&self, digest: &Digest, deleting_before: i64, purging_before: i64) -> Result<bool> {
+        let digest = digest.to_string();
+        self.write(Durability::Synced, move |tx| {
+            let now = super::now_millis();
+            let began = tx.prepare_cached(sweep::BEGIN_PURGE)?.execute(params![
+                now,
+                digest,
+                deleting_before,
+                purging_before
+            ])?;
+            if began == 0 {
+                tx.prepare_cached(sweep::REVIVE_USED)?.execute([&digest])?;
+            }
+            Ok(began > 0)
+        })
+        .await
+    }
+
+    async fn end_purge(&self, digest: &Digest) -> Result<()> {
+        let digest = digest.to_string();
+        self.write(Durability::Synced, move |tx| {
+            tx.prepare_cached(sweep::END_PURGE)?.execute(params![super::now_millis(), digest])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn forget_gone(&self, before: i64, limit: usize) -> Result<u64> {
+        self.write(Durability::Unsynced, move |tx| {
+            Ok(tx.prepare_cached(sweep::FORGET_GONE)?.execute(params![before, limit as i64])? as u64)
+        })
+        .await
+    }
+
+    async fn blob_purging(&self, digest: &Digest) -> Result<bool> {
+        let digest = digest.to_string();
+        self.read(move |c| Ok(c.prepare_cached(sweep::PURGING)?.exists([digest])?)).await
+    }
 }
 
-fn link_blob_tx(tx: &Connection, repo: &str, digest: &str, size: u64) -> Result<()> {
+fn link_blob_tx(tx: &Connection, repo: &str, digest: &Digest, size: u64, stored: Stored) -> Result<()> {
     let now = super::now();
-    insert_blob(tx, digest, size, now)?;
+    record_blob(tx, digest, size, now, stored)?;
     let id = ensure_repo(tx, repo, now)?;
     tx.execute(
         "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (?1, ?2, ?3)
          ON CONFLICT DO NOTHING",
-        params![id, digest, now],
+        params![id, digest.as_str(), now],
     )?;
     Ok(())
 }
@@ -633,8 +702,8 @@ fn put_manifest_tx(tx: &Connection, m: &NewManifest) -> Result<()> {
     if m.verify_references {
         check_references(tx, Some(repo), &m.blobs, &m.manifests)?;
     }
+    record_blob(tx, &m.digest, m.size, now, m.stored)?;
     let digest = m.digest.as_str();
-    insert_blob(tx, digest, m.size, now)?;
     let inserted = tx.execute(
         "INSERT INTO manifests
            (repository_id, digest, media_type, size, artifact_type, subject, annotations, created_at)

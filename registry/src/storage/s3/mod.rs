@@ -283,6 +283,10 @@ impl Storage for S3Storage {
         Ok(Some(url.to_string()))
     }
 
+    fn read_grace(&self) -> std::time::Duration {
+        super::REDIRECT_TTL
+    }
+
     fn assembly_part_size(&self, index: usize) -> Option<u64> {
         Some(part_size(self.part_step, index) as u64)
     }

@@ -1,0 +1,64 @@
+//! Purging released blobs ([`crate::meta::sweep`]) on PostgreSQL: each step locks the blob's row
+//! first, so the check of what uses it that follows (a statement of its own) sees every write
+//! that held the lock before.
+
+use super::errors::db_error;
+use super::{execute, query, query_opt, PostgresMeta};
+use crate::meta::sweep::{BEGIN_PURGE, END_PURGE, FORGET_GONE, LOCK, PURGEABLE, PURGING, REVIVE_USED};
+use crate::meta::{now_millis, parse_stored, Result};
+use berth_core::oci::Digest;
+
+impl PostgresMeta {
+    pub(super) async fn purgeable(
+        &self,
+        deleting_before: i64,
+        purging_before: i64,
+        limit: usize,
+    ) -> Result<Vec<Digest>> {
+        let c = self.client().await?;
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let rows =
+            query(&c, PURGEABLE, &[&deleting_before, &purging_before, &limit]).await.map_err(db_error)?;
+        rows.into_iter().map(|r| parse_stored("digest", r.get(0))).collect()
+    }
+
+    pub(super) async fn purge_begins(
+        &self,
+        digest: &Digest,
+        deleting_before: i64,
+        purging_before: i64,
+    ) -> Result<bool> {
+        let digest = digest.to_string();
+        self.write(true, move |tx| {
+            let digest = digest.clone();
+            Box::pin(async move {
+                query_opt(tx, LOCK, &[&digest]).await?;
+                let began =
+                    execute(tx, BEGIN_PURGE, &[&now_millis(), &digest, &deleting_before, &purging_before])
+                        .await?;
+                if began == 0 {
+                    execute(tx, REVIVE_USED, &[&digest]).await?;
+                }
+                Ok(began > 0)
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn purge_ends(&self, digest: &Digest) -> Result<()> {
+        let c = self.client().await?;
+        execute(&c, END_PURGE, &[&now_millis(), &digest.as_str()]).await.map_err(db_error)?;
+        Ok(())
+    }
+
+    pub(super) async fn gone_forgotten(&self, before: i64, limit: usize) -> Result<u64> {
+        let c = self.client().await?;
+        let limit = limit.min(i64::MAX as usize) as i64;
+        execute(&c, FORGET_GONE, &[&before, &limit]).await.map_err(db_error)
+    }
+
+    pub(super) async fn purging(&self, digest: &Digest) -> Result<bool> {
+        let c = self.client().await?;
+        Ok(query_opt(&c, PURGING, &[&digest.as_str()]).await.map_err(db_error)?.is_some())
+    }
+}
