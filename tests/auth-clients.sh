@@ -10,16 +10,10 @@ ORAS=$(tool_path oras)
 require_tools "$CRANE" "$ORAS"
 require_commands skopeo podman containerd ctr
 
-WORK=$(mktemp -d)
-on_exit "rm -rf $WORK"
-export HOME=$WORK/home DOCKER_CONFIG=$WORK/home/.docker
-mkdir -p "$DOCKER_CONFIG"
-python3 "$ROOT/tests/make_oci_layout.py" "$WORK/layout"
+client_workspace
 
 # alice may do everything; bob may pull team/**; anyone may pull public/**.
-for user in alice bob; do
-  echo "$user:$(printf '%s' "$user-pw" | "$BERTH_BIN" hash-password --cost 6)" >>"$WORK/htpasswd"
-done
+htpasswd_users alice bob
 cat >"$WORK/berth.yml" <<EOF
 auth:
   htpasswd: $WORK/htpasswd

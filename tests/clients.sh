@@ -12,21 +12,10 @@ require_tools "$CRANE" "$ORAS" "$REGCTL" "$COSIGN"
 require_commands skopeo
 
 start_berth
-WORK=$(mktemp -d)
-on_exit "rm -rf $WORK"
-export HOME=$WORK/home DOCKER_CONFIG=$WORK/home/.docker
-mkdir -p "$DOCKER_CONFIG"
-python3 "$ROOT/tests/make_oci_layout.py" "$WORK/layout"
+client_workspace
 R=$BERTH_ADDR
 
-digest_in_layout() { python3 -c "
-import json,sys
-idx=json.load(open('$WORK/layout/index.json'))
-print([m['digest'] for m in idx['manifests'] if m['annotations']['org.opencontainers.image.ref.name']=='$1'][0])"; }
 sha256_of() { echo "sha256:$(sha256sum | cut -d' ' -f1)"; }
-
-MULTI=$(digest_in_layout multi)
-MULTIARCH=$(digest_in_layout multiarch)
 
 echo "== skopeo"
 SK=(skopeo --insecure-policy)

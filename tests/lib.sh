@@ -50,6 +50,36 @@ start_berth() {
   wait_for "$BERTH_URL/v2/" 20
 }
 
+# client_workspace: WORK, a temp dir removed on exit, with a HOME (and docker config) of its own
+# for the clients' logins, and the test images in the OCI layout $WORK/layout; MULTI and
+# MULTIARCH are the digests of its image and its multi-arch index.
+client_workspace() {
+  WORK=$(mktemp -d)
+  on_exit "rm -rf $WORK"
+  export HOME=$WORK/home DOCKER_CONFIG=$WORK/home/.docker
+  mkdir -p "$DOCKER_CONFIG"
+  python3 "$ROOT/tests/make_oci_layout.py" "$WORK/layout"
+  MULTI=$(digest_in_layout multi)
+  MULTIARCH=$(digest_in_layout multiarch)
+}
+
+# digest_in_layout NAME: the digest of the manifest named NAME in $WORK/layout.
+digest_in_layout() {
+  python3 - "$WORK/layout/index.json" "$1" <<'PY'
+import json, sys
+idx = json.load(open(sys.argv[1]))
+print([m["digest"] for m in idx["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == sys.argv[2]][0])
+PY
+}
+
+# htpasswd_users NAME...: adds each user to $WORK/htpasswd, with the password NAME-pw.
+htpasswd_users() {
+  local u
+  for u in "$@"; do
+    echo "$u:$(printf '%s' "$u-pw" | "$BERTH_BIN" hash-password --cost 6)" >>"$WORK/htpasswd"
+  done
+}
+
 # require_tools PATH...: each built tool (scripts/tools.sh) must be there.
 # require_commands NAME...: each command (Debian packages) must be installed.
 require_tools() {

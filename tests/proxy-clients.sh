@@ -12,17 +12,7 @@ DISTRIBUTION=$(tool_path registry)
 require_tools "$CRANE" "$DISTRIBUTION"
 require_commands skopeo containerd ctr
 
-WORK=$(mktemp -d)
-on_exit "rm -rf $WORK"
-export HOME=$WORK/home
-mkdir -p "$HOME"
-python3 "$ROOT/tests/make_oci_layout.py" "$WORK/layout"
-digest_in_layout() { python3 -c "
-import json
-idx=json.load(open('$WORK/layout/index.json'))
-print([m['digest'] for m in idx['manifests'] if m['annotations']['org.opencontainers.image.ref.name']=='$1'][0])"; }
-MULTI=$(digest_in_layout multi)
-MULTIARCH=$(digest_in_layout multiarch)
+client_workspace
 
 # The upstream, with its own access log so the test can count what reached it.
 UP_PORT=$(free_port)

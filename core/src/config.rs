@@ -401,6 +401,21 @@ mod tests {
     }
 
     #[test]
+    fn admin_is_granted_registry_wide_and_only_with_credentials() {
+        let ok = "auth: {rules: [{users: [ops], repositories: ['**'], actions: [pull, admin]}]}\n";
+        let c = Config::from_yaml(ok, "c.yaml").unwrap();
+        let rules = &c.auth.as_ref().map(|a| a.rules.clone()).unwrap_or_default();
+        assert_eq!(rules[0].actions, [auth::Action::Pull, auth::Action::Admin]);
+        for (bad, said) in [
+            ("auth: {rules: [{users: [ops], repositories: ['team/**'], actions: [admin]}]}", "registry-wide"),
+            ("auth: {anonymous: [{repositories: ['**'], actions: [admin]}]}", "needs a user or robot"),
+        ] {
+            let e = Config::from_yaml(bad, "c.yaml").unwrap_err();
+            assert!(e.to_string().contains(said), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn memory_storage_keeps_metadata_in_memory() {
         let c = Config::from_yaml("storage: {kind: memory}\n", "c.yaml").unwrap();
         assert_eq!((c.storage_path(), c.sqlite_path()), (None, None));

@@ -12,6 +12,7 @@ pub mod api;
 pub mod auth;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod gc;
 pub mod meta;
 pub mod proxy;
 pub mod server;

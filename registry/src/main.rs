@@ -1,4 +1,4 @@
-//! `berth`: serve the registry, check a config file, or hash a password for it.
+//! `berth`: serve the registry, check a config file, hash a password for it, or collect garbage.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +31,65 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         cost: u32,
     },
+    /// Run a garbage collection on a running registry, through its admin API (a user or robot
+    /// granted `admin`); prints what was removed, and exits non-zero if the run failed.
+    Gc(GcArgs),
+}
+
+#[derive(Args)]
+struct GcArgs {
+    /// The registry, e.g. https://berth.example:5000.
+    #[arg(long, env = "BERTH_URL")]
+    url: String,
+    /// User or robot name.
+    #[arg(long, env = "BERTH_USERNAME")]
+    username: Option<String>,
+    /// File holding the password or robot secret (else BERTH_PASSWORD).
+    #[arg(long, env = "BERTH_PASSWORD_FILE")]
+    password_file: Option<PathBuf>,
+    /// Report what would be removed; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Keep anything younger than this (e.g. 30m, 2h, 0s); one hour by default.
+    #[arg(long)]
+    grace: Option<String>,
+    /// Keep manifests no tag reaches; collect only blobs nothing needs.
+    #[arg(long)]
+    keep_untagged: bool,
+    /// CA certificate (PEM) to trust for the registry's TLS.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Do not verify the registry's TLS certificate.
+    #[arg(long)]
+    insecure: bool,
+    /// Output: text (a summary) or json (the whole report).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    output: String,
+}
+
+impl GcArgs {
+    fn request(self) -> anyhow::Result<berth_registry::gc::client::Request> {
+        let password = match &self.password_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("reading {}", f.display()))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned(),
+            ),
+            None => std::env::var("BERTH_PASSWORD").ok(),
+        };
+        Ok(berth_registry::gc::client::Request {
+            url: self.url,
+            username: self.username,
+            password,
+            dry_run: self.dry_run,
+            grace: self.grace,
+            keep_untagged: self.keep_untagged,
+            ca_file: self.ca_file,
+            insecure: self.insecure,
+            json: self.output == "json",
+        })
+    }
 }
 
 #[derive(Args)]
@@ -184,21 +243,25 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Serve(args) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("berth: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(serve(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("berth: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Serve(args) => run(serve(args)),
+        Command::Gc(args) => run(async move { berth_registry::gc::client::run(&args.request()?).await }),
+    }
+}
+
+/// Runs `f` on a runtime of its own; its error, if any, is printed and fails the process.
+fn run(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("berth: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -134,6 +134,9 @@ pub enum Action {
     Pull,
     Push,
     Delete,
+    /// The admin API (garbage collection runs and their reports): registry-wide, so granted only
+    /// with `repositories: ["**"]`, and never to anonymous callers.
+    Admin,
 }
 
 /// Repositories (globs: `*` within one path part, `**` across parts) and what may be done there.
@@ -182,12 +185,24 @@ impl AuthConfig {
                 return Err((format!("{field}.repositories"), format!("{p:?} is not a repository pattern")));
             }
             if actions.is_empty() {
-                return Err((format!("{field}.actions"), "name at least one of pull, push, delete".into()));
+                return Err((
+                    format!("{field}.actions"),
+                    "name at least one of pull, push, delete, admin".into(),
+                ));
+            }
+            if actions.contains(&Action::Admin) && repositories != ["**"] {
+                return Err((
+                    format!("{field}.actions"),
+                    "admin is registry-wide: grant it with repositories: [\"**\"]".into(),
+                ));
             }
             Ok(())
         };
         for (i, g) in self.anonymous.iter().enumerate() {
             grants(format!("auth.anonymous[{i}]"), &g.repositories, &g.actions)?;
+            if g.actions.contains(&Action::Admin) {
+                return Err((format!("auth.anonymous[{i}].actions"), "admin needs a user or robot".into()));
+            }
         }
         for (i, r) in self.rules.iter().enumerate() {
             if r.users.is_empty() {

@@ -47,6 +47,10 @@ pub enum Code {
     UpstreamUnavailable,
     /// The upstream of a proxied repository did not answer in time.
     UpstreamTimeout,
+    /// (Admin API) the request is malformed.
+    BadRequest,
+    /// (Admin API) the operation is already running.
+    Conflict,
     Unknown,
 }
 
@@ -71,6 +75,8 @@ impl Code {
             Code::ServiceUnavailable | Code::StorageFull => "UNAVAILABLE",
             Code::TooManyRequests => "TOOMANYREQUESTS",
             Code::UpstreamUnavailable | Code::UpstreamTimeout => "UNAVAILABLE",
+            Code::BadRequest => "BAD_REQUEST",
+            Code::Conflict => "CONFLICT",
             Code::Unknown => "UNKNOWN",
         }
     }
@@ -88,7 +94,9 @@ impl Code {
             | Code::ManifestInvalid
             | Code::NameInvalid
             | Code::SizeInvalid
-            | Code::PaginationNumberInvalid => StatusCode::BAD_REQUEST,
+            | Code::PaginationNumberInvalid
+            | Code::BadRequest => StatusCode::BAD_REQUEST,
+            Code::Conflict => StatusCode::CONFLICT,
             Code::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             Code::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             Code::ManifestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -4,6 +4,7 @@
 //! typed [`path::Route`], a handler turns headers and query into typed values and calls one
 //! [`Registry`] method, and [`error`] maps whatever failed to the spec's error envelope.
 
+mod admin;
 mod auth;
 mod body;
 pub mod error;
@@ -19,7 +20,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::Router;
 use tracing::Instrument;
 
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/", any(distribution))
         .route("/v2/{*rest}", any(distribution))
         .route("/token", get(auth::token).post(auth::token))
+        .route("/admin/v1/gc", post(admin::gc))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz));
     if state.serve_metrics {

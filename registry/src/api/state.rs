@@ -13,6 +13,7 @@ use berth_core::config::Config;
 use berth_core::net::{self, Cidr, ExternalUrl};
 
 use crate::auth::{Authenticator, Caller, Identity};
+use crate::gc::Collector;
 use crate::proxy::Proxy;
 use crate::service::Registry;
 use crate::telemetry::Metrics;
@@ -39,6 +40,10 @@ pub struct AppState {
     pub serve_metrics: bool,
     /// Set once a shutdown has begun: `/readyz` fails and responses close their connections.
     pub stopping: Arc<AtomicBool>,
+    /// Garbage collection, for the admin API (the server sets it).
+    pub collector: Option<Arc<Collector>>,
+    /// Held while this replica runs a collection.
+    pub gc_running: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
@@ -65,6 +70,8 @@ impl AppState {
             )),
             serve_metrics: config.metrics.listen.is_none(),
             stopping: Arc::new(AtomicBool::new(false)),
+            collector: None,
+            gc_running: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 }

@@ -87,6 +87,16 @@ impl Caller {
     pub fn by_token(&self) -> bool {
         self.token.is_some()
     }
+
+    /// Whether the caller may use the admin API: with credentials (a token's scopes name
+    /// repositories, never the admin API), as a user or robot granted `admin`.
+    pub fn may_admin(&self) -> bool {
+        match (&self.auth, &self.token) {
+            (None, _) => true,
+            (Some(_), Some(_)) => false,
+            (Some(auth), None) => auth.is_admin(&self.identity),
+        }
+    }
 }
 
 /// Why a request's credentials were not accepted (never says which part was wrong).
@@ -264,6 +274,16 @@ impl Authenticator {
             Identity::Robot(name) => {
                 self.robots.get(name).map_or(Actions::NONE, |r| union(&r.grants, repo)).union(anonymous)
             }
+        }
+    }
+
+    /// Whether `who` may use the admin API: every user when there are no rules (as with
+    /// everything else), else users and robots granted `admin` (which is registry-wide).
+    pub fn is_admin(&self, who: &Identity) -> bool {
+        match who {
+            Identity::Anonymous => false,
+            Identity::User(_) if self.rules.is_empty() => true,
+            _ => self.grants(who, "admin").contains(Actions::ADMIN),
         }
     }
 

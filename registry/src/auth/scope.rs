@@ -11,7 +11,10 @@ impl Actions {
     pub const PULL: Actions = Actions(1);
     pub const PUSH: Actions = Actions(2);
     pub const DELETE: Actions = Actions(4);
+    /// Every action on a repository (not `ADMIN`, which is not one).
     pub const ALL: Actions = Actions(7);
+    /// The admin API: granted registry-wide only, never by a token's repository scopes.
+    pub const ADMIN: Actions = Actions(8);
 
     pub fn contains(self, other: Actions) -> bool {
         self.0 & other.0 == other.0
@@ -35,6 +38,7 @@ impl Actions {
                 Action::Pull => Actions::PULL,
                 Action::Push => Actions::PUSH,
                 Action::Delete => Actions::DELETE,
+                Action::Admin => Actions::ADMIN,
             })
         })
     }

@@ -9,6 +9,7 @@
 //! multipart uploads requests write straight into object storage are [`multiparts::MultipartLog`].
 
 pub mod cache;
+pub mod gc;
 pub mod multiparts;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -53,9 +53,6 @@ pub(crate) const RECORD_ASSUMED: &str = "UPDATE blobs
      WHERE digest = $1
      RETURNING state";
 
-/// Locks a blob's row until the transaction ends (PostgreSQL). Parameter: digest.
-pub(crate) const LOCK: &str = "SELECT 1 FROM blobs WHERE digest = $1 FOR UPDATE";
-
 /// What no repository links and no manifest is made of (`$n` is the digest's parameter).
 macro_rules! unused {
     ($n:literal) => {

@@ -19,7 +19,9 @@ use tracing::{info, warn};
 
 use crate::api::{self, AppState};
 use crate::auth::Authenticator;
+use crate::gc::Collector;
 use crate::meta::cache::CacheIndex;
+use crate::meta::gc::Collect;
 use crate::meta::multiparts::MultipartLog;
 #[cfg(feature = "postgres")]
 use crate::meta::postgres::PostgresMeta;
@@ -101,11 +103,13 @@ struct Metadata {
     cache: Arc<dyn CacheIndex>,
     /// The record of multipart uploads written straight into object storage.
     multiparts: Arc<dyn MultipartLog>,
+    /// What garbage collection reads and removes.
+    collect: Arc<dyn Collect>,
 }
 
 impl Metadata {
-    fn of<M: MetaStore + CacheIndex + MultipartLog>(m: Arc<M>) -> Metadata {
-        Metadata { meta: m.clone(), cache: m.clone(), multiparts: m }
+    fn of<M: MetaStore + CacheIndex + MultipartLog + Collect>(m: Arc<M>) -> Metadata {
+        Metadata { meta: m.clone(), cache: m.clone(), multiparts: m.clone(), collect: m }
     }
 }
 
@@ -147,7 +151,7 @@ async fn open_metadata(config: &Config) -> Result<Metadata, ServeError> {
 /// Opens storage and metadata as configured and wires up the application state.
 pub async fn build_state(config: &Config) -> Result<AppState, ServeError> {
     let metrics = Arc::new(Metrics::new());
-    let Metadata { meta, cache, multiparts } = open_metadata(config).await?;
+    let Metadata { meta, cache, multiparts, collect } = open_metadata(config).await?;
     let mut journaled = None;
     let storage: Arc<dyn Storage> = match (&config.storage, config.storage_path()) {
         (StorageConfig::Filesystem { .. }, Some(path)) => {
@@ -173,6 +177,9 @@ pub async fn build_state(config: &Config) -> Result<AppState, ServeError> {
     }
     let registry = Arc::new(registry);
     let mut state = AppState::new(registry.clone(), metrics.clone(), config).map_err(ServeError::Config)?;
+    // The pull-through cache's repositories are its eviction's to clean, not the collector's.
+    let cached = config.proxy.upstreams.iter().map(|u| u.name.clone()).collect();
+    state.collector = Some(Arc::new(Collector::new(registry.clone(), collect, cached)));
     if !config.proxy.is_empty() {
         let spool = config.data_dir.join("proxy-spool");
         state.proxy = Some(

@@ -196,7 +196,7 @@ fn evict_tx<'t>(tx: &'t Tx<'t>, item: CachedItem) -> TxFuture<'t, bool> {
         }
         // The row lock first: the release's own look at what uses the blob then sees every write
         // of the digest that held it.
-        query_opt(tx, crate::meta::sweep::LOCK, &[&digest]).await?;
+        query_opt(tx, super::sweep::LOCK, &[&digest]).await?;
         let released =
             execute(tx, crate::meta::sweep::RELEASE, &[&crate::meta::now_millis(), &digest]).await?;
         Ok(released > 0)

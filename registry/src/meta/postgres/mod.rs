@@ -15,6 +15,7 @@
 mod announced;
 mod cache;
 mod errors;
+mod gc;
 mod lookups;
 mod migrate;
 mod multiparts;
@@ -204,13 +205,7 @@ async fn link_blob_tx(tx: &Tx<'_>, repo: &str, digest: &Digest, size: u64, store
     record_blob(tx, digest, size, now, stored).await?;
     let id = ensure_repo(tx, repo, now).await?;
     let digest = digest.as_str();
-    execute(
-        tx,
-        "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3)
-         ON CONFLICT DO NOTHING",
-        &[&id, &digest, &now],
-    )
-    .await?;
+    execute(tx, crate::meta::gc::LINK, &[&id, &digest, &now]).await?;
     Ok(())
 }
 

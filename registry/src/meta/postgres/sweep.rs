@@ -4,9 +4,12 @@
 
 use super::errors::db_error;
 use super::{execute, query, query_opt, PostgresMeta};
-use crate::meta::sweep::{BEGIN_PURGE, END_PURGE, FORGET_GONE, LOCK, PURGEABLE, PURGING, REVIVE_USED};
+use crate::meta::sweep::{BEGIN_PURGE, END_PURGE, FORGET_GONE, PURGEABLE, PURGING, REVIVE_USED};
 use crate::meta::{now_millis, parse_stored, Result};
 use berth_core::oci::Digest;
+
+/// Locks a blob's row until the transaction ends. Parameter: digest.
+pub(super) const LOCK: &str = "SELECT 1 FROM blobs WHERE digest = $1 FOR UPDATE";
 
 impl PostgresMeta {
     pub(super) async fn purgeable(

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension};
 
 mod cache;
+mod gc;
 mod multiparts;
 mod writer;
 
@@ -658,11 +659,7 @@ fn link_blob_tx(tx: &Connection, repo: &str, digest: &Digest, size: u64, stored:
     let now = super::now();
     record_blob(tx, digest, size, now, stored)?;
     let id = ensure_repo(tx, repo, now)?;
-    tx.execute(
-        "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT DO NOTHING",
-        params![id, digest.as_str(), now],
-    )?;
+    tx.prepare_cached(super::gc::LINK)?.execute(params![id, digest.as_str(), now])?;
     Ok(())
 }
 

@@ -1,0 +1,190 @@
+//! Online garbage collection: removes what no tag reaches, beside pushes, and gives the bytes
+//! back through the one safe delete path ([`crate::meta::sweep`]).
+//!
+//! ```text
+//! for each repository (catalog order; those the pull-through cache keeps are its own):
+//!     read its manifests, edges and links ─► mark (in memory) ─► remove each unreachable
+//!     manifest, then each unneeded link, by a statement that checks again what is stored now
+//! release every blob nothing uses any more ─► purge (objects deleted after the read grace)
+//! ```
+//! A dry run marks the same way and removes nothing; its report is what a real run would remove
+//! if nothing changed meanwhile. A removal whose check fails (a push made the thing needed again)
+//! is counted as a conflict, never forced.
+
+pub mod client;
+pub mod mark;
+mod report;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_core::oci::{Digest, RepoName};
+use tracing::info;
+
+use crate::meta::gc::Collect;
+use crate::meta::{self, Page};
+use crate::service::{Registry, Result};
+pub use report::{Removed, RepoReport, Report};
+
+/// Repositories read per catalog page, and unused blobs per batch.
+const BATCH: usize = 500;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Nothing younger than this is removed: pushes in flight (blobs uploaded before their
+    /// manifest, a manifest pushed before its tag) finish first.
+    pub grace: Duration,
+    /// Keep manifests no tag reaches (only links and blobs nothing needs are collected).
+    pub keep_untagged: bool,
+    pub dry_run: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { grace: Duration::from_secs(3600), keep_untagged: false, dry_run: false }
+    }
+}
+
+pub struct Collector {
+    registry: Arc<Registry>,
+    store: Arc<dyn Collect>,
+    /// Repository prefixes the pull-through cache serves (its eviction keeps them).
+    cached: Vec<String>,
+}
+
+impl Collector {
+    pub fn new(registry: Arc<Registry>, store: Arc<dyn Collect>, cached: Vec<String>) -> Collector {
+        Collector { registry, store, cached }
+    }
+
+    fn is_cached(&self, repo: &str) -> bool {
+        self.cached.iter().any(|p| repo.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/')))
+    }
+
+    /// One collection, from start to end.
+    pub async fn run(&self, o: &Options) -> Result<Report> {
+        // Created at or before now less the grace (times are whole seconds).
+        let cutoff = meta::now() + 1 - o.grace.as_secs() as i64;
+        let mut report = Report { dry_run: o.dry_run, ..Report::default() };
+        // Per digest: how many of its uses (links, manifests) this run removed (or would).
+        let mut dropped: HashMap<Digest, u64> = HashMap::new();
+        let mut page = Page { limit: BATCH, last: None };
+        loop {
+            let mut names = self.registry.meta().catalog(&page).await?;
+            let more = names.len() > BATCH;
+            names.truncate(BATCH);
+            for name in &names {
+                if self.is_cached(name) {
+                    continue;
+                }
+                let repo: RepoName = meta::parse_stored("repository name", name.clone())?;
+                let r = self.collect_repo(&repo, cutoff, o, &mut dropped).await?;
+                if !r.is_empty() {
+                    report.repositories.push(r);
+                }
+            }
+            match names.pop() {
+                Some(last) if more => page.last = Some(last),
+                _ => break,
+            }
+        }
+        self.release_blobs(cutoff, o, &dropped, &mut report).await?;
+        if !o.dry_run {
+            report.blobs_deleted = self.registry.purge_released().await? as u64;
+        }
+        report.total();
+        info!(
+            dry_run = o.dry_run,
+            manifests = report.manifests_removed,
+            links = report.links_removed,
+            blobs = report.blobs.len(),
+            bytes = report.bytes_freed,
+            conflicts = report.conflicts,
+            "garbage collection finished"
+        );
+        Ok(report)
+    }
+
+    async fn collect_repo(
+        &self,
+        repo: &RepoName,
+        cutoff: i64,
+        o: &Options,
+        dropped: &mut HashMap<Digest, u64>,
+    ) -> Result<RepoReport> {
+        let contents = self.store.repo_contents(repo).await?;
+        let marked = mark::mark(&contents, cutoff, o.keep_untagged);
+        let mut r = RepoReport { repository: repo.to_string(), ..RepoReport::default() };
+        for (digest, size, why) in marked.manifests {
+            if o.dry_run || self.store.collect_manifest(repo, &digest, cutoff).await? {
+                info!(repository = %repo, digest = %digest, reason = why, dry_run = o.dry_run, "manifest removed");
+                *dropped.entry(digest.clone()).or_default() += 1;
+                r.manifests.push(Removed { digest, size, reason: why });
+            } else {
+                r.conflicts += 1;
+            }
+        }
+        // Those only removed manifests needed, too: the removal's check (no manifest there needs
+        // it) fails for a link whose manifest a conflict kept.
+        for (digest, size) in marked.links {
+            if o.dry_run || self.store.collect_link(repo, &digest, cutoff).await? {
+                info!(repository = %repo, digest = %digest, reason = mark::UNREFERENCED, dry_run = o.dry_run, "blob unlinked");
+                *dropped.entry(digest.clone()).or_default() += 1;
+                r.links.push(Removed { digest, size, reason: mark::UNREFERENCED });
+            } else {
+                r.conflicts += 1;
+            }
+        }
+        Ok(r)
+    }
+
+    /// Releases every blob nothing uses (a dry run: that nothing would use once its removals were
+    /// made).
+    async fn release_blobs(
+        &self,
+        cutoff: i64,
+        o: &Options,
+        dropped: &HashMap<Digest, u64>,
+        report: &mut Report,
+    ) -> Result<()> {
+        let mut after: Option<Digest> = None;
+        loop {
+            let batch = self.store.unused_blobs(cutoff, after.as_ref(), BATCH).await?;
+            for (digest, size) in &batch {
+                if o.dry_run || self.store.release_unused(digest, cutoff).await? {
+                    report.blobs.push(Removed {
+                        digest: digest.clone(),
+                        size: *size,
+                        reason: "used by nothing",
+                    });
+                }
+            }
+            match batch.last() {
+                Some((d, _)) if batch.len() == BATCH => after = Some(d.clone()),
+                _ => break,
+            }
+        }
+        if o.dry_run {
+            // Blobs whose every use this run would remove: not unused yet, so counted here.
+            let mut sizes: HashMap<&Digest, u64> = HashMap::new();
+            for r in &report.repositories {
+                for x in r.manifests.iter().chain(&r.links) {
+                    sizes.insert(&x.digest, x.size);
+                }
+            }
+            let mut freed = Vec::new();
+            for (digest, n) in dropped {
+                if self.store.blob_uses(digest).await? == *n {
+                    let size = sizes.get(digest).copied().unwrap_or(0);
+                    freed.push(Removed { digest: digest.clone(), size, reason: "used only by what goes" });
+                }
+            }
+            freed.sort_by(|a, b| a.digest.cmp(&b.digest));
+            report.blobs.extend(freed);
+        }
+        Ok(())
+    }
+}

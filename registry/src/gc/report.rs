@@ -1,0 +1,54 @@
+//! What a collection removed (or, dry, would remove), and why: the admin API's answer.
+
+use berth_core::oci::Digest;
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Removed {
+    pub digest: Digest,
+    pub size: u64,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RepoReport {
+    pub repository: String,
+    pub manifests: Vec<Removed>,
+    /// Blobs no longer readable in the repository.
+    pub links: Vec<Removed>,
+    /// Removals a push made wrong between the mark and the removal: skipped.
+    pub conflicts: u64,
+}
+
+impl RepoReport {
+    pub fn is_empty(&self) -> bool {
+        self.manifests.is_empty() && self.links.is_empty() && self.conflicts == 0
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub dry_run: bool,
+    pub repositories: Vec<RepoReport>,
+    /// Blobs released: nothing uses them any more, their bytes go.
+    pub blobs: Vec<Removed>,
+    /// Objects deleted by the purge that ended the run (released by this run or earlier ones
+    /// whose read grace is now over).
+    pub blobs_deleted: u64,
+    /// Totals, filled in by [`Report::total`].
+    pub manifests_removed: usize,
+    pub links_removed: usize,
+    pub bytes_freed: u64,
+    pub conflicts: u64,
+}
+
+impl Report {
+    /// Fills in the totals (bytes freed: what the released blobs held).
+    pub fn total(&mut self) {
+        self.manifests_removed = self.repositories.iter().map(|r| r.manifests.len()).sum();
+        self.links_removed = self.repositories.iter().map(|r| r.links.len()).sum();
+        self.bytes_freed = self.blobs.iter().map(|b| b.size).sum();
+        self.conflicts = self.repositories.iter().map(|r| r.conflicts).sum();
+    }
+}

@@ -1,0 +1,155 @@
+//! What garbage collection reads and removes ([`Collect`]), apart from the repository model.
+//!
+//! A collection marks in memory, one repository at a time, from what [`Collect::repo_contents`]
+//! reads; then removes each thing it found unreachable with a statement that checks, inside its
+//! transaction, that the thing is still removable by what is stored *now* (no tag, no manifest
+//! that needs it, older than the grace). So a push that raced the mark wins: its manifest, tag
+//! or link makes the removal a no-op, counted as a conflict. Blobs nothing uses any more are
+//! released to [`super::sweep`], which deletes their objects.
+//!
+//! On PostgreSQL each removal first locks the row (`FOR UPDATE`), then checks in a statement of
+//! its own, which sees every write that held a conflicting lock before (a manifest push locks the
+//! references it checks `FOR SHARE`; a tag's foreign key locks its manifest).
+
+use super::{parse_stored, Result};
+use berth_core::oci::{Digest, RepoName};
+
+/// A manifest as the mark needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+    pub size: u64,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub tagged: bool,
+}
+
+/// An edge from a manifest to what it needs: a blob (config, layer) or a child manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edge {
+    pub parent: Digest,
+    pub child: Digest,
+    pub manifest: bool,
+}
+
+/// A blob readable in a repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub digest: Digest,
+    pub size: u64,
+    /// Unix seconds: when it was last linked (pushed or mounted).
+    pub linked_at: i64,
+}
+
+/// Everything one repository holds.
+#[derive(Debug, Clone, Default)]
+pub struct RepoContents {
+    pub manifests: Vec<StoredManifest>,
+    pub edges: Vec<Edge>,
+    pub links: Vec<Link>,
+}
+
+impl StoredManifest {
+    /// From a row of [`MANIFESTS`].
+    pub(crate) fn from_row(
+        digest: String,
+        subject: Option<String>,
+        size: i64,
+        created_at: i64,
+        tagged: bool,
+    ) -> Result<StoredManifest> {
+        Ok(StoredManifest {
+            digest: parse_stored("digest", digest)?,
+            subject: subject.map(|s| parse_stored("digest", s)).transpose()?,
+            size: size.max(0) as u64,
+            created_at,
+            tagged,
+        })
+    }
+}
+
+impl Edge {
+    /// From a row of [`EDGES`].
+    pub(crate) fn from_row(parent: String, child: String, manifest: bool) -> Result<Edge> {
+        Ok(Edge { parent: parse_stored("digest", parent)?, child: parse_stored("digest", child)?, manifest })
+    }
+}
+
+impl Link {
+    /// From a row of [`LINKS`].
+    pub(crate) fn from_row(digest: String, size: i64, linked_at: i64) -> Result<Link> {
+        Ok(Link { digest: parse_stored("digest", digest)?, size: size.max(0) as u64, linked_at })
+    }
+}
+
+#[async_trait::async_trait]
+pub trait Collect: Send + Sync + 'static {
+    /// The repository's manifests (with whether a tag names each), their edges and its links.
+    async fn repo_contents(&self, repo: &RepoName) -> Result<RepoContents>;
+    /// Deletes the manifest if it is still unreachable by what is stored: untagged, no child of
+    /// a manifest in the repository, its subject (if any) not there, created before `before`.
+    async fn collect_manifest(&self, repo: &RepoName, digest: &Digest, before: i64) -> Result<bool>;
+    /// Removes the link if no manifest in the repository needs the blob and it was linked
+    /// before `before`.
+    async fn collect_link(&self, repo: &RepoName, digest: &Digest, before: i64) -> Result<bool>;
+    /// How many links and manifests, in all repositories, use the digest.
+    async fn blob_uses(&self, digest: &Digest) -> Result<u64>;
+    /// Live blobs nothing uses, recorded before `before`, sorted after `after`: at most `limit`.
+    async fn unused_blobs(
+        &self,
+        before: i64,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<(Digest, u64)>>;
+    /// Releases the blob ([`super::sweep`]) if nothing uses it and it was recorded before `before`.
+    async fn release_unused(&self, digest: &Digest, before: i64) -> Result<bool>;
+}
+
+/// Links a blob to a repository, or marks an existing link as linked now: a blob pushed again
+/// is as young as the push. Parameters: repository id, digest, now (unix seconds).
+pub(crate) const LINK: &str =
+    "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3)
+     ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = excluded.created_at
+     WHERE repository_blobs.created_at < excluded.created_at";
+
+/// What a mark needs of a repository. Parameter: repository id.
+pub(crate) const MANIFESTS: &str = "SELECT m.digest, m.subject, m.size, m.created_at,
+            EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = m.repository_id AND t.digest = m.digest)
+     FROM manifests m WHERE m.repository_id = $1";
+pub(crate) const EDGES: &str = "SELECT manifest_digest, child_digest, kind = 'manifest'
+     FROM manifest_references WHERE repository_id = $1";
+pub(crate) const LINKS: &str = "SELECT rb.digest, b.size, rb.created_at
+     FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest WHERE rb.repository_id = $1";
+
+/// Parameters: repository id, digest, created before (unix seconds).
+pub(crate) const COLLECT_MANIFEST: &str = "DELETE FROM manifests
+     WHERE repository_id = $1 AND digest = $2 AND created_at < $3
+       AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = $1 AND t.digest = $2)
+       AND NOT EXISTS (SELECT 1 FROM manifest_references r
+                       WHERE r.repository_id = $1 AND r.child_digest = $2 AND r.kind = 'manifest')
+       AND (subject IS NULL
+            OR NOT EXISTS (SELECT 1 FROM manifests s WHERE s.repository_id = $1 AND s.digest = manifests.subject))";
+
+/// Parameters: repository id, digest, linked before (unix seconds).
+pub(crate) const COLLECT_LINK: &str = "DELETE FROM repository_blobs
+     WHERE repository_id = $1 AND digest = $2 AND created_at < $3
+       AND NOT EXISTS (SELECT 1 FROM manifest_references r
+                       WHERE r.repository_id = $1 AND r.child_digest = $2 AND r.kind = 'blob')";
+
+/// Parameter: digest.
+pub(crate) const BLOB_USES: &str = "SELECT (SELECT count(*) FROM repository_blobs WHERE digest = $1)
+          + (SELECT count(*) FROM manifests WHERE digest = $1)";
+
+/// Parameters: recorded before (unix seconds), after (digest, '' for the start), limit.
+pub(crate) const UNUSED_BLOBS: &str = "SELECT b.digest, b.size FROM blobs b
+     WHERE b.state = 'live' AND b.created_at < $1 AND b.digest > $2
+       AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)
+       AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.digest = b.digest)
+     ORDER BY b.digest LIMIT $3";
+
+/// Parameters: now (unix milliseconds), digest, recorded before (unix seconds).
+pub(crate) const RELEASE_UNUSED: &str = "UPDATE blobs SET state = 'deleting', state_at = $1
+     WHERE digest = $2 AND state = 'live' AND created_at < $3
+       AND NOT EXISTS (SELECT 1 FROM repository_blobs WHERE digest = $2)
+       AND NOT EXISTS (SELECT 1 FROM manifests WHERE digest = $2)";

@@ -1,0 +1,100 @@
+//! [`Collect`] on PostgreSQL: each removal locks its row, then checks in a statement of its own
+//! (see [`crate::meta::gc`]). A manifest's removal is announced like any manifest write, so every
+//! replica forgets its lookups of the repository first.
+
+use super::errors::db_error;
+use super::{execute, query, query_opt, repo_id, PostgresMeta};
+use crate::meta::gc::{self, Collect, Edge, Link, RepoContents, StoredManifest};
+use crate::meta::{now_millis, parse_stored, Result};
+use berth_core::oci::{Digest, RepoName};
+
+/// Locks a manifest's row. Parameters: repository id, digest.
+const LOCK_MANIFEST: &str = "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2 FOR UPDATE";
+/// Locks a link's row. Parameters: repository id, digest.
+const LOCK_LINK: &str = "SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = $2 FOR UPDATE";
+
+#[async_trait::async_trait]
+impl Collect for PostgresMeta {
+    async fn repo_contents(&self, repo: &RepoName) -> Result<RepoContents> {
+        let c = self.client().await?;
+        let Some(id) = repo_id(&c, repo.as_str()).await.map_err(db_error)? else {
+            return Ok(RepoContents::default());
+        };
+        let manifests = query(&c, gc::MANIFESTS, &[&id]).await.map_err(db_error)?;
+        let edges = query(&c, gc::EDGES, &[&id]).await.map_err(db_error)?;
+        let links = query(&c, gc::LINKS, &[&id]).await.map_err(db_error)?;
+        Ok(RepoContents {
+            manifests: manifests
+                .into_iter()
+                .map(|r| StoredManifest::from_row(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                .collect::<Result<_>>()?,
+            edges: edges
+                .into_iter()
+                .map(|r| Edge::from_row(r.get(0), r.get(1), r.get(2)))
+                .collect::<Result<_>>()?,
+            links: links
+                .into_iter()
+                .map(|r| Link::from_row(r.get(0), r.get(1), r.get(2)))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    async fn collect_manifest(&self, repo: &RepoName, digest: &Digest, before: i64) -> Result<bool> {
+        let (name, digest) = (repo.to_string(), digest.to_string());
+        self.write_announced(repo, move |tx| {
+            let (name, digest) = (name.clone(), digest.clone());
+            Box::pin(async move {
+                let Some(id) = repo_id(tx, &name).await? else { return Ok(false) };
+                query_opt(tx, LOCK_MANIFEST, &[&id, &digest]).await?;
+                Ok(execute(tx, gc::COLLECT_MANIFEST, &[&id, &digest, &before]).await? > 0)
+            })
+        })
+        .await
+    }
+
+    async fn collect_link(&self, repo: &RepoName, digest: &Digest, before: i64) -> Result<bool> {
+        let (name, digest) = (repo.to_string(), digest.to_string());
+        self.write(true, move |tx| {
+            let (name, digest) = (name.clone(), digest.clone());
+            Box::pin(async move {
+                let Some(id) = repo_id(tx, &name).await? else { return Ok(false) };
+                query_opt(tx, LOCK_LINK, &[&id, &digest]).await?;
+                Ok(execute(tx, gc::COLLECT_LINK, &[&id, &digest, &before]).await? > 0)
+            })
+        })
+        .await
+    }
+
+    async fn blob_uses(&self, digest: &Digest) -> Result<u64> {
+        let c = self.client().await?;
+        let row = query_opt(&c, gc::BLOB_USES, &[&digest.as_str()]).await.map_err(db_error)?;
+        Ok(row.map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
+    }
+
+    async fn unused_blobs(
+        &self,
+        before: i64,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<(Digest, u64)>> {
+        let c = self.client().await?;
+        let after = after.map_or("", Digest::as_str);
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let rows = query(&c, gc::UNUSED_BLOBS, &[&before, &after, &limit]).await.map_err(db_error)?;
+        rows.into_iter()
+            .map(|r| Ok((parse_stored("digest", r.get(0))?, r.get::<_, i64>(1).max(0) as u64)))
+            .collect()
+    }
+
+    async fn release_unused(&self, digest: &Digest, before: i64) -> Result<bool> {
+        let digest = digest.to_string();
+        self.write(true, move |tx| {
+            let digest = digest.clone();
+            Box::pin(async move {
+                query_opt(tx, super::sweep::LOCK, &[&digest]).await?;
+                Ok(execute(tx, gc::RELEASE_UNUSED, &[&now_millis(), &digest, &before]).await? > 0)
+            })
+        })
+        .await
+    }
+}

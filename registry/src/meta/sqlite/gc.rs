@@ -1,0 +1,110 @@
+//! [`Collect`] on SQLite: the one writer serializes each removal with every push, so the
+//! removal's own checks see everything that committed before it.
+
+use rusqlite::{params, Connection};
+
+use super::writer::Durability;
+use super::{parse, repo_id, SqliteMeta};
+use crate::meta::gc::{self, Collect, Edge, Link, RepoContents, StoredManifest};
+use crate::meta::{now_millis, Result};
+use berth_core::oci::{Digest, RepoName};
+
+#[async_trait::async_trait]
+impl Collect for SqliteMeta {
+    async fn repo_contents(&self, repo: &RepoName) -> Result<RepoContents> {
+        let repo = repo.to_string();
+        self.read(move |c| {
+            let Some(id) = repo_id(c, &repo)? else { return Ok(RepoContents::default()) };
+            contents(c, id)
+        })
+        .await
+    }
+
+    async fn collect_manifest(&self, repo: &RepoName, digest: &Digest, before: i64) -> Result<bool> {
+        let (name, digest) = (repo.to_string(), digest.to_string());
+        let removed = self
+            .write(Durability::Synced, move |tx| {
+                let Some(id) = repo_id(tx, &name)? else { return Ok(false) };
+                Ok(tx.prepare_cached(gc::COLLECT_MANIFEST)?.execute(params![id, digest, before])? > 0)
+            })
+            .await;
+        self.resolved().invalidate(repo);
+        removed
+    }
+
+    async fn collect_link(&self, repo: &RepoName, digest: &Digest, before: i64) -> Result<bool> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(Durability::Synced, move |tx| {
+            let Some(id) = repo_id(tx, &repo)? else { return Ok(false) };
+            Ok(tx.prepare_cached(gc::COLLECT_LINK)?.execute(params![id, digest, before])? > 0)
+        })
+        .await
+    }
+
+    async fn blob_uses(&self, digest: &Digest) -> Result<u64> {
+        let digest = digest.to_string();
+        self.read(move |c| {
+            let n: i64 = c.prepare_cached(gc::BLOB_USES)?.query_row([digest], |r| r.get(0))?;
+            Ok(n.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn unused_blobs(
+        &self,
+        before: i64,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<(Digest, u64)>> {
+        let after = after.map(Digest::to_string).unwrap_or_default();
+        self.read(move |c| {
+            let rows = c
+                .prepare_cached(gc::UNUSED_BLOBS)?
+                .query_map(params![before, after, limit as i64], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter().map(|(d, size)| Ok((parse("digest", d)?, size.max(0) as u64))).collect()
+        })
+        .await
+    }
+
+    async fn release_unused(&self, digest: &Digest, before: i64) -> Result<bool> {
+        let digest = digest.to_string();
+        self.write(Durability::Synced, move |tx| {
+            Ok(tx.prepare_cached(gc::RELEASE_UNUSED)?.execute(params![now_millis(), digest, before])? > 0)
+        })
+        .await
+    }
+}
+
+fn contents(c: &Connection, id: i64) -> Result<RepoContents> {
+    let manifests = c
+        .prepare_cached(gc::MANIFESTS)?
+        .query_map([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, bool>(4)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let edges = c
+        .prepare_cached(gc::EDGES)?
+        .query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let links = c
+        .prepare_cached(gc::LINKS)?
+        .query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(RepoContents {
+        manifests: manifests
+            .into_iter()
+            .map(|(d, subject, size, at, tagged)| StoredManifest::from_row(d, subject, size, at, tagged))
+            .collect::<Result<_>>()?,
+        edges: edges.into_iter().map(|(p, c, m)| Edge::from_row(p, c, m)).collect::<Result<_>>()?,
+        links: links.into_iter().map(|(d, size, at)| Link::from_row(d, size, at)).collect::<Result<_>>()?,
+    })
+}

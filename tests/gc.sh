@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Garbage collection with real clients: skopeo pushes, crane deletes, `berth gc` (the admin API's
+# client) removes what no tag reaches, and every image still tagged pulls whole with skopeo and
+# crane. Only an admin may collect.
+source "$(dirname "$0")/lib.sh"
+source "$ROOT/scripts/tools.sh"
+
+CRANE=$(tool_path crane)
+require_tools "$CRANE"
+require_commands skopeo
+
+client_workspace
+htpasswd_users alice bob
+printf 'alice-pw' >"$WORK/alice.pw"
+cat >"$WORK/berth.yml" <<YAML
+auth:
+  htpasswd: $WORK/htpasswd
+  rules:
+    - { users: [alice], repositories: ["**"], actions: [pull, push, delete, admin] }
+    - { users: [bob], repositories: ["**"], actions: [pull, push, delete] }
+YAML
+start_berth --config "$WORK/berth.yml"
+R=$BERTH_ADDR
+SK=(skopeo --insecure-policy)
+blob_files() { find "$BERTH_DIR/data/storage/blobs" -type f | wc -l; }
+gc() { "$BERTH_BIN" gc --url "$BERTH_URL" --grace 0s --username alice --password-file "$WORK/alice.pw" "$@"; }
+push() { "${SK[@]}" copy ${3:-} --dest-tls-verify=false --dest-creds alice:alice-pw "oci:$WORK/layout:$1" "docker://$R/$2"; }
+pushed_all() { push multi gc/keep:v1 && push multiarch gc/drop:v1 --all && push multi gc/drop:multi; }
+deleted() { "$CRANE" --insecure delete "$R/gc/drop@$MULTIARCH" && "$CRANE" --insecure delete "$R/gc/drop@$MULTI"; }
+refused() { # refused PATTERN COMMAND...: the command fails and says PATTERN
+  local pattern=$1 out
+  shift
+  if out=$("$@" 2>&1); then echo "it succeeded: $out"; return 1; fi
+  grep -q "$pattern" <<<"$out" || { echo "$out"; return 1; }
+}
+bearer_refused() {
+  local token
+  token=$(curl -sf -u alice:alice-pw "$BERTH_URL/token?service=berth&scope=repository:gc/keep:pull" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])') &&
+    equal "$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $token" "$BERTH_URL/admin/v1/gc")" 401
+}
+dry_run() {
+  local out
+  out=$(gc --dry-run) && echo "$out" &&
+    grep -q 'gc/drop: would remove 2 manifests, 10 blob links' <<<"$out" &&
+    grep -q 'would remove 2 manifests, 10 blob links, 9 blobs' <<<"$out" && equal "$(blob_files)" 14
+}
+removes() {
+  local out
+  out=$(gc) && echo "$out" && grep -q '^removed 2 manifests, 10 blob links, 9 blobs' <<<"$out"
+}
+nothing_left() {
+  gc --output json |
+    python3 -c 'import json,sys; r=json.load(sys.stdin); assert (r["manifestsRemoved"], r["linksRemoved"], len(r["blobs"])) == (0, 0, 0), r'
+}
+pulls_whole() {
+  "${SK[@]}" copy --preserve-digests --src-tls-verify=false --src-creds bob:bob-pw "docker://$R/gc/keep:v1" "oci:$WORK/back:v1" || return 1
+  local b
+  for b in "$WORK"/back/blobs/sha256/*; do
+    cmp -s "$b" "$WORK/layout/blobs/sha256/$(basename "$b")" || { echo "$(basename "$b") differs"; return 1; }
+  done
+}
+crane_pulls() {
+  equal "$("$CRANE" --insecure digest "$R/gc/keep:v1")" "$MULTI" &&
+    "$CRANE" --insecure pull --format oci "$R/gc/keep:v1" "$WORK/crane-back"
+}
+index_gone() {
+  ! "$CRANE" --insecure manifest "$R/gc/drop@$MULTIARCH" 2>/dev/null &&
+    ! "$CRANE" --insecure manifest "$R/gc/drop:v1" 2>/dev/null
+}
+pushed_again() {
+  push multiarch gc/drop:v2 --all &&
+    "${SK[@]}" copy --all --src-tls-verify=false --src-creds bob:bob-pw "docker://$R/gc/drop:v2" "oci:$WORK/again:v2"
+}
+
+echo "== pushed, then deleted"
+check "skopeo pushes an image and a multi-arch index" pushed_all
+# multi: 3 layers, a config, a manifest; multiarch: an index and two images of 2 layers each.
+# Deleting the index leaves its two images untagged; the collection takes them, every link in
+# gc/drop (multi's blobs stay for gc/keep) and the 9 blobs only multiarch used.
+check "14 blobs are stored" equal "$(blob_files)" 14
+"$CRANE" auth login "$R" -u alice -p alice-pw >/dev/null 2>&1
+check "crane deletes the index and the image in gc/drop" deleted
+
+echo "== who may collect"
+check "anonymous callers are asked for credentials" refused 401 "$BERTH_BIN" gc --url "$BERTH_URL"
+check "bob, not granted admin, is refused" \
+  refused 'not granted admin' env BERTH_PASSWORD=bob-pw "$BERTH_BIN" gc --url "$BERTH_URL" --username bob
+check "a token is not enough: the admin API wants credentials" bearer_refused
+check "a malformed request is a 400 that says why" bash -c \
+  "curl -s -u alice:alice-pw -X POST -d '{\"grace\":\"soon\"}' $BERTH_URL/admin/v1/gc | grep -q 'grace'"
+
+echo "== berth gc"
+check "a dry run says what would go and removes nothing" dry_run
+check "a run removes the bytes of what no tag reaches" removes
+check "only the tagged image's 5 blobs are left on disk" equal "$(blob_files)" 5
+check "a second run finds nothing to remove (JSON report)" nothing_left
+
+echo "== what stays pulls whole"
+check "skopeo pulls the tagged image, every blob intact" pulls_whole
+check "crane reads the same digest and pulls it" crane_pulls
+check "the deleted index and its children are gone" index_gone
+check "a push after the collection stores the collected bytes again" pushed_again
+
+finish
