@@ -220,6 +220,10 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn forget_gone(&self, before: i64, limit: usize) -> Result<u64>;
     /// Whether the blob's object is being deleted.
     async fn blob_purging(&self, digest: &Digest) -> Result<bool>;
+    /// Records a blob whose object the caller wrote but could not record as it meant to (the
+    /// manifest or upload it belonged to was refused): so the object is known, and a collection
+    /// deletes it once nothing uses it.
+    async fn record_orphan(&self, digest: &Digest, size: u64) -> Result<()>;
     /// This process stops serving: a store shared with other replicas tells them not to wait
     /// for it any more. Called once requests have drained.
     async fn leave(&self) {}

@@ -103,10 +103,10 @@ impl Registry {
     pub(super) async fn record_written(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
         let linked = self
             .record_past_purge(digest, size, Stored::Written, |s| self.meta.link_blob(repo, digest, size, s));
-        if linked.await? {
-            Ok(())
-        } else {
-            Err(ServiceError::gone(digest))
+        match linked.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ServiceError::gone(digest)),
+            Err(e) => Err(self.orphaned(digest, size, e).await),
         }
     }
 

@@ -137,7 +137,11 @@ impl Registry {
             stored,
         };
         let record = |stored| self.meta.put_manifest(NewManifest { stored, ..m.clone() });
-        if !self.record_past_purge(digest, size, stored, record).await? {
+        let recorded = match self.record_past_purge(digest, size, stored, record).await {
+            Err(e) if stored == Stored::Written => return Err(self.orphaned(digest, size, e).await),
+            r => r?,
+        };
+        if !recorded {
             // A purge took the bytes: they are in hand, so write them again.
             put_all(self.storage.as_ref(), &key, body.clone()).await?;
             let record = |stored| self.meta.put_manifest(NewManifest { stored, ..m.clone() });

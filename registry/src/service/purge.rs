@@ -85,6 +85,15 @@ impl Registry {
         Ok(true)
     }
 
+    /// After a write of `digest`'s object whose record failed with `e`: the object is recorded on
+    /// its own (unless a purge has it), so a collection finds it; `e` is returned.
+    pub(super) async fn orphaned(&self, digest: &Digest, size: u64, e: ServiceError) -> ServiceError {
+        if let Err(again) = self.meta.record_orphan(digest, size).await {
+            tracing::warn!(digest = %digest, error = %again, "an unrecorded object is left for the scrub");
+        }
+        e
+    }
+
     async fn await_purge(&self, digest: &Digest) -> Result<()> {
         let deadline = Instant::now() + PURGE_WAIT;
         while self.meta.blob_purging(digest).await? {

@@ -123,7 +123,10 @@ impl Registry {
             None => (self.publish(&u, &parts, digest).await?, Stored::Written),
         };
         let finish = |s| self.meta.finish_upload(u.id, repo, digest, u.received, s);
-        let mut recorded = self.record_past_purge(digest, u.received, stored, &finish).await?;
+        let mut recorded = match self.record_past_purge(digest, u.received, stored, &finish).await {
+            Err(e) if stored == Stored::Written => return Err(self.orphaned(digest, u.received, e).await),
+            r => r?,
+        };
         if !recorded && found {
             // What was found stored went with a purge: publish the session's bytes after all.
             published = self.publish(&u, &parts, digest).await?;

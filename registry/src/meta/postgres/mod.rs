@@ -656,6 +656,15 @@ impl MetaStore for PostgresMeta {
         self.purging(digest).await
     }
 
+    async fn record_orphan(&self, digest: &Digest, size: u64) -> Result<()> {
+        let digest = digest.clone();
+        self.write(true, move |tx| {
+            let digest = digest.clone();
+            Box::pin(async move { record_blob(tx, &digest, size, super::now(), Stored::Written).await })
+        })
+        .await
+    }
+
     async fn count_uploads(&self) -> Result<u64> {
         let c = self.client().await?;
         let row = query_opt(&c, "SELECT count(*) FROM uploads", &[]).await.map_err(db_error)?;

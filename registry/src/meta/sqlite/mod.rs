@@ -649,6 +649,14 @@ impl MetaStore for SqliteMeta {
         .await
     }
 
+    async fn record_orphan(&self, digest: &Digest, size: u64) -> Result<()> {
+        let digest = digest.clone();
+        self.write(Durability::Synced, move |tx| {
+            record_blob(tx, &digest, size, super::now(), Stored::Written)
+        })
+        .await
+    }
+
     async fn blob_purging(&self, digest: &Digest) -> Result<bool> {
         let digest = digest.to_string();
         self.read(move |c| Ok(c.prepare_cached(sweep::PURGING)?.exists([digest])?)).await
