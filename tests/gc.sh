@@ -95,6 +95,12 @@ check "a dry run says what would go and removes nothing" dry_run
 check "a run removes the bytes of what no tag reaches" removes
 check "only the tagged image's 5 blobs are left on disk" equal "$(blob_files)" 5
 check "a second run finds nothing to remove (JSON report)" nothing_left
+check "metrics count the runs and what they removed" bash -c "
+  m=\$(curl -sf $BERTH_URL/metrics) &&
+  grep -q 'berth_gc_removed_total{kind=\"manifest\"} 2' <<<\"\$m\" &&
+  grep -q 'berth_gc_removed_total{kind=\"blob\"} 9' <<<\"\$m\" &&
+  grep -q 'berth_gc_runs_total{result=\"ok\",dry_run=\"true\"} 1' <<<\"\$m\" &&
+  grep -q '^berth_gc_last_success_timestamp_seconds [1-9]' <<<\"\$m\""
 
 echo "== what stays pulls whole"
 check "skopeo pulls the tagged image, every blob intact" pulls_whole

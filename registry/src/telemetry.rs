@@ -17,6 +17,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::auth::throttle::LoginMetrics;
+use crate::gc::metrics::GcMetrics;
 use crate::storage::{ByteStream, Key, ObjectWriter, Storage, StorageError};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -179,6 +180,7 @@ pub struct Metrics {
     db_max_connections: Gauge,
     storage_ops: HistogramFamily<OpLabels>,
     pub proxy: Arc<ProxyMetrics>,
+    pub gc: Arc<GcMetrics>,
     pub login: LoginMetrics,
     pub connections: ConnectionMetrics,
 }
@@ -239,6 +241,8 @@ impl Metrics {
         );
         let proxy = Arc::new(ProxyMetrics::default());
         proxy.register(&mut registry);
+        let gc = Arc::new(GcMetrics::default());
+        gc.register(&mut registry);
         let login = LoginMetrics::default();
         registry.register(
             "auth_failed_logins",
@@ -278,6 +282,7 @@ impl Metrics {
             db_max_connections,
             storage_ops,
             proxy,
+            gc,
             login,
             connections,
         }

@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod mark;
+pub mod metrics;
 mod report;
 #[cfg(test)]
 mod tests;
@@ -27,6 +28,7 @@ use tracing::info;
 use crate::meta::gc::Collect;
 use crate::meta::{self, Page};
 use crate::service::{Registry, Result};
+use metrics::GcMetrics;
 pub use report::{Removed, RepoReport, Report};
 
 /// Repositories read per catalog page, and unused blobs per batch.
@@ -53,11 +55,17 @@ pub struct Collector {
     store: Arc<dyn Collect>,
     /// Repository prefixes the pull-through cache serves (its eviction keeps them).
     cached: Vec<String>,
+    metrics: Arc<GcMetrics>,
 }
 
 impl Collector {
-    pub fn new(registry: Arc<Registry>, store: Arc<dyn Collect>, cached: Vec<String>) -> Collector {
-        Collector { registry, store, cached }
+    pub fn new(
+        registry: Arc<Registry>,
+        store: Arc<dyn Collect>,
+        cached: Vec<String>,
+        metrics: Arc<GcMetrics>,
+    ) -> Collector {
+        Collector { registry, store, cached, metrics }
     }
 
     fn is_cached(&self, repo: &str) -> bool {
@@ -66,6 +74,16 @@ impl Collector {
 
     /// One collection, from start to end.
     pub async fn run(&self, o: &Options) -> Result<Report> {
+        let started = std::time::Instant::now();
+        let outcome = self.collect(o).await;
+        self.metrics.observe(o.dry_run, started.elapsed(), outcome.as_ref().ok());
+        if let Err(e) = &outcome {
+            tracing::warn!(error = %e, dry_run = o.dry_run, "garbage collection failed");
+        }
+        outcome
+    }
+
+    async fn collect(&self, o: &Options) -> Result<Report> {
         // Created at or before now less the grace (times are whole seconds).
         let cutoff = meta::now() + 1 - o.grace.as_secs() as i64;
         let mut report = Report { dry_run: o.dry_run, ..Report::default() };

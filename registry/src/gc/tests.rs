@@ -35,7 +35,8 @@ impl World {
         let m = Arc::new(m);
         let storage = Arc::new(MemoryStorage::new());
         let registry = Arc::new(Registry::new(storage.clone(), m.clone(), Limits::default()));
-        let collector = Collector::new(registry, m.clone(), vec!["hub".into()]);
+        let metrics = Arc::new(super::metrics::GcMetrics::default());
+        let collector = Collector::new(registry, m.clone(), vec!["hub".into()], metrics);
         World { meta: m, storage, collector }
     }
 

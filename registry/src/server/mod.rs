@@ -179,7 +179,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, ServeError> {
     let mut state = AppState::new(registry.clone(), metrics.clone(), config).map_err(ServeError::Config)?;
     // The pull-through cache's repositories are its eviction's to clean, not the collector's.
     let cached = config.proxy.upstreams.iter().map(|u| u.name.clone()).collect();
-    state.collector = Some(Arc::new(Collector::new(registry.clone(), collect, cached)));
+    state.collector = Some(Arc::new(Collector::new(registry.clone(), collect, cached, metrics.gc.clone())));
     if !config.proxy.is_empty() {
         let spool = config.data_dir.join("proxy-spool");
         state.proxy = Some(

@@ -1,0 +1,83 @@
+//! What collections did (`berth_gc_*`): runs by result, their duration, what they removed, the
+//! bytes they freed, the removals a push made wrong, and when one last succeeded.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use super::report::Report;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    /// `ok` or `failed`.
+    result: &'static str,
+    dry_run: bool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    /// `manifest`, `link` (a blob unlinked from a repository) or `blob` (released).
+    kind: &'static str,
+}
+
+pub struct GcMetrics {
+    runs: Family<RunLabels, Counter>,
+    duration: Histogram,
+    removed: Family<KindLabels, Counter>,
+    bytes_freed: Counter,
+    conflicts: Counter,
+    last_success: Gauge,
+}
+
+impl Default for GcMetrics {
+    fn default() -> Self {
+        GcMetrics {
+            runs: Family::default(),
+            duration: Histogram::new(exponential_buckets(0.05, 3.0, 10)),
+            removed: Family::default(),
+            bytes_freed: Counter::default(),
+            conflicts: Counter::default(),
+            last_success: Gauge::default(),
+        }
+    }
+}
+
+impl GcMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("gc");
+        r.register("runs", "Garbage collections, by result", self.runs.clone());
+        r.register("run_duration_seconds", "How long garbage collections took", self.duration.clone());
+        r.register("removed", "What real (not dry) collections removed, by kind", self.removed.clone());
+        r.register("freed_bytes", "Bytes of the blobs real collections released", self.bytes_freed.clone());
+        r.register(
+            "conflicts",
+            "Removals skipped because a push made the thing needed again",
+            self.conflicts.clone(),
+        );
+        r.register(
+            "last_success_timestamp_seconds",
+            "When a real collection last succeeded (unix seconds)",
+            self.last_success.clone(),
+        );
+    }
+
+    /// One run's outcome: its report when it succeeded.
+    pub fn observe(&self, dry_run: bool, took: Duration, report: Option<&Report>) {
+        let result = if report.is_some() { "ok" } else { "failed" };
+        self.runs.get_or_create(&RunLabels { result, dry_run }).inc();
+        self.duration.observe(took.as_secs_f64());
+        let Some(r) = report.filter(|_| !dry_run) else { return };
+        let kind = |kind| self.removed.get_or_create(&KindLabels { kind }).clone();
+        kind("manifest").inc_by(r.manifests_removed as u64);
+        kind("link").inc_by(r.links_removed as u64);
+        kind("blob").inc_by(r.blobs.len() as u64);
+        self.bytes_freed.inc_by(r.bytes_freed);
+        self.conflicts.inc_by(r.conflicts);
+        self.last_success.set(crate::meta::now());
+    }
+}
