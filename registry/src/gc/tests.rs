@@ -181,3 +181,33 @@ async fn postgres_collects_what_no_tag_reaches() {
     keeps_what_is_young_or_untagged_by_choice(World::new(PostgresMeta::connect(&db.url, 4).await.unwrap()))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_or_a_push_again_keeps_an_old_candidate_from_the_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.db");
+    let w = World::new(SqliteMeta::open(&path).unwrap());
+    let app = "gc/revived";
+    w.blob(app, "headed").await;
+    w.blob(app, "ignored").await;
+    w.manifest(app, "pushed-again", &[], &[], None, None).await;
+    w.manifest(app, "left", &[], &[], None, None).await;
+    // Two hours pass.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch(
+        "UPDATE repository_blobs SET created_at = created_at - 7200;
+         UPDATE manifests SET created_at = created_at - 7200;
+         UPDATE blobs SET created_at = created_at - 7200;",
+    )
+    .unwrap();
+    // A client asks about one blob (HEAD) and pushes one manifest again, by digest.
+    w.meta.touch_link(&repo(app), &d("headed")).await.unwrap();
+    w.manifest(app, "pushed-again", &[], &[], None, None).await;
+
+    let o = Options { grace: Duration::from_secs(3600), ..Options::default() };
+    let report = w.collector.run(&o).await.unwrap();
+    let (manifests, links, _) = names(&report);
+    assert_eq!(manifests, BTreeSet::from([d("left")]));
+    assert_eq!(links, BTreeSet::from([d("ignored")]));
+    assert!(w.has_manifest(app, "pushed-again").await && w.stored("headed").await);
+}

@@ -113,6 +113,18 @@ pub(crate) const LINK: &str =
      ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = excluded.created_at
      WHERE repository_blobs.created_at < excluded.created_at";
 
+/// A manifest pushed again is as young as the push. Parameters: now (unix seconds), repository
+/// id, digest.
+pub(crate) const REFRESH_MANIFEST: &str =
+    "UPDATE manifests SET created_at = $1 WHERE repository_id = $2 AND digest = $3 AND created_at < $1";
+
+/// A blob's link a client asked about (a HEAD, before it pushes a manifest that needs the blob)
+/// is made young, if it was linked more than a minute ago. Parameters: now (unix seconds),
+/// digest, repository name.
+pub(crate) const TOUCH_LINK: &str = "UPDATE repository_blobs SET created_at = $1
+     WHERE digest = $2 AND created_at < $1 - 60
+       AND repository_id = (SELECT id FROM repositories WHERE name = $3)";
+
 /// What a mark needs of a repository. Parameter: repository id.
 pub(crate) const MANIFESTS: &str = "SELECT m.digest, m.subject, m.size, m.created_at,
             EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = m.repository_id AND t.digest = m.digest)

@@ -220,6 +220,9 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn forget_gone(&self, before: i64, limit: usize) -> Result<u64>;
     /// Whether the blob's object is being deleted.
     async fn blob_purging(&self, digest: &Digest) -> Result<bool>;
+    /// Makes the blob's link in `repo` young again (a client asked about it, and will push a
+    /// manifest that needs it): a collection's grace then protects it.
+    async fn touch_link(&self, repo: &RepoName, digest: &Digest) -> Result<()>;
     /// Records a blob whose object the caller wrote but could not record as it meant to (the
     /// manifest or upload it belonged to was refused): so the object is known, and a collection
     /// deletes it once nothing uses it.

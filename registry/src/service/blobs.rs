@@ -44,6 +44,9 @@ impl Registry {
             Err(size) => return Ok(Err(size)),
         };
         if !with_body {
+            // A HEAD comes before a manifest that needs the blob: keep the link out of a
+            // collection's reach meanwhile.
+            self.meta.touch_link(repo, digest).await?;
             return Ok(Ok(BlobRead { size, range: span, body: None, size_known: true }));
         }
         let key = layout::blob(digest);

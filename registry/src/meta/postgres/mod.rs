@@ -285,7 +285,9 @@ async fn put_manifest_tx(tx: &Tx<'_>, m: &NewManifest) -> TxResult<()> {
         ],
     )
     .await?;
-    if inserted > 0 {
+    if inserted == 0 {
+        execute(tx, crate::meta::gc::REFRESH_MANIFEST, &[&now, &repo, &digest]).await?;
+    } else {
         for (kind, children) in [("blob", &m.blobs), ("manifest", &m.manifests)] {
             if children.is_empty() {
                 continue;
@@ -654,6 +656,14 @@ impl MetaStore for PostgresMeta {
 
     async fn blob_purging(&self, digest: &Digest) -> Result<bool> {
         self.purging(digest).await
+    }
+
+    async fn touch_link(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let c = self.client().await?;
+        execute(&c, crate::meta::gc::TOUCH_LINK, &[&super::now(), &digest.as_str(), &repo.as_str()])
+            .await
+            .map_err(db_error)?;
+        Ok(())
     }
 
     async fn record_orphan(&self, digest: &Digest, size: u64) -> Result<()> {

@@ -657,6 +657,15 @@ impl MetaStore for SqliteMeta {
         .await
     }
 
+    async fn touch_link(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(Durability::Unsynced, move |tx| {
+            tx.prepare_cached(super::gc::TOUCH_LINK)?.execute(params![super::now(), digest, repo])?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn blob_purging(&self, digest: &Digest) -> Result<bool> {
         let digest = digest.to_string();
         self.read(move |c| Ok(c.prepare_cached(sweep::PURGING)?.exists([digest])?)).await
@@ -725,7 +734,9 @@ fn put_manifest_tx(tx: &Connection, m: &NewManifest) -> Result<()> {
             now
         ],
     )?;
-    if inserted > 0 {
+    if inserted == 0 {
+        tx.prepare_cached(super::gc::REFRESH_MANIFEST)?.execute(params![now, repo, digest])?;
+    } else {
         let mut edge = tx.prepare_cached(
             "INSERT INTO manifest_references (repository_id, manifest_digest, child_digest, kind)
              VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
