@@ -43,8 +43,7 @@ pub async fn gc(State(st): State<AppState>, req: Request) -> Response {
     let Some(collector) = &st.collector else {
         return ApiError::new(Code::NotFound, "this registry runs no garbage collection").into_response();
     };
-    // One run at a time here; runs on two replicas at once are safe (each removal checks what is
-    // stored), only wasteful.
+    // One run at a time: here, before the database's lease is asked for.
     let Ok(_running) = st.gc_running.try_lock() else {
         return ApiError::new(Code::Conflict, "a garbage collection is running; try again when it ends")
             .into_response();

@@ -203,6 +203,8 @@ impl From<&ServiceError> for ApiError {
                     "the registry's database is unavailable; try again shortly",
                 );
             }
+            ServiceError::Retry(_) => Code::ServiceUnavailable,
+            ServiceError::Busy(_) => Code::Conflict,
             ServiceError::Storage(_) | ServiceError::Meta(_) => Code::Unknown,
         };
         if code == Code::StorageFull {

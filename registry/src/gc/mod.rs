@@ -27,12 +27,17 @@ use tracing::info;
 
 use crate::meta::gc::Collect;
 use crate::meta::{self, Page};
-use crate::service::{Registry, Result};
+use crate::service::{Registry, Result, ServiceError};
 use metrics::GcMetrics;
 pub use report::{Removed, RepoReport, Report};
 
 /// Repositories read per catalog page, and unused blobs per batch.
 const BATCH: usize = 500;
+/// The lease that makes one collection at a time run across replicas, how long it holds without
+/// renewal, and how often a running collection renews it.
+const LEASE: &str = "gc";
+const LEASE_TERM: Duration = Duration::from_secs(60);
+const LEASE_RENEWAL: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -58,6 +63,22 @@ pub struct Collector {
     metrics: Arc<GcMetrics>,
 }
 
+/// Renews the lease while a collection runs. A lease lost meanwhile lets another replica start:
+/// two collections at once are still safe (each removal checks what is stored), only wasteful.
+async fn renew(store: Arc<dyn Collect>, holder: String) {
+    let mut tick = tokio::time::interval(LEASE_RENEWAL);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = meta::now_millis();
+        match store.claim_lease(LEASE, &holder, now, now + LEASE_TERM.as_millis() as i64).await {
+            Ok(Ok(())) => {}
+            Ok(Err(other)) => tracing::warn!(%other, "the collection's lease went to another run"),
+            Err(e) => tracing::warn!(error = %e, "could not renew the collection's lease"),
+        }
+    }
+}
+
 impl Collector {
     pub fn new(
         registry: Arc<Registry>,
@@ -72,8 +93,32 @@ impl Collector {
         self.cached.iter().any(|p| repo.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/')))
     }
 
-    /// One collection, from start to end.
+    /// One collection, from start to end; [`ServiceError::Busy`] while another runs (on any
+    /// replica: they share a lease in the database).
     pub async fn run(&self, o: &Options) -> Result<Report> {
+        let holder = format!(
+            "{} (run {})",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "berth".into()),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let now = meta::now_millis();
+        if let Err(other) =
+            self.store.claim_lease(LEASE, &holder, now, now + LEASE_TERM.as_millis() as i64).await?
+        {
+            return Err(ServiceError::Busy(format!(
+                "a garbage collection is running on {other}; try again when it ends"
+            )));
+        }
+        let renewal = tokio::spawn(renew(self.store.clone(), holder.clone()));
+        let outcome = self.timed(o).await;
+        renewal.abort();
+        if let Err(e) = self.store.end_lease(LEASE, &holder).await {
+            tracing::warn!(error = %e, "could not give up the collection's lease; it lapses by itself");
+        }
+        outcome
+    }
+
+    async fn timed(&self, o: &Options) -> Result<Report> {
         let started = std::time::Instant::now();
         let outcome = self.collect(o).await;
         self.metrics.observe(o.dry_run, started.elapsed(), outcome.as_ref().ok());

@@ -12,7 +12,7 @@ use crate::meta::cache::CacheIndex;
 use crate::meta::gc::Collect;
 use crate::meta::sqlite::SqliteMeta;
 use crate::meta::{MetaStore, NewManifest, Stored};
-use crate::service::{Limits, Registry};
+use crate::service::{Limits, Registry, ServiceError};
 use crate::storage::memory::MemoryStorage;
 use crate::storage::{layout, put_all, Storage};
 
@@ -26,6 +26,7 @@ fn repo(s: &str) -> RepoName {
 
 struct World {
     meta: Arc<dyn MetaStore>,
+    store: Arc<dyn Collect>,
     storage: Arc<MemoryStorage>,
     collector: Collector,
 }
@@ -37,7 +38,7 @@ impl World {
         let registry = Arc::new(Registry::new(storage.clone(), m.clone(), Limits::default()));
         let metrics = Arc::new(super::metrics::GcMetrics::default());
         let collector = Collector::new(registry, m.clone(), vec!["hub".into()], metrics);
-        World { meta: m, storage, collector }
+        World { meta: m.clone(), store: m, storage, collector }
     }
 
     async fn blob(&self, r: &str, name: &str) {
@@ -166,10 +167,25 @@ async fn keeps_what_is_young_or_untagged_by_choice(w: World) {
     assert!(!w.stored("young-stray").await, "links nothing needs still go");
 }
 
+async fn one_collection_runs_at_a_time(w: World) {
+    let now = crate::meta::now_millis();
+    assert_eq!(w.store.claim_lease("gc", "replica-b", now, now + 60_000).await.unwrap(), Ok(()));
+    match w.collector.run(&Options::default()).await {
+        Err(ServiceError::Busy(m)) => assert!(m.contains("replica-b"), "{m}"),
+        other => panic!("a second collection ran: {:?}", other.map(|r| r.dry_run)),
+    }
+    w.store.end_lease("gc", "replica-b").await.unwrap();
+    w.collector.run(&Options::default()).await.unwrap();
+    // The run gave its lease up; one whose holder stopped renewing it is taken over.
+    assert_eq!(w.store.claim_lease("gc", "replica-c", now, now + 1).await.unwrap(), Ok(()));
+    w.collector.run(&Options::default()).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_collects_what_no_tag_reaches() {
     collects_what_no_tag_reaches(World::new(SqliteMeta::temporary().unwrap())).await;
     keeps_what_is_young_or_untagged_by_choice(World::new(SqliteMeta::temporary().unwrap())).await;
+    one_collection_runs_at_a_time(World::new(SqliteMeta::temporary().unwrap())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,6 +196,8 @@ async fn postgres_collects_what_no_tag_reaches() {
     let db = TestDatabase::create().await;
     keeps_what_is_young_or_untagged_by_choice(World::new(PostgresMeta::connect(&db.url, 4).await.unwrap()))
         .await;
+    let db = TestDatabase::create().await;
+    one_collection_runs_at_a_time(World::new(PostgresMeta::connect(&db.url, 4).await.unwrap())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,7 +104,27 @@ pub trait Collect: Send + Sync + 'static {
     ) -> Result<Vec<(Digest, u64)>>;
     /// Releases the blob ([`super::sweep`]) if nothing uses it and it was recorded before `before`.
     async fn release_unused(&self, digest: &Digest, before: i64) -> Result<bool>;
+    /// Takes (or renews) the lease `name` for `holder` until `until` (unix milliseconds), unless
+    /// another holder's has not lapsed by `now`; `Err` names that holder.
+    async fn claim_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<std::result::Result<(), String>>;
+    /// Gives the lease up, if `holder` still has it.
+    async fn end_lease(&self, name: &str, holder: &str) -> Result<()>;
 }
+
+/// Parameters: name, holder, until, now (unix milliseconds).
+pub(crate) const CLAIM_LEASE: &str = "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3)
+     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+     WHERE leases.expires_at < $4 OR leases.holder = excluded.holder";
+/// Parameter: name.
+pub(crate) const LEASE_HOLDER: &str = "SELECT holder FROM leases WHERE name = $1";
+/// Parameters: name, holder.
+pub(crate) const END_LEASE: &str = "DELETE FROM leases WHERE name = $1 AND holder = $2";
 
 /// Links a blob to a repository, or marks an existing link as linked now: a blob pushed again
 /// is as young as the push. Parameters: repository id, digest, now (unix seconds).

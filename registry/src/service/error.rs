@@ -38,6 +38,12 @@ pub enum ServiceError {
     Meta(MetaError),
     #[error("request body failed: {0}")]
     Body(io::Error),
+    /// A race the request lost, which trying again wins (a 503 that says so).
+    #[error("{0}")]
+    Retry(String),
+    /// The operation is already running (a 409).
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl From<MetaError> for ServiceError {
@@ -59,9 +65,7 @@ impl ServiceError {
     /// The blob's bytes went with a deletion that raced their write (a 503: writing them again
     /// succeeds).
     pub(crate) fn gone(digest: &Digest) -> ServiceError {
-        ServiceError::Meta(MetaError::Unavailable(format!(
-            "blob {digest} was being deleted as it was written; write it again"
-        )))
+        ServiceError::Retry(format!("blob {digest} was being deleted as it was written; write it again"))
     }
 }
 

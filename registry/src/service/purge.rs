@@ -98,9 +98,7 @@ impl Registry {
         let deadline = Instant::now() + PURGE_WAIT;
         while self.meta.blob_purging(digest).await? {
             if Instant::now() >= deadline {
-                return Err(ServiceError::Meta(MetaError::Unavailable(format!(
-                    "blob {digest} is being deleted; try again"
-                ))));
+                return Err(ServiceError::Retry(format!("blob {digest} is being deleted; try again")));
             }
             tokio::time::sleep(PURGE_POLL).await;
         }

@@ -97,4 +97,26 @@ impl Collect for PostgresMeta {
         })
         .await
     }
+
+    async fn claim_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<std::result::Result<(), String>> {
+        // One statement: the upsert's row lock decides between replicas that claim at once.
+        let c = self.client().await?;
+        if execute(&c, gc::CLAIM_LEASE, &[&name, &holder, &until, &now]).await.map_err(db_error)? == 1 {
+            return Ok(Ok(()));
+        }
+        let row = query_opt(&c, gc::LEASE_HOLDER, &[&name]).await.map_err(db_error)?;
+        Ok(Err(row.map(|r| r.get(0)).unwrap_or_default()))
+    }
+
+    async fn end_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let c = self.client().await?;
+        execute(&c, gc::END_LEASE, &[&name, &holder]).await.map_err(db_error)?;
+        Ok(())
+    }
 }

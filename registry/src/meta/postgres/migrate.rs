@@ -40,6 +40,8 @@ const MIGRATIONS: &[Migration] = &[
     },
     // Two columns with defaults: older code runs on it, its links checked again by purges.
     Migration { sql: include_str!("../../../migrations/postgres/0006_blob_states.sql"), compatible_from: 1 },
+    // A new table.
+    Migration { sql: include_str!("../../../migrations/postgres/0007_leases.sql"), compatible_from: 1 },
 ];
 
 /// The advisory lock's key, shared by every replica (an arbitrary constant: "berthmig").

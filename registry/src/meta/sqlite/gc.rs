@@ -76,6 +76,33 @@ impl Collect for SqliteMeta {
         })
         .await
     }
+
+    async fn claim_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<std::result::Result<(), String>> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(Durability::Synced, move |tx| {
+            if tx.prepare_cached(gc::CLAIM_LEASE)?.execute(params![name, holder, until, now])? == 1 {
+                return Ok(Ok(()));
+            }
+            let other: String = tx.prepare_cached(gc::LEASE_HOLDER)?.query_row([&name], |r| r.get(0))?;
+            Ok(Err(other))
+        })
+        .await
+    }
+
+    async fn end_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(Durability::Synced, move |tx| {
+            tx.prepare_cached(gc::END_LEASE)?.execute(params![name, holder])?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 fn contents(c: &Connection, id: i64) -> Result<RepoContents> {

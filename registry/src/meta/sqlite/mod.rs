@@ -34,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0005_upload_assembly.sql"),
     include_str!("../../../migrations/sqlite/0006_multipart_uploads.sql"),
     include_str!("../../../migrations/sqlite/0007_blob_states.sql"),
+    include_str!("../../../migrations/sqlite/0008_leases.sql"),
 ];
 const MAX_IDLE_READERS: usize = 8;
 
