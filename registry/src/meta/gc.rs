@@ -142,7 +142,7 @@ pub(crate) const REFRESH_MANIFEST: &str =
 /// is made young, if it was linked more than a minute ago. Parameters: now (unix seconds),
 /// digest, repository name.
 pub(crate) const TOUCH_LINK: &str = "UPDATE repository_blobs SET created_at = $1
-     WHERE digest = $2 AND created_at < $1 - 60
+     WHERE digest = $2 AND created_at < CAST($1 AS BIGINT) - 60
        AND repository_id = (SELECT id FROM repositories WHERE name = $3)";
 
 /// What a mark needs of a repository. Parameter: repository id.

@@ -72,6 +72,9 @@ async fn blobs_are_per_repository(m: &dyn MetaStore) {
     assert_eq!(m.blob_in_repo(&repo("two"), &d).await.unwrap(), None);
     assert_eq!(m.blob_size(&d).await.unwrap(), Some(42));
     assert_eq!(m.repos_with_blob(&d, 10).await.unwrap(), vec![repo("one")]);
+    // A HEAD keeps the link young (what it changes, only a collection sees).
+    m.touch_link(&repo("one"), &d).await.unwrap();
+    m.touch_link(&repo("two"), &d).await.unwrap();
     assert!(m.unlink_blob(&repo("one"), &d).await.unwrap());
     assert!(!m.unlink_blob(&repo("one"), &d).await.unwrap());
     assert_eq!(m.blob_in_repo(&repo("one"), &d).await.unwrap(), None);
