@@ -186,6 +186,25 @@ pub(crate) async fn read_all(c: &reqwest::Client, url: &str, want: usize) -> any
     Ok(())
 }
 
+/// Pushes `n` distinct blobs of `size` bytes through `url` (seeded by `seed`).
+pub(crate) async fn push_all(
+    c: &reqwest::Client,
+    url: &str,
+    seed: u64,
+    n: usize,
+    size: usize,
+) -> anyhow::Result<Arc<Vec<Blob>>> {
+    let base = random_bytes(size, seed);
+    let blobs: Arc<Vec<Blob>> = Arc::new((0..n as u64).map(|i| Blob::new(&base, seed + i)).collect());
+    let (c1, u1, b1) = (c.clone(), url.to_owned(), blobs.clone());
+    run_jobs(n, 8, move |i| {
+        let (c, u, b) = (c1.clone(), u1.clone(), b1.clone());
+        async move { push(&c, &u, &b[i]).await }
+    })
+    .await?;
+    Ok(blobs)
+}
+
 /// Runs `jobs` through `concurrency` workers; returns the wall time.
 pub(crate) async fn run_jobs<F, Fut>(jobs: usize, concurrency: usize, f: F) -> anyhow::Result<Duration>
 where

@@ -13,6 +13,7 @@
 //! Every server gets a fresh data directory on the same disk, is started, loaded, measured and
 //! stopped before the next; loads are bounded in count, so a run always ends.
 
+mod gc;
 mod load;
 mod machine;
 mod metric;
@@ -85,6 +86,11 @@ async fn main() -> anyhow::Result<()> {
         results.push((spec.kind.name().to_owned(), metrics));
     }
     let mut report = render(&limits, &results, &plan);
+    let berth = args.servers.iter().find(|s| s.kind == Kind::Berth);
+    if let Some(berth) = berth.filter(|_| gc::wanted(&plan) && !args.proxy_only) {
+        eprintln!("measuring garbage collection...");
+        report.push_str(&gc::run(&berth.bin, scratch.path()).await?);
+    }
     let store = match &args.minio {
         Some(bin) => Some(objstore::start(bin, &scratch.path().join("minio")).await?),
         None => None,

@@ -45,8 +45,8 @@ pub async fn run(berth: &Path, store: &Minio, plan: &Plan, scratch: &Path) -> an
     let mut out = Vec::new();
 
     // Content: 1 MiB blobs and 1,000 tags in 100 repositories, pushed through the first replica.
-    let blobs = push_all(&c, &urls[0], 1 << 30, 9 * plan.one_mib_pushes, MIB).await?;
-    let small = push_all(&c, &urls[0], 4096, plan.small_blobs.min(200), 4096).await?;
+    let blobs = load::push_all(&c, &urls[0], 1 << 30, 9 * plan.one_mib_pushes, MIB).await?;
+    let small = load::push_all(&c, &urls[0], 4096, plan.small_blobs.min(200), 4096).await?;
     let manifests = load::manifests(&small, 1000);
     let paths = load::spread(&c, &urls[0], &small, &manifests).await?;
 
@@ -85,7 +85,7 @@ pub async fn run(berth: &Path, store: &Minio, plan: &Plan, scratch: &Path) -> an
     servers::wait_ready(&r, &c).await?;
     let blobs: Arc<Vec<Blob>> = Arc::new(blobs.iter().take(8 * plan.one_mib_pushes).cloned().collect());
     out.extend(redirect_against_direct(&c, &r.url, &blobs, 8, (REDIRECTED, DIRECT)).await?);
-    let big = push_all(&c, &r.url, 256 << 20, plan.big_pushes, 256 * MIB).await?;
+    let big = load::push_all(&c, &r.url, 256 << 20, plan.big_pushes, 256 * MIB).await?;
     out.extend(redirect_against_direct(&c, &r.url, &big, 1, (REDIRECTED_BIG, DIRECT_BIG)).await?);
     drop(r);
     Ok(render(&out, plan))
@@ -93,25 +93,6 @@ pub async fn run(berth: &Path, store: &Minio, plan: &Plan, scratch: &Path) -> an
 
 fn requests(name: &'static str, value: f64) -> Metric {
     Metric { name, unit: "requests/s", value, higher_is_better: true }
-}
-
-/// Pushes `n` distinct blobs of `size` bytes through `url` (seeded by `seed`).
-async fn push_all(
-    c: &reqwest::Client,
-    url: &str,
-    seed: u64,
-    n: usize,
-    size: usize,
-) -> anyhow::Result<Arc<Vec<Blob>>> {
-    let base = load::random_bytes(size, seed);
-    let blobs: Arc<Vec<Blob>> = Arc::new((0..n as u64).map(|i| Blob::new(&base, seed + i)).collect());
-    let (c1, u1, b1) = (c.clone(), url.to_owned(), blobs.clone());
-    load::run_jobs(n, 8, move |i| {
-        let (c, u, b) = (c1.clone(), u1.clone(), b1.clone());
-        async move { load::push(&c, &u, &b[i]).await }
-    })
-    .await?;
-    Ok(blobs)
 }
 
 /// Pulls every blob twice through berth's redirects, and twice straight from the presigned URLs

@@ -33,6 +33,8 @@ pub use report::{Removed, RepoReport, Report};
 
 /// Repositories read per catalog page, and unused blobs per batch.
 const BATCH: usize = 500;
+/// Removals made in one transaction (each still checked on its own).
+const REMOVALS: usize = 256;
 /// The lease that makes one collection at a time run across replicas, how long it holds without
 /// renewal, and how often a running collection renews it.
 const LEASE: &str = "gc";
@@ -181,27 +183,49 @@ impl Collector {
         let contents = self.store.repo_contents(repo).await?;
         let marked = mark::mark(&contents, cutoff, o.keep_untagged);
         let mut r = RepoReport { repository: repo.to_string(), ..RepoReport::default() };
-        for (digest, size, why) in marked.manifests {
-            if o.dry_run || self.store.collect_manifest(repo, &digest, cutoff).await? {
-                info!(repository = %repo, digest = %digest, reason = why, dry_run = o.dry_run, "manifest removed");
-                *dropped.entry(digest.clone()).or_default() += 1;
-                r.manifests.push(Removed { digest, size, reason: why });
-            } else {
-                r.conflicts += 1;
+        for chunk in marked.manifests.chunks(REMOVALS) {
+            let digests: Vec<Digest> = chunk.iter().map(|(d, _, _)| d.clone()).collect();
+            let removed =
+                self.removed(o, digests, |ds| self.store.collect_manifests(repo, ds, cutoff)).await?;
+            for ((digest, size, why), gone) in chunk.iter().zip(removed) {
+                if gone {
+                    info!(repository = %repo, digest = %digest, reason = why, dry_run = o.dry_run, "manifest removed");
+                    *dropped.entry(digest.clone()).or_default() += 1;
+                    r.manifests.push(Removed { digest: digest.clone(), size: *size, reason: why });
+                } else {
+                    r.conflicts += 1;
+                }
             }
         }
         // Those only removed manifests needed, too: the removal's check (no manifest there needs
         // it) fails for a link whose manifest a conflict kept.
-        for (digest, size) in marked.links {
-            if o.dry_run || self.store.collect_link(repo, &digest, cutoff).await? {
-                info!(repository = %repo, digest = %digest, reason = mark::UNREFERENCED, dry_run = o.dry_run, "blob unlinked");
-                *dropped.entry(digest.clone()).or_default() += 1;
-                r.links.push(Removed { digest, size, reason: mark::UNREFERENCED });
-            } else {
-                r.conflicts += 1;
+        for chunk in marked.links.chunks(REMOVALS) {
+            let digests: Vec<Digest> = chunk.iter().map(|(d, _)| d.clone()).collect();
+            let removed = self.removed(o, digests, |ds| self.store.collect_links(repo, ds, cutoff)).await?;
+            for ((digest, size), gone) in chunk.iter().zip(removed) {
+                if gone {
+                    info!(repository = %repo, digest = %digest, reason = mark::UNREFERENCED, dry_run = o.dry_run, "blob unlinked");
+                    *dropped.entry(digest.clone()).or_default() += 1;
+                    r.links.push(Removed { digest: digest.clone(), size: *size, reason: mark::UNREFERENCED });
+                } else {
+                    r.conflicts += 1;
+                }
             }
         }
         Ok(r)
+    }
+
+    /// Whether each of `digests` is removed by `remove` (one transaction), or, in a dry run, would
+    /// be: all of them.
+    async fn removed<F, Fut>(&self, o: &Options, digests: Vec<Digest>, remove: F) -> Result<Vec<bool>>
+    where
+        F: FnOnce(Vec<Digest>) -> Fut,
+        Fut: std::future::Future<Output = meta::Result<Vec<bool>>>,
+    {
+        if o.dry_run {
+            return Ok(vec![true; digests.len()]);
+        }
+        Ok(remove(digests).await?)
     }
 
     /// Releases every blob nothing uses (a dry run: that nothing would use once its removals were
@@ -216,13 +240,17 @@ impl Collector {
         let mut after: Option<Digest> = None;
         loop {
             let batch = self.store.unused_blobs(cutoff, after.as_ref(), BATCH).await?;
-            for (digest, size) in &batch {
-                if o.dry_run || self.store.release_unused(digest, cutoff).await? {
-                    report.blobs.push(Removed {
-                        digest: digest.clone(),
-                        size: *size,
-                        reason: "used by nothing",
-                    });
+            for chunk in batch.chunks(REMOVALS) {
+                let digests: Vec<Digest> = chunk.iter().map(|(d, _)| d.clone()).collect();
+                let released = self.removed(o, digests, |ds| self.store.release_unused(ds, cutoff)).await?;
+                for ((digest, size), gone) in chunk.iter().zip(released) {
+                    if gone {
+                        report.blobs.push(Removed {
+                            digest: digest.clone(),
+                            size: *size,
+                            reason: "used by nothing",
+                        });
+                    }
                 }
             }
             match batch.last() {

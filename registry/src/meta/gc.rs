@@ -87,12 +87,18 @@ impl Link {
 pub trait Collect: Send + Sync + 'static {
     /// The repository's manifests (with whether a tag names each), their edges and its links.
     async fn repo_contents(&self, repo: &RepoName) -> Result<RepoContents>;
-    /// Deletes the manifest if it is still unreachable by what is stored: untagged, no child of
-    /// a manifest in the repository, its subject (if any) not there, created before `before`.
-    async fn collect_manifest(&self, repo: &RepoName, digest: &Digest, before: i64) -> Result<bool>;
-    /// Removes the link if no manifest in the repository needs the blob and it was linked
-    /// before `before`.
-    async fn collect_link(&self, repo: &RepoName, digest: &Digest, before: i64) -> Result<bool>;
+    /// Deletes each manifest (in order, in one transaction) that is still unreachable by what is
+    /// stored: untagged, no child of a manifest in the repository, its subject (if any) not
+    /// there, created before `before`. Whether each was.
+    async fn collect_manifests(
+        &self,
+        repo: &RepoName,
+        digests: Vec<Digest>,
+        before: i64,
+    ) -> Result<Vec<bool>>;
+    /// Removes each link (in one transaction) no manifest in the repository needs, linked before
+    /// `before`. Whether each was.
+    async fn collect_links(&self, repo: &RepoName, digests: Vec<Digest>, before: i64) -> Result<Vec<bool>>;
     /// How many links and manifests, in all repositories, use the digest.
     async fn blob_uses(&self, digest: &Digest) -> Result<u64>;
     /// Live blobs nothing uses, recorded before `before`, sorted after `after`: at most `limit`.
@@ -102,8 +108,9 @@ pub trait Collect: Send + Sync + 'static {
         after: Option<&Digest>,
         limit: usize,
     ) -> Result<Vec<(Digest, u64)>>;
-    /// Releases the blob ([`super::sweep`]) if nothing uses it and it was recorded before `before`.
-    async fn release_unused(&self, digest: &Digest, before: i64) -> Result<bool>;
+    /// Releases each blob ([`super::sweep`]) nothing uses, recorded before `before` (in one
+    /// transaction). Whether each was.
+    async fn release_unused(&self, digests: Vec<Digest>, before: i64) -> Result<Vec<bool>>;
     /// Takes (or renews) the lease `name` for `holder` until `until` (unix milliseconds), unless
     /// another holder's has not lapsed by `now`; `Err` names that holder.
     async fn claim_lease(

@@ -3,7 +3,7 @@
 //! replica forgets its lookups of the repository first.
 
 use super::errors::db_error;
-use super::{execute, query, query_opt, repo_id, PostgresMeta};
+use super::{execute, query, query_opt, repo_id, PostgresMeta, Tx, TxResult};
 use crate::meta::gc::{self, Collect, Edge, Link, RepoContents, StoredManifest};
 use crate::meta::{now_millis, parse_stored, Result};
 use berth_core::oci::{Digest, RepoName};
@@ -12,6 +12,25 @@ use berth_core::oci::{Digest, RepoName};
 const LOCK_MANIFEST: &str = "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2 FOR UPDATE";
 /// Locks a link's row. Parameters: repository id, digest.
 const LOCK_LINK: &str = "SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = $2 FOR UPDATE";
+
+/// Locks, then runs the removal `sql` (parameters: repository id, digest, before) for each
+/// digest, in order.
+async fn each(
+    tx: &Tx<'_>,
+    repo: String,
+    digests: Vec<Digest>,
+    lock: &str,
+    sql: &str,
+    before: i64,
+) -> TxResult<Vec<bool>> {
+    let Some(id) = repo_id(tx, &repo).await? else { return Ok(vec![false; digests.len()]) };
+    let mut removed = Vec::with_capacity(digests.len());
+    for d in &digests {
+        query_opt(tx, lock, &[&id, &d.as_str()]).await?;
+        removed.push(execute(tx, sql, &[&id, &d.as_str(), &before]).await? > 0);
+    }
+    Ok(removed)
+}
 
 #[async_trait::async_trait]
 impl Collect for PostgresMeta {
@@ -39,28 +58,23 @@ impl Collect for PostgresMeta {
         })
     }
 
-    async fn collect_manifest(&self, repo: &RepoName, digest: &Digest, before: i64) -> Result<bool> {
-        let (name, digest) = (repo.to_string(), digest.to_string());
+    async fn collect_manifests(
+        &self,
+        repo: &RepoName,
+        digests: Vec<Digest>,
+        before: i64,
+    ) -> Result<Vec<bool>> {
+        let name = repo.to_string();
         self.write_announced(repo, move |tx| {
-            let (name, digest) = (name.clone(), digest.clone());
-            Box::pin(async move {
-                let Some(id) = repo_id(tx, &name).await? else { return Ok(false) };
-                query_opt(tx, LOCK_MANIFEST, &[&id, &digest]).await?;
-                Ok(execute(tx, gc::COLLECT_MANIFEST, &[&id, &digest, &before]).await? > 0)
-            })
+            Box::pin(each(tx, name.clone(), digests.clone(), LOCK_MANIFEST, gc::COLLECT_MANIFEST, before))
         })
         .await
     }
 
-    async fn collect_link(&self, repo: &RepoName, digest: &Digest, before: i64) -> Result<bool> {
-        let (name, digest) = (repo.to_string(), digest.to_string());
+    async fn collect_links(&self, repo: &RepoName, digests: Vec<Digest>, before: i64) -> Result<Vec<bool>> {
+        let name = repo.to_string();
         self.write(true, move |tx| {
-            let (name, digest) = (name.clone(), digest.clone());
-            Box::pin(async move {
-                let Some(id) = repo_id(tx, &name).await? else { return Ok(false) };
-                query_opt(tx, LOCK_LINK, &[&id, &digest]).await?;
-                Ok(execute(tx, gc::COLLECT_LINK, &[&id, &digest, &before]).await? > 0)
-            })
+            Box::pin(each(tx, name.clone(), digests.clone(), LOCK_LINK, gc::COLLECT_LINK, before))
         })
         .await
     }
@@ -86,13 +100,18 @@ impl Collect for PostgresMeta {
             .collect()
     }
 
-    async fn release_unused(&self, digest: &Digest, before: i64) -> Result<bool> {
-        let digest = digest.to_string();
+    async fn release_unused(&self, digests: Vec<Digest>, before: i64) -> Result<Vec<bool>> {
         self.write(true, move |tx| {
-            let digest = digest.clone();
+            let digests = digests.clone();
             Box::pin(async move {
-                query_opt(tx, super::sweep::LOCK, &[&digest]).await?;
-                Ok(execute(tx, gc::RELEASE_UNUSED, &[&now_millis(), &digest, &before]).await? > 0)
+                let mut released = Vec::with_capacity(digests.len());
+                for d in &digests {
+                    query_opt(tx, super::sweep::LOCK, &[&d.as_str()]).await?;
+                    released.push(
+                        execute(tx, gc::RELEASE_UNUSED, &[&now_millis(), &d.as_str(), &before]).await? > 0,
+                    );
+                }
+                Ok(released)
             })
         })
         .await

@@ -20,25 +20,23 @@ impl Collect for SqliteMeta {
         .await
     }
 
-    async fn collect_manifest(&self, repo: &RepoName, digest: &Digest, before: i64) -> Result<bool> {
-        let (name, digest) = (repo.to_string(), digest.to_string());
+    async fn collect_manifests(
+        &self,
+        repo: &RepoName,
+        digests: Vec<Digest>,
+        before: i64,
+    ) -> Result<Vec<bool>> {
+        let name = repo.to_string();
         let removed = self
-            .write(Durability::Synced, move |tx| {
-                let Some(id) = repo_id(tx, &name)? else { return Ok(false) };
-                Ok(tx.prepare_cached(gc::COLLECT_MANIFEST)?.execute(params![id, digest, before])? > 0)
-            })
+            .write(Durability::Synced, move |tx| each(tx, &name, &digests, gc::COLLECT_MANIFEST, before))
             .await;
         self.resolved().invalidate(repo);
         removed
     }
 
-    async fn collect_link(&self, repo: &RepoName, digest: &Digest, before: i64) -> Result<bool> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
-        self.write(Durability::Synced, move |tx| {
-            let Some(id) = repo_id(tx, &repo)? else { return Ok(false) };
-            Ok(tx.prepare_cached(gc::COLLECT_LINK)?.execute(params![id, digest, before])? > 0)
-        })
-        .await
+    async fn collect_links(&self, repo: &RepoName, digests: Vec<Digest>, before: i64) -> Result<Vec<bool>> {
+        let name = repo.to_string();
+        self.write(Durability::Synced, move |tx| each(tx, &name, &digests, gc::COLLECT_LINK, before)).await
     }
 
     async fn blob_uses(&self, digest: &Digest) -> Result<u64> {
@@ -69,10 +67,11 @@ impl Collect for SqliteMeta {
         .await
     }
 
-    async fn release_unused(&self, digest: &Digest, before: i64) -> Result<bool> {
-        let digest = digest.to_string();
+    async fn release_unused(&self, digests: Vec<Digest>, before: i64) -> Result<Vec<bool>> {
         self.write(Durability::Synced, move |tx| {
-            Ok(tx.prepare_cached(gc::RELEASE_UNUSED)?.execute(params![now_millis(), digest, before])? > 0)
+            let mut release = tx.prepare_cached(gc::RELEASE_UNUSED)?;
+            let now = now_millis();
+            digests.iter().map(|d| Ok(release.execute(params![now, d.as_str(), before])? > 0)).collect()
         })
         .await
     }
@@ -103,6 +102,13 @@ impl Collect for SqliteMeta {
         })
         .await
     }
+}
+
+/// Runs the removal `sql` (parameters: repository id, digest, before) for each digest, in order.
+fn each(tx: &Connection, repo: &str, digests: &[Digest], sql: &str, before: i64) -> Result<Vec<bool>> {
+    let Some(id) = repo_id(tx, repo)? else { return Ok(vec![false; digests.len()]) };
+    let mut remove = tx.prepare_cached(sql)?;
+    digests.iter().map(|d| Ok(remove.execute(params![id, d.as_str(), before])? > 0)).collect()
 }
 
 fn contents(c: &Connection, id: i64) -> Result<RepoContents> {
