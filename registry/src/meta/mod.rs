@@ -211,11 +211,25 @@ pub trait MetaStore: Send + Sync + 'static {
         purging_before: i64,
         limit: usize,
     ) -> Result<Vec<Digest>>;
-    /// Marks one of them purging (now, by the caller) if it still is purgeable and unused; false
-    /// otherwise (a blob something uses again is made live).
-    async fn begin_purge(&self, digest: &Digest, deleting_before: i64, purging_before: i64) -> Result<bool>;
-    /// Marks a purging blob whose object is deleted `gone`.
-    async fn end_purge(&self, digest: &Digest) -> Result<()>;
+    /// Marks each of them purging (now, by the caller; in one transaction) if it still is
+    /// purgeable and unused; false for one that is not (a blob something uses again is made live).
+    async fn begin_purges(
+        &self,
+        digests: Vec<Digest>,
+        deleting_before: i64,
+        purging_before: i64,
+    ) -> Result<Vec<bool>>;
+    /// [`MetaStore::begin_purges`] for one blob.
+    async fn begin_purge(&self, digest: &Digest, deleting_before: i64, purging_before: i64) -> Result<bool> {
+        let began = self.begin_purges(vec![digest.clone()], deleting_before, purging_before).await?;
+        Ok(began.first().copied().unwrap_or(false))
+    }
+    /// Marks purging blobs whose objects are deleted `gone`.
+    async fn end_purges(&self, digests: Vec<Digest>) -> Result<()>;
+    /// [`MetaStore::end_purges`] for one blob.
+    async fn end_purge(&self, digest: &Digest) -> Result<()> {
+        self.end_purges(vec![digest.clone()]).await
+    }
     /// Forgets up to `limit` blobs gone since before `before` (unix milliseconds); how many.
     async fn forget_gone(&self, before: i64, limit: usize) -> Result<u64>;
     /// Whether the blob's object is being deleted.

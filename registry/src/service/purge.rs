@@ -7,6 +7,8 @@
 //! any, was written after the delete and stays.
 
 use std::future::Future;
+
+use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 
 use berth_core::oci::Digest;
@@ -24,6 +26,8 @@ const PURGE_LEASE: Duration = Duration::from_secs(60);
 const PURGE_WAIT: Duration = Duration::from_secs(30);
 const PURGE_POLL: Duration = Duration::from_millis(50);
 const PURGE_BATCH: usize = 256;
+/// Object deletes a purge has in flight at once.
+const PURGE_DELETES: usize = 16;
 
 impl Registry {
     /// Deletes the objects of released blobs once their readers' grace is over; returns how many.
@@ -35,18 +39,36 @@ impl Registry {
         let mut purged = 0;
         loop {
             let batch = self.meta.purgeable_blobs(deleting_before, purging_before, PURGE_BATCH).await?;
-            let mut began = 0;
-            for digest in &batch {
-                if self.meta.begin_purge(digest, deleting_before, purging_before).await? {
-                    began += 1;
-                    self.manifests.remove(digest);
-                    self.storage.delete(&layout::blob(digest)).await?;
-                    self.meta.end_purge(digest).await?;
-                    info!(digest = %digest, "deleted the bytes of a blob nothing uses");
+            let began = self.meta.begin_purges(batch.clone(), deleting_before, purging_before).await?;
+            let purging: Vec<Digest> =
+                batch.iter().zip(&began).filter(|(_, began)| **began).map(|(d, _)| d.clone()).collect();
+            // Objects go several at a time (an object store answers each delete in its own time);
+            // a failure leaves the rest purging, for the next run to take over.
+            let deletes: Vec<_> = purging
+                .iter()
+                .map(|d| {
+                    self.manifests.remove(d);
+                    let (storage, key) = (self.storage.clone(), layout::blob(d));
+                    async move { storage.delete(&key).await }
+                })
+                .collect();
+            let deleted: Vec<_> = futures_util::stream::iter(deletes).buffered(PURGE_DELETES).collect().await;
+            let mut done = Vec::with_capacity(purging.len());
+            for (d, r) in purging.iter().zip(deleted) {
+                match r {
+                    Ok(()) => {
+                        info!(digest = %d, "deleted the bytes of a blob nothing uses");
+                        done.push(d.clone());
+                    }
+                    Err(e) => {
+                        tracing::warn!(digest = %d, error = %e, "could not delete a released blob; retrying later")
+                    }
                 }
             }
-            purged += began;
-            if batch.len() < PURGE_BATCH || began == 0 {
+            purged += done.len();
+            let progressed = !done.is_empty();
+            self.meta.end_purges(done).await?;
+            if batch.len() < PURGE_BATCH || !progressed {
                 break;
             }
         }

@@ -642,12 +642,17 @@ impl MetaStore for PostgresMeta {
         self.purgeable(deleting_before, purging_before, limit).await
     }
 
-    async fn begin_purge(&self, digest: &Digest, deleting_before: i64, purging_before: i64) -> Result<bool> {
-        self.purge_begins(digest, deleting_before, purging_before).await
+    async fn begin_purges(
+        &self,
+        digests: Vec<Digest>,
+        deleting_before: i64,
+        purging_before: i64,
+    ) -> Result<Vec<bool>> {
+        self.purge_begins(digests, deleting_before, purging_before).await
     }
 
-    async fn end_purge(&self, digest: &Digest) -> Result<()> {
-        self.purge_ends(digest).await
+    async fn end_purges(&self, digests: Vec<Digest>) -> Result<()> {
+        self.purge_ends(digests).await
     }
 
     async fn forget_gone(&self, before: i64, limit: usize) -> Result<u64> {

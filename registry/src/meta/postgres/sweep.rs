@@ -27,30 +27,38 @@ impl PostgresMeta {
 
     pub(super) async fn purge_begins(
         &self,
-        digest: &Digest,
+        digests: Vec<Digest>,
         deleting_before: i64,
         purging_before: i64,
-    ) -> Result<bool> {
-        let digest = digest.to_string();
+    ) -> Result<Vec<bool>> {
         self.write(true, move |tx| {
-            let digest = digest.clone();
+            let digests = digests.clone();
             Box::pin(async move {
-                query_opt(tx, LOCK, &[&digest]).await?;
-                let began =
-                    execute(tx, BEGIN_PURGE, &[&now_millis(), &digest, &deleting_before, &purging_before])
-                        .await?;
-                if began == 0 {
-                    execute(tx, REVIVE_USED, &[&digest]).await?;
+                let mut began = Vec::with_capacity(digests.len());
+                for d in &digests {
+                    let d = d.as_str();
+                    query_opt(tx, LOCK, &[&d]).await?;
+                    let ok =
+                        execute(tx, BEGIN_PURGE, &[&now_millis(), &d, &deleting_before, &purging_before])
+                            .await?
+                            > 0;
+                    if !ok {
+                        execute(tx, REVIVE_USED, &[&d]).await?;
+                    }
+                    began.push(ok);
                 }
-                Ok(began > 0)
+                Ok(began)
             })
         })
         .await
     }
 
-    pub(super) async fn purge_ends(&self, digest: &Digest) -> Result<()> {
+    pub(super) async fn purge_ends(&self, digests: Vec<Digest>) -> Result<()> {
         let c = self.client().await?;
-        execute(&c, END_PURGE, &[&now_millis(), &digest.as_str()]).await.map_err(db_error)?;
+        let digests: Vec<&str> = digests.iter().map(Digest::as_str).collect();
+        for d in digests {
+            execute(&c, END_PURGE, &[&now_millis(), &d]).await.map_err(db_error)?;
+        }
         Ok(())
     }
 

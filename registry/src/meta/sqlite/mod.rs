@@ -616,28 +616,36 @@ impl MetaStore for SqliteMeta {
         .await
     }
 
-    async fn begin_purge(&self, digest: &Digest, deleting_before: i64, purging_before: i64) -> Result<bool> {
-        let digest = digest.to_string();
+    async fn begin_purges(
+        &self,
+        digests: Vec<Digest>,
+        deleting_before: i64,
+        purging_before: i64,
+    ) -> Result<Vec<bool>> {
         self.write(Durability::Synced, move |tx| {
             let now = super::now_millis();
-            let began = tx.prepare_cached(sweep::BEGIN_PURGE)?.execute(params![
-                now,
-                digest,
-                deleting_before,
-                purging_before
-            ])?;
-            if began == 0 {
-                tx.prepare_cached(sweep::REVIVE_USED)?.execute([&digest])?;
+            let (mut begin, mut revive) =
+                (tx.prepare_cached(sweep::BEGIN_PURGE)?, tx.prepare_cached(sweep::REVIVE_USED)?);
+            let mut began = Vec::with_capacity(digests.len());
+            for d in &digests {
+                let ok = begin.execute(params![now, d.as_str(), deleting_before, purging_before])? > 0;
+                if !ok {
+                    revive.execute([d.as_str()])?;
+                }
+                began.push(ok);
             }
-            Ok(began > 0)
+            Ok(began)
         })
         .await
     }
 
-    async fn end_purge(&self, digest: &Digest) -> Result<()> {
-        let digest = digest.to_string();
+    async fn end_purges(&self, digests: Vec<Digest>) -> Result<()> {
         self.write(Durability::Synced, move |tx| {
-            tx.prepare_cached(sweep::END_PURGE)?.execute(params![super::now_millis(), digest])?;
+            let mut end = tx.prepare_cached(sweep::END_PURGE)?;
+            let now = super::now_millis();
+            for d in &digests {
+                end.execute(params![now, d.as_str()])?;
+            }
             Ok(())
         })
         .await
