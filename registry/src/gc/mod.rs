@@ -34,7 +34,7 @@ pub use report::{Removed, RepoReport, Report};
 /// Repositories read per catalog page, and unused blobs per batch.
 const BATCH: usize = 500;
 /// Removals made in one transaction (each still checked on its own).
-const REMOVALS: usize = 256;
+const REMOVALS: usize = 32;
 /// The lease that makes one collection at a time run across replicas, how long it holds without
 /// renewal, and how often a running collection renews it.
 const LEASE: &str = "gc";

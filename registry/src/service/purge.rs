@@ -25,7 +25,7 @@ const PURGE_LEASE: Duration = Duration::from_secs(60);
 /// Longest a write waits for a purge of its digest to end.
 const PURGE_WAIT: Duration = Duration::from_secs(30);
 const PURGE_POLL: Duration = Duration::from_millis(50);
-const PURGE_BATCH: usize = 256;
+const PURGE_BATCH: usize = 64;
 /// Object deletes a purge has in flight at once.
 const PURGE_DELETES: usize = 16;
 

@@ -42,6 +42,11 @@ const MIGRATIONS: &[Migration] = &[
     Migration { sql: include_str!("../../../migrations/postgres/0006_blob_states.sql"), compatible_from: 1 },
     // A new table.
     Migration { sql: include_str!("../../../migrations/postgres/0007_leases.sql"), compatible_from: 1 },
+    // An index.
+    Migration {
+        sql: include_str!("../../../migrations/postgres/0008_tags_by_digest.sql"),
+        compatible_from: 1,
+    },
 ];
 
 /// The advisory lock's key, shared by every replica (an arbitrary constant: "berthmig").

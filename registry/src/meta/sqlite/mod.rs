@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0006_multipart_uploads.sql"),
     include_str!("../../../migrations/sqlite/0007_blob_states.sql"),
     include_str!("../../../migrations/sqlite/0008_leases.sql"),
+    include_str!("../../../migrations/sqlite/0009_tags_by_digest.sql"),
 ];
 const MAX_IDLE_READERS: usize = 8;
 
