@@ -15,7 +15,7 @@ use crate::kubelet::sandbox::{self, Mount};
 /// What happened to a container's process.
 pub(super) enum Event {
     Started { init: bool, idx: usize, pgid: u32, at: Time },
-    Exited { init: bool, idx: usize, code: i32, at: Time },
+    Exited { init: bool, idx: usize, code: i32, message: String, at: Time },
     Waiting { init: bool, idx: usize, reason: String, message: String },
     Done { init: bool, idx: usize },
 }
@@ -93,6 +93,81 @@ pub(super) struct Supervised {
     pub(super) idx: usize,
     pub(super) policy: Restart,
     pub(super) grace: Duration,
+    pub(super) termination: Termination,
+}
+
+/// Where a container leaves its termination message, and whether its log stands in for an
+/// empty one after a failure (`FallbackToLogsOnError`).
+///
+/// The message is read from the file the process wrote under its private root. A path under
+/// `/dev` is not kept: the container's `/dev` is the host's (the real kubelet mounts a file
+/// there instead), so those containers get only the log fallback.
+#[derive(Debug, Clone)]
+pub(super) struct Termination {
+    pub(super) path: String,
+    pub(super) fallback_to_logs: bool,
+}
+
+/// Like the kubelet: a message of at most 4 KiB, a log tail of at most 80 lines and 2 KiB.
+const MESSAGE_MAX: usize = 4096;
+const LOG_TAIL_LINES: usize = 80;
+const LOG_TAIL_MAX: usize = 2048;
+
+impl Termination {
+    pub(super) fn of(c: &Container) -> Termination {
+        Termination {
+            path: c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into()),
+            fallback_to_logs: c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"),
+        }
+    }
+
+    /// The file in the container's root, when the path is one this kubelet keeps.
+    fn file(&self, dir: &Path) -> Option<PathBuf> {
+        let rel = self.path.strip_prefix('/')?;
+        if rel.starts_with("dev/") || rel.split('/').any(|c| c == ".." || c.is_empty()) {
+            return None;
+        }
+        Some(dir.join("root").join(rel))
+    }
+
+    /// An empty file any user may write, as the kubelet makes one (what a previous run of the
+    /// container left is gone).
+    fn prepare(&self, dir: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(f) = self.file(dir) else { return };
+        let made = f.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&f, b""));
+        if let Err(e) =
+            made.and_then(|()| std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)))
+        {
+            tracing::warn!(file = %f.display(), error = %e, "could not prepare the termination message file");
+        }
+    }
+
+    fn message(&self, dir: &Path, log: &Path, code: i32) -> String {
+        let written = self.file(dir).and_then(|f| std::fs::read(f).ok()).unwrap_or_default();
+        if !written.is_empty() {
+            return cut(&written, MESSAGE_MAX, false);
+        }
+        if !(self.fallback_to_logs && code != 0) {
+            return String::new();
+        }
+        let text = std::fs::read(log).unwrap_or_default();
+        let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+        let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES + 1)..].join(&b'\n');
+        cut(&tail, LOG_TAIL_MAX, true)
+    }
+}
+
+/// At most `max` bytes of `b` as text: its start, or its end when `end`.
+fn cut(b: &[u8], max: usize, end: bool) -> String {
+    let part = if b.len() <= max {
+        b
+    } else if end {
+        &b[b.len() - max..]
+    } else {
+        &b[..max]
+    };
+    String::from_utf8_lossy(part).into_owned()
 }
 
 impl Supervised {
@@ -116,6 +191,7 @@ impl Supervised {
                 env: &self.env,
                 log: &log,
             };
+            self.termination.prepare(&self.dir);
             let child = sandbox::command(&launch).and_then(|mut c| c.spawn());
             let mut child = match child {
                 Ok(c) => c,
@@ -154,7 +230,8 @@ impl Supervised {
             sandbox::signal_group(pgid, "-KILL");
             let _ = std::fs::remove_file(&pid_file);
             let code = status.map(|s| exit_code(&s)).unwrap_or(128);
-            let _ = events.send(Event::Exited { init, idx, code, at: now() });
+            let message = self.termination.message(&self.dir, &log, code);
+            let _ = events.send(Event::Exited { init, idx, code, message, at: now() });
             let again = match self.policy {
                 Restart::Always => true,
                 Restart::OnFailure => code != 0,
@@ -198,6 +275,27 @@ mod tests {
         }
         for no in ["nginx", "library/alpine:3", "berth-operator", "ghcr.io/berth/other:1"] {
             assert!(!is_berth_image(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn termination_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("output.log");
+        let lines: Vec<String> = (0..100).map(|i| format!("line {i}")).collect();
+        std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+        let t = Termination { path: "/run/termination-log".into(), fallback_to_logs: true };
+        assert!(t.message(dir.path(), &log, 0).is_empty(), "no message, a success: nothing");
+        let tail = t.message(dir.path(), &log, 1);
+        assert!(tail.starts_with("line 20\n") && tail.ends_with("line 99\n"), "{tail}");
+        std::fs::create_dir_all(dir.path().join("root/run")).unwrap();
+        std::fs::write(dir.path().join("root/run/termination-log"), "x".repeat(5000)).unwrap();
+        assert_eq!(t.message(dir.path(), &log, 1).len(), MESSAGE_MAX, "what was written, cut");
+        t.prepare(dir.path());
+        assert_eq!(std::fs::read(dir.path().join("root/run/termination-log")).unwrap(), b"", "emptied");
+        for kept_out in ["/dev/termination-log", "relative", "/run/../etc/passwd"] {
+            let t = Termination { path: kept_out.into(), fallback_to_logs: false };
+            assert_eq!(t.file(dir.path()), None, "{kept_out}");
         }
     }
 }

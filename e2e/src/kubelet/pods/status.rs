@@ -82,9 +82,15 @@ fn state_json(s: &State) -> serde_json::Value {
             serde_json::json!({"waiting": {"reason": reason, "message": message}})
         }
         State::Running { started_at } => serde_json::json!({"running": {"startedAt": started_at}}),
-        State::Terminated { code, started_at, finished_at } => serde_json::json!({"terminated": {
-            "exitCode": code, "reason": if *code == 0 { "Completed" } else { "Error" },
-            "startedAt": started_at, "finishedAt": finished_at}}),
+        State::Terminated { code, message, started_at, finished_at } => {
+            let mut t = serde_json::json!({
+                "exitCode": code, "reason": if *code == 0 { "Completed" } else { "Error" },
+                "startedAt": started_at, "finishedAt": finished_at});
+            if !message.is_empty() {
+                t["message"] = message.clone().into();
+            }
+            serde_json::json!({ "terminated": t })
+        }
     }
 }
 

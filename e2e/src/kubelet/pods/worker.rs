@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Preconditions};
 use tokio::sync::{mpsc, watch};
 
-use super::process::{resolve, user_of, Event, Restart, Supervised};
+use super::process::{resolve, user_of, Event, Restart, Supervised, Termination};
 use crate::kubelet::context::{now, Context};
 use crate::kubelet::env::{container_env, expand};
 use crate::kubelet::probes::{self, ProbeState};
@@ -29,7 +29,7 @@ pub(super) enum Msg {
 pub(super) enum State {
     Waiting { reason: String, message: String },
     Running { started_at: Time },
-    Terminated { code: i32, started_at: Time, finished_at: Time },
+    Terminated { code: i32, message: String, started_at: Time, finished_at: Time },
 }
 
 pub(super) struct ContainerRun {
@@ -276,6 +276,7 @@ impl Worker {
                 idx,
                 policy,
                 grace,
+                termination: Termination::of(&spec),
             };
             spec.run(events, stop).await;
         });
@@ -329,12 +330,12 @@ impl Worker {
                 c.readiness = c.spec.readiness_probe.clone().map(|p| ProbeState::new(p, started));
                 c.liveness = c.spec.liveness_probe.clone().map(|p| ProbeState::new(p, started));
             }
-            Event::Exited { code, at, .. } => {
+            Event::Exited { code, message, at, .. } => {
                 let started_at = match &c.state {
                     State::Running { started_at } => started_at.clone(),
                     _ => at.clone(),
                 };
-                c.state = State::Terminated { code, started_at, finished_at: at };
+                c.state = State::Terminated { code, message, started_at, finished_at: at };
                 c.pgid = None;
                 c.ready = false;
             }
