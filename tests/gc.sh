@@ -47,7 +47,9 @@ dry_run() {
 }
 removes() {
   local out
-  out=$(gc) && echo "$out" && grep -q '^removed 2 manifests, 10 blob links, 9 blobs' <<<"$out"
+  out=$(gc --report-file "$WORK/gc-summary.json") && echo "$out" &&
+    grep -q '^removed 2 manifests, 10 blob links, 9 blobs' <<<"$out" &&
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert (r["dryRun"], r["manifestsRemoved"], r["blobsRemoved"]) == (False, 2, 9) and r["bytesFreed"] > 0, r' "$WORK/gc-summary.json"
 }
 nothing_left() {
   gc --output json |
@@ -84,6 +86,8 @@ check "crane deletes the index and the image in gc/drop" deleted
 
 echo "== who may collect"
 check "anonymous callers are asked for credentials" refused 401 "$BERTH_BIN" gc --url "$BERTH_URL"
+check "a failed run writes its error to the report file" bash -c \
+  "! '$BERTH_BIN' gc --url '$BERTH_URL' --report-file '$WORK/refused.json' 2>/dev/null && grep -q '\"error\":.*401' '$WORK/refused.json'"
 check "bob, not granted admin, is refused" \
   refused 'not granted admin' env BERTH_PASSWORD=bob-pw "$BERTH_BIN" gc --url "$BERTH_URL" --username bob
 check "a token is not enough: the admin API wants credentials" bearer_refused

@@ -65,6 +65,10 @@ struct GcArgs {
     /// Output: text (a summary) or json (the whole report).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     output: String,
+    /// Also write a one-line JSON summary of the run (or its error) to this file, e.g. a
+    /// container's termination message path, where a controller reads how the run went.
+    #[arg(long)]
+    report_file: Option<PathBuf>,
 }
 
 impl GcArgs {
@@ -88,6 +92,7 @@ impl GcArgs {
             ca_file: self.ca_file,
             insecure: self.insecure,
             json: self.output == "json",
+            report_file: self.report_file,
         })
     }
 }

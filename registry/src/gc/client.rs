@@ -20,13 +20,50 @@ pub struct Request {
     pub ca_file: Option<PathBuf>,
     pub insecure: bool,
     pub json: bool,
+    /// Where the one-line summary of the run goes too ([`brief`]).
+    pub report_file: Option<PathBuf>,
 }
+
+/// The most a summary written to the report file holds: a termination message is cut at 4 KiB.
+const BRIEF_MAX: usize = 4096;
 
 /// The longest a run is waited for.
 const TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Asks the registry for a collection and prints its report; an error when it failed.
+/// Asks the registry for a collection and prints its report; an error when it failed. The
+/// summary (or the error) is also written to the report file, when one is named.
 pub async fn run(r: &Request) -> anyhow::Result<()> {
+    let outcome = collect(r).await;
+    if let Some(path) = &r.report_file {
+        let line = match &outcome {
+            Ok(report) => brief(report),
+            Err(e) => serde_json::json!({"error": format!("{e:#}")}),
+        };
+        let mut text = line.to_string();
+        if text.len() > BRIEF_MAX {
+            text = serde_json::json!({"error": "the summary is too long"}).to_string();
+        }
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("berth gc: could not write the summary to {}: {e}", path.display());
+        }
+    }
+    outcome.map(|_| ())
+}
+
+/// The totals of a report, for a controller to show: no lists, so it always fits.
+pub fn brief(report: &Value) -> Value {
+    let n = |v: &Value| v.as_array().map_or(0, Vec::len);
+    serde_json::json!({
+        "dryRun": report["dryRun"].as_bool().unwrap_or(false),
+        "manifestsRemoved": report["manifestsRemoved"].as_u64().unwrap_or(0),
+        "linksRemoved": report["linksRemoved"].as_u64().unwrap_or(0),
+        "blobsRemoved": n(&report["blobs"]),
+        "bytesFreed": report["bytesFreed"].as_u64().unwrap_or(0),
+        "conflicts": report["conflicts"].as_u64().unwrap_or(0),
+    })
+}
+
+async fn collect(r: &Request) -> anyhow::Result<Value> {
     let mut builder = reqwest::Client::builder().timeout(TIMEOUT).danger_accept_invalid_certs(r.insecure);
     if let Some(ca) = &r.ca_file {
         let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
@@ -59,7 +96,7 @@ pub async fn run(r: &Request) -> anyhow::Result<()> {
     } else {
         print!("{}", summary(&report));
     }
-    Ok(())
+    Ok(report)
 }
 
 /// The report for people: one line per repository that changed, then the totals.
