@@ -13,6 +13,7 @@ use berth_operator::crd::Registry;
 use berth_operator::metrics::Metrics;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, PartialObjectMeta};
@@ -96,7 +97,15 @@ async fn main() -> anyhow::Result<()> {
     let registry_controller = registry_base
         .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned)
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned.clone())
+        .owns(Api::<CronJob>::all(client.clone()), owned.clone())
+        // A collection's Job (the CronJob's, or one an annotation asked for) that ends is the
+        // Registry's last run.
+        .watches(Api::<Job>::all(client.clone()), owned, |job: Job| {
+            let ns = job.namespace()?;
+            let name = job.labels().get(berth_operator::labels::REGISTRY)?.clone();
+            Some(ObjectRef::<Registry>::new(&name).within(&ns))
+        })
         // A ProxyCache is rendered into its Registry's config.
         .watches(Api::<ProxyCache>::all(client.clone()), watcher::Config::default(), |pc: ProxyCache| {
             let ns = pc.namespace()?;

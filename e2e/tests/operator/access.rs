@@ -234,7 +234,7 @@ spec:
 }
 
 /// The Secret `users` with one htpasswd user, alice (password alice-pw).
-fn users_secret(cp: &ControlPlane, ns: &str) {
+pub(super) fn users_secret(cp: &ControlPlane, ns: &str) {
     let users = format!(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: users\nstringData:\n  htpasswd: |\n    alice:{}\n",
         bcrypt::hash("alice-pw", 5).unwrap()
@@ -243,7 +243,7 @@ fn users_secret(cp: &ControlPlane, ns: &str) {
 }
 
 /// crane, at the version `scripts/tools.sh` builds.
-fn crane() -> PathBuf {
+pub(super) fn crane() -> PathBuf {
     let version = include_str!("../../../scripts/tools.sh")
         .lines()
         .find_map(|l| l.trim().trim_start_matches('"').strip_prefix("crane|"))

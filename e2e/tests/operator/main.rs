@@ -268,5 +268,6 @@ fn operator_may(cp: &ControlPlane, verb: &str, ns: Option<&str>) -> bool {
 // After the helpers: the macros above are in scope only below their definitions.
 mod access;
 mod failover;
+mod lifecycle;
 mod replicas;
 mod serving;

@@ -73,6 +73,10 @@ pub struct RegistrySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::crd::preserve_unknown")]
     pub pod_template: Option<serde_json::Value>,
+    /// Garbage collection on a schedule: a CronJob asks the registry (through its Service, with a
+    /// robot granted `admin` that the operator generates) to remove what no tag reaches. The
+    /// annotation `berth.dev/gc-run`, set to a new value, runs one at once.
+    pub gc: Option<GcSpec>,
     /// What happens to volumes and generated Secrets when the Registry is deleted. Default: Retain.
     pub retain_policy: Option<RetainPolicy>,
     /// Stop reconciling (children are left as they are).
@@ -94,6 +98,26 @@ pub struct AuthSpec {
     /// Robot accounts for CI and clusters. The operator generates each robot's secret once into
     /// the Secret `<registry>-robots` (key: the robot's name); the robot logs in with its name.
     pub robots: Option<Vec<RobotSpec>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GcSpec {
+    /// When collections run, in cron syntax (the CronJob's schedule). Default `0 3 * * *`.
+    #[schemars(
+        regex(pattern = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|\S+( +\S+){4})$"),
+        length(max = 128)
+    )]
+    pub schedule: Option<String>,
+    /// Nothing pushed or linked more recently than this is removed, e.g. 30m, 2h. Default 1h.
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
+    pub grace: Option<String>,
+    /// Keep manifests no tag reaches; collect only blobs nothing needs. Default false.
+    pub keep_untagged: Option<bool>,
+    /// Runs report what they would remove and remove nothing. Default false.
+    pub dry_run: Option<bool>,
+    /// No scheduled runs; the annotation still starts one. Default false.
+    pub suspend: Option<bool>,
 }
 
 /// A `kubernetes.io/dockerconfigjson` Secret for a pull-only robot, in every chosen namespace:
@@ -322,6 +346,37 @@ pub struct RegistryStatus {
     pub proxy_caches: Option<Vec<String>>,
     /// Where the pull Secrets are.
     pub pull_secrets: Option<PullSecretsStatus>,
+    /// Garbage collection: its CronJob and the last run that ended.
+    pub gc: Option<GcStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GcStatus {
+    /// The CronJob that runs collections.
+    pub cron_job: Option<String>,
+    /// The value of `berth.dev/gc-run` last acted on (its run's Job is `<registry>-gc-<hash>`).
+    pub requested: Option<String>,
+    pub last_run: Option<GcRun>,
+}
+
+/// One collection, as its Job ended and as `berth gc` summed it up.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GcRun {
+    pub job: String,
+    pub start_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    pub completion_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Succeeded or Failed.
+    pub result: String,
+    pub dry_run: Option<bool>,
+    pub manifests_removed: Option<i64>,
+    pub blobs_removed: Option<i64>,
+    pub bytes_reclaimed: Option<i64>,
+    /// Removals skipped because a push needed the thing again meanwhile.
+    pub conflicts: Option<i64>,
+    /// Why a failed run failed.
+    pub message: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

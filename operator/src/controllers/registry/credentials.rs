@@ -16,7 +16,7 @@ use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 
-use crate::controllers::render::auth::{robots_secret_name, token_key_secret_name, PULL_ROBOT};
+use crate::controllers::render::auth::{robots_secret_name, token_key_secret_name, Builtin, PULL_ROBOT};
 use crate::controllers::secrets::{data, secret};
 use crate::crd::registry::AuthSpec;
 use crate::crd::Registry;
@@ -45,7 +45,7 @@ pub async fn ensure(
     client: &kube::Client,
     reg: &Registry,
     spec: &AuthSpec,
-    pull_robot: bool,
+    builtin: Builtin,
 ) -> Result<Option<String>, AuthError> {
     let ns = reg.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -71,7 +71,7 @@ pub async fn ensure(
         .iter()
         .flatten()
         .map(|r| r.name.as_str())
-        .chain(pull_robot.then_some(PULL_ROBOT))
+        .chain(builtin.names().map(|n| -> &str { n }))
         .collect();
     let name = robots_secret_name(reg);
     let current = secrets.get_opt(&name).await?;
@@ -127,5 +127,5 @@ pub async fn ensure(
             secrets.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
         }
     }
-    Ok(pull_secret.filter(|_| pull_robot))
+    Ok(pull_secret.filter(|_| builtin.pull))
 }

@@ -6,22 +6,24 @@
 //!          ├► Service <name>                clients (ClusterIP/NodePort/LoadBalancer)
 //!          ├► Service <name>-headless       stable pod names for the StatefulSet
 //!          ├► StatefulSet <name>            berth serve; config hash annotation rolls pods
-//!          └► PodDisruptionBudget <name>    only with more than one replica
+//!          ├► PodDisruptionBudget <name>    only with more than one replica
+//!          └► CronJob <name>-gc             only with spec.gc (see `gc`)
 //! ```
 
 use berth_core::config::{
     Config, LimitsConfig, LogConfig, LogFormat, MetadataConfig, MetricsConfig, StorageConfig, TlsConfig,
 };
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 use sha2::Digest as _;
 
-use super::effective::{self, Effective, CONTAINER_PORT, METRICS_PORT};
+use super::effective::{self, Effective, CONTAINER_PORT, METRICS_PORT, UID};
 use crate::controllers::render::proxies::{self, ProxySource};
-use crate::controllers::render::{auth, postgres, s3, BuildError};
+use crate::controllers::render::{auth, from_json, postgres, s3, BuildError};
 use crate::crd::registry::{RetainPolicy, TlsMode};
 use crate::crd::Registry;
 use crate::labels;
@@ -30,8 +32,6 @@ pub const CONFIG_DIR: &str = "/etc/berth/config";
 pub const TLS_DIR: &str = "/etc/berth/tls";
 pub const DATA_DIR: &str = "/var/lib/berth";
 pub const CONFIG_HASH: &str = "berth.dev/config-hash";
-/// The non-root user of the Berth image.
-pub const UID: i64 = 65532;
 
 /// What the reconciler found out before building.
 #[derive(Debug, Clone, Default)]
@@ -54,6 +54,7 @@ pub enum Child {
     Service(Service),
     StatefulSet(StatefulSet),
     Pdb(PodDisruptionBudget),
+    CronJob(CronJob),
 }
 
 impl Child {
@@ -63,6 +64,7 @@ impl Child {
             Child::Service(_) => "Service",
             Child::StatefulSet(_) => "StatefulSet",
             Child::Pdb(_) => "PodDisruptionBudget",
+            Child::CronJob(_) => "CronJob",
         }
     }
 
@@ -72,6 +74,7 @@ impl Child {
             Child::Service(o) => o.name_any(),
             Child::StatefulSet(o) => o.name_any(),
             Child::Pdb(o) => o.name_any(),
+            Child::CronJob(o) => o.name_any(),
         }
     }
 }
@@ -120,7 +123,7 @@ pub fn render_config(reg: &Registry, eff: &Effective, proxies: &[ProxySource]) -
         // Off the port clients reach; the operator reads /readyz there for the status.
         metrics: MetricsConfig { listen: Some(format!("0.0.0.0:{METRICS_PORT}")) },
         proxy: proxies::upstreams(proxies)?,
-        auth: spec.auth.as_ref().map(|a| auth::render(a, spec.pull_secrets.is_some())).transpose()?,
+        auth: spec.auth.as_ref().map(|a| auth::render(a, auth::Builtin::of(reg))).transpose()?,
         limits: LimitsConfig {
             shutdown_delay: SHUTDOWN_DELAY,
             shutdown_grace: SHUTDOWN_GRACE,
@@ -170,11 +173,10 @@ pub fn build(reg: &Registry, inputs: &Inputs) -> Result<Vec<Child>, BuildError> 
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels::selector(&reg.name_any())}},
         }))?));
     }
+    if let Some(cron) = super::gc::cron_job(reg, &eff, tls_secret.as_deref())? {
+        children.push(Child::CronJob(cron));
+    }
     Ok(children)
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, BuildError> {
-    serde_json::from_value(v).map_err(|e| BuildError::PodTemplate(e.to_string()))
 }
 
 fn port_name(eff: &Effective) -> &'static str {
@@ -254,7 +256,7 @@ fn statefulset(
     mounts.extend(proxy_mounts);
     volumes.extend(proxy_volumes);
     if let Some(spec) = &reg.spec.auth {
-        let (auth_mounts, auth_volumes) = auth::volumes(reg, spec, reg.spec.pull_secrets.is_some());
+        let (auth_mounts, auth_volumes) = auth::volumes(reg, spec, auth::Builtin::of(reg));
         mounts.extend(auth_mounts);
         volumes.extend(auth_volumes);
     }

@@ -7,6 +7,8 @@ pub const DEFAULT_SIZE: &str = "10Gi";
 pub const CONTAINER_PORT: i32 = 5000;
 /// berth's metrics listener (`/metrics`, `/readyz`): plain HTTP, inside the cluster only.
 pub const METRICS_PORT: i32 = 9102;
+/// The non-root user of the Berth image.
+pub const UID: i64 = 65532;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Effective {

@@ -8,20 +8,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use super::credentials::{self, AuthError};
 use super::desired::{self, Child, Inputs};
 use super::effective;
+use super::gc;
 use super::pullsecrets;
 use super::status::{self, Observed, SetState};
 use super::tls::{self, TlsError};
 use crate::controllers::apply::{apply, prune};
-use crate::controllers::render::auth::PULL_ROBOT;
+use crate::controllers::render::auth::{Builtin, PULL_ROBOT};
 use crate::controllers::render::proxies::{self, ProxySource};
 use crate::controllers::render::BuildError;
 use crate::controllers::{publish_readiness, Context, Error};
@@ -121,7 +123,7 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
     obs.tls = tls.as_ref().map(|(_, s)| s.clone());
     let mut pull_secret = None;
     if let Some(spec) = &reg.spec.auth {
-        match credentials::ensure(&ctx.client, reg, spec, reg.spec.pull_secrets.is_some()).await {
+        match credentials::ensure(&ctx.client, reg, spec, Builtin::of(reg)).await {
             Ok(p) => pull_secret = p,
             Err(AuthError::Kube(e)) => return Err(Error::Kube(e)),
             Err(e @ AuthError::Generate(_)) => {
@@ -159,7 +161,8 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
         | Err(e @ BuildError::PodTemplate(_))
         | Err(e @ BuildError::TlsPending)
         | Err(e @ BuildError::InvalidProxyCache { .. })
-        | Err(e @ BuildError::InvalidAuth(_)) => {
+        | Err(e @ BuildError::InvalidAuth(_))
+        | Err(e @ BuildError::InvalidGc(_)) => {
             obs.stalled = Some((e.reason().into(), e.to_string()));
             return Ok(());
         }
@@ -173,6 +176,26 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
             Child::Service(o) => drop(apply(&ctx.client, ns, o).await?),
             Child::StatefulSet(o) => drop(apply(&ctx.client, ns, o).await?),
             Child::Pdb(o) => drop(apply(&ctx.client, ns, o).await?),
+            Child::CronJob(o) => drop(apply(&ctx.client, ns, o).await?),
+        }
+    }
+    if let Some(value) = gc::pending_request(reg) {
+        let eff = effective::resolve(reg, &ctx.default_image);
+        match gc::requested_job(reg, &eff, inputs.tls_secret.as_deref(), &value) {
+            Ok(Some(job)) => {
+                let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+                match jobs.create(&PostParams::default(), &job).await {
+                    Ok(_) => {
+                        tracing::info!(registry = %reg.name_any(), job = %job.name_any(), "garbage collection requested")
+                    }
+                    // Made by an earlier pass whose status write did not land.
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+                obs.gc_requested = Some(value);
+            }
+            Ok(None) => {}
+            Err(e) => obs.stalled = Some((e.reason().into(), e.to_string())),
         }
     }
     let selector = labels::owned_by(&reg.name_any());
@@ -187,6 +210,7 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
     )
     .await?;
     prune::<Service>(&ctx.client, ns, &selector, &uid, keep.get("Service").unwrap_or(&none)).await?;
+    prune::<CronJob>(&ctx.client, ns, &selector, &uid, keep.get("CronJob").unwrap_or(&none)).await?;
     // Secrets are not pruned: every one the operator makes has a name it keeps (config, CA, serving
     // certificate, robots, token key), and its RBAC lets it list none.
     grow_claims(reg, ctx, ns, obs).await?;
@@ -290,6 +314,12 @@ async fn observe(
             ready: st.ready_replicas.unwrap_or(0),
             updated: st.updated_replicas.unwrap_or(0),
         });
+    }
+    if reg.spec.gc.is_some() {
+        let select = ListParams::default().labels(&gc::job_selector(reg));
+        let jobs = Api::<Job>::namespaced(ctx.client.clone(), ns).list(&select).await?.items;
+        let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns).list(&select).await?.items;
+        obs.gc_last_run = gc::last_run(&jobs, &pods);
     }
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     for c in claims.list(&ListParams::default().labels(&labels::selector_string(&reg.name_any()))).await? {

@@ -102,6 +102,7 @@ async fn first_pass_applies_children_prunes_observes_and_reports() {
             "GET /apis/policy/v1/namespaces/team/poddisruptionbudgets",
             // Secrets are never listed: the operator may not (see the chart's RBAC).
             "GET /api/v1/namespaces/team/services",
+            "GET /apis/batch/v1/namespaces/team/cronjobs",
             "GET /apis/apps/v1/namespaces/team/statefulsets/hub",
             "GET /api/v1/namespaces/team/persistentvolumeclaims",
             "PATCH /apis/berth.dev/v1alpha1/namespaces/team/registries/hub/status",
@@ -113,6 +114,33 @@ async fn first_pass_applies_children_prunes_observes_and_reports() {
     let ready = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
     assert_eq!(ready["status"], "True");
     assert_eq!(written("/events")["reason"], "Ready");
+}
+
+#[tokio::test]
+async fn a_gc_run_annotation_creates_its_job_once() {
+    let mut reg = registry(serde_json::Value::Null);
+    reg.spec.gc = Some(Default::default());
+    reg.metadata.annotations =
+        Some([(super::gc::RUN_ANNOTATION.to_owned(), "first".to_owned())].into_iter().collect());
+    let seen = one_pass(reg.clone(), true).await;
+    let job = super::gc::requested_job_name(&reg, "first");
+    let l = lines(&seen);
+    let at = |line: &str| l.iter().position(|x| *x == line).unwrap_or_else(|| panic!("no {line} in {l:?}"));
+    // The CronJob is applied, the Job asked for created, then Jobs and their pods are read.
+    assert!(
+        at("PATCH /apis/batch/v1/namespaces/team/cronjobs/hub-gc")
+            < at("POST /apis/batch/v1/namespaces/team/jobs")
+    );
+    assert!(at("POST /apis/batch/v1/namespaces/team/jobs") < at("GET /apis/batch/v1/namespaces/team/jobs"));
+    assert!(at("GET /apis/batch/v1/namespaces/team/jobs") < at("GET /api/v1/namespaces/team/pods"));
+    let created = &seen.iter().find(|s| s.line == "POST /apis/batch/v1/namespaces/team/jobs").unwrap().body;
+    assert_eq!(created["metadata"]["name"], job);
+    let status = &seen.iter().find(|s| s.line.ends_with("/status")).unwrap().body["status"];
+    assert_eq!(status["gc"]["requested"], "first");
+    // With the request in the status, the next pass creates nothing.
+    reg.status = Some(serde_json::from_value(status.clone()).unwrap());
+    let again = one_pass(reg, true).await;
+    assert!(lines(&again).iter().all(|l| !l.starts_with("POST /apis/batch")), "{:?}", lines(&again));
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::backends::{Backends, Health};
 use super::effective::Effective;
 use crate::crd::common::{conditions, Cond};
-use crate::crd::registry::{RegistryStatus, TlsStatus};
+use crate::crd::registry::{GcRun, GcStatus, RegistryStatus, TlsStatus};
 use crate::crd::Registry;
 
 /// What the reconciler saw.
@@ -31,6 +31,10 @@ pub struct Observed {
     /// What replicas that are not ready said of their storage and database; `None` when none
     /// was asked (all ready) or none answered.
     pub backends: Option<Backends>,
+    /// The `berth.dev/gc-run` value whose Job this pass created.
+    pub gc_requested: Option<String>,
+    /// The collection that ended last, among the Jobs still there.
+    pub gc_last_run: Option<crate::crd::registry::GcRun>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -85,6 +89,8 @@ pub fn compute(reg: &Registry, eff: &Effective, obs: &Observed, now: Time) -> Re
     let mut conds = conds;
     conds.push(backend_condition("StorageReady", obs.backends.as_ref().map(|b| &b.storage), ready));
     conds.push(backend_condition("DatabaseReady", obs.backends.as_ref().map(|b| &b.database), ready));
+    let gc = gc_status(reg, obs);
+    conds.extend(super::gc::condition(reg, gc.as_ref().and_then(|g| g.last_run.as_ref())));
     let generation = reg.metadata.generation;
     let conditions = conditions(&previous, conds, generation, &now);
     RegistryStatus {
@@ -101,7 +107,24 @@ pub fn compute(reg: &Registry, eff: &Effective, obs: &Observed, now: Time) -> Re
             .proxy_caches
             .clone()
             .or_else(|| reg.status.as_ref().and_then(|s| s.proxy_caches.clone())),
+        gc,
     }
+}
+
+/// While `spec.gc` is set: its CronJob, the request acted on and the last run (both kept from
+/// the previous status when this pass saw nothing newer: Jobs are removed after a while).
+fn gc_status(reg: &Registry, obs: &Observed) -> Option<GcStatus> {
+    reg.spec.gc.as_ref()?;
+    let previous = reg.status.as_ref().and_then(|s| s.gc.clone()).unwrap_or_default();
+    let newer = |run: &GcRun| match &previous.last_run {
+        Some(p) => run.completion_time.as_ref().map(|t| t.0) >= p.completion_time.as_ref().map(|t| t.0),
+        None => true,
+    };
+    Some(GcStatus {
+        cron_job: Some(super::gc::cron_job_name(reg)),
+        requested: obs.gc_requested.clone().or(previous.requested),
+        last_run: obs.gc_last_run.clone().filter(newer).or(previous.last_run),
+    })
 }
 
 /// `StorageReady` or `DatabaseReady`: what a replica said when one was asked; otherwise true

@@ -10,7 +10,7 @@ use crate::controllers::render::BuildError;
 use crate::crd::registry::*;
 use crate::crd::Registry;
 
-fn registry(spec: serde_json::Value) -> Registry {
+pub(super) fn registry(spec: serde_json::Value) -> Registry {
     let mut r: Registry = serde_json::from_value(serde_json::json!({
         "apiVersion": "berth.dev/v1alpha1", "kind": "Registry",
         "metadata": {"name": "hub", "namespace": "team", "uid": "u-1", "generation": 3,
@@ -22,7 +22,7 @@ fn registry(spec: serde_json::Value) -> Registry {
     r
 }
 
-fn inputs() -> Inputs {
+pub(super) fn inputs() -> Inputs {
     Inputs {
         default_image: "ghcr.io/berth-dev/berth:0.1.0".into(),
         tls_secret: None,
@@ -31,15 +31,15 @@ fn inputs() -> Inputs {
     }
 }
 
-fn children(r: &Registry, i: &Inputs) -> Vec<Child> {
+pub(super) fn children(r: &Registry, i: &Inputs) -> Vec<Child> {
     desired::build(r, i).unwrap()
 }
 
-fn find<'a>(c: &'a [Child], kind: &str, name: &str) -> &'a Child {
+pub(super) fn find<'a>(c: &'a [Child], kind: &str, name: &str) -> &'a Child {
     c.iter().find(|x| x.kind() == kind && x.name() == name).unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
-fn config_of(c: &[Child]) -> Config {
+pub(super) fn config_of(c: &[Child]) -> Config {
     let Child::Secret(s) = find(c, "Secret", "hub-config") else { unreachable!() };
     let yaml = &s.string_data.as_ref().unwrap()["config.yaml"];
     Config::from_yaml(yaml, "rendered").unwrap()
@@ -101,13 +101,14 @@ fn what_the_operator_renders_berth_parses() {
 
 #[test]
 fn children_carry_berth_labels_and_owner_never_the_crs_own() {
-    let r = registry(serde_json::json!({}));
+    let r = registry(serde_json::json!({"gc": {}}));
     for c in children(&r, &inputs()) {
         let meta = match &c {
             Child::Secret(o) => &o.metadata,
             Child::Service(o) => &o.metadata,
             Child::StatefulSet(o) => &o.metadata,
             Child::Pdb(o) => &o.metadata,
+            Child::CronJob(o) => &o.metadata,
         };
         let labels = meta.labels.clone().unwrap();
         assert_eq!(labels["app.kubernetes.io/managed-by"], "berth-operator", "{}", c.name());

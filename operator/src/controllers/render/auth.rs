@@ -20,6 +20,40 @@ use crate::crd::Registry;
 pub const AUTH_DIR: &str = "/etc/berth/auth";
 /// The robot whose secret goes into the pull Secrets of `spec.pullSecrets`.
 pub const PULL_ROBOT: &str = "pull-secrets";
+/// The robot, granted `admin`, that the GC CronJob of `spec.gc` runs `berth gc` as.
+pub const GC_ROBOT: &str = "garbage-collector";
+
+/// The robots the operator adds for its own features, beside those of `spec.auth.robots`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Builtin {
+    pub pull: bool,
+    pub gc: bool,
+}
+
+impl Builtin {
+    pub fn of(reg: &Registry) -> Builtin {
+        Builtin { pull: reg.spec.pull_secrets.is_some(), gc: reg.spec.gc.is_some() }
+    }
+
+    /// Their names.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        [(self.pull, PULL_ROBOT), (self.gc, GC_ROBOT)].into_iter().filter(|(on, _)| *on).map(|(_, n)| n)
+    }
+
+    pub fn any(self) -> bool {
+        self.pull || self.gc
+    }
+}
+
+fn builtin_robot(name: &str, action: BerthAction) -> Robot {
+    Robot {
+        name: name.into(),
+        secret_hash: None,
+        secret_hash_file: Some(format!("{AUTH_DIR}/robots/{name}.bcrypt").into()),
+        expires: None,
+        grants: vec![Grant { repositories: vec!["**".into()], actions: vec![action] }],
+    }
+}
 
 pub fn robots_secret_name(reg: &Registry) -> String {
     format!("{}-robots", reg.name_any())
@@ -40,11 +74,13 @@ fn actions(list: &[AccessAction]) -> Vec<BerthAction> {
 }
 
 /// berth's `auth` section for this spec (pure).
-pub fn render(spec: &AuthSpec, pull_robot: bool) -> Result<AuthConfig, BuildError> {
-    if spec.robots.iter().flatten().any(|r| r.name == PULL_ROBOT) {
-        return Err(BuildError::InvalidAuth(format!(
-            "spec.auth.robots: {PULL_ROBOT} is the robot of spec.pullSecrets; choose another name"
-        )));
+pub fn render(spec: &AuthSpec, builtin: Builtin) -> Result<AuthConfig, BuildError> {
+    for (name, of) in [(PULL_ROBOT, "spec.pullSecrets"), (GC_ROBOT, "spec.gc")] {
+        if spec.robots.iter().flatten().any(|r| r.name == name) {
+            return Err(BuildError::InvalidAuth(format!(
+                "spec.auth.robots: {name} is the robot of {of}; choose another name"
+            )));
+        }
     }
     let config = AuthConfig {
         htpasswd: spec.htpasswd_secret.as_ref().map(|_| format!("{AUTH_DIR}/htpasswd/htpasswd").into()),
@@ -79,13 +115,8 @@ pub fn render(spec: &AuthSpec, pull_robot: bool) -> Result<AuthConfig, BuildErro
                 expires: r.expires.clone(),
                 grants: vec![Grant { repositories: r.repositories.clone(), actions: actions(&r.actions) }],
             })
-            .chain(pull_robot.then(|| Robot {
-                name: PULL_ROBOT.into(),
-                secret_hash: None,
-                secret_hash_file: Some(format!("{AUTH_DIR}/robots/{PULL_ROBOT}.bcrypt").into()),
-                expires: None,
-                grants: vec![Grant { repositories: vec!["**".into()], actions: vec![BerthAction::Pull] }],
-            }))
+            .chain(builtin.pull.then(|| builtin_robot(PULL_ROBOT, BerthAction::Pull)))
+            .chain(builtin.gc.then(|| builtin_robot(GC_ROBOT, BerthAction::Admin)))
             .collect(),
         failed_logins: Default::default(),
     };
@@ -99,7 +130,7 @@ pub fn render(spec: &AuthSpec, pull_robot: bool) -> Result<AuthConfig, BuildErro
 pub fn volumes(
     reg: &Registry,
     spec: &AuthSpec,
-    pull_robot: bool,
+    builtin: Builtin,
 ) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
     let mut mounts = vec![];
     let mut volumes = vec![];
@@ -114,7 +145,7 @@ pub fn volumes(
         add("auth-htpasswd", h.clone(), "htpasswd");
     }
     add("auth-token-key", token_key_secret_name(reg), "token");
-    if pull_robot || spec.robots.as_ref().is_some_and(|r| !r.is_empty()) {
+    if builtin.any() || spec.robots.as_ref().is_some_and(|r| !r.is_empty()) {
         add("auth-robots", robots_secret_name(reg), "robots");
     }
     (mounts, volumes)
@@ -142,7 +173,7 @@ mod tests {
                 expires: Some("2030-01-01T00:00:00Z".into()),
             }]),
         };
-        let c = render(&spec, true).unwrap();
+        let c = render(&spec, Builtin { pull: true, gc: true }).unwrap();
         assert_eq!(c.htpasswd.as_deref(), Some(std::path::Path::new("/etc/berth/auth/htpasswd/htpasswd")));
         assert_eq!(
             c.token.key_file.as_deref(),
@@ -157,6 +188,17 @@ mod tests {
         assert_eq!(c.robots[0].expires.as_deref(), Some("2030-01-01T00:00:00Z"));
         assert_eq!(c.robots[1].name, PULL_ROBOT, "the pull Secrets' robot");
         assert_eq!(c.robots[1].grants[0].actions, [BerthAction::Pull]);
+        assert_eq!(c.robots[2].name, GC_ROBOT, "the GC CronJob's robot");
+        assert_eq!(c.robots[2].grants[0].actions, [BerthAction::Admin]);
+        assert_eq!(c.robots[2].grants[0].repositories, ["**"]);
+        let taken = AuthSpec {
+            robots: Some(vec![RobotSpec { name: GC_ROBOT.into(), ..RobotSpec::default() }]),
+            ..AuthSpec::default()
+        };
+        match render(&taken, Builtin::default()) {
+            Err(BuildError::InvalidAuth(m)) => assert!(m.contains("robot of spec.gc"), "{m}"),
+            other => panic!("{other:?}"),
+        }
 
         let bad = AuthSpec {
             rules: Some(vec![AccessRule {
@@ -166,7 +208,7 @@ mod tests {
             }]),
             ..AuthSpec::default()
         };
-        match render(&bad, false) {
+        match render(&bad, Builtin::default()) {
             Err(BuildError::InvalidAuth(m)) => assert!(m.starts_with("spec.auth.rules[0].users"), "{m}"),
             other => panic!("{other:?}"),
         }

@@ -13,6 +13,8 @@ pub enum BuildError {
     InvalidProxyCache { name: String, message: String },
     #[error("{0}")]
     InvalidAuth(String),
+    #[error("spec.gc: {0}")]
+    InvalidGc(String),
 }
 
 impl BuildError {
@@ -24,6 +26,7 @@ impl BuildError {
             BuildError::TlsPending => "CertificatePending",
             BuildError::InvalidProxyCache { .. } => "InvalidProxyCache",
             BuildError::InvalidAuth(_) => "InvalidAuth",
+            BuildError::InvalidGc(_) => "InvalidGc",
         }
     }
 }

@@ -12,3 +12,8 @@ pub mod proxies;
 pub mod s3;
 
 pub use error::BuildError;
+
+/// A Kubernetes object from the JSON it was written as; a mistake in it is the pod template's.
+pub fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, BuildError> {
+    serde_json::from_value(v).map_err(|e| BuildError::PodTemplate(e.to_string()))
+}

@@ -1,0 +1,289 @@
+//! Garbage collection of a Registry (`spec.gc`), as a pure function of the resource and of the
+//! Jobs that ran: the CronJob, the Job an annotation asks for, and the last run for the status.
+//!
+//! ```text
+//! spec.gc ─► CronJob <name>-gc ─► Job ─► pod: berth gc --url https://<name>.<ns>.svc:<port> …
+//!                                         as the robot garbage-collector (granted admin)
+//! berth.dev/gc-run: <new value> ─► Job <name>-gc-<hash of the value>, once per value
+//! Jobs that ended ─► status.gc.lastRun (and GarbageCollected), from each pod's termination
+//!                    message: the summary `berth gc --report-file` writes
+//! ```
+//! The pods mount no volume of the registry: a ReadWriteOnce claim is never fought over, and
+//! `berth gc` only talks to the registry's admin API.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Resource, ResourceExt};
+use sha2::Digest as _;
+
+use super::effective::{Effective, UID};
+use crate::controllers::render::auth::{robots_secret_name, GC_ROBOT};
+use crate::controllers::render::{from_json, BuildError};
+use crate::crd::common::Cond;
+use crate::crd::registry::{GcRun, GcSpec, TlsMode};
+use crate::crd::Registry;
+use crate::labels;
+
+/// Set to a new value (a date, a counter) to run a collection now.
+pub const RUN_ANNOTATION: &str = "berth.dev/gc-run";
+pub const COMPONENT: &str = "gc";
+pub const DEFAULT_SCHEDULE: &str = "0 3 * * *";
+/// Where `berth gc` writes its summary: the container's termination message.
+pub const TERMINATION_LOG: &str = "/run/termination-log";
+const CA_DIR: &str = "/etc/berth/ca";
+/// A run the client gives up on after an hour; the Job a little later.
+const DEADLINE_SECONDS: i64 = 3900;
+/// A Job an annotation asked for is removed a day after it ends (the status keeps its result).
+const REQUESTED_TTL_SECONDS: i64 = 86_400;
+/// The longest CronJob name: the controller appends 11 characters to name its Jobs.
+const MAX_CRON_JOB_NAME: usize = 52;
+
+pub fn cron_job_name(reg: &Registry) -> String {
+    format!("{}-gc", reg.name_any())
+}
+
+/// The Job for one value of the annotation: the same value always names the same Job, so a
+/// re-applied annotation (or a reconcile that ran twice) starts one run, not two.
+pub fn requested_job_name(reg: &Registry, value: &str) -> String {
+    let hash = berth_core::oci::hex(&sha2::Sha256::digest(value.as_bytes()));
+    format!("{}-{}", cron_job_name(reg), &hash[..8])
+}
+
+/// Labels of the CronJob, its Jobs and their pods: never the registry pods' selector, so no
+/// Service sends clients to a collection.
+pub fn job_labels(reg: &Registry) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/component".to_owned(), COMPONENT.to_owned()),
+        (labels::MANAGED_BY.to_owned(), labels::OPERATOR.to_owned()),
+        (labels::REGISTRY.to_owned(), reg.name_any()),
+    ])
+}
+
+pub fn job_selector(reg: &Registry) -> String {
+    job_labels(reg).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+fn metadata(reg: &Registry, name: String) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "namespace": reg.namespace(),
+        "labels": job_labels(reg),
+        "ownerReferences": reg.controller_owner_ref(&()).into_iter().collect::<Vec<_>>(),
+    })
+}
+
+/// `berth gc` against the Registry's Service, as the operator's robot when access is controlled.
+fn job_spec(reg: &Registry, spec: &GcSpec, eff: &Effective, tls_secret: Option<&str>) -> serde_json::Value {
+    let ns = reg.namespace().unwrap_or_default();
+    let scheme = if eff.tls == TlsMode::None { "http" } else { "https" };
+    let mut args = vec![
+        "gc".to_owned(),
+        "--url".into(),
+        format!("{scheme}://{}.{ns}.svc:{}", reg.name_any(), eff.port),
+        "--grace".into(),
+        spec.grace.clone().unwrap_or_else(|| "1h".into()),
+        "--report-file".into(),
+        TERMINATION_LOG.into(),
+    ];
+    if spec.dry_run == Some(true) {
+        args.push("--dry-run".into());
+    }
+    if spec.keep_untagged == Some(true) {
+        args.push("--keep-untagged".into());
+    }
+    let mut mounts = Vec::new();
+    let mut volumes = Vec::new();
+    if let Some(secret) = tls_secret {
+        // The serving certificate's Secret carries the CA that signed it (`ca.crt`).
+        args.extend(["--ca-file".into(), format!("{CA_DIR}/ca.crt")]);
+        mounts.push(serde_json::json!({"name": "ca", "mountPath": CA_DIR, "readOnly": true}));
+        volumes.push(serde_json::json!({"name": "ca", "secret": {
+            "secretName": secret, "items": [{"key": "ca.crt", "path": "ca.crt"}], "defaultMode": 0o444}}));
+    }
+    let mut env = Vec::new();
+    if reg.spec.auth.is_some() {
+        env.push(serde_json::json!({"name": "BERTH_USERNAME", "value": GC_ROBOT}));
+        env.push(serde_json::json!({"name": "BERTH_PASSWORD", "valueFrom": {"secretKeyRef": {
+            "name": robots_secret_name(reg), "key": GC_ROBOT}}}));
+    }
+    let mut pod = serde_json::json!({
+        "restartPolicy": "Never",
+        "securityContext": {"runAsNonRoot": true, "runAsUser": UID, "runAsGroup": UID,
+            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": COMPONENT,
+            "image": eff.image,
+            "imagePullPolicy": reg.spec.image_pull_policy.clone().unwrap_or_else(|| "IfNotPresent".into()),
+            "args": args,
+            "env": env,
+            "terminationMessagePath": TERMINATION_LOG,
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                "capabilities": {"drop": ["ALL"]}},
+            "volumeMounts": mounts,
+        }],
+        "volumes": volumes,
+    });
+    if let Some(v) = &reg.spec.node_selector {
+        pod["nodeSelector"] = serde_json::to_value(v).unwrap_or_default();
+    }
+    if let Some(v) = &reg.spec.tolerations {
+        pod["tolerations"] = serde_json::to_value(v).unwrap_or_default();
+    }
+    serde_json::json!({
+        "backoffLimit": 1,
+        "activeDeadlineSeconds": DEADLINE_SECONDS,
+        "template": {"metadata": {"labels": job_labels(reg)}, "spec": pod},
+    })
+}
+
+/// The CronJob of `spec.gc`; `None` without it.
+pub fn cron_job(
+    reg: &Registry,
+    eff: &Effective,
+    tls_secret: Option<&str>,
+) -> Result<Option<CronJob>, BuildError> {
+    let Some(spec) = &reg.spec.gc else { return Ok(None) };
+    if cron_job_name(reg).len() > MAX_CRON_JOB_NAME {
+        return Err(BuildError::InvalidGc(format!(
+            "the GC CronJob's name {} is longer than {MAX_CRON_JOB_NAME} characters; a shorter Registry name is needed for spec.gc",
+            cron_job_name(reg)
+        )));
+    }
+    from_json(serde_json::json!({
+        "apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": metadata(reg, cron_job_name(reg)),
+        "spec": {
+            "schedule": spec.schedule.clone().unwrap_or_else(|| DEFAULT_SCHEDULE.into()),
+            "concurrencyPolicy": "Forbid",
+            // A run missed while the controller was down starts late, within an hour.
+            "startingDeadlineSeconds": 3600,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "suspend": spec.suspend == Some(true),
+            "jobTemplate": {"metadata": {"labels": job_labels(reg)}, "spec": job_spec(reg, spec, eff, tls_secret)},
+        },
+    }))
+    .map(Some)
+}
+
+/// The Job asked for by the annotation's `value`.
+pub fn requested_job(
+    reg: &Registry,
+    eff: &Effective,
+    tls_secret: Option<&str>,
+    value: &str,
+) -> Result<Option<Job>, BuildError> {
+    let Some(spec) = &reg.spec.gc else { return Ok(None) };
+    let mut meta = metadata(reg, requested_job_name(reg, value));
+    meta["annotations"] = serde_json::json!({ RUN_ANNOTATION: value });
+    let mut job = job_spec(reg, spec, eff, tls_secret);
+    job["ttlSecondsAfterFinished"] = REQUESTED_TTL_SECONDS.into();
+    from_json(serde_json::json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job}))
+        .map(Some)
+}
+
+/// The annotation's value when it asks for a run not yet acted on.
+pub fn pending_request(reg: &Registry) -> Option<String> {
+    let value = reg.annotations().get(RUN_ANNOTATION)?.trim().to_owned();
+    let done = reg.status.as_ref().and_then(|s| s.gc.as_ref()).and_then(|g| g.requested.as_deref());
+    (!value.is_empty() && reg.spec.gc.is_some() && done != Some(value.as_str())).then_some(value)
+}
+
+/// The run that ended last among `jobs`, with what its pod said; `None` when none has ended.
+pub fn last_run(jobs: &[Job], pods: &[Pod]) -> Option<GcRun> {
+    let ended = |j: &Job| {
+        let conds = j.status.as_ref()?.conditions.as_ref()?;
+        let end =
+            conds.iter().find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")?;
+        let at = j.status.as_ref()?.completion_time.clone().or_else(|| end.last_transition_time.clone());
+        Some((end.type_ == "Complete", at, end.message.clone()))
+    };
+    let (job, (ok, at, why)) = jobs
+        .iter()
+        .filter_map(|j| Some((j, ended(j)?)))
+        .max_by_key(|(_, (_, at, _))| at.as_ref().map(|t| t.0))?;
+    let name = job.name_any();
+    let said = summary(pods, &name);
+    let number = |k: &str| said.as_ref().and_then(|s| s.get(k)).and_then(serde_json::Value::as_i64);
+    let error = said.as_ref().and_then(|s| s.get("error")).and_then(|e| e.as_str()).map(str::to_owned);
+    Some(GcRun {
+        job: name,
+        start_time: job.status.as_ref().and_then(|s| s.start_time.clone()),
+        completion_time: at,
+        result: if ok { "Succeeded" } else { "Failed" }.into(),
+        dry_run: said.as_ref().and_then(|s| s.get("dryRun")).and_then(serde_json::Value::as_bool),
+        manifests_removed: number("manifestsRemoved"),
+        blobs_removed: number("blobsRemoved"),
+        bytes_reclaimed: number("bytesFreed"),
+        conflicts: number("conflicts"),
+        message: if ok { None } else { error.or_else(|| raw_message(pods, &job.name_any())).or(why) },
+    })
+}
+
+/// The termination message of the last pod of `job` to end.
+fn raw_message(pods: &[Pod], job: &str) -> Option<String> {
+    pods.iter()
+        .filter(|p| {
+            let l = p.labels();
+            l.get("batch.kubernetes.io/job-name").or_else(|| l.get("job-name")).map(String::as_str)
+                == Some(job)
+        })
+        .filter_map(|p| {
+            let s = p.status.as_ref()?.container_statuses.as_ref()?.iter().find(|c| c.name == COMPONENT)?;
+            let t = s.state.as_ref()?.terminated.as_ref()?;
+            Some((t.finished_at.as_ref().map(|f| f.0), t.message.clone()?))
+        })
+        .max_by_key(|(at, _)| *at)
+        .map(|(_, m)| m)
+}
+
+/// What `berth gc` wrote to its termination message, when that is its JSON summary.
+fn summary(pods: &[Pod], job: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::from_str(raw_message(pods, job)?.trim()) {
+        Ok(serde_json::Value::Object(m)) => Some(m),
+        _ => None,
+    }
+}
+
+/// `GarbageCollected`, while `spec.gc` is set.
+pub fn condition(reg: &Registry, run: Option<&GcRun>) -> Option<Cond> {
+    let spec = reg.spec.gc.as_ref()?;
+    let Some(run) = run else {
+        let schedule = spec.schedule.clone().unwrap_or_else(|| DEFAULT_SCHEDULE.into());
+        return Some(Cond {
+            kind: "GarbageCollected",
+            status: "Unknown",
+            reason: "NotRunYet".into(),
+            message: format!(
+                "no collection has ended yet (schedule {schedule:?}, or annotate {RUN_ANNOTATION})"
+            ),
+        });
+    };
+    if run.result != "Succeeded" {
+        let why = run.message.clone().unwrap_or_else(|| "the run failed".into());
+        return Some(Cond::new("GarbageCollected", false, "RunFailed", format!("Job {}: {why}", run.job)));
+    }
+    let (m, b, bytes) = (
+        run.manifests_removed.unwrap_or(0),
+        run.blobs_removed.unwrap_or(0),
+        run.bytes_reclaimed.unwrap_or(0),
+    );
+    Some(if run.dry_run == Some(true) {
+        Cond::new(
+            "GarbageCollected",
+            true,
+            "DryRun",
+            format!("dry run (Job {}): would remove {m} manifests and {b} blobs, {bytes} bytes", run.job),
+        )
+    } else {
+        Cond::new(
+            "GarbageCollected",
+            true,
+            "Collected",
+            format!("Job {} removed {m} manifests and {b} blobs, {bytes} bytes", run.job),
+        )
+    })
+}
