@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Garbage collection with real clients: skopeo pushes, crane deletes, `berth gc` (the admin API's
 # client) removes what no tag reaches, and every image still tagged pulls whole with skopeo and
-# crane. Only an admin may collect.
+# crane. Only an admin may collect. A retention policy removes tags by its rules.
 source "$(dirname "$0")/lib.sh"
 source "$ROOT/scripts/tools.sh"
 
@@ -18,6 +18,11 @@ auth:
   rules:
     - { users: [alice], repositories: ["**"], actions: [pull, push, delete, admin] }
     - { users: [bob], repositories: ["**"], actions: [pull, push, delete] }
+retention:
+  policies:
+    - repositories: ["gc/ret"]
+      protect: [main]
+      tags: [{ match: { regex: "^pr-" }, keep: { most_recently_pushed: 1 } }]
 YAML
 start_berth --config "$WORK/berth.yml"
 R=$BERTH_ADDR
@@ -111,5 +116,26 @@ check "skopeo pulls the tagged image, every blob intact" pulls_whole
 check "crane reads the same digest and pulls it" crane_pulls
 check "the deleted index and its children are gone" index_gone
 check "a push after the collection stores the collected bytes again" pushed_again
+
+echo "== retention"
+pushed_prs() { push multi gc/ret:pr-1 && sleep 1.1 && push multiarch gc/ret:pr-2 --all && push multi gc/ret:main; }
+retention_dry() {
+  gc --dry-run --output json | python3 -c 'import json,sys
+r = json.load(sys.stdin)
+tags = [(x["repository"], t["tag"]) for x in r["repositories"] for t in x.get("tags", [])]
+assert tags == [("gc/ret", "pr-1")], tags
+reason = r["repositories"][0]["tags"][0]["reason"]
+assert "retention.policies[0]" in reason and "most recently pushed" in reason, reason'
+}
+retention_real() {
+  local out
+  out=$(gc) && echo "$out" && grep -q '^gc/ret: removed 1 tags, 0 manifests' <<<"$out" &&
+    ! "$CRANE" --insecure manifest "$R/gc/ret:pr-1" 2>/dev/null &&
+    "$CRANE" --insecure manifest "$R/gc/ret:pr-2" >/dev/null &&
+    "${SK[@]}" copy --src-tls-verify=false --src-creds bob:bob-pw "docker://$R/gc/ret:main" "oci:$WORK/main:v1"
+}
+check "skopeo pushes pr-1, then pr-2 and main" pushed_prs
+check "the policy's dry run names pr-1 and why" retention_dry
+check "a run removes the older pr- tag; pr-2 and the protected main stay" retention_real
 
 finish

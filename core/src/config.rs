@@ -14,6 +14,7 @@
 //! external_url: https://registry.example.com   # token realm; default: each request's own host
 //! trusted_proxies: [10.0.0.0/8]                 # whose X-Forwarded-* headers count
 //! metrics: { listen: 0.0.0.0:9090 }             # /metrics on its own port, not the registry's
+//! retention: { policies: [...] }                # which tags GC removes (see `retention`)
 //! ```
 //! Precedence: command-line flags, then `BERTH_*` environment variables, then the file, then the
 //! defaults above.
@@ -28,11 +29,13 @@ use serde::{Deserialize, Serialize};
 pub mod auth;
 mod limits;
 pub mod proxy;
+pub mod retention;
 mod s3;
 mod units;
 
 pub use limits::LimitsConfig;
 pub use proxy::{ProxyConfig, RevalidateRule, UpstreamConfig};
+pub use retention::RetentionConfig;
 pub use s3::S3Config;
 pub use units::{duration, size};
 
@@ -68,6 +71,9 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
     #[serde(default, skip_serializing_if = "MetricsConfig::is_default")]
     pub metrics: MetricsConfig,
+    /// Which tags garbage collection removes (see [`retention`]).
+    #[serde(default, skip_serializing_if = "RetentionConfig::is_empty")]
+    pub retention: RetentionConfig,
 }
 
 /// Where `/metrics` is served: on the registry's own port (the default), or on a listener of its
@@ -108,6 +114,7 @@ impl Default for Config {
             external_url: None,
             trusted_proxies: Vec::new(),
             metrics: MetricsConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -267,6 +274,7 @@ impl Config {
         if let Some(auth) = &self.auth {
             auth.validate()?;
         }
+        self.retention.validate()?;
         self.proxy.validate()
     }
 

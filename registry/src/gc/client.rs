@@ -55,6 +55,7 @@ pub fn brief(report: &Value) -> Value {
     let n = |v: &Value| v.as_array().map_or(0, Vec::len);
     serde_json::json!({
         "dryRun": report["dryRun"].as_bool().unwrap_or(false),
+        "tagsRemoved": report["tagsRemoved"].as_u64().unwrap_or(0),
         "manifestsRemoved": report["manifestsRemoved"].as_u64().unwrap_or(0),
         "linksRemoved": report["linksRemoved"].as_u64().unwrap_or(0),
         "blobsRemoved": n(&report["blobs"]),
@@ -104,10 +105,12 @@ pub fn summary(report: &Value) -> String {
     let n = |v: &Value| v.as_array().map_or(0, Vec::len);
     let verb = if report["dryRun"].as_bool().unwrap_or(false) { "would remove" } else { "removed" };
     let mut out = String::new();
+    let tags = |k: usize| if k > 0 { format!("{k} tags, ") } else { String::new() };
     for r in report["repositories"].as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "{}: {verb} {} manifests, {} blob links{}\n",
+            "{}: {verb} {}{} manifests, {} blob links{}\n",
             r["repository"].as_str().unwrap_or("?"),
+            tags(n(&r["tags"])),
             n(&r["manifests"]),
             n(&r["links"]),
             match r["conflicts"].as_u64() {
@@ -118,7 +121,8 @@ pub fn summary(report: &Value) -> String {
     }
     let bytes = report["bytesFreed"].as_u64().unwrap_or(0);
     out.push_str(&format!(
-        "{verb} {} manifests, {} blob links, {} blobs ({}); {} conflicts\n",
+        "{verb} {}{} manifests, {} blob links, {} blobs ({}); {} conflicts\n",
+        tags(report["tagsRemoved"].as_u64().unwrap_or(0) as usize),
         report["manifestsRemoved"].as_u64().unwrap_or(0),
         report["linksRemoved"].as_u64().unwrap_or(0),
         n(&report["blobs"]),

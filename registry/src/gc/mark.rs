@@ -1,7 +1,7 @@
 //! The mark: what in one repository is reachable, in memory, from what the repository holds.
 //!
 //! Roots are tagged manifests and manifests younger than the grace (and every manifest when
-//! untagged ones are kept). From a reachable manifest, its child manifests (an index's) and its
+//! untagged ones are kept; every referrer when referrers are). From a reachable manifest, its child manifests (an index's) and its
 //! blobs (config, layers) are reachable; a referrer is reachable while its subject is. Links no
 //! reachable manifest needs, linked before the grace, are unreachable too.
 
@@ -27,8 +27,27 @@ pub struct Marked {
     pub links: Vec<(Digest, u64)>,
 }
 
-/// Marks `c`: manifests created and blobs linked at or after `cutoff` (unix seconds) are kept.
-pub fn mark(c: &RepoContents, cutoff: i64, keep_untagged: bool) -> Marked {
+/// What is kept besides what the tags reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roots {
+    /// Manifests created at or after this (unix seconds) are kept.
+    pub manifests_since: i64,
+    /// Links made at or after this are kept.
+    pub links_since: i64,
+    pub keep_untagged: bool,
+    /// Referrers stay whatever becomes of their subject.
+    pub keep_referrers: bool,
+}
+
+impl Roots {
+    /// The grace alone: what is younger than `cutoff` is kept.
+    pub fn since(cutoff: i64) -> Roots {
+        Roots { manifests_since: cutoff, links_since: cutoff, keep_untagged: false, keep_referrers: false }
+    }
+}
+
+/// Marks `c` from its tags and `roots`.
+pub fn mark(c: &RepoContents, roots: &Roots) -> Marked {
     let mut children: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
     let mut blobs: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
     for e in &c.edges {
@@ -42,11 +61,17 @@ pub fn mark(c: &RepoContents, cutoff: i64, keep_untagged: bool) -> Marked {
         }
     }
     let present: HashSet<&Digest> = c.manifests.iter().map(|m| &m.digest).collect();
+    let tagged: HashSet<&Digest> = c.tags.iter().map(|t| &t.digest).collect();
     let mut reached: HashSet<&Digest> = HashSet::new();
     let mut todo: Vec<&Digest> = c
         .manifests
         .iter()
-        .filter(|m| keep_untagged || m.tagged || m.created_at >= cutoff)
+        .filter(|m| {
+            roots.keep_untagged
+                || tagged.contains(&m.digest)
+                || m.created_at >= roots.manifests_since
+                || (roots.keep_referrers && m.subject.is_some())
+        })
         .map(|m| &m.digest)
         .collect();
     while let Some(d) = todo.pop() {
@@ -111,7 +136,7 @@ pub fn mark(c: &RepoContents, cutoff: i64, keep_untagged: bool) -> Marked {
     let mut links: Vec<(Digest, u64)> = c
         .links
         .iter()
-        .filter(|l| l.linked_at < cutoff && !needed.contains(&l.digest))
+        .filter(|l| l.linked_at < roots.links_since && !needed.contains(&l.digest))
         .map(|l| (l.digest.clone(), l.size))
         .collect();
     links.sort();

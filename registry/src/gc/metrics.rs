@@ -21,7 +21,8 @@ struct RunLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
-    /// `manifest`, `link` (a blob unlinked from a repository) or `blob` (released).
+    /// `tag` (by retention), `manifest`, `link` (a blob unlinked from a repository) or `blob`
+    /// (released).
     kind: &'static str,
 }
 
@@ -73,6 +74,7 @@ impl GcMetrics {
         self.duration.observe(took.as_secs_f64());
         let Some(r) = report.filter(|_| !dry_run) else { return };
         let kind = |kind| self.removed.get_or_create(&KindLabels { kind }).clone();
+        kind("tag").inc_by(r.tags_removed as u64);
         kind("manifest").inc_by(r.manifests_removed as u64);
         kind("link").inc_by(r.links_removed as u64);
         kind("blob").inc_by(r.blobs.len() as u64);

@@ -15,6 +15,7 @@ pub mod client;
 pub mod mark;
 pub mod metrics;
 mod report;
+pub mod retention;
 #[cfg(test)]
 mod tests;
 
@@ -25,11 +26,12 @@ use std::time::Duration;
 use berth_core::oci::{Digest, RepoName};
 use tracing::info;
 
-use crate::meta::gc::Collect;
+use crate::meta::gc::{Collect, RepoContents};
 use crate::meta::{self, Page};
 use crate::service::{Registry, Result, ServiceError};
 use metrics::GcMetrics;
-pub use report::{Removed, RepoReport, Report};
+pub use report::{Removed, RemovedTag, RepoReport, Report};
+use retention::Policies;
 
 /// Repositories read per catalog page, and unused blobs per batch.
 const BATCH: usize = 500;
@@ -63,6 +65,7 @@ pub struct Collector {
     /// Repository prefixes the pull-through cache serves (its eviction keeps them).
     cached: Vec<String>,
     metrics: Arc<GcMetrics>,
+    retention: Policies,
 }
 
 /// Renews the lease while a collection runs. A lease lost meanwhile lets another replica start:
@@ -88,7 +91,13 @@ impl Collector {
         cached: Vec<String>,
         metrics: Arc<GcMetrics>,
     ) -> Collector {
-        Collector { registry, store, cached, metrics }
+        Collector { registry, store, cached, metrics, retention: Policies::default() }
+    }
+
+    /// The collector that applies these retention policies before it marks.
+    pub fn with_retention(mut self, policies: Policies) -> Collector {
+        self.retention = policies;
+        self
     }
 
     fn is_cached(&self, repo: &str) -> bool {
@@ -131,8 +140,13 @@ impl Collector {
     }
 
     async fn collect(&self, o: &Options) -> Result<Report> {
+        // Retention decides from pull times: this replica's are written first.
+        if let Err(e) = self.registry.flush_pulls().await {
+            tracing::warn!(error = %e, "could not write pull times before the collection");
+        }
         // Created at or before now less the grace (times are whole seconds).
-        let cutoff = meta::now() + 1 - o.grace.as_secs() as i64;
+        let now = meta::now();
+        let cutoff = now + 1 - o.grace.as_secs() as i64;
         let mut report = Report { dry_run: o.dry_run, ..Report::default() };
         // Per digest: how many of its uses (links, manifests) this run removed (or would).
         let mut dropped: HashMap<Digest, u64> = HashMap::new();
@@ -146,7 +160,7 @@ impl Collector {
                     continue;
                 }
                 let repo: RepoName = meta::parse_stored("repository name", name.clone())?;
-                let r = self.collect_repo(&repo, cutoff, o, &mut dropped).await?;
+                let r = self.collect_repo(&repo, now, cutoff, o, &mut dropped).await?;
                 if !r.is_empty() {
                     report.repositories.push(r);
                 }
@@ -176,17 +190,28 @@ impl Collector {
     async fn collect_repo(
         &self,
         repo: &RepoName,
+        now: i64,
         cutoff: i64,
         o: &Options,
         dropped: &mut HashMap<Digest, u64>,
     ) -> Result<RepoReport> {
-        let contents = self.store.repo_contents(repo).await?;
-        let marked = mark::mark(&contents, cutoff, o.keep_untagged);
+        let mut contents = self.store.repo_contents(repo).await?;
         let mut r = RepoReport { repository: repo.to_string(), ..RepoReport::default() };
+        let mut roots = mark::Roots::since(cutoff);
+        roots.keep_untagged = o.keep_untagged;
+        if let Some(policy) = self.retention.for_repo(repo.as_str()) {
+            self.retain(repo, policy, now, o, &mut contents, &mut r).await?;
+            if let Some(keep) = policy.untagged_for {
+                roots.manifests_since = roots.manifests_since.min(now + 1 - keep);
+            }
+            roots.keep_referrers = policy.keep_referrers;
+        }
+        let marked = mark::mark(&contents, &roots);
+        let before = roots.manifests_since;
         for chunk in marked.manifests.chunks(REMOVALS) {
             let digests: Vec<Digest> = chunk.iter().map(|(d, _, _)| d.clone()).collect();
             let removed =
-                self.removed(o, digests, |ds| self.store.collect_manifests(repo, ds, cutoff)).await?;
+                self.removed(o, digests, |ds| self.store.collect_manifests(repo, ds, before)).await?;
             for ((digest, size, why), gone) in chunk.iter().zip(removed) {
                 if gone {
                     info!(repository = %repo, digest = %digest, reason = why, dry_run = o.dry_run, "manifest removed");
@@ -213,6 +238,60 @@ impl Collector {
             }
         }
         Ok(r)
+    }
+
+    /// Removes the tags `policy` dooms (each only if it still names what it named when read),
+    /// and leaves `contents` as the mark must see it: read again after a real removal, without
+    /// the doomed tags after a dry run (with them when the policy itself only reports: a real
+    /// run keeps them too).
+    async fn retain(
+        &self,
+        repo: &RepoName,
+        policy: &retention::Policy,
+        now: i64,
+        o: &Options,
+        contents: &mut RepoContents,
+        r: &mut RepoReport,
+    ) -> Result<()> {
+        let doomed = policy.doomed(&contents.tags, now);
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let tags: Vec<(String, Digest)> = doomed
+            .iter()
+            .map(|d| (contents.tags[d.index].name.clone(), contents.tags[d.index].digest.clone()))
+            .collect();
+        let dry = o.dry_run || policy.dry_run;
+        let mut gone_any = false;
+        for (chunk, tags) in doomed.chunks(REMOVALS).zip(tags.chunks(REMOVALS)) {
+            let removed = if dry {
+                vec![true; tags.len()]
+            } else {
+                self.store.collect_tags(repo, tags.to_vec()).await?
+            };
+            for ((d, (tag, digest)), gone) in chunk.iter().zip(tags).zip(removed) {
+                if !gone {
+                    r.conflicts += 1;
+                    continue;
+                }
+                gone_any = true;
+                info!(repository = %repo, tag = %tag, digest = %digest, reason = %d.reason, dry_run = dry, "tag removed");
+                r.tags.push(RemovedTag {
+                    tag: tag.clone(),
+                    digest: digest.clone(),
+                    reason: d.reason.clone(),
+                    policy_dry_run: policy.dry_run,
+                });
+            }
+        }
+        if !dry && gone_any {
+            *contents = self.store.repo_contents(repo).await?;
+        } else if o.dry_run && !policy.dry_run {
+            let doomed: std::collections::HashSet<(&str, &Digest)> =
+                r.tags.iter().map(|t| (t.tag.as_str(), &t.digest)).collect();
+            contents.tags.retain(|t| !doomed.contains(&(t.name.as_str(), &t.digest)));
+        }
+        Ok(())
     }
 
     /// Whether each of `digests` is removed by `remove` (one transaction), or, in a dry run, would

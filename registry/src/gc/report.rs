@@ -10,9 +10,24 @@ pub struct Removed {
     pub reason: &'static str,
 }
 
+/// A tag retention removed (or would remove).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemovedTag {
+    pub tag: String,
+    pub digest: Digest,
+    pub reason: String,
+    /// Its policy only reports (`dry_run`): the tag stays.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub policy_dry_run: bool,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RepoReport {
     pub repository: String,
+    /// Tags its retention policy removed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<RemovedTag>,
     pub manifests: Vec<Removed>,
     /// Blobs no longer readable in the repository.
     pub links: Vec<Removed>,
@@ -22,7 +37,7 @@ pub struct RepoReport {
 
 impl RepoReport {
     pub fn is_empty(&self) -> bool {
-        self.manifests.is_empty() && self.links.is_empty() && self.conflicts == 0
+        self.tags.is_empty() && self.manifests.is_empty() && self.links.is_empty() && self.conflicts == 0
     }
 }
 
@@ -37,6 +52,7 @@ pub struct Report {
     /// whose read grace is now over).
     pub blobs_deleted: u64,
     /// Totals, filled in by [`Report::total`].
+    pub tags_removed: usize,
     pub manifests_removed: usize,
     pub links_removed: usize,
     pub bytes_freed: u64,
@@ -46,6 +62,8 @@ pub struct Report {
 impl Report {
     /// Fills in the totals (bytes freed: what the released blobs held).
     pub fn total(&mut self) {
+        self.tags_removed =
+            self.repositories.iter().flat_map(|r| &r.tags).filter(|t| !t.policy_dry_run).count();
         self.manifests_removed = self.repositories.iter().map(|r| r.manifests.len()).sum();
         self.links_removed = self.repositories.iter().map(|r| r.links.len()).sum();
         self.bytes_freed = self.blobs.iter().map(|b| b.size).sum();

@@ -33,11 +33,19 @@ struct World {
 
 impl World {
     fn new<M: MetaStore + Collect + CacheIndex>(m: M) -> World {
+        World::with_retention(m, "")
+    }
+
+    /// A world whose collections apply the retention `policies` (YAML of `retention:`).
+    fn with_retention<M: MetaStore + Collect + CacheIndex>(m: M, policies: &str) -> World {
         let m = Arc::new(m);
         let storage = Arc::new(MemoryStorage::new());
         let registry = Arc::new(Registry::new(storage.clone(), m.clone(), Limits::default()));
         let metrics = Arc::new(super::metrics::GcMetrics::default());
-        let collector = Collector::new(registry, m.clone(), vec!["hub".into()], metrics);
+        let config: berth_core::config::RetentionConfig = serde_yaml::from_str(policies).unwrap_or_default();
+        let policies = super::retention::Policies::new(&config).unwrap();
+        let collector =
+            Collector::new(registry, m.clone(), vec!["hub".into()], metrics).with_retention(policies);
         World { meta: m.clone(), store: m, storage, collector }
     }
 
@@ -179,6 +187,107 @@ async fn one_collection_runs_at_a_time(w: World) {
     // The run gave its lease up; one whose holder stopped renewing it is taken over.
     assert_eq!(w.store.claim_lease("gc", "replica-c", now, now + 1).await.unwrap(), Ok(()));
     w.collector.run(&Options::default()).await.unwrap();
+}
+
+const RETENTION: &str = r#"policies:
+  - repositories: ["ret/keep-refs"]
+    referrers: keep
+    tags: [{match: {glob: "*"}, keep: {most_recently_pushed: 0}}]
+  - repositories: ["ret/young-untagged"]
+    untagged_for: 1d
+    tags: [{match: {glob: "*"}, keep: {most_recently_pushed: 0}}]
+  - repositories: ["ret/report-only"]
+    dry_run: true
+    tags: [{match: {glob: "*"}, keep: {most_recently_pushed: 0}}]
+  - repositories: ["ret/**"]
+    protect: ["v4"]
+    tags: [{match: {glob: "v*"}, keep: {most_recently_pulled: 2}}]
+"#;
+
+/// Retention removes tags by its rules (pull times recorded through the store), then the
+/// collection takes what they alone kept; a dry run reports exactly what the real run does.
+async fn retention_removes_tags_then_what_they_kept(w: World) {
+    let app = "ret/app";
+    for (i, name) in ["m1", "m2", "m3", "m4", "m5"].iter().enumerate() {
+        let tag = format!("v{}", i + 1);
+        w.manifest(app, name, &[&format!("layer-{name}")], &[], None, Some(&tag)).await;
+    }
+    w.manifest(app, "m5", &["layer-m5"], &[], None, Some("latest")).await;
+    w.manifest(app, "sig-m1", &["sig-blob"], &[], Some("m1"), None).await;
+    // Pulls: v3 a day ago, v1 and v2 long ago, v5 two days ago; v4 never (counts as pulled
+    // when pushed, now) but it is protected anyway.
+    let now = crate::meta::now();
+    let pulls = [("m1", 50), ("m2", 40), ("m3", 1), ("m5", 2)]
+        .map(|(m, days)| (repo(app), d(m), now - days * 86_400))
+        .to_vec();
+    w.meta.record_pull_times(pulls).await.unwrap();
+    w.meta.record_pull_times(vec![(repo(app), d("m1"), now - 90 * 86_400)]).await.unwrap();
+    // referrers: keep — the signature outlives its subject.
+    w.manifest("ret/keep-refs", "r-image", &["r-layer"], &[], None, Some("t")).await;
+    w.manifest("ret/keep-refs", "r-sig", &["r-sig-blob"], &[], Some("r-image"), None).await;
+    // untagged_for: 1d — untagged, the manifest stays a day.
+    w.manifest("ret/young-untagged", "y-image", &["y-layer"], &[], None, Some("t")).await;
+    // dry_run: reported, kept.
+    w.manifest("ret/report-only", "p-image", &["p-layer"], &[], None, Some("t")).await;
+
+    let o = Options { grace: Duration::ZERO, keep_untagged: false, dry_run: true };
+    let dry = w.collector.run(&o).await.unwrap();
+    let real = w.collector.run(&Options { dry_run: false, ..o }).await.unwrap();
+    let tags = |r: &Report| -> BTreeSet<(String, String, bool)> {
+        r.repositories
+            .iter()
+            .flat_map(|x| x.tags.iter().map(|t| (x.repository.clone(), t.tag.clone(), t.policy_dry_run)))
+            .collect()
+    };
+    assert_eq!(tags(&dry), tags(&real), "the dry run foretold the real one");
+    assert_eq!(names(&dry), names(&real));
+    let want: BTreeSet<(String, String, bool)> = [
+        ("ret/app", "v1", false),
+        ("ret/app", "v2", false),
+        ("ret/app", "v5", false),
+        ("ret/keep-refs", "t", false),
+        ("ret/report-only", "t", true),
+        ("ret/young-untagged", "t", false),
+    ]
+    .map(|(r, t, dry)| (r.to_owned(), t.to_owned(), dry))
+    .into();
+    assert_eq!(tags(&real), want);
+    assert_eq!(real.tags_removed, 5, "a policy's dry run removes nothing");
+    for gone in ["m1", "m2", "sig-m1"] {
+        assert!(!w.has_manifest(app, gone).await, "{gone} goes with its tag (or subject)");
+    }
+    for kept in ["m3", "m4", "m5"] {
+        assert!(w.has_manifest(app, kept).await, "{kept} stays");
+    }
+    let tag_of = |r: &str, t: &str| {
+        let meta = w.meta.clone();
+        let (r, t) = (repo(r), Reference::Tag(t.parse().unwrap()));
+        async move { meta.manifest(&r, &t).await.unwrap().is_some() }
+    };
+    assert!(tag_of(app, "latest").await && tag_of(app, "v4").await && !tag_of(app, "v5").await);
+    assert!(!w.stored("layer-m1").await && w.stored("layer-m5").await);
+    assert!(
+        !w.has_manifest("ret/keep-refs", "r-image").await && w.has_manifest("ret/keep-refs", "r-sig").await
+    );
+    assert!(w.has_manifest("ret/young-untagged", "y-image").await, "young, untagged, kept a day");
+    assert!(tag_of("ret/report-only", "t").await, "a dry-run policy only reports");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_retention_removes_tags_then_what_they_kept() {
+    retention_removes_tags_then_what_they_kept(World::with_retention(
+        SqliteMeta::temporary().unwrap(),
+        RETENTION,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_retention_removes_tags_then_what_they_kept() {
+    use crate::meta::postgres::{testing::TestDatabase, PostgresMeta};
+    let db = TestDatabase::create().await;
+    let m = PostgresMeta::connect(&db.url, 4).await.unwrap();
+    retention_removes_tags_then_what_they_kept(World::with_retention(m, RETENTION)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

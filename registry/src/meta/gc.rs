@@ -22,7 +22,17 @@ pub struct StoredManifest {
     pub size: u64,
     /// Unix seconds.
     pub created_at: i64,
-    pub tagged: bool,
+}
+
+/// A tag, with when it was pushed (last set) and when its manifest was last pulled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTag {
+    pub name: String,
+    pub digest: Digest,
+    /// Unix seconds.
+    pub pushed_at: i64,
+    /// Unix seconds; `None` when never pulled (since pulls were recorded).
+    pub pulled_at: Option<i64>,
 }
 
 /// An edge from a manifest to what it needs: a blob (config, layer) or a child manifest.
@@ -46,6 +56,7 @@ pub struct Link {
 #[derive(Debug, Clone, Default)]
 pub struct RepoContents {
     pub manifests: Vec<StoredManifest>,
+    pub tags: Vec<StoredTag>,
     pub edges: Vec<Edge>,
     pub links: Vec<Link>,
 }
@@ -57,15 +68,25 @@ impl StoredManifest {
         subject: Option<String>,
         size: i64,
         created_at: i64,
-        tagged: bool,
     ) -> Result<StoredManifest> {
         Ok(StoredManifest {
             digest: parse_stored("digest", digest)?,
             subject: subject.map(|s| parse_stored("digest", s)).transpose()?,
             size: size.max(0) as u64,
             created_at,
-            tagged,
         })
+    }
+}
+
+impl StoredTag {
+    /// From a row of [`TAGS`].
+    pub(crate) fn from_row(
+        name: String,
+        digest: String,
+        pushed_at: i64,
+        pulled_at: Option<i64>,
+    ) -> Result<StoredTag> {
+        Ok(StoredTag { name, digest: parse_stored("digest", digest)?, pushed_at, pulled_at })
     }
 }
 
@@ -85,8 +106,11 @@ impl Link {
 
 #[async_trait::async_trait]
 pub trait Collect: Send + Sync + 'static {
-    /// The repository's manifests (with whether a tag names each), their edges and its links.
+    /// The repository's manifests, tags, edges and links.
     async fn repo_contents(&self, repo: &RepoName) -> Result<RepoContents>;
+    /// Removes each tag (in one transaction) that still names the digest it is given with.
+    /// Whether each was.
+    async fn collect_tags(&self, repo: &RepoName, tags: Vec<(String, Digest)>) -> Result<Vec<bool>>;
     /// Deletes each manifest (in order, in one transaction) that is still unreachable by what is
     /// stored: untagged, no child of a manifest in the repository, its subject (if any) not
     /// there, created before `before`. Whether each was.
@@ -153,13 +177,25 @@ pub(crate) const TOUCH_LINK: &str = "UPDATE repository_blobs SET created_at = $1
        AND repository_id = (SELECT id FROM repositories WHERE name = $3)";
 
 /// What a mark needs of a repository. Parameter: repository id.
-pub(crate) const MANIFESTS: &str = "SELECT m.digest, m.subject, m.size, m.created_at,
-            EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = m.repository_id AND t.digest = m.digest)
-     FROM manifests m WHERE m.repository_id = $1";
+pub(crate) const MANIFESTS: &str =
+    "SELECT digest, subject, size, created_at FROM manifests WHERE repository_id = $1";
+pub(crate) const TAGS: &str = "SELECT t.name, t.digest, t.updated_at, m.pulled_at
+     FROM tags t JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
+     WHERE t.repository_id = $1";
 pub(crate) const EDGES: &str = "SELECT manifest_digest, child_digest, kind = 'manifest'
      FROM manifest_references WHERE repository_id = $1";
 pub(crate) const LINKS: &str = "SELECT rb.digest, b.size, rb.created_at
      FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest WHERE rb.repository_id = $1";
+
+/// A tag retention removes, unless it moved since. Parameters: repository id, tag, digest.
+pub(crate) const COLLECT_TAG: &str =
+    "DELETE FROM tags WHERE repository_id = $1 AND name = $2 AND digest = $3";
+
+/// When a manifest was last pulled, unless a later pull is recorded. Parameters: pulled at (unix
+/// seconds), repository name, digest.
+pub(crate) const RECORD_PULL: &str = "UPDATE manifests SET pulled_at = $1
+     WHERE repository_id = (SELECT id FROM repositories WHERE name = $2) AND digest = $3
+       AND (pulled_at IS NULL OR pulled_at < $1)";
 
 /// Parameters: repository id, digest, created before (unix seconds).
 pub(crate) const COLLECT_MANIFEST: &str = "DELETE FROM manifests

@@ -241,6 +241,9 @@ pub trait MetaStore: Send + Sync + 'static {
     /// manifest or upload it belonged to was refused): so the object is known, and a collection
     /// deletes it once nothing uses it.
     async fn record_orphan(&self, digest: &Digest, size: u64) -> Result<()>;
+    /// Records when manifests were last pulled (unix seconds), in one transaction that is not
+    /// waited onto the disk: the times are advisory, written behind the pulls in batches.
+    async fn record_pull_times(&self, pulls: Vec<(RepoName, Digest, i64)>) -> Result<()>;
     /// This process stops serving: a store shared with other replicas tells them not to wait
     /// for it any more. Called once requests have drained.
     async fn leave(&self) {}

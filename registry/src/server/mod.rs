@@ -179,7 +179,10 @@ pub async fn build_state(config: &Config) -> Result<AppState, ServeError> {
     let mut state = AppState::new(registry.clone(), metrics.clone(), config).map_err(ServeError::Config)?;
     // The pull-through cache's repositories are its eviction's to clean, not the collector's.
     let cached = config.proxy.upstreams.iter().map(|u| u.name.clone()).collect();
-    state.collector = Some(Arc::new(Collector::new(registry.clone(), collect, cached, metrics.gc.clone())));
+    let retention = crate::gc::retention::Policies::new(&config.retention).map_err(ServeError::Config)?;
+    let collector =
+        Collector::new(registry.clone(), collect, cached, metrics.gc.clone()).with_retention(retention);
+    state.collector = Some(Arc::new(collector));
     if !config.proxy.is_empty() {
         let spool = config.data_dir.join("proxy-spool");
         state.proxy = Some(
@@ -221,6 +224,7 @@ pub async fn serve(
         tokio::spawn(purge_uploads(state.registry.clone())),
         tokio::spawn(sweep_multiparts(state.registry.clone())),
         tokio::spawn(purge_released(state.registry.clone())),
+        tokio::spawn(write_pull_times(state.registry.clone())),
     ];
     background.extend(state.proxy.clone().map(|p| tokio::spawn(p.maintain())));
     background.extend(state.auth.clone().map(|a| tokio::spawn(refresh_credentials(a))));
@@ -310,6 +314,9 @@ pub async fn serve(
             warn!(grace = ?config.limits.shutdown_grace, "grace period over, closing remaining connections");
         }
     }
+    if let Err(e) = registry.flush_pulls().await {
+        warn!(error = %e, "could not write the last pull times");
+    }
     registry.meta().leave().await;
     Ok(())
 }
@@ -386,6 +393,18 @@ async fn purge_released(registry: Arc<Registry>) {
             Ok(0) => {}
             Ok(n) => info!(blobs = n, "deleted the bytes of released blobs"),
             Err(e) => warn!(error = %e, "deleting released blobs failed; retrying later"),
+        }
+    }
+}
+
+/// Writes the pull times noted since the last write (retention reads them).
+async fn write_pull_times(registry: Arc<Registry>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = registry.flush_pulls().await {
+            warn!(error = %e, "writing pull times failed; retrying later");
         }
     }
 }

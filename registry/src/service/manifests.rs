@@ -164,6 +164,7 @@ impl Registry {
     ) -> Result<(ManifestRecord, Bytes)> {
         let record = self.head_manifest(repo, reference).await?;
         let bytes = self.manifest_bytes(&record).await?;
+        self.pulls.note(repo, &record.digest, crate::meta::now());
         Ok((record, bytes))
     }
 

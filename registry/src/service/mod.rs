@@ -9,6 +9,7 @@ mod cache;
 mod error;
 mod manifests;
 pub mod multiparts;
+mod pulls;
 mod purge;
 mod registry;
 mod uploads;

@@ -67,6 +67,8 @@ pub struct Registry {
     pub(super) manifests: cache::ManifestCache,
     /// Where the store's writers record their multipart uploads (object storage only).
     multiparts: Option<Arc<dyn MultipartLog>>,
+    /// Pull times not yet written.
+    pub(super) pulls: super::pulls::PullTimes,
 }
 
 impl Registry {
@@ -77,7 +79,13 @@ impl Registry {
             limits,
             manifests: cache::ManifestCache::new(MANIFEST_CACHE_BYTES),
             multiparts: None,
+            pulls: Default::default(),
         }
+    }
+
+    /// Writes the pull times noted since the last write (retention reads them); how many.
+    pub async fn flush_pulls(&self) -> Result<usize> {
+        Ok(self.pulls.flush(self.meta.as_ref()).await?)
     }
 
     /// The registry whose storage records its writers' multipart uploads in `log`

@@ -4,7 +4,7 @@
 
 use super::errors::db_error;
 use super::{execute, query, query_opt, repo_id, PostgresMeta, Tx, TxResult};
-use crate::meta::gc::{self, Collect, Edge, Link, RepoContents, StoredManifest};
+use crate::meta::gc::{self, Collect, Edge, Link, RepoContents, StoredManifest, StoredTag};
 use crate::meta::{now_millis, parse_stored, Result};
 use berth_core::oci::{Digest, RepoName};
 
@@ -40,12 +40,17 @@ impl Collect for PostgresMeta {
             return Ok(RepoContents::default());
         };
         let manifests = query(&c, gc::MANIFESTS, &[&id]).await.map_err(db_error)?;
+        let tags = query(&c, gc::TAGS, &[&id]).await.map_err(db_error)?;
         let edges = query(&c, gc::EDGES, &[&id]).await.map_err(db_error)?;
         let links = query(&c, gc::LINKS, &[&id]).await.map_err(db_error)?;
         Ok(RepoContents {
             manifests: manifests
                 .into_iter()
-                .map(|r| StoredManifest::from_row(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                .map(|r| StoredManifest::from_row(r.get(0), r.get(1), r.get(2), r.get(3)))
+                .collect::<Result<_>>()?,
+            tags: tags
+                .into_iter()
+                .map(|r| StoredTag::from_row(r.get(0), r.get(1), r.get(2), r.get(3)))
                 .collect::<Result<_>>()?,
             edges: edges
                 .into_iter()
@@ -67,6 +72,22 @@ impl Collect for PostgresMeta {
         let name = repo.to_string();
         self.write_announced(repo, move |tx| {
             Box::pin(each(tx, name.clone(), digests.clone(), LOCK_MANIFEST, gc::COLLECT_MANIFEST, before))
+        })
+        .await
+    }
+
+    async fn collect_tags(&self, repo: &RepoName, tags: Vec<(String, Digest)>) -> Result<Vec<bool>> {
+        let name = repo.to_string();
+        self.write_announced(repo, move |tx| {
+            let (name, tags) = (name.clone(), tags.clone());
+            Box::pin(async move {
+                let Some(id) = repo_id(tx, &name).await? else { return Ok(vec![false; tags.len()]) };
+                let mut removed = Vec::with_capacity(tags.len());
+                for (t, d) in &tags {
+                    removed.push(execute(tx, gc::COLLECT_TAG, &[&id, t, &d.as_str()]).await? > 0);
+                }
+                Ok(removed)
+            })
         })
         .await
     }

@@ -47,6 +47,8 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/postgres/0008_tags_by_digest.sql"),
         compatible_from: 1,
     },
+    // A nullable column.
+    Migration { sql: include_str!("../../../migrations/postgres/0009_pulled_at.sql"), compatible_from: 1 },
 ];
 
 /// The advisory lock's key, shared by every replica (an arbitrary constant: "berthmig").

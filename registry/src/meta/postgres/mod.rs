@@ -680,6 +680,20 @@ impl MetaStore for PostgresMeta {
         .await
     }
 
+    async fn record_pull_times(&self, pulls: Vec<(RepoName, Digest, i64)>) -> Result<()> {
+        self.write(false, move |tx| {
+            let pulls = pulls.clone();
+            Box::pin(async move {
+                for (repo, digest, at) in &pulls {
+                    execute(tx, crate::meta::gc::RECORD_PULL, &[at, &repo.as_str(), &digest.as_str()])
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
     async fn count_uploads(&self) -> Result<u64> {
         let c = self.client().await?;
         let row = query_opt(&c, "SELECT count(*) FROM uploads", &[]).await.map_err(db_error)?;

@@ -5,7 +5,7 @@ use rusqlite::{params, Connection};
 
 use super::writer::Durability;
 use super::{parse, repo_id, SqliteMeta};
-use crate::meta::gc::{self, Collect, Edge, Link, RepoContents, StoredManifest};
+use crate::meta::gc::{self, Collect, Edge, Link, RepoContents, StoredManifest, StoredTag};
 use crate::meta::{now_millis, Result};
 use berth_core::oci::{Digest, RepoName};
 
@@ -37,6 +37,19 @@ impl Collect for SqliteMeta {
     async fn collect_links(&self, repo: &RepoName, digests: Vec<Digest>, before: i64) -> Result<Vec<bool>> {
         let name = repo.to_string();
         self.write(Durability::Synced, move |tx| each(tx, &name, &digests, gc::COLLECT_LINK, before)).await
+    }
+
+    async fn collect_tags(&self, repo: &RepoName, tags: Vec<(String, Digest)>) -> Result<Vec<bool>> {
+        let name = repo.to_string();
+        let removed = self
+            .write(Durability::Synced, move |tx| {
+                let Some(id) = repo_id(tx, &name)? else { return Ok(vec![false; tags.len()]) };
+                let mut remove = tx.prepare_cached(gc::COLLECT_TAG)?;
+                tags.iter().map(|(t, d)| Ok(remove.execute(params![id, t, d.as_str()])? > 0)).collect()
+            })
+            .await;
+        self.resolved().invalidate(repo);
+        removed
     }
 
     async fn blob_uses(&self, digest: &Digest) -> Result<u64> {
@@ -120,7 +133,17 @@ fn contents(c: &Connection, id: i64) -> Result<RepoContents> {
                 r.get::<_, Option<String>>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, i64>(3)?,
-                r.get::<_, bool>(4)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let tags = c
+        .prepare_cached(gc::TAGS)?
+        .query_map([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<i64>>(3)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -135,7 +158,11 @@ fn contents(c: &Connection, id: i64) -> Result<RepoContents> {
     Ok(RepoContents {
         manifests: manifests
             .into_iter()
-            .map(|(d, subject, size, at, tagged)| StoredManifest::from_row(d, subject, size, at, tagged))
+            .map(|(d, subject, size, at)| StoredManifest::from_row(d, subject, size, at))
+            .collect::<Result<_>>()?,
+        tags: tags
+            .into_iter()
+            .map(|(name, d, pushed, pulled)| StoredTag::from_row(name, d, pushed, pulled))
             .collect::<Result<_>>()?,
         edges: edges.into_iter().map(|(p, c, m)| Edge::from_row(p, c, m)).collect::<Result<_>>()?,
         links: links.into_iter().map(|(d, size, at)| Link::from_row(d, size, at)).collect::<Result<_>>()?,

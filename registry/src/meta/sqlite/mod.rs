@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0007_blob_states.sql"),
     include_str!("../../../migrations/sqlite/0008_leases.sql"),
     include_str!("../../../migrations/sqlite/0009_tags_by_digest.sql"),
+    include_str!("../../../migrations/sqlite/0010_pulled_at.sql"),
 ];
 const MAX_IDLE_READERS: usize = 8;
 
@@ -679,6 +680,17 @@ impl MetaStore for SqliteMeta {
     async fn blob_purging(&self, digest: &Digest) -> Result<bool> {
         let digest = digest.to_string();
         self.read(move |c| Ok(c.prepare_cached(sweep::PURGING)?.exists([digest])?)).await
+    }
+
+    async fn record_pull_times(&self, pulls: Vec<(RepoName, Digest, i64)>) -> Result<()> {
+        self.write(Durability::Unsynced, move |tx| {
+            let mut record = tx.prepare_cached(super::gc::RECORD_PULL)?;
+            for (repo, digest, at) in &pulls {
+                record.execute(params![at, repo.as_str(), digest.as_str()])?;
+            }
+            Ok(())
+        })
+        .await
     }
 }
 
