@@ -118,6 +118,73 @@ pub struct GcSpec {
     pub dry_run: Option<bool>,
     /// No scheduled runs; the annotation still starts one. Default false.
     pub suspend: Option<bool>,
+    /// Which tags each run removes first. The first policy whose repositories match decides
+    /// for a repository.
+    pub retention: Option<Vec<RetentionPolicySpec>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionPolicySpec {
+    /// Repository globs: `*` within one path part, `**` across parts.
+    pub repositories: Vec<String>,
+    /// Ordered: the first selector that matches a tag decides; a tag none matches stays.
+    pub tags: Option<Vec<TagRuleSpec>>,
+    /// Tag globs never removed.
+    pub protect: Option<Vec<String>>,
+    /// At least this many tags stay in each repository (the most recently pushed).
+    pub minimum_tags: Option<u32>,
+    /// Untagged manifests stay this long after their push, e.g. 7d.
+    pub untagged_for: Option<String>,
+    /// WithSubject (default): referrers go with their subject; Keep: they stay.
+    pub referrers: Option<ReferrersPolicy>,
+    /// Report what this policy would remove; remove none of it.
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ReferrersPolicy {
+    WithSubject,
+    Keep,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TagRuleSpec {
+    /// Exactly one of glob or regex.
+    #[serde(rename = "match")]
+    pub select: TagMatchSpec,
+    pub keep: KeepSpec,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TagMatchSpec {
+    /// `*` matches any run of characters.
+    pub glob: Option<String>,
+    /// A regular expression (anchor it with `^…$` to match whole tags).
+    pub regex: Option<String>,
+}
+
+/// Exactly one rule: keep the N most recently pushed or pulled of the tags the selector matched,
+/// those pushed or pulled within a duration, or any/all of such rules.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeepSpec {
+    #[serde(flatten)]
+    pub rule: KeepRuleSpec,
+    pub any: Option<Vec<KeepRuleSpec>>,
+    pub all: Option<Vec<KeepRuleSpec>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeepRuleSpec {
+    pub most_recently_pushed: Option<u32>,
+    pub most_recently_pulled: Option<u32>,
+    /// A duration, e.g. 30d.
+    pub pushed_within: Option<String>,
+    pub pulled_within: Option<String>,
 }
 
 /// A `kubernetes.io/dockerconfigjson` Secret for a pull-only robot, in every chosen namespace:
@@ -370,6 +437,8 @@ pub struct GcRun {
     /// Succeeded or Failed.
     pub result: String,
     pub dry_run: Option<bool>,
+    /// Tags retention removed.
+    pub tags_removed: Option<i64>,
     pub manifests_removed: Option<i64>,
     pub blobs_removed: Option<i64>,
     pub bytes_reclaimed: Option<i64>,

@@ -23,7 +23,7 @@ use sha2::Digest as _;
 
 use super::effective::{self, Effective, CONTAINER_PORT, METRICS_PORT, UID};
 use crate::controllers::render::proxies::{self, ProxySource};
-use crate::controllers::render::{auth, from_json, postgres, s3, BuildError};
+use crate::controllers::render::{auth, from_json, postgres, retention, s3, BuildError};
 use crate::crd::registry::{RetainPolicy, TlsMode};
 use crate::crd::Registry;
 use crate::labels;
@@ -124,6 +124,10 @@ pub fn render_config(reg: &Registry, eff: &Effective, proxies: &[ProxySource]) -
         metrics: MetricsConfig { listen: Some(format!("0.0.0.0:{METRICS_PORT}")) },
         proxy: proxies::upstreams(proxies)?,
         auth: spec.auth.as_ref().map(|a| auth::render(a, auth::Builtin::of(reg))).transpose()?,
+        retention: match spec.gc.as_ref().and_then(|g| g.retention.as_deref()) {
+            Some(policies) => retention::config(policies)?,
+            None => Default::default(),
+        },
         limits: LimitsConfig {
             shutdown_delay: SHUTDOWN_DELAY,
             shutdown_grace: SHUTDOWN_GRACE,

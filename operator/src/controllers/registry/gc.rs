@@ -215,6 +215,7 @@ pub fn last_run(jobs: &[Job], pods: &[Pod]) -> Option<GcRun> {
         completion_time: at,
         result: if ok { "Succeeded" } else { "Failed" }.into(),
         dry_run: said.as_ref().and_then(|s| s.get("dryRun")).and_then(serde_json::Value::as_bool),
+        tags_removed: number("tagsRemoved"),
         manifests_removed: number("manifestsRemoved"),
         blobs_removed: number("blobsRemoved"),
         bytes_reclaimed: number("bytesFreed"),
@@ -271,19 +272,26 @@ pub fn condition(reg: &Registry, run: Option<&GcRun>) -> Option<Cond> {
         run.blobs_removed.unwrap_or(0),
         run.bytes_reclaimed.unwrap_or(0),
     );
+    let tags = match run.tags_removed.unwrap_or(0) {
+        0 => String::new(),
+        n => format!("{n} tags, "),
+    };
     Some(if run.dry_run == Some(true) {
         Cond::new(
             "GarbageCollected",
             true,
             "DryRun",
-            format!("dry run (Job {}): would remove {m} manifests and {b} blobs, {bytes} bytes", run.job),
+            format!(
+                "dry run (Job {}): would remove {tags}{m} manifests and {b} blobs, {bytes} bytes",
+                run.job
+            ),
         )
     } else {
         Cond::new(
             "GarbageCollected",
             true,
             "Collected",
-            format!("Job {} removed {m} manifests and {b} blobs, {bytes} bytes", run.job),
+            format!("Job {} removed {tags}{m} manifests and {b} blobs, {bytes} bytes", run.job),
         )
     })
 }

@@ -9,6 +9,7 @@ pub mod auth;
 mod error;
 pub mod postgres;
 pub mod proxies;
+pub mod retention;
 pub mod s3;
 
 pub use error::BuildError;
