@@ -68,6 +68,11 @@ pub struct Collector {
     retention: Policies,
 }
 
+/// How this host's collections name themselves in the lease: `<host> (run <id>)`.
+fn holder_prefix() -> String {
+    format!("{} (run ", std::env::var("HOSTNAME").unwrap_or_else(|_| "berth".into()))
+}
+
 /// Renews the lease while a collection runs. A lease lost meanwhile lets another replica start:
 /// two collections at once are still safe (each removal checks what is stored), only wasteful.
 async fn renew(store: Arc<dyn Collect>, holder: String) {
@@ -100,6 +105,14 @@ impl Collector {
         self
     }
 
+    /// Gives up a lease a collection on this host held before the process restarted: its run is
+    /// gone (one berth per host name, as in a pod), so the next run need not wait for it to lapse.
+    pub async fn recover(&self) {
+        if let Err(e) = self.store.end_lease(LEASE, &holder_prefix()).await {
+            tracing::warn!(error = %e, "could not give up the collection lease of a previous run");
+        }
+    }
+
     fn is_cached(&self, repo: &str) -> bool {
         self.cached.iter().any(|p| repo.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/')))
     }
@@ -107,11 +120,7 @@ impl Collector {
     /// One collection, from start to end; [`ServiceError::Busy`] while another runs (on any
     /// replica: they share a lease in the database).
     pub async fn run(&self, o: &Options) -> Result<Report> {
-        let holder = format!(
-            "{} (run {})",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "berth".into()),
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
+        let holder = format!("{}{})", holder_prefix(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let now = meta::now_millis();
         if let Err(other) =
             self.store.claim_lease(LEASE, &holder, now, now + LEASE_TERM.as_millis() as i64).await?

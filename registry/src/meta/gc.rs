@@ -144,7 +144,7 @@ pub trait Collect: Send + Sync + 'static {
         now: i64,
         until: i64,
     ) -> Result<std::result::Result<(), String>>;
-    /// Gives the lease up, if `holder` still has it.
+    /// Gives the lease up, if `holder` (a holder's name, or how its name starts) still has it.
     async fn end_lease(&self, name: &str, holder: &str) -> Result<()>;
 }
 
@@ -154,8 +154,9 @@ pub(crate) const CLAIM_LEASE: &str = "INSERT INTO leases (name, holder, expires_
      WHERE leases.expires_at < $4 OR leases.holder = excluded.holder";
 /// Parameter: name.
 pub(crate) const LEASE_HOLDER: &str = "SELECT holder FROM leases WHERE name = $1";
-/// Parameters: name, holder.
-pub(crate) const END_LEASE: &str = "DELETE FROM leases WHERE name = $1 AND holder = $2";
+/// Parameters: name, the holder's name or its start.
+pub(crate) const END_LEASE: &str =
+    "DELETE FROM leases WHERE name = $1 AND substr(holder, 1, length($2)) = $2";
 
 /// Links a blob to a repository, or marks an existing link as linked now: a blob pushed again
 /// is as young as the push. Parameters: repository id, digest, now (unix seconds).

@@ -79,6 +79,10 @@ pub(crate) const PURGEABLE: &str = "SELECT digest FROM blobs
      WHERE (state = 'deleting' AND state_at < $1) OR (state = 'purging' AND state_at < $2)
      ORDER BY state_at LIMIT $3";
 
+/// Purges a process began before it stopped, made purgeable at once: for a store only that
+/// process writes (SQLite), whose purges all stopped with it. No parameters.
+pub(crate) const ABANDON_PURGES: &str = "UPDATE blobs SET state_at = 0 WHERE state = 'purging'";
+
 /// Marks one of [`PURGEABLE`]'s blobs `purging`, if nothing uses it (an older berth's writers
 /// link blobs without reviving them). Parameters: now, digest, deleting_before, purging_before.
 pub(crate) const BEGIN_PURGE: &str = concat!(

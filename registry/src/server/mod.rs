@@ -182,6 +182,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, ServeError> {
     let retention = crate::gc::retention::Policies::new(&config.retention).map_err(ServeError::Config)?;
     let collector =
         Collector::new(registry.clone(), collect, cached, metrics.gc.clone()).with_retention(retention);
+    collector.recover().await;
     state.collector = Some(Arc::new(collector));
     if !config.proxy.is_empty() {
         let spool = config.data_dir.join("proxy-spool");

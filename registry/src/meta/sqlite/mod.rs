@@ -151,6 +151,9 @@ impl SqliteMeta {
         };
         let mut conn = open_connection(&path).map_err(|e| cleanup(e.into()))?;
         migrate(&mut conn).map_err(cleanup)?;
+        // The purges a killed process left half done are finished by the next purge, not after
+        // their lease (meant for replicas that share a database) lapses.
+        conn.execute(sweep::ABANDON_PURGES, []).map_err(|e| cleanup(e.into()))?;
         let mut wal = path.clone().into_os_string();
         wal.push("-wal");
         let wal = PathBuf::from(wal);

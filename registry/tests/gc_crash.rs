@@ -1,0 +1,149 @@
+//! A collection killed with SIGKILL in the middle of its sweep: after a restart, every tagged
+//! image is whole, and the next collection finishes the work — exactly the live set stays on disk.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::berth::*;
+use common::*;
+use reqwest::StatusCode;
+
+const KEPT: usize = 20;
+
+fn blob_files(data: &Path) -> usize {
+    fn count(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| if e.path().is_dir() { count(&e.path()) } else { 1 })
+            .sum()
+    }
+    count(&data.join("storage/blobs"))
+}
+
+async fn push(url: &str, repo: &str, data: &[u8]) {
+    let r = client()
+        .post(format!("{url}/v2/{repo}/blobs/uploads/?digest={}", sha256(data)))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+/// Image `i`: a config and a layer of its own, and a layer every image shares.
+fn image(i: usize) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let config = format!("{{\"image\":{i}}}").into_bytes();
+    let layer = format!("layer of image {i} ").repeat(50).into_bytes();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&layer), "size": layer.len()},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(SHARED), "size": SHARED.len()},
+        ],
+    }))
+    .unwrap();
+    (config, layer, manifest)
+}
+
+const SHARED: &[u8] = b"a layer every image has";
+
+/// `images` images, the first `KEPT` tagged, the rest pushed by digest only: garbage.
+async fn pushed(url: &str, images: usize) {
+    push(url, "crash/gc", SHARED).await;
+    for i in 0..images {
+        let (config, layer, manifest) = image(i);
+        push(url, "crash/gc", &config).await;
+        push(url, "crash/gc", &layer).await;
+        let reference = if i < KEPT { format!("t{i}") } else { sha256(&manifest) };
+        let r = client()
+            .put(format!("{url}/v2/crash/gc/manifests/{reference}"))
+            .header("content-type", OCI_MANIFEST)
+            .body(manifest)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+}
+
+async fn collect(url: &str) -> reqwest::Result<reqwest::Response> {
+    client().post(format!("{url}/admin/v1/gc")).body(r#"{"grace":"0s"}"#).send().await
+}
+
+/// Every tagged image pulls whole: its manifest and blobs, each matching its digest.
+async fn tagged_images_whole(url: &str) {
+    for i in 0..KEPT {
+        let (config, layer, manifest) = image(i);
+        let r = client().get(format!("{url}/v2/crash/gc/manifests/t{i}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "t{i}");
+        assert_eq!(r.bytes().await.unwrap(), manifest);
+        for b in [&config, &layer, &SHARED.to_vec()] {
+            let got = client().get(format!("{url}/v2/crash/gc/blobs/{}", sha256(b))).send().await.unwrap();
+            assert_eq!(got.status(), StatusCode::OK, "a blob of t{i}");
+            assert_eq!(sha256(&got.bytes().await.unwrap()), sha256(b));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_sweep_then_the_next_collection_finishes_the_work() {
+    // The live set: each kept image's config, layer and manifest, and the shared layer.
+    let live = KEPT * 3 + 1;
+    let mut images = 300;
+    for attempt in 1..=3 {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = free_addr();
+        let berth = Berth::spawn(dir.path(), &addr, &[]).await;
+        let url = berth.url.clone();
+        pushed(&url, images).await;
+        let data = dir.path().to_path_buf();
+        let stored = blob_files(&data);
+        assert_eq!(stored, images * 3 + 1);
+
+        // Killed as soon as the sweep has deleted its first objects.
+        let run = tokio::spawn({
+            let url = url.clone();
+            async move { collect(&url).await }
+        });
+        let mut at_kill = stored;
+        let caught = eventually(Duration::from_secs(60), || {
+            let n = blob_files(&data);
+            at_kill = n;
+            async move { n < stored }
+        })
+        .await;
+        berth.signal("-KILL");
+        let _ = run.await;
+        drop(berth);
+        assert!(caught, "the collection started deleting");
+        if at_kill <= live {
+            // It finished before it was killed: try again with more to do.
+            images *= 2;
+            eprintln!("attempt {attempt}: the sweep ended before the kill; {images} images next");
+            continue;
+        }
+
+        let berth = Berth::spawn(dir.path(), &addr, &[]).await;
+        tagged_images_whole(&berth.url).await;
+        let r = collect(&berth.url).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let report: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(report["conflicts"], 0, "{report}");
+        assert_eq!(blob_files(&data), live, "exactly the live set is left on disk");
+        tagged_images_whole(&berth.url).await;
+        for i in [KEPT, images - 1] {
+            let (_, _, manifest) = image(i);
+            let r = client().get(format!("{url}/v2/crash/gc/manifests/{}", sha256(&manifest))).send().await;
+            let r = r.unwrap_or_else(|_| panic!("{}", berth.url));
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "untagged image {i} is gone");
+        }
+        return;
+    }
+    panic!("no attempt caught the sweep in the middle");
+}
