@@ -46,7 +46,7 @@ impl RetentionConfig {
             }
             for (j, t) in p.tags.iter().enumerate() {
                 if let TagMatch::Regex(r) = &t.select {
-                    regex::Regex::new(r)
+                    regex_lite::Regex::new(r)
                         .map_err(|e| (f(&format!("tags[{j}].match.regex")), e.to_string()))?;
                 }
                 t.keep.validate().map_err(|m| (f(&format!("tags[{j}].keep")), m))?;

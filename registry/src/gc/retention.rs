@@ -25,7 +25,7 @@ pub struct Doomed {
 
 enum Selector {
     Glob(Glob),
-    Regex(regex::Regex),
+    Regex(regex_lite::Regex),
 }
 
 impl Selector {
@@ -74,7 +74,7 @@ impl Policy {
                 let (selector, shown) = match &t.select {
                     TagMatch::Glob(g) => (Selector::Glob(Glob::new(g)), format!("glob {g:?}")),
                     TagMatch::Regex(r) => (
-                        Selector::Regex(regex::Regex::new(r).map_err(|e| format!("regex {r:?}: {e}"))?),
+                        Selector::Regex(regex_lite::Regex::new(r).map_err(|e| format!("regex {r:?}: {e}"))?),
                         format!("regex {r:?}"),
                     ),
                 };
