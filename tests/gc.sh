@@ -138,4 +138,22 @@ check "skopeo pushes pr-1, then pr-2 and main" pushed_prs
 check "the policy's dry run names pr-1 and why" retention_dry
 check "a run removes the older pr- tag; pr-2 and the protected main stay" retention_real
 
+echo "== storage usage"
+usage_page() {
+  curl -sf -u alice:alice-pw "$BERTH_URL/admin/v1/usage?n=2" | python3 -c 'import json,sys
+r = json.load(sys.stdin)
+names = [x["name"] for x in r["repositories"]]
+assert names == ["gc/drop", "gc/keep"] and r["next"] == "gc/keep", r
+keep = r["repositories"][1]
+assert (keep["tags"], keep["manifests"]) == (1, 1) and keep["bytes"] > 0, keep
+assert r["stored"]["blobs"] == int(sys.argv[1]) and r["stored"]["bytes"] > 0, (r["stored"], sys.argv[1])' "$(blob_files)"
+}
+check "the usage page lists repositories with tags, manifests and bytes, and what is stored" usage_page
+check "the next page starts after the last" bash -c \
+  "curl -sf -u alice:alice-pw '$BERTH_URL/admin/v1/usage?n=2&last=gc/keep' | grep -q '\"name\":\"gc/ret\"'"
+check "bob, not granted admin, may not read it" equal \
+  "$(curl -s -o /dev/null -w '%{http_code}' -u bob:bob-pw "$BERTH_URL/admin/v1/usage")" 403
+check "n out of range is a 400" equal \
+  "$(curl -s -o /dev/null -w '%{http_code}' -u alice:alice-pw "$BERTH_URL/admin/v1/usage?n=0")" 400
+
 finish

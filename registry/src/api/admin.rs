@@ -3,9 +3,13 @@
 //!
 //! `POST /admin/v1/gc` runs a garbage collection and answers with its report:
 //! `{"dryRun": true, "grace": "1h", "keepUntagged": false}` (every field optional).
+//!
+//! `GET /admin/v1/usage?n=100&last=<repository>` answers with what is stored in all (blobs and
+//! bytes, each blob once) and a page of repositories by name, each with its tags, manifests and
+//! bytes (what a pull of all of it reads); `next` names the last one when more follow.
 
 use axum::body::{to_bytes, Body};
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -77,6 +81,50 @@ async fn options(body: Body) -> Result<Options, ApiError> {
         None => Options::default().grace,
     };
     Ok(Options { grace, keep_untagged: r.keep_untagged, dry_run: r.dry_run })
+}
+
+/// Repositories per page of `GET /admin/v1/usage`: by default, and at most.
+const USAGE_PAGE: usize = 100;
+const USAGE_PAGE_MAX: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    n: Option<usize>,
+    last: Option<String>,
+}
+
+pub async fn usage(
+    State(st): State<AppState>,
+    query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+    req: Request,
+) -> Response {
+    let (parts, _) = req.into_parts();
+    if let Err(refused) = admin(&st, &parts).await {
+        return refused;
+    }
+    let Ok(Query(q)) = query else {
+        return ApiError::new(Code::BadRequest, "the query takes n (1 to 1000) and last (a repository name)")
+            .into_response();
+    };
+    let limit = q.n.unwrap_or(USAGE_PAGE);
+    if !(1..=USAGE_PAGE_MAX).contains(&limit) {
+        return ApiError::new(Code::BadRequest, format!("n must be 1 to {USAGE_PAGE_MAX}")).into_response();
+    }
+    let Some(usage) = &st.usage else {
+        return ApiError::new(Code::NotFound, "this registry reports no usage").into_response();
+    };
+    let page = crate::meta::Page { limit, last: q.last };
+    let (mut repos, stored) = match tokio::try_join!(usage.repo_usage(&page), usage.stored_total()) {
+        Ok(r) => r,
+        Err(e) => return ApiError::from(crate::service::ServiceError::from(e)).into_response(),
+    };
+    let next = (repos.len() > limit).then(|| {
+        repos.truncate(limit);
+        repos.last().map(|r| r.name.clone())
+    });
+    let body = serde_json::json!({"stored": stored, "repositories": repos, "next": next.flatten()});
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 /// The caller, if they may use the admin API; else the refusal (401 with a Basic challenge, or

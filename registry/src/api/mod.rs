@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/{*rest}", any(distribution))
         .route("/token", get(auth::token).post(auth::token))
         .route("/admin/v1/gc", post(admin::gc))
+        .route("/admin/v1/usage", get(admin::usage))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz));
     if state.serve_metrics {

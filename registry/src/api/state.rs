@@ -44,6 +44,8 @@ pub struct AppState {
     pub collector: Option<Arc<Collector>>,
     /// Held while this replica runs a collection.
     pub gc_running: Arc<tokio::sync::Mutex<()>>,
+    /// Storage usage, for the admin API (the server sets it).
+    pub usage: Option<Arc<dyn crate::meta::usage::Usage>>,
 }
 
 impl AppState {
@@ -72,6 +74,7 @@ impl AppState {
             stopping: Arc::new(AtomicBool::new(false)),
             collector: None,
             gc_running: Arc::new(tokio::sync::Mutex::new(())),
+            usage: None,
         })
     }
 }

@@ -11,7 +11,8 @@ use super::{Collector, Options, Report};
 use crate::meta::cache::CacheIndex;
 use crate::meta::gc::Collect;
 use crate::meta::sqlite::SqliteMeta;
-use crate::meta::{MetaStore, NewManifest, Stored};
+use crate::meta::usage::Usage;
+use crate::meta::{MetaStore, NewManifest, Page, Stored};
 use crate::service::{Limits, Registry, ServiceError};
 use crate::storage::memory::MemoryStorage;
 use crate::storage::{layout, put_all, Storage};
@@ -26,18 +27,19 @@ fn repo(s: &str) -> RepoName {
 
 struct World {
     meta: Arc<dyn MetaStore>,
+    usage: Arc<dyn Usage>,
     store: Arc<dyn Collect>,
     storage: Arc<MemoryStorage>,
     collector: Collector,
 }
 
 impl World {
-    fn new<M: MetaStore + Collect + CacheIndex>(m: M) -> World {
+    fn new<M: MetaStore + Collect + CacheIndex + Usage>(m: M) -> World {
         World::with_retention(m, "")
     }
 
     /// A world whose collections apply the retention `policies` (YAML of `retention:`).
-    fn with_retention<M: MetaStore + Collect + CacheIndex>(m: M, policies: &str) -> World {
+    fn with_retention<M: MetaStore + Collect + CacheIndex + Usage>(m: M, policies: &str) -> World {
         let m = Arc::new(m);
         let storage = Arc::new(MemoryStorage::new());
         let registry = Arc::new(Registry::new(storage.clone(), m.clone(), Limits::default()));
@@ -46,7 +48,7 @@ impl World {
         let policies = super::retention::Policies::new(&config).unwrap();
         let collector =
             Collector::new(registry, m.clone(), vec!["hub".into()], metrics).with_retention(policies);
-        World { meta: m.clone(), store: m, storage, collector }
+        World { meta: m.clone(), usage: m.clone(), store: m, storage, collector }
     }
 
     async fn blob(&self, r: &str, name: &str) {
@@ -271,6 +273,17 @@ async fn retention_removes_tags_then_what_they_kept(w: World) {
     );
     assert!(w.has_manifest("ret/young-untagged", "y-image").await, "young, untagged, kept a day");
     assert!(tag_of("ret/report-only", "t").await, "a dry-run policy only reports");
+
+    // Usage: what stays, per repository (a page of two, by name) and in all.
+    let page = w.usage.repo_usage(&Page { limit: 1, last: None }).await.unwrap();
+    assert_eq!(page.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["ret/app", "ret/keep-refs"]);
+    let app_usage = &page[0];
+    assert_eq!((app_usage.tags, app_usage.manifests), (3, 3), "v3, v4, latest over m3, m4, m5");
+    let linked: u64 =
+        ["m3", "m4", "m5", "layer-m3", "layer-m4", "layer-m5"].iter().map(|n| n.len() as u64).sum();
+    assert_eq!(app_usage.bytes, linked, "its manifests and the blobs linked to it");
+    let total = w.usage.stored_total().await.unwrap();
+    assert!(total.blobs > 0 && total.bytes >= linked, "{total:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,7 @@ pub mod sqlite;
 pub mod sweep;
 #[cfg(test)]
 pub(crate) mod testsuite;
+pub mod usage;
 
 use crate::UploadId;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};

@@ -105,11 +105,15 @@ struct Metadata {
     multiparts: Arc<dyn MultipartLog>,
     /// What garbage collection reads and removes.
     collect: Arc<dyn Collect>,
+    /// What the admin API reports of storage use.
+    usage: Arc<dyn crate::meta::usage::Usage>,
 }
 
 impl Metadata {
-    fn of<M: MetaStore + CacheIndex + MultipartLog + Collect>(m: Arc<M>) -> Metadata {
-        Metadata { meta: m.clone(), cache: m.clone(), multiparts: m.clone(), collect: m }
+    fn of<M: MetaStore + CacheIndex + MultipartLog + Collect + crate::meta::usage::Usage>(
+        m: Arc<M>,
+    ) -> Metadata {
+        Metadata { meta: m.clone(), cache: m.clone(), multiparts: m.clone(), collect: m.clone(), usage: m }
     }
 }
 
@@ -151,7 +155,7 @@ async fn open_metadata(config: &Config) -> Result<Metadata, ServeError> {
 /// Opens storage and metadata as configured and wires up the application state.
 pub async fn build_state(config: &Config) -> Result<AppState, ServeError> {
     let metrics = Arc::new(Metrics::new());
-    let Metadata { meta, cache, multiparts, collect } = open_metadata(config).await?;
+    let Metadata { meta, cache, multiparts, collect, usage } = open_metadata(config).await?;
     let mut journaled = None;
     let storage: Arc<dyn Storage> = match (&config.storage, config.storage_path()) {
         (StorageConfig::Filesystem { .. }, Some(path)) => {
@@ -184,6 +188,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, ServeError> {
         Collector::new(registry.clone(), collect, cached, metrics.gc.clone()).with_retention(retention);
     collector.recover().await;
     state.collector = Some(Arc::new(collector));
+    state.usage = Some(usage);
     if !config.proxy.is_empty() {
         let spool = config.data_dir.join("proxy-spool");
         state.proxy = Some(

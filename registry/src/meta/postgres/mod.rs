@@ -24,6 +24,7 @@ mod sweep;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
+mod usage;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

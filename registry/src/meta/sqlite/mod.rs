@@ -14,6 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 mod cache;
 mod gc;
 mod multiparts;
+mod usage;
 mod writer;
 
 use writer::{Durability, Writer};
