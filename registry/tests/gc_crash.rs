@@ -1,5 +1,7 @@
 //! A collection killed with SIGKILL in the middle of its sweep: after a restart, every tagged
 //! image is whole, and the next collection finishes the work — exactly the live set stays on disk.
+//! And a backup taken beside collections (the database first, then the store) restores whole
+//! when released bytes are kept for `retention.purge_delay`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -78,7 +80,12 @@ async fn collect(url: &str) -> reqwest::Result<reqwest::Response> {
 
 /// Every tagged image pulls whole: its manifest and blobs, each matching its digest.
 async fn tagged_images_whole(url: &str) {
-    for i in 0..KEPT {
+    tagged_images_whole_up_to(url, KEPT).await;
+}
+
+/// The first `n` tagged images pull whole.
+async fn tagged_images_whole_up_to(url: &str, n: usize) {
+    for i in 0..n {
         let (config, layer, manifest) = image(i);
         let r = client().get(format!("{url}/v2/crash/gc/manifests/t{i}")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK, "t{i}");
@@ -146,4 +153,67 @@ async fn sigkill_mid_sweep_then_the_next_collection_finishes_the_work() {
         return;
     }
     panic!("no attempt caught the sweep in the middle");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// Backs up a registry while an image is deleted and collected between the copy of the
+/// database and the copy of the store, restores it elsewhere: whether that image pulls whole.
+async fn deleted_image_restores_whole(config: &str) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let berth = Berth::spawn_with_config(dir.path(), &free_addr(), config).await;
+    let url = berth.url.clone();
+    pushed(&url, 2).await;
+    // The database, online (what `sqlite3 meta.db ".backup …"` does too).
+    let backup = tempfile::tempdir().unwrap();
+    let db = rusqlite::Connection::open(dir.path().join("meta.db")).unwrap();
+    db.execute("VACUUM INTO ?1", [backup.path().join("meta.db").to_str().unwrap()]).unwrap();
+    drop(db);
+    // Meanwhile image 1 is deleted and collected.
+    let (_, _, manifest) = image(1);
+    let r =
+        client().delete(format!("{url}/v2/crash/gc/manifests/{}", sha256(&manifest))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(collect(&url).await.unwrap().status(), StatusCode::OK);
+    // Then the store.
+    copy_dir(&dir.path().join("storage"), &backup.path().join("storage"));
+    drop(berth);
+
+    let berth = Berth::spawn(backup.path(), &free_addr(), &[]).await;
+    tagged_images_whole_up_to(&berth.url, 1).await;
+    let (config, layer, manifest) = image(1);
+    let got = client().get(format!("{}/v2/crash/gc/manifests/t1", berth.url)).send().await.unwrap();
+    if got.status() != StatusCode::OK || got.bytes().await.unwrap() != manifest {
+        return false;
+    }
+    for b in [&config, &layer] {
+        let got =
+            client().get(format!("{}/v2/crash/gc/blobs/{}", berth.url, sha256(b))).send().await.unwrap();
+        if got.status() != StatusCode::OK || sha256(&got.bytes().await.unwrap()) != sha256(b) {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_beside_collections_restores_whole_with_a_purge_delay() {
+    assert!(
+        deleted_image_restores_whole("retention:\n  purge_delay: 1h\n").await,
+        "released bytes stay for the purge delay: the store's copy still has them"
+    );
+    assert!(
+        !deleted_image_restores_whole("").await,
+        "without it the collection deletes them before the store is copied"
+    );
 }

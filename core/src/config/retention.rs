@@ -2,6 +2,7 @@
 //!
 //! ```yaml
 //! retention:
+//!   purge_delay: 24h                   # released bytes are deleted no sooner (for backups)
 //!   policies:                          # the first whose repositories match decides
 //!     - repositories: ["ci/**"]
 //!       protect: [latest, "release-*"] # never removed, whatever the rules say
@@ -30,11 +31,16 @@ use super::units::duration;
 pub struct RetentionConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<RetentionPolicy>,
+    /// The bytes of a blob nothing uses any more are deleted no sooner than this after it was
+    /// released (longer than the store's own grace, when set): a backup that copies the
+    /// database first and the store within this time restores every blob the database names.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "duration::option")]
+    pub purge_delay: Option<Duration>,
 }
 
 impl RetentionConfig {
     pub fn is_empty(&self) -> bool {
-        self.policies.is_empty()
+        self.policies.is_empty() && self.purge_delay.is_none()
     }
 
     /// Returns the offending field (relative to `retention`) and why.

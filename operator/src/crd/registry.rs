@@ -121,6 +121,10 @@ pub struct GcSpec {
     /// Which tags each run removes first. The first policy whose repositories match decides
     /// for a repository.
     pub retention: Option<Vec<RetentionPolicySpec>>,
+    /// The bytes of what nothing uses any more are deleted no sooner than this after their
+    /// release, e.g. 24h: longer than a backup takes (copy the database, then the store).
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
+    pub purge_delay: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

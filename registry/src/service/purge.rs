@@ -34,7 +34,8 @@ impl Registry {
     pub async fn purge_released(&self) -> Result<usize> {
         // Released up to now, grace permitting (`before` is exclusive).
         let now = meta::now_millis() + 1;
-        let deleting_before = now - self.storage.read_grace().as_millis() as i64;
+        let grace = self.storage.read_grace().max(self.limits.purge_delay);
+        let deleting_before = now - grace.as_millis() as i64;
         let purging_before = now - PURGE_LEASE.as_millis() as i64;
         let mut purged = 0;
         loop {

@@ -30,6 +30,8 @@ pub struct Limits {
     pub max_upload_chunks: u32,
     /// Most repository names one catalog request reads (see `catalog`).
     pub catalog_scan: usize,
+    /// Released blobs' bytes are deleted no sooner than this (or the store's read grace).
+    pub purge_delay: Duration,
 }
 
 impl Default for Limits {
@@ -40,6 +42,7 @@ impl Default for Limits {
             max_page: 10_000,
             max_upload_chunks: 10_000,
             catalog_scan: 10_000,
+            purge_delay: Duration::ZERO,
         }
     }
 }

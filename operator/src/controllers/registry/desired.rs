@@ -124,8 +124,8 @@ pub fn render_config(reg: &Registry, eff: &Effective, proxies: &[ProxySource]) -
         metrics: MetricsConfig { listen: Some(format!("0.0.0.0:{METRICS_PORT}")) },
         proxy: proxies::upstreams(proxies)?,
         auth: spec.auth.as_ref().map(|a| auth::render(a, auth::Builtin::of(reg))).transpose()?,
-        retention: match spec.gc.as_ref().and_then(|g| g.retention.as_deref()) {
-            Some(policies) => retention::config(policies)?,
+        retention: match &spec.gc {
+            Some(gc) => retention::config(gc)?,
             None => Default::default(),
         },
         limits: LimitsConfig {

@@ -1,13 +1,21 @@
-//! `spec.gc.retention` as berth's `retention` config (pure): the same policies, written the
-//! Kubernetes way (camelCase, durations as strings), checked by berth's own validation.
+//! `spec.gc.retention` and `purgeDelay` as berth's `retention` config (pure): the same
+//! policies, written the Kubernetes way (camelCase, durations as strings), checked by berth's
+//! own validation.
 
 use berth_core::config::duration;
 use berth_core::config::retention::{Keep, Referrers, RetentionConfig, RetentionPolicy, TagMatch, TagRule};
 
 use super::error::BuildError;
-use crate::crd::registry::{KeepRuleSpec, KeepSpec, ReferrersPolicy, RetentionPolicySpec, TagMatchSpec};
+use crate::crd::registry::{GcSpec, KeepRuleSpec, KeepSpec, ReferrersPolicy, TagMatchSpec};
 
-pub fn config(policies: &[RetentionPolicySpec]) -> Result<RetentionConfig, BuildError> {
+pub fn config(gc: &GcSpec) -> Result<RetentionConfig, BuildError> {
+    let policies = gc.retention.as_deref().unwrap_or_default();
+    let purge_delay = gc
+        .purge_delay
+        .as_deref()
+        .map(duration::parse)
+        .transpose()
+        .map_err(|m| BuildError::InvalidGc(format!("purgeDelay: {m}")))?;
     let invalid = |at: String, m: String| BuildError::InvalidGc(format!("retention{at}: {m}"));
     let mut out = Vec::with_capacity(policies.len());
     for (i, p) in policies.iter().enumerate() {
@@ -37,7 +45,7 @@ pub fn config(policies: &[RetentionPolicySpec]) -> Result<RetentionConfig, Build
             dry_run: p.dry_run == Some(true),
         });
     }
-    let c = RetentionConfig { policies: out };
+    let c = RetentionConfig { policies: out, purge_delay };
     c.validate().map_err(|(field, m)| {
         BuildError::InvalidGc(format!("{}: {m}", field.replacen("retention.policies", "retention", 1)))
     })?;
@@ -100,8 +108,8 @@ fn rule_opt(r: &KeepRuleSpec) -> Result<Option<Keep>, String> {
 mod tests {
     use super::*;
 
-    fn spec(json: serde_json::Value) -> Vec<RetentionPolicySpec> {
-        serde_json::from_value(json).unwrap()
+    fn spec(retention: serde_json::Value) -> GcSpec {
+        serde_json::from_value(serde_json::json!({"retention": retention, "purgeDelay": "1d"})).unwrap()
     }
 
     #[test]
@@ -121,6 +129,7 @@ mod tests {
         let rendered = berth_core::config::Config { retention: c.clone(), ..Default::default() };
         let back = berth_core::config::Config::from_yaml(&rendered.to_yaml(), "rendered").unwrap();
         assert_eq!(back.retention, c, "berth parses what the operator writes");
+        assert_eq!(c.purge_delay, Some(std::time::Duration::from_secs(86_400)));
         let p0 = &c.policies[0];
         assert_eq!((p0.minimum_tags, p0.referrers), (2, Referrers::Keep));
         assert_eq!(
