@@ -117,6 +117,38 @@ check "crane reads the same digest and pulls it" crane_pulls
 check "the deleted index and its children are gone" index_gone
 check "a push after the collection stores the collected bytes again" pushed_again
 
+echo "== runs"
+progress_lines() {
+  gc --dry-run 2>"$WORK/progress.jsonl" >/dev/null &&
+    python3 -c 'import json,sys
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+assert lines and all(l["run"] == lines[0]["run"] for l in lines), lines
+assert lines[-1]["state"] == "succeeded" and lines[-1]["progress"]["phase"] == "done", lines[-1]' "$WORK/progress.jsonl"
+}
+runs_listed() {
+  curl -sf -u alice:alice-pw "$BERTH_URL/admin/v1/gc/runs?n=2" | python3 -c 'import json,sys
+runs = json.load(sys.stdin)["runs"]
+assert len(runs) == 2 and runs[0]["dryRun"] and runs[1]["dryRun"], runs
+assert all(r["state"] == "succeeded" and "report" not in r for r in runs), runs
+print(runs[0]["id"])' >"$WORK/run.id" &&
+    curl -sf -u alice:alice-pw "$BERTH_URL/admin/v1/gc/runs/$(cat "$WORK/run.id")" | python3 -c 'import json,sys
+r = json.load(sys.stdin)
+assert r["report"]["dryRun"] is True and r["progress"]["phase"] == "done" and r["endedAt"], r'
+}
+progress_bar() { # on a terminal (script(1) gives it one): a line redrawn, then the summary
+  script -qec "$BERTH_BIN gc --url $BERTH_URL --dry-run --username alice --password-file $WORK/alice.pw" /dev/null >"$WORK/tty.out" &&
+    grep -q $'\r.*done .*\\[#\\{24\\}\\] [0-9]*/[0-9]* repositories' "$WORK/tty.out" &&
+    grep -q 'would remove 0 manifests' "$WORK/tty.out" && ! grep -q '"progress"' "$WORK/tty.out"
+}
+status_of() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
+check "berth gc off a terminal follows the run in JSON lines on stderr" progress_lines
+check "berth gc on a terminal draws a progress bar" progress_bar
+check "the runs are listed newest first; one shows its report" runs_listed
+check "a run that ended cannot be cancelled (409)" \
+  equal "$(status_of -u alice:alice-pw -X DELETE "$BERTH_URL/admin/v1/gc/runs/$(cat "$WORK/run.id")")" 409
+check "an unknown run is a 404" equal "$(status_of -u alice:alice-pw "$BERTH_URL/admin/v1/gc/runs/nope")" 404
+check "bob may not read the runs" equal "$(status_of -u bob:bob-pw "$BERTH_URL/admin/v1/gc/runs")" 403
+
 echo "== retention"
 pushed_prs() { push multi gc/ret:pr-1 && sleep 1.1 && push multiarch gc/ret:pr-2 --all && push multi gc/ret:main; }
 retention_dry() {

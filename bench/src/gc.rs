@@ -55,15 +55,10 @@ pub async fn run(berth: &Path, scratch: &Path) -> anyhow::Result<String> {
         let (c, url, running) = (c.clone(), url.clone(), running.clone());
         async move {
             let started = Instant::now();
-            let r =
-                c.post(format!("{url}/admin/v1/gc")).json(&serde_json::json!({"grace": "0s"})).send().await;
+            let admin = berth_registry::gc::client::Admin::new(c.clone(), &url, None);
+            let report = admin.collect(&serde_json::json!({"grace": "0s"})).await;
             running.store(false, Ordering::Relaxed);
-            let r = r?;
-            if !r.status().is_success() {
-                bail!("the collection answered {}", r.status());
-            }
-            let report: serde_json::Value = r.json().await?;
-            anyhow::Ok((started.elapsed(), report))
+            anyhow::Ok((started.elapsed(), report?))
         }
     });
     let during = timed_pushes(&c, &url, &bodies, MANIFESTS + TIMED_PUSHES, &running).await?;

@@ -184,10 +184,8 @@ impl Soak {
     }
 
     async fn collect(&self, dry_run: bool) -> Value {
-        let url = format!("{}/admin/v1/gc", self.url);
-        let r = client().post(url).json(&json!({"grace": "0s", "dryRun": dry_run})).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "a collection runs");
-        r.json().await.unwrap()
+        let admin = berth_registry::gc::client::Admin::new(client(), &self.url, None);
+        admin.collect(&json!({"grace": "0s", "dryRun": dry_run})).await.expect("a collection runs")
     }
 
     async fn collector(self: Arc<Self>) {

@@ -1,15 +1,18 @@
 //! The admin API (`/admin/v1/...`): JSON, for users and robots granted `admin`, with their own
 //! credentials (Basic; a token's scopes name repositories, never this API).
 //!
-//! `POST /admin/v1/gc` runs a garbage collection and answers with its report:
-//! `{"dryRun": true, "grace": "1h", "keepUntagged": false}` (every field optional).
+//! `POST /admin/v1/gc` starts a garbage collection in the background (one at a time across
+//! replicas) and answers 202 with the run, its `Location` where to follow it:
+//! `{"dryRun": true, "grace": "1h", "keepUntagged": false}` (every field optional). `GET
+//! /admin/v1/gc/runs?n=20` lists the newest runs; `GET /admin/v1/gc/runs/{id}` shows one, with its
+//! progress and, once it ended, its report; `DELETE` on it asks it to stop.
 //!
 //! `GET /admin/v1/usage?n=100&last=<repository>` answers with what is stored in all (blobs and
 //! bytes, each blob once) and a page of repositories by name, each with its tags, manifests and
 //! bytes (what a pull of all of it reads); `next` names the last one when more follow.
 
 use axum::body::{to_bytes, Body};
-use axum::extract::{Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +21,9 @@ use serde::Deserialize;
 use super::error::{ApiError, Code};
 use super::state::AppState;
 use crate::auth::{AuthError, Caller, Identity};
-use crate::gc::Options;
+use crate::gc::{Collector, Options, RunView};
+use crate::service::Result as ServiceResult;
+use std::sync::Arc;
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 << 10;
@@ -44,23 +49,119 @@ pub async fn gc(State(st): State<AppState>, req: Request) -> Response {
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
-    let Some(collector) = &st.collector else {
-        return ApiError::new(Code::NotFound, "this registry runs no garbage collection").into_response();
+    let collector = match collector(&st) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
     };
-    // One run at a time: here, before the database's lease is asked for.
-    let Ok(_running) = st.gc_running.try_lock() else {
-        return ApiError::new(Code::Conflict, "a garbage collection is running; try again when it ends")
-            .into_response();
-    };
-    match collector.run(&options).await {
-        Ok(report) => {
-            let json = [(header::CONTENT_TYPE, "application/json")];
-            match serde_json::to_string(&report) {
-                Ok(body) => (StatusCode::OK, json, body).into_response(),
-                Err(e) => ApiError::new(Code::Unknown, e.to_string()).into_response(),
+    match collector.start(options).await {
+        Ok(run) => {
+            let location = format!("/admin/v1/gc/runs/{}", run.id);
+            let mut resp = json(StatusCode::ACCEPTED, &run);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
             }
+            resp
         }
         Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// Runs per page of `GET /admin/v1/gc/runs`: by default, and at most.
+const RUNS_PAGE: usize = 20;
+const RUNS_PAGE_MAX: usize = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunsQuery {
+    n: Option<usize>,
+}
+
+pub async fn gc_runs(
+    State(st): State<AppState>,
+    query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+    req: Request,
+) -> Response {
+    let collector = match gc_admin(&st, req).await {
+        Ok(c) => c,
+        Err(refused) => return refused,
+    };
+    let limit = match query {
+        Ok(Query(RunsQuery { n })) => n.unwrap_or(RUNS_PAGE),
+        Err(_) => 0,
+    };
+    if !(1..=RUNS_PAGE_MAX).contains(&limit) {
+        return ApiError::new(Code::BadRequest, format!("the query takes n, 1 to {RUNS_PAGE_MAX}"))
+            .into_response();
+    }
+    match collector.run_views(limit).await {
+        Ok(runs) => json(StatusCode::OK, &serde_json::json!({ "runs": runs })),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// `GET /admin/v1/gc/runs/{id}`: the run, with its progress, and its report once it ended.
+pub async fn gc_run(State(st): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+    match gc_admin(&st, req).await {
+        Ok(c) => answer(&id, c.run_view(&id).await, |run| json(StatusCode::OK, &run)),
+        Err(refused) => refused,
+    }
+}
+
+/// `DELETE /admin/v1/gc/runs/{id}`: asks a running run to stop (202); it stops within seconds,
+/// keeping what it removed so far. A run that ended is a 409.
+pub async fn cancel_gc_run(State(st): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+    let collector = match gc_admin(&st, req).await {
+        Ok(c) => c,
+        Err(refused) => return refused,
+    };
+    answer(&id, collector.cancel(&id).await, |run| {
+        if run.state == "running" {
+            json(StatusCode::ACCEPTED, &run)
+        } else {
+            ApiError::new(Code::Conflict, format!("run {id} already ended: it {}", run.state)).into_response()
+        }
+    })
+}
+
+/// The collector, if the caller may use the admin API and this registry collects; else the
+/// refusal.
+async fn gc_admin(st: &AppState, req: Request) -> Result<Arc<Collector>, Response> {
+    let (parts, _) = req.into_parts();
+    admin(st, &parts).await?;
+    collector(st).map_err(IntoResponse::into_response)
+}
+
+fn collector(st: &AppState) -> Result<Arc<Collector>, ApiError> {
+    st.collector
+        .clone()
+        .ok_or_else(|| ApiError::new(Code::NotFound, "this registry runs no garbage collection"))
+}
+
+/// The run found, as `found_it` answers; a 404 when there is none.
+fn answer(
+    id: &str,
+    found: ServiceResult<Option<RunView>>,
+    found_it: impl FnOnce(RunView) -> Response,
+) -> Response {
+    match found {
+        Ok(Some(run)) => found_it(run),
+        Ok(None) => no_such_run(id),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+fn no_such_run(id: &str) -> Response {
+    ApiError::new(
+        Code::NotFound,
+        format!("no garbage collection run {id:?} is known (the log keeps the last 100)"),
+    )
+    .into_response()
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_string(value) {
+        Ok(body) => (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => ApiError::new(Code::Unknown, e.to_string()).into_response(),
     }
 }
 
@@ -123,8 +224,10 @@ pub async fn usage(
         repos.truncate(limit);
         repos.last().map(|r| r.name.clone())
     });
-    let body = serde_json::json!({"stored": stored, "repositories": repos, "next": next.flatten()});
-    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"stored": stored, "repositories": repos, "next": next.flatten()}),
+    )
 }
 
 /// The caller, if they may use the admin API; else the refusal (401 with a Basic challenge, or

@@ -205,7 +205,7 @@ impl From<&ServiceError> for ApiError {
             }
             ServiceError::Retry(_) => Code::ServiceUnavailable,
             ServiceError::Busy(_) => Code::Conflict,
-            ServiceError::Storage(_) | ServiceError::Meta(_) => Code::Unknown,
+            ServiceError::Storage(_) | ServiceError::Meta(_) | ServiceError::Internal(_) => Code::Unknown,
         };
         if code == Code::StorageFull {
             return ApiError::new(code, "the registry's storage is full; nothing of this request was kept");

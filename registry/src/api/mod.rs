@@ -37,6 +37,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/{*rest}", any(distribution))
         .route("/token", get(auth::token).post(auth::token))
         .route("/admin/v1/gc", post(admin::gc))
+        .route("/admin/v1/gc/runs", get(admin::gc_runs))
+        .route("/admin/v1/gc/runs/{id}", get(admin::gc_run).delete(admin::cancel_gc_run))
         .route("/admin/v1/usage", get(admin::usage))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz));

@@ -42,8 +42,6 @@ pub struct AppState {
     pub stopping: Arc<AtomicBool>,
     /// Garbage collection, for the admin API (the server sets it).
     pub collector: Option<Arc<Collector>>,
-    /// Held while this replica runs a collection.
-    pub gc_running: Arc<tokio::sync::Mutex<()>>,
     /// Storage usage, for the admin API (the server sets it).
     pub usage: Option<Arc<dyn crate::meta::usage::Usage>>,
 }
@@ -73,7 +71,6 @@ impl AppState {
             serve_metrics: config.metrics.listen.is_none(),
             stopping: Arc::new(AtomicBool::new(false)),
             collector: None,
-            gc_running: Arc::new(tokio::sync::Mutex::new(())),
             usage: None,
         })
     }

@@ -1,6 +1,7 @@
 //! `berth gc`: a client of the admin API. It never opens a data directory, so it runs from
 //! anywhere that reaches the registry (a CronJob, a laptop).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,8 +28,12 @@ pub struct Request {
 /// The most a summary written to the report file holds: a termination message is cut at 4 KiB.
 const BRIEF_MAX: usize = 4096;
 
-/// The longest a run is waited for.
-const TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest one request to the admin API may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a run is asked how far it got.
+const POLL: Duration = Duration::from_secs(1);
+/// How long the registry may be unreachable while a run is followed (a replica restarting).
+const UNREACHABLE: Duration = Duration::from_secs(60);
 
 /// Asks the registry for a collection and prints its report; an error when it failed. The
 /// summary (or the error) is also written to the report file, when one is named.
@@ -65,39 +70,211 @@ pub fn brief(report: &Value) -> Value {
 }
 
 async fn collect(r: &Request) -> anyhow::Result<Value> {
-    let mut builder = reqwest::Client::builder().timeout(TIMEOUT).danger_accept_invalid_certs(r.insecure);
+    let mut builder =
+        reqwest::Client::builder().timeout(REQUEST_TIMEOUT).danger_accept_invalid_certs(r.insecure);
     if let Some(ca) = &r.ca_file {
         let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
         builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
     }
-    let client = builder.build()?;
-    let url = format!("{}/admin/v1/gc", r.url.trim_end_matches('/'));
+    let credentials = r.username.clone().map(|u| (u, r.password.clone()));
+    let admin = Admin::new(builder.build()?, &r.url, credentials);
     let body = serde_json::json!({"dryRun": r.dry_run, "grace": r.grace, "keepUntagged": r.keep_untagged});
-    let mut req = client.post(&url).json(&body);
-    if let Some(user) = &r.username {
-        req = req.basic_auth(user, r.password.as_deref());
+    let run = admin.start(&body).await?;
+    let id = run["id"].as_str().context("the registry's answer names no run")?.to_owned();
+    let mut shown = Progress::new(std::io::stderr().is_terminal());
+    shown.show(&run);
+    let ended = tokio::select! {
+        ended = admin.wait(&id, |run| shown.show(run)) => ended?,
+        _ = tokio::signal::ctrl_c() => {
+            shown.finish();
+            eprintln!("berth gc: interrupted; asking run {id} to stop");
+            admin.cancel(&id).await?;
+            admin.wait(&id, |_| {}).await?
+        }
+    };
+    shown.finish();
+    let state = ended["state"].as_str().unwrap_or("?");
+    let report = &ended["report"];
+    if !report.is_null() {
+        if r.json {
+            println!("{report}");
+        } else {
+            print!("{}", summary(report));
+        }
     }
-    if !r.json {
-        eprintln!("berth gc: collecting{} at {} ...", if r.dry_run { " (dry run)" } else { "" }, r.url);
+    match state {
+        "succeeded" => Ok(report.clone()),
+        "cancelled" => bail!("run {id} was cancelled; what it removed before it stopped stays removed"),
+        _ => bail!("run {id} {state}: {}", ended["error"].as_str().unwrap_or("no reason given")),
     }
-    let resp = req.send().await.with_context(|| format!("POST {url}"))?;
-    let status = resp.status();
-    let text = resp.text().await?;
-    if !status.is_success() {
-        let why = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_owned))
-            .unwrap_or(text);
-        bail!("{url}: {status}: {why}");
+}
+
+/// A client of the admin API's collections.
+pub struct Admin {
+    client: reqwest::Client,
+    base: String,
+    credentials: Option<(String, Option<String>)>,
+}
+
+impl Admin {
+    /// `base` is the registry's URL; `credentials` a user or robot and its password or secret.
+    pub fn new(client: reqwest::Client, base: &str, credentials: Option<(String, Option<String>)>) -> Admin {
+        Admin { client, base: base.trim_end_matches('/').to_owned(), credentials }
     }
-    let report: Value =
-        serde_json::from_str(&text).with_context(|| format!("{url}: the report is not JSON"))?;
-    if r.json {
-        println!("{report}");
-    } else {
-        print!("{}", summary(&report));
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.client.request(method, format!("{}{path}", self.base));
+        match &self.credentials {
+            Some((user, password)) => req.basic_auth(user, password.as_deref()),
+            None => req,
+        }
     }
-    Ok(report)
+
+    async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
+        let resp = req.send().await.with_context(|| format!("{what} at {}", self.base))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_owned))
+                .unwrap_or(text);
+            return Err(Refused { status, message }).with_context(|| format!("{what} at {}", self.base));
+        }
+        serde_json::from_str(&text)
+            .with_context(|| format!("{what} at {}: the answer is not JSON", self.base))
+    }
+
+    /// Starts a collection (`{"dryRun", "grace", "keepUntagged"}`, each optional): the run.
+    pub async fn start(&self, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.request(reqwest::Method::POST, "/admin/v1/gc").json(body), "starting a collection")
+            .await
+    }
+
+    pub async fn get(&self, id: &str) -> anyhow::Result<Value> {
+        self.send(self.request(reqwest::Method::GET, &format!("/admin/v1/gc/runs/{id}")), "reading a run")
+            .await
+    }
+
+    pub async fn cancel(&self, id: &str) -> anyhow::Result<Value> {
+        self.send(
+            self.request(reqwest::Method::DELETE, &format!("/admin/v1/gc/runs/{id}")),
+            "cancelling a run",
+        )
+        .await
+    }
+
+    /// Follows a run until it ends, telling `seen` each state read; the run as it ended. The
+    /// registry may be unreachable for a while (a replica restarting), not longer.
+    pub async fn wait(&self, id: &str, mut seen: impl FnMut(&Value)) -> anyhow::Result<Value> {
+        let mut reachable = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(POLL).await;
+            match self.get(id).await {
+                Ok(run) => {
+                    seen(&run);
+                    if run["state"] != "running" {
+                        return Ok(run);
+                    }
+                    reachable = std::time::Instant::now();
+                }
+                Err(e) if reachable.elapsed() < UNREACHABLE && is_transient(&e) => {
+                    tracing::debug!(error = %e, "the registry did not answer; asking again");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Starts a collection and waits for it: its report, an error unless it succeeded.
+    pub async fn collect(&self, body: &Value) -> anyhow::Result<Value> {
+        let run = self.start(body).await?;
+        let id = run["id"].as_str().context("the registry's answer names no run")?.to_owned();
+        let ended = self.wait(&id, |_| {}).await?;
+        if ended["state"] != "succeeded" {
+            bail!("run {id} {}: {}", ended["state"], ended["error"]);
+        }
+        Ok(ended["report"].clone())
+    }
+}
+
+/// What the admin API answered instead of doing what it was asked.
+#[derive(Debug)]
+struct Refused {
+    status: reqwest::StatusCode,
+    message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status, self.message)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// A connection that failed or a 5xx: worth asking again.
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<reqwest::Error>().is_some_and(|r| r.is_connect() || r.is_timeout())
+            || c.downcast_ref::<Refused>().is_some_and(|r| r.status.is_server_error())
+    })
+}
+
+/// How a followed run is shown on stderr: a line redrawn on a terminal, else a JSON line each
+/// time its progress changes.
+struct Progress {
+    terminal: bool,
+    last: Option<Value>,
+    drawn: bool,
+}
+
+impl Progress {
+    fn new(terminal: bool) -> Progress {
+        Progress { terminal, last: None, drawn: false }
+    }
+
+    fn show(&mut self, run: &Value) {
+        let progress = &run["progress"];
+        if self.last.as_ref() == Some(progress) {
+            return;
+        }
+        self.last = Some(progress.clone());
+        if self.terminal {
+            eprint!("\r\x1b[2K{}", bar(run));
+            self.drawn = true;
+        } else {
+            eprintln!(
+                "{}",
+                serde_json::json!({"run": run["id"], "state": run["state"], "progress": progress})
+            );
+        }
+    }
+
+    fn finish(&mut self) {
+        if std::mem::take(&mut self.drawn) {
+            eprintln!();
+        }
+    }
+}
+
+/// One line for a terminal: phase, repositories done of all with a bar, what was removed.
+fn bar(run: &Value) -> String {
+    const WIDTH: u64 = 24;
+    let p = &run["progress"];
+    let n = |k: &str| p[k].as_u64().unwrap_or(0);
+    let (done, total) = (n("repositoriesDone"), n("repositoriesTotal").max(1));
+    let filled = (done.min(total) * WIDTH / total) as usize;
+    format!(
+        "{:<12} [{}{}] {done}/{} repositories · {} manifests, {} blobs, {} freed",
+        p["phase"].as_str().unwrap_or("?"),
+        "#".repeat(filled),
+        "-".repeat(WIDTH as usize - filled),
+        n("repositoriesTotal"),
+        n("manifestsRemoved"),
+        n("blobsReleased"),
+        human(n("bytesFreed")),
+    )
 }
 
 /// The report for people: one line per repository that changed, then the totals.

@@ -14,7 +14,7 @@ use super::report::Report;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RunLabels {
-    /// `ok` or `failed`.
+    /// `ok`, `cancelled` or `failed`.
     result: &'static str,
     dry_run: bool,
 }
@@ -69,7 +69,11 @@ impl GcMetrics {
 
     /// One run's outcome: its report when it succeeded.
     pub fn observe(&self, dry_run: bool, took: Duration, report: Option<&Report>) {
-        let result = if report.is_some() { "ok" } else { "failed" };
+        let result = match report {
+            Some(r) if r.cancelled => "cancelled",
+            Some(_) => "ok",
+            None => "failed",
+        };
         self.runs.get_or_create(&RunLabels { result, dry_run }).inc();
         self.duration.observe(took.as_secs_f64());
         let Some(r) = report.filter(|_| !dry_run) else { return };
@@ -80,6 +84,8 @@ impl GcMetrics {
         kind("blob").inc_by(r.blobs.len() as u64);
         self.bytes_freed.inc_by(r.bytes_freed);
         self.conflicts.inc_by(r.conflicts);
-        self.last_success.set(crate::meta::now());
+        if !r.cancelled {
+            self.last_success.set(crate::meta::now());
+        }
     }
 }

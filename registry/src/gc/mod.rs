@@ -14,8 +14,10 @@
 pub mod client;
 pub mod mark;
 pub mod metrics;
+mod progress;
 mod report;
 pub mod retention;
+mod runs;
 #[cfg(test)]
 mod tests;
 
@@ -28,8 +30,10 @@ use tracing::info;
 
 use crate::meta::gc::{Collect, RepoContents};
 use crate::meta::{self, Page};
-use crate::service::{Registry, Result, ServiceError};
+use crate::service::{Registry, Result};
 use metrics::GcMetrics;
+use progress::{Control, Phase};
+pub use progress::{Progress, RunView};
 pub use report::{Removed, RemovedTag, RepoReport, Report};
 use retention::Policies;
 
@@ -37,12 +41,6 @@ use retention::Policies;
 const BATCH: usize = 500;
 /// Removals made in one transaction (each still checked on its own).
 const REMOVALS: usize = 32;
-/// The lease that makes one collection at a time run across replicas, how long it holds without
-/// renewal, and how often a running collection renews it.
-const LEASE: &str = "gc";
-const LEASE_TERM: Duration = Duration::from_secs(60);
-const LEASE_RENEWAL: Duration = Duration::from_secs(15);
-
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Nothing younger than this is removed: pushes in flight (blobs uploaded before their
@@ -68,27 +66,6 @@ pub struct Collector {
     retention: Policies,
 }
 
-/// How this host's collections name themselves in the lease: `<host> (run <id>)`.
-fn holder_prefix() -> String {
-    format!("{} (run ", std::env::var("HOSTNAME").unwrap_or_else(|_| "berth".into()))
-}
-
-/// Renews the lease while a collection runs. A lease lost meanwhile lets another replica start:
-/// two collections at once are still safe (each removal checks what is stored), only wasteful.
-async fn renew(store: Arc<dyn Collect>, holder: String) {
-    let mut tick = tokio::time::interval(LEASE_RENEWAL);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let now = meta::now_millis();
-        match store.claim_lease(LEASE, &holder, now, now + LEASE_TERM.as_millis() as i64).await {
-            Ok(Ok(())) => {}
-            Ok(Err(other)) => tracing::warn!(%other, "the collection's lease went to another run"),
-            Err(e) => tracing::warn!(error = %e, "could not renew the collection's lease"),
-        }
-    }
-}
-
 impl Collector {
     pub fn new(
         registry: Arc<Registry>,
@@ -105,42 +82,13 @@ impl Collector {
         self
     }
 
-    /// Gives up a lease a collection on this host held before the process restarted: its run is
-    /// gone (one berth per host name, as in a pod), so the next run need not wait for it to lapse.
-    pub async fn recover(&self) {
-        if let Err(e) = self.store.end_lease(LEASE, &holder_prefix()).await {
-            tracing::warn!(error = %e, "could not give up the collection lease of a previous run");
-        }
-    }
-
     fn is_cached(&self, repo: &str) -> bool {
         self.cached.iter().any(|p| repo.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/')))
     }
 
-    /// One collection, from start to end; [`ServiceError::Busy`] while another runs (on any
-    /// replica: they share a lease in the database).
-    pub async fn run(&self, o: &Options) -> Result<Report> {
-        let holder = format!("{}{})", holder_prefix(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let now = meta::now_millis();
-        if let Err(other) =
-            self.store.claim_lease(LEASE, &holder, now, now + LEASE_TERM.as_millis() as i64).await?
-        {
-            return Err(ServiceError::Busy(format!(
-                "a garbage collection is running on {other}; try again when it ends"
-            )));
-        }
-        let renewal = tokio::spawn(renew(self.store.clone(), holder.clone()));
-        let outcome = self.timed(o).await;
-        renewal.abort();
-        if let Err(e) = self.store.end_lease(LEASE, &holder).await {
-            tracing::warn!(error = %e, "could not give up the collection's lease; it lapses by itself");
-        }
-        outcome
-    }
-
-    async fn timed(&self, o: &Options) -> Result<Report> {
+    async fn timed(&self, o: &Options, control: &Control) -> Result<Report> {
         let started = std::time::Instant::now();
-        let outcome = self.collect(o).await;
+        let outcome = self.collect(o, control).await;
         self.metrics.observe(o.dry_run, started.elapsed(), outcome.as_ref().ok());
         if let Err(e) = &outcome {
             tracing::warn!(error = %e, dry_run = o.dry_run, "garbage collection failed");
@@ -148,7 +96,7 @@ impl Collector {
         outcome
     }
 
-    async fn collect(&self, o: &Options) -> Result<Report> {
+    async fn collect(&self, o: &Options, control: &Control) -> Result<Report> {
         // Retention decides from pull times: this replica's are written first.
         if let Err(e) = self.registry.flush_pulls().await {
             tracing::warn!(error = %e, "could not write pull times before the collection");
@@ -159,19 +107,25 @@ impl Collector {
         let mut report = Report { dry_run: o.dry_run, ..Report::default() };
         // Per digest: how many of its uses (links, manifests) this run removed (or would).
         let mut dropped: HashMap<Digest, u64> = HashMap::new();
-        let mut page = Page { limit: BATCH, last: None };
-        loop {
+        let mut page = Page { limit: BATCH, last: control.resume_after.clone() };
+        'walk: loop {
             let mut names = self.registry.meta().catalog(&page).await?;
             let more = names.len() > BATCH;
             names.truncate(BATCH);
             for name in &names {
-                if self.is_cached(name) {
-                    continue;
+                if control.cancelled() {
+                    report.cancelled = true;
+                    break 'walk;
                 }
-                let repo: RepoName = meta::parse_stored("repository name", name.clone())?;
-                let r = self.collect_repo(&repo, now, cutoff, o, &mut dropped).await?;
-                if !r.is_empty() {
-                    report.repositories.push(r);
+                if !self.is_cached(name) {
+                    let repo: RepoName = meta::parse_stored("repository name", name.clone())?;
+                    let r = self.collect_repo(&repo, now, cutoff, o, &mut dropped).await?;
+                    control.update(|p| p.repository_done(name, &r));
+                    if !r.is_empty() {
+                        report.repositories.push(r);
+                    }
+                } else {
+                    control.update(|p| p.repository_done(name, &RepoReport::default()));
                 }
             }
             match names.pop() {
@@ -179,8 +133,12 @@ impl Collector {
                 _ => break,
             }
         }
-        self.release_blobs(cutoff, o, &dropped, &mut report).await?;
-        if !o.dry_run {
+        if !report.cancelled {
+            control.update(|p| p.phase = Phase::Blobs);
+            self.release_blobs(cutoff, o, &dropped, &mut report, control).await?;
+        }
+        if !o.dry_run && !report.cancelled {
+            control.update(|p| p.phase = Phase::Purge);
             report.blobs_deleted = self.registry.purge_released().await? as u64;
         }
         report.total();
@@ -191,6 +149,7 @@ impl Collector {
             blobs = report.blobs.len(),
             bytes = report.bytes_freed,
             conflicts = report.conflicts,
+            cancelled = report.cancelled,
             "garbage collection finished"
         );
         Ok(report)
@@ -324,15 +283,21 @@ impl Collector {
         o: &Options,
         dropped: &HashMap<Digest, u64>,
         report: &mut Report,
+        control: &Control,
     ) -> Result<()> {
         let mut after: Option<Digest> = None;
         loop {
+            if control.cancelled() {
+                report.cancelled = true;
+                return Ok(());
+            }
             let batch = self.store.unused_blobs(cutoff, after.as_ref(), BATCH).await?;
             for chunk in batch.chunks(REMOVALS) {
                 let digests: Vec<Digest> = chunk.iter().map(|(d, _)| d.clone()).collect();
                 let released = self.removed(o, digests, |ds| self.store.release_unused(ds, cutoff)).await?;
                 for ((digest, size), gone) in chunk.iter().zip(released) {
                     if gone {
+                        control.update(|p| p.blob_released(*size));
                         report.blobs.push(Removed {
                             digest: digest.clone(),
                             size: *size,

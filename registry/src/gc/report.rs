@@ -45,6 +45,9 @@ impl RepoReport {
 #[serde(rename_all = "camelCase")]
 pub struct Report {
     pub dry_run: bool,
+    /// Asked to stop: what it removed before it did (it released and purged nothing).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
     pub repositories: Vec<RepoReport>,
     /// Blobs released: nothing uses them any more, their bytes go.
     pub blobs: Vec<Removed>,

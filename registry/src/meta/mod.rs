@@ -14,6 +14,7 @@ pub mod multiparts;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod resolved;
+pub mod runs;
 pub mod sqlite;
 pub mod sweep;
 #[cfg(test)]

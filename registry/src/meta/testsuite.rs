@@ -2,11 +2,12 @@
 
 use super::cache::{CacheIndex, CachedItem, CachedPull, ContentKind, FetchClaim};
 use super::multiparts::MultipartLog;
+use super::runs::{RunEnd, RunLog, RunRecord, RunState};
 use super::{Appended, MetaError, MetaStore, NewManifest, Page, Stored, UploadPart};
 use crate::UploadId;
 use berth_core::oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
-pub(crate) async fn run<M: MetaStore + CacheIndex + MultipartLog>(m: &M) {
+pub(crate) async fn run<M: MetaStore + CacheIndex + MultipartLog + RunLog>(m: &M) {
     blobs_are_per_repository(m).await;
     manifests_check_references(m).await;
     tags_and_pagination(m).await;
@@ -17,6 +18,68 @@ pub(crate) async fn run<M: MetaStore + CacheIndex + MultipartLog>(m: &M) {
     fetch_claims(m).await;
     released_blobs_leave_safely(m).await;
     multipart_leases(m).await;
+    run_log(m).await;
+}
+
+/// A run that runs (on `host`, since `started_at`), as the suite and the collector's tests make it.
+pub(crate) fn run_record(id: &str, host: &str, started_at: i64) -> RunRecord {
+    RunRecord {
+        id: id.into(),
+        host: host.into(),
+        dry_run: false,
+        grace_seconds: 3600,
+        keep_untagged: true,
+        state: RunState::Running,
+        started_at,
+        ended_at: None,
+        progress: "{}".into(),
+        report: None,
+        error: None,
+        cancel_requested: false,
+        resumed_from: Some("r0".into()),
+    }
+}
+
+async fn run_log<M: RunLog>(m: &M) {
+    m.insert_run(&run_record("r1", "a", 1_000), 10).await.unwrap();
+    m.insert_run(&run_record("r2", "b", 2_000), 10).await.unwrap();
+    assert_eq!(m.run("r1").await.unwrap(), Some(run_record("r1", "a", 1_000)), "stored as given");
+    assert_eq!(m.run("r9").await.unwrap(), None);
+    // Progress, and a cancel read back with it.
+    assert!(!m.run_progress("r2", r#"{"phase":"blobs"}"#).await.unwrap());
+    assert_eq!(m.cancel_run("r2").await.unwrap().map(|r| r.cancel_requested), Some(true));
+    assert!(m.run_progress("r2", r#"{"phase":"purge"}"#).await.unwrap(), "asked to stop");
+    assert!(!m.run_progress("r9", "{}").await.unwrap(), "no such run");
+    let end = RunEnd {
+        state: RunState::Cancelled,
+        at: 2_500,
+        progress: "{}",
+        report: Some("{\"x\":1}"),
+        error: None,
+    };
+    m.end_run("r2", end).await.unwrap();
+    let r2 = m.run("r2").await.unwrap().unwrap();
+    assert_eq!(
+        (r2.state, r2.ended_at, r2.report.as_deref()),
+        (RunState::Cancelled, Some(2_500), Some("{\"x\":1}"))
+    );
+    assert_eq!(m.cancel_run("r2").await.unwrap(), Some(r2), "a run that ended stays as it ended");
+    // Interrupted: only what still runs, on the host named (or all).
+    m.insert_run(&run_record("r3", "a", 3_000), 10).await.unwrap();
+    assert_eq!(m.interrupt_runs("b", 4_000).await.unwrap(), 0);
+    assert_eq!(m.interrupt_runs("a", 4_000).await.unwrap(), 2);
+    m.insert_run(&run_record("r4", "c", 4_000), 10).await.unwrap();
+    assert_eq!(m.interrupt_runs("", 5_000).await.unwrap(), 1);
+    let r1 = m.run("r1").await.unwrap().unwrap();
+    assert_eq!((r1.state, r1.ended_at), (RunState::Interrupted, Some(4_000)));
+    assert!(r1.error.is_some());
+    // Newest first, without reports; the oldest ended ones forgotten beyond the limit.
+    let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(m.runs(10).await.unwrap()), ["r4", "r3", "r2", "r1"]);
+    assert_eq!(m.runs(10).await.unwrap()[2].report, None);
+    assert_eq!(ids(m.runs(2).await.unwrap()), ["r4", "r3"]);
+    m.insert_run(&run_record("r5", "c", 5_000), 2).await.unwrap();
+    assert_eq!(ids(m.runs(10).await.unwrap()), ["r5", "r4"]);
 }
 
 async fn multipart_leases<M: MultipartLog>(m: &M) {

@@ -44,6 +44,9 @@ pub enum ServiceError {
     /// The operation is already running (a 409).
     #[error("{0}")]
     Busy(String),
+    /// A fault of the server's own (a task that panicked): a 500.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<MetaError> for ServiceError {

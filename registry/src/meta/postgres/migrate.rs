@@ -49,6 +49,8 @@ const MIGRATIONS: &[Migration] = &[
     },
     // A nullable column.
     Migration { sql: include_str!("../../../migrations/postgres/0009_pulled_at.sql"), compatible_from: 1 },
+    // A new table.
+    Migration { sql: include_str!("../../../migrations/postgres/0010_gc_runs.sql"), compatible_from: 1 },
 ];
 
 /// The advisory lock's key, shared by every replica (an arbitrary constant: "berthmig").

@@ -20,6 +20,7 @@ mod lookups;
 mod migrate;
 mod multiparts;
 mod pool;
+mod runs;
 mod sweep;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -14,6 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 mod cache;
 mod gc;
 mod multiparts;
+mod runs;
 mod usage;
 mod writer;
 
@@ -38,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0008_leases.sql"),
     include_str!("../../../migrations/sqlite/0009_tags_by_digest.sql"),
     include_str!("../../../migrations/sqlite/0010_pulled_at.sql"),
+    include_str!("../../../migrations/sqlite/0011_gc_runs.sql"),
 ];
 const MAX_IDLE_READERS: usize = 8;
 
