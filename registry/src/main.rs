@@ -56,6 +56,13 @@ struct GcArgs {
     /// Keep manifests no tag reaches; collect only blobs nothing needs.
     #[arg(long)]
     keep_untagged: bool,
+    /// Also release stored objects no metadata knows (older than a day) and remove the objects of
+    /// upload sessions gone.
+    #[arg(long)]
+    scrub: bool,
+    /// Scrub, and read every live blob to check it against its digest (reads all stored bytes).
+    #[arg(long)]
+    verify: bool,
     /// CA certificate (PEM) to trust for the registry's TLS.
     #[arg(long)]
     ca_file: Option<PathBuf>,
@@ -89,6 +96,8 @@ impl GcArgs {
             dry_run: self.dry_run,
             grace: self.grace,
             keep_untagged: self.keep_untagged,
+            scrub: self.scrub,
+            verify: self.verify,
             ca_file: self.ca_file,
             insecure: self.insecure,
             json: self.output == "json",

@@ -436,7 +436,7 @@ impl Storage for Instrumented {
         r
     }
 
-    async fn list(&self, prefix: &Key) -> Result<Vec<Key>, StorageError> {
+    async fn list(&self, prefix: &Key) -> Result<Vec<crate::storage::Listed>, StorageError> {
         let t = Instant::now();
         let r = self.inner.list(prefix).await;
         self.metrics.time_op("list", t, &r);

@@ -116,6 +116,12 @@ pub struct GcSpec {
     pub keep_untagged: Option<bool>,
     /// Runs report what they would remove and remove nothing. Default false.
     pub dry_run: Option<bool>,
+    /// Runs also remove stored objects no metadata knows (a day old) and the objects of upload
+    /// sessions gone. Default false.
+    pub scrub: Option<bool>,
+    /// Runs also read every stored blob and check it against its digest (reads all the bytes;
+    /// implies scrub). Corrupt cached content is evicted, to be fetched again. Default false.
+    pub verify: Option<bool>,
     /// No scheduled runs; the annotation still starts one. Default false.
     pub suspend: Option<bool>,
     /// Which tags each run removes first. The first policy whose repositories match decides
@@ -448,6 +454,10 @@ pub struct GcRun {
     pub bytes_reclaimed: Option<i64>,
     /// Removals skipped because a push needed the thing again meanwhile.
     pub conflicts: Option<i64>,
+    /// Stored objects no metadata knew, removed by a scrub.
+    pub orphans_removed: Option<i64>,
+    /// Stored blobs a verifying scrub found missing or not matching their digest.
+    pub corrupt_blobs: Option<i64>,
     /// Why a failed run failed.
     pub message: Option<String>,
 }

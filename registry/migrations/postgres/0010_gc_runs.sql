@@ -7,6 +7,8 @@ CREATE TABLE gc_runs (
     dry_run          BOOLEAN NOT NULL,
     grace_seconds    BIGINT  NOT NULL,
     keep_untagged    BOOLEAN NOT NULL,
+    scrub            BOOLEAN NOT NULL,
+    verify           BOOLEAN NOT NULL,
     -- running, succeeded, failed, cancelled or interrupted
     state            TEXT    NOT NULL,
     started_at       BIGINT  NOT NULL,

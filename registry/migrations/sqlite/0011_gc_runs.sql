@@ -6,6 +6,8 @@ CREATE TABLE gc_runs (
     dry_run          INTEGER NOT NULL,
     grace_seconds    INTEGER NOT NULL,
     keep_untagged    INTEGER NOT NULL,
+    scrub            INTEGER NOT NULL,
+    verify           INTEGER NOT NULL,
     -- running, succeeded, failed, cancelled or interrupted
     state            TEXT    NOT NULL,
     started_at       INTEGER NOT NULL,

@@ -3,7 +3,8 @@
 //!
 //! `POST /admin/v1/gc` starts a garbage collection in the background (one at a time across
 //! replicas) and answers 202 with the run, its `Location` where to follow it:
-//! `{"dryRun": true, "grace": "1h", "keepUntagged": false}` (every field optional). `GET
+//! `{"dryRun": true, "grace": "1h", "keepUntagged": false, "scrub": false, "verify": false}`
+//! (every field optional). `GET
 //! /admin/v1/gc/runs?n=20` lists the newest runs; `GET /admin/v1/gc/runs/{id}` shows one, with its
 //! progress and, once it ended, its report; `DELETE` on it asks it to stop.
 //!
@@ -38,6 +39,12 @@ struct GcRequest {
     grace: Option<String>,
     #[serde(default)]
     keep_untagged: bool,
+    /// Also look for stored objects no metadata knows, and stale upload objects.
+    #[serde(default)]
+    scrub: bool,
+    /// Scrub, and read every live blob to check it against its digest.
+    #[serde(default)]
+    verify: bool,
 }
 
 pub async fn gc(State(st): State<AppState>, req: Request) -> Response {
@@ -181,7 +188,13 @@ async fn options(body: Body) -> Result<Options, ApiError> {
             .map_err(|e| ApiError::new(Code::BadRequest, format!("grace {g:?}: {e}")))?,
         None => Options::default().grace,
     };
-    Ok(Options { grace, keep_untagged: r.keep_untagged, dry_run: r.dry_run })
+    Ok(Options {
+        grace,
+        keep_untagged: r.keep_untagged,
+        dry_run: r.dry_run,
+        scrub: r.scrub || r.verify,
+        verify: r.verify,
+    })
 }
 
 /// Repositories per page of `GET /admin/v1/usage`: by default, and at most.

@@ -18,6 +18,8 @@ pub struct Request {
     pub dry_run: bool,
     pub grace: Option<String>,
     pub keep_untagged: bool,
+    pub scrub: bool,
+    pub verify: bool,
     pub ca_file: Option<PathBuf>,
     pub insecure: bool,
     pub json: bool,
@@ -66,6 +68,8 @@ pub fn brief(report: &Value) -> Value {
         "blobsRemoved": n(&report["blobs"]),
         "bytesFreed": report["bytesFreed"].as_u64().unwrap_or(0),
         "conflicts": report["conflicts"].as_u64().unwrap_or(0),
+        "orphansRemoved": n(&report["scrub"]["orphans"]),
+        "corruptBlobs": n(&report["scrub"]["corrupt"]),
     })
 }
 
@@ -78,7 +82,13 @@ async fn collect(r: &Request) -> anyhow::Result<Value> {
     }
     let credentials = r.username.clone().map(|u| (u, r.password.clone()));
     let admin = Admin::new(builder.build()?, &r.url, credentials);
-    let body = serde_json::json!({"dryRun": r.dry_run, "grace": r.grace, "keepUntagged": r.keep_untagged});
+    let body = serde_json::json!({
+        "dryRun": r.dry_run,
+        "grace": r.grace,
+        "keepUntagged": r.keep_untagged,
+        "scrub": r.scrub,
+        "verify": r.verify,
+    });
     let run = admin.start(&body).await?;
     let id = run["id"].as_str().context("the registry's answer names no run")?.to_owned();
     let mut shown = Progress::new(std::io::stderr().is_terminal());
@@ -306,6 +316,31 @@ pub fn summary(report: &Value) -> String {
         human(bytes),
         report["conflicts"].as_u64().unwrap_or(0),
     ));
+    let s = &report["scrub"];
+    if s.is_object() {
+        let num = |k: &str| s[k].as_u64().unwrap_or(0);
+        out.push_str(&format!(
+            "scrub: {} objects, {verb} {} orphans ({}) and {} stale upload objects; {} blobs verified, {} corrupt\n",
+            num("objects"),
+            n(&s["orphans"]),
+            human(s["orphans"].as_array().into_iter().flatten().filter_map(|o| o["size"].as_u64()).sum()),
+            num("uploadObjects"),
+            num("verified"),
+            n(&s["corrupt"]),
+        ));
+        for c in s["corrupt"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "corrupt: {} {}{}\n",
+                c["digest"].as_str().unwrap_or("?"),
+                c["problem"].as_str().unwrap_or("?"),
+                if c["cached"].as_bool().unwrap_or(false) {
+                    " (cached: fetched again on the next pull)"
+                } else {
+                    ""
+                },
+            ));
+        }
+    }
     out
 }
 

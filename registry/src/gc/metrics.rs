@@ -21,8 +21,9 @@ struct RunLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
-    /// `tag` (by retention), `manifest`, `link` (a blob unlinked from a repository) or `blob`
-    /// (released).
+    /// `tag` (by retention), `manifest`, `link` (a blob unlinked from a repository), `blob`
+    /// (released), `orphan` (a stored object no metadata knew, released by a scrub) or `upload`
+    /// (an object of an upload session gone, deleted by a scrub).
     kind: &'static str,
 }
 
@@ -32,6 +33,7 @@ pub struct GcMetrics {
     removed: Family<KindLabels, Counter>,
     bytes_freed: Counter,
     conflicts: Counter,
+    corrupt: Counter,
     last_success: Gauge,
 }
 
@@ -43,6 +45,7 @@ impl Default for GcMetrics {
             removed: Family::default(),
             bytes_freed: Counter::default(),
             conflicts: Counter::default(),
+            corrupt: Counter::default(),
             last_success: Gauge::default(),
         }
     }
@@ -59,6 +62,11 @@ impl GcMetrics {
             "conflicts",
             "Removals skipped because a push made the thing needed again",
             self.conflicts.clone(),
+        );
+        r.register(
+            "corrupt_blobs",
+            "Stored blobs a verifying scrub found missing or not matching their digest",
+            self.corrupt.clone(),
         );
         r.register(
             "last_success_timestamp_seconds",
@@ -84,6 +92,11 @@ impl GcMetrics {
         kind("blob").inc_by(r.blobs.len() as u64);
         self.bytes_freed.inc_by(r.bytes_freed);
         self.conflicts.inc_by(r.conflicts);
+        if let Some(s) = &r.scrub {
+            kind("orphan").inc_by(s.orphans.len() as u64);
+            kind("upload").inc_by(s.upload_objects);
+            self.corrupt.inc_by(s.corrupt.len() as u64);
+        }
         if !r.cancelled {
             self.last_success.set(crate::meta::now());
         }

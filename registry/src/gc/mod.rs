@@ -18,6 +18,7 @@ mod progress;
 mod report;
 pub mod retention;
 mod runs;
+pub mod scrub;
 #[cfg(test)]
 mod tests;
 
@@ -34,7 +35,7 @@ use crate::service::{Registry, Result};
 use metrics::GcMetrics;
 use progress::{Control, Phase};
 pub use progress::{Progress, RunView};
-pub use report::{Removed, RemovedTag, RepoReport, Report};
+pub use report::{Corrupt, Removed, RemovedTag, RepoReport, Report, ScrubReport};
 use retention::Policies;
 
 /// Repositories read per catalog page, and unused blobs per batch.
@@ -49,11 +50,22 @@ pub struct Options {
     /// Keep manifests no tag reaches (only links and blobs nothing needs are collected).
     pub keep_untagged: bool,
     pub dry_run: bool,
+    /// Also release stored objects no metadata knows and remove stale upload objects
+    /// ([`scrub`]).
+    pub scrub: bool,
+    /// Also read every live blob and check it against its digest (a scrub that verifies).
+    pub verify: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { grace: Duration::from_secs(3600), keep_untagged: false, dry_run: false }
+        Options {
+            grace: Duration::from_secs(3600),
+            keep_untagged: false,
+            dry_run: false,
+            scrub: false,
+            verify: false,
+        }
     }
 }
 
@@ -136,6 +148,13 @@ impl Collector {
         if !report.cancelled {
             control.update(|p| p.phase = Phase::Blobs);
             self.release_blobs(cutoff, o, &dropped, &mut report, control).await?;
+        }
+        if (o.scrub || o.verify) && !report.cancelled {
+            control.update(|p| p.phase = Phase::Scrub);
+            match self.scrub(o, control).await? {
+                Some(s) => report.scrub = Some(s),
+                None => report.cancelled = true,
+            }
         }
         if !o.dry_run && !report.cancelled {
             control.update(|p| p.phase = Phase::Purge);

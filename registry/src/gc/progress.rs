@@ -20,6 +20,8 @@ pub enum Phase {
     Repositories,
     /// Releasing the blobs nothing uses any more.
     Blobs,
+    /// Looking for stored objects no metadata knows, and verifying digests.
+    Scrub,
     /// Deleting released objects whose read grace is over.
     Purge,
     Done,
@@ -41,6 +43,9 @@ pub struct Progress {
     pub blobs_released: u64,
     pub bytes_freed: u64,
     pub conflicts: u64,
+    /// Blob objects the scrub listed, and live blobs it verified.
+    pub objects_scrubbed: u64,
+    pub blobs_verified: u64,
 }
 
 impl Progress {
@@ -99,6 +104,8 @@ pub struct RunView {
     pub dry_run: bool,
     pub grace_seconds: i64,
     pub keep_untagged: bool,
+    pub scrub: bool,
+    pub verify: bool,
     /// RFC 3339.
     pub started_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -127,6 +134,8 @@ impl From<RunRecord> for RunView {
             dry_run: r.dry_run,
             grace_seconds: r.grace_seconds,
             keep_untagged: r.keep_untagged,
+            scrub: r.scrub,
+            verify: r.verify,
             started_at: rfc3339(r.started_at),
             ended_at: r.ended_at.map(rfc3339),
             cancel_requested: r.cancel_requested,

@@ -22,6 +22,34 @@ pub struct RemovedTag {
     pub policy_dry_run: bool,
 }
 
+/// Stored bytes that are not what their digest says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Corrupt {
+    pub digest: Digest,
+    pub size: u64,
+    /// `missing`, or what was read instead.
+    pub problem: String,
+    /// The pull-through cache holds it: evicted (by a real run), fetched again on the next pull.
+    pub cached: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScrubReport {
+    /// Blob objects listed in storage.
+    pub objects: u64,
+    /// Objects no metadata knows, older than a day: released, so the purge deletes them.
+    pub orphans: Vec<Removed>,
+    /// Objects of upload sessions that no longer exist, older than a day: deleted.
+    pub upload_objects: u64,
+    pub upload_bytes: u64,
+    /// Live blobs read whole and hashed (with `verify`).
+    pub verified: u64,
+    pub verified_bytes: u64,
+    pub corrupt: Vec<Corrupt>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RepoReport {
     pub repository: String,
@@ -51,6 +79,9 @@ pub struct Report {
     pub repositories: Vec<RepoReport>,
     /// Blobs released: nothing uses them any more, their bytes go.
     pub blobs: Vec<Removed>,
+    /// What the scrub found, when the run scrubbed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scrub: Option<ScrubReport>,
     /// Objects deleted by the purge that ended the run (released by this run or earlier ones
     /// whose read grace is now over).
     pub blobs_deleted: u64,

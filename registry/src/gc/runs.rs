@@ -142,6 +142,8 @@ impl Collector {
             dry_run: o.dry_run,
             grace_seconds: o.grace.as_secs() as i64,
             keep_untagged: o.keep_untagged,
+            scrub: o.scrub,
+            verify: o.verify,
             state: RunState::Running,
             started_at: now,
             ended_at: None,
@@ -207,6 +209,7 @@ fn resumable(last: &RunRecord, o: &Options, now: i64) -> bool {
         && !o.dry_run
         && last.grace_seconds == o.grace.as_secs() as i64
         && last.keep_untagged == o.keep_untagged
+        && (last.scrub, last.verify) == (o.scrub, o.verify)
 }
 
 fn json<T: Serialize>(v: &T) -> String {

@@ -132,7 +132,7 @@ async fn collects_what_no_tag_reaches(w: World) {
     // Deleting a manifest that an index needs: the index keeps an edge to nothing.
     w.meta.delete_manifest(&repo(app), &d("image-w")).await.unwrap_or_else(|e| panic!("{e}"));
 
-    let o = Options { grace: Duration::ZERO, keep_untagged: false, dry_run: true };
+    let o = Options { grace: Duration::ZERO, dry_run: true, ..Options::default() };
     let dry = w.collector.run(&o).await.unwrap();
     assert!(w.has_manifest(app, "index-u").await && w.stored("stray").await, "a dry run removes nothing");
     let real = w.collector.run(&Options { dry_run: false, ..o }).await.unwrap();
@@ -170,7 +170,7 @@ async fn keeps_what_is_young_or_untagged_by_choice(w: World) {
     assert_eq!((report.manifests_removed, report.links_removed, report.blobs.len()), (0, 0, 0));
     let report = w
         .collector
-        .run(&Options { grace: Duration::ZERO, keep_untagged: true, dry_run: false })
+        .run(&Options { grace: Duration::ZERO, keep_untagged: true, ..Options::default() })
         .await
         .unwrap();
     assert_eq!(report.manifests_removed, 0);
@@ -233,7 +233,7 @@ async fn retention_removes_tags_then_what_they_kept(w: World) {
     // dry_run: reported, kept.
     w.manifest("ret/report-only", "p-image", &["p-layer"], &[], None, Some("t")).await;
 
-    let o = Options { grace: Duration::ZERO, keep_untagged: false, dry_run: true };
+    let o = Options { grace: Duration::ZERO, dry_run: true, ..Options::default() };
     let dry = w.collector.run(&o).await.unwrap();
     let real = w.collector.run(&Options { dry_run: false, ..o }).await.unwrap();
     let tags = |r: &Report| -> BTreeSet<(String, String, bool)> {
@@ -331,6 +331,7 @@ async fn a_cancel_reaches_the_run_and_stops_it(w: World) {
     let record = RunRecord {
         grace_seconds: 0,
         keep_untagged: false,
+        verify: false,
         resumed_from: None,
         ..run_record("cancelled", &host(), crate::meta::now_millis())
     };
@@ -367,6 +368,7 @@ async fn a_run_cut_off_is_resumed_where_it_stopped(w: World) {
     let cut = RunRecord {
         grace_seconds: 0,
         keep_untagged: false,
+        verify: false,
         resumed_from: None,
         progress: r#"{"phase":"repositories","cursor":"gc/b","repositoriesDone":2}"#.into(),
         ..run_record("cut", &super::runs::host(), crate::meta::now_millis())
@@ -394,6 +396,85 @@ async fn a_run_cut_off_is_resumed_where_it_stopped(w: World) {
     let report = w.collector.run(&o).await.unwrap();
     assert_eq!(names(&report).0, BTreeSet::from([d("garbage-a"), d("garbage-b")]));
     assert_eq!(w.collector.run_views(1).await.unwrap()[0].resumed_from, None);
+}
+
+/// A scrub releases what storage holds and no metadata knows (only once a day old), removes the
+/// objects of upload sessions gone, and reports bytes that do not match their digest, evicting
+/// what the pull-through cache holds of them; a dry run reports the same and changes nothing.
+async fn a_scrub_finds_orphans_stale_uploads_and_corrupt_bytes(w: World) {
+    use crate::meta::cache::{CachedPull, ContentKind};
+    use crate::UploadId;
+    const DAYS_2: i64 = 2 * 24 * 3600;
+    w.manifest("gc/app", "kept", &["good", "bad"], &[], None, Some("v1")).await;
+    let put = |key: crate::storage::Key, bytes: &'static str| {
+        let storage = w.storage.clone();
+        async move { put_all(storage.as_ref(), &key, Bytes::from(bytes)).await.unwrap() }
+    };
+    // Stored, no metadata: one two days old, one just written (an upload in flight).
+    put(layout::blob(&d("orphan-old")), "orphan-old").await;
+    w.storage.age(&layout::blob(&d("orphan-old")), DAYS_2);
+    put(layout::blob(&d("orphan-young")), "orphan-young").await;
+    // The chunks of a session gone two days ago, and of a session that still is.
+    let (gone, open) = (UploadId::random(), UploadId::random());
+    put(layout::upload_part(&gone, 0, "aa"), "stale chunk").await;
+    w.storage.age(&layout::upload_part(&gone, 0, "aa"), DAYS_2);
+    w.meta.create_upload(open, &repo("gc/app"), crate::meta::now()).await.unwrap();
+    put(layout::upload_part(&open, 0, "bb"), "open chunk").await;
+    w.storage.age(&layout::upload_part(&open, 0, "bb"), DAYS_2);
+    // Bytes changed underneath: a pushed blob, and one the pull-through cache holds.
+    put(layout::blob(&d("bad")), "tampered").await;
+    w.blob("hub/library/x", "cached-bad").await;
+    let pull = CachedPull {
+        repo: repo("hub/library/x"),
+        digest: d("cached-bad"),
+        kind: ContentKind::Blob,
+        size: 10,
+        at: crate::meta::now_millis(),
+    };
+    w.store.record_pulls(vec![pull]).await.unwrap();
+    put(layout::blob(&d("cached-bad")), "cached-tampered").await;
+
+    let o = Options { grace: Duration::ZERO, dry_run: true, verify: true, scrub: true, ..Options::default() };
+    let dry = w.collector.run(&o).await.unwrap().scrub.unwrap();
+    let real = w.collector.run(&Options { dry_run: false, ..o }).await.unwrap().scrub.unwrap();
+    for s in [&dry, &real] {
+        assert_eq!(s.orphans.iter().map(|o| o.digest.clone()).collect::<Vec<_>>(), [d("orphan-old")]);
+        assert_eq!((s.upload_objects, s.upload_bytes), (1, 11));
+        let corrupt: Vec<_> = s.corrupt.iter().map(|c| (c.digest.clone(), c.cached)).collect();
+        let mut expected = vec![(d("bad"), false), (d("cached-bad"), true)];
+        expected.sort();
+        assert_eq!(corrupt, expected);
+        assert!(s
+            .corrupt
+            .iter()
+            .all(|c| c.problem.contains("bytes stored") || c.problem.contains("hash to")));
+    }
+    assert!(dry.objects >= 6 && dry.verified >= 4, "{dry:?}");
+    // What the real run did: the old orphan and the stale chunks are gone; the rest stays.
+    assert!(!w.stored("orphan-old").await && w.stored("orphan-young").await);
+    let left = w.storage.list(&layout::uploads_root()).await.unwrap();
+    assert_eq!(left.iter().map(|l| l.key.clone()).collect::<Vec<_>>(), [layout::upload_part(&open, 0, "bb")]);
+    assert!(
+        w.stored("bad").await && w.has_manifest("gc/app", "kept").await,
+        "pushed content is only reported"
+    );
+    assert!(w.store.cached_items(&d("cached-bad")).await.unwrap().is_empty(), "evicted from the cache");
+    assert!(!w.stored("cached-bad").await, "released, then purged: the next pull fetches it again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_scrubs() {
+    a_scrub_finds_orphans_stale_uploads_and_corrupt_bytes(World::new(SqliteMeta::temporary().unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_scrubs() {
+    use crate::meta::postgres::{testing::TestDatabase, PostgresMeta};
+    let db = TestDatabase::create().await;
+    a_scrub_finds_orphans_stale_uploads_and_corrupt_bytes(World::new(
+        PostgresMeta::connect(&db.url, 4).await.unwrap(),
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

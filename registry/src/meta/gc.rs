@@ -105,7 +105,7 @@ impl Link {
 }
 
 #[async_trait::async_trait]
-pub trait Collect: super::runs::RunLog {
+pub trait Collect: super::runs::RunLog + super::scrub::Scrub {
     /// The repository's manifests, tags, edges and links.
     async fn repo_contents(&self, repo: &RepoName) -> Result<RepoContents>;
     /// Removes each tag (in one transaction) that still names the digest it is given with.

@@ -15,6 +15,7 @@ pub mod multiparts;
 pub mod postgres;
 pub mod resolved;
 pub mod runs;
+pub mod scrub;
 pub mod sqlite;
 pub mod sweep;
 #[cfg(test)]

@@ -29,6 +29,8 @@ pub(crate) fn run_record(id: &str, host: &str, started_at: i64) -> RunRecord {
         dry_run: false,
         grace_seconds: 3600,
         keep_untagged: true,
+        scrub: false,
+        verify: true,
         state: RunState::Running,
         started_at,
         ended_at: None,

@@ -113,6 +113,10 @@ impl Registry {
         &self.meta
     }
 
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
     /// Checks, side by side, that metadata and storage answer; used by `/readyz`. Each error is
     /// the backend's own reason (unreachable, refused credentials, no such bucket).
     pub async fn readiness(&self) -> Readiness {

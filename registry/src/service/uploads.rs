@@ -336,9 +336,9 @@ impl Registry {
                 return;
             }
         }
-        let keys = self.storage.list(&layout::upload_prefix(&u.id)).await.unwrap_or_default();
-        for k in keys {
-            if let Err(e) = self.storage.delete(&k).await {
+        let objects = self.storage.list(&layout::upload_prefix(&u.id)).await.unwrap_or_default();
+        for o in objects {
+            if let Err(e) = self.storage.delete(&o.key).await {
                 tracing::warn!(error = %e, upload = %u.id, "could not remove upload data");
                 return;
             }

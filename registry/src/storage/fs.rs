@@ -22,7 +22,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
-use super::{ByteStream, Key, ObjectWriter, Storage, StorageError};
+use super::{ByteStream, Key, Listed, ObjectWriter, Storage, StorageError};
 
 /// Writes are gathered into batches of about this size, one vectored write each.
 const IO_CHUNK: usize = 1 << 20;
@@ -144,15 +144,14 @@ impl Storage for FsStorage {
         blocking(move || not_found_to_none(fs::remove_file(&path)).map(drop)).await
     }
 
-    async fn list(&self, prefix: &Key) -> Result<Vec<Key>, StorageError> {
+    async fn list(&self, prefix: &Key) -> Result<Vec<Listed>, StorageError> {
         let root = self.root.clone();
         let prefix = prefix.clone();
         let dir = self.root.join(&prefix.as_str()[..prefix.as_str().rfind('/').map_or(0, |i| i + 1)]);
         blocking(move || {
             let mut out = Vec::new();
-            walk(&root, &dir, &mut out)?;
-            out.retain(|k| k.as_str().starts_with(prefix.as_str()));
-            out.sort();
+            walk(&root, &dir, prefix.as_str(), &mut out)?;
+            out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)
         })
         .await
@@ -223,7 +222,9 @@ fn create_dirs_durably(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<Key>) -> io::Result<()> {
+/// The files under `dir` whose keys start with `prefix`. A file removed while the walk runs is
+/// not listed.
+fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<Listed>) -> io::Result<()> {
     let Some(entries) = not_found_to_none(fs::read_dir(dir))? else {
         return Ok(());
     };
@@ -231,10 +232,19 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<Key>) -> io::Result<()> {
         let entry = entry?;
         let path = entry.path();
         if entry.file_type()?.is_dir() {
-            walk(root, &path, out)?;
+            walk(root, &path, prefix, out)?;
         } else if let Ok(rel) = path.strip_prefix(root) {
             let key = rel.iter().map(|c| c.to_string_lossy()).collect::<Vec<_>>().join("/");
-            out.push(Key::new(key));
+            if !key.starts_with(prefix) {
+                continue;
+            }
+            let Some(meta) = not_found_to_none(entry.metadata())? else { continue };
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs() as i64);
+            out.push(Listed { key: Key::new(key), size: meta.len(), modified });
         }
     }
     Ok(())

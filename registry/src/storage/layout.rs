@@ -18,7 +18,7 @@
 //! per blob, which showed up as most of the kernel time of small pushes.
 
 use crate::UploadId;
-use berth_core::oci::Digest;
+use berth_core::oci::{Algorithm, Digest};
 
 use super::Key;
 
@@ -29,6 +29,16 @@ pub fn blob(digest: &Digest) -> Key {
 
 pub fn blobs_root() -> Key {
     Key::new("blobs/".to_owned())
+}
+
+/// What the keys of the blobs whose hex digest starts with `shard` (as two hex digits) start with.
+pub fn blob_shard(algorithm: Algorithm, shard: u8) -> Key {
+    Key::new(format!("blobs/{}/{shard:02x}/", algorithm.name()))
+}
+
+/// What every upload session's object keys start with.
+pub fn uploads_root() -> Key {
+    Key::new("uploads/".to_owned())
 }
 
 /// What every chunk key of upload `id` starts with (a prefix for [`super::Storage::list`]).

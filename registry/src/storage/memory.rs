@@ -6,20 +6,43 @@ use std::sync::RwLock;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{ByteStream, Key, ObjectWriter, Storage, StorageError};
+use super::{ByteStream, Key, Listed, ObjectWriter, Storage, StorageError};
 
 #[derive(Default)]
 pub struct MemoryStorage {
-    objects: std::sync::Arc<RwLock<BTreeMap<Key, Bytes>>>,
+    objects: Objects,
+}
+
+/// An object's bytes and when it was written (unix seconds).
+#[derive(Clone)]
+struct Object {
+    bytes: Bytes,
+    modified: i64,
+}
+
+impl Object {
+    fn new(bytes: Bytes) -> Object {
+        Object { bytes, modified: crate::meta::now() }
+    }
 }
 
 impl MemoryStorage {
     pub fn new() -> MemoryStorage {
         MemoryStorage::default()
     }
+
+    /// Makes the object at `key` as old as if written `secs` seconds earlier (for tests of what
+    /// age decides).
+    pub fn age(&self, key: &Key, secs: i64) {
+        if let Ok(mut map) = self.objects.write() {
+            if let Some(o) = map.get_mut(key) {
+                o.modified -= secs;
+            }
+        }
+    }
 }
 
-type Objects = std::sync::Arc<RwLock<BTreeMap<Key, Bytes>>>;
+type Objects = std::sync::Arc<RwLock<BTreeMap<Key, Object>>>;
 
 fn lock_err() -> StorageError {
     StorageError::Io(std::io::Error::other("memory storage lock poisoned"))
@@ -33,13 +56,13 @@ impl Storage for MemoryStorage {
 
     async fn stat(&self, key: &Key) -> Result<Option<u64>, StorageError> {
         let map = self.objects.read().map_err(|_| lock_err())?;
-        Ok(map.get(key).map(|b| b.len() as u64))
+        Ok(map.get(key).map(|o| o.bytes.len() as u64))
     }
 
     async fn get(&self, key: &Key, range: Option<Range<u64>>) -> Result<ByteStream, StorageError> {
         let bytes = {
             let map = self.objects.read().map_err(|_| lock_err())?;
-            map.get(key).cloned().ok_or(StorageError::NotFound)?
+            map.get(key).map(|o| o.bytes.clone()).ok_or(StorageError::NotFound)?
         };
         let bytes = match range {
             Some(r) => {
@@ -68,12 +91,12 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
-    async fn list(&self, prefix: &Key) -> Result<Vec<Key>, StorageError> {
+    async fn list(&self, prefix: &Key) -> Result<Vec<Listed>, StorageError> {
         let map = self.objects.read().map_err(|_| lock_err())?;
         Ok(map
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.as_str().starts_with(prefix.as_str()))
-            .map(|(k, _)| k.clone())
+            .map(|(k, o)| Listed { key: k.clone(), size: o.bytes.len() as u64, modified: o.modified })
             .collect())
     }
 }
@@ -96,7 +119,7 @@ impl ObjectWriter for MemoryWriter {
 
     async fn commit(self: Box<Self>, key: &Key) -> Result<(), StorageError> {
         let mut map = self.objects.write().map_err(|_| lock_err())?;
-        map.insert(key.clone(), self.buf.freeze());
+        map.insert(key.clone(), Object::new(self.buf.freeze()));
         Ok(())
     }
 }

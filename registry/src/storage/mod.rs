@@ -71,6 +71,15 @@ pub fn is_full(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::EDQUOT)
 }
 
+/// An object as [`Storage::list`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: Key,
+    pub size: u64,
+    /// When it was last written (unix seconds).
+    pub modified: i64,
+}
+
 #[async_trait::async_trait]
 pub trait Storage: Send + Sync + 'static {
     /// The object's size, or `None` if there is no object at `key`.
@@ -98,9 +107,9 @@ pub trait Storage: Send + Sync + 'static {
     /// Removes an object; removing a missing one is not an error.
     async fn delete(&self, key: &Key) -> Result<(), StorageError>;
 
-    /// Keys of all objects whose key starts with `prefix` (a string prefix, not only a
-    /// directory), sorted.
-    async fn list(&self, prefix: &Key) -> Result<Vec<Key>, StorageError>;
+    /// All objects whose key starts with `prefix` (a string prefix, not only a directory),
+    /// sorted by key.
+    async fn list(&self, prefix: &Key) -> Result<Vec<Listed>, StorageError>;
 
     /// Whether the store answers, for `/readyz`: an error names what is wrong (unreachable,
     /// refused credentials, no such bucket).

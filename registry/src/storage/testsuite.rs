@@ -65,7 +65,7 @@ async fn uncommitted_writes_stay_invisible(s: &dyn Storage) {
     w.write(Bytes::from_static(b"abandoned")).await.unwrap();
     drop(w);
     assert_eq!(s.stat(&k).await.unwrap(), None);
-    assert!(s.list(&layout::blobs_root()).await.unwrap().iter().all(|x| *x != k));
+    assert!(s.list(&layout::blobs_root()).await.unwrap().iter().all(|x| x.key != k));
     // Nor those begun where they were meant to go: the key shows nothing until a commit, which
     // may still name another key.
     let mut w = s.writer_at(&k).await.unwrap();
@@ -116,10 +116,16 @@ async fn listing(s: &dyn Storage) {
     for start in [0u64, 10, 20] {
         put_all(s, &layout::upload_part(&a, start, "a"), Bytes::from_static(b"x")).await.unwrap();
     }
-    put_all(s, &layout::upload_part(&b, 0, "b"), Bytes::from_static(b"y")).await.unwrap();
-    let keys = s.list(&layout::upload_prefix(&a)).await.unwrap();
+    put_all(s, &layout::upload_part(&b, 0, "b"), Bytes::from_static(b"yz")).await.unwrap();
+    let listed = s.list(&layout::upload_prefix(&a)).await.unwrap();
+    let keys: Vec<_> = listed.iter().map(|l| l.key.clone()).collect();
     let want: Vec<_> = [0u64, 10, 20].iter().map(|o| layout::upload_part(&a, *o, "a")).collect();
     assert_eq!(keys, want);
+    // Each with its size and when it was written (clocks of a store and of berth may differ a
+    // little).
+    let now = crate::meta::now();
+    assert!(listed.iter().all(|l| l.size == 1 && (l.modified - now).abs() < 300), "{listed:?}");
+    assert_eq!(s.list(&layout::upload_prefix(&b)).await.unwrap()[0].size, 2);
     for k in keys {
         s.delete(&k).await.unwrap();
     }

@@ -93,6 +93,11 @@ fn job_spec(reg: &Registry, spec: &GcSpec, eff: &Effective, tls_secret: Option<&
     if spec.keep_untagged == Some(true) {
         args.push("--keep-untagged".into());
     }
+    if spec.verify == Some(true) {
+        args.push("--verify".into());
+    } else if spec.scrub == Some(true) {
+        args.push("--scrub".into());
+    }
     let mut mounts = Vec::new();
     let mut volumes = Vec::new();
     if let Some(secret) = tls_secret {
@@ -220,6 +225,8 @@ pub fn last_run(jobs: &[Job], pods: &[Pod]) -> Option<GcRun> {
         blobs_removed: number("blobsRemoved"),
         bytes_reclaimed: number("bytesFreed"),
         conflicts: number("conflicts"),
+        orphans_removed: number("orphansRemoved"),
+        corrupt_blobs: number("corruptBlobs"),
         message: if ok { None } else { error.or_else(|| raw_message(pods, &job.name_any())).or(why) },
     })
 }
@@ -266,6 +273,14 @@ pub fn condition(reg: &Registry, run: Option<&GcRun>) -> Option<Cond> {
     if run.result != "Succeeded" {
         let why = run.message.clone().unwrap_or_else(|| "the run failed".into());
         return Some(Cond::new("GarbageCollected", false, "RunFailed", format!("Job {}: {why}", run.job)));
+    }
+    if let Some(n) = run.corrupt_blobs.filter(|n| *n > 0) {
+        let why = format!(
+            "Job {} found {n} stored blobs missing or not matching their digest (its log names them): \
+             restore them from a backup or push them again",
+            run.job
+        );
+        return Some(Cond::new("GarbageCollected", false, "CorruptBlobs", why));
     }
     let (m, b, bytes) = (
         run.manifests_removed.unwrap_or(0),

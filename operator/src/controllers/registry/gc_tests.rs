@@ -74,7 +74,7 @@ fn spec_gc_makes_a_cron_job_that_runs_berth_gc_as_the_operators_robot() {
 
     // An open registry: no credentials, plain HTTP; suspend and a schedule of one's own.
     let open = registry(
-        serde_json::json!({"gc": {"schedule": "*/5 * * * *", "suspend": true, "keepUntagged": true}}),
+        serde_json::json!({"gc": {"schedule": "*/5 * * * *", "suspend": true, "keepUntagged": true, "scrub": true}}),
     );
     let cron = cron_of(&children(&open, &inputs()));
     assert_eq!(cron["spec"]["schedule"], "*/5 * * * *");
@@ -82,6 +82,7 @@ fn spec_gc_makes_a_cron_job_that_runs_berth_gc_as_the_operators_robot() {
     let container = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["args"][2], "http://hub.team.svc:5000");
     assert!(container["args"].as_array().unwrap().iter().any(|a| a == "--keep-untagged"));
+    assert!(container["args"].as_array().unwrap().iter().any(|a| a == "--scrub"));
     assert_eq!(container["env"], serde_json::json!([]));
     // Without spec.gc there is none (and the reconciler prunes one that was there).
     let none = children(&registry(serde_json::json!({})), &inputs());
@@ -139,7 +140,7 @@ fn pod(job: &str, message: &str, ended: i64) -> Pod {
 
 #[test]
 fn the_last_run_is_the_job_that_ended_last_with_what_its_pod_said() {
-    let summary = r#"{"dryRun":false,"manifestsRemoved":2,"linksRemoved":10,"blobsRemoved":9,"bytesFreed":4096,"conflicts":1}"#;
+    let summary = r#"{"dryRun":false,"manifestsRemoved":2,"linksRemoved":10,"blobsRemoved":9,"bytesFreed":4096,"conflicts":1,"orphansRemoved":3,"corruptBlobs":1}"#;
     let jobs = [job("hub-gc-1", true, 100), job("hub-gc-2", false, 300), job("hub-gc-3", true, 200)];
     let pods = [
         pod("hub-gc-1", "{}", 100),
@@ -153,6 +154,7 @@ fn the_last_run_is_the_job_that_ended_last_with_what_its_pod_said() {
     assert_eq!((ok.job.as_str(), ok.result.as_str()), ("hub-gc-3", "Succeeded"));
     assert_eq!((ok.manifests_removed, ok.blobs_removed, ok.bytes_reclaimed), (Some(2), Some(9), Some(4096)));
     assert_eq!((ok.dry_run, ok.conflicts, ok.message), (Some(false), Some(1), None));
+    assert_eq!((ok.orphans_removed, ok.corrupt_blobs), (Some(3), Some(1)));
     // A pod whose message is not a summary (a log tail): the Job's reason stands in.
     let no_summary = gc::last_run(&jobs[1..2], &[]).unwrap();
     assert_eq!(no_summary.message.as_deref(), Some("Job has reached the specified backoff limit"));
@@ -184,6 +186,16 @@ fn status_reports_the_last_run_and_keeps_it_when_its_job_is_gone() {
     later.status = Some(s.clone());
     let again = status::compute(&later, &eff, &Observed::default(), time(3));
     assert_eq!(again, s, "an unchanged world, an unchanged status");
+    // A verifying run that found corrupt blobs: the condition says so.
+    let corrupt = r#"{"dryRun":false,"manifestsRemoved":0,"blobsRemoved":0,"bytesFreed":0,"corruptBlobs":2}"#;
+    let obs = Observed {
+        gc_last_run: gc::last_run(&[job("hub-gc-2", true, 400)], &[pod("hub-gc-2", corrupt, 400)]),
+        ..Observed::default()
+    };
+    let s = status::compute(&r, &eff, &obs, time(4));
+    let c = condition(s.conditions.as_deref().unwrap(), "GarbageCollected").unwrap();
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "CorruptBlobs"));
+    assert!(c.message.contains("found 2 stored blobs"), "{}", c.message);
     // Without spec.gc: no condition, no gc status.
     let plain = registry(serde_json::json!({}));
     let s = status::compute(&plain, &eff, &Observed::default(), time(1));

@@ -10,6 +10,16 @@ use crate::meta::cache::{
 use crate::meta::Result;
 use berth_core::oci::{Digest, RepoName, Tag};
 
+/// A row of repository name, digest, kind and size.
+pub(super) fn cached_item(r: &tokio_postgres::Row) -> Result<CachedItem> {
+    Ok(CachedItem {
+        repo: parse("repository", r.get(0))?,
+        digest: parse("digest", r.get(1))?,
+        kind: ContentKind::from_stored(r.get(2)),
+        size: size(r.get(3)),
+    })
+}
+
 #[async_trait::async_trait]
 impl CacheIndex for PostgresMeta {
     async fn tag_checked_at(&self, repo: &RepoName, tag: &Tag) -> Result<Option<i64>> {
@@ -98,16 +108,7 @@ impl CacheIndex for PostgresMeta {
         )
         .await
         .map_err(db_error)?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(CachedItem {
-                    repo: parse("repository", r.get(0))?,
-                    digest: parse("digest", r.get(1))?,
-                    kind: ContentKind::from_stored(r.get(2)),
-                    size: size(r.get(3)),
-                })
-            })
-            .collect()
+        rows.iter().map(cached_item).collect()
     }
 
     async fn evict(&self, item: &CachedItem) -> Result<bool> {

@@ -21,6 +21,7 @@ mod migrate;
 mod multiparts;
 mod pool;
 mod runs;
+mod scrub;
 mod sweep;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

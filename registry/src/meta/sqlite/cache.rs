@@ -12,6 +12,23 @@ use crate::meta::cache::{
 use crate::meta::Result;
 use berth_core::oci::{Digest, RepoName, Tag};
 
+/// A row of repository name, digest, kind and size, as read.
+pub(super) type CachedRow = (String, String, String, i64);
+
+pub(super) fn cached_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CachedRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+/// The item a [`cached_row`] names.
+pub(super) fn cached_item((repo, digest, kind, size): CachedRow) -> Result<CachedItem> {
+    Ok(CachedItem {
+        repo: parse("repository", repo)?,
+        digest: parse("digest", digest)?,
+        kind: ContentKind::from_stored(&kind),
+        size: size.max(0) as u64,
+    })
+}
+
 #[async_trait::async_trait]
 impl CacheIndex for SqliteMeta {
     async fn tag_checked_at(&self, repo: &RepoName, tag: &Tag) -> Result<Option<i64>> {
@@ -85,25 +102,8 @@ impl CacheIndex for SqliteMeta {
                  WHERE r.name >= ?1 AND r.name < ?2 AND p.pulled_at < ?3
                  ORDER BY p.pulled_at, p.kind, p.digest LIMIT ?4",
             )?;
-            let rows = stmt.query_map(params![lo, hi, before, limit as i64], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })?;
-            let mut out = vec![];
-            for row in rows {
-                let (repo, digest, kind, size) = row?;
-                out.push(CachedItem {
-                    repo: parse("repository", repo)?,
-                    digest: parse("digest", digest)?,
-                    kind: ContentKind::from_stored(&kind),
-                    size: size.max(0) as u64,
-                });
-            }
-            Ok(out)
+            let rows = stmt.query_map(params![lo, hi, before, limit as i64], cached_row)?;
+            rows.map(|row| cached_item(row?)).collect()
         })
         .await
     }

@@ -15,6 +15,7 @@ mod cache;
 mod gc;
 mod multiparts;
 mod runs;
+mod scrub;
 mod usage;
 mod writer;
 

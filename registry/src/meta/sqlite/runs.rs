@@ -9,7 +9,7 @@ use crate::meta::Result;
 
 /// A row of the run columns; its state unknown is an error of its own (not SQLite's).
 fn row(r: &Row<'_>) -> rusqlite::Result<Result<RunRecord>> {
-    let state = match RunState::parse(&r.get::<_, String>(5)?) {
+    let state = match RunState::parse(&r.get::<_, String>(7)?) {
         Ok(s) => s,
         Err(e) => return Ok(Err(e)),
     };
@@ -19,14 +19,16 @@ fn row(r: &Row<'_>) -> rusqlite::Result<Result<RunRecord>> {
         dry_run: r.get(2)?,
         grace_seconds: r.get(3)?,
         keep_untagged: r.get(4)?,
+        scrub: r.get(5)?,
+        verify: r.get(6)?,
         state,
-        started_at: r.get(6)?,
-        ended_at: r.get(7)?,
-        progress: r.get(8)?,
-        report: r.get(9)?,
-        error: r.get(10)?,
-        cancel_requested: r.get(11)?,
-        resumed_from: r.get(12)?,
+        started_at: r.get(8)?,
+        ended_at: r.get(9)?,
+        progress: r.get(10)?,
+        report: r.get(11)?,
+        error: r.get(12)?,
+        cancel_requested: r.get(13)?,
+        resumed_from: r.get(14)?,
     }))
 }
 
@@ -45,6 +47,8 @@ impl RunLog for SqliteMeta {
                 run.dry_run,
                 run.grace_seconds,
                 run.keep_untagged,
+                run.scrub,
+                run.verify,
                 run.started_at,
                 run.progress,
                 run.resumed_from

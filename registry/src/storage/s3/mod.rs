@@ -27,7 +27,9 @@ use object_store::{
     ClientOptions, GetOptions, GetRange, MultipartId, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
 };
 
-use super::{ByteStream, Key, MultipartJournal, ObjectWriter, Storage, StorageError, MULTIPART_RENEW};
+use super::{
+    ByteStream, Key, Listed, MultipartJournal, ObjectWriter, Storage, StorageError, MULTIPART_RENEW,
+};
 
 pub mod credentials;
 #[cfg(any(test, feature = "testing"))]
@@ -326,18 +328,24 @@ impl Storage for S3Storage {
         }
     }
 
-    async fn list(&self, prefix: &Key) -> Result<Vec<Key>, StorageError> {
+    async fn list(&self, prefix: &Key) -> Result<Vec<Listed>, StorageError> {
         // The store lists whole path segments: list the prefix's directory, then match the rest.
         let dir = Key::new(prefix.as_str()[..prefix.as_str().rfind('/').map_or(0, |i| i + 1)].to_owned());
         let metas: Vec<_> =
             self.store.list(Some(&self.path(&dir))).try_collect().await.map_err(storage_error)?;
-        let mut keys: Vec<Key> = metas
+        let mut listed: Vec<Listed> = metas
             .iter()
-            .filter_map(|m| self.key(&m.location))
-            .filter(|k| k.as_str().starts_with(prefix.as_str()))
+            .filter_map(|m| {
+                let key = self.key(&m.location)?;
+                key.as_str().starts_with(prefix.as_str()).then(|| Listed {
+                    key,
+                    size: m.size,
+                    modified: m.last_modified.timestamp(),
+                })
+            })
             .collect();
-        keys.sort();
-        Ok(keys)
+        listed.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(listed)
     }
 }
 
