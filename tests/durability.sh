@@ -30,7 +30,8 @@ PORT=$(free_port)
 head -c 300000 /dev/urandom >"$WORK/blob"
 strace -f -y -qq -e trace=mkdir,mkdirat,openat,fsync,fdatasync,rename,renameat,renameat2 -o "$WORK/trace" \
   "$BERTH_BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" >"$WORK/log" 2>&1 &
-on_exit "kill $!"
+# berth first: strace, killed alone, lets go of it and leaves it running.
+on_exit "pkill -P $!; kill $!"
 wait_for "http://127.0.0.1:$PORT/v2/" 30 || { cat "$WORK/log"; exit 1; }
 # strace writes the trace at its own offset: mark where the push begins by line, not by appending.
 sleep 1

@@ -22,6 +22,7 @@ retention:
   policies:
     - repositories: ["gc/ret"]
       protect: [main]
+      protect_annotations: ["org.example.release=true"]
       tags: [{ match: { regex: "^pr-" }, keep: { most_recently_pushed: 1 } }]
 YAML
 start_berth --config "$WORK/berth.yml"
@@ -150,7 +151,11 @@ check "an unknown run is a 404" equal "$(status_of -u alice:alice-pw "$BERTH_URL
 check "bob may not read the runs" equal "$(status_of -u bob:bob-pw "$BERTH_URL/admin/v1/gc/runs")" 403
 
 echo "== retention"
-pushed_prs() { push multi gc/ret:pr-1 && sleep 1.1 && push multiarch gc/ret:pr-2 --all && push multi gc/ret:main; }
+pushed_prs() {
+  push multi gc/ret:pr-1 &&
+    "$CRANE" --insecure mutate --annotation org.example.release=true -t "$R/gc/ret:pr-0" "$R/gc/ret:pr-1" &&
+    sleep 1.1 && push multiarch gc/ret:pr-2 --all && push multi gc/ret:main
+}
 retention_dry() {
   gc --dry-run --output json | python3 -c 'import json,sys
 r = json.load(sys.stdin)
@@ -164,11 +169,12 @@ retention_real() {
   out=$(gc) && echo "$out" && grep -q '^gc/ret: removed 1 tags, 0 manifests' <<<"$out" &&
     ! "$CRANE" --insecure manifest "$R/gc/ret:pr-1" 2>/dev/null &&
     "$CRANE" --insecure manifest "$R/gc/ret:pr-2" >/dev/null &&
+    "$CRANE" --insecure manifest "$R/gc/ret:pr-0" | grep -q '"org.example.release":"true"' &&
     "${SK[@]}" copy --src-tls-verify=false --src-creds bob:bob-pw "docker://$R/gc/ret:main" "oci:$WORK/main:v1"
 }
-check "skopeo pushes pr-1, then pr-2 and main" pushed_prs
+check "skopeo pushes pr-1, crane an annotated copy pr-0, then pr-2 and main" pushed_prs
 check "the policy's dry run names pr-1 and why" retention_dry
-check "a run removes the older pr- tag; pr-2 and the protected main stay" retention_real
+check "a run removes the older pr- tag; pr-2, main and the annotated pr-0 stay" retention_real
 
 echo "== storage usage"
 usage_page() {
@@ -217,5 +223,46 @@ check "an old orphan and a corrupted layer are planted in the data directory" pl
 check "a verifying dry run names the orphan and the corrupt layer, and removes nothing" scrub_dry
 check "a scrub removes the orphan" scrub_real
 check "a verifying run counts the corrupt blob in the metrics" corrupt_counted
+
+echo "== review queue"
+# A second berth that reviews its queue every second: a delete queues its repository, and a run
+# over the queue (here asked for with no grace) looks at that repository only.
+cat >"$WORK/review.yml" <<YAML
+auth:
+  htpasswd: $WORK/htpasswd
+  rules: [{ users: [alice], repositories: ["**"], actions: [pull, push, delete, admin] }]
+retention:
+  review_every: 1s
+YAML
+start_berth --config "$WORK/review.yml"
+R=$BERTH_ADDR
+queue_fed() {
+  push multi gc/q1:v1 && push multi gc/q2:v1 && push multi gc/q2:v2 &&
+    "$CRANE" auth login "$R" -u alice -p alice-pw >/dev/null 2>&1 &&
+    "$CRANE" --insecure delete "$R/gc/q2@$MULTI" || return 1
+  local i
+  for i in $(seq 1 30); do
+    curl -sf "$BERTH_URL/metrics" | grep -q '^berth_gc_queue_depth [1-9]' && return 0
+    sleep 1
+  done
+  curl -sf "$BERTH_URL/metrics" | grep berth_gc_queue
+  return 1
+}
+reviews_ran() {
+  curl -sf -u alice:alice-pw "$BERTH_URL/admin/v1/gc/runs" | python3 -c 'import json,sys
+runs = json.load(sys.stdin)["runs"]
+assert runs and all(r["queued"] and r["graceSeconds"] == 3600 for r in runs), runs
+assert any(r["state"] == "succeeded" for r in runs), runs'
+}
+queued_run() {
+  local out
+  out=$(gc --queued --output json) && echo "$out" | python3 -c 'import json,sys
+r = json.load(sys.stdin)
+assert [x["repository"] for x in r["repositories"]] == ["gc/q2"], r
+assert r["manifestsRemoved"] == 0 and r["linksRemoved"] == 4, r' && curl -sf "$BERTH_URL/metrics" | grep -q '^berth_gc_queue_depth 0'
+}
+check "pushes and a delete queue their repositories; the depth is in the metrics" queue_fed
+check "berth reviews the queue by itself, with the default grace" reviews_ran
+check "a run over the queue looks at the changed repository only" queued_run
 
 finish

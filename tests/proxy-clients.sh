@@ -90,4 +90,30 @@ check "containerd's pulls came through Berth (the ns= mirror form)" test "$(prox
 check "Berth's catalog holds the mirrored and the private repository" \
   bash -c "[[ \$(curl -sf $BERTH_URL/v2/_catalog) == '{\"repositories\":[\"docker.io/library/alpine\",\"team/app\"]}' ]]"
 
+echo "== a size limit evicts beside pulls"
+# A second Berth whose cache holds at most 100 KiB: each maintenance pass (every 10 s) evicts the
+# least recently pulled content, while skopeo keeps pulling both images. Every pull must come back
+# whole, whether its blobs were cached, being evicted or fetched again.
+cat >"$WORK/small.yaml" <<EOF
+proxy:
+  upstreams:
+    - { name: docker.io, url: "http://$UP", default: true, include: ["library/**"], max_size: 100Ki }
+EOF
+start_berth --config "$WORK/small.yaml" || exit 1
+R=$BERTH_ADDR
+evictions() { curl -sf "$BERTH_URL/metrics" | awk '/^berth_proxy_evictions_total/ {n += $NF} END {print n+0}'; }
+pulls_beside_evictions() {
+  local i deadline=$((SECONDS + 60))
+  for i in $(seq 1 40); do
+    pull_layout "$R/library/alpine:3.20" "$WORK/ev1" "$MULTI" || return 1
+    pull_layout "$R/library/alpine:multiarch" "$WORK/ev2" "$MULTIARCH" --all || return 1
+    if [ "$(evictions)" -ge 2 ] && [ "$i" -ge 4 ]; then return 0; fi
+    [ "$SECONDS" -lt "$deadline" ] || { echo "only $(evictions) evictions in 60 s"; return 1; }
+    sleep 1
+  done
+  echo "only $(evictions) evictions after 40 rounds"
+  return 1
+}
+check "skopeo pulls both images, whole, while the size limit evicts them" pulls_beside_evictions
+
 finish

@@ -63,6 +63,10 @@ struct GcArgs {
     /// Scrub, and read every live blob to check it against its digest (reads all stored bytes).
     #[arg(long)]
     verify: bool,
+    /// Look only at the repositories changed since a collection last looked at them (the review
+    /// queue), not at every repository.
+    #[arg(long)]
+    queued: bool,
     /// CA certificate (PEM) to trust for the registry's TLS.
     #[arg(long)]
     ca_file: Option<PathBuf>,
@@ -98,6 +102,7 @@ impl GcArgs {
             keep_untagged: self.keep_untagged,
             scrub: self.scrub,
             verify: self.verify,
+            queued: self.queued,
             ca_file: self.ca_file,
             insecure: self.insecure,
             json: self.output == "json",

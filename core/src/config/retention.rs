@@ -3,9 +3,12 @@
 //! ```yaml
 //! retention:
 //!   purge_delay: 24h                   # released bytes are deleted no sooner (for backups)
+//!   review_every: 10m                  # collect over the review queue this often
 //!   policies:                          # the first whose repositories match decides
 //!     - repositories: ["ci/**"]
 //!       protect: [latest, "release-*"] # never removed, whatever the rules say
+//!       protect_annotations:           # nor tags of manifests annotated so (key, or key=value)
+//!         - "org.example.release=true"
 //!       minimum_tags: 3                # at least this many tags stay (the newest pushed)
 //!       untagged_for: 7d               # untagged manifests stay this long after their push
 //!       referrers: with_subject        # or keep: signatures and SBOMs outlive their subject
@@ -36,11 +39,15 @@ pub struct RetentionConfig {
     /// database first and the store within this time restores every blob the database names.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "duration::option")]
     pub purge_delay: Option<Duration>,
+    /// How often each replica tries a collection over the review queue (only the repositories
+    /// changed since a collection last looked); none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "duration::option")]
+    pub review_every: Option<Duration>,
 }
 
 impl RetentionConfig {
     pub fn is_empty(&self) -> bool {
-        self.policies.is_empty() && self.purge_delay.is_none()
+        self.policies.is_empty() && self.purge_delay.is_none() && self.review_every.is_none()
     }
 
     /// Returns the offending field (relative to `retention`) and why.
@@ -72,6 +79,10 @@ pub struct RetentionPolicy {
     /// Tag globs never removed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub protect: Vec<String>,
+    /// Manifest annotations whose tags are never removed: `key` (any value) or `key=value`,
+    /// matched against the annotations of the manifest (or index) the tag names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protect_annotations: Vec<String>,
     /// At least this many tags stay in each repository: the most recently pushed of those the
     /// rules would remove are spared first.
     #[serde(default, skip_serializing_if = "is_zero")]

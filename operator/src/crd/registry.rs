@@ -131,6 +131,11 @@ pub struct GcSpec {
     /// release, e.g. 24h: longer than a backup takes (copy the database, then the store).
     #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
     pub purge_delay: Option<String>,
+    /// How often berth itself collects over the review queue (only the repositories changed
+    /// since a collection last looked), e.g. 10m, between the CronJob's full runs. None when
+    /// absent.
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
+    pub review_every: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -142,6 +147,9 @@ pub struct RetentionPolicySpec {
     pub tags: Option<Vec<TagRuleSpec>>,
     /// Tag globs never removed.
     pub protect: Option<Vec<String>>,
+    /// Tags of manifests with one of these annotations are never removed: `key` (any value) or
+    /// `key=value`.
+    pub protect_annotations: Option<Vec<String>>,
     /// At least this many tags stay in each repository (the most recently pushed).
     pub minimum_tags: Option<u32>,
     /// Untagged manifests stay this long after their push, e.g. 7d.

@@ -9,6 +9,7 @@ CREATE TABLE gc_runs (
     keep_untagged    BOOLEAN NOT NULL,
     scrub            BOOLEAN NOT NULL,
     verify           BOOLEAN NOT NULL,
+    queued           BOOLEAN NOT NULL,
     -- running, succeeded, failed, cancelled or interrupted
     state            TEXT    NOT NULL,
     started_at       BIGINT  NOT NULL,
@@ -20,3 +21,11 @@ CREATE TABLE gc_runs (
     resumed_from     TEXT
 );
 CREATE INDEX gc_runs_by_start ON gc_runs (started_at);
+
+-- Repositories whose content changed since a collection last looked at them (unix seconds: the
+-- first change not yet looked at, and the last).
+CREATE TABLE gc_queue (
+    repository TEXT    COLLATE "C" PRIMARY KEY,
+    queued_at  BIGINT  NOT NULL,
+    touched_at BIGINT  NOT NULL
+);

@@ -8,6 +8,7 @@ CREATE TABLE gc_runs (
     keep_untagged    INTEGER NOT NULL,
     scrub            INTEGER NOT NULL,
     verify           INTEGER NOT NULL,
+    queued           INTEGER NOT NULL,
     -- running, succeeded, failed, cancelled or interrupted
     state            TEXT    NOT NULL,
     started_at       INTEGER NOT NULL,
@@ -19,3 +20,11 @@ CREATE TABLE gc_runs (
     resumed_from     TEXT
 );
 CREATE INDEX gc_runs_by_start ON gc_runs (started_at);
+
+-- Repositories whose content changed since a collection last looked at them (unix seconds: the
+-- first change not yet looked at, and the last).
+CREATE TABLE gc_queue (
+    repository TEXT    PRIMARY KEY,
+    queued_at  INTEGER NOT NULL,
+    touched_at INTEGER NOT NULL
+);

@@ -3,8 +3,8 @@
 //!
 //! `POST /admin/v1/gc` starts a garbage collection in the background (one at a time across
 //! replicas) and answers 202 with the run, its `Location` where to follow it:
-//! `{"dryRun": true, "grace": "1h", "keepUntagged": false, "scrub": false, "verify": false}`
-//! (every field optional). `GET
+//! `{"dryRun": true, "grace": "1h", "keepUntagged": false, "scrub": false, "verify": false,
+//! "queued": false}` (every field optional). `GET
 //! /admin/v1/gc/runs?n=20` lists the newest runs; `GET /admin/v1/gc/runs/{id}` shows one, with its
 //! progress and, once it ended, its report; `DELETE` on it asks it to stop.
 //!
@@ -45,6 +45,9 @@ struct GcRequest {
     /// Scrub, and read every live blob to check it against its digest.
     #[serde(default)]
     verify: bool,
+    /// Look only at the repositories queued for review.
+    #[serde(default)]
+    queued: bool,
 }
 
 pub async fn gc(State(st): State<AppState>, req: Request) -> Response {
@@ -194,6 +197,7 @@ async fn options(body: Body) -> Result<Options, ApiError> {
         dry_run: r.dry_run,
         scrub: r.scrub || r.verify,
         verify: r.verify,
+        queued: r.queued,
     })
 }
 

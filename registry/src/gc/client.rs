@@ -20,6 +20,7 @@ pub struct Request {
     pub keep_untagged: bool,
     pub scrub: bool,
     pub verify: bool,
+    pub queued: bool,
     pub ca_file: Option<PathBuf>,
     pub insecure: bool,
     pub json: bool,
@@ -36,6 +37,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_secs(1);
 /// How long the registry may be unreachable while a run is followed (a replica restarting).
 const UNREACHABLE: Duration = Duration::from_secs(60);
+/// How long a start waits for another collection to end.
+const BUSY_WAIT: Duration = Duration::from_secs(120);
 
 /// Asks the registry for a collection and prints its report; an error when it failed. The
 /// summary (or the error) is also written to the report file, when one is named.
@@ -88,6 +91,7 @@ async fn collect(r: &Request) -> anyhow::Result<Value> {
         "keepUntagged": r.keep_untagged,
         "scrub": r.scrub,
         "verify": r.verify,
+        "queued": r.queued,
     });
     let run = admin.start(&body).await?;
     let id = run["id"].as_str().context("the registry's answer names no run")?.to_owned();
@@ -155,10 +159,21 @@ impl Admin {
             .with_context(|| format!("{what} at {}: the answer is not JSON", self.base))
     }
 
-    /// Starts a collection (`{"dryRun", "grace", "keepUntagged"}`, each optional): the run.
+    /// Starts a collection (`{"dryRun", "grace", "keepUntagged", ...}`, each optional): the run.
+    /// While another runs (a review of the queue, a run from elsewhere), waits for it to end, a
+    /// while.
     pub async fn start(&self, body: &Value) -> anyhow::Result<Value> {
-        self.send(self.request(reqwest::Method::POST, "/admin/v1/gc").json(body), "starting a collection")
-            .await
+        let since = std::time::Instant::now();
+        loop {
+            let req = self.request(reqwest::Method::POST, "/admin/v1/gc").json(body);
+            match self.send(req, "starting a collection").await {
+                Err(e) if busy(&e) && since.elapsed() < BUSY_WAIT => {
+                    tracing::debug!(error = %e, "another collection runs; asking again");
+                    tokio::time::sleep(POLL).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     pub async fn get(&self, id: &str) -> anyhow::Result<Value> {
@@ -222,6 +237,11 @@ impl std::fmt::Display for Refused {
 }
 
 impl std::error::Error for Refused {}
+
+/// Another collection runs (409).
+fn busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<Refused>().is_some_and(|r| r.status == reqwest::StatusCode::CONFLICT))
+}
 
 /// A connection that failed or a 5xx: worth asking again.
 fn is_transient(e: &anyhow::Error) -> bool {

@@ -35,6 +35,8 @@ pub struct GcMetrics {
     conflicts: Counter,
     corrupt: Counter,
     last_success: Gauge,
+    queue_depth: Gauge,
+    queue_overdue: Gauge,
 }
 
 impl Default for GcMetrics {
@@ -46,6 +48,8 @@ impl Default for GcMetrics {
             bytes_freed: Counter::default(),
             conflicts: Counter::default(),
             corrupt: Counter::default(),
+            queue_depth: Gauge::default(),
+            queue_overdue: Gauge::default(),
             last_success: Gauge::default(),
         }
     }
@@ -64,6 +68,16 @@ impl GcMetrics {
             self.conflicts.clone(),
         );
         r.register(
+            "queue_depth",
+            "Repositories queued for review (changed since a collection looked at them)",
+            self.queue_depth.clone(),
+        );
+        r.register(
+            "queue_overdue",
+            "Queued repositories waiting longer than reviews should take (none run, or they fail)",
+            self.queue_overdue.clone(),
+        );
+        r.register(
             "corrupt_blobs",
             "Stored blobs a verifying scrub found missing or not matching their digest",
             self.corrupt.clone(),
@@ -73,6 +87,12 @@ impl GcMetrics {
             "When a real collection last succeeded (unix seconds)",
             self.last_success.clone(),
         );
+    }
+
+    /// The review queue as last counted.
+    pub fn queue(&self, depth: u64, overdue: u64) {
+        self.queue_depth.set(depth as i64);
+        self.queue_overdue.set(overdue as i64);
     }
 
     /// One run's outcome: its report when it succeeded.

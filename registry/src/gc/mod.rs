@@ -17,6 +17,7 @@ pub mod metrics;
 mod progress;
 mod report;
 pub mod retention;
+mod review;
 mod runs;
 pub mod scrub;
 #[cfg(test)]
@@ -55,6 +56,8 @@ pub struct Options {
     pub scrub: bool,
     /// Also read every live blob and check it against its digest (a scrub that verifies).
     pub verify: bool,
+    /// Look only at the repositories queued for review ([`crate::meta::queue`]), not at all.
+    pub queued: bool,
 }
 
 impl Default for Options {
@@ -65,6 +68,7 @@ impl Default for Options {
             dry_run: false,
             scrub: false,
             verify: false,
+            queued: false,
         }
     }
 }
@@ -110,7 +114,7 @@ impl Collector {
 
     async fn collect(&self, o: &Options, control: &Control) -> Result<Report> {
         // Retention decides from pull times: this replica's are written first.
-        if let Err(e) = self.registry.flush_pulls().await {
+        if let Err(e) = self.registry.flush_behind().await {
             tracing::warn!(error = %e, "could not write pull times before the collection");
         }
         // Created at or before now less the grace (times are whole seconds).
@@ -121,7 +125,12 @@ impl Collector {
         let mut dropped: HashMap<Digest, u64> = HashMap::new();
         let mut page = Page { limit: BATCH, last: control.resume_after.clone() };
         'walk: loop {
-            let mut names = self.registry.meta().catalog(&page).await?;
+            // Every repository, or (over the queue) those changed since a collection looked.
+            let mut names = if o.queued {
+                self.store.queued(cutoff, page.last.as_deref(), BATCH + 1).await?
+            } else {
+                self.registry.meta().catalog(&page).await?
+            };
             let more = names.len() > BATCH;
             names.truncate(BATCH);
             for name in &names {
@@ -129,8 +138,8 @@ impl Collector {
                     report.cancelled = true;
                     break 'walk;
                 }
+                let repo: RepoName = meta::parse_stored("repository name", name.clone())?;
                 if !self.is_cached(name) {
-                    let repo: RepoName = meta::parse_stored("repository name", name.clone())?;
                     let r = self.collect_repo(&repo, now, cutoff, o, &mut dropped).await?;
                     control.update(|p| p.repository_done(name, &r));
                     if !r.is_empty() {
@@ -138,6 +147,10 @@ impl Collector {
                     }
                 } else {
                     control.update(|p| p.repository_done(name, &RepoReport::default()));
+                }
+                if !o.dry_run {
+                    // Looked at with everything changed before the cutoff in view.
+                    self.store.reviewed(&repo, cutoff).await?;
                 }
             }
             match names.pop() {

@@ -106,6 +106,8 @@ pub struct RunView {
     pub keep_untagged: bool,
     pub scrub: bool,
     pub verify: bool,
+    /// Over the review queue only.
+    pub queued: bool,
     /// RFC 3339.
     pub started_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -136,6 +138,7 @@ impl From<RunRecord> for RunView {
             keep_untagged: r.keep_untagged,
             scrub: r.scrub,
             verify: r.verify,
+            queued: r.queued,
             started_at: rfc3339(r.started_at),
             ended_at: r.ended_at.map(rfc3339),
             cancel_requested: r.cancel_requested,

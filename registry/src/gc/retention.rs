@@ -5,7 +5,7 @@
 //! tags ─► each to the first selector that matches it (none: kept)
 //!      ─► per selector, its rule over the tags it matched (most recently pushed/pulled N,
 //!         pushed/pulled within D, any/all of rules) ─► the rest are candidates
-//!      ─► protected tags spared ─► minimum_tags: the newest pushed candidates spared
+//!      ─► protected tags (by name, or by their manifest's annotations) spared ─► minimum_tags: the newest pushed candidates spared
 //! ```
 
 use std::collections::HashSet;
@@ -44,6 +44,8 @@ pub struct Policy {
     repositories: Vec<Glob>,
     rules: Vec<(Selector, Keep, String)>,
     protect: Vec<Glob>,
+    /// Annotation keys, each with the value it must have (any, when `None`).
+    protect_annotations: Vec<(String, Option<String>)>,
     minimum_tags: usize,
     /// Untagged manifests stay this long (seconds).
     pub untagged_for: Option<i64>,
@@ -86,6 +88,14 @@ impl Policy {
             repositories: p.repositories.iter().map(|r| Glob::new(r)).collect(),
             rules,
             protect: p.protect.iter().map(|g| Glob::new(g)).collect(),
+            protect_annotations: p
+                .protect_annotations
+                .iter()
+                .map(|a| match a.split_once('=') {
+                    Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+                    None => (a.clone(), None),
+                })
+                .collect(),
             minimum_tags: p.minimum_tags as usize,
             untagged_for: p.untagged_for.map(|d| d.as_secs() as i64),
             keep_referrers: p.referrers == Referrers::Keep,
@@ -106,7 +116,7 @@ impl Policy {
             let (_, keep, shown) = &self.rules[g];
             let kept = kept(keep, tags, members, now);
             for &i in members.iter().filter(|i| !kept.contains(i)) {
-                if self.protect.iter().any(|p| p.matches(&tags[i].name)) {
+                if self.protect.iter().any(|p| p.matches(&tags[i].name)) || self.annotated(&tags[i]) {
                     continue;
                 }
                 doomed.push(Doomed {
@@ -127,6 +137,25 @@ impl Policy {
         }
         doomed.sort_by(|a, b| tags[a.index].name.cmp(&tags[b.index].name));
         doomed
+    }
+}
+
+impl Policy {
+    /// Whether the tag's manifest carries one of the protecting annotations.
+    fn annotated(&self, tag: &StoredTag) -> bool {
+        if self.protect_annotations.is_empty() {
+            return false;
+        }
+        let Some(Ok(serde_json::Value::Object(found))) =
+            tag.annotations.as_deref().map(serde_json::from_str::<serde_json::Value>)
+        else {
+            return false;
+        };
+        self.protect_annotations.iter().any(|(key, want)| match (found.get(key), want) {
+            (Some(_), None) => true,
+            (Some(serde_json::Value::String(v)), Some(want)) => v == want,
+            _ => false,
+        })
     }
 }
 

@@ -20,6 +20,7 @@ fn tags(spec: &str) -> Vec<StoredTag> {
                 digest: Digest::of(Algorithm::Sha256, parts[0].as_bytes()),
                 pushed_at: ago(parts[1]),
                 pulled_at: parts.get(2).map(|p| ago(p)),
+                annotations: None,
             }
         })
         .collect()
@@ -96,6 +97,29 @@ fn protection_minimum_tags_and_policy_order() {
     // The first policy decides for team/keep-three: only n1 is young, and three tags stay, the
     // most recently pushed of those that would go spared first (n2).
     assert_eq!(removed(yaml, "team/keep-three", "n1:0 n2:2 n3:3 old:50 older:60"), ["old", "older"]);
+}
+
+#[test]
+fn annotations_protect_their_tags() {
+    let yaml = r#"policies:
+  - repositories: ["**"]
+    protect_annotations: ["org.example.release=true", "org.example.hold"]
+    tags: [{match: {glob: "*"}, keep: {most_recently_pushed: 0}}]
+"#;
+    let p = policies(yaml);
+    let mut t = tags("released:1 not-released:2 held:3 plain:4 garbled:5");
+    let notes = [
+        r#"{"org.example.release":"true"}"#,
+        r#"{"org.example.release":"false"}"#,
+        r#"{"org.example.hold":""}"#,
+        r#"{"org.opencontainers.image.title":"x"}"#,
+        "not json",
+    ];
+    for (tag, a) in t.iter_mut().zip(notes) {
+        tag.annotations = Some(a.into());
+    }
+    let gone: Vec<_> = p.for_repo("a").unwrap().doomed(&t, NOW).into_iter().map(|d| t[d.index].name.clone()).collect();
+    assert_eq!(gone, ["garbled", "not-released", "plain"]);
 }
 
 #[test]

@@ -125,6 +125,11 @@ impl Collector {
         let mut control = Control::default();
         let cursor = resumed.as_ref().map(|(_, c)| c.as_str());
         let (total, done) = match cursor {
+            // Over the queue: those queued before the run's cutoff.
+            None if o.queued => {
+                let cutoff = meta::now() + 1 - o.grace.as_secs() as i64;
+                (self.store.queue_depth(cutoff).await?.1, 0)
+            }
             Some(c) => {
                 tokio::try_join!(self.store.repository_count(None), self.store.repository_count(Some(c)))?
             }
@@ -144,6 +149,7 @@ impl Collector {
             keep_untagged: o.keep_untagged,
             scrub: o.scrub,
             verify: o.verify,
+            queued: o.queued,
             state: RunState::Running,
             started_at: now,
             ended_at: None,
@@ -210,6 +216,8 @@ fn resumable(last: &RunRecord, o: &Options, now: i64) -> bool {
         && last.grace_seconds == o.grace.as_secs() as i64
         && last.keep_untagged == o.keep_untagged
         && (last.scrub, last.verify) == (o.scrub, o.verify)
+        && !last.queued
+        && !o.queued
 }
 
 fn json<T: Serialize>(v: &T) -> String {

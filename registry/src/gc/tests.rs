@@ -462,6 +462,50 @@ async fn a_scrub_finds_orphans_stale_uploads_and_corrupt_bytes(w: World) {
     assert!(!w.stored("cached-bad").await, "released, then purged: the next pull fetches it again");
 }
 
+/// A collection over the review queue looks only at repositories noted as changed, takes each off
+/// the queue once everything it changed is in view, and leaves the rest to a full collection.
+async fn queued_runs_look_only_at_what_changed(w: World) {
+    use crate::meta::queue::ReviewQueue;
+    let now = crate::meta::now();
+    for r in ["a", "b", "c"] {
+        w.manifest(&format!("gc/{r}"), &format!("garbage-{r}"), &[&format!("layer-{r}")], &[], None, None).await;
+    }
+    // gc/b changed a while ago; gc/c changed again just now, after the run's cutoff.
+    w.meta.queue_reviews(vec![(repo("gc/b"), now - 10, now - 10), (repo("gc/c"), now - 10, now + 100)]).await.unwrap();
+    assert_eq!(w.store.queue_depth(now).await.unwrap(), (2, 2));
+    let o = Options { grace: Duration::ZERO, queued: true, ..Options::default() };
+    let report = w.collector.run(&o).await.unwrap();
+    assert_eq!(names(&report).0, BTreeSet::from([d("garbage-b"), d("garbage-c")]), "only the queued");
+    assert!(w.has_manifest("gc/a", "garbage-a").await);
+    // gc/b is off the queue; gc/c waits from its last change.
+    assert_eq!(w.store.queued(now + 1000, None, 10).await.unwrap(), ["gc/c"]);
+    assert_eq!(w.store.queue_depth(now + 50).await.unwrap(), (1, 0));
+    let view = &w.collector.run_views(1).await.unwrap()[0];
+    assert!(view.queued && view.progress["repositoriesTotal"] == 2, "{view:?}");
+    // A full collection looks at everything, and takes what it looked at off the queue.
+    let full = w.collector.run(&Options { grace: Duration::ZERO, ..Options::default() }).await.unwrap();
+    assert_eq!(names(&full).0, BTreeSet::from([d("garbage-a")]));
+
+    // What the service notes: a delete through the registry queues its repository.
+    w.manifest("gc/d", "kept-d", &[], &[], None, Some("v1")).await;
+    let deleted = crate::meta::now();
+    w.collector.registry.delete_manifest(&repo("gc/d"), &Reference::Tag("v1".parse().unwrap())).await.unwrap();
+    w.collector.registry.flush_behind().await.unwrap();
+    assert_eq!(w.store.queued(deleted + 2, None, 10).await.unwrap(), ["gc/d"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_reviews_the_queue() {
+    queued_runs_look_only_at_what_changed(World::new(SqliteMeta::temporary().unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reviews_the_queue() {
+    use crate::meta::postgres::{testing::TestDatabase, PostgresMeta};
+    let db = TestDatabase::create().await;
+    queued_runs_look_only_at_what_changed(World::new(PostgresMeta::connect(&db.url, 4).await.unwrap())).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_scrubs() {
     a_scrub_finds_orphans_stale_uploads_and_corrupt_bytes(World::new(SqliteMeta::temporary().unwrap())).await;

@@ -33,6 +33,8 @@ pub struct StoredTag {
     pub pushed_at: i64,
     /// Unix seconds; `None` when never pulled (since pulls were recorded).
     pub pulled_at: Option<i64>,
+    /// The annotations of the manifest it names, as JSON.
+    pub annotations: Option<String>,
 }
 
 /// An edge from a manifest to what it needs: a blob (config, layer) or a child manifest.
@@ -85,8 +87,9 @@ impl StoredTag {
         digest: String,
         pushed_at: i64,
         pulled_at: Option<i64>,
+        annotations: Option<String>,
     ) -> Result<StoredTag> {
-        Ok(StoredTag { name, digest: parse_stored("digest", digest)?, pushed_at, pulled_at })
+        Ok(StoredTag { name, digest: parse_stored("digest", digest)?, pushed_at, pulled_at, annotations })
     }
 }
 
@@ -105,7 +108,7 @@ impl Link {
 }
 
 #[async_trait::async_trait]
-pub trait Collect: super::runs::RunLog + super::scrub::Scrub {
+pub trait Collect: super::runs::RunLog + super::scrub::Scrub + super::queue::ReviewQueue {
     /// The repository's manifests, tags, edges and links.
     async fn repo_contents(&self, repo: &RepoName) -> Result<RepoContents>;
     /// Removes each tag (in one transaction) that still names the digest it is given with.
@@ -180,7 +183,7 @@ pub(crate) const TOUCH_LINK: &str = "UPDATE repository_blobs SET created_at = $1
 /// What a mark needs of a repository. Parameter: repository id.
 pub(crate) const MANIFESTS: &str =
     "SELECT digest, subject, size, created_at FROM manifests WHERE repository_id = $1";
-pub(crate) const TAGS: &str = "SELECT t.name, t.digest, t.updated_at, m.pulled_at
+pub(crate) const TAGS: &str = "SELECT t.name, t.digest, t.updated_at, m.pulled_at, m.annotations
      FROM tags t JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
      WHERE t.repository_id = $1";
 pub(crate) const EDGES: &str = "SELECT manifest_digest, child_digest, kind = 'manifest'

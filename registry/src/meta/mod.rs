@@ -14,6 +14,7 @@ pub mod multiparts;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod resolved;
+pub mod queue;
 pub mod runs;
 pub mod scrub;
 pub mod sqlite;
@@ -247,6 +248,9 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Records when manifests were last pulled (unix seconds), in one transaction that is not
     /// waited onto the disk: the times are advisory, written behind the pulls in batches.
     async fn record_pull_times(&self, pulls: Vec<(RepoName, Digest, i64)>) -> Result<()>;
+    /// Queues repositories for review by the next collection over the queue ([`queue`]): each
+    /// with its first and last change noted (unix seconds). Not waited onto the disk.
+    async fn queue_reviews(&self, changes: Vec<(RepoName, i64, i64)>) -> Result<()>;
     /// This process stops serving: a store shared with other replicas tells them not to wait
     /// for it any more. Called once requests have drained.
     async fn leave(&self) {}

@@ -51,6 +51,8 @@ pub struct RunRecord {
     pub keep_untagged: bool,
     pub scrub: bool,
     pub verify: bool,
+    /// Over the review queue only.
+    pub queued: bool,
     pub state: RunState,
     /// Unix milliseconds.
     pub started_at: i64,
@@ -97,15 +99,15 @@ pub trait RunLog: Send + Sync + 'static {
 }
 
 /// The columns a run is read from, in [`RunRecord`]'s order.
-const COLUMNS: &str = "id, host, dry_run, grace_seconds, keep_untagged, scrub, verify, state, started_at, \
-     ended_at, progress, report, error, cancel_requested, resumed_from";
+const COLUMNS: &str = "id, host, dry_run, grace_seconds, keep_untagged, scrub, verify, queued, state, \
+     started_at, ended_at, progress, report, error, cancel_requested, resumed_from";
 
-/// Parameters: id, host, dry run, grace (seconds), keep untagged, scrub, verify, started at,
-/// progress, resumed from.
+/// Parameters: id, host, dry run, grace (seconds), keep untagged, scrub, verify, queued, started
+/// at, progress, resumed from.
 pub(crate) const INSERT_RUN: &str = "INSERT INTO gc_runs
-     (id, host, dry_run, grace_seconds, keep_untagged, scrub, verify, state, started_at, progress,
-      resumed_from)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', $8, $9, $10)";
+     (id, host, dry_run, grace_seconds, keep_untagged, scrub, verify, queued, state, started_at,
+      progress, resumed_from)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10, $11)";
 /// Parameter: how many runs to keep.
 pub(crate) const PRUNE_RUNS: &str = "DELETE FROM gc_runs WHERE state <> 'running'
      AND id NOT IN (SELECT id FROM gc_runs ORDER BY started_at DESC LIMIT $1)";

@@ -31,6 +31,7 @@ pub(crate) fn run_record(id: &str, host: &str, started_at: i64) -> RunRecord {
         keep_untagged: true,
         scrub: false,
         verify: true,
+        queued: false,
         state: RunState::Running,
         started_at,
         ended_at: None,

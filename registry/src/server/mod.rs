@@ -234,6 +234,8 @@ pub async fn serve(
         tokio::spawn(write_pull_times(state.registry.clone())),
     ];
     background.extend(state.proxy.clone().map(|p| tokio::spawn(p.maintain())));
+    let review_every = config.retention.review_every;
+    background.extend(state.collector.clone().map(|c| tokio::spawn(c.review(review_every))));
     background.extend(state.auth.clone().map(|a| tokio::spawn(refresh_credentials(a))));
     background.extend(metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.clone()))));
     let connections =
@@ -321,8 +323,8 @@ pub async fn serve(
             warn!(grace = ?config.limits.shutdown_grace, "grace period over, closing remaining connections");
         }
     }
-    if let Err(e) = registry.flush_pulls().await {
-        warn!(error = %e, "could not write the last pull times");
+    if let Err(e) = registry.flush_behind().await {
+        warn!(error = %e, "could not write the last pull times and changes");
     }
     registry.meta().leave().await;
     Ok(())
@@ -410,8 +412,8 @@ async fn write_pull_times(registry: Arc<Registry>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = registry.flush_pulls().await {
-            warn!(error = %e, "writing pull times failed; retrying later");
+        if let Err(e) = registry.flush_behind().await {
+            warn!(error = %e, "writing pull times and changes failed; retrying later");
         }
     }
 }

@@ -105,8 +105,12 @@ impl Registry {
     /// Links a blob whose object the caller just wrote; an error if a purge took it meanwhile.
     pub(super) async fn record_written(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
         let linked = self
-            .record_past_purge(digest, size, Stored::Written, |s| self.meta.link_blob(repo, digest, size, s));
-        match linked.await {
+            .record_past_purge(digest, size, Stored::Written, |s| self.meta.link_blob(repo, digest, size, s))
+            .await;
+        // A link no manifest uses yet: the review queue looks at it once the grace is over.
+        // Noted after the write, so the note is never older than what it notes.
+        self.changed(repo);
+        match linked {
             Ok(true) => Ok(()),
             Ok(false) => Err(ServiceError::gone(digest)),
             Err(e) => Err(self.orphaned(digest, size, e).await),
@@ -115,8 +119,11 @@ impl Registry {
 
     /// Links a blob found stored to `repo`; false when it turns out to be gone.
     async fn record_assumed(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<bool> {
-        self.record_past_purge(digest, size, Stored::Assumed, |s| self.meta.link_blob(repo, digest, size, s))
-            .await
+        let linked = self
+            .record_past_purge(digest, size, Stored::Assumed, |s| self.meta.link_blob(repo, digest, size, s))
+            .await;
+        self.changed(repo);
+        linked
     }
 
     /// Links bytes already in storage to another repository (the caller knows the repository may
@@ -132,7 +139,9 @@ impl Registry {
     /// Removes the blob from the repository. Its bytes stay until garbage collection finds no
     /// repository and no manifest that still needs them.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
-        if self.meta.unlink_blob(repo, digest).await? {
+        let unlinked = self.meta.unlink_blob(repo, digest).await;
+        self.changed(repo);
+        if unlinked? {
             Ok(())
         } else {
             Err(ServiceError::BlobUnknown)

@@ -72,7 +72,11 @@ impl Registry {
         tags.sort();
         tags.dedup();
         let subject = parsed.subject.clone();
-        self.store_manifest(repo, &digest, tags.clone(), parsed, body, true).await?;
+        let stored = self.store_manifest(repo, &digest, tags.clone(), parsed, body, true).await;
+        // A tag moved, or a manifest pushed by digest only: the review queue looks at it (noted
+        // after the write, so the note is never older than what it notes).
+        self.changed(repo);
+        stored?;
         Ok(PutManifest { digest, subject, tags })
     }
 
@@ -189,9 +193,11 @@ impl Registry {
     /// By digest: the manifest and its tags. By tag: only the tag.
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         let deleted = match reference {
-            Reference::Digest(d) => self.meta.delete_manifest(repo, d).await?,
-            Reference::Tag(t) => self.meta.delete_tag(repo, t).await?,
+            Reference::Digest(d) => self.meta.delete_manifest(repo, d).await,
+            Reference::Tag(t) => self.meta.delete_tag(repo, t).await,
         };
+        self.changed(repo);
+        let deleted = deleted?;
         if deleted {
             Ok(())
         } else {

@@ -6,6 +6,7 @@
 mod assembly;
 mod blobs;
 mod cache;
+mod changes;
 mod error;
 mod manifests;
 pub mod multiparts;

@@ -72,6 +72,7 @@ pub struct Registry {
     multiparts: Option<Arc<dyn MultipartLog>>,
     /// Pull times not yet written.
     pub(super) pulls: super::pulls::PullTimes,
+    pub(super) changes: super::changes::Changes,
 }
 
 impl Registry {
@@ -83,12 +84,22 @@ impl Registry {
             manifests: cache::ManifestCache::new(MANIFEST_CACHE_BYTES),
             multiparts: None,
             pulls: Default::default(),
+            changes: Default::default(),
         }
     }
 
-    /// Writes the pull times noted since the last write (retention reads them); how many.
-    pub async fn flush_pulls(&self) -> Result<usize> {
-        Ok(self.pulls.flush(self.meta.as_ref()).await?)
+    /// Writes what is noted in memory and written behind: the pull times since the last write
+    /// (retention reads them) and the repositories changed (the review queue); how many pulls.
+    pub async fn flush_behind(&self) -> Result<usize> {
+        let changed = self.changes.flush(self.meta.as_ref()).await;
+        let pulls = self.pulls.flush(self.meta.as_ref()).await?;
+        changed?;
+        Ok(pulls)
+    }
+
+    /// Notes that `repo` changed, for the review queue.
+    pub(super) fn changed(&self, repo: &RepoName) {
+        self.changes.note(repo, crate::meta::now());
     }
 
     /// The registry whose storage records its writers' multipart uploads in `log`

@@ -16,6 +16,12 @@ pub fn config(gc: &GcSpec) -> Result<RetentionConfig, BuildError> {
         .map(duration::parse)
         .transpose()
         .map_err(|m| BuildError::InvalidGc(format!("purgeDelay: {m}")))?;
+    let review_every = gc
+        .review_every
+        .as_deref()
+        .map(duration::parse)
+        .transpose()
+        .map_err(|m| BuildError::InvalidGc(format!("reviewEvery: {m}")))?;
     let invalid = |at: String, m: String| BuildError::InvalidGc(format!("retention{at}: {m}"));
     let mut out = Vec::with_capacity(policies.len());
     for (i, p) in policies.iter().enumerate() {
@@ -36,6 +42,7 @@ pub fn config(gc: &GcSpec) -> Result<RetentionConfig, BuildError> {
             repositories: p.repositories.clone(),
             tags,
             protect: p.protect.clone().unwrap_or_default(),
+            protect_annotations: p.protect_annotations.clone().unwrap_or_default(),
             minimum_tags: p.minimum_tags.unwrap_or(0),
             untagged_for,
             referrers: match p.referrers {
@@ -45,7 +52,7 @@ pub fn config(gc: &GcSpec) -> Result<RetentionConfig, BuildError> {
             dry_run: p.dry_run == Some(true),
         });
     }
-    let c = RetentionConfig { policies: out, purge_delay };
+    let c = RetentionConfig { policies: out, purge_delay, review_every };
     c.validate().map_err(|(field, m)| {
         BuildError::InvalidGc(format!("{}: {m}", field.replacen("retention.policies", "retention", 1)))
     })?;
@@ -109,7 +116,8 @@ mod tests {
     use super::*;
 
     fn spec(retention: serde_json::Value) -> GcSpec {
-        serde_json::from_value(serde_json::json!({"retention": retention, "purgeDelay": "1d"})).unwrap()
+        serde_json::from_value(serde_json::json!({"retention": retention, "purgeDelay": "1d", "reviewEvery": "10m"}))
+            .unwrap()
     }
 
     #[test]
@@ -117,6 +125,7 @@ mod tests {
         let p = spec(serde_json::json!([{
             "repositories": ["ci/**"],
             "protect": ["latest"],
+            "protectAnnotations": ["org.example.release=true"],
             "minimumTags": 2,
             "untaggedFor": "7d",
             "referrers": "Keep",
@@ -130,8 +139,10 @@ mod tests {
         let back = berth_core::config::Config::from_yaml(&rendered.to_yaml(), "rendered").unwrap();
         assert_eq!(back.retention, c, "berth parses what the operator writes");
         assert_eq!(c.purge_delay, Some(std::time::Duration::from_secs(86_400)));
+        assert_eq!(c.review_every, Some(std::time::Duration::from_secs(600)));
         let p0 = &c.policies[0];
         assert_eq!((p0.minimum_tags, p0.referrers), (2, Referrers::Keep));
+        assert_eq!(p0.protect_annotations, ["org.example.release=true"]);
         assert_eq!(
             p0.tags[1].keep.to_string(),
             "any of (among the 10 most recently pushed, pulled within 30d)"

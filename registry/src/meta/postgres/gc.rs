@@ -50,7 +50,7 @@ impl Collect for PostgresMeta {
                 .collect::<Result<_>>()?,
             tags: tags
                 .into_iter()
-                .map(|r| StoredTag::from_row(r.get(0), r.get(1), r.get(2), r.get(3)))
+                .map(|r| StoredTag::from_row(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
                 .collect::<Result<_>>()?,
             edges: edges
                 .into_iter()

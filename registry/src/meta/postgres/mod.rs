@@ -20,6 +20,7 @@ mod lookups;
 mod migrate;
 mod multiparts;
 mod pool;
+mod queue;
 mod runs;
 mod scrub;
 mod sweep;
@@ -690,6 +691,22 @@ impl MetaStore for PostgresMeta {
                 for (repo, digest, at) in &pulls {
                     execute(tx, crate::meta::gc::RECORD_PULL, &[at, &repo.as_str(), &digest.as_str()])
                         .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn queue_reviews(&self, mut changes: Vec<(RepoName, i64, i64)>) -> Result<()> {
+        // In one order on every replica, so two flushes at once never wait on each other in a
+        // cycle.
+        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        self.write(false, move |tx| {
+            let changes = changes.clone();
+            Box::pin(async move {
+                for (repo, first, last) in &changes {
+                    execute(tx, crate::meta::queue::QUEUE_REVIEW, &[&repo.as_str(), first, last]).await?;
                 }
                 Ok(())
             })

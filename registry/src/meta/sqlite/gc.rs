@@ -144,6 +144,7 @@ fn contents(c: &Connection, id: i64) -> Result<RepoContents> {
                 r.get::<_, String>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, Option<i64>>(3)?,
+                r.get::<_, Option<String>>(4)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -162,7 +163,7 @@ fn contents(c: &Connection, id: i64) -> Result<RepoContents> {
             .collect::<Result<_>>()?,
         tags: tags
             .into_iter()
-            .map(|(name, d, pushed, pulled)| StoredTag::from_row(name, d, pushed, pulled))
+            .map(|(name, d, pushed, pulled, annotations)| StoredTag::from_row(name, d, pushed, pulled, annotations))
             .collect::<Result<_>>()?,
         edges: edges.into_iter().map(|(p, c, m)| Edge::from_row(p, c, m)).collect::<Result<_>>()?,
         links: links.into_iter().map(|(d, size, at)| Link::from_row(d, size, at)).collect::<Result<_>>()?,

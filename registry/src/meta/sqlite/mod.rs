@@ -14,6 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 mod cache;
 mod gc;
 mod multiparts;
+mod queue;
 mod runs;
 mod scrub;
 mod usage;
@@ -694,6 +695,18 @@ impl MetaStore for SqliteMeta {
             let mut record = tx.prepare_cached(super::gc::RECORD_PULL)?;
             for (repo, digest, at) in &pulls {
                 record.execute(params![at, repo.as_str(), digest.as_str()])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn queue_reviews(&self, mut changes: Vec<(RepoName, i64, i64)>) -> Result<()> {
+        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        self.write(Durability::Unsynced, move |tx| {
+            let mut queue = tx.prepare_cached(super::queue::QUEUE_REVIEW)?;
+            for (repo, first, last) in &changes {
+                queue.execute(params![repo.as_str(), first, last])?;
             }
             Ok(())
         })

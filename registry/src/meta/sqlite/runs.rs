@@ -9,7 +9,7 @@ use crate::meta::Result;
 
 /// A row of the run columns; its state unknown is an error of its own (not SQLite's).
 fn row(r: &Row<'_>) -> rusqlite::Result<Result<RunRecord>> {
-    let state = match RunState::parse(&r.get::<_, String>(7)?) {
+    let state = match RunState::parse(&r.get::<_, String>(8)?) {
         Ok(s) => s,
         Err(e) => return Ok(Err(e)),
     };
@@ -21,14 +21,15 @@ fn row(r: &Row<'_>) -> rusqlite::Result<Result<RunRecord>> {
         keep_untagged: r.get(4)?,
         scrub: r.get(5)?,
         verify: r.get(6)?,
+        queued: r.get(7)?,
         state,
-        started_at: r.get(8)?,
-        ended_at: r.get(9)?,
-        progress: r.get(10)?,
-        report: r.get(11)?,
-        error: r.get(12)?,
-        cancel_requested: r.get(13)?,
-        resumed_from: r.get(14)?,
+        started_at: r.get(9)?,
+        ended_at: r.get(10)?,
+        progress: r.get(11)?,
+        report: r.get(12)?,
+        error: r.get(13)?,
+        cancel_requested: r.get(14)?,
+        resumed_from: r.get(15)?,
     }))
 }
 
@@ -49,6 +50,7 @@ impl RunLog for SqliteMeta {
                 run.keep_untagged,
                 run.scrub,
                 run.verify,
+                run.queued,
                 run.started_at,
                 run.progress,
                 run.resumed_from
