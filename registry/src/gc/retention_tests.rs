@@ -118,7 +118,8 @@ fn annotations_protect_their_tags() {
     for (tag, a) in t.iter_mut().zip(notes) {
         tag.annotations = Some(a.into());
     }
-    let gone: Vec<_> = p.for_repo("a").unwrap().doomed(&t, NOW).into_iter().map(|d| t[d.index].name.clone()).collect();
+    let gone: Vec<_> =
+        p.for_repo("a").unwrap().doomed(&t, NOW).into_iter().map(|d| t[d.index].name.clone()).collect();
     assert_eq!(gone, ["garbled", "not-released", "plain"]);
 }
 

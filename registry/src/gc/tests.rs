@@ -465,13 +465,16 @@ async fn a_scrub_finds_orphans_stale_uploads_and_corrupt_bytes(w: World) {
 /// A collection over the review queue looks only at repositories noted as changed, takes each off
 /// the queue once everything it changed is in view, and leaves the rest to a full collection.
 async fn queued_runs_look_only_at_what_changed(w: World) {
-    use crate::meta::queue::ReviewQueue;
     let now = crate::meta::now();
     for r in ["a", "b", "c"] {
-        w.manifest(&format!("gc/{r}"), &format!("garbage-{r}"), &[&format!("layer-{r}")], &[], None, None).await;
+        w.manifest(&format!("gc/{r}"), &format!("garbage-{r}"), &[&format!("layer-{r}")], &[], None, None)
+            .await;
     }
     // gc/b changed a while ago; gc/c changed again just now, after the run's cutoff.
-    w.meta.queue_reviews(vec![(repo("gc/b"), now - 10, now - 10), (repo("gc/c"), now - 10, now + 100)]).await.unwrap();
+    w.meta
+        .queue_reviews(vec![(repo("gc/b"), now - 10, now - 10), (repo("gc/c"), now - 10, now + 100)])
+        .await
+        .unwrap();
     assert_eq!(w.store.queue_depth(now).await.unwrap(), (2, 2));
     let o = Options { grace: Duration::ZERO, queued: true, ..Options::default() };
     let report = w.collector.run(&o).await.unwrap();
@@ -489,7 +492,11 @@ async fn queued_runs_look_only_at_what_changed(w: World) {
     // What the service notes: a delete through the registry queues its repository.
     w.manifest("gc/d", "kept-d", &[], &[], None, Some("v1")).await;
     let deleted = crate::meta::now();
-    w.collector.registry.delete_manifest(&repo("gc/d"), &Reference::Tag("v1".parse().unwrap())).await.unwrap();
+    w.collector
+        .registry
+        .delete_manifest(&repo("gc/d"), &Reference::Tag("v1".parse().unwrap()))
+        .await
+        .unwrap();
     w.collector.registry.flush_behind().await.unwrap();
     assert_eq!(w.store.queued(deleted + 2, None, 10).await.unwrap(), ["gc/d"]);
 }

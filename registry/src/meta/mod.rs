@@ -13,8 +13,8 @@ pub mod gc;
 pub mod multiparts;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-pub mod resolved;
 pub mod queue;
+pub mod resolved;
 pub mod runs;
 pub mod scrub;
 pub mod sqlite;

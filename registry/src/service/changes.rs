@@ -12,8 +12,6 @@ use crate::meta::{self, MetaStore};
 
 /// Repositories remembered between writes; past this, new ones wait for a full collection.
 const MAX_PENDING: usize = 100_000;
-/// Repositories written per transaction.
-const BATCH: usize = 500;
 
 #[derive(Default)]
 pub(super) struct Changes {
@@ -39,20 +37,11 @@ impl Changes {
 
     /// Queues the repositories changed since the last write; how many.
     pub(super) async fn flush(&self, meta: &dyn MetaStore) -> meta::Result<usize> {
-        let all = self.take();
-        let n = all.len();
-        let mut batches = all.chunks(BATCH);
-        while let Some(batch) = batches.next() {
-            if let Err(e) = meta.queue_reviews(batch.to_vec()).await {
-                // Kept for the next write.
-                for (r, first, last) in batch.iter().chain(batches.flatten()) {
-                    self.note(r, *first);
-                    self.note(r, *last);
-                }
-                return Err(e);
-            }
-        }
-        Ok(n)
+        let keep = |(r, first, last): &(RepoName, i64, i64)| {
+            self.note(r, *first);
+            self.note(r, *last);
+        };
+        super::pulls::in_batches(self.take(), |b| meta.queue_reviews(b), keep).await
     }
 }
 

@@ -39,20 +39,27 @@ impl PullTimes {
 
     /// Writes the pull times noted since the last write to `meta`; how many.
     pub(super) async fn flush(&self, meta: &dyn MetaStore) -> meta::Result<usize> {
-        let all = self.take();
-        let n = all.len();
-        let mut batches = all.chunks(BATCH);
-        while let Some(batch) = batches.next() {
-            if let Err(e) = meta.record_pull_times(batch.to_vec()).await {
-                // Kept for the next write: a database that is back later gets them then.
-                for (r, d, at) in batch.iter().chain(batches.flatten()) {
-                    self.note(r, d, *at);
-                }
-                return Err(e);
-            }
-        }
-        Ok(n)
+        in_batches(self.take(), |b| meta.record_pull_times(b), |(r, d, at)| self.note(r, d, *at)).await
     }
+}
+
+/// Writes `all` behind, `BATCH` at a time; what a failed write left unwritten goes back to
+/// `keep`, for the next write (a database that is back later gets it then). How many there were.
+pub(super) async fn in_batches<T, W, F>(all: Vec<T>, write: W, keep: impl Fn(&T)) -> meta::Result<usize>
+where
+    T: Clone,
+    W: Fn(Vec<T>) -> F,
+    F: std::future::Future<Output = meta::Result<()>>,
+{
+    let n = all.len();
+    let mut batches = all.chunks(BATCH);
+    while let Some(batch) = batches.next() {
+        if let Err(e) = write(batch.to_vec()).await {
+            batch.iter().chain(batches.flatten()).for_each(keep);
+            return Err(e);
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

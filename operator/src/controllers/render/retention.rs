@@ -10,18 +10,14 @@ use crate::crd::registry::{GcSpec, KeepRuleSpec, KeepSpec, ReferrersPolicy, TagM
 
 pub fn config(gc: &GcSpec) -> Result<RetentionConfig, BuildError> {
     let policies = gc.retention.as_deref().unwrap_or_default();
-    let purge_delay = gc
-        .purge_delay
-        .as_deref()
-        .map(duration::parse)
-        .transpose()
-        .map_err(|m| BuildError::InvalidGc(format!("purgeDelay: {m}")))?;
-    let review_every = gc
-        .review_every
-        .as_deref()
-        .map(duration::parse)
-        .transpose()
-        .map_err(|m| BuildError::InvalidGc(format!("reviewEvery: {m}")))?;
+    let optional = |v: &Option<String>, field: &str| {
+        v.as_deref()
+            .map(duration::parse)
+            .transpose()
+            .map_err(|m| BuildError::InvalidGc(format!("{field}: {m}")))
+    };
+    let purge_delay = optional(&gc.purge_delay, "purgeDelay")?;
+    let review_every = optional(&gc.review_every, "reviewEvery")?;
     let invalid = |at: String, m: String| BuildError::InvalidGc(format!("retention{at}: {m}"));
     let mut out = Vec::with_capacity(policies.len());
     for (i, p) in policies.iter().enumerate() {
@@ -116,8 +112,10 @@ mod tests {
     use super::*;
 
     fn spec(retention: serde_json::Value) -> GcSpec {
-        serde_json::from_value(serde_json::json!({"retention": retention, "purgeDelay": "1d", "reviewEvery": "10m"}))
-            .unwrap()
+        serde_json::from_value(
+            serde_json::json!({"retention": retention, "purgeDelay": "1d", "reviewEvery": "10m"}),
+        )
+        .unwrap()
     }
 
     #[test]

@@ -163,7 +163,9 @@ fn contents(c: &Connection, id: i64) -> Result<RepoContents> {
             .collect::<Result<_>>()?,
         tags: tags
             .into_iter()
-            .map(|(name, d, pushed, pulled, annotations)| StoredTag::from_row(name, d, pushed, pulled, annotations))
+            .map(|(name, d, pushed, pulled, annotations)| {
+                StoredTag::from_row(name, d, pushed, pulled, annotations)
+            })
             .collect::<Result<_>>()?,
         edges: edges.into_iter().map(|(p, c, m)| Edge::from_row(p, c, m)).collect::<Result<_>>()?,
         links: links.into_iter().map(|(d, size, at)| Link::from_row(d, size, at)).collect::<Result<_>>()?,

@@ -35,8 +35,9 @@ impl ReviewQueue for SqliteMeta {
 
     async fn queue_depth(&self, overdue_before: i64) -> Result<(u64, u64)> {
         self.read(move |c| {
-            let (n, overdue): (i64, i64) =
-                c.prepare_cached(queue::QUEUE_DEPTH)?.query_row([overdue_before], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let (n, overdue): (i64, i64) = c
+                .prepare_cached(queue::QUEUE_DEPTH)?
+                .query_row([overdue_before], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok((n.max(0) as u64, overdue.max(0) as u64))
         })
         .await
