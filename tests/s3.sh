@@ -2,8 +2,9 @@
 # Berth's storage on real S3-compatible servers started on loopback, each in turn: the storage
 # conformance suite and the S3 backend's own tests (multipart objects, prefixes, a wrong secret),
 # then berth serving the OCI conformance suites with its blobs in the bucket: on MinIO with its
-# metadata in PostgreSQL (the several-replica setup), on SeaweedFS with SQLite and redirect: true
-# (clients read blobs from the store through presigned URLs).
+# metadata in PostgreSQL (the several-replica setup, where the GC soak also runs over two
+# replicas), on SeaweedFS with SQLite and redirect: true (clients read blobs from the store
+# through presigned URLs).
 # Run from the suite with the same compiler wrapper as its build, so the test binary is reused.
 source "$(dirname "$0")/lib.sh"
 source "$ROOT/scripts/tools.sh"
@@ -94,6 +95,18 @@ echo "== MinIO, with PostgreSQL"
 if start_minio "$WORK/minio" && start_postgres && "${PSQL[@]}" -c "CREATE DATABASE berth"; then
   export BERTH_POSTGRES_URL=${PG_URL%/postgres}/berth
   run_suite MinIO "$MINIO_URL" "$MINIO_USER" "$MINIO_PASSWORD" false postgres
+  # The GC soak over two replicas sharing a bucket and a database of their own.
+  soak_bucket=berth-soak-$RANDOM
+  if "${PSQL[@]}" -c "CREATE DATABASE soak" >/dev/null && curl -sS -f -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" \
+    --user "$MINIO_USER:$MINIO_PASSWORD" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$MINIO_URL/$soak_bucket"; then
+    check "MinIO, with PostgreSQL: collections beside pushes, pulls and deletes over two replicas lose nothing live" \
+      env BERTH_TEST_S3_ENDPOINT="$MINIO_URL" BERTH_TEST_S3_BUCKET="$soak_bucket" \
+      BERTH_TEST_S3_ACCESS_KEY="$MINIO_USER" BERTH_TEST_S3_SECRET_KEY="$MINIO_PASSWORD" \
+      BERTH_POSTGRES_URL="${PG_URL%/postgres}/soak" \
+      cargo test --workspace --test gc_soak -- --ignored
+  else
+    check "MinIO, with PostgreSQL: a bucket and a database for the soak" false
+  fi
 else
   tail -n 20 "$WORK/minio/minio.log"
   check "MinIO and PostgreSQL start" false

@@ -1,8 +1,9 @@
 //! The garbage collection soak: pushers, pullers, tag movers, deleters and collections with no
 //! grace at all, together, for a bounded time (`BERTH_SOAK_SECS`, 20 s by default; `make bench`
 //! runs it longer). Afterwards: no pull failed whose tag stood still for the whole pull, every
-//! tagged image is whole and digest-valid, and a last collection leaves exactly the live blobs on
-//! disk.
+//! tagged image is whole and digest-valid, and a last collection leaves exactly the live blobs in
+//! storage. On the filesystem with SQLite; and (`tests/s3.sh` runs it, given a bucket and a
+//! database) over two replicas on S3 and PostgreSQL, each request going to the next replica.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -13,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_core::config::Config;
+use berth_registry::storage::layout;
 use common::{client, sha256, TestServer, OCI_MANIFEST};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -51,7 +53,9 @@ struct Counts {
 }
 
 struct Soak {
-    url: String,
+    /// The replicas, each request to the next.
+    urls: Vec<String>,
+    next: AtomicU64,
     tags: Tags,
     counts: Counts,
     stop: AtomicBool,
@@ -62,12 +66,28 @@ fn layer(i: usize) -> Vec<u8> {
 }
 
 impl Soak {
+    fn new(urls: Vec<String>) -> Soak {
+        Soak {
+            urls,
+            next: AtomicU64::new(0),
+            tags: Tags::default(),
+            counts: Counts::default(),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// The replica the next request goes to.
+    fn url(&self) -> &str {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize;
+        &self.urls[i % self.urls.len()]
+    }
+
     fn repo(r: usize) -> String {
         format!("soak/r{r}")
     }
 
     async fn push_blob(&self, repo: &str, data: &[u8]) -> bool {
-        let url = format!("{}/v2/{repo}/blobs/uploads/?digest={}", self.url, sha256(data));
+        let url = format!("{}/v2/{repo}/blobs/uploads/?digest={}", self.url(), sha256(data));
         matches!(client().post(url).body(data.to_vec()).send().await, Ok(r) if r.status() == StatusCode::CREATED)
     }
 
@@ -92,13 +112,13 @@ impl Soak {
     }
 
     async fn put_manifest(&self, repo: &str, tag: &str, body: &[u8]) -> bool {
-        let url = format!("{}/v2/{repo}/manifests/{tag}", self.url);
+        let url = format!("{}/v2/{repo}/manifests/{tag}", self.url());
         let sent = client().put(url).header("content-type", OCI_MANIFEST).body(body.to_vec()).send().await;
         matches!(sent, Ok(r) if r.status() == StatusCode::CREATED)
     }
 
     async fn manifest(&self, repo: &str, reference: &str) -> Option<Vec<u8>> {
-        let url = format!("{}/v2/{repo}/manifests/{reference}", self.url);
+        let url = format!("{}/v2/{repo}/manifests/{reference}", self.url());
         let r = client().get(url).header("accept", OCI_MANIFEST).send().await.ok()?;
         if r.status() != StatusCode::OK {
             return None;
@@ -116,7 +136,7 @@ impl Soak {
         }
         for d in digests {
             let r = client()
-                .get(format!("{}/v2/{repo}/blobs/{d}", self.url))
+                .get(format!("{}/v2/{repo}/blobs/{d}", self.url()))
                 .send()
                 .await
                 .map_err(|e| format!("blob {d}: {e}"))?;
@@ -153,7 +173,7 @@ impl Soak {
             let repo = Self::repo(r);
             self.tags.bump((r, t));
             if n % 3 == 0 {
-                let url = format!("{}/v2/{repo}/manifests/t{t}", self.url);
+                let url = format!("{}/v2/{repo}/manifests/t{t}", self.url());
                 let _ = client().delete(url).send().await;
                 self.counts.deletes.fetch_add(1, Ordering::Relaxed);
             } else if let Some(body) = self.manifest(&repo, &format!("t{}", (t + 1) % TAGS)).await {
@@ -184,7 +204,7 @@ impl Soak {
     }
 
     async fn collect(&self, dry_run: bool) -> Value {
-        let admin = berth_registry::gc::client::Admin::new(client(), &self.url, None);
+        let admin = berth_registry::gc::client::Admin::new(client(), self.url(), None);
         admin.collect(&json!({"grace": "0s", "dryRun": dry_run})).await.expect("a collection runs")
     }
 
@@ -201,7 +221,7 @@ impl Soak {
         let mut live = BTreeSet::new();
         for r in 0..REPOS {
             let repo = Self::repo(r);
-            let url = format!("{}/v2/{repo}/tags/list", self.url);
+            let url = format!("{}/v2/{repo}/tags/list", self.url());
             let tags: Value = match client().get(url).send().await {
                 Ok(resp) if resp.status() == StatusCode::OK => resp.json().await.unwrap(),
                 _ => continue,
@@ -228,13 +248,33 @@ fn soak_time() -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn collections_beside_pushes_pulls_and_deletes_lose_nothing_live() {
-    let server = TestServer::with_config(Config::default()).await;
-    let soak = Arc::new(Soak {
-        url: server.url.clone(),
-        tags: Tags::default(),
-        counts: Counts::default(),
-        stop: AtomicBool::new(false),
-    });
+    soak(vec![TestServer::with_config(Config::default()).await]).await;
+}
+
+/// The same over two replicas sharing a bucket and a database: `BERTH_TEST_S3_ENDPOINT`,
+/// `_BUCKET`, `_ACCESS_KEY`, `_SECRET_KEY` and `BERTH_POSTGRES_URL` (an empty database).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs an S3 server and PostgreSQL: tests/s3.sh runs it"]
+async fn collections_over_two_replicas_on_s3_and_postgres_lose_nothing_live() {
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"));
+    let credentials = tempfile::tempdir().unwrap();
+    std::fs::write(credentials.path().join("accessKeyId"), env("BERTH_TEST_S3_ACCESS_KEY")).unwrap();
+    std::fs::write(credentials.path().join("secretAccessKey"), env("BERTH_TEST_S3_SECRET_KEY")).unwrap();
+    env("BERTH_POSTGRES_URL");
+    let yaml = format!(
+        "storage:\n  kind: s3\n  bucket: {}\n  prefix: soak\n  endpoint: {}\n  path_style: true\n  credentials_dir: {}\nmetadata:\n  kind: postgres\n",
+        env("BERTH_TEST_S3_BUCKET"),
+        env("BERTH_TEST_S3_ENDPOINT"),
+        credentials.path().display()
+    );
+    let config = Config::from_yaml(&yaml, "soak").unwrap();
+    let a = TestServer::with_config(config.clone()).await;
+    let b = TestServer::with_config(config).await;
+    soak(vec![a, b]).await;
+}
+
+async fn soak(servers: Vec<TestServer>) {
+    let soak = Arc::new(Soak::new(servers.iter().map(|s| s.url.clone()).collect()));
     let mut tasks = Vec::new();
     for seed in 1..=2 {
         tasks.push(tokio::spawn(soak.clone().pusher(seed)));
@@ -265,11 +305,13 @@ async fn collections_beside_pushes_pulls_and_deletes_lose_nothing_live() {
     let real = soak.collect(false).await;
     assert_eq!(dry["blobs"].as_array().map(Vec::len), real["blobs"].as_array().map(Vec::len));
     let live = soak.live().await;
-    let on_disk: BTreeSet<String> = server
-        .blob_files()
+    let stored = servers[0].state.registry.storage().list(&layout::blobs_root()).await.unwrap();
+    let stored: BTreeSet<String> = stored
         .iter()
-        .filter_map(|p| Some(format!("sha256:{}", p.file_name()?.to_str()?)))
+        .filter_map(|l| Some(format!("sha256:{}", l.key.as_str().rsplit('/').next()?)))
         .collect();
-    assert_eq!(on_disk, live, "storage holds exactly the live set");
-    server.stop().await;
+    assert_eq!(stored, live, "storage holds exactly the live set");
+    for s in servers {
+        s.stop().await;
+    }
 }
