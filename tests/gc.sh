@@ -162,7 +162,10 @@ r = json.load(sys.stdin)
 tags = [(x["repository"], t["tag"]) for x in r["repositories"] for t in x.get("tags", [])]
 assert tags == [("gc/ret", "pr-1")], tags
 reason = r["repositories"][0]["tags"][0]["reason"]
-assert "retention.policies[0]" in reason and "most recently pushed" in reason, reason'
+assert "retention.policies[0]" in reason and "most recently pushed" in reason, reason
+kept = {t["tag"]: t["reason"] for x in r["repositories"] if x["repository"] == "gc/ret" for t in x["keptTags"]}
+assert "protected by \"main\"" in kept["main"], kept
+assert "annotation org.example.release=true" in kept["pr-0"] and "keeps it" in kept["pr-2"], kept'
 }
 retention_real() {
   local out
@@ -173,7 +176,7 @@ retention_real() {
     "${SK[@]}" copy --src-tls-verify=false --src-creds bob:bob-pw "docker://$R/gc/ret:main" "oci:$WORK/main:v1"
 }
 check "skopeo pushes pr-1, crane an annotated copy pr-0, then pr-2 and main" pushed_prs
-check "the policy's dry run names pr-1 and why" retention_dry
+check "the policy's dry run names pr-1 and why, and why the others stay" retention_dry
 check "a run removes the older pr- tag; pr-2, main and the annotated pr-0 stay" retention_real
 
 echo "== storage usage"

@@ -314,6 +314,11 @@ pub fn summary(report: &Value) -> String {
     let mut out = String::new();
     let tags = |k: usize| if k > 0 { format!("{k} tags, ") } else { String::new() };
     for r in report["repositories"].as_array().into_iter().flatten() {
+        let removed = ["tags", "manifests", "links"].iter().map(|k| n(&r[*k])).sum::<usize>();
+        if removed == 0 && r["conflicts"].as_u64().unwrap_or(0) == 0 {
+            // Only tags retention kept: the JSON report says why.
+            continue;
+        }
         out.push_str(&format!(
             "{}: {verb} {}{} manifests, {} blob links{}\n",
             r["repository"].as_str().unwrap_or("?"),

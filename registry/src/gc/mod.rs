@@ -36,7 +36,7 @@ use crate::service::{Registry, Result};
 use metrics::GcMetrics;
 use progress::{Control, Phase};
 pub use progress::{Progress, RunView};
-pub use report::{Corrupt, Removed, RemovedTag, RepoReport, Report, ScrubReport};
+pub use report::{Corrupt, KeptTag, Removed, RemovedTag, RepoReport, Report, ScrubReport};
 use retention::Policies;
 
 /// Repositories read per catalog page, and unused blobs per batch.
@@ -253,7 +253,12 @@ impl Collector {
         contents: &mut RepoContents,
         r: &mut RepoReport,
     ) -> Result<()> {
-        let doomed = policy.doomed(&contents.tags, now);
+        let (doomed, kept): (Vec<_>, Vec<_>) =
+            policy.decide(&contents.tags, now).into_iter().partition(|d| d.removed);
+        r.kept_tags = kept
+            .into_iter()
+            .map(|d| KeptTag { tag: contents.tags[d.index].name.clone(), reason: d.reason })
+            .collect();
         if doomed.is_empty() {
             return Ok(());
         }

@@ -50,12 +50,23 @@ pub struct ScrubReport {
     pub corrupt: Vec<Corrupt>,
 }
 
+/// A tag retention kept, and the rule or protection that kept it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeptTag {
+    pub tag: String,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RepoReport {
     pub repository: String,
     /// Tags its retention policy removed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<RemovedTag>,
+    /// Tags its retention policy kept, each with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept_tags: Vec<KeptTag>,
     pub manifests: Vec<Removed>,
     /// Blobs no longer readable in the repository.
     pub links: Vec<Removed>,
@@ -64,7 +75,12 @@ pub struct RepoReport {
 }
 
 impl RepoReport {
+    /// Nothing removed, nothing skipped, nothing kept by a rule to show.
     pub fn is_empty(&self) -> bool {
+        self.removed_nothing() && self.kept_tags.is_empty()
+    }
+
+    pub fn removed_nothing(&self) -> bool {
         self.tags.is_empty() && self.manifests.is_empty() && self.links.is_empty() && self.conflicts == 0
     }
 }

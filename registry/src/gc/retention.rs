@@ -23,6 +23,15 @@ pub struct Doomed {
     pub reason: String,
 }
 
+/// What retention decides for a tag: removed or kept, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Its index in the tags given.
+    pub index: usize,
+    pub removed: bool,
+    pub reason: String,
+}
+
 enum Selector {
     Glob(Glob),
     Regex(regex_lite::Regex),
@@ -43,7 +52,8 @@ pub struct Policy {
     pub index: usize,
     repositories: Vec<Glob>,
     rules: Vec<(Selector, Keep, String)>,
-    protect: Vec<Glob>,
+    /// Tag globs, each with how it was written.
+    protect: Vec<(Glob, String)>,
     /// Annotation keys, each with the value it must have (any, when `None`).
     protect_annotations: Vec<(String, Option<String>)>,
     minimum_tags: usize,
@@ -87,7 +97,7 @@ impl Policy {
             index,
             repositories: p.repositories.iter().map(|r| Glob::new(r)).collect(),
             rules,
-            protect: p.protect.iter().map(|g| Glob::new(g)).collect(),
+            protect: p.protect.iter().map(|g| (Glob::new(g), g.clone())).collect(),
             protect_annotations: p
                 .protect_annotations
                 .iter()
@@ -105,56 +115,81 @@ impl Policy {
 
     /// The tags this policy removes from `tags`, at `now` (unix seconds).
     pub fn doomed(&self, tags: &[StoredTag], now: i64) -> Vec<Doomed> {
+        self.decide(tags, now)
+            .into_iter()
+            .filter(|d| d.removed)
+            .map(|d| Doomed { index: d.index, reason: d.reason })
+            .collect()
+    }
+
+    /// What this policy decides for each of `tags` at `now` (unix seconds), and why; by name.
+    pub fn decide(&self, tags: &[StoredTag], now: i64) -> Vec<Decision> {
+        let at = |why: String| format!("retention.policies[{}]: {why}", self.index);
         let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.rules.len()];
+        let mut decisions: Vec<Decision> = Vec::with_capacity(tags.len());
         for (i, t) in tags.iter().enumerate() {
-            if let Some(g) = self.rules.iter().position(|(s, _, _)| s.matches(&t.name)) {
-                groups[g].push(i);
+            match self.rules.iter().position(|(s, _, _)| s.matches(&t.name)) {
+                // A protected tag still counts among its rule's tags (it takes one of the N most
+                // recent, say); it is only never removed.
+                Some(g) => groups[g].push(i),
+                None => {
+                    let why = self.protection(t).unwrap_or_else(|| "no tag rule matches it".into());
+                    decisions.push(Decision { index: i, removed: false, reason: at(why) });
+                }
             }
         }
-        let mut doomed: Vec<Doomed> = Vec::new();
         for (g, members) in groups.iter().enumerate() {
             let (_, keep, shown) = &self.rules[g];
+            let rule = format!("tag rule {} ({shown})", g + 1);
             let kept = kept(keep, tags, members, now);
-            for &i in members.iter().filter(|i| !kept.contains(i)) {
-                if self.protect.iter().any(|p| p.matches(&tags[i].name)) || self.annotated(&tags[i]) {
-                    continue;
-                }
-                doomed.push(Doomed {
-                    index: i,
-                    reason: format!(
-                        "retention.policies[{}]: tag rule {} ({shown}) keeps only tags {keep}",
-                        self.index,
-                        g + 1
-                    ),
-                });
+            for &i in members {
+                let (removed, why) = if let Some(why) = self.protection(&tags[i]) {
+                    (false, why)
+                } else if kept.contains(&i) {
+                    (false, format!("{rule} keeps it: {keep}"))
+                } else {
+                    (true, format!("{rule} keeps only tags {keep}"))
+                };
+                decisions.push(Decision { index: i, removed, reason: at(why) });
             }
         }
         // At least `minimum_tags` stay: spare the most recently pushed first.
-        let spare = self.minimum_tags.saturating_sub(tags.len() - doomed.len());
+        let removed = decisions.iter().filter(|d| d.removed).count();
+        let spare = self.minimum_tags.saturating_sub(tags.len() - removed);
         if spare > 0 {
+            let mut doomed: Vec<&mut Decision> = decisions.iter_mut().filter(|d| d.removed).collect();
             doomed.sort_by_key(|d| (std::cmp::Reverse(tags[d.index].pushed_at), tags[d.index].name.clone()));
-            doomed.drain(..spare.min(doomed.len()));
+            for d in doomed.into_iter().take(spare) {
+                d.removed = false;
+                d.reason = at(format!("minimum_tags {} keeps it", self.minimum_tags));
+            }
         }
-        doomed.sort_by(|a, b| tags[a.index].name.cmp(&tags[b.index].name));
-        doomed
+        decisions.sort_by(|a, b| tags[a.index].name.cmp(&tags[b.index].name));
+        decisions
     }
-}
 
-impl Policy {
-    /// Whether the tag's manifest carries one of the protecting annotations.
-    fn annotated(&self, tag: &StoredTag) -> bool {
+    /// What protects the tag, if anything: a tag glob, or an annotation of its manifest.
+    fn protection(&self, tag: &StoredTag) -> Option<String> {
+        if let Some((_, glob)) = self.protect.iter().find(|(p, _)| p.matches(&tag.name)) {
+            return Some(format!("protected by {glob:?}"));
+        }
+        self.annotation(tag).map(|a| format!("protected by its manifest's annotation {a}"))
+    }
+
+    /// The protecting annotation the tag's manifest carries, as configured.
+    fn annotation(&self, tag: &StoredTag) -> Option<String> {
         if self.protect_annotations.is_empty() {
-            return false;
+            return None;
         }
         let Some(Ok(serde_json::Value::Object(found))) =
             tag.annotations.as_deref().map(serde_json::from_str::<serde_json::Value>)
         else {
-            return false;
+            return None;
         };
-        self.protect_annotations.iter().any(|(key, want)| match (found.get(key), want) {
-            (Some(_), None) => true,
-            (Some(serde_json::Value::String(v)), Some(want)) => v == want,
-            _ => false,
+        self.protect_annotations.iter().find_map(|(key, want)| match (found.get(key), want) {
+            (Some(_), None) => Some(key.clone()),
+            (Some(serde_json::Value::String(v)), Some(want)) if v == want => Some(format!("{key}={want}")),
+            _ => None,
         })
     }
 }

@@ -124,6 +124,39 @@ fn annotations_protect_their_tags() {
 }
 
 #[test]
+fn each_kept_tag_says_what_kept_it() {
+    let yaml = r#"policies:
+  - repositories: ["**"]
+    protect: ["v9"]
+    minimum_tags: 5
+    tags:
+      - {match: {regex: "^v"}, keep: {most_recently_pushed: 1}}
+"#;
+    let p = policies(yaml);
+    let t = tags("latest:9 v1:3 v2:2 v3:1 v9:8 dev:5");
+    let d: Vec<(String, bool, String)> = p
+        .for_repo("a")
+        .unwrap()
+        .decide(&t, NOW)
+        .into_iter()
+        .map(|d| (t[d.index].name.clone(), d.removed, d.reason))
+        .collect();
+    let at = |s: &str| format!("retention.policies[0]: {s}");
+    let rule = "tag rule 1 (regex \"^v\")";
+    assert_eq!(
+        d,
+        [
+            ("dev".into(), false, at("no tag rule matches it")),
+            ("latest".into(), false, at("no tag rule matches it")),
+            ("v1".into(), true, at(&format!("{rule} keeps only tags among the 1 most recently pushed"))),
+            ("v2".into(), false, at("minimum_tags 5 keeps it")),
+            ("v3".into(), false, at(&format!("{rule} keeps it: among the 1 most recently pushed"))),
+            ("v9".into(), false, at("protected by \"v9\"")),
+        ]
+    );
+}
+
+#[test]
 fn reasons_name_the_policy_and_rule() {
     let yaml = r#"policies: [{repositories: ["**"], tags: [{match: {glob: "v*"}, keep: {most_recently_pushed: 1}}]}]"#;
     let p = policies(yaml);
