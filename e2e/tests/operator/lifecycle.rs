@@ -133,9 +133,10 @@ spec:
     let (_, reason, message) = condition(&regs.get("hub").await.unwrap(), "GarbageCollected").unwrap();
     assert_eq!(reason, "DryRun", "{message}");
 
-    // A real run gives the bytes back; what stays pulls whole.
+    // A real run gives the bytes back (and, verifying, reads every stored blob back); what stays
+    // pulls whole.
     let api: Api<DynamicObject> = regs.clone();
-    let patch = serde_json::json!({"spec": {"gc": {"dryRun": false}}});
+    let patch = serde_json::json!({"spec": {"gc": {"dryRun": false, "verify": true}}});
     api.patch("hub", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     let real = run_gc(&cp, &client, &ns.name, "real-1").await;
     assert_eq!(
@@ -149,6 +150,11 @@ spec:
         "{real}"
     );
     assert!(real["bytesReclaimed"].as_i64().unwrap_or(0) > 0, "{real}");
+    assert_eq!(
+        (real["orphansRemoved"].as_i64(), real["corruptBlobs"].as_i64()),
+        (Some(0), Some(0)),
+        "{real}"
+    );
     assert_eq!(blob_files(&cp, &client, &ns.name).await, stored - 9, "the bytes are gone from the volume");
     let (status, reason, message) = condition(&regs.get("hub").await.unwrap(), "GarbageCollected").unwrap();
     assert_eq!((status.as_str(), reason.as_str()), ("True", "Collected"), "{message}");
