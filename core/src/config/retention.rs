@@ -4,6 +4,8 @@
 //! retention:
 //!   purge_delay: 24h                   # released bytes are deleted no sooner (for backups)
 //!   review_every: 10m                  # collect over the review queue this often
+//!   review_grace: 1h                   # with this grace (as the full runs': default 1h)
+//!   review_keep_untagged: false        # and keeping untagged manifests, or not
 //!   policies:                          # the first whose repositories match decides
 //!     - repositories: ["ci/**"]
 //!       protect: [latest, "release-*"] # never removed, whatever the rules say
@@ -43,11 +45,22 @@ pub struct RetentionConfig {
     /// changed since a collection last looked); none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "duration::option")]
     pub review_every: Option<Duration>,
+    /// The grace of those collections (nothing younger is removed): the full runs' own, which
+    /// their clients give. Default 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "duration::option")]
+    pub review_grace: Option<Duration>,
+    /// Those collections keep manifests no tag reaches, as full runs with `--keep-untagged` do.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub review_keep_untagged: bool,
 }
 
 impl RetentionConfig {
     pub fn is_empty(&self) -> bool {
-        self.policies.is_empty() && self.purge_delay.is_none() && self.review_every.is_none()
+        self.policies.is_empty()
+            && self.purge_delay.is_none()
+            && self.review_every.is_none()
+            && self.review_grace.is_none()
+            && !self.review_keep_untagged
     }
 
     /// Returns the offending field (relative to `retention`) and why.

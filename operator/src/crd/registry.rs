@@ -132,8 +132,8 @@ pub struct GcSpec {
     #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
     pub purge_delay: Option<String>,
     /// How often berth itself collects over the review queue (only the repositories changed
-    /// since a collection last looked), e.g. 10m, between the CronJob's full runs. None when
-    /// absent.
+    /// since a collection last looked), e.g. 10m, between the CronJob's full runs, with the same
+    /// grace and keepUntagged; none when absent, suspended or a dry run.
     #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
     pub review_every: Option<String>,
 }

@@ -5,7 +5,8 @@
 //! replicas) and answers 202 with the run, its `Location` where to follow it:
 //! `{"dryRun": true, "grace": "1h", "keepUntagged": false, "scrub": false, "verify": false,
 //! "queued": false}` (every field optional). `GET
-//! /admin/v1/gc/runs?n=20` lists the newest runs; `GET /admin/v1/gc/runs/{id}` shows one, with its
+//! /admin/v1/gc/runs?n=20` lists the newest runs (`&queued=false` only full runs, `true` only
+//! reviews of the queue; the log keeps the last 100 of each); `GET /admin/v1/gc/runs/{id}` shows one, with its
 //! progress and, once it ended, its report; `DELETE` on it asks it to stop.
 //!
 //! `GET /admin/v1/usage?n=100&last=<repository>` answers with what is stored in all (blobs and
@@ -84,6 +85,8 @@ const RUNS_PAGE_MAX: usize = 100;
 #[serde(deny_unknown_fields)]
 pub struct RunsQuery {
     n: Option<usize>,
+    /// Only reviews of the queue (`true`) or only full runs (`false`).
+    queued: Option<bool>,
 }
 
 pub async fn gc_runs(
@@ -95,15 +98,18 @@ pub async fn gc_runs(
         Ok(c) => c,
         Err(refused) => return refused,
     };
-    let limit = match query {
-        Ok(Query(RunsQuery { n })) => n.unwrap_or(RUNS_PAGE),
-        Err(_) => 0,
+    let (limit, queued) = match query {
+        Ok(Query(RunsQuery { n, queued })) => (n.unwrap_or(RUNS_PAGE), queued),
+        Err(_) => (0, None),
     };
     if !(1..=RUNS_PAGE_MAX).contains(&limit) {
-        return ApiError::new(Code::BadRequest, format!("the query takes n, 1 to {RUNS_PAGE_MAX}"))
-            .into_response();
+        return ApiError::new(
+            Code::BadRequest,
+            format!("the query takes n, 1 to {RUNS_PAGE_MAX}, and queued, true or false"),
+        )
+        .into_response();
     }
-    match collector.run_views(limit).await {
+    match collector.run_views(limit, queued).await {
         Ok(runs) => json(StatusCode::OK, &serde_json::json!({ "runs": runs })),
         Err(e) => ApiError::from(e).into_response(),
     }

@@ -7,6 +7,9 @@
 //!     manifest, then each unneeded link, by a statement that checks again what is stored now
 //! release every blob nothing uses any more ─► purge (objects deleted after the read grace)
 //! ```
+//! A collection over the review queue walks only the queued repositories, and releases only the
+//! blobs whose uses it removed: what a client's delete left unused (a deleted manifest's own
+//! bytes, a blob deleted by digest) waits for the next full collection.
 //! A dry run marks the same way and removes nothing; its report is what a real run would remove
 //! if nothing changed meanwhile. A removal whose check fails (a push made the thing needed again)
 //! is counted as a conflict, never forced.
@@ -17,7 +20,7 @@ pub mod metrics;
 mod progress;
 mod report;
 pub mod retention;
-mod review;
+pub mod review;
 mod runs;
 pub mod scrub;
 #[cfg(test)]
@@ -124,6 +127,8 @@ impl Collector {
         // Per digest: how many of its uses (links, manifests) this run removed (or would).
         let mut dropped: HashMap<Digest, u64> = HashMap::new();
         let mut page = Page { limit: BATCH, last: control.resume_after.clone() };
+        // The last repository this run finished.
+        let mut walked: Option<String> = None;
         'walk: loop {
             // Every repository, or (over the queue) those changed since a collection looked.
             let mut names = if o.queued {
@@ -148,15 +153,20 @@ impl Collector {
                 } else {
                     control.update(|p| p.repository_done(name, &RepoReport::default()));
                 }
-                if !o.dry_run {
+                if !o.dry_run && o.queued {
                     // Looked at with everything changed before the cutoff in view.
                     self.store.reviewed(&repo, cutoff).await?;
                 }
+                walked = Some(name.clone());
             }
             match names.pop() {
                 Some(last) if more => page.last = Some(last),
                 _ => break,
             }
+        }
+        if let Some(through) = walked.filter(|_| !o.dry_run && !o.queued) {
+            // A full run takes what it walked off the queue at once (cancelled: as far as it got).
+            self.store.reviewed_range(control.resume_after.as_deref(), &through, cutoff).await?;
         }
         if !report.cancelled {
             control.update(|p| p.phase = Phase::Blobs);
@@ -312,8 +322,8 @@ impl Collector {
         Ok(remove(digests).await?)
     }
 
-    /// Releases every blob nothing uses (a dry run: that nothing would use once its removals were
-    /// made).
+    /// Releases every blob nothing uses (over the queue: of those whose uses this run removed; a
+    /// dry run: that nothing would use once its removals were made).
     async fn release_blobs(
         &self,
         cutoff: i64,
@@ -322,13 +332,28 @@ impl Collector {
         report: &mut Report,
         control: &Control,
     ) -> Result<()> {
+        let mut sizes: HashMap<Digest, u64> = HashMap::new();
+        for r in &report.repositories {
+            for x in r.manifests.iter().chain(&r.links) {
+                sizes.insert(x.digest.clone(), x.size);
+            }
+        }
         let mut after: Option<Digest> = None;
+        let mut candidates: Vec<(Digest, u64)> = Vec::new();
+        if o.queued && !o.dry_run {
+            candidates = dropped.keys().map(|d| (d.clone(), sizes.get(d).copied().unwrap_or(0))).collect();
+            candidates.sort();
+        }
         loop {
             if control.cancelled() {
                 report.cancelled = true;
                 return Ok(());
             }
-            let batch = self.store.unused_blobs(cutoff, after.as_ref(), BATCH).await?;
+            let batch = if o.queued {
+                candidates.drain(..candidates.len().min(BATCH)).collect()
+            } else {
+                self.store.unused_blobs(cutoff, after.as_ref(), BATCH).await?
+            };
             for chunk in batch.chunks(REMOVALS) {
                 let digests: Vec<Digest> = chunk.iter().map(|(d, _)| d.clone()).collect();
                 let released = self.removed(o, digests, |ds| self.store.release_unused(ds, cutoff)).await?;
@@ -350,12 +375,6 @@ impl Collector {
         }
         if o.dry_run {
             // Blobs whose every use this run would remove: not unused yet, so counted here.
-            let mut sizes: HashMap<&Digest, u64> = HashMap::new();
-            for r in &report.repositories {
-                for x in r.manifests.iter().chain(&r.links) {
-                    sizes.insert(&x.digest, x.size);
-                }
-            }
             let mut freed = Vec::new();
             for (digest, n) in dropped {
                 if self.store.blob_uses(digest).await? == *n {

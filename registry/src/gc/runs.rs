@@ -77,8 +77,9 @@ impl Collector {
         Ok(self.store.run(id).await?.map(RunView::from))
     }
 
-    pub async fn run_views(&self, limit: usize) -> Result<Vec<RunView>> {
-        Ok(self.store.runs(limit).await?.into_iter().map(RunView::from).collect())
+    /// The newest runs (only full runs or only reviews, with `queued`).
+    pub async fn run_views(&self, limit: usize, queued: Option<bool>) -> Result<Vec<RunView>> {
+        Ok(self.store.runs(limit, queued).await?.into_iter().map(RunView::from).collect())
     }
 
     /// Asks a run to stop (the replica running it reads this within a second): the run as it is.
@@ -115,7 +116,8 @@ impl Collector {
     async fn record(&self, id: &str, o: &Options, now: i64) -> Result<(RunRecord, Arc<Control>)> {
         // The lease is ours: whatever still says it runs does not.
         self.store.interrupt_runs("", now).await?;
-        let resumed = match self.store.runs(1).await?.pop() {
+        // Reviews are never resumed (the next one looks at what is queued then): the last full run.
+        let resumed = match self.store.runs(1, Some(false)).await?.pop() {
             Some(last) if resumable(&last, o, now) => serde_json::from_str::<Progress>(&last.progress)
                 .ok()
                 .and_then(|p| p.cursor)

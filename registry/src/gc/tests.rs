@@ -308,7 +308,7 @@ async fn runs_are_logged_with_their_progress_and_report(w: World) {
     w.manifest("gc/a", "garbage-a", &["layer-a"], &[], None, None).await;
     w.manifest("gc/b", "kept-b", &[], &[], None, Some("b")).await;
     let report = w.collector.run(&Options { grace: Duration::ZERO, ..Options::default() }).await.unwrap();
-    let runs = w.collector.run_views(10).await.unwrap();
+    let runs = w.collector.run_views(10, None).await.unwrap();
     assert_eq!(runs.len(), 1);
     let (run, listed) = (w.collector.run_view(&runs[0].id).await.unwrap().unwrap(), &runs[0]);
     assert_eq!((run.state, run.dry_run, run.grace_seconds), ("succeeded", false, 0));
@@ -387,7 +387,7 @@ async fn a_run_cut_off_is_resumed_where_it_stopped(w: World) {
     let o = Options { grace: Duration::ZERO, ..Options::default() };
     let report = w.collector.run(&o).await.unwrap();
     assert_eq!(names(&report).0, BTreeSet::from([d("garbage-c")]), "only after the cursor");
-    let run = &w.collector.run_views(1).await.unwrap()[0];
+    let run = &w.collector.run_views(1, None).await.unwrap()[0];
     assert_eq!(run.resumed_from.as_deref(), Some("cut-2"));
     assert_eq!(
         (run.progress["repositoriesDone"].as_u64(), run.progress["repositoriesTotal"].as_u64()),
@@ -395,7 +395,7 @@ async fn a_run_cut_off_is_resumed_where_it_stopped(w: World) {
     );
     let report = w.collector.run(&o).await.unwrap();
     assert_eq!(names(&report).0, BTreeSet::from([d("garbage-a"), d("garbage-b")]));
-    assert_eq!(w.collector.run_views(1).await.unwrap()[0].resumed_from, None);
+    assert_eq!(w.collector.run_views(1, None).await.unwrap()[0].resumed_from, None);
 }
 
 /// A scrub releases what storage holds and no metadata knows (only once a day old), removes the
@@ -470,6 +470,9 @@ async fn queued_runs_look_only_at_what_changed(w: World) {
         w.manifest(&format!("gc/{r}"), &format!("garbage-{r}"), &[&format!("layer-{r}")], &[], None, None)
             .await;
     }
+    // A blob a client's delete left unused in a queued repository: not the review's to release.
+    w.blob("gc/b", "deleted-by-digest").await;
+    w.meta.unlink_blob(&repo("gc/b"), &d("deleted-by-digest")).await.unwrap();
     // gc/b changed a while ago; gc/c changed again just now, after the run's cutoff.
     w.meta
         .queue_reviews(vec![(repo("gc/b"), now - 10, now - 10), (repo("gc/c"), now - 10, now + 100)])
@@ -478,16 +481,28 @@ async fn queued_runs_look_only_at_what_changed(w: World) {
     assert_eq!(w.store.queue_depth(now).await.unwrap(), (2, 2));
     let o = Options { grace: Duration::ZERO, queued: true, ..Options::default() };
     let report = w.collector.run(&o).await.unwrap();
-    assert_eq!(names(&report).0, BTreeSet::from([d("garbage-b"), d("garbage-c")]), "only the queued");
+    let (manifests, _, blobs) = names(&report);
+    assert_eq!(manifests, BTreeSet::from([d("garbage-b"), d("garbage-c")]), "only the queued");
+    let dropped = ["garbage-b", "garbage-c", "layer-b", "layer-c"].map(d);
+    assert_eq!(blobs, BTreeSet::from(dropped), "only what its removals left unused");
     assert!(w.has_manifest("gc/a", "garbage-a").await);
     // gc/b is off the queue; gc/c waits from its last change.
     assert_eq!(w.store.queued(now + 1000, None, 10).await.unwrap(), ["gc/c"]);
     assert_eq!(w.store.queue_depth(now + 50).await.unwrap(), (1, 0));
-    let view = &w.collector.run_views(1).await.unwrap()[0];
+    let view = &w.collector.run_views(1, Some(true)).await.unwrap()[0];
     assert!(view.queued && view.progress["repositoriesTotal"] == 2, "{view:?}");
-    // A full collection looks at everything, and takes what it looked at off the queue.
+    // A full collection looks at everything, releases whatever nothing uses, and takes what it
+    // looked at off the queue.
     let full = w.collector.run(&Options { grace: Duration::ZERO, ..Options::default() }).await.unwrap();
-    assert_eq!(names(&full).0, BTreeSet::from([d("garbage-a")]));
+    let (manifests, _, blobs) = names(&full);
+    assert_eq!(manifests, BTreeSet::from([d("garbage-a")]));
+    assert!(blobs.contains(&d("deleted-by-digest")), "{blobs:?}");
+    assert_eq!(w.store.queued(now + 1000, None, 10).await.unwrap(), ["gc/c"], "changed after its cutoff");
+    w.meta.queue_reviews(vec![(repo("gc/a"), now - 5, now - 5)]).await.unwrap();
+    w.collector.run(&Options { grace: Duration::from_secs(3), ..Options::default() }).await.unwrap();
+    assert_eq!(w.store.queued(now + 1000, None, 10).await.unwrap(), ["gc/c"], "one statement for all");
+    assert_eq!(w.store.queue_depth(now + 1000).await.unwrap(), (1, 1));
+    assert_eq!(w.collector.run_views(10, Some(false)).await.unwrap().len(), 2);
 
     // What the service notes: a delete through the registry queues its repository.
     w.manifest("gc/d", "kept-d", &[], &[], None, Some("v1")).await;

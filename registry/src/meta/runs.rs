@@ -80,7 +80,8 @@ pub struct RunEnd<'a> {
 
 #[async_trait::async_trait]
 pub trait RunLog: Send + Sync + 'static {
-    /// Records a run that starts, and forgets the oldest ended runs beyond the newest `keep`.
+    /// Records a run that starts, and forgets the oldest ended runs of its kind (full or over the
+    /// queue) beyond the newest `keep`: frequent reviews never push full runs out of the log.
     async fn insert_run(&self, run: &RunRecord, keep: usize) -> Result<()>;
     /// Marks every run still `running` on `host` (on every host: `""`) as interrupted at `now`
     /// (unix milliseconds). How many were.
@@ -92,8 +93,9 @@ pub trait RunLog: Send + Sync + 'static {
     async fn cancel_run(&self, id: &str) -> Result<Option<RunRecord>>;
     /// One run, with its report.
     async fn run(&self, id: &str) -> Result<Option<RunRecord>>;
-    /// The newest runs first, at most `limit`, without their reports.
-    async fn runs(&self, limit: usize) -> Result<Vec<RunRecord>>;
+    /// The newest runs first (only full runs or only reviews, with `queued`), at most `limit`,
+    /// without their reports.
+    async fn runs(&self, limit: usize, queued: Option<bool>) -> Result<Vec<RunRecord>>;
     /// How many repositories there are, or, with `up_to`, are named up to it (catalog order).
     async fn repository_count(&self, up_to: Option<&str>) -> Result<u64>;
 }
@@ -108,9 +110,9 @@ pub(crate) const INSERT_RUN: &str = "INSERT INTO gc_runs
      (id, host, dry_run, grace_seconds, keep_untagged, scrub, verify, queued, state, started_at,
       progress, resumed_from)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10, $11)";
-/// Parameter: how many runs to keep.
-pub(crate) const PRUNE_RUNS: &str = "DELETE FROM gc_runs WHERE state <> 'running'
-     AND id NOT IN (SELECT id FROM gc_runs ORDER BY started_at DESC LIMIT $1)";
+/// Parameters: the kind (queued), how many runs of it to keep.
+pub(crate) const PRUNE_RUNS: &str = "DELETE FROM gc_runs WHERE queued = $1 AND state <> 'running'
+     AND id NOT IN (SELECT id FROM gc_runs WHERE queued = $1 ORDER BY started_at DESC LIMIT $2)";
 /// Parameters: now (unix milliseconds), host ('' for all).
 pub(crate) const INTERRUPT_RUNS: &str = "UPDATE gc_runs
      SET state = 'interrupted', ended_at = $1,
@@ -133,8 +135,11 @@ pub(crate) fn run_query() -> String {
     format!("SELECT {COLUMNS} FROM gc_runs WHERE id = $1")
 }
 
-/// Parameter: limit.
+/// Parameters: the kind (queued, NULL for both), limit.
 pub(crate) fn runs_query() -> String {
     let columns = COLUMNS.replace("report,", "NULL,");
-    format!("SELECT {columns} FROM gc_runs ORDER BY started_at DESC LIMIT $1")
+    format!(
+        "SELECT {columns} FROM gc_runs WHERE CAST($1 AS BOOLEAN) IS NULL OR queued = $1
+         ORDER BY started_at DESC LIMIT $2"
+    )
 }

@@ -78,11 +78,20 @@ async fn run_log<M: RunLog>(m: &M) {
     assert!(r1.error.is_some());
     // Newest first, without reports; the oldest ended ones forgotten beyond the limit.
     let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
-    assert_eq!(ids(m.runs(10).await.unwrap()), ["r4", "r3", "r2", "r1"]);
-    assert_eq!(m.runs(10).await.unwrap()[2].report, None);
-    assert_eq!(ids(m.runs(2).await.unwrap()), ["r4", "r3"]);
+    assert_eq!(ids(m.runs(10, None).await.unwrap()), ["r4", "r3", "r2", "r1"]);
+    assert_eq!(m.runs(10, None).await.unwrap()[2].report, None);
+    assert_eq!(ids(m.runs(2, None).await.unwrap()), ["r4", "r3"]);
     m.insert_run(&run_record("r5", "c", 5_000), 2).await.unwrap();
-    assert_eq!(ids(m.runs(10).await.unwrap()), ["r5", "r4"]);
+    assert_eq!(ids(m.runs(10, None).await.unwrap()), ["r5", "r4"]);
+    // Reviews of the queue are kept, and listed, apart: many never push a full run out.
+    for (i, at) in [6_000, 7_000, 8_000].into_iter().enumerate() {
+        let review = RunRecord { queued: true, ..run_record(&format!("q{i}"), "c", at) };
+        m.insert_run(&review, 2).await.unwrap();
+        m.interrupt_runs("", at).await.unwrap();
+    }
+    assert_eq!(ids(m.runs(10, None).await.unwrap()), ["q2", "q1", "r5", "r4"]);
+    assert_eq!(ids(m.runs(10, Some(false)).await.unwrap()), ["r5", "r4"]);
+    assert_eq!(ids(m.runs(1, Some(true)).await.unwrap()), ["q2"]);
 }
 
 async fn multipart_leases<M: MultipartLog>(m: &M) {

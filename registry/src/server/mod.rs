@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::api::{self, AppState};
 use crate::auth::Authenticator;
+use crate::gc::review::Reviews;
 use crate::gc::Collector;
 use crate::meta::cache::CacheIndex;
 use crate::meta::gc::Collect;
@@ -234,8 +235,9 @@ pub async fn serve(
         tokio::spawn(write_pull_times(state.registry.clone())),
     ];
     background.extend(state.proxy.clone().map(|p| tokio::spawn(p.maintain())));
-    let review_every = config.retention.review_every;
-    background.extend(state.collector.clone().map(|c| tokio::spawn(c.review(review_every))));
+    let r = &config.retention;
+    let reviews = Reviews::new(r.review_every, r.review_grace, r.review_keep_untagged);
+    background.extend(state.collector.clone().map(|c| tokio::spawn(c.review(reviews))));
     background.extend(state.auth.clone().map(|a| tokio::spawn(refresh_credentials(a))));
     background.extend(metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.clone()))));
     let connections =

@@ -18,6 +18,7 @@ pub fn config(gc: &GcSpec) -> Result<RetentionConfig, BuildError> {
     };
     let purge_delay = optional(&gc.purge_delay, "purgeDelay")?;
     let review_every = optional(&gc.review_every, "reviewEvery")?;
+    let review_grace = optional(&gc.grace, "grace")?;
     let invalid = |at: String, m: String| BuildError::InvalidGc(format!("retention{at}: {m}"));
     let mut out = Vec::with_capacity(policies.len());
     for (i, p) in policies.iter().enumerate() {
@@ -48,7 +49,16 @@ pub fn config(gc: &GcSpec) -> Result<RetentionConfig, BuildError> {
             dry_run: p.dry_run == Some(true),
         });
     }
-    let c = RetentionConfig { policies: out, purge_delay, review_every };
+    // Reviews remove what the CronJob's runs would, and stop when those do; a dry run only
+    // reports, which a review of the queue never needs.
+    let reviews = gc.suspend != Some(true) && gc.dry_run != Some(true);
+    let c = RetentionConfig {
+        policies: out,
+        purge_delay,
+        review_every: review_every.filter(|_| reviews),
+        review_grace: review_grace.filter(|_| reviews && review_every.is_some()),
+        review_keep_untagged: reviews && review_every.is_some() && gc.keep_untagged == Some(true),
+    };
     c.validate().map_err(|(field, m)| {
         BuildError::InvalidGc(format!("{}: {m}", field.replacen("retention.policies", "retention", 1)))
     })?;
@@ -113,7 +123,8 @@ mod tests {
 
     fn spec(retention: serde_json::Value) -> GcSpec {
         serde_json::from_value(
-            serde_json::json!({"retention": retention, "purgeDelay": "1d", "reviewEvery": "10m"}),
+            serde_json::json!({"retention": retention, "purgeDelay": "1d", "reviewEvery": "10m",
+                "grace": "30m", "keepUntagged": true}),
         )
         .unwrap()
     }
@@ -138,6 +149,23 @@ mod tests {
         assert_eq!(back.retention, c, "berth parses what the operator writes");
         assert_eq!(c.purge_delay, Some(std::time::Duration::from_secs(86_400)));
         assert_eq!(c.review_every, Some(std::time::Duration::from_secs(600)));
+        assert_eq!(
+            (c.review_grace, c.review_keep_untagged),
+            (Some(std::time::Duration::from_secs(1800)), true),
+            "reviews keep what the CronJob's runs keep"
+        );
+        for (field, value) in [("suspend", true), ("dryRun", true)] {
+            let mut stopped = p.clone();
+            let mut v = serde_json::to_value(&stopped).unwrap();
+            v[field] = value.into();
+            stopped = serde_json::from_value(v).unwrap();
+            let c = config(&stopped).unwrap();
+            assert_eq!(
+                (c.review_every, c.review_grace, c.review_keep_untagged),
+                (None, None, false),
+                "{field}"
+            );
+        }
         let p0 = &c.policies[0];
         assert_eq!((p0.minimum_tags, p0.referrers), (2, Referrers::Keep));
         assert_eq!(p0.protect_annotations, ["org.example.release=true"]);

@@ -24,6 +24,19 @@ impl ReviewQueue for PostgresMeta {
         Ok(())
     }
 
+    async fn reviewed_range(&self, after: Option<&str>, through: &str, before: i64) -> Result<()> {
+        let (after, through) = (after.unwrap_or_default().to_owned(), through.to_owned());
+        self.write(false, move |tx| {
+            let (after, through) = (after.clone(), through.clone());
+            Box::pin(async move {
+                execute(tx, queue::REVIEWED_RANGE, &[&after, &through, &before]).await?;
+                execute(tx, queue::REQUEUE_RANGE, &[&after, &through]).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
     async fn queue_depth(&self, overdue_before: i64) -> Result<(u64, u64)> {
         let c = self.client().await?;
         let row = query_opt(&c, queue::QUEUE_DEPTH, &[&overdue_before]).await.map_err(db_error)?;

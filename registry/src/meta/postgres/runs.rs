@@ -51,7 +51,7 @@ impl RunLog for PostgresMeta {
                     ],
                 )
                 .await?;
-                execute(tx, runs::PRUNE_RUNS, &[&keep]).await?;
+                execute(tx, runs::PRUNE_RUNS, &[&run.queued, &keep]).await?;
                 Ok(())
             })
         })
@@ -88,10 +88,15 @@ impl RunLog for PostgresMeta {
         query_opt(&c, &runs::run_query(), &[&id]).await.map_err(db_error)?.as_ref().map(record).transpose()
     }
 
-    async fn runs(&self, limit: usize) -> Result<Vec<RunRecord>> {
+    async fn runs(&self, limit: usize, queued: Option<bool>) -> Result<Vec<RunRecord>> {
         let c = self.client().await?;
         let limit = limit.min(i64::MAX as usize) as i64;
-        query(&c, &runs::runs_query(), &[&limit]).await.map_err(db_error)?.iter().map(record).collect()
+        query(&c, &runs::runs_query(), &[&queued, &limit])
+            .await
+            .map_err(db_error)?
+            .iter()
+            .map(record)
+            .collect()
     }
 
     async fn repository_count(&self, up_to: Option<&str>) -> Result<u64> {

@@ -33,6 +33,16 @@ impl ReviewQueue for SqliteMeta {
         .await
     }
 
+    async fn reviewed_range(&self, after: Option<&str>, through: &str, before: i64) -> Result<()> {
+        let (after, through) = (after.unwrap_or_default().to_owned(), through.to_owned());
+        self.write(Durability::Unsynced, move |tx| {
+            tx.prepare_cached(queue::REVIEWED_RANGE)?.execute(params![after, through, before])?;
+            tx.prepare_cached(queue::REQUEUE_RANGE)?.execute(params![after, through])?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn queue_depth(&self, overdue_before: i64) -> Result<(u64, u64)> {
         self.read(move |c| {
             let (n, overdue): (i64, i64) = c

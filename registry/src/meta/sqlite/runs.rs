@@ -55,7 +55,7 @@ impl RunLog for SqliteMeta {
                 run.progress,
                 run.resumed_from
             ])?;
-            tx.prepare_cached(runs::PRUNE_RUNS)?.execute([keep as i64])?;
+            tx.prepare_cached(runs::PRUNE_RUNS)?.execute(params![run.queued, keep as i64])?;
             Ok(())
         })
         .await
@@ -107,11 +107,11 @@ impl RunLog for SqliteMeta {
         self.read(move |c| one(c, &id)).await
     }
 
-    async fn runs(&self, limit: usize) -> Result<Vec<RunRecord>> {
+    async fn runs(&self, limit: usize, queued: Option<bool>) -> Result<Vec<RunRecord>> {
         self.read(move |c| {
             let rows = c
                 .prepare_cached(&runs::runs_query())?
-                .query_map([limit as i64], row)?
+                .query_map(params![queued, limit as i64], row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows.into_iter().collect()
         })
