@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0009_tags_by_digest.sql"),
     include_str!("../../../migrations/sqlite/0010_pulled_at.sql"),
     include_str!("../../../migrations/sqlite/0011_gc_runs.sql"),
+    include_str!("../../../migrations/sqlite/0012_references_by_child.sql"),
 ];
 const MAX_IDLE_READERS: usize = 8;
 
