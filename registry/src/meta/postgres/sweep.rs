@@ -4,9 +4,13 @@
 
 use super::errors::db_error;
 use super::{execute, query, query_opt, PostgresMeta};
-use crate::meta::sweep::{BEGIN_PURGE, END_PURGE, FORGET_GONE, PURGEABLE, PURGING, REVIVE_USED};
+use crate::meta::sweep::{BEGIN_PURGE, FORGET_GONE, PURGEABLE, PURGING, REVIVE_USED};
 use crate::meta::{now_millis, parse_stored, Result};
 use berth_core::oci::Digest;
+
+/// [`crate::meta::sweep::END_PURGE`] for many at once. Parameters: now, digests.
+const END_PURGES: &str =
+    "UPDATE blobs SET state = 'gone', state_at = $1 WHERE digest = ANY($2) AND state = 'purging'";
 
 /// Locks a blob's row until the transaction ends. Parameter: digest.
 pub(super) const LOCK: &str = "SELECT 1 FROM blobs WHERE digest = $1 FOR UPDATE";
@@ -56,9 +60,7 @@ impl PostgresMeta {
     pub(super) async fn purge_ends(&self, digests: Vec<Digest>) -> Result<()> {
         let c = self.client().await?;
         let digests: Vec<&str> = digests.iter().map(Digest::as_str).collect();
-        for d in digests {
-            execute(&c, END_PURGE, &[&now_millis(), &d]).await.map_err(db_error)?;
-        }
+        execute(&c, END_PURGES, &[&now_millis(), &digests]).await.map_err(db_error)?;
         Ok(())
     }
 

@@ -202,4 +202,25 @@ mod tests {
             assert!(plan.iter().any(|step| step.contains(by_child)), "{sql}: {plan:#?}");
         }
     }
+
+    /// What looks for blobs by state (each purge, each start) reads the few that are leaving,
+    /// never every blob.
+    #[tokio::test]
+    async fn purges_find_leaving_blobs_by_index() {
+        use crate::meta::sweep::{ABANDON_PURGES, FORGET_GONE, PURGEABLE};
+        let m = SqliteMeta::temporary().unwrap();
+        for (sql, n) in [(PURGEABLE, 3), (FORGET_GONE, 2), (ABANDON_PURGES, 0)] {
+            let plan = m
+                .read(move |c| {
+                    let mut explain = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                    let args = [1_i64, 1, 1];
+                    let rows = explain
+                        .query_map(rusqlite::params_from_iter(&args[..n]), |r| r.get::<_, String>(3))?;
+                    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+                })
+                .await
+                .unwrap();
+            assert!(!plan.iter().any(|step| step.trim() == "SCAN blobs"), "{sql}: {plan:#?}");
+        }
+    }
 }
