@@ -89,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
     let berth = args.servers.iter().find(|s| s.kind == Kind::Berth);
     if let Some(berth) = berth.filter(|_| gc::wanted(&plan) && !args.proxy_only) {
         eprintln!("measuring garbage collection...");
-        report.push_str(&gc::run(&berth.bin, scratch.path()).await?);
+        report.push_str(&gc::run(&berth.bin, scratch.path(), None).await?);
     }
     let store = match &args.minio {
         Some(bin) => Some(objstore::start(bin, &scratch.path().join("minio")).await?),
@@ -101,6 +101,11 @@ async fn main() -> anyhow::Result<()> {
         if let Some(berth) = berth.filter(|_| replicas::wanted(&plan)) {
             eprintln!("measuring three berth replicas and redirects on S3...");
             report.push_str(&replicas::run(&berth.bin, store, &plan, scratch.path()).await?);
+        }
+        if let Some(berth) = berth.filter(|_| gc::wanted(&plan)) {
+            eprintln!("measuring garbage collection on S3...");
+            let target = objstore::target(store, true).await?;
+            report.push_str(&gc::run(&berth.bin, scratch.path(), Some(&target)).await?);
         }
     }
     let find = |k: Kind| args.servers.iter().find(|s| s.kind == k).map(|s| s.bin.clone());
