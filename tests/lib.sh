@@ -50,6 +50,24 @@ start_berth() {
   wait_for "$BERTH_URL/v2/" 20
 }
 
+# start_distribution BIN [LOG]: CNCF Distribution (BIN) on a free port of loopback, content in
+# $WORK/distribution, deletes enabled; sets DIST_ADDR (host:port). Its output goes to
+# $WORK/distribution.log; LOG is its `log:` setting (default: errors only).
+start_distribution() {
+  local bin=$1 log=${2:-"{level: error}"} port
+  port=$(free_port)
+  DIST_ADDR=127.0.0.1:$port
+  cat >"$WORK/distribution.yml" <<YAML
+version: 0.1
+log: $log
+storage: {filesystem: {rootdirectory: $WORK/distribution}, delete: {enabled: true}}
+http: {addr: $DIST_ADDR}
+YAML
+  OTEL_TRACES_EXPORTER=none "$bin" serve "$WORK/distribution.yml" >"$WORK/distribution.log" 2>&1 &
+  on_exit "kill $!"
+  wait_for "http://$DIST_ADDR/v2/" 20
+}
+
 # client_workspace: WORK, a temp dir removed on exit, with a HOME (and docker config) of its own
 # for the clients' logins, and the test images in the OCI layout $WORK/layout; MULTI and
 # MULTIARCH are the digests of its image and its multi-arch index.

@@ -15,21 +15,12 @@ require_commands skopeo containerd ctr
 client_workspace
 
 # The upstream, with its own access log so the test can count what reached it.
-UP_PORT=$(free_port)
-UP=127.0.0.1:$UP_PORT
-cat >"$WORK/distribution.yml" <<EOF
-version: 0.1
-log: {level: info, formatter: json}
-storage: {filesystem: {rootdirectory: $WORK/upstream}}
-http: {addr: $UP}
-EOF
-OTEL_TRACES_EXPORTER=none "$DISTRIBUTION" serve "$WORK/distribution.yml" >"$WORK/upstream.log" 2>&1 &
-on_exit "kill $!"
-wait_for "http://$UP/v2/" 20 || exit 1
+start_distribution "$DISTRIBUTION" "{level: info, formatter: json}" || exit 1
+UP=$DIST_ADDR
 SK=(skopeo --insecure-policy)
 "${SK[@]}" copy -q --dest-tls-verify=false "oci:$WORK/layout:multi" "docker://$UP/library/alpine:3.20" || exit 1
 "${SK[@]}" copy -q --all --dest-tls-verify=false "oci:$WORK/layout:multiarch" "docker://$UP/library/alpine:multiarch" || exit 1
-upstream_blob_gets() { grep -c '"http.request.method":"GET","http.request.remoteaddr"[^}]*"http.request.uri":"/v2/library/alpine/blobs/' "$WORK/upstream.log" || true; }
+upstream_blob_gets() { grep -c '"http.request.method":"GET","http.request.remoteaddr"[^}]*"http.request.uri":"/v2/library/alpine/blobs/' "$WORK/distribution.log" || true; }
 
 cat >"$WORK/berth.yaml" <<EOF
 proxy:

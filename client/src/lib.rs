@@ -19,10 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, ACCEPT, RETRY_AFTER, WWW_AUTHENTICATE};
-use reqwest::{Method, Response, StatusCode};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 
 pub mod challenge;
+pub mod push;
 
 use berth_core::config::UpstreamConfig;
 use berth_core::oci::RepoName;
@@ -33,6 +34,9 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
      application/vnd.oci.image.manifest.v1+json, \
      application/vnd.docker.distribution.manifest.list.v2+json, \
      application/vnd.docker.distribution.manifest.v2+json";
+
+/// Adds a request's headers and body, for each attempt.
+type Build<'a> = &'a (dyn Fn(RequestBuilder) -> RequestBuilder + Send + Sync);
 
 const ATTEMPTS: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -269,20 +273,40 @@ impl Upstream {
         accept: Option<&str>,
     ) -> Result<Fetched> {
         let scope = repo.map(|r| format!("repository:{r}:pull"));
+        let with_accept = |r: RequestBuilder| match accept {
+            Some(a) => r.header(ACCEPT, a),
+            None => r,
+        };
+        let resp = self.authorized(method, url, scope.as_deref(), &with_accept).await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(Fetched::NotFound),
+            s if s.is_success() => Ok(Fetched::Found(resp)),
+            _ => Err(self.status_error(resp).await),
+        }
+    }
+
+    /// A request (as `build` makes it, again for each attempt) with the credentials `scope`
+    /// needs (scopes separated by spaces), logging in again once on a 401; errors on a refusal,
+    /// any other status is the caller's.
+    async fn authorized(
+        &self,
+        method: &Method,
+        url: &str,
+        scope: Option<&str>,
+        build: Build<'_>,
+    ) -> Result<Response> {
         let mut fresh_token = false;
         for round in 0..2 {
             let scheme = self.scheme.lock().map(|s| s.clone()).unwrap_or(Scheme::Unknown);
-            let auth = self.authorization(&scheme, scope.as_deref(), fresh_token).await?;
-            let resp = self.with_retries(method, url, accept, auth.as_ref()).await?;
+            let auth = self.authorization(&scheme, scope, fresh_token).await?;
+            let resp = self.with_retries(method, url, build, auth.as_ref()).await?;
             match resp.status() {
                 StatusCode::UNAUTHORIZED if round == 0 => {
                     self.learn(&resp);
                     fresh_token = true;
                 }
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Err(self.auth_error(resp).await),
-                StatusCode::NOT_FOUND => return Ok(Fetched::NotFound),
-                s if s.is_success() => return Ok(Fetched::Found(resp)),
-                _ => return Err(self.status_error(resp).await),
+                _ => return Ok(resp),
             }
         }
         Err(UpstreamError::Auth {
@@ -353,7 +377,7 @@ impl Upstream {
         if let Some(s) = service {
             query.push(("service", s));
         }
-        if let Some(s) = scope {
+        for s in scope.into_iter().flat_map(|s| s.split(' ')).filter(|s| !s.is_empty()) {
             query.push(("scope", s));
         }
         let mut req = self.http.get(realm).query(&query);
@@ -446,13 +470,13 @@ impl Upstream {
         &self,
         method: &Method,
         url: &str,
-        accept: Option<&str>,
+        build: Build<'_>,
         auth: Option<&Auth>,
     ) -> Result<Response> {
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {
             let last = attempt == ATTEMPTS;
-            match self.attempt(method, url, accept, auth).await {
+            match self.attempt(method, url, build, auth).await {
                 Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
                     let wait = retry_after(resp.headers());
                     match wait {
@@ -486,13 +510,10 @@ impl Upstream {
         &self,
         method: &Method,
         url: &str,
-        accept: Option<&str>,
+        build: Build<'_>,
         auth: Option<&Auth>,
     ) -> Result<Response> {
-        let mut req = self.http.request(method.clone(), url);
-        if let Some(a) = accept {
-            req = req.header(ACCEPT, a);
-        }
+        let mut req = build(self.http.request(method.clone(), url));
         req = match auth {
             Some(Auth::Basic(user, password)) => req.basic_auth(user, Some(password)),
             Some(Auth::Bearer(token)) => req.bearer_auth(token),

@@ -15,6 +15,7 @@ pub mod fuzzing;
 pub mod gc;
 pub mod meta;
 pub mod proxy;
+pub mod replicate;
 pub mod server;
 pub mod service;
 pub mod storage;

@@ -1,4 +1,5 @@
-//! `berth`: serve the registry, check a config file, hash a password for it, or collect garbage.
+//! `berth`: serve the registry, check a config file, hash a password for it, collect garbage, or
+//! copy images between registries.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,120 @@ enum Command {
     /// Run a garbage collection on a running registry, through its admin API (a user or robot
     /// granted `admin`); prints what was removed, and exits non-zero if the run failed.
     Gc(GcArgs),
+    /// Copy images between two registries (any that speak the distribution API), keeping their
+    /// digests, with their index children and referrers (signatures, SBOMs); what is there
+    /// already is skipped. Prints a summary (or the report), and exits non-zero if an image failed.
+    Replicate(ReplicateArgs),
+}
+
+#[derive(Args)]
+struct ReplicateArgs {
+    /// The source registry, e.g. https://registry.example.
+    #[arg(long)]
+    from: String,
+    /// The destination registry.
+    #[arg(long)]
+    to: String,
+    /// Images: `repository` (its tags, through --tag and --exclude-tag), `repository:tag` or
+    /// `repository@digest`.
+    #[arg(required = true)]
+    images: Vec<String>,
+    /// Copy only tags matching this glob (repeatable; `*` matches any characters).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Leave out tags matching this glob (repeatable).
+    #[arg(long = "exclude-tag")]
+    exclude_tags: Vec<String>,
+    #[arg(long, env = "BERTH_FROM_USERNAME")]
+    from_username: Option<String>,
+    /// File holding the source's password (else BERTH_FROM_PASSWORD).
+    #[arg(long)]
+    from_password_file: Option<PathBuf>,
+    #[arg(long, env = "BERTH_TO_USERNAME")]
+    to_username: Option<String>,
+    /// File holding the destination's password (else BERTH_TO_PASSWORD).
+    #[arg(long)]
+    to_password_file: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for the source's TLS.
+    #[arg(long)]
+    from_ca_file: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for the destination's TLS.
+    #[arg(long)]
+    to_ca_file: Option<PathBuf>,
+    /// Do not verify the source's TLS certificate.
+    #[arg(long)]
+    from_insecure: bool,
+    /// Do not verify the destination's TLS certificate.
+    #[arg(long)]
+    to_insecure: bool,
+    /// List what would be copied; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Output: text (a summary) or json (the whole report).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    output: String,
+}
+
+impl ReplicateArgs {
+    fn request(self) -> anyhow::Result<berth_registry::replicate::Request> {
+        use berth_registry::replicate::{Request, Side};
+        let side =
+            |url, username, file: Option<PathBuf>, env: &str, ca_file, insecure| -> anyhow::Result<Side> {
+                Ok(Side { url, username, password: secret(file.as_ref(), env)?, ca_file, insecure })
+            };
+        Ok(Request {
+            from: side(
+                self.from,
+                self.from_username,
+                self.from_password_file,
+                "BERTH_FROM_PASSWORD",
+                self.from_ca_file,
+                self.from_insecure,
+            )?,
+            to: side(
+                self.to,
+                self.to_username,
+                self.to_password_file,
+                "BERTH_TO_PASSWORD",
+                self.to_ca_file,
+                self.to_insecure,
+            )?,
+            images: self.images,
+            tags: self.tags,
+            exclude_tags: self.exclude_tags,
+            dry_run: self.dry_run,
+        })
+    }
+}
+
+/// A password from its file (its last line break dropped), else from the variable `env`.
+fn secret(file: Option<&PathBuf>, env: &str) -> anyhow::Result<Option<String>> {
+    match file {
+        Some(f) => Ok(Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+        )),
+        None => Ok(std::env::var(env).ok()),
+    }
+}
+
+async fn replicate(args: ReplicateArgs) -> anyhow::Result<()> {
+    let json = args.output == "json";
+    let report = berth_registry::replicate::run(&args.request()?).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for f in &report.failed {
+            eprintln!("failed: {}: {}", f.image, f.error);
+        }
+        println!("{}", report.summary());
+    }
+    if !report.failed.is_empty() {
+        anyhow::bail!("{} of the images failed", report.failed.len());
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -84,15 +199,7 @@ struct GcArgs {
 
 impl GcArgs {
     fn request(self) -> anyhow::Result<berth_registry::gc::client::Request> {
-        let password = match &self.password_file {
-            Some(f) => Some(
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("reading {}", f.display()))?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_owned(),
-            ),
-            None => std::env::var("BERTH_PASSWORD").ok(),
-        };
+        let password = secret(self.password_file.as_ref(), "BERTH_PASSWORD")?;
         Ok(berth_registry::gc::client::Request {
             url: self.url,
             username: self.username,
@@ -264,6 +371,7 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => run(serve(args)),
         Command::Gc(args) => run(async move { berth_registry::gc::client::run(&args.request()?).await }),
+        Command::Replicate(args) => run(replicate(args)),
     }
 }
 

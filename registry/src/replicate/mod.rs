@@ -1,0 +1,382 @@
+//! `berth replicate`: copies images between two registries (Berth, CNCF Distribution, any that
+//! speaks the distribution API), in either direction, keeping every digest.
+//!
+//! ```text
+//! for each image (a repository's tags through the filters, a tag, or a digest):
+//!     GET the manifest ─► tag already names that digest there? unchanged (only its referrers
+//!                          are looked at)
+//!     copy it: an index's children first, a manifest's config and layers (HEAD; mounted from
+//!              another repository this run wrote them to; else streamed GET ─► PUT), then the
+//!              manifest's bytes as they are ─► its referrers, recursively
+//! ```
+//! Referrers (signatures, SBOMs) are read through the referrers API, or where the source has
+//! none from the `sha256-<hex>` tag scheme; a destination without the API (no `OCI-Subject` on
+//! the push) gets that tag scheme kept up to date, so cosign and oras find them there too.
+
+mod referrers;
+mod report;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use anyhow::Context;
+use berth_client::push::Sent;
+use berth_client::{Credentials, Fetched, Upstream};
+use berth_core::config::UpstreamConfig;
+use berth_core::glob::Glob;
+use berth_core::oci::{Algorithm, Digest, RepoName};
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use reqwest::Method;
+
+pub use report::Report;
+use report::{Failure, ImageReport, Outcome};
+
+/// Blobs of one manifest copied at once.
+const BLOBS_AT_ONCE: usize = 4;
+/// Tags read per page of a tag list.
+const TAGS_PAGE: usize = 1000;
+
+/// One side of a copy.
+#[derive(Debug, Clone, Default)]
+pub struct Side {
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub insecure: bool,
+}
+
+impl Side {
+    fn client(&self, name: &str) -> anyhow::Result<Upstream> {
+        let mut config = UpstreamConfig::new(name, self.url.trim_end_matches('/'));
+        config.insecure = self.insecure;
+        let ca = match &self.ca_file {
+            Some(f) => Some(std::fs::read(f).with_context(|| format!("reading {}", f.display()))?),
+            None => None,
+        };
+        let credentials = match &self.username {
+            Some(user) => {
+                Credentials::Basic { user: user.clone(), password: self.password.clone().unwrap_or_default() }
+            }
+            None => Credentials::None,
+        };
+        Upstream::with_credentials(&config, credentials, ca.as_deref()).map_err(anyhow::Error::msg)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub from: Side,
+    pub to: Side,
+    /// `repository` (its tags, through the filters), `repository:tag` or `repository@digest`.
+    pub images: Vec<String>,
+    /// Tag globs a repository's tags must match (all when empty).
+    pub tags: Vec<String>,
+    /// Tag globs left out.
+    pub exclude_tags: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// Runs a replication: its report (failures in it, never an early stop).
+pub async fn run(r: &Request) -> anyhow::Result<Report> {
+    let copier = Copier {
+        src: r.from.client("source")?,
+        dst: r.to.client("destination")?,
+        dry_run: r.dry_run,
+        report: Mutex::new(Report { dry_run: r.dry_run, ..Report::default() }),
+        placed: Mutex::new(HashMap::new()),
+        done: Mutex::new(HashSet::new()),
+    };
+    let include: Vec<Glob> = r.tags.iter().map(|t| Glob::new(t)).collect();
+    let exclude: Vec<Glob> = r.exclude_tags.iter().map(|t| Glob::new(t)).collect();
+    for spec in &r.images {
+        let images = match copier.images(spec, &include, &exclude).await {
+            Ok(images) => images,
+            Err(e) => {
+                copier.failed(spec, &e);
+                continue;
+            }
+        };
+        for (repo, reference) in images {
+            let name = format!("{repo}{}{reference}", if reference.contains(':') { "@" } else { ":" });
+            match copier.image(&repo, &reference).await {
+                Ok(image) => {
+                    tracing::info!(image = %name, outcome = ?image.outcome, "replicated");
+                    copier.with_report(|rep| rep.images.push(image));
+                }
+                Err(e) => copier.failed(&name, &e),
+            }
+        }
+    }
+    let mut report = copier.report.into_inner().unwrap_or_default();
+    report.images.sort_by(|a, b| (&a.repository, &a.reference).cmp(&(&b.repository, &b.reference)));
+    Ok(report)
+}
+
+struct Copier {
+    src: Upstream,
+    dst: Upstream,
+    dry_run: bool,
+    report: Mutex<Report>,
+    /// Per blob, a destination repository this run put it in (to mount it from).
+    placed: Mutex<HashMap<Digest, RepoName>>,
+    /// Manifests (with their referrers) this run copied or found there: per repository.
+    done: Mutex<HashSet<(RepoName, Digest)>>,
+}
+
+/// A manifest as read from the source.
+struct Manifest {
+    digest: Digest,
+    media_type: String,
+    bytes: Bytes,
+}
+
+impl Copier {
+    fn with_report(&self, f: impl FnOnce(&mut Report)) {
+        if let Ok(mut r) = self.report.lock() {
+            f(&mut r);
+        }
+    }
+
+    fn failed(&self, image: &str, e: &anyhow::Error) {
+        tracing::warn!(image, error = %format!("{e:#}"), "not replicated");
+        self.with_report(|r| r.failed.push(Failure { image: image.to_owned(), error: format!("{e:#}") }));
+    }
+
+    /// The images `spec` names: `(repository, tag or digest)`.
+    async fn images(
+        &self,
+        spec: &str,
+        include: &[Glob],
+        exclude: &[Glob],
+    ) -> anyhow::Result<Vec<(RepoName, String)>> {
+        let (name, reference) = match spec.split_once('@') {
+            Some((n, d)) => (n, Some(d.to_owned())),
+            None => match spec.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
+                Some((n, t)) => (n, Some(t.to_owned())),
+                None => (spec, None),
+            },
+        };
+        let repo: RepoName = name.parse().map_err(|e| anyhow::anyhow!("{spec}: {e}"))?;
+        if let Some(r) = reference {
+            return Ok(vec![(repo, r)]);
+        }
+        let tags = self.tags(&repo).await?;
+        Ok(tags
+            .into_iter()
+            .filter(|t| !referrers::is_scheme_tag(t))
+            .filter(|t| include.is_empty() || include.iter().any(|g| g.matches(t)))
+            .filter(|t| !exclude.iter().any(|g| g.matches(t)))
+            .map(|t| (repo.clone(), t))
+            .collect())
+    }
+
+    /// Every tag of `repo` at the source, page by page.
+    async fn tags(&self, repo: &RepoName) -> anyhow::Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut all = Vec::new();
+        loop {
+            let mut query = format!("n={TAGS_PAGE}");
+            if let Some(last) = all.last() {
+                query.push_str(&format!("&last={last}"));
+            }
+            let page = match self.src.tags(repo, &query).await? {
+                Fetched::Found(resp) => resp.json::<List>().await.context("reading a tag list")?.tags,
+                Fetched::NotFound => anyhow::bail!("{repo}: no such repository at the source"),
+            };
+            let page = page.unwrap_or_default();
+            let more = page.len() >= TAGS_PAGE;
+            all.extend(page);
+            if !more {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Copies one image; how it went.
+    async fn image(&self, repo: &RepoName, reference: &str) -> anyhow::Result<ImageReport> {
+        let m = self.fetch(repo, reference).await?;
+        let is_tag = !reference.contains(':');
+        let there = if is_tag { self.dst.manifest_digest(repo, reference).await? } else { None };
+        let outcome = if there.as_deref() == Some(m.digest.as_str()) {
+            // Unchanged; referrers added since are still copied.
+            self.mark_done(repo, &m.digest);
+            self.referrers(repo, &m.digest).await?;
+            Outcome::Unchanged
+        } else {
+            self.manifest(repo, &m, is_tag.then_some(reference)).await?;
+            if self.dry_run {
+                Outcome::WouldCopy
+            } else {
+                Outcome::Copied
+            }
+        };
+        Ok(ImageReport {
+            repository: repo.to_string(),
+            reference: reference.to_owned(),
+            digest: m.digest,
+            outcome,
+        })
+    }
+
+    /// The source's manifest, its digest checked.
+    async fn fetch(&self, repo: &RepoName, reference: &str) -> anyhow::Result<Manifest> {
+        let resp = match self.src.fetch(Method::GET, repo, "manifests", reference).await? {
+            Fetched::Found(resp) => resp,
+            Fetched::NotFound => anyhow::bail!("{repo}:{reference}: no such manifest at the source"),
+        };
+        let media_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
+            .unwrap_or_default();
+        let bytes = resp.bytes().await.context("reading a manifest")?;
+        let digest = Digest::of(Algorithm::Sha256, &bytes);
+        if reference.contains(':') && reference != digest.as_str() {
+            anyhow::bail!("{repo}@{reference}: the source sent a manifest whose digest is {digest}");
+        }
+        Ok(Manifest { digest, media_type, bytes })
+    }
+
+    /// Notes a manifest as copied (or found there) this run: whether it was not yet.
+    fn mark_done(&self, repo: &RepoName, digest: &Digest) -> bool {
+        self.done.lock().map(|mut d| d.insert((repo.clone(), digest.clone()))).unwrap_or(true)
+    }
+
+    fn is_done(&self, repo: &RepoName, digest: &Digest) -> bool {
+        self.done.lock().map(|d| d.contains(&(repo.clone(), digest.clone()))).unwrap_or(false)
+    }
+
+    /// Copies a manifest with what it needs, then puts it (under `tag`, or its digest), then its
+    /// referrers: whether it was copied (a dry run: would be) rather than found there.
+    fn manifest<'a>(
+        &'a self,
+        repo: &'a RepoName,
+        m: &'a Manifest,
+        tag: Option<&'a str>,
+    ) -> futures_util::future::BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async move {
+            let first = self.mark_done(repo, &m.digest);
+            let parsed: serde_json::Value =
+                serde_json::from_slice(&m.bytes).with_context(|| format!("{repo}@{}: not JSON", m.digest))?;
+            // A manifest the destination holds came with everything it needs (the destination
+            // checked when it was pushed).
+            let there = first && self.dst.manifest_digest(repo, m.digest.as_str()).await?.is_some();
+            if first && !there {
+                if let Some(children) = parsed["manifests"].as_array() {
+                    for child in children {
+                        let digest = parse_digest(child["digest"].as_str().unwrap_or_default())?;
+                        if self.is_done(repo, &digest) {
+                            continue;
+                        }
+                        let c = self.fetch(repo, digest.as_str()).await?;
+                        self.manifest(repo, &c, None).await?;
+                    }
+                } else {
+                    let blobs = parsed["layers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .chain(std::iter::once(&parsed["config"]).filter(|c| c.is_object()))
+                        .map(|d| {
+                            Ok((
+                                parse_digest(d["digest"].as_str().unwrap_or_default())?,
+                                d["size"].as_u64().unwrap_or(0),
+                            ))
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    futures_util::stream::iter(blobs)
+                        .map(|(digest, size)| self.blob(repo, digest, size))
+                        .buffer_unordered(BLOBS_AT_ONCE)
+                        .try_collect::<Vec<()>>()
+                        .await?;
+                }
+            }
+            if !self.dry_run && ((first && !there) || tag.is_some()) {
+                let reference = tag.unwrap_or(m.digest.as_str());
+                let headers = self.dst.put_manifest(repo, reference, &m.media_type, m.bytes.clone()).await?;
+                if first && !there {
+                    if let Some(subject) = parsed["subject"]["digest"].as_str() {
+                        if headers.get("oci-subject").is_none() {
+                            let referrer = referrers::Referrer {
+                                digest: &m.digest,
+                                media_type: &m.media_type,
+                                size: m.bytes.len(),
+                                parsed: &parsed,
+                            };
+                            referrers::add_to_scheme(&self.dst, repo, subject, referrer).await?;
+                        }
+                    }
+                }
+            }
+            if first {
+                self.with_report(|r| if there { r.manifests_skipped += 1 } else { r.manifests_copied += 1 });
+                self.referrers(repo, &m.digest).await?;
+            }
+            Ok(first && !there)
+        })
+    }
+
+    /// Copies a blob to `repo` unless it is there.
+    async fn blob(&self, repo: &RepoName, digest: Digest, size: u64) -> anyhow::Result<()> {
+        if self.dst.has_blob(repo, digest.as_str()).await? {
+            self.with_report(|r| r.blobs_skipped += 1);
+            return Ok(());
+        }
+        if self.dry_run {
+            self.with_report(|r| {
+                r.blobs_copied += 1;
+                r.bytes_copied += size;
+            });
+            return Ok(());
+        }
+        let mount = self.placed.lock().ok().and_then(|p| p.get(&digest).filter(|r| *r != repo).cloned());
+        let body = async {
+            match self.src.fetch(Method::GET, repo, "blobs", digest.as_str()).await? {
+                Fetched::Found(resp) => Ok(reqwest::Body::wrap_stream(resp.bytes_stream())),
+                Fetched::NotFound => Err(berth_client::UpstreamError::Status {
+                    upstream: "source".into(),
+                    status: 404,
+                    detail: format!("{repo}@{digest}: no such blob"),
+                }),
+            }
+        };
+        let sent = self.dst.put_blob(repo, digest.as_str(), size, mount.as_ref(), body).await?;
+        self.with_report(|r| match sent {
+            Sent::Mounted => r.blobs_mounted += 1,
+            Sent::Uploaded => {
+                r.blobs_copied += 1;
+                r.bytes_copied += size;
+            }
+        });
+        if let Ok(mut p) = self.placed.lock() {
+            p.entry(digest).or_insert_with(|| repo.clone());
+        }
+        Ok(())
+    }
+
+    /// Copies what refers to `digest` in `repo` (and what refers to those).
+    async fn referrers(&self, repo: &RepoName, digest: &Digest) -> anyhow::Result<()> {
+        for d in referrers::list(&self.src, repo, digest).await? {
+            if self.is_done(repo, &d) {
+                continue;
+            }
+            let m = self.fetch(repo, d.as_str()).await?;
+            if self.manifest(repo, &m, None).await? {
+                self.with_report(|r| r.referrers_copied += 1);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_digest(s: &str) -> anyhow::Result<Digest> {
+    s.parse().map_err(|e| anyhow::anyhow!("descriptor digest {s:?}: {e}"))
+}

@@ -1,0 +1,107 @@
+//! Referrers at either end: read through the referrers API, or, where a registry has none (CNCF
+//! Distribution), through the OCI 1.1 tag scheme: an index tagged `sha256-<hex of the subject>`
+//! listing what refers to it. A destination without the API gets that index kept up to date.
+
+use anyhow::Context;
+use berth_client::{Fetched, Upstream};
+use berth_core::oci::{Digest, RepoName};
+use reqwest::Method;
+
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// The scheme's tag for a subject's digest.
+fn scheme_tag(subject: &str) -> Option<String> {
+    let (algorithm, hex) = subject.split_once(':')?;
+    Some(format!("{algorithm}-{hex}"))
+}
+
+/// Whether a tag is the scheme's (a list of referrers, not an image).
+pub fn is_scheme_tag(tag: &str) -> bool {
+    tag.strip_prefix("sha256-").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The digests of the manifests in an index's JSON.
+fn listed(index: &serde_json::Value) -> anyhow::Result<Vec<Digest>> {
+    index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let s = d["digest"].as_str().unwrap_or_default();
+            s.parse().map_err(|e| anyhow::anyhow!("referrer digest {s:?}: {e}"))
+        })
+        .collect()
+}
+
+/// What refers to `digest` in `repo` at `src`.
+pub async fn list(src: &Upstream, repo: &RepoName, digest: &Digest) -> anyhow::Result<Vec<Digest>> {
+    if let Fetched::Found(resp) = src.fetch(Method::GET, repo, "referrers", digest.as_str()).await? {
+        let index: serde_json::Value = resp.json().await.context("reading a referrers list")?;
+        return listed(&index);
+    }
+    let Some(tag) = scheme_tag(digest.as_str()) else { return Ok(vec![]) };
+    match src.fetch(Method::GET, repo, "manifests", &tag).await? {
+        Fetched::Found(resp) => listed(&resp.json().await.context("reading a referrers index")?),
+        Fetched::NotFound => Ok(vec![]),
+    }
+}
+
+/// A referrer as its subject's index lists it: its descriptor's digest, media type and size,
+/// and the manifest itself (for its artifact type and annotations).
+pub struct Referrer<'a> {
+    pub digest: &'a Digest,
+    pub media_type: &'a str,
+    pub size: usize,
+    pub parsed: &'a serde_json::Value,
+}
+
+/// Adds the referrer `m` to its subject's index at `dst`, unless listed.
+pub async fn add_to_scheme(
+    dst: &Upstream,
+    repo: &RepoName,
+    subject: &str,
+    m: Referrer<'_>,
+) -> anyhow::Result<()> {
+    let parsed = m.parsed;
+    let Some(tag) = scheme_tag(subject) else { return Ok(()) };
+    let mut index = match dst.fetch(Method::GET, repo, "manifests", &tag).await? {
+        Fetched::Found(resp) => resp.json().await.context("reading a referrers index")?,
+        Fetched::NotFound => serde_json::json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": []}),
+    };
+    if listed(&index)?.contains(m.digest) {
+        return Ok(());
+    }
+    let mut descriptor = serde_json::json!({
+        "mediaType": m.media_type,
+        "digest": m.digest.as_str(),
+        "size": m.size,
+    });
+    let artifact_type = parsed["artifactType"].as_str().or(parsed["config"]["mediaType"].as_str());
+    if let Some(t) = artifact_type {
+        descriptor["artifactType"] = t.into();
+    }
+    if parsed["annotations"].is_object() {
+        descriptor["annotations"] = parsed["annotations"].clone();
+    }
+    match index["manifests"].as_array_mut() {
+        Some(list) => list.push(descriptor),
+        None => index["manifests"] = serde_json::json!([descriptor]),
+    }
+    let bytes = serde_json::to_vec(&index).context("writing a referrers index")?;
+    dst.put_manifest(repo, &tag, INDEX, bytes.into()).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheme_tags() {
+        let hex = "a".repeat(64);
+        assert_eq!(scheme_tag(&format!("sha256:{hex}")), Some(format!("sha256-{hex}")));
+        assert!(is_scheme_tag(&format!("sha256-{hex}")));
+        assert!(!is_scheme_tag("sha256-abc") && !is_scheme_tag("latest"));
+        assert!(!is_scheme_tag(&format!("sha256-{}", "g".repeat(64))));
+    }
+}

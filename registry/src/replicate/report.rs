@@ -1,0 +1,70 @@
+//! What a replication did: per image, and in all.
+
+use serde::Serialize;
+
+use berth_core::oci::Digest;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    Copied,
+    /// The tag named the same digest at the destination already.
+    Unchanged,
+    /// A dry run: it would be copied.
+    WouldCopy,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageReport {
+    pub repository: String,
+    /// The tag or digest asked for.
+    pub reference: String,
+    pub digest: Digest,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub image: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub dry_run: bool,
+    pub images: Vec<ImageReport>,
+    /// Manifests put (index children and referrers included), and those found there already.
+    pub manifests_copied: u64,
+    pub manifests_skipped: u64,
+    /// Referrers copied with their subjects (counted in the manifests too).
+    pub referrers_copied: u64,
+    /// Blobs sent, mounted from another repository, or found there.
+    pub blobs_copied: u64,
+    pub blobs_mounted: u64,
+    pub blobs_skipped: u64,
+    /// The bytes of the blobs sent.
+    pub bytes_copied: u64,
+    pub failed: Vec<Failure>,
+}
+
+impl Report {
+    /// One line for a person.
+    pub fn summary(&self) -> String {
+        let count = |o: Outcome| self.images.iter().filter(|i| i.outcome == o).count();
+        let verb = if self.dry_run { "would copy" } else { "copied" };
+        let copied = if self.dry_run { count(Outcome::WouldCopy) } else { count(Outcome::Copied) };
+        format!(
+            "{verb} {copied} images ({} manifests, {} referrers), {} unchanged; blobs: {} sent ({} bytes), {} mounted, {} already there; {} failed",
+            self.manifests_copied,
+            self.referrers_copied,
+            count(Outcome::Unchanged),
+            self.blobs_copied,
+            self.bytes_copied,
+            self.blobs_mounted,
+            self.blobs_skipped,
+            self.failed.len()
+        )
+    }
+}
