@@ -47,6 +47,8 @@ const BATCH: usize = 500;
 /// Removals made in one transaction (each still checked on its own): few, so a push never waits
 /// long behind one on SQLite's single writer (docs/benchmarks.md: 32 cost pushes 1.6× their p99).
 const REMOVALS: usize = 8;
+/// The longest pause after a removal.
+const MAX_PAUSE: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Nothing younger than this is removed: pushes in flight (blobs uploaded before their
@@ -311,7 +313,9 @@ impl Collector {
     }
 
     /// Whether each of `digests` is removed by `remove` (one transaction), or, in a dry run, would
-    /// be: all of them.
+    /// be: all of them. Each removal is followed by a pause as long as it took (at most
+    /// [`MAX_PAUSE`]), so a collection takes at most about half of the database's time and
+    /// pushes beside it keep their latency (docs/benchmarks.md).
     async fn removed<F, Fut>(&self, o: &Options, digests: Vec<Digest>, remove: F) -> Result<Vec<bool>>
     where
         F: FnOnce(Vec<Digest>) -> Fut,
@@ -320,7 +324,10 @@ impl Collector {
         if o.dry_run {
             return Ok(vec![true; digests.len()]);
         }
-        Ok(remove(digests).await?)
+        let started = std::time::Instant::now();
+        let removed = remove(digests).await?;
+        tokio::time::sleep(started.elapsed().min(MAX_PAUSE)).await;
+        Ok(removed)
     }
 
     /// Releases every blob nothing uses (over the queue: of those whose uses this run removed; a

@@ -49,9 +49,18 @@ impl PostgresMeta {
         T: Send + 'static,
         F: for<'t> Fn(&'t Tx<'t>) -> TxFuture<'t, T> + Send + Sync,
     {
+        self.write_announced_as(true, repo, f).await
+    }
+
+    /// [`Self::write_announced`], committed without waiting for the disk unless `synced`.
+    pub(super) async fn write_announced_as<T, F>(&self, synced: bool, repo: &RepoName, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'t> Fn(&'t Tx<'t>) -> TxFuture<'t, T> + Send + Sync,
+    {
         let attempts = Arc::new(Mutex::new(Vec::new()));
         let out = self
-            .write(true, |tx| {
+            .write(synced, |tx| {
                 let change = f(tx);
                 let (lookups, attempts, repo) = (self.lookups.clone(), attempts.clone(), repo.to_string());
                 Box::pin(async move {

@@ -1,6 +1,10 @@
 //! [`Collect`] on PostgreSQL: each removal locks its row, then checks in a statement of its own
 //! (see [`crate::meta::gc`]). A manifest's removal is announced like any manifest write, so every
 //! replica forgets its lookups of the repository first.
+//!
+//! Removals of tags, manifests and links commit without waiting for the disk
+//! (`synchronous_commit = off`), as on SQLite: one lost to a crash of the database only comes
+//! back, and the synced release of a blob that follows it flushes the log up to it first.
 
 use super::errors::db_error;
 use super::{execute, query, query_opt, repo_id, PostgresMeta, Tx, TxResult};
@@ -70,7 +74,7 @@ impl Collect for PostgresMeta {
         before: i64,
     ) -> Result<Vec<bool>> {
         let name = repo.to_string();
-        self.write_announced(repo, move |tx| {
+        self.write_announced_as(false, repo, move |tx| {
             Box::pin(each(tx, name.clone(), digests.clone(), LOCK_MANIFEST, gc::COLLECT_MANIFEST, before))
         })
         .await
@@ -78,7 +82,7 @@ impl Collect for PostgresMeta {
 
     async fn collect_tags(&self, repo: &RepoName, tags: Vec<(String, Digest)>) -> Result<Vec<bool>> {
         let name = repo.to_string();
-        self.write_announced(repo, move |tx| {
+        self.write_announced_as(false, repo, move |tx| {
             let (name, tags) = (name.clone(), tags.clone());
             Box::pin(async move {
                 let Some(id) = repo_id(tx, &name).await? else { return Ok(vec![false; tags.len()]) };
@@ -94,7 +98,7 @@ impl Collect for PostgresMeta {
 
     async fn collect_links(&self, repo: &RepoName, digests: Vec<Digest>, before: i64) -> Result<Vec<bool>> {
         let name = repo.to_string();
-        self.write(true, move |tx| {
+        self.write(false, move |tx| {
             Box::pin(each(tx, name.clone(), digests.clone(), LOCK_LINK, gc::COLLECT_LINK, before))
         })
         .await
