@@ -79,6 +79,11 @@ tag_filters_and_dry_run() {
     report '[i["outcome"] for i in r["images"]] == ["wouldCopy"] and r["dryRun"]' &&
     ! "$CRANE" --insecure digest "$B/src/new:v2" >/dev/null 2>&1
 }
+whole_registry() {
+  replicate "$A" "$B" --from-username alice --from-password-file "$WORK/alice.pw" --all --repository 'src/n*' &&
+    report '[(i["repository"], i["reference"], i["outcome"]) for i in r["images"]] == [("src/new", "v2", "copied")]' &&
+    equal "$("$CRANE" --insecure digest "$B/src/new:v2")" "$MULTI"
+}
 refused_without_login() {
   ! replicate "$A" "$B" src/app 2>"$WORK/refused.err" && grep -qi "credentials\|unauthorized\|denied" "$WORK/refused.err" "$WORK/report.json"
 }
@@ -91,6 +96,7 @@ check "from Distribution to a second berth, referrers through its API" to_second
 check "the second berth has the same digests" same_digests "$B"
 check "there too, cosign verifies and oras discovers the SBOM" verifies "$B"
 check "tag filters choose, and a dry run writes nothing" tag_filters_and_dry_run
+check "a whole registry through its catalog, through repository globs" whole_registry
 check "a source that wants a login refuses a replication without one" refused_without_login
 
 finish

@@ -251,6 +251,18 @@ impl Upstream {
         self.send(&Method::GET, &url, Some(repo), None).await
     }
 
+    /// `GET /v2/_catalog`, passing the query on.
+    pub async fn catalog(&self, query: &str) -> Result<Fetched> {
+        let q = if query.is_empty() { String::new() } else { format!("?{query}") };
+        let url = format!("{}/v2/_catalog{q}", self.base);
+        let resp = self.authorized(&Method::GET, &url, Some("registry:catalog:*"), &|r| r).await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(Fetched::NotFound),
+            s if s.is_success() => Ok(Fetched::Found(resp)),
+            _ => Err(self.status_error(resp).await),
+        }
+    }
+
     /// Logs in and asks `GET /v2/`: `Ok` when the upstream is a registry that accepts the
     /// credentials (or needs none).
     pub async fn check(&self) -> Result<()> {

@@ -51,8 +51,15 @@ struct ReplicateArgs {
     to: String,
     /// Images: `repository` (its tags, through --tag and --exclude-tag), `repository:tag` or
     /// `repository@digest`.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "all")]
     images: Vec<String>,
+    /// Every repository the source's catalog lists (through --repository globs).
+    #[arg(long)]
+    all: bool,
+    /// With --all, only repositories matching this glob (repeatable; `*` within a path part,
+    /// `**` across parts).
+    #[arg(long = "repository", requires = "all")]
+    repositories: Vec<String>,
     /// Copy only tags matching this glob (repeatable; `*` matches any characters).
     #[arg(long = "tag")]
     tags: Vec<String>,
@@ -114,6 +121,8 @@ impl ReplicateArgs {
                 self.to_insecure,
             )?,
             images: self.images,
+            all: self.all,
+            repositories: self.repositories,
             tags: self.tags,
             exclude_tags: self.exclude_tags,
             dry_run: self.dry_run,

@@ -2,7 +2,8 @@
 //! speaks the distribution API), in either direction, keeping every digest.
 //!
 //! ```text
-//! for each image (a repository's tags through the filters, a tag, or a digest):
+//! for each image (a repository's tags through the filters, a tag, or a digest; with `all`,
+//! every repository the source's catalog lists, through repository globs):
 //!     GET the manifest ─► tag already names that digest there? unchanged (only its referrers
 //!                          are looked at)
 //!     copy it: an index's children first, a manifest's config and layers (HEAD; mounted from
@@ -35,8 +36,8 @@ use report::{Failure, ImageReport, Outcome};
 
 /// Blobs of one manifest copied at once.
 const BLOBS_AT_ONCE: usize = 4;
-/// Tags read per page of a tag list.
-const TAGS_PAGE: usize = 1000;
+/// Names read per page of a tag list or the catalog.
+const PAGE: usize = 1000;
 
 /// One side of a copy.
 #[derive(Debug, Clone, Default)]
@@ -72,6 +73,10 @@ pub struct Request {
     pub to: Side,
     /// `repository` (its tags, through the filters), `repository:tag` or `repository@digest`.
     pub images: Vec<String>,
+    /// Also every repository of the source's catalog (`GET /v2/_catalog`) that matches
+    /// `repositories` (all when empty).
+    pub all: bool,
+    pub repositories: Vec<String>,
     /// Tag globs a repository's tags must match (all when empty).
     pub tags: Vec<String>,
     /// Tag globs left out.
@@ -91,7 +96,16 @@ pub async fn run(r: &Request) -> anyhow::Result<Report> {
     };
     let include: Vec<Glob> = r.tags.iter().map(|t| Glob::new(t)).collect();
     let exclude: Vec<Glob> = r.exclude_tags.iter().map(|t| Glob::new(t)).collect();
-    for spec in &r.images {
+    let mut specs = r.images.clone();
+    if r.all {
+        let globs: Vec<Glob> = r.repositories.iter().map(|g| Glob::new(g)).collect();
+        match copier.catalog().await {
+            Ok(names) => specs
+                .extend(names.into_iter().filter(|n| globs.is_empty() || globs.iter().any(|g| g.matches(n)))),
+            Err(e) => copier.failed("the source's catalog", &e),
+        }
+    }
+    for spec in &specs {
         let images = match copier.images(spec, &include, &exclude).await {
             Ok(images) => images,
             Err(e) => {
@@ -180,23 +194,31 @@ impl Copier {
             #[serde(default)]
             tags: Option<Vec<String>>,
         }
-        let mut all = Vec::new();
-        loop {
-            let mut query = format!("n={TAGS_PAGE}");
-            if let Some(last) = all.last() {
-                query.push_str(&format!("&last={last}"));
-            }
-            let page = match self.src.tags(repo, &query).await? {
-                Fetched::Found(resp) => resp.json::<List>().await.context("reading a tag list")?.tags,
+        pages(|query| async move {
+            match self.src.tags(repo, &query).await? {
+                Fetched::Found(resp) => Ok(resp.json::<List>().await.context("reading a tag list")?.tags),
                 Fetched::NotFound => anyhow::bail!("{repo}: no such repository at the source"),
-            };
-            let page = page.unwrap_or_default();
-            let more = page.len() >= TAGS_PAGE;
-            all.extend(page);
-            if !more {
-                return Ok(all);
             }
+        })
+        .await
+    }
+
+    /// Every repository the source's catalog lists (to these credentials), page by page.
+    async fn catalog(&self) -> anyhow::Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            #[serde(default)]
+            repositories: Option<Vec<String>>,
         }
+        pages(|query| async move {
+            match self.src.catalog(&query).await? {
+                Fetched::Found(resp) => {
+                    Ok(resp.json::<List>().await.context("reading the catalog")?.repositories)
+                }
+                Fetched::NotFound => anyhow::bail!("the source has no catalog (GET /v2/_catalog)"),
+            }
+        })
+        .await
     }
 
     /// Copies one image; how it went.
@@ -374,6 +396,28 @@ impl Copier {
             }
         }
         Ok(())
+    }
+}
+
+/// Every name of a paginated list (`n` and `last`), `page` reading one page for a query.
+async fn pages<F, Fut>(page: F) -> anyhow::Result<Vec<String>>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<Vec<String>>>>,
+{
+    let mut all: Vec<String> = Vec::new();
+    loop {
+        let mut query = format!("n={PAGE}");
+        if let Some(last) = all.last() {
+            query.push_str("&last=");
+            query.extend(form_urlencoded::byte_serialize(last.as_bytes()));
+        }
+        let names = page(query).await?.unwrap_or_default();
+        let more = names.len() >= PAGE;
+        all.extend(names);
+        if !more {
+            return Ok(all);
+        }
     }
 }
 
