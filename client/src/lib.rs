@@ -256,11 +256,7 @@ impl Upstream {
         let q = if query.is_empty() { String::new() } else { format!("?{query}") };
         let url = format!("{}/v2/_catalog{q}", self.base);
         let resp = self.authorized(&Method::GET, &url, Some("registry:catalog:*"), &|r| r).await?;
-        match resp.status() {
-            StatusCode::NOT_FOUND => Ok(Fetched::NotFound),
-            s if s.is_success() => Ok(Fetched::Found(resp)),
-            _ => Err(self.status_error(resp).await),
-        }
+        self.found(resp).await
     }
 
     /// Logs in and asks `GET /v2/`: `Ok` when the upstream is a registry that accepts the
@@ -290,6 +286,11 @@ impl Upstream {
             None => r,
         };
         let resp = self.authorized(method, url, scope.as_deref(), &with_accept).await?;
+        self.found(resp).await
+    }
+
+    /// A 404 as [`Fetched::NotFound`], a success as found, any other status as its error.
+    async fn found(&self, resp: Response) -> Result<Fetched> {
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(Fetched::NotFound),
             s if s.is_success() => Ok(Fetched::Found(resp)),
@@ -525,12 +526,7 @@ impl Upstream {
         build: Build<'_>,
         auth: Option<&Auth>,
     ) -> Result<Response> {
-        let mut req = build(self.http.request(method.clone(), url));
-        req = match auth {
-            Some(Auth::Basic(user, password)) => req.basic_auth(user, Some(password)),
-            Some(Auth::Bearer(token)) => req.bearer_auth(token),
-            None => req,
-        };
+        let req = with_auth(build(self.http.request(method.clone(), url)), auth);
         let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
         if let Some(n) = ratelimit_remaining(resp.headers()) {
             self.observer.ratelimit_remaining(&self.name, n);
@@ -600,6 +596,15 @@ async fn error_message(resp: Response) -> Option<String> {
     }
     let text = text.trim();
     (!text.is_empty() && text.len() <= 200 && !text.contains('<')).then(|| text.to_owned())
+}
+
+/// `req` with the credentials `auth` holds, if any.
+fn with_auth(req: RequestBuilder, auth: Option<&Auth>) -> RequestBuilder {
+    match auth {
+        Some(Auth::Basic(user, password)) => req.basic_auth(user, Some(password)),
+        Some(Auth::Bearer(token)) => req.bearer_auth(token),
+        None => req,
+    }
 }
 
 fn retry_after(h: &HeaderMap) -> Option<Duration> {

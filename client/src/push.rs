@@ -9,7 +9,7 @@
 use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::{Body, Method, RequestBuilder, StatusCode};
 
-use crate::{Result, Scheme, Upstream, UpstreamError};
+use crate::{Fetched, Result, Scheme, Upstream, UpstreamError};
 use berth_core::oci::RepoName;
 
 /// How a blob reached the destination.
@@ -31,24 +31,19 @@ impl Upstream {
         let url = format!("{}/v2/{repo}/manifests/{reference}", self.base);
         let accept = |r: RequestBuilder| r.header(reqwest::header::ACCEPT, crate::MANIFEST_ACCEPT);
         let resp = self.authorized(&Method::HEAD, &url, Some(&push_scope(repo)), &accept).await?;
-        match resp.status() {
-            StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => Ok(Some(
-                header(resp.headers(), "docker-content-digest").unwrap_or_else(|| reference.to_owned()),
-            )),
-            _ => Err(self.status_error(resp).await),
-        }
+        Ok(match self.found(resp).await? {
+            Fetched::Found(resp) => {
+                Some(header(resp.headers(), "docker-content-digest").unwrap_or_else(|| reference.to_owned()))
+            }
+            Fetched::NotFound => None,
+        })
     }
 
     /// Whether `repo` holds the blob (`HEAD`).
     pub async fn has_blob(&self, repo: &RepoName, digest: &str) -> Result<bool> {
         let url = format!("{}/v2/{repo}/blobs/{digest}", self.base);
         let resp = self.authorized(&Method::HEAD, &url, Some(&push_scope(repo)), &|r| r).await?;
-        match resp.status() {
-            StatusCode::NOT_FOUND => Ok(false),
-            s if s.is_success() => Ok(true),
-            _ => Err(self.status_error(resp).await),
-        }
+        Ok(matches!(self.found(resp).await?, Fetched::Found(_)))
     }
 
     /// Puts a blob into `repo`: mounted from `mount_from` when that repository holds it, else
@@ -114,22 +109,14 @@ impl Upstream {
         let url = format!("{}/v2/{repo}/manifests/{reference}", self.base);
         let scope = format!("repository:{repo}:pull,push,delete");
         let resp = self.authorized(&Method::DELETE, &url, Some(&scope), &|r| r).await?;
-        match resp.status() {
-            StatusCode::NOT_FOUND => Ok(false),
-            s if s.is_success() => Ok(true),
-            _ => Err(self.status_error(resp).await),
-        }
+        Ok(matches!(self.found(resp).await?, Fetched::Found(_)))
     }
 
     /// Sends `req` once, with the credentials `scope` was last granted (a request before it
     /// logged in), and no retry: for a body that can be read only once.
     async fn once(&self, scope: &str, req: RequestBuilder) -> Result<reqwest::Response> {
         let scheme = self.scheme.lock().map(|s| s.clone()).unwrap_or(Scheme::Unknown);
-        let req = match self.authorization(&scheme, Some(scope), false).await? {
-            Some(crate::Auth::Basic(user, password)) => req.basic_auth(user, Some(password)),
-            Some(crate::Auth::Bearer(token)) => req.bearer_auth(token),
-            None => req,
-        };
+        let req = crate::with_auth(req, self.authorization(&scheme, Some(scope), false).await?.as_ref());
         let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
         if matches!(resp.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             return Err(self.auth_error(resp).await);

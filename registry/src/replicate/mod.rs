@@ -124,7 +124,7 @@ pub async fn run(r: &Request) -> anyhow::Result<Report> {
             }
         }
     }
-    let mut report = copier.report.into_inner().unwrap_or_default();
+    let mut report = copier.report.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
     report.images.sort_by(|a, b| (&a.repository, &a.reference).cmp(&(&b.repository, &b.reference)));
     Ok(report)
 }

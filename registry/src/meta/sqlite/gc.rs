@@ -183,6 +183,18 @@ fn contents(c: &Connection, id: i64) -> Result<RepoContents> {
 mod tests {
     use super::*;
 
+    /// The steps of `sql`'s query plan, its `params` parameters all bound to 1.
+    async fn plan(m: &SqliteMeta, sql: &'static str, params: usize) -> Vec<String> {
+        m.read(move |c| {
+            let mut explain = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+            let args = vec![1_i64; params];
+            let rows = explain.query_map(rusqlite::params_from_iter(&args), |r| r.get::<_, String>(3))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+        .unwrap()
+    }
+
     /// Each removal's check finds what needs the candidate by one index lookup, not by a scan of
     /// the repository's references (which made a run over 10,000 manifests hold the writer
     /// 30 ms per batch).
@@ -190,14 +202,7 @@ mod tests {
     async fn removal_checks_look_needs_up_by_index() {
         let m = SqliteMeta::temporary().unwrap();
         for sql in [gc::COLLECT_MANIFEST, gc::COLLECT_LINK] {
-            let plan = m
-                .read(move |c| {
-                    let mut explain = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-                    let rows = explain.query_map(params![1, "sha256:x", 0], |r| r.get::<_, String>(3))?;
-                    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-                })
-                .await
-                .unwrap();
+            let plan = plan(&m, sql, 3).await;
             let by_child = "manifest_references_by_child (repository_id=? AND child_digest=? AND kind=?)";
             assert!(plan.iter().any(|step| step.contains(by_child)), "{sql}: {plan:#?}");
         }
@@ -210,16 +215,7 @@ mod tests {
         use crate::meta::sweep::{ABANDON_PURGES, FORGET_GONE, PURGEABLE};
         let m = SqliteMeta::temporary().unwrap();
         for (sql, n) in [(PURGEABLE, 3), (FORGET_GONE, 2), (ABANDON_PURGES, 0)] {
-            let plan = m
-                .read(move |c| {
-                    let mut explain = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-                    let args = [1_i64, 1, 1];
-                    let rows = explain
-                        .query_map(rusqlite::params_from_iter(&args[..n]), |r| r.get::<_, String>(3))?;
-                    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-                })
-                .await
-                .unwrap();
+            let plan = plan(&m, sql, n).await;
             assert!(!plan.iter().any(|step| step.trim() == "SCAN blobs"), "{sql}: {plan:#?}");
         }
     }
