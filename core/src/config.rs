@@ -28,12 +28,14 @@ use serde::{Deserialize, Serialize};
 
 pub mod auth;
 mod limits;
+pub mod notifications;
 pub mod proxy;
 pub mod retention;
 mod s3;
 mod units;
 
 pub use limits::LimitsConfig;
+pub use notifications::NotificationsConfig;
 pub use proxy::{ProxyConfig, RevalidateRule, UpstreamConfig};
 pub use retention::RetentionConfig;
 pub use s3::S3Config;
@@ -74,6 +76,9 @@ pub struct Config {
     /// Which tags garbage collection removes (see [`retention`]).
     #[serde(default, skip_serializing_if = "RetentionConfig::is_empty")]
     pub retention: RetentionConfig,
+    /// Events of changes (kept as an audit log) and the webhooks they go to.
+    #[serde(default, skip_serializing_if = "NotificationsConfig::is_empty")]
+    pub notifications: NotificationsConfig,
 }
 
 /// Where `/metrics` is served: on the registry's own port (the default), or on a listener of its
@@ -115,6 +120,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             metrics: MetricsConfig::default(),
             retention: RetentionConfig::default(),
+            notifications: NotificationsConfig::default(),
         }
     }
 }
@@ -275,6 +281,7 @@ impl Config {
             auth.validate()?;
         }
         self.retention.validate()?;
+        self.notifications.validate()?;
         self.proxy.validate()
     }
 

@@ -181,6 +181,7 @@ pub struct Metrics {
     storage_ops: HistogramFamily<OpLabels>,
     pub proxy: Arc<ProxyMetrics>,
     pub gc: Arc<GcMetrics>,
+    pub webhooks: Arc<crate::notify::deliver::WebhookMetrics>,
     pub login: LoginMetrics,
     pub connections: ConnectionMetrics,
 }
@@ -243,6 +244,8 @@ impl Metrics {
         proxy.register(&mut registry);
         let gc = Arc::new(GcMetrics::default());
         gc.register(&mut registry);
+        let webhooks = Arc::new(crate::notify::deliver::WebhookMetrics::default());
+        webhooks.register(&mut registry);
         let login = LoginMetrics::default();
         registry.register(
             "auth_failed_logins",
@@ -283,6 +286,7 @@ impl Metrics {
             storage_ops,
             proxy,
             gc,
+            webhooks,
             login,
             connections,
         }

@@ -77,6 +77,10 @@ pub struct RegistrySpec {
     /// robot granted `admin` that the operator generates) to remove what no tag reaches. The
     /// annotation `berth.dev/gc-run`, set to a new value, runs one at once.
     pub gc: Option<GcSpec>,
+    /// Webhooks: each push, tag or manifest delete and referrer attached is delivered (at least
+    /// once, signed, retried with backoff) to these endpoints. The events are also kept as the
+    /// audit log of changes (`GET /admin/v1/events`).
+    pub notifications: Option<NotificationsSpec>,
     /// What happens to volumes and generated Secrets when the Registry is deleted. Default: Retain.
     pub retain_policy: Option<RetainPolicy>,
     /// Stop reconciling (children are left as they are).
@@ -492,4 +496,55 @@ pub struct TlsStatus {
     /// With SelfSigned: the Secret whose `ca.crt` clients should trust, and its SHA-256 fingerprint.
     pub ca_secret_name: Option<String>,
     pub ca_fingerprint: Option<String>,
+}
+
+/// Webhook endpoints and how long events are kept.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationsSpec {
+    /// How long events are kept once delivered (e.g. `720h`). Default: 30 days.
+    pub keep: Option<String>,
+    pub endpoints: Option<Vec<WebhookSpec>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSpec {
+    /// Names the endpoint's deliveries, metrics and logs: letters, digits, `-` and `_`.
+    pub name: String,
+    /// `http://` or `https://` URL events are POSTed to.
+    pub url: String,
+    /// A Secret key holding the key that signs each body (header `Berth-Signature`,
+    /// HMAC-SHA256). Strongly recommended.
+    pub secret: Option<SecretKeyRef>,
+    /// `CloudEvents` (default: CloudEvents 1.0, structured) or `Distribution` (the envelope of
+    /// `registry:2` notifications, for tools written for it).
+    pub format: Option<WebhookFormat>,
+    /// Which events: `Push`, `TagDelete`, `Delete`, `Referrer`. Default: all.
+    pub events: Option<Vec<WebhookEvent>>,
+    /// Repository globs whose events are sent. Default: all.
+    pub repositories: Option<Vec<String>>,
+    /// Per delivery, e.g. `10s` (the default).
+    pub timeout: Option<String>,
+    /// Attempts before a delivery is given up (dead). Default 10.
+    #[x_kube(validation = Rule::new("self >= 1").message("maxAttempts must be at least 1"))]
+    pub max_attempts: Option<u32>,
+    /// Wait before the first retry, doubling up to 10m. Default `1s`.
+    pub backoff: Option<String>,
+    /// A Secret whose `ca.crt` signs the endpoint's certificate (besides the system's CAs).
+    pub ca_secret: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum WebhookFormat {
+    CloudEvents,
+    Distribution,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum WebhookEvent {
+    Push,
+    TagDelete,
+    Delete,
+    Referrer,
 }

@@ -174,7 +174,7 @@ fn no_such_run(id: &str) -> Response {
     .into_response()
 }
 
-fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+pub(super) fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_string(value) {
         Ok(body) => (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => ApiError::new(Code::Unknown, e.to_string()).into_response(),
@@ -255,7 +255,7 @@ pub async fn usage(
 
 /// The caller, if they may use the admin API; else the refusal (401 with a Basic challenge, or
 /// 403).
-async fn admin(st: &AppState, req: &Parts) -> Result<Caller, Response> {
+pub(super) async fn admin(st: &AppState, req: &Parts) -> Result<Caller, Response> {
     let Some(auth) = &st.auth else { return Ok(Caller::open()) };
     let header = req.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let caller = match auth.caller(header, st.client(req)).await {

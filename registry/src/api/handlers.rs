@@ -58,9 +58,9 @@ pub(super) async fn handle(
             Ok(listing_response(&format!("/v2/{repo}/tags/list"), n, &page, body))
         }
         Route::Manifest(repo, r) if *m == Method::GET || head => get_manifest(st, &repo, &r, head).await,
-        Route::Manifest(repo, r) if *m == Method::PUT => put_manifest(st, req, &repo, &r, body).await,
+        Route::Manifest(repo, r) if *m == Method::PUT => put_manifest(st, req, &repo, &r, body, caller).await,
         Route::Manifest(repo, r) if *m == Method::DELETE => {
-            reg.delete_manifest(&repo, &r).await?;
+            reg.delete_manifest(&repo, &r, &st.origin(req, caller)).await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
         Route::Blob(repo, d) if *m == Method::GET || head => get_blob(st, req, &repo, &d, head).await,
@@ -226,6 +226,7 @@ async fn put_manifest(
     repo: &RepoName,
     r: &Reference,
     body: Body,
+    caller: &Caller,
 ) -> Result<Response> {
     let limit = st.registry.limits().max_manifest_bytes;
     let bytes = read_bounded(body, limit).await.map_err(|e| match e {
@@ -238,7 +239,7 @@ async fn put_manifest(
     let content_type = req.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let tags = tag_params(req)?;
     let tagged_by_param = !tags.is_empty();
-    let put = st.registry.put_manifest(repo, r, content_type, bytes, tags).await?;
+    let put = st.registry.put_manifest(repo, r, content_type, bytes, tags, &st.origin(req, caller)).await?;
     let mut resp = StatusCode::CREATED.into_response();
     let h = resp.headers_mut();
     h.insert(header::LOCATION, header_value(&format!("/v2/{repo}/manifests/{}", put.digest)));

@@ -5,6 +5,7 @@
 //! [`Registry`] method, and [`error`] maps whatever failed to the spec's error envelope.
 
 mod admin;
+mod audit;
 mod auth;
 mod body;
 pub mod error;
@@ -40,6 +41,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/gc/runs", get(admin::gc_runs))
         .route("/admin/v1/gc/runs/{id}", get(admin::gc_run).delete(admin::cancel_gc_run))
         .route("/admin/v1/usage", get(admin::usage))
+        .route("/admin/v1/events", get(audit::events))
+        .route("/admin/v1/webhooks", get(audit::webhooks))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz));
     if state.serve_metrics {

@@ -44,6 +44,10 @@ pub struct AppState {
     pub collector: Option<Arc<Collector>>,
     /// Storage usage, for the admin API (the server sets it).
     pub usage: Option<Arc<dyn crate::meta::usage::Usage>>,
+    /// Webhook deliveries (the server sets it and runs it).
+    pub notifier: Option<Arc<crate::notify::deliver::Notifier>>,
+    /// The event log, for the admin API's audit listing (the server sets it).
+    pub events: Option<Arc<dyn crate::meta::outbox::EventLog>>,
 }
 
 impl AppState {
@@ -72,6 +76,8 @@ impl AppState {
             stopping: Arc::new(AtomicBool::new(false)),
             collector: None,
             usage: None,
+            notifier: None,
+            events: None,
         })
     }
 }
@@ -91,6 +97,22 @@ impl AppState {
         let peer = req.extensions.get::<PeerAddr>().map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0);
         let forwarded = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
         net::client_address(peer, forwarded, &self.trusted_proxies)
+    }
+
+    /// Who makes a change, for its events: the caller, the client's address, and the request's
+    /// `X-Request-Id` (a proxy's or the client's, when it is a short printable token) or a new id.
+    pub fn origin(&self, req: &Parts, caller: &Caller) -> crate::notify::Origin {
+        let request_id = req
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        crate::notify::Origin {
+            actor: caller.identity.name().to_owned(),
+            address: self.client(req).to_string(),
+            request_id,
+        }
     }
 
     /// A forwarded header's first value, if the peer is a trusted proxy.

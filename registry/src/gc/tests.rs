@@ -85,6 +85,7 @@ impl World {
                 tags: tag.map(|t| t.parse().unwrap()).into_iter().collect(),
                 verify_references: true,
                 stored: Stored::Written,
+                events: Vec::new(),
             })
             .await
             .unwrap();
@@ -130,7 +131,7 @@ async fn collects_what_no_tag_reaches(w: World) {
     // The pull-through cache's repositories are its eviction's to clean.
     w.manifest("hub/library/alpine", "cached", &["cached-layer"], &[], None, None).await;
     // Deleting a manifest that an index needs: the index keeps an edge to nothing.
-    w.meta.delete_manifest(&repo(app), &d("image-w")).await.unwrap_or_else(|e| panic!("{e}"));
+    w.meta.delete_manifest(&repo(app), &d("image-w"), None).await.unwrap_or_else(|e| panic!("{e}"));
 
     let o = Options { grace: Duration::ZERO, dry_run: true, ..Options::default() };
     let dry = w.collector.run(&o).await.unwrap();
@@ -509,7 +510,7 @@ async fn queued_runs_look_only_at_what_changed(w: World) {
     let deleted = crate::meta::now();
     w.collector
         .registry
-        .delete_manifest(&repo("gc/d"), &Reference::Tag("v1".parse().unwrap()))
+        .delete_manifest(&repo("gc/d"), &Reference::Tag("v1".parse().unwrap()), &Default::default())
         .await
         .unwrap();
     w.collector.registry.flush_behind().await.unwrap();

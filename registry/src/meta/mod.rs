@@ -9,8 +9,10 @@
 //! multipart uploads requests write straight into object storage are [`multiparts::MultipartLog`].
 
 pub mod cache;
+pub mod events;
 pub mod gc;
 pub mod multiparts;
+pub mod outbox;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod queue;
@@ -25,6 +27,7 @@ pub mod usage;
 
 use crate::UploadId;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
+pub use events::NewEvent;
 pub use sweep::Stored;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +86,8 @@ pub struct NewManifest {
     pub verify_references: bool,
     /// Whether the caller wrote the manifest's bytes or found them stored ([`sweep`]).
     pub stored: Stored,
+    /// What the push means to the event log ([`events`]), recorded in the same transaction.
+    pub events: Vec<NewEvent>,
 }
 
 /// One entry of a referrers response.
@@ -167,9 +172,16 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Checks every reference and records the manifest (and tag) in one transaction.
     async fn put_manifest(&self, m: NewManifest) -> Result<()>;
     async fn manifest(&self, repo: &RepoName, r: &Reference) -> Result<Option<ManifestRecord>>;
-    /// Deletes the manifest and the tags that point at it; false if it was not there.
-    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
-    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;
+    /// Deletes the manifest and the tags that point at it; false if it was not there. `event`
+    /// is recorded with the deletion (none when nothing was deleted).
+    async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        event: Option<NewEvent>,
+    ) -> Result<bool>;
+    /// Deletes the tag, as [`MetaStore::delete_manifest`]; the event gets the digest it named.
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag, event: Option<NewEvent>) -> Result<bool>;
     /// Tags sorted; `None` if the repository does not exist. Returns up to `limit + 1` so the
     /// caller can tell whether another page follows.
     async fn tags(&self, repo: &RepoName, page: &Page) -> Result<Option<Vec<String>>>;

@@ -24,10 +24,13 @@ use crate::gc::Collector;
 use crate::meta::cache::CacheIndex;
 use crate::meta::gc::Collect;
 use crate::meta::multiparts::MultipartLog;
+use crate::meta::outbox::EventLog;
 #[cfg(feature = "postgres")]
 use crate::meta::postgres::PostgresMeta;
 use crate::meta::sqlite::SqliteMeta;
 use crate::meta::{MetaError, MetaStore};
+use crate::notify::deliver::Notifier;
+use crate::notify::Events;
 use crate::proxy::Proxy;
 #[cfg(feature = "s3")]
 use crate::service::multiparts::Journal;
@@ -108,13 +111,22 @@ struct Metadata {
     collect: Arc<dyn Collect>,
     /// What the admin API reports of storage use.
     usage: Arc<dyn crate::meta::usage::Usage>,
+    /// Events of changes and their deliveries.
+    events: Arc<dyn EventLog>,
 }
 
 impl Metadata {
-    fn of<M: MetaStore + CacheIndex + MultipartLog + Collect + crate::meta::usage::Usage>(
+    fn of<M: MetaStore + CacheIndex + MultipartLog + Collect + crate::meta::usage::Usage + EventLog>(
         m: Arc<M>,
     ) -> Metadata {
-        Metadata { meta: m.clone(), cache: m.clone(), multiparts: m.clone(), collect: m.clone(), usage: m }
+        Metadata {
+            meta: m.clone(),
+            cache: m.clone(),
+            multiparts: m.clone(),
+            collect: m.clone(),
+            usage: m.clone(),
+            events: m,
+        }
     }
 }
 
@@ -156,7 +168,8 @@ async fn open_metadata(config: &Config) -> Result<Metadata, ServeError> {
 /// Opens storage and metadata as configured and wires up the application state.
 pub async fn build_state(config: &Config) -> Result<AppState, ServeError> {
     let metrics = Arc::new(Metrics::new());
-    let Metadata { meta, cache, multiparts, collect, usage } = open_metadata(config).await?;
+    let Metadata { meta, cache, multiparts, collect, usage, events: event_log } =
+        open_metadata(config).await?;
     let mut journaled = None;
     let storage: Arc<dyn Storage> = match (&config.storage, config.storage_path()) {
         (StorageConfig::Filesystem { .. }, Some(path)) => {
@@ -181,8 +194,18 @@ pub async fn build_state(config: &Config) -> Result<AppState, ServeError> {
     if let Some(log) = journaled {
         registry = registry.with_multipart_log(log);
     }
-    let registry = Arc::new(registry);
+    let events = Arc::new(Events::new(&config.notifications));
+    let registry = Arc::new(registry.with_events(events.clone()));
     let mut state = AppState::new(registry.clone(), metrics.clone(), config).map_err(ServeError::Config)?;
+    let source = match (&config.notifications.source, &config.external_url) {
+        (Some(s), _) | (None, Some(s)) => s.trim_end_matches('/').to_owned(),
+        (None, None) => format!("http://{}", config.listen),
+    };
+    let notifier =
+        Notifier::new(&config.notifications, event_log.clone(), events, metrics.webhooks.clone(), source)
+            .map_err(ServeError::Config)?;
+    state.notifier = Some(Arc::new(notifier));
+    state.events = Some(event_log);
     // The pull-through cache's repositories are its eviction's to clean, not the collector's.
     let cached = config.proxy.upstreams.iter().map(|u| u.name.clone()).collect();
     let retention = crate::gc::retention::Policies::new(&config.retention).map_err(ServeError::Config)?;
@@ -235,6 +258,7 @@ pub async fn serve(
         tokio::spawn(write_pull_times(state.registry.clone())),
     ];
     background.extend(state.proxy.clone().map(|p| tokio::spawn(p.maintain())));
+    background.extend(state.notifier.clone().map(|n| tokio::spawn(n.run())));
     let r = &config.retention;
     let reviews = Reviews::new(r.review_every, r.review_grace, r.review_keep_untagged);
     background.extend(state.collector.clone().map(|c| tokio::spawn(c.review(reviews))));

@@ -4,8 +4,10 @@ use bytes::Bytes;
 
 use super::error::{Result, ServiceError};
 use super::registry::Registry;
-use crate::meta::{ManifestRecord, NewManifest, Page, Referrer, Stored};
+use crate::meta::{ManifestRecord, NewEvent, NewManifest, Page, Referrer, Stored};
+use crate::notify::{Origin, Pushed};
 use crate::storage::{layout, put_all, read_all, StorageError};
+use berth_core::config::notifications::EventKind;
 use berth_core::oci::manifest::{self, ManifestError};
 use berth_core::oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
@@ -45,6 +47,7 @@ impl Registry {
         content_type: Option<&str>,
         body: Bytes,
         extra_tags: Vec<Tag>,
+        origin: &Origin,
     ) -> Result<PutManifest> {
         if body.len() > self.limits.max_manifest_bytes {
             return Err(ServiceError::ManifestTooLarge { limit: self.limits.max_manifest_bytes });
@@ -72,7 +75,7 @@ impl Registry {
         tags.sort();
         tags.dedup();
         let subject = parsed.subject.clone();
-        let stored = self.store_manifest(repo, &digest, tags.clone(), parsed, body, true).await;
+        let stored = self.store_manifest(repo, &digest, tags.clone(), parsed, body, Some(origin)).await;
         // A tag moved, or a manifest pushed by digest only: the review queue looks at it (noted
         // after the write, so the note is never older than what it notes).
         self.changed(repo);
@@ -93,7 +96,7 @@ impl Registry {
         let parsed = manifest::parse(content_type, &body)?;
         let media_type = parsed.media_type.clone();
         let size = body.len() as u64;
-        self.store_manifest(repo, digest, tag.into_iter().collect(), parsed, body, false).await?;
+        self.store_manifest(repo, digest, tag.into_iter().collect(), parsed, body, None).await?;
         Ok(ManifestRecord { digest: digest.clone(), media_type, size })
     }
 
@@ -104,8 +107,11 @@ impl Registry {
         tags: Vec<Tag>,
         parsed: manifest::ParsedManifest,
         body: Bytes,
-        verify_references: bool,
+        pushed_by: Option<&Origin>,
     ) -> Result<()> {
+        // A client's push is checked and described by events; a manifest cached from an
+        // upstream is neither (what it references is cached later, on demand).
+        let verify_references = pushed_by.is_some();
         // A manifest refused for a missing reference leaves no bytes behind: check before writing
         // (the transaction below checks again, against pushes and deletes racing this one).
         if verify_references {
@@ -126,6 +132,21 @@ impl Registry {
             }
             None => None,
         };
+        let events = match pushed_by {
+            Some(origin) => {
+                let pushed = Pushed {
+                    repo,
+                    digest,
+                    media_type: &parsed.media_type,
+                    artifact_type: parsed.artifact_type.as_deref(),
+                    size,
+                    subject: parsed.subject.as_ref(),
+                    tags: &tags,
+                };
+                self.events.pushed(&pushed, origin)
+            }
+            None => Vec::new(),
+        };
         let m = NewManifest {
             repo: repo.clone(),
             digest: digest.clone(),
@@ -139,6 +160,7 @@ impl Registry {
             tags,
             verify_references,
             stored,
+            events,
         };
         let record = |stored| self.meta.put_manifest(NewManifest { stored, ..m.clone() });
         let recorded = match self.record_past_purge(digest, size, stored, record).await {
@@ -154,6 +176,9 @@ impl Registry {
             }
         }
         self.manifests.insert(digest, body);
+        if pushed_by.is_some() {
+            self.events.ring();
+        }
         Ok(())
     }
 
@@ -191,14 +216,32 @@ impl Registry {
     }
 
     /// By digest: the manifest and its tags. By tag: only the tag.
-    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        origin: &Origin,
+    ) -> Result<()> {
         let deleted = match reference {
-            Reference::Digest(d) => self.meta.delete_manifest(repo, d).await,
-            Reference::Tag(t) => self.meta.delete_tag(repo, t).await,
+            Reference::Digest(d) => {
+                let event = NewEvent {
+                    digest: Some(d.clone()),
+                    ..self.events.event(EventKind::Delete, repo, origin)
+                };
+                self.meta.delete_manifest(repo, d, Some(event)).await
+            }
+            Reference::Tag(t) => {
+                let event = NewEvent {
+                    tag: Some(t.to_string()),
+                    ..self.events.event(EventKind::TagDelete, repo, origin)
+                };
+                self.meta.delete_tag(repo, t, Some(event)).await
+            }
         };
         self.changed(repo);
         let deleted = deleted?;
         if deleted {
+            self.events.ring();
             Ok(())
         } else {
             Err(ServiceError::ManifestUnknown)

@@ -73,6 +73,8 @@ pub struct Registry {
     /// Pull times not yet written.
     pub(super) pulls: super::pulls::PullTimes,
     pub(super) changes: super::changes::Changes,
+    /// Which endpoints want the events of changes.
+    pub(super) events: Arc<crate::notify::Events>,
 }
 
 impl Registry {
@@ -85,7 +87,14 @@ impl Registry {
             multiparts: None,
             pulls: Default::default(),
             changes: Default::default(),
+            events: Default::default(),
         }
+    }
+
+    /// Records changes' events for these endpoints (none by default: the audit log only).
+    pub fn with_events(mut self, events: Arc<crate::notify::Events>) -> Registry {
+        self.events = events;
+        self
     }
 
     /// Writes what is noted in memory and written behind: the pull times since the last write

@@ -23,10 +23,11 @@ use sha2::Digest as _;
 
 use super::effective::{self, Effective, CONTAINER_PORT, METRICS_PORT, UID};
 use crate::controllers::render::proxies::{self, ProxySource};
-use crate::controllers::render::{auth, from_json, postgres, retention, s3, BuildError};
+use crate::controllers::render::{auth, from_json, notifications, postgres, retention, s3, BuildError};
 use crate::crd::registry::{RetainPolicy, TlsMode};
 use crate::crd::Registry;
 use crate::labels;
+use berth_core::config::NotificationsConfig;
 
 pub const CONFIG_DIR: &str = "/etc/berth/config";
 pub const TLS_DIR: &str = "/etc/berth/tls";
@@ -126,6 +127,15 @@ pub fn render_config(reg: &Registry, eff: &Effective, proxies: &[ProxySource]) -
         auth: spec.auth.as_ref().map(|a| auth::render(a, auth::Builtin::of(reg))).transpose()?,
         retention: match &spec.gc {
             Some(gc) => retention::config(gc)?,
+            None => Default::default(),
+        },
+        notifications: match &spec.notifications {
+            Some(n) => {
+                let scheme = if eff.tls == TlsMode::None { "http" } else { "https" };
+                let ns = reg.namespace().unwrap_or_default();
+                let source = format!("{scheme}://{}.{ns}.svc.cluster.local:{}", reg.name_any(), eff.port);
+                NotificationsConfig { source: Some(source), ..notifications::config(n)? }
+            }
             None => Default::default(),
         },
         limits: LimitsConfig {
@@ -255,6 +265,11 @@ fn statefulset(
         let (pg_mounts, pg_volumes) = postgres::volumes(pg);
         mounts.extend(pg_mounts);
         volumes.extend(pg_volumes);
+    }
+    if let Some(n) = &reg.spec.notifications {
+        let (hook_mounts, hook_volumes) = notifications::volumes(n);
+        mounts.extend(hook_mounts);
+        volumes.extend(hook_volumes);
     }
     let (proxy_mounts, proxy_volumes) = proxies::volumes(proxies);
     mounts.extend(proxy_mounts);

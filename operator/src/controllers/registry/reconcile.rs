@@ -162,7 +162,8 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
         | Err(e @ BuildError::TlsPending)
         | Err(e @ BuildError::InvalidProxyCache { .. })
         | Err(e @ BuildError::InvalidAuth(_))
-        | Err(e @ BuildError::InvalidGc(_)) => {
+        | Err(e @ BuildError::InvalidGc(_))
+        | Err(e @ BuildError::InvalidNotifications(_)) => {
             obs.stalled = Some((e.reason().into(), e.to_string()));
             return Ok(());
         }

@@ -15,6 +15,8 @@ pub enum BuildError {
     InvalidAuth(String),
     #[error("spec.gc: {0}")]
     InvalidGc(String),
+    #[error("spec.notifications: {0}")]
+    InvalidNotifications(String),
 }
 
 impl BuildError {
@@ -27,6 +29,7 @@ impl BuildError {
             BuildError::InvalidProxyCache { .. } => "InvalidProxyCache",
             BuildError::InvalidAuth(_) => "InvalidAuth",
             BuildError::InvalidGc(_) => "InvalidGc",
+            BuildError::InvalidNotifications(_) => "InvalidNotifications",
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod error;
+pub mod notifications;
 pub mod postgres;
 pub mod proxies;
 pub mod retention;

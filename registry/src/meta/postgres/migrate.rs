@@ -51,6 +51,8 @@ const MIGRATIONS: &[Migration] = &[
     Migration { sql: include_str!("../../../migrations/postgres/0009_pulled_at.sql"), compatible_from: 1 },
     // A new table.
     Migration { sql: include_str!("../../../migrations/postgres/0010_gc_runs.sql"), compatible_from: 1 },
+    // New tables.
+    Migration { sql: include_str!("../../../migrations/postgres/0011_events.sql"), compatible_from: 1 },
 ];
 
 /// The advisory lock's key, shared by every replica (an arbitrary constant: "berthmig").

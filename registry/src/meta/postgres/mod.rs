@@ -15,10 +15,12 @@
 mod announced;
 mod cache;
 mod errors;
+mod events;
 mod gc;
 mod lookups;
 mod migrate;
 mod multiparts;
+mod outbox;
 mod pool;
 mod queue;
 mod runs;
@@ -40,8 +42,8 @@ use deadpool_postgres::{GenericClient, Object};
 use errors::{db_error, retryable};
 
 use super::{
-    Appended, ManifestRecord, MetaError, MetaStore, NewManifest, Page, PoolUse, Referrer, Result, Stored,
-    Upload, UploadPart,
+    Appended, ManifestRecord, MetaError, MetaStore, NewEvent, NewManifest, Page, PoolUse, Referrer, Result,
+    Stored, Upload, UploadPart,
 };
 use crate::UploadId;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
@@ -316,7 +318,7 @@ async fn put_manifest_tx(tx: &Tx<'_>, m: &NewManifest) -> TxResult<()> {
         )
         .await?;
     }
-    Ok(())
+    Ok(outbox::record(tx, &m.events, None).await?)
 }
 
 /// Names sorted after `page.last`, at most `page.limit + 1` of them.
@@ -408,10 +410,15 @@ impl MetaStore for PostgresMeta {
         self.lookup(repo, r).await
     }
 
-    async fn delete_manifest(&self, repo_name: &RepoName, digest: &Digest) -> Result<bool> {
+    async fn delete_manifest(
+        &self,
+        repo_name: &RepoName,
+        digest: &Digest,
+        event: Option<NewEvent>,
+    ) -> Result<bool> {
         let (repo, digest) = (repo_name.to_string(), digest.to_string());
         self.write_announced(repo_name, move |tx| {
-            let (repo, digest) = (repo.clone(), digest.clone());
+            let (repo, digest, event) = (repo.clone(), digest.clone(), event.clone());
             Box::pin(async move {
                 let Some(id) = repo_id(tx, &repo).await? else { return Ok(false) };
                 execute(tx, "DELETE FROM tags WHERE repository_id = $1 AND digest = $2", &[&id, &digest])
@@ -422,25 +429,31 @@ impl MetaStore for PostgresMeta {
                     &[&id, &digest],
                 )
                 .await?;
+                if n > 0 {
+                    outbox::record(tx, event.as_slice(), None).await?;
+                }
                 Ok(n > 0)
             })
         })
         .await
     }
 
-    async fn delete_tag(&self, repo_name: &RepoName, tag: &Tag) -> Result<bool> {
+    async fn delete_tag(&self, repo_name: &RepoName, tag: &Tag, event: Option<NewEvent>) -> Result<bool> {
         let (repo, tag) = (repo_name.to_string(), tag.to_string());
         self.write_announced(repo_name, move |tx| {
-            let (repo, tag) = (repo.clone(), tag.clone());
+            let (repo, tag, event) = (repo.clone(), tag.clone(), event.clone());
             Box::pin(async move {
-                let n = execute(
+                let rows = query(
                     tx,
                     "DELETE FROM tags
-                     WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+                     WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)
+                     RETURNING digest",
                     &[&repo, &tag],
                 )
                 .await?;
-                Ok(n > 0)
+                let Some(digest) = rows.first().map(|r| r.get::<_, String>(0)) else { return Ok(false) };
+                outbox::record(tx, event.as_slice(), Some(&digest)).await?;
+                Ok(true)
             })
         })
         .await

@@ -12,8 +12,10 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension};
 
 mod cache;
+mod events;
 mod gc;
 mod multiparts;
+mod outbox;
 mod queue;
 mod runs;
 mod scrub;
@@ -25,7 +27,8 @@ use writer::{Durability, Writer};
 use super::resolved::{self, Resolved};
 use super::sweep::{self, Stored};
 use super::{
-    Appended, ManifestRecord, MetaError, MetaStore, NewManifest, Page, Referrer, Result, Upload, UploadPart,
+    Appended, ManifestRecord, MetaError, MetaStore, NewEvent, NewManifest, Page, Referrer, Result, Upload,
+    UploadPart,
 };
 use crate::UploadId;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
@@ -43,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0010_pulled_at.sql"),
     include_str!("../../../migrations/sqlite/0011_gc_runs.sql"),
     include_str!("../../../migrations/sqlite/0012_references_by_child.sql"),
+    include_str!("../../../migrations/sqlite/0013_events.sql"),
 ];
 const MAX_IDLE_READERS: usize = 8;
 
@@ -369,7 +373,12 @@ impl MetaStore for SqliteMeta {
         Ok(found)
     }
 
-    async fn delete_manifest(&self, repo_name: &RepoName, digest: &Digest) -> Result<bool> {
+    async fn delete_manifest(
+        &self,
+        repo_name: &RepoName,
+        digest: &Digest,
+        event: Option<NewEvent>,
+    ) -> Result<bool> {
         let (repo, digest) = (repo_name.to_string(), digest.to_string());
         let out = self
             .write(Durability::Synced, move |tx| {
@@ -379,6 +388,9 @@ impl MetaStore for SqliteMeta {
                     "DELETE FROM manifests WHERE repository_id = ?1 AND digest = ?2",
                     params![id, digest],
                 )?;
+                if n > 0 {
+                    outbox::record(tx, event.as_slice(), None)?;
+                }
                 Ok(n > 0)
             })
             .await;
@@ -386,16 +398,22 @@ impl MetaStore for SqliteMeta {
         out
     }
 
-    async fn delete_tag(&self, repo_name: &RepoName, tag: &Tag) -> Result<bool> {
+    async fn delete_tag(&self, repo_name: &RepoName, tag: &Tag, event: Option<NewEvent>) -> Result<bool> {
         let (repo, tag) = (repo_name.to_string(), tag.to_string());
         let out = self
             .write(Durability::Synced, move |tx| {
-                let n = tx.execute(
-                    "DELETE FROM tags WHERE name = ?2
-                 AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
-                    params![repo, tag],
-                )?;
-                Ok(n > 0)
+                let named: Option<String> = tx
+                    .query_row(
+                        "DELETE FROM tags WHERE repository_id = (SELECT id FROM repositories WHERE name = ?1)
+                         AND name = ?2 RETURNING digest",
+                        params![repo, tag],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(digest) = &named {
+                    outbox::record(tx, event.as_slice(), Some(digest))?;
+                }
+                Ok(named.is_some())
             })
             .await;
         self.resolved().invalidate(repo_name);
@@ -799,7 +817,7 @@ fn put_manifest_tx(tx: &Connection, m: &NewManifest) -> Result<()> {
     for tag in &m.tags {
         set_tag.execute(params![repo, tag.as_str(), digest, now])?;
     }
-    Ok(())
+    outbox::record(tx, &m.events, None)
 }
 
 #[cfg(test)]

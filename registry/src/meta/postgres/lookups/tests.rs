@@ -55,13 +55,13 @@ async fn a_change_on_one_replica_is_served_at_once_by_another() {
         assert_eq!(resolve_kept(writer, &repo, "latest").await, Some(digest(&name)), "round {i}");
     }
     let latest: Tag = "latest".parse().unwrap();
-    assert!(a.delete_tag(&repo, &latest).await.unwrap());
+    assert!(a.delete_tag(&repo, &latest, None).await.unwrap());
     assert_eq!(resolve_kept(&b, &repo, "latest").await, None);
     // A manifest deleted by digest is gone everywhere too.
     let by_digest: Reference = digest("m19").to_string().parse().unwrap();
     assert!(b.manifest(&repo, &by_digest).await.unwrap().is_some());
     assert!(a.manifest(&repo, &by_digest).await.unwrap().is_some());
-    assert!(b.delete_manifest(&repo, &digest("m19")).await.unwrap());
+    assert!(b.delete_manifest(&repo, &digest("m19"), None).await.unwrap());
     assert_eq!(a.manifest(&repo, &by_digest).await.unwrap(), None);
 
     // A change by any other writer (an older Berth mid-upgrade, an operator's SQL) is announced

@@ -1,0 +1,208 @@
+//! Events and the webhooks they are delivered to.
+//!
+//! ```yaml
+//! notifications:
+//!   keep: 720h                 # events (the audit log of changes) kept this long; default 30 days
+//!   source: https://registry.example.com  # events' source; default external_url or http://<listen>
+//!   endpoints:
+//!     - name: scanner          # names the endpoint's deliveries, metrics and logs
+//!       url: https://scanner.example/hook
+//!       secret_file: /run/secrets/scanner   # signs each body (HMAC-SHA256), optional
+//!       format: cloudevents    # or distribution: the envelope `registry:2` notifications use
+//!       events: [push, delete] # push, tag_delete, delete, referrer (all when absent)
+//!       repositories: ["team/**"]           # globs (all when absent)
+//!       timeout: 10s           # per delivery
+//!       max_attempts: 10       # then the delivery is dead (kept, listed, not retried)
+//!       backoff: 1s            # before the first retry; doubles up to 10m
+//!       ca_file: /etc/ssl/internal-ca.pem   # trusted besides the system's
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::units::duration;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsConfig {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
+    /// How long events are kept (once every delivery of theirs is settled).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "duration::option")]
+    pub keep: Option<Duration>,
+    /// This registry as events name it (their CloudEvents `source`, the Distribution envelope's
+    /// `source.addr`). Default: `external_url`, else `http://<listen>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// What happened, as endpoints filter on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A manifest was pushed (with a tag: the tag now names it).
+    Push,
+    /// A tag was deleted.
+    TagDelete,
+    /// A manifest was deleted (with its tags).
+    Delete,
+    /// A manifest with a subject (a signature, an SBOM) was pushed.
+    Referrer,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 4] =
+        [EventKind::Push, EventKind::TagDelete, EventKind::Delete, EventKind::Referrer];
+
+    /// As configured and stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Push => "push",
+            EventKind::TagDelete => "tag_delete",
+            EventKind::Delete => "delete",
+            EventKind::Referrer => "referrer",
+        }
+    }
+
+    /// The CloudEvents `type`.
+    pub fn cloud_type(self) -> &'static str {
+        match self {
+            EventKind::Push => "dev.berth.manifest.pushed",
+            EventKind::TagDelete => "dev.berth.tag.deleted",
+            EventKind::Delete => "dev.berth.manifest.deleted",
+            EventKind::Referrer => "dev.berth.referrer.attached",
+        }
+    }
+
+    pub fn from_cloud_type(t: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.cloud_type() == t)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// One CloudEvents 1.0 event per request, structured mode (`application/cloudevents+json`).
+    #[default]
+    Cloudevents,
+    /// The envelope of CNCF Distribution's notifications (`{"events": [...]}`).
+    Distribution,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub name: String,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "is_default_format")]
+    pub format: Format,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventKind>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<String>,
+    #[serde(default = "default_timeout", with = "duration")]
+    pub timeout: Duration,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_backoff", with = "duration")]
+    pub backoff: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn is_default_format(f: &Format) -> bool {
+    *f == Format::default()
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_max_attempts() -> u32 {
+    10
+}
+
+fn default_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// Events kept by default: 30 days.
+pub const DEFAULT_KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
+
+impl NotificationsConfig {
+    pub fn is_empty(&self) -> bool {
+        self == &NotificationsConfig::default()
+    }
+
+    pub fn keep(&self) -> Duration {
+        self.keep.unwrap_or(DEFAULT_KEEP)
+    }
+
+    /// Returns the offending field and why.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let mut names = std::collections::HashSet::new();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let f = |field: &str| format!("notifications.endpoints[{i}].{field}");
+            let name_ok = !e.name.is_empty()
+                && e.name.len() <= 63
+                && e.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !name_ok {
+                return Err((f("name"), "letters, digits, '-' and '_', at most 63".into()));
+            }
+            if !names.insert(&e.name) {
+                return Err((f("name"), format!("{:?} names two endpoints", e.name)));
+            }
+            if !(e.url.starts_with("http://") || e.url.starts_with("https://")) {
+                return Err((f("url"), "must be an http:// or https:// URL".into()));
+            }
+            if e.max_attempts == 0 {
+                return Err((f("max_attempts"), "must be at least 1".into()));
+            }
+            if e.timeout.is_zero() {
+                return Err((f("timeout"), "must be more than 0s".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn endpoints_parse_with_defaults() {
+        let c = Config::from_yaml(
+            "notifications:\n  endpoints:\n    - name: scan\n      url: http://127.0.0.1:9/h\n      \
+             events: [push, referrer]\n",
+            "t",
+        )
+        .unwrap();
+        let e = &c.notifications.endpoints[0];
+        assert_eq!(e.max_attempts, 10);
+        assert_eq!(e.timeout.as_secs(), 10);
+        assert_eq!(e.events, vec![super::EventKind::Push, super::EventKind::Referrer]);
+        assert_eq!(Config::from_yaml(&c.to_yaml(), "again").unwrap(), c, "stable round trip");
+    }
+
+    #[test]
+    fn bad_endpoints_name_their_field() {
+        for (yaml, field) in [
+            ("- {name: 'a b', url: 'http://x'}", "notifications.endpoints[0].name"),
+            ("- {name: a, url: 'ftp://x'}", "notifications.endpoints[0].url"),
+            (
+                "- {name: a, url: 'http://x'}\n    - {name: a, url: 'http://y'}",
+                "notifications.endpoints[1].name",
+            ),
+            ("- {name: a, url: 'http://x', max_attempts: 0}", "notifications.endpoints[0].max_attempts"),
+        ] {
+            let e =
+                Config::from_yaml(&format!("notifications:\n  endpoints:\n    {yaml}\n"), "t").unwrap_err();
+            assert_eq!(e.field, field, "{yaml}");
+        }
+    }
+}

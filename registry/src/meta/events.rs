@@ -1,0 +1,170 @@
+//! Events as stored ([`super::outbox::EventLog`] reads and delivers them): each change a client made, written in the same transaction as the change (so a
+//! change is never acknowledged without its event, nor an event kept for a change rolled back),
+//! and the webhook deliveries it owes. Delivery is at least once: a replica claims due deliveries
+//! by pushing their `next_at` past a lease, sends them, and settles each; one that dies mid-send
+//! leaves its claims to expire and be taken again.
+
+use berth_core::config::notifications::EventKind;
+use berth_core::oci::{Digest, RepoName};
+
+/// An event about to be recorded with its change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Stable: receivers drop duplicates by it.
+    pub id: String,
+    /// Unix milliseconds.
+    pub at: i64,
+    pub kind: EventKind,
+    pub repo: RepoName,
+    /// For a tag deletion, the store fills in the digest the tag named.
+    pub digest: Option<Digest>,
+    pub tag: Option<String>,
+    pub media_type: Option<String>,
+    pub artifact_type: Option<String>,
+    pub size: Option<u64>,
+    pub subject: Option<Digest>,
+    pub actor: String,
+    pub address: String,
+    pub request_id: String,
+    /// Endpoints that want it: one delivery each.
+    pub endpoints: Vec<String>,
+}
+
+/// An event as recorded (and as the admin API lists it: `at` in unix milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub seq: i64,
+    pub id: String,
+    pub at: i64,
+    pub kind: EventKind,
+    pub repository: String,
+    pub digest: Option<String>,
+    pub tag: Option<String>,
+    pub media_type: Option<String>,
+    pub artifact_type: Option<String>,
+    pub size: Option<u64>,
+    pub subject: Option<String>,
+    pub actor: String,
+    pub address: String,
+    pub request_id: String,
+}
+
+/// A delivery a replica claimed: the event, and how many times it has been tried (this one
+/// included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub event: Event,
+    pub attempts: u32,
+}
+
+/// How a delivery went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    Delivered,
+    /// Failed; tried again at `next_at` (unix milliseconds).
+    Retry {
+        next_at: i64,
+        error: String,
+    },
+    /// Failed for the last time.
+    Dead {
+        error: String,
+    },
+}
+
+/// Which events to list, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    pub repository: Option<String>,
+    pub actor: Option<String>,
+    /// Only events older than this sequence number (the previous page's last).
+    pub before: Option<i64>,
+    pub limit: usize,
+}
+
+/// Pending and dead deliveries of one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backlog {
+    pub endpoint: String,
+    pub pending: u64,
+    pub dead: u64,
+}
+
+/// A stored kind; `None` when the database holds one this berth does not know.
+pub(crate) fn parse_kind(s: &str) -> Option<EventKind> {
+    EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+}
+
+/// Parameters in order: id, at, kind, repository, digest, tag, media type, artifact type, size,
+/// subject, actor, address, request id. Returns the sequence number.
+pub(crate) const INSERT_EVENT: &str = "INSERT INTO events
+       (id, at, kind, repository, digest, tag, media_type, artifact_type, size, subject, actor,
+        address, request_id)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING seq";
+
+/// Parameters: event sequence number, endpoint, due at.
+pub(crate) const INSERT_DELIVERY: &str =
+    "INSERT INTO deliveries (event_seq, endpoint, next_at) VALUES ($1, $2, $3)";
+
+/// The columns [`Event`] is read from, in order.
+pub(crate) const EVENT_COLUMNS: &str = "e.seq, e.id, e.at, e.kind, e.repository, e.digest, e.tag,
+     e.media_type, e.artifact_type, e.size, e.subject, e.actor, e.address, e.request_id";
+
+/// Claims due deliveries: `{lock}` is PostgreSQL's `FOR UPDATE SKIP LOCKED` (empty on SQLite,
+/// which has one writer). Parameters: until, endpoint, now, limit.
+pub(crate) fn claim_sql(lock: &str) -> String {
+    format!(
+        "UPDATE deliveries SET next_at = $1, attempts = attempts + 1
+         WHERE endpoint = $2 AND event_seq IN (
+             SELECT event_seq FROM deliveries
+             WHERE endpoint = $2 AND state = 'pending' AND next_at <= $3
+             ORDER BY next_at, event_seq LIMIT $4 {lock})
+         RETURNING event_seq, attempts"
+    )
+}
+
+/// Parameters: state, next at, last error, settled at, endpoint, event sequence number.
+pub(crate) const SETTLE: &str = "UPDATE deliveries
+     SET state = $1, next_at = $2, last_error = $3, settled_at = $4
+     WHERE endpoint = $5 AND event_seq = $6 AND state = 'pending'";
+
+/// What a settlement writes: state, next at, error, settled at.
+pub(crate) fn settle_params(s: &Settled, now: i64) -> (&'static str, i64, Option<String>, Option<i64>) {
+    match s {
+        Settled::Delivered => ("delivered", now, None, Some(now)),
+        Settled::Retry { next_at, error } => ("pending", *next_at, Some(error.clone()), None),
+        Settled::Dead { error } => ("dead", now, Some(error.clone()), Some(now)),
+    }
+}
+
+pub(crate) const BACKLOG: &str = "SELECT endpoint,
+       CAST(sum(CASE WHEN state = 'pending' THEN 1 ELSE 0 END) AS BIGINT),
+       CAST(sum(CASE WHEN state = 'dead' THEN 1 ELSE 0 END) AS BIGINT)
+     FROM deliveries WHERE state IN ('pending', 'dead') GROUP BY endpoint ORDER BY endpoint";
+
+/// Parameters: before, limit.
+pub(crate) const FORGET_EVENTS: &str = "DELETE FROM events WHERE seq IN (
+       SELECT seq FROM events e WHERE e.at < $1 AND NOT EXISTS (
+           SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.state = 'pending')
+       ORDER BY seq LIMIT $2)";
+
+/// The listing for `q`, its parameters numbered in order: before, then repository and actor
+/// when given, then limit.
+pub(crate) fn list_sql(q: &EventQuery) -> String {
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.seq < $1");
+    let mut n = 1;
+    if q.repository.is_some() {
+        n += 1;
+        sql.push_str(&format!(" AND e.repository = ${n}"));
+    }
+    if q.actor.is_some() {
+        n += 1;
+        sql.push_str(&format!(" AND e.actor = ${n}"));
+    }
+    sql.push_str(&format!(" ORDER BY e.seq DESC LIMIT ${}", n + 1));
+    sql
+}
+
+/// The most events one listing returns.
+pub const MAX_LIST: usize = 1000;

@@ -1,0 +1,177 @@
+//! Events and webhooks.
+//!
+//! ```text
+//! push / delete ─► the change and its events (and one delivery row per endpoint that wants
+//!                  each) in one transaction ─► wake the deliverers
+//! per endpoint, on every replica: claim due deliveries (a lease) ─► POST each, signed
+//!                  ─► delivered | retry after a backoff | dead after max_attempts
+//! ```
+//! Delivery is at least once: an event is never lost (it commits with its change, and a claim
+//! that dies with its replica expires), and may arrive twice (a replica that sent it died before
+//! it settled): receivers drop duplicates by the event's id. The events also are the audit log
+//! of changes, kept for `notifications.keep`.
+
+pub mod body;
+pub mod deliver;
+
+use std::sync::Arc;
+
+use berth_core::config::notifications::{EventKind, NotificationsConfig};
+use berth_core::glob::Glob;
+use berth_core::oci::{Digest, RepoName, Tag};
+
+use crate::meta::NewEvent;
+
+/// Who made a change, from where, in which request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The user or robot (empty: anonymous).
+    pub actor: String,
+    pub address: String,
+    pub request_id: String,
+}
+
+/// A manifest push, as its events describe it.
+pub struct Pushed<'a> {
+    pub repo: &'a RepoName,
+    pub digest: &'a Digest,
+    pub media_type: &'a str,
+    pub artifact_type: Option<&'a str>,
+    pub size: u64,
+    pub subject: Option<&'a Digest>,
+    pub tags: &'a [Tag],
+}
+
+struct Route {
+    name: String,
+    kinds: Vec<EventKind>,
+    repositories: Vec<Glob>,
+}
+
+/// Which endpoints want which events, and a bell rung when new ones are recorded.
+#[derive(Default)]
+pub struct Events {
+    routes: Vec<Route>,
+    pub(crate) recorded: Arc<tokio::sync::Notify>,
+}
+
+impl Events {
+    pub fn new(config: &NotificationsConfig) -> Events {
+        let routes = config
+            .endpoints
+            .iter()
+            .map(|e| Route {
+                name: e.name.clone(),
+                kinds: e.events.clone(),
+                repositories: e.repositories.iter().map(|g| Glob::new(g)).collect(),
+            })
+            .collect();
+        Events { routes, recorded: Default::default() }
+    }
+
+    /// The endpoints that want an event of `kind` in `repo`.
+    fn endpoints(&self, kind: EventKind, repo: &RepoName) -> Vec<String> {
+        self.routes
+            .iter()
+            .filter(|r| r.kinds.is_empty() || r.kinds.contains(&kind))
+            .filter(|r| r.repositories.is_empty() || r.repositories.iter().any(|g| g.matches(repo.as_str())))
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    /// An event of `kind` in `repo` by `origin`, with nothing else said yet.
+    pub fn event(&self, kind: EventKind, repo: &RepoName, origin: &Origin) -> NewEvent {
+        NewEvent {
+            id: uuid::Uuid::new_v4().to_string(),
+            at: crate::meta::now_millis(),
+            kind,
+            repo: repo.clone(),
+            digest: None,
+            tag: None,
+            media_type: None,
+            artifact_type: None,
+            size: None,
+            subject: None,
+            actor: origin.actor.clone(),
+            address: origin.address.clone(),
+            request_id: origin.request_id.clone(),
+            endpoints: self.endpoints(kind, repo),
+        }
+    }
+
+    /// A push's events: one per tag it set (one untagged when it set none), and one more when
+    /// the manifest refers to a subject.
+    pub fn pushed(&self, p: &Pushed<'_>, origin: &Origin) -> Vec<NewEvent> {
+        let described = |kind, tag: Option<&Tag>| NewEvent {
+            digest: Some(p.digest.clone()),
+            tag: tag.map(|t| t.to_string()),
+            media_type: Some(p.media_type.to_owned()),
+            artifact_type: p.artifact_type.map(str::to_owned),
+            size: Some(p.size),
+            subject: p.subject.cloned(),
+            ..self.event(kind, p.repo, origin)
+        };
+        let mut events: Vec<NewEvent> = if p.tags.is_empty() {
+            vec![described(EventKind::Push, None)]
+        } else {
+            p.tags.iter().map(|t| described(EventKind::Push, Some(t))).collect()
+        };
+        if p.subject.is_some() {
+            events.push(described(EventKind::Referrer, None));
+        }
+        events
+    }
+
+    /// New events are recorded: deliverers look now rather than at their next poll.
+    pub fn ring(&self) {
+        self.recorded.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> NotificationsConfig {
+        berth_core::config::Config::from_yaml(yaml, "t").unwrap().notifications
+    }
+
+    #[test]
+    fn endpoints_filter_on_kind_and_repository() {
+        let events = Events::new(&config(
+            "notifications:\n  endpoints:\n    - {name: all, url: 'http://x'}\n    \
+             - {name: pushes, url: 'http://x', events: [push], repositories: ['team/**']}\n",
+        ));
+        let team: RepoName = "team/app".parse().unwrap();
+        let other: RepoName = "other/app".parse().unwrap();
+        assert_eq!(events.endpoints(EventKind::Push, &team), ["all", "pushes"]);
+        assert_eq!(events.endpoints(EventKind::Delete, &team), ["all"]);
+        assert_eq!(events.endpoints(EventKind::Push, &other), ["all"]);
+    }
+
+    #[test]
+    fn a_push_is_an_event_per_tag_and_one_for_its_subject() {
+        let events = Events::default();
+        let repo: RepoName = "a/b".parse().unwrap();
+        let digest = Digest::of(berth_core::oci::Algorithm::Sha256, b"m");
+        let tags: Vec<Tag> = vec!["v1".parse().unwrap(), "latest".parse().unwrap()];
+        let p = Pushed {
+            repo: &repo,
+            digest: &digest,
+            media_type: "application/vnd.oci.image.manifest.v1+json",
+            artifact_type: None,
+            size: 10,
+            subject: Some(&digest),
+            tags: &tags,
+        };
+        let origin = Origin { actor: "ci".into(), address: "127.0.0.1".into(), request_id: "r".into() };
+        let e = events.pushed(&p, &origin);
+        let kinds: Vec<_> = e.iter().map(|e| (e.kind, e.tag.as_deref())).collect();
+        assert_eq!(
+            kinds,
+            [(EventKind::Push, Some("v1")), (EventKind::Push, Some("latest")), (EventKind::Referrer, None)]
+        );
+        assert_ne!(e[0].id, e[1].id, "each event has an id of its own");
+        assert_eq!(e[2].actor, "ci");
+    }
+}

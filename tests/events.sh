@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Events and webhooks end to end: every acknowledged push reaches the receiver although the
+# registry is SIGKILLed in the middle of 500 pushes, a receiver that was down gets everything
+# once it is back, duplicates carry the same id, signatures verify with the right secret (and
+# are detectably wrong with another), the Distribution envelope reads as registry:2's, and the
+# admin API lists the audit log.
+source "$(dirname "$0")/lib.sh"
+
+WORK=$(mktemp -d)
+on_exit "rm -rf $WORK"
+PUSHES=${EVENT_PUSHES:-500}
+
+RECEIVER_PORT=$(free_port)
+printf 's3cret-for-the-receiver\n' >"$WORK/secret"
+printf 'another-secret\n' >"$WORK/wrong-secret"
+start_receiver() {
+  python3 "$ROOT/tests/webhook_receiver.py" "$RECEIVER_PORT" "$WORK/secret" "$WORK/received.jsonl" \
+    >>"$WORK/receiver.log" 2>&1 &
+  RECEIVER_PID=$!
+  on_exit "kill $RECEIVER_PID"
+  for _ in $(seq 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$RECEIVER_PORT/" && return 0
+    sleep 0.1
+  done
+}
+
+PORT=$(free_port)
+ADDR=127.0.0.1:$PORT
+URL=http://$ADDR
+cat >"$WORK/berth.yml" <<YAML
+listen: $ADDR
+data_dir: $WORK/data
+notifications:
+  endpoints:
+    - name: scanner
+      url: http://127.0.0.1:$RECEIVER_PORT/cloudevents
+      secret_file: $WORK/secret
+      events: [push, tag_delete, delete]
+      backoff: 200ms
+      max_attempts: 100
+    - name: legacy
+      url: http://127.0.0.1:$RECEIVER_PORT/distribution
+      secret_file: $WORK/wrong-secret
+      format: distribution
+      repositories: ["events/legacy"]
+      backoff: 200ms
+      max_attempts: 100
+YAML
+start_registry() {
+  "$BERTH_BIN" serve --config "$WORK/berth.yml" >>"$WORK/berth.log" 2>&1 &
+  BERTH_PID=$!
+  on_exit "kill -9 $BERTH_PID"
+  wait_for "$URL/v2/" 30
+}
+
+start_receiver
+start_registry
+
+# What the receiver got, as `<path> <signed> <type or action> <repository> <tag> <digest> <id>`.
+received() {
+  python3 - "$WORK/received.jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    b = r["body"]
+    if r["path"] == "/cloudevents":
+        d = b["data"]
+        print(r["path"], r["signed"], b["type"], d["repository"], d.get("tag", "-"), d.get("digest", "-"), b["id"])
+    else:
+        for e in b["events"]:
+            t = e["target"]
+            print(r["path"], r["signed"], e["action"], t["repository"], t.get("tag", "-"), t.get("digest", "-"), e["id"])
+PY
+}
+
+# every_push_arrived ACKED REPOSITORY: each acknowledged push has a signed pushed event.
+every_push_arrived() {
+  local acked=$1 repo=$2 deadline=$((SECONDS + 90)) missing
+  while ((SECONDS < deadline)); do
+    touch "$WORK/received.jsonl"
+    missing=$(comm -23 <(sort -u "$acked") \
+      <(received | awk -v r="$repo" '$1 == "/cloudevents" && $2 == "True" && $3 == "dev.berth.manifest.pushed" && $4 == r {print $5, $6}' | sort -u) | wc -l)
+    ((missing == 0)) && return 0
+    sleep 0.5
+  done
+  echo "$missing of $(wc -l <"$acked") acknowledged pushes never arrived"
+  return 1
+}
+
+echo "== $PUSHES pushes, the registry SIGKILLed and restarted in the middle"
+python3 "$ROOT/tests/push_many.py" "$URL" events/app 0 "$PUSHES" "$WORK/acked" 2>"$WORK/pusher.log" &
+PUSHER=$!
+on_exit "kill $PUSHER"
+deadline=$((SECONDS + 120))
+while (($(cat "$WORK/acked" 2>/dev/null | wc -l) < PUSHES / 3 && SECONDS < deadline)); do sleep 0.05; done
+kill -9 "$BERTH_PID"
+wait "$BERTH_PID" 2>/dev/null
+killed_at=$(wc -l <"$WORK/acked")
+start_registry
+wait "$PUSHER"
+check "the pusher finished every push across the restart" \
+  equal "$(wc -l <"$WORK/acked") (killed after $killed_at)" "$PUSHES (killed after $killed_at)"
+check "every acknowledged push's event arrived, signed" every_push_arrived "$WORK/acked" events/app
+dupes() {
+  received | awk '$1 == "/cloudevents" {print $7}' | sort | uniq -d | wc -l
+}
+distinct_ids_per_push() {
+  # Copies of one event share its id: counting ids, each push is one event.
+  local ids
+  ids=$(received | awk '$1 == "/cloudevents" && $4 == "events/app" && $3 == "dev.berth.manifest.pushed" {print $7}' | sort -u | wc -l)
+  equal "$ids" "$(sort -u "$WORK/acked" | wc -l)"
+}
+check "distinct event ids equal the pushes (duplicates, if any, share an id: $(dupes) seen)" distinct_ids_per_push
+
+echo "== a receiver that is down gets everything once it is back"
+kill "$RECEIVER_PID"
+wait "$RECEIVER_PID" 2>/dev/null
+python3 "$ROOT/tests/push_many.py" "$URL" events/later 0 20 "$WORK/acked-later" 2>>"$WORK/pusher.log"
+curl -fsS -X DELETE "$URL/v2/events/later/manifests/t0" -o /dev/null
+sleep 2
+pending_while_down() {
+  local n
+  n=$(curl -fsS "$URL/admin/v1/webhooks" | python3 -c 'import json,sys; print(sum(e["pending"] for e in json.load(sys.stdin)["endpoints"] if e["endpoint"] == "scanner"))')
+  ((n >= 21)) || { echo "pending: $n"; return 1; }
+}
+check "deliveries wait while the receiver is down (admin API shows them pending)" pending_while_down
+start_receiver
+check "after it came back: all 20 pushes arrived" every_push_arrived "$WORK/acked-later" events/later
+tag_deleted() {
+  local deadline=$((SECONDS + 30))
+  while ((SECONDS < deadline)); do
+    received | awk '$3 == "dev.berth.tag.deleted" && $4 == "events/later" && $5 == "t0" {found=1} END {exit !found}' && return 0
+    sleep 0.5
+  done
+  echo "no dev.berth.tag.deleted event for events/later:t0"
+  return 1
+}
+check "and the tag's deletion, with the digest it named" tag_deleted
+
+echo "== the Distribution envelope, and a signature made with another secret"
+python3 "$ROOT/tests/push_many.py" "$URL" events/legacy 0 3 "$WORK/acked-legacy" 2>>"$WORK/pusher.log"
+legacy_envelopes() {
+  local deadline=$((SECONDS + 30)) got
+  while ((SECONDS < deadline)); do
+    got=$(received | awk '$1 == "/distribution" && $3 == "push" && $4 == "events/legacy" {print $5, $6}' | sort -u)
+    [[ $got == "$(sort -u "$WORK/acked-legacy")" ]] && return 0
+    sleep 0.5
+  done
+  echo "got: $got"
+  return 1
+}
+check "registry:2-style envelopes: action push, target repository, tag and digest" legacy_envelopes
+check "a signature made with another secret does not verify" \
+  equal "$(received | awk '$1 == "/distribution" && $2 == "True"' | wc -l)" 0
+check "the endpoint's repository filter kept events/app out of it" \
+  equal "$(received | awk '$1 == "/distribution" && $4 != "events/legacy"' | wc -l)" 0
+
+echo "== the audit log and metrics"
+audit() {
+  curl -fsS "$URL/admin/v1/events?repository=events/later&n=5" | python3 -c '
+import json, sys
+events = json.load(sys.stdin)["events"]
+assert events[0]["kind"] == "tag_delete" and events[0]["tag"] == "t0", events[0]
+assert all(e["repository"] == "events/later" and e["address"] == "127.0.0.1" for e in events), events
+assert len(events) == 5, len(events)
+print("ok")'
+}
+check "GET /admin/v1/events lists the newest first, filtered by repository" audit
+check "the admin API refuses a bad page size" \
+  equal "$(curl -s -o /dev/null -w '%{http_code}' "$URL/admin/v1/events?n=0")" 400
+delivered_metric() {
+  curl -fsS "$URL/metrics" | grep -E '^berth_webhook_deliveries_total\{endpoint="scanner",outcome="delivered"\} [1-9]'
+}
+check "berth_webhook_deliveries_total counts deliveries per endpoint" delivered_metric
+finish
