@@ -99,4 +99,61 @@ check "tag filters choose, and a dry run writes nothing" tag_filters_and_dry_run
 check "a whole registry through its catalog, through repository globs" whole_registry
 check "a source that wants a login refuses a replication without one" refused_without_login
 
+echo "== tag filters, overwrites and deletes"
+start_berth
+C=$BERTH_ADDR
+AUTH=(--from-username alice --from-password-file "$WORK/alice.pw")
+tags_at() { curl -fsS "http://$1/v2/rules/app/tags/list" | python3 -c 'import json,sys; print(" ".join(sorted(json.load(sys.stdin)["tags"])))'; }
+rules_source() {
+  "$CRANE" --insecure copy "$A/src/app:v1" "$A/rules/app:1.0.0" >/dev/null 2>&1 &&
+    for t in v1.2 2.0.0 pr-7 1.3.0-debug; do "$CRANE" --insecure tag "$A/rules/app:1.0.0" "$t" >/dev/null 2>&1 || return 1; done &&
+    "$CRANE" --insecure copy "$A/src/app:multiarch" "$A/rules/app:latest" >/dev/null 2>&1
+}
+check "the source has rules/app tagged 1.0.0 v1.2 2.0.0 pr-7 1.3.0-debug latest" rules_source
+# filter_case NAME EXPECTED ARGS...: a dry run from A to B chooses exactly EXPECTED (sorted tags).
+filter_case() {
+  local expected=$1
+  shift
+  replicate "$A" "$B" "${AUTH[@]}" --dry-run "$@" rules/app &&
+    equal "$(python3 -c "import json; print(' '.join(sorted(i['reference'] for i in json.load(open('$WORK/report.json'))['images'])))")" "$expected"
+}
+check "--semver '>=1.2, <2' takes v1.2 (pre-releases and 2.0.0 out)" filter_case "v1.2" --semver '>=1.2, <2'
+check "--tag-regex with --tag: either matches" filter_case "latest pr-7" --tag-regex 'pr-[0-9]+' --tag latest
+check "--exclude-tag-regex leaves out what --tag took" filter_case "1.0.0" --tag '1.*' --exclude-tag-regex '.*-debug'
+check "a bad regex is refused before anything is copied" \
+  bash -c "'$BERTH_BIN' replicate --from http://$A --to http://$B --tag-regex '(' rules/app 2>&1 | grep -q 'tag regex'"
+copy_all() {
+  replicate "$A" "$B" "${AUTH[@]}" rules/app && "$CRANE" --insecure tag "$B/rules/app:latest" nightly >/dev/null 2>&1 &&
+    replicate "$B" "$C" rules/app && equal "$(tags_at "$C")" "$(tags_at "$B")"
+}
+check "rules/app copied whole to B, then (tagged nightly there too) to C" copy_all
+"$CRANE" --insecure tag "$B/rules/app:1.0.0" latest >/dev/null 2>&1
+curl -fsS -X DELETE "http://$B/v2/rules/app/manifests/pr-7" -o /dev/null
+no_overwrite() {
+  replicate "$B" "$C" --no-overwrite rules/app &&
+    report '[i["reference"] for i in r["images"] if i["outcome"] == "kept"] == ["latest"]' &&
+    equal "$("$CRANE" --insecure digest "$C/rules/app:latest")" "$MULTIARCH" &&
+    [[ $(tags_at "$C") == *pr-7* ]]
+}
+check "--no-overwrite keeps C's latest, and by default nothing is deleted" no_overwrite
+delete_tags() {
+  replicate "$B" "$C" --delete tags --dry-run rules/app &&
+    report '[i["reference"] for i in r["images"] if i["outcome"] == "wouldDelete"] == ["pr-7"]' &&
+    [[ $(tags_at "$C") == *pr-7* ]] &&
+    replicate "$B" "$C" --delete tags rules/app &&
+    report '[i["reference"] for i in r["images"] if i["outcome"] == "deleted"] == ["pr-7"] and r["manifestsDeleted"] == 0' &&
+    equal "$(tags_at "$C")" "$(tags_at "$B")" &&
+    equal "$("$CRANE" --insecure digest "$C/rules/app:latest")" "$MULTI"
+}
+check "--delete tags: pr-7 goes (a dry run first only says so), latest moves" delete_tags
+curl -fsS -X DELETE "http://$B/v2/rules/app/manifests/nightly" -o /dev/null
+mirror() {
+  replicate "$B" "$C" --delete mirror rules/app &&
+    report '[i["reference"] for i in r["images"] if i["outcome"] == "deleted"] == ["nightly"] and r["manifestsDeleted"] == 1' &&
+    equal "$(tags_at "$C")" "$(tags_at "$B")" &&
+    equal "$(curl -s -o /dev/null -w '%{http_code}' -I "http://$C/v2/rules/app/manifests/$MULTIARCH")" 404 &&
+    ! "$BERTH_BIN" replicate --from "http://$B" --to "http://$C" --delete mirror --no-overwrite rules/app 2>/dev/null
+}
+check "--delete mirror: nightly goes with the index only it named" mirror
+
 finish

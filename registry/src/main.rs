@@ -38,7 +38,7 @@ enum Command {
     /// Copy images between two registries (any that speak the distribution API), keeping their
     /// digests, with their index children and referrers (signatures, SBOMs); what is there
     /// already is skipped. Prints a summary (or the report), and exits non-zero if an image failed.
-    Replicate(ReplicateArgs),
+    Replicate(Box<ReplicateArgs>),
 }
 
 #[derive(Args)]
@@ -66,6 +66,24 @@ struct ReplicateArgs {
     /// Leave out tags matching this glob (repeatable).
     #[arg(long = "exclude-tag")]
     exclude_tags: Vec<String>,
+    /// Copy only tags this regular expression matches whole (repeatable; with --tag, a tag
+    /// either matches is copied).
+    #[arg(long = "tag-regex")]
+    tag_regexes: Vec<String>,
+    /// Leave out tags this regular expression matches whole (repeatable).
+    #[arg(long = "exclude-tag-regex")]
+    exclude_tag_regexes: Vec<String>,
+    /// Copy only tags that are versions in this semver range, e.g. '>=1.2, <2' (`v1.2` is 1.2.0).
+    #[arg(long)]
+    semver: Option<String>,
+    /// Keep a destination tag that names another digest as it is (not with --delete mirror).
+    #[arg(long)]
+    no_overwrite: bool,
+    /// For a repository copied whole: none (the default), tags (tags the source no longer has are
+    /// deleted at the destination) or mirror (and their manifests: the destination's tags equal
+    /// the source's).
+    #[arg(long, default_value = "none", value_parser = ["none", "tags", "mirror"])]
+    delete: String,
     #[arg(long, env = "BERTH_FROM_USERNAME")]
     from_username: Option<String>,
     /// File holding the source's password (else BERTH_FROM_PASSWORD).
@@ -98,7 +116,11 @@ struct ReplicateArgs {
 
 impl ReplicateArgs {
     fn request(self) -> anyhow::Result<berth_registry::replicate::Request> {
-        use berth_registry::replicate::{Request, Side};
+        use berth_registry::replicate::{Deletes, Request, Side};
+        let deletes: Deletes = self.delete.parse().map_err(anyhow::Error::msg)?;
+        if deletes == Deletes::Mirror && self.no_overwrite {
+            anyhow::bail!("--delete mirror makes the destination's tags equal the source's: it overwrites, so --no-overwrite cannot go with it");
+        }
         let side =
             |url, username, file: Option<PathBuf>, env: &str, ca_file, insecure| -> anyhow::Result<Side> {
                 Ok(Side { url, username, password: secret(file.as_ref(), env)?, ca_file, insecure })
@@ -123,8 +145,15 @@ impl ReplicateArgs {
             images: self.images,
             all: self.all,
             repositories: self.repositories,
-            tags: self.tags,
-            exclude_tags: self.exclude_tags,
+            tags: berth_registry::replicate::TagRules {
+                globs: self.tags,
+                regexes: self.tag_regexes,
+                exclude_globs: self.exclude_tags,
+                exclude_regexes: self.exclude_tag_regexes,
+                semver: self.semver,
+            },
+            no_overwrite: self.no_overwrite,
+            deletes,
             dry_run: self.dry_run,
         })
     }
@@ -380,7 +409,7 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => run(serve(args)),
         Command::Gc(args) => run(async move { berth_registry::gc::client::run(&args.request()?).await }),
-        Command::Replicate(args) => run(replicate(args)),
+        Command::Replicate(args) => run(replicate(*args)),
     }
 }
 

@@ -14,6 +14,9 @@
 //! none from the `sha256-<hex>` tag scheme; a destination without the API (no `OCI-Subject` on
 //! the push) gets that tag scheme kept up to date, so cosign and oras find them there too.
 
+mod filter;
+mod pages;
+mod prune;
 mod referrers;
 mod report;
 
@@ -31,13 +34,14 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use reqwest::Method;
 
+use filter::TagFilter;
+pub use filter::TagRules;
+pub use prune::Deletes;
 pub use report::Report;
 use report::{Failure, ImageReport, Outcome};
 
 /// Blobs of one manifest copied at once.
 const BLOBS_AT_ONCE: usize = 4;
-/// Names read per page of a tag list or the catalog.
-const PAGE: usize = 1000;
 
 /// One side of a copy.
 #[derive(Debug, Clone, Default)]
@@ -77,10 +81,12 @@ pub struct Request {
     /// `repositories` (all when empty).
     pub all: bool,
     pub repositories: Vec<String>,
-    /// Tag globs a repository's tags must match (all when empty).
-    pub tags: Vec<String>,
-    /// Tag globs left out.
-    pub exclude_tags: Vec<String>,
+    /// Which of a repository's tags are copied.
+    pub tags: TagRules,
+    /// A tag the destination has with another digest is kept as it is (not with `Mirror`).
+    pub no_overwrite: bool,
+    /// What a repository replicated whole deletes at the destination.
+    pub deletes: Deletes,
     pub dry_run: bool,
 }
 
@@ -89,13 +95,14 @@ pub async fn run(r: &Request) -> anyhow::Result<Report> {
     let copier = Copier {
         src: r.from.client("source")?,
         dst: r.to.client("destination")?,
+        filter: TagFilter::new(&r.tags)?,
+        overwrite: !r.no_overwrite,
+        deletes: r.deletes,
         dry_run: r.dry_run,
         report: Mutex::new(Report { dry_run: r.dry_run, ..Report::default() }),
         placed: Mutex::new(HashMap::new()),
         done: Mutex::new(HashSet::new()),
     };
-    let include: Vec<Glob> = r.tags.iter().map(|t| Glob::new(t)).collect();
-    let exclude: Vec<Glob> = r.exclude_tags.iter().map(|t| Glob::new(t)).collect();
     let mut specs = r.images.clone();
     if r.all {
         let globs: Vec<Glob> = r.repositories.iter().map(|g| Glob::new(g)).collect();
@@ -106,13 +113,27 @@ pub async fn run(r: &Request) -> anyhow::Result<Report> {
         }
     }
     for spec in &specs {
-        let images = match copier.images(spec, &include, &exclude).await {
-            Ok(images) => images,
+        let (repo, reference) = match parse_spec(spec) {
+            Ok(parsed) => parsed,
             Err(e) => {
                 copier.failed(spec, &e);
                 continue;
             }
         };
+        let whole = reference.is_none();
+        let images = match reference {
+            Some(r) => vec![(repo.clone(), r)],
+            None => match copier.tags(&repo).await {
+                Ok(tags) => {
+                    tags.into_iter().filter(|t| copier.filter.matches(t)).map(|t| (repo.clone(), t)).collect()
+                }
+                Err(e) => {
+                    copier.failed(spec, &e);
+                    continue;
+                }
+            },
+        };
+        let source_tags: HashSet<String> = images.iter().map(|(_, t)| t.clone()).collect();
         for (repo, reference) in images {
             let name = format!("{repo}{}{reference}", if reference.contains(':') { "@" } else { ":" });
             match copier.image(&repo, &reference).await {
@@ -121,6 +142,22 @@ pub async fn run(r: &Request) -> anyhow::Result<Report> {
                     copier.with_report(|rep| rep.images.push(image));
                 }
                 Err(e) => copier.failed(&name, &e),
+            }
+        }
+        if whole && copier.deletes != Deletes::None {
+            let (dst, filter) = (&copier.dst, &copier.filter);
+            match prune::prune(dst, filter, copier.deletes, copier.dry_run, &repo, &source_tags).await {
+                Ok(pruned) => copier.with_report(|r| {
+                    let outcome = if copier.dry_run { Outcome::WouldDelete } else { Outcome::Deleted };
+                    r.manifests_deleted += pruned.manifests;
+                    r.images.extend(pruned.tags.into_iter().map(|(tag, digest)| ImageReport {
+                        repository: repo.to_string(),
+                        reference: tag,
+                        digest,
+                        outcome,
+                    }));
+                }),
+                Err(e) => copier.failed(&format!("{repo} (deletes)"), &e),
             }
         }
     }
@@ -132,6 +169,10 @@ pub async fn run(r: &Request) -> anyhow::Result<Report> {
 struct Copier {
     src: Upstream,
     dst: Upstream,
+    filter: TagFilter,
+    /// Whether a tag naming another digest at the destination is moved.
+    overwrite: bool,
+    deletes: Deletes,
     dry_run: bool,
     report: Mutex<Report>,
     /// Per blob, a destination repository this run put it in (to mount it from).
@@ -159,48 +200,11 @@ impl Copier {
         self.with_report(|r| r.failed.push(Failure { image: image.to_owned(), error: format!("{e:#}") }));
     }
 
-    /// The images `spec` names: `(repository, tag or digest)`.
-    async fn images(
-        &self,
-        spec: &str,
-        include: &[Glob],
-        exclude: &[Glob],
-    ) -> anyhow::Result<Vec<(RepoName, String)>> {
-        let (name, reference) = match spec.split_once('@') {
-            Some((n, d)) => (n, Some(d.to_owned())),
-            None => match spec.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
-                Some((n, t)) => (n, Some(t.to_owned())),
-                None => (spec, None),
-            },
-        };
-        let repo: RepoName = name.parse().map_err(|e| anyhow::anyhow!("{spec}: {e}"))?;
-        if let Some(r) = reference {
-            return Ok(vec![(repo, r)]);
-        }
-        let tags = self.tags(&repo).await?;
-        Ok(tags
-            .into_iter()
-            .filter(|t| !referrers::is_scheme_tag(t))
-            .filter(|t| include.is_empty() || include.iter().any(|g| g.matches(t)))
-            .filter(|t| !exclude.iter().any(|g| g.matches(t)))
-            .map(|t| (repo.clone(), t))
-            .collect())
-    }
-
     /// Every tag of `repo` at the source, page by page.
     async fn tags(&self, repo: &RepoName) -> anyhow::Result<Vec<String>> {
-        #[derive(serde::Deserialize)]
-        struct List {
-            #[serde(default)]
-            tags: Option<Vec<String>>,
-        }
-        pages(|query| async move {
-            match self.src.tags(repo, &query).await? {
-                Fetched::Found(resp) => Ok(resp.json::<List>().await.context("reading a tag list")?.tags),
-                Fetched::NotFound => anyhow::bail!("{repo}: no such repository at the source"),
-            }
-        })
-        .await
+        pages::tag_list(&self.src, repo)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("{repo}: no such repository at the source"))
     }
 
     /// Every repository the source's catalog lists (to these credentials), page by page.
@@ -210,7 +214,7 @@ impl Copier {
             #[serde(default)]
             repositories: Option<Vec<String>>,
         }
-        pages(|query| async move {
+        pages::pages(|query| async move {
             match self.src.catalog(&query).await? {
                 Fetched::Found(resp) => {
                     Ok(resp.json::<List>().await.context("reading the catalog")?.repositories)
@@ -226,7 +230,10 @@ impl Copier {
         let m = self.fetch(repo, reference).await?;
         let is_tag = !reference.contains(':');
         let there = if is_tag { self.dst.manifest_digest(repo, reference).await? } else { None };
-        let outcome = if there.as_deref() == Some(m.digest.as_str()) {
+        let outcome = if there.is_some() && there.as_deref() != Some(m.digest.as_str()) && !self.overwrite {
+            // The destination's tag stays as it is: nothing of this image is copied.
+            Outcome::Kept
+        } else if there.as_deref() == Some(m.digest.as_str()) {
             // Unchanged; referrers added since are still copied.
             self.mark_done(repo, &m.digest);
             self.referrers(repo, &m.digest).await?;
@@ -399,26 +406,17 @@ impl Copier {
     }
 }
 
-/// Every name of a paginated list (`n` and `last`), `page` reading one page for a query.
-async fn pages<F, Fut>(page: F) -> anyhow::Result<Vec<String>>
-where
-    F: Fn(String) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<Vec<String>>>>,
-{
-    let mut all: Vec<String> = Vec::new();
-    loop {
-        let mut query = format!("n={PAGE}");
-        if let Some(last) = all.last() {
-            query.push_str("&last=");
-            query.extend(form_urlencoded::byte_serialize(last.as_bytes()));
-        }
-        let names = page(query).await?.unwrap_or_default();
-        let more = names.len() >= PAGE;
-        all.extend(names);
-        if !more {
-            return Ok(all);
-        }
-    }
+/// `repository` (its tags), `repository:tag` or `repository@digest`.
+fn parse_spec(spec: &str) -> anyhow::Result<(RepoName, Option<String>)> {
+    let (name, reference) = match spec.split_once('@') {
+        Some((n, d)) => (n, Some(d.to_owned())),
+        None => match spec.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
+            Some((n, t)) => (n, Some(t.to_owned())),
+            None => (spec, None),
+        },
+    };
+    let repo: RepoName = name.parse().map_err(|e| anyhow::anyhow!("{spec}: {e}"))?;
+    Ok((repo, reference))
 }
 
 fn parse_digest(s: &str) -> anyhow::Result<Digest> {

@@ -12,6 +12,12 @@ pub enum Outcome {
     Unchanged,
     /// A dry run: it would be copied.
     WouldCopy,
+    /// The destination's tag names another digest, and overwrites were not asked for.
+    Kept,
+    /// A tag deleted at the destination (the source has it no more).
+    Deleted,
+    /// A dry run: it would be deleted.
+    WouldDelete,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -46,6 +52,8 @@ pub struct Report {
     pub blobs_skipped: u64,
     /// The bytes of the blobs sent.
     pub bytes_copied: u64,
+    /// Manifests deleted at the destination by `mirror` (their tags are in `images`).
+    pub manifests_deleted: u64,
     pub failed: Vec<Failure>,
 }
 
@@ -55,11 +63,14 @@ impl Report {
         let count = |o: Outcome| self.images.iter().filter(|i| i.outcome == o).count();
         let verb = if self.dry_run { "would copy" } else { "copied" };
         let copied = if self.dry_run { count(Outcome::WouldCopy) } else { count(Outcome::Copied) };
+        let deleted = if self.dry_run { count(Outcome::WouldDelete) } else { count(Outcome::Deleted) };
         format!(
-            "{verb} {copied} images ({} manifests, {} referrers), {} unchanged; blobs: {} sent ({} bytes), {} mounted, {} already there; {} failed",
+            "{verb} {copied} images ({} manifests, {} referrers), {} unchanged, {} kept, {deleted} tags and {} manifests deleted; blobs: {} sent ({} bytes), {} mounted, {} already there; {} failed",
             self.manifests_copied,
             self.referrers_copied,
             count(Outcome::Unchanged),
+            count(Outcome::Kept),
+            self.manifests_deleted,
             self.blobs_copied,
             self.bytes_copied,
             self.blobs_mounted,

@@ -1,0 +1,54 @@
+//! Paginated listings (`n` and `last`): a repository's tags, the catalog.
+
+use anyhow::Context;
+use berth_client::{Fetched, Upstream};
+use berth_core::oci::RepoName;
+
+/// Names read per page of a tag list or the catalog.
+const PAGE: usize = 1000;
+
+/// Every tag of `repo` at one side, page by page; `None` when it has no such repository.
+pub async fn tag_list(side: &Upstream, repo: &RepoName) -> anyhow::Result<Option<Vec<String>>> {
+    #[derive(serde::Deserialize)]
+    struct List {
+        #[serde(default)]
+        tags: Option<Vec<String>>,
+    }
+    let missing = std::sync::atomic::AtomicBool::new(false);
+    let tags = pages(|query| {
+        let missing = &missing;
+        async move {
+            match side.tags(repo, &query).await? {
+                Fetched::Found(resp) => Ok(resp.json::<List>().await.context("reading a tag list")?.tags),
+                Fetched::NotFound => {
+                    missing.store(true, std::sync::atomic::Ordering::Relaxed);
+                    Ok(None)
+                }
+            }
+        }
+    })
+    .await?;
+    Ok((!missing.load(std::sync::atomic::Ordering::Relaxed)).then_some(tags))
+}
+
+/// Every name of a paginated list (`n` and `last`), `page` reading one page for a query.
+pub async fn pages<F, Fut>(page: F) -> anyhow::Result<Vec<String>>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<Vec<String>>>>,
+{
+    let mut all: Vec<String> = Vec::new();
+    loop {
+        let mut query = format!("n={PAGE}");
+        if let Some(last) = all.last() {
+            query.push_str("&last=");
+            query.extend(form_urlencoded::byte_serialize(last.as_bytes()));
+        }
+        let names = page(query).await?.unwrap_or_default();
+        let more = names.len() >= PAGE;
+        all.extend(names);
+        if !more {
+            return Ok(all);
+        }
+    }
+}
