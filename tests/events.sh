@@ -172,4 +172,54 @@ delivered_metric() {
   curl -fsS "$URL/metrics" | grep -E '^berth_webhook_deliveries_total\{endpoint="scanner",outcome="delivered"\} [1-9]'
 }
 check "berth_webhook_deliveries_total counts deliveries per endpoint" delivered_metric
+
+echo "== the audit log: failed logins and denied requests, tallied"
+htpasswd_users root bob
+cat >"$WORK/auth.yml" <<YAML
+auth:
+  htpasswd: $WORK/htpasswd
+  failed_logins: { free: 100 }   # no backoff within this test: every refusal is heard
+  rules:
+    - { users: [root], repositories: ["**"], actions: [pull, push, delete, admin] }
+    - { users: [bob], repositories: ["team/**"], actions: [pull] }
+YAML
+start_berth --config "$WORK/auth.yml"
+for _ in $(seq 30); do curl -s -o /dev/null -u mallory:guess "$BERTH_URL/v2/"; done
+curl -s -o /dev/null -u bob:bob-pw -X POST "$BERTH_URL/v2/team/app/blobs/uploads/"
+curl -s -o /dev/null -u bob:bob-pw -X POST "$BERTH_URL/v2/team/app/blobs/uploads/"
+audit_entries() {
+  local deadline=$((SECONDS + 20)) got
+  while ((SECONDS < deadline)); do
+    got=$(curl -fsS -u root:root-pw "$BERTH_URL/admin/v1/events?n=50" | python3 -c '
+import json, sys
+tally = {}
+for e in json.load(sys.stdin)["events"]:
+    key = (e["kind"], e["actor"], e["repository"], e["detail"])
+    tally[key] = tally.get(key, 0) + e["count"]
+for key, n in sorted(tally.items()):
+    print(*key, n, sep="|")')
+    [[ $got == *"login_failed|mallory||wrong name or password|30"* && $got == *"denied|bob|team/app|POST push|2"* ]] && return 0
+    sleep 1
+  done
+  echo "$got"
+  return 1
+}
+check "30 failed logins and 2 denied pushes are tallied into the audit log" audit_entries
+entries_not_requests() {
+  local rows
+  rows=$(curl -fsS -u root:root-pw "$BERTH_URL/admin/v1/events?actor=mallory" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["events"]))')
+  ((rows >= 1 && rows <= 3)) || { echo "$rows rows for 30 failed logins"; return 1; }
+}
+check "a row per interval, not per refused request" entries_not_requests
+admin_action() {
+  curl -fsS -u root:root-pw -X POST -d '{"dryRun": true}' "$BERTH_URL/admin/v1/gc" -o /dev/null || return 1
+  curl -fsS -u root:root-pw "$BERTH_URL/admin/v1/events?actor=root&n=5" | python3 -c '
+import json, sys
+e = json.load(sys.stdin)["events"][0]
+assert e["kind"] == "admin" and "started" in e["detail"] and "dry_run: true" in e["detail"], e
+print("ok")'
+}
+check "an admin action (a dry-run collection started) is in the audit log at once" admin_action
+check "the audit log is for admins only" \
+  equal "$(curl -s -o /dev/null -w '%{http_code}' -u bob:bob-pw "$BERTH_URL/admin/v1/events")" 403
 finish

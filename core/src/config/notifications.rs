@@ -50,11 +50,29 @@ pub enum EventKind {
     Delete,
     /// A manifest with a subject (a signature, an SBOM) was pushed.
     Referrer,
+    /// Requests refused to a known user or robot (the audit log only, never webhooks).
+    Denied,
+    /// Logins with a wrong name or password (the audit log only, never webhooks).
+    LoginFailed,
+    /// An action through the admin API, such as starting a collection (the audit log only).
+    Admin,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] =
-        [EventKind::Push, EventKind::TagDelete, EventKind::Delete, EventKind::Referrer];
+    pub const ALL: [EventKind; 7] = [
+        EventKind::Push,
+        EventKind::TagDelete,
+        EventKind::Delete,
+        EventKind::Referrer,
+        EventKind::Denied,
+        EventKind::LoginFailed,
+        EventKind::Admin,
+    ];
+
+    /// A change to content, which webhooks hear of (the others are the audit log's own).
+    pub fn is_change(self) -> bool {
+        !matches!(self, EventKind::Denied | EventKind::LoginFailed | EventKind::Admin)
+    }
 
     /// As configured and stored.
     pub fn as_str(self) -> &'static str {
@@ -63,6 +81,9 @@ impl EventKind {
             EventKind::TagDelete => "tag_delete",
             EventKind::Delete => "delete",
             EventKind::Referrer => "referrer",
+            EventKind::Denied => "denied",
+            EventKind::LoginFailed => "login_failed",
+            EventKind::Admin => "admin",
         }
     }
 
@@ -73,6 +94,9 @@ impl EventKind {
             EventKind::TagDelete => "dev.berth.tag.deleted",
             EventKind::Delete => "dev.berth.manifest.deleted",
             EventKind::Referrer => "dev.berth.referrer.attached",
+            EventKind::Denied => "dev.berth.access.denied",
+            EventKind::LoginFailed => "dev.berth.login.failed",
+            EventKind::Admin => "dev.berth.admin.action",
         }
     }
 
@@ -161,6 +185,12 @@ impl NotificationsConfig {
             }
             if e.max_attempts == 0 {
                 return Err((f("max_attempts"), "must be at least 1".into()));
+            }
+            if let Some(k) = e.events.iter().find(|k| !k.is_change()) {
+                return Err((
+                    f("events"),
+                    format!("{} is kept in the audit log, not sent to webhooks", k.as_str()),
+                ));
             }
             if e.timeout.is_zero() {
                 return Err((f("timeout"), "must be more than 0s".into()));

@@ -25,6 +25,7 @@ use super::state::AppState;
 use crate::auth::{AuthError, Caller, Identity};
 use crate::gc::{Collector, Options, RunView};
 use crate::service::Result as ServiceResult;
+use berth_core::config::notifications::EventKind;
 use std::sync::Arc;
 
 /// Largest request body the admin API reads.
@@ -53,9 +54,10 @@ struct GcRequest {
 
 pub async fn gc(State(st): State<AppState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    if let Err(refused) = admin(&st, &parts).await {
-        return refused;
-    }
+    let caller = match admin(&st, &parts).await {
+        Ok(c) => c,
+        Err(refused) => return refused,
+    };
     let options = match options(body).await {
         Ok(o) => o,
         Err(e) => return e.into_response(),
@@ -64,8 +66,11 @@ pub async fn gc(State(st): State<AppState>, req: Request) -> Response {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
+    let asked = format!("{options:?}");
     match collector.start(options).await {
         Ok(run) => {
+            let what = format!("garbage collection {} started: {asked}", run.id);
+            record_admin_action(&st, &parts, &caller, what).await;
             let location = format!("/admin/v1/gc/runs/{}", run.id);
             let mut resp = json(StatusCode::ACCEPTED, &run);
             if let Ok(v) = HeaderValue::from_str(&location) {
@@ -126,11 +131,20 @@ pub async fn gc_run(State(st): State<AppState>, Path(id): Path<String>, req: Req
 /// `DELETE /admin/v1/gc/runs/{id}`: asks a running run to stop (202); it stops within seconds,
 /// keeping what it removed so far. A run that ended is a 409.
 pub async fn cancel_gc_run(State(st): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
-    let collector = match gc_admin(&st, req).await {
+    let (parts, _) = req.into_parts();
+    let caller = match admin(&st, &parts).await {
         Ok(c) => c,
         Err(refused) => return refused,
     };
-    answer(&id, collector.cancel(&id).await, |run| {
+    let collector = match collector(&st) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let cancelled = collector.cancel(&id).await;
+    if matches!(&cancelled, Ok(Some(run)) if run.state == "running") {
+        record_admin_action(&st, &parts, &caller, format!("garbage collection {id} asked to stop")).await;
+    }
+    answer(&id, cancelled, |run| {
         if run.state == "running" {
             json(StatusCode::ACCEPTED, &run)
         } else {
@@ -272,8 +286,25 @@ pub(super) async fn admin(st: &AppState, req: &Parts) -> Result<Caller, Response
     if caller.identity == Identity::Anonymous || caller.by_token() {
         return Err(basic_challenge("the admin API needs the credentials of a user or robot granted admin"));
     }
+    st.audit.denied(
+        caller.identity.name(),
+        &st.client(req).to_string(),
+        "",
+        &format!("{} {}", req.method, req.uri.path()),
+    );
     Err(ApiError::new(Code::Denied, format!("{} is not granted admin", caller.identity.name()))
         .into_response())
+}
+
+/// Writes an admin action to the audit log at once (they are few): who, from where, what.
+async fn record_admin_action(st: &AppState, req: &Parts, caller: &Caller, what: String) {
+    let Some(log) = &st.events else { return };
+    let origin = st.origin(req, caller);
+    let event =
+        crate::meta::NewEvent { detail: Some(what), ..crate::notify::event(EventKind::Admin, "", &origin) };
+    if let Err(e) = log.record_audit(vec![event]).await {
+        tracing::warn!(error = %e, "an admin action was not written to the audit log");
+    }
 }
 
 fn basic_challenge(message: &str) -> Response {

@@ -138,6 +138,13 @@ pub async fn admit(st: &AppState, req: &Parts, route: &Route) -> Result<Caller, 
             };
             return Err(challenge(st, auth, req, &needed, caller.by_token(), &message));
         }
+        let wanted = needed.iter().flat_map(|(_, a)| a.names()).collect::<Vec<_>>().join(",");
+        st.audit.denied(
+            caller.identity.name(),
+            &st.client(req).to_string(),
+            repo,
+            &format!("{} {wanted}", req.method),
+        );
         return Err(ApiError::new(
             Code::Denied,
             format!("{} may not do this in {repo}", caller.identity.name()),

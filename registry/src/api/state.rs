@@ -46,6 +46,8 @@ pub struct AppState {
     pub usage: Option<Arc<dyn crate::meta::usage::Usage>>,
     /// Webhook deliveries (the server sets it and runs it).
     pub notifier: Option<Arc<crate::notify::deliver::Notifier>>,
+    /// Denied requests, noted for the audit log.
+    pub audit: Arc<crate::notify::audit::AuditNotes>,
     /// The event log, for the admin API's audit listing (the server sets it).
     pub events: Option<Arc<dyn crate::meta::outbox::EventLog>>,
 }
@@ -77,6 +79,7 @@ impl AppState {
             collector: None,
             usage: None,
             notifier: None,
+            audit: Default::default(),
             events: None,
         })
     }

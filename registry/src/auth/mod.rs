@@ -158,6 +158,8 @@ pub struct Authenticator {
     decoy: String,
     remembered: Mutex<HashMap<[u8; 32], (Identity, Instant)>>,
     guard: LoginGuard,
+    /// Where failed logins are noted for the audit log.
+    audit: Arc<crate::notify::audit::AuditNotes>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -234,7 +236,14 @@ impl Authenticator {
                 throttle::HASHING_WAIT,
                 logins,
             ),
+            audit: Default::default(),
         })
+    }
+
+    /// Notes failed logins in `audit` (for the audit log) rather than in a log of its own.
+    pub fn with_audit(mut self, audit: Arc<crate::notify::audit::AuditNotes>) -> Authenticator {
+        self.audit = audit;
+        self
     }
 
     /// Re-reads the htpasswd file, robot secrets and a configured token key that changed. Blocking
@@ -346,6 +355,7 @@ impl Authenticator {
             }
         }
         if let Some(wait) = self.guard.wait(user, client) {
+            self.audit.login_failed(user, &client.to_string(), "refused unheard after repeated failures");
             return Err(AuthError::Throttled(wait));
         }
         let Some(_turn) = self.guard.hashing_turn().await else {
@@ -379,6 +389,7 @@ impl Authenticator {
             }
             _ => {
                 self.guard.failed(user, client);
+                self.audit.login_failed(user, &client.to_string(), "wrong name or password");
                 Err(AuthError::BadCredentials)
             }
         }

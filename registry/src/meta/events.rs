@@ -5,7 +5,7 @@
 //! leaves its claims to expire and be taken again.
 
 use berth_core::config::notifications::EventKind;
-use berth_core::oci::{Digest, RepoName};
+use berth_core::oci::Digest;
 
 /// An event about to be recorded with its change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,7 +15,8 @@ pub struct NewEvent {
     /// Unix milliseconds.
     pub at: i64,
     pub kind: EventKind,
-    pub repo: RepoName,
+    /// Empty for an audit entry outside any repository (a login).
+    pub repository: String,
     /// For a tag deletion, the store fills in the digest the tag named.
     pub digest: Option<Digest>,
     pub tag: Option<String>,
@@ -26,6 +27,10 @@ pub struct NewEvent {
     pub actor: String,
     pub address: String,
     pub request_id: String,
+    /// How many alike it stands for (an audit entry tallies repeated refusals).
+    pub count: u64,
+    /// What was refused, for an audit entry.
+    pub detail: Option<String>,
     /// Endpoints that want it: one delivery each.
     pub endpoints: Vec<String>,
 }
@@ -48,6 +53,8 @@ pub struct Event {
     pub actor: String,
     pub address: String,
     pub request_id: String,
+    pub count: u64,
+    pub detail: Option<String>,
 }
 
 /// A delivery a replica claimed: the event, and how many times it has been tried (this one
@@ -97,11 +104,11 @@ pub(crate) fn parse_kind(s: &str) -> Option<EventKind> {
 }
 
 /// Parameters in order: id, at, kind, repository, digest, tag, media type, artifact type, size,
-/// subject, actor, address, request id. Returns the sequence number.
+/// subject, actor, address, request id, count, detail. Returns the sequence number.
 pub(crate) const INSERT_EVENT: &str = "INSERT INTO events
        (id, at, kind, repository, digest, tag, media_type, artifact_type, size, subject, actor,
-        address, request_id)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING seq";
+        address, request_id, count, detail)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING seq";
 
 /// Parameters: event sequence number, endpoint, due at.
 pub(crate) const INSERT_DELIVERY: &str =
@@ -109,7 +116,8 @@ pub(crate) const INSERT_DELIVERY: &str =
 
 /// The columns [`Event`] is read from, in order.
 pub(crate) const EVENT_COLUMNS: &str = "e.seq, e.id, e.at, e.kind, e.repository, e.digest, e.tag,
-     e.media_type, e.artifact_type, e.size, e.subject, e.actor, e.address, e.request_id";
+     e.media_type, e.artifact_type, e.size, e.subject, e.actor, e.address, e.request_id, e.count,
+     e.detail";
 
 /// Claims due deliveries: `{lock}` is PostgreSQL's `FOR UPDATE SKIP LOCKED` (empty on SQLite,
 /// which has one writer). Parameters: until, endpoint, now, limit.
@@ -138,10 +146,14 @@ pub(crate) fn settle_params(s: &Settled, now: i64) -> (&'static str, i64, Option
     }
 }
 
-pub(crate) const BACKLOG: &str = "SELECT endpoint,
-       CAST(sum(CASE WHEN state = 'pending' THEN 1 ELSE 0 END) AS BIGINT),
-       CAST(sum(CASE WHEN state = 'dead' THEN 1 ELSE 0 END) AS BIGINT)
-     FROM deliveries WHERE state IN ('pending', 'dead') GROUP BY endpoint ORDER BY endpoint";
+/// Pending and dead deliveries per endpoint, each counted through its partial index (never a
+/// scan of the delivered ones, which are most).
+pub(crate) const BACKLOG: &str = "SELECT endpoint, CAST(sum(pending) AS BIGINT), CAST(sum(dead) AS BIGINT)
+     FROM (SELECT endpoint, count(*) AS pending, 0 AS dead FROM deliveries WHERE state = 'pending'
+           GROUP BY endpoint
+           UNION ALL
+           SELECT endpoint, 0, count(*) FROM deliveries WHERE state = 'dead' GROUP BY endpoint) AS b
+     GROUP BY endpoint ORDER BY endpoint";
 
 /// Parameters: before, limit.
 pub(crate) const FORGET_EVENTS: &str = "DELETE FROM events WHERE seq IN (

@@ -6,7 +6,7 @@
 //! lease, sends them, and settles each; one that dies mid-send leaves its claims to expire and be
 //! taken again.
 
-use super::events::{Backlog, Claimed, Event, EventQuery, Settled};
+use super::events::{Backlog, Claimed, Event, EventQuery, NewEvent, Settled};
 use super::{MetaError, Result};
 use berth_core::config::notifications::EventKind;
 
@@ -22,6 +22,8 @@ pub trait EventLog: Send + Sync {
     /// configuration), so they do not keep their events forever; how many.
     async fn abandon_others(&self, configured: Vec<String>, now: i64) -> Result<u64>;
     async fn backlog(&self) -> Result<Vec<Backlog>>;
+    /// Records the audit log's own entries (no deliveries), not waited onto the disk.
+    async fn record_audit(&self, entries: Vec<NewEvent>) -> Result<()>;
     async fn events(&self, q: &EventQuery) -> Result<Vec<Event>>;
     /// Forgets up to `limit` events recorded before `before` whose deliveries are all settled;
     /// how many.

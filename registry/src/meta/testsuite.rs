@@ -23,6 +23,7 @@ pub(crate) async fn run<M: MetaStore + CacheIndex + MultipartLog + RunLog + Even
     multipart_leases(m).await;
     run_log(m).await;
     events_commit_with_their_change(m).await;
+    audit_entries_keep_their_tally(m).await;
     deliveries_are_claimed_and_settled(m).await;
 }
 
@@ -31,7 +32,7 @@ fn event(kind: EventKind, r: &str, actor: &str, at: i64, endpoints: &[&str]) -> 
         id: format!("{r}-{actor}-{at}-{}", kind.as_str()),
         at,
         kind,
-        repo: repo(r),
+        repository: r.to_owned(),
         digest: None,
         tag: None,
         media_type: None,
@@ -41,6 +42,8 @@ fn event(kind: EventKind, r: &str, actor: &str, at: i64, endpoints: &[&str]) -> 
         actor: actor.into(),
         address: "192.0.2.1".into(),
         request_id: format!("req-{at}"),
+        count: 1,
+        detail: None,
         endpoints: endpoints.iter().map(|e| (*e).to_owned()).collect(),
     }
 }
@@ -109,6 +112,20 @@ async fn events_commit_with_their_change<M: MetaStore + EventLog>(m: &M) {
     let older = m.events(&listing(Some("ev/app"), None, Some(by_ops[1].seq))).await.unwrap();
     assert_eq!(older.len(), 2, "the page before the tag's deletion: the push's two events");
     assert!(m.events(&listing(Some("ev/other"), None, None)).await.unwrap().is_empty());
+}
+
+async fn audit_entries_keep_their_tally<M: MetaStore + EventLog>(m: &M) {
+    let tally = NewEvent {
+        count: 30,
+        detail: Some("wrong name or password".into()),
+        ..event(EventKind::LoginFailed, "", "ev-mallory", 4_000, &[])
+    };
+    m.record_audit(vec![tally]).await.unwrap();
+    let got = m.events(&listing(None, Some("ev-mallory"), None)).await.unwrap();
+    let entry: Vec<_> =
+        got.iter().map(|e| (e.kind, e.repository.as_str(), e.count, e.detail.as_deref())).collect();
+    assert_eq!(entry, [(EventKind::LoginFailed, "", 30, Some("wrong name or password"))]);
+    assert!(m.backlog().await.unwrap().iter().all(|b| !b.endpoint.is_empty()), "no deliveries");
 }
 
 async fn deliveries_are_claimed_and_settled<M: MetaStore + EventLog>(m: &M) {

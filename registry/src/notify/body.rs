@@ -72,7 +72,7 @@ fn distribution(e: &Event, source: &str) -> Option<Value> {
     let action = match e.kind {
         EventKind::Push => "push",
         EventKind::Delete | EventKind::TagDelete => "delete",
-        EventKind::Referrer => return None,
+        EventKind::Referrer | EventKind::Denied | EventKind::LoginFailed | EventKind::Admin => return None,
     };
     let mut target = json!({ "repository": e.repository });
     if let Some(d) = &e.digest {
@@ -134,6 +134,8 @@ mod tests {
             actor: "ci".into(),
             address: "10.0.0.1".into(),
             request_id: "req-1".into(),
+            count: 1,
+            detail: None,
         }
     }
 

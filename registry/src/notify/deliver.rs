@@ -26,8 +26,9 @@ const LEASE_MARGIN: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_secs(1);
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
-/// How often the backlog gauges are refreshed and old events forgotten.
-const BACKLOG_EVERY: Duration = Duration::from_secs(15);
+/// How often audit entries are written and the backlog gauges refreshed, and old events
+/// forgotten.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 const FORGET_EVERY: Duration = Duration::from_secs(600);
 const FORGET_BATCH: usize = 10_000;
 
@@ -85,6 +86,8 @@ pub struct Notifier {
     keep: Duration,
     /// This registry, as events name their source.
     source: String,
+    /// Refusals noted for the audit log, written with each round of upkeep.
+    audit: Arc<super::audit::AuditNotes>,
 }
 
 impl Notifier {
@@ -100,7 +103,33 @@ impl Notifier {
             .iter()
             .map(|e| Deliverer::new(e).map(Arc::new))
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Notifier { deliverers, log, events, metrics, keep: config.keep(), source })
+        Ok(Notifier {
+            deliverers,
+            log,
+            events,
+            metrics,
+            keep: config.keep(),
+            source,
+            audit: Default::default(),
+        })
+    }
+
+    /// Writes the refusals noted in `audit`.
+    pub fn with_audit(mut self, audit: Arc<super::audit::AuditNotes>) -> Notifier {
+        self.audit = audit;
+        self
+    }
+
+    /// Writes the audit entries noted since the last write.
+    pub async fn write_audit(&self) {
+        let entries = self.audit.take();
+        if entries.is_empty() {
+            return;
+        }
+        if let Err(e) = self.log.record_audit(entries.clone()).await {
+            tracing::warn!(error = %e, "audit entries not written; kept for the next round");
+            self.audit.restore(entries);
+        }
     }
 
     /// Delivers and keeps house until the task is dropped.
@@ -116,12 +145,13 @@ impl Notifier {
         let _abort = AbortOnDrop(loops);
         let mut forget_due = tokio::time::Instant::now();
         loop {
+            self.write_audit().await;
             self.count_backlog().await;
             if tokio::time::Instant::now() >= forget_due {
                 self.forget_old().await;
                 forget_due = tokio::time::Instant::now() + FORGET_EVERY;
             }
-            tokio::time::sleep(BACKLOG_EVERY).await;
+            tokio::time::sleep(UPKEEP_EVERY).await;
         }
     }
 

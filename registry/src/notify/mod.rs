@@ -11,6 +11,7 @@
 //! it settled): receivers drop duplicates by the event's id. The events also are the audit log
 //! of changes, kept for `notifications.keep`.
 
+pub mod audit;
 pub mod body;
 pub mod deliver;
 
@@ -48,6 +49,29 @@ struct Route {
     repositories: Vec<Glob>,
 }
 
+/// An event of `kind` in `repo` (empty: in none) by `origin`, now, for no endpoint, with nothing
+/// else said yet.
+pub fn event(kind: EventKind, repo: &str, origin: &Origin) -> NewEvent {
+    NewEvent {
+        id: uuid::Uuid::new_v4().to_string(),
+        at: crate::meta::now_millis(),
+        kind,
+        repository: repo.to_owned(),
+        digest: None,
+        tag: None,
+        media_type: None,
+        artifact_type: None,
+        size: None,
+        subject: None,
+        actor: origin.actor.clone(),
+        address: origin.address.clone(),
+        request_id: origin.request_id.clone(),
+        count: 1,
+        detail: None,
+        endpoints: Vec::new(),
+    }
+}
+
 /// Which endpoints want which events, and a bell rung when new ones are recorded.
 #[derive(Default)]
 pub struct Events {
@@ -70,33 +94,19 @@ impl Events {
     }
 
     /// The endpoints that want an event of `kind` in `repo`.
-    fn endpoints(&self, kind: EventKind, repo: &RepoName) -> Vec<String> {
+    fn endpoints(&self, kind: EventKind, repo: &str) -> Vec<String> {
         self.routes
             .iter()
+            .filter(|_| kind.is_change())
             .filter(|r| r.kinds.is_empty() || r.kinds.contains(&kind))
-            .filter(|r| r.repositories.is_empty() || r.repositories.iter().any(|g| g.matches(repo.as_str())))
+            .filter(|r| r.repositories.is_empty() || r.repositories.iter().any(|g| g.matches(repo)))
             .map(|r| r.name.clone())
             .collect()
     }
 
-    /// An event of `kind` in `repo` by `origin`, with nothing else said yet.
-    pub fn event(&self, kind: EventKind, repo: &RepoName, origin: &Origin) -> NewEvent {
-        NewEvent {
-            id: uuid::Uuid::new_v4().to_string(),
-            at: crate::meta::now_millis(),
-            kind,
-            repo: repo.clone(),
-            digest: None,
-            tag: None,
-            media_type: None,
-            artifact_type: None,
-            size: None,
-            subject: None,
-            actor: origin.actor.clone(),
-            address: origin.address.clone(),
-            request_id: origin.request_id.clone(),
-            endpoints: self.endpoints(kind, repo),
-        }
+    /// [`event`], for the endpoints that want it.
+    pub fn event(&self, kind: EventKind, repo: &str, origin: &Origin) -> NewEvent {
+        NewEvent { endpoints: self.endpoints(kind, repo), ..event(kind, repo, origin) }
     }
 
     /// A push's events: one per tag it set (one untagged when it set none), and one more when
@@ -109,7 +119,7 @@ impl Events {
             artifact_type: p.artifact_type.map(str::to_owned),
             size: Some(p.size),
             subject: p.subject.cloned(),
-            ..self.event(kind, p.repo, origin)
+            ..self.event(kind, p.repo.as_str(), origin)
         };
         let mut events: Vec<NewEvent> = if p.tags.is_empty() {
             vec![described(EventKind::Push, None)]
@@ -144,9 +154,10 @@ mod tests {
         ));
         let team: RepoName = "team/app".parse().unwrap();
         let other: RepoName = "other/app".parse().unwrap();
-        assert_eq!(events.endpoints(EventKind::Push, &team), ["all", "pushes"]);
-        assert_eq!(events.endpoints(EventKind::Delete, &team), ["all"]);
-        assert_eq!(events.endpoints(EventKind::Push, &other), ["all"]);
+        assert_eq!(events.endpoints(EventKind::Push, team.as_str()), ["all", "pushes"]);
+        assert_eq!(events.endpoints(EventKind::Delete, team.as_str()), ["all"]);
+        assert_eq!(events.endpoints(EventKind::Push, other.as_str()), ["all"]);
+        assert!(events.endpoints(EventKind::Denied, team.as_str()).is_empty(), "the audit log's own");
     }
 
     #[test]

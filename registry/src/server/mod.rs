@@ -203,7 +203,8 @@ pub async fn build_state(config: &Config) -> Result<AppState, ServeError> {
     };
     let notifier =
         Notifier::new(&config.notifications, event_log.clone(), events, metrics.webhooks.clone(), source)
-            .map_err(ServeError::Config)?;
+            .map_err(ServeError::Config)?
+            .with_audit(state.audit.clone());
     state.notifier = Some(Arc::new(notifier));
     state.events = Some(event_log);
     // The pull-through cache's repositories are its eviction's to clean, not the collector's.
@@ -224,7 +225,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, ServeError> {
     if let Some(a) = &config.auth {
         let auth =
             Authenticator::new(a, &config.data_dir, metrics.login.clone()).map_err(ServeError::Auth)?;
-        state.auth = Some(Arc::new(auth));
+        state.auth = Some(Arc::new(auth.with_audit(state.audit.clone())));
     }
     Ok(state)
 }

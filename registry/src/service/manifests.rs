@@ -226,14 +226,14 @@ impl Registry {
             Reference::Digest(d) => {
                 let event = NewEvent {
                     digest: Some(d.clone()),
-                    ..self.events.event(EventKind::Delete, repo, origin)
+                    ..self.events.event(EventKind::Delete, repo.as_str(), origin)
                 };
                 self.meta.delete_manifest(repo, d, Some(event)).await
             }
             Reference::Tag(t) => {
                 let event = NewEvent {
                     tag: Some(t.to_string()),
-                    ..self.events.event(EventKind::TagDelete, repo, origin)
+                    ..self.events.event(EventKind::TagDelete, repo.as_str(), origin)
                 };
                 self.meta.delete_tag(repo, t, Some(event)).await
             }

@@ -2,7 +2,7 @@
 
 use super::errors::db_error;
 use super::{execute, query, PostgresMeta};
-use crate::meta::events::{self, Backlog, Claimed, Event, EventQuery, Settled};
+use crate::meta::events::{self, Backlog, Claimed, Event, EventQuery, NewEvent, Settled};
 use crate::meta::outbox::{stored_kind, EventLog};
 use crate::meta::Result;
 
@@ -23,6 +23,8 @@ fn event_at(r: &tokio_postgres::Row, o: usize) -> Result<Event> {
         actor: r.get(o + 11),
         address: r.get(o + 12),
         request_id: r.get(o + 13),
+        count: super::size(r.get(o + 14)),
+        detail: r.get(o + 15),
     })
 }
 
@@ -86,6 +88,14 @@ impl EventLog for PostgresMeta {
                 dead: super::size(r.get(2)),
             })
             .collect())
+    }
+
+    async fn record_audit(&self, entries: Vec<NewEvent>) -> Result<()> {
+        self.write(false, move |tx| {
+            let entries = entries.clone();
+            Box::pin(async move { Ok(super::outbox::record(tx, &entries, None).await?) })
+        })
+        .await
     }
 
     async fn events(&self, q: &EventQuery) -> Result<Vec<Event>> {

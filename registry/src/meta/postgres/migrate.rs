@@ -53,6 +53,8 @@ const MIGRATIONS: &[Migration] = &[
     Migration { sql: include_str!("../../../migrations/postgres/0010_gc_runs.sql"), compatible_from: 1 },
     // New tables.
     Migration { sql: include_str!("../../../migrations/postgres/0011_events.sql"), compatible_from: 1 },
+    // Columns with defaults.
+    Migration { sql: include_str!("../../../migrations/postgres/0012_audit.sql"), compatible_from: 1 },
 ];
 
 /// The advisory lock's key, shared by every replica (an arbitrary constant: "berthmig").

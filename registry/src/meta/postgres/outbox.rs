@@ -21,7 +21,7 @@ pub(super) async fn record(
                     &e.id,
                     &e.at,
                     &e.kind.as_str(),
-                    &e.repo.as_str(),
+                    &e.repository,
                     &e.digest.as_ref().map(|d| d.as_str()).or(digest),
                     &e.tag,
                     &e.media_type,
@@ -31,6 +31,8 @@ pub(super) async fn record(
                     &e.actor,
                     &e.address,
                     &e.request_id,
+                    &(e.count.min(i64::MAX as u64) as i64),
+                    &e.detail,
                 ],
             )
             .await?;

@@ -4,7 +4,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::writer::Durability;
 use super::SqliteMeta;
-use crate::meta::events::{self, Backlog, Claimed, Event, EventQuery, Settled};
+use crate::meta::events::{self, Backlog, Claimed, Event, EventQuery, NewEvent, Settled};
 use crate::meta::outbox::{stored_kind, EventLog};
 use crate::meta::Result;
 
@@ -28,6 +28,8 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
         actor: r.get(11)?,
         address: r.get(12)?,
         request_id: r.get(13)?,
+        count: r.get::<_, i64>(14)?.max(0) as u64,
+        detail: r.get(15)?,
     })
 }
 
@@ -101,6 +103,10 @@ impl EventLog for SqliteMeta {
             Ok(rows)
         })
         .await
+    }
+
+    async fn record_audit(&self, entries: Vec<NewEvent>) -> Result<()> {
+        self.write(Durability::Unsynced, move |tx| super::outbox::record(tx, &entries, None)).await
     }
 
     async fn events(&self, q: &EventQuery) -> Result<Vec<Event>> {

@@ -47,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0011_gc_runs.sql"),
     include_str!("../../../migrations/sqlite/0012_references_by_child.sql"),
     include_str!("../../../migrations/sqlite/0013_events.sql"),
+    include_str!("../../../migrations/sqlite/0014_audit.sql"),
 ];
 const MAX_IDLE_READERS: usize = 8;
 

@@ -16,7 +16,7 @@ pub(super) fn record(tx: &Connection, events: &[NewEvent], digest: Option<&str>)
                 e.id,
                 e.at,
                 e.kind.as_str(),
-                e.repo.as_str(),
+                e.repository,
                 e.digest.as_ref().map(|d| d.as_str()).or(digest),
                 e.tag,
                 e.media_type,
@@ -25,7 +25,9 @@ pub(super) fn record(tx: &Connection, events: &[NewEvent], digest: Option<&str>)
                 e.subject.as_ref().map(|d| d.as_str()),
                 e.actor,
                 e.address,
-                e.request_id
+                e.request_id,
+                e.count.min(i64::MAX as u64) as i64,
+                e.detail
             ],
             |r| r.get(0),
         )?;
