@@ -156,4 +156,60 @@ mirror() {
 }
 check "--delete mirror: nightly goes with the index only it named" mirror
 
+echo "== a run killed in the middle, started again"
+# An image of 8 random 1 MiB layers at B; the copy to a fresh E is paced to 2 MiB/s and killed
+# once E has received 5 MiB of it (4 layers whole). The second run sends only what had not arrived.
+big_image() {
+  python3 - "http://$B" <<'PY'
+import hashlib, json, os, sys, urllib.request
+url = sys.argv[1]
+def put(path, data, ctype):
+    req = urllib.request.Request(url + path, data=data, method="PUT" if "manifests" in path else "POST",
+                                 headers={"Content-Type": ctype})
+    urllib.request.urlopen(req, timeout=60).read()
+def blob(data, media):
+    d = "sha256:" + hashlib.sha256(data).hexdigest()
+    put(f"/v2/big/app/blobs/uploads/?digest={d}", data, "application/octet-stream")
+    return {"mediaType": media, "digest": d, "size": len(data)}
+config = blob(b'{"architecture":"amd64","os":"linux"}', "application/vnd.oci.image.config.v1+json")
+layers = [blob(os.urandom(1 << 20), "application/vnd.oci.image.layer.v1.tar") for _ in range(8)]
+m = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": config, "layers": layers}
+put("/v2/big/app/manifests/v1", json.dumps(m).encode(), "application/vnd.oci.image.manifest.v1+json")
+PY
+}
+check "B holds big/app:v1, 8 MiB in 8 layers" big_image
+start_berth
+E=$BERTH_ADDR
+received() { curl -fsS "http://$E/metrics" | awk '/^berth_http_received_bytes_total/ {s += $2} END {printf "%d\n", s}'; }
+resumed() {
+  local before after first_run deadline=$((SECONDS + 60))
+  before=$(received)
+  "$BERTH_BIN" replicate --from "http://$B" --to "http://$E" --bandwidth 2MiB --jobs 1 --progress json big/app:v1 \
+    >/dev/null 2>"$WORK/progress.jsonl" &
+  local pid=$!
+  while (($(received) - before < 5 * 1048576 && SECONDS < deadline)); do sleep 0.1; done
+  kill -9 "$pid"
+  wait "$pid" 2>/dev/null
+  first_run=$(($(received) - before))
+  replicate "$B" "$E" big/app:v1 || return 1
+  after=$(received)
+  echo "first run: $first_run bytes on the wire; whole: $((after - before))"
+  report 'r["blobsSkipped"] >= 1 and r["bytesCopied"] < 8 * 1048576 and [i["outcome"] for i in r["images"]] == ["copied"]' &&
+    equal "$("$CRANE" --insecure digest "$E/big/app:v1")" "$("$CRANE" --insecure digest "$B/big/app:v1")" &&
+    # What arrived whole is not sent again: at most the blobs in flight at the kill (4 at once).
+    ((after - before < 12 * 1048576 + 65536))
+}
+check "the second run skips the blobs that arrived, and the image is whole" resumed
+progress_lines() {
+  python3 - "$WORK/progress.jsonl" <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+sent = [l["bytesSent"] for l in lines]
+assert lines and sent == sorted(sent) and sent[-1] > 0, lines
+assert all(l["imagesFound"] == 1 for l in lines), lines
+print(len(lines), "lines, up to", sent[-1], "bytes")
+PY
+}
+check "the paced run showed its progress as JSON lines, bytes sent growing" progress_lines
+
 finish

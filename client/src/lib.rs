@@ -23,6 +23,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 
 pub mod challenge;
+pub mod pace;
 pub mod push;
 
 use berth_core::config::UpstreamConfig;
@@ -148,6 +149,8 @@ pub struct Upstream {
     /// Credentials given in memory instead of the config's files (the operator's probe).
     given: Option<Credentials>,
     observer: Arc<dyn Observer>,
+    /// Paces every request (a rate limit), when set.
+    pacer: Option<Arc<pace::Pacer>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -220,7 +223,14 @@ impl Upstream {
             tokens: Mutex::new(HashMap::new()),
             given,
             observer,
+            pacer: None,
         })
+    }
+
+    /// Sends at most `per_second` requests a second (spread evenly).
+    pub fn with_request_rate(mut self, per_second: f64) -> Upstream {
+        self.pacer = pace::Pacer::new(per_second).map(Arc::new);
+        self
     }
 
     pub fn config(&self) -> &UpstreamConfig {
@@ -526,6 +536,9 @@ impl Upstream {
         build: Build<'_>,
         auth: Option<&Auth>,
     ) -> Result<Response> {
+        if let Some(p) = &self.pacer {
+            p.take(1).await;
+        }
         let req = with_auth(build(self.http.request(method.clone(), url)), auth);
         let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
         if let Some(n) = ratelimit_remaining(resp.headers()) {

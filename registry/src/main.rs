@@ -109,6 +109,22 @@ struct ReplicateArgs {
     /// List what would be copied; write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Images copied at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    jobs: u16,
+    /// Requests per second to each registry, at most (e.g. 20; spread evenly).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Blob bytes per second sent, at most, all blobs together (e.g. 10MiB).
+    #[arg(long, value_parser = |s: &str| berth_core::config::size::parse(s))]
+    bandwidth: Option<u64>,
+    /// Progress on stderr: a line redrawn on a terminal, JSON lines otherwise (auto), or none.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "terminal", "json", "none"])]
+    progress: String,
+    /// Also write a one-line JSON summary of the run (or its error) to this file, e.g. a
+    /// container's termination message path, where a controller reads how the run went.
+    #[arg(long)]
+    report_file: Option<PathBuf>,
     /// Output: text (a summary) or json (the whole report).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     output: String,
@@ -116,7 +132,7 @@ struct ReplicateArgs {
 
 impl ReplicateArgs {
     fn request(self) -> anyhow::Result<berth_registry::replicate::Request> {
-        use berth_registry::replicate::{Deletes, Request, Side};
+        use berth_registry::replicate::{Deletes, Progress, Request, Side};
         let deletes: Deletes = self.delete.parse().map_err(anyhow::Error::msg)?;
         if deletes == Deletes::Mirror && self.no_overwrite {
             anyhow::bail!("--delete mirror makes the destination's tags equal the source's: it overwrites, so --no-overwrite cannot go with it");
@@ -155,6 +171,16 @@ impl ReplicateArgs {
             no_overwrite: self.no_overwrite,
             deletes,
             dry_run: self.dry_run,
+            jobs: usize::from(self.jobs),
+            rate: self.rate,
+            bandwidth: self.bandwidth,
+            progress: match self.progress.as_str() {
+                "terminal" => Progress::Terminal,
+                "json" => Progress::JsonLines,
+                "none" => Progress::None,
+                _ if std::io::IsTerminal::is_terminal(&std::io::stderr()) => Progress::Terminal,
+                _ => Progress::JsonLines,
+            },
         })
     }
 }
@@ -174,7 +200,21 @@ fn secret(file: Option<&PathBuf>, env: &str) -> anyhow::Result<Option<String>> {
 
 async fn replicate(args: ReplicateArgs) -> anyhow::Result<()> {
     let json = args.output == "json";
-    let report = berth_registry::replicate::run(&args.request()?).await?;
+    let report_file = args.report_file.clone();
+    let outcome = match args.request() {
+        Ok(request) => berth_registry::replicate::run(&request).await,
+        Err(e) => Err(e),
+    };
+    if let Some(path) = &report_file {
+        let line = match &outcome {
+            Ok(report) => report.brief(),
+            Err(e) => serde_json::json!({"error": format!("{e:#}")}),
+        };
+        if let Err(e) = std::fs::write(path, line.to_string()) {
+            eprintln!("berth replicate: could not write the summary to {}: {e}", path.display());
+        }
+    }
+    let report = outcome?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

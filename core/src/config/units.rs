@@ -94,6 +94,22 @@ pub mod size {
         n.to_string()
     }
 
+    /// A size for people, to one decimal: `512 B`, `1.5 KiB`, `3.0 MiB`.
+    pub fn approximate(bytes: u64) -> String {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut v = bytes as f64;
+        let mut u = 0;
+        while v >= 1024.0 && u + 1 < UNITS.len() {
+            v /= 1024.0;
+            u += 1;
+        }
+        if u == 0 {
+            format!("{bytes} B")
+        } else {
+            format!("{v:.1} {}", UNITS[u])
+        }
+    }
+
     /// Optional sizes, as a string with a unit or a plain number.
     pub mod option {
         use serde::{Deserialize, Deserializer, Serializer};
@@ -119,5 +135,16 @@ pub mod size {
                 Some(Raw::Text(s)) => super::parse(&s).map(Some).map_err(serde::de::Error::custom),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn approximate_sizes_read_as_people_write_them() {
+        use super::size::approximate;
+        assert_eq!(approximate(512), "512 B");
+        assert_eq!(approximate(1536), "1.5 KiB");
+        assert_eq!(approximate(3 << 20), "3.0 MiB");
     }
 }

@@ -303,7 +303,7 @@ fn bar(run: &Value) -> String {
         n("repositoriesTotal"),
         n("manifestsRemoved"),
         n("blobsReleased"),
-        human(n("bytesFreed")),
+        berth_core::config::size::approximate(n("bytesFreed")),
     )
 }
 
@@ -338,7 +338,7 @@ pub fn summary(report: &Value) -> String {
         report["manifestsRemoved"].as_u64().unwrap_or(0),
         report["linksRemoved"].as_u64().unwrap_or(0),
         n(&report["blobs"]),
-        human(bytes),
+        berth_core::config::size::approximate(bytes),
         report["conflicts"].as_u64().unwrap_or(0),
     ));
     let s = &report["scrub"];
@@ -348,7 +348,7 @@ pub fn summary(report: &Value) -> String {
             "scrub: {} objects, {verb} {} orphans ({}) and {} stale upload objects; {} blobs verified, {} corrupt\n",
             num("objects"),
             n(&s["orphans"]),
-            human(s["orphans"].as_array().into_iter().flatten().filter_map(|o| o["size"].as_u64()).sum()),
+            berth_core::config::size::approximate(s["orphans"].as_array().into_iter().flatten().filter_map(|o| o["size"].as_u64()).sum()),
             num("uploadObjects"),
             num("verified"),
             n(&s["corrupt"]),
@@ -367,19 +367,4 @@ pub fn summary(report: &Value) -> String {
         }
     }
     out
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }

@@ -57,7 +57,36 @@ pub struct Report {
     pub failed: Vec<Failure>,
 }
 
+/// Longest brief written (a termination message holds 4 KiB).
+const BRIEF_MAX: usize = 2048;
+
 impl Report {
+    /// The totals, for a controller to show: no lists (the first failure's reason only), so it
+    /// always fits a termination message.
+    pub fn brief(&self) -> serde_json::Value {
+        let count = |o: Outcome| self.images.iter().filter(|i| i.outcome == o).count();
+        let mut v = serde_json::json!({
+            "dryRun": self.dry_run,
+            "imagesCopied": count(Outcome::Copied) + count(Outcome::WouldCopy),
+            "imagesUnchanged": count(Outcome::Unchanged) + count(Outcome::Kept),
+            "imagesFailed": self.failed.len(),
+            "tagsDeleted": count(Outcome::Deleted) + count(Outcome::WouldDelete),
+            "blobsCopied": self.blobs_copied,
+            "blobsMounted": self.blobs_mounted,
+            "blobsSkipped": self.blobs_skipped,
+            "bytesCopied": self.bytes_copied,
+        });
+        if let Some(f) = self.failed.first() {
+            let mut error = format!("{}: {}", f.image, f.error);
+            if error.len() > BRIEF_MAX {
+                let cut = (0..=BRIEF_MAX).rev().find(|i| error.is_char_boundary(*i)).unwrap_or(0);
+                error.truncate(cut);
+            }
+            v["error"] = error.into();
+        }
+        v
+    }
+
     /// One line for a person.
     pub fn summary(&self) -> String {
         let count = |o: Outcome| self.images.iter().filter(|i| i.outcome == o).count();

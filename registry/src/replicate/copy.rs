@@ -1,0 +1,331 @@
+//! Copying one image: its manifest with what it needs, then its referrers.
+//!
+//! Images are copied concurrently, and many share manifests (two tags of one digest, an index's
+//! children, a signature's subject). Each manifest's copy is one shared job per repository: the
+//! first image to need it does the work, the others wait for it and then only add their tags, so
+//! a manifest is never put before what it needs is there, nor copied twice.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use berth_client::pace::Pacer;
+use berth_client::push::Sent;
+use berth_client::{Fetched, Upstream};
+use berth_core::oci::{Algorithm, Digest, RepoName};
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use reqwest::Method;
+use tokio::sync::OnceCell;
+
+use super::filter::TagFilter;
+use super::prune::Deletes;
+use super::referrers;
+use super::report::{Failure, ImageReport, Outcome, Report};
+
+/// Blobs of one manifest copied at once.
+const BLOBS_AT_ONCE: usize = 4;
+
+pub(super) struct Copier {
+    pub src: Upstream,
+    pub dst: Upstream,
+    pub filter: TagFilter,
+    /// Whether a tag naming another digest at the destination is moved.
+    pub overwrite: bool,
+    pub deletes: Deletes,
+    pub dry_run: bool,
+    /// Paces the bytes of blobs sent (a bandwidth limit), when set.
+    pub bandwidth: Option<Arc<Pacer>>,
+    pub report: Mutex<Report>,
+    pub tally: super::progress::Tally,
+    /// Per blob, a destination repository this run put it in (to mount it from).
+    placed: Mutex<HashMap<Digest, RepoName>>,
+    /// Per manifest and repository: its copy, shared by every image that needs it.
+    copies: Mutex<HashMap<(RepoName, Digest), SharedCopy>>,
+}
+
+/// One manifest's copy, done by the first image that needs it and awaited by the others.
+type SharedCopy = Arc<OnceCell<Placed>>;
+
+/// How a manifest's copy went.
+#[derive(Debug, Clone)]
+struct Placed {
+    /// It was copied (a dry run: would be), not found there.
+    copied: bool,
+    /// The tag it was put under (else its digest, or not put).
+    tagged: Option<String>,
+}
+
+/// A manifest as read from the source.
+pub(super) struct Manifest {
+    digest: Digest,
+    media_type: String,
+    bytes: Bytes,
+}
+
+impl Copier {
+    pub fn new(src: Upstream, dst: Upstream, filter: TagFilter, dry_run: bool) -> Copier {
+        Copier {
+            src,
+            dst,
+            filter,
+            overwrite: true,
+            deletes: Deletes::None,
+            dry_run,
+            bandwidth: None,
+            report: Mutex::new(Report { dry_run, ..Report::default() }),
+            tally: Default::default(),
+            placed: Mutex::new(HashMap::new()),
+            copies: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn with_report(&self, f: impl FnOnce(&mut Report)) {
+        if let Ok(mut r) = self.report.lock() {
+            f(&mut r);
+        }
+    }
+
+    pub fn failed(&self, image: &str, e: &anyhow::Error) {
+        tracing::warn!(image, error = %format!("{e:#}"), "not replicated");
+        self.with_report(|r| r.failed.push(Failure { image: image.to_owned(), error: format!("{e:#}") }));
+    }
+
+    /// The shared copy of `digest` in `repo`.
+    fn copy_of(&self, repo: &RepoName, digest: &Digest) -> SharedCopy {
+        let mut copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
+        copies.entry((repo.clone(), digest.clone())).or_default().clone()
+    }
+
+    /// Whether `digest` in `repo` was copied (or found there) already this run.
+    fn copied(&self, repo: &RepoName, digest: &Digest) -> bool {
+        self.copy_of(repo, digest).initialized()
+    }
+
+    /// Copies one image; how it went.
+    pub async fn image(&self, repo: &RepoName, reference: &str) -> anyhow::Result<ImageReport> {
+        let m = self.fetch(repo, reference).await?;
+        let is_tag = !reference.contains(':');
+        let there = if is_tag { self.dst.manifest_digest(repo, reference).await? } else { None };
+        let outcome = if there.is_some() && there.as_deref() != Some(m.digest.as_str()) && !self.overwrite {
+            // The destination's tag stays as it is: nothing of this image is copied.
+            Outcome::Kept
+        } else if there.as_deref() == Some(m.digest.as_str()) {
+            // Unchanged; referrers added since are still copied (once).
+            self.copy_of(repo, &m.digest)
+                .get_or_try_init(|| async {
+                    self.referrers(repo, &m.digest).await?;
+                    anyhow::Ok(Placed { copied: false, tagged: None })
+                })
+                .await?;
+            Outcome::Unchanged
+        } else {
+            self.manifest(repo, &m, is_tag.then_some(reference)).await?;
+            if self.dry_run {
+                Outcome::WouldCopy
+            } else {
+                Outcome::Copied
+            }
+        };
+        Ok(ImageReport {
+            repository: repo.to_string(),
+            reference: reference.to_owned(),
+            digest: m.digest,
+            outcome,
+        })
+    }
+
+    /// The source's manifest, its digest checked.
+    async fn fetch(&self, repo: &RepoName, reference: &str) -> anyhow::Result<Manifest> {
+        let resp = match self.src.fetch(Method::GET, repo, "manifests", reference).await? {
+            Fetched::Found(resp) => resp,
+            Fetched::NotFound => anyhow::bail!("{repo}:{reference}: no such manifest at the source"),
+        };
+        let media_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
+            .unwrap_or_default();
+        let bytes = resp.bytes().await.context("reading a manifest")?;
+        let digest = Digest::of(Algorithm::Sha256, &bytes);
+        if reference.contains(':') && reference != digest.as_str() {
+            anyhow::bail!("{repo}@{reference}: the source sent a manifest whose digest is {digest}");
+        }
+        Ok(Manifest { digest, media_type, bytes })
+    }
+
+    /// Copies a manifest with what it needs and its referrers (once per run, whoever asks),
+    /// then puts it under `tag` if its copy did not: whether this call copied it (a dry run:
+    /// would have) rather than found it there or left it to another.
+    fn manifest<'a>(
+        &'a self,
+        repo: &'a RepoName,
+        m: &'a Manifest,
+        tag: Option<&'a str>,
+    ) -> futures_util::future::BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async move {
+            let mut ours = false;
+            let placed = self
+                .copy_of(repo, &m.digest)
+                .get_or_try_init(|| {
+                    ours = true;
+                    self.place(repo, m, tag)
+                })
+                .await?
+                .clone();
+            if let (Some(t), false) = (tag, self.dry_run) {
+                if placed.tagged.as_deref() != Some(t) {
+                    self.dst.put_manifest(repo, t, &m.media_type, m.bytes.clone()).await?;
+                }
+            }
+            Ok(ours && placed.copied)
+        })
+    }
+
+    /// The work of one manifest's copy: what it needs (an index's children, a manifest's config
+    /// and layers) unless the destination holds it, its bytes as they are (under `tag`, or its
+    /// digest), then its referrers.
+    async fn place(&self, repo: &RepoName, m: &Manifest, tag: Option<&str>) -> anyhow::Result<Placed> {
+        let parsed: serde_json::Value =
+            serde_json::from_slice(&m.bytes).with_context(|| format!("{repo}@{}: not JSON", m.digest))?;
+        // A manifest the destination holds came with everything it needs (the destination
+        // checked when it was pushed).
+        let there = self.dst.manifest_digest(repo, m.digest.as_str()).await?.is_some();
+        if !there {
+            if let Some(children) = parsed["manifests"].as_array() {
+                for child in children {
+                    let digest = parse_digest(child["digest"].as_str().unwrap_or_default())?;
+                    if !self.copied(repo, &digest) {
+                        let c = self.fetch(repo, digest.as_str()).await?;
+                        self.manifest(repo, &c, None).await?;
+                    }
+                }
+            } else {
+                let blobs = parsed["layers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .chain(std::iter::once(&parsed["config"]).filter(|c| c.is_object()))
+                    .map(|d| {
+                        Ok((
+                            parse_digest(d["digest"].as_str().unwrap_or_default())?,
+                            d["size"].as_u64().unwrap_or(0),
+                        ))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                futures_util::stream::iter(blobs)
+                    .map(|(digest, size)| self.blob(repo, digest, size))
+                    .buffer_unordered(BLOBS_AT_ONCE)
+                    .try_collect::<Vec<()>>()
+                    .await?;
+            }
+        }
+        let mut tagged = None;
+        if !self.dry_run && (!there || tag.is_some()) {
+            let reference = tag.unwrap_or(m.digest.as_str());
+            let headers = self.dst.put_manifest(repo, reference, &m.media_type, m.bytes.clone()).await?;
+            tagged = tag.map(str::to_owned);
+            if let (false, Some(subject)) = (there, parsed["subject"]["digest"].as_str()) {
+                if headers.get("oci-subject").is_none() {
+                    let referrer = referrers::Referrer {
+                        digest: &m.digest,
+                        media_type: &m.media_type,
+                        size: m.bytes.len(),
+                        parsed: &parsed,
+                    };
+                    referrers::add_to_scheme(&self.dst, repo, subject, referrer).await?;
+                }
+            }
+        }
+        self.with_report(|r| if there { r.manifests_skipped += 1 } else { r.manifests_copied += 1 });
+        self.referrers(repo, &m.digest).await?;
+        Ok(Placed { copied: !there, tagged })
+    }
+
+    /// Copies a blob to `repo` unless it is there.
+    async fn blob(&self, repo: &RepoName, digest: Digest, size: u64) -> anyhow::Result<()> {
+        if self.dst.has_blob(repo, digest.as_str()).await? {
+            self.with_report(|r| r.blobs_skipped += 1);
+            return Ok(());
+        }
+        if self.dry_run {
+            self.with_report(|r| {
+                r.blobs_copied += 1;
+                r.bytes_copied += size;
+            });
+            return Ok(());
+        }
+        let mount = self.placed.lock().ok().and_then(|p| p.get(&digest).filter(|r| *r != repo).cloned());
+        let body = async {
+            match self.src.fetch(Method::GET, repo, "blobs", digest.as_str()).await? {
+                Fetched::Found(resp) => {
+                    let pacer = self.bandwidth.clone();
+                    let sent = self.tally.bytes_sent.clone();
+                    let paced = resp.bytes_stream().then(move |chunk| {
+                        let pacer = pacer.clone();
+                        async move {
+                            if let Ok(c) = &chunk {
+                                if let Some(p) = &pacer {
+                                    p.take(c.len() as u64).await;
+                                }
+                            }
+                            chunk
+                        }
+                    });
+                    let paced = paced.inspect(move |chunk| {
+                        if let Ok(c) = chunk {
+                            sent.fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    });
+                    Ok(reqwest::Body::wrap_stream(paced))
+                }
+                Fetched::NotFound => Err(berth_client::UpstreamError::Status {
+                    upstream: "source".into(),
+                    status: 404,
+                    detail: format!("{repo}@{digest}: no such blob"),
+                }),
+            }
+        };
+        let sent = self.dst.put_blob(repo, digest.as_str(), size, mount.as_ref(), body).await?;
+        self.with_report(|r| match sent {
+            Sent::Mounted => r.blobs_mounted += 1,
+            Sent::Uploaded => {
+                r.blobs_copied += 1;
+                r.bytes_copied += size;
+            }
+        });
+        if let Ok(mut p) = self.placed.lock() {
+            p.entry(digest).or_insert_with(|| repo.clone());
+        }
+        Ok(())
+    }
+
+    /// Copies what refers to `digest` in `repo` (and what refers to those). A listed manifest
+    /// whose own `subject` is not `digest` is left out: a source's listing cannot make a copy
+    /// wait on itself, nor carry foreign manifests along.
+    async fn referrers(&self, repo: &RepoName, digest: &Digest) -> anyhow::Result<()> {
+        for d in referrers::list(&self.src, repo, digest).await? {
+            if self.copied(repo, &d) {
+                continue;
+            }
+            let m = self.fetch(repo, d.as_str()).await?;
+            let subject = serde_json::from_slice::<serde_json::Value>(&m.bytes)
+                .ok()
+                .and_then(|v| v["subject"]["digest"].as_str().map(str::to_owned));
+            if subject.as_deref() != Some(digest.as_str()) {
+                tracing::warn!(repository = %repo, referrer = %d, subject = %digest,
+                    "the source lists a referrer whose subject is another: left out");
+                continue;
+            }
+            if self.manifest(repo, &m, None).await? {
+                self.with_report(|r| r.referrers_copied += 1);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_digest(s: &str) -> anyhow::Result<Digest> {
+    s.parse().map_err(|e| anyhow::anyhow!("descriptor digest {s:?}: {e}"))
+}
