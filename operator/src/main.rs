@@ -7,8 +7,10 @@ use anyhow::Context as _;
 use axum::routing::get;
 use berth_operator::controllers::proxycache;
 use berth_operator::controllers::registry::reconcile;
+use berth_operator::controllers::replication;
 use berth_operator::controllers::Context;
 use berth_operator::crd::proxycache::ProxyCache;
+use berth_operator::crd::replication::ReplicationPolicy;
 use berth_operator::crd::Registry;
 use berth_operator::metrics::Metrics;
 use futures_util::StreamExt;
@@ -144,13 +146,30 @@ async fn main() -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown(tokio::signal::ctrl_c()))
-        .run(proxycache::reconcile::reconcile, proxycache::reconcile::error_policy, ctx)
+        .run(proxycache::reconcile::reconcile, proxycache::reconcile::error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "reconcile");
             }
         });
-    tokio::join!(registry_controller, cache_controller);
+    let policy_jobs = watcher::Config::default().labels(&format!(
+        "{}={}",
+        berth_operator::labels::MANAGED_BY,
+        berth_operator::labels::OPERATOR
+    ));
+    let replication_controller =
+        Controller::new(Api::<ReplicationPolicy>::all(client.clone()), watcher::Config::default())
+            .owns(Api::<CronJob>::all(client.clone()), policy_jobs.clone())
+            // A run that ends is the policy's last run.
+            .owns(Api::<Job>::all(client.clone()), policy_jobs)
+            .graceful_shutdown_on(shutdown(tokio::signal::ctrl_c()))
+            .run(replication::reconcile::reconcile, replication::reconcile::error_policy, ctx)
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "reconcile");
+                }
+            });
+    tokio::join!(registry_controller, cache_controller, replication_controller);
     Ok(())
 }
 

@@ -270,4 +270,5 @@ mod access;
 mod failover;
 mod lifecycle;
 mod replicas;
+mod replication;
 mod serving;

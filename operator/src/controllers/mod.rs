@@ -3,9 +3,11 @@
 
 pub mod apply;
 mod context;
+pub mod jobs;
 pub mod proxycache;
 pub mod registry;
 pub mod render;
+pub mod replication;
 pub mod secrets;
 
 pub use context::{now, publish_readiness, Context, Error};

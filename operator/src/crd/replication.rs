@@ -33,8 +33,20 @@ pub struct ReplicationPolicySpec {
     /// Which repositories and tags are copied. Default: everything.
     pub rules: Option<Vec<ReplicationRule>>,
     pub trigger: Option<Trigger>,
+    /// What a run deletes at the destination: `None` (the default), `Tags` (tags the source no
+    /// longer has, within the rules) or `Mirror` (and the manifests only those tags named).
+    pub deletes: Option<DeleteMode>,
+    /// Move destination tags that name another digest. Default true; `Mirror` always does.
+    pub overwrite: Option<bool>,
     /// No new runs (a run in progress finishes).
     pub suspend: Option<bool>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum DeleteMode {
+    None,
+    Tags,
+    Mirror,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
@@ -84,15 +96,25 @@ pub struct ReplicationPolicyStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Option<Vec<Condition>>,
     pub last_run: Option<RunSummary>,
+    /// When the schedule next starts a run (none while suspended or without a schedule).
+    pub next_run: Option<Time>,
+    /// The last value of the `berth.dev/run` annotation a run was started for.
+    pub requested: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunSummary {
+    /// The Job that ran it.
+    pub job: Option<String>,
     pub started_at: Option<Time>,
     pub finished_at: Option<Time>,
     pub succeeded: Option<bool>,
     pub images_copied: Option<i64>,
+    /// Images already at the destination (or kept there, without overwrites).
+    pub images_skipped: Option<i64>,
+    pub images_failed: Option<i64>,
+    pub tags_deleted: Option<i64>,
     pub bytes_copied: Option<i64>,
     pub message: Option<String>,
 }

@@ -15,10 +15,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Pod;
-use kube::{Resource, ResourceExt};
-use sha2::Digest as _;
+use kube::ResourceExt;
 
 use super::effective::{Effective, UID};
+use crate::controllers::jobs;
 use crate::controllers::render::auth::{robots_secret_name, GC_ROBOT};
 use crate::controllers::render::{from_json, BuildError};
 use crate::crd::common::Cond;
@@ -44,34 +44,23 @@ pub fn cron_job_name(reg: &Registry) -> String {
     format!("{}-gc", reg.name_any())
 }
 
-/// The Job for one value of the annotation: the same value always names the same Job, so a
-/// re-applied annotation (or a reconcile that ran twice) starts one run, not two.
+/// The Job for one value of the annotation ([`jobs::requested_name`]).
 pub fn requested_job_name(reg: &Registry, value: &str) -> String {
-    let hash = berth_core::oci::hex(&sha2::Sha256::digest(value.as_bytes()));
-    format!("{}-{}", cron_job_name(reg), &hash[..8])
+    jobs::requested_name(&cron_job_name(reg), value)
 }
 
 /// Labels of the CronJob, its Jobs and their pods: never the registry pods' selector, so no
 /// Service sends clients to a collection.
 pub fn job_labels(reg: &Registry) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/component".to_owned(), COMPONENT.to_owned()),
-        (labels::MANAGED_BY.to_owned(), labels::OPERATOR.to_owned()),
-        (labels::REGISTRY.to_owned(), reg.name_any()),
-    ])
+    jobs::labels(COMPONENT, labels::REGISTRY, &reg.name_any())
 }
 
 pub fn job_selector(reg: &Registry) -> String {
-    job_labels(reg).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    jobs::selector(&job_labels(reg))
 }
 
 fn metadata(reg: &Registry, name: String) -> serde_json::Value {
-    serde_json::json!({
-        "name": name,
-        "namespace": reg.namespace(),
-        "labels": job_labels(reg),
-        "ownerReferences": reg.controller_owner_ref(&()).into_iter().collect::<Vec<_>>(),
-    })
+    jobs::metadata(reg, name, &job_labels(reg))
 }
 
 /// `berth gc` against the Registry's Service, as the operator's robot when access is controlled.
@@ -157,21 +146,10 @@ pub fn cron_job(
             cron_job_name(reg)
         )));
     }
-    from_json(serde_json::json!({
-        "apiVersion": "batch/v1", "kind": "CronJob",
-        "metadata": metadata(reg, cron_job_name(reg)),
-        "spec": {
-            "schedule": spec.schedule.clone().unwrap_or_else(|| DEFAULT_SCHEDULE.into()),
-            "concurrencyPolicy": "Forbid",
-            // A run missed while the controller was down starts late, within an hour.
-            "startingDeadlineSeconds": 3600,
-            "successfulJobsHistoryLimit": 3,
-            "failedJobsHistoryLimit": 3,
-            "suspend": spec.suspend == Some(true),
-            "jobTemplate": {"metadata": {"labels": job_labels(reg)}, "spec": job_spec(reg, spec, eff, tls_secret)},
-        },
-    }))
-    .map(Some)
+    let schedule = spec.schedule.clone().unwrap_or_else(|| DEFAULT_SCHEDULE.into());
+    let job = job_spec(reg, spec, eff, tls_secret);
+    let meta = metadata(reg, cron_job_name(reg));
+    from_json(jobs::cron_job(meta, &schedule, spec.suspend == Some(true), &job_labels(reg), job)).map(Some)
 }
 
 /// The Job asked for by the annotation's `value`.
@@ -199,25 +177,16 @@ pub fn pending_request(reg: &Registry) -> Option<String> {
 
 /// The run that ended last among `jobs`, with what its pod said; `None` when none has ended.
 pub fn last_run(jobs: &[Job], pods: &[Pod]) -> Option<GcRun> {
-    let ended = |j: &Job| {
-        let conds = j.status.as_ref()?.conditions.as_ref()?;
-        let end =
-            conds.iter().find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")?;
-        let at = j.status.as_ref()?.completion_time.clone().or_else(|| end.last_transition_time.clone());
-        Some((end.type_ == "Complete", at, end.message.clone()))
-    };
-    let (job, (ok, at, why)) = jobs
-        .iter()
-        .filter_map(|j| Some((j, ended(j)?)))
-        .max_by_key(|(_, (_, at, _))| at.as_ref().map(|t| t.0))?;
-    let name = job.name_any();
-    let said = summary(pods, &name);
+    let ended = jobs::last_ended(jobs)?;
+    let name = ended.job.name_any();
+    let said = jobs::summary(pods, &name, COMPONENT);
     let number = |k: &str| said.as_ref().and_then(|s| s.get(k)).and_then(serde_json::Value::as_i64);
     let error = said.as_ref().and_then(|s| s.get("error")).and_then(|e| e.as_str()).map(str::to_owned);
+    let ok = ended.succeeded;
     Some(GcRun {
-        job: name,
-        start_time: job.status.as_ref().and_then(|s| s.start_time.clone()),
-        completion_time: at,
+        job: name.clone(),
+        start_time: ended.job.status.as_ref().and_then(|s| s.start_time.clone()),
+        completion_time: ended.at,
         result: if ok { "Succeeded" } else { "Failed" }.into(),
         dry_run: said.as_ref().and_then(|s| s.get("dryRun")).and_then(serde_json::Value::as_bool),
         tags_removed: number("tagsRemoved"),
@@ -227,33 +196,12 @@ pub fn last_run(jobs: &[Job], pods: &[Pod]) -> Option<GcRun> {
         conflicts: number("conflicts"),
         orphans_removed: number("orphansRemoved"),
         corrupt_blobs: number("corruptBlobs"),
-        message: if ok { None } else { error.or_else(|| raw_message(pods, &job.name_any())).or(why) },
+        message: if ok {
+            None
+        } else {
+            error.or_else(|| jobs::termination_message(pods, &name, COMPONENT)).or(ended.reason)
+        },
     })
-}
-
-/// The termination message of the last pod of `job` to end.
-fn raw_message(pods: &[Pod], job: &str) -> Option<String> {
-    pods.iter()
-        .filter(|p| {
-            let l = p.labels();
-            l.get("batch.kubernetes.io/job-name").or_else(|| l.get("job-name")).map(String::as_str)
-                == Some(job)
-        })
-        .filter_map(|p| {
-            let s = p.status.as_ref()?.container_statuses.as_ref()?.iter().find(|c| c.name == COMPONENT)?;
-            let t = s.state.as_ref()?.terminated.as_ref()?;
-            Some((t.finished_at.as_ref().map(|f| f.0), t.message.clone()?))
-        })
-        .max_by_key(|(at, _)| *at)
-        .map(|(_, m)| m)
-}
-
-/// What `berth gc` wrote to its termination message, when that is its JSON summary.
-fn summary(pods: &[Pod], job: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
-    match serde_json::from_str(raw_message(pods, job)?.trim()) {
-        Ok(serde_json::Value::Object(m)) => Some(m),
-        _ => None,
-    }
 }
 
 /// `GarbageCollected`, while `spec.gc` is set.

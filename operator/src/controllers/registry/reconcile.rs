@@ -163,7 +163,8 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
         | Err(e @ BuildError::InvalidProxyCache { .. })
         | Err(e @ BuildError::InvalidAuth(_))
         | Err(e @ BuildError::InvalidGc(_))
-        | Err(e @ BuildError::InvalidNotifications(_)) => {
+        | Err(e @ BuildError::InvalidNotifications(_))
+        | Err(e @ BuildError::InvalidReplication(_)) => {
             obs.stalled = Some((e.reason().into(), e.to_string()));
             return Ok(());
         }

@@ -17,6 +17,8 @@ pub enum BuildError {
     InvalidGc(String),
     #[error("spec.notifications: {0}")]
     InvalidNotifications(String),
+    #[error("{0}")]
+    InvalidReplication(String),
 }
 
 impl BuildError {
@@ -30,6 +32,7 @@ impl BuildError {
             BuildError::InvalidAuth(_) => "InvalidAuth",
             BuildError::InvalidGc(_) => "InvalidGc",
             BuildError::InvalidNotifications(_) => "InvalidNotifications",
+            BuildError::InvalidReplication(_) => "InvalidSpec",
         }
     }
 }

@@ -1,0 +1,144 @@
+//! `ReplicationPolicy` on the real control plane: between two Registries it copies on the run
+//! annotation and on its schedule, reporting each run in its status; a policy whose destination
+//! does not answer is `Stalled`, saying why.
+
+use super::*;
+use kube::api::{Patch, PatchParams};
+
+fn policies(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("berth.dev", "v1alpha1", "ReplicationPolicy");
+    Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk))
+}
+
+/// The policy's `status.lastRun` once `ok` holds for it.
+async fn last_run_when(
+    api: &Api<DynamicObject>,
+    name: &str,
+    within: Duration,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> Option<serde_json::Value> {
+    let found = std::sync::Mutex::new(None);
+    let done = wait_until(within, || async {
+        let run = api.get_opt(name).await.ok().flatten().map(|o| o.data["status"]["lastRun"].clone());
+        match run.filter(|r| ok(r)) {
+            Some(r) => {
+                *found.lock().unwrap() = Some(r);
+                true
+            }
+            None => false,
+        }
+    })
+    .await;
+    done.then(|| found.into_inner().unwrap()).flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_between_two_registries_copies_on_request_and_on_schedule() {
+    let cp = cluster().await;
+    install_operator(&cp);
+    let client = cp.client().await.unwrap();
+    let ns = TempNamespace::create(&client, "repl").await.unwrap();
+    let edge = REGISTRY.replace("name: hub", "name: edge");
+    for yaml in [REGISTRY, edge.as_str()] {
+        let out = kubectl_apply(&cp, &ns.name, yaml);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let regs = registries(&client, &ns.name);
+    for name in ["hub", "edge"] {
+        assert!(
+            wait_condition(&regs, name, "Ready", "True", Duration::from_secs(180)).await,
+            "{name} Ready\n{}",
+            debug(&cp)
+        );
+    }
+    let (hub, edge) = (
+        format!("hub.{}.svc.cluster.local:5000", ns.name),
+        format!("edge.{}.svc.cluster.local:5000", ns.name),
+    );
+    let image = layout();
+    let plain = ["--dest-tls-verify=false"];
+    let push = skopeo_push(&cp, image.path(), &format!("docker://{hub}/team/app:v1"), &plain);
+    assert!(push.status.success(), "{}", String::from_utf8_lossy(&push.stderr));
+
+    let policy = "apiVersion: berth.dev/v1alpha1
+kind: ReplicationPolicy
+metadata:
+  name: to-edge
+spec:
+  source: {registryRef: {name: hub}}
+  destination: {registryRef: {name: edge}}
+  rules: [{repositories: [\"team/**\"]}]
+  trigger: {manual: true}
+";
+    let out = kubectl_apply(&cp, &ns.name, policy);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let api = policies(&client, &ns.name);
+    assert!(
+        wait_condition(&api, "to-edge", "Ready", "True", Duration::from_secs(60)).await,
+        "policy Ready\n{}",
+        debug(&cp)
+    );
+
+    // The run annotation starts one run; its result is the status's last run.
+    let annotate = cp
+        .kubectl()
+        .unwrap()
+        .args(["annotate", "-n", &ns.name, "replicationpolicy", "to-edge", "berth.dev/run=1"])
+        .output()
+        .unwrap();
+    assert!(annotate.status.success(), "{}", String::from_utf8_lossy(&annotate.stderr));
+    let run = last_run_when(&api, "to-edge", Duration::from_secs(180), |r| r["succeeded"] == true).await;
+    let run = run.unwrap_or_else(|| panic!("the requested run succeeded\n{}", debug(&cp)));
+    assert_eq!((run["imagesCopied"].as_i64(), run["imagesFailed"].as_i64()), (Some(1), Some(0)), "{run}");
+    assert!(run["bytesCopied"].as_i64().unwrap_or(0) > 0, "{run}");
+    let pulled = skopeo_pull(&cp, &format!("docker://{edge}/team/app:v1"));
+    assert!(pulled.status.success(), "the copy pulls from edge: {}", String::from_utf8_lossy(&pulled.stderr));
+    let first_job = run["job"].as_str().unwrap().to_owned();
+
+    // On a schedule: a tag pushed since arrives with the next minute's run; the one copied
+    // before counts as already there.
+    let push = skopeo_push(&cp, image.path(), &format!("docker://{hub}/team/app:v2"), &plain);
+    assert!(push.status.success(), "{}", String::from_utf8_lossy(&push.stderr));
+    let every_minute = serde_json::json!({"spec": {"trigger": {"manual": true, "schedule": "* * * * *"}}});
+    api.patch("to-edge", &PatchParams::default(), &Patch::Merge(&every_minute)).await.unwrap();
+    let scheduled = last_run_when(&api, "to-edge", Duration::from_secs(200), |r| {
+        r["job"].as_str().is_some_and(|j| j != first_job) && r["succeeded"] == true
+    })
+    .await
+    .unwrap_or_else(|| panic!("a scheduled run succeeded\n{}", debug(&cp)));
+    assert_eq!(
+        (scheduled["imagesCopied"].as_i64(), scheduled["imagesSkipped"].as_i64()),
+        (Some(1), Some(1)),
+        "{scheduled}"
+    );
+    let status = api.get("to-edge").await.unwrap().data["status"].clone();
+    assert!(status["nextRun"].is_string(), "the next scheduled run is shown: {status}");
+    let pulled = skopeo_pull(&cp, &format!("docker://{edge}/team/app:v2"));
+    assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+
+    // A destination that does not answer: Stalled, with the reason.
+    let unreachable = "apiVersion: berth.dev/v1alpha1
+kind: ReplicationPolicy
+metadata:
+  name: nowhere
+spec:
+  source: {registryRef: {name: hub}}
+  destination: {url: \"http://127.0.0.1:9\"}
+  trigger: {schedule: \"0 * * * *\"}
+";
+    let out = kubectl_apply(&cp, &ns.name, unreachable);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        wait_condition(&api, "nowhere", "Stalled", "True", Duration::from_secs(60)).await,
+        "Stalled\n{}",
+        debug(&cp)
+    );
+    let (_, reason, message) = condition(&api.get("nowhere").await.unwrap(), "Stalled").unwrap();
+    assert_eq!(reason, "Unreachable", "{message}");
+    assert!(message.contains("127.0.0.1:9"), "{message}");
+    let crons: Api<k8s_openapi::api::batch::v1::CronJob> = ns.api();
+    assert!(
+        crons.get_opt("nowhere-replicate").await.unwrap().is_none(),
+        "a stalled policy schedules no runs"
+    );
+}
