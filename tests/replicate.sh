@@ -10,7 +10,7 @@ CRANE=$(tool_path crane)
 ORAS=$(tool_path oras)
 COSIGN=$(tool_path cosign)
 DISTRIBUTION=$(tool_path registry)
-require_tools "$CRANE" "$ORAS" "$COSIGN" "$DISTRIBUTION"
+require_tools "$CRANE" "$ORAS" "$COSIGN" "$DISTRIBUTION" "$(tool_path minio)"
 require_commands skopeo
 
 client_workspace
@@ -211,5 +211,58 @@ print(len(lines), "lines, up to", sent[-1], "bytes")
 PY
 }
 check "the paced run showed its progress as JSON lines, bytes sent growing" progress_lines
+
+echo "== a platform subset keeps the index's digest"
+printf 'sparse_indexes: true\n' >"$WORK/sparse.yml"
+start_berth --config "$WORK/sparse.yml"
+F=$BERTH_ADDR
+child() { # child PLATFORM-ARCH: the multi-arch index's child for linux/ARCH
+  "$CRANE" --insecure manifest "$A/src/app:multiarch" 2>/dev/null |
+    python3 -c "import json,sys; print([m['digest'] for m in json.load(sys.stdin)['manifests'] if m['platform']['architecture'] == '$1'][0])"
+}
+platform_subset() {
+  "$CRANE" auth login "$A" -u alice -p alice-pw >/dev/null 2>&1
+  replicate "$A" "$F" "${AUTH[@]}" --platform linux/amd64 src/app:multiarch &&
+    report 'not r["failed"] and r["manifestsLeftOut"] == 1' &&
+    equal "$("$CRANE" --insecure digest "$F/src/app:multiarch")" "$MULTIARCH" &&
+    equal "$(curl -s -o /dev/null -w '%{http_code}' -I "http://$F/v2/src/app/manifests/$(child amd64)")" 200 &&
+    equal "$(curl -s -o /dev/null -w '%{http_code}' -I "http://$F/v2/src/app/manifests/$(child arm64)")" 404
+}
+check "--platform linux/amd64: the index's digest stays, only the amd64 child is copied" platform_subset
+sparse_refused() {
+  ! replicate "$A" "$E" "${AUTH[@]}" --platform linux/amd64 src/app:multiarch &&
+    report 'r["failed"] and "unknown" in r["failed"][0]["error"].lower()'
+}
+check "a destination that wants every child refuses the sparse index, and says so" sparse_refused
+
+echo "== moving house: a registry on the filesystem copied whole onto S3 and PostgreSQL"
+catalog() { # catalog URL [curl args...]: the repository names, sorted, one line
+  local url=$1
+  shift
+  curl -fsS "$@" "$url/v2/_catalog" | python3 -c 'import json,sys; print(" ".join(sorted(json.load(sys.stdin)["repositories"])))'
+}
+start_minio "$WORK/minio" || { tail -n 20 "$WORK/minio/minio.log"; check "MinIO starts" false; }
+start_postgres || check "PostgreSQL starts" false
+"${PSQL[@]}" -c "CREATE DATABASE berth" >/dev/null
+curl -sS -f -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" --user "$MINIO_USER:$MINIO_PASSWORD" \
+  -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$MINIO_URL/moved"
+mkdir -p "$WORK/s3"
+printf '%s\n' "$MINIO_USER" >"$WORK/s3/accessKeyId"
+printf '%s\n' "$MINIO_PASSWORD" >"$WORK/s3/secretAccessKey"
+cat >"$WORK/moved.yml" <<YAML
+storage: {kind: s3, bucket: moved, endpoint: "$MINIO_URL", path_style: true, credentials_dir: "$WORK/s3"}
+metadata: {kind: postgres, max_connections: 8}
+YAML
+export BERTH_POSTGRES_URL=${PG_URL%/postgres}/berth
+start_berth --config "$WORK/moved.yml" || { cat "$BERTH_DIR/log"; check "the new home starts" false; }
+M=$BERTH_ADDR
+moving_house() {
+  replicate "$A" "$M" "${AUTH[@]}" --all &&
+    report 'not r["failed"] and r["referrersCopied"] >= 2' &&
+    equal "$(catalog "http://$M")" "$(catalog "http://$A" -u alice:alice-pw)"
+}
+check "berth replicate --all moves every repository of A onto S3 + PostgreSQL" moving_house
+check "the new home has the same digests" same_digests "$M"
+check "and there cosign verifies and oras discovers the SBOM (referrers API)" verifies "$M"
 
 finish

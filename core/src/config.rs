@@ -76,6 +76,11 @@ pub struct Config {
     /// Which tags garbage collection removes (see [`retention`]).
     #[serde(default, skip_serializing_if = "RetentionConfig::is_empty")]
     pub retention: RetentionConfig,
+    /// Accept an image index whose child manifests are not all in the repository: a platform
+    /// subset replicated with the index's original bytes (so its digest stays). Off by default:
+    /// every child must be pushed before its index.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sparse_indexes: bool,
     /// Events of changes (kept as an audit log) and the webhooks they go to.
     #[serde(default, skip_serializing_if = "NotificationsConfig::is_empty")]
     pub notifications: NotificationsConfig,
@@ -120,6 +125,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             metrics: MetricsConfig::default(),
             retention: RetentionConfig::default(),
+            sparse_indexes: false,
             notifications: NotificationsConfig::default(),
         }
     }

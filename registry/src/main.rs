@@ -118,6 +118,10 @@ struct ReplicateArgs {
     /// Blob bytes per second sent, at most, all blobs together (e.g. 10MiB).
     #[arg(long, value_parser = |s: &str| berth_core::config::size::parse(s))]
     bandwidth: Option<u64>,
+    /// Copy only an index's children for this platform (repeatable; os/architecture[/variant]),
+    /// keeping the index's bytes and digest: the destination must accept sparse indexes.
+    #[arg(long = "platform")]
+    platforms: Vec<String>,
     /// Progress on stderr: a line redrawn on a terminal, JSON lines otherwise (auto), or none.
     #[arg(long, default_value = "auto", value_parser = ["auto", "terminal", "json", "none"])]
     progress: String,
@@ -174,6 +178,7 @@ impl ReplicateArgs {
             jobs: usize::from(self.jobs),
             rate: self.rate,
             bandwidth: self.bandwidth,
+            platforms: self.platforms,
             progress: match self.progress.as_str() {
                 "terminal" => Progress::Terminal,
                 "json" => Progress::JsonLines,

@@ -84,6 +84,7 @@ impl World {
                 manifests: children.iter().map(|c| d(c)).collect(),
                 tags: tag.map(|t| t.parse().unwrap()).into_iter().collect(),
                 verify_references: true,
+                children_optional: false,
                 stored: Stored::Written,
                 events: Vec::new(),
             })

@@ -84,6 +84,9 @@ pub struct NewManifest {
     /// Refuse the manifest unless everything it references is already in the repository. Off
     /// only for manifests cached from an upstream, whose content arrives on demand.
     pub verify_references: bool,
+    /// With `verify_references`, an index's child manifests may be missing (a sparse index:
+    /// `sparse_indexes`); its blobs are still checked.
+    pub children_optional: bool,
     /// Whether the caller wrote the manifest's bytes or found them stored ([`sweep`]).
     pub stored: Stored,
     /// What the push means to the event log ([`events`]), recorded in the same transaction.

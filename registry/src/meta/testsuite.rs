@@ -285,6 +285,7 @@ pub(crate) fn manifest(r: &str, name: &str, blobs: &[&Digest], tag: Option<&str>
         manifests: vec![],
         tags: tag.map(|t| t.parse().unwrap()).into_iter().collect(),
         verify_references: true,
+        children_optional: false,
         stored: Stored::Written,
         events: Vec::new(),
     }
@@ -337,6 +338,23 @@ async fn manifests_check_references(m: &dyn MetaStore) {
     m.put_manifest(manifest("app", "img", &[&config, &layer], Some("v1"))).await.unwrap();
     let by_tag = m.manifest(&repo("app"), &Reference::Tag(tag)).await.unwrap().unwrap();
     assert_eq!(by_tag.digest, digest("img"));
+    // An index naming a child the repository lacks: refused, unless children are optional (a
+    // sparse index); either way its blobs are checked.
+    let index = |children_optional, blobs: &[&Digest]| NewManifest {
+        manifests: vec![digest("img"), digest("absent-child")],
+        children_optional,
+        ..manifest("app", "sparse-index", blobs, None)
+    };
+    assert!(
+        matches!(m.put_manifest(index(false, &[])).await, Err(MetaError::ManifestUnknown(d)) if d == digest("absent-child"))
+    );
+    assert!(matches!(
+        m.put_manifest(index(true, &[&digest("absent-blob")])).await,
+        Err(MetaError::BlobUnknown(_))
+    ));
+    m.put_manifest(index(true, &[])).await.unwrap();
+    assert!(m.manifest(&repo("app"), &Reference::Digest(digest("sparse-index"))).await.unwrap().is_some());
+    assert!(m.delete_manifest(&repo("app"), &digest("sparse-index"), None).await.unwrap());
     let by_digest = m.manifest(&repo("app"), &Reference::Digest(digest("img"))).await.unwrap();
     assert_eq!(by_digest, Some(by_tag));
     assert_eq!(m.manifest(&repo("other"), &Reference::Digest(digest("img"))).await.unwrap(), None);

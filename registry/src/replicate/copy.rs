@@ -18,7 +18,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use reqwest::Method;
 use tokio::sync::OnceCell;
 
-use super::filter::TagFilter;
+use super::filter::{Platform, TagFilter};
 use super::prune::Deletes;
 use super::referrers;
 use super::report::{Failure, ImageReport, Outcome, Report};
@@ -36,6 +36,10 @@ pub(super) struct Copier {
     pub dry_run: bool,
     /// Paces the bytes of blobs sent (a bandwidth limit), when set.
     pub bandwidth: Option<Arc<Pacer>>,
+    /// An index's children copied: those for these platforms (all when empty). The index's own
+    /// bytes are copied as they are, so its digest stays (the destination must accept a sparse
+    /// index).
+    pub platforms: Vec<Platform>,
     pub report: Mutex<Report>,
     pub tally: super::progress::Tally,
     /// Per blob, a destination repository this run put it in (to mount it from).
@@ -73,6 +77,7 @@ impl Copier {
             deletes: Deletes::None,
             dry_run,
             bandwidth: None,
+            platforms: Vec::new(),
             report: Mutex::new(Report { dry_run, ..Report::default() }),
             tally: Default::default(),
             placed: Mutex::new(HashMap::new()),
@@ -195,6 +200,10 @@ impl Copier {
         if !there {
             if let Some(children) = parsed["manifests"].as_array() {
                 for child in children {
+                    if !self.platforms.is_empty() && !self.platforms.iter().any(|p| p.matches(child)) {
+                        self.with_report(|r| r.manifests_left_out += 1);
+                        continue;
+                    }
                     let digest = parse_digest(child["digest"].as_str().unwrap_or_default())?;
                     if !self.copied(repo, &digest) {
                         let c = self.fetch(repo, digest.as_str()).await?;

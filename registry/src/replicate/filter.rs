@@ -69,6 +69,45 @@ impl TagFilter {
     }
 }
 
+/// A platform an index's children are chosen by: `os/architecture[/variant]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    os: String,
+    architecture: String,
+    variant: Option<String>,
+}
+
+impl std::str::FromStr for Platform {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Platform> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts[..] {
+            [os, architecture] | [os, architecture, _] if !os.is_empty() && !architecture.is_empty() => {
+                Ok(Platform {
+                    os: os.to_owned(),
+                    architecture: architecture.to_owned(),
+                    variant: parts.get(2).map(|v| (*v).to_owned()),
+                })
+            }
+            _ => anyhow::bail!(
+                "platform {s:?}: write os/architecture or os/architecture/variant, e.g. linux/arm64/v8"
+            ),
+        }
+    }
+}
+
+impl Platform {
+    /// Whether an index entry (a descriptor with its `platform`) is for this platform; one
+    /// without a platform is for none.
+    pub fn matches(&self, descriptor: &serde_json::Value) -> bool {
+        let p = &descriptor["platform"];
+        p["os"].as_str() == Some(self.os.as_str())
+            && p["architecture"].as_str() == Some(self.architecture.as_str())
+            && self.variant.as_deref().is_none_or(|v| p["variant"].as_str() == Some(v))
+    }
+}
+
 /// The version a tag names: `1.2.3`, `v1.2.3`, `1.2` (1.2.0), `1` (1.0.0), pre-releases as semver
 /// has them (`1.2.3-rc.1`).
 fn version(tag: &str) -> Option<semver::Version> {
@@ -144,6 +183,22 @@ mod tests {
         }
         let scheme = format!("sha256-{}", "a".repeat(64));
         assert!(!filter(TagRules::default())(&scheme), "the referrers tag scheme is never an image");
+    }
+
+    #[test]
+    fn platforms_choose_index_entries() {
+        let amd64 = serde_json::json!({"platform": {"os": "linux", "architecture": "amd64"}});
+        let arm = serde_json::json!({"platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}});
+        let attestation = serde_json::json!({"platform": {"os": "unknown", "architecture": "unknown"}});
+        let p: Platform = "linux/amd64".parse().unwrap();
+        assert!(p.matches(&amd64) && !p.matches(&arm) && !p.matches(&attestation));
+        let any_arm: Platform = "linux/arm64".parse().unwrap();
+        let v7: Platform = "linux/arm64/v7".parse().unwrap();
+        assert!(any_arm.matches(&arm) && !v7.matches(&arm), "a variant, when given, must match");
+        assert!(!p.matches(&serde_json::json!({})), "no platform: for none");
+        for bad in ["linux", "linux/", "/amd64", "a/b/c/d"] {
+            assert!(bad.parse::<Platform>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub struct Request {
     pub bandwidth: Option<u64>,
     /// What is shown on stderr while the run works.
     pub progress: Progress,
+    /// `os/architecture[/variant]`: an index's children copied are those for these (all when
+    /// empty), the index's bytes as they are.
+    pub platforms: Vec<String>,
 }
 
 /// Runs a replication: its report (failures in it, never an early stop).
@@ -107,6 +110,7 @@ pub async fn run(r: &Request) -> anyhow::Result<Report> {
     let mut copier = Copier::new(src, dst, TagFilter::new(&r.tags)?, r.dry_run);
     copier.overwrite = !r.no_overwrite;
     copier.deletes = r.deletes;
+    copier.platforms = r.platforms.iter().map(|p| p.parse()).collect::<anyhow::Result<_>>()?;
     copier.bandwidth = r.bandwidth.and_then(|b| berth_client::pace::Pacer::new(b as f64)).map(Arc::new);
     let copier = copier;
     let mut display = progress::Display::new(r.progress, &copier.tally, &copier.report);

@@ -52,6 +52,8 @@ pub struct Report {
     pub blobs_skipped: u64,
     /// The bytes of the blobs sent.
     pub bytes_copied: u64,
+    /// Index children left out for their platform.
+    pub manifests_left_out: u64,
     /// Manifests deleted at the destination by `mirror` (their tags are in `images`).
     pub manifests_deleted: u64,
     pub failed: Vec<Failure>,

@@ -188,6 +188,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, ServeError> {
         upload_ttl: config.limits.upload_ttl,
         max_upload_chunks: config.limits.max_upload_chunks,
         purge_delay: config.retention.purge_delay.unwrap_or_default(),
+        sparse_indexes: config.sparse_indexes,
         ..Limits::default()
     };
     let mut registry = Registry::new(metrics.instrument(storage), meta, limits);

@@ -114,8 +114,10 @@ impl Registry {
         let verify_references = pushed_by.is_some();
         // A manifest refused for a missing reference leaves no bytes behind: check before writing
         // (the transaction below checks again, against pushes and deletes racing this one).
+        let children_optional = self.limits.sparse_indexes;
         if verify_references {
-            self.meta.check_references(repo, &parsed.blobs, &parsed.manifests).await?;
+            let children: &[Digest] = if children_optional { &[] } else { &parsed.manifests };
+            self.meta.check_references(repo, &parsed.blobs, children).await?;
         }
         // A `live` row always has its object (see `crate::meta::sweep`); otherwise write it.
         let key = layout::blob(digest);
@@ -159,6 +161,7 @@ impl Registry {
             manifests: parsed.manifests,
             tags,
             verify_references,
+            children_optional,
             stored,
             events,
         };

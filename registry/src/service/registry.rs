@@ -32,6 +32,8 @@ pub struct Limits {
     pub catalog_scan: usize,
     /// Released blobs' bytes are deleted no sooner than this (or the store's read grace).
     pub purge_delay: Duration,
+    /// An index may be pushed without all its children (`sparse_indexes`).
+    pub sparse_indexes: bool,
 }
 
 impl Default for Limits {
@@ -43,6 +45,7 @@ impl Default for Limits {
             max_upload_chunks: 10_000,
             catalog_scan: 10_000,
             purge_delay: Duration::ZERO,
+            sparse_indexes: false,
         }
     }
 }

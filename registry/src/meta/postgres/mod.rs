@@ -269,7 +269,8 @@ async fn put_manifest_tx(tx: &Tx<'_>, m: &NewManifest) -> TxResult<()> {
     let now = super::now();
     let repo = ensure_repo(tx, m.repo.as_str(), now).await?;
     if m.verify_references {
-        check_references(tx, Some(repo), &m.blobs, &m.manifests, true).await?;
+        let children: &[Digest] = if m.children_optional { &[] } else { &m.manifests };
+        check_references(tx, Some(repo), &m.blobs, children, true).await?;
     }
     record_blob(tx, &m.digest, m.size, now, m.stored).await?;
     let digest = m.digest.as_str();
