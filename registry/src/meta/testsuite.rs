@@ -28,23 +28,16 @@ pub(crate) async fn run<M: MetaStore + CacheIndex + MultipartLog + RunLog + Even
 }
 
 fn event(kind: EventKind, r: &str, actor: &str, at: i64, endpoints: &[&str]) -> NewEvent {
-    NewEvent {
-        id: format!("{r}-{actor}-{at}-{}", kind.as_str()),
-        at,
-        kind,
-        repository: r.to_owned(),
-        digest: None,
-        tag: None,
-        media_type: None,
-        artifact_type: None,
-        size: None,
-        subject: None,
+    let origin = crate::notify::Origin {
         actor: actor.into(),
         address: "192.0.2.1".into(),
         request_id: format!("req-{at}"),
-        count: 1,
-        detail: None,
+    };
+    NewEvent {
+        id: format!("{r}-{actor}-{at}-{}", kind.as_str()),
+        at,
         endpoints: endpoints.iter().map(|e| (*e).to_owned()).collect(),
+        ..crate::notify::event(kind, r, &origin)
     }
 }
 

@@ -156,6 +156,9 @@ impl Notifier {
     }
 
     async fn count_backlog(&self) {
+        if self.deliverers.is_empty() {
+            return;
+        }
         match self.log.backlog().await {
             Ok(backlog) => {
                 for d in &self.deliverers {

@@ -270,6 +270,7 @@ pub async fn serve(
         connection::Connections::new(config.limits.max_connections, state.metrics.connections.clone());
     let stopping = state.stopping.clone();
     let registry = state.registry.clone();
+    let notifier = state.notifier.clone();
     let app = api::router(state);
     let builder = http_builder(config);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -353,6 +354,9 @@ pub async fn serve(
     }
     if let Err(e) = registry.flush_behind().await {
         warn!(error = %e, "could not write the last pull times and changes");
+    }
+    if let Some(n) = notifier {
+        n.write_audit().await;
     }
     registry.meta().leave().await;
     Ok(())
