@@ -22,7 +22,17 @@ run_release_suite() {
     OCI_HIDE_SKIPPED_WORKFLOWS=0 OCI_REPORT_DIR="$report" "$CONFORMANCE" -test.v) >"$report/output.txt" 2>&1
   local rc=$?
   grep -aE 'Passed|Failed|\[FAIL\]' "$report/output.txt" | sed 's/\x1b\[[0-9;]*m//g' | tail -n 12
+  ((rc == 0)) || why_it_failed "$report/output.txt"
   return $rc
+}
+
+# why_it_failed OUTPUT: what the suite expected and got in its first failure, and what berth logged
+# last, so a failure in CI can be understood from its log alone.
+why_it_failed() {
+  echo "first failure:"
+  sed 's/\x1b\[[0-9;]*m//g' "$1" | awk '/\[(FAILED|PANICKED)\]/ && !n++ {p=1} p && /^-----/ {exit} p' | head -n 30
+  echo "berth's log, last lines:"
+  tail -n 20 "$BERTH_DIR/log"
 }
 
 # The main-branch suite, with every API and data set on that the suite defines, the optional ones
@@ -53,8 +63,9 @@ run_main_suite() {
   if grep -qE ': *(Skip|FAIL)$' "$report/output.txt"; then
     echo "skipped or failed:"
     grep -E ': *(Skip|FAIL)$' -A2 "$report/output.txt" | head -n 30
-    return 1
+    rc=1
   fi
+  ((rc == 0)) || { echo "berth's log, last lines:"; tail -n 20 "$BERTH_DIR/log"; }
   return $rc
 }
 

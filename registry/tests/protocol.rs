@@ -126,6 +126,48 @@ async fn chunked_upload_with_out_of_order_chunk_and_resume() {
     s.stop().await;
 }
 
+/// A refusal sent before the body arrived: the connection cannot be reused (its body is still on
+/// the way), so the response must say `Connection: close` — else a client pools it and its next
+/// request, a POST it will not retry, meets a closed socket. A body read to its end keeps the
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_before_the_body_closes_the_connection_and_says_so() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start().await;
+    let loc = start_session(&s, "r/unread").await;
+    let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let head = |range: &str, len: usize| {
+        format!(
+            "PATCH {loc} HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\n\
+             Content-Range: {range}\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    async fn response(conn: &mut tokio::net::TcpStream) -> String {
+        let mut buf = Vec::new();
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut b = [0u8; 1024];
+            let n = conn.read(&mut b).await.unwrap();
+            assert!(n > 0, "the connection closed before a response");
+            buf.extend_from_slice(&b[..n]);
+        }
+        String::from_utf8_lossy(&buf).to_ascii_lowercase()
+    }
+    // In order, body sent: 202, and the connection stays open.
+    conn.write_all(format!("{}{}", head("0-9", 10), "0123456789").as_bytes()).await.unwrap();
+    let first = response(&mut conn).await;
+    assert!(first.starts_with("http/1.1 202"), "{first}");
+    assert!(!first.contains("connection: close"), "{first}");
+    // Out of order, head only: 416 at once, with `Connection: close`, and the socket closes.
+    conn.write_all(head("50-59", 10).as_bytes()).await.unwrap();
+    let refused = response(&mut conn).await;
+    assert!(refused.starts_with("http/1.1 416"), "{refused}");
+    assert!(refused.contains("connection: close"), "the 416 does not say the connection ends: {refused}");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), conn.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(_))), "the server closes the connection");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_patch_without_content_range() {
     let s = TestServer::start().await;

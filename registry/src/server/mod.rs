@@ -6,6 +6,7 @@
 //! files (so that requests only ever read memory).
 
 mod connection;
+mod unread;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -307,13 +308,7 @@ pub async fn serve(
         let Some((stream, slot)) = connections.admit(stream, tls.is_none()) else { continue };
         let _ = stream.set_nodelay(true);
         let peer_addr = api::PeerAddr(peer.ip());
-        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
-            app.clone(),
-            move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(peer_addr);
-                req
-            },
-        ));
+        let service = TowerToHyperService::new(unread::service(app.clone(), peer_addr));
         let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         let io = connection::StallGuard::new(stream, idle, connections.metrics.clone());
         let metrics = connections.metrics.clone();
