@@ -235,6 +235,72 @@ sparse_refused() {
 }
 check "a destination that wants every child refuses the sparse index, and says so" sparse_refused
 
+echo "== replication on push"
+# P copies its pushes of team/** tags v* or release-<n> to F, a Berth that wants a login. F is down
+# at first: the copies wait in P's event log and arrive once F is up.
+F=127.0.0.1:$(free_port)
+mkdir -p "$WORK/edge-creds" "$WORK/f"
+printf 'alice\n' >"$WORK/edge-creds/username"
+printf 'alice-pw\n' >"$WORK/edge-creds/password"
+cat >"$WORK/on-push.yml" <<YAML
+replication:
+  on_push:
+    - name: edge
+      destination: http://$F
+      credentials_dir: $WORK/edge-creds
+      repositories: ["team/**"]
+      tags: ["v*", "re:^release-[0-9]+\$"]
+      backoff: 1s
+YAML
+start_berth --config "$WORK/on-push.yml"
+P=$BERTH_ADDR
+copies() { curl -fsS "http://$P/metrics" | awk -v o="outcome=\"$1\"" 'index($0, "berth_replication_copies_total") == 1 && index($0, o) {s += $2} END {printf "%d\n", s}'; }
+at_f() { "$CRANE" --insecure digest "$F/$1" 2>/dev/null; }
+# eventually SECONDS CMD...: polls CMD until it succeeds or the time is up.
+eventually() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@"; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}
+pushed_while_down() {
+  "${SK[@]}" copy -q --all --preserve-digests --dest-tls-verify=false "oci:$WORK/layout:multiarch" "docker://$P/team/app:v1" &&
+    "${SK[@]}" copy -q --preserve-digests --dest-tls-verify=false "oci:$WORK/layout:multi" "docker://$P/team/app:latest" &&
+    "${SK[@]}" copy -q --preserve-digests --dest-tls-verify=false "oci:$WORK/layout:multi" "docker://$P/other/app:v1" &&
+    "${SK[@]}" copy -q --preserve-digests --dest-tls-verify=false "oci:$WORK/layout:multi" "docker://$P/team/app:v2" &&
+    curl -fsS -o /dev/null -X DELETE "http://$P/v2/team/app/manifests/v2" &&
+    eventually 20 bash -c "(( \$(curl -fsS http://$P/metrics | grep -c '^berth_replication_copies_total.*outcome=\"failed\"') > 0 ))"
+}
+check "pushes while the destination is down: P tries, and keeps them" pushed_while_down
+"$BERTH_BIN" serve --listen "$F" --data-dir "$WORK/f/data" --config "$WORK/source.yml" >"$WORK/f/log" 2>&1 &
+on_exit "kill $!"
+wait_for "http://$F/v2/" 20
+"$CRANE" auth login "$F" -u alice -p alice-pw >/dev/null 2>&1
+check "once it is up, the tag that matches arrives, with the multi-arch index's digest" \
+  eventually 60 bash -c "[[ \$('$CRANE' --insecure digest '$F/team/app:v1' 2>/dev/null) == $MULTIARCH ]]"
+not_copied() {
+  ! at_f team/app:latest >/dev/null && ! at_f other/app:v1 >/dev/null && ! at_f team/app:v2 >/dev/null &&
+    (($(copies dead) == 0)) &&
+    eventually 60 bash -c "curl -fsS http://$P/metrics | grep -qx 'berth_replication_pending{policy=\"edge\"} 0'"
+}
+check "a tag outside the filter, a repository outside the globs and a tag deleted since are not copied" not_copied
+signed_later() {
+  "$COSIGN" sign --yes --key "$WORK/cosign.key" --tlog-upload=false --registry-referrers-mode=oci-1-1 \
+    "${COSIGN_FLAGS[@]}" "$P/team/app@$MULTIARCH" >/dev/null 2>&1 &&
+    eventually 60 bash -c "curl -fsS -u alice:alice-pw http://$F/v2/team/app/referrers/$MULTIARCH | grep -q application/vnd.dev.cosign" &&
+    "$COSIGN" verify --key "$WORK/cosign.pub" --insecure-ignore-tlog --experimental-oci11 "${COSIGN_FLAGS[@]}" \
+      "$F/team/app@$MULTIARCH" >/dev/null 2>&1
+}
+check "a signature made later follows its image, and verifies there" signed_later
+moved_and_released() {
+  "${SK[@]}" copy -q --preserve-digests --dest-tls-verify=false "oci:$WORK/layout:multi" "docker://$P/team/app:v1" &&
+    "${SK[@]}" copy -q --preserve-digests --dest-tls-verify=false "oci:$WORK/layout:multi" "docker://$P/team/app:release-7" &&
+    eventually 60 bash -c "[[ \$('$CRANE' --insecure digest '$F/team/app:v1' 2>/dev/null) == $MULTI && \$('$CRANE' --insecure digest '$F/team/app:release-7' 2>/dev/null) == $MULTI ]]"
+}
+check "a tag moved at P moves at F; a tag the regex matches is copied" moved_and_released
+
 echo "== moving house: a registry on the filesystem copied whole onto S3 and PostgreSQL"
 catalog() { # catalog URL [curl args...]: the repository names, sorted, one line
   local url=$1

@@ -15,6 +15,8 @@
 //! trusted_proxies: [10.0.0.0/8]                 # whose X-Forwarded-* headers count
 //! metrics: { listen: 0.0.0.0:9090 }             # /metrics on its own port, not the registry's
 //! retention: { policies: [...] }                # which tags GC removes (see `retention`)
+//! notifications: { endpoints: [...] }           # events and webhooks (see `notifications`)
+//! replication: { on_push: [...] }               # copies made as pushes happen (see `replication`)
 //! ```
 //! Precedence: command-line flags, then `BERTH_*` environment variables, then the file, then the
 //! defaults above.
@@ -30,6 +32,7 @@ pub mod auth;
 mod limits;
 pub mod notifications;
 pub mod proxy;
+pub mod replication;
 pub mod retention;
 mod s3;
 mod units;
@@ -37,6 +40,7 @@ mod units;
 pub use limits::LimitsConfig;
 pub use notifications::NotificationsConfig;
 pub use proxy::{ProxyConfig, RevalidateRule, UpstreamConfig};
+pub use replication::ReplicationConfig;
 pub use retention::RetentionConfig;
 pub use s3::S3Config;
 pub use units::{duration, size};
@@ -84,6 +88,9 @@ pub struct Config {
     /// Events of changes (kept as an audit log) and the webhooks they go to.
     #[serde(default, skip_serializing_if = "NotificationsConfig::is_empty")]
     pub notifications: NotificationsConfig,
+    /// Copies of pushes made as they happen (see [`replication`]).
+    #[serde(default, skip_serializing_if = "ReplicationConfig::is_empty")]
+    pub replication: ReplicationConfig,
 }
 
 /// Where `/metrics` is served: on the registry's own port (the default), or on a listener of its
@@ -127,6 +134,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             sparse_indexes: false,
             notifications: NotificationsConfig::default(),
+            replication: ReplicationConfig::default(),
         }
     }
 }
@@ -288,6 +296,7 @@ impl Config {
         }
         self.retention.validate()?;
         self.notifications.validate()?;
+        self.replication.validate()?;
         self.proxy.validate()
     }
 

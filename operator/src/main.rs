@@ -113,6 +113,16 @@ async fn main() -> anyhow::Result<()> {
             let ns = pc.namespace()?;
             Some(ObjectRef::<Registry>::new(&pc.spec.registry_ref.name).within(&ns))
         })
+        // A policy that copies on push is rendered into its source Registry's config.
+        .watches(
+            Api::<ReplicationPolicy>::all(client.clone()),
+            watcher::Config::default(),
+            |p: ReplicationPolicy| {
+                let ns = p.namespace()?;
+                let source = p.spec.source.registry_ref.as_ref()?;
+                Some(ObjectRef::<Registry>::new(&source.name).within(&ns))
+            },
+        )
         // A namespace that appears or changes labels may enter or leave a pull Secrets selection.
         .watches(
             Api::<PartialObjectMeta<Namespace>>::all(client.clone()),

@@ -157,6 +157,13 @@ fn default_backoff() -> Duration {
 /// Events kept by default: 30 days.
 pub const DEFAULT_KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// A name that may label metrics and name deliveries: letters, digits, '-' and '_', at most 63.
+pub(super) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 impl NotificationsConfig {
     pub fn is_empty(&self) -> bool {
         self == &NotificationsConfig::default()
@@ -171,30 +178,61 @@ impl NotificationsConfig {
         let mut names = std::collections::HashSet::new();
         for (i, e) in self.endpoints.iter().enumerate() {
             let f = |field: &str| format!("notifications.endpoints[{i}].{field}");
-            let name_ok = !e.name.is_empty()
-                && e.name.len() <= 63
-                && e.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !name_ok {
-                return Err((f("name"), "letters, digits, '-' and '_', at most 63".into()));
-            }
-            if !names.insert(&e.name) {
-                return Err((f("name"), format!("{:?} names two endpoints", e.name)));
-            }
-            if !(e.url.starts_with("http://") || e.url.starts_with("https://")) {
-                return Err((f("url"), "must be an http:// or https:// URL".into()));
-            }
-            if e.max_attempts == 0 {
-                return Err((f("max_attempts"), "must be at least 1".into()));
-            }
+            let target = Target {
+                name: &e.name,
+                url_field: "url",
+                url: &e.url,
+                max_attempts: e.max_attempts,
+                timeout: e.timeout,
+            };
+            target.check(&mut names, "endpoints", f)?;
             if let Some(k) = e.events.iter().find(|k| !k.is_change()) {
                 return Err((
                     f("events"),
                     format!("{} is kept in the audit log, not sent to webhooks", k.as_str()),
                 ));
             }
-            if e.timeout.is_zero() {
-                return Err((f("timeout"), "must be more than 0s".into()));
-            }
+        }
+        Ok(())
+    }
+}
+
+/// What every target of deliveries (a webhook endpoint, an on-push replication policy) is
+/// checked for.
+pub(super) struct Target<'a> {
+    pub name: &'a str,
+    pub url_field: &'a str,
+    pub url: &'a str,
+    pub max_attempts: u32,
+    pub timeout: Duration,
+}
+
+impl Target<'_> {
+    /// A valid name not seen before (`names`, of `kind`), an http(s) URL, at least one attempt
+    /// and a timeout; `field` names a field of this target.
+    pub fn check<'n>(
+        &self,
+        names: &mut std::collections::HashSet<&'n str>,
+        kind: &str,
+        field: impl Fn(&str) -> String,
+    ) -> Result<(), (String, String)>
+    where
+        Self: 'n,
+    {
+        if !valid_name(self.name) {
+            return Err((field("name"), "letters, digits, '-' and '_', at most 63".into()));
+        }
+        if !names.insert(self.name) {
+            return Err((field("name"), format!("{:?} names two {kind}", self.name)));
+        }
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err((field(self.url_field), "must be an http:// or https:// URL".into()));
+        }
+        if self.max_attempts == 0 {
+            return Err((field("max_attempts"), "must be at least 1".into()));
+        }
+        if self.timeout.is_zero() {
+            return Err((field("timeout"), "must be more than 0s".into()));
         }
         Ok(())
     }

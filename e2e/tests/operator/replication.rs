@@ -1,6 +1,7 @@
 //! `ReplicationPolicy` on the real control plane: between two Registries it copies on the run
-//! annotation and on its schedule, reporting each run in its status; a policy whose destination
-//! does not answer is `Stalled`, saying why.
+//! annotation and on its schedule, reporting each run in its status, and on push (the source
+//! Registry makes the copies); a policy whose destination does not answer is `Stalled`, saying
+//! why.
 
 use super::*;
 use kube::api::{Patch, PatchParams};
@@ -115,6 +116,45 @@ spec:
     assert!(status["nextRun"].is_string(), "the next scheduled run is shown: {status}");
     let pulled = skopeo_pull(&cp, &format!("docker://{edge}/team/app:v2"));
     assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+
+    // On push: the policy is rendered into hub's config (its pod rolls), and hub copies each
+    // matching tag pushed from then on.
+    let pods: Api<Pod> = ns.api();
+    let old_uid = pods.get("hub-0").await.unwrap().metadata.uid;
+    let on_push = "apiVersion: berth.dev/v1alpha1
+kind: ReplicationPolicy
+metadata:
+  name: pushes-to-edge
+spec:
+  source: {registryRef: {name: hub}}
+  destination: {registryRef: {name: edge}}
+  rules: [{repositories: [\"team/**\"], tags: [\"v*\"]}]
+  trigger: {onPush: true}
+";
+    let out = kubectl_apply(&cp, &ns.name, on_push);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        wait_condition(&api, "pushes-to-edge", "Ready", "True", Duration::from_secs(60)).await,
+        "on-push policy Ready\n{}",
+        debug(&cp)
+    );
+    let (_, reason, _) = condition(&api.get("pushes-to-edge").await.unwrap(), "Ready").unwrap();
+    assert_eq!(reason, "OnPush");
+    let rolled = wait_until(Duration::from_secs(180), || {
+        let (pods, old) = (pods.clone(), old_uid.clone());
+        async move {
+            pods.get_opt("hub-0").await.ok().flatten().is_some_and(|p| p.metadata.uid != old && pod_ready(&p))
+        }
+    })
+    .await;
+    assert!(rolled, "hub rolled with the policy in its config\n{}", debug(&cp));
+    let push = skopeo_push(&cp, image.path(), &format!("docker://{hub}/team/app:v3"), &plain);
+    assert!(push.status.success(), "{}", String::from_utf8_lossy(&push.stderr));
+    let arrived = wait_until(Duration::from_secs(120), || async {
+        skopeo_pull(&cp, &format!("docker://{edge}/team/app:v3")).status.success()
+    })
+    .await;
+    assert!(arrived, "the tag pushed to hub arrived at edge by itself\n{}", debug(&cp));
 
     // A destination that does not answer: Stalled, with the reason.
     let unreachable = "apiVersion: berth.dev/v1alpha1

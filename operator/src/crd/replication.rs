@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Last Run", type_ = "date", json_path = ".status.lastRun.finishedAt"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("has(self.spec.trigger) && (has(self.spec.trigger.schedule) || (has(self.spec.trigger.manual) && self.spec.trigger.manual))").message("set trigger.schedule, or trigger.manual: true (runs are then started with the berth.dev/run annotation)")
+    validation = Rule::new("has(self.spec.trigger) && (has(self.spec.trigger.schedule) || (has(self.spec.trigger.manual) && self.spec.trigger.manual) || (has(self.spec.trigger.onPush) && self.spec.trigger.onPush))").message("set trigger.schedule, trigger.manual: true (runs are then started with the berth.dev/run annotation), or trigger.onPush: true")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicationPolicySpec {
@@ -87,6 +87,10 @@ pub struct Trigger {
     pub schedule: Option<String>,
     /// Allow runs started by the `berth.dev/run` annotation.
     pub manual: Option<bool>,
+    /// Copy each tag pushed (and each signature or SBOM attached) as it happens: the policy is
+    /// rendered into the source Registry's config, and the replica that records the push makes
+    /// the copy, retried until it lands. Needs `source.registryRef` and mode Push.
+    pub on_push: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

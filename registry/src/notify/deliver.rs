@@ -1,5 +1,6 @@
-//! Sending events to webhook endpoints: one loop per endpoint on every replica, and the
-//! housekeeping of the event log.
+//! Sending events on: one loop per webhook endpoint and per on-push replication policy on every
+//! replica (a policy's deliveries are the copies its pushes ask for), and the housekeeping of
+//! the event log.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +17,13 @@ use super::{body, Events};
 use crate::meta::events::{Claimed, Settled};
 use crate::meta::now_millis;
 use crate::meta::outbox::EventLog;
+use crate::replicate::on_push::{Copied, PushCopier};
 
 /// Deliveries claimed at once, and sent at once: a claim is held for one request's timeout (and
 /// a margin), so the claims of a replica that died expire soon.
 const BATCH: usize = 16;
+/// Copies claimed (and made) at once by one on-push policy.
+const COPIES_AT_ONCE: usize = 4;
 const LEASE_MARGIN: Duration = Duration::from_secs(15);
 /// How often a deliverer looks for due deliveries when no bell rang (retries, other replicas'
 /// events).
@@ -44,12 +48,29 @@ struct EndpointLabels {
     endpoint: String,
 }
 
-/// `berth_webhook_*`: deliveries by outcome, and what waits.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CopyLabels {
+    policy: String,
+    /// `copied`, `unchanged`, `ignored` (the policy wants nothing of the event), `failed` (to be
+    /// retried) or `dead`.
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: String,
+}
+
+/// `berth_webhook_*`: deliveries by outcome, and what waits; `berth_replication_*`: the same
+/// for the copies of on-push policies.
 #[derive(Default)]
 pub struct WebhookMetrics {
     deliveries: Family<OutcomeLabels, Counter>,
     pending: Family<EndpointLabels, Gauge>,
     dead: Family<EndpointLabels, Gauge>,
+    copies: Family<CopyLabels, Counter>,
+    copies_pending: Family<PolicyLabels, Gauge>,
+    copies_dead: Family<PolicyLabels, Gauge>,
 }
 
 impl WebhookMetrics {
@@ -62,10 +83,83 @@ impl WebhookMetrics {
         );
         r.register("pending", "Events waiting for delivery, by endpoint", self.pending.clone());
         r.register("dead", "Events given up on after every attempt failed, by endpoint", self.dead.clone());
+        let r = registry.sub_registry_with_prefix("replication");
+        r.register(
+            "copies",
+            "Copies of pushes made by on-push policies, by policy and outcome",
+            self.copies.clone(),
+        );
+        r.register("pending", "Pushes waiting to be copied, by on-push policy", self.copies_pending.clone());
+        r.register(
+            "dead",
+            "Copies given up on after every attempt failed, by policy",
+            self.copies_dead.clone(),
+        );
     }
 
-    fn counted(&self, endpoint: &str, outcome: &'static str) {
-        self.deliveries.get_or_create(&OutcomeLabels { endpoint: endpoint.to_owned(), outcome }).inc();
+    fn counted(&self, sink: &Sink, outcome: &'static str) {
+        match sink {
+            Sink::Webhook(d) => self
+                .deliveries
+                .get_or_create(&OutcomeLabels { endpoint: d.endpoint.name.clone(), outcome })
+                .inc(),
+            Sink::Replicate(p) => {
+                self.copies.get_or_create(&CopyLabels { policy: p.policy().name.clone(), outcome }).inc()
+            }
+        };
+    }
+
+    fn backlog(&self, sink: &Sink, pending: u64, dead: u64) {
+        let (pending_gauge, dead_gauge) = match sink {
+            Sink::Webhook(d) => {
+                let labels = EndpointLabels { endpoint: d.endpoint.name.clone() };
+                (self.pending.get_or_create(&labels).clone(), self.dead.get_or_create(&labels).clone())
+            }
+            Sink::Replicate(p) => {
+                let labels = PolicyLabels { policy: p.policy().name.clone() };
+                (
+                    self.copies_pending.get_or_create(&labels).clone(),
+                    self.copies_dead.get_or_create(&labels).clone(),
+                )
+            }
+        };
+        pending_gauge.set(pending as i64);
+        dead_gauge.set(dead as i64);
+    }
+}
+
+/// What an endpoint's deliveries go to.
+enum Sink {
+    /// POSTed to a webhook.
+    Webhook(Deliverer),
+    /// Copied to another registry by an on-push replication policy.
+    Replicate(PushCopier),
+}
+
+/// Why an attempt failed, and how long the other side asked us to wait.
+struct Failed {
+    error: String,
+    retry_after: Option<Duration>,
+}
+
+impl Sink {
+    /// The name its deliveries are recorded under.
+    fn name(&self) -> String {
+        match self {
+            Sink::Webhook(d) => d.endpoint.name.clone(),
+            Sink::Replicate(p) => p.policy().delivery_name(),
+        }
+    }
+
+    /// (how long one attempt may take, how many are claimed at once, attempts, first backoff)
+    fn pacing(&self) -> (Duration, usize, u32, Duration) {
+        match self {
+            Sink::Webhook(d) => (d.endpoint.timeout, BATCH, d.endpoint.max_attempts, d.endpoint.backoff),
+            Sink::Replicate(p) => {
+                let p = p.policy();
+                (p.timeout, COPIES_AT_ONCE, p.max_attempts, p.backoff)
+            }
+        }
     }
 }
 
@@ -78,7 +172,7 @@ struct Deliverer {
 
 /// Every endpoint's deliveries, and the event log's upkeep.
 pub struct Notifier {
-    deliverers: Vec<Arc<Deliverer>>,
+    deliverers: Vec<Arc<Sink>>,
     log: Arc<dyn EventLog>,
     events: Arc<Events>,
     metrics: Arc<WebhookMetrics>,
@@ -93,16 +187,18 @@ pub struct Notifier {
 impl Notifier {
     pub fn new(
         config: &NotificationsConfig,
+        on_push: Vec<PushCopier>,
         log: Arc<dyn EventLog>,
         events: Arc<Events>,
         metrics: Arc<WebhookMetrics>,
         source: String,
     ) -> Result<Notifier, String> {
-        let deliverers = config
+        let mut deliverers = config
             .endpoints
             .iter()
-            .map(|e| Deliverer::new(e).map(Arc::new))
+            .map(|e| Deliverer::new(e).map(|d| Arc::new(Sink::Webhook(d))))
             .collect::<Result<Vec<_>, String>>()?;
+        deliverers.extend(on_push.into_iter().map(|p| Arc::new(Sink::Replicate(p))));
         Ok(Notifier {
             deliverers,
             log,
@@ -134,7 +230,7 @@ impl Notifier {
 
     /// Delivers and keeps house until the task is dropped.
     pub async fn run(self: Arc<Self>) {
-        let names = self.deliverers.iter().map(|d| d.endpoint.name.clone()).collect();
+        let names = self.deliverers.iter().map(|d| d.name()).collect();
         match self.log.abandon_others(names, now_millis()).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(deliveries = n, "gave up deliveries to endpoints no longer configured"),
@@ -162,10 +258,8 @@ impl Notifier {
         match self.log.backlog().await {
             Ok(backlog) => {
                 for d in &self.deliverers {
-                    let b = backlog.iter().find(|b| b.endpoint == d.endpoint.name);
-                    let labels = EndpointLabels { endpoint: d.endpoint.name.clone() };
-                    self.metrics.pending.get_or_create(&labels).set(b.map_or(0, |b| b.pending) as i64);
-                    self.metrics.dead.get_or_create(&labels).set(b.map_or(0, |b| b.dead) as i64);
+                    let b = backlog.iter().find(|b| b.endpoint == d.name());
+                    self.metrics.backlog(d, b.map_or(0, |b| b.pending), b.map_or(0, |b| b.dead));
                 }
             }
             Err(e) => tracing::debug!(error = %e, "webhook backlog not counted"),
@@ -187,9 +281,10 @@ impl Notifier {
     }
 
     /// One endpoint's loop: claim what is due, send it, settle it; wait for a bell or a poll.
-    async fn deliver(self: Arc<Self>, d: Arc<Deliverer>) {
-        let name = d.endpoint.name.clone();
-        let lease = d.endpoint.timeout + LEASE_MARGIN;
+    async fn deliver(self: Arc<Self>, d: Arc<Sink>) {
+        let name = d.name();
+        let (timeout, batch_size, _, _) = d.pacing();
+        let lease = timeout + LEASE_MARGIN;
         loop {
             // Listen before looking, so an event recorded meanwhile rings a bell heard below.
             let bell = self.events.recorded.clone();
@@ -198,12 +293,12 @@ impl Notifier {
             rung.as_mut().enable();
             let now = now_millis();
             let until = now.saturating_add(lease.as_millis() as i64);
-            match self.log.claim(&name, now, until, BATCH).await {
+            match self.log.claim(&name, now, until, batch_size).await {
                 Ok(batch) if !batch.is_empty() => {
-                    let full = batch.len() == BATCH;
+                    let full = batch.len() == batch_size;
                     let outcomes: Vec<(i64, Settled)> = futures_util::stream::iter(batch)
                         .map(|c| self.attempt(&d, c))
-                        .buffer_unordered(BATCH)
+                        .buffer_unordered(batch_size)
                         .collect()
                         .await;
                     if let Err(e) = self.log.settle(&name, outcomes, now_millis()).await {
@@ -221,12 +316,60 @@ impl Notifier {
         }
     }
 
-    /// Sends one event: how it went.
-    async fn attempt(&self, d: &Deliverer, c: Claimed) -> (i64, Settled) {
+    /// Sends one event on (or makes its copy): how it went.
+    async fn attempt(&self, sink: &Sink, c: Claimed) -> (i64, Settled) {
         let seq = c.event.seq;
-        let name = &d.endpoint.name;
+        let (timeout, _, max_attempts, first_backoff) = sink.pacing();
+        let tried = match sink {
+            Sink::Webhook(d) => self.post(d, &c).await,
+            Sink::Replicate(p) => match tokio::time::timeout(timeout, p.copy(&c.event)).await {
+                Ok(Ok(copied)) => {
+                    let outcome = match copied {
+                        Copied::Copied => "copied",
+                        Copied::Unchanged => "unchanged",
+                        Copied::Ignored(why) => {
+                            tracing::debug!(policy = %p.policy().name, event = %c.event.id, why, "nothing to copy");
+                            "ignored"
+                        }
+                    };
+                    if outcome != "ignored" {
+                        tracing::info!(policy = %p.policy().name, repository = %c.event.repository,
+                            tag = c.event.tag.as_deref().unwrap_or(""), digest = c.event.digest.as_deref().unwrap_or(""),
+                            outcome, "replicated on push");
+                    }
+                    Ok(outcome)
+                }
+                Ok(Err(e)) => Err(Failed { error: format!("{e:#}"), retry_after: None }),
+                Err(_) => {
+                    Err(Failed { error: format!("the copy took longer than {timeout:?}"), retry_after: None })
+                }
+            },
+        };
+        let Failed { error, retry_after } = match tried {
+            Ok(outcome) => {
+                self.metrics.counted(sink, outcome);
+                return (seq, Settled::Delivered);
+            }
+            Err(failed) => failed,
+        };
+        let name = sink.name();
+        if c.attempts >= max_attempts {
+            self.metrics.counted(sink, "dead");
+            tracing::warn!(endpoint = %name, event = %c.event.id, attempts = c.attempts, error = %error,
+                "delivery given up");
+            return (seq, Settled::Dead { error });
+        }
+        self.metrics.counted(sink, "failed");
+        tracing::debug!(endpoint = %name, event = %c.event.id, attempts = c.attempts, error = %error,
+            "delivery failed, to be retried");
+        let wait = backoff(first_backoff, c.attempts).max(retry_after.unwrap_or_default());
+        (seq, Settled::Retry { next_at: now_millis().saturating_add(wait.as_millis() as i64), error })
+    }
+
+    /// POSTs one event to a webhook.
+    async fn post(&self, d: &Deliverer, c: &Claimed) -> Result<&'static str, Failed> {
         let Some((content_type, bytes)) = body::render(d.endpoint.format, &c.event, &self.source) else {
-            return (seq, Settled::Delivered);
+            return Ok("delivered");
         };
         let mut req = d
             .client
@@ -237,26 +380,15 @@ impl Notifier {
             let t = crate::meta::now();
             req = req.header(body::SIGNATURE_HEADER, body::signature(secret, t, &bytes));
         }
-        let (error, asked_wait) = match req.body(bytes).send().await {
-            Ok(resp) if resp.status().is_success() => {
-                self.metrics.counted(name, "delivered");
-                return (seq, Settled::Delivered);
-            }
-            Ok(resp) => (format!("the endpoint answered {}", resp.status()), retry_after(&resp)),
+        match req.body(bytes).send().await {
+            Ok(resp) if resp.status().is_success() => Ok("delivered"),
+            Ok(resp) => Err(Failed {
+                error: format!("the endpoint answered {}", resp.status()),
+                retry_after: retry_after(&resp),
+            }),
             // Without the URL, which may carry a token.
-            Err(e) => (format!("{}", e.without_url()), None),
-        };
-        if c.attempts >= d.endpoint.max_attempts {
-            self.metrics.counted(name, "dead");
-            tracing::warn!(endpoint = %name, event = %c.event.id, attempts = c.attempts, error = %error,
-                "webhook delivery given up");
-            return (seq, Settled::Dead { error });
+            Err(e) => Err(Failed { error: format!("{}", e.without_url()), retry_after: None }),
         }
-        self.metrics.counted(name, "failed");
-        tracing::debug!(endpoint = %name, event = %c.event.id, attempts = c.attempts, error = %error,
-            "webhook delivery failed, to be retried");
-        let wait = backoff(d.endpoint.backoff, c.attempts).max(asked_wait.unwrap_or_default());
-        (seq, Settled::Retry { next_at: now_millis().saturating_add(wait.as_millis() as i64), error })
     }
 }
 

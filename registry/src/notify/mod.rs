@@ -18,6 +18,7 @@ pub mod deliver;
 use std::sync::Arc;
 
 use berth_core::config::notifications::{EventKind, NotificationsConfig};
+use berth_core::config::ReplicationConfig;
 use berth_core::glob::Glob;
 use berth_core::oci::{Digest, RepoName, Tag};
 
@@ -80,17 +81,21 @@ pub struct Events {
 }
 
 impl Events {
-    pub fn new(config: &NotificationsConfig) -> Events {
-        let routes = config
-            .endpoints
-            .iter()
-            .map(|e| Route {
-                name: e.name.clone(),
-                kinds: e.events.clone(),
-                repositories: e.repositories.iter().map(|g| Glob::new(g)).collect(),
-            })
-            .collect();
-        Events { routes, recorded: Default::default() }
+    /// Routes to webhook endpoints, and to the replication policies that copy pushes as they
+    /// happen (their pushes and referrers).
+    pub fn new(notifications: &NotificationsConfig, replication: &ReplicationConfig) -> Events {
+        let globs = |g: &[String]| g.iter().map(|g| Glob::new(g)).collect();
+        let webhooks = notifications.endpoints.iter().map(|e| Route {
+            name: e.name.clone(),
+            kinds: e.events.clone(),
+            repositories: globs(&e.repositories),
+        });
+        let copies = replication.on_push.iter().map(|p| Route {
+            name: p.delivery_name(),
+            kinds: vec![EventKind::Push, EventKind::Referrer],
+            repositories: globs(&p.repositories),
+        });
+        Events { routes: webhooks.chain(copies).collect(), recorded: Default::default() }
     }
 
     /// The endpoints that want an event of `kind` in `repo`.
@@ -142,19 +147,22 @@ impl Events {
 mod tests {
     use super::*;
 
-    fn config(yaml: &str) -> NotificationsConfig {
-        berth_core::config::Config::from_yaml(yaml, "t").unwrap().notifications
+    fn events(yaml: &str) -> Events {
+        let c = berth_core::config::Config::from_yaml(yaml, "t").unwrap();
+        Events::new(&c.notifications, &c.replication)
     }
 
     #[test]
     fn endpoints_filter_on_kind_and_repository() {
-        let events = Events::new(&config(
+        let events = events(
             "notifications:\n  endpoints:\n    - {name: all, url: 'http://x'}\n    \
-             - {name: pushes, url: 'http://x', events: [push], repositories: ['team/**']}\n",
-        ));
+             - {name: pushes, url: 'http://x', events: [push], repositories: ['team/**']}\n\
+             replication:\n  on_push:\n    - {name: edge, destination: 'http://y', repositories: ['team/*']}\n",
+        );
         let team: RepoName = "team/app".parse().unwrap();
         let other: RepoName = "other/app".parse().unwrap();
-        assert_eq!(events.endpoints(EventKind::Push, team.as_str()), ["all", "pushes"]);
+        assert_eq!(events.endpoints(EventKind::Push, team.as_str()), ["all", "pushes", "replicate:edge"]);
+        assert_eq!(events.endpoints(EventKind::Referrer, team.as_str()), ["all", "replicate:edge"]);
         assert_eq!(events.endpoints(EventKind::Delete, team.as_str()), ["all"]);
         assert_eq!(events.endpoints(EventKind::Push, other.as_str()), ["all"]);
         assert!(events.endpoints(EventKind::Denied, team.as_str()).is_empty(), "the audit log's own");

@@ -11,24 +11,24 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use berth_client::pace::Pacer;
 use berth_client::push::Sent;
-use berth_client::{Fetched, Upstream};
+use berth_client::Upstream;
 use berth_core::oci::{Algorithm, Digest, RepoName};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use reqwest::Method;
 use tokio::sync::OnceCell;
 
 use super::filter::{Platform, TagFilter};
 use super::prune::Deletes;
 use super::referrers;
 use super::report::{Failure, ImageReport, Outcome, Report};
+use super::source::Source;
 
 /// Blobs of one manifest copied at once.
 const BLOBS_AT_ONCE: usize = 4;
 
 pub(super) struct Copier {
-    pub src: Upstream,
-    pub dst: Upstream,
+    pub src: Source,
+    pub dst: Arc<Upstream>,
     pub filter: TagFilter,
     /// Whether a tag naming another digest at the destination is moved.
     pub overwrite: bool,
@@ -68,7 +68,7 @@ pub(super) struct Manifest {
 }
 
 impl Copier {
-    pub fn new(src: Upstream, dst: Upstream, filter: TagFilter, dry_run: bool) -> Copier {
+    pub fn new(src: Source, dst: Arc<Upstream>, filter: TagFilter, dry_run: bool) -> Copier {
         Copier {
             src,
             dst,
@@ -142,17 +142,9 @@ impl Copier {
 
     /// The source's manifest, its digest checked.
     async fn fetch(&self, repo: &RepoName, reference: &str) -> anyhow::Result<Manifest> {
-        let resp = match self.src.fetch(Method::GET, repo, "manifests", reference).await? {
-            Fetched::Found(resp) => resp,
-            Fetched::NotFound => anyhow::bail!("{repo}:{reference}: no such manifest at the source"),
+        let Some((media_type, bytes)) = self.src.manifest(repo, reference).await? else {
+            anyhow::bail!("{repo}:{reference}: no such manifest at the source")
         };
-        let media_type = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
-            .unwrap_or_default();
-        let bytes = resp.bytes().await.context("reading a manifest")?;
         let digest = Digest::of(Algorithm::Sha256, &bytes);
         if reference.contains(':') && reference != digest.as_str() {
             anyhow::bail!("{repo}@{reference}: the source sent a manifest whose digest is {digest}");
@@ -267,11 +259,13 @@ impl Copier {
         }
         let mount = self.placed.lock().ok().and_then(|p| p.get(&digest).filter(|r| *r != repo).cloned());
         let body = async {
-            match self.src.fetch(Method::GET, repo, "blobs", digest.as_str()).await? {
-                Fetched::Found(resp) => {
+            let source_error =
+                |detail| berth_client::UpstreamError::Protocol { upstream: "source".into(), detail };
+            match self.src.blob(repo, &digest).await.map_err(|e| source_error(format!("{e:#}")))? {
+                Some(stream) => {
                     let pacer = self.bandwidth.clone();
                     let sent = self.tally.bytes_sent.clone();
-                    let paced = resp.bytes_stream().then(move |chunk| {
+                    let paced = stream.then(move |chunk| {
                         let pacer = pacer.clone();
                         async move {
                             if let Ok(c) = &chunk {
@@ -289,11 +283,7 @@ impl Copier {
                     });
                     Ok(reqwest::Body::wrap_stream(paced))
                 }
-                Fetched::NotFound => Err(berth_client::UpstreamError::Status {
-                    upstream: "source".into(),
-                    status: 404,
-                    detail: format!("{repo}@{digest}: no such blob"),
-                }),
+                None => Err(source_error(format!("{repo}@{digest}: no such blob"))),
             }
         };
         let sent = self.dst.put_blob(repo, digest.as_str(), size, mount.as_ref(), body).await?;
@@ -314,7 +304,7 @@ impl Copier {
     /// whose own `subject` is not `digest` is left out: a source's listing cannot make a copy
     /// wait on itself, nor carry foreign manifests along.
     async fn referrers(&self, repo: &RepoName, digest: &Digest) -> anyhow::Result<()> {
-        for d in referrers::list(&self.src, repo, digest).await? {
+        for d in self.src.referrers(repo, digest).await? {
             if self.copied(repo, &d) {
                 continue;
             }

@@ -8,7 +8,7 @@ use regex_lite::Regex;
 
 use super::referrers;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct TagFilter {
     globs: Vec<Glob>,
     regexes: Vec<Regex>,

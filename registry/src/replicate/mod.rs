@@ -18,18 +18,20 @@
 
 mod copy;
 mod filter;
+pub mod on_push;
 mod pages;
 mod progress;
 mod prune;
 mod referrers;
 mod report;
+mod source;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use berth_client::{Credentials, Fetched, Upstream};
+use berth_client::{Credentials, Upstream};
 use berth_core::config::UpstreamConfig;
 use berth_core::glob::Glob;
 use berth_core::oci::RepoName;
@@ -42,6 +44,7 @@ pub use progress::Progress;
 pub use prune::Deletes;
 pub use report::Report;
 use report::{ImageReport, Outcome};
+use source::Source;
 
 /// One side of a copy.
 #[derive(Debug, Clone, Default)]
@@ -107,7 +110,8 @@ pub async fn run(r: &Request) -> anyhow::Result<Report> {
     if let Some(rate) = r.rate {
         (src, dst) = (src.with_request_rate(rate), dst.with_request_rate(rate));
     }
-    let mut copier = Copier::new(src, dst, TagFilter::new(&r.tags)?, r.dry_run);
+    let mut copier =
+        Copier::new(Source::Remote(Box::new(src)), Arc::new(dst), TagFilter::new(&r.tags)?, r.dry_run);
     copier.overwrite = !r.no_overwrite;
     copier.deletes = r.deletes;
     copier.platforms = r.platforms.iter().map(|p| p.parse()).collect::<anyhow::Result<_>>()?;
@@ -190,29 +194,14 @@ async fn replicate(r: &Request, copier: &Copier) {
 }
 
 impl Copier {
-    /// Every tag of `repo` at the source, page by page.
+    /// Every tag of `repo` at the source.
     async fn tags(&self, repo: &RepoName) -> anyhow::Result<Vec<String>> {
-        pages::tag_list(&self.src, repo)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("{repo}: no such repository at the source"))
+        self.src.tags(repo).await?.ok_or_else(|| anyhow::anyhow!("{repo}: no such repository at the source"))
     }
 
-    /// Every repository the source's catalog lists (to these credentials), page by page.
+    /// Every repository the source's catalog lists (to these credentials).
     async fn catalog(&self) -> anyhow::Result<Vec<String>> {
-        #[derive(serde::Deserialize)]
-        struct List {
-            #[serde(default)]
-            repositories: Option<Vec<String>>,
-        }
-        pages::pages(|query| async move {
-            match self.src.catalog(&query).await? {
-                Fetched::Found(resp) => {
-                    Ok(resp.json::<List>().await.context("reading the catalog")?.repositories)
-                }
-                Fetched::NotFound => anyhow::bail!("the source has no catalog (GET /v2/_catalog)"),
-            }
-        })
-        .await
+        self.src.catalog().await
     }
 }
 

@@ -33,6 +33,7 @@ use crate::meta::{MetaError, MetaStore};
 use crate::notify::deliver::Notifier;
 use crate::notify::Events;
 use crate::proxy::Proxy;
+use crate::replicate::on_push::PushCopier;
 #[cfg(feature = "s3")]
 use crate::service::multiparts::Journal;
 use crate::service::{Limits, Registry};
@@ -196,17 +197,29 @@ pub async fn build_state(config: &Config) -> Result<AppState, ServeError> {
     if let Some(log) = journaled {
         registry = registry.with_multipart_log(log);
     }
-    let events = Arc::new(Events::new(&config.notifications));
+    let events = Arc::new(Events::new(&config.notifications, &config.replication));
     let registry = Arc::new(registry.with_events(events.clone()));
     let mut state = AppState::new(registry.clone(), metrics.clone(), config).map_err(ServeError::Config)?;
     let source = match (&config.notifications.source, &config.external_url) {
         (Some(s), _) | (None, Some(s)) => s.trim_end_matches('/').to_owned(),
         (None, None) => format!("http://{}", config.listen),
     };
-    let notifier =
-        Notifier::new(&config.notifications, event_log.clone(), events, metrics.webhooks.clone(), source)
-            .map_err(ServeError::Config)?
-            .with_audit(state.audit.clone());
+    let on_push = config
+        .replication
+        .on_push
+        .iter()
+        .map(|p| PushCopier::new(p, registry.clone()).map_err(|e| ServeError::Config(format!("{e:#}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let notifier = Notifier::new(
+        &config.notifications,
+        on_push,
+        event_log.clone(),
+        events,
+        metrics.webhooks.clone(),
+        source,
+    )
+    .map_err(ServeError::Config)?
+    .with_audit(state.audit.clone());
     state.notifier = Some(Arc::new(notifier));
     state.events = Some(event_log);
     // The pull-through cache's repositories are its eviction's to clean, not the collector's.

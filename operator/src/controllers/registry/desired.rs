@@ -23,6 +23,7 @@ use sha2::Digest as _;
 
 use super::effective::{self, Effective, CONTAINER_PORT, METRICS_PORT, UID};
 use crate::controllers::render::proxies::{self, ProxySource};
+use crate::controllers::render::replication::{self, OnPushSource};
 use crate::controllers::render::{auth, from_json, notifications, postgres, retention, s3, BuildError};
 use crate::crd::registry::{RetainPolicy, TlsMode};
 use crate::crd::Registry;
@@ -45,6 +46,8 @@ pub struct Inputs {
     /// The claim size in the existing StatefulSet's volumeClaimTemplates, which cannot change:
     /// a larger `spec.storage.filesystem.size` grows the claims themselves instead.
     pub claim_template_size: Option<String>,
+    /// The `ReplicationPolicy`s that copy this Registry's pushes as they happen.
+    pub on_push: Vec<OnPushSource>,
 }
 
 // A handful are built per reconcile; boxing the large variants would buy nothing.
@@ -96,7 +99,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 const TERMINATION_GRACE_SECONDS: u64 = 45;
 
 /// berth's config for this Registry, from the very types `berth` parses.
-pub fn render_config(reg: &Registry, eff: &Effective, proxies: &[ProxySource]) -> Result<Config, BuildError> {
+pub fn render_config(reg: &Registry, eff: &Effective, inputs: &Inputs) -> Result<Config, BuildError> {
     let spec = &reg.spec;
     let storage = spec.storage.clone().unwrap_or_default();
     let postgres = spec.database.as_ref().and_then(|d| d.postgres.as_ref());
@@ -123,7 +126,7 @@ pub fn render_config(reg: &Registry, eff: &Effective, proxies: &[ProxySource]) -
         },
         // Off the port clients reach; the operator reads /readyz there for the status.
         metrics: MetricsConfig { listen: Some(format!("0.0.0.0:{METRICS_PORT}")) },
-        proxy: proxies::upstreams(proxies)?,
+        proxy: proxies::upstreams(&inputs.proxies)?,
         auth: spec.auth.as_ref().map(|a| auth::render(a, auth::Builtin::of(reg))).transpose()?,
         retention: match &spec.gc {
             Some(gc) => retention::config(gc)?,
@@ -138,6 +141,7 @@ pub fn render_config(reg: &Registry, eff: &Effective, proxies: &[ProxySource]) -
             }
             None => Default::default(),
         },
+        replication: replication::config(&inputs.on_push)?,
         limits: LimitsConfig {
             shutdown_delay: SHUTDOWN_DELAY,
             shutdown_grace: SHUTDOWN_GRACE,
@@ -162,7 +166,7 @@ fn meta(reg: &Registry, name: String, component: &str) -> serde_json::Value {
 
 pub fn build(reg: &Registry, inputs: &Inputs) -> Result<Vec<Child>, BuildError> {
     let eff = effective::resolve(reg, &inputs.default_image);
-    let config = render_config(reg, &eff, &inputs.proxies)?;
+    let config = render_config(reg, &eff, inputs)?;
     let config_yaml = config.to_yaml();
     let hash = berth_core::oci::hex(&sha2::Sha256::digest(config_yaml.as_bytes()));
     let tls_secret = match eff.tls {
@@ -274,6 +278,9 @@ fn statefulset(
     let (proxy_mounts, proxy_volumes) = proxies::volumes(proxies);
     mounts.extend(proxy_mounts);
     volumes.extend(proxy_volumes);
+    let (copy_mounts, copy_volumes) = replication::volumes(&inputs.on_push);
+    mounts.extend(copy_mounts);
+    volumes.extend(copy_volumes);
     if let Some(spec) = &reg.spec.auth {
         let (auth_mounts, auth_volumes) = auth::volumes(reg, spec, auth::Builtin::of(reg));
         mounts.extend(auth_mounts);

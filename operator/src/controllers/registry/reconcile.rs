@@ -25,10 +25,13 @@ use super::tls::{self, TlsError};
 use crate::controllers::apply::{apply, prune};
 use crate::controllers::render::auth::{Builtin, PULL_ROBOT};
 use crate::controllers::render::proxies::{self, ProxySource};
+use crate::controllers::render::replication::OnPushSource;
 use crate::controllers::render::BuildError;
+use crate::controllers::replication::render as replication;
 use crate::controllers::{publish_readiness, Context, Error};
 use crate::crd::common::is_true;
 use crate::crd::proxycache::ProxyCache;
+use crate::crd::replication::ReplicationPolicy;
 use crate::crd::Registry;
 use crate::labels;
 
@@ -133,6 +136,7 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
         }
     }
     let proxies = proxy_sources(reg, ctx, ns).await?;
+    let on_push = on_push_sources(reg, ctx, ns).await?;
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
     let claim_template_size = sets.get_opt(&reg.name_any()).await?.and_then(|s| {
         let templates = s.spec?.volume_claim_templates?;
@@ -154,6 +158,7 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
         tls_secret: tls.map(|(name, _)| name),
         proxies,
         claim_template_size,
+        on_push,
     };
     let children = match desired::build(reg, &inputs) {
         Ok(c) => c,
@@ -297,6 +302,37 @@ async fn proxy_sources(reg: &Registry, ctx: &Context, ns: &str) -> Result<Vec<Pr
         .filter(|pc| pc.spec.registry_ref.name == reg.name_any())
         .map(|pc| ProxySource { name: pc.name_any(), spec: pc.spec })
         .collect())
+}
+
+/// The `ReplicationPolicy`s that copy this Registry's pushes as they happen, destinations
+/// resolved, in name order (a stable config). A policy whose destination cannot be used is left
+/// out: its own status says why.
+async fn on_push_sources(reg: &Registry, ctx: &Context, ns: &str) -> Result<Vec<OnPushSource>, Error> {
+    let policies: Api<ReplicationPolicy> = Api::namespaced(ctx.client.clone(), ns);
+    let mut sources = Vec::new();
+    for p in policies.list(&ListParams::default()).await? {
+        if !replication::copies_on_push(&p, &reg.name_any()) {
+            continue;
+        }
+        let to = &p.spec.destination;
+        let target = match &to.registry_ref {
+            Some(r) => Api::<Registry>::namespaced(ctx.client.clone(), ns).get_opt(&r.name).await?,
+            None => None,
+        };
+        match replication::side(to, "destination", target.as_ref(), true) {
+            Ok(side) => sources.push(OnPushSource {
+                policy: p.name_any(),
+                url: side.url,
+                credentials: side.credentials,
+                ca_secret: side.ca_secret,
+                rules: replication::rule_patterns(&p),
+                overwrite: p.spec.overwrite != Some(false),
+            }),
+            Err(why) => tracing::debug!(replicationpolicy = %p.name_any(), why, "not copying on push"),
+        }
+    }
+    sources.sort_by(|a, b| a.policy.cmp(&b.policy));
+    Ok(sources)
 }
 
 async fn observe(

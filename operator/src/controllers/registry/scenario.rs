@@ -93,6 +93,7 @@ async fn first_pass_applies_children_prunes_observes_and_reports() {
         lines(&seen),
         [
             "GET /apis/berth.dev/v1alpha1/namespaces/team/proxycaches",
+            "GET /apis/berth.dev/v1alpha1/namespaces/team/replicationpolicies",
             // the claim size the existing StatefulSet was created with
             "GET /apis/apps/v1/namespaces/team/statefulsets/hub",
             "PATCH /api/v1/namespaces/team/secrets/hub-config",

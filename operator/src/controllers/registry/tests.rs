@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::desired::{self, Child, Inputs};
 use super::effective;
 use super::status::{self, Observed, SetState};
+use crate::controllers::render::replication::OnPushSource;
 use crate::controllers::render::BuildError;
 use crate::crd::registry::*;
 use crate::crd::Registry;
@@ -28,6 +29,7 @@ pub(super) fn inputs() -> Inputs {
         tls_secret: None,
         proxies: vec![],
         claim_template_size: None,
+        on_push: vec![],
     }
 }
 
@@ -196,6 +198,36 @@ fn s3_storage_is_rendered_and_its_secrets_mounted() {
     assert_eq!(std::path::Path::new(&mount.mount_path), dir);
     let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == "s3-credentials").unwrap();
     assert_eq!(volume.secret.as_ref().unwrap().secret_name.as_deref(), Some("minio-keys"));
+}
+
+#[test]
+fn policies_that_copy_on_push_are_rendered_and_their_secrets_mounted() {
+    let r = registry(serde_json::json!({}));
+    let source = OnPushSource {
+        policy: "to-edge".into(),
+        url: "https://edge.ci.svc:5000".into(),
+        credentials: Some("edge-login".into()),
+        ca_secret: Some("edge-tls".into()),
+        rules: vec![(vec!["team/**".into()], vec![])],
+        overwrite: true,
+    };
+    let with = Inputs { on_push: vec![source], ..inputs() };
+    let c = children(&r, &with);
+    let policy = &config_of(&c).replication.on_push[0];
+    assert_eq!((policy.name.as_str(), policy.destination.as_str()), ("to-edge", "https://edge.ci.svc:5000"));
+    let Child::StatefulSet(set) = find(&c, "StatefulSet", "hub") else { unreachable!() };
+    let pod = set.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let mounted: Vec<_> =
+        pod.containers[0].volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect();
+    for dir in [policy.credentials_dir.as_deref(), policy.ca_file.as_deref().and_then(|f| f.parent())] {
+        let dir = dir.unwrap().to_str().unwrap();
+        assert!(mounted.contains(&dir), "{dir} is mounted: {mounted:?}");
+    }
+    assert_ne!(
+        config_of(&c),
+        config_of(&children(&r, &inputs())),
+        "a policy added or removed changes the config (and rolls the pods)"
+    );
 }
 
 #[test]

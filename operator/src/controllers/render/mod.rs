@@ -10,6 +10,7 @@ mod error;
 pub mod notifications;
 pub mod postgres;
 pub mod proxies;
+pub mod replication;
 pub mod retention;
 pub mod s3;
 

@@ -15,7 +15,7 @@ use super::render::{self, Side};
 use super::status::{self, Observed};
 use crate::controllers::apply::apply;
 use crate::controllers::{Context, Error};
-use crate::crd::replication::{Endpoint, ReplicationPolicy};
+use crate::crd::replication::{Endpoint, ReplicationMode, ReplicationPolicy};
 use crate::crd::Registry;
 
 const RETRY: Duration = Duration::from_secs(30);
@@ -46,8 +46,8 @@ async fn reconcile_inner(p: &ReplicationPolicy, ctx: &Context) -> Result<Action,
     let ns = p.namespace().unwrap_or_default();
     let mut obs = Observed::default();
     let sides = match (
-        end(ctx, &ns, &p.spec.source, "source").await?,
-        end(ctx, &ns, &p.spec.destination, "destination").await?,
+        end(ctx, &ns, &p.spec.source, "source", render::runs(p)).await?,
+        end(ctx, &ns, &p.spec.destination, "destination", true).await?,
     ) {
         (Ok(from), Ok(to)) => Some((from, to)),
         (Err(why), _) | (_, Err(why)) => {
@@ -55,6 +55,14 @@ async fn reconcile_inner(p: &ReplicationPolicy, ctx: &Context) -> Result<Action,
             None
         }
     };
+    let pushes_copied_by_source =
+        p.spec.source.registry_ref.is_some() && p.spec.mode != Some(ReplicationMode::Pull);
+    if render::on_push(p) && obs.stalled.is_none() && !pushes_copied_by_source {
+        obs.stalled = Some((
+            "InvalidSpec".into(),
+            "trigger.onPush needs source.registryRef (mode Push): that Registry makes the copies".into(),
+        ));
+    }
     if let Some((from, to)) = &sides {
         for (e, side, which) in [(&p.spec.source, from, "source"), (&p.spec.destination, to, "destination")] {
             if obs.stalled.is_none() && e.url.is_some() {
@@ -120,7 +128,13 @@ async fn remove_cron_job(crons: &Api<CronJob>, p: &ReplicationPolicy) -> Result<
 }
 
 /// An end as its runs reach it, or why it cannot be used.
-async fn end(ctx: &Context, ns: &str, e: &Endpoint, which: &str) -> Result<Result<Side, String>, Error> {
+async fn end(
+    ctx: &Context,
+    ns: &str,
+    e: &Endpoint,
+    which: &str,
+    login: bool,
+) -> Result<Result<Side, String>, Error> {
     let registry = match &e.registry_ref {
         Some(r) => Api::<Registry>::namespaced(ctx.client.clone(), ns).get_opt(&r.name).await?,
         None => None,
@@ -136,7 +150,7 @@ async fn end(ctx: &Context, ns: &str, e: &Endpoint, which: &str) -> Result<Resul
             return Ok(Err(format!("{which}: Secret {name} with username and password is not there")));
         }
     }
-    Ok(render::side(e, which, registry.as_ref()))
+    Ok(render::side(e, which, registry.as_ref(), login))
 }
 
 /// Whether a URL end answers `/v2/` and takes its credentials (checked with berth's own client).

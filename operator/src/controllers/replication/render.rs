@@ -17,7 +17,7 @@ use crate::controllers::registry::effective::{self, UID};
 use crate::controllers::registry::tls::tls_secret_name;
 use crate::controllers::render::{from_json, BuildError};
 use crate::crd::registry::TlsMode;
-use crate::crd::replication::{DeleteMode, Endpoint, ReplicationPolicy};
+use crate::crd::replication::{DeleteMode, Endpoint, ReplicationMode, ReplicationPolicy};
 use crate::crd::Registry;
 
 /// Set to a new value (with `trigger.manual: true`) to run the policy now.
@@ -43,9 +43,37 @@ pub struct Side {
     pub ca_secret: Option<String>,
 }
 
+/// Whether `p` has `registry` copy its pushes as they happen (and may now).
+pub fn copies_on_push(p: &ReplicationPolicy, registry: &str) -> bool {
+    on_push(p)
+        && p.spec.suspend != Some(true)
+        && p.spec.mode != Some(ReplicationMode::Pull)
+        && p.spec.source.registry_ref.as_ref().is_some_and(|r| r.name == registry)
+}
+
+pub fn on_push(p: &ReplicationPolicy) -> bool {
+    p.spec.trigger.as_ref().and_then(|t| t.on_push) == Some(true)
+}
+
+/// Whether `p` starts runs (Jobs), which log in to the source themselves.
+pub fn runs(p: &ReplicationPolicy) -> bool {
+    p.spec.trigger.as_ref().is_some_and(|t| t.schedule.is_some() || t.manual == Some(true))
+}
+
+/// Per rule: repository globs and tag patterns (one rule for everything when there is none).
+pub fn rule_patterns(p: &ReplicationPolicy) -> Vec<(Vec<String>, Vec<String>)> {
+    p.spec
+        .rules
+        .iter()
+        .flatten()
+        .map(|r| (r.repositories.clone().unwrap_or_default(), r.tags.clone().unwrap_or_default()))
+        .collect()
+}
+
 /// Where `end` is: a Registry of the namespace (`registry`, when it exists) by its Service, or
-/// a URL. Why not, for an end a run cannot use.
-pub fn side(end: &Endpoint, which: &str, registry: Option<&Registry>) -> Result<Side, String> {
+/// a URL. Why not, for an end a run cannot use. `login` says whether something must log in to
+/// a Registry that controls access (not to a source whose only copies are its own, on push).
+pub fn side(end: &Endpoint, which: &str, registry: Option<&Registry>, login: bool) -> Result<Side, String> {
     if end.prefix.as_deref().is_some_and(|p| !p.is_empty()) {
         return Err(format!("{which}.prefix is not supported yet: replicate to the same repository names"));
     }
@@ -54,7 +82,7 @@ pub fn side(end: &Endpoint, which: &str, registry: Option<&Registry>) -> Result<
             let Some(reg) = registry else {
                 return Err(format!("{which}: Registry {} does not exist", r.name));
             };
-            if reg.spec.auth.is_some() && end.credentials_secret.is_none() {
+            if login && reg.spec.auth.is_some() && end.credentials_secret.is_none() {
                 return Err(format!(
                     "{which}: Registry {} controls access: name a credentialsSecret (username, password) of a user or robot that may {}",
                     r.name,

@@ -31,12 +31,22 @@ pub fn compute(p: &ReplicationPolicy, obs: &Observed, now: Time) -> ReplicationP
             Cond::new("Stalled", true, reason.clone(), message.clone()),
         ],
         None => {
-            let (reason, message) = match (&schedule, suspended) {
-                (_, true) => ("Suspended", "suspended: no new runs".to_owned()),
-                (Some(s), false) => ("Scheduled", format!("runs on the schedule {s:?}")),
-                (None, false) => {
-                    ("Manual", format!("runs when {} is set to a new value", render::RUN_ANNOTATION))
-                }
+            let on_push = render::on_push(p);
+            let mut how = Vec::new();
+            if let Some(s) = &schedule {
+                how.push(format!("runs on the schedule {s:?}"));
+            }
+            if on_push {
+                how.push("copies each push as it happens".to_owned());
+            }
+            if schedule.is_none() && !on_push {
+                how.push(format!("runs when {} is set to a new value", render::RUN_ANNOTATION));
+            }
+            let (reason, message) = match (&schedule, suspended, on_push) {
+                (_, true, _) => ("Suspended", "suspended: no new runs, no copies on push".to_owned()),
+                (Some(_), false, _) => ("Scheduled", how.join("; ")),
+                (None, false, true) => ("OnPush", how.join("; ")),
+                (None, false, false) => ("Manual", how.join("; ")),
             };
             vec![Cond::new("Ready", true, reason, message), Cond::new("Stalled", false, "AsExpected", "")]
         }

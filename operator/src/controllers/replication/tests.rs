@@ -21,7 +21,11 @@ fn policy(rules: Vec<ReplicationRule>) -> ReplicationPolicy {
                 ..Default::default()
             },
             rules: Some(rules),
-            trigger: Some(Trigger { schedule: Some("*/5 * * * *".into()), manual: Some(true) }),
+            trigger: Some(Trigger {
+                schedule: Some("*/5 * * * *".into()),
+                manual: Some(true),
+                on_push: None,
+            }),
             deletes: Some(DeleteMode::Tags),
             ..Default::default()
         },
@@ -35,8 +39,8 @@ fn sides() -> (Side, Side) {
     let mut hub = Registry::new("hub", Default::default());
     hub.metadata.namespace = Some("ci".into());
     let p = policy(vec![]);
-    let from = render::side(&p.spec.source, "source", Some(&hub)).unwrap();
-    let to = render::side(&p.spec.destination, "destination", None).unwrap();
+    let from = render::side(&p.spec.source, "source", Some(&hub), true).unwrap();
+    let to = render::side(&p.spec.destination, "destination", None, true).unwrap();
     (from, to)
 }
 
@@ -73,15 +77,19 @@ fn each_rule_is_a_container_in_order() {
 #[test]
 fn ends_that_cannot_be_used_say_why() {
     let p = policy(vec![]);
-    let missing = render::side(&p.spec.source, "source", None).unwrap_err();
+    let missing = render::side(&p.spec.source, "source", None, true).unwrap_err();
     assert!(missing.contains("Registry hub does not exist"), "{missing}");
     let mut guarded = Registry::new("hub", Default::default());
     guarded.spec.auth = Some(Default::default());
-    let login = render::side(&p.spec.source, "source", Some(&guarded)).unwrap_err();
+    let login = render::side(&p.spec.source, "source", Some(&guarded), true).unwrap_err();
     assert!(login.contains("credentialsSecret") && login.contains("pull"), "{login}");
+    assert!(
+        render::side(&p.spec.source, "source", Some(&guarded), false).is_ok(),
+        "a source whose copies are its own, on push, needs no login to itself"
+    );
     let prefixed =
         Endpoint { url: Some("http://x".into()), prefix: Some("mirror/".into()), ..Default::default() };
-    assert!(render::side(&prefixed, "destination", None).unwrap_err().contains("prefix"));
+    assert!(render::side(&prefixed, "destination", None, true).unwrap_err().contains("prefix"));
     let bad = ReplicationRule { tags: Some(vec!["re:(".into()]), ..Default::default() };
     let (from, to) = sides();
     assert_eq!(render::cron_job(&policy(vec![bad]), "b", &from, &to).unwrap_err().reason(), "InvalidSpec");

@@ -1,0 +1,142 @@
+//! Where a replication reads: another registry over the distribution API, or — for the copies a
+//! registry makes of its own pushes — its own storage and metadata, directly (no request to
+//! itself, so no credentials for itself, and no pull recorded: a copy is not a pull).
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use berth_client::{Fetched, Upstream};
+use berth_core::oci::{Digest, Reference, RepoName};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::Method;
+
+use super::{pages, referrers};
+use crate::service::{Registry, ServiceError};
+use crate::storage::ByteStream;
+
+pub(super) enum Source {
+    Remote(Box<Upstream>),
+    Local(Arc<Registry>),
+}
+
+impl Source {
+    /// A manifest's media type and bytes; `None` when the source has no such manifest.
+    pub async fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+    ) -> anyhow::Result<Option<(String, Bytes)>> {
+        match self {
+            Source::Remote(src) => {
+                let resp = match src.fetch(Method::GET, repo, "manifests", reference).await? {
+                    Fetched::Found(resp) => resp,
+                    Fetched::NotFound => return Ok(None),
+                };
+                let media_type = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
+                    .unwrap_or_default();
+                let bytes = resp.bytes().await.context("reading a manifest")?;
+                Ok(Some((media_type, bytes)))
+            }
+            Source::Local(registry) => {
+                let reference: Reference =
+                    reference.parse().with_context(|| format!("{repo}: reference {reference:?}"))?;
+                let record = match registry.head_manifest(repo, &reference).await {
+                    Ok(record) => record,
+                    Err(ServiceError::ManifestUnknown | ServiceError::NameUnknown) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                };
+                let bytes = registry.manifest_bytes(&record).await?;
+                Ok(Some((record.media_type, bytes)))
+            }
+        }
+    }
+
+    /// A blob's bytes as they come; `None` when the source has no such blob in `repo`.
+    pub async fn blob(&self, repo: &RepoName, digest: &Digest) -> anyhow::Result<Option<ByteStream>> {
+        match self {
+            Source::Remote(src) => match src.fetch(Method::GET, repo, "blobs", digest.as_str()).await? {
+                Fetched::Found(resp) => {
+                    Ok(Some(resp.bytes_stream().map(|c| c.map_err(std::io::Error::other)).boxed()))
+                }
+                Fetched::NotFound => Ok(None),
+            },
+            Source::Local(registry) => match registry.get_blob(repo, digest, None, true).await {
+                Ok(Ok(read)) => Ok(read.body),
+                Ok(Err(_)) | Err(ServiceError::BlobUnknown | ServiceError::NameUnknown) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// What refers to `digest` in `repo`.
+    pub async fn referrers(&self, repo: &RepoName, digest: &Digest) -> anyhow::Result<Vec<Digest>> {
+        match self {
+            Source::Remote(src) => referrers::list(src, repo, digest).await,
+            Source::Local(registry) => match registry.referrers(repo, digest, None).await {
+                Ok(found) => Ok(found.into_iter().map(|r| r.digest).collect()),
+                Err(ServiceError::NameUnknown) => Ok(Vec::new()),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// Every tag of `repo`; `None` when there is no such repository.
+    pub async fn tags(&self, repo: &RepoName) -> anyhow::Result<Option<Vec<String>>> {
+        match self {
+            Source::Remote(src) => pages::tag_list(src, repo).await,
+            Source::Local(registry) => {
+                let (mut all, mut cursor) = (Vec::new(), None);
+                loop {
+                    let page = match registry.tags(repo, None, cursor).await {
+                        Ok(page) => page,
+                        Err(ServiceError::NameUnknown) => return Ok(None),
+                        Err(e) => return Err(e.into()),
+                    };
+                    all.extend(page.items);
+                    cursor = page.next;
+                    if cursor.is_none() {
+                        return Ok(Some(all));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every repository of the source's catalog (to these credentials).
+    pub async fn catalog(&self) -> anyhow::Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            #[serde(default)]
+            repositories: Option<Vec<String>>,
+        }
+        match self {
+            Source::Remote(src) => {
+                pages::pages(|query| async move {
+                    match src.catalog(&query).await? {
+                        Fetched::Found(resp) => {
+                            Ok(resp.json::<List>().await.context("reading the catalog")?.repositories)
+                        }
+                        Fetched::NotFound => anyhow::bail!("the source has no catalog (GET /v2/_catalog)"),
+                    }
+                })
+                .await
+            }
+            Source::Local(registry) => {
+                let (mut all, mut cursor) = (Vec::new(), None);
+                loop {
+                    let page = registry.catalog(None, cursor, |_| true).await?;
+                    all.extend(page.items);
+                    cursor = page.next;
+                    if cursor.is_none() {
+                        return Ok(all);
+                    }
+                }
+            }
+        }
+    }
+}
