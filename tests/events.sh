@@ -162,6 +162,21 @@ check "a signature made with another secret does not verify" \
 check "the endpoint's repository filter kept events/app out of it" \
   equal "$(received | awk '$1 == "/distribution" && $4 != "events/legacy"' | wc -l)" 0
 
+echo "== a rotated secret signs what follows, with no restart"
+kill "$RECEIVER_PID"
+wait "$RECEIVER_PID" 2>/dev/null
+printf 'rotated-s3cret\n' >"$WORK/secret"
+start_receiver
+secret_reloaded() { grep -q "reloaded.*$WORK/secret\|$WORK/secret.*reloaded" "$WORK/berth.log"; }
+signed_with_the_new_secret() {
+  eventually 30 secret_reloaded || { echo "berth never re-read $WORK/secret"; return 1; }
+  python3 "$ROOT/tests/push_many.py" "$URL" events/rotated 0 1 "$WORK/acked-rotated" 2>>"$WORK/pusher.log" &&
+    eventually 30 rotated_push_verifies
+}
+rotated_push_verifies() { received | awk '$4 == "events/rotated" && $2 == "True" {ok=1} END {exit !ok}'; }
+check "the secret file rewritten: berth re-reads it, and the next event verifies with the new secret" \
+  signed_with_the_new_secret
+
 echo "== the audit log and metrics"
 audit() {
   curl -fsS "$URL/admin/v1/events?repository=events/later&n=5" | python3 -c '

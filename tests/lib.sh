@@ -37,6 +37,16 @@ wait_for() {
   return 1
 }
 
+# eventually SECONDS CMD...: polls CMD (a command or a function) until it succeeds or the time is up.
+eventually() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@"; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}
+
 # start_berth [extra serve args...]: starts berth, sets BERTH_ADDR (host:port), BERTH_URL, BERTH_DIR, BERTH_PID.
 start_berth() {
   BERTH_DIR=$(mktemp -d)

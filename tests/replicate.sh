@@ -256,15 +256,6 @@ start_berth --config "$WORK/on-push.yml"
 P=$BERTH_ADDR
 copies() { curl -fsS "http://$P/metrics" | awk -v o="outcome=\"$1\"" 'index($0, "berth_replication_copies_total") == 1 && index($0, o) {s += $2} END {printf "%d\n", s}'; }
 at_f() { "$CRANE" --insecure digest "$F/$1" 2>/dev/null; }
-# eventually SECONDS CMD...: polls CMD until it succeeds or the time is up.
-eventually() {
-  local deadline=$((SECONDS + $1))
-  shift
-  until "$@"; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.2
-  done
-}
 pushed_while_down() {
   "${SK[@]}" copy -q --all --preserve-digests --dest-tls-verify=false "oci:$WORK/layout:multiarch" "docker://$P/team/app:v1" &&
     "${SK[@]}" copy -q --preserve-digests --dest-tls-verify=false "oci:$WORK/layout:multi" "docker://$P/team/app:latest" &&

@@ -8,6 +8,41 @@ use std::collections::BTreeMap;
 
 use kube::{Resource, ResourceExt};
 
+use crate::controllers::registry::effective::UID;
+
+/// Where a Job's berth writes its summary: the container's termination message.
+pub const TERMINATION_LOG: &str = "/run/termination-log";
+
+/// A container of a Job running berth (a collection, a replication): no privileges, a read-only
+/// root, its summary in its termination message (the log's end if it died without one).
+pub fn container(
+    name: &str,
+    image: &str,
+    pull_policy: &str,
+    args: &[String],
+    env: &[serde_json::Value],
+    mounts: &[serde_json::Value],
+) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "args": args,
+        "env": env,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": mounts,
+    })
+}
+
+/// A Job pod's security context: berth's own non-root user, the runtime's default seccomp.
+pub fn pod_security() -> serde_json::Value {
+    serde_json::json!({"runAsNonRoot": true, "runAsUser": UID, "runAsGroup": UID,
+        "seccompProfile": {"type": "RuntimeDefault"}})
+}
+
 /// The Job a run annotation's `value` asks for, named after its CronJob: the same value always
 /// names the same Job, so a re-applied annotation (or a reconcile that ran twice) starts one run.
 pub fn requested_name(cron_job: &str, value: &str) -> String {

@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::{body, Events};
+use crate::auth::htpasswd::Watched;
 use crate::meta::events::{Claimed, Settled};
 use crate::meta::now_millis;
 use crate::meta::outbox::EventLog;
@@ -166,7 +167,9 @@ impl Sink {
 /// One endpoint's sender.
 struct Deliverer {
     endpoint: Endpoint,
-    secret: Option<Vec<u8>>,
+    /// Signs each body; the file is re-read when it changes (a rotated Secret counts from the
+    /// next round of upkeep, no restart).
+    secret: Option<Watched<Vec<u8>>>,
     client: reqwest::Client,
 }
 
@@ -243,12 +246,26 @@ impl Notifier {
         loop {
             self.write_audit().await;
             self.count_backlog().await;
+            self.reread_secrets().await;
             if tokio::time::Instant::now() >= forget_due {
                 self.forget_old().await;
                 forget_due = tokio::time::Instant::now() + FORGET_EVERY;
             }
             tokio::time::sleep(UPKEEP_EVERY).await;
         }
+    }
+
+    /// Re-reads the webhook secrets whose files changed, off the async threads.
+    async fn reread_secrets(&self) {
+        let sinks = self.deliverers.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for sink in sinks {
+                if let Sink::Webhook(Deliverer { secret: Some(secret), .. }) = &*sink {
+                    secret.refresh();
+                }
+            }
+        })
+        .await;
     }
 
     async fn count_backlog(&self) {
@@ -376,9 +393,9 @@ impl Notifier {
             .post(&d.endpoint.url)
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .header("berth-event-id", &c.event.id);
-        if let Some(secret) = &d.secret {
+        if let Some(secret) = d.secret.as_ref().and_then(|w| w.current().ok()) {
             let t = crate::meta::now();
-            req = req.header(body::SIGNATURE_HEADER, body::signature(secret, t, &bytes));
+            req = req.header(body::SIGNATURE_HEADER, body::signature(&secret, t, &bytes));
         }
         match req.body(bytes).send().await {
             Ok(resp) if resp.status().is_success() => Ok("delivered"),
@@ -397,9 +414,8 @@ impl Deliverer {
         let what = |m: String| format!("notifications endpoint {}: {m}", endpoint.name);
         let secret = match &endpoint.secret_file {
             Some(f) => Some(
-                std::fs::read(f)
-                    .map(|s| s.trim_ascii().to_vec())
-                    .map_err(|e| what(format!("secret_file {}: {e}", f.display())))?,
+                Watched::open(f.clone(), |text| Ok(text.trim_ascii().as_bytes().to_vec()))
+                    .map_err(|e| what(format!("secret_file {e}")))?,
             ),
             None => None,
         };

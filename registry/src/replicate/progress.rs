@@ -80,56 +80,60 @@ impl<'a> Display<'a> {
         }
     }
 
+    /// Shows where the run stands. The report is locked only while the lines are made, never
+    /// while they are written: a stderr that blocks must not hold up the copies.
     fn tick(&mut self, last: bool) {
-        let Ok(r) = self.report.lock() else { return };
-        let sent = self.tally.bytes_sent.load(Ordering::Relaxed);
-        let secs = self.began.elapsed().as_secs_f64().max(0.001);
-        let found = self.tally.images_found.load(Ordering::Relaxed);
-        let line = |image, failure| Line {
-            images_done: r.images.len(),
-            images_found: found,
-            bytes_sent: sent,
-            bytes_per_second: (sent as f64 / secs) as u64,
-            failed: r.failed.len(),
-            image,
-            failure,
+        let out = {
+            let Ok(r) = self.report.lock() else { return };
+            let sent = self.tally.bytes_sent.load(Ordering::Relaxed);
+            let secs = self.began.elapsed().as_secs_f64().max(0.001);
+            let found = self.tally.images_found.load(Ordering::Relaxed);
+            let line = |image, failure| Line {
+                images_done: r.images.len(),
+                images_found: found,
+                bytes_sent: sent,
+                bytes_per_second: (sent as f64 / secs) as u64,
+                failed: r.failed.len(),
+                image,
+                failure,
+            };
+            match self.mode {
+                Progress::Terminal => {
+                    let l = line(None, None);
+                    format!(
+                        "\r\x1b[K{} of {} images, {} sent, {}/s, {} failed",
+                        l.images_done,
+                        l.images_found,
+                        berth_core::config::size::approximate(l.bytes_sent),
+                        berth_core::config::size::approximate(l.bytes_per_second),
+                        l.failed
+                    )
+                }
+                Progress::JsonLines => {
+                    let mut lines: Vec<String> = Vec::new();
+                    for image in r.images.iter().skip(self.images_seen) {
+                        lines.extend(serde_json::to_string(&line(Some(image), None)).ok());
+                    }
+                    for failure in r.failed.iter().skip(self.failures_seen) {
+                        lines.extend(serde_json::to_string(&line(None, Some(failure))).ok());
+                    }
+                    if last || self.last_line.elapsed() >= LINE_EVERY {
+                        lines.extend(serde_json::to_string(&line(None, None)).ok());
+                    }
+                    if !lines.is_empty() {
+                        self.last_line = Instant::now();
+                    }
+                    (self.images_seen, self.failures_seen) = (r.images.len(), r.failed.len());
+                    lines.iter().map(|l| format!("{l}\n")).collect()
+                }
+                Progress::None => String::new(),
+            }
         };
-        let mut err = std::io::stderr().lock();
-        match self.mode {
-            Progress::Terminal => {
-                let l = line(None, None);
-                let _ = write!(
-                    err,
-                    "\r\x1b[K{} of {} images, {} sent, {}/s, {} failed",
-                    l.images_done,
-                    l.images_found,
-                    berth_core::config::size::approximate(l.bytes_sent),
-                    berth_core::config::size::approximate(l.bytes_per_second),
-                    l.failed
-                );
-            }
-            Progress::JsonLines => {
-                let mut lines: Vec<String> = Vec::new();
-                for image in r.images.iter().skip(self.images_seen) {
-                    lines.extend(serde_json::to_string(&line(Some(image), None)).ok());
-                }
-                for failure in r.failed.iter().skip(self.failures_seen) {
-                    lines.extend(serde_json::to_string(&line(None, Some(failure))).ok());
-                }
-                if last || self.last_line.elapsed() >= LINE_EVERY {
-                    lines.extend(serde_json::to_string(&line(None, None)).ok());
-                }
-                if !lines.is_empty() {
-                    self.last_line = Instant::now();
-                }
-                for l in lines {
-                    let _ = writeln!(err, "{l}");
-                }
-                (self.images_seen, self.failures_seen) = (r.images.len(), r.failed.len());
-            }
-            Progress::None => {}
+        if !out.is_empty() {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(out.as_bytes());
+            let _ = err.flush();
         }
-        let _ = err.flush();
     }
 }
 

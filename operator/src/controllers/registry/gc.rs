@@ -17,8 +17,8 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
-use super::effective::{Effective, UID};
-use crate::controllers::jobs;
+use super::effective::Effective;
+use crate::controllers::jobs::{self, TERMINATION_LOG};
 use crate::controllers::render::auth::{robots_secret_name, GC_ROBOT};
 use crate::controllers::render::{from_json, BuildError};
 use crate::crd::common::Cond;
@@ -31,7 +31,6 @@ pub const RUN_ANNOTATION: &str = "berth.dev/gc-run";
 pub const COMPONENT: &str = "gc";
 pub const DEFAULT_SCHEDULE: &str = "0 3 * * *";
 /// Where `berth gc` writes its summary: the container's termination message.
-pub const TERMINATION_LOG: &str = "/run/termination-log";
 const CA_DIR: &str = "/etc/berth/ca";
 /// A run the client gives up on after an hour; the Job a little later.
 const DEADLINE_SECONDS: i64 = 3900;
@@ -104,20 +103,15 @@ fn job_spec(reg: &Registry, spec: &GcSpec, eff: &Effective, tls_secret: Option<&
     }
     let mut pod = serde_json::json!({
         "restartPolicy": "Never",
-        "securityContext": {"runAsNonRoot": true, "runAsUser": UID, "runAsGroup": UID,
-            "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [{
-            "name": COMPONENT,
-            "image": eff.image,
-            "imagePullPolicy": reg.spec.image_pull_policy.clone().unwrap_or_else(|| "IfNotPresent".into()),
-            "args": args,
-            "env": env,
-            "terminationMessagePath": TERMINATION_LOG,
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-                "capabilities": {"drop": ["ALL"]}},
-            "volumeMounts": mounts,
-        }],
+        "securityContext": jobs::pod_security(),
+        "containers": [jobs::container(
+            COMPONENT,
+            &eff.image,
+            reg.spec.image_pull_policy.as_deref().unwrap_or("IfNotPresent"),
+            &args,
+            &env,
+            &mounts,
+        )],
         "volumes": volumes,
     });
     if let Some(v) = &reg.spec.node_selector {

@@ -52,13 +52,13 @@ fn spec_gc_makes_a_cron_job_that_runs_berth_gc_as_the_operators_robot() {
             "--grace",
             "30m",
             "--report-file",
-            gc::TERMINATION_LOG,
+            crate::controllers::jobs::TERMINATION_LOG,
             "--dry-run",
             "--ca-file",
             "/etc/berth/ca/ca.crt"
         ]
     );
-    assert_eq!(container["terminationMessagePath"], gc::TERMINATION_LOG);
+    assert_eq!(container["terminationMessagePath"], crate::controllers::jobs::TERMINATION_LOG);
     assert_eq!(container["env"][0]["value"], GC_ROBOT);
     assert_eq!(container["env"][1]["valueFrom"]["secretKeyRef"]["name"], "hub-robots");
     assert_eq!(pod["spec"]["volumes"][0]["secret"]["secretName"], "hub-tls");

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use kube::ResourceExt;
 
-use crate::controllers::jobs;
-use crate::controllers::registry::effective::{self, UID};
+use crate::controllers::jobs::{self, TERMINATION_LOG};
+use crate::controllers::registry::effective;
 use crate::controllers::registry::tls::tls_secret_name;
 use crate::controllers::render::{from_json, BuildError};
 use crate::crd::registry::TlsMode;
@@ -25,7 +25,6 @@ pub const RUN_ANNOTATION: &str = "berth.dev/run";
 /// The label naming the policy on its CronJob, Jobs and pods.
 pub const POLICY_LABEL: &str = "berth.dev/replication-policy";
 pub const COMPONENT: &str = "replication";
-const TERMINATION_LOG: &str = "/run/termination-log";
 /// A run is stopped after six hours.
 const DEADLINE_SECONDS: i64 = 6 * 3600;
 /// A Job an annotation asked for is removed a day after it ends (the status keeps its result).
@@ -212,20 +211,7 @@ fn job_spec(
     let containers: Vec<serde_json::Value> = rule_args(p, from, to)?
         .into_iter()
         .zip(container_names(p))
-        .map(|(args, name)| {
-            serde_json::json!({
-                "name": name,
-                "image": image,
-                "imagePullPolicy": "IfNotPresent",
-                "args": args,
-                "env": env,
-                "terminationMessagePath": TERMINATION_LOG,
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-                    "capabilities": {"drop": ["ALL"]}},
-                "volumeMounts": mounts,
-            })
-        })
+        .map(|(args, name)| jobs::container(&name, image, "IfNotPresent", &args, &env, &mounts))
         .collect();
     let (init, last) = containers.split_at(containers.len().saturating_sub(1));
     Ok(serde_json::json!({
@@ -233,8 +219,7 @@ fn job_spec(
         "activeDeadlineSeconds": DEADLINE_SECONDS,
         "template": {"metadata": {"labels": job_labels(p)}, "spec": {
             "restartPolicy": "Never",
-            "securityContext": {"runAsNonRoot": true, "runAsUser": UID, "runAsGroup": UID,
-                "seccompProfile": {"type": "RuntimeDefault"}},
+            "securityContext": jobs::pod_security(),
             "initContainers": init,
             "containers": last,
             "volumes": volumes,
