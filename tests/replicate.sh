@@ -19,7 +19,7 @@ printf 'alice-pw' >"$WORK/alice.pw"
 cat >"$WORK/source.yml" <<YAML
 auth:
   htpasswd: $WORK/htpasswd
-  rules: [{ users: [alice], repositories: ["**"], actions: [pull, push] }]
+  rules: [{ users: [alice], repositories: ["**"], actions: [pull, push, delete] }]
 YAML
 start_berth --config "$WORK/source.yml"
 A=$BERTH_ADDR
@@ -155,6 +155,18 @@ mirror() {
     ! "$BERTH_BIN" replicate --from "http://$B" --to "http://$C" --delete mirror --no-overwrite rules/app 2>/dev/null
 }
 check "--delete mirror: nightly goes with the index only it named" mirror
+PREFIXED=(--all --from-prefix src --to-prefix mirror/hub/ --no-referrers)
+prefixed() {
+  replicate "$A" "$C" "${AUTH[@]}" "${PREFIXED[@]}" &&
+    report 'not r["failed"] and r["referrersCopied"] == 0 and {i["repository"] for i in r["images"]} == {"src/app", "src/new"}' &&
+    equal "$("$CRANE" --insecure digest "$C/mirror/hub/app:multiarch")" "$MULTIARCH" &&
+    equal "$("$CRANE" --insecure digest "$C/mirror/hub/new:v2")" "$MULTI" &&
+    curl -fsS "http://$C/v2/mirror/hub/app/referrers/$MULTI" >"$WORK/referrers.json" &&
+    ! grep -q application/vnd.dev.cosign "$WORK/referrers.json" &&
+    replicate "$A" "$C" "${AUTH[@]}" "${PREFIXED[@]}" &&
+    report 'r["bytesCopied"] == 0 and r["manifestsCopied"] == 0 and not r["failed"]'
+}
+check "--from-prefix src --to-prefix mirror/hub: src/app lands as mirror/hub/app, referrers left behind" prefixed
 
 echo "== a run killed in the middle, started again"
 # An image of 8 random 1 MiB layers at B; the copy to a fresh E is paced to 2 MiB/s and killed
@@ -251,6 +263,15 @@ replication:
       repositories: ["team/**"]
       tags: ["v*", "re:^release-[0-9]+\$"]
       backoff: 1s
+    - name: renamed
+      destination: http://$F
+      credentials_dir: $WORK/edge-creds
+      source_prefix: team
+      destination_prefix: copies
+      tags: ["v*"]
+      referrers: false
+      deletes: tags
+      backoff: 1s
 YAML
 start_berth --config "$WORK/on-push.yml"
 P=$BERTH_ADDR
@@ -291,6 +312,21 @@ moved_and_released() {
     eventually 60 bash -c "[[ \$('$CRANE' --insecure digest '$F/team/app:v1' 2>/dev/null) == $MULTI && \$('$CRANE' --insecure digest '$F/team/app:release-7' 2>/dev/null) == $MULTI ]]"
 }
 check "a tag moved at P moves at F; a tag the regex matches is copied" moved_and_released
+renamed_without_referrers() {
+  eventually 60 bash -c "[[ \$('$CRANE' --insecure digest '$F/copies/app:v1' 2>/dev/null) == $MULTI ]]" &&
+    eventually 60 bash -c "curl -fsS http://$P/metrics | grep -qx 'berth_replication_pending{policy=\"renamed\"} 0'" &&
+    equal "$("$CRANE" --insecure digest "$F/copies/app@$MULTIARCH")" "$MULTIARCH" &&
+    curl -fsS -u alice:alice-pw "http://$F/v2/copies/app/referrers/$MULTIARCH" >"$WORK/referrers.json" &&
+    ! grep -q application/vnd.dev.cosign "$WORK/referrers.json" && ! at_f copies/app:release-7 >/dev/null
+}
+check "source_prefix team, destination_prefix copies: team/app lands as copies/app, its signature left behind" \
+  renamed_without_referrers
+deletes_follow() {
+  curl -fsS -o /dev/null -X DELETE "http://$P/v2/team/app/manifests/v1" &&
+    eventually 60 bash -c "! '$CRANE' --insecure digest '$F/copies/app:v1' >/dev/null 2>&1" &&
+    (($(copies deleted) >= 1)) && equal "$(at_f team/app:v1)" "$MULTI"
+}
+check "deletes: tags: a tag deleted at P goes at F (only under the policy that says so)" deletes_follow
 
 echo "== moving house: a registry on the filesystem copied whole onto S3 and PostgreSQL"
 catalog() { # catalog URL [curl args...]: the repository names, sorted, one line

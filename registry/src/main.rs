@@ -122,6 +122,17 @@ struct ReplicateArgs {
     /// keeping the index's bytes and digest: the destination must accept sparse indexes.
     #[arg(long = "platform")]
     platforms: Vec<String>,
+    /// Replicate only the source's repositories under this path, named without it at the
+    /// destination (e.g. `library`: library/nginx goes to nginx).
+    #[arg(long, default_value = "")]
+    from_prefix: String,
+    /// Put this path before each repository's name at the destination (e.g. `mirror`:
+    /// team/app goes to mirror/team/app).
+    #[arg(long, default_value = "")]
+    to_prefix: String,
+    /// Leave referrers (signatures, SBOMs, attestations) behind.
+    #[arg(long)]
+    no_referrers: bool,
     /// Progress on stderr: a line redrawn on a terminal, JSON lines otherwise (auto), or none.
     #[arg(long, default_value = "auto", value_parser = ["auto", "terminal", "json", "none"])]
     progress: String,
@@ -179,6 +190,9 @@ impl ReplicateArgs {
             rate: self.rate,
             bandwidth: self.bandwidth,
             platforms: self.platforms,
+            from_prefix: self.from_prefix,
+            to_prefix: self.to_prefix,
+            no_referrers: self.no_referrers,
             progress: match self.progress.as_str() {
                 "terminal" => Progress::Terminal,
                 "json" => Progress::JsonLines,

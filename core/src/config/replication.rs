@@ -12,7 +12,12 @@
 //!       insecure: false                     # skip TLS verification
 //!       repositories: ["team/**"]           # globs (all when absent)
 //!       tags: ["v*", "re:^release-[0-9]+$"] # globs, or regexes after `re:` (all when absent)
+//!       source_prefix: team                 # only repositories under it, named without it there
+//!       destination_prefix: mirror          # put before each repository's name there
+//!       referrers: true                     # signatures and SBOMs travel with their subjects
 //!       overwrite: true                     # move a destination tag that names another digest
+//!       deletes: none                       # tags: a tag deleted here goes there; mirror: and
+//!                                           # the manifests no tag there names any more
 //!       timeout: 10m                        # one copy at most
 //!       max_attempts: 10                    # then the copy is dead (kept, listed, not retried)
 //!       backoff: 10s                        # before the first retry; doubles up to 10m
@@ -48,14 +53,55 @@ pub struct OnPush {
     pub repositories: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source_prefix: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub destination_prefix: String,
+    #[serde(default = "yes")]
+    pub referrers: bool,
     #[serde(default = "yes")]
     pub overwrite: bool,
+    #[serde(default, skip_serializing_if = "Deletes::is_none")]
+    pub deletes: Deletes,
     #[serde(default = "default_timeout", with = "duration")]
     pub timeout: Duration,
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     #[serde(default = "default_backoff", with = "duration")]
     pub backoff: Duration,
+}
+
+/// What a replication deletes at the destination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Deletes {
+    /// Nothing at the destination is deleted.
+    #[default]
+    None,
+    /// Tags gone at the source go at the destination (within the filters).
+    Tags,
+    /// As `Tags`, and their manifests when no tag names them any more; tags are always
+    /// overwritten.
+    Mirror,
+}
+
+impl Deletes {
+    pub fn is_none(&self) -> bool {
+        *self == Deletes::None
+    }
+}
+
+impl std::str::FromStr for Deletes {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Deletes::None),
+            "tags" => Ok(Deletes::Tags),
+            "mirror" => Ok(Deletes::Mirror),
+            other => Err(format!("{other:?}: deletes are none, tags or mirror")),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -101,7 +147,22 @@ impl ReplicationConfig {
                 max_attempts: p.max_attempts,
                 timeout: p.timeout,
             };
-            target.check(&mut names, "policies", |field| format!("replication.on_push[{i}].{field}"))?;
+            let field = |f: &str| format!("replication.on_push[{i}].{f}");
+            target.check(&mut names, "policies", field)?;
+            for (f, prefix) in
+                [("source_prefix", &p.source_prefix), ("destination_prefix", &p.destination_prefix)]
+            {
+                let path = prefix.trim_end_matches('/');
+                if let (false, Err(e)) = (path.is_empty(), path.parse::<crate::oci::RepoName>()) {
+                    return Err((field(f), format!("{prefix:?} is not a repository path: {e}")));
+                }
+            }
+            if p.deletes == Deletes::Mirror && !p.overwrite {
+                return Err((
+                    field("overwrite"),
+                    "deletes: mirror makes the destination's tags equal these: it overwrites".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -120,7 +181,8 @@ mod tests {
         )
         .unwrap();
         let p = &c.replication.on_push[0];
-        assert!(p.overwrite);
+        assert!(p.overwrite && p.referrers);
+        assert_eq!(p.deletes, super::Deletes::None);
         assert_eq!(p.timeout.as_secs(), 600);
         assert_eq!(p.delivery_name(), "replicate:edge");
         assert_eq!(Config::from_yaml(&c.to_yaml(), "again").unwrap(), c, "stable round trip");
@@ -136,6 +198,18 @@ mod tests {
                 "replication.on_push[1].name",
             ),
             ("- {name: a, destination: 'http://x', timeout: 0s}", "replication.on_push[0].timeout"),
+            (
+                "- {name: a, destination: 'http://x', destination_prefix: 'A/'}",
+                "replication.on_push[0].destination_prefix",
+            ),
+            (
+                "- {name: a, destination: 'http://x', source_prefix: 'a//b'}",
+                "replication.on_push[0].source_prefix",
+            ),
+            (
+                "- {name: a, destination: 'http://x', deletes: mirror, overwrite: false}",
+                "replication.on_push[0].overwrite",
+            ),
         ] {
             let e = Config::from_yaml(&format!("replication:\n  on_push:\n    {yaml}\n"), "t").unwrap_err();
             assert_eq!(e.field, field, "{yaml}");

@@ -118,7 +118,7 @@ spec:
     assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
 
     // On push: the policy is rendered into hub's config (its pod rolls), and hub copies each
-    // matching tag pushed from then on.
+    // matching tag pushed from then on, under the destination's prefix.
     let pods: Api<Pod> = ns.api();
     let old_uid = pods.get("hub-0").await.unwrap().metadata.uid;
     let on_push = "apiVersion: berth.dev/v1alpha1
@@ -127,7 +127,7 @@ metadata:
   name: pushes-to-edge
 spec:
   source: {registryRef: {name: hub}}
-  destination: {registryRef: {name: edge}}
+  destination: {registryRef: {name: edge}, prefix: pushed}
   rules: [{repositories: [\"team/**\"], tags: [\"v*\"]}]
   trigger: {onPush: true}
 ";
@@ -151,7 +151,7 @@ spec:
     let push = skopeo_push(&cp, image.path(), &format!("docker://{hub}/team/app:v3"), &plain);
     assert!(push.status.success(), "{}", String::from_utf8_lossy(&push.stderr));
     let arrived = wait_until(Duration::from_secs(120), || async {
-        skopeo_pull(&cp, &format!("docker://{edge}/team/app:v3")).status.success()
+        skopeo_pull(&cp, &format!("docker://{edge}/pushed/team/app:v3")).status.success()
     })
     .await;
     assert!(arrived, "the tag pushed to hub arrived at edge by itself\n{}", debug(&cp));

@@ -33,8 +33,9 @@ pub struct ReplicationPolicySpec {
     /// Which repositories and tags are copied. Default: everything.
     pub rules: Option<Vec<ReplicationRule>>,
     pub trigger: Option<Trigger>,
-    /// What a run deletes at the destination: `None` (the default), `Tags` (tags the source no
-    /// longer has, within the rules) or `Mirror` (and the manifests only those tags named).
+    /// What a run (or, on push, a delete at the source) deletes at the destination: `None` (the
+    /// default), `Tags` (tags the source no longer has, within the rules) or `Mirror` (and the
+    /// manifests only those tags named).
     pub deletes: Option<DeleteMode>,
     /// Move destination tags that name another digest. Default true; `Mirror` always does.
     pub overwrite: Option<bool>,
@@ -59,7 +60,9 @@ pub struct Endpoint {
     pub url: Option<String>,
     /// A Secret with `username` and `password` (or a docker config) for `url`.
     pub credentials_secret: Option<String>,
-    /// Repository path prefix at this end, e.g. `mirror/` .
+    /// A repository path at this end. At the source: only repositories under it are copied,
+    /// named without it at the destination. At the destination: put before each name (source
+    /// `team/app` with destination prefix `mirror` lands as `mirror/team/app`).
     pub prefix: Option<String>,
 }
 

@@ -344,6 +344,7 @@ impl Notifier {
                     let outcome = match copied {
                         Copied::Copied => "copied",
                         Copied::Unchanged => "unchanged",
+                        Copied::Deleted => "deleted",
                         Copied::Ignored(why) => {
                             tracing::debug!(policy = %p.policy().name, event = %c.event.id, why, "nothing to copy");
                             "ignored"

@@ -18,6 +18,7 @@ pub mod deliver;
 use std::sync::Arc;
 
 use berth_core::config::notifications::{EventKind, NotificationsConfig};
+use berth_core::config::replication::Deletes;
 use berth_core::config::ReplicationConfig;
 use berth_core::glob::Glob;
 use berth_core::oci::{Digest, RepoName, Tag};
@@ -92,7 +93,10 @@ impl Events {
         });
         let copies = replication.on_push.iter().map(|p| Route {
             name: p.delivery_name(),
-            kinds: vec![EventKind::Push, EventKind::Referrer],
+            kinds: match p.deletes {
+                Deletes::None => vec![EventKind::Push, EventKind::Referrer],
+                _ => vec![EventKind::Push, EventKind::Referrer, EventKind::TagDelete, EventKind::Delete],
+            },
             repositories: globs(&p.repositories),
         });
         Events { routes: webhooks.chain(copies).collect(), recorded: Default::default() }

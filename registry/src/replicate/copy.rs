@@ -18,6 +18,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 
 use super::filter::{Platform, TagFilter};
+use super::names::Prefixes;
 use super::prune::Deletes;
 use super::referrers;
 use super::report::{Failure, ImageReport, Outcome, Report};
@@ -40,12 +41,22 @@ pub(super) struct Copier {
     /// bytes are copied as they are, so its digest stays (the destination must accept a sparse
     /// index).
     pub platforms: Vec<Platform>,
+    /// Where each source repository goes at the destination.
+    pub prefixes: Prefixes,
+    /// Whether referrers (signatures, SBOMs) travel with their subjects.
+    pub copy_referrers: bool,
     pub report: Mutex<Report>,
     pub tally: super::progress::Tally,
     /// Per blob, a destination repository this run put it in (to mount it from).
     placed: Mutex<HashMap<Digest, RepoName>>,
     /// Per manifest and repository: its copy, shared by every image that needs it.
     copies: Mutex<HashMap<(RepoName, Digest), SharedCopy>>,
+}
+
+/// A repository at both ends: its name at the source and at the destination.
+pub(super) struct Repos {
+    pub src: RepoName,
+    pub dst: RepoName,
 }
 
 /// One manifest's copy, done by the first image that needs it and awaited by the others.
@@ -78,6 +89,8 @@ impl Copier {
             dry_run,
             bandwidth: None,
             platforms: Vec::new(),
+            prefixes: Prefixes::default(),
+            copy_referrers: true,
             report: Mutex::new(Report { dry_run, ..Report::default() }),
             tally: Default::default(),
             placed: Mutex::new(HashMap::new()),
@@ -96,28 +109,30 @@ impl Copier {
         self.with_report(|r| r.failed.push(Failure { image: image.to_owned(), error: format!("{e:#}") }));
     }
 
-    /// The shared copy of `digest` in `repo`.
+    /// The shared copy of `digest` in the destination's `repo`.
     fn copy_of(&self, repo: &RepoName, digest: &Digest) -> SharedCopy {
         let mut copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
         copies.entry((repo.clone(), digest.clone())).or_default().clone()
     }
 
-    /// Whether `digest` in `repo` was copied (or found there) already this run.
+    /// Whether `digest` in the destination's `repo` was copied (or found there) already this run.
     fn copied(&self, repo: &RepoName, digest: &Digest) -> bool {
         self.copy_of(repo, digest).initialized()
     }
 
-    /// Copies one image; how it went.
+    /// Copies one image of the source's `repo`; how it went.
     pub async fn image(&self, repo: &RepoName, reference: &str) -> anyhow::Result<ImageReport> {
-        let m = self.fetch(repo, reference).await?;
+        let repos = Repos { dst: self.prefixes.destination(repo)?, src: repo.clone() };
+        let repo = &repos;
+        let m = self.fetch(&repo.src, reference).await?;
         let is_tag = !reference.contains(':');
-        let there = if is_tag { self.dst.manifest_digest(repo, reference).await? } else { None };
+        let there = if is_tag { self.dst.manifest_digest(&repo.dst, reference).await? } else { None };
         let outcome = if there.is_some() && there.as_deref() != Some(m.digest.as_str()) && !self.overwrite {
             // The destination's tag stays as it is: nothing of this image is copied.
             Outcome::Kept
         } else if there.as_deref() == Some(m.digest.as_str()) {
             // Unchanged; referrers added since are still copied (once).
-            self.copy_of(repo, &m.digest)
+            self.copy_of(&repo.dst, &m.digest)
                 .get_or_try_init(|| async {
                     self.referrers(repo, &m.digest).await?;
                     anyhow::Ok(Placed { copied: false, tagged: None })
@@ -133,7 +148,7 @@ impl Copier {
             }
         };
         Ok(ImageReport {
-            repository: repo.to_string(),
+            repository: repo.src.to_string(),
             reference: reference.to_owned(),
             digest: m.digest,
             outcome,
@@ -157,14 +172,14 @@ impl Copier {
     /// would have) rather than found it there or left it to another.
     fn manifest<'a>(
         &'a self,
-        repo: &'a RepoName,
+        repo: &'a Repos,
         m: &'a Manifest,
         tag: Option<&'a str>,
     ) -> futures_util::future::BoxFuture<'a, anyhow::Result<bool>> {
         Box::pin(async move {
             let mut ours = false;
             let placed = self
-                .copy_of(repo, &m.digest)
+                .copy_of(&repo.dst, &m.digest)
                 .get_or_try_init(|| {
                     ours = true;
                     self.place(repo, m, tag)
@@ -173,7 +188,7 @@ impl Copier {
                 .clone();
             if let (Some(t), false) = (tag, self.dry_run) {
                 if placed.tagged.as_deref() != Some(t) {
-                    self.dst.put_manifest(repo, t, &m.media_type, m.bytes.clone()).await?;
+                    self.dst.put_manifest(&repo.dst, t, &m.media_type, m.bytes.clone()).await?;
                 }
             }
             Ok(ours && placed.copied)
@@ -183,12 +198,12 @@ impl Copier {
     /// The work of one manifest's copy: what it needs (an index's children, a manifest's config
     /// and layers) unless the destination holds it, its bytes as they are (under `tag`, or its
     /// digest), then its referrers.
-    async fn place(&self, repo: &RepoName, m: &Manifest, tag: Option<&str>) -> anyhow::Result<Placed> {
-        let parsed: serde_json::Value =
-            serde_json::from_slice(&m.bytes).with_context(|| format!("{repo}@{}: not JSON", m.digest))?;
+    async fn place(&self, repo: &Repos, m: &Manifest, tag: Option<&str>) -> anyhow::Result<Placed> {
+        let parsed: serde_json::Value = serde_json::from_slice(&m.bytes)
+            .with_context(|| format!("{}@{}: not JSON", repo.src, m.digest))?;
         // A manifest the destination holds came with everything it needs (the destination
         // checked when it was pushed).
-        let there = self.dst.manifest_digest(repo, m.digest.as_str()).await?.is_some();
+        let there = self.dst.manifest_digest(&repo.dst, m.digest.as_str()).await?.is_some();
         if !there {
             if let Some(children) = parsed["manifests"].as_array() {
                 for child in children {
@@ -197,8 +212,8 @@ impl Copier {
                         continue;
                     }
                     let digest = parse_digest(child["digest"].as_str().unwrap_or_default())?;
-                    if !self.copied(repo, &digest) {
-                        let c = self.fetch(repo, digest.as_str()).await?;
+                    if !self.copied(&repo.dst, &digest) {
+                        let c = self.fetch(&repo.src, digest.as_str()).await?;
                         self.manifest(repo, &c, None).await?;
                     }
                 }
@@ -225,7 +240,7 @@ impl Copier {
         let mut tagged = None;
         if !self.dry_run && (!there || tag.is_some()) {
             let reference = tag.unwrap_or(m.digest.as_str());
-            let headers = self.dst.put_manifest(repo, reference, &m.media_type, m.bytes.clone()).await?;
+            let headers = self.dst.put_manifest(&repo.dst, reference, &m.media_type, m.bytes.clone()).await?;
             tagged = tag.map(str::to_owned);
             if let (false, Some(subject)) = (there, parsed["subject"]["digest"].as_str()) {
                 if headers.get("oci-subject").is_none() {
@@ -235,7 +250,7 @@ impl Copier {
                         size: m.bytes.len(),
                         parsed: &parsed,
                     };
-                    referrers::add_to_scheme(&self.dst, repo, subject, referrer).await?;
+                    referrers::add_to_scheme(&self.dst, &repo.dst, subject, referrer).await?;
                 }
             }
         }
@@ -245,8 +260,8 @@ impl Copier {
     }
 
     /// Copies a blob to `repo` unless it is there.
-    async fn blob(&self, repo: &RepoName, digest: Digest, size: u64) -> anyhow::Result<()> {
-        if self.dst.has_blob(repo, digest.as_str()).await? {
+    async fn blob(&self, repo: &Repos, digest: Digest, size: u64) -> anyhow::Result<()> {
+        if self.dst.has_blob(&repo.dst, digest.as_str()).await? {
             self.with_report(|r| r.blobs_skipped += 1);
             return Ok(());
         }
@@ -257,11 +272,11 @@ impl Copier {
             });
             return Ok(());
         }
-        let mount = self.placed.lock().ok().and_then(|p| p.get(&digest).filter(|r| *r != repo).cloned());
+        let mount = self.placed.lock().ok().and_then(|p| p.get(&digest).filter(|r| **r != repo.dst).cloned());
         let body = async {
             let source_error =
                 |detail| berth_client::UpstreamError::Protocol { upstream: "source".into(), detail };
-            match self.src.blob(repo, &digest).await.map_err(|e| source_error(format!("{e:#}")))? {
+            match self.src.blob(&repo.src, &digest).await.map_err(|e| source_error(format!("{e:#}")))? {
                 Some(stream) => {
                     let pacer = self.bandwidth.clone();
                     let sent = self.tally.bytes_sent.clone();
@@ -283,10 +298,10 @@ impl Copier {
                     });
                     Ok(reqwest::Body::wrap_stream(paced))
                 }
-                None => Err(source_error(format!("{repo}@{digest}: no such blob"))),
+                None => Err(source_error(format!("{}@{digest}: no such blob", repo.src))),
             }
         };
-        let sent = self.dst.put_blob(repo, digest.as_str(), size, mount.as_ref(), body).await?;
+        let sent = self.dst.put_blob(&repo.dst, digest.as_str(), size, mount.as_ref(), body).await?;
         self.with_report(|r| match sent {
             Sent::Mounted => r.blobs_mounted += 1,
             Sent::Uploaded => {
@@ -295,25 +310,28 @@ impl Copier {
             }
         });
         if let Ok(mut p) = self.placed.lock() {
-            p.entry(digest).or_insert_with(|| repo.clone());
+            p.entry(digest).or_insert_with(|| repo.dst.clone());
         }
         Ok(())
     }
 
-    /// Copies what refers to `digest` in `repo` (and what refers to those). A listed manifest
-    /// whose own `subject` is not `digest` is left out: a source's listing cannot make a copy
-    /// wait on itself, nor carry foreign manifests along.
-    async fn referrers(&self, repo: &RepoName, digest: &Digest) -> anyhow::Result<()> {
-        for d in self.src.referrers(repo, digest).await? {
-            if self.copied(repo, &d) {
+    /// Copies what refers to `digest` in `repo` (and what refers to those), unless referrers stay
+    /// behind. A listed manifest whose own `subject` is not `digest` is left out: a source's
+    /// listing cannot make a copy wait on itself, nor carry foreign manifests along.
+    async fn referrers(&self, repo: &Repos, digest: &Digest) -> anyhow::Result<()> {
+        if !self.copy_referrers {
+            return Ok(());
+        }
+        for d in self.src.referrers(&repo.src, digest).await? {
+            if self.copied(&repo.dst, &d) {
                 continue;
             }
-            let m = self.fetch(repo, d.as_str()).await?;
+            let m = self.fetch(&repo.src, d.as_str()).await?;
             let subject = serde_json::from_slice::<serde_json::Value>(&m.bytes)
                 .ok()
                 .and_then(|v| v["subject"]["digest"].as_str().map(str::to_owned));
             if subject.as_deref() != Some(digest.as_str()) {
-                tracing::warn!(repository = %repo, referrer = %d, subject = %digest,
+                tracing::warn!(repository = %repo.src, referrer = %d, subject = %digest,
                     "the source lists a referrer whose subject is another: left out");
                 continue;
             }

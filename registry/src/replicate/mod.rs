@@ -18,6 +18,7 @@
 
 mod copy;
 mod filter;
+mod names;
 pub mod on_push;
 mod pages;
 mod progress;
@@ -102,6 +103,13 @@ pub struct Request {
     /// `os/architecture[/variant]`: an index's children copied are those for these (all when
     /// empty), the index's bytes as they are.
     pub platforms: Vec<String>,
+    /// Only the source's repositories under this path are replicated, named without it at the
+    /// destination (all, as they are, when empty).
+    pub from_prefix: String,
+    /// Put before each repository's name at the destination.
+    pub to_prefix: String,
+    /// Referrers (signatures, SBOMs) stay behind.
+    pub no_referrers: bool,
 }
 
 /// Runs a replication: its report (failures in it, never an early stop).
@@ -115,6 +123,8 @@ pub async fn run(r: &Request) -> anyhow::Result<Report> {
     copier.overwrite = !r.no_overwrite;
     copier.deletes = r.deletes;
     copier.platforms = r.platforms.iter().map(|p| p.parse()).collect::<anyhow::Result<_>>()?;
+    copier.prefixes = names::Prefixes::new(&r.from_prefix, &r.to_prefix)?;
+    copier.copy_referrers = !r.no_referrers;
     copier.bandwidth = r.bandwidth.and_then(|b| berth_client::pace::Pacer::new(b as f64)).map(Arc::new);
     let copier = copier;
     let mut display = progress::Display::new(r.progress, &copier.tally, &copier.report);
@@ -134,14 +144,22 @@ async fn replicate(r: &Request, copier: &Copier) {
     if r.all {
         let globs: Vec<Glob> = r.repositories.iter().map(|g| Glob::new(g)).collect();
         match copier.catalog().await {
-            Ok(names) => specs
-                .extend(names.into_iter().filter(|n| globs.is_empty() || globs.iter().any(|g| g.matches(n)))),
+            Ok(names) => specs.extend(names.into_iter().filter(|n| {
+                copier.prefixes.covers(n) && (globs.is_empty() || globs.iter().any(|g| g.matches(n)))
+            })),
             Err(e) => copier.failed("the source's catalog", &e),
         }
     }
     for spec in &specs {
         let (repo, reference) = match parse_spec(spec) {
             Ok(parsed) => parsed,
+            Err(e) => {
+                copier.failed(spec, &e);
+                continue;
+            }
+        };
+        let at_destination = match copier.prefixes.destination(&repo) {
+            Ok(name) => name,
             Err(e) => {
                 copier.failed(spec, &e);
                 continue;
@@ -176,7 +194,9 @@ async fn replicate(r: &Request, copier: &Copier) {
             .await;
         if whole && copier.deletes != Deletes::None {
             let (dst, filter) = (&copier.dst, &copier.filter);
-            match prune::prune(dst, filter, copier.deletes, copier.dry_run, &repo, &source_tags).await {
+            match prune::prune(dst, filter, copier.deletes, copier.dry_run, &at_destination, &source_tags)
+                .await
+            {
                 Ok(pruned) => copier.with_report(|r| {
                     let outcome = if copier.dry_run { Outcome::WouldDelete } else { Outcome::Deleted };
                     r.manifests_deleted += pruned.manifests;

@@ -9,31 +9,7 @@ use berth_core::oci::{Digest, RepoName};
 
 use super::filter::TagFilter;
 use super::pages::tag_list;
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Deletes {
-    /// Nothing at the destination is deleted.
-    #[default]
-    None,
-    /// Tags gone at the source go at the destination.
-    Tags,
-    /// As `tags`, and their manifests when no tag names them any more; tags are always overwritten.
-    Mirror,
-}
-
-impl std::str::FromStr for Deletes {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "none" => Ok(Deletes::None),
-            "tags" => Ok(Deletes::Tags),
-            "mirror" => Ok(Deletes::Mirror),
-            other => Err(format!("{other:?}: deletes are none, tags or mirror")),
-        }
-    }
-}
+pub use berth_core::config::replication::Deletes;
 
 /// What [`prune`] deleted (or, in a dry run, would): tags with the digests they named, and how
 /// many manifests.

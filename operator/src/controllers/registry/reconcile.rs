@@ -325,8 +325,11 @@ async fn on_push_sources(reg: &Registry, ctx: &Context, ns: &str) -> Result<Vec<
                 url: side.url,
                 credentials: side.credentials,
                 ca_secret: side.ca_secret,
-                rules: replication::rule_patterns(&p),
-                overwrite: p.spec.overwrite != Some(false),
+                rules: p.spec.rules.clone().unwrap_or_default(),
+                source_prefix: p.spec.source.prefix.clone().unwrap_or_default(),
+                destination_prefix: to.prefix.clone().unwrap_or_default(),
+                overwrite: replication::overwrites(&p),
+                deletes: replication::deletes(&p),
             }),
             Err(why) => tracing::debug!(replicationpolicy = %p.name_any(), why, "not copying on push"),
         }

@@ -208,8 +208,12 @@ fn policies_that_copy_on_push_are_rendered_and_their_secrets_mounted() {
         url: "https://edge.ci.svc:5000".into(),
         credentials: Some("edge-login".into()),
         ca_secret: Some("edge-tls".into()),
-        rules: vec![(vec!["team/**".into()], vec![])],
+        rules: vec![crate::crd::replication::ReplicationRule {
+            repositories: Some(vec!["team/**".into()]),
+            ..Default::default()
+        }],
         overwrite: true,
+        ..Default::default()
     };
     let with = Inputs { on_push: vec![source], ..inputs() };
     let c = children(&r, &with);

@@ -9,9 +9,10 @@
 //! `_`; Kubernetes names never hold `_`, so two policies cannot meet), and `-<i>` after it for
 //! each rule of a policy with several.
 
-use berth_core::config::replication::{OnPush, ReplicationConfig};
+use berth_core::config::replication::{Deletes, OnPush, ReplicationConfig};
 
 use super::error::BuildError;
+use crate::crd::replication::ReplicationRule;
 
 const DIR: &str = "/etc/berth/replication";
 
@@ -24,9 +25,13 @@ pub struct OnPushSource {
     pub credentials: Option<String>,
     /// A Secret whose `ca.crt` signs the destination's certificate.
     pub ca_secret: Option<String>,
-    /// Per rule: repository globs and tag patterns (globs, or regexes after `re:`).
-    pub rules: Vec<(Vec<String>, Vec<String>)>,
+    /// Repository globs, tag patterns (globs, or regexes after `re:`) and whether referrers
+    /// travel, per rule.
+    pub rules: Vec<ReplicationRule>,
+    pub source_prefix: String,
+    pub destination_prefix: String,
     pub overwrite: bool,
+    pub deletes: Deletes,
 }
 
 impl OnPushSource {
@@ -40,16 +45,20 @@ pub fn config(sources: &[OnPushSource]) -> Result<ReplicationConfig, BuildError>
     for s in sources {
         let base = s.base();
         let rules = if s.rules.is_empty() { vec![Default::default()] } else { s.rules.clone() };
-        for (i, (repositories, tags)) in rules.iter().enumerate() {
+        for (i, rule) in rules.iter().enumerate() {
             let name = if rules.len() == 1 { base.clone() } else { format!("{base}-{i}") };
             on_push.push(OnPush {
                 name,
                 destination: s.url.clone(),
                 credentials_dir: s.credentials.as_ref().map(|_| format!("{DIR}/{base}").into()),
                 ca_file: s.ca_secret.as_ref().map(|_| format!("{DIR}/{base}-ca/ca.crt").into()),
-                repositories: repositories.clone(),
-                tags: tags.clone(),
+                repositories: rule.repositories.clone().unwrap_or_default(),
+                tags: rule.tags.clone().unwrap_or_default(),
+                referrers: rule.referrers != Some(false),
+                source_prefix: s.source_prefix.clone(),
+                destination_prefix: s.destination_prefix.clone(),
                 overwrite: s.overwrite,
+                deletes: s.deletes,
                 ..default_policy()
             });
         }
@@ -78,7 +87,11 @@ fn default_policy() -> OnPush {
             insecure: false,
             repositories: vec![],
             tags: vec![],
+            source_prefix: String::new(),
+            destination_prefix: String::new(),
+            referrers: true,
             overwrite: true,
+            deletes: Deletes::None,
             timeout: std::time::Duration::from_secs(600),
             max_attempts: 10,
             backoff: std::time::Duration::from_secs(10),
@@ -121,8 +134,22 @@ mod tests {
             url: "https://edge.ns.svc:5000".into(),
             credentials: Some("edge-login".into()),
             ca_secret: Some("edge-tls".into()),
-            rules: vec![(vec!["team/**".into()], vec!["v*".into()]), (vec!["base/*".into()], vec![])],
+            rules: vec![
+                ReplicationRule {
+                    repositories: Some(vec!["team/**".into()]),
+                    tags: Some(vec!["v*".into()]),
+                    referrers: None,
+                },
+                ReplicationRule {
+                    repositories: Some(vec!["base/*".into()]),
+                    tags: None,
+                    referrers: Some(false),
+                },
+            ],
+            source_prefix: "team".into(),
+            destination_prefix: "mirror/".into(),
             overwrite: false,
+            deletes: Deletes::Tags,
         };
         let c = config(std::slice::from_ref(&s)).unwrap();
         let names: Vec<_> = c.on_push.iter().map(|p| p.name.as_str()).collect();
@@ -132,6 +159,9 @@ mod tests {
             (p.repositories.as_slice(), p.tags.as_slice(), p.overwrite),
             (&["team/**".to_owned()][..], &["v*".to_owned()][..], false)
         );
+        assert_eq!((c.on_push[0].referrers, c.on_push[1].referrers), (true, false));
+        assert_eq!((p.source_prefix.as_str(), p.destination_prefix.as_str()), ("team", "mirror/"));
+        assert_eq!(p.deletes, Deletes::Tags);
         let (mounts, vols) = volumes(&[s]);
         let creds = std::path::Path::new(mounts[0]["mountPath"].as_str().unwrap());
         assert_eq!(p.credentials_dir.as_deref(), Some(creds), "the config names the mounted directory");

@@ -19,6 +19,7 @@ use crate::controllers::render::{from_json, BuildError};
 use crate::crd::registry::TlsMode;
 use crate::crd::replication::{DeleteMode, Endpoint, ReplicationMode, ReplicationPolicy};
 use crate::crd::Registry;
+use berth_core::config::replication::Deletes;
 
 /// Set to a new value (with `trigger.manual: true`) to run the policy now.
 pub const RUN_ANNOTATION: &str = "berth.dev/run";
@@ -59,22 +60,28 @@ pub fn runs(p: &ReplicationPolicy) -> bool {
     p.spec.trigger.as_ref().is_some_and(|t| t.schedule.is_some() || t.manual == Some(true))
 }
 
-/// Per rule: repository globs and tag patterns (one rule for everything when there is none).
-pub fn rule_patterns(p: &ReplicationPolicy) -> Vec<(Vec<String>, Vec<String>)> {
-    p.spec
-        .rules
-        .iter()
-        .flatten()
-        .map(|r| (r.repositories.clone().unwrap_or_default(), r.tags.clone().unwrap_or_default()))
-        .collect()
+/// What a run (or a copy on push) deletes at the destination.
+pub fn deletes(p: &ReplicationPolicy) -> Deletes {
+    match p.spec.deletes {
+        None | Some(DeleteMode::None) => Deletes::None,
+        Some(DeleteMode::Tags) => Deletes::Tags,
+        Some(DeleteMode::Mirror) => Deletes::Mirror,
+    }
+}
+
+/// Whether destination tags that name another digest are moved (`Mirror` always does).
+pub fn overwrites(p: &ReplicationPolicy) -> bool {
+    p.spec.overwrite != Some(false) || deletes(p) == Deletes::Mirror
 }
 
 /// Where `end` is: a Registry of the namespace (`registry`, when it exists) by its Service, or
 /// a URL. Why not, for an end a run cannot use. `login` says whether something must log in to
 /// a Registry that controls access (not to a source whose only copies are its own, on push).
 pub fn side(end: &Endpoint, which: &str, registry: Option<&Registry>, login: bool) -> Result<Side, String> {
-    if end.prefix.as_deref().is_some_and(|p| !p.is_empty()) {
-        return Err(format!("{which}.prefix is not supported yet: replicate to the same repository names"));
+    if let Some(prefix) = end.prefix.as_deref().map(|p| p.trim_end_matches('/')).filter(|p| !p.is_empty()) {
+        if let Err(e) = prefix.parse::<berth_core::oci::RepoName>() {
+            return Err(format!("{which}.prefix {prefix:?} is not a repository path: {e}"));
+        }
     }
     match (&end.registry_ref, &end.url) {
         (Some(r), _) => {
@@ -141,26 +148,29 @@ fn rule_args(p: &ReplicationPolicy, from: &Side, to: &Side) -> Result<Vec<Vec<St
             base.extend([flag.to_owned(), format!("/etc/berth/{dir}/ca.crt")]);
         }
     }
-    match p.spec.deletes {
-        Some(DeleteMode::Tags) => base.extend(["--delete".into(), "tags".into()]),
-        Some(DeleteMode::Mirror) => base.extend(["--delete".into(), "mirror".into()]),
-        _ => {}
+    match deletes(p) {
+        Deletes::Tags => base.extend(["--delete".into(), "tags".into()]),
+        Deletes::Mirror => base.extend(["--delete".into(), "mirror".into()]),
+        Deletes::None => {}
     }
-    if p.spec.overwrite == Some(false) && p.spec.deletes != Some(DeleteMode::Mirror) {
+    if !overwrites(p) {
         base.push("--no-overwrite".into());
+    }
+    for (flag, end) in [("--from-prefix", &p.spec.source), ("--to-prefix", &p.spec.destination)] {
+        if let Some(prefix) = end.prefix.as_deref().filter(|p| !p.is_empty()) {
+            base.extend([flag.to_owned(), prefix.to_owned()]);
+        }
     }
     base.extend(["--progress".into(), "json".into(), "--report-file".into(), TERMINATION_LOG.into()]);
     let rules = p.spec.rules.clone().unwrap_or_default();
     let rules = if rules.is_empty() { vec![Default::default()] } else { rules };
     let mut out = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
-        if rule.referrers == Some(false) {
-            return Err(BuildError::NotSupported(
-                "rules[].referrers: false (referrers always travel with their subjects)",
-            ));
-        }
         let mut args = base.clone();
         args.push("--all".into());
+        if rule.referrers == Some(false) {
+            args.push("--no-referrers".into());
+        }
         for r in rule.repositories.iter().flatten() {
             args.extend(["--repository".into(), r.clone()]);
         }

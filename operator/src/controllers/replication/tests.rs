@@ -52,7 +52,11 @@ fn each_rule_is_a_container_in_order() {
             tags: Some(vec!["v*".into(), "re:^rc-[0-9]+$".into()]),
             referrers: None,
         },
-        ReplicationRule { repositories: Some(vec!["base/*".into()]), ..Default::default() },
+        ReplicationRule {
+            repositories: Some(vec!["base/*".into()]),
+            referrers: Some(false),
+            ..Default::default()
+        },
     ]);
     let (from, to) = sides();
     assert_eq!(from.url, "http://hub.ci.svc:5000");
@@ -69,9 +73,23 @@ fn each_rule_is_a_container_in_order() {
         "{args}"
     );
     assert!(args.contains("--all --repository team/** --tag v* --tag-regex ^rc-[0-9]+$"), "{args}");
-    assert!(pod.containers[0].args.clone().unwrap().join(" ").contains("--repository base/*"));
+    assert!(!args.contains("--no-referrers"), "{args}");
+    let last = pod.containers[0].args.clone().unwrap().join(" ");
+    assert!(last.contains("--all --no-referrers --repository base/*"), "{last}");
     let env: Vec<_> = pod.containers[0].env.clone().unwrap().into_iter().map(|e| e.name).collect();
     assert_eq!(env, ["BERTH_TO_USERNAME", "BERTH_TO_PASSWORD"], "only the URL end has credentials");
+}
+
+#[test]
+fn prefixes_rename_repositories_between_the_ends() {
+    let mut p = policy(vec![]);
+    p.spec.source.prefix = Some("team".into());
+    p.spec.destination.prefix = Some("mirror/".into());
+    let (from, to) = sides();
+    let cron = render::cron_job(&p, "berth:1", &from, &to).unwrap().unwrap();
+    let pod = cron.spec.job_template.spec.unwrap().template.spec.unwrap();
+    let args = pod.containers[0].args.clone().unwrap().join(" ");
+    assert!(args.contains("--from-prefix team --to-prefix mirror/"), "{args}");
 }
 
 #[test]
@@ -88,7 +106,7 @@ fn ends_that_cannot_be_used_say_why() {
         "a source whose copies are its own, on push, needs no login to itself"
     );
     let prefixed =
-        Endpoint { url: Some("http://x".into()), prefix: Some("mirror/".into()), ..Default::default() };
+        Endpoint { url: Some("http://x".into()), prefix: Some("Mirror/".into()), ..Default::default() };
     assert!(render::side(&prefixed, "destination", None, true).unwrap_err().contains("prefix"));
     let bad = ReplicationRule { tags: Some(vec!["re:(".into()]), ..Default::default() };
     let (from, to) = sides();
