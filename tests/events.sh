@@ -45,6 +45,13 @@ notifications:
       repositories: ["events/legacy"]
       backoff: 200ms
       max_attempts: 100
+    - name: pulls
+      url: http://127.0.0.1:$RECEIVER_PORT/pulls
+      secret_file: $WORK/secret
+      events: [pull]
+      repositories: ["events/pulled"]
+      backoff: 200ms
+      max_attempts: 100
 YAML
 start_registry() {
   "$BERTH_BIN" serve --config "$WORK/berth.yml" >>"$WORK/berth.log" 2>&1 &
@@ -63,7 +70,7 @@ import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
     b = r["body"]
-    if r["path"] == "/cloudevents":
+    if "specversion" in b:
         d = b["data"]
         print(r["path"], r["signed"], b["type"], d["repository"], d.get("tag", "-"), d.get("digest", "-"), b["id"])
     else:
@@ -161,6 +168,39 @@ check "a signature made with another secret does not verify" \
   equal "$(received | awk '$1 == "/distribution" && $2 == "True"' | wc -l)" 0
 check "the endpoint's repository filter kept events/app out of it" \
   equal "$(received | awk '$1 == "/distribution" && $4 != "events/legacy"' | wc -l)" 0
+
+echo "== pulls, only for the endpoint that asks for them"
+python3 "$ROOT/tests/push_many.py" "$URL" events/pulled 0 1 "$WORK/acked-pulled" 2>>"$WORK/pusher.log"
+pull() { curl -fsS -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json' "$@"; }
+pulled_events() { # the pull events received: `<path> <signed> <repository> <tag> <digest> <count>`
+  python3 - "$WORK/received.jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    b = r["body"]
+    if b.get("type") == "dev.berth.manifest.pulled" or any(e.get("action") == "pull" for e in b.get("events", [])):
+        d = b.get("data", {})
+        print(r["path"], r["signed"], d.get("repository"), d.get("tag", "-"), d.get("digest"), d.get("count"))
+PY
+}
+pulls_counted() {
+  for _ in 1 2 3; do pull "$URL/v2/events/pulled/manifests/t0" || return 1; done
+  curl -fsS -o /dev/null -I "$URL/v2/events/pulled/manifests/t0" &&
+    pull "$URL/v2/events/pulled/manifests/$(awk '{print $2}' "$WORK/acked-pulled")" &&
+    python3 "$ROOT/tests/push_many.py" "$URL" events/other 0 1 "$WORK/acked-other" 2>>"$WORK/pusher.log" &&
+    pull "$URL/v2/events/other/manifests/t0" &&
+    eventually 30 bash -c "[[ \$(pulled_events_sum t0) == 3 && \$(pulled_events_sum -) == 1 ]]"
+}
+pulled_events_sum() { pulled_events | awk -v t="$1" '$1 == "/pulls" && $2 == "True" && $3 == "events/pulled" && $4 == t {s += $6} END {print s + 0}'; }
+export -f pulled_events pulled_events_sum
+export WORK
+check "3 pulls by tag and 1 by digest arrive as pull events with their counts (a HEAD is no pull)" pulls_counted
+only_where_asked() {
+  sleep 6 # one more write-behind round: anything else noted would have arrived by now
+  equal "$(pulled_events | awk '$1 != "/pulls" || $3 != "events/pulled"' | wc -l)" 0 &&
+    equal "$(pulled_events_sum t0)" 3
+}
+check "no other endpoint, and no other repository, hears of pulls" only_where_asked
 
 echo "== a rotated secret signs what follows, with no restart"
 kill "$RECEIVER_PID"

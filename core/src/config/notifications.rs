@@ -9,7 +9,9 @@
 //!       url: https://scanner.example/hook
 //!       secret_file: /run/secrets/scanner   # signs each body (HMAC-SHA256), optional
 //!       format: cloudevents    # or distribution: the envelope `registry:2` notifications use
-//!       events: [push, delete] # push, tag_delete, delete, referrer (all when absent)
+//!       events: [push, delete] # push, tag_delete, delete, referrer (all when absent); pull
+//!                              # only when listed: alike pulls in a few seconds are one event
+//!                              # with a count
 //!       repositories: ["team/**"]           # globs (all when absent)
 //!       timeout: 10s           # per delivery
 //!       max_attempts: 10       # then the delivery is dead (kept, listed, not retried)
@@ -56,10 +58,13 @@ pub enum EventKind {
     LoginFailed,
     /// An action through the admin API, such as starting a collection (the audit log only).
     Admin,
+    /// A manifest was pulled: only for endpoints that list it, and alike pulls (one caller,
+    /// address and reference) within one write-behind interval are one event with a count.
+    Pull,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 8] = [
         EventKind::Push,
         EventKind::TagDelete,
         EventKind::Delete,
@@ -67,11 +72,17 @@ impl EventKind {
         EventKind::Denied,
         EventKind::LoginFailed,
         EventKind::Admin,
+        EventKind::Pull,
     ];
 
     /// A change to content, which webhooks hear of (the others are the audit log's own).
     pub fn is_change(self) -> bool {
-        !matches!(self, EventKind::Denied | EventKind::LoginFailed | EventKind::Admin)
+        !matches!(self, EventKind::Denied | EventKind::LoginFailed | EventKind::Admin | EventKind::Pull)
+    }
+
+    /// Sent to the webhooks that list it, and only to those.
+    pub fn is_opt_in(self) -> bool {
+        self == EventKind::Pull
     }
 
     /// As configured and stored.
@@ -84,6 +95,7 @@ impl EventKind {
             EventKind::Denied => "denied",
             EventKind::LoginFailed => "login_failed",
             EventKind::Admin => "admin",
+            EventKind::Pull => "pull",
         }
     }
 
@@ -97,6 +109,7 @@ impl EventKind {
             EventKind::Denied => "dev.berth.access.denied",
             EventKind::LoginFailed => "dev.berth.login.failed",
             EventKind::Admin => "dev.berth.admin.action",
+            EventKind::Pull => "dev.berth.manifest.pulled",
         }
     }
 
@@ -186,7 +199,7 @@ impl NotificationsConfig {
                 timeout: e.timeout,
             };
             target.check(&mut names, "endpoints", f)?;
-            if let Some(k) = e.events.iter().find(|k| !k.is_change()) {
+            if let Some(k) = e.events.iter().find(|k| !k.is_change() && !k.is_opt_in()) {
                 return Err((
                     f("events"),
                     format!("{} is kept in the audit log, not sent to webhooks", k.as_str()),

@@ -520,7 +520,8 @@ pub struct WebhookSpec {
     /// `CloudEvents` (default: CloudEvents 1.0, structured) or `Distribution` (the envelope of
     /// `registry:2` notifications, for tools written for it).
     pub format: Option<WebhookFormat>,
-    /// Which events: `Push`, `TagDelete`, `Delete`, `Referrer`. Default: all.
+    /// Which events: `Push`, `TagDelete`, `Delete`, `Referrer`, and `Pull` (only when listed;
+    /// alike pulls within a few seconds are one event with a count). Default: all but `Pull`.
     pub events: Option<Vec<WebhookEvent>>,
     /// Repository globs whose events are sent. Default: all.
     pub repositories: Option<Vec<String>>,
@@ -547,4 +548,5 @@ pub enum WebhookEvent {
     TagDelete,
     Delete,
     Referrer,
+    Pull,
 }

@@ -38,7 +38,7 @@ pub(super) async fn handle(
     if let (Some(proxy), Some(repo)) = (&st.proxy, route.repo()) {
         let q = query(req);
         if let Some(target) = proxy.resolve(repo, q.get("ns").map(String::as_str)) {
-            return proxied(st, proxy, req, route, target).await;
+            return proxied(st, proxy, req, route, target, caller).await;
         }
     }
     let reg = &st.registry;
@@ -57,7 +57,9 @@ pub(super) async fn handle(
             let body = serde_json::json!({"name": repo.as_str(), "tags": page.items});
             Ok(listing_response(&format!("/v2/{repo}/tags/list"), n, &page, body))
         }
-        Route::Manifest(repo, r) if *m == Method::GET || head => get_manifest(st, &repo, &r, head).await,
+        Route::Manifest(repo, r) if *m == Method::GET || head => {
+            get_manifest(st, req, caller, &repo, &r, head).await
+        }
         Route::Manifest(repo, r) if *m == Method::PUT => put_manifest(st, req, &repo, &r, body, caller).await,
         Route::Manifest(repo, r) if *m == Method::DELETE => {
             reg.delete_manifest(&repo, &r, &st.origin(req, caller)).await?;
@@ -117,12 +119,16 @@ async fn proxied(
     req: &Parts,
     route: Route,
     t: Target,
+    caller: &Caller,
 ) -> Result<Response> {
     let m = &req.method;
     let head = *m == Method::HEAD;
     match route {
         Route::Manifest(_, r) if *m == Method::GET || head => {
             let (record, body) = proxy.manifest(&t, &r, head).await?;
+            if !head {
+                st.pulled(req, caller, &t.local, &r, &record);
+            }
             Ok(manifest_response(&record, body))
         }
         Route::Blob(_, d) if *m == Method::GET || head => {
@@ -202,11 +208,20 @@ fn with_digest(mut resp: Response, digest: &Digest) -> Response {
     resp
 }
 
-async fn get_manifest(st: &AppState, repo: &RepoName, r: &Reference, head: bool) -> Result<Response> {
+async fn get_manifest(
+    st: &AppState,
+    req: &Parts,
+    caller: &Caller,
+    repo: &RepoName,
+    r: &Reference,
+    head: bool,
+) -> Result<Response> {
     let (record, body) = if head {
         (st.registry.head_manifest(repo, r).await?, Bytes::new())
     } else {
-        st.registry.get_manifest(repo, r).await?
+        let (record, body) = st.registry.get_manifest(repo, r).await?;
+        st.pulled(req, caller, repo, r, &record);
+        (record, body)
     };
     Ok(manifest_response(&record, body))
 }

@@ -48,6 +48,8 @@ pub struct AppState {
     pub notifier: Option<Arc<crate::notify::deliver::Notifier>>,
     /// Denied requests, noted for the audit log.
     pub audit: Arc<crate::notify::audit::AuditNotes>,
+    /// Pulls, noted for the webhooks that ask for them.
+    pub pulls: Arc<crate::notify::audit::AuditNotes>,
     /// The event log, for the admin API's audit listing (the server sets it).
     pub events: Option<Arc<dyn crate::meta::outbox::EventLog>>,
 }
@@ -80,6 +82,7 @@ impl AppState {
             usage: None,
             notifier: None,
             audit: Default::default(),
+            pulls: Default::default(),
             events: None,
         })
     }
@@ -116,6 +119,32 @@ impl AppState {
             address: self.client(req).to_string(),
             request_id,
         }
+    }
+
+    /// Notes a pull of `record` (as `reference` asked) where a webhook wants pulls of `repo`;
+    /// written behind with the audit log's entries.
+    pub fn pulled(
+        &self,
+        req: &Parts,
+        caller: &Caller,
+        repo: &berth_core::oci::RepoName,
+        reference: &berth_core::oci::Reference,
+        record: &crate::meta::ManifestRecord,
+    ) {
+        if !self.registry.wants_event(berth_core::config::notifications::EventKind::Pull, repo.as_str()) {
+            return;
+        }
+        let tag = match reference {
+            berth_core::oci::Reference::Tag(t) => Some(t.to_string()),
+            berth_core::oci::Reference::Digest(_) => None,
+        };
+        let what = crate::notify::audit::Pulled {
+            digest: record.digest.clone(),
+            tag,
+            media_type: record.media_type.clone(),
+            size: record.size,
+        };
+        self.pulls.pulled(caller.identity.name(), &self.client(req).to_string(), repo.as_str(), what);
     }
 
     /// A forwarded header's first value, if the peer is a trusted proxy.

@@ -56,6 +56,10 @@ fn cloudevent(e: &Event, source: &str) -> Value {
             data[key] = v;
         }
     }
+    if e.kind == EventKind::Pull {
+        // Alike pulls within one interval are one event.
+        data["count"] = json!(e.count);
+    }
     json!({
         "specversion": "1.0",
         "id": e.id,
@@ -72,6 +76,7 @@ fn distribution(e: &Event, source: &str) -> Option<Value> {
     let action = match e.kind {
         EventKind::Push => "push",
         EventKind::Delete | EventKind::TagDelete => "delete",
+        EventKind::Pull => "pull",
         EventKind::Referrer | EventKind::Denied | EventKind::LoginFailed | EventKind::Admin => return None,
     };
     let mut target = json!({ "repository": e.repository });
@@ -88,10 +93,10 @@ fn distribution(e: &Event, source: &str) -> Option<Value> {
         target["size"] = json!(s);
         target["length"] = json!(s);
     }
-    if let (Some(d), EventKind::Push) = (&e.digest, e.kind) {
+    if let (Some(d), EventKind::Push | EventKind::Pull) = (&e.digest, e.kind) {
         target["url"] = json!(format!("{source}/v2/{}/manifests/{d}", e.repository));
     }
-    Some(json!({ "events": [{
+    let mut event = json!({
         "id": e.id,
         "timestamp": time(e.at),
         "action": action,
@@ -99,7 +104,12 @@ fn distribution(e: &Event, source: &str) -> Option<Value> {
         "request": { "id": e.request_id, "addr": e.address },
         "actor": { "name": e.actor },
         "source": { "addr": source },
-    }]}))
+    });
+    if e.kind == EventKind::Pull {
+        // Not in registry:2's envelope (one event per pull); its readers ignore it.
+        event["count"] = json!(e.count);
+    }
+    Some(json!({ "events": [event] }))
 }
 
 /// The `Berth-Signature` value for `body` sent at `t` (unix seconds).
@@ -164,6 +174,22 @@ mod tests {
         assert_eq!(e["target"]["tag"], "v1");
         assert_eq!(e["actor"]["name"], "ci");
         assert!(render(Format::Distribution, &event(EventKind::Referrer), "x").is_none());
+    }
+
+    #[test]
+    fn a_pull_says_how_many_it_stands_for() {
+        let pulls = Event { count: 3, ..event(EventKind::Pull) };
+        let (_, body) = render(Format::Cloudevents, &pulls, "https://reg").unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["data"]["count"].as_u64()),
+            (Some("dev.berth.manifest.pulled"), Some(3))
+        );
+        let (_, body) = render(Format::Distribution, &pulls, "https://reg").unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let e = &v["events"][0];
+        assert_eq!((e["action"].as_str(), e["count"].as_u64()), (Some("pull"), Some(3)));
+        assert_eq!(e["target"]["url"], "https://reg/v2/team/app/manifests/sha256:ab");
     }
 
     #[test]

@@ -185,6 +185,8 @@ pub struct Notifier {
     source: String,
     /// Refusals noted for the audit log, written with each round of upkeep.
     audit: Arc<super::audit::AuditNotes>,
+    /// Pulls noted for the webhooks that want them, written likewise.
+    pulls: Arc<super::audit::AuditNotes>,
 }
 
 impl Notifier {
@@ -210,24 +212,41 @@ impl Notifier {
             keep: config.keep(),
             source,
             audit: Default::default(),
+            pulls: Default::default(),
         })
     }
 
-    /// Writes the refusals noted in `audit`.
-    pub fn with_audit(mut self, audit: Arc<super::audit::AuditNotes>) -> Notifier {
+    /// Writes the refusals noted in `audit` and the pulls noted in `pulls`.
+    pub fn with_notes(
+        mut self,
+        audit: Arc<super::audit::AuditNotes>,
+        pulls: Arc<super::audit::AuditNotes>,
+    ) -> Notifier {
         self.audit = audit;
+        self.pulls = pulls;
         self
     }
 
-    /// Writes the audit entries noted since the last write.
+    /// Writes the entries noted since the last write: the audit log's, and pulls, each with a
+    /// delivery to the endpoints that want it.
     pub async fn write_audit(&self) {
-        let entries = self.audit.take();
-        if entries.is_empty() {
-            return;
-        }
-        if let Err(e) = self.log.record_audit(entries.clone()).await {
-            tracing::warn!(error = %e, "audit entries not written; kept for the next round");
-            self.audit.restore(entries);
+        for notes in [&self.audit, &self.pulls] {
+            let mut entries = notes.take();
+            if entries.is_empty() {
+                continue;
+            }
+            for e in entries.iter_mut().filter(|e| e.kind.is_opt_in()) {
+                e.endpoints = self.events.endpoints(e.kind, &e.repository);
+            }
+            let delivered = entries.iter().any(|e| !e.endpoints.is_empty());
+            match self.log.record_audit(entries.clone()).await {
+                Ok(()) if delivered => self.events.ring(),
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit entries not written; kept for the next round");
+                    notes.restore(entries);
+                }
+            }
         }
     }
 

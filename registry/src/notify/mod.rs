@@ -102,15 +102,26 @@ impl Events {
         Events { routes: webhooks.chain(copies).collect(), recorded: Default::default() }
     }
 
-    /// The endpoints that want an event of `kind` in `repo`.
-    fn endpoints(&self, kind: EventKind, repo: &str) -> Vec<String> {
+    /// The routes that want an event of `kind` in `repo`: a change where its kinds are all or
+    /// include it, an opt-in kind (pulls) only where they name it.
+    fn wanting<'a>(&'a self, kind: EventKind, repo: &'a str) -> impl Iterator<Item = &'a Route> + 'a {
         self.routes
             .iter()
-            .filter(|_| kind.is_change())
-            .filter(|r| r.kinds.is_empty() || r.kinds.contains(&kind))
-            .filter(|r| r.repositories.is_empty() || r.repositories.iter().any(|g| g.matches(repo)))
-            .map(|r| r.name.clone())
-            .collect()
+            .filter(move |r| {
+                let listed = r.kinds.contains(&kind);
+                (kind.is_change() && (r.kinds.is_empty() || listed)) || (kind.is_opt_in() && listed)
+            })
+            .filter(move |r| r.repositories.is_empty() || r.repositories.iter().any(|g| g.matches(repo)))
+    }
+
+    /// The endpoints that want an event of `kind` in `repo`.
+    fn endpoints(&self, kind: EventKind, repo: &str) -> Vec<String> {
+        self.wanting(kind, repo).map(|r| r.name.clone()).collect()
+    }
+
+    /// Whether any endpoint wants an event of `kind` in `repo` (cheap: nothing is built).
+    pub fn wants(&self, kind: EventKind, repo: &str) -> bool {
+        self.wanting(kind, repo).next().is_some()
     }
 
     /// [`event`], for the endpoints that want it.
@@ -160,12 +171,20 @@ mod tests {
     fn endpoints_filter_on_kind_and_repository() {
         let events = events(
             "notifications:\n  endpoints:\n    - {name: all, url: 'http://x'}\n    \
-             - {name: pushes, url: 'http://x', events: [push], repositories: ['team/**']}\n\
+             - {name: pushes, url: 'http://x', events: [push], repositories: ['team/**']}\n    \
+             - {name: pulls, url: 'http://x', events: [pull, push], repositories: ['team/**']}\n\
              replication:\n  on_push:\n    - {name: edge, destination: 'http://y', repositories: ['team/*']}\n",
         );
         let team: RepoName = "team/app".parse().unwrap();
         let other: RepoName = "other/app".parse().unwrap();
-        assert_eq!(events.endpoints(EventKind::Push, team.as_str()), ["all", "pushes", "replicate:edge"]);
+        assert_eq!(
+            events.endpoints(EventKind::Push, team.as_str()),
+            ["all", "pushes", "pulls", "replicate:edge"]
+        );
+        assert_eq!(events.endpoints(EventKind::Pull, team.as_str()), ["pulls"], "pulls only where listed");
+        assert!(
+            events.wants(EventKind::Pull, team.as_str()) && !events.wants(EventKind::Pull, other.as_str())
+        );
         assert_eq!(events.endpoints(EventKind::Referrer, team.as_str()), ["all", "replicate:edge"]);
         assert_eq!(events.endpoints(EventKind::Delete, team.as_str()), ["all"]);
         assert_eq!(events.endpoints(EventKind::Push, other.as_str()), ["all"]);

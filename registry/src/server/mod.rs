@@ -219,7 +219,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, ServeError> {
         source,
     )
     .map_err(ServeError::Config)?
-    .with_audit(state.audit.clone());
+    .with_notes(state.audit.clone(), state.pulls.clone());
     state.notifier = Some(Arc::new(notifier));
     state.events = Some(event_log);
     // The pull-through cache's repositories are its eviction's to clean, not the collector's.

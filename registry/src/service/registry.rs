@@ -94,6 +94,11 @@ impl Registry {
         }
     }
 
+    /// Whether an endpoint wants events of `kind` in `repo`.
+    pub fn wants_event(&self, kind: berth_core::config::notifications::EventKind, repo: &str) -> bool {
+        self.events.wants(kind, repo)
+    }
+
     /// Records changes' events for these endpoints (none by default: the audit log only).
     pub fn with_events(mut self, events: Arc<crate::notify::Events>) -> Registry {
         self.events = events;

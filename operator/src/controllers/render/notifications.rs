@@ -38,6 +38,7 @@ pub fn config(spec: &NotificationsSpec) -> Result<NotificationsConfig, BuildErro
                     WebhookEvent::TagDelete => EventKind::TagDelete,
                     WebhookEvent::Delete => EventKind::Delete,
                     WebhookEvent::Referrer => EventKind::Referrer,
+                    WebhookEvent::Pull => EventKind::Pull,
                 })
                 .collect(),
             repositories: w.repositories.clone().unwrap_or_default(),
