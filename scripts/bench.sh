@@ -5,11 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
-ensure_debs wrk iperf3 postgresql curl
+ensure_debs wrk iperf3 postgresql curl skopeo
 ensure_tool registry
 ensure_tool minio
 cargo build --release -p berth-registry -p berth-bench
-args=(--berth target/release/berth --distribution "$(tool_path registry)" --minio "$(tool_path minio)")
+args=(--berth target/release/berth --distribution "$(tool_path registry)" --minio "$(tool_path minio)"
+  --skopeo "$(command -v skopeo)")
+if ensure_tool regsync 2>/dev/null; then
+  args+=(--regsync "$(tool_path regsync)")
+else
+  echo "bench: regsync could not be built; comparing replication with skopeo sync only" >&2
+fi
 if ensure_tool zot 2>/dev/null; then
   args+=(--zot "$(tool_path zot)")
 else

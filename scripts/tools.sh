@@ -35,6 +35,8 @@ TOOLS=(
   "kubeconform|$KUBECONFORM_VERSION|github.com/yannh/kubeconform|./cmd/kubeconform"
   # Benchmarks only, and refused by the module proxy here (403): never in the default set.
   "zot|v2.1.8|zotregistry.dev/zot/v2|./cmd/zot"
+  # Benchmarks only: a replication peer of `berth replicate`.
+  "regsync|v0.11.7|github.com/regclient/regclient|./cmd/regsync"
 )
 
 _tool_line() {
@@ -99,7 +101,7 @@ ensure_debs() {
 
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
   if [[ $# -eq 0 ]]; then
-    set -- $(for t in "${TOOLS[@]}"; do [[ ${t%%|*} == zot ]] || echo "${t%%|*}"; done)
+    set -- $(for t in "${TOOLS[@]}"; do [[ ${t%%|*} == zot || ${t%%|*} == regsync ]] || echo "${t%%|*}"; done)
   fi
   for t in "$@"; do ensure_tool "$t"; done
 fi

@@ -63,9 +63,14 @@ to_distribution() {
   replicate "$A" "$D" --from-username alice --from-password-file "$WORK/alice.pw" src/app &&
     report 'len(r["images"]) == 2 and r["referrersCopied"] == 2 and r["bytesCopied"] > 0 and not r["failed"]'
 }
+# manifest_gets REGISTRY: the manifest GETs it has answered.
+manifest_gets() { curl -fsS "http://$1/metrics" | awk '/^berth_http_requests_total\{endpoint="manifest",method="GET"/ {s += $2} END {print s + 0}'; }
 again_sends_nothing() {
-  replicate "$A" "$D" --from-username alice --from-password-file "$WORK/alice.pw" src/app &&
-    report 'r["bytesCopied"] == 0 and r["manifestsCopied"] == 0 and {i["outcome"] for i in r["images"]} == {"unchanged"}'
+  local gets
+  gets=$(manifest_gets "$A") &&
+    replicate "$A" "$D" --from-username alice --from-password-file "$WORK/alice.pw" src/app &&
+    report 'r["bytesCopied"] == 0 and r["manifestsCopied"] == 0 and {i["outcome"] for i in r["images"]} == {"unchanged"}' &&
+    equal "$(manifest_gets "$A")" "$gets"
 }
 to_second_berth() {
   replicate "$D" "$B" src/app && report 'r["referrersCopied"] == 2 and not r["failed"]' &&
@@ -91,7 +96,7 @@ check "the source holds a multi-arch image, a cosign signature and an SBOM" sour
 check "berth replicates it to CNCF Distribution, signature and SBOM included" to_distribution
 check "Distribution has the same digests" same_digests "$D"
 check "there, cosign verifies and oras discovers the SBOM (tag scheme)" verifies "$D"
-check "a second run sends no bytes" again_sends_nothing
+check "a second run sends no bytes, and GETs no manifest at the source" again_sends_nothing
 check "from Distribution to a second berth, referrers through its API" to_second_berth
 check "the second berth has the same digests" same_digests "$B"
 check "there too, cosign verifies and oras discovers the SBOM" verifies "$B"

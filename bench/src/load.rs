@@ -20,6 +20,7 @@ use crate::metric::Metric;
 pub(crate) const MIB: usize = 1 << 20;
 pub(crate) const MB: f64 = 1e6;
 pub(crate) const REPO: &str = "bench/load";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 pub struct Plan {
     pub(crate) small_blobs: usize,
@@ -203,6 +204,53 @@ pub(crate) async fn push_all(
     })
     .await?;
     Ok(blobs)
+}
+
+/// Pushes `data` whole to `repo` (a session, then one `PUT ?digest=`): its digest and size.
+pub(crate) async fn push_whole(
+    c: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    data: Bytes,
+) -> anyhow::Result<(String, usize)> {
+    let digest = format!("sha256:{}", berth_core::oci::hex(&sha2::Sha256::digest(&data)));
+    let size = data.len();
+    let r = c.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().await?;
+    let loc = absolute(base, &location(&r)?);
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let r = c.put(format!("{loc}{sep}digest={digest}")).body(data).send().await?;
+    if r.status().as_u16() != 201 {
+        bail!("pushing a blob to {repo}: {}", r.status());
+    }
+    Ok((digest, size))
+}
+
+/// Pushes an image manifest naming `config` and `layers` (digest, size) as `repo:tag`.
+pub(crate) async fn push_image(
+    c: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    tag: &str,
+    config: &(String, usize),
+    layers: &[(String, usize)],
+) -> anyhow::Result<()> {
+    let descriptor = |(digest, size): &(String, usize), media_type: &str| serde_json::json!({"mediaType": media_type, "digest": digest, "size": size});
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(config, "application/vnd.oci.image.config.v1+json"),
+        "layers": layers.iter().map(|l| descriptor(l, "application/vnd.oci.image.layer.v1.tar")).collect::<Vec<_>>(),
+    });
+    let r = c
+        .put(format!("{base}/v2/{repo}/manifests/{tag}"))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.to_string())
+        .send()
+        .await?;
+    if r.status().as_u16() != 201 {
+        bail!("pushing {repo}:{tag}: {}", r.status());
+    }
+    Ok(())
 }
 
 /// Runs `jobs` through `concurrency` workers; returns the wall time.

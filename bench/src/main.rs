@@ -9,7 +9,8 @@
 //! `--proxy-only` runs just that; `--only TEXT` reports only the scenarios whose name contains
 //! TEXT (running what they need first), for looking into one of them. `--minio BIN` runs the
 //! loads and the pull-through comparison again with content in S3 (`objstore`): MinIO on
-//! loopback, berth's metadata in a throwaway PostgreSQL.
+//! loopback, berth's metadata in a throwaway PostgreSQL. `--skopeo BIN` (and `--regsync BIN`)
+//! adds the replication comparison: `berth replicate` against `skopeo sync` (and `regsync`).
 //! Every server gets a fresh data directory on the same disk, is started, loaded, measured and
 //! stopped before the next; loads are bounded in count, so a run always ends.
 
@@ -21,6 +22,7 @@ mod net;
 mod objstore;
 mod proxy;
 mod replicas;
+mod replicate;
 mod servers;
 
 use std::fmt::Write as _;
@@ -42,6 +44,9 @@ struct Args {
     proxy_only: bool,
     /// MinIO, for the same loads on S3 (and PostgreSQL for berth's metadata).
     minio: Option<PathBuf>,
+    /// Replication peers.
+    skopeo: Option<PathBuf>,
+    regsync: Option<PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -51,6 +56,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut proxy_only = false;
     let mut only = None;
     let mut minio = None;
+    let (mut skopeo, mut regsync) = (None, None);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut path = || it.next().map(PathBuf::from).with_context(|| format!("{a} needs a path"));
@@ -60,6 +66,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--zot" => servers.push(ServerSpec { kind: Kind::Zot, bin: path()? }),
             "--out" => out = Some(path()?),
             "--minio" => minio = Some(path()?),
+            "--skopeo" => skopeo = Some(path()?),
+            "--regsync" => regsync = Some(path()?),
             "--quick" => quick = true,
             "--proxy-only" => proxy_only = true,
             "--only" => only = Some(it.next().context("--only needs part of a scenario name")?),
@@ -67,9 +75,9 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     if servers.is_empty() {
-        bail!("usage: berth-bench --berth BIN [--distribution BIN] [--zot BIN] [--out FILE] [--quick] [--only SCENARIO] [--proxy-only] [--minio BIN]");
+        bail!("usage: berth-bench --berth BIN [--distribution BIN] [--zot BIN] [--out FILE] [--quick] [--only SCENARIO] [--proxy-only] [--minio BIN] [--skopeo BIN [--regsync BIN]]");
     }
-    Ok(Args { servers, out, quick, only, proxy_only, minio })
+    Ok(Args { servers, out, quick, only, proxy_only, minio, skopeo, regsync })
 }
 
 #[tokio::main]
@@ -90,6 +98,17 @@ async fn main() -> anyhow::Result<()> {
     if let Some(berth) = berth.filter(|_| gc::wanted(&plan) && !args.proxy_only) {
         eprintln!("measuring garbage collection...");
         report.push_str(&gc::run(&berth.bin, scratch.path(), None).await?);
+    }
+    if let (Some(berth), Some(skopeo)) = (berth, &args.skopeo) {
+        if replicate::wanted(&plan) && !args.proxy_only {
+            eprintln!("measuring replication...");
+            let tools = replicate::Tools {
+                berth: berth.bin.clone(),
+                skopeo: skopeo.clone(),
+                regsync: args.regsync.clone(),
+            };
+            report.push_str(&replicate::run(&tools, args.quick, scratch.path()).await?);
+        }
     }
     let store = match &args.minio {
         Some(bin) => Some(objstore::start(bin, &scratch.path().join("minio")).await?),

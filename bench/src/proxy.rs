@@ -20,12 +20,12 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::Digest as _;
 
+use crate::load::{self, OCI_MANIFEST};
 use crate::objstore::{Minio, S3Target};
 
 const MIB: usize = 1 << 20;
 const REPO: &str = "library/big";
 const TAG: &str = "v1";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// Layers a client fetches at once (docker's and containerd's default is 3).
 const PARALLEL_LAYERS: usize = 3;
 
@@ -199,48 +199,16 @@ impl Drop for ByteCounter {
     }
 }
 
-fn sha256(b: &[u8]) -> String {
-    format!("sha256:{}", berth_core::oci::hex(&sha2::Sha256::digest(b)))
-}
-
-async fn push_blob(c: &reqwest::Client, base: &str, data: Bytes) -> anyhow::Result<(String, usize)> {
-    let (digest, size) = (sha256(&data), data.len());
-    let r = c.post(format!("{base}/v2/{REPO}/blobs/uploads/")).send().await?;
-    let loc = r.headers().get("location").context("no Location")?.to_str()?.to_owned();
-    let loc = if loc.starts_with("http") { loc } else { format!("{base}{loc}") };
-    let sep = if loc.contains('?') { '&' } else { '?' };
-    let r = c.put(format!("{loc}{sep}digest={digest}")).body(data).send().await?;
-    if r.status().as_u16() != 201 {
-        bail!("pushing a blob to the upstream: {}", r.status());
-    }
-    Ok((digest, size))
-}
-
 /// The 10-layer image, pushed to the upstream.
 async fn seed(c: &reqwest::Client, base: &str, plan: &ProxyPlan) -> anyhow::Result<()> {
-    let (config, config_size) =
-        push_blob(c, base, Bytes::from_static(b"{\"architecture\":\"amd64\",\"os\":\"linux\"}")).await?;
+    let config = Bytes::from_static(b"{\"architecture\":\"amd64\",\"os\":\"linux\"}");
+    let config = load::push_whole(c, base, REPO, config).await?;
     let mut layers = vec![];
     for i in 0..plan.layers {
-        let (d, size) =
-            push_blob(c, base, crate::load::random_bytes(plan.layer_size, 1000 + i as u64)).await?;
-        layers.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": size}));
+        let data = load::random_bytes(plan.layer_size, 1000 + i as u64);
+        layers.push(load::push_whole(c, base, REPO, data).await?);
     }
-    let manifest = serde_json::json!({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
-        "layers": layers,
-    });
-    let r = c
-        .put(format!("{base}/v2/{REPO}/manifests/{TAG}"))
-        .header("content-type", OCI_MANIFEST)
-        .body(manifest.to_string())
-        .send()
-        .await?;
-    if r.status().as_u16() != 201 {
-        bail!("pushing the manifest to the upstream: {}", r.status());
-    }
-    Ok(())
+    load::push_image(c, base, REPO, TAG, &config, &layers).await
 }
 
 /// Pulls the image as a container runtime does; fails on any short blob, and with `verify` on any

@@ -124,20 +124,29 @@ impl Copier {
     pub async fn image(&self, repo: &RepoName, reference: &str) -> anyhow::Result<ImageReport> {
         let repos = Repos { dst: self.prefixes.destination(repo)?, src: repo.clone() };
         let repo = &repos;
-        let m = self.fetch(&repo.src, reference).await?;
         let is_tag = !reference.contains(':');
         let there = if is_tag { self.dst.manifest_digest(&repo.dst, reference).await? } else { None };
+        if let Some(there) = &there {
+            // A tag already naming the source's digest there costs a HEAD at each end, no GET
+            // (which a registry such as Docker Hub counts against its pull limit).
+            if let Some(here) = self.src.manifest_digest(&repo.src, reference).await? {
+                if here.as_str() == there.as_str() {
+                    self.unchanged(repo, &here).await?;
+                    return Ok(ImageReport {
+                        repository: repo.src.to_string(),
+                        reference: reference.to_owned(),
+                        digest: here,
+                        outcome: Outcome::Unchanged,
+                    });
+                }
+            }
+        }
+        let m = self.fetch(&repo.src, reference).await?;
         let outcome = if there.is_some() && there.as_deref() != Some(m.digest.as_str()) && !self.overwrite {
             // The destination's tag stays as it is: nothing of this image is copied.
             Outcome::Kept
         } else if there.as_deref() == Some(m.digest.as_str()) {
-            // Unchanged; referrers added since are still copied (once).
-            self.copy_of(&repo.dst, &m.digest)
-                .get_or_try_init(|| async {
-                    self.referrers(repo, &m.digest).await?;
-                    anyhow::Ok(Placed { copied: false, tagged: None })
-                })
-                .await?;
+            self.unchanged(repo, &m.digest).await?;
             Outcome::Unchanged
         } else {
             self.manifest(repo, &m, is_tag.then_some(reference)).await?;
@@ -155,16 +164,33 @@ impl Copier {
         })
     }
 
+    /// A manifest the destination has already: only referrers added since are copied (once).
+    async fn unchanged(&self, repo: &Repos, digest: &Digest) -> anyhow::Result<()> {
+        self.copy_of(&repo.dst, digest)
+            .get_or_try_init(|| async {
+                self.referrers(repo, digest).await?;
+                anyhow::Ok(Placed { copied: false, tagged: None })
+            })
+            .await?;
+        Ok(())
+    }
+
     /// The source's manifest, its digest checked.
     async fn fetch(&self, repo: &RepoName, reference: &str) -> anyhow::Result<Manifest> {
         let Some((media_type, bytes)) = self.src.manifest(repo, reference).await? else {
             anyhow::bail!("{repo}:{reference}: no such manifest at the source")
         };
-        let digest = Digest::of(Algorithm::Sha256, &bytes);
-        if reference.contains(':') && reference != digest.as_str() {
-            anyhow::bail!("{repo}@{reference}: the source sent a manifest whose digest is {digest}");
+        checked(repo, reference, media_type, bytes, "source")
+    }
+
+    /// The destination's manifest `digest`, its digest checked; `None` when it has none.
+    async fn fetch_there(&self, repo: &RepoName, digest: &Digest) -> anyhow::Result<Option<Manifest>> {
+        match super::source::remote_manifest(&self.dst, repo, digest.as_str()).await? {
+            Some((media_type, bytes)) => {
+                checked(repo, digest.as_str(), media_type, bytes, "destination").map(Some)
+            }
+            None => Ok(None),
         }
-        Ok(Manifest { digest, media_type, bytes })
     }
 
     /// Copies a manifest with what it needs and its referrers (once per run, whoever asks),
@@ -316,31 +342,60 @@ impl Copier {
     }
 
     /// Copies what refers to `digest` in `repo` (and what refers to those), unless referrers stay
-    /// behind. A listed manifest whose own `subject` is not `digest` is left out: a source's
-    /// listing cannot make a copy wait on itself, nor carry foreign manifests along.
-    async fn referrers(&self, repo: &Repos, digest: &Digest) -> anyhow::Result<()> {
-        if !self.copy_referrers {
-            return Ok(());
-        }
-        for d in self.src.referrers(&repo.src, digest).await? {
-            if self.copied(&repo.dst, &d) {
-                continue;
+    /// behind. A referrer the destination holds is read there (no GET at the source); one
+    /// whose own `subject` is not `digest` is left out: a source's listing cannot make a copy
+    /// wait on itself (a subject names its referrer's digest only by hashing it, so no chain
+    /// of checked subjects loops), nor carry foreign manifests along.
+    fn referrers<'a>(
+        &'a self,
+        repo: &'a Repos,
+        digest: &'a Digest,
+    ) -> futures_util::future::BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            if !self.copy_referrers {
+                return Ok(());
             }
-            let m = self.fetch(&repo.src, d.as_str()).await?;
-            let subject = serde_json::from_slice::<serde_json::Value>(&m.bytes)
-                .ok()
-                .and_then(|v| v["subject"]["digest"].as_str().map(str::to_owned));
-            if subject.as_deref() != Some(digest.as_str()) {
-                tracing::warn!(repository = %repo.src, referrer = %d, subject = %digest,
-                    "the source lists a referrer whose subject is another: left out");
-                continue;
+            for d in self.src.referrers(&repo.src, digest).await? {
+                if self.copied(&repo.dst, &d) {
+                    continue;
+                }
+                let (m, there) = match self.fetch_there(&repo.dst, &d).await? {
+                    Some(m) => (m, true),
+                    None => (self.fetch(&repo.src, d.as_str()).await?, false),
+                };
+                let subject = serde_json::from_slice::<serde_json::Value>(&m.bytes)
+                    .ok()
+                    .and_then(|v| v["subject"]["digest"].as_str().map(str::to_owned));
+                if subject.as_deref() != Some(digest.as_str()) {
+                    tracing::warn!(repository = %repo.src, referrer = %d, subject = %digest,
+                        "the source lists a referrer whose subject is another: left out");
+                    continue;
+                }
+                if there {
+                    self.with_report(|r| r.manifests_skipped += 1);
+                    self.unchanged(repo, &d).await?;
+                } else if self.manifest(repo, &m, None).await? {
+                    self.with_report(|r| r.referrers_copied += 1);
+                }
             }
-            if self.manifest(repo, &m, None).await? {
-                self.with_report(|r| r.referrers_copied += 1);
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
+}
+
+/// `bytes` as the manifest `reference` names, its digest checked when that is a digest.
+fn checked(
+    repo: &RepoName,
+    reference: &str,
+    media_type: String,
+    bytes: Bytes,
+    end: &str,
+) -> anyhow::Result<Manifest> {
+    let digest = Digest::of(Algorithm::Sha256, &bytes);
+    if reference.contains(':') && reference != digest.as_str() {
+        anyhow::bail!("{repo}@{reference}: the {end} sent a manifest whose digest is {digest}");
+    }
+    Ok(Manifest { digest, media_type, bytes })
 }
 
 fn parse_digest(s: &str) -> anyhow::Result<Digest> {

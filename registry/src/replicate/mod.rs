@@ -132,7 +132,7 @@ pub async fn run(r: &Request) -> anyhow::Result<Report> {
         () = replicate(r, &copier) => {}
         () = display.run() => {}
     }
-    display.finish();
+    display.finish().await;
     let mut report = copier.report.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
     report.images.sort_by(|a, b| (&a.repository, &a.reference).cmp(&(&b.repository, &b.reference)));
     Ok(report)

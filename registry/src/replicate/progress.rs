@@ -68,23 +68,25 @@ impl<'a> Display<'a> {
         };
         loop {
             tokio::time::sleep(every).await;
-            self.tick(false);
+            let out = self.tick(false);
+            write(out).await;
         }
     }
 
     /// Shows what is left once the work is done, and leaves a terminal's line complete.
-    pub fn finish(&mut self) {
-        self.tick(true);
+    pub async fn finish(&mut self) {
+        let mut out = self.tick(true);
         if self.mode == Progress::Terminal {
-            eprintln!();
+            out.push('\n');
         }
+        write(out).await;
     }
 
-    /// Shows where the run stands. The report is locked only while the lines are made, never
-    /// while they are written: a stderr that blocks must not hold up the copies.
-    fn tick(&mut self, last: bool) {
-        let out = {
-            let Ok(r) = self.report.lock() else { return };
+    /// What shows where the run stands. The report is locked only while the lines are made,
+    /// never while they are written.
+    fn tick(&mut self, last: bool) -> String {
+        {
+            let Ok(r) = self.report.lock() else { return String::new() };
             let sent = self.tally.bytes_sent.load(Ordering::Relaxed);
             let secs = self.began.elapsed().as_secs_f64().max(0.001);
             let found = self.tally.images_found.load(Ordering::Relaxed);
@@ -128,13 +130,22 @@ impl<'a> Display<'a> {
                 }
                 Progress::None => String::new(),
             }
-        };
-        if !out.is_empty() {
-            let mut err = std::io::stderr().lock();
-            let _ = err.write_all(out.as_bytes());
-            let _ = err.flush();
         }
     }
+}
+
+/// Writes `out` to stderr off the async threads: a stderr that blocks (a full pipe) must hold
+/// up neither the copies nor the runtime.
+async fn write(out: String) {
+    if out.is_empty() {
+        return;
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(out.as_bytes());
+        let _ = err.flush();
+    })
+    .await;
 }
 
 /// Between two JSON progress lines, at most.

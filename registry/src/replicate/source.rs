@@ -20,6 +20,26 @@ pub(super) enum Source {
     Local(Arc<Registry>),
 }
 
+/// A manifest's media type and bytes from a registry; `None` when it has no such manifest.
+pub(super) async fn remote_manifest(
+    up: &Upstream,
+    repo: &RepoName,
+    reference: &str,
+) -> anyhow::Result<Option<(String, Bytes)>> {
+    let resp = match up.fetch(Method::GET, repo, "manifests", reference).await? {
+        Fetched::Found(resp) => resp,
+        Fetched::NotFound => return Ok(None),
+    };
+    let media_type = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
+        .unwrap_or_default();
+    let bytes = resp.bytes().await.context("reading a manifest")?;
+    Ok(Some((media_type, bytes)))
+}
+
 impl Source {
     /// A manifest's media type and bytes; `None` when the source has no such manifest.
     pub async fn manifest(
@@ -28,20 +48,7 @@ impl Source {
         reference: &str,
     ) -> anyhow::Result<Option<(String, Bytes)>> {
         match self {
-            Source::Remote(src) => {
-                let resp = match src.fetch(Method::GET, repo, "manifests", reference).await? {
-                    Fetched::Found(resp) => resp,
-                    Fetched::NotFound => return Ok(None),
-                };
-                let media_type = resp
-                    .headers()
-                    .get(reqwest::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
-                    .unwrap_or_default();
-                let bytes = resp.bytes().await.context("reading a manifest")?;
-                Ok(Some((media_type, bytes)))
-            }
+            Source::Remote(src) => remote_manifest(src, repo, reference).await,
             Source::Local(registry) => {
                 let reference: Reference =
                     reference.parse().with_context(|| format!("{repo}: reference {reference:?}"))?;
@@ -52,6 +59,30 @@ impl Source {
                 };
                 let bytes = registry.manifest_bytes(&record).await?;
                 Ok(Some((record.media_type, bytes)))
+            }
+        }
+    }
+
+    /// The digest a reference names at the source (`HEAD`); `None` when it has no such manifest
+    /// or does not say.
+    pub async fn manifest_digest(&self, repo: &RepoName, reference: &str) -> anyhow::Result<Option<Digest>> {
+        match self {
+            Source::Remote(src) => match src.fetch(Method::HEAD, repo, "manifests", reference).await? {
+                Fetched::Found(resp) => Ok(resp
+                    .headers()
+                    .get("docker-content-digest")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())),
+                Fetched::NotFound => Ok(None),
+            },
+            Source::Local(registry) => {
+                let reference: Reference =
+                    reference.parse().with_context(|| format!("{repo}: reference {reference:?}"))?;
+                match registry.head_manifest(repo, &reference).await {
+                    Ok(record) => Ok(Some(record.digest)),
+                    Err(ServiceError::ManifestUnknown | ServiceError::NameUnknown) => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
             }
         }
     }
