@@ -103,6 +103,26 @@ check "there too, cosign verifies and oras discovers the SBOM" verifies "$B"
 check "tag filters choose, and a dry run writes nothing" tag_filters_and_dry_run
 check "a whole registry through its catalog, through repository globs" whole_registry
 check "a source that wants a login refuses a replication without one" refused_without_login
+from_authfile() {
+  printf '{"auths": {"https://%s/v2/": {"auth": "%s"}}}' "$A" "$(printf alice:alice-pw | base64)" >"$WORK/config.json" &&
+    replicate "$A" "$B" --from-authfile "$WORK/config.json" --tag v1 src/app &&
+    report 'not r["failed"] and [i["reference"] for i in r["images"]] == ["v1"]'
+}
+check "credentials from a docker config.json's auths" from_authfile
+from_helper() {
+  mkdir -p "$WORK/helper" &&
+    cat >"$WORK/helper/docker-credential-berthtest" <<SH &&
+#!/bin/sh
+read -r server
+[ "\$server" = "$A" ] || { echo "credentials not found in native keychain"; exit 1; }
+echo '{"ServerURL": "$A", "Username": "alice", "Secret": "alice-pw"}'
+SH
+    chmod +x "$WORK/helper/docker-credential-berthtest" &&
+    printf '{"credHelpers": {"%s": "berthtest"}}' "$A" >"$WORK/helped.json" &&
+    PATH="$WORK/helper:$PATH" replicate "$A" "$B" --authfile "$WORK/helped.json" --tag v1 src/app &&
+    report 'not r["failed"] and [i["reference"] for i in r["images"]] == ["v1"]'
+}
+check "credentials from the credential helper a config names" from_helper
 
 echo "== tag filters, overwrites and deletes"
 start_berth

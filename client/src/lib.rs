@@ -22,6 +22,7 @@ use reqwest::header::{HeaderMap, ACCEPT, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 
+pub mod authfile;
 pub mod challenge;
 pub mod pace;
 pub mod push;
@@ -467,8 +468,17 @@ impl Upstream {
         }
     }
 
-    /// `token`, or `username` and `password`, from a directory (a mounted Secret).
+    /// `token`, or `username` and `password`, or this registry's entry in a docker config
+    /// `.dockerconfigjson`, from a directory (a mounted Secret).
     fn credentials_in(&self, dir: &std::path::Path) -> Result<Credentials> {
+        let config = dir.join(".dockerconfigjson");
+        if config.exists() {
+            let auth = |detail| UpstreamError::Auth { upstream: self.name.clone(), detail };
+            return match authfile::lookup(&config, &self.base, false).map_err(auth)? {
+                Some((user, password)) => Ok(Credentials::Basic { user, password }),
+                None => Err(auth(format!("{} has no entry for {}", config.display(), self.base))),
+            };
+        }
         let read = |name: &str| match std::fs::read_to_string(dir.join(name)) {
             Ok(v) => Ok(Some(v.trim_end_matches(['\n', '\r']).to_owned())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -644,6 +654,29 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
         h.insert("ratelimit-remaining", HeaderValue::from_static("lots"));
         assert_eq!(ratelimit_remaining(&h), None);
+    }
+
+    #[test]
+    fn a_mounted_docker_config_gives_this_registrys_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let upstream = |url: &str| {
+            let mut config = berth_core::config::UpstreamConfig::new("edge", url);
+            config.credentials_dir = Some(dir.path().to_owned());
+            Upstream::new(&config, Arc::new(Unobserved)).unwrap()
+        };
+        std::fs::write(
+            dir.path().join(".dockerconfigjson"),
+            r#"{"auths": {"edge.example:5000": {"username": "robot", "password": "pw"}}}"#,
+        )
+        .unwrap();
+        match upstream("https://edge.example:5000").secret().unwrap() {
+            Credentials::Basic { user, password } => {
+                assert_eq!((user.as_str(), password.as_str()), ("robot", "pw"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = upstream("https://elsewhere.example").secret().unwrap_err().to_string();
+        assert!(e.contains("no entry"), "{e}");
     }
 
     #[test]

@@ -100,6 +100,16 @@ struct ReplicateArgs {
     /// CA certificate (PEM) to trust for the destination's TLS.
     #[arg(long)]
     to_ca_file: Option<PathBuf>,
+    /// A docker config.json or podman auth.json holding both registries' credentials (its
+    /// `auths`, or the credential helpers it names), for a side without a username.
+    #[arg(long)]
+    authfile: Option<PathBuf>,
+    /// As --authfile, for the source only.
+    #[arg(long)]
+    from_authfile: Option<PathBuf>,
+    /// As --authfile, for the destination only.
+    #[arg(long)]
+    to_authfile: Option<PathBuf>,
     /// Do not verify the source's TLS certificate.
     #[arg(long)]
     from_insecure: bool,
@@ -152,10 +162,16 @@ impl ReplicateArgs {
         if deletes == Deletes::Mirror && self.no_overwrite {
             anyhow::bail!("--delete mirror makes the destination's tags equal the source's: it overwrites, so --no-overwrite cannot go with it");
         }
-        let side =
-            |url, username, file: Option<PathBuf>, env: &str, ca_file, insecure| -> anyhow::Result<Side> {
-                Ok(Side { url, username, password: secret(file.as_ref(), env)?, ca_file, insecure })
-            };
+        let side = |url, username, file: Option<PathBuf>, env: &str, ca_file, insecure, authfile| {
+            anyhow::Ok(Side {
+                url,
+                username,
+                password: secret(file.as_ref(), env)?,
+                ca_file,
+                insecure,
+                authfile,
+            })
+        };
         Ok(Request {
             from: side(
                 self.from,
@@ -164,6 +180,7 @@ impl ReplicateArgs {
                 "BERTH_FROM_PASSWORD",
                 self.from_ca_file,
                 self.from_insecure,
+                self.from_authfile.or_else(|| self.authfile.clone()),
             )?,
             to: side(
                 self.to,
@@ -172,6 +189,7 @@ impl ReplicateArgs {
                 "BERTH_TO_PASSWORD",
                 self.to_ca_file,
                 self.to_insecure,
+                self.to_authfile.or(self.authfile),
             )?,
             images: self.images,
             all: self.all,

@@ -55,9 +55,13 @@ pub struct Side {
     pub password: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub insecure: bool,
+    /// A docker `config.json` or podman `auth.json` to find credentials in, when `username`
+    /// is not given.
+    pub authfile: Option<PathBuf>,
 }
 
 impl Side {
+    /// Its client (reads files, and may run a credential helper: call it off the async threads).
     fn client(&self, name: &str) -> anyhow::Result<Upstream> {
         let mut config = UpstreamConfig::new(name, self.url.trim_end_matches('/'));
         config.insecure = self.insecure;
@@ -65,11 +69,17 @@ impl Side {
             Some(f) => Some(std::fs::read(f).with_context(|| format!("reading {}", f.display()))?),
             None => None,
         };
-        let credentials = match &self.username {
-            Some(user) => {
+        let credentials = match (&self.username, &self.authfile) {
+            (Some(user), _) => {
                 Credentials::Basic { user: user.clone(), password: self.password.clone().unwrap_or_default() }
             }
-            None => Credentials::None,
+            (None, Some(file)) => {
+                match berth_client::authfile::lookup(file, &self.url, true).map_err(anyhow::Error::msg)? {
+                    Some((user, password)) => Credentials::Basic { user, password },
+                    None => Credentials::None,
+                }
+            }
+            (None, None) => Credentials::None,
         };
         Upstream::with_credentials(&config, credentials, ca.as_deref()).map_err(anyhow::Error::msg)
     }
@@ -114,7 +124,10 @@ pub struct Request {
 
 /// Runs a replication: its report (failures in it, never an early stop).
 pub async fn run(r: &Request) -> anyhow::Result<Report> {
-    let (mut src, mut dst) = (r.from.client("source")?, r.to.client("destination")?);
+    let (from, to) = (r.from.clone(), r.to.clone());
+    let (src, dst) =
+        tokio::task::spawn_blocking(move || (from.client("source"), to.client("destination"))).await?;
+    let (mut src, mut dst) = (src?, dst?);
     if let Some(rate) = r.rate {
         (src, dst) = (src.with_request_rate(rate), dst.with_request_rate(rate));
     }

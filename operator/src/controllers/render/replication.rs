@@ -2,7 +2,8 @@
 //! berth's `replication.on_push` config (pure), and the Secrets it mounts:
 //!
 //! ```text
-//! destination's credentialsSecret (username, password) ─► /etc/berth/replication/<name>/
+//! destination's credentialsSecret (username and password, or .dockerconfigjson)
+//!                                                     ─► /etc/berth/replication/<name>/
 //! destination Registry's TLS Secret (ca.crt)            ─► /etc/berth/replication/<name>-ca/ca.crt
 //! ```
 //! `<name>` is the policy's name with `.` as `_` (berth's names hold letters, digits, `-` and
@@ -108,8 +109,10 @@ pub fn volumes(sources: &[OnPushSource]) -> (Vec<serde_json::Value>, Vec<serde_j
             mounts.push(
                 serde_json::json!({"name": name, "mountPath": format!("{DIR}/{base}"), "readOnly": true}),
             );
-            volumes.push(serde_json::json!({"name": name, "secret": {"secretName": secret, "defaultMode": 0o440,
-                "items": [{"key": "username", "path": "username"}, {"key": "password", "path": "password"}]}}));
+            // Whole: berth reads `username` and `password`, or a docker config's entry.
+            volumes.push(
+                serde_json::json!({"name": name, "secret": {"secretName": secret, "defaultMode": 0o440}}),
+            );
         }
         if let Some(ca) = &s.ca_secret {
             let name = format!("replication-{i}-ca");

@@ -139,18 +139,19 @@ async fn end(
         Some(r) => Api::<Registry>::namespaced(ctx.client.clone(), ns).get_opt(&r.name).await?,
         None => None,
     };
+    let mut docker_config = false;
     if let Some(name) = &e.credentials_secret {
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-        let complete = secrets
-            .get_opt(name)
-            .await?
-            .and_then(|s| s.data)
-            .is_some_and(|d| d.contains_key("username") && d.contains_key("password"));
-        if !complete {
-            return Ok(Err(format!("{which}: Secret {name} with username and password is not there")));
+        let data = secrets.get_opt(name).await?.and_then(|s| s.data).unwrap_or_default();
+        let login = data.contains_key("username") && data.contains_key("password");
+        docker_config = !data.contains_key("username") && data.contains_key(".dockerconfigjson");
+        if !(login || docker_config) {
+            return Ok(Err(format!(
+                "{which}: Secret {name} with username and password (or a .dockerconfigjson) is not there"
+            )));
         }
     }
-    Ok(render::side(e, which, registry.as_ref(), login))
+    Ok(render::side(e, which, registry.as_ref(), login).map(|s| Side { docker_config, ..s }))
 }
 
 /// Whether a URL end answers `/v2/` and takes its credentials (checked with berth's own client).
@@ -165,9 +166,18 @@ async fn check(ctx: &Context, ns: &str, side: &Side) -> Result<(), String> {
                 .and_then(|s| s.data)
                 .unwrap_or_default();
             let text = |k: &str| data.get(k).map(|b| String::from_utf8_lossy(&b.0).trim_end().to_owned());
-            match text("username") {
-                Some(user) => Credentials::Basic { user, password: text("password").unwrap_or_default() },
-                None => Credentials::None,
+            match (text("username"), text(".dockerconfigjson")) {
+                (Some(user), _) => {
+                    Credentials::Basic { user, password: text("password").unwrap_or_default() }
+                }
+                (None, Some(config)) => {
+                    let origin = format!("Secret {name}");
+                    match berth_client::authfile::lookup_in(&config, &origin, &side.url, false)? {
+                        Some((user, password)) => Credentials::Basic { user, password },
+                        None => return Err(format!("{origin} has no entry for {}", side.url)),
+                    }
+                }
+                (None, None) => Credentials::None,
             }
         }
         None => Credentials::None,

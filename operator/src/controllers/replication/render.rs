@@ -37,11 +37,16 @@ const MAX_CRON_JOB_NAME: usize = 52;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Side {
     pub url: String,
-    /// A Secret with `username` and `password`.
+    /// A Secret with `username` and `password`, or a docker config (`.dockerconfigjson`).
     pub credentials: Option<String>,
+    /// The credentials Secret is a docker config (the reconciler looked).
+    pub docker_config: bool,
     /// A Secret whose `ca.crt` signs the end's certificate.
     pub ca_secret: Option<String>,
 }
+
+/// Where a run's pod finds each end's docker config.
+const AUTH_DIR: [(&str, &str); 2] = [("--from-authfile", "from-auth"), ("--to-authfile", "to-auth")];
 
 /// Whether `p` has `registry` copy its pushes as they happen (and may now).
 pub fn copies_on_push(p: &ReplicationPolicy, registry: &str) -> bool {
@@ -106,12 +111,16 @@ pub fn side(end: &Endpoint, which: &str, registry: Option<&Registry>, login: boo
                     eff.port
                 ),
                 credentials: end.credentials_secret.clone(),
+                docker_config: false,
                 ca_secret: tls.then(|| tls_secret_name(reg)),
             })
         }
-        (None, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => {
-            Ok(Side { url: url.clone(), credentials: end.credentials_secret.clone(), ca_secret: None })
-        }
+        (None, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => Ok(Side {
+            url: url.clone(),
+            credentials: end.credentials_secret.clone(),
+            docker_config: false,
+            ca_secret: None,
+        }),
         (None, Some(url)) => Err(format!("{which}.url {url:?} must start with http:// or https://")),
         (None, None) => Err(format!("{which}: set registryRef or url")),
     }
@@ -146,6 +155,11 @@ fn rule_args(p: &ReplicationPolicy, from: &Side, to: &Side) -> Result<Vec<Vec<St
     for (flag, side, dir) in [("--from-ca-file", from, "from-ca"), ("--to-ca-file", to, "to-ca")] {
         if side.ca_secret.is_some() {
             base.extend([flag.to_owned(), format!("/etc/berth/{dir}/ca.crt")]);
+        }
+    }
+    for ((flag, dir), side) in AUTH_DIR.into_iter().zip([from, to]) {
+        if side.docker_config && side.credentials.is_some() {
+            base.extend([flag.to_owned(), format!("/etc/berth/{dir}/config.json")]);
         }
     }
     match deletes(p) {
@@ -203,12 +217,22 @@ fn job_spec(
     let mut env = Vec::new();
     let mut mounts = Vec::new();
     let mut volumes = Vec::new();
-    for (prefix, side, dir) in [("BERTH_FROM", from, "from-ca"), ("BERTH_TO", to, "to-ca")] {
-        if let Some(secret) = &side.credentials {
-            for (var, key) in [("USERNAME", "username"), ("PASSWORD", "password")] {
-                env.push(serde_json::json!({"name": format!("{prefix}_{var}"),
-                    "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}));
+    for ((prefix, side, dir), (_, auth_dir)) in
+        [("BERTH_FROM", from, "from-ca"), ("BERTH_TO", to, "to-ca")].into_iter().zip(AUTH_DIR)
+    {
+        match (&side.credentials, side.docker_config) {
+            (Some(secret), false) => {
+                for (var, key) in [("USERNAME", "username"), ("PASSWORD", "password")] {
+                    env.push(serde_json::json!({"name": format!("{prefix}_{var}"),
+                        "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}));
+                }
             }
+            (Some(secret), true) => {
+                mounts.push(serde_json::json!({"name": auth_dir, "mountPath": format!("/etc/berth/{auth_dir}"), "readOnly": true}));
+                volumes.push(serde_json::json!({"name": auth_dir, "secret": {
+                    "secretName": secret, "items": [{"key": ".dockerconfigjson", "path": "config.json"}], "defaultMode": 0o440}}));
+            }
+            (None, _) => {}
         }
         if let Some(secret) = &side.ca_secret {
             mounts.push(

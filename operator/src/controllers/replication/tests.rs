@@ -81,6 +81,22 @@ fn each_rule_is_a_container_in_order() {
 }
 
 #[test]
+fn a_docker_config_secret_is_mounted_and_named_as_the_authfile() {
+    let p = policy(vec![]);
+    let (from, to) = sides();
+    let to = Side { docker_config: true, ..to };
+    let cron = render::cron_job(&p, "berth:1", &from, &to).unwrap().unwrap();
+    let pod = cron.spec.job_template.spec.unwrap().template.spec.unwrap();
+    let args = pod.containers[0].args.clone().unwrap().join(" ");
+    assert!(args.contains("--to-authfile /etc/berth/to-auth/config.json"), "{args}");
+    assert!(pod.containers[0].env.clone().unwrap_or_default().is_empty(), "no username to read");
+    let volume = pod.volumes.unwrap().into_iter().find(|v| v.name == "to-auth").unwrap();
+    let secret = volume.secret.unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("edge-login"));
+    assert_eq!(secret.items.unwrap()[0].key, ".dockerconfigjson");
+}
+
+#[test]
 fn prefixes_rename_repositories_between_the_ends() {
     let mut p = policy(vec![]);
     p.spec.source.prefix = Some("team".into());
