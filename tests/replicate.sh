@@ -123,6 +123,16 @@ SH
     report 'not r["failed"] and [i["reference"] for i in r["images"]] == ["v1"]'
 }
 check "credentials from the credential helper a config names" from_helper
+child_signed_later() {
+  local child
+  child=$("$CRANE" --insecure manifest "$A/src/app@$MULTIARCH" | python3 -c 'import json,sys; print(json.load(sys.stdin)["manifests"][0]["digest"])') &&
+    "$COSIGN" sign --yes --key "$WORK/cosign.key" --tlog-upload=false --registry-referrers-mode=oci-1-1 \
+      "${COSIGN_FLAGS[@]}" "$A/src/app@$child" >/dev/null 2>&1 &&
+    replicate "$A" "$B" --from-username alice --from-password-file "$WORK/alice.pw" --tag multiarch src/app &&
+    report '[i["outcome"] for i in r["images"]] == ["unchanged"] and r["referrersCopied"] == 1' &&
+    curl -fsS "http://$B/v2/src/app/referrers/$child" | grep -q application/vnd.dev.cosign
+}
+check "a signature made later on a child of an unchanged index follows it" child_signed_later
 
 echo "== tag filters, overwrites and deletes"
 start_berth

@@ -12,6 +12,7 @@ use anyhow::Context;
 use berth_client::pace::Pacer;
 use berth_client::push::Sent;
 use berth_client::Upstream;
+use berth_core::oci::manifest::media as media_types;
 use berth_core::oci::{Algorithm, Digest, RepoName};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -129,9 +130,13 @@ impl Copier {
         if let Some(there) = &there {
             // A tag already naming the source's digest there costs a HEAD at each end, no GET
             // (which a registry such as Docker Hub counts against its pull limit).
-            if let Some(here) = self.src.manifest_digest(&repo.src, reference).await? {
+            if let Some((here, media_type)) = self.src.manifest_digest(&repo.src, reference).await? {
                 if here.as_str() == there.as_str() {
-                    self.unchanged(repo, &here).await?;
+                    let index = match is_index(&media_type) && self.copy_referrers {
+                        true => self.fetch_there(&repo.dst, &here).await?,
+                        false => None,
+                    };
+                    self.unchanged(repo, &here, index.as_ref()).await?;
                     return Ok(ImageReport {
                         repository: repo.src.to_string(),
                         reference: reference.to_owned(),
@@ -146,7 +151,7 @@ impl Copier {
             // The destination's tag stays as it is: nothing of this image is copied.
             Outcome::Kept
         } else if there.as_deref() == Some(m.digest.as_str()) {
-            self.unchanged(repo, &m.digest).await?;
+            self.unchanged(repo, &m.digest, Some(&m).filter(|m| is_index(&m.media_type))).await?;
             Outcome::Unchanged
         } else {
             self.manifest(repo, &m, is_tag.then_some(reference)).await?;
@@ -164,8 +169,24 @@ impl Copier {
         })
     }
 
-    /// A manifest the destination has already: only referrers added since are copied (once).
-    async fn unchanged(&self, repo: &Repos, digest: &Digest) -> anyhow::Result<()> {
+    /// A manifest the destination has already: only referrers added since are copied (once),
+    /// to it and, for an `index`, to each of its children copied.
+    async fn unchanged(&self, repo: &Repos, digest: &Digest, index: Option<&Manifest>) -> anyhow::Result<()> {
+        self.referrers_once(repo, digest).await?;
+        let Some(index) = index else { return Ok(()) };
+        let parsed: serde_json::Value = serde_json::from_slice(&index.bytes)
+            .with_context(|| format!("{}@{}: not JSON", repo.src, index.digest))?;
+        for child in parsed["manifests"].as_array().into_iter().flatten() {
+            if self.platforms.is_empty() || self.platforms.iter().any(|p| p.matches(child)) {
+                let digest = parse_digest(child["digest"].as_str().unwrap_or_default())?;
+                self.referrers_once(repo, &digest).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The referrers of a manifest the destination holds, looked at once per run.
+    async fn referrers_once(&self, repo: &Repos, digest: &Digest) -> anyhow::Result<()> {
         self.copy_of(&repo.dst, digest)
             .get_or_try_init(|| async {
                 self.referrers(repo, digest).await?;
@@ -373,7 +394,7 @@ impl Copier {
                 }
                 if there {
                     self.with_report(|r| r.manifests_skipped += 1);
-                    self.unchanged(repo, &d).await?;
+                    self.referrers_once(repo, &d).await?;
                 } else if self.manifest(repo, &m, None).await? {
                     self.with_report(|r| r.referrers_copied += 1);
                 }
@@ -396,6 +417,10 @@ fn checked(
         anyhow::bail!("{repo}@{reference}: the {end} sent a manifest whose digest is {digest}");
     }
     Ok(Manifest { digest, media_type, bytes })
+}
+
+fn is_index(media_type: &str) -> bool {
+    media_type == media_types::OCI_INDEX || media_type == media_types::DOCKER_LIST
 }
 
 fn parse_digest(s: &str) -> anyhow::Result<Digest> {

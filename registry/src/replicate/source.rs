@@ -30,14 +30,15 @@ pub(super) async fn remote_manifest(
         Fetched::Found(resp) => resp,
         Fetched::NotFound => return Ok(None),
     };
-    let media_type = resp
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
-        .unwrap_or_default();
+    let media_type =
+        media_type(resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()));
     let bytes = resp.bytes().await.context("reading a manifest")?;
     Ok(Some((media_type, bytes)))
+}
+
+/// A `Content-Type` without its parameters.
+fn media_type(content_type: Option<&str>) -> String {
+    content_type.map(|v| v.split(';').next().unwrap_or(v).trim().to_owned()).unwrap_or_default()
 }
 
 impl Source {
@@ -63,23 +64,27 @@ impl Source {
         }
     }
 
-    /// The digest a reference names at the source (`HEAD`); `None` when it has no such manifest
-    /// or does not say.
-    pub async fn manifest_digest(&self, repo: &RepoName, reference: &str) -> anyhow::Result<Option<Digest>> {
+    /// The digest a reference names at the source, and its media type (`HEAD`); `None` when
+    /// it has no such manifest or does not say.
+    pub async fn manifest_digest(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+    ) -> anyhow::Result<Option<(Digest, String)>> {
         match self {
             Source::Remote(src) => match src.fetch(Method::HEAD, repo, "manifests", reference).await? {
-                Fetched::Found(resp) => Ok(resp
-                    .headers()
-                    .get("docker-content-digest")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())),
+                Fetched::Found(resp) => {
+                    let header = |name| resp.headers().get(name).and_then(|v| v.to_str().ok());
+                    let digest = header("docker-content-digest").and_then(|v| v.parse().ok());
+                    Ok(digest.map(|d| (d, media_type(header("content-type")))))
+                }
                 Fetched::NotFound => Ok(None),
             },
             Source::Local(registry) => {
                 let reference: Reference =
                     reference.parse().with_context(|| format!("{repo}: reference {reference:?}"))?;
                 match registry.head_manifest(repo, &reference).await {
-                    Ok(record) => Ok(Some(record.digest)),
+                    Ok(record) => Ok(Some((record.digest, record.media_type))),
                     Err(ServiceError::ManifestUnknown | ServiceError::NameUnknown) => Ok(None),
                     Err(e) => Err(e.into()),
                 }
