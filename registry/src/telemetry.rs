@@ -184,6 +184,14 @@ pub struct Metrics {
     pub webhooks: Arc<crate::notify::deliver::WebhookMetrics>,
     pub login: LoginMetrics,
     pub connections: ConnectionMetrics,
+    pub volume: VolumeMetrics,
+}
+
+/// The filesystem under the data directory (absent on object storage).
+#[derive(Clone, Default)]
+pub struct VolumeMetrics {
+    pub size: Gauge,
+    pub available: Gauge,
 }
 
 /// What the accept loop saw.
@@ -274,6 +282,17 @@ impl Metrics {
             "Connections closed because the client stopped taking a response",
             connections.stalled.clone(),
         );
+        let volume = VolumeMetrics::default();
+        registry.register(
+            "storage_volume_size_bytes",
+            "Size of the filesystem holding the data directory",
+            volume.size.clone(),
+        );
+        registry.register(
+            "storage_volume_available_bytes",
+            "Bytes of that filesystem still available to berth",
+            volume.available.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -289,6 +308,7 @@ impl Metrics {
             webhooks,
             login,
             connections,
+            volume,
         }
     }
 

@@ -442,6 +442,22 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// The size of the filesystem holding `path`, and what is left of it for unprivileged writers
+/// (`statvfs`), in bytes. Blocking.
+#[allow(unsafe_code)]
+pub fn volume(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: `c` is a NUL-terminated path that outlives the call, and `stats` is a plain struct
+    // the kernel fills in; nothing is kept after the call returns.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut stats) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let unit = stats.f_frsize as u64;
+    Ok((stats.f_blocks as u64 * unit, stats.f_bavail as u64 * unit))
+}
+
 /// Durable: the file's bytes, then its name.
 fn finish_synced(file: File, temp: &Path, dest: &Path) -> io::Result<()> {
     file.sync_all()?;
