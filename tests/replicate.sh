@@ -203,6 +203,18 @@ prefixed() {
 }
 check "--from-prefix src --to-prefix mirror/hub: src/app lands as mirror/hub/app, referrers left behind" prefixed
 
+echo "== a hostile source"
+HOSTILE=127.0.0.1:$(free_port)
+python3 "$ROOT/tests/hostile_registry.py" "${HOSTILE#*:}" >"$WORK/hostile.log" 2>&1 &
+on_exit "kill $!"
+wait_for "http://$HOSTILE/v2/" 20
+# hostile SPEC: a replication from the hostile source, bounded in time; its stderr in hostile.err.
+hostile() { timeout 120 "$BERTH_BIN" replicate --from "http://$HOSTILE" --to "http://$B" "$1" 2>"$WORK/hostile.err"; }
+endless_manifest() { ! hostile endless/app:v1 && grep -q "larger than the 4194304 bytes accepted" "$WORK/hostile.err"; }
+check "a manifest without end is refused past 4 MiB, not read into memory" endless_manifest
+endless_listing() { ! hostile loop/app && grep -q "does not move past" "$WORK/hostile.err"; }
+check "a tag list that ignores \`last\` is refused, not asked for again for ever" endless_listing
+
 echo "== a run killed in the middle, started again"
 # An image of 8 random 1 MiB layers at B; the copy to a fresh E is paced to 2 MiB/s and killed
 # once E has received 5 MiB of it (4 layers whole). The second run sends only what had not arrived.

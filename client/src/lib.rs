@@ -557,6 +557,27 @@ impl Upstream {
         Ok(resp)
     }
 
+    /// A response's body, refused once it passes `limit` bytes (a registry that sends a
+    /// manifest or a list without end must not take all memory).
+    pub async fn read_limited(&self, resp: Response, what: &str, limit: usize) -> Result<bytes::Bytes> {
+        let too_large = || UpstreamError::Protocol {
+            upstream: self.name.clone(),
+            detail: format!("{what} is larger than the {limit} bytes accepted"),
+        };
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let mut resp = resp;
+        let mut buf = bytes::BytesMut::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(&e))? {
+            if buf.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+
     pub fn transport_error(&self, e: &reqwest::Error) -> UpstreamError {
         let upstream = self.name.clone();
         if e.is_timeout() {

@@ -5,7 +5,7 @@ use tracing::warn;
 
 use super::error::{ProxyError, Result};
 use super::route::Target;
-use super::state::{read_limited, Proxy};
+use super::state::Proxy;
 use crate::meta::cache::ContentKind;
 
 impl Proxy {
@@ -22,7 +22,7 @@ impl Proxy {
             Ok(Fetched::NotFound) => return Err(ProxyError::NotFound(ContentKind::Manifest)),
             Ok(Fetched::Found(resp)) => {
                 let more = resp.headers().contains_key(reqwest::header::LINK);
-                read_limited(up, resp, "tag list", self.registry.limits().max_manifest_bytes).await.and_then(
+                up.read_limited(resp, "tag list", self.registry.limits().max_manifest_bytes).await.and_then(
                     |body| {
                         serde_json::from_slice::<TagList>(&body)
                             .map(|l| (l.tags.unwrap_or_default(), more))

@@ -12,7 +12,7 @@ use tracing::info;
 
 use super::error::{ProxyError, Result};
 use super::route::Target;
-use super::state::{digest_header, read_limited, Proxy};
+use super::state::{digest_header, Proxy};
 use crate::meta::cache::ContentKind;
 use crate::meta::{self, ManifestRecord};
 use crate::service::ServiceError;
@@ -70,7 +70,7 @@ impl Proxy {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = read_limited(up, resp, "manifest", limit).await?;
+        let body = up.read_limited(resp, "manifest", limit).await?;
         self.metrics.upstream_bytes(&up.name, body.len() as u64);
         // The digest the content must have: the one asked for, else the one the upstream named.
         let expected = match r {

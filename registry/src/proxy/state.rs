@@ -5,12 +5,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use berth_client::{Upstream, UpstreamError};
+use berth_client::Upstream;
 use berth_core::config::ProxyConfig;
 use berth_core::oci::{Digest, RepoName};
-use bytes::Bytes;
 use futures_util::future::{BoxFuture, Shared};
-use futures_util::StreamExt;
 
 use super::error::Result;
 use super::flight::Flights;
@@ -97,32 +95,4 @@ impl Proxy {
 
 pub(super) fn digest_header(resp: &reqwest::Response) -> Option<Digest> {
     resp.headers().get("docker-content-digest")?.to_str().ok()?.trim().parse().ok()
-}
-
-/// Reads a small body (a manifest, a tag list), refusing more than `limit` bytes.
-pub(super) async fn read_limited(
-    up: &Upstream,
-    resp: reqwest::Response,
-    what: &str,
-    limit: usize,
-) -> std::result::Result<Bytes, UpstreamError> {
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(UpstreamError::Protocol {
-            upstream: up.name.clone(),
-            detail: format!("{what} is larger than the {limit} bytes accepted"),
-        });
-    }
-    let mut stream = resp.bytes_stream();
-    let mut buf = bytes::BytesMut::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| up.transport_error(&e))?;
-        if buf.len() + chunk.len() > limit {
-            return Err(UpstreamError::Protocol {
-                upstream: up.name.clone(),
-                detail: format!("{what} is larger than the {limit} bytes accepted"),
-            });
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
 }

@@ -16,6 +16,7 @@
 //! none from the `sha256-<hex>` tag scheme; a destination without the API (no `OCI-Subject` on
 //! the push) gets that tag scheme kept up to date, so cosign and oras find them there too.
 
+mod body;
 mod copy;
 mod filter;
 mod names;

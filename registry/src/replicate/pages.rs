@@ -1,6 +1,5 @@
 //! Paginated listings (`n` and `last`): a repository's tags, the catalog.
 
-use anyhow::Context;
 use berth_client::{Fetched, Upstream};
 use berth_core::oci::RepoName;
 
@@ -19,7 +18,9 @@ pub async fn tag_list(side: &Upstream, repo: &RepoName) -> anyhow::Result<Option
         let missing = &missing;
         async move {
             match side.tags(repo, &query).await? {
-                Fetched::Found(resp) => Ok(resp.json::<List>().await.context("reading a tag list")?.tags),
+                Fetched::Found(resp) => {
+                    Ok(super::body::read_json::<List>(side, resp, "tag list").await?.tags)
+                }
                 Fetched::NotFound => {
                     missing.store(true, std::sync::atomic::Ordering::Relaxed);
                     Ok(None)
@@ -31,7 +32,9 @@ pub async fn tag_list(side: &Upstream, repo: &RepoName) -> anyhow::Result<Option
     Ok((!missing.load(std::sync::atomic::Ordering::Relaxed)).then_some(tags))
 }
 
-/// Every name of a paginated list (`n` and `last`), `page` reading one page for a query.
+/// Every name of a paginated list (`n` and `last`), `page` reading one page for a query. A
+/// full page that does not move past the last name read is refused: a registry that ignores
+/// `last` would otherwise be asked for the same page for ever.
 pub async fn pages<F, Fut>(page: F) -> anyhow::Result<Vec<String>>
 where
     F: Fn(String) -> Fut,
@@ -46,6 +49,11 @@ where
         }
         let names = page(query).await?.unwrap_or_default();
         let more = names.len() >= PAGE;
+        if let (true, Some(last), Some(new)) = (more, all.last(), names.last()) {
+            if new <= last {
+                anyhow::bail!("the registry's listing does not move past {last:?}: it ignores `last`");
+            }
+        }
         all.extend(names);
         if !more {
             return Ok(all);

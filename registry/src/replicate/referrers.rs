@@ -36,12 +36,11 @@ fn listed(index: &serde_json::Value) -> anyhow::Result<Vec<Digest>> {
 /// What refers to `digest` in `repo` at `src`.
 pub async fn list(src: &Upstream, repo: &RepoName, digest: &Digest) -> anyhow::Result<Vec<Digest>> {
     if let Fetched::Found(resp) = src.fetch(Method::GET, repo, "referrers", digest.as_str()).await? {
-        let index: serde_json::Value = resp.json().await.context("reading a referrers list")?;
-        return listed(&index);
+        return listed(&super::body::read_json(src, resp, "referrers list").await?);
     }
     let Some(tag) = scheme_tag(digest.as_str()) else { return Ok(vec![]) };
     match src.fetch(Method::GET, repo, "manifests", &tag).await? {
-        Fetched::Found(resp) => listed(&resp.json().await.context("reading a referrers index")?),
+        Fetched::Found(resp) => listed(&super::body::read_json(src, resp, "referrers index").await?),
         Fetched::NotFound => Ok(vec![]),
     }
 }
@@ -65,7 +64,7 @@ pub async fn add_to_scheme(
     let parsed = m.parsed;
     let Some(tag) = scheme_tag(subject) else { return Ok(()) };
     let mut index = match dst.fetch(Method::GET, repo, "manifests", &tag).await? {
-        Fetched::Found(resp) => resp.json().await.context("reading a referrers index")?,
+        Fetched::Found(resp) => super::body::read_json(dst, resp, "referrers index").await?,
         Fetched::NotFound => serde_json::json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": []}),
     };
     if listed(&index)?.contains(m.digest) {

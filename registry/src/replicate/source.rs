@@ -32,7 +32,7 @@ pub(super) async fn remote_manifest(
     };
     let media_type =
         media_type(resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()));
-    let bytes = resp.bytes().await.context("reading a manifest")?;
+    let bytes = up.read_limited(resp, "manifest", super::body::MAX_DOCUMENT).await?;
     Ok(Some((media_type, bytes)))
 }
 
@@ -155,7 +155,7 @@ impl Source {
                 pages::pages(|query| async move {
                     match src.catalog(&query).await? {
                         Fetched::Found(resp) => {
-                            Ok(resp.json::<List>().await.context("reading the catalog")?.repositories)
+                            Ok(super::body::read_json::<List>(src, resp, "catalog").await?.repositories)
                         }
                         Fetched::NotFound => anyhow::bail!("the source has no catalog (GET /v2/_catalog)"),
                     }
