@@ -53,8 +53,26 @@ type Stamp = Option<(SystemTime, u64)>;
 /// looked at by [`Watched::refresh`], off the request path.
 pub struct Watched<T> {
     path: Option<PathBuf>,
-    parse: fn(&str) -> Result<T, String>,
+    parse: Parse<T>,
     state: Mutex<(Arc<T>, Stamp)>,
+}
+
+/// How a file becomes its value: as UTF-8 text, or as bytes (a key may be any bytes).
+enum Parse<T> {
+    Text(fn(&str) -> Result<T, String>),
+    Bytes(fn(&[u8]) -> Result<T, String>),
+}
+
+impl<T> Parse<T> {
+    fn read(&self, path: &std::path::Path) -> Result<T, String> {
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        match self {
+            Parse::Text(parse) => {
+                parse(std::str::from_utf8(&bytes).map_err(|_| "not UTF-8 text".to_owned())?)
+            }
+            Parse::Bytes(parse) => parse(&bytes),
+        }
+    }
 }
 
 fn stamp(path: &std::path::Path) -> Stamp {
@@ -63,15 +81,25 @@ fn stamp(path: &std::path::Path) -> Stamp {
 }
 
 impl<T> Watched<T> {
+    /// A value parsed from the UTF-8 text of `path`.
     pub fn open(path: PathBuf, parse: fn(&str) -> Result<T, String>) -> Result<Watched<T>, String> {
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let value = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Watched::start(path, Parse::Text(parse))
+    }
+
+    /// A value parsed from the bytes of `path`, whatever they are.
+    pub fn open_bytes(path: PathBuf, parse: fn(&[u8]) -> Result<T, String>) -> Result<Watched<T>, String> {
+        Watched::start(path, Parse::Bytes(parse))
+    }
+
+    fn start(path: PathBuf, parse: Parse<T>) -> Result<Watched<T>, String> {
         let s = stamp(&path);
+        let value = parse.read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Watched { path: Some(path), parse, state: Mutex::new((Arc::new(value), s)) })
     }
 
     pub fn fixed(value: T) -> Watched<T> {
-        Watched { path: None, parse: |_| Err("fixed".into()), state: Mutex::new((Arc::new(value), None)) }
+        let parse = Parse::Text(|_| Err("fixed".into()));
+        Watched { path: None, parse, state: Mutex::new((Arc::new(value), None)) }
     }
 
     /// The value as the file said when last refreshed.
@@ -86,7 +114,7 @@ impl<T> Watched<T> {
         if self.state.lock().map(|st| st.1 == now).unwrap_or(true) {
             return;
         }
-        match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| (self.parse)(&t)) {
+        match self.parse.read(path) {
             Ok(v) => {
                 if let Ok(mut st) = self.state.lock() {
                     *st = (Arc::new(v), now);
@@ -126,5 +154,17 @@ mod tests {
         std::fs::write(&path, "garbage").unwrap();
         w.refresh();
         assert!(w.current().unwrap().hash("bob").is_some(), "a broken file keeps the previous users");
+    }
+
+    #[test]
+    fn a_key_may_be_any_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        let key = [0xffu8, 0x00, 0x9c, b'k', 0x80];
+        std::fs::write(&path, key).unwrap();
+        let w = Watched::open_bytes(path.clone(), |b| Ok(b.to_vec())).unwrap();
+        assert_eq!(w.current().unwrap().as_slice(), key);
+        let e = Watched::open(path, |t| Ok(t.to_owned())).err().unwrap();
+        assert!(e.contains("not UTF-8"), "{e}");
     }
 }

@@ -434,7 +434,7 @@ impl Deliverer {
         let what = |m: String| format!("notifications endpoint {}: {m}", endpoint.name);
         let secret = match &endpoint.secret_file {
             Some(f) => Some(
-                Watched::open(f.clone(), |text| Ok(text.trim_ascii().as_bytes().to_vec()))
+                Watched::open_bytes(f.clone(), |key| Ok(key.trim_ascii().to_vec()))
                     .map_err(|e| what(format!("secret_file {e}")))?,
             ),
             None => None,
