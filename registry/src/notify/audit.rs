@@ -6,7 +6,6 @@
 //! counted.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use berth_core::config::notifications::EventKind;
@@ -44,8 +43,6 @@ pub struct AuditNotes {
     pending: Mutex<HashMap<Key, (u64, i64)>>,
     /// Entries not kept because the map was full, per kind.
     overflow: Mutex<HashMap<EventKind, u64>>,
-    /// Whether anything overflowed since the last take (a cheap look before the lock).
-    overflowed: AtomicU64,
 }
 
 impl AuditNotes {
@@ -89,7 +86,6 @@ impl AuditNotes {
             None if full => {
                 drop(pending);
                 *self.overflow.lock().unwrap_or_else(|e| e.into_inner()).entry(kind).or_default() += 1;
-                self.overflowed.fetch_add(1, Ordering::Relaxed);
             }
             None => {
                 pending.insert(key, (1, crate::meta::now_millis()));
@@ -102,21 +98,19 @@ impl AuditNotes {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         let mut events: Vec<NewEvent> =
             pending.into_iter().map(|(k, (count, at))| entry(k, count, at)).collect();
-        if self.overflowed.swap(0, Ordering::Relaxed) > 0 {
-            let overflow = std::mem::take(&mut *self.overflow.lock().unwrap_or_else(|e| e.into_inner()));
-            for (kind, count) in overflow {
-                let key = Key {
-                    kind,
-                    actor: String::new(),
-                    address: String::new(),
-                    repository: String::new(),
-                    detail: format!(
-                        "{MAX_KEYS} distinct entries were noted in one interval; the rest only counted"
-                    ),
-                    pulled: None,
-                };
-                events.push(entry(key, count, crate::meta::now_millis()));
-            }
+        let overflow = std::mem::take(&mut *self.overflow.lock().unwrap_or_else(|e| e.into_inner()));
+        for (kind, count) in overflow {
+            let key = Key {
+                kind,
+                actor: String::new(),
+                address: String::new(),
+                repository: String::new(),
+                detail: format!(
+                    "{MAX_KEYS} distinct entries were noted in one interval; the rest only counted"
+                ),
+                pulled: None,
+            };
+            events.push(entry(key, count, crate::meta::now_millis()));
         }
         events.sort_by_key(|e| e.at);
         events

@@ -12,7 +12,8 @@ use futures_util::StreamExt;
 use reqwest::Method;
 
 use super::{pages, referrers};
-use crate::service::{Registry, ServiceError};
+use crate::meta::ManifestRecord;
+use crate::service::{Listing, Registry, ServiceError};
 use crate::storage::ByteStream;
 
 pub(super) enum Source {
@@ -41,6 +42,38 @@ fn media_type(content_type: Option<&str>) -> String {
     content_type.map(|v| v.split(';').next().unwrap_or(v).trim().to_owned()).unwrap_or_default()
 }
 
+/// This registry's manifest `reference` names in `repo`; `None` when there is none.
+async fn local_record(
+    registry: &Registry,
+    repo: &RepoName,
+    reference: &str,
+) -> anyhow::Result<Option<ManifestRecord>> {
+    let reference: Reference =
+        reference.parse().with_context(|| format!("{repo}: reference {reference:?}"))?;
+    match registry.head_manifest(repo, &reference).await {
+        Ok(record) => Ok(Some(record)),
+        Err(ServiceError::ManifestUnknown | ServiceError::NameUnknown) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every name of one of this registry's listings, `page` reading the page after a cursor.
+async fn every_page<F, Fut>(page: F) -> Result<Vec<String>, ServiceError>
+where
+    F: Fn(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<Listing, ServiceError>>,
+{
+    let (mut all, mut cursor) = (Vec::new(), None);
+    loop {
+        let listing = page(cursor).await?;
+        all.extend(listing.items);
+        cursor = listing.next;
+        if cursor.is_none() {
+            return Ok(all);
+        }
+    }
+}
+
 impl Source {
     /// A manifest's media type and bytes; `None` when the source has no such manifest.
     pub async fn manifest(
@@ -50,17 +83,13 @@ impl Source {
     ) -> anyhow::Result<Option<(String, Bytes)>> {
         match self {
             Source::Remote(src) => remote_manifest(src, repo, reference).await,
-            Source::Local(registry) => {
-                let reference: Reference =
-                    reference.parse().with_context(|| format!("{repo}: reference {reference:?}"))?;
-                let record = match registry.head_manifest(repo, &reference).await {
-                    Ok(record) => record,
-                    Err(ServiceError::ManifestUnknown | ServiceError::NameUnknown) => return Ok(None),
-                    Err(e) => return Err(e.into()),
-                };
-                let bytes = registry.manifest_bytes(&record).await?;
-                Ok(Some((record.media_type, bytes)))
-            }
+            Source::Local(registry) => match local_record(registry, repo, reference).await? {
+                Some(record) => {
+                    let bytes = registry.manifest_bytes(&record).await?;
+                    Ok(Some((record.media_type, bytes)))
+                }
+                None => Ok(None),
+            },
         }
     }
 
@@ -81,13 +110,7 @@ impl Source {
                 Fetched::NotFound => Ok(None),
             },
             Source::Local(registry) => {
-                let reference: Reference =
-                    reference.parse().with_context(|| format!("{repo}: reference {reference:?}"))?;
-                match registry.head_manifest(repo, &reference).await {
-                    Ok(record) => Ok(Some((record.digest, record.media_type))),
-                    Err(ServiceError::ManifestUnknown | ServiceError::NameUnknown) => Ok(None),
-                    Err(e) => Err(e.into()),
-                }
+                Ok(local_record(registry, repo, reference).await?.map(|r| (r.digest, r.media_type)))
             }
         }
     }
@@ -125,21 +148,11 @@ impl Source {
     pub async fn tags(&self, repo: &RepoName) -> anyhow::Result<Option<Vec<String>>> {
         match self {
             Source::Remote(src) => pages::tag_list(src, repo).await,
-            Source::Local(registry) => {
-                let (mut all, mut cursor) = (Vec::new(), None);
-                loop {
-                    let page = match registry.tags(repo, None, cursor).await {
-                        Ok(page) => page,
-                        Err(ServiceError::NameUnknown) => return Ok(None),
-                        Err(e) => return Err(e.into()),
-                    };
-                    all.extend(page.items);
-                    cursor = page.next;
-                    if cursor.is_none() {
-                        return Ok(Some(all));
-                    }
-                }
-            }
+            Source::Local(registry) => match every_page(|cursor| registry.tags(repo, None, cursor)).await {
+                Ok(all) => Ok(Some(all)),
+                Err(ServiceError::NameUnknown) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
         }
     }
 
@@ -163,15 +176,7 @@ impl Source {
                 .await
             }
             Source::Local(registry) => {
-                let (mut all, mut cursor) = (Vec::new(), None);
-                loop {
-                    let page = registry.catalog(None, cursor, |_| true).await?;
-                    all.extend(page.items);
-                    cursor = page.next;
-                    if cursor.is_none() {
-                        return Ok(all);
-                    }
-                }
+                Ok(every_page(|cursor| registry.catalog(None, cursor, |_| true)).await?)
             }
         }
     }
