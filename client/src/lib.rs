@@ -368,7 +368,7 @@ impl Upstream {
     }
 
     async fn authorization(&self, scheme: &Scheme, scope: Option<&str>, renew: bool) -> Result<Option<Auth>> {
-        let secret = self.secret()?;
+        let secret = self.secret().await?;
         Ok(match (scheme, secret) {
             (_, Credentials::Bearer(t)) => Some(Auth::Bearer(t)),
             (Scheme::Basic, Credentials::Basic { user, password }) => Some(Auth::Basic(user, password)),
@@ -431,72 +431,20 @@ impl Upstream {
         Ok(value)
     }
 
-    /// The credentials as they are now (files are re-read, so rotation needs no restart).
-    fn secret(&self) -> Result<Credentials> {
+    /// The credentials as they are now (files are re-read, so rotation needs no restart; the
+    /// reads run on the blocking pool, never on the async thread that serves the request).
+    async fn secret(&self) -> Result<Credentials> {
         if let Some(given) = &self.given {
             return Ok(given.clone());
         }
         let c = &self.config;
-        let read = |file: &Option<std::path::PathBuf>, env: &Option<String>| -> Result<Option<String>> {
-            if let Some(f) = file {
-                return std::fs::read_to_string(f)
-                    .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_owned()))
-                    .map_err(|e| UpstreamError::Auth {
-                        upstream: self.name.clone(),
-                        detail: format!("cannot read {}: {}", f.display(), e.kind()),
-                    });
-            }
-            if let Some(v) = env {
-                return std::env::var(v).map(Some).map_err(|_| UpstreamError::Auth {
-                    upstream: self.name.clone(),
-                    detail: format!("environment variable {v} is not set"),
-                });
-            }
-            Ok(None)
-        };
-        if let Some(dir) = &c.credentials_dir {
-            return self.credentials_in(dir);
+        if c.credentials_dir.is_none() && c.token_file.is_none() && c.password_file.is_none() {
+            return configured_secret(&self.name, &self.base, c);
         }
-        if let Some(token) = read(&c.token_file, &c.token_env)? {
-            return Ok(Credentials::Bearer(token));
-        }
-        match (&c.username, read(&c.password_file, &c.password_env)?) {
-            (Some(user), password) => {
-                Ok(Credentials::Basic { user: user.clone(), password: password.unwrap_or_default() })
-            }
-            (None, _) => Ok(Credentials::None),
-        }
-    }
-
-    /// `token`, or `username` and `password`, or this registry's entry in a docker config
-    /// `.dockerconfigjson`, from a directory (a mounted Secret).
-    fn credentials_in(&self, dir: &std::path::Path) -> Result<Credentials> {
-        let config = dir.join(".dockerconfigjson");
-        if config.exists() {
-            let auth = |detail| UpstreamError::Auth { upstream: self.name.clone(), detail };
-            return match authfile::lookup(&config, &self.base, false).map_err(auth)? {
-                Some((user, password)) => Ok(Credentials::Basic { user, password }),
-                None => Err(auth(format!("{} has no entry for {}", config.display(), self.base))),
-            };
-        }
-        let read = |name: &str| match std::fs::read_to_string(dir.join(name)) {
-            Ok(v) => Ok(Some(v.trim_end_matches(['\n', '\r']).to_owned())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(UpstreamError::Auth {
-                upstream: self.name.clone(),
-                detail: format!("cannot read {}: {}", dir.join(name).display(), e.kind()),
-            }),
-        };
-        match (read("token")?, read("username")?) {
-            (Some(token), _) => Ok(Credentials::Bearer(token)),
-            (None, Some(user)) => {
-                Ok(Credentials::Basic { user, password: read("password")?.unwrap_or_default() })
-            }
-            (None, None) => Err(UpstreamError::Auth {
-                upstream: self.name.clone(),
-                detail: format!("{} holds neither `token` nor `username`", dir.display()),
-            }),
-        }
+        let (name, base, config) = (self.name.clone(), self.base.clone(), self.config.clone());
+        tokio::task::spawn_blocking(move || configured_secret(&name, &base, &config))
+            .await
+            .map_err(|e| UpstreamError::Auth { upstream: self.name.clone(), detail: e.to_string() })?
     }
 
     async fn with_retries(
@@ -642,6 +590,70 @@ async fn error_message(resp: Response) -> Option<String> {
     (!text.is_empty() && text.len() <= 200 && !text.contains('<')).then(|| text.to_owned())
 }
 
+/// `config`'s credentials for upstream `name` at `base`, read from its files or environment now.
+fn configured_secret(name: &str, base: &str, c: &UpstreamConfig) -> Result<Credentials> {
+    let read = |file: &Option<std::path::PathBuf>, env: &Option<String>| -> Result<Option<String>> {
+        if let Some(f) = file {
+            return std::fs::read_to_string(f)
+                .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_owned()))
+                .map_err(|e| UpstreamError::Auth {
+                    upstream: name.to_owned(),
+                    detail: format!("cannot read {}: {}", f.display(), e.kind()),
+                });
+        }
+        if let Some(v) = env {
+            return std::env::var(v).map(Some).map_err(|_| UpstreamError::Auth {
+                upstream: name.to_owned(),
+                detail: format!("environment variable {v} is not set"),
+            });
+        }
+        Ok(None)
+    };
+    if let Some(dir) = &c.credentials_dir {
+        return credentials_in(name, base, dir);
+    }
+    if let Some(token) = read(&c.token_file, &c.token_env)? {
+        return Ok(Credentials::Bearer(token));
+    }
+    match (&c.username, read(&c.password_file, &c.password_env)?) {
+        (Some(user), password) => {
+            Ok(Credentials::Basic { user: user.clone(), password: password.unwrap_or_default() })
+        }
+        (None, _) => Ok(Credentials::None),
+    }
+}
+
+/// `token`, or `username` and `password`, or `base`'s entry in a docker config
+/// `.dockerconfigjson`, from a directory (a mounted Secret).
+fn credentials_in(name: &str, base: &str, dir: &std::path::Path) -> Result<Credentials> {
+    let config = dir.join(".dockerconfigjson");
+    if config.exists() {
+        let auth = |detail| UpstreamError::Auth { upstream: name.to_owned(), detail };
+        return match authfile::lookup(&config, base, false).map_err(auth)? {
+            Some((user, password)) => Ok(Credentials::Basic { user, password }),
+            None => Err(auth(format!("{} has no entry for {}", config.display(), base))),
+        };
+    }
+    let read = |file: &str| match std::fs::read_to_string(dir.join(file)) {
+        Ok(v) => Ok(Some(v.trim_end_matches(['\n', '\r']).to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(UpstreamError::Auth {
+            upstream: name.to_owned(),
+            detail: format!("cannot read {}: {}", dir.join(file).display(), e.kind()),
+        }),
+    };
+    match (read("token")?, read("username")?) {
+        (Some(token), _) => Ok(Credentials::Bearer(token)),
+        (None, Some(user)) => {
+            Ok(Credentials::Basic { user, password: read("password")?.unwrap_or_default() })
+        }
+        (None, None) => Err(UpstreamError::Auth {
+            upstream: name.to_owned(),
+            detail: format!("{} holds neither `token` nor `username`", dir.display()),
+        }),
+    }
+}
+
 /// `req` with the credentials `auth` holds, if any.
 fn with_auth(req: RequestBuilder, auth: Option<&Auth>) -> RequestBuilder {
     match auth {
@@ -677,8 +689,8 @@ mod tests {
         assert_eq!(ratelimit_remaining(&h), None);
     }
 
-    #[test]
-    fn a_mounted_docker_config_gives_this_registrys_entry() {
+    #[tokio::test]
+    async fn a_mounted_docker_config_gives_this_registrys_entry() {
         let dir = tempfile::tempdir().unwrap();
         let upstream = |url: &str| {
             let mut config = berth_core::config::UpstreamConfig::new("edge", url);
@@ -690,13 +702,13 @@ mod tests {
             r#"{"auths": {"edge.example:5000": {"username": "robot", "password": "pw"}}}"#,
         )
         .unwrap();
-        match upstream("https://edge.example:5000").secret().unwrap() {
+        match upstream("https://edge.example:5000").secret().await.unwrap() {
             Credentials::Basic { user, password } => {
                 assert_eq!((user.as_str(), password.as_str()), ("robot", "pw"))
             }
             other => panic!("{other:?}"),
         }
-        let e = upstream("https://elsewhere.example").secret().unwrap_err().to_string();
+        let e = upstream("https://elsewhere.example").secret().await.unwrap_err().to_string();
         assert!(e.contains("no entry"), "{e}");
     }
 
