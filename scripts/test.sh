@@ -78,7 +78,7 @@ stage "access control clients" bash tests/auth-clients.sh
 stage "garbage collection with real clients" bash tests/gc.sh
 stage "replication with real clients" bash tests/replicate.sh
 stage "events and webhooks" bash tests/events.sh
-stage "alerts (promtool, Prometheus)" bash tests/monitoring.sh
+stage "alerts and dashboard (promtool, Prometheus)" bash tests/monitoring.sh
 stage "durability and a full disk" bash tests/durability.sh
 stage "storage on S3 servers" "${LINTED[@]}" bash tests/s3.sh
 stage "replicas on S3 and PostgreSQL" bash tests/replicas.sh

@@ -384,7 +384,16 @@ async fn chart_lints_and_renders_manifests_valid_against_the_real_schemas() {
     let version = berth_e2e::version("K8S_VERSION").unwrap().trim_start_matches('v').to_owned();
     for values in [
         vec![],
-        vec!["--set", "serviceMonitor.enabled=false", "--set", "replicaCount=2", "--set", "crds.keep=false"],
+        vec![
+            "--set",
+            "serviceMonitor.enabled=false",
+            "--set",
+            "replicaCount=2",
+            "--set",
+            "crds.keep=false",
+            "--set",
+            "grafanaDashboard.enabled=true",
+        ],
     ] {
         let rendered = run(Command::new(helm())
             .args([

@@ -7,6 +7,7 @@
 
 mod connection;
 mod unread;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -274,8 +275,10 @@ pub async fn serve(
         tokio::spawn(write_pull_times(state.registry.clone())),
     ];
     if let (StorageConfig::Filesystem { .. }, Some(path)) = (&config.storage, config.storage_path()) {
-        background.push(tokio::spawn(watch_volume(path, state.metrics.volume.clone())));
+        background.push(tokio::spawn(watch::volume(path, state.metrics.volume.clone())));
     }
+    let stored = state.metrics.stored.clone();
+    background.extend(state.usage.clone().map(|u| tokio::spawn(watch::stored(u, stored))));
     background.extend(state.proxy.clone().map(|p| tokio::spawn(p.maintain())));
     background.extend(state.notifier.clone().map(|n| tokio::spawn(n.run())));
     let r = &config.retention;
@@ -457,26 +460,6 @@ async fn write_pull_times(registry: Arc<Registry>) {
         tick.tick().await;
         if let Err(e) = registry.flush_behind().await {
             warn!(error = %e, "writing pull times and changes failed; retrying later");
-        }
-    }
-}
-
-/// Keeps the data directory's filesystem size and free space in the metrics (for the
-/// storage-full alert), looked at every 30 s off the async threads.
-async fn watch_volume(path: std::path::PathBuf, gauges: crate::telemetry::VolumeMetrics) {
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
-    loop {
-        tick.tick().await;
-        let p = path.clone();
-        match tokio::task::spawn_blocking(move || crate::storage::fs::volume(&p)).await {
-            Ok(Ok((size, available))) => {
-                gauges.size.set(i64::try_from(size).unwrap_or(i64::MAX));
-                gauges.available.set(i64::try_from(available).unwrap_or(i64::MAX));
-            }
-            Ok(Err(e)) => {
-                warn!(path = %path.display(), error = %e, "the data directory's filesystem not measured")
-            }
-            Err(_) => {}
         }
     }
 }
