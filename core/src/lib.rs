@@ -6,10 +6,12 @@
 //!   from the same types;
 //! - [`glob`]: the repository patterns of access rules, upstream filters and (later) retention;
 //! - [`keys`]: key material Berth generates;
-//! - [`net`]: trusted proxies, the client behind `X-Forwarded-For`, external URLs.
+//! - [`net`]: trusted proxies, the client behind `X-Forwarded-For`, external URLs;
+//! - [`nodemirror`]: the plan a node-mirror pod turns into containerd and CRI-O files.
 
 pub mod config;
 pub mod glob;
 pub mod keys;
 pub mod net;
+pub mod nodemirror;
 pub mod oci;

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod fuzzing;
 pub mod gc;
 pub mod meta;
+pub mod nodemirror;
 pub mod notify;
 pub mod proxy;
 pub mod replicate;

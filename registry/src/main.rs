@@ -39,6 +39,24 @@ enum Command {
     /// digests, with their index children and referrers (signatures, SBOMs); what is there
     /// already is skipped. Prints a summary (or the report), and exits non-zero if an image failed.
     Replicate(Box<ReplicateArgs>),
+    /// Point this node's containerd (and CRI-O) at a Registry: writes the hosts files a plan
+    /// (rendered by berth-operator) asks for, keeps them in step with it, and removes them on
+    /// SIGTERM. Runs in a Registry's `spec.nodeMirror` DaemonSet.
+    NodeMirror(NodeMirrorArgs),
+}
+
+#[derive(Args)]
+struct NodeMirrorArgs {
+    /// The plan (JSON), re-read every few seconds.
+    #[arg(long)]
+    plan: PathBuf,
+    /// Serve /readyz here (200 when the node is configured as planned, else 503 and why), e.g.
+    /// `$(POD_IP):9103`.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Log filter.
+    #[arg(long, default_value = "info", env = "BERTH_LOG_LEVEL")]
+    log_level: String,
 }
 
 #[derive(Args)]
@@ -424,6 +442,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn node_mirror(args: NodeMirrorArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).json().init();
+    let listener = match &args.listen {
+        Some(a) => {
+            let addr = berth_core::config::parse_listen(a).map_err(anyhow::Error::msg)?;
+            Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?,
+            )
+        }
+        None => None,
+    };
+    berth_registry::nodemirror::run(args.plan, listener, server::shutdown_signal()).await
+}
+
 /// Lifts the soft limit on open files to the hard one: every connection is a descriptor, and
 /// `limits.max_connections` (4,096 by default) is above the usual soft limit of 1,024.
 #[allow(unsafe_code)]
@@ -487,6 +523,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => run(serve(args)),
         Command::Gc(args) => run(async move { berth_registry::gc::client::run(&args.request()?).await }),
         Command::Replicate(args) => run(replicate(*args)),
+        Command::NodeMirror(args) => run(node_mirror(args)),
     }
 }
 
