@@ -14,7 +14,7 @@ use berth_operator::crd::replication::ReplicationPolicy;
 use berth_operator::crd::Registry;
 use berth_operator::metrics::Metrics;
 use futures_util::StreamExt;
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -101,6 +101,8 @@ async fn main() -> anyhow::Result<()> {
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned.clone())
         .owns(Api::<CronJob>::all(client.clone()), owned.clone())
+        // The node mirror's pods becoming ready (their node configured) is reported at once.
+        .owns(Api::<DaemonSet>::all(client.clone()), owned.clone())
         // A collection's Job (the CronJob's, or one an annotation asked for) that ends is the
         // Registry's last run.
         .watches(Api::<Job>::all(client.clone()), owned, |job: Job| {

@@ -4,14 +4,14 @@
 use super::*;
 
 /// CNCF Distribution with one htpasswd user, on a loopback port: the upstream a ProxyCache mirrors.
-struct Upstream {
-    url: String,
+pub(super) struct Upstream {
+    pub(super) url: String,
     child: std::process::Child,
     _dir: tempfile::TempDir,
 }
 
 impl Upstream {
-    async fn start(user: &str, password: &str) -> Upstream {
+    pub(super) async fn start(user: &str, password: &str) -> Upstream {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let htpasswd = dir.path().join("htpasswd");
@@ -53,12 +53,12 @@ impl Drop for Upstream {
     }
 }
 
-fn proxy_caches(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+pub(super) fn proxy_caches(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("berth.dev", "v1alpha1", "ProxyCache");
     Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk))
 }
 
-fn credentials(password: &str) -> String {
+pub(super) fn credentials(password: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: upstream-login\nstringData:\n  username: mirror\n  password: {password}\n"
     )

@@ -269,6 +269,7 @@ fn operator_may(cp: &ControlPlane, verb: &str, ns: Option<&str>) -> bool {
 mod access;
 mod failover;
 mod lifecycle;
+mod nodemirror;
 mod replicas;
 mod replication;
 mod serving;

@@ -81,10 +81,45 @@ pub struct RegistrySpec {
     /// once, signed, retried with backoff) to these endpoints. The events are also kept as the
     /// audit log of changes (`GET /admin/v1/events`).
     pub notifications: Option<NotificationsSpec>,
+    /// Point every node's containerd (and, when asked, CRI-O) at this Registry: a DaemonSet writes
+    /// a `hosts.toml` for each ProxyCache's host (`docker.io`, ...) and for the Registry's own host,
+    /// and removes them when this is turned off or the Registry is deleted. Off by default. Its
+    /// pods mount host directories: the namespace's Pod Security level must be `privileged`.
+    pub node_mirror: Option<NodeMirrorSpec>,
     /// What happens to volumes and generated Secrets when the Registry is deleted. Default: Retain.
     pub retain_policy: Option<RetainPolicy>,
     /// Stop reconciling (children are left as they are).
     pub suspend: Option<bool>,
+}
+
+/// Node mirror setup (`spec.nodeMirror`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeMirrorSpec {
+    /// Run the DaemonSet. Default false.
+    pub enabled: Option<bool>,
+    /// containerd's hosts directory on the nodes (its `config_path`). Default
+    /// `/etc/containerd/certs.d`.
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("containerdConfigPath must be an absolute path"))]
+    pub containerd_config_path: Option<String>,
+    /// containerd's config file on the nodes, read to check that its `config_path` names that
+    /// directory (containerd 1.x reads none unless told). Default `/etc/containerd/config.toml`.
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("containerdConfigFile must be an absolute path"))]
+    pub containerd_config_file: Option<String>,
+    /// Also write a CRI-O `registries.conf.d` drop-in. Default false.
+    pub crio: Option<bool>,
+    /// CRI-O's drop-in directory on the nodes. Default `/etc/containers/registries.conf.d`.
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("crioConfigPath must be an absolute path"))]
+    pub crio_config_path: Option<String>,
+    /// How nodes reach the Registry, `host:port`. Default: its Service's cluster IP and port
+    /// (nodes reach cluster IPs through kube-proxy; nodes seldom resolve cluster DNS names). With
+    /// TLS, give a name the serving certificate holds (`tls.dnsNames`) that nodes resolve.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9.\-\[\]:]+:[0-9]+$"))]
+    pub endpoint: Option<String>,
+    /// Nodes to configure. Default: every node.
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Default: every taint tolerated, so no node is left out.
+    pub tolerations: Option<Vec<Toleration>>,
 }
 
 /// Access control: users from an htpasswd Secret, robots, anonymous pulls, per-repository rules.

@@ -7,21 +7,23 @@
 //!          ├► Service <name>-headless       stable pod names for the StatefulSet
 //!          ├► StatefulSet <name>            berth serve; config hash annotation rolls pods
 //!          ├► PodDisruptionBudget <name>    only with more than one replica
-//!          └► CronJob <name>-gc             only with spec.gc (see `gc`)
+//!          ├► CronJob <name>-gc             only with spec.gc (see `gc`)
+//!          └► ConfigMap, DaemonSet <name>-node-mirror   only with spec.nodeMirror (see `nodemirror`)
 //! ```
 
 use berth_core::config::{
     Config, LimitsConfig, LogConfig, LogFormat, MetadataConfig, MetricsConfig, StorageConfig, TlsConfig,
 };
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 use sha2::Digest as _;
 
 use super::effective::{self, Effective, CONTAINER_PORT, METRICS_PORT, UID};
+use super::nodemirror;
 use crate::controllers::render::proxies::{self, ProxySource};
 use crate::controllers::render::replication::{self, OnPushSource};
 use crate::controllers::render::{auth, from_json, notifications, postgres, retention, s3, BuildError};
@@ -48,6 +50,9 @@ pub struct Inputs {
     pub claim_template_size: Option<String>,
     /// The `ReplicationPolicy`s that copy this Registry's pushes as they happen.
     pub on_push: Vec<OnPushSource>,
+    /// `host:port` nodes reach the Registry at, for `spec.nodeMirror` (its Service's cluster IP
+    /// once it has one, or the spec's endpoint).
+    pub mirror_endpoint: Option<String>,
 }
 
 // A handful are built per reconcile; boxing the large variants would buy nothing.
@@ -59,6 +64,8 @@ pub enum Child {
     StatefulSet(StatefulSet),
     Pdb(PodDisruptionBudget),
     CronJob(CronJob),
+    ConfigMap(ConfigMap),
+    DaemonSet(DaemonSet),
 }
 
 impl Child {
@@ -69,6 +76,8 @@ impl Child {
             Child::StatefulSet(_) => "StatefulSet",
             Child::Pdb(_) => "PodDisruptionBudget",
             Child::CronJob(_) => "CronJob",
+            Child::ConfigMap(_) => "ConfigMap",
+            Child::DaemonSet(_) => "DaemonSet",
         }
     }
 
@@ -79,6 +88,8 @@ impl Child {
             Child::StatefulSet(o) => o.name_any(),
             Child::Pdb(o) => o.name_any(),
             Child::CronJob(o) => o.name_any(),
+            Child::ConfigMap(o) => o.name_any(),
+            Child::DaemonSet(o) => o.name_any(),
         }
     }
 }
@@ -193,6 +204,12 @@ pub fn build(reg: &Registry, inputs: &Inputs) -> Result<Vec<Child>, BuildError> 
     }
     if let Some(cron) = super::gc::cron_job(reg, &eff, tls_secret.as_deref())? {
         children.push(Child::CronJob(cron));
+    }
+    if let (Some(spec), Some(endpoint)) = (nodemirror::enabled(reg), &inputs.mirror_endpoint) {
+        let pull_name = nodemirror::pull_name(reg, &eff);
+        let plan = nodemirror::plan(reg, spec, &eff, endpoint, &pull_name, &inputs.proxies);
+        children.push(Child::ConfigMap(nodemirror::config_map(reg, &plan)?));
+        children.push(Child::DaemonSet(nodemirror::daemon_set(reg, spec, &eff, tls_secret.as_deref())?));
     }
     Ok(children)
 }

@@ -5,6 +5,7 @@ pub mod credentials;
 pub mod desired;
 pub mod effective;
 pub mod gc;
+pub mod nodemirror;
 pub mod pullsecrets;
 pub mod reconcile;
 pub mod status;

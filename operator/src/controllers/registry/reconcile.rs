@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -19,8 +19,9 @@ use super::credentials::{self, AuthError};
 use super::desired::{self, Child, Inputs};
 use super::effective;
 use super::gc;
+use super::nodemirror;
 use super::pullsecrets;
-use super::status::{self, Observed, SetState};
+use super::status::{self, MirrorState, Observed, SetState};
 use super::tls::{self, TlsError};
 use crate::controllers::apply::{apply, prune};
 use crate::controllers::render::auth::{Builtin, PULL_ROBOT};
@@ -103,6 +104,25 @@ async fn reconcile_inner(reg: &Registry, ctx: &Context) -> Result<Action, Error>
     })
 }
 
+/// `host:port` nodes reach the Registry at, while `spec.nodeMirror` is on: the spec's endpoint,
+/// else the Service's cluster IP (none until it has one).
+async fn mirror_endpoint(reg: &Registry, ctx: &Context, ns: &str) -> Result<Option<String>, Error> {
+    let Some(spec) = nodemirror::enabled(reg) else { return Ok(None) };
+    if let Some(e) = &spec.endpoint {
+        return Ok(Some(e.clone()));
+    }
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let ip = services.get_opt(&reg.name_any()).await?.and_then(|s| s.spec?.cluster_ip);
+    let port = effective::resolve(reg, &ctx.default_image).port;
+    Ok(ip.filter(|ip| !ip.is_empty() && ip != "None").map(|ip| {
+        if ip.contains(':') {
+            format!("[{ip}]:{port}")
+        } else {
+            format!("{ip}:{port}")
+        }
+    }))
+}
+
 /// TLS, children, pruning. Problems the user must fix become `obs.stalled` instead of errors, so
 /// the controller reports them instead of retrying in a tight loop.
 async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -> Result<(), Error> {
@@ -153,12 +173,17 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
             .clone();
         Some(size)
     });
+    let mirror_endpoint = mirror_endpoint(reg, ctx, ns).await?;
+    if nodemirror::enabled(reg).is_some() && mirror_endpoint.is_none() {
+        obs.node_mirror = Some(MirrorState::NoEndpoint);
+    }
     let inputs = Inputs {
         default_image: ctx.default_image.clone(),
         tls_secret: tls.map(|(name, _)| name),
         proxies,
         claim_template_size,
         on_push,
+        mirror_endpoint,
     };
     let children = match desired::build(reg, &inputs) {
         Ok(c) => c,
@@ -184,6 +209,14 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
             Child::StatefulSet(o) => drop(apply(&ctx.client, ns, o).await?),
             Child::Pdb(o) => drop(apply(&ctx.client, ns, o).await?),
             Child::CronJob(o) => drop(apply(&ctx.client, ns, o).await?),
+            Child::ConfigMap(o) => drop(apply(&ctx.client, ns, o).await?),
+            Child::DaemonSet(o) => {
+                let status = apply(&ctx.client, ns, o).await?.status.unwrap_or_default();
+                obs.node_mirror = Some(MirrorState::Pods {
+                    scheduled: status.desired_number_scheduled,
+                    ready: status.number_ready,
+                });
+            }
         }
     }
     if let Some(value) = gc::pending_request(reg) {
@@ -218,6 +251,18 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
     .await?;
     prune::<Service>(&ctx.client, ns, &selector, &uid, keep.get("Service").unwrap_or(&none)).await?;
     prune::<CronJob>(&ctx.client, ns, &selector, &uid, keep.get("CronJob").unwrap_or(&none)).await?;
+    // The node mirror's children exist only where it was ever asked for (its condition stays in
+    // status until they are gone): other Registries cost no list of DaemonSets and ConfigMaps.
+    let mirror_reported = reg
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "NodeMirrorReady"));
+    if reg.spec.node_mirror.is_some() || mirror_reported {
+        let keep_ds = keep.get("DaemonSet").unwrap_or(&none);
+        prune::<DaemonSet>(&ctx.client, ns, &selector, &uid, keep_ds).await?;
+        prune::<ConfigMap>(&ctx.client, ns, &selector, &uid, keep.get("ConfigMap").unwrap_or(&none)).await?;
+    }
     // Secrets are not pruned: every one the operator makes has a name it keeps (config, CA, serving
     // certificate, robots, token key), and its RBAC lets it list none.
     grow_claims(reg, ctx, ns, obs).await?;

@@ -35,6 +35,16 @@ pub struct Observed {
     pub gc_requested: Option<String>,
     /// The collection that ended last, among the Jobs still there.
     pub gc_last_run: Option<crate::crd::registry::GcRun>,
+    /// The node mirror's DaemonSet as applied, while `spec.nodeMirror` is on.
+    pub node_mirror: Option<MirrorState>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MirrorState {
+    /// The Service has no cluster IP yet (and the spec names no endpoint).
+    NoEndpoint,
+    /// Pods the DaemonSet should run, and those ready (their node configured as planned).
+    Pods { scheduled: i32, ready: i32 },
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -91,6 +101,7 @@ pub fn compute(reg: &Registry, eff: &Effective, obs: &Observed, now: Time) -> Re
     conds.push(backend_condition("DatabaseReady", obs.backends.as_ref().map(|b| &b.database), ready));
     let gc = gc_status(reg, obs);
     conds.extend(super::gc::condition(reg, gc.as_ref().and_then(|g| g.last_run.as_ref())));
+    conds.extend(node_mirror_condition(reg, obs));
     let generation = reg.metadata.generation;
     let conditions = conditions(&previous, conds, generation, &now);
     RegistryStatus {
@@ -141,4 +152,41 @@ fn backend_condition(kind: &'static str, health: Option<&Health>, all_ready: boo
             message: "no replica has said yet".into(),
         },
     }
+}
+
+/// `NodeMirrorReady`, while `spec.nodeMirror` is on: whether every selected node's pod has
+/// written its files and found containerd reading them.
+fn node_mirror_condition(reg: &Registry, obs: &Observed) -> Option<Cond> {
+    super::nodemirror::enabled(reg)?;
+    let kind = "NodeMirrorReady";
+    Some(match &obs.node_mirror {
+        None => Cond { kind, status: "Unknown", reason: "Pending".into(), message: "not applied yet".into() },
+        Some(MirrorState::NoEndpoint) => Cond::new(
+            kind,
+            false,
+            "EndpointPending",
+            "the Service has no cluster IP yet (or give spec.nodeMirror.endpoint)",
+        ),
+        Some(MirrorState::Pods { scheduled: 0, .. }) => {
+            Cond::new(kind, false, "NoNodes", "no node matches spec.nodeMirror.nodeSelector")
+        }
+        Some(MirrorState::Pods { scheduled, ready }) if ready >= scheduled => Cond::new(
+            kind,
+            true,
+            "Configured",
+            format!("{ready}/{scheduled} nodes pull through this Registry"),
+        ),
+        Some(MirrorState::Pods { scheduled, ready }) => Cond::new(
+            kind,
+            false,
+            "NodesNotConfigured",
+            format!(
+                "{ready}/{scheduled} nodes configured; the others' pods say why (kubectl logs -n {} -l \
+                 app.kubernetes.io/name=berth-node-mirror,app.kubernetes.io/instance={}), often \
+                 containerd's config_path not set",
+                reg.metadata.namespace.clone().unwrap_or_default(),
+                reg.metadata.name.clone().unwrap_or_default()
+            ),
+        ),
+    })
 }

@@ -30,6 +30,7 @@ pub(super) fn inputs() -> Inputs {
         proxies: vec![],
         claim_template_size: None,
         on_push: vec![],
+        mirror_endpoint: None,
     }
 }
 
@@ -103,14 +104,19 @@ fn what_the_operator_renders_berth_parses() {
 
 #[test]
 fn children_carry_berth_labels_and_owner_never_the_crs_own() {
-    let r = registry(serde_json::json!({"gc": {}}));
-    for c in children(&r, &inputs()) {
+    let r = registry(serde_json::json!({"gc": {}, "nodeMirror": {"enabled": true}}));
+    let i = Inputs { mirror_endpoint: Some("10.96.0.9:5000".into()), ..inputs() };
+    let all = children(&r, &i);
+    assert!(all.iter().any(|c| matches!(c, Child::DaemonSet(_))), "the node mirror is built");
+    for c in all {
         let meta = match &c {
             Child::Secret(o) => &o.metadata,
             Child::Service(o) => &o.metadata,
             Child::StatefulSet(o) => &o.metadata,
             Child::Pdb(o) => &o.metadata,
             Child::CronJob(o) => &o.metadata,
+            Child::ConfigMap(o) => &o.metadata,
+            Child::DaemonSet(o) => &o.metadata,
         };
         let labels = meta.labels.clone().unwrap();
         assert_eq!(labels["app.kubernetes.io/managed-by"], "berth-operator", "{}", c.name());

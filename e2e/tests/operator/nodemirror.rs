@@ -1,0 +1,170 @@
+//! `spec.nodeMirror` on the real control plane: the DaemonSet's pod writes containerd's hosts
+//! files into the node's directory, a real containerd reading that directory pulls
+//! `docker.io/library/...` through the Registry by the image's original name, and turning the
+//! option off takes back what was written and nothing else.
+
+use super::access::{credentials, proxy_caches, Upstream};
+use super::*;
+use kube::api::{Patch, PatchParams};
+
+/// A containerd of its own (no CRI) under `dir`; killed on drop.
+struct Containerd {
+    socket: PathBuf,
+    child: std::process::Child,
+}
+
+impl Containerd {
+    async fn start(dir: &Path) -> Containerd {
+        let config = dir.join("containerd.toml");
+        let socket = dir.join("containerd.sock");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{1}\"\n",
+                dir.display(),
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("containerd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let c = Containerd { socket, child };
+        let up = wait_until(Duration::from_secs(20), || async { c.ctr(&["version"]).status.success() }).await;
+        assert!(up, "containerd started");
+        c
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", "berth-e2e"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_mirror_points_containerd_at_the_registry_and_takes_its_files_back() {
+    // Docker Hub, as far as this test goes: it wants a login that containerd is not given, so a
+    // pull that succeeds went through Berth (which has the login).
+    let upstream = Upstream::start("mirror", "s3cret").await;
+    let image = layout();
+    let seeded = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--dest-tls-verify=false", "--dest-creds", "mirror:s3cret"])
+        .arg(format!("oci:{}:multi", image.path().display()))
+        .arg(format!("docker://{}/library/alpine:3.20", upstream.url.trim_start_matches("http://")))
+        .output()
+        .unwrap();
+    assert!(seeded.status.success(), "seeding: {}", String::from_utf8_lossy(&seeded.stderr));
+    let anonymous = reqwest::get(format!("{}/v2/library/alpine/manifests/3.20", upstream.url)).await.unwrap();
+    assert_eq!(anonymous.status(), 401, "the upstream refuses anonymous pulls");
+
+    // The node's directories: containerd's hosts directory, with a file someone else wrote, and
+    // its config file, which names that directory.
+    let node = tempfile::tempdir().unwrap();
+    let hosts = node.path().join("certs.d");
+    std::fs::create_dir_all(hosts.join("example.org")).unwrap();
+    let foreign = "server = \"https://example.org\"\n";
+    std::fs::write(hosts.join("example.org/hosts.toml"), foreign).unwrap();
+    let config_dir = node.path().join("containerd");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(
+        config_dir.join("config.toml"),
+        format!(
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"{}\"\n",
+            hosts.display()
+        ),
+    )
+    .unwrap();
+
+    let cp = cluster().await;
+    install_operator(&cp);
+    let client = cp.client().await.unwrap();
+    let ns = TempNamespace::create(&client, "mirror").await.unwrap();
+    assert!(kubectl_apply(&cp, &ns.name, &credentials("s3cret")).status.success());
+    let cache = format!(
+        "apiVersion: berth.dev/v1alpha1\nkind: ProxyCache\nmetadata:\n  name: hub\nspec:\n  registryRef: {{name: hub}}\n  upstream:\n    url: {}\n    credentialsSecret: upstream-login\n  prefix: docker.io\n",
+        upstream.url
+    );
+    assert!(kubectl_apply(&cp, &ns.name, &cache).status.success());
+    let registry = format!(
+        "{REGISTRY}  nodeMirror:\n    enabled: true\n    containerdConfigPath: {}\n    containerdConfigFile: {}\n",
+        hosts.display(),
+        config_dir.join("config.toml").display()
+    );
+    let out = kubectl_apply(&cp, &ns.name, &registry);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let regs = registries(&client, &ns.name);
+    assert!(
+        wait_condition(&regs, "hub", "NodeMirrorReady", "True", Duration::from_secs(180)).await,
+        "NodeMirrorReady\n{:?}\n{}",
+        regs.get("hub").await.map(|r| r.data["status"].clone()),
+        debug(&cp)
+    );
+    assert!(
+        wait_condition(&proxy_caches(&client, &ns.name), "hub", "Ready", "True", Duration::from_secs(120))
+            .await,
+        "ProxyCache Ready\n{}",
+        debug(&cp)
+    );
+
+    // What the pod wrote: docker.io to the Registry's cluster IP, and the Registry's own name.
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let ip = services.get("hub").await.unwrap().spec.unwrap().cluster_ip.unwrap();
+    let hub = std::fs::read_to_string(hosts.join("docker.io/hosts.toml")).unwrap();
+    assert!(hub.starts_with(&format!("# Written by berth node-mirror for {}/hub;", ns.name)), "{hub}");
+    assert!(hub.contains(&format!("server = \"{}\"", upstream.url)), "{hub}");
+    assert!(hub.contains(&format!("[host.\"http://{ip}:5000\"]")), "{hub}");
+    let own = hosts.join(format!("hub.{}.svc.cluster.local:5000/hosts.toml", ns.name));
+    assert!(own.is_file(), "the Registry's own name is configured");
+
+    // A real containerd reading that directory pulls the image by its Docker Hub name.
+    let state = tempfile::tempdir().unwrap();
+    let containerd = Containerd::start(state.path()).await;
+    let hosts_dir = hosts.display().to_string();
+    let pull =
+        containerd.ctr(&["images", "pull", "--hosts-dir", &hosts_dir, "docker.io/library/alpine:3.20"]);
+    assert!(
+        pull.status.success(),
+        "ctr pull through the mirror: {}{}",
+        String::from_utf8_lossy(&pull.stdout),
+        String::from_utf8_lossy(&pull.stderr)
+    );
+    let listed = containerd.ctr(&["images", "ls", "-q"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("docker.io/library/alpine:3.20"));
+
+    // Turned off: the DaemonSet goes, its pod takes back its files; the foreign file stays.
+    let patch = serde_json::json!({"spec": {"nodeMirror": {"enabled": false}}});
+    regs.patch("hub", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let gone = wait_until(Duration::from_secs(120), || {
+        let (hub, own) = (hosts.join("docker.io"), own.clone());
+        async move { !hub.exists() && !own.exists() }
+    })
+    .await;
+    assert!(gone, "the files are removed\n{}", debug(&cp));
+    assert_eq!(std::fs::read_to_string(hosts.join("example.org/hosts.toml")).unwrap(), foreign);
+    let sets: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::namespaced(client.clone(), &ns.name);
+    let pruned = wait_until(Duration::from_secs(60), || {
+        let sets = sets.clone();
+        async move { sets.get_opt("hub-node-mirror").await.ok().flatten().is_none() }
+    })
+    .await;
+    assert!(pruned, "the DaemonSet is gone");
+    let reg = regs.get("hub").await.unwrap();
+    assert_eq!(condition(&reg, "NodeMirrorReady"), None, "no condition once it is off");
+}
