@@ -54,7 +54,8 @@ clippy_driver() {
 }
 
 provision() {
-  ensure_debs skopeo containerd postgresql curl python3 python3-yaml ca-certificates util-linux mount lua5.4 podman buildah runc uidmap fuse-overlayfs strace prometheus &&
+  ensure_debs skopeo containerd postgresql curl python3 python3-yaml ca-certificates util-linux mount lua5.4 podman buildah runc uidmap fuse-overlayfs strace prometheus \
+    chromium chromium-driver python3-selenium &&
   for t in conformance conformance-main crane oras regctl cosign registry helm kubeconform minio weed; do ensure_tool "$t" || return 1; done &&
   bash e2e/k8s-tools.sh
 }
@@ -79,6 +80,7 @@ stage "garbage collection with real clients" bash tests/gc.sh
 stage "replication with real clients" bash tests/replicate.sh
 stage "events and webhooks" bash tests/events.sh
 stage "alerts and dashboard (promtool, Prometheus)" bash tests/monitoring.sh
+stage "web UI (headless Chromium)" bash tests/ui.sh
 stage "durability and a full disk" bash tests/durability.sh
 stage "storage on S3 servers" "${LINTED[@]}" bash tests/s3.sh
 stage "replicas on S3 and PostgreSQL" bash tests/replicas.sh

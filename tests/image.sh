@@ -23,8 +23,9 @@ check "the image runs as the non-root user 65532" bash -c "[[ \$(podman image in
 # Measured on the suite's own binaries (workspace crates at opt-level 1, stripped), which are larger
 # than a release build's; the PostgreSQL client took them past 40 MB, garbage collection with
 # retention and the operator's GC CronJob to about 45.5 MB, events, webhooks, the audit log and
-# replication (berth replicate, the ReplicationPolicy controller) to about 48.5 MB.
-check "the image is small (< 50 MB)" bash -c "(( \$(podman image inspect --format '{{.Size}}' $TAG) < 50000000 ))"
+# replication (berth replicate, the ReplicationPolicy controller) to about 48.5 MB, the node
+# mirror and the web UI to about 51 MB. (A release build is far smaller.)
+check "the image is small (< 56 MB)" bash -c "(( \$(podman image inspect --format '{{.Size}}' $TAG) < 56000000 ))"
 # The whole output first: `grep -q` in a pipe stops reading at its match, and podman, still
 # writing, would fail on the closed pipe.
 operator_help() {

@@ -91,6 +91,40 @@ pub struct Config {
     /// Copies of pushes made as they happen (see [`replication`]).
     #[serde(default, skip_serializing_if = "ReplicationConfig::is_empty")]
     pub replication: ReplicationConfig,
+    /// The web UI at `/ui/` (on by default).
+    #[serde(default, skip_serializing_if = "UiConfig::is_default")]
+    pub ui: UiConfig,
+}
+
+/// The web UI: browse what the caller may pull, delete what they may delete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UiConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How long a login lasts.
+    #[serde(default = "default_session", with = "units::duration")]
+    pub session: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_session() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        UiConfig { enabled: true, session: default_session() }
+    }
+}
+
+impl UiConfig {
+    fn is_default(&self) -> bool {
+        self == &UiConfig::default()
+    }
 }
 
 /// Where `/metrics` is served: on the registry's own port (the default), or on a listener of its
@@ -135,6 +169,7 @@ impl Default for Config {
             sparse_indexes: false,
             notifications: NotificationsConfig::default(),
             replication: ReplicationConfig::default(),
+            ui: UiConfig::default(),
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod service;
 pub mod storage;
 pub mod telemetry;
 pub mod tls;
+pub mod ui;
 pub mod upload_id;
 
 pub use upload_id::UploadId;

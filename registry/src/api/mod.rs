@@ -31,7 +31,8 @@ use path::Route;
 pub use state::{AppState, PeerAddr, UploadsPerClient};
 
 /// The whole HTTP application; tests drive it without a socket.
-pub fn router(state: AppState) -> Router {
+/// The registry's routes, with `extra` ones (the web UI) beside them.
+pub fn router(state: AppState, extra: Router<AppState>) -> Router {
     let mut app = Router::new()
         .route("/v2", any(distribution))
         .route("/v2/", any(distribution))
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router {
     if state.serve_metrics {
         app = app.route("/metrics", get(metrics));
     }
+    app = app.merge(extra);
     app.fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
         .layer(axum::middleware::map_response_with_state(state.stopping.clone(), close_when_stopping))
         .with_state(state)

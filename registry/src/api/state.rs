@@ -52,6 +52,10 @@ pub struct AppState {
     pub pulls: Arc<crate::notify::audit::AuditNotes>,
     /// The event log, for the admin API's audit listing (the server sets it).
     pub events: Option<Arc<dyn crate::meta::outbox::EventLog>>,
+    /// The web UI is served (`ui.enabled`).
+    pub ui: bool,
+    /// How long a web UI login lasts.
+    pub ui_session: Duration,
 }
 
 impl AppState {
@@ -84,6 +88,8 @@ impl AppState {
             audit: Default::default(),
             pulls: Default::default(),
             events: None,
+            ui: config.ui.enabled,
+            ui_session: config.ui.session,
         })
     }
 }

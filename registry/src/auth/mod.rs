@@ -60,6 +60,11 @@ impl Caller {
         Caller { identity: Identity::Anonymous, auth: None, token: None }
     }
 
+    /// Anonymous, under `auth`'s rules.
+    pub fn open_anonymous(auth: Arc<Authenticator>) -> Caller {
+        Caller { identity: Identity::Anonymous, auth: Some(auth), token: None }
+    }
+
     /// What this request may do in `repo`.
     pub fn allowed(&self, repo: &str) -> Actions {
         match (&self.auth, &self.token) {
@@ -317,6 +322,9 @@ impl Authenticator {
             if claims.refresh {
                 return Err(AuthError::BadToken("a refresh token is not an access token".into()));
             }
+            if claims.ui {
+                return Err(AuthError::BadToken("a web UI session is not an access token".into()));
+            }
             let identity = self.identity_named(&claims.sub);
             // A token outlives nothing it was issued to: a user removed from the file or a robot
             // past its expiry loses access at once, not when the token runs out.
@@ -327,6 +335,21 @@ impl Authenticator {
             return Ok(Caller { identity, auth: Some(self.clone()), token: Some(access) });
         }
         Err(AuthError::Scheme)
+    }
+
+    /// The caller a web UI session cookie stands for: by the rules for who they are, while they
+    /// may still log in.
+    pub fn session_caller(self: &Arc<Self>, session: &str) -> Result<Caller, AuthError> {
+        let signer = self.signer.as_ref().ok_or(AuthError::Scheme)?;
+        let claims = signer.verify(session).map_err(|e| AuthError::BadToken(e.to_string()))?;
+        if !claims.ui {
+            return Err(AuthError::BadToken("not a web UI session".into()));
+        }
+        let identity = self.identity_named(&claims.sub);
+        if identity == Identity::Anonymous || !self.still_valid(&identity) {
+            return Err(AuthError::BadToken(format!("{} may no longer log in", identity.name())));
+        }
+        Ok(Caller { identity, auth: Some(self.clone()), token: None })
     }
 
     /// Who a token's subject is: a robot by that name, else a user (empty: anonymous).

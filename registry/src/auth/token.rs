@@ -61,6 +61,9 @@ pub struct Claims {
     /// A refresh token (docker's "offline token"): only good for getting access tokens.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refresh: bool,
+    /// A web UI session: only good as the UI's cookie, never as a Bearer or refresh token.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ui: bool,
 }
 
 impl Claims {
@@ -243,6 +246,7 @@ impl Signer {
             jti: b64(&jti),
             access,
             refresh,
+            ui: false,
         }
     }
 
@@ -263,6 +267,14 @@ impl Signer {
     /// A refresh token for `subject`.
     pub fn issue_refresh(&self, subject: &str) -> Result<String, String> {
         self.sign(&self.claims(subject, vec![], true))
+    }
+
+    /// A web UI session for `subject`, good for `life`.
+    pub fn issue_session(&self, subject: &str, life: Duration) -> Result<String, String> {
+        let mut claims = self.claims(subject, vec![], false);
+        claims.exp = claims.iat + life.as_secs();
+        claims.ui = true;
+        self.sign(&claims)
     }
 
     /// Checks signature, issuer, audience and validity period; returns the claims.

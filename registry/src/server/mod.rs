@@ -291,7 +291,8 @@ pub async fn serve(
     let stopping = state.stopping.clone();
     let registry = state.registry.clone();
     let notifier = state.notifier.clone();
-    let app = api::router(state);
+    let ui = if state.ui { crate::ui::router() } else { axum::Router::new() };
+    let app = api::router(state, ui);
     let builder = http_builder(config);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let (handshake, idle) = (config.limits.tls_handshake_timeout, config.limits.body_idle_timeout);

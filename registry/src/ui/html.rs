@@ -1,0 +1,100 @@
+//! HTML for the web UI, written by hand: every value from a request, the metadata or a
+//! manifest goes through [`esc`]; pages carry no script and no inline style (the
+//! Content-Security-Policy allows neither).
+
+use std::fmt::Write;
+
+/// `s` with HTML's special characters escaped (for text and attribute values alike).
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `s` for a URL's query value.
+pub fn q(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Bytes as people read them: `512 B`, `1.5 KiB`.
+pub fn size(n: u64) -> String {
+    berth_core::config::size::approximate(n)
+}
+
+/// A digest shortened for tables: `sha256:0123456789ab`.
+pub fn short(digest: &str) -> String {
+    match digest.split_once(':') {
+        Some((alg, hex)) => format!("{alg}:{}", &hex[..hex.len().min(12)]),
+        None => digest.to_owned(),
+    }
+}
+
+/// Who is looking, for the header.
+pub struct Viewer<'a> {
+    /// `None` when the registry has no access control.
+    pub name: Option<&'a str>,
+    pub csrf: &'a str,
+    /// Whether logging in is possible (access control with the token service).
+    pub can_login: bool,
+}
+
+/// A whole page: `title`, the header for `viewer`, and `body` (already HTML).
+pub fn page(title: &str, viewer: &Viewer<'_>, body: &str) -> String {
+    let mut out = String::with_capacity(body.len() + 1024);
+    let _ = write!(
+        out,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{} · Berth</title><link rel=\"stylesheet\" href=\"/ui/assets/berth.css\">\
+         <link rel=\"icon\" href=\"/ui/assets/favicon.svg\"></head><body>\
+         <header><a class=\"brand\" href=\"/ui/\">Berth</a><nav>",
+        esc(title)
+    );
+    match viewer.name {
+        Some("") if viewer.can_login => out.push_str("<a href=\"/ui/login\">Log in</a>"),
+        Some("") | None => {}
+        Some(name) => {
+            let _ = write!(
+                out,
+                "<span class=\"who\">{}</span><form method=\"post\" action=\"/ui/logout\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Log out</button></form>",
+                esc(name),
+                esc(viewer.csrf)
+            );
+        }
+    }
+    out.push_str("</nav></header><main>");
+    out.push_str(body);
+    out.push_str("</main></body></html>");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_cannot_become_markup() {
+        assert_eq!(
+            esc("<script>\"x\"&'y'</script>"),
+            "&lt;script&gt;&quot;x&quot;&amp;&#39;y&#39;&lt;/script&gt;"
+        );
+        assert_eq!(q("a/b c&d"), "a%2Fb+c%26d");
+    }
+
+    #[test]
+    fn sizes_and_digests_read_well() {
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(short("sha256:0123456789abcdef"), "sha256:0123456789ab");
+    }
+}

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The web UI. A real headless Chromium (tests/ui_browser.py) logs in, browses to an image skopeo
+# pushed, sees its cosign signature, deletes a tag after its preview, and a user without rights
+# sees neither the repository nor a delete button. With curl: the headers that keep the pages
+# self-contained (Content-Security-Policy), forms refused without this site's CSRF value or from
+# another origin, a UI session that is no Bearer token, the first page's weight, and
+# `ui.enabled: false`. UI_SCREENSHOTS=DIR keeps the main pages' screenshots (docs/ has them).
+source "$(dirname "$0")/lib.sh"
+source "$ROOT/scripts/tools.sh"
+
+COSIGN=$(tool_path cosign)
+require_tools "$COSIGN"
+require_commands skopeo chromium chromedriver
+# Debian's python3-selenium belongs to Debian's python3, whatever else is first on the PATH.
+DEBIAN_PY=/usr/bin/python3
+"$DEBIAN_PY" -c 'import selenium' || { echo "python3-selenium is not installed" >&2; exit 1; }
+client_workspace
+htpasswd_users alice bob
+cat >"$WORK/berth.yml" <<YAML
+auth:
+  htpasswd: $WORK/htpasswd
+  rules:
+    - { users: [alice], repositories: ["**"], actions: [pull, push, delete] }
+    - { users: [bob], repositories: ["public/**"], actions: [pull] }
+YAML
+start_berth --config "$WORK/berth.yml" || exit 1
+R=$BERTH_ADDR
+export COSIGN_PASSWORD= COSIGN_EXPERIMENTAL=1
+
+pushed() {
+  local sk=(skopeo --insecure-policy copy -q --preserve-digests --dest-tls-verify=false --dest-creds alice:alice-pw)
+  "${sk[@]}" "oci:$WORK/layout:multi" "docker://$R/team/app:v1" &&
+    "${sk[@]}" "oci:$WORK/layout:multiarch" "docker://$R/team/app:v2" --all &&
+    "${sk[@]}" "oci:$WORK/layout:multi" "docker://$R/public/app:v1" &&
+    (cd "$WORK" && "$COSIGN" generate-key-pair >/dev/null 2>&1) &&
+    printf '{"auths":{"%s":{"auth":"%s"}}}' "$R" "$(printf alice:alice-pw | base64)" >"$DOCKER_CONFIG/config.json" &&
+    "$COSIGN" sign --yes --key "$WORK/cosign.key" --tlog-upload=false --registry-referrers-mode=oci-1-1 \
+      --allow-insecure-registry --allow-http-registry "$R/team/app@$MULTI" >/dev/null 2>&1
+}
+check "skopeo pushes team/app and public/app, cosign signs team/app:v1" pushed
+
+echo "== headers and forms"
+csp() {
+  curl -fsS -D - -o /dev/null "$BERTH_URL/ui/" | tr -d '\r' |
+    grep -qx "content-security-policy: default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+}
+check "pages allow only their own stylesheet: no script, no other origin" csp
+light() {
+  local bytes
+  bytes=$(($(curl -fsS "$BERTH_URL/ui/" | wc -c) + $(curl -fsS "$BERTH_URL/ui/assets/berth.css" | wc -c)))
+  echo "first page: $bytes bytes"
+  ((bytes < 150000))
+}
+check "the first page weighs under 150 KB" light
+# session: logs alice in through the form, leaving cookies in $WORK/jar; prints the form's csrf.
+session() {
+  local csrf
+  rm -f "$WORK/jar"
+  csrf=$(curl -fsS -c "$WORK/jar" "$BERTH_URL/ui/login" | grep -o 'name="csrf" value="[^"]*"' | head -1 | cut -d'"' -f4) &&
+    curl -fsS -b "$WORK/jar" -c "$WORK/jar" -o /dev/null --data-urlencode "csrf=$csrf" \
+      --data-urlencode user=alice --data-urlencode password=alice-pw "$BERTH_URL/ui/login" &&
+    grep -q berth_session "$WORK/jar" && echo "$csrf"
+}
+delete_status() { # delete_status CSRF [curl args...]: the status of a UI delete of team/app:v2
+  local csrf=$1
+  shift
+  curl -s -o /dev/null -w '%{http_code}' -b "$WORK/jar" --data-urlencode "csrf=$csrf" \
+    --data-urlencode name=team/app --data-urlencode ref=v2 "$@" "$BERTH_URL/ui/delete"
+}
+v2_there() { equal "$(curl -s -o /dev/null -w '%{http_code}' -u alice:alice-pw "$BERTH_URL/v2/team/app/manifests/v2")" 200; }
+forged() {
+  local csrf
+  csrf=$(session) &&
+    equal "$(delete_status wrong-value)" 403 &&
+    equal "$(delete_status "$csrf" -H "Origin: http://evil.example")" 403 &&
+    equal "$(delete_status "$csrf" -H "Sec-Fetch-Site: cross-site")" 403 &&
+    v2_there
+}
+check "a delete without this site's CSRF value, or sent from another site, is refused" forged
+not_a_token() {
+  local token
+  session >/dev/null && token=$(awk '$6 == "berth_session" {print $7}' "$WORK/jar") && [[ -n $token ]] &&
+    equal "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$BERTH_URL/v2/team/app/tags/list")" 401
+}
+check "a UI session is no Bearer token for the API" not_a_token
+cookie_flags() {
+  rm -f "$WORK/headers"
+  curl -fsS -D "$WORK/headers" -o /dev/null -b "$WORK/jar" "$BERTH_URL/ui/login" >/dev/null
+  local csrf
+  csrf=$(session) &&
+    curl -s -D - -o /dev/null -b "$WORK/jar" --data-urlencode "csrf=$csrf" --data-urlencode user=alice \
+      --data-urlencode password=alice-pw "$BERTH_URL/ui/login" | tr -d '\r' |
+    grep -i '^set-cookie: berth_session=' | grep -q 'HttpOnly; SameSite=Strict'
+}
+check "the session cookie is HttpOnly and SameSite=Strict" cookie_flags
+wrong_password() {
+  local csrf
+  csrf=$(curl -fsS -c "$WORK/jar2" "$BERTH_URL/ui/login" | grep -o 'name="csrf" value="[^"]*"' | cut -d'"' -f4) &&
+    curl -s -b "$WORK/jar2" --data-urlencode "csrf=$csrf" --data-urlencode user=alice \
+      --data-urlencode password=wrong "$BERTH_URL/ui/login" | grep -q "invalid username or password"
+}
+check "a wrong password is refused with the API's words" wrong_password
+
+echo "== a real Chromium"
+mkdir -p "$WORK/shots"
+timeout 300 "$DEBIAN_PY" "$ROOT/tests/ui_browser.py" "$BERTH_URL" "$MULTI" "$WORK/browser.txt" \
+  "${UI_SCREENSHOTS:-$WORK/shots}" >"$WORK/browser.log" 2>&1 || true
+if [[ ! -s $WORK/browser.txt ]]; then
+  cat "$WORK/browser.log"
+  check "the browser ran" false
+fi
+while IFS=$'\t' read -r status what detail; do
+  [[ -n $detail ]] && echo "        | $detail"
+  check "browser: $what" test "$status" = ok
+done <"$WORK/browser.txt"
+
+echo "== turned off"
+cat >"$WORK/off.yml" <<YAML
+ui: {enabled: false}
+YAML
+start_berth --config "$WORK/off.yml" || exit 1
+off() { equal "$(curl -s -o /dev/null -w '%{http_code}' "$BERTH_URL/ui/")" 404; }
+check "ui.enabled: false serves no UI" off
+
+finish
