@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The web UI. A real headless Chromium (tests/ui_browser.py) logs in, browses to an image skopeo
 # pushed, sees its cosign signature, deletes a tag after its preview, and a user without rights
-# sees neither the repository nor a delete button. With curl: the headers that keep the pages
+# sees neither the repository nor a delete button; an admin reads storage per repository and starts
+# a garbage collection dry run, and reads its report. With curl: the headers that keep the pages
 # self-contained (Content-Security-Policy), forms refused without this site's CSRF value or from
 # another origin, a UI session that is no Bearer token, the first page's weight, and
 # `ui.enabled: false`. UI_SCREENSHOTS=DIR keeps the main pages' screenshots (docs/ has them).
@@ -20,7 +21,7 @@ cat >"$WORK/berth.yml" <<YAML
 auth:
   htpasswd: $WORK/htpasswd
   rules:
-    - { users: [alice], repositories: ["**"], actions: [pull, push, delete] }
+    - { users: [alice], repositories: ["**"], actions: [pull, push, delete, admin] }
     - { users: [bob], repositories: ["public/**"], actions: [pull] }
 YAML
 start_berth --config "$WORK/berth.yml" || exit 1
@@ -113,6 +114,15 @@ while IFS=$'\t' read -r status what detail; do
   [[ -n $detail ]] && echo "        | $detail"
   check "browser: $what" test "$status" = ok
 done <"$WORK/browser.txt"
+
+echo "== a user removed"
+sees_team() { curl -fsS -b "$WORK/jar" "$BERTH_URL/ui/" | grep -q 'team/app'; }
+removed() {
+  session >/dev/null && sees_team &&
+    grep -v '^alice:' "$WORK/htpasswd" >"$WORK/htpasswd.new" && mv "$WORK/htpasswd.new" "$WORK/htpasswd" &&
+    eventually 20 bash -c "! curl -fsS -b '$WORK/jar' '$BERTH_URL/ui/' | grep -q 'team/app'"
+}
+check "a session stops working once its user is removed from htpasswd" removed
 
 echo "== turned off"
 cat >"$WORK/off.yml" <<YAML

@@ -25,7 +25,6 @@ use super::state::AppState;
 use crate::auth::{AuthError, Caller, Identity};
 use crate::gc::{Collector, Options, RunView};
 use crate::service::Result as ServiceResult;
-use berth_core::config::notifications::EventKind;
 use std::sync::Arc;
 
 /// Largest request body the admin API reads.
@@ -70,7 +69,7 @@ pub async fn gc(State(st): State<AppState>, req: Request) -> Response {
     match collector.start(options).await {
         Ok(run) => {
             let what = format!("garbage collection {} started: {asked}", run.id);
-            record_admin_action(&st, &parts, &caller, what).await;
+            st.record_admin_action(&parts, &caller, what).await;
             let location = format!("/admin/v1/gc/runs/{}", run.id);
             let mut resp = json(StatusCode::ACCEPTED, &run);
             if let Ok(v) = HeaderValue::from_str(&location) {
@@ -142,7 +141,7 @@ pub async fn cancel_gc_run(State(st): State<AppState>, Path(id): Path<String>, r
     };
     let cancelled = collector.cancel(&id).await;
     if matches!(&cancelled, Ok(Some(run)) if run.state == "running") {
-        record_admin_action(&st, &parts, &caller, format!("garbage collection {id} asked to stop")).await;
+        st.record_admin_action(&parts, &caller, format!("garbage collection {id} asked to stop")).await;
     }
     answer(&id, cancelled, |run| {
         if run.state == "running" {
@@ -294,17 +293,6 @@ pub(super) async fn admin(st: &AppState, req: &Parts) -> Result<Caller, Response
     );
     Err(ApiError::new(Code::Denied, format!("{} is not granted admin", caller.identity.name()))
         .into_response())
-}
-
-/// Writes an admin action to the audit log at once (they are few): who, from where, what.
-async fn record_admin_action(st: &AppState, req: &Parts, caller: &Caller, what: String) {
-    let Some(log) = &st.events else { return };
-    let origin = st.origin(req, caller);
-    let event =
-        crate::meta::NewEvent { detail: Some(what), ..crate::notify::event(EventKind::Admin, "", &origin) };
-    if let Err(e) = log.record_audit(vec![event]).await {
-        tracing::warn!(error = %e, "an admin action was not written to the audit log");
-    }
 }
 
 fn basic_challenge(message: &str) -> Response {

@@ -230,3 +230,16 @@ impl UploadsPerClient {
         }
     }
 }
+
+impl AppState {
+    /// Writes an admin action to the audit log at once (they are few): who, from where, what.
+    pub async fn record_admin_action(&self, req: &Parts, caller: &Caller, what: String) {
+        let Some(log) = &self.events else { return };
+        let origin = self.origin(req, caller);
+        let kind = berth_core::config::notifications::EventKind::Admin;
+        let event = crate::meta::NewEvent { detail: Some(what), ..crate::notify::event(kind, "", &origin) };
+        if let Err(e) = log.record_audit(vec![event]).await {
+            tracing::warn!(error = %e, "an admin action was not written to the audit log");
+        }
+    }
+}

@@ -45,6 +45,8 @@ pub struct Viewer<'a> {
     pub csrf: &'a str,
     /// Whether logging in is possible (access control with the token service).
     pub can_login: bool,
+    /// Whether the viewer may operate (admin).
+    pub admin: bool,
 }
 
 /// A whole page: `title`, the header for `viewer`, and `body` (already HTML).
@@ -59,6 +61,9 @@ pub fn page(title: &str, viewer: &Viewer<'_>, body: &str) -> String {
          <header><a class=\"brand\" href=\"/ui/\">Berth</a><nav>",
         esc(title)
     );
+    if viewer.admin {
+        out.push_str("<a href=\"/ui/operate\">Operate</a>");
+    }
     match viewer.name {
         Some("") if viewer.can_login => out.push_str("<a href=\"/ui/login\">Log in</a>"),
         Some("") | None => {}

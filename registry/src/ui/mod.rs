@@ -4,6 +4,7 @@
 //! nothing else, so it works air-gapped. Light and dark follow the system's preference.
 
 mod html;
+pub mod operate;
 pub mod pages;
 pub mod session;
 mod view;
@@ -33,20 +34,24 @@ pub fn router() -> Router<AppState> {
         .route("/ui/delete", get(delete_preview).post(delete))
         .route("/ui/login", get(login_form).post(login))
         .route("/ui/logout", post(logout))
+        .route("/ui/operate", get(operate))
+        .route("/ui/operate/gc", get(gc_run).post(start_gc))
         .route("/ui/assets/berth.css", get(|| asset("text/css; charset=utf-8", CSS)))
         .route("/ui/assets/favicon.svg", get(|| asset("image/svg+xml", FAVICON)))
 }
 
-/// The query's or form's parameters.
-fn params(text: &str) -> std::collections::HashMap<String, String> {
+/// A query's or form's parameters.
+type Form = std::collections::HashMap<String, String>;
+
+fn params(text: &str) -> Form {
     form_urlencoded::parse(text.as_bytes()).into_owned().collect()
 }
 
-fn query(parts: &Parts) -> std::collections::HashMap<String, String> {
+fn query(parts: &Parts) -> Form {
     params(parts.uri.query().unwrap_or(""))
 }
 
-async fn form(body: Body) -> Option<std::collections::HashMap<String, String>> {
+async fn form(body: Body) -> Option<Form> {
     let bytes = axum::body::to_bytes(body, MAX_FORM).await.ok()?;
     Some(params(std::str::from_utf8(&bytes).ok()?))
 }
@@ -94,13 +99,21 @@ fn refused(ui: &Ui) -> Response {
     )
 }
 
-async fn delete(State(st): State<AppState>, req: Request) -> Response {
+/// A form POST from this site's own page: the viewer, the request, the form's fields.
+async fn posted(st: AppState, req: Request) -> Result<(Ui, Parts, Form), Response> {
     let (parts, body) = req.into_parts();
     let ui = Ui::of(st, &parts).await;
-    let Some(f) = form(body).await else { return refused(&ui) };
-    if !session::form_allowed(&parts, f.get("csrf").map(String::as_str)) {
-        return refused(&ui);
+    match form(body).await {
+        Some(f) if session::form_allowed(&parts, f.get("csrf").map(String::as_str)) => Ok((ui, parts, f)),
+        _ => Err(refused(&ui)),
     }
+}
+
+async fn delete(State(st): State<AppState>, req: Request) -> Response {
+    let (ui, parts, f) = match posted(st, req).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
     let (repo, reference) =
         match pages::deletable(&ui, f.get("name").map(String::as_str), f.get("ref").map(String::as_str)) {
             Ok(x) => x,
@@ -121,6 +134,29 @@ async fn delete(State(st): State<AppState>, req: Request) -> Response {
             format!("{reference} is not in {} (any more).", repo.as_str()),
         ))),
         Err(e) => ui.page(Err((StatusCode::SERVICE_UNAVAILABLE, format!("The delete failed: {e}")))),
+    }
+}
+
+async fn operate(State(st): State<AppState>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let ui = Ui::of(st, &parts).await;
+    ui.page(operate::overview(&ui, query(&parts).get("last").cloned()).await)
+}
+
+async fn gc_run(State(st): State<AppState>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let ui = Ui::of(st, &parts).await;
+    ui.page(operate::run(&ui, query(&parts).get("id").map(String::as_str)).await)
+}
+
+async fn start_gc(State(st): State<AppState>, req: Request) -> Response {
+    let (ui, parts, _) = match posted(st, req).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
+    match operate::start_dry_run(&ui, &parts).await {
+        Ok(id) => ui.see_other(&format!("/ui/operate/gc?id={}", html::q(&id)), &[]),
+        Err(e) => ui.page(Err(e)),
     }
 }
 
@@ -154,14 +190,11 @@ async fn login_form(State(st): State<AppState>, req: Request) -> Response {
 }
 
 async fn login(State(st): State<AppState>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let ui = Ui::of(st, &parts).await;
-    let (Some(auth), Some(f)) = (ui.st.auth.clone(), form(body).await) else {
-        return login_page(&ui, StatusCode::BAD_REQUEST, None);
+    let (ui, parts, f) = match posted(st, req).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
     };
-    if !session::form_allowed(&parts, f.get("csrf").map(String::as_str)) {
-        return refused(&ui);
-    }
+    let Some(auth) = ui.st.auth.clone() else { return login_page(&ui, StatusCode::BAD_REQUEST, None) };
     let user = f.get("user").map_or("", String::as_str);
     let password = f.get("password").map_or("", String::as_str);
     let identity = match auth.login(user, password, ui.st.client(&parts)).await {
@@ -184,12 +217,10 @@ async fn login(State(st): State<AppState>, req: Request) -> Response {
 }
 
 async fn logout(State(st): State<AppState>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let ui = Ui::of(st, &parts).await;
-    let Some(f) = form(body).await else { return refused(&ui) };
-    if !session::form_allowed(&parts, f.get("csrf").map(String::as_str)) {
-        return refused(&ui);
-    }
+    let (ui, _, _) = match posted(st, req).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
     ui.see_other("/ui/", &[session::set_cookie(&ui.st, session::SESSION, "", Some(0))])
 }
 

@@ -52,7 +52,12 @@ impl Ui {
     /// `body` in the page frame, with the UI's headers.
     pub fn respond(&self, status: StatusCode, title: &str, body: &str) -> Response {
         let name = self.st.auth.as_ref().map(|_| self.caller.identity.name());
-        let viewer = html::Viewer { name, csrf: &self.csrf, can_login: self.can_login() };
+        let viewer = html::Viewer {
+            name,
+            csrf: &self.csrf,
+            can_login: self.can_login(),
+            admin: self.caller.may_admin(),
+        };
         let mut resp = (status, html::page(title, &viewer, body)).into_response();
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
