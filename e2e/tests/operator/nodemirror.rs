@@ -165,6 +165,15 @@ async fn node_mirror_points_containerd_at_the_registry_and_takes_its_files_back(
     })
     .await;
     assert!(pruned, "the DaemonSet is gone");
-    let reg = regs.get("hub").await.unwrap();
-    assert_eq!(condition(&reg, "NodeMirrorReady"), None, "no condition once it is off");
+    // The status is written at the end of the pass that pruned: it may trail the DaemonSet's going.
+    let reported = wait_until(Duration::from_secs(60), || {
+        let regs = regs.clone();
+        async move { regs.get("hub").await.is_ok_and(|r| condition(&r, "NodeMirrorReady").is_none()) }
+    })
+    .await;
+    assert!(
+        reported,
+        "no condition once it is off: {:?}",
+        regs.get("hub").await.map(|r| r.data["status"].clone())
+    );
 }
