@@ -59,6 +59,16 @@ fn is_host(prefix: &str) -> bool {
     prefix.contains('.') || prefix.contains(':') || prefix == "localhost"
 }
 
+/// The node's paths the spec names, defaults filled in: containerd's hosts directory and config
+/// file, and CRI-O's drop-in directory.
+fn node_paths(spec: &NodeMirrorSpec) -> (String, String, String) {
+    (
+        spec.containerd_config_path.clone().unwrap_or_else(|| DEFAULT_CONTAINERD_DIR.into()),
+        spec.containerd_config_file.clone().unwrap_or_else(|| DEFAULT_CONTAINERD_CONFIG.into()),
+        spec.crio_config_path.clone().unwrap_or_else(|| DEFAULT_CRIO_DIR.into()),
+    )
+}
+
 fn parent_and_file(path: &str) -> (String, String) {
     match path.rsplit_once('/') {
         Some(("", f)) => ("/".into(), f.into()),
@@ -109,8 +119,7 @@ pub fn plan(
             });
         }
     }
-    let containerd_dir = spec.containerd_config_path.clone().unwrap_or_else(|| DEFAULT_CONTAINERD_DIR.into());
-    let config_file = spec.containerd_config_file.clone().unwrap_or_else(|| DEFAULT_CONTAINERD_CONFIG.into());
+    let (containerd_dir, config_file, crio_dir) = node_paths(spec);
     let (_, config_name) = parent_and_file(&config_file);
     NodeMirrorPlan {
         owner: format!("{}/{}", reg.namespace().unwrap_or_default(), reg.name_any()),
@@ -123,7 +132,7 @@ pub fn plan(
         }),
         crio: (spec.crio == Some(true)).then(|| Target {
             dir: CRIO_DIR.into(),
-            node_dir: spec.crio_config_path.clone().unwrap_or_else(|| DEFAULT_CRIO_DIR.into()).into(),
+            node_dir: crio_dir.into(),
             ..Target::default()
         }),
         ca_file: (eff.tls != TlsMode::None).then(|| format!("{CA_DIR}/ca.crt").into()),
@@ -154,8 +163,7 @@ pub fn daemon_set(
     eff: &Effective,
     tls_secret: Option<&str>,
 ) -> Result<DaemonSet, BuildError> {
-    let containerd_dir = spec.containerd_config_path.clone().unwrap_or_else(|| DEFAULT_CONTAINERD_DIR.into());
-    let config_file = spec.containerd_config_file.clone().unwrap_or_else(|| DEFAULT_CONTAINERD_CONFIG.into());
+    let (containerd_dir, config_file, crio_dir) = node_paths(spec);
     let (config_dir, _) = parent_and_file(&config_file);
     let mut mounts = vec![
         serde_json::json!({"name": "plan", "mountPath": PLAN_DIR, "readOnly": true}),
@@ -168,10 +176,9 @@ pub fn daemon_set(
         serde_json::json!({"name": "containerd-config", "hostPath": {"path": config_dir, "type": "DirectoryOrCreate"}}),
     ];
     if spec.crio == Some(true) {
-        let dir = spec.crio_config_path.clone().unwrap_or_else(|| DEFAULT_CRIO_DIR.into());
         mounts.push(serde_json::json!({"name": "crio", "mountPath": CRIO_DIR}));
         volumes.push(
-            serde_json::json!({"name": "crio", "hostPath": {"path": dir, "type": "DirectoryOrCreate"}}),
+            serde_json::json!({"name": "crio", "hostPath": {"path": crio_dir, "type": "DirectoryOrCreate"}}),
         );
     }
     if let Some(secret) = tls_secret {
