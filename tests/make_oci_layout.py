@@ -50,7 +50,11 @@ def image(root, arch, layer_sizes):
         "architecture": arch,
         "os": "linux",
         "config": {"Cmd": ["/data"]},
+        "created": "2026-01-01T00:00:00Z",
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created": "2026-01-01T00:00:00Z", "created_by": f"COPY data-{i} /data"}
+                    for i in range(len(layer_sizes))]
+        + [{"created": "2026-01-01T00:00:00Z", "created_by": 'CMD ["/data"]', "empty_layer": True}],
     }
     cdigest, clen = put_blob(root, json.dumps(config, sort_keys=True).encode())
     manifest = {

@@ -30,7 +30,8 @@ export COSIGN_PASSWORD= COSIGN_EXPERIMENTAL=1
 
 pushed() {
   local sk=(skopeo --insecure-policy copy -q --preserve-digests --dest-tls-verify=false --dest-creds alice:alice-pw)
-  "${sk[@]}" "oci:$WORK/layout:multi" "docker://$R/team/app:v1" &&
+  # v2 a second after v1 (push times are whole seconds): the UI lists v2 first by last push.
+  "${sk[@]}" "oci:$WORK/layout:multi" "docker://$R/team/app:v1" && sleep 1 &&
     "${sk[@]}" "oci:$WORK/layout:multiarch" "docker://$R/team/app:v2" --all &&
     "${sk[@]}" "oci:$WORK/layout:multi" "docker://$R/public/app:v1" &&
     (cd "$WORK" && "$COSIGN" generate-key-pair >/dev/null 2>&1) &&
@@ -101,6 +102,9 @@ wrong_password() {
 check "a wrong password is refused with the API's words" wrong_password
 
 echo "== a real Chromium"
+# A pull of v1 a second after the last pull of v2 (by the checks above): the UI lists it first by last pull.
+pulled() { sleep 1 && curl -fsS -o /dev/null -u alice:alice-pw -H "Accept: application/vnd.oci.image.manifest.v1+json" "$BERTH_URL/v2/team/app/manifests/v1"; }
+check "team/app:v1 is pulled" pulled
 mkdir -p "$WORK/shots"
 timeout 300 "$DEBIAN_PY" "$ROOT/tests/ui_browser.py" "$BERTH_URL" "$MULTI" "$WORK/browser.txt" \
   "${UI_SCREENSHOTS:-$WORK/shots}" >"$WORK/browser.log" 2>&1 || true

@@ -90,6 +90,35 @@ try:
         return True
     step("she browses to the image skopeo pushed, and sees its tags", browse)
 
+    def tag_rows():
+        rows = driver.find_elements(By.CSS_SELECTOR, "table.tags tbody tr")
+        return [[td.text for td in r.find_elements(By.CSS_SELECTOR, "td")] for r in rows]
+
+    def sizes_and_platforms():
+        driver.get(base + "/ui/repository?name=team/app")
+        rows = {r[0]: r for r in tag_rows()}
+        # Tag, digest, platforms, size: an image's size is its config and layers (1.5 MB here),
+        # not its manifest's few hundred bytes; an index lists each platform.
+        assert rows["v1"][2] == "linux/amd64" and rows["v1"][3].endswith("MiB"), rows
+        assert "linux/amd64" in rows["v2"][2] and "linux/arm64" in rows["v2"][2], rows
+        assert rows["v2"][3].endswith("KiB"), rows
+        return True
+    step("each tag shows its image's size and platforms", sizes_and_platforms)
+
+    def ordered():
+        driver.get(base + "/ui/repository?name=team/app")
+        assert [r[0] for r in tag_rows()] == ["v2", "v1"], tag_rows()  # last pushed first
+        driver.find_element(By.LINK_TEXT, "last pulled").click()
+        shows("order=pulled", lambda: driver.current_url)
+        rows = tag_rows()
+        # v1 was pulled after both were pushed; v2 never was.
+        assert [r[0] for r in rows] == ["v1", "v2"] and rows[0][5] != "never", rows
+        driver.find_element(By.LINK_TEXT, "name").click()
+        shows("order=name", lambda: driver.current_url)
+        assert [r[0] for r in tag_rows()] == ["v1", "v2"], tag_rows()
+        return True
+    step("tags sort by last pushed, last pulled or name", ordered)
+
     def signature():
         short = digest.split(":")[1][:12]
         driver.find_element(By.PARTIAL_LINK_TEXT, short).click()
@@ -98,6 +127,8 @@ try:
         assert digest in page, page
         assert "application/vnd.dev.cosign.artifact.sig.v1+json" in page, page
         assert "Layers" in page, page
+        # The config: how it runs, and the history beside the layer each step made.
+        assert "Command" in page and "History 4 steps" in page and "COPY data-1 /data" in page, page
         shot("ui-manifest.png")
         return True
     step("its manifest page lists the cosign signature among its referrers", signature)

@@ -104,6 +104,11 @@ impl Collector {
         self
     }
 
+    /// Everything `repo` holds, as a collection reads it (the UI lists tags from it).
+    pub async fn contents(&self, repo: &RepoName) -> Result<RepoContents> {
+        Ok(self.store.repo_contents(repo).await?)
+    }
+
     fn is_cached(&self, repo: &str) -> bool {
         self.cached.iter().any(|p| repo.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/')))
     }

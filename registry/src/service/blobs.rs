@@ -60,6 +60,24 @@ impl Registry {
         }
     }
 
+    /// A blob the repository may read, whole, when it has at most `max` bytes (an image's
+    /// config, for the UI); `None` when it has more.
+    pub async fn small_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        max: u64,
+    ) -> Result<Option<bytes::Bytes>> {
+        if self.stat_blob(repo, digest).await? > max {
+            return Ok(None);
+        }
+        match crate::storage::read_all(self.storage.as_ref(), &layout::blob(digest)).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(StorageError::NotFound) => Err(ServiceError::BlobUnknown),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Where the client may read the blob directly, when storage hands reads out (S3 with
     /// `redirect: true`): checked against the repository first, like any read.
     pub async fn blob_redirect(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {

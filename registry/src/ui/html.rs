@@ -38,6 +38,18 @@ pub fn short(digest: &str) -> String {
     }
 }
 
+/// Unix seconds as people read them, in UTC: `2026-12-05 01:41 UTC`.
+pub fn when(secs: i64) -> String {
+    jiff::Timestamp::from_second(secs)
+        .map_or_else(|_| secs.to_string(), |t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
+}
+
+/// An RFC 3339 time from a document (an image config's `created`) as [`when`] writes it; text
+/// that is not such a time as it is.
+pub fn when_text(s: &str) -> String {
+    s.parse::<jiff::Timestamp>().map_or_else(|_| s.to_owned(), |t| when(t.as_second()))
+}
+
 /// Who is looking, for the header.
 pub struct Viewer<'a> {
     /// `None` when the registry has no access control.
@@ -101,5 +113,8 @@ mod tests {
         assert_eq!(size(512), "512 B");
         assert_eq!(size(1536), "1.5 KiB");
         assert_eq!(short("sha256:0123456789abcdef"), "sha256:0123456789ab");
+        assert_eq!(when(1_764_900_000), "2025-12-05 02:00 UTC");
+        assert_eq!(when_text("2025-12-05T02:00:30.5Z"), "2025-12-05 02:00 UTC");
+        assert_eq!(when_text("yesterday"), "yesterday");
     }
 }

@@ -4,9 +4,11 @@
 //! nothing else, so it works air-gapped. Light and dark follow the system's preference.
 
 mod html;
+mod manifest;
 pub mod operate;
 pub mod pages;
 pub mod session;
+mod tags;
 mod view;
 
 use axum::body::Body;
@@ -69,8 +71,9 @@ async fn repository(State(st): State<AppState>, req: Request) -> Response {
     let ui = Ui::of(st, &parts).await;
     let q = query(&parts);
     let name = q.get("name").map(String::as_str);
-    let page =
-        pages::repository(&ui, name, q.get("last").cloned(), q.get("deleted").map(String::as_str)).await;
+    let order = tags::Order::parse(q.get("order").map(String::as_str));
+    let from = q.get("from").and_then(|f| f.parse().ok()).unwrap_or(0);
+    let page = pages::repository(&ui, name, order, from, q.get("deleted").map(String::as_str)).await;
     ui.page(page)
 }
 
@@ -78,7 +81,9 @@ async fn manifest(State(st): State<AppState>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
     let ui = Ui::of(st, &parts).await;
     let q = query(&parts);
-    ui.page(pages::manifest(&ui, q.get("name").map(String::as_str), q.get("ref").map(String::as_str)).await)
+    ui.page(
+        manifest::manifest(&ui, q.get("name").map(String::as_str), q.get("ref").map(String::as_str)).await,
+    )
 }
 
 async fn delete_preview(State(st): State<AppState>, req: Request) -> Response {

@@ -5,24 +5,23 @@
 
 use std::fmt::Write;
 
-use berth_core::oci::{Digest, Reference, RepoName};
+use berth_core::oci::{Reference, RepoName};
 
-use super::html::{esc, q, short, size};
+use futures_util::StreamExt;
+
+use super::html::{esc, q, short, size, when};
+use super::tags::{describe, Described, Order, Sizes, DESCRIBED_AT_ONCE};
 use super::view::{Page, Ui};
 use crate::auth::Actions;
 use crate::service::ServiceError;
 
 pub const PAGE: usize = 50;
-/// How deep the referrers tree is followed (a signature of an SBOM of an image is depth 2).
-const REFERRER_DEPTH: usize = 3;
-/// Most referrers listed per subject.
-const REFERRERS_SHOWN: usize = 50;
 
-fn missing(what: &str) -> (axum::http::StatusCode, String) {
+pub fn missing(what: &str) -> (axum::http::StatusCode, String) {
     (axum::http::StatusCode::NOT_FOUND, format!("{what} does not exist, or you may not see it."))
 }
 
-fn failed(e: ServiceError) -> (axum::http::StatusCode, String) {
+pub fn failed(e: ServiceError) -> (axum::http::StatusCode, String) {
     match e {
         ServiceError::NameUnknown => missing("That repository"),
         ServiceError::ManifestUnknown => missing("That manifest"),
@@ -78,208 +77,127 @@ pub async fn repositories(ui: &Ui, search: &str, last: Option<String>) -> Page {
     Ok(("Repositories".into(), body))
 }
 
-/// A manifest's kind, from its media type.
-fn kind(media_type: &str) -> &'static str {
-    match media_type {
-        "application/vnd.oci.image.index.v1+json"
-        | "application/vnd.docker.distribution.manifest.list.v2+json" => "index",
-        "application/vnd.oci.image.manifest.v1+json"
-        | "application/vnd.docker.distribution.manifest.v2+json" => "image",
-        _ => "other",
-    }
-}
-
-pub async fn repository(ui: &Ui, name: Option<&str>, last: Option<String>, deleted: Option<&str>) -> Page {
+pub async fn repository(
+    ui: &Ui,
+    name: Option<&str>,
+    order: Order,
+    from: usize,
+    deleted: Option<&str>,
+) -> Page {
     let repo = visible_repo(ui, name)?;
-    let listing = ui.st.registry.tags(&repo, Some(PAGE), last).await.map_err(failed)?;
+    let collector = ui.st.collector.as_ref().ok_or_else(|| {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "This registry lists no tags here.".to_owned())
+    })?;
+    if order == Order::Pulled {
+        // This replica's pulls are written behind: written now, a pull just made counts.
+        if let Err(e) = ui.st.registry.flush_behind().await {
+            tracing::warn!(error = %e, "could not write pull times before listing tags");
+        }
+    }
+    let mut contents = collector.contents(&repo).await.map_err(failed)?;
+    if contents.tags.is_empty() && contents.manifests.is_empty() && contents.links.is_empty() {
+        return Err(missing("That repository"));
+    }
+    let mut tags = std::mem::take(&mut contents.tags);
+    order.sort(&mut tags);
+    let sizes = Sizes::new(&contents);
+    let shown = tags.get(from..).unwrap_or_default();
+    let shown = &shown[..shown.len().min(PAGE)];
+    let reads: Vec<_> = shown.iter().map(|t| describe(ui, &repo, &t.digest)).collect();
+    let described: Vec<Described> =
+        futures_util::stream::iter(reads).buffered(DESCRIBED_AT_ONCE).collect().await;
     let may_delete = ui.caller.may(repo.as_str(), Actions::DELETE);
+    let here = format!("/ui/repository?name={}", q(repo.as_str()));
     let mut body = format!("<h1>{}</h1>", esc(repo.as_str()));
     if let Some(d) = deleted {
         let _ = write!(body, "<p class=\"notice\">Deleted {}.</p>", esc(d));
     }
-    if listing.items.is_empty() {
+    if tags.is_empty() {
         body.push_str("<p class=\"muted\">No tags.</p>");
-    } else {
-        body.push_str(
-            "<table><thead><tr><th>Tag</th><th>Digest</th><th>Kind</th><th>Size</th><th>Pull</th><th></th></tr></thead><tbody>",
-        );
-        let host = ui.host();
-        for tag in &listing.items {
-            let Ok(reference) = tag.parse::<Reference>() else { continue };
-            let Ok(record) = ui.st.registry.head_manifest(&repo, &reference).await else { continue };
-            let image = format!("{host}/{}:{tag}", repo.as_str());
-            let _ = write!(
-                body,
-                "<tr><td>{t}</td><td><a href=\"/ui/manifest?name={n}&amp;ref={d}\"><code>{sd}</code></a></td><td>{k}</td><td>{s}</td>\
-                 <td><details><summary>Pull</summary>\
-                 <input class=\"copy\" readonly aria-label=\"docker\" value=\"docker pull {i}\">\
-                 <input class=\"copy\" readonly aria-label=\"podman\" value=\"podman pull {i}\">\
-                 <input class=\"copy\" readonly aria-label=\"crane\" value=\"crane pull {i} image.tar\"></details></td><td>",
-                t = esc(tag),
-                n = q(repo.as_str()),
-                d = q(record.digest.as_str()),
-                sd = esc(&short(record.digest.as_str())),
-                k = kind(&record.media_type),
-                s = size(record.size),
-                i = esc(&image),
-            );
-            if may_delete {
-                let _ = write!(
-                    body,
-                    "<a class=\"delete\" href=\"/ui/delete?name={}&amp;ref={}\">Delete</a>",
-                    q(repo.as_str()),
-                    q(tag)
-                );
-            }
-            body.push_str("</td></tr>");
-        }
-        body.push_str("</tbody></table>");
+        return Ok((repo.as_str().to_owned(), body));
     }
-    if let Some(next) = &listing.next {
+    let _ = write!(body, "<p class=\"order\">{} tags, by ", tags.len());
+    for (i, o) in Order::ALL.iter().enumerate() {
+        let label = match o {
+            Order::Pushed => "last pushed",
+            Order::Pulled => "last pulled",
+            Order::Name => "name",
+        };
+        let sep = if i == 0 { "" } else { " · " };
+        if *o == order {
+            let _ = write!(body, "{sep}<strong>{label}</strong>");
+        } else {
+            let _ = write!(body, "{sep}<a href=\"{here}&amp;order={}\">{label}</a>", o.as_str());
+        }
+    }
+    body.push_str(
+        "</p><table class=\"tags\"><thead><tr><th>Tag</th><th>Digest</th><th>Platforms</th><th>Size</th>\
+         <th>Pushed</th><th>Pulled</th><th>Pull</th><th></th></tr></thead><tbody>",
+    );
+    let host = ui.host();
+    for (tag, about) in shown.iter().zip(&described) {
+        let image = format!("{host}/{}:{}", repo.as_str(), tag.name);
+        let mut platforms = String::new();
+        for (i, (p, child)) in about.platforms.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "<br>" };
+            let _ = write!(platforms, "{sep}{}", esc(p));
+            if let Some(child) = child {
+                let _ = write!(platforms, " <span class=\"muted\">{}</span>", size(sizes.of(child)));
+            }
+        }
+        if platforms.is_empty() && about.kind != "image" && !about.kind.is_empty() {
+            platforms = format!("<span class=\"muted\">{}</span>", about.kind);
+        }
         let _ = write!(
             body,
-            "<p class=\"pager\"><a href=\"/ui/repository?name={}&amp;last={}\">Next</a></p>",
-            q(repo.as_str()),
-            q(next)
+            "<tr><td>{t}</td><td>{l}</td><td>{p}</td><td>{s}</td><td>{pushed}</td><td>{pulled}</td>\
+             <td><details><summary>Pull</summary>\
+             <input class=\"copy\" readonly aria-label=\"docker\" value=\"docker pull {i}\">\
+             <input class=\"copy\" readonly aria-label=\"podman\" value=\"podman pull {i}\">\
+             <input class=\"copy\" readonly aria-label=\"crane\" value=\"crane pull {i} image.tar\"></details></td><td>",
+            t = esc(&tag.name),
+            l = link(&repo, tag.digest.as_str()),
+            p = platforms,
+            s = size(sizes.of(&tag.digest)),
+            pushed = when(tag.pushed_at),
+            pulled = tag.pulled_at.map_or_else(|| "<span class=\"muted\">never</span>".to_owned(), when),
+            i = esc(&image),
+        );
+        if may_delete {
+            let _ = write!(
+                body,
+                "<a class=\"delete\" href=\"/ui/delete?name={}&amp;ref={}\">Delete</a>",
+                q(repo.as_str()),
+                q(&tag.name)
+            );
+        }
+        body.push_str("</td></tr>");
+    }
+    body.push_str("</tbody></table><p class=\"pager\">");
+    if from > 0 {
+        let _ = write!(
+            body,
+            "<a href=\"{here}&amp;order={}&amp;from={}\">Previous</a> ",
+            order.as_str(),
+            from.saturating_sub(PAGE)
         );
     }
+    if from + PAGE < tags.len() {
+        let _ =
+            write!(body, "<a href=\"{here}&amp;order={}&amp;from={}\">Next</a>", order.as_str(), from + PAGE);
+    }
+    body.push_str("</p>");
     Ok((repo.as_str().to_owned(), body))
 }
 
-fn str_of<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
-    v.get(key).and_then(|x| x.as_str()).unwrap_or("")
-}
-
-fn link(repo: &RepoName, digest: &str) -> String {
+/// A link to a manifest's page, by its short digest.
+pub fn link(repo: &RepoName, digest: &str) -> String {
     format!(
         "<a href=\"/ui/manifest?name={}&amp;ref={}\"><code>{}</code></a>",
         q(repo.as_str()),
         q(digest),
         esc(&short(digest))
     )
-}
-
-/// The referrers of `subject`, and theirs, as nested lists.
-async fn referrers_tree(ui: &Ui, repo: &RepoName, subject: &Digest, depth: usize, out: &mut String) {
-    let Ok(found) = ui.st.registry.referrers(repo, subject, None).await else { return };
-    if found.is_empty() {
-        return;
-    }
-    out.push_str("<ul class=\"referrers\">");
-    for r in found.iter().take(REFERRERS_SHOWN) {
-        let _ = write!(
-            out,
-            "<li>{} {} <span class=\"muted\">{}</span>",
-            esc(r.artifact_type.as_deref().unwrap_or(&r.media_type)),
-            link(repo, r.digest.as_str()),
-            size(r.size)
-        );
-        if depth > 1 {
-            Box::pin(referrers_tree(ui, repo, &r.digest, depth - 1, out)).await;
-        }
-        out.push_str("</li>");
-    }
-    if found.len() > REFERRERS_SHOWN {
-        let _ = write!(out, "<li class=\"muted\">and {} more</li>", found.len() - REFERRERS_SHOWN);
-    }
-    out.push_str("</ul>");
-}
-
-pub async fn manifest(ui: &Ui, name: Option<&str>, reference: Option<&str>) -> Page {
-    let repo = visible_repo(ui, name)?;
-    let reference: Reference = reference.unwrap_or("").parse().map_err(|_| missing("That manifest"))?;
-    let record = ui.st.registry.head_manifest(&repo, &reference).await.map_err(failed)?;
-    let bytes = ui.st.registry.manifest_bytes(&record).await.map_err(failed)?;
-    let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    let digest = record.digest.as_str();
-    let mut body = format!(
-        "<h1>{}@{}</h1><table><tbody><tr><th>Digest</th><td><code>{}</code></td></tr>\
-         <tr><th>Media type</th><td>{}</td></tr><tr><th>Size</th><td>{}</td></tr>",
-        esc(repo.as_str()),
-        esc(&short(digest)),
-        esc(digest),
-        esc(&record.media_type),
-        size(record.size)
-    );
-    if let Some(at) = doc.get("artifactType").and_then(|v| v.as_str()) {
-        let _ = write!(body, "<tr><th>Artifact type</th><td>{}</td></tr>", esc(at));
-    }
-    if let Some(subject) = doc.get("subject").map(|s| str_of(s, "digest")).filter(|d| !d.is_empty()) {
-        let _ = write!(body, "<tr><th>Refers to</th><td>{}</td></tr>", link(&repo, subject));
-    }
-    body.push_str("</tbody></table>");
-    if let Some(children) = doc.get("manifests").and_then(|m| m.as_array()) {
-        body.push_str("<h2>Platforms</h2><table><thead><tr><th>Platform</th><th>Digest</th><th>Size</th></tr></thead><tbody>");
-        for c in children {
-            let p = c.get("platform").cloned().unwrap_or_default();
-            let mut platform = format!("{}/{}", str_of(&p, "os"), str_of(&p, "architecture"));
-            if !str_of(&p, "variant").is_empty() {
-                platform = format!("{platform}/{}", str_of(&p, "variant"));
-            }
-            if platform == "/" {
-                platform = str_of(c, "artifactType").to_owned();
-            }
-            let _ = write!(
-                body,
-                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&platform),
-                link(&repo, str_of(c, "digest")),
-                size(c.get("size").and_then(|s| s.as_u64()).unwrap_or(0))
-            );
-        }
-        body.push_str("</tbody></table>");
-    }
-    if let Some(config) = doc.get("config") {
-        let _ = write!(
-            body,
-            "<h2>Config</h2><p><code>{}</code> {} <span class=\"muted\">{}</span></p>",
-            esc(str_of(config, "digest")),
-            esc(str_of(config, "mediaType")),
-            size(config.get("size").and_then(|s| s.as_u64()).unwrap_or(0))
-        );
-    }
-    if let Some(layers) = doc.get("layers").and_then(|l| l.as_array()) {
-        let total: u64 = layers.iter().filter_map(|l| l.get("size").and_then(|s| s.as_u64())).sum();
-        let _ = write!(
-            body,
-            "<h2>Layers <span class=\"muted\">{} in {}</span></h2><table><thead><tr><th>Digest</th><th>Media type</th><th>Size</th></tr></thead><tbody>",
-            layers.len(),
-            size(total)
-        );
-        for l in layers {
-            let _ = write!(
-                body,
-                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
-                esc(&short(str_of(l, "digest"))),
-                esc(str_of(l, "mediaType")),
-                size(l.get("size").and_then(|s| s.as_u64()).unwrap_or(0))
-            );
-        }
-        body.push_str("</tbody></table>");
-    }
-    let mut tree = String::new();
-    referrers_tree(ui, &repo, &record.digest, REFERRER_DEPTH, &mut tree).await;
-    body.push_str("<h2>Referrers</h2>");
-    if tree.is_empty() {
-        body.push_str("<p class=\"muted\">No signatures, SBOMs or attestations refer to it.</p>");
-    } else {
-        body.push_str(&tree);
-    }
-    let pretty = serde_json::to_string_pretty(&doc).unwrap_or_default();
-    let _ = write!(
-        body,
-        "<details><summary>Manifest</summary><pre><code>{}</code></pre></details>",
-        esc(&pretty)
-    );
-    if ui.caller.may(repo.as_str(), Actions::DELETE) {
-        let _ = write!(
-            body,
-            "<p><a class=\"delete\" href=\"/ui/delete?name={}&amp;ref={}\">Delete this manifest</a></p>",
-            q(repo.as_str()),
-            q(digest)
-        );
-    }
-    Ok((format!("{}@{}", repo.as_str(), short(digest)), body))
 }
 
 /// The repository and reference a delete names, if the viewer may delete there.
@@ -335,16 +253,4 @@ pub async fn delete_preview(ui: &Ui, name: Option<&str>, reference: Option<&str>
         q(repo.as_str())
     );
     Ok(("Delete".into(), body))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kinds_by_media_type() {
-        assert_eq!(kind("application/vnd.oci.image.index.v1+json"), "index");
-        assert_eq!(kind("application/vnd.docker.distribution.manifest.v2+json"), "image");
-        assert_eq!(kind("application/vnd.cncf.helm.config.v1+json"), "other");
-    }
 }
