@@ -16,6 +16,19 @@ require_commands skopeo chromium chromedriver
 DEBIAN_PY=/usr/bin/python3
 "$DEBIAN_PY" -c 'import selenium' || { echo "python3-selenium is not installed" >&2; exit 1; }
 client_workspace
+# An upstream for the pull-through cache, behind a proxy that reports Docker Hub's rate limit,
+# and a webhook receiver: Operate shows what the cache and the deliveries did.
+start_berth || exit 1
+UP=$BERTH_ADDR
+LIMITED=127.0.0.1:$(free_port)
+python3 "$ROOT/tests/ratelimited_upstream.py" "${LIMITED#*:}" "http://$UP" >"$WORK/limited.log" 2>&1 &
+on_exit "kill $!"
+wait_for "http://$LIMITED/v2/" 20 || exit 1
+RECEIVER_PORT=$(free_port)
+printf 'a-webhook-secret\n' >"$WORK/hook-secret"
+python3 "$ROOT/tests/webhook_receiver.py" "$RECEIVER_PORT" "$WORK/hook-secret" "$WORK/received.jsonl" \
+  >"$WORK/receiver.log" 2>&1 &
+on_exit "kill $!"
 htpasswd_users alice bob
 cat >"$WORK/berth.yml" <<YAML
 auth:
@@ -23,6 +36,16 @@ auth:
   rules:
     - { users: [alice], repositories: ["**"], actions: [pull, push, delete, admin] }
     - { users: [bob], repositories: ["public/**"], actions: [pull] }
+proxy:
+  upstreams:
+    - { name: docker.io, url: "http://$LIMITED", include: ["library/**"] }
+notifications:
+  endpoints:
+    - { name: scanner, url: "http://127.0.0.1:$RECEIVER_PORT/", secret_file: $WORK/hook-secret }
+retention:
+  policies:
+    - repositories: ["team/**"]
+      tags: [{ match: { glob: "*" }, keep: { most_recently_pushed: 1 } }]
 YAML
 start_berth --config "$WORK/berth.yml" || exit 1
 R=$BERTH_ADDR
@@ -40,6 +63,14 @@ pushed() {
       --allow-insecure-registry --allow-http-registry "$R/team/app@$MULTI" >/dev/null 2>&1
 }
 check "skopeo pushes team/app and public/app, cosign signs team/app:v1" pushed
+through_cache() {
+  skopeo --insecure-policy copy -q --dest-tls-verify=false "oci:$WORK/layout:multi" "docker://$UP/library/alpine:3" &&
+    for _ in 1 2; do
+      skopeo --insecure-policy copy -q --src-tls-verify=false --src-creds alice:alice-pw \
+        "docker://$R/docker.io/library/alpine:3" "oci:$WORK/pulled:alpine" || return 1
+    done
+}
+check "alpine is pulled twice through the cache (a miss, then hits)" through_cache
 
 echo "== headers and forms"
 csp() {

@@ -160,6 +160,13 @@ try:
         shows("Storage")
         page = text()
         assert "Storage" in page and "team/app" in page and "public/app" in page, page
+        # The cache's hits and the upstream's rate limit; the webhook's deliveries.
+        cells = lambda cls: [td.text for td in driver.find_elements(By.CSS_SELECTOR, f"table.{cls} tbody td")]
+        cache = cells("cache")
+        assert cache[0] == "docker.io" and cache[1] != "none yet" and int(cache[2]) > 0, cache
+        assert cache[6].isdigit(), cache  # the rate limit the upstream reported
+        deliveries = cells("deliveries")
+        assert deliveries[:2] == ["scanner", "webhook"], deliveries
         shot("ui-operate.png")
         driver.find_element(By.ID, "dry-run").click()
         shows("Collection")
@@ -171,8 +178,13 @@ try:
         page = text()
         # v1 was just untagged: its manifest is younger than the hour of grace, so nothing goes.
         assert "A dry run" in page and "would remove 0 tags" in page, page
+        # team/app's retention policy keeps its most recently pushed tag, v2, and says so.
+        decisions = [[td.text for td in tr.find_elements(By.CSS_SELECTOR, "td")]
+                     for tr in driver.find_elements(By.CSS_SELECTOR, "table.retention tbody tr")]
+        assert decisions and decisions[0][:3] == ["team/app", "v2", "kept"], decisions
         return True
-    step("as an admin she reads storage per repository and a dry run's report", operate)
+    step("as an admin she reads storage per repository, the cache, the webhooks, and a dry run's "
+         "report with its retention decisions", operate)
 
     def dark():
         driver.execute_cdp_cmd("Emulation.setEmulatedMedia",

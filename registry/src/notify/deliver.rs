@@ -7,12 +7,8 @@ use std::time::Duration;
 
 use berth_core::config::notifications::{Endpoint, NotificationsConfig};
 use futures_util::StreamExt;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 
+use super::metrics::{Target, WebhookMetrics};
 use super::{body, Events};
 use crate::auth::htpasswd::Watched;
 use crate::meta::events::{Claimed, Settled};
@@ -37,98 +33,6 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 const FORGET_EVERY: Duration = Duration::from_secs(600);
 const FORGET_BATCH: usize = 10_000;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    endpoint: String,
-    /// `delivered`, `failed` (to be retried) or `dead`.
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndpointLabels {
-    endpoint: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CopyLabels {
-    policy: String,
-    /// `copied`, `unchanged`, `ignored` (the policy wants nothing of the event), `failed` (to be
-    /// retried) or `dead`.
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PolicyLabels {
-    policy: String,
-}
-
-/// `berth_webhook_*`: deliveries by outcome, and what waits; `berth_replication_*`: the same
-/// for the copies of on-push policies.
-#[derive(Default)]
-pub struct WebhookMetrics {
-    deliveries: Family<OutcomeLabels, Counter>,
-    pending: Family<EndpointLabels, Gauge>,
-    dead: Family<EndpointLabels, Gauge>,
-    copies: Family<CopyLabels, Counter>,
-    copies_pending: Family<PolicyLabels, Gauge>,
-    copies_dead: Family<PolicyLabels, Gauge>,
-}
-
-impl WebhookMetrics {
-    pub fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("webhook");
-        r.register(
-            "deliveries",
-            "Webhook delivery attempts, by endpoint and outcome",
-            self.deliveries.clone(),
-        );
-        r.register("pending", "Events waiting for delivery, by endpoint", self.pending.clone());
-        r.register("dead", "Events given up on after every attempt failed, by endpoint", self.dead.clone());
-        let r = registry.sub_registry_with_prefix("replication");
-        r.register(
-            "copies",
-            "Copies of pushes made by on-push policies, by policy and outcome",
-            self.copies.clone(),
-        );
-        r.register("pending", "Pushes waiting to be copied, by on-push policy", self.copies_pending.clone());
-        r.register(
-            "dead",
-            "Copies given up on after every attempt failed, by policy",
-            self.copies_dead.clone(),
-        );
-    }
-
-    fn counted(&self, sink: &Sink, outcome: &'static str) {
-        match sink {
-            Sink::Webhook(d) => self
-                .deliveries
-                .get_or_create(&OutcomeLabels { endpoint: d.endpoint.name.clone(), outcome })
-                .inc(),
-            Sink::Replicate(p) => {
-                self.copies.get_or_create(&CopyLabels { policy: p.policy().name.clone(), outcome }).inc()
-            }
-        };
-    }
-
-    fn backlog(&self, sink: &Sink, pending: u64, dead: u64) {
-        let (pending_gauge, dead_gauge) = match sink {
-            Sink::Webhook(d) => {
-                let labels = EndpointLabels { endpoint: d.endpoint.name.clone() };
-                (self.pending.get_or_create(&labels).clone(), self.dead.get_or_create(&labels).clone())
-            }
-            Sink::Replicate(p) => {
-                let labels = PolicyLabels { policy: p.policy().name.clone() };
-                (
-                    self.copies_pending.get_or_create(&labels).clone(),
-                    self.copies_dead.get_or_create(&labels).clone(),
-                )
-            }
-        };
-        pending_gauge.set(pending as i64);
-        dead_gauge.set(dead as i64);
-    }
-}
-
 /// What an endpoint's deliveries go to.
 enum Sink {
     /// POSTed to a webhook.
@@ -144,6 +48,14 @@ struct Failed {
 }
 
 impl Sink {
+    /// What it is, as the metrics name it.
+    fn target(&self) -> Target<'_> {
+        match self {
+            Sink::Webhook(d) => Target::Webhook(&d.endpoint.name),
+            Sink::Replicate(p) => Target::OnPush(&p.policy().name),
+        }
+    }
+
     /// The name its deliveries are recorded under.
     fn name(&self) -> String {
         match self {
@@ -171,6 +83,19 @@ struct Deliverer {
     /// next round of upkeep, no restart).
     secret: Option<Watched<Vec<u8>>>,
     client: reqwest::Client,
+}
+
+/// An endpoint's deliveries by this replica since it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointFigures {
+    /// The name its deliveries are recorded under (the backlog's `endpoint`).
+    pub name: String,
+    /// An on-push replication policy (its deliveries are copies), not a webhook.
+    pub on_push: bool,
+    /// Delivered (or copied, or found already there).
+    pub done: u64,
+    /// Attempts that failed.
+    pub failed: u64,
 }
 
 /// Every endpoint's deliveries, and the event log's upkeep.
@@ -214,6 +139,18 @@ impl Notifier {
             audit: Default::default(),
             pulls: Default::default(),
         })
+    }
+
+    /// Each endpoint's deliveries by this replica, for the UI (the backlog, shared by every
+    /// replica, is the event log's).
+    pub fn figures(&self) -> Vec<EndpointFigures> {
+        self.deliverers
+            .iter()
+            .map(|d| {
+                let (done, failed) = self.metrics.figures(d.target());
+                EndpointFigures { name: d.name(), on_push: matches!(**d, Sink::Replicate(_)), done, failed }
+            })
+            .collect()
     }
 
     /// Writes the refusals noted in `audit` and the pulls noted in `pulls`.
@@ -295,7 +232,7 @@ impl Notifier {
             Ok(backlog) => {
                 for d in &self.deliverers {
                     let b = backlog.iter().find(|b| b.endpoint == d.name());
-                    self.metrics.backlog(d, b.map_or(0, |b| b.pending), b.map_or(0, |b| b.dead));
+                    self.metrics.backlog(d.target(), b.map_or(0, |b| b.pending), b.map_or(0, |b| b.dead));
                 }
             }
             Err(e) => tracing::debug!(error = %e, "webhook backlog not counted"),
@@ -384,19 +321,19 @@ impl Notifier {
         };
         let Failed { error, retry_after } = match tried {
             Ok(outcome) => {
-                self.metrics.counted(sink, outcome);
+                self.metrics.counted(sink.target(), outcome);
                 return (seq, Settled::Delivered);
             }
             Err(failed) => failed,
         };
         let name = sink.name();
         if c.attempts >= max_attempts {
-            self.metrics.counted(sink, "dead");
+            self.metrics.counted(sink.target(), "dead");
             tracing::warn!(endpoint = %name, event = %c.event.id, attempts = c.attempts, error = %error,
                 "delivery given up");
             return (seq, Settled::Dead { error });
         }
-        self.metrics.counted(sink, "failed");
+        self.metrics.counted(sink.target(), "failed");
         tracing::debug!(endpoint = %name, event = %c.event.id, attempts = c.attempts, error = %error,
             "delivery failed, to be retried");
         let wait = backoff(first_backoff, c.attempts).max(retry_after.unwrap_or_default());

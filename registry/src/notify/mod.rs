@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod body;
 pub mod deliver;
+pub mod metrics;
 
 use std::sync::Arc;
 

@@ -88,6 +88,11 @@ impl Proxy {
         self.routes.resolve(repo, ns)
     }
 
+    /// The configured upstreams' names.
+    pub fn upstream_names(&self) -> impl Iterator<Item = &str> {
+        self.upstreams.iter().map(|u| u.name.as_str())
+    }
+
     pub fn upstream_name(&self, t: &Target) -> &str {
         &self.upstreams[t.upstream].name
     }

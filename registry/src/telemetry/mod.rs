@@ -62,7 +62,7 @@ pub struct Metrics {
     storage_ops: HistogramFamily<OpLabels>,
     pub proxy: Arc<ProxyMetrics>,
     pub gc: Arc<GcMetrics>,
-    pub webhooks: Arc<crate::notify::deliver::WebhookMetrics>,
+    pub webhooks: Arc<crate::notify::metrics::WebhookMetrics>,
     pub login: LoginMetrics,
     pub connections: ConnectionMetrics,
     pub volume: VolumeMetrics,
@@ -141,7 +141,7 @@ impl Metrics {
         proxy.register(&mut registry);
         let gc = Arc::new(GcMetrics::default());
         gc.register(&mut registry);
-        let webhooks = Arc::new(crate::notify::deliver::WebhookMetrics::default());
+        let webhooks = Arc::new(crate::notify::metrics::WebhookMetrics::default());
         webhooks.register(&mut registry);
         let login = LoginMetrics::default();
         registry.register(

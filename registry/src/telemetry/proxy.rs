@@ -39,6 +39,19 @@ pub struct ProxyMetrics {
     evictions: Family<UpstreamLabels, Counter>,
 }
 
+/// One upstream's figures since this process started, for the UI.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamFigures {
+    pub hits: u64,
+    pub misses: u64,
+    /// Content bytes fetched from the upstream.
+    pub fetched_bytes: u64,
+    /// Blob bytes served from the cache: what the upstream was spared.
+    pub served_bytes: u64,
+    /// The upstream's last reported rate limit remaining, if it reports one.
+    pub ratelimit_remaining: Option<i64>,
+}
+
 /// A kind of cached content: `manifest` or `blob`.
 pub type ContentLabel = &'static str;
 
@@ -71,6 +84,27 @@ impl ProxyMetrics {
             self.ratelimit_remaining.clone(),
         );
         r.register("evictions", "Cached manifests and blobs evicted", self.evictions.clone());
+    }
+
+    /// What the cache did for `upstream`; nothing is created for an upstream not seen yet.
+    pub fn figures(&self, upstream: &str) -> UpstreamFigures {
+        let up = Self::up(upstream);
+        let by_kind = |f: &Family<UpstreamKindLabels, Counter>| -> u64 {
+            ["manifest", "blob"]
+                .into_iter()
+                .map(|kind| {
+                    f.get(&UpstreamKindLabels { upstream: upstream.to_owned(), kind }).map_or(0, |c| c.get())
+                })
+                .sum()
+        };
+        let bytes = |f: &Family<UpstreamLabels, Counter>| f.get(&up).map_or(0, |c| c.get());
+        UpstreamFigures {
+            hits: by_kind(&self.hits),
+            misses: by_kind(&self.misses),
+            fetched_bytes: bytes(&self.upstream_bytes),
+            served_bytes: bytes(&self.cache_bytes),
+            ratelimit_remaining: self.ratelimit_remaining.get(&up).map(|g| g.get()),
+        }
     }
 
     fn up(upstream: &str) -> UpstreamLabels {

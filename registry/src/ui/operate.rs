@@ -1,6 +1,8 @@
 //! What admins see (users and robots granted `admin`; everyone without access control): what is
-//! stored, in all and per repository, and garbage collections — start a dry run, read its
-//! report. The same collector and usage queries as the admin API, and the same audit record.
+//! stored, in all and per repository; the pull-through cache's hit ratio, bytes the upstreams
+//! were spared and their rate limits; webhooks' and on-push replication's deliveries; and garbage
+//! collections — start a dry run, read its report with each retention decision and why. The
+//! same collector and usage queries as the admin API, and the same audit record.
 
 use std::fmt::Write;
 
@@ -80,13 +82,15 @@ pub async fn overview(ui: &Ui, last: Option<String>) -> Page {
             );
         }
     }
+    body.push_str(&cache_section(ui));
+    body.push_str(&deliveries_section(ui).await?);
     if let Some(collector) = &ui.st.collector {
         let runs = collector.run_views(RUNS_SHOWN, None).await.map_err(unavailable)?;
         let _ = write!(
             body,
             "<h2>Garbage collection</h2><form method=\"post\" action=\"/ui/operate/gc\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button id=\"dry-run\">Start a dry run</button> \
-             <span class=\"muted\">reports what a collection would remove (grace one hour); removes nothing</span></form>",
+             <span class=\"muted\">reports what a collection and the retention policies would remove (grace one hour); removes nothing</span></form>",
             esc(&ui.csrf)
         );
         if runs.is_empty() {
@@ -111,6 +115,70 @@ pub async fn overview(ui: &Ui, last: Option<String>) -> Page {
         }
     }
     Ok(("Operate".into(), body))
+}
+
+/// Hit ratio, bytes the upstreams were spared and their rate limits, per upstream.
+fn cache_section(ui: &Ui) -> String {
+    let Some(proxy) = &ui.st.proxy else { return String::new() };
+    let mut out = String::from(
+        "<h2>Pull-through cache</h2><p class=\"muted\">Since this replica started.</p><table class=\"cache\">\
+         <thead><tr><th>Upstream</th><th>Hit ratio</th><th>Hits</th><th>Misses</th><th>Fetched</th>\
+         <th>Served from cache</th><th>Rate limit left</th></tr></thead><tbody>",
+    );
+    for name in proxy.upstream_names() {
+        let f = ui.st.metrics.proxy.figures(name);
+        let pulls = f.hits + f.misses;
+        let ratio = if pulls == 0 {
+            "none yet".to_owned()
+        } else {
+            format!("{:.0}%", f.hits as f64 * 100.0 / pulls as f64)
+        };
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(name),
+            ratio,
+            f.hits,
+            f.misses,
+            size(f.fetched_bytes),
+            size(f.served_bytes),
+            f.ratelimit_remaining
+                .map_or_else(|| "<span class=\"muted\">not reported</span>".to_owned(), |r| r.to_string())
+        );
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
+/// Each webhook's and on-push replication policy's deliveries: what waits and what was given up
+/// (from the event log, every replica's), and what this replica delivered.
+async fn deliveries_section(ui: &Ui) -> Result<String, (StatusCode, String)> {
+    let (Some(notifier), Some(log)) = (&ui.st.notifier, &ui.st.events) else { return Ok(String::new()) };
+    let figures = notifier.figures();
+    if figures.is_empty() {
+        return Ok(String::new());
+    }
+    let backlog = log.backlog().await.map_err(unavailable)?;
+    let mut out = String::from(
+        "<h2>Webhooks and replication on push</h2><table class=\"deliveries\"><thead><tr><th>Endpoint</th>\
+         <th>Kind</th><th>Waiting</th><th>Given up</th><th>Delivered here</th><th>Failed attempts here</th>\
+         </tr></thead><tbody>",
+    );
+    for f in &figures {
+        let b = backlog.iter().find(|b| b.endpoint == f.name);
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&f.name),
+            if f.on_push { "replication" } else { "webhook" },
+            b.map_or(0, |b| b.pending),
+            b.map_or(0, |b| b.dead),
+            f.done,
+            f.failed
+        );
+    }
+    out.push_str("</tbody></table>");
+    Ok(out)
 }
 
 pub async fn run(ui: &Ui, id: Option<&str>) -> Page {
@@ -145,6 +213,7 @@ pub async fn run(ui: &Ui, id: Option<&str>) -> Page {
             );
         }
         body.push_str("</tbody></table>");
+        body.push_str(&retention(repos, run.dry_run));
     } else if run.ended_at.is_none() {
         let _ = write!(body, "<p><a href=\"/ui/operate/gc?id={}\">Reload</a> to follow it.</p>", q(&run.id));
     }
@@ -155,6 +224,57 @@ pub async fn run(ui: &Ui, id: Option<&str>) -> Page {
         esc(&view)
     );
     Ok((format!("Collection {}", run.id), body))
+}
+
+/// Most retention decisions listed on a run's page (its whole report is below them).
+const DECISIONS_SHOWN: usize = 500;
+
+/// What the retention policies decided for each tag they looked at, and why.
+fn retention(repos: &[serde_json::Value], dry_run: bool) -> String {
+    let s = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
+    let list =
+        |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_array()).cloned().unwrap_or_default();
+    let mut rows = Vec::new();
+    for r in repos {
+        let repo = s(r, "repository");
+        for t in list(r, "tags") {
+            let reported = t.get("policyDryRun").and_then(|x| x.as_bool()).unwrap_or(false);
+            let decision = match (reported, dry_run) {
+                (true, _) => "reported only (the policy is a dry run)",
+                (false, true) => "would be removed",
+                (false, false) => "removed",
+            };
+            rows.push((repo.clone(), s(&t, "tag"), decision, s(&t, "reason")));
+        }
+        for t in list(r, "keptTags") {
+            rows.push((repo.clone(), s(&t, "tag"), "kept", s(&t, "reason")));
+        }
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "<h2>Retention</h2><table class=\"retention\"><thead><tr><th>Repository</th><th>Tag</th><th>Decision</th>\
+         <th>Why</th></tr></thead><tbody>",
+    );
+    for (repo, tag, decision, reason) in rows.iter().take(DECISIONS_SHOWN) {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{decision}</td><td>{}</td></tr>",
+            esc(repo),
+            esc(tag),
+            esc(reason)
+        );
+    }
+    out.push_str("</tbody></table>");
+    if rows.len() > DECISIONS_SHOWN {
+        let _ = write!(
+            out,
+            "<p class=\"muted\">and {} more in the whole run below</p>",
+            rows.len() - DECISIONS_SHOWN
+        );
+    }
+    out
 }
 
 /// Starts a dry run: its id.
