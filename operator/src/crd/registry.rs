@@ -86,6 +86,10 @@ pub struct RegistrySpec {
     /// and removes them when this is turned off or the Registry is deleted. Off by default. Its
     /// pods mount host directories: the namespace's Pod Security level must be `privileged`.
     pub node_mirror: Option<NodeMirrorSpec>,
+    /// The web UI at `/ui/` on the registry's own port: repositories, tags and signatures for
+    /// what each user may pull, deletes for those who may delete, and an Operate page for
+    /// admins. On by default.
+    pub ui: Option<UiSpec>,
     /// What happens to volumes and generated Secrets when the Registry is deleted. Default: Retain.
     pub retain_policy: Option<RetainPolicy>,
     /// Stop reconciling (children are left as they are).
@@ -531,6 +535,16 @@ pub struct TlsStatus {
     /// With SelfSigned: the Secret whose `ca.crt` clients should trust, and its SHA-256 fingerprint.
     pub ca_secret_name: Option<String>,
     pub ca_fingerprint: Option<String>,
+}
+
+/// The web UI (`spec.ui`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UiSpec {
+    /// Serve the UI. Default true.
+    pub enabled: Option<bool>,
+    /// How long a login lasts (e.g. `8h`). Default 12 hours.
+    pub session: Option<String>,
 }
 
 /// Webhook endpoints and how long events are kept.

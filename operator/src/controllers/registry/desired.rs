@@ -13,6 +13,7 @@
 
 use berth_core::config::{
     Config, LimitsConfig, LogConfig, LogFormat, MetadataConfig, MetricsConfig, StorageConfig, TlsConfig,
+    UiConfig,
 };
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::batch::v1::CronJob;
@@ -27,7 +28,7 @@ use super::nodemirror;
 use crate::controllers::render::proxies::{self, ProxySource};
 use crate::controllers::render::replication::{self, OnPushSource};
 use crate::controllers::render::{auth, from_json, notifications, postgres, retention, s3, BuildError};
-use crate::crd::registry::{RetainPolicy, TlsMode};
+use crate::crd::registry::{RetainPolicy, TlsMode, UiSpec};
 use crate::crd::Registry;
 use crate::labels;
 use berth_core::config::NotificationsConfig;
@@ -153,6 +154,7 @@ pub fn render_config(reg: &Registry, eff: &Effective, inputs: &Inputs) -> Result
             None => Default::default(),
         },
         replication: replication::config(&inputs.on_push)?,
+        ui: ui_config(spec.ui.as_ref())?,
         limits: LimitsConfig {
             shutdown_delay: SHUTDOWN_DELAY,
             shutdown_grace: SHUTDOWN_GRACE,
@@ -160,6 +162,20 @@ pub fn render_config(reg: &Registry, eff: &Effective, inputs: &Inputs) -> Result
         },
         ..Config::default()
     })
+}
+
+/// `spec.ui` as berth's `ui` config: berth's defaults where it is silent.
+fn ui_config(spec: Option<&UiSpec>) -> Result<UiConfig, BuildError> {
+    let defaults = UiConfig::default();
+    let Some(spec) = spec else { return Ok(defaults) };
+    let session = match spec.session.as_deref() {
+        Some(s) => berth_core::config::duration::parse(s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| BuildError::InvalidUi(format!("session {s:?} is not a duration such as 8h")))?,
+        None => defaults.session,
+    };
+    Ok(UiConfig { enabled: spec.enabled.unwrap_or(defaults.enabled), session })
 }
 
 fn owner(reg: &Registry) -> Vec<OwnerReference> {

@@ -27,7 +27,6 @@ use crate::controllers::apply::{apply, prune};
 use crate::controllers::render::auth::{Builtin, PULL_ROBOT};
 use crate::controllers::render::proxies::{self, ProxySource};
 use crate::controllers::render::replication::OnPushSource;
-use crate::controllers::render::BuildError;
 use crate::controllers::replication::render as replication;
 use crate::controllers::{publish_readiness, Context, Error};
 use crate::crd::common::is_true;
@@ -187,14 +186,8 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
     };
     let children = match desired::build(reg, &inputs) {
         Ok(c) => c,
-        Err(e @ BuildError::NotSupported(_))
-        | Err(e @ BuildError::PodTemplate(_))
-        | Err(e @ BuildError::TlsPending)
-        | Err(e @ BuildError::InvalidProxyCache { .. })
-        | Err(e @ BuildError::InvalidAuth(_))
-        | Err(e @ BuildError::InvalidGc(_))
-        | Err(e @ BuildError::InvalidNotifications(_))
-        | Err(e @ BuildError::InvalidReplication(_)) => {
+        // Each is the spec's to fix (or a Secret still to come): reported, nothing applied.
+        Err(e) => {
             obs.stalled = Some((e.reason().into(), e.to_string()));
             return Ok(());
         }

@@ -284,6 +284,21 @@ fn unsupported_and_pending_inputs_are_build_errors() {
 }
 
 #[test]
+fn the_ui_is_on_by_default_and_spec_ui_turns_it_off_or_shortens_logins() {
+    let on = config_of(&children(&registry(serde_json::json!({})), &inputs()));
+    assert_eq!(on.ui, berth_core::config::UiConfig::default());
+    assert!(on.ui.enabled);
+    let off = registry(serde_json::json!({"ui": {"enabled": false, "session": "30m"}}));
+    let off = config_of(&children(&off, &inputs()));
+    assert!(!off.ui.enabled);
+    assert_eq!(off.ui.session, std::time::Duration::from_secs(1800));
+    let bad = registry(serde_json::json!({"ui": {"session": "soon"}}));
+    let err = desired::build(&bad, &inputs()).unwrap_err();
+    assert_eq!(err.reason(), "InvalidUi");
+    assert!(err.to_string().contains("spec.ui: session \"soon\""), "{err}");
+}
+
+#[test]
 fn merge_patch_follows_rfc7386() {
     let mut t = serde_json::json!({"a": {"b": 1, "c": 2}, "d": [1]});
     desired::merge_patch(&mut t, &serde_json::json!({"a": {"b": null, "e": 3}, "d": [2]}));

@@ -19,6 +19,8 @@ pub enum BuildError {
     InvalidNotifications(String),
     #[error("{0}")]
     InvalidReplication(String),
+    #[error("spec.ui: {0}")]
+    InvalidUi(String),
 }
 
 impl BuildError {
@@ -33,6 +35,7 @@ impl BuildError {
             BuildError::InvalidGc(_) => "InvalidGc",
             BuildError::InvalidNotifications(_) => "InvalidNotifications",
             BuildError::InvalidReplication(_) => "InvalidSpec",
+            BuildError::InvalidUi(_) => "InvalidUi",
         }
     }
 }
