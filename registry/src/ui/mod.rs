@@ -209,10 +209,16 @@ async fn login(State(st): State<AppState>, req: Request) -> Response {
         Ok(i) => i,
         Err(e) => return login_page(&ui, StatusCode::UNAUTHORIZED, Some(&e.to_string())),
     };
+    start_session(&ui, &auth, &identity)
+}
+
+/// The end of every way of logging in: a session for `identity`, and on to the repositories.
+/// (A password form is the one way today; an OIDC callback would end here too.)
+fn start_session(ui: &Ui, auth: &crate::auth::Authenticator, identity: &Identity) -> Response {
     let life = ui.st.ui_session;
     let Some(token) = auth.signer().and_then(|s| s.issue_session(identity.name(), life).ok()) else {
         return login_page(
-            &ui,
+            ui,
             StatusCode::SERVICE_UNAVAILABLE,
             Some("No session could be signed; try again."),
         );

@@ -7,6 +7,14 @@
 //! - Every form carries the value of a random `berth_csrf` cookie (double submit), and a POST
 //!   whose `Origin` (or `Sec-Fetch-Site`) says another site sent it is refused.
 //! - Logging in is the same check as `/token` and Basic auth: throttled, counted, audited.
+//!
+//! Where another identity source fits: a session names its subject only, and everything after
+//! logging in (the cookie, the re-check at each request, what the rules allow) goes through
+//! `Authenticator`. An LDAP directory is one more password check behind `Authenticator::login`
+//! (the form stays as it is); an OIDC provider is a redirect and a callback that end, like the
+//! form, in `start_session` with the identity the provider vouched for. Either one also answers
+//! `session_caller`'s question — does this subject still exist, and in which groups — from a
+//! cache it refreshes, never with a network call per request.
 
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue};
 
