@@ -1,7 +1,8 @@
 //! `spec.nodeMirror` on the real control plane: the DaemonSet's pod writes containerd's hosts
 //! files into the node's directory, a real containerd reading that directory pulls
-//! `docker.io/library/...` through the Registry by the image's original name, and turning the
-//! option off takes back what was written and nothing else.
+//! `docker.io/library/...` through the Registry by the image's original name — over the
+//! Registry's self-signed TLS, to its cluster IP — and turning the option off takes back what was
+//! written and nothing else.
 
 use super::access::{credentials, proxy_caches, Upstream};
 use super::*;
@@ -102,8 +103,10 @@ async fn node_mirror_points_containerd_at_the_registry_and_takes_its_files_back(
         upstream.url
     );
     assert!(kubectl_apply(&cp, &ns.name, &cache).status.success());
+    // Self-signed TLS: nodes reach the Registry by its cluster IP, which the certificate holds,
+    // and trust the CA written beside the hosts file.
     let registry = format!(
-        "{REGISTRY}  nodeMirror:\n    enabled: true\n    containerdConfigPath: {}\n    containerdConfigFile: {}\n",
+        "{REGISTRY}  tls: {{mode: SelfSigned}}\n  nodeMirror:\n    enabled: true\n    containerdConfigPath: {}\n    containerdConfigFile: {}\n",
         hosts.display(),
         config_dir.join("config.toml").display()
     );
@@ -125,12 +128,14 @@ async fn node_mirror_points_containerd_at_the_registry_and_takes_its_files_back(
 
     // What the pod wrote: docker.io to the Registry's cluster IP, and the Registry's own name.
     let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
-    let ip = services.get("hub").await.unwrap().spec.unwrap().cluster_ip.unwrap();
+    let service = services.get("hub").await.unwrap().spec.unwrap();
+    let (ip, port) = (service.cluster_ip.unwrap(), service.ports.unwrap()[0].port);
     let hub = std::fs::read_to_string(hosts.join("docker.io/hosts.toml")).unwrap();
     assert!(hub.starts_with(&format!("# Written by berth node-mirror for {}/hub;", ns.name)), "{hub}");
     assert!(hub.contains(&format!("server = \"{}\"", upstream.url)), "{hub}");
-    assert!(hub.contains(&format!("[host.\"http://{ip}:5000\"]")), "{hub}");
-    let own = hosts.join(format!("hub.{}.svc.cluster.local:5000/hosts.toml", ns.name));
+    assert!(hub.contains(&format!("[host.\"https://{ip}:{port}\"]")), "{hub}");
+    assert!(hub.contains(&format!("ca = \"{}\"", hosts.join("docker.io/berth-ca.crt").display())), "{hub}");
+    let own = hosts.join(format!("hub.{}.svc.cluster.local:{port}/hosts.toml", ns.name));
     assert!(own.is_file(), "the Registry's own name is configured");
 
     // A real containerd reading that directory pulls the image by its Docker Hub name.

@@ -116,8 +116,9 @@ pub struct NodeMirrorSpec {
     #[x_kube(validation = Rule::new("self.startsWith('/')").message("crioConfigPath must be an absolute path"))]
     pub crio_config_path: Option<String>,
     /// How nodes reach the Registry, `host:port`. Default: its Service's cluster IP and port
-    /// (nodes reach cluster IPs through kube-proxy; nodes seldom resolve cluster DNS names). With
-    /// TLS, give a name the serving certificate holds (`tls.dnsNames`) that nodes resolve.
+    /// (nodes reach cluster IPs through kube-proxy; nodes seldom resolve cluster DNS names). A
+    /// `SelfSigned` certificate holds that IP; with another certificate, give a name it holds
+    /// (`tls.dnsNames`) that nodes resolve.
     #[schemars(regex(pattern = r"^[A-Za-z0-9.\-\[\]:]+:[0-9]+$"))]
     pub endpoint: Option<String>,
     /// Nodes to configure. Default: every node.

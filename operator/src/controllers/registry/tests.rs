@@ -439,6 +439,18 @@ fn certificate_for_cert_manager() {
 }
 
 #[test]
+fn the_self_signed_certificate_holds_the_services_cluster_ip_once_it_has_one() {
+    let r = registry(serde_json::json!({"tls": {"mode": "SelfSigned"}}));
+    let before = super::tls::serving_names(&r, None);
+    assert!(before.contains(&"hub.team.svc".to_owned()));
+    let after = super::tls::serving_names(&r, Some("10.96.4.2"));
+    assert_eq!(after.len(), before.len() + 1);
+    assert_eq!(after.last().map(String::as_str), Some("10.96.4.2"));
+    // A headless Service's "None" is no address.
+    assert_eq!(super::tls::serving_names(&r, Some("None")), before);
+}
+
+#[test]
 fn extra_env_reaches_the_registry_container() {
     let r = registry(serde_json::json!({"env": [
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
