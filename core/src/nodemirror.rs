@@ -1,6 +1,7 @@
 //! What `berth node-mirror` writes on a node: the plan the operator renders into a ConfigMap for
 //! a Registry's `spec.nodeMirror` DaemonSet, which each of its pods turns into containerd
-//! `hosts.toml` files (and, when asked, a CRI-O `registries.conf.d` drop-in).
+//! `hosts.toml` files (and, when asked, a CRI-O `registries.conf.d` drop-in with the CA in
+//! `certs.d`).
 
 use std::path::PathBuf;
 
@@ -19,6 +20,10 @@ pub struct NodeMirrorPlan {
     pub containerd: Option<Target>,
     #[serde(default)]
     pub crio: Option<Target>,
+    /// containers' `certs.d` (CRI-O, podman, skopeo): the Registry's CA in a directory per
+    /// `host:port` CRI-O reaches it by, when its TLS is its own.
+    #[serde(default)]
+    pub crio_certs: Option<Target>,
     /// The Registry's CA certificate (PEM), inside the pod, when its TLS is its own.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,

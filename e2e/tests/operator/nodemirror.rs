@@ -105,10 +105,16 @@ async fn node_mirror_points_containerd_at_the_registry_and_takes_its_files_back(
     assert!(kubectl_apply(&cp, &ns.name, &cache).status.success());
     // Self-signed TLS: nodes reach the Registry by its cluster IP, which the certificate holds,
     // and trust the CA written beside the hosts file.
+    // CRI-O's drop-in directory, and containers' certs.d where a HOME of the test's own has it.
+    let crio_dir = node.path().join("registries.conf.d");
+    let home = node.path().join("home");
+    let crio_certs = home.join(".config/containers/certs.d");
     let registry = format!(
-        "{REGISTRY}  tls: {{mode: SelfSigned}}\n  nodeMirror:\n    enabled: true\n    containerdConfigPath: {}\n    containerdConfigFile: {}\n",
+        "{REGISTRY}  tls: {{mode: SelfSigned}}\n  nodeMirror:\n    enabled: true\n    containerdConfigPath: {}\n    containerdConfigFile: {}\n    crio: true\n    crioConfigPath: {}\n    crioCertsPath: {}\n",
         hosts.display(),
-        config_dir.join("config.toml").display()
+        config_dir.join("config.toml").display(),
+        crio_dir.display(),
+        crio_certs.display()
     );
     let out = kubectl_apply(&cp, &ns.name, &registry);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -153,12 +159,31 @@ async fn node_mirror_points_containerd_at_the_registry_and_takes_its_files_back(
     let listed = containerd.ctr(&["images", "ls", "-q"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("docker.io/library/alpine:3.20"));
 
+    // CRI-O's way, read by skopeo (the same containers/image library): the drop-in makes the
+    // Registry docker.io's mirror, and the CA for the address it is reached by is in certs.d.
+    let dropin = crio_dir.join(format!("50-berth-{}-hub.conf", ns.name));
+    let ca_dir = crio_certs.join(format!("{ip}:{port}"));
+    assert!(ca_dir.join("berth-ca.crt").is_file(), "the CA for {ip}:{port}");
+    let inspected = Command::new("skopeo")
+        .env("HOME", &home)
+        .arg("--registries-conf")
+        .arg(&dropin)
+        .args(["inspect", "--raw", "docker://docker.io/library/alpine:3.20"])
+        .output()
+        .unwrap();
+    assert!(
+        inspected.status.success(),
+        "skopeo through the CRI-O files: {}",
+        String::from_utf8_lossy(&inspected.stderr)
+    );
+
     // Turned off: the DaemonSet goes, its pod takes back its files; the foreign file stays.
     let patch = serde_json::json!({"spec": {"nodeMirror": {"enabled": false}}});
     regs.patch("hub", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     let gone = wait_until(Duration::from_secs(120), || {
-        let (hub, own) = (hosts.join("docker.io"), own.clone());
-        async move { !hub.exists() && !own.exists() }
+        let (hub, own, dropin, ca_dir) =
+            (hosts.join("docker.io"), own.clone(), dropin.clone(), ca_dir.clone());
+        async move { !hub.exists() && !own.exists() && !dropin.exists() && !ca_dir.exists() }
     })
     .await;
     assert!(gone, "the files are removed\n{}", debug(&cp));

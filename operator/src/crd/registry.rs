@@ -115,6 +115,10 @@ pub struct NodeMirrorSpec {
     /// CRI-O's drop-in directory on the nodes. Default `/etc/containers/registries.conf.d`.
     #[x_kube(validation = Rule::new("self.startsWith('/')").message("crioConfigPath must be an absolute path"))]
     pub crio_config_path: Option<String>,
+    /// containers' `certs.d` on the nodes, where CRI-O finds the Registry's CA when the Registry
+    /// has TLS of its own (with `crio`). Default `/etc/containers/certs.d`.
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("crioCertsPath must be an absolute path"))]
+    pub crio_certs_path: Option<String>,
     /// How nodes reach the Registry, `host:port`. Default: its Service's cluster IP and port
     /// (nodes reach cluster IPs through kube-proxy; nodes seldom resolve cluster DNS names). A
     /// `SelfSigned` certificate holds that IP; with another certificate, give a name it holds

@@ -1,6 +1,6 @@
 //! The files a plan asks for, rendered as text (no disk here): per mirrored host, containerd's
 //! `<host>/hosts.toml` (and the Registry's CA beside it), and one CRI-O drop-in with a
-//! `[[registry]]` per host. Every file's first line names its owner, so a pod only ever changes or
+//! `[[registry]]` per host (and the CA in containers' `certs.d/<host:port>/`). Every file's first line names its owner, so a pod only ever changes or
 //! removes files it wrote.
 
 use std::path::{Path, PathBuf};
@@ -74,6 +74,35 @@ pub fn containerd(plan: &NodeMirrorPlan, node_dir: &Path, ca: Option<&str>) -> V
         files.push(File { path: dir.join(HOSTS_TOML), text });
     }
     files
+}
+
+/// `url` without its scheme and path: the `host:port` a client connects to.
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// containers' `certs.d` files: the CA in a directory per `host:port` CRI-O reaches the Registry
+/// by over TLS — every mirror, and the Registry's own names (hosts with no prefix), which CRI-O
+/// also reaches directly. None without a CA.
+pub fn crio_certs(plan: &NodeMirrorPlan, ca: Option<&str>) -> Vec<File> {
+    let Some(ca) = ca else { return vec![] };
+    let mut dirs = std::collections::BTreeSet::new();
+    for h in plan.hosts.iter().filter(|h| valid_host(&h.host)) {
+        if h.mirror.starts_with("https://") {
+            dirs.insert(authority(&h.mirror));
+        }
+        if h.prefix.is_none() && h.server.starts_with("https://") {
+            dirs.insert(authority(&h.server));
+        }
+    }
+    dirs.into_iter()
+        .filter(|d| valid_host(d))
+        .map(|d| File {
+            path: PathBuf::from(d).join(CA_FILE),
+            text: format!("{}\n{ca}", marker(&plan.owner)),
+        })
+        .collect()
 }
 
 /// The CRI-O drop-in's file name for `owner` (`<namespace>/<registry>`).
@@ -160,6 +189,22 @@ mod tests {
             "{hub}"
         );
         assert!(!hub.contains("ca ="), "a plain-HTTP mirror names no CA: {hub}");
+    }
+
+    #[test]
+    fn crio_gets_the_ca_for_each_tls_address_it_reaches_the_registry_by() {
+        let mut p = plan();
+        assert!(crio_certs(&p, Some("PEM\n")).is_empty(), "plain HTTP needs no CA");
+        p.hosts[0].mirror = "https://10.96.3.7:443".into();
+        p.hosts[1].mirror = "https://10.96.3.7:443".into();
+        p.hosts[1].server = "https://registry.team.svc.cluster.local:443".into();
+        assert!(crio_certs(&p, None).is_empty(), "no CA, nothing to write");
+        let files = crio_certs(&p, Some("PEM\n"));
+        let paths: Vec<_> = files.iter().map(|f| f.path.display().to_string()).collect();
+        // Each address once: the mirror (for docker.io and the own name) and the own name itself;
+        // docker.io's own server is the upstream's, whose CA is the system's.
+        assert_eq!(paths, ["10.96.3.7:443/berth-ca.crt", "registry.team.svc.cluster.local:443/berth-ca.crt"]);
+        assert!(owned_by(&files[0].text, "team/registry") && files[0].text.ends_with("PEM\n"));
     }
 
     #[test]

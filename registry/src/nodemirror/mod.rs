@@ -1,6 +1,6 @@
 //! `berth node-mirror`: the process a Registry's `spec.nodeMirror` DaemonSet runs on each node.
 //! Every few seconds it reads its plan (a ConfigMap the operator renders), writes containerd's
-//! `hosts.toml` for each mirrored host (and a CRI-O drop-in when asked) into the node's
+//! `hosts.toml` for each mirrored host (and a CRI-O drop-in and its CA when asked) into the node's
 //! directories it has mounted, checks that containerd reads that directory, and answers
 //! `/readyz` with 200, or 503 and what is wrong. On SIGTERM (the option turned off, the Registry
 //! deleted, the node no longer selected, or a pod replaced) it removes what it wrote.
@@ -74,6 +74,11 @@ pub fn apply(plan: &NodeMirrorPlan) -> (Report, Vec<PathBuf>, Vec<PathBuf>) {
         let n = wanted.len();
         merge(sync::sync(&t.dir, &plan.owner, &wanted, Layout::Crio), &mut report, n);
     }
+    if let Some(t) = &plan.crio_certs {
+        let wanted = files::crio_certs(plan, ca.as_deref());
+        let n = wanted.len();
+        merge(sync::sync(&t.dir, &plan.owner, &wanted, Layout::Containerd), &mut report, n);
+    }
     for h in plan.hosts.iter().filter(|h| !files::valid_host(&h.host)) {
         report.problems.push(format!("{:?} cannot name a registry host: left out", h.host));
     }
@@ -83,7 +88,11 @@ pub fn apply(plan: &NodeMirrorPlan) -> (Report, Vec<PathBuf>, Vec<PathBuf>) {
 /// Removes every file `plan`'s owner wrote in its directories (blocking).
 pub fn withdraw(plan: &NodeMirrorPlan) -> Vec<PathBuf> {
     let mut removed = vec![];
-    let targets = [(&plan.containerd, Layout::Containerd), (&plan.crio, Layout::Crio)];
+    let targets = [
+        (&plan.containerd, Layout::Containerd),
+        (&plan.crio, Layout::Crio),
+        (&plan.crio_certs, Layout::Containerd),
+    ];
     for (t, layout) in targets {
         if let Some(t) = t {
             let out = sync::sync(&t.dir, &plan.owner, &[], layout);

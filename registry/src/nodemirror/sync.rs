@@ -15,7 +15,7 @@ const MAX_FILE: u64 = 1 << 20;
 /// How files are laid out in a target directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
-    /// `<host>/hosts.toml` and `<host>/berth-ca.crt`.
+    /// `<host>/hosts.toml` and `<host>/berth-ca.crt` (containers' `certs.d` holds the latter only).
     Containerd,
     /// `*.conf` drop-ins.
     Crio,

@@ -4,6 +4,7 @@
 //! ```text
 //! Registry ─► ConfigMap <name>-node-mirror   plan.json: hosts to point at the Registry
 //!          └► DaemonSet <name>-node-mirror   mounts the node's containerd (and CRI-O) directories
+//!                                            (and containers' certs.d, for CRI-O under TLS)
 //! ```
 //!
 //! The mirrored hosts: each active ProxyCache's prefix that names a registry host (`docker.io`,
@@ -28,12 +29,14 @@ use crate::labels;
 pub const DEFAULT_CONTAINERD_DIR: &str = "/etc/containerd/certs.d";
 pub const DEFAULT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 pub const DEFAULT_CRIO_DIR: &str = "/etc/containers/registries.conf.d";
+pub const DEFAULT_CRIO_CERTS_DIR: &str = "/etc/containers/certs.d";
 /// Where the pod sees what it mounts.
 const PLAN_DIR: &str = "/etc/berth/node-mirror";
 const CA_DIR: &str = "/etc/berth/node-mirror-ca";
 const CONTAINERD_DIR: &str = "/host/containerd/certs.d";
 const CONTAINERD_CONFIG_DIR: &str = "/host/containerd/config";
 const CRIO_DIR: &str = "/host/crio/registries.conf.d";
+const CRIO_CERTS_DIR: &str = "/host/crio/certs.d";
 /// `/readyz` of `berth node-mirror`.
 pub const READY_PORT: i32 = 9103;
 
@@ -59,14 +62,31 @@ fn is_host(prefix: &str) -> bool {
     prefix.contains('.') || prefix.contains(':') || prefix == "localhost"
 }
 
-/// The node's paths the spec names, defaults filled in: containerd's hosts directory and config
-/// file, and CRI-O's drop-in directory.
-fn node_paths(spec: &NodeMirrorSpec) -> (String, String, String) {
-    (
-        spec.containerd_config_path.clone().unwrap_or_else(|| DEFAULT_CONTAINERD_DIR.into()),
-        spec.containerd_config_file.clone().unwrap_or_else(|| DEFAULT_CONTAINERD_CONFIG.into()),
-        spec.crio_config_path.clone().unwrap_or_else(|| DEFAULT_CRIO_DIR.into()),
-    )
+/// The node's paths the spec names, defaults filled in.
+struct NodePaths {
+    /// containerd's hosts directory.
+    containerd: String,
+    /// containerd's config file.
+    containerd_config: String,
+    /// CRI-O's drop-in directory.
+    crio: String,
+    /// containers' `certs.d`.
+    crio_certs: String,
+}
+
+fn node_paths(spec: &NodeMirrorSpec) -> NodePaths {
+    let or = |v: &Option<String>, default: &str| v.clone().unwrap_or_else(|| default.into());
+    NodePaths {
+        containerd: or(&spec.containerd_config_path, DEFAULT_CONTAINERD_DIR),
+        containerd_config: or(&spec.containerd_config_file, DEFAULT_CONTAINERD_CONFIG),
+        crio: or(&spec.crio_config_path, DEFAULT_CRIO_DIR),
+        crio_certs: or(&spec.crio_certs_path, DEFAULT_CRIO_CERTS_DIR),
+    }
+}
+
+/// CRI-O is configured, and needs the Registry's CA.
+fn crio_with_ca(spec: &NodeMirrorSpec, tls: bool) -> bool {
+    spec.crio == Some(true) && tls
 }
 
 fn parent_and_file(path: &str) -> (String, String) {
@@ -119,23 +139,29 @@ pub fn plan(
             });
         }
     }
-    let (containerd_dir, config_file, crio_dir) = node_paths(spec);
-    let (_, config_name) = parent_and_file(&config_file);
+    let paths = node_paths(spec);
+    let (_, config_name) = parent_and_file(&paths.containerd_config);
+    let tls = eff.tls != TlsMode::None;
     NodeMirrorPlan {
         owner: format!("{}/{}", reg.namespace().unwrap_or_default(), reg.name_any()),
         hosts,
         containerd: Some(Target {
             dir: CONTAINERD_DIR.into(),
-            node_dir: containerd_dir.into(),
+            node_dir: paths.containerd.into(),
             config_file: Some(format!("{CONTAINERD_CONFIG_DIR}/{config_name}").into()),
-            node_config_file: Some(config_file.into()),
+            node_config_file: Some(paths.containerd_config.into()),
         }),
         crio: (spec.crio == Some(true)).then(|| Target {
             dir: CRIO_DIR.into(),
-            node_dir: crio_dir.into(),
+            node_dir: paths.crio.into(),
             ..Target::default()
         }),
-        ca_file: (eff.tls != TlsMode::None).then(|| format!("{CA_DIR}/ca.crt").into()),
+        crio_certs: crio_with_ca(spec, tls).then(|| Target {
+            dir: CRIO_CERTS_DIR.into(),
+            node_dir: paths.crio_certs.into(),
+            ..Target::default()
+        }),
+        ca_file: tls.then(|| format!("{CA_DIR}/ca.crt").into()),
     }
 }
 
@@ -163,8 +189,8 @@ pub fn daemon_set(
     eff: &Effective,
     tls_secret: Option<&str>,
 ) -> Result<DaemonSet, BuildError> {
-    let (containerd_dir, config_file, crio_dir) = node_paths(spec);
-    let (config_dir, _) = parent_and_file(&config_file);
+    let paths = node_paths(spec);
+    let (config_dir, _) = parent_and_file(&paths.containerd_config);
     let mut mounts = vec![
         serde_json::json!({"name": "plan", "mountPath": PLAN_DIR, "readOnly": true}),
         serde_json::json!({"name": "containerd-hosts", "mountPath": CONTAINERD_DIR}),
@@ -172,14 +198,18 @@ pub fn daemon_set(
     ];
     let mut volumes = vec![
         serde_json::json!({"name": "plan", "configMap": {"name": name(reg)}}),
-        serde_json::json!({"name": "containerd-hosts", "hostPath": {"path": containerd_dir, "type": "DirectoryOrCreate"}}),
+        serde_json::json!({"name": "containerd-hosts", "hostPath": {"path": paths.containerd, "type": "DirectoryOrCreate"}}),
         serde_json::json!({"name": "containerd-config", "hostPath": {"path": config_dir, "type": "DirectoryOrCreate"}}),
     ];
     if spec.crio == Some(true) {
         mounts.push(serde_json::json!({"name": "crio", "mountPath": CRIO_DIR}));
         volumes.push(
-            serde_json::json!({"name": "crio", "hostPath": {"path": crio_dir, "type": "DirectoryOrCreate"}}),
+            serde_json::json!({"name": "crio", "hostPath": {"path": paths.crio, "type": "DirectoryOrCreate"}}),
         );
+    }
+    if crio_with_ca(spec, tls_secret.is_some()) {
+        mounts.push(serde_json::json!({"name": "crio-certs", "mountPath": CRIO_CERTS_DIR}));
+        volumes.push(serde_json::json!({"name": "crio-certs", "hostPath": {"path": paths.crio_certs, "type": "DirectoryOrCreate"}}));
     }
     if let Some(secret) = tls_secret {
         // Only the CA: the serving key never leaves the Registry's own pods.
@@ -283,6 +313,7 @@ mod tests {
         assert!(p.hosts.iter().all(|h| h.mirror == "http://10.96.0.9:5000"));
         assert_eq!(p.ca_file, None);
         assert_eq!(p.crio, None);
+        assert_eq!(p.crio_certs, None, "no TLS, no CA to place");
         let c = p.containerd.unwrap();
         assert_eq!(c.node_dir, std::path::Path::new("/etc/containerd/certs.d"));
         assert_eq!(c.config_file.unwrap(), std::path::Path::new("/host/containerd/config/config.toml"));
@@ -300,6 +331,7 @@ mod tests {
         assert!(p.hosts.iter().all(|h| h.mirror == "https://10.96.0.9:443"));
         assert_eq!(p.ca_file.unwrap(), std::path::Path::new("/etc/berth/node-mirror-ca/ca.crt"));
         assert_eq!(p.crio.unwrap().node_dir, std::path::Path::new("/etc/containers/registries.conf.d"));
+        assert_eq!(p.crio_certs.unwrap().node_dir, std::path::Path::new("/etc/containers/certs.d"));
 
         let ds = serde_json::to_value(daemon_set(&reg, &spec, &eff, Some("hub-tls")).unwrap()).unwrap();
         let pod = &ds["spec"]["template"];
@@ -308,7 +340,12 @@ mod tests {
         let host_paths: Vec<_> = volumes.iter().filter_map(|v| v["hostPath"]["path"].as_str()).collect();
         assert_eq!(
             host_paths,
-            ["/etc/containerd/certs.d", "/srv/containerd", "/etc/containers/registries.conf.d"]
+            [
+                "/etc/containerd/certs.d",
+                "/srv/containerd",
+                "/etc/containers/registries.conf.d",
+                "/etc/containers/certs.d"
+            ]
         );
         let ca = volumes.iter().find(|v| v["name"] == "ca").unwrap();
         assert_eq!(ca["secret"]["items"], serde_json::json!([{"key": "ca.crt", "path": "ca.crt"}]));
