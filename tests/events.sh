@@ -2,8 +2,9 @@
 # Events and webhooks end to end: every acknowledged push reaches the receiver although the
 # registry is SIGKILLed in the middle of 500 pushes, a receiver that was down gets everything
 # once it is back, duplicates carry the same id, signatures verify with the right secret (and
-# are detectably wrong with another), the Distribution envelope reads as registry:2's, and the
-# admin API lists the audit log.
+# are detectably wrong with another), the Distribution envelope reads as registry:2's, pulls (also
+# through the pull-through cache) reach only the endpoint that asks for them, and the admin API
+# lists the audit log.
 source "$(dirname "$0")/lib.sh"
 
 WORK=$(mktemp -d)
@@ -18,18 +19,21 @@ start_receiver() {
     >>"$WORK/receiver.log" 2>&1 &
   RECEIVER_PID=$!
   on_exit "kill $RECEIVER_PID"
-  for _ in $(seq 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$RECEIVER_PORT/" && return 0
-    sleep 0.1
-  done
+  wait_for "http://127.0.0.1:$RECEIVER_PORT/" 10
 }
 
+# An upstream the registry caches as docker.io: pulls through the cache are pull events too.
+start_berth || exit 1
+UPSTREAM=$BERTH_URL
 PORT=$(free_port)
 ADDR=127.0.0.1:$PORT
 URL=http://$ADDR
 cat >"$WORK/berth.yml" <<YAML
 listen: $ADDR
 data_dir: $WORK/data
+proxy:
+  upstreams:
+    - { name: docker.io, url: "$UPSTREAM", include: ["library/**"] }
 notifications:
   endpoints:
     - name: scanner
@@ -49,7 +53,7 @@ notifications:
       url: http://127.0.0.1:$RECEIVER_PORT/pulls
       secret_file: $WORK/secret
       events: [pull]
-      repositories: ["events/pulled"]
+      repositories: ["events/pulled", "docker.io/**"]
       backoff: 200ms
       max_attempts: 100
 YAML
@@ -80,26 +84,25 @@ for line in open(sys.argv[1]):
 PY
 }
 
+# missing_pushes ACKED REPOSITORY: how many acknowledged pushes have no signed pushed event.
+missing_pushes() {
+  touch "$WORK/received.jsonl"
+  comm -23 <(sort -u "$1") \
+    <(received | awk -v r="$2" '$1 == "/cloudevents" && $2 == "True" && $3 == "dev.berth.manifest.pushed" && $4 == r {print $5, $6}' | sort -u) | wc -l
+}
+all_arrived() { (($(missing_pushes "$@") == 0)); }
 # every_push_arrived ACKED REPOSITORY: each acknowledged push has a signed pushed event.
 every_push_arrived() {
-  local acked=$1 repo=$2 deadline=$((SECONDS + 90)) missing
-  while ((SECONDS < deadline)); do
-    touch "$WORK/received.jsonl"
-    missing=$(comm -23 <(sort -u "$acked") \
-      <(received | awk -v r="$repo" '$1 == "/cloudevents" && $2 == "True" && $3 == "dev.berth.manifest.pushed" && $4 == r {print $5, $6}' | sort -u) | wc -l)
-    ((missing == 0)) && return 0
-    sleep 0.5
-  done
-  echo "$missing of $(wc -l <"$acked") acknowledged pushes never arrived"
-  return 1
+  eventually 90 all_arrived "$@" ||
+    { echo "$(missing_pushes "$@") of $(wc -l <"$1") acknowledged pushes never arrived"; return 1; }
 }
 
 echo "== $PUSHES pushes, the registry SIGKILLed and restarted in the middle"
 python3 "$ROOT/tests/push_many.py" "$URL" events/app 0 "$PUSHES" "$WORK/acked" 2>"$WORK/pusher.log" &
 PUSHER=$!
 on_exit "kill $PUSHER"
-deadline=$((SECONDS + 120))
-while (($(cat "$WORK/acked" 2>/dev/null | wc -l) < PUSHES / 3 && SECONDS < deadline)); do sleep 0.05; done
+a_third_acked() { (($(cat "$WORK/acked" 2>/dev/null | wc -l) >= PUSHES / 3)); }
+eventually 120 a_third_acked
 kill -9 "$BERTH_PID"
 wait "$BERTH_PID" 2>/dev/null
 killed_at=$(wc -l <"$WORK/acked")
@@ -127,42 +130,27 @@ kill "$RECEIVER_PID"
 wait "$RECEIVER_PID" 2>/dev/null
 python3 "$ROOT/tests/push_many.py" "$URL" events/later 0 20 "$WORK/acked-later" 2>>"$WORK/pusher.log"
 curl -fsS -X DELETE "$URL/v2/events/later/manifests/t0" -o /dev/null
-pending_while_down() {
-  local n deadline=$((SECONDS + 20))
-  while ((SECONDS < deadline)); do
-    n=$(curl -fsS "$URL/admin/v1/webhooks" | python3 -c 'import json,sys; print(sum(e["pending"] for e in json.load(sys.stdin)["endpoints"] if e["endpoint"] == "scanner"))')
-    ((n >= 21)) && return 0
-    sleep 0.2
-  done
-  echo "pending: $n"
-  return 1
+scanner_pending() {
+  curl -fsS "$URL/admin/v1/webhooks" | python3 -c 'import json,sys; print(sum(e["pending"] for e in json.load(sys.stdin)["endpoints"] if e["endpoint"] == "scanner"))'
 }
+all_pending() { (($(scanner_pending) >= 21)); }
+pending_while_down() { eventually 20 all_pending || { echo "pending: $(scanner_pending)"; return 1; }; }
 check "deliveries wait while the receiver is down (admin API shows them pending)" pending_while_down
 start_receiver
 check "after it came back: all 20 pushes arrived" every_push_arrived "$WORK/acked-later" events/later
+tag_delete_received() {
+  received | awk '$3 == "dev.berth.tag.deleted" && $4 == "events/later" && $5 == "t0" {found=1} END {exit !found}'
+}
 tag_deleted() {
-  local deadline=$((SECONDS + 30))
-  while ((SECONDS < deadline)); do
-    received | awk '$3 == "dev.berth.tag.deleted" && $4 == "events/later" && $5 == "t0" {found=1} END {exit !found}' && return 0
-    sleep 0.5
-  done
-  echo "no dev.berth.tag.deleted event for events/later:t0"
-  return 1
+  eventually 30 tag_delete_received || { echo "no dev.berth.tag.deleted event for events/later:t0"; return 1; }
 }
 check "and the tag's deletion, with the digest it named" tag_deleted
 
 echo "== the Distribution envelope, and a signature made with another secret"
 python3 "$ROOT/tests/push_many.py" "$URL" events/legacy 0 3 "$WORK/acked-legacy" 2>>"$WORK/pusher.log"
-legacy_envelopes() {
-  local deadline=$((SECONDS + 30)) got
-  while ((SECONDS < deadline)); do
-    got=$(received | awk '$1 == "/distribution" && $3 == "push" && $4 == "events/legacy" {print $5, $6}' | sort -u)
-    [[ $got == "$(sort -u "$WORK/acked-legacy")" ]] && return 0
-    sleep 0.5
-  done
-  echo "got: $got"
-  return 1
-}
+legacy_received() { received | awk '$1 == "/distribution" && $3 == "push" && $4 == "events/legacy" {print $5, $6}' | sort -u; }
+all_legacy() { [[ $(legacy_received) == "$(sort -u "$WORK/acked-legacy")" ]]; }
+legacy_envelopes() { eventually 30 all_legacy || { echo "got: $(legacy_received)"; return 1; }; }
 check "registry:2-style envelopes: action push, target repository, tag and digest" legacy_envelopes
 check "a signature made with another secret does not verify" \
   equal "$(received | awk '$1 == "/distribution" && $2 == "True"' | wc -l)" 0
@@ -207,6 +195,13 @@ only_where_asked() {
     equal "$(pulled_events | awk '$1 != "/pulls" || $3 != "events/pulled"' | wc -l)" 0
 }
 check "no other endpoint, and no other repository, hears of pulls" only_where_asked
+through_cache() {
+  # The first pull fetches from the upstream, the second is a hit: both are pulls.
+  python3 "$ROOT/tests/push_many.py" "$UPSTREAM" library/busybox 0 1 "$WORK/acked-up" 2>>"$WORK/pusher.log" &&
+    pull "$URL/v2/docker.io/library/busybox/manifests/t0" && pull "$URL/v2/docker.io/library/busybox/manifests/t0" &&
+    eventually 30 bash -c "(( \$(pulled_events | awk '\$1 == \"/pulls\" && \$2 == \"True\" && \$3 == \"docker.io/library/busybox\" && \$4 == \"t0\" {s += \$6} END {print s + 0}') == 2 ))"
+}
+check "pulls through the pull-through cache (a miss, then a hit) arrive as pull events" through_cache
 
 echo "== a rotated secret signs what follows, with no restart"
 kill "$RECEIVER_PID"
@@ -255,23 +250,22 @@ start_berth --config "$WORK/auth.yml"
 for _ in $(seq 30); do curl -s -o /dev/null -u mallory:guess "$BERTH_URL/v2/"; done
 curl -s -o /dev/null -u bob:bob-pw -X POST "$BERTH_URL/v2/team/app/blobs/uploads/"
 curl -s -o /dev/null -u bob:bob-pw -X POST "$BERTH_URL/v2/team/app/blobs/uploads/"
-audit_entries() {
-  local deadline=$((SECONDS + 20)) got
-  while ((SECONDS < deadline)); do
-    got=$(curl -fsS -u root:root-pw "$BERTH_URL/admin/v1/events?n=50" | python3 -c '
+tallies() { # the audit log's entries as `kind|actor|repository|detail|count`, summed
+  curl -fsS -u root:root-pw "$BERTH_URL/admin/v1/events?n=50" | python3 -c '
 import json, sys
 tally = {}
 for e in json.load(sys.stdin)["events"]:
     key = (e["kind"], e["actor"], e["repository"], e["detail"])
     tally[key] = tally.get(key, 0) + e["count"]
 for key, n in sorted(tally.items()):
-    print(*key, n, sep="|")')
-    [[ $got == *"login_failed|mallory||wrong name or password|30"* && $got == *"denied|bob|team/app|POST push|2"* ]] && return 0
-    sleep 1
-  done
-  echo "$got"
-  return 1
+    print(*key, n, sep="|")'
 }
+tallied() {
+  local got
+  got=$(tallies)
+  [[ $got == *"login_failed|mallory||wrong name or password|30"* && $got == *"denied|bob|team/app|POST push|2"* ]]
+}
+audit_entries() { eventually 20 tallied || { tallies; return 1; }; }
 check "30 failed logins and 2 denied pushes are tallied into the audit log" audit_entries
 entries_not_requests() {
   local rows

@@ -1,8 +1,9 @@
 //! `ReplicationPolicy` on the real control plane: between two Registries it copies on the run
 //! annotation and on its schedule, reporting each run in its status, and on push (the source
-//! Registry makes the copies); a policy whose destination does not answer is `Stalled`, saying
-//! why.
+//! Registry makes the copies); a policy whose destination does not answer, or refuses the login
+//! its docker config Secret holds, is `Stalled`, saying why.
 
+use super::access::Upstream;
 use super::*;
 use kube::api::{Patch, PatchParams};
 
@@ -181,4 +182,55 @@ spec:
         crons.get_opt("nowhere-replicate").await.unwrap().is_none(),
         "a stalled policy schedules no runs"
     );
+
+    // A destination that wants a login, given as a docker config Secret (as `kubectl create secret
+    // docker-registry` writes it): checked with that Secret's entry for its host; Stalled, in the
+    // destination's words, once the password in it is wrong.
+    let dest = Upstream::start("robot", "right").await;
+    let host = dest.url.trim_start_matches("http://").to_owned();
+    let login = |password: &str| {
+        let rendered = cp
+            .kubectl()
+            .unwrap()
+            .args(["create", "secret", "docker-registry", "dest-login", "--docker-server", &host])
+            .args([
+                "--docker-username",
+                "robot",
+                "--docker-password",
+                password,
+                "--dry-run=client",
+                "-o",
+                "yaml",
+            ])
+            .output()
+            .unwrap();
+        assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
+        let out = kubectl_apply(&cp, &ns.name, &String::from_utf8_lossy(&rendered.stdout));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    login("right");
+    let to_dest = format!(
+        "apiVersion: berth.dev/v1alpha1\nkind: ReplicationPolicy\nmetadata:\n  name: to-dest\nspec:\n  \
+         source: {{registryRef: {{name: hub}}}}\n  destination: {{url: \"{}\", credentialsSecret: dest-login}}\n  \
+         trigger: {{schedule: \"0 * * * *\"}}\n",
+        dest.url
+    );
+    let out = kubectl_apply(&cp, &ns.name, &to_dest);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        wait_condition(&api, "to-dest", "Ready", "True", Duration::from_secs(60)).await,
+        "a docker config's login is taken\n{:?}\n{}",
+        api.get("to-dest").await.map(|p| p.data["status"].clone()),
+        debug(&cp)
+    );
+    login("wrong");
+    assert!(
+        wait_condition(&api, "to-dest", "Stalled", "True", Duration::from_secs(90)).await,
+        "a refused login stalls the policy\n{}",
+        debug(&cp)
+    );
+    let (_, reason, message) = condition(&api.get("to-dest").await.unwrap(), "Stalled").unwrap();
+    assert_eq!(reason, "Unreachable", "{message}");
+    assert!(message.contains(&dest.url) && message.contains("refused the credentials"), "{message}");
+    assert!(!message.contains("wrong"), "the password is never shown: {message}");
 }
