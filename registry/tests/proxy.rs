@@ -110,6 +110,26 @@ async fn cold_pull_matches_upstream_and_warm_pulls_stay_local_in_every_name_form
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pull_through_the_cache_records_when_the_manifest_was_last_pulled() {
+    let s = setup(Auth::None, |_| {}).await;
+    push_image(&s.upstream.url, "library/alpine", "3.20", vec![noise(1, 1000)]).await;
+    let repo: berth_core::oci::RepoName = "docker.io/library/alpine".parse().unwrap();
+    let collector = s.berth.state.collector.clone().unwrap();
+    let pulled_at = || async {
+        s.berth.state.registry.flush_behind().await.unwrap();
+        let contents = collector.contents(&repo).await.unwrap();
+        contents.tags.iter().find(|t| t.name == "3.20").map(|t| t.pulled_at)
+    };
+    let head =
+        client().head(s.berth.url("/v2/docker.io/library/alpine/manifests/3.20")).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(pulled_at().await, Some(None), "a HEAD caches the tag but is no pull");
+    assert_eq!(manifest(&s.berth, "docker.io/library/alpine", "3.20").await.status(), StatusCode::OK);
+    let at = pulled_at().await.flatten();
+    assert!(at.is_some_and(|t| t > 0), "a GET through the cache is a pull: {at:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn proxied_repositories_are_read_only_and_private_ones_coexist() {
     let s = setup(Auth::None, |_| {}).await;
     push_image(&s.upstream.url, "library/nginx", "1.27", vec![noise(3, 5000)]).await;

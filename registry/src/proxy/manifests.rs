@@ -47,6 +47,7 @@ impl Proxy {
         if head {
             return Ok((record, Bytes::new()));
         }
+        self.registry.note_pull(&t.local, &record.digest);
         let bytes = self.registry.manifest_bytes(&record).await?;
         Ok((record, bytes))
     }

@@ -196,8 +196,14 @@ impl Registry {
     ) -> Result<(ManifestRecord, Bytes)> {
         let record = self.head_manifest(repo, reference).await?;
         let bytes = self.manifest_bytes(&record).await?;
-        self.pulls.note(repo, &record.digest, crate::meta::now());
+        self.note_pull(repo, &record.digest);
         Ok((record, bytes))
+    }
+
+    /// Notes a pull of the manifest `digest` now, written behind (retention and the UI read it):
+    /// [`Registry::get_manifest`] does, and so does the pull-through cache for what it serves.
+    pub fn note_pull(&self, repo: &RepoName, digest: &Digest) {
+        self.pulls.note(repo, digest, crate::meta::now());
     }
 
     /// The bytes of a manifest already looked up in metadata.
