@@ -253,6 +253,10 @@ impl Flight {
                         return Some((Err(io::Error::other(msg)), None));
                     }
                 };
+                // A range the spool already holds ends there, not when the fetch does.
+                if end.is_some_and(|e| pos >= e) {
+                    return None;
+                }
                 let limit = end.map_or(readable, |e| e.min(readable));
                 if pos < limit {
                     let want = (limit - pos).min(READ_CHUNK) as usize;
@@ -332,6 +336,21 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "spool removed");
         // A late reader of the finished flight still gets everything.
         assert_eq!(&collect(flight.read(0, None)).await.unwrap()[..], b"hello world");
+    }
+
+    #[tokio::test]
+    async fn a_range_the_spool_holds_ends_before_the_fetch_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let flights = Flights::default();
+        let d = Digest::of(Algorithm::Sha256, b"hello world");
+        let (flight, mut w) = started(flights.start(dir.path(), &d).unwrap());
+        w.begin(Some(11));
+        w.append(vec![Bytes::from_static(b"hello wor")]).await.unwrap();
+        let head = tokio::time::timeout(std::time::Duration::from_secs(10), collect(flight.read(0, Some(5))));
+        assert_eq!(&head.await.expect("the range ends at its end").unwrap()[..], b"hello");
+        let middle =
+            tokio::time::timeout(std::time::Duration::from_secs(10), collect(flight.read(6, Some(8))));
+        assert_eq!(&middle.await.expect("the range ends at its end").unwrap()[..], b"wo");
     }
 
     #[test]
