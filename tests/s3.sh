@@ -2,9 +2,9 @@
 # Berth's storage on real S3-compatible servers started on loopback, each in turn: the storage
 # conformance suite and the S3 backend's own tests (multipart objects, prefixes, a wrong secret),
 # then berth serving the OCI conformance suites with its blobs in the bucket: on MinIO with its
-# metadata in PostgreSQL (the several-replica setup, where the GC soak also runs over two
-# replicas), on SeaweedFS with SQLite and redirect: true (clients read blobs from the store
-# through presigned URLs).
+# metadata in PostgreSQL (the several-replica setup, where the GC soak also runs over two replicas,
+# and a replica streams a blob another is still fetching), on SeaweedFS with SQLite and
+# redirect: true (clients read blobs from the store through presigned URLs).
 # Run from the suite with the same compiler wrapper as its build, so the test binary is reused.
 source "$(dirname "$0")/lib.sh"
 source "$ROOT/scripts/tools.sh"
@@ -15,13 +15,34 @@ WORK=$(mktemp -d)
 on_exit "rm -rf $WORK"
 cd "$ROOT" || exit 1
 
+# make_bucket URL KEY SECRET BUCKET
+make_bucket() {
+  curl -sS -f -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" --user "$2:$3" \
+    -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$1/$4"
+}
+
+# replica_test DATABASE DESCRIPTION CARGO_TEST_ARGS...: ignored tests of several replicas on MinIO
+# and PostgreSQL, in a bucket and a database of their own.
+replica_test() {
+  local db=$1 what=$2 bucket=berth-$1-$RANDOM
+  shift 2
+  if "${PSQL[@]}" -c "CREATE DATABASE $db" >/dev/null && make_bucket "$MINIO_URL" "$MINIO_USER" "$MINIO_PASSWORD" "$bucket"; then
+    check "MinIO, with PostgreSQL: $what" \
+      env BERTH_TEST_S3_ENDPOINT="$MINIO_URL" BERTH_TEST_S3_BUCKET="$bucket" \
+      BERTH_TEST_S3_ACCESS_KEY="$MINIO_USER" BERTH_TEST_S3_SECRET_KEY="$MINIO_PASSWORD" \
+      BERTH_POSTGRES_URL="${PG_URL%/postgres}/$db" \
+      cargo test --workspace "$@" -- --ignored
+  else
+    check "MinIO, with PostgreSQL: a bucket and a database for: $what" false
+  fi
+}
+
 # run_suite NAME URL KEY SECRET REDIRECT METADATA: the ignored S3 tests of the registry crate against
 # one server, then berth on it, blob reads served through berth (REDIRECT=false) or by the store,
 # metadata in SQLite or in PostgreSQL (METADATA=postgres: the database BERTH_POSTGRES_URL names).
 run_suite() {
   local name=$1 url=$2 key=$3 secret=$4 redirect=$5 metadata=$6 bucket=berth-$RANDOM
-  if ! curl -sS -f -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" --user "$key:$secret" \
-    -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$url/$bucket"; then
+  if ! make_bucket "$url" "$key" "$secret" "$bucket"; then
     check "$name: a bucket is created" false
     return
   fi
@@ -95,18 +116,9 @@ echo "== MinIO, with PostgreSQL"
 if start_minio "$WORK/minio" && start_postgres && "${PSQL[@]}" -c "CREATE DATABASE berth"; then
   export BERTH_POSTGRES_URL=${PG_URL%/postgres}/berth
   run_suite MinIO "$MINIO_URL" "$MINIO_USER" "$MINIO_PASSWORD" false postgres
-  # The GC soak over two replicas sharing a bucket and a database of their own.
-  soak_bucket=berth-soak-$RANDOM
-  if "${PSQL[@]}" -c "CREATE DATABASE soak" >/dev/null && curl -sS -f -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" \
-    --user "$MINIO_USER:$MINIO_PASSWORD" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$MINIO_URL/$soak_bucket"; then
-    check "MinIO, with PostgreSQL: collections beside pushes, pulls and deletes over two replicas lose nothing live" \
-      env BERTH_TEST_S3_ENDPOINT="$MINIO_URL" BERTH_TEST_S3_BUCKET="$soak_bucket" \
-      BERTH_TEST_S3_ACCESS_KEY="$MINIO_USER" BERTH_TEST_S3_SECRET_KEY="$MINIO_PASSWORD" \
-      BERTH_POSTGRES_URL="${PG_URL%/postgres}/soak" \
-      cargo test --workspace --test gc_soak -- --ignored
-  else
-    check "MinIO, with PostgreSQL: a bucket and a database for the soak" false
-  fi
+  replica_test soak "collections beside pushes, pulls and deletes over two replicas lose nothing live" \
+    --test gc_soak
+  replica_test segments "a replica streams a blob that another replica is still fetching" --test proxy
 else
   tail -n 20 "$WORK/minio/minio.log"
   check "MinIO and PostgreSQL start" false

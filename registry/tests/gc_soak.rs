@@ -256,17 +256,8 @@ async fn collections_beside_pushes_pulls_and_deletes_lose_nothing_live() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs an S3 server and PostgreSQL: tests/s3.sh runs it"]
 async fn collections_over_two_replicas_on_s3_and_postgres_lose_nothing_live() {
-    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"));
     let credentials = tempfile::tempdir().unwrap();
-    std::fs::write(credentials.path().join("accessKeyId"), env("BERTH_TEST_S3_ACCESS_KEY")).unwrap();
-    std::fs::write(credentials.path().join("secretAccessKey"), env("BERTH_TEST_S3_SECRET_KEY")).unwrap();
-    env("BERTH_POSTGRES_URL");
-    let yaml = format!(
-        "storage:\n  kind: s3\n  bucket: {}\n  prefix: soak\n  endpoint: {}\n  path_style: true\n  credentials_dir: {}\nmetadata:\n  kind: postgres\n",
-        env("BERTH_TEST_S3_BUCKET"),
-        env("BERTH_TEST_S3_ENDPOINT"),
-        credentials.path().display()
-    );
+    let yaml = common::s3_postgres_yaml("soak", credentials.path());
     let config = Config::from_yaml(&yaml, "soak").unwrap();
     let a = TestServer::with_config(config.clone()).await;
     let b = TestServer::with_config(config).await;

@@ -293,6 +293,59 @@ async fn fetched_blobs_are_stored_from_the_spool_on_files_and_copied_on_other_st
     }
 }
 
+/// Two replicas on one bucket and one database (see [`common::s3_postgres_yaml`]): a replica that
+/// misses a blob another one is fetching streams what that one has stored so far, before the
+/// fetch ends, and the upstream sends the blob once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs an S3 server and PostgreSQL: tests/s3.sh runs it"]
+async fn a_replica_streams_a_blob_that_another_replica_is_still_fetching() {
+    use futures_util::StreamExt;
+    let upstream = Distribution::start(Auth::None).await;
+    let counter = CountingProxy::start(&upstream.url).await;
+    let size = 20u64 << 20; // two whole segments of 8 MiB, and a tail
+    let image = push_image(&upstream.url, "library/big", "1", vec![noise(21, size as usize)]).await;
+    let path = format!("/v2/docker.io/library/big/blobs/{}", image.layers[0]);
+    let credentials = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}proxy:\n  upstreams:\n    - name: docker.io\n      url: {}\n      default: true\n",
+        common::s3_postgres_yaml("segments", credentials.path()),
+        counter.url
+    );
+    let config = Config::from_yaml(&yaml, "replicas").unwrap();
+    let (a, b) = (TestServer::with_config(config.clone()).await, TestServer::with_config(config).await);
+
+    // The upstream stops after 18 MiB until the test lets it go on.
+    counter.shared.hold_after.store(18 << 20, Ordering::SeqCst);
+    let first = tokio::spawn(body_digest(client().get(a.url(&path)).send().await.unwrap()));
+    let sent = || async { counter.shared.blob_bytes_sent.load(Ordering::SeqCst) >= 18 << 20 };
+    assert!(common::eventually(Duration::from_secs(60), sent).await, "replica a fetches");
+    let resp = client().get(b.url(&path)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.content_length(), Some(size), "the size, before the fetch ends");
+    let mut stream = resp.bytes_stream();
+    let mut received = Vec::with_capacity(size as usize);
+    let whole_segments = async {
+        while received.len() < 16 << 20 {
+            received.extend_from_slice(&stream.next().await.unwrap().unwrap());
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), whole_segments)
+        .await
+        .expect("replica b streams the segments replica a stored, while the upstream still holds the rest");
+    assert_eq!(counter.shared.blob_bytes_sent.load(Ordering::SeqCst), 18 << 20, "still held");
+
+    counter.shared.release.notify_one();
+    while let Some(chunk) = stream.next().await {
+        received.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(sha256(&received), image.layers[0], "replica b's bytes");
+    assert_eq!(first.await.unwrap().unwrap(), image.layers[0], "replica a's bytes");
+    assert_eq!(counter.count("GET", "/blobs/"), 1, "one upstream fetch");
+    assert_eq!(counter.shared.blob_bytes_sent.load(Ordering::SeqCst), size, "the blob's bytes, once");
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_first_byte_arrives_before_the_upstream_sent_the_whole_layer() {
     let s = setup(Auth::None, |_| {}).await;

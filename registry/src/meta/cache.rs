@@ -74,6 +74,55 @@ pub enum FetchClaim {
     Failed(String),
 }
 
+/// What a running fetch has put in storage for other replicas to stream before it ends (see
+/// [`crate::proxy`]'s segments): `published` bytes from the start, in objects of `segment` bytes
+/// each named by `fetch_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchSegments {
+    pub fetch_id: String,
+    /// The blob's size, as the upstream declared it.
+    pub size: u64,
+    pub segment: u64,
+    pub published: u64,
+}
+
+/// A running (or failed) fetch as the replicas that wait on it see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchState {
+    /// Known once the holder has the upstream's answer with a size (never, from replicas too old
+    /// to publish segments).
+    pub segments: Option<FetchSegments>,
+    pub failure: Option<String>,
+    /// Unix milliseconds: a running fetch's holder renews it before then, or is gone.
+    pub expires_at: i64,
+    /// Whether another replica waits for the blob (the holder publishes segments only then).
+    pub wanted: bool,
+}
+
+impl FetchState {
+    /// Reads a row of [`FETCH_STATE`] or [`FOLLOW_FETCH`]'s columns, in their order.
+    pub(crate) fn from_columns(
+        fetch_id: Option<String>,
+        size: Option<i64>,
+        segment: Option<i64>,
+        published: i64,
+        failure: Option<String>,
+        expires_at: i64,
+        wanted: bool,
+    ) -> FetchState {
+        let segments = match (fetch_id, size, segment) {
+            (Some(fetch_id), Some(size), Some(segment)) if size >= 0 && segment > 0 => Some(FetchSegments {
+                fetch_id,
+                size: size as u64,
+                segment: segment as u64,
+                published: published.clamp(0, size) as u64,
+            }),
+            _ => None,
+        };
+        FetchState { segments, failure, expires_at, wanted }
+    }
+}
+
 #[async_trait::async_trait]
 pub trait CacheIndex: Send + Sync + 'static {
     /// When a cached tag was last confirmed with its upstream.
@@ -112,6 +161,14 @@ pub trait CacheIndex: Send + Sync + 'static {
         now: i64,
         expires_at: i64,
     ) -> Result<()>;
+    /// Says another replica waits for the fetch of `digest`, and how far it got (`None`: no
+    /// claim, so the blob was stored or the fetch is over).
+    async fn follow_fetch(&self, digest: &Digest) -> Result<Option<FetchState>>;
+    /// How far the fetch of `digest` got, as [`CacheIndex::follow_fetch`] without saying so.
+    async fn fetch_state(&self, digest: &Digest) -> Result<Option<FetchState>>;
+    /// Records what `holder`'s running fetch of `digest` has published; false when the claim is
+    /// no longer its own.
+    async fn publish_fetch(&self, digest: &Digest, holder: &str, segments: &FetchSegments) -> Result<bool>;
 }
 
 /// Takes a free or expired claim (or a failed one, when retrying), or renews the holder's own
@@ -121,10 +178,28 @@ pub trait CacheIndex: Send + Sync + 'static {
 pub(crate) const CLAIM_FETCH: &str =
     "INSERT INTO proxy_fetches (digest, holder, expires_at) VALUES ($1, $2, $3)
      ON CONFLICT (digest) DO UPDATE
-     SET holder = excluded.holder, expires_at = excluded.expires_at, failure = NULL
+     SET holder = excluded.holder, expires_at = excluded.expires_at, failure = NULL,
+         fetch_id = CASE WHEN proxy_fetches.holder = excluded.holder AND proxy_fetches.failure IS NULL
+                         THEN proxy_fetches.fetch_id END,
+         published = CASE WHEN proxy_fetches.holder = excluded.holder AND proxy_fetches.failure IS NULL
+                          THEN proxy_fetches.published ELSE 0 END
      WHERE proxy_fetches.expires_at < $4
         OR (proxy_fetches.holder = excluded.holder AND proxy_fetches.failure IS NULL)
         OR ($5 AND proxy_fetches.failure IS NOT NULL)";
+
+/// A fetch's state, in the columns [`FetchState::from_columns`] reads. Parameter: digest.
+pub(crate) const FETCH_STATE: &str = "SELECT fetch_id, size, segment, published, failure, expires_at, wanted
+     FROM proxy_fetches WHERE digest = $1";
+
+/// Marks a fetch wanted by another replica, answering [`FETCH_STATE`]'s columns. Parameter: digest.
+pub(crate) const FOLLOW_FETCH: &str = "UPDATE proxy_fetches SET wanted = TRUE WHERE digest = $1
+     RETURNING fetch_id, size, segment, published, failure, expires_at, wanted";
+
+/// Records a running fetch's segments. Parameters: fetch_id, size, segment, published, digest,
+/// holder.
+pub(crate) const PUBLISH_FETCH: &str =
+    "UPDATE proxy_fetches SET fetch_id = $1, size = $2, segment = $3, published = $4
+     WHERE digest = $5 AND holder = $6 AND failure IS NULL";
 
 /// Forgets a stored blob's claim. Parameters: digest, holder.
 pub(crate) const FETCH_STORED: &str = "DELETE FROM proxy_fetches WHERE digest = $1 AND holder = $2";

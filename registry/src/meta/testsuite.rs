@@ -1,6 +1,6 @@
 //! The metadata conformance suite: every `MetaStore` (with its `CacheIndex`) runs all of it.
 
-use super::cache::{CacheIndex, CachedItem, CachedPull, ContentKind, FetchClaim};
+use super::cache::{CacheIndex, CachedItem, CachedPull, ContentKind, FetchClaim, FetchSegments};
 use super::events::{Backlog, EventQuery, NewEvent, Settled};
 use super::multiparts::MultipartLog;
 use super::outbox::EventLog;
@@ -19,6 +19,7 @@ pub(crate) async fn run<M: MetaStore + CacheIndex + MultipartLog + RunLog + Even
     upload_sessions(m).await;
     cache_bookkeeping(m).await;
     fetch_claims(m).await;
+    fetch_segments(m).await;
     released_blobs_leave_safely(m).await;
     multipart_leases(m).await;
     run_log(m).await;
@@ -600,6 +601,37 @@ async fn released_blobs_leave_safely<M: MetaStore + CacheIndex>(m: &M) {
     m.link_blob(&repo("cache/other"), &d, 5, Stored::Assumed).await.unwrap();
     assert!(!m.evict(&CachedItem { repo: repo("cache/other"), ..item.clone() }).await.unwrap());
     assert_eq!(m.blob_size(&d).await.unwrap(), Some(5));
+}
+
+async fn fetch_segments<M: CacheIndex>(m: &M) {
+    let d = digest("segmented");
+    assert_eq!(m.follow_fetch(&d).await.unwrap(), None, "no fetch to follow");
+    assert_eq!(m.claim_fetch(&d, "a", 1_000, 2_000, false).await.unwrap(), FetchClaim::Mine);
+    let state = m.fetch_state(&d).await.unwrap().unwrap();
+    assert_eq!((state.segments, state.wanted, state.expires_at), (None, false, 2_000), "before the answer");
+    let mut s = FetchSegments { fetch_id: "f1".into(), size: 100, segment: 30, published: 0 };
+    assert!(m.publish_fetch(&d, "a", &s).await.unwrap());
+    assert!(!m.publish_fetch(&d, "b", &s).await.unwrap(), "only the holder publishes");
+    let followed = m.follow_fetch(&d).await.unwrap().unwrap();
+    assert_eq!((followed.segments.as_ref(), followed.wanted), (Some(&s), true));
+    s.published = 60;
+    assert!(m.publish_fetch(&d, "a", &s).await.unwrap());
+    // A renewal keeps what was published, and so does the wish of a follower.
+    assert_eq!(m.claim_fetch(&d, "a", 1_500, 2_500, false).await.unwrap(), FetchClaim::Mine);
+    let state = m.fetch_state(&d).await.unwrap().unwrap();
+    assert_eq!((state.segments.map(|s| s.published), state.wanted), (Some(60), true));
+    // A take-over starts over: the new holder has published nothing yet.
+    assert_eq!(m.claim_fetch(&d, "b", 2_600, 3_500, false).await.unwrap(), FetchClaim::Mine);
+    let state = m.fetch_state(&d).await.unwrap().unwrap();
+    assert_eq!((state.segments, state.wanted), (None, true));
+    assert!(!m.publish_fetch(&d, "a", &s).await.unwrap(), "the old holder is out");
+    // A failed fetch publishes nothing more; a stored one leaves nothing to follow.
+    m.end_fetch(&d, "b", Some("corrupt\nbad"), 2_700, 5_000).await.unwrap();
+    assert!(!m.publish_fetch(&d, "b", &s).await.unwrap());
+    assert_eq!(m.fetch_state(&d).await.unwrap().unwrap().failure.as_deref(), Some("corrupt\nbad"));
+    assert_eq!(m.claim_fetch(&d, "c", 2_800, 4_000, true).await.unwrap(), FetchClaim::Mine);
+    m.end_fetch(&d, "c", None, 2_900, 0).await.unwrap();
+    assert_eq!(m.fetch_state(&d).await.unwrap(), None);
 }
 
 async fn fetch_claims<M: CacheIndex>(m: &M) {

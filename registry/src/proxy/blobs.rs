@@ -2,10 +2,12 @@
 //! [`super::flight`]) that every client asking for the digest joins while it streams.
 //!
 //! One fetch per blob holds across replicas too: a replica fetches only under a claim in the
-//! shared database ([`crate::meta::cache::CacheIndex::claim_fetch`]), renewed while it runs. The other replicas wait
-//! for the blob to be stored and then serve it from storage — no upstream request and no traffic
-//! between replicas. A claim whose holder died expires and is taken over; a failed fetch is
-//! remembered for a moment, so its waiters hear the same answer rather than each asking again.
+//! shared database ([`crate::meta::cache::CacheIndex::claim_fetch`]), renewed while it runs. The
+//! other replicas stream what the holder has committed to storage — the segments it publishes
+//! while the fetch runs, then the stored blob (see [`super::segments`]) — with no upstream
+//! request and no traffic between replicas. A claim whose holder died expires and is taken over;
+//! a failed fetch is remembered for a moment, so its waiters hear the same answer rather than
+//! each asking again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +23,7 @@ use super::error::{failure, ProxyError, Result};
 use super::flight::{self, Answer, FlightFailure, Joined};
 use super::route::Target;
 use super::state::Proxy;
-use crate::meta::cache::{ContentKind, FetchClaim};
+use crate::meta::cache::{ContentKind, FetchClaim, FetchState};
 use crate::meta::now_millis;
 use crate::service::{BlobRead, ServiceError};
 
@@ -32,6 +34,16 @@ const FAILURE_MEMORY_MS: i64 = 5_000;
 /// How often a replica waiting on another's fetch looks for the stored blob: soon, then less.
 const FOLLOW_POLL_FIRST: Duration = Duration::from_millis(50);
 const FOLLOW_POLL_MAX: Duration = Duration::from_millis(500);
+
+/// Where a missing blob's bytes come from.
+pub(super) enum Source {
+    /// This replica's fetch.
+    Local(Arc<flight::Flight>),
+    /// Another replica's fetch of a blob of this size, followed through storage.
+    Elsewhere { size: u64 },
+    /// Storage: another replica's fetch stored it.
+    Stored,
+}
 
 impl Proxy {
     /// A blob (or a range of it) of a proxied repository. `Ok(Err(size))`: the range cannot be
@@ -73,9 +85,19 @@ impl Proxy {
                 }
             }
         }
-        let Some(flight) = self.join_or_claim(t, digest).await? else {
+        let flight = match self.join_or_claim(t, digest).await? {
+            Source::Local(flight) => flight,
             // Another replica fetched it: stored now, served like any cached blob.
-            return Box::pin(self.blob(t, digest, range, head)).await;
+            Source::Stored => return Box::pin(self.blob(t, digest, range, head)).await,
+            Source::Elsewhere { size } => {
+                let span = match span(range, size) {
+                    Err(size) => return Ok(Err(size)),
+                    Ok(span) => span,
+                };
+                let (start, end) = span.map_or((0, size), |(s, e)| (s, e + 1));
+                let body = Some(self.follow(t, digest, start, end));
+                return Ok(Ok(BlobRead { size, range: span, body, size_known: true }));
+            }
         };
         let size = match flight.answer().await {
             Answer::Streaming { size } => size,
@@ -98,20 +120,16 @@ impl Proxy {
         }))
     }
 
-    /// The local fetch of `digest` to stream from: joined, or started under this replica's
-    /// claim. `None` once another replica's fetch has stored the blob.
-    async fn join_or_claim(
-        self: &Arc<Self>,
-        t: &Target,
-        digest: &Digest,
-    ) -> Result<Option<Arc<flight::Flight>>> {
+    /// Where to stream `digest` from: this replica's fetch (joined, or started under its claim),
+    /// another replica's, or storage once that one has stored the blob.
+    pub(super) async fn join_or_claim(self: &Arc<Self>, t: &Target, digest: &Digest) -> Result<Source> {
         let up = self.upstream_name(t).to_owned();
         let mut wait = FOLLOW_POLL_FIRST;
         let mut following = false;
         loop {
             if let Some(running) = self.flights.get(digest) {
                 self.metrics.coalesced(&up);
-                return Ok(Some(running));
+                return Ok(Source::Local(running));
             }
             let now = now_millis();
             // A request that has not waited retries a failed fetch; those that waited on it share
@@ -121,7 +139,7 @@ impl Proxy {
                 // last look may follow a fetch that just ended: look once more before fetching.
                 FetchClaim::Mine if self.registry.meta().blob_size(digest).await?.is_some() => {
                     self.end_claim(digest, None).await;
-                    return Ok(None);
+                    return Ok(Source::Stored);
                 }
                 FetchClaim::Mine => {}
                 FetchClaim::Failed(f) => return Err(failure(&FlightFailure::from_stored(&f))),
@@ -130,11 +148,17 @@ impl Proxy {
                         following = true;
                         self.metrics.coalesced(&up);
                     }
+                    if self.registry.meta().blob_size(digest).await?.is_some() {
+                        return Ok(Source::Stored);
+                    }
+                    // Once the holder knows the size, the bytes can follow as it stores them.
+                    if let Some(FetchState { segments: Some(s), failure: None, .. }) =
+                        self.cache.follow_fetch(digest).await?
+                    {
+                        return Ok(Source::Elsewhere { size: s.size });
+                    }
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(FOLLOW_POLL_MAX);
-                    if self.registry.meta().blob_size(digest).await?.is_some() {
-                        return Ok(None);
-                    }
                     continue;
                 }
             }
@@ -142,13 +166,13 @@ impl Proxy {
                 Ok(Joined::Started(flight, writer)) => {
                     self.metrics.miss(&up, "blob");
                     let this = self.clone();
-                    let (t2, d2) = (t.clone(), digest.clone());
-                    tokio::spawn(async move { this.fetch_blob(&t2, &d2, writer).await });
-                    Ok(Some(flight))
+                    let (t2, d2, f2) = (t.clone(), digest.clone(), flight.clone());
+                    tokio::spawn(async move { this.fetch_blob(&t2, &d2, writer, f2).await });
+                    Ok(Source::Local(flight))
                 }
                 Ok(Joined::Running(running)) => {
                     self.metrics.coalesced(&up);
-                    Ok(Some(running))
+                    Ok(Source::Local(running))
                 }
                 Err(e) => {
                     let failed = FlightFailure::Error { class: "storage", message: format!("spool: {e}") };
@@ -194,10 +218,16 @@ impl Proxy {
     /// The one upstream fetch of a blob: spool for readers, hash, verify, then commit the spool
     /// file to storage (or a copy written alongside it, for storage that cannot adopt files).
     /// The claim on the fetch is renewed while it runs and ended when it is over.
-    async fn fetch_blob(self: Arc<Self>, t: &Target, digest: &Digest, mut writer: flight::FlightWriter) {
+    async fn fetch_blob(
+        self: Arc<Self>,
+        t: &Target,
+        digest: &Digest,
+        mut writer: flight::FlightWriter,
+        flight: Arc<flight::Flight>,
+    ) {
         let up = self.upstreams[t.upstream].clone();
         let outcome = {
-            let fetch = self.fetch_blob_inner(&up, t, digest, &mut writer);
+            let fetch = self.fetch_blob_inner(&up, t, digest, &mut writer, flight);
             tokio::pin!(fetch);
             let mut renew = tokio::time::interval(Duration::from_millis(CLAIM_TTL_MS as u64 / 3));
             renew.tick().await;
@@ -230,11 +260,12 @@ impl Proxy {
     }
 
     async fn fetch_blob_inner(
-        &self,
+        self: &Arc<Self>,
         up: &Upstream,
         t: &Target,
         digest: &Digest,
         writer: &mut flight::FlightWriter,
+        flight: Arc<flight::Flight>,
     ) -> std::result::Result<(), FlightFailure> {
         let err = |class: &'static str, message: String| FlightFailure::Error { class, message };
         let resp = match up.fetch(Method::GET, &t.remote, "blobs", digest.as_str()).await {
@@ -244,6 +275,9 @@ impl Proxy {
         };
         let declared = resp.content_length();
         writer.begin(declared);
+        if let Some(size) = declared {
+            tokio::spawn(self.clone().publish(digest.clone(), flight, size));
+        }
         // Local storage adopts the spool file once it is verified; any other storage is written
         // alongside the spool.
         let mut store = if self.adopt_spool {

@@ -234,6 +234,22 @@ impl Flight {
         }
     }
 
+    /// Waits for the fetch to end: true when its bytes were verified (and stored, if they could
+    /// be), false when it failed.
+    pub async fn ended(&self) -> bool {
+        let mut rx = self.progress.clone();
+        loop {
+            match &*rx.borrow_and_update() {
+                Progress::Verified { .. } => return true,
+                Progress::Failed(_) => return false,
+                Progress::Starting | Progress::Running { .. } => {}
+            }
+            if rx.changed().await.is_err() {
+                return matches!(*rx.borrow(), Progress::Verified { .. });
+            }
+        }
+    }
+
     /// Streams bytes `start..end` (`end` = `None`: to the end) as they arrive.
     pub fn read(self: &Arc<Self>, start: u64, end: Option<u64>) -> ByteStream {
         let state = (self.clone(), self.progress.clone(), start);

@@ -15,7 +15,8 @@
 //! One file per concern: [`route`] (which upstream serves a name), `manifests` (fetching and
 //! caching manifests, one fetch per manifest), `tags` with `freshness` (when a cached tag is
 //! checked again, served stale, or known missing), `blobs` and [`flight`] (one streamed fetch per
-//! blob, shared by every client waiting for it), `listing` (tag lists), `eviction` with `pulls`
+//! blob, shared by every client waiting for it; `segments` streams it to other replicas through
+//! storage while it runs), `listing` (tag lists), `eviction` with `pulls`
 //! (pull times, size limits and TTLs). `state` holds what they share.
 
 mod blobs;
@@ -27,6 +28,7 @@ mod listing;
 mod manifests;
 mod pulls;
 pub mod route;
+mod segments;
 mod state;
 mod tags;
 

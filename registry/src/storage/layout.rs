@@ -53,6 +53,13 @@ pub fn upload_part(id: &UploadId, start: u64, nonce: &str) -> Key {
     Key::new(format!("{}{start:020}-{nonce}", upload_prefix(id).as_str()))
 }
 
+/// Segment `start..` of a proxy fetch, which other replicas stream while it runs
+/// (`proxy::segments`): named like a chunk of an upload session that does not exist, so what a
+/// crash leaves behind is removed with stale uploads by the scrub.
+pub fn fetch_segment(id: &UploadId, start: u64) -> Key {
+    upload_part(id, start, "f")
+}
+
 /// Where an upload session assembles its parts on a store that uploads in parts (S3): the
 /// object its multipart upload completes into, before it is copied to its digest's key.
 pub fn upload_assembly(id: &UploadId) -> Key {

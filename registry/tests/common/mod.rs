@@ -251,3 +251,19 @@ where
     }
     false
 }
+
+/// The YAML of a replica on the S3 server and PostgreSQL database the environment names
+/// (`BERTH_TEST_S3_ENDPOINT`, `_BUCKET`, `_ACCESS_KEY`, `_SECRET_KEY` and `BERTH_POSTGRES_URL`,
+/// an empty database), its objects under `prefix`, its credentials written to `credentials`.
+pub fn s3_postgres_yaml(prefix: &str, credentials: &Path) -> String {
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"));
+    std::fs::write(credentials.join("accessKeyId"), env("BERTH_TEST_S3_ACCESS_KEY")).unwrap();
+    std::fs::write(credentials.join("secretAccessKey"), env("BERTH_TEST_S3_SECRET_KEY")).unwrap();
+    env("BERTH_POSTGRES_URL");
+    format!(
+        "storage:\n  kind: s3\n  bucket: {}\n  prefix: {prefix}\n  endpoint: {}\n  path_style: true\n  credentials_dir: {}\nmetadata:\n  kind: postgres\n",
+        env("BERTH_TEST_S3_BUCKET"),
+        env("BERTH_TEST_S3_ENDPOINT"),
+        credentials.display()
+    )
+}

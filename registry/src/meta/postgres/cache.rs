@@ -4,8 +4,8 @@
 use super::errors::db_error;
 use super::{ensure_repo, execute, parse, query, query_opt, repo_id, size, PostgresMeta, Tx, TxFuture};
 use crate::meta::cache::{
-    prefix_bounds, CacheIndex, CachedItem, CachedPull, ContentKind, FetchClaim, CLAIM_FETCH, FETCH_FAILED,
-    FETCH_STORED, FETCH_SWEEP,
+    prefix_bounds, CacheIndex, CachedItem, CachedPull, ContentKind, FetchClaim, FetchSegments, FetchState,
+    CLAIM_FETCH, FETCH_FAILED, FETCH_STATE, FETCH_STORED, FETCH_SWEEP, FOLLOW_FETCH, PUBLISH_FETCH,
 };
 use crate::meta::Result;
 use berth_core::oci::{Digest, RepoName, Tag};
@@ -165,6 +165,30 @@ impl CacheIndex for PostgresMeta {
         execute(&c, FETCH_SWEEP, &[&now]).await.map_err(db_error)?;
         Ok(())
     }
+
+    async fn follow_fetch(&self, digest: &Digest) -> Result<Option<FetchState>> {
+        let c = self.client().await?;
+        let row = query_opt(&c, FOLLOW_FETCH, &[&digest.as_str()]).await.map_err(db_error)?;
+        Ok(row.as_ref().map(fetch_state))
+    }
+
+    async fn fetch_state(&self, digest: &Digest) -> Result<Option<FetchState>> {
+        let c = self.client().await?;
+        let row = query_opt(&c, FETCH_STATE, &[&digest.as_str()]).await.map_err(db_error)?;
+        Ok(row.as_ref().map(fetch_state))
+    }
+
+    async fn publish_fetch(&self, digest: &Digest, holder: &str, s: &FetchSegments) -> Result<bool> {
+        let c = self.client().await?;
+        let (size, segment, published) = (s.size as i64, s.segment as i64, s.published as i64);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&s.fetch_id, &size, &segment, &published, &digest.as_str(), &holder];
+        Ok(execute(&c, PUBLISH_FETCH, &params).await.map_err(db_error)? == 1)
+    }
+}
+
+fn fetch_state(r: &tokio_postgres::Row) -> FetchState {
+    FetchState::from_columns(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6))
 }
 
 /// Removes `item` from the cache's records, and releases its blob once nothing uses it; whether

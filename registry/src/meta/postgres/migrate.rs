@@ -55,6 +55,11 @@ const MIGRATIONS: &[Migration] = &[
     Migration { sql: include_str!("../../../migrations/postgres/0011_events.sql"), compatible_from: 1 },
     // Columns with defaults.
     Migration { sql: include_str!("../../../migrations/postgres/0012_audit.sql"), compatible_from: 1 },
+    // Columns, nullable or with defaults: older replicas fetch without publishing segments.
+    Migration {
+        sql: include_str!("../../../migrations/postgres/0013_fetch_segments.sql"),
+        compatible_from: 1,
+    },
 ];
 
 /// The advisory lock's key, shared by every replica (an arbitrary constant: "berthmig").

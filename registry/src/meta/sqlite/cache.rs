@@ -6,8 +6,8 @@ use rusqlite::{params, OptionalExtension};
 use super::writer::Durability;
 use super::{ensure_repo, parse, repo_id, SqliteMeta};
 use crate::meta::cache::{
-    prefix_bounds, CacheIndex, CachedItem, CachedPull, ContentKind, FetchClaim, CLAIM_FETCH, FETCH_FAILED,
-    FETCH_STORED, FETCH_SWEEP,
+    prefix_bounds, CacheIndex, CachedItem, CachedPull, ContentKind, FetchClaim, FetchSegments, FetchState,
+    CLAIM_FETCH, FETCH_FAILED, FETCH_STATE, FETCH_STORED, FETCH_SWEEP, FOLLOW_FETCH, PUBLISH_FETCH,
 };
 use crate::meta::Result;
 use berth_core::oci::{Digest, RepoName, Tag};
@@ -194,4 +194,38 @@ impl CacheIndex for SqliteMeta {
         })
         .await
     }
+
+    async fn follow_fetch(&self, digest: &Digest) -> Result<Option<FetchState>> {
+        let digest = digest.to_string();
+        self.write(Durability::Unsynced, move |tx| {
+            Ok(tx.prepare_cached(FOLLOW_FETCH)?.query_row([&digest], fetch_state).optional()?)
+        })
+        .await
+    }
+
+    async fn fetch_state(&self, digest: &Digest) -> Result<Option<FetchState>> {
+        let digest = digest.to_string();
+        self.read(move |c| Ok(c.prepare_cached(FETCH_STATE)?.query_row([&digest], fetch_state).optional()?))
+            .await
+    }
+
+    async fn publish_fetch(&self, digest: &Digest, holder: &str, s: &FetchSegments) -> Result<bool> {
+        let (digest, holder, s) = (digest.to_string(), holder.to_owned(), s.clone());
+        self.write(Durability::Unsynced, move |tx| {
+            let changed = tx.prepare_cached(PUBLISH_FETCH)?.execute(params![
+                s.fetch_id,
+                s.size as i64,
+                s.segment as i64,
+                s.published as i64,
+                digest,
+                holder
+            ])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+}
+
+fn fetch_state(r: &rusqlite::Row<'_>) -> rusqlite::Result<FetchState> {
+    Ok(FetchState::from_columns(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
 }

@@ -48,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0012_references_by_child.sql"),
     include_str!("../../../migrations/sqlite/0013_events.sql"),
     include_str!("../../../migrations/sqlite/0014_audit.sql"),
+    include_str!("../../../migrations/sqlite/0015_fetch_segments.sql"),
 ];
 const MAX_IDLE_READERS: usize = 8;
 
