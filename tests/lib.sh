@@ -60,6 +60,17 @@ start_berth() {
   wait_for "$BERTH_URL/v2/" 20
 }
 
+# start_limited_upstream: a berth (UP, its address) behind tests/ratelimited_upstream.py, which
+# reports how many pulls are left as Docker Hub does (LIMITED, its address).
+start_limited_upstream() {
+  start_berth || return 1
+  UP=$BERTH_ADDR
+  LIMITED=127.0.0.1:$(free_port)
+  python3 "$ROOT/tests/ratelimited_upstream.py" "${LIMITED#*:}" "http://$UP" >"$WORK/limited.log" 2>&1 &
+  on_exit "kill $!"
+  wait_for "http://$LIMITED/v2/" 20
+}
+
 # start_distribution BIN [LOG]: CNCF Distribution (BIN) on a free port of loopback, content in
 # $WORK/distribution, deletes enabled; sets DIST_ADDR (host:port). Its output goes to
 # $WORK/distribution.log; LOG is its `log:` setting (default: errors only).

@@ -36,12 +36,7 @@ check "promtool test rules: each alert fires, and stays silent, as its cases say
 # The berths Prometheus scrapes: UP, an upstream (behind ratelimited_upstream.py, which says how
 # many pulls are left as Docker Hub does); EDGE, a replication destination that wants a login;
 # MAIN, a pull-through cache of UP that copies its pushes of team/** to EDGE and sends webhooks.
-start_berth || exit 1
-UP=$BERTH_ADDR
-LIMITED=127.0.0.1:$(free_port)
-python3 "$ROOT/tests/ratelimited_upstream.py" "${LIMITED#*:}" "http://$UP" >"$WORK/limited.log" 2>&1 &
-on_exit "kill $!"
-wait_for "http://$LIMITED/v2/" 20 || exit 1
+start_limited_upstream || exit 1
 
 htpasswd_users alice
 cat >"$WORK/edge.yml" <<YAML

@@ -18,12 +18,7 @@ DEBIAN_PY=/usr/bin/python3
 client_workspace
 # An upstream for the pull-through cache, behind a proxy that reports Docker Hub's rate limit,
 # and a webhook receiver: Operate shows what the cache and the deliveries did.
-start_berth || exit 1
-UP=$BERTH_ADDR
-LIMITED=127.0.0.1:$(free_port)
-python3 "$ROOT/tests/ratelimited_upstream.py" "${LIMITED#*:}" "http://$UP" >"$WORK/limited.log" 2>&1 &
-on_exit "kill $!"
-wait_for "http://$LIMITED/v2/" 20 || exit 1
+start_limited_upstream || exit 1
 RECEIVER_PORT=$(free_port)
 printf 'a-webhook-secret\n' >"$WORK/hook-secret"
 python3 "$ROOT/tests/webhook_receiver.py" "$RECEIVER_PORT" "$WORK/hook-secret" "$WORK/received.jsonl" \

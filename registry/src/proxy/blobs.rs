@@ -31,9 +31,9 @@ use crate::service::{BlobRead, ServiceError};
 const CLAIM_TTL_MS: i64 = 30_000;
 /// How long a failed fetch's outcome answers the requests that waited on it (a few polls).
 const FAILURE_MEMORY_MS: i64 = 5_000;
-/// How often a replica waiting on another's fetch looks for the stored blob: soon, then less.
-const FOLLOW_POLL_FIRST: Duration = Duration::from_millis(50);
-const FOLLOW_POLL_MAX: Duration = Duration::from_millis(500);
+/// How often a replica waiting on another's fetch looks for its progress: soon, then less.
+pub(super) const FOLLOW_POLL_FIRST: Duration = Duration::from_millis(50);
+pub(super) const FOLLOW_POLL_MAX: Duration = Duration::from_millis(500);
 
 /// Where a missing blob's bytes come from.
 pub(super) enum Source {

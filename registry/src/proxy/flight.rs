@@ -61,6 +61,14 @@ impl FlightFailure {
         }
     }
 
+    /// The error a body streaming from the fetch ends with.
+    pub fn cut_off(&self) -> io::Error {
+        io::Error::other(match self {
+            FlightFailure::NotFound => "upstream no longer has the blob".to_owned(),
+            FlightFailure::Error { message, .. } => message.clone(),
+        })
+    }
+
     /// Reads a failure another replica recorded; classes this build does not know become
     /// `elsewhere` (they only choose the error code).
     pub fn from_stored(s: &str) -> FlightFailure {
@@ -262,11 +270,7 @@ impl Flight {
                     Progress::Running { written, .. } => (written.saturating_sub(1), None),
                     Progress::Verified { size } => (*size, Some(*size)),
                     Progress::Failed(f) => {
-                        let msg = match &**f {
-                            FlightFailure::NotFound => "upstream no longer has the blob".to_owned(),
-                            FlightFailure::Error { message, .. } => message.clone(),
-                        };
-                        return Some((Err(io::Error::other(msg)), None));
+                        return Some((Err(f.cut_off()), None));
                     }
                 };
                 // A range the spool already holds ends there, not when the fetch does.

@@ -29,7 +29,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::blobs::Source;
+use super::blobs::{Source, FOLLOW_POLL_FIRST, FOLLOW_POLL_MAX};
 use super::error::failure;
 use super::flight::{Answer, Flight, FlightFailure};
 use super::route::Target;
@@ -45,9 +45,6 @@ pub const SEGMENT: u64 = 8 << 20;
 const WANTED_POLL: Duration = Duration::from_millis(500);
 /// How long published segments outlive their fetch: followers reading one finish first.
 const SEGMENT_GRACE: Duration = Duration::from_secs(60);
-/// How often a follower looks for more: soon, then less.
-const POLL_FIRST: Duration = Duration::from_millis(50);
-const POLL_MAX: Duration = Duration::from_millis(500);
 
 impl Proxy {
     /// Publishes what this replica's fetch of `digest` (a blob of `size` bytes) brings, for the
@@ -146,7 +143,7 @@ impl Proxy {
         end: u64,
         tx: &mpsc::Sender<io::Result<Bytes>>,
     ) -> io::Result<()> {
-        let mut wait = POLL_FIRST;
+        let mut wait = FOLLOW_POLL_FIRST;
         while pos < end {
             if self.registry.meta().blob_size(digest).await.map_err(io::Error::other)?.is_some() {
                 let stored = self.registry.storage().get(&layout::blob(digest), Some(pos..end)).await;
@@ -155,10 +152,7 @@ impl Proxy {
             }
             let state = self.cache.fetch_state(digest).await.map_err(io::Error::other)?;
             if let Some(f) = state.as_ref().and_then(|s| s.failure.as_deref()) {
-                return Err(io::Error::other(match FlightFailure::from_stored(f) {
-                    FlightFailure::NotFound => "upstream no longer has the blob".to_owned(),
-                    FlightFailure::Error { message, .. } => message,
-                }));
+                return Err(FlightFailure::from_stored(f).cut_off());
             }
             // No claim (the blob was stored just now, or the fetch ended without storing it), or
             // one whose holder stopped renewing it: claim it, or follow whoever did.
@@ -176,7 +170,7 @@ impl Proxy {
             }
             let Some(s) = state.and_then(|s| s.segments).filter(|s| pos < s.published) else {
                 tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(POLL_MAX);
+                wait = (wait * 2).min(FOLLOW_POLL_MAX);
                 continue;
             };
             let id = UploadId::from_str(&s.fetch_id)
@@ -187,7 +181,7 @@ impl Proxy {
             match self.registry.storage().get(&key, Some(pos - first..until - first)).await {
                 Ok(segment) => {
                     pos += forward(segment, tx).await?;
-                    wait = POLL_FIRST;
+                    wait = FOLLOW_POLL_FIRST;
                 }
                 // Deleted once the blob was stored, or by a holder before this one: look again.
                 Err(StorageError::NotFound) => tokio::time::sleep(wait).await,
