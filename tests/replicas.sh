@@ -132,8 +132,15 @@ delete_seen_everywhere() {
     equal "$(status "$r/v2/gone/app/manifests/$m")" 404 || return 1
     equal "$(status "$r/v2/gone/app/manifests/v1")" 404 || return 1
   done
+  # A blob too: every replica has looked it up (and keeps the answer) before the delete.
+  local b
+  printf 'a layer to be deleted' >"$WORK/deleted-layer"
+  b=$(put_blob "${R[0]}" gone/app "$WORK/deleted-layer") || return 1
+  for r in "${R[@]}"; do equal "$(status -I "$r/v2/gone/app/blobs/$b")" 200 || return 1; done
+  equal "$(status -X DELETE "${R[2]}/v2/gone/app/blobs/$b")" 202 || return 1
+  for r in "${R[@]}"; do equal "$(status -I "$r/v2/gone/app/blobs/$b")" 404 || return 1; done
 }
-check "after the 202, every replica answers 404" delete_seen_everywhere
+check "after the 202, every replica answers 404 (a manifest, its tag, a blob)" delete_seen_everywhere
 
 echo "== real clients: push through one replica, pull through the others"
 put_image "${R[0]}" source/app v1 "client image" >/dev/null

@@ -137,6 +137,10 @@ async fn collects_what_no_tag_reaches(w: World) {
     let o = Options { grace: Duration::ZERO, dry_run: true, ..Options::default() };
     let dry = w.collector.run(&o).await.unwrap();
     assert!(w.has_manifest(app, "index-u").await && w.stored("stray").await, "a dry run removes nothing");
+    // What a pull asks first, answered (and kept in memory) before the collection.
+    for b in ["stray", "cfg-c"] {
+        assert!(w.meta.blob_in_repo(&repo(app), &d(b)).await.unwrap().is_some(), "{b} is in {app}");
+    }
     let real = w.collector.run(&Options { dry_run: false, ..o }).await.unwrap();
     assert_eq!(names(&dry), names(&real), "the dry run foretold the real one");
     assert_eq!(real.conflicts, 0);
@@ -148,6 +152,9 @@ async fn collects_what_no_tag_reaches(w: World) {
         assert!(w.has_manifest(app, kept).await, "{kept} stays");
     }
     assert!(w.has_manifest("hub/library/alpine", "cached").await);
+    for b in ["stray", "cfg-c", "cfg-w", "sbom-blob"] {
+        assert_eq!(w.meta.blob_in_repo(&repo(app), &d(b)).await.unwrap(), None, "{b} left {app}");
+    }
     for gone in ["index-u", "image-c", "sbom-u", "index-w", "image-w", "cfg-c", "sbom-blob", "cfg-w", "stray"]
     {
         assert!(!w.stored(gone).await, "the bytes of {gone} are deleted");
@@ -170,6 +177,9 @@ async fn keeps_what_is_young_or_untagged_by_choice(w: World) {
     let report =
         w.collector.run(&Options { grace: Duration::from_secs(3600), ..Options::default() }).await.unwrap();
     assert_eq!((report.manifests_removed, report.links_removed, report.blobs.len()), (0, 0, 0));
+    let (young, stray_digest) = (repo("gc/young"), d("young-stray"));
+    let stray = || w.meta.blob_in_repo(&young, &stray_digest);
+    assert!(stray().await.unwrap().is_some(), "asked (and kept in memory) before the collection");
     let report = w
         .collector
         .run(&Options { grace: Duration::ZERO, keep_untagged: true, ..Options::default() })
@@ -178,6 +188,7 @@ async fn keeps_what_is_young_or_untagged_by_choice(w: World) {
     assert_eq!(report.manifests_removed, 0);
     assert!(w.has_manifest("gc/young", "young").await && w.stored("young-layer").await);
     assert!(!w.stored("young-stray").await, "links nothing needs still go");
+    assert_eq!(stray().await.unwrap(), None, "a collected link is not answered from memory");
 }
 
 async fn one_collection_runs_at_a_time(w: World) {

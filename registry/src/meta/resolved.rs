@@ -1,12 +1,14 @@
-//! Manifest lookups (a tag or a digest in a repository) kept in memory, told of every write: the
-//! embedded store's writes all pass through this process; PostgreSQL's are announced to every
-//! replica (see `postgres/lookups.rs`).
+//! Manifest lookups (a tag or a digest in a repository) and blob lookups (a blob's size, if the
+//! repository holds it) kept in memory, told of every write: the embedded store's writes all
+//! pass through this process; PostgreSQL's are announced to every replica (see
+//! `postgres/lookups.rs`).
 //!
-//! Every pull starts with such a lookup, and on the embedded store each one would cost a hop to a
-//! blocking thread and back — more than the query itself. Kept here, a hit costs a hash lookup.
-//! It stays exact because every write that can change an answer (a manifest put or deleted, a tag
-//! moved or deleted, cached content evicted) clears its repository's entries after it commits and
-//! before it returns, so the next request after an acknowledged write misses and reads the
+//! Every pull starts with such lookups, and on the embedded store each one would cost a hop to a
+//! blocking thread and back — more than the query itself; on PostgreSQL, a round trip to another
+//! process. Kept here, a hit costs a hash lookup. Only found answers are kept. They stay exact
+//! because every write that can change one (a manifest put or deleted, a tag moved or deleted, a
+//! blob's link removed, cached content evicted) clears its repository's entries after it commits
+//! and before it returns, so the next request after an acknowledged write misses and reads the
 //! database. A lookup that raced such a write does not store what it read: it carries the
 //! generation it began in, and every clear starts a new one.
 
@@ -14,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::ManifestRecord;
-use berth_core::oci::{Reference, RepoName};
+use berth_core::oci::{Digest, Reference, RepoName};
 
 /// How many lookups are kept, across all repositories; past it, all are dropped at once (they
 /// refill from the database on the next requests).
@@ -29,7 +31,21 @@ pub struct Resolved {
 struct State {
     generation: u64,
     len: usize,
-    repos: HashMap<RepoName, HashMap<Reference, ManifestRecord>>,
+    repos: HashMap<RepoName, Kept>,
+}
+
+/// What is kept about one repository.
+#[derive(Default)]
+struct Kept {
+    manifests: HashMap<Reference, ManifestRecord>,
+    /// Sizes of the blobs it holds.
+    blobs: HashMap<Digest, u64>,
+}
+
+impl Kept {
+    fn len(&self) -> usize {
+        self.manifests.len() + self.blobs.len()
+    }
 }
 
 /// The generation a lookup began in; its answer is stored only if no write ended meanwhile.
@@ -43,9 +59,18 @@ impl Resolved {
 
     /// A kept answer, or the generation to store the database's answer under.
     pub fn get(&self, repo: &RepoName, r: &Reference) -> Result<ManifestRecord, Generation> {
+        self.find(repo, |kept| kept.manifests.get(r).cloned())
+    }
+
+    /// A kept blob size, or the generation to store the database's answer under.
+    pub fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, Generation> {
+        self.find(repo, |kept| kept.blobs.get(digest).copied())
+    }
+
+    fn find<T>(&self, repo: &RepoName, pick: impl FnOnce(&Kept) -> Option<T>) -> Result<T, Generation> {
         let Ok(state) = self.state.lock() else { return Err(Generation(u64::MAX)) };
-        match state.repos.get(repo).and_then(|refs| refs.get(r)) {
-            Some(record) => Ok(record.clone()),
+        match state.repos.get(repo).and_then(pick) {
+            Some(found) => Ok(found),
             None => Err(Generation(state.generation)),
         }
     }
@@ -58,6 +83,17 @@ impl Resolved {
     /// Keeps what the database answered, unless a write to any repository ended since the
     /// lookup began (its answer may predate that write).
     pub fn insert(&self, began: Generation, repo: &RepoName, r: &Reference, record: &ManifestRecord) {
+        self.keep(began, repo, |kept| kept.manifests.insert(r.clone(), record.clone()).is_none());
+    }
+
+    /// Keeps a blob's size in `repo`, on the terms of [`Resolved::insert`].
+    pub fn insert_blob(&self, began: Generation, repo: &RepoName, digest: &Digest, size: u64) {
+        self.keep(began, repo, |kept| kept.blobs.insert(digest.clone(), size).is_none());
+    }
+
+    /// Runs `add` (true when it added an entry) on `repo`'s answers, if no write ended since
+    /// `began`.
+    fn keep(&self, began: Generation, repo: &RepoName, add: impl FnOnce(&mut Kept) -> bool) {
         let Ok(mut state) = self.state.lock() else { return };
         if state.generation != began.0 {
             return;
@@ -66,8 +102,7 @@ impl Resolved {
             state.repos.clear();
             state.len = 0;
         }
-        let refs = state.repos.entry(repo.clone()).or_default();
-        if refs.insert(r.clone(), record.clone()).is_none() {
+        if add(state.repos.entry(repo.clone()).or_default()) {
             state.len += 1;
         }
     }
@@ -77,8 +112,8 @@ impl Resolved {
     pub fn invalidate(&self, repo: &RepoName) {
         let Ok(mut state) = self.state.lock() else { return };
         state.generation = state.generation.wrapping_add(1);
-        if let Some(refs) = state.repos.remove(repo) {
-            state.len -= refs.len();
+        if let Some(kept) = state.repos.remove(repo) {
+            state.len -= kept.len();
         }
     }
 
@@ -140,6 +175,31 @@ mod tests {
         cache.invalidate(&name("team/b"));
         cache.insert(began, &a, &tag("v1"), &record(2));
         assert!(cache.get(&a, &tag("v1")).is_err());
+    }
+
+    #[test]
+    fn blob_answers_are_cleared_with_their_repository_and_never_kept_stale() {
+        let cache = Resolved::new(10);
+        let (a, b) = (name("team/a"), name("team/b"));
+        let layer = Digest::of(Algorithm::Sha256, b"layer");
+        for repo in [&a, &b] {
+            let began = cache.blob(repo, &layer).unwrap_err();
+            cache.insert_blob(began, repo, &layer, 42);
+        }
+        assert_eq!(cache.blob(&a, &layer).unwrap(), 42);
+        // A manifest answer and a blob answer of one repository are one repository's answers.
+        let began = cache.get(&a, &tag("v1")).unwrap_err();
+        cache.insert(began, &a, &tag("v1"), &record(1));
+        cache.invalidate(&a);
+        assert!(cache.blob(&a, &layer).is_err());
+        assert!(cache.get(&a, &tag("v1")).is_err());
+        assert_eq!(cache.blob(&b, &layer).unwrap(), 42);
+        assert_eq!(cache.state.lock().unwrap().len, 1);
+        // The link was removed while the lookup ran: its answer is not kept.
+        let began = cache.blob(&a, &layer).unwrap_err();
+        cache.invalidate(&a);
+        cache.insert_blob(began, &a, &layer, 42);
+        assert!(cache.blob(&a, &layer).is_err(), "a removed link must not be answered");
     }
 
     #[test]

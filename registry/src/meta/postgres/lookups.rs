@@ -32,7 +32,7 @@ use super::errors::db_error;
 use super::pool::{self, SharedPool};
 use crate::meta::resolved::{self, Generation, Resolved};
 use crate::meta::{ManifestRecord, Result};
-use berth_core::oci::{Reference, RepoName};
+use berth_core::oci::{Digest, Reference, RepoName};
 
 /// How often a replica renews its lease and pings itself.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
@@ -121,16 +121,32 @@ impl Lookups {
         repo: &RepoName,
         r: &Reference,
     ) -> std::result::Result<ManifestRecord, Generation> {
-        match self.kept.get(repo, r) {
-            Ok(record) if self.trusted() => Ok(record),
-            Ok(_) => Err(self.kept.generation()),
-            Err(began) => Err(began),
-        }
+        self.vouch(self.kept.get(repo, r))
     }
 
     pub(super) fn keep(&self, began: Generation, repo: &RepoName, r: &Reference, record: &ManifestRecord) {
         if self.trusted() {
             self.kept.insert(began, repo, r, record);
+        }
+    }
+
+    /// A kept blob size, or the generation to keep the database's answer under.
+    pub(super) fn blob(&self, repo: &RepoName, digest: &Digest) -> std::result::Result<u64, Generation> {
+        self.vouch(self.kept.blob(repo, digest))
+    }
+
+    pub(super) fn keep_blob(&self, began: Generation, repo: &RepoName, digest: &Digest, size: u64) {
+        if self.trusted() {
+            self.kept.insert_blob(began, repo, digest, size);
+        }
+    }
+
+    /// A kept answer, served only while this replica is sure it hears of every change.
+    fn vouch<T>(&self, kept: std::result::Result<T, Generation>) -> std::result::Result<T, Generation> {
+        match kept {
+            Ok(found) if self.trusted() => Ok(found),
+            Ok(_) => Err(self.kept.generation()),
+            Err(began) => Err(began),
         }
     }
 

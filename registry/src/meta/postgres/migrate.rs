@@ -60,6 +60,11 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/postgres/0013_fetch_segments.sql"),
         compatible_from: 1,
     },
+    // A trigger: older replicas go on without keeping blob lookups.
+    Migration {
+        sql: include_str!("../../../migrations/postgres/0014_blob_link_notices.sql"),
+        compatible_from: 1,
+    },
 ];
 
 /// The advisory lock's key, shared by every replica (an arbitrary constant: "berthmig").

@@ -334,6 +334,10 @@ fn manifest_record(r: &tokio_postgres::Row) -> Result<ManifestRecord> {
 #[async_trait::async_trait]
 impl MetaStore for PostgresMeta {
     async fn blob_in_repo(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        let began = match self.lookups.blob(repo, digest) {
+            Ok(size) => return Ok(Some(size)),
+            Err(began) => began,
+        };
         let c = self.client().await?;
         let row = query_opt(
             &c,
@@ -345,7 +349,11 @@ impl MetaStore for PostgresMeta {
         )
         .await
         .map_err(db_error)?;
-        Ok(row.map(|r| size(r.get(0))))
+        let found = row.map(|r| size(r.get(0)));
+        if let Some(n) = found {
+            self.lookups.keep_blob(began, repo, digest, n);
+        }
+        Ok(found)
     }
 
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
@@ -379,17 +387,23 @@ impl MetaStore for PostgresMeta {
         .await
     }
 
-    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        let c = self.client().await?;
-        let n = execute(
-            &c,
-            "DELETE FROM repository_blobs WHERE digest = $2
-             AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
-            &[&repo.as_str(), &digest.as_str()],
-        )
+    async fn unlink_blob(&self, repo_name: &RepoName, digest: &Digest) -> Result<bool> {
+        // Announced and waited for: the blob is gone on every replica when the delete returns.
+        let (repo, digest) = (repo_name.to_string(), digest.to_string());
+        self.write_announced(repo_name, move |tx| {
+            let (repo, digest) = (repo.clone(), digest.clone());
+            Box::pin(async move {
+                let n = execute(
+                    tx,
+                    "DELETE FROM repository_blobs WHERE digest = $2
+                     AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+                    &[&repo, &digest],
+                )
+                .await?;
+                Ok(n > 0)
+            })
+        })
         .await
-        .map_err(db_error)?;
-        Ok(n > 0)
     }
 
     async fn check_references(&self, repo: &RepoName, blobs: &[Digest], manifests: &[Digest]) -> Result<()> {

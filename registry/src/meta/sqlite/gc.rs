@@ -43,7 +43,11 @@ impl Collect for SqliteMeta {
 
     async fn collect_links(&self, repo: &RepoName, digests: Vec<Digest>, before: i64) -> Result<Vec<bool>> {
         let name = repo.to_string();
-        self.write(Durability::Unsynced, move |tx| each(tx, &name, &digests, gc::COLLECT_LINK, before)).await
+        let removed = self
+            .write(Durability::Unsynced, move |tx| each(tx, &name, &digests, gc::COLLECT_LINK, before))
+            .await;
+        self.resolved().invalidate(repo);
+        removed
     }
 
     async fn collect_tags(&self, repo: &RepoName, tags: Vec<(String, Digest)>) -> Result<Vec<bool>> {

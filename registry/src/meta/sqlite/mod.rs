@@ -261,21 +261,30 @@ fn page_query(conn: &Connection, sql: &str, scope: Option<i64>, page: &Page) -> 
 
 #[async_trait::async_trait]
 impl MetaStore for SqliteMeta {
-    async fn blob_in_repo(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
-        self.read(move |c| {
-            let size: Option<i64> = c
-                .prepare_cached(
-                    "SELECT b.size FROM repository_blobs rb
+    async fn blob_in_repo(&self, repo_name: &RepoName, digest_of: &Digest) -> Result<Option<u64>> {
+        let began = match self.resolved().blob(repo_name, digest_of) {
+            Ok(size) => return Ok(Some(size)),
+            Err(began) => began,
+        };
+        let (repo, digest) = (repo_name.to_string(), digest_of.to_string());
+        let found = self
+            .read(move |c| {
+                let size: Option<i64> = c
+                    .prepare_cached(
+                        "SELECT b.size FROM repository_blobs rb
                      JOIN repositories r ON r.id = rb.repository_id
                      JOIN blobs b ON b.digest = rb.digest
                      WHERE r.name = ?1 AND rb.digest = ?2",
-                )?
-                .query_row([repo, digest], |r| r.get(0))
-                .optional()?;
-            Ok(size.map(|s| s as u64))
-        })
-        .await
+                    )?
+                    .query_row([repo, digest], |r| r.get(0))
+                    .optional()?;
+                Ok(size.map(|s| s as u64))
+            })
+            .await?;
+        if let Some(size) = found {
+            self.resolved().insert_blob(began, repo_name, digest_of, size);
+        }
+        Ok(found)
     }
 
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
@@ -310,17 +319,20 @@ impl MetaStore for SqliteMeta {
         self.write(Durability::Synced, move |tx| link_blob_tx(tx, &repo, &digest, size, stored)).await
     }
 
-    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
-        self.write(Durability::Synced, move |tx| {
-            let n = tx.execute(
-                "DELETE FROM repository_blobs WHERE digest = ?2
-                 AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
-                params![repo, digest],
-            )?;
-            Ok(n > 0)
-        })
-        .await
+    async fn unlink_blob(&self, repo_name: &RepoName, digest: &Digest) -> Result<bool> {
+        let (repo, digest) = (repo_name.to_string(), digest.to_string());
+        let out = self
+            .write(Durability::Synced, move |tx| {
+                let n = tx.execute(
+                    "DELETE FROM repository_blobs WHERE digest = ?2
+                     AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
+                    params![repo, digest],
+                )?;
+                Ok(n > 0)
+            })
+            .await;
+        self.resolved().invalidate(repo_name);
+        out
     }
 
     async fn check_references(&self, repo: &RepoName, blobs: &[Digest], manifests: &[Digest]) -> Result<()> {

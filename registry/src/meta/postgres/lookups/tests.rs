@@ -82,6 +82,32 @@ async fn a_change_on_one_replica_is_served_at_once_by_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_link_removed_on_one_replica_is_not_served_by_another() {
+    let (db, a, b) = two_replicas().await;
+    let repo: RepoName = "team/app".parse().unwrap();
+    let (layer, other) = (digest("layer"), digest("other"));
+    for d in [&layer, &other] {
+        a.link_blob(&repo, d, 7, crate::meta::Stored::Written).await.unwrap();
+        assert_eq!(b.blob_in_repo(&repo, d).await.unwrap(), Some(7));
+        assert!(b.lookups.blob(&repo, d).is_ok(), "a trusted replica keeps what it looked up");
+    }
+    // A delete through the API returns only once every replica forgot the link.
+    assert!(a.unlink_blob(&repo, &layer).await.unwrap());
+    assert_eq!(b.blob_in_repo(&repo, &layer).await.unwrap(), None);
+    assert_eq!(b.blob_in_repo(&repo, &other).await.unwrap(), Some(7));
+    assert!(b.lookups.blob(&repo, &other).is_ok(), "kept again");
+    // A link removed by any other writer (a collection, an eviction, an operator's SQL) is
+    // announced by the database itself: the replicas soon stop serving it.
+    let (admin, _conn) = db.client().await;
+    admin.execute("DELETE FROM repository_blobs WHERE digest = $1", &[&other.to_string()]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while b.blob_in_repo(&repo, &other).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "a link removed in SQL was still served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_never_answers_holds_writes_only_until_its_lease_ends() {
     let db = TestDatabase::create().await;
     let a = replica(&db).await;
