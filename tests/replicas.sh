@@ -3,7 +3,8 @@
 # over them: an upload continued and finished on other replicas, concurrent pushes of one tag, a
 # delete seen everywhere at once, real clients pushing through one replica and pulling through
 # another, a replica killed in the middle of uploads, a cold pull-through of one image by clients on every replica costing one upstream
-# fetch, and the database stopped and started again under requests.
+# fetch, a replica killed in the middle of a fetch another replica streams, and the database
+# stopped and started again under requests.
 source "$(dirname "$0")/lib.sh"
 source "$ROOT/scripts/tools.sh"
 set +e
@@ -25,6 +26,12 @@ printf '%s\n' "$MINIO_PASSWORD" >"$WORK/s3/secretAccessKey"
 # The upstream the replicas mirror: another berth, whose sent-bytes counter says what they fetched.
 start_berth || { check "the upstream starts" false; finish; exit; }
 UPSTREAM=$BERTH_URL
+# The same upstream behind a proxy that holds a blob part-way until told to go on.
+HELD=127.0.0.1:$(free_port)
+mkdir -p "$WORK/held"
+python3 "$ROOT/tests/held_upstream.py" "${HELD#*:}" "$UPSTREAM" "$WORK/held" $((18 << 20)) >"$WORK/held.log" 2>&1 &
+on_exit "kill $!"
+wait_for "http://$HELD/v2/" 20 || { check "the holding upstream starts" false; finish; exit; }
 cat >"$WORK/berth.yaml" <<EOF
 proxy:
   upstreams:
@@ -32,6 +39,8 @@ proxy:
       url: $UPSTREAM
       default: true
       include: ["library/**"]
+    - name: held.test
+      url: http://$HELD
 storage:
   kind: s3
   bucket: $BUCKET
@@ -241,6 +250,42 @@ sys.exit(0 if 1.0 <= ratio < 1.01 else 1)
 PY
 }
 check "the upstream sends the image once (1.00x its bytes), not once per replica" cold_pull_everywhere
+
+echo "== a replica killed in the middle of a pull-through fetch that another replica streams"
+# The doomed replica fetches a 20 MiB layer, held upstream after 18 MiB; a client of replica 2
+# gets what the doomed one published (16 MiB) meanwhile. After the kill, replica 2 takes the fetch
+# over once the claim expires (30 s) and finishes the same response with the right bytes.
+holder_killed_mid_fetch() {
+  start_berth --config "$WORK/berth.yaml" || return 1
+  local doomed=$BERTH_URL pid=$BERTH_PID d first follower deadline
+  head -c $((20 << 20)) /dev/urandom >"$WORK/held-layer"
+  d=$(put_blob "$UPSTREAM" library/held "$WORK/held-layer") || return 1
+  curl -s -o /dev/null "$doomed/v2/held.test/library/held/blobs/$d" &
+  first=$!
+  deadline=$((SECONDS + 30))
+  until [[ -f $WORK/held/holding ]]; do
+    ((SECONDS < deadline)) || { echo "the doomed replica's fetch never reached the hold"; return 1; }
+    sleep 0.1
+  done
+  curl -s -N -o "$WORK/held-follower" -w '%{http_code}' "${R[1]}/v2/held.test/library/held/blobs/$d" \
+    >"$WORK/held-code" &
+  follower=$!
+  deadline=$((SECONDS + 30))
+  until (($(stat -c %s "$WORK/held-follower" 2>/dev/null || echo 0) >= 16 << 20)); do
+    ((SECONDS < deadline)) || { echo "the follower never streamed the published part ($(stat -c %s "$WORK/held-follower") bytes)"; return 1; }
+    sleep 0.1
+  done
+  kill -9 "$pid"
+  wait "$first"
+  touch "$WORK/held/release"
+  wait "$follower"
+  equal "$(cat "$WORK/held-code")" 200 || return 1
+  equal "$(sha256sum <"$WORK/held-follower" | cut -d' ' -f1)" "${d#sha256:}" || return 1
+  for r in "${R[@]}"; do
+    equal "$(curl -s "$r/v2/held.test/library/held/blobs/$d" | sha256sum | cut -d' ' -f1)" "${d#sha256:}" || return 1
+  done
+}
+check "the other replica takes the fetch over and its client gets every byte, verified" holder_killed_mid_fetch
 
 echo "== the database stopped and started again while requests run"
 database_outage() {
