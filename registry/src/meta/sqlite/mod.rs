@@ -91,8 +91,15 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    // Every statement berth runs stays prepared: rusqlite's default of 16 per connection is
+    // fewer than one push, pull and collection use between them, and a statement pushed out is
+    // parsed again at its next use.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
+
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 256;
 
 /// Temporary databases left by processes that were killed before they could remove them.
 fn remove_orphaned_temporaries(tmp: &Path) {
@@ -221,14 +228,17 @@ async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 
 }
 
 fn repo_id(conn: &Connection, repo: &str) -> Result<Option<i64>> {
-    Ok(conn.query_row("SELECT id FROM repositories WHERE name = ?1", [repo], |r| r.get(0)).optional()?)
+    Ok(conn
+        .prepare_cached("SELECT id FROM repositories WHERE name = ?1")?
+        .query_row([repo], |r| r.get(0))
+        .optional()?)
 }
 
 fn ensure_repo(tx: &Connection, repo: &str, now: i64) -> Result<i64> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO repositories (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
-        params![repo, now],
-    )?;
+    )?
+    .execute(params![repo, now])?;
     repo_id(tx, repo)?.ok_or_else(|| MetaError::Db("repository vanished while inserting".into()))
 }
 
@@ -499,11 +509,11 @@ impl MetaStore for SqliteMeta {
     async fn create_upload(&self, id: UploadId, repo: &RepoName, now: i64) -> Result<()> {
         let repo = repo.to_string();
         self.write(Durability::Unsynced, move |tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO uploads (id, repository, received, created_at, updated_at)
                  VALUES (?1, ?2, 0, ?3, ?3)",
-                params![id.to_string(), repo, now],
-            )?;
+            )?
+            .execute(params![id.to_string(), repo, now])?;
             Ok(())
         })
         .await
@@ -559,12 +569,21 @@ impl MetaStore for SqliteMeta {
         self.write(Durability::Unsynced, move |tx| {
             let key = id.to_string();
             let counted = i64::from(a.added > 0);
-            let updated = tx.execute(
-                "UPDATE uploads SET received = received + ?3, parts = parts + ?5, updated_at = ?4,
-                     hash_state = ?7
-                 WHERE id = ?1 AND received = ?2 AND parts + ?5 <= ?6",
-                params![key, a.at as i64, a.added as i64, now, counted, i64::from(max_parts), a.hash_state],
-            )?;
+            let updated = tx
+                .prepare_cached(
+                    "UPDATE uploads SET received = received + ?3, parts = parts + ?5, updated_at = ?4,
+                         hash_state = ?7
+                     WHERE id = ?1 AND received = ?2 AND parts + ?5 <= ?6",
+                )?
+                .execute(params![
+                    key,
+                    a.at as i64,
+                    a.added as i64,
+                    now,
+                    counted,
+                    i64::from(max_parts),
+                    a.hash_state
+                ])?;
             if updated == 0 {
                 let current: Option<i64> = tx
                     .query_row("SELECT received FROM uploads WHERE id = ?1", [&key], |r| r.get(0))
@@ -614,7 +633,7 @@ impl MetaStore for SqliteMeta {
         let (repo, digest) = (repo.to_string(), digest.clone());
         self.write(Durability::Synced, move |tx| {
             link_blob_tx(tx, &repo, &digest, size, stored)?;
-            tx.execute("DELETE FROM uploads WHERE id = ?1", [id.to_string()])?;
+            tx.prepare_cached("DELETE FROM uploads WHERE id = ?1")?.execute([id.to_string()])?;
             Ok(())
         })
         .await
