@@ -111,40 +111,37 @@ impl CacheIndex for SqliteMeta {
     async fn evict(&self, item: &CachedItem) -> Result<bool> {
         let repo = item.repo.clone();
         let item = item.clone();
-        let out = self
-            .write(Durability::Synced, move |tx| {
-                let Some(id) = repo_id(tx, item.repo.as_str())? else { return Ok(false) };
-                let digest = item.digest.as_str();
-                tx.execute(
-                    "DELETE FROM proxy_content WHERE repository_id = ?1 AND digest = ?2",
-                    params![id, digest],
-                )?;
-                match item.kind {
-                    ContentKind::Manifest => {
-                        tx.execute(
-                            "DELETE FROM tags WHERE repository_id = ?1 AND digest = ?2",
-                            params![id, digest],
-                        )?;
-                        tx.execute(
-                            "DELETE FROM manifests WHERE repository_id = ?1 AND digest = ?2",
-                            params![id, digest],
-                        )?;
-                    }
-                    ContentKind::Blob => {
-                        tx.execute(
-                            "DELETE FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2",
-                            params![id, digest],
-                        )?;
-                    }
+        self.write_clearing(&repo, Durability::Synced, move |tx| {
+            let Some(id) = repo_id(tx, item.repo.as_str())? else { return Ok(false) };
+            let digest = item.digest.as_str();
+            tx.execute(
+                "DELETE FROM proxy_content WHERE repository_id = ?1 AND digest = ?2",
+                params![id, digest],
+            )?;
+            match item.kind {
+                ContentKind::Manifest => {
+                    tx.execute(
+                        "DELETE FROM tags WHERE repository_id = ?1 AND digest = ?2",
+                        params![id, digest],
+                    )?;
+                    tx.execute(
+                        "DELETE FROM manifests WHERE repository_id = ?1 AND digest = ?2",
+                        params![id, digest],
+                    )?;
                 }
-                let released = tx
-                    .prepare_cached(crate::meta::sweep::RELEASE)?
-                    .execute(params![crate::meta::now_millis(), digest])?;
-                Ok(released > 0)
-            })
-            .await;
-        self.resolved().invalidate(&repo);
-        out
+                ContentKind::Blob => {
+                    tx.execute(
+                        "DELETE FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2",
+                        params![id, digest],
+                    )?;
+                }
+            }
+            let released = tx
+                .prepare_cached(crate::meta::sweep::RELEASE)?
+                .execute(params![crate::meta::now_millis(), digest])?;
+            Ok(released > 0)
+        })
+        .await
     }
 
     async fn claim_fetch(

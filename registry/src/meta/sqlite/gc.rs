@@ -34,33 +34,28 @@ impl Collect for SqliteMeta {
         before: i64,
     ) -> Result<Vec<bool>> {
         let name = repo.to_string();
-        let removed = self
-            .write(Durability::Unsynced, move |tx| each(tx, &name, &digests, gc::COLLECT_MANIFEST, before))
-            .await;
-        self.resolved().invalidate(repo);
-        removed
+        self.write_clearing(repo, Durability::Unsynced, move |tx| {
+            each(tx, &name, &digests, gc::COLLECT_MANIFEST, before)
+        })
+        .await
     }
 
     async fn collect_links(&self, repo: &RepoName, digests: Vec<Digest>, before: i64) -> Result<Vec<bool>> {
         let name = repo.to_string();
-        let removed = self
-            .write(Durability::Unsynced, move |tx| each(tx, &name, &digests, gc::COLLECT_LINK, before))
-            .await;
-        self.resolved().invalidate(repo);
-        removed
+        self.write_clearing(repo, Durability::Unsynced, move |tx| {
+            each(tx, &name, &digests, gc::COLLECT_LINK, before)
+        })
+        .await
     }
 
     async fn collect_tags(&self, repo: &RepoName, tags: Vec<(String, Digest)>) -> Result<Vec<bool>> {
         let name = repo.to_string();
-        let removed = self
-            .write(Durability::Unsynced, move |tx| {
-                let Some(id) = repo_id(tx, &name)? else { return Ok(vec![false; tags.len()]) };
-                let mut remove = tx.prepare_cached(gc::COLLECT_TAG)?;
-                tags.iter().map(|(t, d)| Ok(remove.execute(params![id, t, d.as_str()])? > 0)).collect()
-            })
-            .await;
-        self.resolved().invalidate(repo);
-        removed
+        self.write_clearing(repo, Durability::Unsynced, move |tx| {
+            let Some(id) = repo_id(tx, &name)? else { return Ok(vec![false; tags.len()]) };
+            let mut remove = tx.prepare_cached(gc::COLLECT_TAG)?;
+            tags.iter().map(|(t, d)| Ok(remove.execute(params![id, t, d.as_str()])? > 0)).collect()
+        })
+        .await
     }
 
     async fn blob_uses(&self, digest: &Digest) -> Result<u64> {

@@ -217,6 +217,18 @@ impl SqliteMeta {
     {
         self.inner.writer.run(durability, f).await
     }
+
+    /// [`SqliteMeta::write`] for a change to what `repo`'s kept lookups may answer (a tag, a
+    /// manifest, a blob's link): they are cleared once it ends, before it returns.
+    async fn write_clearing<T, F>(&self, repo: &RepoName, durability: Durability, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let out = self.write(durability, f).await;
+        self.resolved().invalidate(repo);
+        out
+    }
 }
 
 fn poisoned() -> MetaError {
@@ -331,18 +343,15 @@ impl MetaStore for SqliteMeta {
 
     async fn unlink_blob(&self, repo_name: &RepoName, digest: &Digest) -> Result<bool> {
         let (repo, digest) = (repo_name.to_string(), digest.to_string());
-        let out = self
-            .write(Durability::Synced, move |tx| {
-                let n = tx.execute(
-                    "DELETE FROM repository_blobs WHERE digest = ?2
+        self.write_clearing(repo_name, Durability::Synced, move |tx| {
+            let n = tx.execute(
+                "DELETE FROM repository_blobs WHERE digest = ?2
                      AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
-                    params![repo, digest],
-                )?;
-                Ok(n > 0)
-            })
-            .await;
-        self.resolved().invalidate(repo_name);
-        out
+                params![repo, digest],
+            )?;
+            Ok(n > 0)
+        })
+        .await
     }
 
     async fn check_references(&self, repo: &RepoName, blobs: &[Digest], manifests: &[Digest]) -> Result<()> {
@@ -352,9 +361,7 @@ impl MetaStore for SqliteMeta {
 
     async fn put_manifest(&self, m: NewManifest) -> Result<()> {
         let repo = m.repo.clone();
-        let out = self.write(Durability::Synced, move |tx| put_manifest_tx(tx, &m)).await;
-        self.resolved().invalidate(&repo);
-        out
+        self.write_clearing(&repo, Durability::Synced, move |tx| put_manifest_tx(tx, &m)).await
     }
 
     async fn manifest(&self, repo_name: &RepoName, reference: &Reference) -> Result<Option<ManifestRecord>> {
@@ -404,44 +411,38 @@ impl MetaStore for SqliteMeta {
         event: Option<NewEvent>,
     ) -> Result<bool> {
         let (repo, digest) = (repo_name.to_string(), digest.to_string());
-        let out = self
-            .write(Durability::Synced, move |tx| {
-                let Some(id) = repo_id(tx, &repo)? else { return Ok(false) };
-                tx.execute("DELETE FROM tags WHERE repository_id = ?1 AND digest = ?2", params![id, digest])?;
-                let n = tx.execute(
-                    "DELETE FROM manifests WHERE repository_id = ?1 AND digest = ?2",
-                    params![id, digest],
-                )?;
-                if n > 0 {
-                    outbox::record(tx, event.as_slice(), None)?;
-                }
-                Ok(n > 0)
-            })
-            .await;
-        self.resolved().invalidate(repo_name);
-        out
+        self.write_clearing(repo_name, Durability::Synced, move |tx| {
+            let Some(id) = repo_id(tx, &repo)? else { return Ok(false) };
+            tx.execute("DELETE FROM tags WHERE repository_id = ?1 AND digest = ?2", params![id, digest])?;
+            let n = tx.execute(
+                "DELETE FROM manifests WHERE repository_id = ?1 AND digest = ?2",
+                params![id, digest],
+            )?;
+            if n > 0 {
+                outbox::record(tx, event.as_slice(), None)?;
+            }
+            Ok(n > 0)
+        })
+        .await
     }
 
     async fn delete_tag(&self, repo_name: &RepoName, tag: &Tag, event: Option<NewEvent>) -> Result<bool> {
         let (repo, tag) = (repo_name.to_string(), tag.to_string());
-        let out = self
-            .write(Durability::Synced, move |tx| {
-                let named: Option<String> = tx
-                    .query_row(
-                        "DELETE FROM tags WHERE repository_id = (SELECT id FROM repositories WHERE name = ?1)
+        self.write_clearing(repo_name, Durability::Synced, move |tx| {
+            let named: Option<String> = tx
+                .query_row(
+                    "DELETE FROM tags WHERE repository_id = (SELECT id FROM repositories WHERE name = ?1)
                          AND name = ?2 RETURNING digest",
-                        params![repo, tag],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if let Some(digest) = &named {
-                    outbox::record(tx, event.as_slice(), Some(digest))?;
-                }
-                Ok(named.is_some())
-            })
-            .await;
-        self.resolved().invalidate(repo_name);
-        out
+                    params![repo, tag],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(digest) = &named {
+                outbox::record(tx, event.as_slice(), Some(digest))?;
+            }
+            Ok(named.is_some())
+        })
+        .await
     }
 
     async fn tags(&self, repo: &RepoName, page: &Page) -> Result<Option<Vec<String>>> {
