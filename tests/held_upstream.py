@@ -11,21 +11,11 @@ middle of a pull-through fetch another replica streams; listens on 127.0.0.1 onl
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from forwarding import ask, send_head
+
 port, upstream, state, hold_after = int(sys.argv[1]), sys.argv[2].rstrip("/"), sys.argv[3], int(sys.argv[4])
-PASSED = ("Content-Type", "Content-Length", "Content-Range", "Accept-Ranges", "Docker-Content-Digest",
-          "Docker-Distribution-API-Version", "Location", "WWW-Authenticate")
-
-
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args):
-        return None
-
-
-opener = urllib.request.build_opener(NoRedirect)
 
 
 def released():
@@ -39,17 +29,8 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def forward(self, method):
-        headers = {k: v for k, v in self.headers.items() if k in ("Accept", "Authorization", "Range")}
-        req = urllib.request.Request(upstream + self.path, method=method, headers=headers)
-        try:
-            resp = opener.open(req, timeout=30)
-        except urllib.error.HTTPError as e:
-            resp = e
-        self.send_response(resp.status)
-        for name in PASSED:
-            if resp.headers.get(name) is not None:
-                self.send_header(name, resp.headers[name])
-        self.end_headers()
+        resp = ask(upstream, self, method)
+        send_head(self, resp)
         if method != "GET":
             return
         hold = "/blobs/" in self.path and not released()

@@ -10,22 +10,13 @@ Berth's monitoring test; listens on 127.0.0.1 only.
 
 import sys
 import threading
-import urllib.error
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from forwarding import ask, send_head
 
 port, upstream = int(sys.argv[1]), sys.argv[2].rstrip("/")
 remaining = [100]
 lock = threading.Lock()
-PASSED = ("Content-Type", "Content-Length", "Docker-Content-Digest", "Location", "WWW-Authenticate")
-
-
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args):
-        return None
-
-
-opener = urllib.request.build_opener(NoRedirect)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -40,23 +31,15 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        headers = {k: v for k, v in self.headers.items() if k in ("Accept", "Authorization", "Range")}
-        req = urllib.request.Request(upstream + self.path, method=method, headers=headers)
-        try:
-            resp = opener.open(req, timeout=30)
-        except urllib.error.HTTPError as e:
-            resp = e
+        resp = ask(upstream, self, method)
         body = resp.read() if method == "GET" else b""
-        self.send_response(resp.status)
-        for name in PASSED:
-            if resp.headers.get(name) is not None:
-                self.send_header(name, resp.headers[name])
+        extra = []
         if "/manifests/" in self.path:
             with lock:
                 if method == "GET":
                     remaining[0] = max(remaining[0] - 1, 0)
-                self.send_header("ratelimit-remaining", f"{remaining[0]};w=21600")
-        self.end_headers()
+                extra.append(("ratelimit-remaining", f"{remaining[0]};w=21600"))
+        send_head(self, resp, extra)
         self.wfile.write(body)
 
     def do_GET(self):
