@@ -9,6 +9,7 @@
 //! multipart uploads requests write straight into object storage are [`multiparts::MultipartLog`].
 
 pub mod cache;
+mod error;
 pub mod events;
 pub mod gc;
 pub mod multiparts;
@@ -23,40 +24,14 @@ pub mod sqlite;
 pub mod sweep;
 #[cfg(test)]
 pub(crate) mod testsuite;
+pub mod uploads;
 pub mod usage;
 
-use crate::UploadId;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
+pub use error::{MetaError, Result};
 pub use events::NewEvent;
 pub use sweep::Stored;
-
-#[derive(Debug, thiserror::Error)]
-pub enum MetaError {
-    #[error("blob {0} is not known in this repository")]
-    BlobUnknown(Digest),
-    #[error("manifest {0} is not known in this repository")]
-    ManifestUnknown(Digest),
-    /// The blob's object is being deleted (or, for a write that assumed it stored, is gone):
-    /// write it again once the deletion is over ([`MetaStore::blob_purging`]).
-    #[error("blob {0} is being deleted")]
-    BlobGone(Digest),
-    #[error("upload session is unknown")]
-    UploadUnknown,
-    #[error("upload has {current} bytes, not as many as the chunk assumed")]
-    UploadOffset { current: u64 },
-    #[error("upload already has {max} chunks, the most one session may hold")]
-    UploadFull { max: u32 },
-    #[error("metadata store failed: {0}")]
-    Db(String),
-    /// The database cannot be reached (a 503: the client may try again).
-    #[error("metadata store is unavailable: {0}")]
-    Unavailable(String),
-    /// The disk under the database is full.
-    #[error("the metadata store's disk is full")]
-    Full,
-}
-
-pub type Result<T> = std::result::Result<T, MetaError>;
+pub use uploads::{Appended, Closing, Upload, UploadPart, UploadSessions};
 
 /// What serving a manifest needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,44 +78,6 @@ pub struct Referrer {
     pub annotations: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upload {
-    pub id: UploadId,
-    pub repo: RepoName,
-    pub received: u64,
-    pub updated_at: i64,
-    /// The sha256 state after the `received` bytes ([`berth_core::oci::Hasher::state`]), so that
-    /// any replica continues the session without reading it back; `None` when not recorded.
-    pub hash_state: Option<Vec<u8>>,
-    /// The storage assembly (multipart upload) the session's parts go into, once it has one.
-    pub assembly: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UploadPart {
-    pub start: u64,
-    pub size: u64,
-    pub nonce: String,
-    /// A part of the session's assembly, with the tag the store gave it; `None`: a chunk stored
-    /// as an object of its own (named by `start` and `nonce`).
-    pub tag: Option<String>,
-}
-
-/// What one request adds to an upload session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Appended {
-    /// The session's size the request started from: nothing is recorded unless it still is.
-    pub at: u64,
-    /// Bytes the request added.
-    pub added: u64,
-    /// The parts that now hold them, in order.
-    pub parts: Vec<UploadPart>,
-    /// The session's chunk objects went into the first of `parts`: forget them.
-    pub drop_chunks: bool,
-    /// The hash state after `at + added` bytes.
-    pub hash_state: Option<Vec<u8>>,
-}
-
 /// A connection pool's use, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolUse {
@@ -157,7 +94,7 @@ pub struct Page {
 }
 
 #[async_trait::async_trait]
-pub trait MetaStore: Send + Sync + 'static {
+pub trait MetaStore: UploadSessions + Send + Sync + 'static {
     /// Size of `digest` if the repository may read it.
     async fn blob_in_repo(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>>;
     /// Size of `digest` if it is committed anywhere.
@@ -197,31 +134,6 @@ pub trait MetaStore: Send + Sync + 'static {
         artifact_type: Option<&str>,
     ) -> Result<Vec<Referrer>>;
 
-    async fn create_upload(&self, id: UploadId, repo: &RepoName, now: i64) -> Result<()>;
-    /// The session, without its chunks (a request that only adds one needs none of them).
-    async fn upload(&self, id: UploadId) -> Result<Option<Upload>>;
-    /// The session's chunks, in order.
-    async fn upload_parts(&self, id: UploadId) -> Result<Vec<UploadPart>>;
-    /// Records what a request added, if the session still has exactly `a.at` bytes and fewer than
-    /// `max_parts` requests added to it; returns the new total.
-    async fn append_upload(&self, id: UploadId, a: &Appended, max_parts: u32, now: i64) -> Result<u64>;
-    /// Gives the session the assembly `assembly` unless it has one; returns the one it has, or
-    /// `None` when the session is gone.
-    async fn set_upload_assembly(&self, id: UploadId, assembly: &str) -> Result<Option<String>>;
-    /// Ends a session whose bytes are now the blob `digest`: links the blob into `repo` and forgets
-    /// the session, in one transaction.
-    async fn finish_upload(
-        &self,
-        id: UploadId,
-        repo: &RepoName,
-        digest: &Digest,
-        size: u64,
-        stored: Stored,
-    ) -> Result<()>;
-    async fn delete_upload(&self, id: UploadId) -> Result<bool>;
-    /// Sessions last touched before `before`.
-    async fn stale_uploads(&self, before: i64, limit: usize) -> Result<Vec<UploadId>>;
-    async fn count_uploads(&self) -> Result<u64>;
     /// Released blobs ([`sweep`]) whose objects may be deleted: released before
     /// `deleting_before`, or left purging since before `purging_before` (unix milliseconds).
     async fn purgeable_blobs(
@@ -278,29 +190,6 @@ pub trait MetaStore: Send + Sync + 'static {
 /// A value read back from the store that does not parse: the database was edited or damaged.
 pub(crate) fn parse_stored<T: std::str::FromStr>(what: &str, value: String) -> Result<T> {
     value.parse().map_err(|_| MetaError::Db(format!("stored {what} {value:?} does not parse")))
-}
-
-impl MetaError {
-    /// Why an append was refused: the session is gone, moved on from `at`, or full.
-    pub(crate) fn refused_append(current: Option<u64>, at: u64, max_parts: u32) -> MetaError {
-        match current {
-            Some(c) if c != at => MetaError::UploadOffset { current: c },
-            Some(_) => MetaError::UploadFull { max: max_parts },
-            None => MetaError::UploadUnknown,
-        }
-    }
-}
-
-impl UploadPart {
-    /// The nonce names a storage object: the service makes it hex, and a store refuses anything
-    /// else rather than build a key from it.
-    pub(crate) fn check_nonce(&self) -> Result<()> {
-        if self.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
-            Ok(())
-        } else {
-            Err(MetaError::Db("upload part nonce must be hex".into()))
-        }
-    }
 }
 
 /// What a write that records a blob makes of the state it found: `Ok` when the blob is `live`

@@ -477,10 +477,21 @@ async fn upload_sessions(m: &dyn MetaStore) {
     let (id, blob) = (UploadId::random(), digest("finished"));
     m.create_upload(id, &repo("up"), 200).await.unwrap();
     m.append_upload(id, &chunk(0, 7), 3, 201).await.unwrap();
+    // What closing reads, in one go: the session, its chunks, and whether the blob is stored.
+    let closing = m.closing_upload(id, &blob).await.unwrap().unwrap();
+    assert_eq!(closing.upload, m.upload(id).await.unwrap().unwrap());
+    assert_eq!((closing.parts, closing.stored), (vec![part(0, 7)], None));
     m.finish_upload(id, &repo("up"), &blob, 7, Stored::Written).await.unwrap();
     assert_eq!(m.upload(id).await.unwrap(), None);
+    assert_eq!(m.closing_upload(id, &blob).await.unwrap(), None, "a finished session is gone");
     assert!(m.upload_parts(id).await.unwrap().is_empty(), "chunks go with their session");
     assert_eq!(m.blob_in_repo(&repo("up"), &blob).await.unwrap(), Some(7));
+    // A session elsewhere closing as the same blob finds it stored (in any repository).
+    let again = UploadId::random();
+    m.create_upload(again, &repo("up-other"), 210).await.unwrap();
+    let closing = m.closing_upload(again, &blob).await.unwrap().unwrap();
+    assert_eq!((closing.upload.repo, closing.parts, closing.stored), (repo("up-other"), vec![], Some(7)));
+    assert!(m.delete_upload(again).await.unwrap());
 }
 
 async fn cache_bookkeeping<M: MetaStore + CacheIndex>(m: &M) {

@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use super::assembly::{self, nonce, PartSink};
 use super::error::{Result, ServiceError};
 use super::registry::{copy_body, repo_matches, BodyStream, Registry};
-use crate::meta::{now, Appended, Stored, Upload, UploadPart};
+use crate::meta::{now, Appended, Closing, Stored, Upload, UploadPart};
 use crate::storage::{layout, put_all};
 use crate::UploadId;
 use berth_core::oci::range::ChunkRange;
@@ -84,12 +84,12 @@ impl Registry {
         declared: Option<u64>,
         body: BodyStream,
     ) -> Result<u64> {
-        let mut u = self.live_upload(repo, id).await?;
-        let (received, hasher) = self.append(&u, range, declared, body).await?;
-        if received != u.received {
-            u = self.live_upload(repo, id).await?;
+        let mut closing = self.live_closing(repo, id, digest).await?;
+        let (received, hasher) = self.append(&closing.upload, range, declared, body).await?;
+        if received != closing.upload.received {
+            closing = self.live_closing(repo, id, digest).await?;
         }
-        let parts = self.meta.upload_parts(u.id).await?;
+        let Closing { upload: u, parts, stored } = closing;
         let assembled = parts.iter().any(|p| p.tag.is_some());
         // The recorded state checks a sha256 digest before anything is completed; any other
         // digest is checked by reading the bytes, which an assembled session has only once its
@@ -113,7 +113,7 @@ impl Registry {
         }
         // A `live` row always has its object (see `crate::meta::sweep`): then the session's own
         // bytes need not be published.
-        let found = completed.is_none() && self.meta.blob_size(digest).await? == Some(u.received);
+        let found = completed.is_none() && stored == Some(u.received);
         let (mut published, stored) = match &completed {
             _ if found => (Published::Found, Stored::Assumed),
             Some(key) => {
@@ -189,12 +189,25 @@ impl Registry {
 
     async fn live_upload(&self, repo: &RepoName, id: UploadId) -> Result<Upload> {
         let u = self.meta.upload(id).await?.ok_or(ServiceError::UploadUnknown)?;
+        self.check_live(&u, repo).await?;
+        Ok(u)
+    }
+
+    /// [`Registry::live_upload`] with what closing it as `digest` needs, in one read.
+    async fn live_closing(&self, repo: &RepoName, id: UploadId, digest: &Digest) -> Result<Closing> {
+        let c = self.meta.closing_upload(id, digest).await?.ok_or(ServiceError::UploadUnknown)?;
+        self.check_live(&c.upload, repo).await?;
+        Ok(c)
+    }
+
+    /// Refuses a session of another repository, and discards one idle past the upload TTL.
+    async fn check_live(&self, u: &Upload, repo: &RepoName) -> Result<()> {
         repo_matches(&u.repo, repo)?;
         if u.updated_at < now() - self.limits.upload_ttl.as_secs() as i64 {
-            self.discard(&u).await;
+            self.discard(u).await;
             return Err(ServiceError::UploadUnknown);
         }
-        Ok(u)
+        Ok(())
     }
 
     /// Stores one request's bytes and records them; returns the session's new size and, when

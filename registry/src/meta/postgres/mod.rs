@@ -29,6 +29,7 @@ mod sweep;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
+mod uploads;
 mod usage;
 
 use std::future::Future;
@@ -42,10 +43,8 @@ use deadpool_postgres::{GenericClient, Object};
 use errors::{db_error, retryable};
 
 use super::{
-    Appended, ManifestRecord, MetaError, MetaStore, NewEvent, NewManifest, Page, PoolUse, Referrer, Result,
-    Stored, Upload, UploadPart,
+    ManifestRecord, MetaError, MetaStore, NewEvent, NewManifest, Page, PoolUse, Referrer, Result, Stored,
 };
-use crate::UploadId;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
 /// How often a `url_file` is read again for a rotated URL.
@@ -187,6 +186,15 @@ async fn execute<C: GenericClient>(
 ) -> std::result::Result<u64, tokio_postgres::Error> {
     let stmt = c.prepare_cached(sql).await?;
     c.execute(&stmt, params).await
+}
+
+/// The size of `digest`'s blob if it is `live`.
+async fn live_blob_size<C: GenericClient>(c: &C, digest: &Digest) -> Result<Option<u64>> {
+    let row =
+        query_opt(c, "SELECT size FROM blobs WHERE digest = $1 AND state = 'live'", &[&digest.as_str()])
+            .await
+            .map_err(db_error)?;
+    Ok(row.map(|r| size(r.get(0))))
 }
 
 async fn repo_id<C: GenericClient>(
@@ -357,12 +365,7 @@ impl MetaStore for PostgresMeta {
     }
 
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        let c = self.client().await?;
-        let row =
-            query_opt(&c, "SELECT size FROM blobs WHERE digest = $1 AND state = 'live'", &[&digest.as_str()])
-                .await
-                .map_err(db_error)?;
-        Ok(row.map(|r| size(r.get(0))))
+        live_blob_size(&self.client().await?, digest).await
     }
 
     async fn repos_with_blob(&self, digest: &Digest, limit: usize) -> Result<Vec<RepoName>> {
@@ -533,134 +536,6 @@ impl MetaStore for PostgresMeta {
             .collect()
     }
 
-    async fn create_upload(&self, id: UploadId, repo: &RepoName, now: i64) -> Result<()> {
-        let repo = repo.to_string();
-        self.write(false, move |tx| {
-            let repo = repo.clone();
-            Box::pin(async move {
-                execute(
-                    tx,
-                    "INSERT INTO uploads (id, repository, received, created_at, updated_at)
-                     VALUES ($1, $2, 0, $3, $3)",
-                    &[&id.to_string(), &repo, &now],
-                )
-                .await?;
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    async fn upload(&self, id: UploadId) -> Result<Option<Upload>> {
-        let c = self.client().await?;
-        let row = query_opt(
-            &c,
-            "SELECT repository, received, updated_at, hash_state, assembly FROM uploads WHERE id = $1",
-            &[&id.to_string()],
-        )
-        .await
-        .map_err(db_error)?;
-        row.map(|r| {
-            Ok(Upload {
-                id,
-                repo: parse("repository name", r.get(0))?,
-                received: size(r.get(1)),
-                updated_at: r.get(2),
-                hash_state: r.get(3),
-                assembly: r.get(4),
-            })
-        })
-        .transpose()
-    }
-
-    async fn upload_parts(&self, id: UploadId) -> Result<Vec<UploadPart>> {
-        let c = self.client().await?;
-        let rows = query(
-            &c,
-            "SELECT start, size, nonce, tag FROM upload_parts WHERE upload_id = $1 ORDER BY start",
-            &[&id.to_string()],
-        )
-        .await
-        .map_err(db_error)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| UploadPart {
-                start: size(r.get(0)),
-                size: size(r.get(1)),
-                nonce: r.get(2),
-                tag: r.get(3),
-            })
-            .collect())
-    }
-
-    async fn append_upload(&self, id: UploadId, a: &Appended, max_parts: u32, now: i64) -> Result<u64> {
-        for p in &a.parts {
-            p.check_nonce()?;
-        }
-        let a = a.clone();
-        self.write(false, move |tx| {
-            let a = a.clone();
-            Box::pin(async move { append_upload_tx(tx, id, &a, max_parts, now).await })
-        })
-        .await
-    }
-
-    async fn set_upload_assembly(&self, id: UploadId, assembly: &str) -> Result<Option<String>> {
-        let c = self.client().await?;
-        let key = id.to_string();
-        execute(
-            &c,
-            "UPDATE uploads SET assembly = $2 WHERE id = $1 AND assembly IS NULL",
-            &[&key, &assembly],
-        )
-        .await
-        .map_err(db_error)?;
-        let row =
-            query_opt(&c, "SELECT assembly FROM uploads WHERE id = $1", &[&key]).await.map_err(db_error)?;
-        Ok(row.and_then(|r| r.get(0)))
-    }
-
-    async fn finish_upload(
-        &self,
-        id: UploadId,
-        repo: &RepoName,
-        digest: &Digest,
-        size: u64,
-        stored: Stored,
-    ) -> Result<()> {
-        let (repo, digest) = (repo.to_string(), digest.clone());
-        self.write(true, move |tx| {
-            let (repo, digest) = (repo.clone(), digest.clone());
-            Box::pin(async move {
-                link_blob_tx(tx, &repo, &digest, size, stored).await?;
-                execute(tx, "DELETE FROM uploads WHERE id = $1", &[&id.to_string()]).await?;
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    async fn delete_upload(&self, id: UploadId) -> Result<bool> {
-        self.write(false, move |tx| {
-            Box::pin(async move {
-                Ok(execute(tx, "DELETE FROM uploads WHERE id = $1", &[&id.to_string()]).await? > 0)
-            })
-        })
-        .await
-    }
-
-    async fn stale_uploads(&self, before: i64, limit: usize) -> Result<Vec<UploadId>> {
-        let c = self.client().await?;
-        let rows = query(
-            &c,
-            "SELECT id FROM uploads WHERE updated_at < $1 ORDER BY updated_at LIMIT $2",
-            &[&before, &(limit.min(i64::MAX as usize) as i64)],
-        )
-        .await
-        .map_err(db_error)?;
-        rows.into_iter().map(|r| parse("upload id", r.get(0))).collect()
-    }
-
     async fn leave(&self) {
         self.lookups.leave(&self.pool).await;
     }
@@ -742,64 +617,17 @@ impl MetaStore for PostgresMeta {
         .await
     }
 
-    async fn count_uploads(&self) -> Result<u64> {
-        let c = self.client().await?;
-        let row = query_opt(&c, "SELECT count(*) FROM uploads", &[]).await.map_err(db_error)?;
-        Ok(row.map_or(0, |r| size(r.get(0))))
-    }
-
     fn pool_use(&self) -> Option<PoolUse> {
         let s = self.pool.get().ok()?.status();
         Some(PoolUse { in_use: s.size.saturating_sub(s.available), idle: s.available, max: s.max_size })
     }
 }
 
-async fn append_upload_tx(
-    tx: &Tx<'_>,
-    id: UploadId,
-    a: &Appended,
-    max_parts: u32,
-    now: i64,
-) -> TxResult<u64> {
-    let key = id.to_string();
-    let counted = i32::from(a.added > 0);
-    let updated = execute(
-        tx,
-        "UPDATE uploads SET received = received + $3, parts = parts + $5, updated_at = $4, hash_state = $7
-         WHERE id = $1 AND received = $2 AND parts + $5 <= $6",
-        &[
-            &key,
-            &(a.at as i64),
-            &(a.added as i64),
-            &now,
-            &counted,
-            &(max_parts.min(i32::MAX as u32) as i32),
-            &a.hash_state,
-        ],
-    )
-    .await?;
-    if updated == 0 {
-        let current = query_opt(tx, "SELECT received FROM uploads WHERE id = $1", &[&key]).await?;
-        return Err(MetaError::refused_append(current.map(|r| size(r.get(0))), a.at, max_parts).into());
-    }
-    if a.drop_chunks {
-        execute(tx, "DELETE FROM upload_parts WHERE upload_id = $1 AND tag IS NULL", &[&key]).await?;
-    }
-    for p in &a.parts {
-        execute(
-            tx,
-            "INSERT INTO upload_parts (upload_id, start, size, nonce, tag) VALUES ($1, $2, $3, $4, $5)",
-            &[&key, &(p.start as i64), &(p.size as i64), &p.nonce, &p.tag],
-        )
-        .await?;
-    }
-    Ok(a.at + a.added)
-}
-
 #[cfg(test)]
 mod tests {
     use super::testing::TestDatabase;
     use super::*;
+    use crate::meta::UploadSessions;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn conformance() {

@@ -1,0 +1,31 @@
+//! What a metadata store's operations fail with.
+
+use berth_core::oci::Digest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("blob {0} is not known in this repository")]
+    BlobUnknown(Digest),
+    #[error("manifest {0} is not known in this repository")]
+    ManifestUnknown(Digest),
+    /// The blob's object is being deleted (or, for a write that assumed it stored, is gone):
+    /// write it again once the deletion is over ([`super::MetaStore::blob_purging`]).
+    #[error("blob {0} is being deleted")]
+    BlobGone(Digest),
+    #[error("upload session is unknown")]
+    UploadUnknown,
+    #[error("upload has {current} bytes, not as many as the chunk assumed")]
+    UploadOffset { current: u64 },
+    #[error("upload already has {max} chunks, the most one session may hold")]
+    UploadFull { max: u32 },
+    #[error("metadata store failed: {0}")]
+    Db(String),
+    /// The database cannot be reached (a 503: the client may try again).
+    #[error("metadata store is unavailable: {0}")]
+    Unavailable(String),
+    /// The disk under the database is full.
+    #[error("the metadata store's disk is full")]
+    Full,
+}
+
+pub type Result<T> = std::result::Result<T, MetaError>;
