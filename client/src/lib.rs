@@ -14,22 +14,25 @@
 //!   refused connections, 5xx and 429 (waiting out a short `Retry-After`). Timeouts are not
 //!   retried: a pull must never hang longer than one connect or idle-read timeout.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use reqwest::header::{HeaderMap, ACCEPT, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{HeaderMap, ACCEPT, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
-use serde::Deserialize;
 
 pub mod authfile;
 pub mod challenge;
+mod error;
+mod login;
 pub mod pace;
 pub mod push;
 
 use berth_core::config::UpstreamConfig;
 use berth_core::oci::RepoName;
-use challenge::Challenge;
+use error::error_message;
+pub use error::{Result, UpstreamError};
+pub use login::Credentials;
+use login::{configured_secret, with_auth, Auth, Scheme, Session, TokenResponse};
 
 /// Every manifest type a pull may end in; upstreams pick the best they have.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -44,45 +47,6 @@ const ATTEMPTS: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest `Retry-After` waited out inside one pull; longer ones are passed to the client.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
-/// Tokens are renewed this long before they expire.
-const TOKEN_MARGIN: Duration = Duration::from_secs(15);
-const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
-
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("upstream {upstream} cannot be reached: {detail}")]
-    Connect { upstream: String, detail: String },
-    #[error("upstream {upstream} did not answer in time")]
-    Timeout { upstream: String },
-    #[error("upstream {upstream} refused the credentials: {detail}")]
-    Auth { upstream: String, detail: String },
-    #[error("upstream {upstream} is rate limiting pulls")]
-    RateLimited { upstream: String, retry_after: Option<u64> },
-    #[error("upstream {upstream} answered {status}: {detail}")]
-    Status { upstream: String, status: u16, detail: String },
-    #[error("upstream {upstream} sent content that does not match {digest}")]
-    Corrupt { upstream: String, digest: String },
-    #[error("upstream {upstream}: {detail}")]
-    Protocol { upstream: String, detail: String },
-}
-
-impl UpstreamError {
-    /// A bounded label for metrics.
-    pub fn class(&self) -> &'static str {
-        match self {
-            UpstreamError::Connect { .. } => "connect",
-            UpstreamError::Timeout { .. } => "timeout",
-            UpstreamError::Auth { .. } => "auth",
-            UpstreamError::RateLimited { .. } => "rate_limited",
-            UpstreamError::Status { status, .. } if *status >= 500 => "status_5xx",
-            UpstreamError::Status { .. } => "status_4xx",
-            UpstreamError::Corrupt { .. } => "corrupt",
-            UpstreamError::Protocol { .. } => "protocol",
-        }
-    }
-}
-
-pub type Result<T> = std::result::Result<T, UpstreamError>;
 
 /// What a client reports as it goes (the registry counts these in its metrics).
 pub trait Observer: Send + Sync {
@@ -103,50 +67,12 @@ pub enum Fetched {
     NotFound,
 }
 
-/// Credentials for one request.
-enum Auth {
-    Basic(String, String),
-    Bearer(String),
-}
-
-/// What an upstream is logged in with.
-#[derive(Clone)]
-pub enum Credentials {
-    None,
-    Basic { user: String, password: String },
-    Bearer(String),
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Credentials::None => "anonymous",
-            Credentials::Basic { .. } => "basic(redacted)",
-            Credentials::Bearer(_) => "bearer(redacted)",
-        })
-    }
-}
-
-#[derive(Clone)]
-enum Scheme {
-    Unknown,
-    Anonymous,
-    Basic,
-    Bearer { realm: String, service: Option<String> },
-}
-
-struct Token {
-    value: String,
-    renew_at: Instant,
-}
-
 pub struct Upstream {
     pub name: String,
     base: String,
     config: UpstreamConfig,
     http: reqwest::Client,
-    scheme: Mutex<Scheme>,
-    tokens: Mutex<HashMap<String, Token>>,
+    login: Session,
     /// Credentials given in memory instead of the config's files (the operator's probe).
     given: Option<Credentials>,
     observer: Arc<dyn Observer>,
@@ -158,16 +84,6 @@ impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream").field("name", &self.name).field("url", &self.base).finish_non_exhaustive()
     }
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    #[serde(default)]
-    token: Option<String>,
-    #[serde(default)]
-    access_token: Option<String>,
-    #[serde(default)]
-    expires_in: Option<u64>,
 }
 
 impl Upstream {
@@ -220,8 +136,7 @@ impl Upstream {
             base: config.url.trim_end_matches('/').to_owned(),
             config: config.clone(),
             http,
-            scheme: Mutex::new(Scheme::Unknown),
-            tokens: Mutex::new(HashMap::new()),
+            login: Session::default(),
             given,
             observer,
             pacer: None,
@@ -321,12 +236,12 @@ impl Upstream {
     ) -> Result<Response> {
         let mut fresh_token = false;
         for round in 0..2 {
-            let scheme = self.scheme.lock().map(|s| s.clone()).unwrap_or(Scheme::Unknown);
+            let scheme = self.login.scheme();
             let auth = self.authorization(&scheme, scope, fresh_token).await?;
             let resp = self.with_retries(method, url, build, auth.as_ref()).await?;
             match resp.status() {
                 StatusCode::UNAUTHORIZED if round == 0 => {
-                    self.learn(&resp);
+                    self.login.learn(&resp);
                     fresh_token = true;
                 }
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Err(self.auth_error(resp).await),
@@ -337,34 +252,6 @@ impl Upstream {
             upstream: self.name.clone(),
             detail: "still unauthorized after login".into(),
         })
-    }
-
-    /// Remembers the scheme from a 401's challenge.
-    fn learn(&self, resp: &Response) {
-        let challenges: Vec<Challenge> = resp
-            .headers()
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(challenge::parse)
-            .collect();
-        let scheme = if let Some(b) = challenges.iter().find(|c| c.scheme == "bearer") {
-            match b.param("realm") {
-                Some(realm) => {
-                    Scheme::Bearer { realm: realm.to_owned(), service: b.param("service").map(str::to_owned) }
-                }
-                None => Scheme::Unknown,
-            }
-        } else if challenges.iter().any(|c| c.scheme == "basic") {
-            Scheme::Basic
-        } else if resp.status() == StatusCode::UNAUTHORIZED {
-            Scheme::Unknown
-        } else {
-            Scheme::Anonymous
-        };
-        if let Ok(mut s) = self.scheme.lock() {
-            *s = scheme;
-        }
     }
 
     async fn authorization(&self, scheme: &Scheme, scope: Option<&str>, renew: bool) -> Result<Option<Auth>> {
@@ -389,11 +276,7 @@ impl Upstream {
     ) -> Result<String> {
         let key = scope.unwrap_or("").to_owned();
         if !renew {
-            if let Some(t) =
-                self.tokens.lock().ok().and_then(|m| {
-                    m.get(&key).filter(|t| t.renew_at > Instant::now()).map(|t| t.value.clone())
-                })
-            {
+            if let Some(t) = self.login.token(&key) {
                 return Ok(t);
             }
         }
@@ -422,12 +305,7 @@ impl Upstream {
                 detail: "token service sent no token".into(),
             });
         };
-        let lifetime = body.expires_in.map(Duration::from_secs).unwrap_or(DEFAULT_TOKEN_LIFETIME);
-        let renew_at = Instant::now() + lifetime.saturating_sub(TOKEN_MARGIN).max(lifetime / 2);
-        if let Ok(mut m) = self.tokens.lock() {
-            m.retain(|_, t| t.renew_at > Instant::now());
-            m.insert(key, Token { value: value.clone(), renew_at });
-        }
+        self.login.keep(key, value.clone(), body.expires_in);
         Ok(value)
     }
 
@@ -561,108 +439,6 @@ impl Upstream {
     }
 }
 
-/// The first message of a distribution error envelope, or a short plain-text body.
-async fn error_message(resp: Response) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Envelope {
-        errors: Vec<Entry>,
-    }
-    #[derive(Deserialize)]
-    struct Entry {
-        #[serde(default)]
-        code: String,
-        #[serde(default)]
-        message: String,
-    }
-    let text = resp.text().await.ok()?;
-    if let Ok(env) = serde_json::from_str::<Envelope>(&text) {
-        let e = env.errors.into_iter().next()?;
-        return Some(if e.message.is_empty() { e.code } else { format!("{}: {}", e.code, e.message) });
-    }
-    // Token services answer `{"details": ...}` (Docker Hub) or `{"error": ...}`.
-    if let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(&text) {
-        let said = ["details", "message", "error"].iter().find_map(|k| o.get(*k)?.as_str());
-        if let Some(said) = said.filter(|s| !s.is_empty() && s.len() <= 200) {
-            return Some(said.to_owned());
-        }
-    }
-    let text = text.trim();
-    (!text.is_empty() && text.len() <= 200 && !text.contains('<')).then(|| text.to_owned())
-}
-
-/// `config`'s credentials for upstream `name` at `base`, read from its files or environment now.
-fn configured_secret(name: &str, base: &str, c: &UpstreamConfig) -> Result<Credentials> {
-    let read = |file: &Option<std::path::PathBuf>, env: &Option<String>| -> Result<Option<String>> {
-        if let Some(f) = file {
-            return std::fs::read_to_string(f)
-                .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_owned()))
-                .map_err(|e| UpstreamError::Auth {
-                    upstream: name.to_owned(),
-                    detail: format!("cannot read {}: {}", f.display(), e.kind()),
-                });
-        }
-        if let Some(v) = env {
-            return std::env::var(v).map(Some).map_err(|_| UpstreamError::Auth {
-                upstream: name.to_owned(),
-                detail: format!("environment variable {v} is not set"),
-            });
-        }
-        Ok(None)
-    };
-    if let Some(dir) = &c.credentials_dir {
-        return credentials_in(name, base, dir);
-    }
-    if let Some(token) = read(&c.token_file, &c.token_env)? {
-        return Ok(Credentials::Bearer(token));
-    }
-    match (&c.username, read(&c.password_file, &c.password_env)?) {
-        (Some(user), password) => {
-            Ok(Credentials::Basic { user: user.clone(), password: password.unwrap_or_default() })
-        }
-        (None, _) => Ok(Credentials::None),
-    }
-}
-
-/// `token`, or `username` and `password`, or `base`'s entry in a docker config
-/// `.dockerconfigjson`, from a directory (a mounted Secret).
-fn credentials_in(name: &str, base: &str, dir: &std::path::Path) -> Result<Credentials> {
-    let config = dir.join(".dockerconfigjson");
-    if config.exists() {
-        let auth = |detail| UpstreamError::Auth { upstream: name.to_owned(), detail };
-        return match authfile::lookup(&config, base, false).map_err(auth)? {
-            Some((user, password)) => Ok(Credentials::Basic { user, password }),
-            None => Err(auth(format!("{} has no entry for {}", config.display(), base))),
-        };
-    }
-    let read = |file: &str| match std::fs::read_to_string(dir.join(file)) {
-        Ok(v) => Ok(Some(v.trim_end_matches(['\n', '\r']).to_owned())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(UpstreamError::Auth {
-            upstream: name.to_owned(),
-            detail: format!("cannot read {}: {}", dir.join(file).display(), e.kind()),
-        }),
-    };
-    match (read("token")?, read("username")?) {
-        (Some(token), _) => Ok(Credentials::Bearer(token)),
-        (None, Some(user)) => {
-            Ok(Credentials::Basic { user, password: read("password")?.unwrap_or_default() })
-        }
-        (None, None) => Err(UpstreamError::Auth {
-            upstream: name.to_owned(),
-            detail: format!("{} holds neither `token` nor `username`", dir.display()),
-        }),
-    }
-}
-
-/// `req` with the credentials `auth` holds, if any.
-fn with_auth(req: RequestBuilder, auth: Option<&Auth>) -> RequestBuilder {
-    match auth {
-        Some(Auth::Basic(user, password)) => req.basic_auth(user, Some(password)),
-        Some(Auth::Bearer(token)) => req.bearer_auth(token),
-        None => req,
-    }
-}
-
 fn retry_after(h: &HeaderMap) -> Option<Duration> {
     h.get(RETRY_AFTER)?.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
@@ -687,35 +463,5 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
         h.insert("ratelimit-remaining", HeaderValue::from_static("lots"));
         assert_eq!(ratelimit_remaining(&h), None);
-    }
-
-    #[tokio::test]
-    async fn a_mounted_docker_config_gives_this_registrys_entry() {
-        let dir = tempfile::tempdir().unwrap();
-        let upstream = |url: &str| {
-            let mut config = berth_core::config::UpstreamConfig::new("edge", url);
-            config.credentials_dir = Some(dir.path().to_owned());
-            Upstream::new(&config, Arc::new(Unobserved)).unwrap()
-        };
-        std::fs::write(
-            dir.path().join(".dockerconfigjson"),
-            r#"{"auths": {"edge.example:5000": {"username": "robot", "password": "pw"}}}"#,
-        )
-        .unwrap();
-        match upstream("https://edge.example:5000").secret().await.unwrap() {
-            Credentials::Basic { user, password } => {
-                assert_eq!((user.as_str(), password.as_str()), ("robot", "pw"))
-            }
-            other => panic!("{other:?}"),
-        }
-        let e = upstream("https://elsewhere.example").secret().await.unwrap_err().to_string();
-        assert!(e.contains("no entry"), "{e}");
-    }
-
-    #[test]
-    fn secrets_never_show_in_debug() {
-        let s = Credentials::Basic { user: "u".into(), password: "hunter2".into() };
-        assert!(!format!("{s:?}").contains("hunter2"));
-        assert!(!format!("{:?}", Credentials::Bearer("tok-123".into())).contains("tok-123"));
     }
 }

@@ -9,7 +9,7 @@
 use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::{Body, Method, RequestBuilder, StatusCode};
 
-use crate::{Fetched, Result, Scheme, Upstream, UpstreamError};
+use crate::{Fetched, Result, Upstream, UpstreamError};
 use berth_core::oci::RepoName;
 
 /// How a blob reached the destination.
@@ -115,7 +115,7 @@ impl Upstream {
     /// Sends `req` once, with the credentials `scope` was last granted (a request before it
     /// logged in), and no retry: for a body that can be read only once.
     async fn once(&self, scope: &str, req: RequestBuilder) -> Result<reqwest::Response> {
-        let scheme = self.scheme.lock().map(|s| s.clone()).unwrap_or(Scheme::Unknown);
+        let scheme = self.login.scheme();
         let req = crate::with_auth(req, self.authorization(&scheme, Some(scope), false).await?.as_ref());
         let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
         if matches!(resp.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {

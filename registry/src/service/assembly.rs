@@ -223,7 +223,8 @@ mod tests {
     use super::super::registry::{BodyStream, Limits, Registry};
     use super::*;
     use crate::meta::sqlite::SqliteMeta;
-    use crate::storage::s3::{from_env, PART_SIZE};
+    use crate::storage::s3::tests::from_env;
+    use crate::storage::s3::PART_SIZE;
     use berth_core::oci::{Algorithm, Digest, RepoName};
     use futures_util::StreamExt;
 

@@ -73,7 +73,8 @@ pub async fn sweep(storage: &dyn Storage, log: &dyn MultipartLog, now: i64) -> R
 mod tests {
     use super::*;
     use crate::meta::sqlite::SqliteMeta;
-    use crate::storage::s3::{from_env, PART_SIZE};
+    use crate::storage::s3::tests::from_env;
+    use crate::storage::s3::PART_SIZE;
     use bytes::Bytes;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,3 +39,32 @@ fn db_message(e: &tokio_postgres::Error) -> String {
 pub fn retryable(e: &tokio_postgres::Error) -> bool {
     matches!(e.code(), Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE)
 }
+
+/// A failed statement inside a transaction: kept whole, so the retry loop can tell a deadlock.
+pub enum Failure {
+    Db(tokio_postgres::Error),
+    Meta(MetaError),
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Failure::Db(e)
+    }
+}
+
+impl From<MetaError> for Failure {
+    fn from(e: MetaError) -> Self {
+        Failure::Meta(e)
+    }
+}
+
+impl From<Failure> for MetaError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Db(e) => db_error(e),
+            Failure::Meta(e) => e,
+        }
+    }
+}
+
+pub type TxResult<T> = std::result::Result<T, Failure>;

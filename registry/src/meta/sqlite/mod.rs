@@ -6,7 +6,7 @@
 //! the bookkeeping of upload sessions is not waited for, since a client that loses it in a power
 //! loss resumes with a 416.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -14,7 +14,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 mod cache;
 mod events;
 mod gc;
+mod manifests;
 mod multiparts;
+mod open;
 mod outbox;
 mod queue;
 mod runs;
@@ -23,6 +25,10 @@ mod uploads;
 mod usage;
 mod writer;
 
+use manifests::{
+    check_references, ensure_repo, link_blob_tx, put_manifest_tx, record_blob, repo_id, row_to_triple,
+};
+use open::{migrate, open_connection, remove_orphaned_temporaries};
 use writer::{Durability, Writer};
 
 use super::resolved::{self, Resolved};
@@ -30,23 +36,6 @@ use super::sweep::{self, Stored};
 use super::{ManifestRecord, MetaError, MetaStore, NewEvent, NewManifest, Page, Referrer, Result};
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
-const MIGRATIONS: &[&str] = &[
-    include_str!("../../../migrations/sqlite/0001_init.sql"),
-    include_str!("../../../migrations/sqlite/0002_proxy.sql"),
-    include_str!("../../../migrations/sqlite/0003_upload_parts.sql"),
-    include_str!("../../../migrations/sqlite/0004_proxy_fetches.sql"),
-    include_str!("../../../migrations/sqlite/0005_upload_assembly.sql"),
-    include_str!("../../../migrations/sqlite/0006_multipart_uploads.sql"),
-    include_str!("../../../migrations/sqlite/0007_blob_states.sql"),
-    include_str!("../../../migrations/sqlite/0008_leases.sql"),
-    include_str!("../../../migrations/sqlite/0009_tags_by_digest.sql"),
-    include_str!("../../../migrations/sqlite/0010_pulled_at.sql"),
-    include_str!("../../../migrations/sqlite/0011_gc_runs.sql"),
-    include_str!("../../../migrations/sqlite/0012_references_by_child.sql"),
-    include_str!("../../../migrations/sqlite/0013_events.sql"),
-    include_str!("../../../migrations/sqlite/0014_audit.sql"),
-    include_str!("../../../migrations/sqlite/0015_fetch_segments.sql"),
-];
 const MAX_IDLE_READERS: usize = 8;
 
 #[derive(Clone)]
@@ -83,55 +72,6 @@ impl From<rusqlite::Error> for MetaError {
 }
 
 use super::parse_stored as parse;
-
-fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
-    // Every statement berth runs stays prepared: rusqlite's default of 16 per connection is
-    // fewer than one push, pull and collection use between them, and a statement pushed out is
-    // parsed again at its next use.
-    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    Ok(conn)
-}
-
-/// Prepared statements kept per connection.
-const STATEMENT_CACHE: usize = 256;
-
-/// Temporary databases left by processes that were killed before they could remove them.
-fn remove_orphaned_temporaries(tmp: &Path) {
-    // Without /proc no process can be told alive or gone: leave everything.
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(tmp) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("berth-meta-")?.split('-').next()) else {
-            continue;
-        };
-        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-fn migrate(conn: &mut Connection) -> Result<()> {
-    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
-    if version > MIGRATIONS.len() {
-        return Err(MetaError::Db(format!(
-            "database schema version {version} is newer than this berth understands ({})",
-            MIGRATIONS.len()
-        )));
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-        tx.commit()?;
-    }
-    Ok(())
-}
 
 impl SqliteMeta {
     pub fn open(path: impl Into<PathBuf>) -> Result<SqliteMeta> {
@@ -243,35 +183,6 @@ fn live_blob_size(c: &Connection, digest: &Digest) -> Result<Option<u64>> {
         .query_row([digest.as_str()], |r| r.get(0))
         .optional()?;
     Ok(size.map(|s| s as u64))
-}
-
-fn repo_id(conn: &Connection, repo: &str) -> Result<Option<i64>> {
-    Ok(conn
-        .prepare_cached("SELECT id FROM repositories WHERE name = ?1")?
-        .query_row([repo], |r| r.get(0))
-        .optional()?)
-}
-
-fn ensure_repo(tx: &Connection, repo: &str, now: i64) -> Result<i64> {
-    tx.prepare_cached(
-        "INSERT INTO repositories (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
-    )?
-    .execute(params![repo, now])?;
-    repo_id(tx, repo)?.ok_or_else(|| MetaError::Db("repository vanished while inserting".into()))
-}
-
-/// Records the blob's row for a write of its object ([`sweep`]).
-fn record_blob(tx: &Connection, digest: &Digest, size: u64, now: i64, stored: Stored) -> Result<()> {
-    let state: Option<String> = match stored {
-        Stored::Written | Stored::Confirmed => tx
-            .prepare_cached(sweep::RECORD_WRITTEN)?
-            .query_row(params![digest.as_str(), size as i64, now, stored == Stored::Confirmed], |r| r.get(0))
-            .optional()?,
-        Stored::Assumed => {
-            tx.prepare_cached(sweep::RECORD_ASSUMED)?.query_row([digest.as_str()], |r| r.get(0)).optional()?
-        }
-    };
-    super::recorded_blob(digest, stored, state.as_deref())
 }
 
 /// Names sorted after `page.last`, at most `page.limit + 1` of them.
@@ -608,93 +519,6 @@ impl MetaStore for SqliteMeta {
         })
         .await
     }
-}
-
-fn link_blob_tx(tx: &Connection, repo: &str, digest: &Digest, size: u64, stored: Stored) -> Result<()> {
-    let now = super::now();
-    record_blob(tx, digest, size, now, stored)?;
-    let id = ensure_repo(tx, repo, now)?;
-    tx.prepare_cached(super::gc::LINK)?.execute(params![id, digest.as_str(), now])?;
-    Ok(())
-}
-
-fn row_to_triple(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, i64)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-}
-
-/// The first reference the repository (`None`: not created yet) does not hold, as an error.
-fn check_references(c: &Connection, repo: Option<i64>, blobs: &[Digest], manifests: &[Digest]) -> Result<()> {
-    let Some(repo) = repo else {
-        return match (blobs.first(), manifests.first()) {
-            (Some(b), _) => Err(MetaError::BlobUnknown(b.clone())),
-            (None, Some(m)) => Err(MetaError::ManifestUnknown(m.clone())),
-            (None, None) => Ok(()),
-        };
-    };
-    let mut has_blob =
-        c.prepare_cached("SELECT 1 FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2")?;
-    for b in blobs {
-        if !has_blob.exists(params![repo, b.as_str()])? {
-            return Err(MetaError::BlobUnknown(b.clone()));
-        }
-    }
-    let mut has_manifest =
-        c.prepare_cached("SELECT 1 FROM manifests WHERE repository_id = ?1 AND digest = ?2")?;
-    for child in manifests {
-        if !has_manifest.exists(params![repo, child.as_str()])? {
-            return Err(MetaError::ManifestUnknown(child.clone()));
-        }
-    }
-    Ok(())
-}
-
-fn put_manifest_tx(tx: &Connection, m: &NewManifest) -> Result<()> {
-    let now = super::now();
-    let repo = ensure_repo(tx, m.repo.as_str(), now)?;
-    if m.verify_references {
-        check_references(tx, Some(repo), &m.blobs, if m.children_optional { &[] } else { &m.manifests })?;
-    }
-    record_blob(tx, &m.digest, m.size, now, m.stored)?;
-    let digest = m.digest.as_str();
-    let inserted = tx.execute(
-        "INSERT INTO manifests
-           (repository_id, digest, media_type, size, artifact_type, subject, annotations, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT (repository_id, digest) DO NOTHING",
-        params![
-            repo,
-            digest,
-            m.media_type,
-            m.size as i64,
-            m.artifact_type,
-            m.subject.as_ref().map(Digest::as_str),
-            m.annotations,
-            now
-        ],
-    )?;
-    if inserted == 0 {
-        tx.prepare_cached(super::gc::REFRESH_MANIFEST)?.execute(params![now, repo, digest])?;
-    } else {
-        let mut edge = tx.prepare_cached(
-            "INSERT INTO manifest_references (repository_id, manifest_digest, child_digest, kind)
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-        )?;
-        for b in &m.blobs {
-            edge.execute(params![repo, digest, b.as_str(), "blob"])?;
-        }
-        for child in &m.manifests {
-            edge.execute(params![repo, digest, child.as_str(), "manifest"])?;
-        }
-    }
-    let mut set_tag = tx.prepare_cached(
-        "INSERT INTO tags (repository_id, name, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest,
-           updated_at = excluded.updated_at",
-    )?;
-    for tag in &m.tags {
-        set_tag.execute(params![repo, tag.as_str(), digest, now])?;
-    }
-    outbox::record(tx, &m.events, None)
 }
 
 #[cfg(test)]

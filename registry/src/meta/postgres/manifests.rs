@@ -1,0 +1,137 @@
+//! A manifest's rows in one transaction: its repository, blob row, edges, tags and events.
+
+use deadpool_postgres::GenericClient;
+
+use super::errors::TxResult;
+use super::outbox;
+use super::statements::{ensure_repo, execute, query, query_opt, Tx};
+use crate::meta::{MetaError, NewManifest, Stored};
+use berth_core::oci::Digest;
+
+pub(super) async fn link_blob_tx(
+    tx: &Tx<'_>,
+    repo: &str,
+    digest: &Digest,
+    size: u64,
+    stored: Stored,
+) -> TxResult<()> {
+    let now = crate::meta::now();
+    record_blob(tx, digest, size, now, stored).await?;
+    let id = ensure_repo(tx, repo, now).await?;
+    let digest = digest.as_str();
+    execute(tx, crate::meta::gc::LINK, &[&id, &digest, &now]).await?;
+    Ok(())
+}
+
+/// Records the blob's row for a write of its object (see [`crate::meta::sweep`]); the statement
+/// locks the row, so a release or purge of the same digest waits for this transaction.
+pub(super) async fn record_blob(
+    tx: &Tx<'_>,
+    digest: &Digest,
+    size: u64,
+    now: i64,
+    stored: Stored,
+) -> TxResult<()> {
+    use crate::meta::sweep::{RECORD_ASSUMED, RECORD_WRITTEN};
+    let row = match stored {
+        Stored::Written | Stored::Confirmed => {
+            let confirmed = stored == Stored::Confirmed;
+            query_opt(tx, RECORD_WRITTEN, &[&digest.as_str(), &(size as i64), &now, &confirmed]).await?
+        }
+        Stored::Assumed => query_opt(tx, RECORD_ASSUMED, &[&digest.as_str()]).await?,
+    };
+    let state: Option<String> = row.map(|r| r.get(0));
+    Ok(crate::meta::recorded_blob(digest, stored, state.as_deref())?)
+}
+
+/// The first reference the repository (`None`: not created yet) does not hold, as an error.
+/// `lock` holds what was found until the transaction ends, so no delete removes it meanwhile.
+pub(super) async fn check_references<C: GenericClient>(
+    c: &C,
+    repo: Option<i64>,
+    blobs: &[Digest],
+    manifests: &[Digest],
+    lock: bool,
+) -> TxResult<()> {
+    let Some(repo) = repo else {
+        return Err(match (blobs.first(), manifests.first()) {
+            (Some(b), _) => MetaError::BlobUnknown(b.clone()).into(),
+            (None, Some(m)) => MetaError::ManifestUnknown(m.clone()).into(),
+            (None, None) => return Ok(()),
+        });
+    };
+    let suffix = if lock { " FOR SHARE" } else { "" };
+    for (table, wanted, missing) in [
+        ("repository_blobs", blobs, MetaError::BlobUnknown as fn(Digest) -> MetaError),
+        ("manifests", manifests, MetaError::ManifestUnknown as fn(Digest) -> MetaError),
+    ] {
+        if wanted.is_empty() {
+            continue;
+        }
+        let digests: Vec<&str> = wanted.iter().map(Digest::as_str).collect();
+        let sql = format!("SELECT digest FROM {table} WHERE repository_id = $1 AND digest = ANY($2){suffix}");
+        let found: std::collections::HashSet<String> =
+            query(c, &sql, &[&repo, &digests]).await?.iter().map(|r| r.get(0)).collect();
+        if let Some(d) = wanted.iter().find(|d| !found.contains(d.as_str())) {
+            return Err(missing(d.clone()).into());
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn put_manifest_tx(tx: &Tx<'_>, m: &NewManifest) -> TxResult<()> {
+    let now = crate::meta::now();
+    let repo = ensure_repo(tx, m.repo.as_str(), now).await?;
+    if m.verify_references {
+        let children: &[Digest] = if m.children_optional { &[] } else { &m.manifests };
+        check_references(tx, Some(repo), &m.blobs, children, true).await?;
+    }
+    record_blob(tx, &m.digest, m.size, now, m.stored).await?;
+    let digest = m.digest.as_str();
+    let inserted = execute(
+        tx,
+        "INSERT INTO manifests
+           (repository_id, digest, media_type, size, artifact_type, subject, annotations, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (repository_id, digest) DO NOTHING",
+        &[
+            &repo,
+            &digest,
+            &m.media_type,
+            &(m.size as i64),
+            &m.artifact_type,
+            &m.subject.as_ref().map(Digest::as_str),
+            &m.annotations,
+            &now,
+        ],
+    )
+    .await?;
+    if inserted == 0 {
+        execute(tx, crate::meta::gc::REFRESH_MANIFEST, &[&now, &repo, &digest]).await?;
+    } else {
+        for (kind, children) in [("blob", &m.blobs), ("manifest", &m.manifests)] {
+            if children.is_empty() {
+                continue;
+            }
+            let children: Vec<&str> = children.iter().map(Digest::as_str).collect();
+            execute(
+                tx,
+                "INSERT INTO manifest_references (repository_id, manifest_digest, child_digest, kind)
+                 SELECT $1, $2, child, $4 FROM unnest($3::text[]) AS child ON CONFLICT DO NOTHING",
+                &[&repo, &digest, &children, &kind],
+            )
+            .await?;
+        }
+    }
+    for tag in &m.tags {
+        execute(
+            tx,
+            "INSERT INTO tags (repository_id, name, digest, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest,
+               updated_at = excluded.updated_at",
+            &[&repo, &tag.as_str(), &digest, &now],
+        )
+        .await?;
+    }
+    Ok(outbox::record(tx, &m.events, None).await?)
+}

@@ -1,0 +1,142 @@
+//! The PostgreSQL store against a real server (the suite provisions PostgreSQL).
+
+use super::testing::TestDatabase;
+use super::*;
+use crate::meta::MetaError;
+use crate::meta::UploadSessions;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance() {
+    let db = TestDatabase::create().await;
+    let meta = PostgresMeta::connect(&db.url, 4).await.unwrap();
+    crate::meta::testsuite::run(&meta).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_migrate_once() {
+    let db = TestDatabase::create().await;
+    let starts = (0..4).map(|_| PostgresMeta::connect(&db.url, 2));
+    for store in futures_util::future::join_all(starts).await {
+        store.unwrap();
+    }
+    let (client, _conn) = db.client().await;
+    let n: i64 = client.query_one("SELECT count(*) FROM berth_schema", &[]).await.unwrap().get(0);
+    assert_eq!(n, i64::from(migrate::known()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_newer_than_this_berth_can_run_on_is_refused() {
+    let db = TestDatabase::create().await;
+    PostgresMeta::connect(&db.url, 1).await.unwrap();
+    let (client, _conn) = db.client().await;
+    let next = migrate::known() + 1;
+    // An expanding migration: older code still runs on it.
+    client.execute("INSERT INTO berth_schema VALUES ($1, 1, 0)", &[&next]).await.unwrap();
+    PostgresMeta::connect(&db.url, 1).await.expect("an expanded schema still serves older berth");
+    // A contracting one: it does not.
+    client.execute("INSERT INTO berth_schema VALUES ($1, $1, 0)", &[&(next + 1)]).await.unwrap();
+    let e = PostgresMeta::connect(&db.url, 1).await.err().expect("refused").to_string();
+    assert!(e.contains("upgrade berth"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_url_file_is_used_without_a_restart_and_a_broken_one_is_not() {
+    let db = TestDatabase::create().await;
+    let meta = PostgresMeta::connect(&db.url, 2).await.unwrap();
+    let (admin, _conn) = db.client().await;
+    let role = format!("rotated_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; GRANT ALL ON ALL TABLES IN SCHEMA public TO {role};"
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("url");
+    std::fs::write(&file, format!("{}\n", db.url)).unwrap();
+    meta.watch_url_file(file.clone(), Duration::from_millis(50));
+    let sessions_of = |role: String| {
+        let admin = &admin;
+        async move {
+            let row = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND application_name = 'berth'",
+                    &[&role],
+                )
+                .await
+                .unwrap();
+            row.get::<_, i64>(0)
+        }
+    };
+
+    // A URL that does not work is not taken: requests go on as before.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let broken = format!("postgres://{role}@127.0.0.1:{port}/nowhere");
+    assert!(meta.pool.replace(&broken).await.is_err());
+    meta.count_uploads().await.unwrap();
+    assert_eq!(sessions_of(role.clone()).await, 0);
+
+    // A working one is: new connections log in as the new role.
+    let (_, host) = db.url.split_once('@').expect("the test URL names its user");
+    let rotated = format!("postgres://{role}@{host}");
+    std::fs::write(&file, &rotated).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        meta.count_uploads().await.unwrap();
+        if sessions_of(role.clone()).await > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never switched to {rotated}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And the old role's connections close (a revoked credential holds on to nothing).
+    let old_role = db.url.split_once("://").and_then(|(_, r)| r.split_once('@')).unwrap().0.to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while sessions_of(old_role.clone()).await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the old pool's connections stay open");
+        meta.count_uploads().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether this store's connections are encrypted, as the server sees them.
+async fn encrypted(meta: &PostgresMeta) -> bool {
+    let c = meta.client().await.unwrap();
+    c.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_use_tls_when_the_server_offers_it_and_verify_it_against_a_given_ca() {
+    let db = TestDatabase::create().await;
+    let ca = testing::server_ca().expect("the test server this process started serves TLS");
+    // sslmode=prefer (the default): encrypted, the certificate not checked.
+    assert!(encrypted(&PostgresMeta::connect(&db.url, 1).await.unwrap()).await);
+    // With the server's CA: verified, and encrypted.
+    let verified = PostgresMeta::connect_with(&db.url, 1, Some(&ca)).await.unwrap();
+    assert!(encrypted(&verified).await);
+    // Against another CA: refused, saying why.
+    let dir = tempfile::tempdir().unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["elsewhere".into()]).unwrap();
+    let other_ca = dir.path().join("other.crt");
+    std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    let refused = PostgresMeta::connect_with(&db.url, 1, Some(&other_ca)).await.err().expect("not verified");
+    assert!(refused.to_string().contains("certificate"), "{refused}");
+    // sslmode=disable: plain, as asked.
+    let plain = PostgresMeta::connect(&format!("{}?sslmode=disable", db.url), 1).await.unwrap();
+    assert!(!encrypted(&plain).await);
+    let empty = dir.path().join("empty.crt");
+    std::fs::write(&empty, "").unwrap();
+    assert!(PostgresMeta::connect_with(&db.url, 1, Some(&empty)).await.is_err(), "a CA file without a CA");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_unavailable_not_a_hang() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("postgres://berth@127.0.0.1:{port}/berth");
+    let e = tokio::time::timeout(Duration::from_secs(30), PostgresMeta::connect(&url, 1))
+        .await
+        .expect("connect gave up in time")
+        .err()
+        .expect("nothing listens there");
+    assert!(matches!(e, MetaError::Unavailable(_)), "{e:?}");
+}

@@ -1,0 +1,143 @@
+//! The rows a manifest or a blob link writes in its transaction: the repository, the blob's row,
+//! the references, tags and events.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::outbox;
+use crate::meta::sweep::Stored;
+use crate::meta::{MetaError, NewManifest, Result};
+use berth_core::oci::Digest;
+
+pub(super) fn link_blob_tx(
+    tx: &Connection,
+    repo: &str,
+    digest: &Digest,
+    size: u64,
+    stored: Stored,
+) -> Result<()> {
+    let now = crate::meta::now();
+    record_blob(tx, digest, size, now, stored)?;
+    let id = ensure_repo(tx, repo, now)?;
+    tx.prepare_cached(crate::meta::gc::LINK)?.execute(params![id, digest.as_str(), now])?;
+    Ok(())
+}
+
+pub(super) fn row_to_triple(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, i64)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+}
+
+/// The first reference the repository (`None`: not created yet) does not hold, as an error.
+pub(super) fn check_references(
+    c: &Connection,
+    repo: Option<i64>,
+    blobs: &[Digest],
+    manifests: &[Digest],
+) -> Result<()> {
+    let Some(repo) = repo else {
+        return match (blobs.first(), manifests.first()) {
+            (Some(b), _) => Err(MetaError::BlobUnknown(b.clone())),
+            (None, Some(m)) => Err(MetaError::ManifestUnknown(m.clone())),
+            (None, None) => Ok(()),
+        };
+    };
+    let mut has_blob =
+        c.prepare_cached("SELECT 1 FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2")?;
+    for b in blobs {
+        if !has_blob.exists(params![repo, b.as_str()])? {
+            return Err(MetaError::BlobUnknown(b.clone()));
+        }
+    }
+    let mut has_manifest =
+        c.prepare_cached("SELECT 1 FROM manifests WHERE repository_id = ?1 AND digest = ?2")?;
+    for child in manifests {
+        if !has_manifest.exists(params![repo, child.as_str()])? {
+            return Err(MetaError::ManifestUnknown(child.clone()));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn put_manifest_tx(tx: &Connection, m: &NewManifest) -> Result<()> {
+    let now = crate::meta::now();
+    let repo = ensure_repo(tx, m.repo.as_str(), now)?;
+    if m.verify_references {
+        check_references(tx, Some(repo), &m.blobs, if m.children_optional { &[] } else { &m.manifests })?;
+    }
+    record_blob(tx, &m.digest, m.size, now, m.stored)?;
+    let digest = m.digest.as_str();
+    let inserted = tx.execute(
+        "INSERT INTO manifests
+           (repository_id, digest, media_type, size, artifact_type, subject, annotations, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (repository_id, digest) DO NOTHING",
+        params![
+            repo,
+            digest,
+            m.media_type,
+            m.size as i64,
+            m.artifact_type,
+            m.subject.as_ref().map(Digest::as_str),
+            m.annotations,
+            now
+        ],
+    )?;
+    if inserted == 0 {
+        tx.prepare_cached(crate::meta::gc::REFRESH_MANIFEST)?.execute(params![now, repo, digest])?;
+    } else {
+        let mut edge = tx.prepare_cached(
+            "INSERT INTO manifest_references (repository_id, manifest_digest, child_digest, kind)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+        )?;
+        for b in &m.blobs {
+            edge.execute(params![repo, digest, b.as_str(), "blob"])?;
+        }
+        for child in &m.manifests {
+            edge.execute(params![repo, digest, child.as_str(), "manifest"])?;
+        }
+    }
+    let mut set_tag = tx.prepare_cached(
+        "INSERT INTO tags (repository_id, name, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest,
+           updated_at = excluded.updated_at",
+    )?;
+    for tag in &m.tags {
+        set_tag.execute(params![repo, tag.as_str(), digest, now])?;
+    }
+    outbox::record(tx, &m.events, None)
+}
+
+pub(super) fn repo_id(conn: &Connection, repo: &str) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM repositories WHERE name = ?1")?
+        .query_row([repo], |r| r.get(0))
+        .optional()?)
+}
+
+pub(super) fn ensure_repo(tx: &Connection, repo: &str, now: i64) -> Result<i64> {
+    tx.prepare_cached(
+        "INSERT INTO repositories (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+    )?
+    .execute(params![repo, now])?;
+    repo_id(tx, repo)?.ok_or_else(|| MetaError::Db("repository vanished while inserting".into()))
+}
+
+/// Records the blob's row for a write of its object ([`sweep`]).
+pub(super) fn record_blob(
+    tx: &Connection,
+    digest: &Digest,
+    size: u64,
+    now: i64,
+    stored: Stored,
+) -> Result<()> {
+    let state: Option<String> = match stored {
+        Stored::Written | Stored::Confirmed => tx
+            .prepare_cached(crate::meta::sweep::RECORD_WRITTEN)?
+            .query_row(params![digest.as_str(), size as i64, now, stored == Stored::Confirmed], |r| r.get(0))
+            .optional()?,
+        Stored::Assumed => tx
+            .prepare_cached(crate::meta::sweep::RECORD_ASSUMED)?
+            .query_row([digest.as_str()], |r| r.get(0))
+            .optional()?,
+    };
+    crate::meta::recorded_blob(digest, stored, state.as_deref())
+}
