@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! POST /blobs/uploads/ ──► session (meta row, no bytes)
-//! PATCH [Content-Range] ──► one storage object per chunk: uploads/<id>/<start>-<nonce>
+//! PATCH [Content-Range] ──► one storage object per chunk, written at its key (no rename):
+//!                           uploads/<hh>/<id>.<start>-<nonce>
 //!                           recorded only if the session still stood at <start> (else 416)
 //!                           and holds fewer than `max_upload_chunks` chunks (else 400)
 //! PUT ?digest=          ──► digest checked (the sha256 state recorded with each chunk)
@@ -233,13 +234,15 @@ impl Registry {
         let h = hasher.as_mut().unwrap_or(&mut scratch);
         let (added, parts, drop_chunks, written, merged) = match self.storage.assembly_part_size(0) {
             None => {
-                let mut writer = self.storage.writer().await?;
+                // Written at its own key: nothing reads a chunk before its session records it.
+                let nonce = nonce();
+                let key = layout::upload_part(&u.id, u.received, &nonce);
+                let mut writer = self.storage.scratch_writer(&key).await?;
                 let size = copy_body(body, expected, writer.as_mut(), h).await?;
                 if size == 0 {
                     return Ok((u.received, hasher));
                 }
-                let part = UploadPart { start: u.received, size, nonce: nonce(), tag: None };
-                let key = layout::upload_part(&u.id, part.start, &part.nonce);
+                let part = UploadPart { start: u.received, size, nonce, tag: None };
                 writer.commit_unsynced(&key).await?;
                 (size, vec![part], false, Some(key), vec![])
             }

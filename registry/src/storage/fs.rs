@@ -128,6 +128,12 @@ impl Storage for FsStorage {
         Ok(Box::new(FsWriter::new(self.root.clone(), temp)))
     }
 
+    async fn scratch_writer(&self, key: &Key) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        // Written at its own name: its commit renames nothing, so it takes no part in the
+        // filesystem-wide lock every rename between directories holds.
+        Ok(Box::new(FsWriter::new(self.root.clone(), self.path(key))))
+    }
+
     async fn rename(&self, from: &Key, to: &Key) -> Result<(), StorageError> {
         let (from, to) = (self.path(from), self.path(to));
         blocking(move || place_synced(&from, &to)).await.map_err(|e| match e {
@@ -369,7 +375,14 @@ impl FsWriter {
 fn open_or_create(file: Option<Appender>, temp: &Path) -> io::Result<Appender> {
     match file {
         Some(file) => Ok(file),
-        None => File::create_new(temp).map(Appender::new),
+        None => match File::create_new(temp) {
+            // A scratch object's directory, made on first use (durably, as for a commit).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                create_dirs_durably(temp.parent().ok_or_else(|| io::Error::other("no parent"))?)?;
+                File::create_new(temp).map(Appender::new)
+            }
+            created => created.map(Appender::new),
+        },
     }
 }
 
@@ -458,10 +471,15 @@ pub fn volume(path: &Path) -> io::Result<(u64, u64)> {
     Ok((stats.f_blocks as u64 * unit, stats.f_bavail as u64 * unit))
 }
 
-/// Durable: the file's bytes, then its name.
+/// Durable: the file's bytes, then its name (a scratch object already has it: then only its
+/// directory is synced).
 fn finish_synced(file: File, temp: &Path, dest: &Path) -> io::Result<()> {
     file.sync_all()?;
     drop(file);
+    if temp == dest {
+        let dir = dest.parent().ok_or_else(|| io::Error::other("key has no parent"))?;
+        return File::open(dir)?.sync_all();
+    }
     place(temp, dest)
 }
 
@@ -472,6 +490,9 @@ fn finish_unsynced(file: File, temp: &Path, dest: &Path) -> io::Result<()> {
         start_writeback(&file, 0, meta.len());
     }
     drop(file);
+    if temp == dest {
+        return Ok(());
+    }
     rename_into(temp, dest, false)
 }
 

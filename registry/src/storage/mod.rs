@@ -100,6 +100,15 @@ pub trait Storage: Send + Sync + 'static {
         self.writer().await
     }
 
+    /// Starts an object written at `key` itself, for keys nothing reads before the caller has
+    /// recorded them complete elsewhere (an upload's chunks, recorded with their session): its
+    /// commit renames nothing. A writer dropped before its commit removes what it wrote, but a
+    /// crash may leave part of it at `key`, which the caller treats as litter (the scrub's to
+    /// find). Stores with no cheaper way write it as [`Storage::writer_at`] does.
+    async fn scratch_writer(&self, key: &Key) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        self.writer_at(key).await
+    }
+
     /// Moves an object to another key, replacing what is there, durably: after a crash the
     /// object is whole at `to` (or still at `from`), even if it was committed unsynced.
     async fn rename(&self, from: &Key, to: &Key) -> Result<(), StorageError>;

@@ -15,6 +15,7 @@ pub(crate) async fn run(s: &dyn Storage) {
     uncommitted_writes_stay_invisible(s).await;
     large_objects_stream_in_order(s).await;
     rename_and_delete(s).await;
+    scratch_objects(s).await;
     listing(s).await;
     concurrent_commits_to_one_key(s).await;
 }
@@ -109,6 +110,43 @@ async fn rename_and_delete(s: &dyn Storage) {
     s.delete(&to).await.unwrap();
     assert_eq!(s.stat(&to).await.unwrap(), None);
     s.delete(&to).await.unwrap();
+}
+
+/// Written at their own keys (an upload's chunks): whole there once committed, synced or not; gone
+/// with a writer dropped before its commit.
+async fn scratch_objects(s: &dyn Storage) {
+    let id = UploadId::random();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let (unsynced, synced, dropped) = (
+        layout::upload_part(&id, 0, "a"),
+        layout::upload_part(&id, 1, "b"),
+        layout::upload_part(&id, 2, "c"),
+    );
+    for (key, sync) in [(&unsynced, false), (&synced, true)] {
+        let mut w = s.scratch_writer(key).await.unwrap();
+        for piece in data.chunks(1000) {
+            w.write(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        assert_eq!(w.written(), data.len() as u64);
+        if sync {
+            w.commit(key).await.unwrap();
+        } else {
+            w.commit_unsynced(key).await.unwrap();
+        }
+        assert!(read_all(s, key).await.unwrap() == data, "{} reads back whole", key.as_str());
+    }
+    let mut w = s.scratch_writer(&dropped).await.unwrap();
+    w.write(Bytes::copy_from_slice(&data)).await.unwrap();
+    drop(w);
+    // Removed in the background: wait for it, within bounds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.stat(&dropped).await.unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "a dropped scratch writer leaves nothing");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for key in [&unsynced, &synced] {
+        s.delete(key).await.unwrap();
+    }
 }
 
 async fn listing(s: &dyn Storage) {

@@ -317,6 +317,18 @@ struct Instrumented {
     metrics: Arc<Metrics>,
 }
 
+impl Instrumented {
+    /// A writer started at `t`, timed as `create`, its commit timed as it ends.
+    fn instrumented(
+        &self,
+        t: Instant,
+        inner: Result<Box<dyn ObjectWriter>, StorageError>,
+    ) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        self.metrics.time_op("create", t, &inner);
+        Ok(Box::new(InstrumentedWriter { inner: inner?, metrics: self.metrics.clone() }))
+    }
+}
+
 #[async_trait::async_trait]
 impl Storage for Instrumented {
     async fn stat(&self, key: &Key) -> Result<Option<u64>, StorageError> {
@@ -335,16 +347,17 @@ impl Storage for Instrumented {
 
     async fn writer(&self) -> Result<Box<dyn ObjectWriter>, StorageError> {
         let t = Instant::now();
-        let inner = self.inner.writer().await;
-        self.metrics.time_op("create", t, &inner);
-        Ok(Box::new(InstrumentedWriter { inner: inner?, metrics: self.metrics.clone() }))
+        self.instrumented(t, self.inner.writer().await)
     }
 
     async fn writer_at(&self, key: &Key) -> Result<Box<dyn ObjectWriter>, StorageError> {
         let t = Instant::now();
-        let inner = self.inner.writer_at(key).await;
-        self.metrics.time_op("create", t, &inner);
-        Ok(Box::new(InstrumentedWriter { inner: inner?, metrics: self.metrics.clone() }))
+        self.instrumented(t, self.inner.writer_at(key).await)
+    }
+
+    async fn scratch_writer(&self, key: &Key) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let t = Instant::now();
+        self.instrumented(t, self.inner.scratch_writer(key).await)
     }
 
     async fn rename(&self, from: &Key, to: &Key) -> Result<(), StorageError> {
