@@ -354,15 +354,15 @@ impl FsWriter {
     async fn complete(
         mut self: Box<Self>,
         key: &Key,
-        finish: fn(File, &Path, &Path) -> io::Result<()>,
+        finish: fn(File, &Path, &Path, &Path) -> io::Result<()>,
     ) -> Result<(), StorageError> {
         let file = self.file().await?;
         let batch = std::mem::take(&mut self.pending);
-        let (temp, dest) = (self.temp.clone(), self.root.join(key.as_str()));
+        let (temp, dest, root) = (self.temp.clone(), self.root.join(key.as_str()), self.root.clone());
         let done = blocking(move || {
             let mut file = open_or_create(file, &temp)?;
             file.append(&batch)?;
-            finish(file.into_file(), &temp, &dest)
+            finish(file.into_file(), &temp, &dest, &root)
         })
         .await;
         // Committed: the temp name is gone. Failed: Drop removes whatever is left.
@@ -376,9 +376,10 @@ fn open_or_create(file: Option<Appender>, temp: &Path) -> io::Result<Appender> {
     match file {
         Some(file) => Ok(file),
         None => match File::create_new(temp) {
-            // A scratch object's directory, made on first use (durably, as for a commit).
+            // A scratch object's directory, made on first use; not synced, as the object itself
+            // need not be (a synced commit syncs the directories above it).
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                create_dirs_durably(temp.parent().ok_or_else(|| io::Error::other("no parent"))?)?;
+                fs::create_dir_all(temp.parent().ok_or_else(|| io::Error::other("no parent"))?)?;
                 File::create_new(temp).map(Appender::new)
             }
             created => created.map(Appender::new),
@@ -471,21 +472,23 @@ pub fn volume(path: &Path) -> io::Result<(u64, u64)> {
     Ok((stats.f_blocks as u64 * unit, stats.f_bavail as u64 * unit))
 }
 
-/// Durable: the file's bytes, then its name (a scratch object already has it: then only its
-/// directory is synced).
-fn finish_synced(file: File, temp: &Path, dest: &Path) -> io::Result<()> {
+/// Durable: the file's bytes, then its name. A scratch object already has its name, in
+/// directories that may be new and unsynced: each one up to the store's `root` is synced.
+fn finish_synced(file: File, temp: &Path, dest: &Path, root: &Path) -> io::Result<()> {
     file.sync_all()?;
     drop(file);
     if temp == dest {
-        let dir = dest.parent().ok_or_else(|| io::Error::other("key has no parent"))?;
-        return File::open(dir)?.sync_all();
+        for dir in dest.ancestors().skip(1).take_while(|d| d.starts_with(root)) {
+            File::open(dir)?.sync_all()?;
+        }
+        return Ok(());
     }
     place(temp, dest)
 }
 
 /// Visible at once, but a crash may lose it. Its writeback starts now, so that the `fsync` that
 /// later makes it durable (when an upload's chunk becomes its blob) finds little left to do.
-fn finish_unsynced(file: File, temp: &Path, dest: &Path) -> io::Result<()> {
+fn finish_unsynced(file: File, temp: &Path, dest: &Path, _root: &Path) -> io::Result<()> {
     if let Ok(meta) = file.metadata() {
         start_writeback(&file, 0, meta.len());
     }
