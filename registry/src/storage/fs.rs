@@ -600,4 +600,21 @@ mod tests {
         drop(w);
         assert_eq!(fs::metadata(&tmp).unwrap().modified().unwrap(), before, "tmp/ was changed");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scratch_object_is_written_at_its_key_and_never_in_tmp() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStorage::open(dir.path()).unwrap();
+        let tmp = dir.path().join("tmp");
+        let before = fs::metadata(&tmp).unwrap().modified().unwrap();
+        // Past the filesystem's timestamp granularity, so a file made and renamed would show.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let key = crate::storage::layout::upload_part(&crate::UploadId::random(), 0, "ab");
+        let mut w = store.scratch_writer(&key).await.unwrap();
+        let data = Bytes::from(vec![5u8; IO_CHUNK + 4096]);
+        w.write(data.clone()).await.unwrap();
+        w.commit_unsynced(&key).await.unwrap();
+        assert_eq!(fs::metadata(&tmp).unwrap().modified().unwrap(), before, "tmp/ was used");
+        assert_eq!(super::super::read_all(&store, &key).await.unwrap(), data);
+    }
 }
