@@ -1,9 +1,10 @@
 //! The loads, identical for every server: blob push and pull (1 MiB and 256 MiB, one stream and
 //! eight), many small blob pushes, manifest PUTs, and manifest GETs by tag (through wrk).
 //!
-//! Every push uses the flow docker and containerd use: `POST` a session, `PATCH` the bytes,
-//! `PUT ?digest=`. Content is distinct per push (an 8-byte prefix varies) so no server can skip
-//! work by deduplicating, and digests are computed before the clock starts.
+//! Pushes use docker's flow: `POST` a session, `PATCH` the bytes, `PUT ?digest=`; the 256 MiB
+//! pushes are timed in containerd's flow too (`POST`, then one `PUT ?digest=` with the bytes),
+//! which BuildKit, nerdctl and oras share. Content is distinct per push (an 8-byte prefix varies)
+//! so no server can skip work by deduplicating, and digests are computed before the clock starts.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +22,8 @@ pub(crate) const MIB: usize = 1 << 20;
 pub(crate) const MB: f64 = 1e6;
 pub(crate) const REPO: &str = "bench/load";
 pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const WHOLE_PUT: &str = "push 256 MiB blob, 1 stream, containerd's flow (POST, PUT with the bytes)";
+const WHOLE_PUT8: &str = "push 256 MiB blobs, 8 streams, containerd's flow";
 
 pub struct Plan {
     pub(crate) small_blobs: usize,
@@ -146,24 +149,64 @@ fn location(r: &reqwest::Response) -> anyhow::Result<String> {
     Ok(r.headers().get("location").context("no Location")?.to_str()?.to_owned())
 }
 
+/// How a client sends a blob's bytes in its upload session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// docker: one streamed `PATCH`, then `PUT ?digest=` without a body.
+    Patch,
+    /// containerd: `PUT ?digest=` with the body, straight after the `POST`.
+    Put,
+}
+
 pub(crate) async fn push(c: &reqwest::Client, base: &str, blob: &Blob) -> anyhow::Result<()> {
+    push_in(c, base, blob, Flow::Patch).await
+}
+
+pub(crate) async fn push_in(c: &reqwest::Client, base: &str, blob: &Blob, flow: Flow) -> anyhow::Result<()> {
     let r = c.post(format!("{base}/v2/{REPO}/blobs/uploads/")).send().await?;
     if r.status().as_u16() != 202 {
         bail!("POST upload: {}", r.status());
     }
-    let loc = absolute(base, &location(&r)?);
-    let r =
-        c.patch(&loc).header("content-type", "application/octet-stream").body(blob.stream()).send().await?;
-    if r.status().as_u16() != 202 {
-        bail!("PATCH upload: {}", r.status());
+    let mut loc = absolute(base, &location(&r)?);
+    if flow == Flow::Patch {
+        let r = c
+            .patch(&loc)
+            .header("content-type", "application/octet-stream")
+            .body(blob.stream())
+            .send()
+            .await?;
+        if r.status().as_u16() != 202 {
+            bail!("PATCH upload: {}", r.status());
+        }
+        loc = absolute(base, &location(&r)?);
     }
-    let loc = absolute(base, &location(&r)?);
     let sep = if loc.contains('?') { '&' } else { '?' };
-    let r = c.put(format!("{loc}{sep}digest={}", blob.digest)).send().await?;
+    let put = c.put(format!("{loc}{sep}digest={}", blob.digest));
+    let put = match flow {
+        Flow::Patch => put,
+        Flow::Put => put.header("content-type", "application/octet-stream").body(blob.stream()),
+    };
+    let r = put.send().await?;
     if r.status().as_u16() != 201 {
         bail!("PUT upload: {}", r.status());
     }
     Ok(())
+}
+
+/// Pushes `blobs` in `flow` through `concurrency` workers; returns the wall time.
+async fn timed_pushes(
+    c: &reqwest::Client,
+    base: &str,
+    blobs: &Arc<Vec<Blob>>,
+    concurrency: usize,
+    flow: Flow,
+) -> anyhow::Result<Duration> {
+    let (c, base, blobs) = (c.clone(), base.to_owned(), blobs.clone());
+    run_jobs(blobs.len(), concurrency, move |i| {
+        let (c, base, blobs) = (c.clone(), base.clone(), blobs.clone());
+        async move { push_in(&c, &base, &blobs[i], flow).await }
+    })
+    .await
 }
 
 pub(crate) async fn pull(c: &reqwest::Client, base: &str, digest: &str, want: usize) -> anyhow::Result<()> {
@@ -314,7 +357,8 @@ async fn scenarios(plan: &Plan, base: &str, c: &reqwest::Client) -> anyhow::Resu
             plan.big_pushes,
         ),
     ] {
-        if ![label_push, label_pull, label_push8, label_pull8].iter().any(|l| plan.wants(l)) {
+        let whole = size > MIB && [WHOLE_PUT, WHOLE_PUT8].iter().any(|l| plan.wants(l));
+        if !whole && ![label_push, label_pull, label_push8, label_pull8].iter().any(|l| plan.wants(l)) {
             continue;
         }
         let base_bytes = random_bytes(size, size as u64);
@@ -324,20 +368,20 @@ async fn scenarios(plan: &Plan, base: &str, c: &reqwest::Client) -> anyhow::Resu
         let total_single = (count * size) as f64 / MB;
         let total_multi = (8 * count * size) as f64 / MB;
 
-        let (c1, b1, s1) = (c.clone(), base.to_owned(), single.clone());
-        let took = run_jobs(count, 1, move |i| {
-            let (c, b, s) = (c1.clone(), b1.clone(), s1.clone());
-            async move { push(&c, &b, &s[i]).await }
-        })
-        .await?;
+        let took = timed_pushes(c, base, &single, 1, Flow::Patch).await?;
         out.push(rate(label_push, "MB/s", total_single, took));
-        let (c1, b1, s1) = (c.clone(), base.to_owned(), multi.clone());
-        let took = run_jobs(8 * count, 8, move |i| {
-            let (c, b, s) = (c1.clone(), b1.clone(), s1.clone());
-            async move { push(&c, &b, &s[i]).await }
-        })
-        .await?;
+        let took = timed_pushes(c, base, &multi, 8, Flow::Patch).await?;
         out.push(rate(label_push8, "MB/s", total_multi, took));
+        if whole {
+            // The same sizes again in containerd's flow, other content (nothing deduplicates).
+            let fresh = |from: u64, n: usize| -> Arc<Vec<Blob>> {
+                Arc::new((0..n as u64).map(|i| Blob::new(&base_bytes, from + i)).collect())
+            };
+            let took = timed_pushes(c, base, &fresh(2_000_000, count), 1, Flow::Put).await?;
+            out.push(rate(WHOLE_PUT, "MB/s", total_single, took));
+            let took = timed_pushes(c, base, &fresh(3_000_000, 8 * count), 8, Flow::Put).await?;
+            out.push(rate(WHOLE_PUT8, "MB/s", total_multi, took));
+        }
 
         // Pull what was pushed, twice as many reads as writes for the small size.
         let reads = if size == MIB { 2 } else { 1 };

@@ -10,6 +10,8 @@
 //! PUT ?digest=          ──► digest checked (the sha256 state recorded with each chunk)
 //!                           one chunk: renamed into blobs/; several: concatenated; then the blob
 //!                           is linked and the session forgotten in one durable transaction
+//! PUT ?digest= + body   ──► on a session with no bytes yet (containerd's push): the body is
+//!                           written straight to blobs/<digest>, verified on the way; no chunk
 //! ```
 //! On stores that build objects from parts (S3), chunks go into the session's multipart upload
 //! instead ([`super::assembly`]).
@@ -86,6 +88,10 @@ impl Registry {
         body: BodyStream,
     ) -> Result<u64> {
         let mut closing = self.live_closing(repo, id, digest).await?;
+        let fresh = closing.upload.received == 0 && closing.parts.is_empty();
+        if fresh && closing.stored.is_none() {
+            return self.finish_whole(repo, &closing.upload, digest, range, declared, body).await;
+        }
         let (received, hasher) = self.append(&closing.upload, range, declared, body).await?;
         if received != closing.upload.received {
             closing = self.live_closing(repo, id, digest).await?;
@@ -162,6 +168,14 @@ impl Registry {
         declared: Option<u64>,
         body: BodyStream,
     ) -> Result<u64> {
+        let size = self.write_blob(digest, declared, body).await?;
+        self.record_written(repo, digest, size).await?;
+        Ok(size)
+    }
+
+    /// Streams `body` straight to the blob `digest`'s key, verifying it on the way; nothing is
+    /// visible there unless it verifies. Returns its size.
+    async fn write_blob(&self, digest: &Digest, declared: Option<u64>, body: BodyStream) -> Result<u64> {
         let mut hasher = digest.algorithm().hasher();
         let mut writer = self.storage.writer_at(&layout::blob(digest)).await?;
         let size = copy_body(body, declared, writer.as_mut(), &mut hasher).await?;
@@ -172,8 +186,39 @@ impl Registry {
             )));
         }
         writer.commit(&layout::blob(digest)).await?;
-        self.record_written(repo, digest, size).await?;
         Ok(size)
+    }
+
+    /// Closes a session that holds no bytes yet with the request that brings all of them — how
+    /// containerd, BuildKit and oras push (`POST`, then one `PUT ?digest=` with the body): the
+    /// digest is known before the first byte, so the blob is written once, at its own key, as
+    /// `put_blob` writes it. No chunk, no assembly, and on object storage no copy afterwards.
+    async fn finish_whole(
+        &self,
+        repo: &RepoName,
+        u: &Upload,
+        digest: &Digest,
+        range: Option<ChunkRange>,
+        declared: Option<u64>,
+        body: BodyStream,
+    ) -> Result<u64> {
+        let expected = expected_len(u, range, declared)?;
+        let size = match self.write_blob(digest, expected, body).await {
+            Err(e @ ServiceError::DigestInvalid(_)) => {
+                self.discard(u).await;
+                return Err(e);
+            }
+            r => r?,
+        };
+        let finish = |s| self.meta.finish_upload(u.id, repo, digest, size, s);
+        match self.record_past_purge(digest, size, Stored::Written, &finish).await {
+            Ok(true) => Ok(size),
+            Ok(false) => {
+                self.discard(u).await;
+                Err(ServiceError::gone(digest))
+            }
+            Err(e) => Err(self.orphaned(digest, size, e).await),
+        }
     }
 
     /// Removes sessions idle for longer than the upload TTL; returns how many.
@@ -220,15 +265,7 @@ impl Registry {
         declared: Option<u64>,
         body: BodyStream,
     ) -> Result<(u64, Option<Hasher>)> {
-        if let Some(r) = range {
-            if r.start != u.received {
-                return Err(ServiceError::RangeInvalid { received: u.received });
-            }
-            if declared.is_some_and(|d| d != r.len()) {
-                return Err(ServiceError::UploadInvalid("Content-Range and Content-Length disagree".into()));
-            }
-        }
-        let expected = range.map(|r| r.len()).or(declared);
+        let expected = expected_len(u, range, declared)?;
         let mut hasher = self.hasher_at(u).await?;
         let mut scratch = Algorithm::Sha256.hasher();
         let h = hasher.as_mut().unwrap_or(&mut scratch);
@@ -362,5 +399,87 @@ impl Registry {
         if let Err(e) = self.meta.delete_upload(u.id).await {
             tracing::warn!(error = %e, upload = %u.id, "could not remove upload session");
         }
+    }
+}
+
+/// How many bytes a request adding to `u` must bring, if it says: refuses a range that does not
+/// start where the session stands, or that disagrees with the declared length.
+fn expected_len(u: &Upload, range: Option<ChunkRange>, declared: Option<u64>) -> Result<Option<u64>> {
+    if let Some(r) = range {
+        if r.start != u.received {
+            return Err(ServiceError::RangeInvalid { received: u.received });
+        }
+        if declared.is_some_and(|d| d != r.len()) {
+            return Err(ServiceError::UploadInvalid("Content-Range and Content-Length disagree".into()));
+        }
+    }
+    Ok(range.map(|r| r.len()).or(declared))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::meta::sqlite::SqliteMeta;
+    use crate::service::Limits;
+    use crate::storage::{memory::MemoryStorage, read_all};
+    use crate::telemetry::Metrics;
+
+    fn body(data: &[u8]) -> BodyStream {
+        futures_util::stream::iter([Ok(Bytes::copy_from_slice(data))]).boxed()
+    }
+
+    /// How many storage operations of `op` the registry made.
+    fn ops(metrics: &Metrics, op: &str) -> u64 {
+        let series = format!("berth_storage_operation_duration_seconds_count{{operation=\"{op}\"");
+        let text = metrics.render().unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(&series))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn a_session_closed_by_one_put_with_every_byte_writes_its_blob_once() {
+        let metrics = Arc::new(Metrics::new());
+        let storage = metrics.instrument(Arc::new(MemoryStorage::new()));
+        let r = Registry::new(storage.clone(), Arc::new(SqliteMeta::temporary().unwrap()), Limits::default());
+        let repo: RepoName = "up/whole".parse().unwrap();
+        let data = b"a layer pushed the way containerd pushes it";
+        let (digest, len) = (Digest::of(Algorithm::Sha256, data), data.len() as u64);
+
+        // POST, then PUT ?digest= with the body: one writer, at the blob's key; nothing renamed.
+        let id = r.start_upload(&repo).await.unwrap().id;
+        assert_eq!(r.finish_upload(&repo, id, &digest, None, Some(len), body(data)).await.unwrap(), len);
+        assert_eq!((ops(&metrics, "create"), ops(&metrics, "rename")), (1, 0));
+        assert_eq!(read_all(storage.as_ref(), &layout::blob(&digest)).await.unwrap(), &data[..]);
+        assert_eq!(r.meta().blob_size(&digest).await.unwrap(), Some(len));
+        assert_eq!(r.meta().upload(id).await.unwrap(), None, "the session is closed");
+        assert!(storage.list(&layout::uploads_root()).await.unwrap().is_empty());
+
+        // A body shorter than declared: refused, nothing stored, the session kept for a retry.
+        let other = b"another layer";
+        let other_digest = Digest::of(Algorithm::Sha256, other);
+        let id = r.start_upload(&repo).await.unwrap().id;
+        let short = r.finish_upload(&repo, id, &other_digest, None, Some(99), body(other)).await;
+        assert!(matches!(short, Err(ServiceError::SizeInvalid(_))), "{short:?}");
+        assert_eq!(storage.stat(&layout::blob(&other_digest)).await.unwrap(), None);
+        assert_eq!(r.meta().upload(id).await.unwrap().map(|u| u.received), Some(0));
+
+        // The wrong digest: nothing stored at either key, and the session is gone.
+        let wrong = r.finish_upload(&repo, id, &digest, None, None, body(other)).await;
+        assert!(matches!(wrong, Err(ServiceError::DigestInvalid(_))), "{wrong:?}");
+        assert_eq!(storage.stat(&layout::blob(&other_digest)).await.unwrap(), None);
+        assert_eq!(r.meta().upload(id).await.unwrap(), None);
+
+        // A session that holds bytes already closes from its chunk, as before.
+        let id = r.start_upload(&repo).await.unwrap().id;
+        r.upload_chunk(&repo, id, None, None, body(&other[..5])).await.unwrap();
+        r.finish_upload(&repo, id, &other_digest, None, None, body(&other[5..])).await.unwrap();
+        assert_eq!(read_all(storage.as_ref(), &layout::blob(&other_digest)).await.unwrap(), &other[..]);
     }
 }
