@@ -527,6 +527,22 @@ async fn queued_runs_look_only_at_what_changed(w: World) {
         .unwrap();
     w.collector.registry.flush_behind().await.unwrap();
     assert_eq!(w.store.queued(deleted + 2, None, 10).await.unwrap(), ["gc/d"]);
+
+    // So does a blob pushed through an upload session, in docker's flow and in containerd's.
+    let registry = &w.collector.registry;
+    let body = |b: &'static [u8]| {
+        futures_util::StreamExt::boxed(futures_util::stream::iter([Ok(Bytes::from_static(b))]))
+    };
+    let (chunked, whole) = (repo("gc/e"), repo("gc/f"));
+    let id = registry.start_upload(&chunked).await.unwrap().id;
+    registry.upload_chunk(&chunked, id, None, None, body(b"pushed")).await.unwrap();
+    registry.finish_upload(&chunked, id, &d("pushed"), None, None, body(b"")).await.unwrap();
+    let id = registry.start_upload(&whole).await.unwrap().id;
+    registry.finish_upload(&whole, id, &d("pushed whole"), None, None, body(b"pushed whole")).await.unwrap();
+    let pushed = crate::meta::now();
+    registry.flush_behind().await.unwrap();
+    let queued = w.store.queued(pushed + 2, None, 10).await.unwrap();
+    assert!(queued.contains(&"gc/e".to_owned()) && queued.contains(&"gc/f".to_owned()), "{queued:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

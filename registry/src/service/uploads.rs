@@ -143,6 +143,8 @@ impl Registry {
             self.discard(&u).await;
             return Err(ServiceError::gone(digest));
         }
+        // A link no manifest uses yet, as `put_blob` leaves: the review queue looks at it.
+        self.changed(repo);
         if published != Published::Moved {
             // The blob is recorded: a chunk left behind is only litter (the scrub's to find).
             for p in parts.iter().filter(|p| p.tag.is_none()) {
@@ -212,7 +214,10 @@ impl Registry {
         };
         let finish = |s| self.meta.finish_upload(u.id, repo, digest, size, s);
         match self.record_past_purge(digest, size, Stored::Written, &finish).await {
-            Ok(true) => Ok(size),
+            Ok(true) => {
+                self.changed(repo);
+                Ok(size)
+            }
             Ok(false) => {
                 self.discard(u).await;
                 Err(ServiceError::gone(digest))
