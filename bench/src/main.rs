@@ -21,6 +21,7 @@ mod metric;
 mod net;
 mod objstore;
 mod proxy;
+mod proxy_spread;
 mod replicas;
 mod replicate;
 mod servers;

@@ -22,6 +22,7 @@ use sha2::Digest as _;
 
 use crate::load::{self, OCI_MANIFEST};
 use crate::objstore::{Minio, S3Target};
+use crate::proxy_spread::{self, REPLICAS};
 
 const MIB: usize = 1 << 20;
 const REPO: &str = "library/big";
@@ -51,7 +52,7 @@ impl ProxyPlan {
 }
 
 /// A process stopped on drop.
-struct Process(Child);
+pub(crate) struct Process(pub(crate) Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -143,14 +144,14 @@ async fn spawn_ready(mut cmd: Command, addr: &str, c: &reqwest::Client) -> anyho
 }
 
 /// A TCP forwarder in front of the upstream that counts the bytes the upstream sends.
-struct ByteCounter {
-    url: String,
+pub(crate) struct ByteCounter {
+    pub(crate) url: String,
     sent: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl ByteCounter {
-    async fn start(upstream: &str) -> anyhow::Result<ByteCounter> {
+    pub(crate) async fn start(upstream: &str) -> anyhow::Result<ByteCounter> {
         let target = upstream.trim_start_matches("http://").to_owned();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -188,7 +189,7 @@ impl ByteCounter {
     }
 
     /// Bytes the upstream sent so far (read after the mirror is stopped, so nothing is in flight).
-    fn sent(&self) -> u64 {
+    pub(crate) fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
     }
 }
@@ -214,7 +215,7 @@ async fn seed(c: &reqwest::Client, base: &str, plan: &ProxyPlan) -> anyhow::Resu
 /// Pulls the image as a container runtime does; fails on any short blob, and with `verify` on any
 /// wrong one. (Hashing on the client competes with the server for this machine's cores, so only
 /// the pulls that fetch from the upstream verify; warm pulls count bytes.)
-async fn pull(c: &reqwest::Client, base: &str, verify: bool) -> anyhow::Result<Duration> {
+pub(crate) async fn pull(c: &reqwest::Client, base: &str, verify: bool) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let r = c.get(format!("{base}/v2/{REPO}/manifests/{TAG}")).header("accept", OCI_MANIFEST).send().await?;
     if !r.status().is_success() {
@@ -259,7 +260,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// CPU time (user + system) a process has used so far.
-fn cpu_time(pid: u32) -> Duration {
+pub(crate) fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start at state; utime and stime are
     // fields 14 and 15 of the line, in clock ticks (100 per second on Linux).
@@ -275,11 +276,12 @@ struct Run {
     cold_upstream: u64,
     warm: Duration,
     concurrent: Duration,
+    concurrent_cpu: Duration,
     concurrent_upstream: u64,
 }
 
 #[derive(Clone, Copy)]
-enum Mirror {
+pub(crate) enum Mirror {
     Berth,
     Distribution,
 }
@@ -297,9 +299,21 @@ async fn start_mirror(
         Some(m) => Some(crate::objstore::target(m, matches!(which, Mirror::Berth)).await?),
         None => None,
     };
+    start_on(which, bins, data, remote, target.as_ref(), c).await
+}
+
+/// A mirror with its content in `target` (which other replicas may share), or on the local disk.
+pub(crate) async fn start_on(
+    which: Mirror,
+    bins: (&Path, &Path),
+    data: &Path,
+    remote: &str,
+    target: Option<&S3Target>,
+    c: &reqwest::Client,
+) -> anyhow::Result<(Process, String)> {
     match which {
-        Mirror::Berth => berth(bins.0, data, remote, target.as_ref(), c).await,
-        Mirror::Distribution => distribution(bins.1, data, Some(remote), target.as_ref(), c).await,
+        Mirror::Berth => berth(bins.0, data, remote, target, c).await,
+        Mirror::Distribution => distribution(bins.1, data, Some(remote), target, c).await,
     }
 }
 
@@ -334,7 +348,7 @@ async fn measure(
     let (mirror, url) =
         start_mirror(which, bins, &scratch.join(format!("{name}-concurrent")), &counter.url, store, &c)
             .await?;
-    let start = Instant::now();
+    let (start, cpu_before) = (Instant::now(), cpu_time(mirror.0.id()));
     let pulls: Vec<_> = (0..plan.concurrent_clients)
         .map(|_| {
             let (c, url) = (crate::load::client(), url.clone());
@@ -345,6 +359,7 @@ async fn measure(
         p.await??;
     }
     let concurrent = start.elapsed();
+    let concurrent_cpu = cpu_time(mirror.0.id()) - cpu_before;
     drop(mirror);
     tokio::time::sleep(Duration::from_millis(200)).await;
     Ok(Run {
@@ -353,6 +368,7 @@ async fn measure(
         cold_upstream,
         warm: median(warm),
         concurrent,
+        concurrent_cpu,
         concurrent_upstream: counter.sent(),
     })
 }
@@ -381,6 +397,16 @@ pub async fn run(
     let b = measure(Mirror::Berth, bins, &upstream, plan, scratch, "berth", store).await?;
     eprintln!("measuring the pull-through cache: distribution v3 (proxy mode)...");
     let d = measure(Mirror::Distribution, bins, &upstream, plan, scratch, "distribution", store).await?;
+    let n = plan.concurrent_clients;
+    let spread = match store {
+        Some(m) => {
+            eprintln!("measuring the pull-through cache over {REPLICAS} replicas of each mirror...");
+            let b = proxy_spread::measure(Mirror::Berth, bins, &upstream, n, scratch, m).await?;
+            let d = proxy_spread::measure(Mirror::Distribution, bins, &upstream, n, scratch, m).await?;
+            Some((b, d))
+        }
+        None => None,
+    };
 
     let image = plan.image_bytes() as f64;
     let secs = |d: Duration| d.as_secs_f64();
@@ -431,7 +457,6 @@ pub async fn run(
         d.cold_upstream as f64 / image,
         true,
     );
-    let n = plan.concurrent_clients;
     row(
         &mut s,
         &format!("{n} concurrent cold pulls, wall time"),
@@ -448,10 +473,30 @@ pub async fn run(
         d.concurrent_upstream as f64 / image,
         true,
     );
+    let cpu = &format!("{n} concurrent cold pulls, mirror CPU time");
+    row(&mut s, cpu, "s", secs(b.concurrent_cpu), secs(d.concurrent_cpu), true);
+    if let Some((b, d)) = &spread {
+        let over = format!("{n} concurrent cold pulls over {REPLICAS} replicas on one bucket");
+        row(&mut s, &format!("{over}, wall time"), "s", secs(b.wall), secs(d.wall), true);
+        let (bc, dc) = (secs(b.cpu), secs(d.cpu));
+        row(&mut s, &format!("{over}, CPU time of all replicas"), "s", bc, dc, true);
+        let (bu, du) = (b.upstream as f64 / image, d.upstream as f64 / image);
+        row(&mut s, &format!("{over}, upstream bytes"), "× image", bu, du, true);
+    }
     let _ = writeln!(
         s,
         "\nUpstream bytes are counted on the TCP connections to the upstream (so they include HTTP \
          headers and any retries); 1.00 means every byte of the image crossed once."
     );
+    if spread.is_some() {
+        let _ = writeln!(
+            s,
+            "\nOver {REPLICAS} replicas: the same clients spread round-robin over three replicas of each \
+             mirror sharing one bucket (berth's also one database), into an empty cache. berth's \
+             replicas fetch each blob once between them, the claim's holder publishing what it \
+             fetched through storage to the others; their CPU time added up, against one replica \
+             serving the same clients, is what that costs."
+        );
+    }
     Ok(s)
 }
