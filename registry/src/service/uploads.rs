@@ -246,8 +246,9 @@ impl Registry {
 
     /// [`Registry::live_upload`] with what closing it as `digest` needs, in one read.
     async fn live_closing(&self, repo: &RepoName, id: UploadId, digest: &Digest) -> Result<Closing> {
-        let c = self.meta.closing_upload(id, digest).await?.ok_or(ServiceError::UploadUnknown)?;
+        let mut c = self.meta.closing_upload(id, digest).await?.ok_or(ServiceError::UploadUnknown)?;
         self.check_live(&c.upload, repo).await?;
+        c.parts = counted_parts(&c.upload, std::mem::take(&mut c.parts))?;
         Ok(c)
     }
 
@@ -407,6 +408,29 @@ impl Registry {
     }
 }
 
+/// The chunks that hold the `received` bytes of `u`, which its recorded hash state covers: a
+/// session and its chunks are read one after the other, so a `PATCH` landing between the reads
+/// can add a chunk the session row does not count yet, and it must not be published under a
+/// digest of the bytes before it. Chunks that do not tile `0..received` (a merge raced the read)
+/// are refused, for the client to try again.
+fn counted_parts(u: &Upload, mut parts: Vec<UploadPart>) -> Result<Vec<UploadPart>> {
+    parts.retain(|p| p.start < u.received);
+    let mut at = 0;
+    for p in &parts {
+        if p.start != at {
+            break;
+        }
+        at += p.size;
+    }
+    if at != u.received {
+        return Err(ServiceError::Retry(format!(
+            "upload {} changed while it was being closed; try again",
+            u.id
+        )));
+    }
+    Ok(parts)
+}
+
 /// How many bytes a request adding to `u` must bring, if it says: refuses a range that does not
 /// start where the session stands, or that disagrees with the declared length.
 fn expected_len(u: &Upload, range: Option<ChunkRange>, declared: Option<u64>) -> Result<Option<u64>> {
@@ -486,5 +510,39 @@ mod tests {
         r.upload_chunk(&repo, id, None, None, body(&other[..5])).await.unwrap();
         r.finish_upload(&repo, id, &other_digest, None, None, body(&other[5..])).await.unwrap();
         assert_eq!(read_all(storage.as_ref(), &layout::blob(&other_digest)).await.unwrap(), &other[..]);
+    }
+
+    #[tokio::test]
+    async fn a_close_publishes_only_the_bytes_its_session_counts() {
+        // A PATCH that lands while the closing PUT reads its session can add a chunk that the
+        // session row it read does not count yet. Here that chunk's row is written into the
+        // database directly, so the PUT reads it every time.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let storage: Arc<dyn crate::storage::Storage> = Arc::new(MemoryStorage::new());
+        let r = Registry::new(storage.clone(), Arc::new(SqliteMeta::open(&path).unwrap()), Limits::default());
+        let repo: RepoName = "up/raced".parse().unwrap();
+        let (counted, late) = (&b"the bytes the digest names"[..], &b" and a chunk that came late"[..]);
+        let digest = Digest::of(Algorithm::Sha256, counted);
+        let id = r.start_upload(&repo).await.unwrap().id;
+        r.upload_chunk(&repo, id, None, None, body(counted)).await.unwrap();
+        let at = counted.len() as u64;
+        crate::storage::put_all(
+            storage.as_ref(),
+            &layout::upload_part(&id, at, "1a7e"),
+            Bytes::from_static(late),
+        )
+        .await
+        .unwrap();
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute(
+            "INSERT INTO upload_parts (upload_id, start, size, nonce, tag) VALUES (?1, ?2, ?3, '1a7e', NULL)",
+            rusqlite::params![id.to_string(), at as i64, late.len() as i64],
+        )
+        .unwrap();
+
+        // The digest names the counted bytes, and those alone become the blob.
+        assert_eq!(r.finish_upload(&repo, id, &digest, None, None, body(b"")).await.unwrap(), at);
+        assert_eq!(read_all(storage.as_ref(), &layout::blob(&digest)).await.unwrap(), counted);
     }
 }
