@@ -21,7 +21,6 @@ mod metric;
 mod net;
 mod objstore;
 mod proxy;
-mod proxy_spread;
 mod replicas;
 mod replicate;
 mod servers;

@@ -10,22 +10,22 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::mirror::{cpu_time, pull, start_on, ByteCounter, Mirror, Process};
 use crate::load;
 use crate::objstore::{self, Minio};
-use crate::proxy::{cpu_time, pull, start_on, ByteCounter, Mirror, Process};
 
-pub(crate) const REPLICAS: usize = 3;
+pub(super) const REPLICAS: usize = 3;
 
 /// What the replicas of one mirror did together.
-pub(crate) struct Spread {
-    pub(crate) wall: Duration,
+pub(super) struct Spread {
+    pub(super) wall: Duration,
     /// User and system time of every replica, added up.
-    pub(crate) cpu: Duration,
+    pub(super) cpu: Duration,
     /// Bytes the upstream sent to all of them.
-    pub(crate) upstream: u64,
+    pub(super) upstream: u64,
 }
 
-pub(crate) async fn measure(
+pub(super) async fn measure(
     which: Mirror,
     bins: (&Path, &Path),
     upstream: &str,
