@@ -239,9 +239,11 @@ async fn tls_berth(dir: &std::path::Path, extra_config: &str) -> TlsBerth {
     let config = dir.join("berth.yaml");
     let tls = format!("tls: {{cert: {}, key: {}, reload_interval: 100ms}}\n", cert.display(), key.display());
     std::fs::write(&config, format!("{tls}{extra_config}")).unwrap();
-    let (addr, log) = (free_addr(), dir.join("berth.log"));
+    let log = dir.join("berth.log");
+    // Port 0, named in the log: a port found free here could be taken by another test's
+    // connection before berth binds it.
     let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["serve", "--listen", &addr, "--config"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
         .arg("--data-dir")
         .arg(dir.join("data"))
@@ -250,9 +252,26 @@ async fn tls_berth(dir: &std::path::Path, extra_config: &str) -> TlsBerth {
         .spawn()
         .unwrap();
     let berth = Berth { child, url: String::new() };
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut addr = None;
+    for _ in 0..400 {
+        addr = listening_on(&log_text());
+        if addr.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let addr = addr.unwrap_or_else(|| panic!("berth names the address it listens on:\n{}", log_text()));
     let up = eventually(Duration::from_secs(20), || async { handshake(&addr, &der_a).await.is_some() }).await;
-    assert!(up, "serves HTTPS with certificate A");
+    assert!(up, "serves HTTPS with certificate A:\n{}", log_text());
     TlsBerth { _berth: berth, addr, cert, key, log, der_a }
+}
+
+/// The address in berth's "listening on https://…" log line.
+fn listening_on(log: &str) -> Option<String> {
+    let (_, after) = log.split_once("listening on https://")?;
+    let addr: String = after.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+    addr.contains(':').then_some(addr)
 }
 
 /// Moves `text` into place at `path`, the way a Secret update does.
