@@ -410,21 +410,24 @@ async fn scenarios(plan: &Plan, base: &str, c: &reqwest::Client) -> anyhow::Resu
     }
 
     const SMALL: &str = "push 4 KiB blobs, concurrency 16";
+    const SMALL_WHOLE: &str = "push 4 KiB blobs, concurrency 16, containerd's flow";
     const MANIFEST_PUT: &str = "manifest PUT, concurrency 16";
     const MANIFEST_GET: &str = "manifest GET by tag, 64 connections";
-    if ![SMALL, MANIFEST_PUT, MANIFEST_GET, MANIFEST_GET_SPREAD, CEILING].iter().any(|l| plan.wants(l)) {
+    let small_rows = [SMALL, SMALL_WHOLE, MANIFEST_PUT, MANIFEST_GET, MANIFEST_GET_SPREAD, CEILING];
+    if !small_rows.iter().any(|l| plan.wants(l)) {
         return Ok(out);
     }
     let small_base = random_bytes(4096, 4096);
-    let small: Arc<Vec<Blob>> =
-        Arc::new((0..plan.small_blobs as u64).map(|n| Blob::new(&small_base, n)).collect());
-    let (c1, b1, s1) = (c.clone(), base.to_owned(), small.clone());
-    let took = run_jobs(plan.small_blobs, 16, move |i| {
-        let (c, b, s) = (c1.clone(), b1.clone(), s1.clone());
-        async move { push(&c, &b, &s[i]).await }
-    })
-    .await?;
+    let small_blobs = |from: u64| -> Arc<Vec<Blob>> {
+        Arc::new((0..plan.small_blobs as u64).map(|n| Blob::new(&small_base, from + n)).collect())
+    };
+    let small = small_blobs(0);
+    let took = timed_pushes(c, base, &small, 16, Flow::Patch).await?;
     out.push(rate(SMALL, "blobs/s", plan.small_blobs as f64, took));
+    if plan.wants(SMALL_WHOLE) {
+        let took = timed_pushes(c, base, &small_blobs(1_000_000), 16, Flow::Put).await?;
+        out.push(rate(SMALL_WHOLE, "blobs/s", plan.small_blobs as f64, took));
+    }
     if ![MANIFEST_PUT, MANIFEST_GET, MANIFEST_GET_SPREAD, CEILING].iter().any(|l| plan.wants(l)) {
         return Ok(out);
     }
