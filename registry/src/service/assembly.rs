@@ -326,4 +326,31 @@ mod tests {
         b.finish_upload(&repo, id, &sha512, None, None, body(&data[9 * mb..])).await.unwrap();
         assert_eq!(storage.stat(&layout::blob(&sha512)).await.unwrap(), Some(data.len() as u64));
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs an S3 server: tests/s3.sh runs it"]
+    async fn s3_a_session_closed_by_one_put_writes_its_blob_at_its_key() {
+        // containerd's push: POST on one replica, the whole body in the PUT on another. Three
+        // parts' worth, so the blob's own key gets a multipart upload, completed once verified.
+        let (a, b, storage) = replicas(&format!("whole-{}", uuid::Uuid::new_v4().simple()));
+        let repo: RepoName = "s3/whole".parse().unwrap();
+        let data: Vec<u8> = (0..2 * PART_SIZE + 1_234_567).map(|i| (i * 13 % 251) as u8).collect();
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        let id = a.start_upload(&repo).await.unwrap().id;
+        let size =
+            b.finish_upload(&repo, id, &digest, None, Some(data.len() as u64), body(&data)).await.unwrap();
+        assert_eq!(size, data.len() as u64);
+        let back = read_all(storage.as_ref(), &layout::blob(&digest)).await.unwrap();
+        assert!(back == data, "the blob reads back whole");
+        assert!(storage.list(&layout::upload_prefix(&id)).await.unwrap().is_empty(), "no chunk, no assembly");
+        assert_eq!(a.meta().upload(id).await.unwrap(), None);
+
+        // Bytes that are not the digest's: nothing becomes visible at either key.
+        let wrong = Digest::of(Algorithm::Sha256, b"not these bytes");
+        let id = b.start_upload(&repo).await.unwrap().id;
+        let refused = a.finish_upload(&repo, id, &wrong, None, None, body(&data)).await;
+        assert!(matches!(refused, Err(ServiceError::DigestInvalid(_))), "{refused:?}");
+        assert_eq!(storage.stat(&layout::blob(&wrong)).await.unwrap(), None);
+        assert_eq!(a.meta().upload(id).await.unwrap(), None, "the session is discarded");
+    }
 }
