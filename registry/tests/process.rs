@@ -253,15 +253,9 @@ async fn tls_berth(dir: &std::path::Path, extra_config: &str) -> TlsBerth {
         .unwrap();
     let berth = Berth { child, url: String::new() };
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    let mut addr = None;
-    for _ in 0..400 {
-        addr = listening_on(&log_text());
-        if addr.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let addr = addr.unwrap_or_else(|| panic!("berth names the address it listens on:\n{}", log_text()));
+    eventually(Duration::from_secs(20), || async { listening_on(&log_text()).is_some() }).await;
+    let addr = listening_on(&log_text())
+        .unwrap_or_else(|| panic!("berth names the address it listens on:\n{}", log_text()));
     let up = eventually(Duration::from_secs(20), || async { handshake(&addr, &der_a).await.is_some() }).await;
     assert!(up, "serves HTTPS with certificate A:\n{}", log_text());
     TlsBerth { _berth: berth, addr, cert, key, log, der_a }

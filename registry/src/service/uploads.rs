@@ -88,8 +88,8 @@ impl Registry {
         body: BodyStream,
     ) -> Result<u64> {
         let mut closing = self.live_closing(repo, id, digest).await?;
-        let fresh = closing.upload.received == 0 && closing.parts.is_empty();
-        if fresh && closing.stored.is_none() {
+        // No bytes yet (and so, once counted, no chunks): the body is the whole blob.
+        if closing.upload.received == 0 && closing.stored.is_none() {
             return self.finish_whole(repo, &closing.upload, digest, range, declared, body).await;
         }
         let (received, hasher) = self.append(&closing.upload, range, declared, body).await?;

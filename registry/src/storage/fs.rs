@@ -608,7 +608,7 @@ mod tests {
         let tmp = dir.path().join("tmp");
         let before = fs::metadata(&tmp).unwrap().modified().unwrap();
         // Past the filesystem's timestamp granularity, so a file made and renamed would show.
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let key = crate::storage::layout::upload_part(&crate::UploadId::random(), 0, "ab");
         let mut w = store.scratch_writer(&key).await.unwrap();
         let data = Bytes::from(vec![5u8; IO_CHUNK + 4096]);
