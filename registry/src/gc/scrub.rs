@@ -5,7 +5,8 @@
 //! blobs/<alg>/<hh>/ (each of 256 shards) ─► objects listed, merged with the digests recorded
 //!     an object no row knows, older than a day ─► adopted as a released blob: the purge deletes
 //!     it on the one safe path, and a push of its digest meanwhile keeps it
-//! uploads/ ─► objects of sessions that no longer exist, older than a day ─► deleted
+//! uploads/ ─► objects of sessions that no longer exist, older than a day ─► deleted, unless a
+//!     blob's row names the object its location (the session's bytes stayed as the blob)
 //! live blobs (verify) ─► read whole and hashed ─► missing, short or wrong: reported; content
 //!     the pull-through cache holds is evicted, so the next pull fetches it again
 //! ```
@@ -129,6 +130,10 @@ impl Collector {
                 continue;
             }
             for l in objects {
+                if self.store.is_location(l.key.as_str()).await? {
+                    // What the session wrote stayed as a blob (its object on an object store).
+                    continue;
+                }
                 if !o.dry_run {
                     self.registry.storage().delete(&l.key).await?;
                 }
@@ -165,7 +170,8 @@ impl Collector {
 
     /// What is wrong with the stored bytes of `digest`, if anything.
     async fn check(&self, digest: &Digest, size: u64) -> Result<Option<String>> {
-        let mut stream = match self.registry.storage().get(&layout::blob(digest), None).await {
+        let mut stream = match self.registry.storage().get(&self.registry.blob_key(digest).await?, None).await
+        {
             Ok(s) => s,
             Err(StorageError::NotFound) => return Ok(Some("missing".into())),
             Err(e) => return Err(e.into()),

@@ -99,6 +99,13 @@ pub trait MetaStore: UploadSessions + Send + Sync + 'static {
     async fn blob_in_repo(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>>;
     /// Size of `digest` if it is committed anywhere.
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// Where the blob's object is when not at its digest's key (the row's `location`, in any
+    /// state); `None` when it is there, or there is no row.
+    async fn blob_location(&self, digest: &Digest) -> Result<Option<String>>;
+    /// Whether blobs may be recorded away from their digest's key
+    /// ([`UploadSessions::finish_upload_at`]): only where no older Berth, which would look for
+    /// them at their digest's key, can run on the same database.
+    fn records_locations(&self) -> bool;
     /// Repositories that hold `digest` (for mounts without `from`), at most `limit`.
     async fn repos_with_blob(&self, digest: &Digest, limit: usize) -> Result<Vec<RepoName>>;
     /// Records committed content and makes it readable in `repo` (see [`sweep`] for `stored`).

@@ -17,6 +17,9 @@ pub trait Scrub: CacheIndex {
     async fn adopt_orphan(&self, digest: &Digest, size: u64, now: i64) -> Result<bool>;
     /// Live blobs sorted after `after`, at most `limit`, with their recorded sizes.
     async fn live_blobs(&self, after: Option<&Digest>, limit: usize) -> Result<Vec<(Digest, u64)>>;
+    /// Whether a blob's row names `key` as its object's location (the object is a blob, not
+    /// what an upload left).
+    async fn is_location(&self, key: &str) -> Result<bool>;
     /// What the pull-through cache holds of the digest, in every repository.
     async fn cached_items(&self, digest: &Digest) -> Result<Vec<CachedItem>>;
 }
@@ -32,6 +35,9 @@ pub(crate) const ADOPT_ORPHAN: &str = "INSERT INTO blobs (digest, size, created_
 /// Parameters: after ('' for the start), limit.
 pub(crate) const LIVE_BLOBS: &str =
     "SELECT digest, size FROM blobs WHERE state = 'live' AND digest > $1 ORDER BY digest LIMIT $2";
+
+/// Parameter: the key.
+pub(crate) const IS_LOCATION: &str = "SELECT count(*) FROM blobs WHERE location = $1";
 
 /// Parameter: digest.
 pub(crate) const CACHED_ITEMS: &str = "SELECT r.name, p.digest, p.kind, p.size FROM proxy_content p

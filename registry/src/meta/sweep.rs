@@ -31,8 +31,9 @@ pub enum Stored {
     Assumed,
 }
 
-/// Records a blob whose object the caller wrote: inserts it, or makes a `deleting` one `live`
-/// again, and a `gone` one too if `$4` (the object was seen after the purge). Returns a row only
+/// Records a blob whose object the caller wrote at its digest's key: inserts it, or makes a
+/// `deleting` one `live` again (where it was), and a `gone` one too if `$4` (the object was seen
+/// after the purge), at its digest's key. Returns a row only
 /// when the row was inserted or changed: its state then. No row: the blob was `live` already.
 /// Parameters: digest, size, created_at (unix seconds), confirmed.
 pub(crate) const RECORD_WRITTEN: &str =
@@ -41,9 +42,40 @@ pub(crate) const RECORD_WRITTEN: &str =
      SET state = CASE WHEN blobs.state = 'purging' OR (blobs.state = 'gone' AND NOT $4) THEN blobs.state
                       ELSE 'live' END,
          state_at = CASE WHEN blobs.state = 'purging' OR (blobs.state = 'gone' AND NOT $4) THEN blobs.state_at
-                    END
+                    END,
+         location = CASE WHEN blobs.state = 'gone' AND $4 THEN NULL ELSE blobs.location END
      WHERE blobs.state <> 'live'
      RETURNING state";
+
+/// Records a blob whose object the caller wrote at a key of its own, `$4` (a location: see the
+/// `blobs.location` column), which no purge ever deletes unless a row names it: so the object is
+/// known stored whatever the row's state. Inserts the blob there, or makes a `gone` one `live`
+/// there; a `deleting` one becomes `live` where it was (its object is still stored). Returns a
+/// row when the row was inserted or changed: its state and location then. No row: the blob was
+/// `live` already, elsewhere. Parameters: digest, size, created_at (unix seconds), location.
+pub(crate) const RECORD_AT: &str =
+    "INSERT INTO blobs (digest, size, created_at, state, location) VALUES ($1, $2, $3, 'live', $4)
+     ON CONFLICT (digest) DO UPDATE
+     SET state = CASE WHEN blobs.state = 'purging' THEN blobs.state ELSE 'live' END,
+         state_at = CASE WHEN blobs.state = 'purging' THEN blobs.state_at END,
+         location = CASE WHEN blobs.state = 'gone' THEN $4 ELSE blobs.location END
+     WHERE blobs.state <> 'live'
+     RETURNING state, location";
+
+/// What [`RECORD_AT`] made of the blob: `Ok(true)` when it is `live` at the caller's location,
+/// `Ok(false)` when it is `live` elsewhere (the caller's object is not needed),
+/// [`MetaError::BlobGone`] while a purge deletes its former object.
+pub(crate) fn recorded_at(
+    digest: &berth_core::oci::Digest,
+    location: &str,
+    row: Option<(String, Option<String>)>,
+) -> super::Result<bool> {
+    match row {
+        None => Ok(false),
+        Some((state, at)) if state == "live" => Ok(at.as_deref() == Some(location)),
+        Some(_) => Err(super::MetaError::BlobGone(digest.clone())),
+    }
+}
 
 /// Records a blob whose object the caller did not write: a `deleting` one becomes `live` again.
 /// Returns its state afterwards; no row when there is no blob. Parameter: digest.

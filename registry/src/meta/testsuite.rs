@@ -21,6 +21,7 @@ pub(crate) async fn run<M: MetaStore + CacheIndex + MultipartLog + RunLog + Even
     fetch_claims(m).await;
     fetch_segments(m).await;
     released_blobs_leave_safely(m).await;
+    blobs_recorded_in_place(m).await;
     multipart_leases(m).await;
     run_log(m).await;
     events_commit_with_their_change(m).await;
@@ -612,6 +613,83 @@ async fn released_blobs_leave_safely<M: MetaStore + CacheIndex>(m: &M) {
     m.link_blob(&repo("cache/other"), &d, 5, Stored::Assumed).await.unwrap();
     assert!(!m.evict(&CachedItem { repo: repo("cache/other"), ..item.clone() }).await.unwrap());
     assert_eq!(m.blob_size(&d).await.unwrap(), Some(5));
+}
+
+async fn open_session<M: MetaStore>(m: &M, r: &RepoName) -> UploadId {
+    let id = UploadId::random();
+    m.create_upload(id, r, super::now()).await.unwrap();
+    id
+}
+
+/// A session's own object recorded as its blob (`finish_upload_at`): only while the session
+/// stands, at the session's object unless the digest is stored already, and moved only by a
+/// write after a purge.
+async fn blobs_recorded_in_place<M: MetaStore + CacheIndex>(m: &M) {
+    let (r, r2) = (repo("placed/app"), repo("placed/other"));
+    let d = digest("placed");
+    let at = |s: &str| format!("uploads/aa/{s}.assembled");
+    let unknown = |e: Result<bool, MetaError>| matches!(e, Err(MetaError::UploadUnknown));
+    assert!(m.records_locations(), "a database this code created has no older Berth on it");
+
+    let a = open_session(m, &r).await;
+    assert!(m.finish_upload_at(a, &r, &d, 5, &at("a")).await.unwrap(), "the first object is the blob's");
+    assert_eq!(m.blob_location(&d).await.unwrap(), Some(at("a")));
+    assert_eq!(m.blob_in_repo(&r, &d).await.unwrap(), Some(5));
+    assert_eq!(m.upload(a).await.unwrap(), None, "the session ended with it");
+    assert!(unknown(m.finish_upload_at(a, &r, &d, 5, &at("a")).await), "a session ends once");
+
+    // Stored already: linked, but the new object is not needed.
+    let b = open_session(m, &r2).await;
+    assert!(!m.finish_upload_at(b, &r2, &d, 5, &at("b")).await.unwrap());
+    assert_eq!(m.blob_location(&d).await.unwrap(), Some(at("a")));
+    assert_eq!(m.blob_in_repo(&r2, &d).await.unwrap(), Some(5));
+
+    // A session discarded meanwhile took its objects: nothing is recorded.
+    let other = repo("placed/third");
+    let c = open_session(m, &other).await;
+    assert!(m.delete_upload(c).await.unwrap());
+    assert!(unknown(m.finish_upload_at(c, &other, &digest("placed-c"), 5, &at("c")).await));
+    assert_eq!(m.blob_size(&digest("placed-c")).await.unwrap(), None);
+
+    // While the digest's former object is being deleted, nothing is recorded and the session
+    // stays; once the purge is over the new object is the blob's.
+    let item =
+        |r: &RepoName| CachedItem { repo: r.clone(), digest: d.clone(), kind: ContentKind::Blob, size: 5 };
+    assert!(!m.evict(&item(&r)).await.unwrap());
+    assert!(m.evict(&item(&r2)).await.unwrap(), "nothing uses it now");
+    assert!(m.begin_purge(&d, super::now_millis() + 1, 0).await.unwrap());
+    let e = open_session(m, &r).await;
+    let purging = m.finish_upload_at(e, &r, &d, 5, &at("e")).await;
+    assert!(matches!(purging, Err(MetaError::BlobGone(_))), "{purging:?}");
+    assert!(m.upload(e).await.unwrap().is_some(), "the session stands");
+    assert_eq!(m.blob_location(&d).await.unwrap(), Some(at("a")), "what the purge deletes");
+    m.end_purge(&d).await.unwrap();
+    assert!(m.finish_upload_at(e, &r, &d, 5, &at("e")).await.unwrap());
+    assert_eq!(m.blob_location(&d).await.unwrap(), Some(at("e")));
+    assert_eq!(m.blob_size(&d).await.unwrap(), Some(5));
+
+    // A write at the digest's key, or one that revives a released blob, leaves it where it is.
+    m.link_blob(&r2, &d, 5, Stored::Written).await.unwrap();
+    assert_eq!(m.blob_location(&d).await.unwrap(), Some(at("e")));
+    assert!(!m.evict(&item(&r2)).await.unwrap());
+    assert!(m.evict(&item(&r)).await.unwrap());
+    let f = open_session(m, &r).await;
+    assert!(!m.finish_upload_at(f, &r, &d, 5, &at("f")).await.unwrap(), "its object is still stored");
+    assert_eq!(
+        (m.blob_location(&d).await.unwrap(), m.blob_size(&d).await.unwrap()),
+        (Some(at("e")), Some(5))
+    );
+
+    // Purged from there, then written at the digest's key: it is there.
+    assert!(m.evict(&item(&r)).await.unwrap());
+    assert!(m.begin_purge(&d, super::now_millis() + 1, 0).await.unwrap());
+    m.end_purge(&d).await.unwrap();
+    m.link_blob(&r, &d, 5, Stored::Confirmed).await.unwrap();
+    assert_eq!((m.blob_location(&d).await.unwrap(), m.blob_size(&d).await.unwrap()), (None, Some(5)));
+
+    m.link_blob(&r, &digest("placed-at-key"), 3, Stored::Written).await.unwrap();
+    assert_eq!(m.blob_location(&digest("placed-at-key")).await.unwrap(), None);
+    assert_eq!(m.blob_location(&digest("placed-nowhere")).await.unwrap(), None);
 }
 
 async fn fetch_segments<M: CacheIndex>(m: &M) {

@@ -81,6 +81,21 @@ pub trait UploadSessions: Send + Sync + 'static {
         size: u64,
         stored: Stored,
     ) -> Result<()>;
+    /// [`UploadSessions::finish_upload`] for a session whose bytes stay where it wrote them, at
+    /// `location` (an object of the session's, which storage keeps as the blob): the session's
+    /// row is the claim on its objects, so the blob is recorded only while the row stands
+    /// ([`MetaError::UploadUnknown`] otherwise: a discard took the objects). `Ok(false)` when the
+    /// blob was stored already elsewhere: the session's object is not needed.
+    async fn finish_upload_at(
+        &self,
+        id: UploadId,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        location: &str,
+    ) -> Result<bool>;
+    /// Forgets the session; false when it was gone already (finished or discarded by another
+    /// request), whose objects are then not this caller's to remove.
     async fn delete_upload(&self, id: UploadId) -> Result<bool>;
     /// Sessions last touched before `before`.
     async fn stale_uploads(&self, before: i64, limit: usize) -> Result<Vec<UploadId>>;

@@ -146,7 +146,8 @@ impl Proxy {
         let mut wait = FOLLOW_POLL_FIRST;
         while pos < end {
             if self.registry.meta().blob_size(digest).await.map_err(io::Error::other)?.is_some() {
-                let stored = self.registry.storage().get(&layout::blob(digest), Some(pos..end)).await;
+                let key = self.registry.blob_key(digest).await.map_err(io::Error::other)?;
+                let stored = self.registry.storage().get(&key, Some(pos..end)).await;
                 forward(stored.map_err(io::Error::other)?, tx).await?;
                 return Ok(());
             }

@@ -1,6 +1,6 @@
 //! Upload sessions on stores that build large objects from parts (S3 multipart uploads): the
 //! session's bytes go into one multipart upload as they arrive, so finishing an upload of any
-//! size costs one completion and one server-side copy, and no byte passes through Berth twice.
+//! size costs one completion, and no byte passes through Berth or the store twice.
 //!
 //! ```text
 //! PATCH ─► bytes ─► whole parts (growing) ─────► the session's multipart upload
@@ -8,7 +8,8 @@
 //!          earlier chunk objects, when they and the new bytes fill a part
 //!       └► the rest (< a part) ─► a chunk object of its own, until a later request fills a part
 //! PUT   ─► digest checked from the stored hash state ─► remaining chunks as the last part
-//!       ─► complete into uploads/<hh>/<id>.assembled ─► copied to blobs/ (server-side)
+//!       ─► complete into uploads/<hh>/<id>.assembled, which stays the blob (`super::in_place`;
+//!          copied to blobs/ server-side only on a database older Berths still use)
 //! ```
 //! Every request records what it added (parts with their tags, the chunk, the hash state) in one
 //! conditional write, so any replica continues any session. Two requests racing for one offset
@@ -267,7 +268,10 @@ mod tests {
         let sizes: Vec<u64> = parts.iter().filter(|p| p.tag.is_some()).map(|p| p.size).collect();
         assert_eq!(sizes, [8 * mb as u64, 16 * mb as u64], "{parts:?}");
         b.finish_upload(&repo, id, &digest, None, None, body(&data[25 * mb..])).await.unwrap();
-        let back = read_all(storage.as_ref(), &layout::blob(&digest)).await.unwrap();
+        // Not copied: the completed multipart upload is the blob.
+        assert_eq!(a.blob_key(&digest).await.unwrap(), layout::upload_assembly(&id));
+        assert_eq!(storage.stat(&layout::blob(&digest)).await.unwrap(), None);
+        let back = read_all(storage.as_ref(), &a.blob_key(&digest).await.unwrap()).await.unwrap();
         assert!(back == data, "the blob reads back whole");
     }
 
@@ -314,9 +318,11 @@ mod tests {
         a.upload_chunk(&repo, id, None, None, body(&data[..10 * mb])).await.unwrap();
         let size = b.finish_upload(&repo, id, &digest, None, None, body(&data[10 * mb..])).await.unwrap();
         assert_eq!(size, data.len() as u64);
-        let back = read_all(storage.as_ref(), &layout::blob(&digest)).await.unwrap();
+        let back = read_all(storage.as_ref(), &a.blob_key(&digest).await.unwrap()).await.unwrap();
         assert!(back == data, "the blob reads back whole");
-        assert!(storage.list(&layout::upload_prefix(&id)).await.unwrap().is_empty(), "nothing left");
+        let left: Vec<_> =
+            storage.list(&layout::upload_prefix(&id)).await.unwrap().into_iter().map(|l| l.key).collect();
+        assert_eq!(left, [layout::upload_assembly(&id)], "the blob, and no chunk");
         assert_eq!(a.meta().upload(id).await.unwrap(), None);
 
         // A digest in another algorithm is checked against the assembled object.
@@ -324,7 +330,29 @@ mod tests {
         let id = b.start_upload(&repo).await.unwrap().id;
         a.upload_chunk(&repo, id, None, None, body(&data[..9 * mb])).await.unwrap();
         b.finish_upload(&repo, id, &sha512, None, None, body(&data[9 * mb..])).await.unwrap();
-        assert_eq!(storage.stat(&layout::blob(&sha512)).await.unwrap(), Some(data.len() as u64));
+        assert_eq!(storage.stat(&b.blob_key(&sha512).await.unwrap()).await.unwrap(), Some(data.len() as u64));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs an S3 server: tests/s3.sh runs it"]
+    async fn s3_a_small_blob_pushed_in_pieces_stays_in_its_one_chunk() {
+        // docker's push of a small layer: the PATCH on one replica, the PUT on another.
+        let (a, b, storage) = replicas(&format!("chunk-{}", uuid::Uuid::new_v4().simple()));
+        let repo: RepoName = "s3/small".parse().unwrap();
+        let data: Vec<u8> = (0..300_000).map(|i| (i * 17 % 251) as u8).collect();
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        let id = a.start_upload(&repo).await.unwrap().id;
+        a.upload_chunk(&repo, id, None, None, body(&data)).await.unwrap();
+        b.finish_upload(&repo, id, &digest, None, None, body(b"")).await.unwrap();
+        let at = a.blob_key(&digest).await.unwrap();
+        let left: Vec<_> =
+            storage.list(&layout::upload_prefix(&id)).await.unwrap().into_iter().map(|l| l.key).collect();
+        assert_eq!(left, [at], "the chunk is the blob");
+        assert_eq!(storage.stat(&layout::blob(&digest)).await.unwrap(), None, "not copied");
+        let read = b.get_blob(&repo, &digest, None, true).await.unwrap().unwrap();
+        let back: Vec<Bytes> = read.body.unwrap().map(|c| c.unwrap()).collect().await;
+        assert!(back.concat() == data, "the blob reads back whole");
+        assert!(b.blob_redirect(&repo, &digest).await.unwrap().is_none(), "no redirect configured");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ use tracing::{error, warn};
 use super::error::{Result, ServiceError};
 use super::registry::Registry;
 use crate::meta::Stored;
-use crate::storage::{layout, ByteStream, ObjectWriter, StorageError};
+use crate::storage::{layout, ByteStream, Key, ObjectWriter, StorageError};
 use berth_core::oci::range::{span, ByteRange};
 use berth_core::oci::{Digest, RepoName};
 
@@ -24,6 +24,28 @@ pub struct BlobRead {
 const MOUNT_CANDIDATES: usize = 16;
 
 impl Registry {
+    /// Whether blobs may be stored away from their digest's key: on a store that assembles
+    /// uploads from parts (S3), where the object an upload session wrote stays the blob instead
+    /// of being copied (`finish_upload`), and only on a database no older Berth uses.
+    pub(super) fn locates(&self) -> bool {
+        self.meta.records_locations() && self.storage.assembly_part_size(0).is_some()
+    }
+
+    /// Where the blob `digest`'s object is: its recorded location, or its digest's key.
+    pub(crate) async fn blob_key(&self, digest: &Digest) -> Result<Key> {
+        if !self.locates() {
+            return Ok(layout::blob(digest));
+        }
+        match self.meta.blob_location(digest).await? {
+            None => Ok(layout::blob(digest)),
+            Some(at) => layout::recorded(&at).ok_or_else(|| {
+                ServiceError::Meta(crate::meta::MetaError::Db(format!(
+                    "blob {digest} is recorded at {at:?}, which is not a storage key"
+                )))
+            }),
+        }
+    }
+
     /// Size of a blob the repository may read.
     pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
         self.meta.blob_in_repo(repo, digest).await?.ok_or(ServiceError::BlobUnknown)
@@ -49,7 +71,7 @@ impl Registry {
             self.meta.touch_link(repo, digest).await?;
             return Ok(Ok(BlobRead { size, range: span, body: None, size_known: true }));
         }
-        let key = layout::blob(digest);
+        let key = self.blob_key(digest).await?;
         match self.storage.get(&key, span.map(|(s, e)| s..e + 1)).await {
             Ok(body) => Ok(Ok(BlobRead { size, range: span, body: Some(body), size_known: true })),
             Err(StorageError::NotFound) => {
@@ -71,7 +93,7 @@ impl Registry {
         if self.stat_blob(repo, digest).await? > max {
             return Ok(None);
         }
-        match crate::storage::read_all(self.storage.as_ref(), &layout::blob(digest)).await {
+        match crate::storage::read_all(self.storage.as_ref(), &self.blob_key(digest).await?).await {
             Ok(bytes) => Ok(Some(bytes)),
             Err(StorageError::NotFound) => Err(ServiceError::BlobUnknown),
             Err(e) => Err(e.into()),
@@ -82,7 +104,7 @@ impl Registry {
     /// `redirect: true`): checked against the repository first, like any read.
     pub async fn blob_redirect(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {
         self.stat_blob(repo, digest).await?;
-        Ok(self.storage.presigned_get(&layout::blob(digest)).await?)
+        Ok(self.storage.presigned_get(&self.blob_key(digest).await?).await?)
     }
 
     /// Starts writing a blob fetched from an upstream; [`Registry::commit_cached_blob`] publishes it.
@@ -129,9 +151,30 @@ impl Registry {
         // Noted after the write, so the note is never older than what it notes.
         self.changed(repo);
         match linked {
-            Ok(true) => Ok(()),
+            Ok(true) => {
+                self.drop_needless_copy(digest).await;
+                Ok(())
+            }
             Ok(false) => Err(ServiceError::gone(digest)),
             Err(e) => Err(self.orphaned(digest, size, e).await),
+        }
+    }
+
+    /// After a blob written at its digest's key was recorded: when the blob was stored already
+    /// where an upload wrote it (`super::in_place`), which its row keeps naming, the object just
+    /// written is not needed (and no reader is handed it: readers go where the row says).
+    pub(super) async fn drop_needless_copy(&self, digest: &Digest) {
+        if !self.locates() {
+            return;
+        }
+        match self.meta.blob_location(digest).await {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                if let Err(e) = self.storage.delete(&layout::blob(digest)).await {
+                    warn!(digest = %digest, error = %e, "could not remove a needless copy of a blob");
+                }
+            }
+            Err(e) => warn!(digest = %digest, error = %e, "a copy of a blob may be left needless"),
         }
     }
 
@@ -148,7 +191,7 @@ impl Registry {
     /// hold them). False when the bytes are not there after all.
     pub async fn link_existing_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
         let Some(size) = self.meta.blob_size(digest).await? else { return Ok(None) };
-        if self.storage.stat(&layout::blob(digest)).await? != Some(size) {
+        if self.storage.stat(&self.blob_key(digest).await?).await? != Some(size) {
             return Ok(None);
         }
         Ok(self.record_assumed(repo, digest, size).await?.then_some(size))
@@ -184,7 +227,7 @@ impl Registry {
         };
         for source in sources.into_iter().filter(|s| readable(s)) {
             let Some(size) = self.meta.blob_in_repo(&source, digest).await? else { continue };
-            if self.storage.stat(&layout::blob(digest)).await?.is_none() {
+            if self.storage.stat(&self.blob_key(digest).await?).await?.is_none() {
                 warn!(digest = %digest, "mount source is recorded but its bytes are missing");
                 return Ok(None);
             }

@@ -49,8 +49,10 @@ impl Registry {
                 .iter()
                 .map(|d| {
                     self.manifests.remove(d);
-                    let (storage, key) = (self.storage.clone(), layout::blob(d));
-                    async move { storage.delete(&key).await }
+                    async move {
+                        let key = self.blob_key(d).await?;
+                        self.storage.delete(&key).await.map_err(ServiceError::from)
+                    }
                 })
                 .collect();
             let deleted: Vec<_> = futures_util::stream::iter(deletes).buffered(PURGE_DELETES).collect().await;
@@ -117,7 +119,7 @@ impl Registry {
         e
     }
 
-    async fn await_purge(&self, digest: &Digest) -> Result<()> {
+    pub(super) async fn await_purge(&self, digest: &Digest) -> Result<()> {
         let deadline = Instant::now() + PURGE_WAIT;
         while self.meta.blob_purging(digest).await? {
             if Instant::now() >= deadline {

@@ -10,12 +10,14 @@
 //! PUT ?digest=          ──► digest checked (the sha256 state recorded with each chunk)
 //!                           one chunk: renamed into blobs/; several: concatenated; then the blob
 //!                           is linked and the session forgotten in one durable transaction
+//!                           (on S3 the session's one object stays the blob: `super::in_place`)
 //! PUT ?digest= + body   ──► on a session with no bytes yet (containerd's push): the body is
 //!                           written straight to blobs/<digest>, verified on the way; no chunk
 //! ```
 //! On stores that build objects from parts (S3), chunks go into the session's multipart upload
 //! instead ([`super::assembly`]).
-//! Nothing under `blobs/` is ever written before its digest is verified. Chunks and the session's
+//! Nothing under `blobs/` is ever written, and no row names an upload's object, before its digest
+//! is verified. Chunks and the session's
 //! bookkeeping are not synced to disk as they arrive: a power loss that takes them makes the
 //! client's next request a 416 (or an unknown session), from which it resumes. What a `201`
 //! acknowledges — the blob and its link — is durable before the answer.
@@ -121,6 +123,11 @@ impl Registry {
         // A `live` row always has its object (see `crate::meta::sweep`): then the session's own
         // bytes need not be published.
         let found = completed.is_none() && stored == Some(u.received);
+        if !found && self.locates() {
+            if let Some(at) = super::in_place::own_object(&u, &parts, completed.as_ref()) {
+                return self.finish_in_place(repo, &u, &parts, digest, at).await;
+            }
+        }
         let (mut published, stored) = match &completed {
             _ if found => (Published::Found, Stored::Assumed),
             Some(key) => {
@@ -216,6 +223,7 @@ impl Registry {
         match self.record_past_purge(digest, size, Stored::Written, &finish).await {
             Ok(true) => {
                 self.changed(repo);
+                self.drop_needless_copy(digest).await;
                 Ok(size)
             }
             Ok(false) => {
@@ -386,13 +394,28 @@ impl Registry {
 
     /// Forgets a session and removes every byte it left in storage (chunks a crash left
     /// unrecorded too). Best effort: what fails here is retried by the next purge (the session
-    /// row goes last).
-    async fn discard(&self, u: &Upload) {
+    /// row goes last), or where a session's object may become its blob ([`Registry::locates`])
+    /// found by the scrub: there the row goes first, as the claim on the session's objects, so
+    /// that nothing a concurrent close recorded as a blob is removed.
+    pub(super) async fn discard(&self, u: &Upload) {
         if let Some(a) = &u.assembly {
-            // By its recorded id: the bucket's multipart uploads are never listed.
+            // By its recorded id: the bucket's multipart uploads are never listed. A completed
+            // one is not aborted (it is gone as a multipart upload), and one aborted here cannot
+            // be completed by a close racing this.
             if let Err(e) = self.storage.abort_assembly(&layout::upload_assembly(&u.id), a).await {
                 tracing::warn!(error = %e, upload = %u.id, "could not abort the upload's multipart upload");
                 return;
+            }
+        }
+        if self.locates() {
+            match self.meta.delete_upload(u.id).await {
+                Ok(true) => {}
+                // Closed (its object perhaps a blob now) or discarded by another request.
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, upload = %u.id, "could not remove upload session");
+                    return;
+                }
             }
         }
         let objects = self.storage.list(&layout::upload_prefix(&u.id)).await.unwrap_or_default();
@@ -401,6 +424,9 @@ impl Registry {
                 tracing::warn!(error = %e, upload = %u.id, "could not remove upload data");
                 return;
             }
+        }
+        if self.locates() {
+            return;
         }
         if let Err(e) = self.meta.delete_upload(u.id).await {
             tracing::warn!(error = %e, upload = %u.id, "could not remove upload session");

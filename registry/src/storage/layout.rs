@@ -13,6 +13,10 @@
 //! ```
 //! The filesystem backend adds `tmp/` beside these for objects being written.
 //!
+//! A blob is at its digest's key unless its row in the metadata store names another
+//! (`blobs.location`): on object stores, a blob pushed in pieces stays in its upload's object
+//! (`<upload-id>.assembled`, or its one chunk) rather than being copied (`service::in_place`).
+//!
 //! Chunks sit flat in 256 fixed directories rather than in a directory per upload: on a
 //! filesystem, a directory made and removed for every push costs an inode allocation and a free
 //! per blob, which showed up as most of the kernel time of small pushes.
@@ -61,7 +65,8 @@ pub fn fetch_segment(id: &UploadId, start: u64) -> Key {
 }
 
 /// Where an upload session assembles its parts on a store that uploads in parts (S3): the
-/// object its multipart upload completes into, before it is copied to its digest's key.
+/// object its multipart upload completes into, which then stays as the blob (or, where blobs
+/// are not recorded away from their digests' keys, is copied there).
 pub fn upload_assembly(id: &UploadId) -> Key {
     Key::new(format!("{}assembled", upload_prefix(id).as_str()))
 }

@@ -1,8 +1,8 @@
 //! In-memory backend, for tests and for throwaway registries (`storage: {kind: memory}`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use bytes::{Bytes, BytesMut};
 
@@ -11,6 +11,15 @@ use super::{ByteStream, Key, Listed, ObjectWriter, Storage, StorageError};
 #[derive(Default)]
 pub struct MemoryStorage {
     objects: Objects,
+    /// Objects assembled from parts, as an object store builds them: only when made
+    /// [`MemoryStorage::assembling`].
+    assembly: Option<Assembling>,
+}
+
+/// Assemblies running, by id: the key each completes into and its parts (tag, bytes) by index.
+struct Assembling {
+    part: u64,
+    running: Mutex<HashMap<String, AssemblyParts>>,
 }
 
 /// An object's bytes and when it was written (unix seconds).
@@ -31,6 +40,18 @@ impl MemoryStorage {
         MemoryStorage::default()
     }
 
+    /// A store that builds large objects from parts of `part` bytes, as S3 does (for tests of
+    /// what uploads do on object stores, without one).
+    pub fn assembling(part: u64) -> MemoryStorage {
+        let assembly = Assembling { part, running: Mutex::default() };
+        MemoryStorage { objects: Objects::default(), assembly: Some(assembly) }
+    }
+
+    fn running(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, AssemblyParts>>, StorageError> {
+        let a = self.assembly.as_ref().ok_or_else(|| super::unsupported("assembling objects from parts"))?;
+        a.running.lock().map_err(|_| lock_err())
+    }
+
     /// Makes the object at `key` as old as if written `secs` seconds earlier (for tests of what
     /// age decides).
     pub fn age(&self, key: &Key, secs: i64) {
@@ -43,6 +64,7 @@ impl MemoryStorage {
 }
 
 type Objects = std::sync::Arc<RwLock<BTreeMap<Key, Object>>>;
+type AssemblyParts = (Key, BTreeMap<usize, (String, Bytes)>);
 
 fn lock_err() -> StorageError {
     StorageError::Io(std::io::Error::other("memory storage lock poisoned"))
@@ -98,6 +120,57 @@ impl Storage for MemoryStorage {
             .take_while(|(k, _)| k.as_str().starts_with(prefix.as_str()))
             .map(|(k, o)| Listed { key: k.clone(), size: o.bytes.len() as u64, modified: o.modified })
             .collect())
+    }
+
+    fn assembly_part_size(&self, _index: usize) -> Option<u64> {
+        self.assembly.as_ref().map(|a| a.part)
+    }
+
+    async fn start_assembly(&self, key: &Key) -> Result<String, StorageError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        self.running()?.insert(id.clone(), (key.clone(), BTreeMap::new()));
+        Ok(id)
+    }
+
+    async fn put_assembly_part(
+        &self,
+        key: &Key,
+        id: &str,
+        index: usize,
+        data: Bytes,
+    ) -> Result<String, StorageError> {
+        let mut running = self.running()?;
+        let parts = match running.get_mut(id) {
+            Some((at, parts)) if at == key => parts,
+            _ => return Err(StorageError::NotFound),
+        };
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        parts.insert(index, (tag.clone(), data));
+        Ok(tag)
+    }
+
+    async fn complete_assembly(&self, key: &Key, id: &str, tags: Vec<String>) -> Result<(), StorageError> {
+        let mut running = self.running()?;
+        let fits = |(at, parts): &AssemblyParts| {
+            at == key
+                && parts.len() == tags.len()
+                && parts.values().zip(&tags).all(|((t, _), want)| t == want)
+        };
+        if !running.get(id).is_some_and(fits) {
+            return Err(StorageError::Unavailable(format!("assembly {id} does not have the parts {tags:?}")));
+        }
+        let Some((_, parts)) = running.remove(id) else { return Err(StorageError::NotFound) };
+        let mut bytes = BytesMut::new();
+        for (_, b) in parts.into_values() {
+            bytes.extend_from_slice(&b);
+        }
+        self.objects.write().map_err(|_| lock_err())?.insert(key.clone(), Object::new(bytes.freeze()));
+        Ok(())
+    }
+
+    async fn abort_assembly(&self, _key: &Key, id: &str) -> Result<(), StorageError> {
+        self.running()?.remove(id);
+        Ok(())
     }
 }
 

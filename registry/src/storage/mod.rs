@@ -196,7 +196,7 @@ pub trait Storage: Send + Sync + 'static {
     }
 }
 
-fn unsupported(what: &str) -> StorageError {
+pub(crate) fn unsupported(what: &str) -> StorageError {
     StorageError::Io(io::Error::new(
         io::ErrorKind::Unsupported,
         format!("this storage does not support {what}"),

@@ -23,6 +23,26 @@ pub(super) async fn link_blob_tx(
     Ok(())
 }
 
+/// [`link_blob_tx`] for an object written at `location` ([`crate::meta::sweep::RECORD_AT`]);
+/// whether it is the blob's object.
+pub(super) async fn link_blob_at_tx(
+    tx: &Tx<'_>,
+    repo: &str,
+    digest: &Digest,
+    size: u64,
+    location: &str,
+) -> TxResult<bool> {
+    let now = crate::meta::now();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        [&digest.as_str(), &(size as i64), &now, &location];
+    let row = query_opt(tx, crate::meta::sweep::RECORD_AT, &params).await?;
+    let row = row.map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1)));
+    let placed = crate::meta::sweep::recorded_at(digest, location, row)?;
+    let id = ensure_repo(tx, repo, now).await?;
+    execute(tx, crate::meta::gc::LINK, &[&id, &digest.as_str(), &now]).await?;
+    Ok(placed)
+}
+
 /// Records the blob's row for a write of its object (see [`crate::meta::sweep`]); the statement
 /// locks the row, so a release or purge of the same digest waits for this transaction.
 pub(super) async fn record_blob(

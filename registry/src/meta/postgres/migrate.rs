@@ -65,7 +65,17 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/postgres/0014_blob_link_notices.sql"),
         compatible_from: 1,
     },
+    // A nullable column older code ignores: it runs on it, so blob locations are written only
+    // once no older code can (see `LOCATIONS`).
+    Migration {
+        sql: include_str!("../../../migrations/postgres/0015_blob_locations.sql"),
+        compatible_from: 1,
+    },
 ];
+
+/// The schema version whose code reads blob locations (`blobs.location`): they are written only
+/// on a database that code older than it refuses.
+pub const LOCATIONS: i32 = 15;
 
 /// The advisory lock's key, shared by every replica (an arbitrary constant: "berthmig").
 const LOCK: i64 = 0x6265_7274_686d_6967;
@@ -75,7 +85,10 @@ pub fn known() -> i32 {
     MIGRATIONS.len() as i32
 }
 
-pub async fn migrate(client: &mut Client) -> Result<()> {
+/// Brings the schema up to date; returns the oldest schema version whose code may still run on
+/// the database. A database created from nothing here needs this code's version (its last row
+/// says so): no older code ever ran on it, and none may start on it later.
+pub async fn migrate(client: &mut Client) -> Result<i32> {
     let tx = client.transaction().await.map_err(db_error)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK]).await.map_err(db_error)?;
     tx.batch_execute(
@@ -103,15 +116,19 @@ pub async fn migrate(client: &mut Client) -> Result<()> {
         )));
     }
     let now = crate::meta::now();
+    let created = version <= 0;
     for (i, m) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
         tx.batch_execute(m.sql).await.map_err(db_error)?;
+        let last = i + 1 == MIGRATIONS.len();
+        let compatible_from = if created && last { known() } else { m.compatible_from };
         tx.execute(
             "INSERT INTO berth_schema (version, compatible_from, applied_at) VALUES ($1, $2, $3)",
-            &[&(i as i32 + 1), &m.compatible_from, &now],
+            &[&(i as i32 + 1), &compatible_from, &now],
         )
         .await
         .map_err(db_error)?;
         tracing::info!(version = i + 1, "applied a metadata schema migration");
     }
-    tx.commit().await.map_err(db_error)
+    tx.commit().await.map_err(db_error)?;
+    Ok(if created { known() } else { needs.max(1) })
 }

@@ -43,7 +43,7 @@ use std::time::Duration;
 use deadpool_postgres::{GenericClient, Object};
 
 use errors::{db_error, retryable, Failure, TxResult};
-use manifests::{check_references, link_blob_tx, put_manifest_tx, record_blob};
+use manifests::{check_references, link_blob_at_tx, link_blob_tx, put_manifest_tx, record_blob};
 use statements::{ensure_repo, execute, query, query_opt, repo_id, Tx};
 
 use super::{ManifestRecord, MetaStore, NewEvent, NewManifest, Page, PoolUse, Referrer, Result, Stored};
@@ -58,6 +58,9 @@ const ATTEMPTS: usize = 3;
 pub struct PostgresMeta {
     pool: Arc<pool::SharedPool>,
     lookups: Arc<lookups::Lookups>,
+    /// Whether blobs may be recorded away from their digest's key: no code older than
+    /// [`migrate::LOCATIONS`] runs on this database.
+    locations: bool,
 }
 
 type TxFuture<'t, T> = Pin<Box<dyn Future<Output = TxResult<T>> + Send + 't>>;
@@ -85,9 +88,9 @@ impl PostgresMeta {
     ) -> Result<PostgresMeta> {
         let pool = Arc::new(pool::SharedPool::new(url, max_connections, tls::Connector::new(ca_file)?)?);
         let mut client = pool::client(&pool).await?;
-        migrate::migrate(&mut client).await?;
+        let compatible_from = migrate::migrate(&mut client).await?;
         let lookups = lookups::Lookups::start(&pool);
-        Ok(PostgresMeta { pool, lookups })
+        Ok(PostgresMeta { pool, lookups, locations: compatible_from >= migrate::LOCATIONS })
     }
 
     /// Switches to the database URL in `file` whenever it changes (a rotated password), checking
@@ -177,6 +180,18 @@ impl MetaStore for PostgresMeta {
 
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
         live_blob_size(&self.client().await?, digest).await
+    }
+
+    async fn blob_location(&self, digest: &Digest) -> Result<Option<String>> {
+        let c = self.client().await?;
+        let row = query_opt(&c, "SELECT location FROM blobs WHERE digest = $1", &[&digest.as_str()])
+            .await
+            .map_err(db_error)?;
+        Ok(row.and_then(|r| r.get::<_, Option<String>>(0)))
+    }
+
+    fn records_locations(&self) -> bool {
+        self.locations
     }
 
     async fn repos_with_blob(&self, digest: &Digest, limit: usize) -> Result<Vec<RepoName>> {

@@ -32,6 +32,12 @@ impl Scrub for PostgresMeta {
         rows.into_iter().map(|r| Ok((parse("digest", r.get(0))?, size(r.get(1))))).collect()
     }
 
+    async fn is_location(&self, key: &str) -> Result<bool> {
+        let c = self.client().await?;
+        let rows = query(&c, scrub::IS_LOCATION, &[&key]).await.map_err(db_error)?;
+        Ok(rows.first().is_some_and(|r| r.get::<_, i64>(0) > 0))
+    }
+
     async fn cached_items(&self, digest: &Digest) -> Result<Vec<CachedItem>> {
         let c = self.client().await?;
         let rows = query(&c, scrub::CACHED_ITEMS, &[&digest.as_str()]).await.map_err(db_error)?;

@@ -40,6 +40,26 @@ async fn a_schema_newer_than_this_berth_can_run_on_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_locations_are_written_only_where_no_older_berth_can_run() {
+    let db = TestDatabase::create().await;
+    let created = PostgresMeta::connect(&db.url, 1).await.unwrap();
+    assert!(created.records_locations(), "created here: older code refuses this database");
+    let (client, _conn) = db.client().await;
+    // The same schema reached by upgrading, step by step, a database older code used: it may
+    // still run beside this one during a rolling upgrade, and would look for blobs at their
+    // digests' keys.
+    client.execute("UPDATE berth_schema SET compatible_from = 1", &[]).await.unwrap();
+    let upgraded = PostgresMeta::connect(&db.url, 1).await.unwrap();
+    assert!(!upgraded.records_locations());
+    // Once a contracting migration rules older code out, they are.
+    client
+        .execute("UPDATE berth_schema SET compatible_from = $1 WHERE version = $1", &[&migrate::LOCATIONS])
+        .await
+        .unwrap();
+    assert!(PostgresMeta::connect(&db.url, 1).await.unwrap().records_locations());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_url_file_is_used_without_a_restart_and_a_broken_one_is_not() {
     let db = TestDatabase::create().await;
     let meta = PostgresMeta::connect(&db.url, 2).await.unwrap();

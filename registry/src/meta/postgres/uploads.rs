@@ -6,7 +6,8 @@ use deadpool_postgres::GenericClient;
 
 use super::errors::db_error;
 use super::{
-    execute, link_blob_tx, live_blob_size, parse, query, query_opt, size, PostgresMeta, Tx, TxResult,
+    execute, link_blob_at_tx, link_blob_tx, live_blob_size, parse, query, query_opt, size, PostgresMeta, Tx,
+    TxResult,
 };
 use crate::meta::{Appended, Closing, MetaError, Result, Stored, Upload, UploadPart, UploadSessions};
 use crate::UploadId;
@@ -90,6 +91,27 @@ impl UploadSessions for PostgresMeta {
                 link_blob_tx(tx, &repo, &digest, size, stored).await?;
                 execute(tx, "DELETE FROM uploads WHERE id = $1", &[&id.to_string()]).await?;
                 Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn finish_upload_at(
+        &self,
+        id: UploadId,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        location: &str,
+    ) -> Result<bool> {
+        let (repo, digest, location) = (repo.to_string(), digest.clone(), location.to_owned());
+        self.write(true, move |tx| {
+            let (repo, digest, location) = (repo.clone(), digest.clone(), location.clone());
+            Box::pin(async move {
+                if execute(tx, "DELETE FROM uploads WHERE id = $1", &[&id.to_string()]).await? == 0 {
+                    return Err(MetaError::UploadUnknown.into());
+                }
+                link_blob_at_tx(tx, &repo, &digest, size, &location).await
             })
         })
         .await

@@ -22,6 +22,26 @@ pub(super) fn link_blob_tx(
     Ok(())
 }
 
+/// [`link_blob_tx`] for an object written at `location` ([`crate::meta::sweep::RECORD_AT`]);
+/// whether it is the blob's object.
+pub(super) fn link_blob_at_tx(
+    tx: &Connection,
+    repo: &str,
+    digest: &Digest,
+    size: u64,
+    location: &str,
+) -> Result<bool> {
+    let now = crate::meta::now();
+    let row = tx
+        .prepare_cached(crate::meta::sweep::RECORD_AT)?
+        .query_row(params![digest.as_str(), size as i64, now, location], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let placed = crate::meta::sweep::recorded_at(digest, location, row)?;
+    let id = ensure_repo(tx, repo, now)?;
+    tx.prepare_cached(crate::meta::gc::LINK)?.execute(params![id, digest.as_str(), now])?;
+    Ok(placed)
+}
+
 pub(super) fn row_to_triple(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, i64)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
 }

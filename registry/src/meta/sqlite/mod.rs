@@ -26,7 +26,8 @@ mod usage;
 mod writer;
 
 use manifests::{
-    check_references, ensure_repo, link_blob_tx, put_manifest_tx, record_blob, repo_id, row_to_triple,
+    check_references, ensure_repo, link_blob_at_tx, link_blob_tx, put_manifest_tx, record_blob, repo_id,
+    row_to_triple,
 };
 use open::{migrate, open_connection, remove_orphaned_temporaries};
 use writer::{Durability, Writer};
@@ -229,6 +230,24 @@ impl MetaStore for SqliteMeta {
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
         let digest = digest.clone();
         self.read(move |c| live_blob_size(c, &digest)).await
+    }
+
+    async fn blob_location(&self, digest: &Digest) -> Result<Option<String>> {
+        let digest = digest.to_string();
+        self.read(move |c| {
+            let at: Option<Option<String>> = c
+                .prepare_cached("SELECT location FROM blobs WHERE digest = ?1")?
+                .query_row([digest], |r| r.get(0))
+                .optional()?;
+            Ok(at.flatten())
+        })
+        .await
+    }
+
+    fn records_locations(&self) -> bool {
+        // One process owns the file: no older Berth runs beside this one, and one that opens
+        // it later refuses its newer schema.
+        true
     }
 
     async fn repos_with_blob(&self, digest: &Digest, limit: usize) -> Result<Vec<RepoName>> {

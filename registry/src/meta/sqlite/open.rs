@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0013_events.sql"),
     include_str!("../../../migrations/sqlite/0014_audit.sql"),
     include_str!("../../../migrations/sqlite/0015_fetch_segments.sql"),
+    include_str!("../../../migrations/sqlite/0016_blob_locations.sql"),
 ];
 
 pub(super) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {

@@ -48,6 +48,15 @@ impl Scrub for SqliteMeta {
         .await
     }
 
+    async fn is_location(&self, key: &str) -> Result<bool> {
+        let key = key.to_owned();
+        self.read(move |c| {
+            let n: i64 = c.prepare_cached(scrub::IS_LOCATION)?.query_row([key], |r| r.get(0))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     async fn cached_items(&self, digest: &Digest) -> Result<Vec<CachedItem>> {
         let digest = digest.to_string();
         self.read(move |c| {

@@ -5,7 +5,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::writer::Durability;
-use super::{link_blob_tx, live_blob_size, parse, SqliteMeta};
+use super::{link_blob_at_tx, link_blob_tx, live_blob_size, parse, SqliteMeta};
 use crate::meta::{Appended, Closing, MetaError, Result, Stored, Upload, UploadPart, UploadSessions};
 use crate::UploadId;
 use berth_core::oci::{Digest, RepoName};
@@ -116,6 +116,24 @@ impl UploadSessions for SqliteMeta {
             link_blob_tx(tx, &repo, &digest, size, stored)?;
             tx.prepare_cached("DELETE FROM uploads WHERE id = ?1")?.execute([id.to_string()])?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn finish_upload_at(
+        &self,
+        id: UploadId,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        location: &str,
+    ) -> Result<bool> {
+        let (repo, digest, location) = (repo.to_string(), digest.clone(), location.to_owned());
+        self.write(Durability::Synced, move |tx| {
+            if tx.prepare_cached("DELETE FROM uploads WHERE id = ?1")?.execute([id.to_string()])? == 0 {
+                return Err(MetaError::UploadUnknown);
+            }
+            link_blob_at_tx(tx, &repo, &digest, size, &location)
         })
         .await
     }
