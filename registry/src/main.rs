@@ -39,6 +39,12 @@ enum Command {
     /// digests, with their index children and referrers (signatures, SBOMs); what is there
     /// already is skipped. Prints a summary (or the report), and exits non-zero if an image failed.
     Replicate(Box<ReplicateArgs>),
+    /// Once every replica on a PostgreSQL database runs this Berth (a rolling upgrade is over):
+    /// rule older Berths out of the database, so that blobs pushed in pieces to object storage
+    /// stay where their uploads wrote them instead of being copied (older code would look for
+    /// them at their digests' keys). Replicas write them so from their next start. Takes the
+    /// same config as `serve`.
+    ContractSchema(ServeArgs),
     /// Point this node's containerd (and CRI-O) at a Registry: writes the hosts files a plan
     /// (rendered by berth-operator) asks for, keeps them in step with it, and removes them on
     /// SIGTERM. Runs in a Registry's `spec.nodeMirror` DaemonSet.
@@ -524,6 +530,17 @@ fn main() -> ExitCode {
         Command::Gc(args) => run(async move { berth_registry::gc::client::run(&args.request()?).await }),
         Command::Replicate(args) => run(replicate(*args)),
         Command::NodeMirror(args) => run(node_mirror(args)),
+        Command::ContractSchema(args) => {
+            run(async move {
+                let (before, now) = server::contract_schema(&args.config()?).await?;
+                if before == now {
+                    println!("the database needs berth schema {now} or newer already; nothing to do");
+                } else {
+                    println!("berths older than schema {now} may no longer start on the database (before: {before})");
+                }
+                Ok(())
+            })
+        }
     }
 }
 

@@ -68,6 +68,14 @@ pub struct NewManifest {
     pub events: Vec<NewEvent>,
 }
 
+/// A blob a repository may read: its size, and where its object is when not at its digest's key
+/// (`blobs.location`, see `service::in_place`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundBlob {
+    pub size: u64,
+    pub location: Option<std::sync::Arc<str>>,
+}
+
 /// One entry of a referrers response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Referrer {
@@ -96,7 +104,11 @@ pub struct Page {
 #[async_trait::async_trait]
 pub trait MetaStore: UploadSessions + Send + Sync + 'static {
     /// Size of `digest` if the repository may read it.
-    async fn blob_in_repo(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>>;
+    async fn blob_in_repo(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        Ok(self.find_blob(repo, digest).await?.map(|b| b.size))
+    }
+    /// [`MetaStore::blob_in_repo`] with where the blob's object is: what a read needs.
+    async fn find_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<FoundBlob>>;
     /// Size of `digest` if it is committed anywhere.
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
     /// Where the blob's object is when not at its digest's key (the row's `location`, in any

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::ManifestRecord;
+use super::{FoundBlob, ManifestRecord};
 use berth_core::oci::{Digest, Reference, RepoName};
 
 /// How many lookups are kept, across all repositories; past it, all are dropped at once (they
@@ -38,8 +38,8 @@ struct State {
 #[derive(Default)]
 struct Kept {
     manifests: HashMap<Reference, ManifestRecord>,
-    /// Sizes of the blobs it holds.
-    blobs: HashMap<Digest, u64>,
+    /// The blobs it holds: their sizes and locations.
+    blobs: HashMap<Digest, FoundBlob>,
 }
 
 impl Kept {
@@ -62,9 +62,9 @@ impl Resolved {
         self.find(repo, |kept| kept.manifests.get(r).cloned())
     }
 
-    /// A kept blob size, or the generation to store the database's answer under.
-    pub fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, Generation> {
-        self.find(repo, |kept| kept.blobs.get(digest).copied())
+    /// A kept blob, or the generation to store the database's answer under.
+    pub fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<FoundBlob, Generation> {
+        self.find(repo, |kept| kept.blobs.get(digest).cloned())
     }
 
     fn find<T>(&self, repo: &RepoName, pick: impl FnOnce(&Kept) -> Option<T>) -> Result<T, Generation> {
@@ -86,9 +86,11 @@ impl Resolved {
         self.keep(began, repo, |kept| kept.manifests.insert(r.clone(), record.clone()).is_none());
     }
 
-    /// Keeps a blob's size in `repo`, on the terms of [`Resolved::insert`].
-    pub fn insert_blob(&self, began: Generation, repo: &RepoName, digest: &Digest, size: u64) {
-        self.keep(began, repo, |kept| kept.blobs.insert(digest.clone(), size).is_none());
+    /// Keeps a blob found in `repo`, on the terms of [`Resolved::insert`]. A blob's location
+    /// changes only once no repository links it (it was purged and written again), and removing
+    /// a link clears the answers of its repository.
+    pub fn insert_blob(&self, began: Generation, repo: &RepoName, digest: &Digest, found: &FoundBlob) {
+        self.keep(began, repo, |kept| kept.blobs.insert(digest.clone(), found.clone()).is_none());
     }
 
     /// Runs `add` (true when it added an entry) on `repo`'s answers, if no write ended since
@@ -182,23 +184,24 @@ mod tests {
         let cache = Resolved::new(10);
         let (a, b) = (name("team/a"), name("team/b"));
         let layer = Digest::of(Algorithm::Sha256, b"layer");
+        let found = FoundBlob { size: 42, location: Some("uploads/ab/x.assembled".into()) };
         for repo in [&a, &b] {
             let began = cache.blob(repo, &layer).unwrap_err();
-            cache.insert_blob(began, repo, &layer, 42);
+            cache.insert_blob(began, repo, &layer, &found);
         }
-        assert_eq!(cache.blob(&a, &layer).unwrap(), 42);
+        assert_eq!(cache.blob(&a, &layer).unwrap(), found);
         // A manifest answer and a blob answer of one repository are one repository's answers.
         let began = cache.get(&a, &tag("v1")).unwrap_err();
         cache.insert(began, &a, &tag("v1"), &record(1));
         cache.invalidate(&a);
         assert!(cache.blob(&a, &layer).is_err());
         assert!(cache.get(&a, &tag("v1")).is_err());
-        assert_eq!(cache.blob(&b, &layer).unwrap(), 42);
+        assert_eq!(cache.blob(&b, &layer).unwrap(), found);
         assert_eq!(cache.state.lock().unwrap().len, 1);
         // The link was removed while the lookup ran: its answer is not kept.
         let began = cache.blob(&a, &layer).unwrap_err();
         cache.invalidate(&a);
-        cache.insert_blob(began, &a, &layer, 42);
+        cache.insert_blob(began, &a, &layer, &found);
         assert!(cache.blob(&a, &layer).is_err(), "a removed link must not be answered");
     }
 

@@ -133,6 +133,38 @@ impl Metadata {
     }
 }
 
+/// The database URL: from `url_file`, else `BERTH_POSTGRES_URL`.
+#[cfg(feature = "postgres")]
+fn postgres_url(url_file: Option<&std::path::Path>) -> Result<String, ServeError> {
+    match url_file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| ServeError::Config(format!("metadata.url_file {}: {e}", f.display()))),
+        None => std::env::var("BERTH_POSTGRES_URL").map_err(|_| {
+            ServeError::Config("metadata: no url_file and BERTH_POSTGRES_URL is not set".into())
+        }),
+    }
+}
+
+/// `berth contract-schema`: rules Berths older than this one out of the configured PostgreSQL
+/// database; the oldest schema whose code could run on it before, and now.
+pub async fn contract_schema(config: &Config) -> Result<(i32, i32), ServeError> {
+    match &config.metadata {
+        #[cfg(feature = "postgres")]
+        MetadataConfig::Postgres { url_file, ca_file, .. } => {
+            let url = postgres_url(url_file.as_deref())?;
+            Ok(PostgresMeta::contract(url.trim(), ca_file.as_deref()).await?)
+        }
+        #[cfg(not(feature = "postgres"))]
+        MetadataConfig::Postgres { .. } => {
+            Err(ServeError::Config("metadata: this berth was built without PostgreSQL support".into()))
+        }
+        MetadataConfig::Sqlite { .. } => Err(ServeError::Config(
+            "metadata: SQLite needs no contracting (one berth owns its file, and an older one refuses a newer schema)"
+                .into(),
+        )),
+    }
+}
+
 /// The configured metadata store.
 async fn open_metadata(config: &Config) -> Result<Metadata, ServeError> {
     match &config.metadata {
@@ -145,13 +177,7 @@ async fn open_metadata(config: &Config) -> Result<Metadata, ServeError> {
         }
         #[cfg(feature = "postgres")]
         MetadataConfig::Postgres { url_file, max_connections, ca_file } => {
-            let url = match url_file {
-                Some(f) => std::fs::read_to_string(f)
-                    .map_err(|e| ServeError::Config(format!("metadata.url_file {}: {e}", f.display())))?,
-                None => std::env::var("BERTH_POSTGRES_URL").map_err(|_| {
-                    ServeError::Config("metadata: no url_file and BERTH_POSTGRES_URL is not set".into())
-                })?,
-            };
+            let url = postgres_url(url_file.as_deref())?;
             let meta = Arc::new(
                 PostgresMeta::connect_with(url.trim(), *max_connections as usize, ca_file.as_deref()).await?,
             );

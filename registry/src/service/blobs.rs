@@ -36,19 +36,18 @@ impl Registry {
         if !self.locates() {
             return Ok(layout::blob(digest));
         }
-        match self.meta.blob_location(digest).await? {
-            None => Ok(layout::blob(digest)),
-            Some(at) => layout::recorded(&at).ok_or_else(|| {
-                ServiceError::Meta(crate::meta::MetaError::Db(format!(
-                    "blob {digest} is recorded at {at:?}, which is not a storage key"
-                )))
-            }),
-        }
+        key_at(digest, self.meta.blob_location(digest).await?.as_deref())
     }
 
     /// Size of a blob the repository may read.
     pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
         self.meta.blob_in_repo(repo, digest).await?.ok_or(ServiceError::BlobUnknown)
+    }
+
+    /// A blob the repository may read: its size and where its object is.
+    async fn find_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(u64, Key)> {
+        let found = self.meta.find_blob(repo, digest).await?.ok_or(ServiceError::BlobUnknown)?;
+        Ok((found.size, key_at(digest, found.location.as_deref())?))
     }
 
     /// Opens a blob, or the satisfiable part of `range`. `Ok(Err(size))` means the range cannot be
@@ -60,7 +59,7 @@ impl Registry {
         range: Option<ByteRange>,
         with_body: bool,
     ) -> Result<std::result::Result<BlobRead, u64>> {
-        let size = self.stat_blob(repo, digest).await?;
+        let (size, key) = self.find_blob(repo, digest).await?;
         let span = match span(range, size) {
             Ok(span) => span,
             Err(size) => return Ok(Err(size)),
@@ -71,7 +70,6 @@ impl Registry {
             self.meta.touch_link(repo, digest).await?;
             return Ok(Ok(BlobRead { size, range: span, body: None, size_known: true }));
         }
-        let key = self.blob_key(digest).await?;
         match self.storage.get(&key, span.map(|(s, e)| s..e + 1)).await {
             Ok(body) => Ok(Ok(BlobRead { size, range: span, body: Some(body), size_known: true })),
             Err(StorageError::NotFound) => {
@@ -90,10 +88,11 @@ impl Registry {
         digest: &Digest,
         max: u64,
     ) -> Result<Option<bytes::Bytes>> {
-        if self.stat_blob(repo, digest).await? > max {
+        let (size, key) = self.find_blob(repo, digest).await?;
+        if size > max {
             return Ok(None);
         }
-        match crate::storage::read_all(self.storage.as_ref(), &self.blob_key(digest).await?).await {
+        match crate::storage::read_all(self.storage.as_ref(), &key).await {
             Ok(bytes) => Ok(Some(bytes)),
             Err(StorageError::NotFound) => Err(ServiceError::BlobUnknown),
             Err(e) => Err(e.into()),
@@ -103,8 +102,8 @@ impl Registry {
     /// Where the client may read the blob directly, when storage hands reads out (S3 with
     /// `redirect: true`): checked against the repository first, like any read.
     pub async fn blob_redirect(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {
-        self.stat_blob(repo, digest).await?;
-        Ok(self.storage.presigned_get(&self.blob_key(digest).await?).await?)
+        let (_, key) = self.find_blob(repo, digest).await?;
+        Ok(self.storage.presigned_get(&key).await?)
     }
 
     /// Starts writing a blob fetched from an upstream; [`Registry::commit_cached_blob`] publishes it.
@@ -234,5 +233,17 @@ impl Registry {
             return Ok(self.record_assumed(repo, digest, size).await?.then_some(size));
         }
         Ok(None)
+    }
+}
+
+/// The key of the object a blob's row places at `location` (none: its digest's key).
+fn key_at(digest: &Digest, location: Option<&str>) -> Result<Key> {
+    match location {
+        None => Ok(layout::blob(digest)),
+        Some(at) => layout::recorded(at).ok_or_else(|| {
+            ServiceError::Meta(crate::meta::MetaError::Db(format!(
+                "blob {digest} is recorded at {at:?}, which is not a storage key"
+            )))
+        }),
     }
 }

@@ -31,7 +31,7 @@ use tokio_postgres::Notification;
 use super::errors::db_error;
 use super::pool::{self, SharedPool};
 use crate::meta::resolved::{self, Generation, Resolved};
-use crate::meta::{ManifestRecord, Result};
+use crate::meta::{FoundBlob, ManifestRecord, Result};
 use berth_core::oci::{Digest, Reference, RepoName};
 
 /// How often a replica renews its lease and pings itself.
@@ -130,14 +130,18 @@ impl Lookups {
         }
     }
 
-    /// A kept blob size, or the generation to keep the database's answer under.
-    pub(super) fn blob(&self, repo: &RepoName, digest: &Digest) -> std::result::Result<u64, Generation> {
+    /// A kept blob, or the generation to keep the database's answer under.
+    pub(super) fn blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> std::result::Result<FoundBlob, Generation> {
         self.vouch(self.kept.blob(repo, digest))
     }
 
-    pub(super) fn keep_blob(&self, began: Generation, repo: &RepoName, digest: &Digest, size: u64) {
+    pub(super) fn keep_blob(&self, began: Generation, repo: &RepoName, digest: &Digest, found: &FoundBlob) {
         if self.trusted() {
-            self.kept.insert_blob(began, repo, digest, size);
+            self.kept.insert_blob(began, repo, digest, found);
         }
     }
 

@@ -132,3 +132,41 @@ pub async fn migrate(client: &mut Client) -> Result<i32> {
     tx.commit().await.map_err(db_error)?;
     Ok(if created { known() } else { needs.max(1) })
 }
+
+/// Rules code older than this Berth out of the database, once every replica runs this Berth (or
+/// a newer one): older code then refuses to start on it, and what only this code reads (blob
+/// locations, [`LOCATIONS`]) is written from the next start of each replica. Returns the
+/// oldest schema version whose code could run on it before, and now.
+pub async fn contract(client: &mut Client) -> Result<(i32, i32)> {
+    let tx = client.transaction().await.map_err(db_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK]).await.map_err(db_error)?;
+    let migrated: bool =
+        tx.query_one("SELECT to_regclass('berth_schema') IS NOT NULL", &[]).await.map_err(db_error)?.get(0);
+    let (version, before) = if migrated {
+        let row = tx
+            .query_one(
+                "SELECT coalesce(max(version), 0), coalesce(max(compatible_from), 0) FROM berth_schema",
+                &[],
+            )
+            .await
+            .map_err(db_error)?;
+        (row.get::<_, i32>(0), row.get::<_, i32>(1))
+    } else {
+        (0, 0)
+    };
+    if version != known() {
+        return Err(MetaError::Db(format!(
+            "the database's schema is version {version}, this berth's {}: start this berth on it \
+             first (it migrates), then contract",
+            known()
+        )));
+    }
+    tx.execute(
+        "UPDATE berth_schema SET compatible_from = $1 WHERE version = $1 AND compatible_from < $1",
+        &[&known()],
+    )
+    .await
+    .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
+    Ok((before, before.max(known())))
+}

@@ -46,7 +46,9 @@ use errors::{db_error, retryable, Failure, TxResult};
 use manifests::{check_references, link_blob_at_tx, link_blob_tx, put_manifest_tx, record_blob};
 use statements::{ensure_repo, execute, query, query_opt, repo_id, Tx};
 
-use super::{ManifestRecord, MetaStore, NewEvent, NewManifest, Page, PoolUse, Referrer, Result, Stored};
+use super::{
+    FoundBlob, ManifestRecord, MetaStore, NewEvent, NewManifest, Page, PoolUse, Referrer, Result, Stored,
+};
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
 /// How often a `url_file` is read again for a rotated URL.
@@ -91,6 +93,13 @@ impl PostgresMeta {
         let compatible_from = migrate::migrate(&mut client).await?;
         let lookups = lookups::Lookups::start(&pool);
         Ok(PostgresMeta { pool, lookups, locations: compatible_from >= migrate::LOCATIONS })
+    }
+
+    /// Rules Berths older than this one out of the database at `url` ([`migrate::contract`]).
+    pub async fn contract(url: &str, ca_file: Option<&Path>) -> Result<(i32, i32)> {
+        let pool = pool::SharedPool::new(url, 1, tls::Connector::new(ca_file)?)?;
+        let mut client = pool::client(&pool).await?;
+        migrate::contract(&mut client).await
     }
 
     /// Switches to the database URL in `file` whenever it changes (a rotated password), checking
@@ -155,15 +164,15 @@ fn manifest_record(r: &tokio_postgres::Row) -> Result<ManifestRecord> {
 
 #[async_trait::async_trait]
 impl MetaStore for PostgresMeta {
-    async fn blob_in_repo(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+    async fn find_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<FoundBlob>> {
         let began = match self.lookups.blob(repo, digest) {
-            Ok(size) => return Ok(Some(size)),
+            Ok(found) => return Ok(Some(found)),
             Err(began) => began,
         };
         let c = self.client().await?;
         let row = query_opt(
             &c,
-            "SELECT b.size FROM repository_blobs rb
+            "SELECT b.size, b.location FROM repository_blobs rb
              JOIN repositories r ON r.id = rb.repository_id
              JOIN blobs b ON b.digest = rb.digest
              WHERE r.name = $1 AND rb.digest = $2",
@@ -171,9 +180,12 @@ impl MetaStore for PostgresMeta {
         )
         .await
         .map_err(db_error)?;
-        let found = row.map(|r| size(r.get(0)));
-        if let Some(n) = found {
-            self.lookups.keep_blob(began, repo, digest, n);
+        let found = row.map(|r| FoundBlob {
+            size: size(r.get(0)),
+            location: r.get::<_, Option<String>>(1).map(Into::into),
+        });
+        if let Some(found) = &found {
+            self.lookups.keep_blob(began, repo, digest, found);
         }
         Ok(found)
     }

@@ -51,12 +51,15 @@ async fn blob_locations_are_written_only_where_no_older_berth_can_run() {
     client.execute("UPDATE berth_schema SET compatible_from = 1", &[]).await.unwrap();
     let upgraded = PostgresMeta::connect(&db.url, 1).await.unwrap();
     assert!(!upgraded.records_locations());
-    // Once a contracting migration rules older code out, they are.
-    client
-        .execute("UPDATE berth_schema SET compatible_from = $1 WHERE version = $1", &[&migrate::LOCATIONS])
-        .await
-        .unwrap();
+    // Once the schema is contracted (every replica runs this Berth), they are, and older code
+    // may not start on it any more.
+    assert_eq!(PostgresMeta::contract(&db.url, None).await.unwrap(), (1, migrate::known()));
     assert!(PostgresMeta::connect(&db.url, 1).await.unwrap().records_locations());
+    assert_eq!(PostgresMeta::contract(&db.url, None).await.unwrap(), (migrate::known(), migrate::known()));
+    // A database this Berth has not migrated yet is not contracted.
+    let fresh = TestDatabase::create().await;
+    let e = PostgresMeta::contract(&fresh.url, None).await.expect_err("refused").to_string();
+    assert!(e.contains("start this berth on it first"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

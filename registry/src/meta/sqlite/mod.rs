@@ -34,7 +34,7 @@ use writer::{Durability, Writer};
 
 use super::resolved::{self, Resolved};
 use super::sweep::{self, Stored};
-use super::{ManifestRecord, MetaError, MetaStore, NewEvent, NewManifest, Page, Referrer, Result};
+use super::{FoundBlob, ManifestRecord, MetaError, MetaStore, NewEvent, NewManifest, Page, Referrer, Result};
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
 const MAX_IDLE_READERS: usize = 8;
@@ -201,28 +201,28 @@ fn page_query(conn: &Connection, sql: &str, scope: Option<i64>, page: &Page) -> 
 
 #[async_trait::async_trait]
 impl MetaStore for SqliteMeta {
-    async fn blob_in_repo(&self, repo_name: &RepoName, digest_of: &Digest) -> Result<Option<u64>> {
+    async fn find_blob(&self, repo_name: &RepoName, digest_of: &Digest) -> Result<Option<FoundBlob>> {
         let began = match self.resolved().blob(repo_name, digest_of) {
-            Ok(size) => return Ok(Some(size)),
+            Ok(found) => return Ok(Some(found)),
             Err(began) => began,
         };
         let (repo, digest) = (repo_name.to_string(), digest_of.to_string());
         let found = self
             .read(move |c| {
-                let size: Option<i64> = c
+                let row: Option<(i64, Option<String>)> = c
                     .prepare_cached(
-                        "SELECT b.size FROM repository_blobs rb
+                        "SELECT b.size, b.location FROM repository_blobs rb
                      JOIN repositories r ON r.id = rb.repository_id
                      JOIN blobs b ON b.digest = rb.digest
                      WHERE r.name = ?1 AND rb.digest = ?2",
                     )?
-                    .query_row([repo, digest], |r| r.get(0))
+                    .query_row([repo, digest], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
-                Ok(size.map(|s| s as u64))
+                Ok(row.map(|(size, at)| FoundBlob { size: size.max(0) as u64, location: at.map(Into::into) }))
             })
             .await?;
-        if let Some(size) = found {
-            self.resolved().insert_blob(began, repo_name, digest_of, size);
+        if let Some(found) = &found {
+            self.resolved().insert_blob(began, repo_name, digest_of, found);
         }
         Ok(found)
     }
