@@ -15,6 +15,8 @@
 //! is counted as a conflict, never forced.
 
 pub mod client;
+#[cfg(test)]
+mod in_place_tests;
 pub mod mark;
 pub mod metrics;
 mod progress;

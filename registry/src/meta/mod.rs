@@ -221,6 +221,21 @@ pub(crate) fn recorded_blob(digest: &Digest, stored: Stored, state: Option<&str>
     }
 }
 
+/// What [`sweep::RECORD_AT`] made of the blob: `Ok(true)` when it is `live` at the caller's location,
+/// `Ok(false)` when it is `live` elsewhere (the caller's object is not needed),
+/// [`MetaError::BlobGone`] while a purge deletes its former object.
+pub(crate) fn recorded_at(
+    digest: &Digest,
+    location: &str,
+    row: Option<(String, Option<String>)>,
+) -> Result<bool> {
+    match row {
+        None => Ok(false),
+        Some((state, at)) if state == "live" => Ok(at.as_deref() == Some(location)),
+        Some(_) => Err(MetaError::BlobGone(digest.clone())),
+    }
+}
+
 /// Unix milliseconds.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now()

@@ -62,21 +62,6 @@ pub(crate) const RECORD_AT: &str =
      WHERE blobs.state <> 'live'
      RETURNING state, location";
 
-/// What [`RECORD_AT`] made of the blob: `Ok(true)` when it is `live` at the caller's location,
-/// `Ok(false)` when it is `live` elsewhere (the caller's object is not needed),
-/// [`MetaError::BlobGone`] while a purge deletes its former object.
-pub(crate) fn recorded_at(
-    digest: &berth_core::oci::Digest,
-    location: &str,
-    row: Option<(String, Option<String>)>,
-) -> super::Result<bool> {
-    match row {
-        None => Ok(false),
-        Some((state, at)) if state == "live" => Ok(at.as_deref() == Some(location)),
-        Some(_) => Err(super::MetaError::BlobGone(digest.clone())),
-    }
-}
-
 /// Records a blob whose object the caller did not write: a `deleting` one becomes `live` again.
 /// Returns its state afterwards; no row when there is no blob. Parameter: digest.
 pub(crate) const RECORD_ASSUMED: &str = "UPDATE blobs

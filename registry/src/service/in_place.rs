@@ -82,47 +82,45 @@ pub(super) fn own_object(u: &Upload, parts: &[UploadPart], completed: Option<&Ke
     }
 }
 
+/// A registry on a store that assembles uploads from parts, as S3 does, for tests of blobs kept
+/// in place.
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod testing {
     use std::sync::Arc;
-    use std::time::Duration;
 
     use bytes::Bytes;
     use futures_util::{StreamExt, TryStreamExt};
 
     use super::*;
-    use crate::gc::{metrics::GcMetrics, Collector, Options};
-    use crate::meta::gc::Collect;
-    use crate::meta::sqlite::SqliteMeta;
-    use crate::meta::{MetaStore, NewManifest, Stored, UploadSessions};
-    use crate::service::{BodyStream, Limits};
-    use crate::storage::{memory::MemoryStorage, put_all, Storage};
+    use crate::meta::MetaStore;
+    use crate::service::registry::{BodyStream, Limits};
+    use crate::storage::{memory::MemoryStorage, Storage};
     use crate::UploadId;
     use berth_core::oci::Algorithm;
 
     /// Parts of a store that assembles uploads from parts (1 KiB, so tests stay small).
-    const PART: u64 = 1024;
+    pub(crate) const PART: u64 = 1024;
 
-    fn body(data: &[u8]) -> BodyStream {
+    pub(crate) fn body(data: &[u8]) -> BodyStream {
         futures_util::stream::iter([Ok(Bytes::copy_from_slice(data))]).boxed()
     }
 
-    fn repo(s: &str) -> RepoName {
+    pub(crate) fn repo(s: &str) -> RepoName {
         s.parse().unwrap()
     }
 
-    fn bytes(n: usize, seed: usize) -> Vec<u8> {
+    pub(crate) fn bytes(n: usize, seed: usize) -> Vec<u8> {
         (0..n).map(|i| ((i * 7 + seed) % 251) as u8).collect()
     }
 
-    struct World<M> {
-        meta: Arc<M>,
-        storage: Arc<MemoryStorage>,
-        registry: Arc<Registry>,
+    pub(crate) struct World<M> {
+        pub meta: Arc<M>,
+        pub storage: Arc<MemoryStorage>,
+        pub registry: Arc<Registry>,
     }
 
-    fn world<M: MetaStore>(meta: M) -> World<M> {
+    pub(crate) fn world<M: MetaStore>(meta: M) -> World<M> {
         let (meta, storage) = (Arc::new(meta), Arc::new(MemoryStorage::assembling(PART)));
         let registry = Arc::new(Registry::new(storage.clone(), meta.clone(), Limits::default()));
         World { meta, storage, registry }
@@ -130,7 +128,7 @@ mod tests {
 
     impl<M: MetaStore> World<M> {
         /// Docker's push: POST, one PATCH with every byte, then `PUT ?digest=` without a body.
-        async fn push_in_pieces(&self, r: &str, data: &[u8]) -> (Digest, UploadId) {
+        pub(crate) async fn push_in_pieces(&self, r: &str, data: &[u8]) -> (Digest, UploadId) {
             let (repo, digest) = (repo(r), Digest::of(Algorithm::Sha256, data));
             let id = self.registry.start_upload(&repo).await.unwrap().id;
             self.registry.upload_chunk(&repo, id, None, None, body(data)).await.unwrap();
@@ -139,16 +137,27 @@ mod tests {
             (digest, id)
         }
 
-        async fn read(&self, r: &str, digest: &Digest) -> Vec<u8> {
+        pub(crate) async fn read(&self, r: &str, digest: &Digest) -> Vec<u8> {
             let read = self.registry.get_blob(&repo(r), digest, None, true).await.unwrap().unwrap();
             let chunks: Vec<Bytes> = read.body.unwrap().try_collect().await.unwrap();
             chunks.concat()
         }
 
-        async fn keys(&self, prefix: &Key) -> Vec<Key> {
+        pub(crate) async fn keys(&self, prefix: &Key) -> Vec<Key> {
             self.storage.list(prefix).await.unwrap().into_iter().map(|l| l.key).collect()
         }
     }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    use crate::meta::sqlite::SqliteMeta;
+    use crate::meta::{MetaStore, UploadSessions};
+    use crate::storage::Storage;
+    use berth_core::oci::Algorithm;
 
     #[tokio::test]
     async fn a_blob_pushed_in_pieces_stays_where_its_upload_wrote_it() {
@@ -227,73 +236,7 @@ mod tests {
         let other = Digest::of(Algorithm::Sha256, b"other bytes");
         let at = own_object(&u, &parts, None).unwrap();
         let late = w.registry.finish_in_place(&r, &u, &parts, &other, at).await;
-        assert!(matches!(late, Err(crate::service::ServiceError::UploadUnknown)), "{late:?}");
+        assert!(matches!(late, Err(crate::service::error::ServiceError::UploadUnknown)), "{late:?}");
         assert_eq!(w.meta.blob_size(&other).await.unwrap(), None);
-    }
-
-    /// What a collection does with blobs stored where their uploads wrote them: deletes the
-    /// object a released blob's row names, verifies the live ones where they are, and leaves
-    /// their objects under `uploads/` to them however old.
-    async fn collected_where_they_are<M: MetaStore + Collect>(w: World<M>) {
-        let (used, dropped) = (bytes(2 * PART as usize + 10, 4), bytes(200, 5));
-        let (used_digest, used_id) = w.push_in_pieces("gc/app", &used).await;
-        let (dropped_digest, _) = w.push_in_pieces("gc/app", &dropped).await;
-        let (used_at, dropped_at) = (
-            w.registry.blob_key(&used_digest).await.unwrap(),
-            w.registry.blob_key(&dropped_digest).await.unwrap(),
-        );
-        // A tagged manifest needs the first; nothing needs the second.
-        let manifest = Bytes::from_static(b"{\"manifest\": 1}");
-        let manifest_digest = Digest::of(Algorithm::Sha256, &manifest);
-        put_all(w.storage.as_ref(), &layout::blob(&manifest_digest), manifest.clone()).await.unwrap();
-        w.meta
-            .put_manifest(NewManifest {
-                repo: repo("gc/app"),
-                digest: manifest_digest,
-                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-                size: manifest.len() as u64,
-                artifact_type: None,
-                subject: None,
-                annotations: None,
-                blobs: vec![used_digest.clone()],
-                manifests: vec![],
-                tags: vec!["v1".parse().unwrap()],
-                verify_references: true,
-                children_optional: false,
-                stored: Stored::Written,
-                events: Vec::new(),
-            })
-            .await
-            .unwrap();
-        // Both sessions ended two days ago: their objects look like what a scrub removes.
-        w.storage.age(&used_at, 2 * 24 * 3600);
-        w.storage.age(&dropped_at, 2 * 24 * 3600);
-
-        let collector = Arc::new(Collector::new(
-            w.registry.clone(),
-            w.meta.clone(),
-            vec![],
-            Arc::new(GcMetrics::default()),
-        ));
-        let o = Options { grace: Duration::ZERO, scrub: true, verify: true, ..Options::default() };
-        let report = collector.run(&o).await.unwrap();
-        assert_eq!(report.blobs.iter().map(|b| b.digest.clone()).collect::<Vec<_>>(), [dropped_digest]);
-        let scrub = report.scrub.unwrap();
-        assert_eq!((scrub.upload_objects, scrub.corrupt.len()), (0, 0), "{scrub:?}");
-        assert_eq!(w.storage.stat(&dropped_at).await.unwrap(), None, "deleted where it was");
-        assert_eq!(w.keys(&layout::upload_prefix(&used_id)).await, [used_at]);
-        assert!(w.read("gc/app", &used_digest).await == used);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite_collects_blobs_where_they_are() {
-        collected_where_they_are(world(SqliteMeta::temporary().unwrap())).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres_collects_blobs_where_they_are() {
-        use crate::meta::postgres::{testing::TestDatabase, PostgresMeta};
-        let db = TestDatabase::create().await;
-        collected_where_they_are(world(PostgresMeta::connect(&db.url, 4).await.unwrap())).await;
     }
 }

@@ -8,7 +8,7 @@ mod blobs;
 mod cache;
 mod changes;
 mod error;
-mod in_place;
+pub(crate) mod in_place;
 mod manifests;
 pub mod multiparts;
 mod pulls;

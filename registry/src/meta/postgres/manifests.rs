@@ -37,7 +37,7 @@ pub(super) async fn link_blob_at_tx(
         [&digest.as_str(), &(size as i64), &now, &location];
     let row = query_opt(tx, crate::meta::sweep::RECORD_AT, &params).await?;
     let row = row.map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1)));
-    let placed = crate::meta::sweep::recorded_at(digest, location, row)?;
+    let placed = crate::meta::recorded_at(digest, location, row)?;
     let id = ensure_repo(tx, repo, now).await?;
     execute(tx, crate::meta::gc::LINK, &[&id, &digest.as_str(), &now]).await?;
     Ok(placed)

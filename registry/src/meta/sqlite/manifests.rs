@@ -36,7 +36,7 @@ pub(super) fn link_blob_at_tx(
         .prepare_cached(crate::meta::sweep::RECORD_AT)?
         .query_row(params![digest.as_str(), size as i64, now, location], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let placed = crate::meta::sweep::recorded_at(digest, location, row)?;
+    let placed = crate::meta::recorded_at(digest, location, row)?;
     let id = ensure_repo(tx, repo, now)?;
     tx.prepare_cached(crate::meta::gc::LINK)?.execute(params![id, digest.as_str(), now])?;
     Ok(placed)
