@@ -407,16 +407,11 @@ impl Registry {
                 return;
             }
         }
-        if self.locates() {
-            match self.meta.delete_upload(u.id).await {
-                Ok(true) => {}
-                // Closed (its object perhaps a blob now) or discarded by another request.
-                Ok(false) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, upload = %u.id, "could not remove upload session");
-                    return;
-                }
-            }
+        // Where a session's object may become its blob, the row goes first: it is the claim on
+        // the objects, and a close that took it first may have made one of them a blob.
+        let claim_first = self.locates();
+        if claim_first && !self.forget_upload(u).await {
+            return;
         }
         let objects = self.storage.list(&layout::upload_prefix(&u.id)).await.unwrap_or_default();
         for o in objects {
@@ -425,11 +420,20 @@ impl Registry {
                 return;
             }
         }
-        if self.locates() {
-            return;
+        if !claim_first {
+            self.forget_upload(u).await;
         }
-        if let Err(e) = self.meta.delete_upload(u.id).await {
-            tracing::warn!(error = %e, upload = %u.id, "could not remove upload session");
+    }
+
+    /// Deletes the session's row; false when it was gone already (closed, or discarded by
+    /// another request) or could not be deleted.
+    async fn forget_upload(&self, u: &Upload) -> bool {
+        match self.meta.delete_upload(u.id).await {
+            Ok(deleted) => deleted,
+            Err(e) => {
+                tracing::warn!(error = %e, upload = %u.id, "could not remove upload session");
+                false
+            }
         }
     }
 }
