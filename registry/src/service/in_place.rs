@@ -2,10 +2,10 @@
 //! renamed: a blob pushed in pieces before its digest was known (docker's and skopeo's push:
 //! `PATCH` with the bytes, then `PUT ?digest=`) was written to its session's objects, and moving
 //! it to its digest's key would copy every byte again (for S3, a server-side copy the store
-//! rewrites in full). So where [`Registry::locates`], the session's one object that holds all of
-//! its bytes — its completed multipart upload, or its only chunk — becomes the blob, and the
-//! blob's row records where it is (`blobs.location`); every path that opens a blob asks
-//! [`Registry::blob_key`].
+//! rewrites in full). So where [`Registry::locates`] holds, the session's one object that holds
+//! all of its bytes — its completed multipart upload, or its only chunk — becomes the blob, and
+//! the blob's row records where it is (`blobs.location`): a pull finds it with the blob in the
+//! lookup it makes anyway, every other path that opens a blob asks [`Registry::blob_key`].
 //!
 //! ```text
 //! PUT ?digest= ─► digest verified ─► one transaction: session row deleted (the claim on its
