@@ -100,14 +100,7 @@ pub async fn migrate(client: &mut Client) -> Result<i32> {
     )
     .await
     .map_err(db_error)?;
-    let row = tx
-        .query_one(
-            "SELECT coalesce(max(version), 0), coalesce(max(compatible_from), 0) FROM berth_schema",
-            &[],
-        )
-        .await
-        .map_err(db_error)?;
-    let (version, needs): (i32, i32) = (row.get(0), row.get(1));
+    let (version, needs) = schema_state(&tx).await?;
     if needs > known() {
         return Err(MetaError::Db(format!(
             "the database's schema (version {version}) needs a berth that knows schema version \
@@ -130,7 +123,7 @@ pub async fn migrate(client: &mut Client) -> Result<i32> {
         tracing::info!(version = i + 1, "applied a metadata schema migration");
     }
     tx.commit().await.map_err(db_error)?;
-    Ok(if created { known() } else { needs.max(1) })
+    Ok(if created { known() } else { needs })
 }
 
 /// Rules code older than this Berth out of the database, once every replica runs this Berth (or
@@ -140,20 +133,7 @@ pub async fn migrate(client: &mut Client) -> Result<i32> {
 pub async fn contract(client: &mut Client) -> Result<(i32, i32)> {
     let tx = client.transaction().await.map_err(db_error)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK]).await.map_err(db_error)?;
-    let migrated: bool =
-        tx.query_one("SELECT to_regclass('berth_schema') IS NOT NULL", &[]).await.map_err(db_error)?.get(0);
-    let (version, before) = if migrated {
-        let row = tx
-            .query_one(
-                "SELECT coalesce(max(version), 0), coalesce(max(compatible_from), 0) FROM berth_schema",
-                &[],
-            )
-            .await
-            .map_err(db_error)?;
-        (row.get::<_, i32>(0), row.get::<_, i32>(1))
-    } else {
-        (0, 0)
-    };
+    let (version, before) = schema_state(&tx).await?;
     if version != known() {
         return Err(MetaError::Db(format!(
             "the database's schema is version {version}, this berth's {}: start this berth on it \
@@ -169,4 +149,22 @@ pub async fn contract(client: &mut Client) -> Result<(i32, i32)> {
     .map_err(db_error)?;
     tx.commit().await.map_err(db_error)?;
     Ok((before, before.max(known())))
+}
+
+/// The database's schema version and the oldest schema whose code may run on it; both 0 for a
+/// database no Berth has migrated.
+async fn schema_state(tx: &tokio_postgres::Transaction<'_>) -> Result<(i32, i32)> {
+    let migrated: bool =
+        tx.query_one("SELECT to_regclass('berth_schema') IS NOT NULL", &[]).await.map_err(db_error)?.get(0);
+    if !migrated {
+        return Ok((0, 0));
+    }
+    let row = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0), coalesce(max(compatible_from), 0) FROM berth_schema",
+            &[],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok((row.get(0), row.get(1)))
 }
