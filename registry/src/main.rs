@@ -42,8 +42,8 @@ enum Command {
     /// Once every replica on a PostgreSQL database runs this Berth (a rolling upgrade is over):
     /// rule older Berths out of the database, so that blobs pushed in pieces to object storage
     /// stay where their uploads wrote them instead of being copied (older code would look for
-    /// them at their digests' keys). Replicas write them so from their next start. Takes the
-    /// same config as `serve`.
+    /// them at their digests' keys). Replicas do it by themselves once nothing older is
+    /// connected; this does it at once. Takes the same config as `serve`.
     ContractSchema(ServeArgs),
     /// Point this node's containerd (and CRI-O) at a Registry: writes the hosts files a plan
     /// (rendered by berth-operator) asks for, keeps them in step with it, and removes them on

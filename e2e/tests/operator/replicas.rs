@@ -312,14 +312,16 @@ async fn a_rotated_database_secret_takes_effect_without_restarts(
         .kubectl()
         .unwrap()
         .args(["-n", ns, "patch", "secret", "berth-db", "--type", "merge", "-p", &patch]));
-    // Every replica's connections (berth names itself to the server) move to the new role.
+    // Every replica's pooled connections (named `berth/s<schema>` to the server) move to the
+    // new role.
     let moved = wait_until(Duration::from_secs(120), || async {
         let count = |role: &'static str| {
             let pg = &pg;
             async move {
                 pg.query_one(
                     "SELECT count(*) FROM pg_stat_activity
-                 WHERE usename = $1 AND datname = current_database() AND application_name = 'berth'",
+                 WHERE usename = $1 AND datname = current_database()
+                   AND application_name ~ '^berth/s[0-9]+$'",
                     &[&role],
                 )
                 .await

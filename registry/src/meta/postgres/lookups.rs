@@ -33,6 +33,7 @@ use super::pool::{self, SharedPool};
 use crate::meta::resolved::{self, Generation, Resolved};
 use crate::meta::{FoundBlob, ManifestRecord, Result};
 use berth_core::oci::{Digest, Reference, RepoName};
+use tokio_postgres::GenericClient;
 
 /// How often a replica renews its lease and pings itself.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
@@ -263,12 +264,13 @@ impl Lookups {
             let sent = Instant::now();
             c.execute(
                 concat!(
-                    "INSERT INTO lookup_replicas (id, alive_until, listening_since) VALUES ($1, ",
+                    "INSERT INTO lookup_replicas (id, alive_until, listening_since, schema) VALUES ($1, ",
                     now_ms!(),
-                    " + $2, $3) ON CONFLICT (id) DO UPDATE
-                     SET alive_until = EXCLUDED.alive_until, listening_since = EXCLUDED.listening_since"
+                    " + $2, $3, $4) ON CONFLICT (id) DO UPDATE
+                     SET alive_until = EXCLUDED.alive_until, listening_since = EXCLUDED.listening_since,
+                         schema = EXCLUDED.schema"
                 ),
-                &[&self.id, &LEASE_MS, &session.1],
+                &[&self.id, &LEASE_MS, &session.1, &super::migrate::known()],
             )
             .await
             .map_err(db_error)?;
@@ -334,6 +336,23 @@ impl Lookups {
     }
 }
 
+/// How many replicas of code older than `schema` held a lease within the last minute (older
+/// code leaves the lease's schema empty); ended leases are kept that long.
+pub(super) async fn older_replicas(c: &impl GenericClient, schema: i32) -> Result<i64> {
+    let row = c
+        .query_one(
+            concat!(
+                "SELECT count(*) FROM lookup_replicas WHERE coalesce(schema, 0) < $1 AND alive_until > ",
+                now_ms!(),
+                " - $2"
+            ),
+            &[&schema, &FORGET_AFTER_MS],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(row.get(0))
+}
+
 /// Removes replica `id`'s lease: writers stop waiting for it.
 async fn drop_lease(c: &tokio_postgres::Client, id: &str) -> Result<()> {
     c.execute("DELETE FROM lookup_replicas WHERE id = $1", &[&id]).await.map_err(db_error)?;
@@ -370,7 +389,7 @@ enum Ended {
 async fn session(lookups: &Weak<Lookups>, pool: &Weak<SharedPool>) -> Ended {
     let Some(p) = pool.upgrade() else { return Ended::Gone };
     let Some(id) = lookups.upgrade().map(|l| l.id.clone()) else { return Ended::Gone };
-    let (url, client, mut notices) = match p.connect_listener(&format!("berth-lookups-{id}")).await {
+    let (url, client, mut notices) = match p.connect_listener(&format!("lookups-{id}")).await {
         Ok(c) => c,
         Err(e) => return Ended::Broken(e.to_string()),
     };

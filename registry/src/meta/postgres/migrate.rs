@@ -71,11 +71,34 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/postgres/0015_blob_locations.sql"),
         compatible_from: 1,
     },
+    // A nullable column older code's leases leave empty.
+    Migration {
+        sql: include_str!("../../../migrations/postgres/0016_replica_schemas.sql"),
+        compatible_from: 1,
+    },
 ];
 
 /// The schema version whose code reads blob locations (`blobs.location`): they are written only
 /// on a database that code older than it refuses.
 pub const LOCATIONS: i32 = 15;
+
+/// How every connection of this code names itself (`application_name`): `berth/s<the schema it
+/// knows>`, then what it is for and any name the database URL gave, so a replica can tell whether
+/// code older than it is connected ([`contract_when_alone`]).
+pub fn session_name(parts: &[&str]) -> String {
+    let mut name = format!("berth/s{}", known());
+    for part in parts.iter().filter(|p| !p.is_empty()) {
+        name.push(' ');
+        name.push_str(part);
+    }
+    // PostgreSQL keeps 63 bytes of it.
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name.truncate(end);
+    name
+}
 
 /// The advisory lock's key, shared by every replica (an arbitrary constant: "berthmig").
 const LOCK: i64 = 0x6265_7274_686d_6967;
@@ -126,9 +149,11 @@ pub async fn migrate(client: &mut Client) -> Result<i32> {
     Ok(if created { known() } else { needs })
 }
 
-/// Rules code older than this Berth out of the database, once every replica runs this Berth (or
-/// a newer one): older code then refuses to start on it, and what only this code reads (blob
-/// locations, [`LOCATIONS`]) is written from the next start of each replica. Returns the
+/// Rules code older than this Berth out of the database, at once (`berth contract-schema`: its
+/// caller knows every replica runs this Berth or a newer one; replicas do it by themselves with
+/// [`contract_when_alone`]): older code then refuses to start on it, and what only this code reads (blob
+/// locations, [`LOCATIONS`]) is written by each replica from its next check
+/// ([`super::upgrade`]). Returns the
 /// oldest schema version whose code could run on it before, and now.
 pub async fn contract(client: &mut Client) -> Result<(i32, i32)> {
     let tx = client.transaction().await.map_err(db_error)?;
@@ -141,14 +166,92 @@ pub async fn contract(client: &mut Client) -> Result<(i32, i32)> {
             known()
         )));
     }
+    set_compatible_from(&tx).await?;
+    tx.commit().await.map_err(db_error)?;
+    Ok((before, before.max(known())))
+}
+
+/// Whether [`contract_when_alone`] contracted the schema (or found it contracted), or why not yet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Contracting {
+    Done,
+    Waiting(String),
+}
+
+/// [`contract`]s the schema once no code older than this Berth can be running on the database:
+/// no session is connected whose name does not say it is this Berth or a newer one (older
+/// Berths, and any other client, name themselves otherwise; see [`session_name`]), and no lease
+/// of an older replica was alive in the last minute (one whose connections broke a moment ago).
+/// The check and the contract hold the migration lock, so older code that starts meanwhile has
+/// either migrated before (and is connected, so seen) or migrates after (and is refused).
+pub async fn contract_when_alone(client: &mut Client) -> Result<Contracting> {
+    let tx = client.transaction().await.map_err(db_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK]).await.map_err(db_error)?;
+    let (version, needs) = schema_state(&tx).await?;
+    if needs >= known() {
+        return Ok(Contracting::Done);
+    }
+    if version != known() {
+        return Ok(Contracting::Waiting(format!(
+            "the database's schema is version {version}, this berth's {}",
+            known()
+        )));
+    }
+    let others = tx
+        .query(
+            // Another role's session shows no backend type: taken as a client.
+            "SELECT coalesce(application_name, ''), coalesce(usename::text, '?'),
+                    coalesce(' from ' || host(client_addr), '')
+             FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND coalesce(backend_type, 'client backend') = 'client backend'
+               AND coalesce(substring(application_name from '^berth/s([0-9]{1,9})(?: |$)')::int, 0) < $1
+             ORDER BY backend_start LIMIT 5",
+            &[&known()],
+        )
+        .await
+        .map_err(db_error)?;
+    if !others.is_empty() {
+        let who: Vec<String> = others
+            .iter()
+            .map(|r| {
+                format!(
+                    "'{}' (role {}{})",
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, String>(2)
+                )
+            })
+            .collect();
+        return Ok(Contracting::Waiting(format!(
+            "sessions that may be older Berths are connected: {}",
+            who.join(", ")
+        )));
+    }
+    let leases = super::lookups::older_replicas(&tx, known()).await?;
+    if leases > 0 {
+        return Ok(Contracting::Waiting(format!(
+            "{leases} replica(s) of an older Berth held a lease within the last minute"
+        )));
+    }
+    set_compatible_from(&tx).await?;
+    tx.commit().await.map_err(db_error)?;
+    tracing::info!(
+        schema = known(),
+        "every replica runs this Berth: contracted the metadata schema (older Berths now refuse it)"
+    );
+    Ok(Contracting::Done)
+}
+
+/// Records that the newest migration needs this code's version.
+async fn set_compatible_from(tx: &tokio_postgres::Transaction<'_>) -> Result<()> {
     tx.execute(
         "UPDATE berth_schema SET compatible_from = $1 WHERE version = $1 AND compatible_from < $1",
         &[&known()],
     )
     .await
     .map_err(db_error)?;
-    tx.commit().await.map_err(db_error)?;
-    Ok((before, before.max(known())))
+    Ok(())
 }
 
 /// The database's schema version and the oldest schema whose code may run on it; both 0 for a

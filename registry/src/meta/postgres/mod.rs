@@ -31,6 +31,7 @@ mod sweep;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
+mod upgrade;
 mod uploads;
 mod usage;
 
@@ -62,7 +63,7 @@ pub struct PostgresMeta {
     lookups: Arc<lookups::Lookups>,
     /// Whether blobs may be recorded away from their digest's key: no code older than
     /// [`migrate::LOCATIONS`] runs on this database.
-    locations: bool,
+    locations: Arc<upgrade::Locations>,
 }
 
 type TxFuture<'t, T> = Pin<Box<dyn Future<Output = TxResult<T>> + Send + 't>>;
@@ -92,7 +93,9 @@ impl PostgresMeta {
         let mut client = pool::client(&pool).await?;
         let compatible_from = migrate::migrate(&mut client).await?;
         let lookups = lookups::Lookups::start(&pool);
-        Ok(PostgresMeta { pool, lookups, locations: compatible_from >= migrate::LOCATIONS })
+        let locations = upgrade::Locations::new(compatible_from);
+        upgrade::start(&pool, &locations);
+        Ok(PostgresMeta { pool, lookups, locations })
     }
 
     /// Rules Berths older than this one out of the database at `url` ([`migrate::contract`]).
@@ -203,7 +206,7 @@ impl MetaStore for PostgresMeta {
     }
 
     fn records_locations(&self) -> bool {
-        self.locations
+        self.locations.on()
     }
 
     async fn repos_with_blob(&self, digest: &Digest, limit: usize) -> Result<Vec<RepoName>> {

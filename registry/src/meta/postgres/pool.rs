@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Notification};
 
 use super::errors::db_error;
+use super::migrate;
 use super::tls::Connector;
 use crate::meta::{MetaError, Result};
 
@@ -50,8 +51,7 @@ impl SharedPool {
         application_name: &str,
     ) -> Result<(String, tokio_postgres::Client, mpsc::UnboundedReceiver<Notification>)> {
         let url = self.url()?;
-        let mut config = config(&url)?;
-        config.application_name(application_name);
+        let config = config(&url, application_name)?;
         let (client, mut connection) = config.connect(self.tls.clone()).await.map_err(db_error)?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -105,22 +105,22 @@ pub(super) async fn client(pool: &SharedPool) -> Result<deadpool_postgres::Objec
     })
 }
 
-/// The settings every connection to `url` is made with.
-fn config(url: &str) -> Result<tokio_postgres::Config> {
+/// The settings every connection to `url` for `purpose` is made with: its name says which
+/// schema this code knows ([`migrate::session_name`]), then the purpose and any name the URL gave.
+fn config(url: &str, purpose: &str) -> Result<tokio_postgres::Config> {
     // The parse error never quotes the URL, which may hold a password.
     let mut config: tokio_postgres::Config =
         url.parse().map_err(|e| MetaError::Db(format!("the database URL does not parse: {e}")))?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECTION_WAIT);
     }
-    if config.get_application_name().is_none() {
-        config.application_name("berth");
-    }
+    let name = migrate::session_name(&[purpose, config.get_application_name().unwrap_or_default()]);
+    config.application_name(&name);
     Ok(config)
 }
 
 fn build(url: &str, max_connections: usize, tls: &Connector) -> Result<Pool> {
-    let config = config(url)?;
+    let config = config(url, "")?;
     // A connection the server closed is dropped when it is taken (`Fast` checks that). One idle
     // for a while is also asked an empty query first, so a database restart (or a connection
     // silently cut) costs no request an error; one in steady use is not, since that round trip

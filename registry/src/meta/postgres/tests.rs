@@ -4,6 +4,7 @@ use super::testing::TestDatabase;
 use super::*;
 use crate::meta::MetaError;
 use crate::meta::UploadSessions;
+use tokio_postgres::NoTls;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance() {
@@ -63,6 +64,94 @@ async fn blob_locations_are_written_only_where_no_older_berth_can_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_contracts_the_schema_once_no_older_berth_is_left() {
+    use migrate::Contracting;
+    let db = TestDatabase::create().await;
+    drop(PostgresMeta::connect(&db.url, 1).await.unwrap());
+    // A connection named like this code's: it does not hold the contract back.
+    let (admin, conn) = tokio_postgres::connect(
+        &format!("{}?application_name={}", db.url, migrate::session_name(&[])),
+        NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // The schema reached by upgrading a database older code used, which still runs: one older
+    // replica (older Berths name their sessions `berth`), holding a lease without a schema.
+    admin.execute("UPDATE berth_schema SET compatible_from = 1", &[]).await.unwrap();
+    let (older, older_conn) =
+        tokio_postgres::connect(&format!("{}?application_name=berth", db.url), NoTls).await.unwrap();
+    let older_conn = tokio::spawn(older_conn);
+    older
+        .execute(
+            "INSERT INTO lookup_replicas (id, alive_until, listening_since)
+             VALUES ('older', (extract(epoch from clock_timestamp()) * 1000)::bigint + 4000,
+                     pg_current_snapshot()::text)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let a = PostgresMeta::connect(&db.url, 2).await.unwrap();
+    let b = PostgresMeta::connect(&db.url, 2).await.unwrap();
+    assert!(!a.records_locations() && !b.records_locations());
+    let check = |m: &PostgresMeta| {
+        let m = m.clone();
+        async move { upgrade::check(&m.pool, &m.locations).await.unwrap() }
+    };
+    let Contracting::Waiting(why) = check(&a).await else { panic!("contracted beside an older berth") };
+    assert!(why.contains("'berth' (role"), "{why}");
+
+    // The older replica stops: its session ends, but its lease is remembered for a minute (its
+    // connections might only have broken for a moment).
+    admin
+        .execute(
+            "UPDATE lookup_replicas SET alive_until = (extract(epoch from clock_timestamp()) * 1000)::bigint - 1000",
+            &[],
+        )
+        .await
+        .unwrap();
+    drop(older);
+    older_conn.await.unwrap().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let why = loop {
+        match check(&a).await {
+            Contracting::Waiting(why)
+                if why.contains("'berth' (role") && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Contracting::Waiting(why) => break why,
+            Contracting::Done => panic!("contracted while an older lease was recent"),
+        }
+    };
+    assert!(why.contains("1 replica(s) of an older Berth held a lease"), "{why}");
+    assert_eq!(
+        schema_needs(&admin).await,
+        1,
+        "the schema stays compatible with older Berths while one may come back"
+    );
+
+    // A minute on, nothing older is left: A contracts, and B notices on its next check.
+    admin
+        .execute(
+            "UPDATE lookup_replicas SET alive_until = (extract(epoch from clock_timestamp()) * 1000)::bigint - 61000",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(check(&a).await, Contracting::Done);
+    assert!(a.records_locations());
+    assert_eq!(schema_needs(&admin).await, migrate::known(), "older Berths now refuse the database");
+    assert!(!b.records_locations());
+    assert_eq!(check(&b).await, Contracting::Done);
+    assert!(b.records_locations());
+
+    async fn schema_needs(c: &tokio_postgres::Client) -> i32 {
+        c.query_one("SELECT max(compatible_from) FROM berth_schema", &[]).await.unwrap().get(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_url_file_is_used_without_a_restart_and_a_broken_one_is_not() {
     let db = TestDatabase::create().await;
     let meta = PostgresMeta::connect(&db.url, 2).await.unwrap();
@@ -83,8 +172,8 @@ async fn a_rotated_url_file_is_used_without_a_restart_and_a_broken_one_is_not() 
         async move {
             let row = admin
                 .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND application_name = 'berth'",
-                    &[&role],
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND application_name = $2",
+                    &[&role, &migrate::session_name(&[])],
                 )
                 .await
                 .unwrap();

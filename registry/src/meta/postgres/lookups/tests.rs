@@ -157,7 +157,7 @@ async fn a_replica_whose_listening_connection_breaks_serves_no_stale_answer() {
         let killed = admin
             .query_one(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
-                &[&format!("berth-lookups-{}", b.lookups.id)],
+                &[&super::super::migrate::session_name(&[&format!("lookups-{}", b.lookups.id)])],
             )
             .await
             .unwrap()
