@@ -63,6 +63,16 @@ async fn blob_locations_are_written_only_where_no_older_berth_can_run() {
     assert!(e.contains("start this berth on it first"), "{e}");
 }
 
+#[test]
+fn sessions_name_their_schema_first_and_fit_in_what_postgres_keeps() {
+    let s = migrate::known();
+    assert_eq!(migrate::session_name(&[]), format!("berth/s{s}"));
+    assert_eq!(migrate::session_name(&["lookups-1", "", "ops"]), format!("berth/s{s} lookups-1 ops"));
+    // A long name the URL gave is cut at 63 bytes, never inside a character.
+    let long = migrate::session_name(&["é".repeat(40).as_str()]);
+    assert!(long.len() <= 63 && long.starts_with(&format!("berth/s{s} é")), "{long}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_upgrade_contracts_the_schema_once_no_older_berth_is_left() {
     use migrate::Contracting;
