@@ -39,11 +39,6 @@ impl Registry {
         key_at(digest, self.meta.blob_location(digest).await?.as_deref())
     }
 
-    /// Size of a blob the repository may read.
-    pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
-        self.meta.blob_in_repo(repo, digest).await?.ok_or(ServiceError::BlobUnknown)
-    }
-
     /// A blob the repository may read: its size and where its object is.
     async fn find_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(u64, Key)> {
         let found = self.meta.find_blob(repo, digest).await?.ok_or(ServiceError::BlobUnknown)?;

@@ -149,12 +149,12 @@ pub async fn migrate(client: &mut Client) -> Result<i32> {
     Ok(if created { known() } else { needs })
 }
 
-/// Rules code older than this Berth out of the database, at once (`berth contract-schema`: its
+/// Rules code older than this Berth out of the database at once (`berth contract-schema`: its
 /// caller knows every replica runs this Berth or a newer one; replicas do it by themselves with
-/// [`contract_when_alone`]): older code then refuses to start on it, and what only this code reads (blob
-/// locations, [`LOCATIONS`]) is written by each replica from its next check
-/// ([`super::upgrade`]). Returns the
-/// oldest schema version whose code could run on it before, and now.
+/// [`contract_when_alone`]). Older code then refuses to start on it, and what only this code
+/// reads (blob locations, [`LOCATIONS`]) is written by each replica from its next check
+/// ([`super::upgrade`]). Returns the oldest schema version whose code could run on it before,
+/// and now.
 pub async fn contract(client: &mut Client) -> Result<(i32, i32)> {
     let tx = client.transaction().await.map_err(db_error)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK]).await.map_err(db_error)?;
