@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod auth;
 mod limits;
+mod metadata;
 pub mod notifications;
 pub mod proxy;
 pub mod replication;
@@ -38,6 +39,7 @@ mod s3;
 mod units;
 
 pub use limits::LimitsConfig;
+pub use metadata::{Contract, MetadataConfig};
 pub use notifications::NotificationsConfig;
 pub use proxy::{ProxyConfig, RevalidateRule, UpstreamConfig};
 pub use replication::ReplicationConfig;
@@ -229,44 +231,6 @@ pub enum StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig::Filesystem { path: None }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum MetadataConfig {
-    Sqlite {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        path: Option<PathBuf>,
-    },
-    /// One PostgreSQL database shared by every replica.
-    ///
-    /// ```yaml
-    /// metadata:
-    ///   kind: postgres
-    ///   url_file: /etc/berth/db/url     # postgres://user:password@host:5432/berth (a mounted Secret);
-    ///                                   # default: the BERTH_POSTGRES_URL environment variable
-    ///   max_connections: 16             # per replica
-    ///   ca_file: /etc/berth/db/ca.crt   # verify the server against this CA (libpq's verify-full);
-    ///                                   # without it, TLS (sslmode in the URL) encrypts unverified
-    /// ```
-    Postgres {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        url_file: Option<PathBuf>,
-        #[serde(default = "default_max_db_connections")]
-        max_connections: u32,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        ca_file: Option<PathBuf>,
-    },
-}
-
-fn default_max_db_connections() -> u32 {
-    16
-}
-
-impl Default for MetadataConfig {
-    fn default() -> Self {
-        MetadataConfig::Sqlite { path: None }
     }
 }
 

@@ -404,6 +404,17 @@ pub struct PostgresDatabase {
     /// then verifies the server and its host name (libpq's `verify-full`). Without it, TLS as
     /// the URL's `sslmode` says (`prefer` by default) encrypts without checking the certificate.
     pub ca_secret: Option<String>,
+    /// When an upgrade of berth ends on this database. `Auto` (the default): once no older berth
+    /// is connected, the replicas contract the schema, and an older berth refuses it from then on.
+    /// `Manual`: an older berth can be rolled back to until this is set to `Auto` (or `berth
+    /// contract-schema` runs); meanwhile blobs pushed in pieces are also copied for older replicas.
+    pub contract: Option<SchemaContract>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SchemaContract {
+    Auto,
+    Manual,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

@@ -176,10 +176,16 @@ async fn open_metadata(config: &Config) -> Result<Metadata, ServeError> {
             Ok(Metadata::of(meta))
         }
         #[cfg(feature = "postgres")]
-        MetadataConfig::Postgres { url_file, max_connections, ca_file } => {
+        MetadataConfig::Postgres { url_file, max_connections, ca_file, contract } => {
             let url = postgres_url(url_file.as_deref())?;
             let meta = Arc::new(
-                PostgresMeta::connect_with(url.trim(), *max_connections as usize, ca_file.as_deref()).await?,
+                PostgresMeta::connect_with(
+                    url.trim(),
+                    *max_connections as usize,
+                    ca_file.as_deref(),
+                    *contract,
+                )
+                .await?,
             );
             if let Some(f) = url_file {
                 // A rotated password takes effect without a restart.

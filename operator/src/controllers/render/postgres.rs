@@ -1,9 +1,9 @@
 //! `spec.database.postgres`: berth's metadata section, and the URL (and CA) Secrets mounted into
 //! the pod.
 
-use berth_core::config::MetadataConfig;
+use berth_core::config::{Contract, MetadataConfig};
 
-use crate::crd::registry::PostgresDatabase;
+use crate::crd::registry::{PostgresDatabase, SchemaContract};
 
 const URL_DIR: &str = "/etc/berth/db";
 const CA_DIR: &str = "/etc/berth/db-ca";
@@ -18,6 +18,10 @@ pub fn config(pg: &PostgresDatabase) -> MetadataConfig {
         url_file: Some(format!("{URL_DIR}/{URL_FILE}").into()),
         max_connections: MAX_CONNECTIONS,
         ca_file: pg.ca_secret.as_ref().map(|_| format!("{CA_DIR}/ca.crt").into()),
+        contract: match pg.contract {
+            None | Some(SchemaContract::Auto) => Contract::Auto,
+            Some(SchemaContract::Manual) => Contract::Manual,
+        },
     }
 }
 
@@ -50,9 +54,13 @@ mod tests {
         let mut pg = PostgresDatabase {
             url_secret: SecretKeyRef { name: "pg".into(), key: "connection".into() },
             ca_secret: None,
+            contract: None,
         };
-        let MetadataConfig::Postgres { url_file: Some(file), ca_file: None, .. } = config(&pg) else {
-            panic!("postgres, without a CA")
+        let MetadataConfig::Postgres {
+            url_file: Some(file), ca_file: None, contract: Contract::Auto, ..
+        } = config(&pg)
+        else {
+            panic!("postgres, without a CA, contracted by itself")
         };
         let (mounts, volumes_) = volumes(&pg);
         assert_eq!(
@@ -69,5 +77,8 @@ mod tests {
         let (mounts, volumes_) = volumes(&pg);
         assert_eq!(std::path::Path::new(mounts[1]["mountPath"].as_str().unwrap()).join("ca.crt"), ca);
         assert_eq!(volumes_[1]["secret"]["secretName"], "pg-ca");
+
+        pg.contract = Some(SchemaContract::Manual);
+        assert!(matches!(config(&pg), MetadataConfig::Postgres { contract: Contract::Manual, .. }));
     }
 }

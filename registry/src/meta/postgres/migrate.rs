@@ -243,6 +243,23 @@ pub async fn contract_when_alone(client: &mut Client) -> Result<Contracting> {
     Ok(Contracting::Done)
 }
 
+/// Whether the schema is contracted, without contracting it (`metadata.contract: manual`: the
+/// operator keeps older Berths able to run until they run `berth contract-schema`).
+pub async fn contracted(client: &mut Client) -> Result<Contracting> {
+    let tx = client.transaction().await.map_err(db_error)?;
+    let (_, needs) = schema_state(&tx).await?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(if needs >= known() {
+        Contracting::Done
+    } else {
+        Contracting::Waiting(
+            "metadata.contract is manual: run `berth contract-schema` once no older Berth needs to \
+             run on this database again"
+                .into(),
+        )
+    })
+}
+
 /// Records that the newest migration needs this code's version.
 async fn set_compatible_from(tx: &tokio_postgres::Transaction<'_>) -> Result<()> {
     tx.execute(

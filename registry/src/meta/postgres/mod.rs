@@ -50,6 +50,7 @@ use statements::{ensure_repo, execute, query, query_opt, repo_id, Tx};
 use super::{
     FoundBlob, ManifestRecord, MetaStore, NewEvent, NewManifest, Page, PoolUse, Referrer, Result, Stored,
 };
+use berth_core::config::Contract;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
 /// How often a `url_file` is read again for a rotated URL.
@@ -79,22 +80,24 @@ impl PostgresMeta {
     /// Connects to the database at `url` and brings its schema up to date (waiting while another
     /// replica does).
     pub async fn connect(url: &str, max_connections: usize) -> Result<PostgresMeta> {
-        Self::connect_with(url, max_connections, None).await
+        Self::connect_with(url, max_connections, None, Contract::Auto).await
     }
 
     /// [`PostgresMeta::connect`], verifying the server against the CA in `ca_file` when one is
-    /// given (see [`tls`]).
+    /// given (see [`tls`]), and contracting the schema after an upgrade as `contract` says (see
+    /// [`upgrade`]).
     pub async fn connect_with(
         url: &str,
         max_connections: usize,
         ca_file: Option<&Path>,
+        contract: Contract,
     ) -> Result<PostgresMeta> {
         let pool = Arc::new(pool::SharedPool::new(url, max_connections, tls::Connector::new(ca_file)?)?);
         let mut client = pool::client(&pool).await?;
         let compatible_from = migrate::migrate(&mut client).await?;
         let lookups = lookups::Lookups::start(&pool);
         let locations = upgrade::Locations::new(compatible_from);
-        upgrade::start(&pool, &locations);
+        upgrade::start(&pool, &locations, contract);
         Ok(PostgresMeta { pool, lookups, locations })
     }
 

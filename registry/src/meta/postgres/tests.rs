@@ -106,7 +106,7 @@ async fn a_rolling_upgrade_contracts_the_schema_once_no_older_berth_is_left() {
     assert!(!a.records_locations() && !b.records_locations());
     let check = |m: &PostgresMeta| {
         let m = m.clone();
-        async move { upgrade::check(&m.pool, &m.locations).await.unwrap() }
+        async move { upgrade::check(&m.pool, &m.locations, Contract::Auto).await.unwrap() }
     };
     let Contracting::Waiting(why) = check(&a).await else { panic!("contracted beside an older berth") };
     assert!(why.contains("'berth' (role"), "{why}");
@@ -155,10 +155,32 @@ async fn a_rolling_upgrade_contracts_the_schema_once_no_older_berth_is_left() {
     assert!(!b.records_locations());
     assert_eq!(check(&b).await, Contracting::Done);
     assert!(b.records_locations());
+}
 
-    async fn schema_needs(c: &tokio_postgres::Client) -> i32 {
-        c.query_one("SELECT max(compatible_from) FROM berth_schema", &[]).await.unwrap().get(0)
-    }
+async fn schema_needs(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("SELECT max(compatible_from) FROM berth_schema", &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_manual_contract_an_upgrade_stays_reversible_until_contract_schema_runs() {
+    use migrate::Contracting;
+    let db = TestDatabase::create().await;
+    drop(PostgresMeta::connect(&db.url, 1).await.unwrap());
+    let (admin, _conn) = db.client().await;
+    // Upgraded from older code, none of which runs any more.
+    admin.execute("UPDATE berth_schema SET compatible_from = 1", &[]).await.unwrap();
+    let m = PostgresMeta::connect_with(&db.url, 2, None, Contract::Manual).await.unwrap();
+    let Contracting::Waiting(why) = upgrade::check(&m.pool, &m.locations, Contract::Manual).await.unwrap()
+    else {
+        panic!("contracted although the contract is manual")
+    };
+    assert!(why.contains("berth contract-schema"), "{why}");
+    assert!(!m.records_locations());
+    assert_eq!(schema_needs(&admin).await, 1, "an older Berth may still start on it");
+
+    assert_eq!(PostgresMeta::contract(&db.url, None).await.unwrap(), (1, migrate::known()));
+    assert_eq!(upgrade::check(&m.pool, &m.locations, Contract::Manual).await.unwrap(), Contracting::Done);
+    assert!(m.records_locations(), "contracted by hand: blobs stay where their uploads put them");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,21 +256,27 @@ async fn connections_use_tls_when_the_server_offers_it_and_verify_it_against_a_g
     // sslmode=prefer (the default): encrypted, the certificate not checked.
     assert!(encrypted(&PostgresMeta::connect(&db.url, 1).await.unwrap()).await);
     // With the server's CA: verified, and encrypted.
-    let verified = PostgresMeta::connect_with(&db.url, 1, Some(&ca)).await.unwrap();
+    let verified = PostgresMeta::connect_with(&db.url, 1, Some(&ca), Contract::Auto).await.unwrap();
     assert!(encrypted(&verified).await);
     // Against another CA: refused, saying why.
     let dir = tempfile::tempdir().unwrap();
     let other = rcgen::generate_simple_self_signed(vec!["elsewhere".into()]).unwrap();
     let other_ca = dir.path().join("other.crt");
     std::fs::write(&other_ca, other.cert.pem()).unwrap();
-    let refused = PostgresMeta::connect_with(&db.url, 1, Some(&other_ca)).await.err().expect("not verified");
+    let refused = PostgresMeta::connect_with(&db.url, 1, Some(&other_ca), Contract::Auto)
+        .await
+        .err()
+        .expect("not verified");
     assert!(refused.to_string().contains("certificate"), "{refused}");
     // sslmode=disable: plain, as asked.
     let plain = PostgresMeta::connect(&format!("{}?sslmode=disable", db.url), 1).await.unwrap();
     assert!(!encrypted(&plain).await);
     let empty = dir.path().join("empty.crt");
     std::fs::write(&empty, "").unwrap();
-    assert!(PostgresMeta::connect_with(&db.url, 1, Some(&empty)).await.is_err(), "a CA file without a CA");
+    assert!(
+        PostgresMeta::connect_with(&db.url, 1, Some(&empty), Contract::Auto).await.is_err(),
+        "a CA file without a CA"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,15 @@
 //! Finishing a rolling upgrade by itself: a replica whose database an older Berth used checks,
 //! every [`CHECK_EVERY`], whether any older code is still connected, and contracts the schema
 //! once none is ([`migrate::contract_when_alone`]); every replica then starts writing what only
-//! code of its version reads (blob locations, [`migrate::LOCATIONS`]) when it next looks.
+//! code of its version reads (blob locations, [`migrate::LOCATIONS`]) when it next looks. With
+//! `metadata.contract: manual` it only looks, so an older Berth can be rolled back to until
+//! someone runs `berth contract-schema`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use berth_core::config::Contract;
 
 use super::migrate::{self, Contracting};
 use super::pool::{self, SharedPool};
@@ -28,11 +32,18 @@ impl Locations {
     }
 }
 
-/// One check: contracts the schema if no older code is connected, and turns locations on once
-/// the schema is contracted (by this replica or another).
-pub(super) async fn check(pool: &SharedPool, locations: &Locations) -> Result<Contracting> {
+/// One check: contracts the schema if no older code is connected (and `contract` is `auto`), and
+/// turns locations on once the schema is contracted (by this replica, another, or by hand).
+pub(super) async fn check(
+    pool: &SharedPool,
+    locations: &Locations,
+    contract: Contract,
+) -> Result<Contracting> {
     let mut client = pool::client(pool).await?;
-    let outcome = migrate::contract_when_alone(&mut client).await?;
+    let outcome = match contract {
+        Contract::Auto => migrate::contract_when_alone(&mut client).await?,
+        Contract::Manual => migrate::contracted(&mut client).await?,
+    };
     if outcome == Contracting::Done {
         locations.0.store(true, Ordering::Release);
     }
@@ -41,7 +52,7 @@ pub(super) async fn check(pool: &SharedPool, locations: &Locations) -> Result<Co
 
 /// Checks until the schema is contracted, for as long as the store lives; says each new reason
 /// to wait once.
-pub(super) fn start(pool: &Arc<SharedPool>, locations: &Arc<Locations>) {
+pub(super) fn start(pool: &Arc<SharedPool>, locations: &Arc<Locations>, contract: Contract) {
     if locations.on() {
         return;
     }
@@ -51,7 +62,7 @@ pub(super) fn start(pool: &Arc<SharedPool>, locations: &Arc<Locations>) {
         let mut said = String::new();
         loop {
             let (Some(p), Some(l)) = (pool.upgrade(), locations.upgrade()) else { return };
-            match check(&p, &l).await {
+            match check(&p, &l, contract).await {
                 Ok(Contracting::Done) => return,
                 Ok(Contracting::Waiting(why)) if why != said => {
                     tracing::info!(
