@@ -13,6 +13,12 @@ use std::collections::BTreeMap;
 
 use super::common::SecretKeyRef;
 
+mod backends;
+mod lifecycle;
+
+pub use backends::*;
+pub use lifecycle::*;
+
 // Several printer columns repeat `type_ = "string"`, which is not a duplicated attribute.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -148,111 +154,6 @@ pub struct AuthSpec {
     pub robots: Option<Vec<RobotSpec>>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct GcSpec {
-    /// When collections run, in cron syntax (the CronJob's schedule). Default `0 3 * * *`.
-    #[schemars(
-        regex(pattern = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|\S+( +\S+){4})$"),
-        length(max = 128)
-    )]
-    pub schedule: Option<String>,
-    /// Nothing pushed or linked more recently than this is removed, e.g. 30m, 2h. Default 1h.
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
-    pub grace: Option<String>,
-    /// Keep manifests no tag reaches; collect only blobs nothing needs. Default false.
-    pub keep_untagged: Option<bool>,
-    /// Runs report what they would remove and remove nothing. Default false.
-    pub dry_run: Option<bool>,
-    /// Runs also remove stored objects no metadata knows (a day old) and the objects of upload
-    /// sessions gone. Default false.
-    pub scrub: Option<bool>,
-    /// Runs also read every stored blob and check it against its digest (reads all the bytes;
-    /// implies scrub). Corrupt cached content is evicted, to be fetched again. Default false.
-    pub verify: Option<bool>,
-    /// No scheduled runs; the annotation still starts one. Default false.
-    pub suspend: Option<bool>,
-    /// Which tags each run removes first. The first policy whose repositories match decides
-    /// for a repository.
-    pub retention: Option<Vec<RetentionPolicySpec>>,
-    /// The bytes of what nothing uses any more are deleted no sooner than this after their
-    /// release, e.g. 24h: longer than a backup takes (copy the database, then the store).
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
-    pub purge_delay: Option<String>,
-    /// How often berth itself collects over the review queue (only the repositories changed
-    /// since a collection last looked), e.g. 10m, between the CronJob's full runs, with the same
-    /// grace and keepUntagged; none when absent, suspended or a dry run.
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
-    pub review_every: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RetentionPolicySpec {
-    /// Repository globs: `*` within one path part, `**` across parts.
-    pub repositories: Vec<String>,
-    /// Ordered: the first selector that matches a tag decides; a tag none matches stays.
-    pub tags: Option<Vec<TagRuleSpec>>,
-    /// Tag globs never removed.
-    pub protect: Option<Vec<String>>,
-    /// Tags of manifests with one of these annotations are never removed: `key` (any value) or
-    /// `key=value`.
-    pub protect_annotations: Option<Vec<String>>,
-    /// At least this many tags stay in each repository (the most recently pushed).
-    pub minimum_tags: Option<u32>,
-    /// Untagged manifests stay this long after their push, e.g. 7d.
-    pub untagged_for: Option<String>,
-    /// WithSubject (default): referrers go with their subject; Keep: they stay.
-    pub referrers: Option<ReferrersPolicy>,
-    /// Report what this policy would remove; remove none of it.
-    pub dry_run: Option<bool>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum ReferrersPolicy {
-    WithSubject,
-    Keep,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TagRuleSpec {
-    /// Exactly one of glob or regex.
-    #[serde(rename = "match")]
-    pub select: TagMatchSpec,
-    pub keep: KeepSpec,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TagMatchSpec {
-    /// `*` matches any run of characters.
-    pub glob: Option<String>,
-    /// A regular expression (anchor it with `^…$` to match whole tags).
-    pub regex: Option<String>,
-}
-
-/// Exactly one rule: keep the N most recently pushed or pulled of the tags the selector matched,
-/// those pushed or pulled within a duration, or any/all of such rules.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct KeepSpec {
-    #[serde(flatten)]
-    pub rule: KeepRuleSpec,
-    pub any: Option<Vec<KeepRuleSpec>>,
-    pub all: Option<Vec<KeepRuleSpec>>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct KeepRuleSpec {
-    pub most_recently_pushed: Option<u32>,
-    pub most_recently_pulled: Option<u32>,
-    /// A duration, e.g. 30d.
-    pub pushed_within: Option<String>,
-    pub pulled_within: Option<String>,
-}
-
 /// A `kubernetes.io/dockerconfigjson` Secret for a pull-only robot, in every chosen namespace:
 /// created, repaired, updated when the endpoint or credential changes, and removed when the
 /// namespace leaves the selection or the Registry goes.
@@ -322,99 +223,6 @@ pub enum AccessAction {
     Pull,
     Push,
     Delete,
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum RetainPolicy {
-    Retain,
-    Delete,
-}
-
-/// Exactly one kind of storage; the kind cannot change after creation.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.filesystem), has(self.existingClaim), has(self.s3)].filter(x, x).size() == 1").message("set exactly one of filesystem, existingClaim, s3"))]
-#[x_kube(validation = Rule::new("has(self.filesystem) == has(oldSelf.filesystem) && has(self.existingClaim) == has(oldSelf.existingClaim) && has(self.s3) == has(oldSelf.s3)").message("the storage kind cannot be changed"))]
-pub struct StorageSpec {
-    /// A PersistentVolumeClaim per pod, created from this template.
-    pub filesystem: Option<FilesystemStorage>,
-    /// A claim that already exists (one replica only).
-    pub existing_claim: Option<ExistingClaim>,
-    /// S3-compatible object storage shared by all replicas.
-    pub s3: Option<S3Storage>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(oldSelf.size) || (has(self.size) && quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0)").message("the volume size cannot shrink"))]
-pub struct FilesystemStorage {
-    /// Requested size, e.g. 50Gi. Default 10Gi.
-    #[x_kube(validation = Rule::new("isQuantity(self)").message("size must be a quantity like 10Gi"))]
-    pub size: Option<String>,
-    /// StorageClass of the claims. Default: the cluster's default class.
-    pub storage_class_name: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ExistingClaim {
-    pub name: String,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct S3Storage {
-    pub bucket: String,
-    /// Object names start with `prefix/` (several registries may share a bucket).
-    pub prefix: Option<String>,
-    /// Endpoint for S3-compatible stores (MinIO, SeaweedFS, Ceph RGW). Default: AWS.
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    /// `endpoint/bucket/key` addressing, as MinIO and most self-hosted stores want. Default false.
-    pub path_style: Option<bool>,
-    /// A Secret with `accessKeyId` and `secretAccessKey`, mounted into berth (never read by the
-    /// operator) and re-read when it changes. Without it berth takes `AWS_ACCESS_KEY_ID` and
-    /// `AWS_SECRET_ACCESS_KEY` from `spec.env`.
-    pub credentials_secret: Option<String>,
-    /// A Secret whose `ca.crt` holds extra CA certificates (PEM) for the endpoint.
-    pub ca_secret: Option<String>,
-    /// Blob GETs answer 307 with a short-lived presigned URL, so bytes flow from the store
-    /// (clients must reach the endpoint). Default false.
-    pub redirect: Option<bool>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!(has(self.embedded) && has(self.postgres))").message("choose embedded or postgres, not both"))]
-pub struct DatabaseSpec {
-    /// SQLite in the data volume (the default).
-    pub embedded: Option<EmbeddedDatabase>,
-    /// PostgreSQL, for several replicas: the connection URL in a Secret.
-    pub postgres: Option<PostgresDatabase>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub struct EmbeddedDatabase {}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PostgresDatabase {
-    pub url_secret: SecretKeyRef,
-    /// A Secret whose `ca.crt` holds the CA (PEM) the database's certificate must chain to: berth
-    /// then verifies the server and its host name (libpq's `verify-full`). Without it, TLS as
-    /// the URL's `sslmode` says (`prefer` by default) encrypts without checking the certificate.
-    pub ca_secret: Option<String>,
-    /// When an upgrade of berth ends on this database. `Auto` (the default): once no older berth
-    /// is connected, the replicas contract the schema, and an older berth refuses it from then on.
-    /// `Manual`: an older berth can be rolled back to until this is set to `Auto` (or `berth
-    /// contract-schema` runs); meanwhile blobs pushed in pieces are also copied for older replicas.
-    pub contract: Option<SchemaContract>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum SchemaContract {
-    Auto,
-    Manual,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
