@@ -161,6 +161,73 @@ async fn a_download_nobody_reads_is_closed_after_the_idle_timeout() {
     assert!(got.len() < 16 << 20, "the server cut the response short ({} bytes)", got.len());
 }
 
+/// Whether the server closes `conn` (EOF or reset) within `within`, reading whatever it sends.
+async fn closed_within(conn: &mut TcpStream, within: Duration) -> bool {
+    let mut sink = Vec::new();
+    tokio::time::timeout(within, conn.read_to_end(&mut sink)).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_a_request_in_flight_is_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let berth = Berth::spawn_with_config(dir.path(), &addr, "limits: {idle_timeout: 1s}\n").await;
+
+    // A socket that never sends a byte would hold one of the connections forever.
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    assert!(closed_within(&mut silent, PROMPT).await, "a connection that never sent a request was kept");
+
+    // An HTTP/2 connection that opens no stream, however often it pings, is closed too.
+    let mut pinging = TcpStream::connect(&addr).await.unwrap();
+    pinging.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    let (mut reader, mut writer) = pinging.into_split();
+    let pings = tokio::spawn(async move {
+        // A PING frame: length 8, type 6, no flags, stream 0, eight bytes of payload.
+        let ping = b"\0\0\x08\x06\0\0\0\0\0berthpin";
+        while writer.write_all(ping).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut sink = Vec::new();
+    let ended = tokio::time::timeout(PROMPT, reader.read_to_end(&mut sink)).await;
+    assert!(ended.is_ok(), "an HTTP/2 connection with nothing but pings was kept");
+    pings.abort();
+
+    // A request longer than the idle timeout is not cut: an upload whose body trickles in for
+    // three seconds.
+    let session = client().post(format!("{}/v2/idle/slow/blobs/uploads/", berth.url)).send().await.unwrap();
+    let location = session.headers()["location"].to_str().unwrap().to_owned();
+    let body = content(30, 4);
+    let mut upload = TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    upload.write_all(head.as_bytes()).await.unwrap();
+    for chunk in body.chunks(3) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        upload.write_all(chunk).await.unwrap();
+    }
+    let mut answer = [0u8; 12];
+    prompt("the trickled upload's answer", upload.read_exact(&mut answer)).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 202", "{}", String::from_utf8_lossy(&answer));
+
+    // A connection that keeps asking stays open: each request ended starts the clock again.
+    let mut steady = TcpStream::connect(&addr).await.unwrap();
+    for _ in 0..6 {
+        let get = format!("GET /v2/ HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        steady.write_all(get.as_bytes()).await.unwrap();
+        let mut status = [0u8; 15];
+        prompt("a GET on a steady connection", steady.read_exact(&mut status)).await.unwrap();
+        assert_eq!(&status, b"HTTP/1.1 200 OK");
+        let mut rest = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_millis(100), steady.read(&mut rest)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(berth.metric("berth_connections_idle_closed_total").await >= 2.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_are_told_so_and_closed() {
     let dir = tempfile::tempdir().unwrap();

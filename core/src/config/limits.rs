@@ -41,6 +41,15 @@ pub struct LimitsConfig {
     /// A TLS client that has not finished its handshake in this time is disconnected.
     #[serde(default = "default_handshake", with = "duration")]
     pub tls_handshake_timeout: Duration,
+    /// A connection left without a request in flight this long (since it opened, or since its
+    /// last request ended) is closed, whatever it sends meanwhile; so is one whose request head
+    /// takes this long. Behind a load balancer, make it longer than the balancer's own idle timeout.
+    #[serde(default = "default_idle", with = "duration")]
+    pub idle_timeout: Duration,
+}
+
+fn default_idle() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_uploads_per_client() -> usize {
@@ -92,6 +101,7 @@ impl Default for LimitsConfig {
             max_upload_chunks: default_upload_chunks(),
             max_connections: default_connections(),
             tls_handshake_timeout: default_handshake(),
+            idle_timeout: default_idle(),
         }
     }
 }
@@ -117,6 +127,7 @@ impl LimitsConfig {
             self.tls_handshake_timeout >= Duration::from_millis(100),
             "limits.tls_handshake_timeout",
             "100ms",
-        )
+        )?;
+        at_least(self.idle_timeout >= Duration::from_millis(100), "limits.idle_timeout", "100ms")
     }
 }

@@ -46,9 +46,6 @@ use crate::storage::Storage;
 use crate::telemetry::Metrics;
 use crate::tls::{self, TlsError};
 use berth_core::config::{Config, MetadataConfig, S3Config, StorageConfig};
-
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("storage at {path}: {source}")]
@@ -327,7 +324,9 @@ pub async fn serve(
     let app = api::router(state, ui);
     let builder = http_builder(config);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let (handshake, idle) = (config.limits.tls_handshake_timeout, config.limits.body_idle_timeout);
+    let limits = &config.limits;
+    let (handshake, idle, quiet) =
+        (limits.tls_handshake_timeout, limits.body_idle_timeout, limits.idle_timeout);
     tokio::pin!(shutdown);
     // After the signal: readiness off and connections still accepted until `stop_accepting`.
     let mut signalled = false;
@@ -360,9 +359,10 @@ pub async fn serve(
         let Some((stream, slot)) = connections.admit(stream, tls.is_none()) else { continue };
         let _ = stream.set_nodelay(true);
         let peer_addr = api::PeerAddr(peer.ip());
-        let service = TowerToHyperService::new(unread::service(app.clone(), peer_addr));
+        let activity = connection::Activity::new();
+        let service = TowerToHyperService::new(unread::service(app.clone(), peer_addr, activity.clone()));
         let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
-        let io = connection::StallGuard::new(stream, idle, connections.metrics.clone());
+        let io = connection::StallGuard::new(stream, (idle, quiet), activity, connections.metrics.clone());
         let metrics = connections.metrics.clone();
         tokio::spawn(async move {
             let _slot = slot;
@@ -411,10 +411,15 @@ pub async fn serve(
 
 fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // A client gets this long to send its request headers (slow-loris protection), and the head
-    // may be only so large (431 above); bodies are streamed and bounded by their own limits.
+    // A client gets as long to send its request headers as a connection may go without a
+    // request (slow-loris protection; see `connection::StallGuard`), and the head may be only so
+    // large (431 above); bodies are streamed and bounded by their own limits.
     let max_head = usize::try_from(config.limits.max_header_bytes).unwrap_or(usize::MAX);
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(max_head);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.limits.idle_timeout)
+        .max_buf_size(max_head);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -9,6 +9,9 @@
 //! So each request's body is watched to its end, and a response that leaves it unread says
 //! `Connection: close` itself: the client opens a new connection instead of reusing a dying one.
 //! (HTTP/2 needs none of this: an unread stream is reset on its own and the connection stays.)
+//!
+//! Each request is also counted in flight on its connection from its head until its response's
+//! body is dropped ([`Activity`]), which is what the connection's quiet clock asks.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -24,16 +27,20 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tower::ServiceExt;
 
+use super::connection::{Activity, InFlight};
 use crate::api::PeerAddr;
 
-/// The registry's router as hyper calls it: the peer's address attached to each request, and
-/// `Connection: close` on any HTTP/1 response that left its request's body unread.
+/// The registry's router as hyper calls it: the peer's address attached to each request,
+/// `Connection: close` on any HTTP/1 response that left its request's body unread, and each
+/// request counted in flight on the connection's `activity`.
 pub fn service(
     app: axum::Router,
     peer: PeerAddr,
+    activity: Arc<Activity>,
 ) -> impl tower::Service<Request<Incoming>, Response = Response, Error = Infallible, Future: Send> + Clone {
     tower::service_fn(move |req: Request<Incoming>| {
         let app = app.clone();
+        let in_flight = activity.begin();
         async move {
             let (mut parts, body) = req.into_parts();
             parts.extensions.insert(peer);
@@ -43,9 +50,35 @@ pub fn service(
             if http1 && !read.load(Ordering::Acquire) {
                 response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            Ok(response)
+            Ok(response.map(|inner| axum::body::Body::new(Counted { inner, _in_flight: in_flight })))
         }
     })
+}
+
+/// A response body that keeps its request counted in flight until it is dropped.
+struct Counted {
+    inner: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A request body that records when it has been read to its end.

@@ -93,6 +93,8 @@ pub struct ConnectionMetrics {
     pub handshake_timeouts: Counter,
     /// Closed because the client took nothing of a response for `limits.body_idle_timeout`.
     pub stalled: Counter,
+    /// Closed for having no request in flight for `limits.idle_timeout`.
+    pub quiet: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -170,6 +172,11 @@ impl Metrics {
             "connections_stalled",
             "Connections closed because the client stopped taking a response",
             connections.stalled.clone(),
+        );
+        registry.register(
+            "connections_idle_closed",
+            "Connections closed for having no request in flight for limits.idle_timeout",
+            connections.quiet.clone(),
         );
         let volume = VolumeMetrics::default();
         registry.register(
