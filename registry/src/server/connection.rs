@@ -4,19 +4,25 @@
 
 use std::future::Future as _;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::task::AtomicWaker;
-
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
+use tokio_rustls::TlsAcceptor;
 
+use super::activity::Activity;
+use super::unread;
+use crate::api::PeerAddr;
 use crate::telemetry::ConnectionMetrics;
 
 /// What a refused connection is told (plain HTTP only; a TLS client just sees the close).
@@ -74,48 +80,91 @@ async fn refuse(mut stream: TcpStream, plain: bool) {
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
 }
 
-/// Whether a connection is serving anything: its requests count themselves in and out (from
-/// the head's arrival until the response's body is dropped), and its socket reads this.
-#[derive(Default)]
-pub struct Activity {
-    requests: AtomicUsize,
-    /// Requests ended so far: each end starts the quiet clock again.
-    ended: AtomicU64,
-    /// The socket's reader, woken when the last request ends (so it starts the clock).
-    reader: AtomicWaker,
+/// How long a connection asked to finish for being quiet may take before its reads fail.
+const FINISHING: Duration = Duration::from_secs(5);
+
+/// How long a connection may take: to finish its TLS handshake, to take anything of a response
+/// (`body_idle`), and without a request in flight (`quiet`).
+#[derive(Clone, Copy)]
+pub struct Timeouts {
+    pub handshake: Duration,
+    pub body_idle: Duration,
+    pub quiet: Duration,
 }
 
-impl Activity {
-    pub fn new() -> Arc<Activity> {
-        Arc::new(Activity::default())
-    }
+/// A client connection's byte stream, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-    /// Counts a request in until the returned value is dropped.
-    pub fn begin(self: &Arc<Self>) -> InFlight {
-        self.requests.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
-    }
+/// What serving a connection takes, cloned for each one.
+#[derive(Clone)]
+pub struct Serving {
+    pub tls: Option<TlsAcceptor>,
+    pub builder: auto::Builder<TokioExecutor>,
+    pub app: axum::Router,
+    pub timeouts: Timeouts,
+    /// Turns true when the server stops.
+    pub stopping: watch::Receiver<bool>,
+    pub metrics: ConnectionMetrics,
 }
 
-/// One request in flight on a connection ([`Activity::begin`]).
-pub struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.ended.fetch_add(1, Ordering::AcqRel);
-        if self.0.requests.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.reader.wake();
+impl Serving {
+    /// Serves one admitted connection until it ends (then its `slot` is given back): the TLS
+    /// handshake (if any) within its time, then the app over HTTP/1.1 or HTTP/2. The connection
+    /// is asked to finish (HTTP/2 sends GOAWAY, so a client knows which requests were not taken
+    /// and sends them again; HTTP/1 closes once its response in flight is sent) when the server
+    /// stops or the connection has gone quiet.
+    pub async fn serve(self, stream: TcpStream, _slot: Slot, peer: SocketAddr) {
+        let Serving { tls, builder, app, timeouts, mut stopping, metrics } = self;
+        let activity = Activity::new();
+        let service = TowerToHyperService::new(unread::service(app, PeerAddr(peer.ip()), activity.clone()));
+        let io =
+            StallGuard::new(stream, (timeouts.body_idle, timeouts.quiet), activity.clone(), metrics.clone());
+        let io: Box<dyn Io> = match tls {
+            Some(acceptor) => match tokio::time::timeout(timeouts.handshake, acceptor.accept(io)).await {
+                Ok(Ok(s)) => Box::new(s),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, peer = %peer, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics.handshake_timeouts.inc();
+                    tracing::debug!(peer = %peer, "TLS handshake did not finish in time");
+                    return;
+                }
+            },
+            None => Box::new(io),
+        };
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let mut asked = false;
+        let ended = loop {
+            tokio::select! {
+                ended = conn.as_mut() => break ended,
+                // The value only turns true (or its sender goes, at the very end): either is a stop.
+                _ = stopping.changed(), if !asked => {
+                    asked = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = activity.gone_quiet.notified(), if !asked => {
+                    asked = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
         }
     }
 }
 
 /// A client connection's socket, with two clocks. Writes fail once one has waited `idle` for the
 /// client to take anything: a client that stops reading a response cannot hold its request (and
-/// what the request holds) open forever. Reads fail once the connection has had no request in
-/// flight for `quiet` (since it opened, or since its last request ended), whatever arrived
-/// meanwhile: a socket that never sends a request (or an HTTP/2 connection kept open with
-/// pings) cannot hold one of the `limits.max_connections` forever. Request bodies have their
-/// own timeout.
+/// what the request holds) open forever. Once the connection has had no request in flight for
+/// `quiet` (since it opened, or since its last request ended), whatever arrived meanwhile, it is
+/// asked to finish ([`serve`]), and its reads fail if it has not [`FINISHING`] later: a socket
+/// that never sends a request (or an HTTP/2 connection kept open with pings) cannot hold one of
+/// the `limits.max_connections` forever. Request bodies have their own timeout.
 pub struct StallGuard<T> {
     inner: T,
     idle: Duration,
@@ -124,6 +173,8 @@ pub struct StallGuard<T> {
     quiet: Duration,
     /// The quiet clock, and the count of ended requests it was started at.
     quiet_since: Option<(u64, Pin<Box<Sleep>>)>,
+    /// Whether the connection was asked to finish for being quiet.
+    asked: bool,
     metrics: ConnectionMetrics,
 }
 
@@ -134,12 +185,13 @@ impl<T> StallGuard<T> {
         activity: Arc<Activity>,
         metrics: ConnectionMetrics,
     ) -> StallGuard<T> {
-        StallGuard { inner, idle, stalled: None, activity, quiet, quiet_since: None, metrics }
+        StallGuard { inner, idle, stalled: None, activity, quiet, quiet_since: None, asked: false, metrics }
     }
 
     /// A read that found nothing, with the quiet clock applied: not running while a request is
-    /// in flight; (re)started when the connection opened or a request ended since it started;
-    /// the read fails once it has run out.
+    /// in flight; (re)started when the connection opened or a request ended since it started.
+    /// When it runs out the connection is asked to finish, and the read fails if it runs out
+    /// again, [`FINISHING`] later.
     fn quiet(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.activity.reader.register(cx.waker());
         if self.activity.requests.load(Ordering::Acquire) > 0 {
@@ -147,23 +199,31 @@ impl<T> StallGuard<T> {
             return Poll::Pending;
         }
         let ended = self.activity.ended.load(Ordering::Acquire);
-        let deadline = tokio::time::Instant::now() + self.quiet;
+        let deadline = tokio::time::Instant::now() + if self.asked { FINISHING } else { self.quiet };
         let (since, clock) =
             self.quiet_since.get_or_insert_with(|| (ended, Box::pin(tokio::time::sleep_until(deadline))));
         if *since != ended {
             *since = ended;
             clock.as_mut().reset(deadline);
         }
-        match clock.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                self.metrics.quiet.inc();
-                Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no request on the connection for {:?}", self.quiet),
-                )))
-            }
-            Poll::Pending => Poll::Pending,
+        if clock.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
         }
+        if self.asked {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no request on the connection for {:?}, and it did not finish", self.quiet),
+            )));
+        }
+        self.asked = true;
+        self.metrics.quiet.inc();
+        self.activity.gone_quiet.notify_one();
+        clock.as_mut().reset(tokio::time::Instant::now() + FINISHING);
+        // Polled again so that the clock's new deadline wakes this reader.
+        if clock.as_mut().poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
     }
 
     /// What a write returned, with the clock applied: progress stops it; no progress starts it,

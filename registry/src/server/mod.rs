@@ -5,6 +5,7 @@
 //! the background work: the purge of expired upload sessions and the re-reading of credential
 //! files (so that requests only ever read memory).
 
+mod activity;
 mod connection;
 mod unread;
 mod watch;
@@ -13,9 +14,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -321,12 +321,22 @@ pub async fn serve(
     let registry = state.registry.clone();
     let notifier = state.notifier.clone();
     let ui = if state.ui { crate::ui::router() } else { axum::Router::new() };
-    let app = api::router(state, ui);
-    let builder = http_builder(config);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Connections watch this; at shutdown each is asked to finish, and all are gone once every
+    // receiver is.
+    let (stop_connections, stopping_connections) = tokio::sync::watch::channel(false);
     let limits = &config.limits;
-    let (handshake, idle, quiet) =
-        (limits.tls_handshake_timeout, limits.body_idle_timeout, limits.idle_timeout);
+    let serving = connection::Serving {
+        tls: tls.clone(),
+        builder: http_builder(config),
+        app: api::router(state, ui),
+        timeouts: connection::Timeouts {
+            handshake: limits.tls_handshake_timeout,
+            body_idle: limits.body_idle_timeout,
+            quiet: limits.idle_timeout,
+        },
+        stopping: stopping_connections,
+        metrics: connections.metrics.clone(),
+    };
     tokio::pin!(shutdown);
     // After the signal: readiness off and connections still accepted until `stop_accepting`.
     let mut signalled = false;
@@ -358,43 +368,17 @@ pub async fn serve(
         };
         let Some((stream, slot)) = connections.admit(stream, tls.is_none()) else { continue };
         let _ = stream.set_nodelay(true);
-        let peer_addr = api::PeerAddr(peer.ip());
-        let activity = connection::Activity::new();
-        let service = TowerToHyperService::new(unread::service(app.clone(), peer_addr, activity.clone()));
-        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
-        let io = connection::StallGuard::new(stream, (idle, quiet), activity, connections.metrics.clone());
-        let metrics = connections.metrics.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let result = match tls {
-                Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(io)).await {
-                    Ok(Ok(s)) => {
-                        watcher.watch(builder.serve_connection(TokioIo::new(s), service).into_owned()).await
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, peer = %peer, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        metrics.handshake_timeouts.inc();
-                        tracing::debug!(peer = %peer, "TLS handshake did not finish in time");
-                        return;
-                    }
-                },
-                None => watcher.watch(builder.serve_connection(TokioIo::new(io), service).into_owned()).await,
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
-            }
-        });
+        tokio::spawn(serving.clone().serve(stream, slot, peer));
     }
     drop(listener);
     for task in background {
         task.abort();
     }
     info!("shutting down: waiting for requests in flight");
+    drop(serving);
+    stop_connections.send_replace(true);
     tokio::select! {
-        _ = graceful.shutdown() => info!("all connections closed"),
+        () = stop_connections.closed() => info!("all connections closed"),
         _ = tokio::time::sleep(config.limits.shutdown_grace) => {
             warn!(grace = ?config.limits.shutdown_grace, "grace period over, closing remaining connections");
         }

@@ -27,7 +27,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tower::ServiceExt;
 
-use super::connection::{Activity, InFlight};
+use super::activity::{Activity, InFlight};
 use crate::api::PeerAddr;
 
 /// The registry's router as hyper calls it: the peer's address attached to each request,
