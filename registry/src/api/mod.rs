@@ -2,7 +2,7 @@
 //!
 //! One catch-all route takes every `/v2/...` request; [`path::parse`] turns the raw path into a
 //! typed [`path::Route`], a handler turns headers and query into typed values and calls one
-//! [`Registry`] method, and [`error`] maps whatever failed to the spec's error envelope.
+//! [`Registry`](crate::service::Registry) method, and [`error`] maps whatever failed to the spec's error envelope.
 
 mod admin;
 mod audit;

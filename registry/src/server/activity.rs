@@ -16,7 +16,8 @@ pub struct Activity {
     pub(super) ended: AtomicU64,
     /// The socket's reader, woken when the last request ends (so it starts the clock).
     pub(super) reader: AtomicWaker,
-    /// Told when the quiet clock runs out: [`serve`] then asks the connection to finish.
+    /// Told when the quiet clock runs out: [`super::connection::Serving::serve`] then asks the
+    /// connection to finish.
     pub(super) gone_quiet: Notify,
 }
 

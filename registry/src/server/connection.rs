@@ -162,7 +162,7 @@ impl Serving {
 /// client to take anything: a client that stops reading a response cannot hold its request (and
 /// what the request holds) open forever. Once the connection has had no request in flight for
 /// `quiet` (since it opened, or since its last request ended), whatever arrived meanwhile, it is
-/// asked to finish ([`serve`]), and its reads fail if it has not [`FINISHING`] later: a socket
+/// asked to finish ([`Serving::serve`]), and its reads fail if it has not [`FINISHING`] later: a socket
 /// that never sends a request (or an HTTP/2 connection kept open with pings) cannot hold one of
 /// the `limits.max_connections` forever. Request bodies have their own timeout.
 pub struct StallGuard<T> {

@@ -9,7 +9,7 @@
 //! commits with `synchronous_commit = off`, since a client that loses it resumes with a 416.
 //!
 //! Connections come from a pool of at most `max_connections` per replica. When the database
-//! cannot be reached, requests fail at once with [`MetaError::Unavailable`] (a 503), and service
+//! cannot be reached, requests fail at once with [`MetaError::Unavailable`](crate::meta::MetaError::Unavailable) (a 503), and service
 //! resumes by itself when it returns: a broken connection is dropped, not reused.
 
 mod announced;
@@ -85,7 +85,7 @@ impl PostgresMeta {
 
     /// [`PostgresMeta::connect`], verifying the server against the CA in `ca_file` when one is
     /// given (see [`tls`]), and contracting the schema after an upgrade as `contract` says (see
-    /// [`upgrade`]).
+    /// the `upgrade` module).
     pub async fn connect_with(
         url: &str,
         max_connections: usize,
