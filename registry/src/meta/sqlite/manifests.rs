@@ -141,7 +141,7 @@ pub(super) fn ensure_repo(tx: &Connection, repo: &str, now: i64) -> Result<i64> 
     repo_id(tx, repo)?.ok_or_else(|| MetaError::Db("repository vanished while inserting".into()))
 }
 
-/// Records the blob's row for a write of its object ([`sweep`]).
+/// Records the blob's row for a write of its object ([`crate::meta::sweep`]).
 pub(super) fn record_blob(
     tx: &Connection,
     digest: &Digest,
