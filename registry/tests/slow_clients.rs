@@ -168,9 +168,9 @@ async fn closed_within(conn: &mut TcpStream, within: Duration) -> bool {
 }
 
 /// Speaks HTTP/2 on `conn` without ever opening a stream: its preface, then a PING every 200 ms,
-/// answering the server's PINGs as a client must; returns the type of every frame the server
-/// sent once it closes the connection.
-async fn pinging_h2(conn: TcpStream) -> Vec<u8> {
+/// answering the server's PINGs as a client must (with `answer`); returns the type of every frame
+/// the server sent once it closes the connection.
+async fn pinging_h2(conn: TcpStream, answer: bool) -> Vec<u8> {
     let (mut reader, mut writer) = conn.into_split();
     // The preface, and an empty SETTINGS frame (length 0, type 4).
     writer.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
@@ -195,7 +195,7 @@ async fn pinging_h2(conn: TcpStream) -> Vec<u8> {
             }
             let frame: Vec<u8> = got.drain(..9 + len).collect();
             kinds.push(frame[3]);
-            if frame[3] == 6 && frame[4] & 1 == 0 {
+            if answer && frame[3] == 6 && frame[4] & 1 == 0 {
                 let mut ack = frame;
                 ack[4] = 1;
                 let _ = writer.write_all(&ack).await;
@@ -217,8 +217,12 @@ async fn a_connection_without_a_request_in_flight_is_closed_after_the_idle_timeo
     // An HTTP/2 connection that opens no stream, however often it pings, is closed too, and told
     // so with a GOAWAY (a client then knows no request of its was dropped).
     let h2 = TcpStream::connect(&addr).await.unwrap();
-    let kinds = prompt("an HTTP/2 connection with nothing but pings closed", pinging_h2(h2)).await;
+    let kinds = prompt("an HTTP/2 connection with nothing but pings closed", pinging_h2(h2, true)).await;
     assert!(kinds.contains(&7), "no GOAWAY among the frames {kinds:?}");
+    // One that never answers the GOAWAY's ping (so it never finishes) is cut a few seconds on.
+    let h2 = TcpStream::connect(&addr).await.unwrap();
+    let cut = tokio::time::timeout(Duration::from_secs(20), pinging_h2(h2, false)).await;
+    assert!(cut.is_ok(), "an HTTP/2 connection that ignored the GOAWAY was kept");
 
     // A request longer than the idle timeout is not cut: an upload whose body trickles in for
     // three seconds.
@@ -252,7 +256,7 @@ async fn a_connection_without_a_request_in_flight_is_closed_after_the_idle_timeo
         let _ = tokio::time::timeout(Duration::from_millis(100), steady.read(&mut rest)).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert!(berth.metric("berth_connections_idle_closed_total").await >= 2.0);
+    assert!(berth.metric("berth_connections_idle_closed_total").await >= 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -118,8 +118,7 @@ impl Serving {
         let Serving { tls, builder, app, timeouts, mut stopping, metrics } = self;
         let activity = Activity::new();
         let service = TowerToHyperService::new(unread::service(app, PeerAddr(peer.ip()), activity.clone()));
-        let io =
-            StallGuard::new(stream, (timeouts.body_idle, timeouts.quiet), activity.clone(), metrics.clone());
+        let io = StallGuard::new(stream, timeouts, activity.clone(), metrics.clone());
         let io: Box<dyn Io> = match tls {
             Some(acceptor) => match tokio::time::timeout(timeouts.handshake, acceptor.accept(io)).await {
                 Ok(Ok(s)) => Box::new(s),
@@ -162,9 +161,9 @@ impl Serving {
 /// client to take anything: a client that stops reading a response cannot hold its request (and
 /// what the request holds) open forever. Once the connection has had no request in flight for
 /// `quiet` (since it opened, or since its last request ended), whatever arrived meanwhile, it is
-/// asked to finish ([`Serving::serve`]), and its reads fail if it has not [`FINISHING`] later: a socket
-/// that never sends a request (or an HTTP/2 connection kept open with pings) cannot hold one of
-/// the `limits.max_connections` forever. Request bodies have their own timeout.
+/// asked to finish ([`Serving::serve`]), and its reads fail if it has not [`FINISHING`] later: a
+/// socket that never sends a request (or an HTTP/2 connection kept open with pings) cannot hold
+/// one of the `limits.max_connections` forever. Request bodies have their own timeout.
 pub struct StallGuard<T> {
     inner: T,
     idle: Duration,
@@ -181,10 +180,11 @@ pub struct StallGuard<T> {
 impl<T> StallGuard<T> {
     pub fn new(
         inner: T,
-        (idle, quiet): (Duration, Duration),
+        timeouts: Timeouts,
         activity: Arc<Activity>,
         metrics: ConnectionMetrics,
     ) -> StallGuard<T> {
+        let (idle, quiet) = (timeouts.body_idle, timeouts.quiet);
         StallGuard { inner, idle, stalled: None, activity, quiet, quiet_since: None, asked: false, metrics }
     }
 
@@ -195,7 +195,7 @@ impl<T> StallGuard<T> {
     fn quiet(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.activity.reader.register(cx.waker());
         if self.activity.requests.load(Ordering::Acquire) > 0 {
-            self.quiet_since = None;
+            // The clock is kept (not polled): the request's end restarts it below.
             return Poll::Pending;
         }
         let ended = self.activity.ended.load(Ordering::Acquire);

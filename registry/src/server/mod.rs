@@ -46,6 +46,7 @@ use crate::storage::Storage;
 use crate::telemetry::Metrics;
 use crate::tls::{self, TlsError};
 use berth_core::config::{Config, MetadataConfig, S3Config, StorageConfig};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("storage at {path}: {source}")]

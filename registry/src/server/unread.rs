@@ -37,7 +37,8 @@ pub fn service(
     app: axum::Router,
     peer: PeerAddr,
     activity: Arc<Activity>,
-) -> impl tower::Service<Request<Incoming>, Response = Response, Error = Infallible, Future: Send> + Clone {
+) -> impl tower::Service<Request<Incoming>, Response = Response<Counted>, Error = Infallible, Future: Send> + Clone
+{
     tower::service_fn(move |req: Request<Incoming>| {
         let app = app.clone();
         let in_flight = activity.begin();
@@ -50,13 +51,13 @@ pub fn service(
             if http1 && !read.load(Ordering::Acquire) {
                 response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            Ok(response.map(|inner| axum::body::Body::new(Counted { inner, _in_flight: in_flight })))
+            Ok(response.map(|inner| Counted { inner, _in_flight: in_flight }))
         }
     })
 }
 
 /// A response body that keeps its request counted in flight until it is dropped.
-struct Counted {
+pub struct Counted {
     inner: axum::body::Body,
     _in_flight: InFlight,
 }
