@@ -30,7 +30,7 @@ pub mod usage;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
 pub use error::{MetaError, Result};
 pub use events::NewEvent;
-pub use sweep::Stored;
+pub use sweep::{Purges, Stored};
 pub use uploads::{Appended, Closing, Upload, UploadPart, UploadSessions};
 
 /// What serving a manifest needs.
@@ -102,7 +102,7 @@ pub struct Page {
 }
 
 #[async_trait::async_trait]
-pub trait MetaStore: UploadSessions + Send + Sync + 'static {
+pub trait MetaStore: UploadSessions + Purges + Send + Sync + 'static {
     /// Size of `digest` if the repository may read it.
     async fn blob_in_repo(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
         Ok(self.find_blob(repo, digest).await?.map(|b| b.size))
@@ -153,37 +153,6 @@ pub trait MetaStore: UploadSessions + Send + Sync + 'static {
         artifact_type: Option<&str>,
     ) -> Result<Vec<Referrer>>;
 
-    /// Released blobs ([`sweep`]) whose objects may be deleted: released before
-    /// `deleting_before`, or left purging since before `purging_before` (unix milliseconds).
-    async fn purgeable_blobs(
-        &self,
-        deleting_before: i64,
-        purging_before: i64,
-        limit: usize,
-    ) -> Result<Vec<Digest>>;
-    /// Marks each of them purging (now, by the caller; in one transaction) if it still is
-    /// purgeable and unused; false for one that is not (a blob something uses again is made live).
-    async fn begin_purges(
-        &self,
-        digests: Vec<Digest>,
-        deleting_before: i64,
-        purging_before: i64,
-    ) -> Result<Vec<bool>>;
-    /// [`MetaStore::begin_purges`] for one blob.
-    async fn begin_purge(&self, digest: &Digest, deleting_before: i64, purging_before: i64) -> Result<bool> {
-        let began = self.begin_purges(vec![digest.clone()], deleting_before, purging_before).await?;
-        Ok(began.first().copied().unwrap_or(false))
-    }
-    /// Marks purging blobs whose objects are deleted `gone`.
-    async fn end_purges(&self, digests: Vec<Digest>) -> Result<()>;
-    /// [`MetaStore::end_purges`] for one blob.
-    async fn end_purge(&self, digest: &Digest) -> Result<()> {
-        self.end_purges(vec![digest.clone()]).await
-    }
-    /// Forgets up to `limit` blobs gone since before `before` (unix milliseconds); how many.
-    async fn forget_gone(&self, before: i64, limit: usize) -> Result<u64>;
-    /// Whether the blob's object is being deleted.
-    async fn blob_purging(&self, digest: &Digest) -> Result<bool>;
     /// Makes the blob's link in `repo` young again (a client asked about it, and will push a
     /// manifest that needs it): a collection's grace then protects it.
     async fn touch_link(&self, repo: &RepoName, digest: &Digest) -> Result<()>;

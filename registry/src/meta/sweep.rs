@@ -20,6 +20,9 @@
 //! writers' statements below lock it too. On SQLite the one writer serializes them anyway.
 //! Parameters are numbered in order of first appearance (SQLite binds `$n` by that order).
 
+use super::Result;
+use berth_core::oci::Digest;
+
 /// How the object of a blob being recorded is known to be stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
@@ -29,6 +32,42 @@ pub enum Stored {
     Confirmed,
     /// The caller relies on it being stored already (a mount, or a blob it found recorded).
     Assumed,
+}
+
+/// The steps of a released blob's way out (the diagram above), each a transaction of the store.
+#[async_trait::async_trait]
+pub trait Purges: Send + Sync {
+    /// Released blobs whose objects may be deleted: released before `deleting_before`, or left
+    /// purging since before `purging_before` (unix milliseconds).
+    async fn purgeable_blobs(
+        &self,
+        deleting_before: i64,
+        purging_before: i64,
+        limit: usize,
+    ) -> Result<Vec<Digest>>;
+    /// Marks each of them purging (now, by the caller; in one transaction) if it still is
+    /// purgeable and unused; false for one that is not (a blob something uses again is made live).
+    async fn begin_purges(
+        &self,
+        digests: Vec<Digest>,
+        deleting_before: i64,
+        purging_before: i64,
+    ) -> Result<Vec<bool>>;
+    /// [`Purges::begin_purges`] for one blob.
+    async fn begin_purge(&self, digest: &Digest, deleting_before: i64, purging_before: i64) -> Result<bool> {
+        let began = self.begin_purges(vec![digest.clone()], deleting_before, purging_before).await?;
+        Ok(began.first().copied().unwrap_or(false))
+    }
+    /// Marks purging blobs whose objects are deleted `gone`.
+    async fn end_purges(&self, digests: Vec<Digest>) -> Result<()>;
+    /// [`Purges::end_purges`] for one blob.
+    async fn end_purge(&self, digest: &Digest) -> Result<()> {
+        self.end_purges(vec![digest.clone()]).await
+    }
+    /// Forgets up to `limit` blobs gone since before `before` (unix milliseconds); how many.
+    async fn forget_gone(&self, before: i64, limit: usize) -> Result<u64>;
+    /// Whether the blob's object is being deleted.
+    async fn blob_purging(&self, digest: &Digest) -> Result<bool>;
 }
 
 /// Records a blob whose object the caller wrote at its digest's key: inserts it, or makes a

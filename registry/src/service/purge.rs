@@ -142,7 +142,7 @@ mod tests {
     use super::*;
     use crate::meta::cache::{CacheIndex, CachedItem, ContentKind};
     use crate::meta::sqlite::SqliteMeta;
-    use crate::meta::MetaStore;
+    use crate::meta::{MetaStore, Purges};
     use crate::service::{BodyStream, Limits};
     use crate::storage::fs::FsStorage;
     use crate::storage::{read_all, Storage};

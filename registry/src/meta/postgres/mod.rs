@@ -384,36 +384,6 @@ impl MetaStore for PostgresMeta {
         self.lookups.leave(&self.pool).await;
     }
 
-    async fn purgeable_blobs(
-        &self,
-        deleting_before: i64,
-        purging_before: i64,
-        limit: usize,
-    ) -> Result<Vec<Digest>> {
-        self.purgeable(deleting_before, purging_before, limit).await
-    }
-
-    async fn begin_purges(
-        &self,
-        digests: Vec<Digest>,
-        deleting_before: i64,
-        purging_before: i64,
-    ) -> Result<Vec<bool>> {
-        self.purge_begins(digests, deleting_before, purging_before).await
-    }
-
-    async fn end_purges(&self, digests: Vec<Digest>) -> Result<()> {
-        self.purge_ends(digests).await
-    }
-
-    async fn forget_gone(&self, before: i64, limit: usize) -> Result<u64> {
-        self.gone_forgotten(before, limit).await
-    }
-
-    async fn blob_purging(&self, digest: &Digest) -> Result<bool> {
-        self.purging(digest).await
-    }
-
     async fn touch_link(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         let c = self.client().await?;
         execute(&c, crate::meta::gc::TOUCH_LINK, &[&super::now(), &digest.as_str(), &repo.as_str()])

@@ -5,7 +5,7 @@
 use super::errors::db_error;
 use super::{execute, query, query_opt, PostgresMeta};
 use crate::meta::sweep::{BEGIN_PURGE, FORGET_GONE, PURGEABLE, PURGING, REVIVE_USED};
-use crate::meta::{now_millis, parse_stored, Result};
+use crate::meta::{now_millis, parse_stored, Purges, Result};
 use berth_core::oci::Digest;
 
 /// [`crate::meta::sweep::END_PURGE`] for many at once. Parameters: now, digests.
@@ -15,8 +15,9 @@ const END_PURGES: &str =
 /// Locks a blob's row until the transaction ends. Parameter: digest.
 pub(super) const LOCK: &str = "SELECT 1 FROM blobs WHERE digest = $1 FOR UPDATE";
 
-impl PostgresMeta {
-    pub(super) async fn purgeable(
+#[async_trait::async_trait]
+impl Purges for PostgresMeta {
+    async fn purgeable_blobs(
         &self,
         deleting_before: i64,
         purging_before: i64,
@@ -29,7 +30,7 @@ impl PostgresMeta {
         rows.into_iter().map(|r| parse_stored("digest", r.get(0))).collect()
     }
 
-    pub(super) async fn purge_begins(
+    async fn begin_purges(
         &self,
         digests: Vec<Digest>,
         deleting_before: i64,
@@ -57,20 +58,20 @@ impl PostgresMeta {
         .await
     }
 
-    pub(super) async fn purge_ends(&self, digests: Vec<Digest>) -> Result<()> {
+    async fn end_purges(&self, digests: Vec<Digest>) -> Result<()> {
         let c = self.client().await?;
         let digests: Vec<&str> = digests.iter().map(Digest::as_str).collect();
         execute(&c, END_PURGES, &[&now_millis(), &digests]).await.map_err(db_error)?;
         Ok(())
     }
 
-    pub(super) async fn gone_forgotten(&self, before: i64, limit: usize) -> Result<u64> {
+    async fn forget_gone(&self, before: i64, limit: usize) -> Result<u64> {
         let c = self.client().await?;
         let limit = limit.min(i64::MAX as usize) as i64;
         execute(&c, FORGET_GONE, &[&before, &limit]).await.map_err(db_error)
     }
 
-    pub(super) async fn purging(&self, digest: &Digest) -> Result<bool> {
+    async fn blob_purging(&self, digest: &Digest) -> Result<bool> {
         let c = self.client().await?;
         Ok(query_opt(&c, PURGING, &[&digest.as_str()]).await.map_err(db_error)?.is_some())
     }

@@ -21,6 +21,7 @@ mod outbox;
 mod queue;
 mod runs;
 mod scrub;
+mod sweep;
 mod uploads;
 mod usage;
 mod writer;
@@ -33,7 +34,7 @@ use open::{migrate, open_connection, remove_orphaned_temporaries};
 use writer::{Durability, Writer};
 
 use super::resolved::{self, Resolved};
-use super::sweep::{self, Stored};
+use super::sweep::Stored;
 use super::{FoundBlob, ManifestRecord, MetaError, MetaStore, NewEvent, NewManifest, Page, Referrer, Result};
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
@@ -110,7 +111,7 @@ impl SqliteMeta {
         migrate(&mut conn).map_err(cleanup)?;
         // The purges a killed process left half done are finished by the next purge, not after
         // their lease (meant for replicas that share a database) lapses.
-        conn.execute(sweep::ABANDON_PURGES, []).map_err(|e| cleanup(e.into()))?;
+        conn.execute(super::sweep::ABANDON_PURGES, []).map_err(|e| cleanup(e.into()))?;
         let mut wal = path.clone().into_os_string();
         wal.push("-wal");
         let wal = PathBuf::from(wal);
@@ -436,64 +437,6 @@ impl MetaStore for SqliteMeta {
         .await
     }
 
-    async fn purgeable_blobs(
-        &self,
-        deleting_before: i64,
-        purging_before: i64,
-        limit: usize,
-    ) -> Result<Vec<Digest>> {
-        self.read(move |c| {
-            let digests = c
-                .prepare_cached(sweep::PURGEABLE)?
-                .query_map(params![deleting_before, purging_before, limit as i64], |r| r.get::<_, String>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            digests.into_iter().map(|d| parse("digest", d)).collect()
-        })
-        .await
-    }
-
-    async fn begin_purges(
-        &self,
-        digests: Vec<Digest>,
-        deleting_before: i64,
-        purging_before: i64,
-    ) -> Result<Vec<bool>> {
-        self.write(Durability::Synced, move |tx| {
-            let now = super::now_millis();
-            let (mut begin, mut revive) =
-                (tx.prepare_cached(sweep::BEGIN_PURGE)?, tx.prepare_cached(sweep::REVIVE_USED)?);
-            let mut began = Vec::with_capacity(digests.len());
-            for d in &digests {
-                let ok = begin.execute(params![now, d.as_str(), deleting_before, purging_before])? > 0;
-                if !ok {
-                    revive.execute([d.as_str()])?;
-                }
-                began.push(ok);
-            }
-            Ok(began)
-        })
-        .await
-    }
-
-    async fn end_purges(&self, digests: Vec<Digest>) -> Result<()> {
-        self.write(Durability::Synced, move |tx| {
-            let mut end = tx.prepare_cached(sweep::END_PURGE)?;
-            let now = super::now_millis();
-            for d in &digests {
-                end.execute(params![now, d.as_str()])?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    async fn forget_gone(&self, before: i64, limit: usize) -> Result<u64> {
-        self.write(Durability::Unsynced, move |tx| {
-            Ok(tx.prepare_cached(sweep::FORGET_GONE)?.execute(params![before, limit as i64])? as u64)
-        })
-        .await
-    }
-
     async fn record_orphan(&self, digest: &Digest, size: u64) -> Result<()> {
         let digest = digest.clone();
         self.write(Durability::Synced, move |tx| {
@@ -509,11 +452,6 @@ impl MetaStore for SqliteMeta {
             Ok(())
         })
         .await
-    }
-
-    async fn blob_purging(&self, digest: &Digest) -> Result<bool> {
-        let digest = digest.to_string();
-        self.read(move |c| Ok(c.prepare_cached(sweep::PURGING)?.exists([digest])?)).await
     }
 
     async fn record_pull_times(&self, pulls: Vec<(RepoName, Digest, i64)>) -> Result<()> {
