@@ -6,26 +6,25 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::error::{ApiError, Code};
 use super::path::Route;
-use super::state::{AppState, Uploader};
-use crate::auth::{Actions, Caller};
+use super::state::AppState;
+use super::uploads;
+use crate::auth::Caller;
 use crate::meta::ManifestRecord;
 use crate::proxy::{Proxy, Target};
-use crate::service::{BlobRead, BodyStream, Listing, UploadState};
-use crate::UploadId;
-use berth_core::oci::range::{parse_content_range, parse_range, ChunkRange};
+use crate::service::{BlobRead, Listing};
+use berth_core::oci::range::parse_range;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
-type Result<T> = std::result::Result<T, ApiError>;
+pub(super) type Result<T> = std::result::Result<T, ApiError>;
 
 const DIGEST_HEADER: &str = "docker-content-digest";
-const UPLOAD_UUID_HEADER: &str = "docker-upload-uuid";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 pub(super) async fn handle(
@@ -70,46 +69,15 @@ pub(super) async fn handle(
             reg.delete_blob(&repo, &d).await?;
             Ok(with_digest(StatusCode::ACCEPTED.into_response(), &d))
         }
-        Route::UploadStart(repo) if *m == Method::POST => start_upload(st, req, &repo, body, caller).await,
-        Route::Upload(repo, id) if *m == Method::GET => {
-            let state = reg.upload_status(&repo, id).await?;
-            Ok(upload_response(StatusCode::NO_CONTENT, &repo, state))
-        }
-        Route::Upload(repo, id) if *m == Method::PATCH => {
-            let (range, len) = chunk_headers(&req.headers)?;
-            let state = reg
-                .upload_chunk(&repo, id, range, len, stream(body))
-                .await
-                .map_err(|e| resumable(e, &repo, id))?;
-            Ok(upload_response(StatusCode::ACCEPTED, &repo, state))
-        }
-        Route::Upload(repo, id) if *m == Method::PUT => {
-            let digest = match required_digest(req) {
-                Ok(d) => d,
-                Err(e) => {
-                    // An unknown session is the more useful answer than a missing digest.
-                    reg.upload_status(&repo, id).await?;
-                    return Err(e);
-                }
-            };
-            let (range, len) = chunk_headers(&req.headers)?;
-            let body = stream(body);
-            let session = id.to_string();
-            reg.finish_upload(&repo, id, &digest, range, len, body)
-                .await
-                .map_err(|e| resumable(e, &repo, id))?;
-            st.uploads.closed(&session);
-            Ok(created_blob(&repo, &digest))
-        }
-        Route::Upload(repo, id) if *m == Method::DELETE => {
-            let session = id.to_string();
-            reg.cancel_upload(&repo, id).await?;
-            st.uploads.closed(&session);
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
+        Route::UploadStart(repo) if *m == Method::POST => uploads::start(st, req, &repo, body, caller).await,
+        Route::Upload(repo, id) => uploads::handle(st, req, &repo, id, body).await,
         Route::Referrers(repo, subject) if *m == Method::GET => referrers(st, req, &repo, &subject).await,
-        _ => Err(ApiError::new(Code::Unsupported, format!("{m} is not supported on this endpoint"))),
+        _ => Err(unsupported(m)),
     }
+}
+
+pub(super) fn unsupported(m: &Method) -> ApiError {
+    ApiError::new(Code::Unsupported, format!("{m} is not supported on this endpoint"))
 }
 
 /// A request for a repository an upstream serves: reads go through the cache; writes are refused.
@@ -162,7 +130,7 @@ fn strip_ns(q: &str) -> String {
     q.split('&').filter(|kv| !kv.starts_with("ns=")).collect::<Vec<_>>().join("&")
 }
 
-fn query(req: &Parts) -> HashMap<String, String> {
+pub(super) fn query(req: &Parts) -> HashMap<String, String> {
     axum::extract::Query::<HashMap<String, String>>::try_from_uri(&req.uri).map(|q| q.0).unwrap_or_default()
 }
 
@@ -198,12 +166,12 @@ fn listing_response(path: &str, n: Option<usize>, page: &Listing, body: serde_js
     resp
 }
 
-fn header_value(s: &str) -> HeaderValue {
+pub(super) fn header_value(s: &str) -> HeaderValue {
     // Everything passed here is built from validated names, digests and numbers.
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-fn with_digest(mut resp: Response, digest: &Digest) -> Response {
+pub(super) fn with_digest(mut resp: Response, digest: &Digest) -> Response {
     resp.headers_mut().insert(DIGEST_HEADER, header_value(digest.as_str()));
     resp
 }
@@ -327,49 +295,6 @@ fn blob_response(read: std::result::Result<BlobRead, u64>, d: &Digest) -> Result
     Ok(with_digest(resp, d))
 }
 
-async fn start_upload(
-    st: &AppState,
-    req: &Parts,
-    repo: &RepoName,
-    body: Body,
-    caller: &Caller,
-) -> Result<Response> {
-    let q = query(req);
-    let reg = &st.registry;
-    if let Some(mount) = q.get("mount") {
-        let digest: Digest = mount.parse().map_err(|e| ApiError::new(Code::DigestInvalid, format!("{e}")))?;
-        // An unusable `from` means no mount, not an error: the client then uploads.
-        let from = match q.get("from") {
-            Some(f) => f.parse::<RepoName>().ok().map(Some),
-            None => Some(None),
-        };
-        if let Some(from) = from {
-            // Named or not, a source must be one this request may pull from: with a token, one
-            // the token was scoped to, so a down-scoped token mounts nothing outside its scope.
-            let readable = |source: &RepoName| caller.may(source.as_str(), Actions::PULL);
-            if reg.mount_blob(repo, &digest, from.as_ref(), readable).await?.is_some() {
-                return Ok(created_blob(repo, &digest));
-            }
-        }
-    }
-    if let Some(d) = q.get("digest") {
-        let digest: Digest = d.parse().map_err(|e| ApiError::new(Code::DigestInvalid, format!("{e}")))?;
-        let len = content_length(&req.headers)?;
-        reg.put_blob(repo, &digest, len, stream(body)).await?;
-        return Ok(created_blob(repo, &digest));
-    }
-    let who = Uploader::of(caller, st.client(req));
-    if !st.uploads.admits(&who) {
-        return Err(ApiError::new(
-            Code::TooManyRequests,
-            format!("{who} has too many upload sessions open; finish or cancel some first"),
-        ));
-    }
-    let state = reg.start_upload(repo).await?;
-    st.uploads.opened(who, state.id.to_string());
-    Ok(upload_response(StatusCode::ACCEPTED, repo, state))
-}
-
 async fn referrers(st: &AppState, req: &Parts, repo: &RepoName, subject: &Digest) -> Result<Response> {
     let q = query(req);
     let filter = q.get("artifactType").filter(|s| !s.is_empty());
@@ -399,80 +324,6 @@ async fn referrers(st: &AppState, req: &Parts, repo: &RepoName, subject: &Digest
     Ok(resp)
 }
 
-fn created_blob(repo: &RepoName, digest: &Digest) -> Response {
-    let mut resp = StatusCode::CREATED.into_response();
-    resp.headers_mut().insert(header::LOCATION, header_value(&format!("/v2/{repo}/blobs/{digest}")));
-    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-    with_digest(resp, digest)
-}
-
-fn upload_location(repo: &RepoName, id: UploadId) -> HeaderValue {
-    header_value(&format!("/v2/{repo}/blobs/uploads/{id}"))
-}
-
-/// `Range: 0-<last byte received>` (`0-0` before the first byte, as Distribution writes it).
-fn range_value(received: u64) -> HeaderValue {
-    header_value(&format!("0-{}", received.saturating_sub(1)))
-}
-
-fn upload_response(status: StatusCode, repo: &RepoName, state: UploadState) -> Response {
-    let mut resp = status.into_response();
-    let h = resp.headers_mut();
-    h.insert(header::LOCATION, upload_location(repo, state.id));
-    h.insert(header::RANGE, range_value(state.received));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-    h.insert(UPLOAD_UUID_HEADER, header_value(&state.id.to_string()));
-    h.insert(HeaderName::from_static("oci-chunk-min-length"), HeaderValue::from(0));
-    resp
-}
-
-/// A 416 tells the client where the upload stands, so it can resume from there.
-fn resumable(e: crate::service::ServiceError, repo: &RepoName, id: UploadId) -> ApiError {
-    let received = match &e {
-        crate::service::ServiceError::RangeInvalid { received } => Some(*received),
-        _ => None,
-    };
-    let err = ApiError::from(e);
-    match received {
-        Some(r) => err
-            .with_header(header::LOCATION, upload_location(repo, id))
-            .with_header(header::RANGE, range_value(r))
-            .with_header(HeaderName::from_static(UPLOAD_UUID_HEADER), header_value(&id.to_string())),
-        None => err,
-    }
-}
-
-fn required_digest(req: &Parts) -> Result<Digest> {
-    let q = query(req);
-    let d = q
-        .get("digest")
-        .ok_or_else(|| ApiError::new(Code::DigestInvalid, "digest query parameter is required"))?;
-    d.parse().map_err(|e| ApiError::new(Code::DigestInvalid, format!("{e}")))
-}
-
-fn content_length(h: &HeaderMap) -> Result<Option<u64>> {
-    match h.get(header::CONTENT_LENGTH) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(Some)
-            .ok_or_else(|| ApiError::new(Code::SizeInvalid, "Content-Length is not a number")),
-    }
-}
-
-fn chunk_headers(h: &HeaderMap) -> Result<(Option<ChunkRange>, Option<u64>)> {
-    let len = content_length(h)?;
-    let range = match h.get(header::CONTENT_RANGE) {
-        None => None,
-        Some(v) => Some(v.to_str().ok().and_then(parse_content_range).ok_or_else(|| {
-            ApiError::new(Code::RangeNotSatisfiable, "Content-Range must be <start>-<end>")
-        })?),
-    };
-    Ok((range, len))
-}
-
 enum BodyError {
     TooLarge,
     Read(axum::Error),
@@ -500,8 +351,4 @@ async fn read_bounded(body: Body, limit: usize) -> std::result::Result<Bytes, Bo
         return Err(BodyError::TooLarge);
     }
     Ok(buf.freeze())
-}
-
-fn stream(body: Body) -> BodyStream {
-    Box::pin(body.into_data_stream().map(|r| r.map_err(std::io::Error::other)))
 }

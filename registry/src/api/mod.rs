@@ -12,6 +12,7 @@ pub mod error;
 mod handlers;
 pub mod path;
 mod state;
+mod uploads;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
