@@ -24,6 +24,7 @@ mod proxy;
 mod replicas;
 mod replicate;
 mod servers;
+mod wrk;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;

@@ -12,6 +12,7 @@ use crate::load::{self, Blob, Plan, MB, MIB};
 use crate::metric::Metric;
 use crate::objstore::{self, Minio};
 use crate::servers::{self, Kind, ServerSpec};
+use crate::wrk;
 
 const REPLICAS: usize = 3;
 const GET_ONE: &str = "manifest GET, random of 1000 tags, one replica, 63 connections";
@@ -48,16 +49,16 @@ pub async fn run(berth: &Path, store: &Minio, plan: &Plan, scratch: &Path) -> an
     let blobs = load::push_all(&c, &urls[0], 1 << 30, 9 * plan.one_mib_pushes, MIB).await?;
     let small = load::push_all(&c, &urls[0], 4096, plan.small_blobs.min(200), 4096).await?;
     let manifests = load::manifests(&small, 1000);
-    let paths = load::spread(&c, &urls[0], &small, &manifests).await?;
+    let paths = wrk::spread(&c, &urls[0], &small, &manifests).await?;
 
     let seconds = plan.get_seconds;
-    let one = load::wrk_with(&urls[0], &paths, seconds, 2, 63)?;
+    let one = wrk::wrk_with(&urls[0], &paths, seconds, 2, 63)?;
     out.push(requests(GET_ONE, one));
     let together: Vec<_> = urls
         .iter()
         .map(|u| {
             let (u, paths) = (u.clone(), paths.clone());
-            std::thread::spawn(move || load::wrk_with(&u, &paths, seconds, 1, 21))
+            std::thread::spawn(move || wrk::wrk_with(&u, &paths, seconds, 1, 21))
         })
         .collect();
     let mut sum = 0.0;
