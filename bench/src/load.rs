@@ -15,10 +15,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::Digest as _;
 
+pub(crate) use crate::content::{random_bytes, Blob, MIB};
 use crate::metric::Metric;
 use crate::wrk;
 
-pub(crate) const MIB: usize = 1 << 20;
 pub(crate) const MB: f64 = 1e6;
 pub(crate) const REPO: &str = "bench/load";
 pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -79,62 +79,6 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(600))
         .build()
         .unwrap_or_default()
-}
-
-/// Content for blob `n` of `size` bytes: a shared random body behind an 8-byte prefix.
-#[derive(Clone)]
-pub(crate) struct Blob {
-    prefix: Bytes,
-    body: Bytes,
-    pub(crate) digest: String,
-}
-
-impl Blob {
-    pub(crate) fn new(base: &Bytes, n: u64) -> Blob {
-        let prefix = Bytes::copy_from_slice(&n.to_be_bytes());
-        let body = base.slice(8..);
-        let mut h = sha2::Sha256::new();
-        h.update(&prefix);
-        h.update(&body);
-        Blob { prefix, body, digest: format!("sha256:{}", berth_core::oci::hex(&h.finalize())) }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.prefix.len() + self.body.len()
-    }
-
-    fn stream(&self) -> reqwest::Body {
-        let mut chunks = vec![self.prefix.clone()];
-        let mut at = 0;
-        while at < self.body.len() {
-            let end = (at + MIB).min(self.body.len());
-            chunks.push(self.body.slice(at..end));
-            at = end;
-        }
-        reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks.into_iter().map(Ok::<_, std::io::Error>),
-        ))
-    }
-}
-
-pub fn random_bytes(size: usize, seed: u64) -> Bytes {
-    // xorshift: incompressible enough, and the same for every server. The seed is spread first
-    // (a splitmix64 step), so that every seed gives its own bytes: neighbouring seeds must not
-    // collide, or "distinct" blobs would deduplicate.
-    let mut x = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^= x >> 31;
-    let mut x = x | 1;
-    let mut v = Vec::with_capacity(size + 8);
-    while v.len() < size {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(size);
-    Bytes::from(v)
 }
 
 fn absolute(base: &str, location: &str) -> String {
@@ -458,7 +402,7 @@ async fn scenarios(plan: &Plan, base: &str, c: &reqwest::Client) -> anyhow::Resu
         higher_is_better: true,
     });
     if plan.wants(MANIFEST_GET_SPREAD) {
-        let paths = wrk::spread(c, base, &small, &manifests).await?;
+        let paths = wrk::spread(c, base, REPO, &small, &manifests).await?;
         out.push(Metric {
             name: MANIFEST_GET_SPREAD,
             unit: "requests/s",
@@ -496,13 +440,4 @@ pub(crate) fn manifests(blobs: &[Blob], n: usize) -> Vec<Bytes> {
             Bytes::from(m.to_string())
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn every_seed_gives_its_own_bytes() {
-        let firsts: std::collections::HashSet<_> = (0..4096).map(|s| super::random_bytes(16, s)).collect();
-        assert_eq!(firsts.len(), 4096);
-    }
 }

@@ -14,6 +14,7 @@
 //! Every server gets a fresh data directory on the same disk, is started, loaded, measured and
 //! stopped before the next; loads are bounded in count, so a run always ends.
 
+mod content;
 mod gc;
 mod load;
 mod machine;

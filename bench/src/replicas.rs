@@ -49,7 +49,7 @@ pub async fn run(berth: &Path, store: &Minio, plan: &Plan, scratch: &Path) -> an
     let blobs = load::push_all(&c, &urls[0], 1 << 30, 9 * plan.one_mib_pushes, MIB).await?;
     let small = load::push_all(&c, &urls[0], 4096, plan.small_blobs.min(200), 4096).await?;
     let manifests = load::manifests(&small, 1000);
-    let paths = wrk::spread(&c, &urls[0], &small, &manifests).await?;
+    let paths = wrk::spread(&c, &urls[0], load::REPO, &small, &manifests).await?;
 
     let seconds = plan.get_seconds;
     let one = wrk::wrk_with(&urls[0], &paths, seconds, 2, 63)?;

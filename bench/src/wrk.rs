@@ -6,16 +6,17 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 
-use crate::load::{Blob, REPO};
+use crate::content::Blob;
 
 const SPREAD_REPOS: usize = 100;
 const TAGS_PER_REPO: usize = 10;
 
-/// Puts manifests under 10 tags in each of 100 repositories (their blobs mounted from the load
-/// repository); returns the 1,000 tag paths.
+/// Puts manifests under 10 tags in each of 100 repositories (their blobs mounted from `from`);
+/// returns the 1,000 tag paths.
 pub(crate) async fn spread(
     c: &reqwest::Client,
     base: &str,
+    from: &str,
     blobs: &[Blob],
     manifests: &[Bytes],
 ) -> anyhow::Result<Vec<String>> {
@@ -25,7 +26,7 @@ pub(crate) async fn spread(
         for t in 0..TAGS_PER_REPO {
             let i = r * TAGS_PER_REPO + t;
             for blob in [&blobs[i % blobs.len()], &blobs[(i + 1) % blobs.len()]] {
-                let url = format!("{base}/v2/{repo}/blobs/uploads/?mount={}&from={REPO}", blob.digest);
+                let url = format!("{base}/v2/{repo}/blobs/uploads/?mount={}&from={from}", blob.digest);
                 let m = c.post(url).send().await?;
                 if m.status().as_u16() != 201 {
                     bail!("mount into {repo}: {}", m.status());

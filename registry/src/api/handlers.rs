@@ -1,7 +1,6 @@
 //! One handler per endpoint: parse headers and query into typed values, make one service call,
 //! shape the response. No OCI logic lives here.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -12,6 +11,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::error::{ApiError, Code};
+use super::parts::{header_value, query, unsupported, with_digest, Result};
 use super::path::Route;
 use super::state::AppState;
 use super::uploads;
@@ -22,9 +22,6 @@ use crate::service::{BlobRead, Listing};
 use berth_core::oci::range::parse_range;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
-pub(super) type Result<T> = std::result::Result<T, ApiError>;
-
-const DIGEST_HEADER: &str = "docker-content-digest";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 pub(super) async fn handle(
@@ -74,10 +71,6 @@ pub(super) async fn handle(
         Route::Referrers(repo, subject) if *m == Method::GET => referrers(st, req, &repo, &subject).await,
         _ => Err(unsupported(m)),
     }
-}
-
-pub(super) fn unsupported(m: &Method) -> ApiError {
-    ApiError::new(Code::Unsupported, format!("{m} is not supported on this endpoint"))
 }
 
 /// A request for a repository an upstream serves: reads go through the cache; writes are refused.
@@ -130,10 +123,6 @@ fn strip_ns(q: &str) -> String {
     q.split('&').filter(|kv| !kv.starts_with("ns=")).collect::<Vec<_>>().join("&")
 }
 
-pub(super) fn query(req: &Parts) -> HashMap<String, String> {
-    axum::extract::Query::<HashMap<String, String>>::try_from_uri(&req.uri).map(|q| q.0).unwrap_or_default()
-}
-
 fn pagination(req: &Parts) -> Result<(Option<usize>, Option<String>)> {
     let q = query(req);
     let n =
@@ -163,16 +152,6 @@ fn listing_response(path: &str, n: Option<usize>, page: &Listing, body: serde_js
             resp.headers_mut().insert(header::LINK, v);
         }
     }
-    resp
-}
-
-pub(super) fn header_value(s: &str) -> HeaderValue {
-    // Everything passed here is built from validated names, digests and numbers.
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-}
-
-pub(super) fn with_digest(mut resp: Response, digest: &Digest) -> Response {
-    resp.headers_mut().insert(DIGEST_HEADER, header_value(digest.as_str()));
     resp
 }
 

@@ -10,6 +10,7 @@ mod auth;
 mod body;
 pub mod error;
 mod handlers;
+mod parts;
 pub mod path;
 mod state;
 mod uploads;

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
 use super::error::{ApiError, Code};
-use super::handlers::{header_value, query, unsupported, with_digest, Result};
+use super::parts::{header_value, query, unsupported, with_digest, Result};
 use super::state::{AppState, Uploader};
 use crate::auth::{Actions, Caller};
 use crate::service::{BodyStream, ServiceError, UploadState};

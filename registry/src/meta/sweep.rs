@@ -20,7 +20,7 @@
 //! writers' statements below lock it too. On SQLite the one writer serializes them anyway.
 //! Parameters are numbered in order of first appearance (SQLite binds `$n` by that order).
 
-use super::Result;
+use super::error::Result;
 use berth_core::oci::Digest;
 
 /// How the object of a blob being recorded is known to be stored.

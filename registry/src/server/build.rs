@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use super::ServeError;
 use crate::api::AppState;
 use crate::auth::Authenticator;
 use crate::gc::Collector;
@@ -14,7 +13,7 @@ use crate::meta::outbox::EventLog;
 #[cfg(feature = "postgres")]
 use crate::meta::postgres::PostgresMeta;
 use crate::meta::sqlite::SqliteMeta;
-use crate::meta::MetaStore;
+use crate::meta::{MetaError, MetaStore};
 use crate::notify::deliver::Notifier;
 use crate::notify::Events;
 use crate::proxy::Proxy;
@@ -28,7 +27,25 @@ use crate::storage::memory::MemoryStorage;
 use crate::storage::s3::{S3Options, S3Storage};
 use crate::storage::Storage;
 use crate::telemetry::Metrics;
+use crate::tls::TlsError;
 use berth_core::config::{Config, MetadataConfig, S3Config, StorageConfig};
+
+/// Why the registry could not be built or served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("storage at {path}: {source}")]
+    Storage { path: String, source: std::io::Error },
+    #[error("metadata: {0}")]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("proxy: {0}")]
+    Proxy(String),
+    #[error("auth: {0}")]
+    Auth(String),
+    #[error("{0}")]
+    Config(String),
+}
 
 #[cfg(not(feature = "s3"))]
 fn s3_storage(_: &S3Config, _: Arc<dyn MultipartLog>) -> Result<MemoryStorage, ServeError> {

@@ -11,7 +11,7 @@ mod connection;
 mod unread;
 mod watch;
 
-pub use build::{build_state, contract_schema};
+pub use build::{build_state, contract_schema, ServeError};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,26 +25,9 @@ use tracing::{info, warn};
 use crate::api::{self, AppState};
 use crate::auth::Authenticator;
 use crate::gc::review::Reviews;
-use crate::meta::MetaError;
 use crate::service::Registry;
-use crate::tls::{self, TlsError};
+use crate::tls;
 use berth_core::config::{Config, StorageConfig};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("storage at {path}: {source}")]
-    Storage { path: String, source: std::io::Error },
-    #[error("metadata: {0}")]
-    Meta(#[from] MetaError),
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    #[error("proxy: {0}")]
-    Proxy(String),
-    #[error("auth: {0}")]
-    Auth(String),
-    #[error("{0}")]
-    Config(String),
-}
 
 /// Serves until `shutdown` resolves, then drains for at most the configured grace period.
 pub async fn serve(
