@@ -66,17 +66,27 @@ put_blob() {
     "$1/v2/$2/blobs/uploads/?digest=$d" --data-binary "@$3" && echo "$d"
 }
 
-# put_image URL REPO TAG TEXT: an image whose config is TEXT; prints the manifest's digest.
-put_image() {
-  local dir=$WORK/img-$RANDOM$RANDOM cfg m
+# image_file URL REPO TEXT: pushes the config TEXT of an image; prints its manifest's file.
+image_file() {
+  local dir=$WORK/img-$RANDOM$RANDOM cfg
   mkdir -p "$dir"
-  printf '{"architecture":"amd64","os":"linux","note":"%s"}' "$4" >"$dir/config"
+  printf '{"architecture":"amd64","os":"linux","note":"%s"}' "$3" >"$dir/config"
   cfg=$(put_blob "$1" "$2" "$dir/config") || return 1
   printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"%s","size":%d}]}' \
     "$cfg" "$(wc -c <"$dir/config")" "$cfg" "$(wc -c <"$dir/config")" >"$dir/manifest"
-  m=sha256:$(sha256sum <"$dir/manifest" | cut -d' ' -f1)
-  curl -sf -o /dev/null -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \
-    "$1/v2/$2/manifests/$3" --data-binary "@$dir/manifest" && echo "$m"
+  echo "$dir/manifest"
+}
+
+# put_image URL REPO TAG TEXT [HEADER]: an image whose config is TEXT; prints the manifest's
+# digest and the status of its PUT (sent with HEADER); fails unless that is 201.
+put_image() {
+  local file m code
+  file=$(image_file "$1" "$2" "$4") || return 1
+  m=sha256:$(sha256sum <"$file" | cut -d' ' -f1)
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \
+    ${5:+-H "$5"} "$1/v2/$2/manifests/$3" --data-binary "@$file")
+  echo "$m"
+  [[ $code == 201 ]] || { echo "$code"; return 1; }
 }
 
 status() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
@@ -130,6 +140,29 @@ concurrent_tag_pushes() {
   done
 }
 check "the tag ends on one pushed digest, the same on every replica, and every image pulls" concurrent_tag_pushes
+
+echo "== 16 conditional moves of one tag through three replicas, each from the digest it saw"
+conditional_tag_moves() {
+  local start i pids=() won=() lost=0 winner
+  start=$(put_image "${R[0]}" cas/app latest start) || return 1
+  for i in $(seq 1 16); do
+    put_image "${R[$((i % 3))]}" cas/app latest "move $i" "If-Match: \"$start\"" >"$WORK/cas-$i" &
+    pids+=($!)
+  done
+  for i in $(seq 1 16); do
+    if wait "${pids[$((i - 1))]}"; then won+=("$(head -n 1 "$WORK/cas-$i")"); else
+      equal "$(sed -n 2p "$WORK/cas-$i")" 412 || return 1
+      lost=$((lost + 1))
+    fi
+  done
+  equal "${#won[@]} won, $lost refused" "1 won, 15 refused" || return 1
+  winner=${won[0]}
+  for r in "${R[@]}"; do
+    equal "$(curl -s -o /dev/null -D - "$r/v2/cas/app/manifests/latest" | tr -d '\r' |
+      awk 'tolower($1) == "docker-content-digest:" {print $2}')" "$winner" || return 1
+  done
+}
+check "exactly one moves it (the others get 412), and every replica names the winner" conditional_tag_moves
 
 echo "== a delete on one replica is seen by the others at once"
 delete_seen_everywhere() {

@@ -51,6 +51,8 @@ pub enum Code {
     BadRequest,
     /// (Admin API) the operation is already running.
     Conflict,
+    /// A conditional write (`If-Match`, `If-None-Match`) whose condition does not hold.
+    PreconditionFailed,
     Unknown,
 }
 
@@ -77,6 +79,7 @@ impl Code {
             Code::UpstreamUnavailable | Code::UpstreamTimeout => "UNAVAILABLE",
             Code::BadRequest => "BAD_REQUEST",
             Code::Conflict => "CONFLICT",
+            Code::PreconditionFailed => "PRECONDITION_FAILED",
             Code::Unknown => "UNKNOWN",
         }
     }
@@ -97,6 +100,7 @@ impl Code {
             | Code::PaginationNumberInvalid
             | Code::BadRequest => StatusCode::BAD_REQUEST,
             Code::Conflict => StatusCode::CONFLICT,
+            Code::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Code::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             Code::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             Code::ManifestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -205,6 +209,14 @@ impl From<&ServiceError> for ApiError {
             }
             ServiceError::Retry(_) => Code::ServiceUnavailable,
             ServiceError::Busy(_) => Code::Conflict,
+            ServiceError::PreconditionFailed { current } => {
+                // What the reference names now, as `GET` would tag it, for the client's next try.
+                let err = ApiError::new(Code::PreconditionFailed, e.to_string());
+                return match current.as_ref().and_then(|d| HeaderValue::from_str(&format!("\"{d}\"")).ok()) {
+                    Some(etag) => err.with_header(axum::http::header::ETAG, etag),
+                    None => err,
+                };
+            }
             ServiceError::Storage(_) | ServiceError::Meta(_) | ServiceError::Internal(_) => Code::Unknown,
         };
         if code == Code::StorageFull {

@@ -16,9 +16,10 @@ use super::path::Route;
 use super::state::AppState;
 use super::uploads;
 use crate::auth::Caller;
-use crate::meta::ManifestRecord;
+use crate::meta::precondition::Etags;
+use crate::meta::{ManifestRecord, Precondition};
 use crate::proxy::{Proxy, Target};
-use crate::service::{BlobRead, Listing};
+use crate::service::{BlobRead, Listing, PushOptions};
 use berth_core::oci::range::parse_range;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
@@ -58,7 +59,7 @@ pub(super) async fn handle(
         }
         Route::Manifest(repo, r) if *m == Method::PUT => put_manifest(st, req, &repo, &r, body, caller).await,
         Route::Manifest(repo, r) if *m == Method::DELETE => {
-            reg.delete_manifest(&repo, &r, &st.origin(req, caller)).await?;
+            reg.delete_manifest(&repo, &r, &precondition(req), &st.origin(req, caller)).await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
         Route::Blob(repo, d) if *m == Method::GET || head => get_blob(st, req, &repo, &d, head).await,
@@ -199,9 +200,10 @@ async fn put_manifest(
         BodyError::Read(e) => ApiError::new(Code::ManifestInvalid, format!("reading manifest failed: {e}")),
     })?;
     let content_type = req.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let tags = tag_params(req)?;
-    let tagged_by_param = !tags.is_empty();
-    let put = st.registry.put_manifest(repo, r, content_type, bytes, tags, &st.origin(req, caller)).await?;
+    let options = PushOptions { extra_tags: tag_params(req)?, expect: precondition(req) };
+    let tagged_by_param = !options.extra_tags.is_empty();
+    let put =
+        st.registry.put_manifest(repo, r, content_type, bytes, options, &st.origin(req, caller)).await?;
     let mut resp = StatusCode::CREATED.into_response();
     let h = resp.headers_mut();
     h.insert(header::LOCATION, header_value(&format!("/v2/{repo}/manifests/{}", put.digest)));
@@ -215,6 +217,12 @@ async fn put_manifest(
         }
     }
     Ok(with_digest(resp, &put.digest))
+}
+
+/// The condition of a manifest push or delete: its `If-Match` and `If-None-Match` headers.
+fn precondition(req: &Parts) -> Precondition {
+    let etags = |name| Etags::parse(req.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()));
+    Precondition { if_match: etags(header::IF_MATCH), if_none_match: etags(header::IF_NONE_MATCH) }
 }
 
 /// The `tag` query parameters of a manifest push (`PUT …/manifests/<digest>?tag=a&tag=b`).

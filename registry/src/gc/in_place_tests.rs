@@ -45,6 +45,7 @@ async fn collected_where_they_are<M: MetaStore + Collect>(w: World<M>) {
             children_optional: false,
             stored: Stored::Written,
             events: Vec::new(),
+            condition: None,
         })
         .await
         .unwrap();

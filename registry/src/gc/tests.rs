@@ -87,6 +87,7 @@ impl World {
                 children_optional: false,
                 stored: Stored::Written,
                 events: Vec::new(),
+                condition: None,
             })
             .await
             .unwrap();
@@ -522,7 +523,12 @@ async fn queued_runs_look_only_at_what_changed(w: World) {
     let deleted = crate::meta::now();
     w.collector
         .registry
-        .delete_manifest(&repo("gc/d"), &Reference::Tag("v1".parse().unwrap()), &Default::default())
+        .delete_manifest(
+            &repo("gc/d"),
+            &Reference::Tag("v1".parse().unwrap()),
+            &Default::default(),
+            &Default::default(),
+        )
         .await
         .unwrap();
     w.collector.registry.flush_behind().await.unwrap();

@@ -23,9 +23,22 @@ pub enum MetaError {
     /// The database cannot be reached (a 503: the client may try again).
     #[error("metadata store is unavailable: {0}")]
     Unavailable(String),
+    /// A conditional write found its reference naming something else (or nothing): `current`.
+    #[error("{}", precondition_failed(current))]
+    PreconditionFailed { current: Option<Digest> },
+    /// Other writes kept changing what this one had to look at: trying again succeeds (a 503).
+    #[error("{0}")]
+    Contended(String),
     /// The disk under the database is full.
     #[error("the metadata store's disk is full")]
     Full,
+}
+
+fn precondition_failed(current: &Option<Digest>) -> String {
+    match current {
+        Some(d) => format!("the reference names {d} now, which the request's condition does not accept"),
+        None => "the reference names nothing now, which the request's condition does not accept".into(),
+    }
 }
 
 pub type Result<T> = std::result::Result<T, MetaError>;

@@ -16,6 +16,7 @@ pub mod multiparts;
 pub mod outbox;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod precondition;
 pub mod queue;
 pub mod resolved;
 pub mod runs;
@@ -30,6 +31,7 @@ pub mod usage;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
 pub use error::{MetaError, Result};
 pub use events::NewEvent;
+pub use precondition::{Condition, Precondition};
 pub use sweep::{Purges, Stored};
 pub use uploads::{Appended, Closing, Upload, UploadPart, UploadSessions};
 
@@ -66,6 +68,9 @@ pub struct NewManifest {
     pub stored: Stored,
     /// What the push means to the event log ([`events`]), recorded in the same transaction.
     pub events: Vec<NewEvent>,
+    /// Record nothing unless what the request's reference names now is as expected
+    /// ([`precondition`]): [`MetaError::PreconditionFailed`] otherwise.
+    pub condition: Option<Condition>,
 }
 
 /// A blob a repository may read: its size, and where its object is when not at its digest's key
@@ -140,7 +145,15 @@ pub trait MetaStore: UploadSessions + Purges + Send + Sync + 'static {
         event: Option<NewEvent>,
     ) -> Result<bool>;
     /// Deletes the tag, as [`MetaStore::delete_manifest`]; the event gets the digest it named.
-    async fn delete_tag(&self, repo: &RepoName, tag: &Tag, event: Option<NewEvent>) -> Result<bool>;
+    /// Only if what it names holds `expect` ([`MetaError::PreconditionFailed`] otherwise; an
+    /// absent tag whose absence holds it is `false`, as without a condition).
+    async fn delete_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        expect: &Precondition,
+        event: Option<NewEvent>,
+    ) -> Result<bool>;
     /// Tags sorted; `None` if the repository does not exist. Returns up to `limit + 1` so the
     /// caller can tell whether another page follows.
     async fn tags(&self, repo: &RepoName, page: &Page) -> Result<Option<Vec<String>>>;

@@ -8,7 +8,12 @@ use super::runs::{RunEnd, RunLog, RunRecord, RunState};
 use super::{Appended, MetaError, MetaStore, NewManifest, Page, Stored, UploadPart};
 use crate::UploadId;
 use berth_core::config::notifications::EventKind;
-use berth_core::oci::{Algorithm, Digest, Reference, RepoName, Tag};
+use berth_core::oci::{Digest, Reference, RepoName, Tag};
+
+mod conditional;
+mod fixtures;
+
+pub(crate) use fixtures::{digest, manifest, repo};
 
 pub(crate) async fn run<M: MetaStore + CacheIndex + MultipartLog + RunLog + EventLog>(m: &M) {
     blobs_are_per_repository(m).await;
@@ -16,6 +21,8 @@ pub(crate) async fn run<M: MetaStore + CacheIndex + MultipartLog + RunLog + Even
     tags_and_pagination(m).await;
     referrers_by_subject(m).await;
     deletes(m).await;
+    conditional::conditional_writes(m).await;
+    conditional::conditional_writes_race(m).await;
     upload_sessions(m).await;
     cache_bookkeeping(m).await;
     fetch_claims(m).await;
@@ -87,9 +94,14 @@ async fn events_commit_with_their_change<M: MetaStore + EventLog>(m: &M) {
     let tag: Tag = "v1".parse().unwrap();
     let untag =
         || NewEvent { tag: Some("v1".into()), ..event(EventKind::TagDelete, "ev/app", "ops", 2_000, &[]) };
-    assert!(m.delete_tag(&repo("ev/app"), &tag, Some(untag())).await.unwrap());
+    assert!(m.delete_tag(&repo("ev/app"), &tag, &Default::default(), Some(untag())).await.unwrap());
     assert!(!m
-        .delete_tag(&repo("ev/app"), &tag, Some(NewEvent { id: "ev-again".into(), ..untag() }))
+        .delete_tag(
+            &repo("ev/app"),
+            &tag,
+            &Default::default(),
+            Some(NewEvent { id: "ev-again".into(), ..untag() })
+        )
         .await
         .unwrap());
     let gone = NewEvent {
@@ -259,33 +271,6 @@ async fn multipart_leases<M: MultipartLog>(m: &M) {
     assert_eq!(m.lapsed_multiparts(i64::MAX, 10).await.unwrap(), vec![], "forgotten");
 }
 
-fn repo(s: &str) -> RepoName {
-    s.parse().unwrap()
-}
-
-pub(crate) fn digest(s: &str) -> Digest {
-    Digest::of(Algorithm::Sha256, s.as_bytes())
-}
-
-pub(crate) fn manifest(r: &str, name: &str, blobs: &[&Digest], tag: Option<&str>) -> NewManifest {
-    NewManifest {
-        repo: repo(r),
-        digest: digest(name),
-        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-        size: 100,
-        artifact_type: None,
-        subject: None,
-        annotations: None,
-        blobs: blobs.iter().map(|d| (*d).clone()).collect(),
-        manifests: vec![],
-        tags: tag.map(|t| t.parse().unwrap()).into_iter().collect(),
-        verify_references: true,
-        children_optional: false,
-        stored: Stored::Written,
-        events: Vec::new(),
-    }
-}
-
 async fn blobs_are_per_repository(m: &dyn MetaStore) {
     let d = digest("layer-a");
     assert_eq!(m.blob_size(&d).await.unwrap(), None);
@@ -402,8 +387,8 @@ async fn referrers_by_subject(m: &dyn MetaStore) {
 async fn deletes(m: &dyn MetaStore) {
     m.put_manifest(manifest("del", "gone", &[], Some("t1"))).await.unwrap();
     m.put_manifest(manifest("del", "gone", &[], Some("t2"))).await.unwrap();
-    assert!(m.delete_tag(&repo("del"), &"t1".parse().unwrap(), None).await.unwrap());
-    assert!(!m.delete_tag(&repo("del"), &"t1".parse().unwrap(), None).await.unwrap());
+    assert!(m.delete_tag(&repo("del"), &"t1".parse().unwrap(), &Default::default(), None).await.unwrap());
+    assert!(!m.delete_tag(&repo("del"), &"t1".parse().unwrap(), &Default::default(), None).await.unwrap());
     assert!(m.delete_manifest(&repo("del"), &digest("gone"), None).await.unwrap());
     assert!(!m.delete_manifest(&repo("del"), &digest("gone"), None).await.unwrap());
     let tags = m.tags(&repo("del"), &Page { limit: 10, last: None }).await.unwrap().unwrap();

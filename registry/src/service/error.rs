@@ -44,6 +44,10 @@ pub enum ServiceError {
     /// The operation is already running (a 409).
     #[error("{0}")]
     Busy(String),
+    /// A conditional write (`If-Match`, `If-None-Match`) found its reference naming `current`
+    /// (a 412).
+    #[error("{}", MetaError::PreconditionFailed { current: current.clone() })]
+    PreconditionFailed { current: Option<Digest> },
     /// A fault of the server's own (a task that panicked): a 500.
     #[error("{0}")]
     Internal(String),
@@ -59,6 +63,8 @@ impl From<MetaError> for ServiceError {
                 "the upload already has {max} chunks, the most one session may hold; send larger chunks"
             )),
             MetaError::BlobGone(d) => ServiceError::gone(&d),
+            MetaError::PreconditionFailed { current } => ServiceError::PreconditionFailed { current },
+            MetaError::Contended(m) => ServiceError::Retry(m),
             e => ServiceError::Meta(e),
         }
     }

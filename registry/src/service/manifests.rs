@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use super::error::{Result, ServiceError};
 use super::registry::Registry;
-use crate::meta::{ManifestRecord, NewEvent, NewManifest, Page, Referrer, Stored};
+use crate::meta::{Condition, ManifestRecord, NewEvent, NewManifest, Page, Precondition, Referrer, Stored};
 use crate::notify::{Origin, Pushed};
 use crate::storage::{layout, put_all, read_all, StorageError};
 use berth_core::config::notifications::EventKind;
@@ -16,6 +16,20 @@ pub struct PutManifest {
     pub subject: Option<Digest>,
     /// Every tag that now names the manifest: the reference's and the `tag` parameters'.
     pub tags: Vec<Tag>,
+}
+
+/// What a manifest push asks beside its bytes: the `tag` query parameters, and the condition of
+/// its `If-Match` and `If-None-Match` headers on the reference it names.
+#[derive(Default)]
+pub struct PushOptions {
+    pub extra_tags: Vec<Tag>,
+    pub expect: Precondition,
+}
+
+/// A client's push, as [`Registry::store_manifest`] records it.
+struct ByClient<'a> {
+    origin: &'a Origin,
+    condition: Option<Condition>,
 }
 
 /// The most `tag` parameters one manifest push may carry.
@@ -37,18 +51,20 @@ impl From<ManifestError> for ServiceError {
 }
 
 impl Registry {
-    /// Stores a manifest pushed by tag or by digest. `extra_tags` (the spec's `tag` query
-    /// parameters) are applied in the same transaction, so either every tag names the
-    /// manifest afterwards or the push fails as a whole.
+    /// Stores a manifest pushed by tag or by digest. The `tag` query parameters are applied in
+    /// the same transaction, so either every tag names the manifest afterwards or the push fails
+    /// as a whole; so is the condition on the reference (checked first here too, so that a push
+    /// bound to fail writes no bytes).
     pub async fn put_manifest(
         &self,
         repo: &RepoName,
         reference: &Reference,
         content_type: Option<&str>,
         body: Bytes,
-        extra_tags: Vec<Tag>,
+        options: PushOptions,
         origin: &Origin,
     ) -> Result<PutManifest> {
+        let PushOptions { extra_tags, expect } = options;
         if body.len() > self.limits.max_manifest_bytes {
             return Err(ServiceError::ManifestTooLarge { limit: self.limits.max_manifest_bytes });
         }
@@ -71,11 +87,21 @@ impl Registry {
             }
             Reference::Tag(t) => (Digest::of(Algorithm::Sha256, &body), Some(t.clone())),
         };
-        let mut tags: Vec<Tag> = tag.into_iter().chain(extra_tags).collect();
+        let mut tags: Vec<Tag> = tag.iter().cloned().chain(extra_tags).collect();
         tags.sort();
         tags.dedup();
         let subject = parsed.subject.clone();
-        let stored = self.store_manifest(repo, &digest, tags.clone(), parsed, body, Some(origin)).await;
+        let condition = if expect.is_none() {
+            None
+        } else {
+            let current = self.meta.manifest(repo, reference).await?.map(|r| r.digest);
+            if !expect.holds(current.as_ref()) {
+                return Err(ServiceError::PreconditionFailed { current });
+            }
+            Some(Condition { tag: tag.clone(), expect })
+        };
+        let by = ByClient { origin, condition };
+        let stored = self.store_manifest(repo, &digest, tags.clone(), parsed, body, Some(by)).await;
         // A tag moved, or a manifest pushed by digest only: the review queue looks at it (noted
         // after the write, so the note is never older than what it notes).
         self.changed(repo);
@@ -107,7 +133,7 @@ impl Registry {
         tags: Vec<Tag>,
         parsed: manifest::ParsedManifest,
         body: Bytes,
-        pushed_by: Option<&Origin>,
+        pushed_by: Option<ByClient<'_>>,
     ) -> Result<()> {
         // A client's push is checked and described by events; a manifest cached from an
         // upstream is neither (what it references is cached later, on demand).
@@ -134,8 +160,8 @@ impl Registry {
             }
             None => None,
         };
-        let events = match pushed_by {
-            Some(origin) => {
+        let events = match &pushed_by {
+            Some(ByClient { origin, .. }) => {
                 let pushed = Pushed {
                     repo,
                     digest,
@@ -164,6 +190,7 @@ impl Registry {
             children_optional,
             stored,
             events,
+            condition: pushed_by.as_ref().and_then(|b| b.condition.clone()),
         };
         let record = |stored| self.meta.put_manifest(NewManifest { stored, ..m.clone() });
         let recorded = match self.record_past_purge(digest, size, stored, record).await {
@@ -229,9 +256,18 @@ impl Registry {
         &self,
         repo: &RepoName,
         reference: &Reference,
+        expect: &Precondition,
         origin: &Origin,
     ) -> Result<()> {
         let deleted = match reference {
+            Reference::Digest(d) if !expect.holds(Some(d)) => {
+                // The manifest a digest names is that digest or nothing: delete nothing.
+                let current = self.meta.manifest(repo, reference).await?.map(|r| r.digest);
+                return Err(match current {
+                    None if expect.holds(None) => ServiceError::ManifestUnknown,
+                    current => ServiceError::PreconditionFailed { current },
+                });
+            }
             Reference::Digest(d) => {
                 let event = NewEvent {
                     digest: Some(d.clone()),
@@ -244,7 +280,7 @@ impl Registry {
                     tag: Some(t.to_string()),
                     ..self.events.event(EventKind::TagDelete, repo.as_str(), origin)
                 };
-                self.meta.delete_tag(repo, t, Some(event)).await
+                self.meta.delete_tag(repo, t, expect, Some(event)).await
             }
         };
         self.changed(repo);
@@ -252,8 +288,10 @@ impl Registry {
         if deleted {
             self.events.ring();
             Ok(())
-        } else {
+        } else if expect.holds(None) {
             Err(ServiceError::ManifestUnknown)
+        } else {
+            Err(ServiceError::PreconditionFailed { current: None })
         }
     }
 

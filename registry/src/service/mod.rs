@@ -18,6 +18,6 @@ mod uploads;
 
 pub use blobs::BlobRead;
 pub use error::{Result, ServiceError};
-pub use manifests::{Listing, PutManifest};
+pub use manifests::{Listing, PushOptions, PutManifest};
 pub use registry::{BodyStream, Limits, Readiness, Registry};
 pub use uploads::UploadState;

@@ -253,8 +253,11 @@ mod tests {
         let digest = Digest::of(Algorithm::Sha256, &body);
         let by_digest = Reference::Digest(digest.clone());
         let ct = Some("application/vnd.oci.image.index.v1+json");
-        f.registry.put_manifest(&r, &by_digest, ct, body.clone(), vec![], &Default::default()).await.unwrap();
-        f.registry.delete_manifest(&r, &by_digest, &Default::default()).await.unwrap();
+        f.registry
+            .put_manifest(&r, &by_digest, ct, body.clone(), Default::default(), &Default::default())
+            .await
+            .unwrap();
+        f.registry.delete_manifest(&r, &by_digest, &Default::default(), &Default::default()).await.unwrap();
         // Nothing uses the bytes now: release and begin a purge, as garbage collection would.
         let item =
             CachedItem { repo: r.clone(), digest: digest.clone(), kind: ContentKind::Manifest, size: 0 };
@@ -272,7 +275,7 @@ mod tests {
                         &Reference::Tag("v1".parse().unwrap()),
                         ct,
                         body,
-                        vec![],
+                        Default::default(),
                         &Default::default(),
                     )
                     .await

@@ -125,7 +125,8 @@ async fn delete(State(st): State<AppState>, req: Request) -> Response {
             Err(e) => return ui.page(Err(e)),
         };
     let origin = ui.st.origin(&parts, &ui.caller);
-    match ui.st.registry.delete_manifest(&repo, &reference, &origin).await {
+    let expect = crate::meta::Precondition::default();
+    match ui.st.registry.delete_manifest(&repo, &reference, &expect, &origin).await {
         Ok(()) => {
             let to = format!(
                 "/ui/repository?name={}&deleted={}",

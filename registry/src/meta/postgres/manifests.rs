@@ -5,8 +5,8 @@ use deadpool_postgres::GenericClient;
 use super::errors::TxResult;
 use super::outbox;
 use super::statements::{ensure_repo, execute, query, query_opt, Tx};
-use crate::meta::{MetaError, NewManifest, Stored};
-use berth_core::oci::Digest;
+use crate::meta::{parse_stored, precondition, MetaError, NewManifest, Stored};
+use berth_core::oci::{Digest, Tag};
 
 pub(super) async fn link_blob_tx(
     tx: &Tx<'_>,
@@ -143,6 +143,15 @@ pub(super) async fn put_manifest_tx(tx: &Tx<'_>, m: &NewManifest) -> TxResult<()
             .await?;
         }
     }
+    if let Some(c) = &m.condition {
+        let current = match &c.tag {
+            // By digest, what the reference names is the manifest if it was there before (the
+            // insert above waited for any concurrent one of the same digest).
+            None => (inserted == 0).then(|| m.digest.clone()),
+            Some(tag) => tag_now_locked(tx, repo, tag, digest, now).await?,
+        };
+        precondition::check(&c.expect, current)?;
+    }
     for tag in &m.tags {
         execute(
             tx,
@@ -155,3 +164,39 @@ pub(super) async fn put_manifest_tx(tx: &Tx<'_>, m: &NewManifest) -> TxResult<()
     }
     Ok(outbox::record(tx, &m.events, None).await?)
 }
+
+/// What `tag` names now, its row locked until the transaction ends, so that no other write moves
+/// it between this look and the caller's. An absent tag cannot be locked, so it is claimed (made
+/// to name `digest`) in its place; if another transaction created it first, its row is looked at
+/// again, now that it exists.
+async fn tag_now_locked(
+    tx: &Tx<'_>,
+    repo: i64,
+    tag: &Tag,
+    digest: &str,
+    now: i64,
+) -> TxResult<Option<Digest>> {
+    for _ in 0..CLAIMS {
+        let locked = format!("{} FOR UPDATE", precondition::TAG_NOW);
+        if let Some(row) = query_opt(tx, &locked, &[&repo, &tag.as_str()]).await? {
+            return Ok(Some(parse_stored("digest", row.get(0))?));
+        }
+        let claimed = execute(
+            tx,
+            "INSERT INTO tags (repository_id, name, digest, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (repository_id, name) DO NOTHING",
+            &[&repo, &tag.as_str(), &digest, &now],
+        )
+        .await?;
+        if claimed == 1 {
+            return Ok(None);
+        }
+    }
+    Err(MetaError::Contended(format!(
+        "tag {tag} was created and removed again while a conditional push looked at it; push again"
+    ))
+    .into())
+}
+
+/// How many times an absent tag is looked at again after another transaction created it.
+const CLAIMS: usize = 3;

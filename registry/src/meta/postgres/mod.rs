@@ -48,7 +48,8 @@ use manifests::{check_references, link_blob_at_tx, link_blob_tx, put_manifest_tx
 use statements::{ensure_repo, execute, query, query_opt, repo_id, Tx};
 
 use super::{
-    FoundBlob, ManifestRecord, MetaStore, NewEvent, NewManifest, Page, PoolUse, Referrer, Result, Stored,
+    precondition, FoundBlob, ManifestRecord, MetaStore, NewEvent, NewManifest, Page, PoolUse, Precondition,
+    Referrer, Result, Stored,
 };
 use berth_core::config::Contract;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
@@ -300,11 +301,24 @@ impl MetaStore for PostgresMeta {
         .await
     }
 
-    async fn delete_tag(&self, repo_name: &RepoName, tag: &Tag, event: Option<NewEvent>) -> Result<bool> {
+    async fn delete_tag(
+        &self,
+        repo_name: &RepoName,
+        tag: &Tag,
+        expect: &Precondition,
+        event: Option<NewEvent>,
+    ) -> Result<bool> {
         let (repo, tag) = (repo_name.to_string(), tag.to_string());
         self.write_announced(repo_name, move |tx| {
-            let (repo, tag, event) = (repo.clone(), tag.clone(), event.clone());
+            let (repo, tag, event, expect) = (repo.clone(), tag.clone(), event.clone(), expect.clone());
             Box::pin(async move {
+                if !expect.is_none() {
+                    // Locked, so that no push moves the tag between this look and the delete.
+                    let locked = format!("{} FOR UPDATE OF t", precondition::NAMED_TAG_NOW);
+                    let now = query_opt(tx, &locked, &[&repo, &tag]).await?;
+                    let now = now.map(|r| parse("digest", r.get(0))).transpose()?;
+                    precondition::check(&expect, now)?;
+                }
                 let rows = query(
                     tx,
                     "DELETE FROM tags

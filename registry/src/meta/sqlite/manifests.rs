@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::outbox;
 use crate::meta::sweep::Stored;
-use crate::meta::{MetaError, NewManifest, Result};
+use crate::meta::{parse_stored, precondition, MetaError, NewManifest, Result};
 use berth_core::oci::Digest;
 
 pub(super) fn link_blob_tx(
@@ -101,6 +101,19 @@ pub(super) fn put_manifest_tx(tx: &Connection, m: &NewManifest) -> Result<()> {
             now
         ],
     )?;
+    if let Some(c) = &m.condition {
+        // By digest, what the reference names is the manifest if it was there before.
+        let current = match &c.tag {
+            None => (inserted == 0).then(|| m.digest.clone()),
+            Some(tag) => tx
+                .prepare_cached(precondition::TAG_NOW)?
+                .query_row(params![repo, tag.as_str()], |r| r.get::<_, String>(0))
+                .optional()?
+                .map(|d| parse_stored("digest", d))
+                .transpose()?,
+        };
+        precondition::check(&c.expect, current)?;
+    }
     if inserted == 0 {
         tx.prepare_cached(crate::meta::gc::REFRESH_MANIFEST)?.execute(params![now, repo, digest])?;
     } else {

@@ -35,7 +35,10 @@ use writer::{Durability, Writer};
 
 use super::resolved::{self, Resolved};
 use super::sweep::Stored;
-use super::{FoundBlob, ManifestRecord, MetaError, MetaStore, NewEvent, NewManifest, Page, Referrer, Result};
+use super::{
+    precondition, FoundBlob, ManifestRecord, MetaError, MetaStore, NewEvent, NewManifest, Page, Precondition,
+    Referrer, Result,
+};
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
 const MAX_IDLE_READERS: usize = 8;
@@ -356,9 +359,22 @@ impl MetaStore for SqliteMeta {
         .await
     }
 
-    async fn delete_tag(&self, repo_name: &RepoName, tag: &Tag, event: Option<NewEvent>) -> Result<bool> {
-        let (repo, tag) = (repo_name.to_string(), tag.to_string());
+    async fn delete_tag(
+        &self,
+        repo_name: &RepoName,
+        tag: &Tag,
+        expect: &Precondition,
+        event: Option<NewEvent>,
+    ) -> Result<bool> {
+        let (repo, tag, expect) = (repo_name.to_string(), tag.to_string(), expect.clone());
         self.write_clearing(repo_name, Durability::Synced, move |tx| {
+            if !expect.is_none() {
+                let now: Option<String> = tx
+                    .prepare_cached(precondition::NAMED_TAG_NOW)?
+                    .query_row(params![repo, tag], |r| r.get(0))
+                    .optional()?;
+                precondition::check(&expect, now.map(|d| parse("digest", d)).transpose()?)?;
+            }
             let named: Option<String> = tx
                 .query_row(
                     "DELETE FROM tags WHERE repository_id = (SELECT id FROM repositories WHERE name = ?1)

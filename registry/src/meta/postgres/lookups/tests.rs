@@ -55,7 +55,7 @@ async fn a_change_on_one_replica_is_served_at_once_by_another() {
         assert_eq!(resolve_kept(writer, &repo, "latest").await, Some(digest(&name)), "round {i}");
     }
     let latest: Tag = "latest".parse().unwrap();
-    assert!(a.delete_tag(&repo, &latest, None).await.unwrap());
+    assert!(a.delete_tag(&repo, &latest, &Default::default(), None).await.unwrap());
     assert_eq!(resolve_kept(&b, &repo, "latest").await, None);
     // A manifest deleted by digest is gone everywhere too.
     let by_digest: Reference = digest("m19").to_string().parse().unwrap();
