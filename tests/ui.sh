@@ -4,8 +4,9 @@
 # sees neither the repository nor a delete button; an admin reads storage per repository and starts
 # a garbage collection dry run, and reads its report. With curl: the headers that keep the pages
 # self-contained (Content-Security-Policy), forms refused without this site's CSRF value or from
-# another origin, a UI session that is no Bearer token, the first page's weight, and
-# `ui.enabled: false`. UI_SCREENSHOTS=DIR keeps the main pages' screenshots (docs/ has them).
+# another origin, a delete confirmed after its tag moved, a UI session that is no Bearer token,
+# the first page's weight, and `ui.enabled: false`. UI_SCREENSHOTS=DIR keeps the main pages'
+# screenshots (docs/ has them).
 source "$(dirname "$0")/lib.sh"
 source "$ROOT/scripts/tools.sh"
 
@@ -105,6 +106,21 @@ forged() {
     v2_there
 }
 check "a delete without this site's CSRF value, or sent from another site, is refused" forged
+# The preview shows the manifest a tag names; if the tag moves before the confirmation, the
+# confirmed delete removes nothing (409) rather than the manifest nobody looked at.
+stale_delete() {
+  local csrf seen sk=(skopeo --insecure-policy copy -q --dest-tls-verify=false --dest-creds alice:alice-pw)
+  csrf=$(session) && "${sk[@]}" "oci:$WORK/layout:multi" "docker://$R/moves/app:t" &&
+    seen=$(curl -fsS -b "$WORK/jar" "$BERTH_URL/ui/delete?name=moves/app&ref=t" |
+      grep -o 'name="seen" value="[^"]*"' | cut -d'"' -f4) && [[ -n $seen ]] &&
+    "${sk[@]}" "oci:$WORK/layout:multiarch" "docker://$R/moves/app:t" --all &&
+    equal "$(curl -s -o "$WORK/stale.html" -w '%{http_code}' -b "$WORK/jar" --data-urlencode "csrf=$csrf" \
+      --data-urlencode name=moves/app --data-urlencode ref=t --data-urlencode "seen=$seen" \
+      "$BERTH_URL/ui/delete")" 409 &&
+    grep -q "nothing was deleted" "$WORK/stale.html" &&
+    equal "$(curl -s -o /dev/null -w '%{http_code}' -u alice:alice-pw "$BERTH_URL/v2/moves/app/manifests/t")" 200
+}
+check "a delete confirmed after the tag moved deletes nothing" stale_delete
 not_a_token() {
   local token
   session >/dev/null && token=$(awk '$6 == "berth_session" {print $7}' "$WORK/jar") && [[ -n $token ]] &&

@@ -65,6 +65,11 @@ pub struct Precondition {
 }
 
 impl Precondition {
+    /// `If-Match` of one manifest: the reference must name `digest`.
+    pub fn naming(digest: Digest) -> Precondition {
+        Precondition { if_match: Some(Etags::Of { strong: vec![digest], weak: vec![] }), if_none_match: None }
+    }
+
     /// Whether the request sets no condition.
     pub fn is_none(&self) -> bool {
         self.if_match.is_none() && self.if_none_match.is_none()

@@ -20,6 +20,8 @@ use axum::Router;
 
 use crate::api::AppState;
 use crate::auth::Identity;
+use crate::meta::Precondition;
+use crate::service::ServiceError;
 pub use view::Ui;
 
 const CSS: &str = include_str!("berth.css");
@@ -125,7 +127,9 @@ async fn delete(State(st): State<AppState>, req: Request) -> Response {
             Err(e) => return ui.page(Err(e)),
         };
     let origin = ui.st.origin(&parts, &ui.caller);
-    let expect = crate::meta::Precondition::default();
+    // Only what the preview showed (a form without `seen` deletes whatever the reference names).
+    let seen = f.get("seen").and_then(|d| d.parse::<berth_core::oci::Digest>().ok());
+    let expect = seen.map(Precondition::naming).unwrap_or_default();
     match ui.st.registry.delete_manifest(&repo, &reference, &expect, &origin).await {
         Ok(()) => {
             let to = format!(
@@ -135,7 +139,17 @@ async fn delete(State(st): State<AppState>, req: Request) -> Response {
             );
             ui.see_other(&to, &[])
         }
-        Err(crate::service::ServiceError::ManifestUnknown) => ui.page(Err((
+        Err(ServiceError::PreconditionFailed { current }) => ui.page(Err((
+            StatusCode::CONFLICT,
+            match current {
+                Some(d) => format!(
+                    "{reference} now names {d}, not the manifest the preview showed: nothing was deleted. \
+                     Look again before deleting."
+                ),
+                None => format!("{reference} is not in {} (any more).", repo.as_str()),
+            },
+        ))),
+        Err(ServiceError::ManifestUnknown) => ui.page(Err((
             StatusCode::NOT_FOUND,
             format!("{reference} is not in {} (any more).", repo.as_str()),
         ))),

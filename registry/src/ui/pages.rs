@@ -241,15 +241,18 @@ pub async fn delete_preview(ui: &Ui, name: Option<&str>, reference: Option<&str>
             );
         }
     }
+    // The manifest this preview shows: the delete goes ahead only if the tag still names it.
     let _ = write!(
         body,
         "<form method=\"post\" action=\"/ui/delete\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
          <input type=\"hidden\" name=\"name\" value=\"{}\"><input type=\"hidden\" name=\"ref\" value=\"{}\">\
+         <input type=\"hidden\" name=\"seen\" value=\"{}\">\
          <button class=\"danger\" id=\"confirm-delete\">Delete</button> \
          <a href=\"/ui/repository?name={}\">Cancel</a></form>",
         esc(&ui.csrf),
         esc(repo.as_str()),
         esc(&reference.to_string()),
+        esc(record.digest.as_str()),
         q(repo.as_str())
     );
     Ok(("Delete".into(), body))

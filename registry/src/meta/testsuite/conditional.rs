@@ -13,7 +13,7 @@ fn tag(t: &str) -> Tag {
 }
 
 fn if_match(d: &Digest) -> Precondition {
-    Precondition { if_match: Some(Etags::Of { strong: vec![d.clone()], weak: vec![] }), if_none_match: None }
+    Precondition::naming(d.clone())
 }
 
 fn if_absent() -> Precondition {
