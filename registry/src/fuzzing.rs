@@ -15,7 +15,7 @@ use berth_core::oci::{manifest, Digest, Reference, RepoName, Tag};
 pub type Check = fn(&[u8]);
 
 /// Every target by name, for the replay test.
-pub const TARGETS: [(&str, Check); 7] = [
+pub const TARGETS: [(&str, Check); 8] = [
     ("path", path),
     ("reference", reference),
     ("manifest", manifest),
@@ -23,6 +23,7 @@ pub const TARGETS: [(&str, Check); 7] = [
     ("www_authenticate", www_authenticate),
     ("token", token),
     ("forwarded", forwarded),
+    ("etags", etags),
 ];
 
 fn text(data: &[u8]) -> &str {
@@ -139,5 +140,32 @@ pub fn forwarded(data: &[u8]) {
                 "{v:?} gave {joined}"
             );
         }
+    }
+}
+
+/// `If-Match` and `If-None-Match`, a header line per input line: every tag found was written in
+/// quotes, `*` only where one was written, and no manifest (or absence) both matches a list and
+/// does not match it.
+pub fn etags(data: &[u8]) {
+    use crate::meta::precondition::{Etags, Precondition};
+    let s = text(data);
+    let items = || s.lines().flat_map(|l| l.split(',')).map(str::trim);
+    let Some(tags) = Etags::parse(s.lines()) else {
+        assert!(items().all(str::is_empty), "{s:?} has items, but parsed as no header");
+        return;
+    };
+    let mut candidates = vec![None, Some(Digest::of(berth_core::oci::Algorithm::Sha256, data))];
+    match &tags {
+        Etags::Any => assert!(items().any(|i| i == "*"), "{s:?} gave * without one"),
+        Etags::Of { strong, weak } => {
+            for d in strong.iter().chain(weak) {
+                assert!(s.contains(&format!("\"{d}\"")), "{s:?} gave {d}, never quoted in it");
+                candidates.push(Some(d.clone()));
+            }
+        }
+    }
+    let both = Precondition { if_match: Some(tags.clone()), if_none_match: Some(tags) };
+    for current in &candidates {
+        assert!(!both.holds(current.as_ref()), "{s:?}: {current:?} matches and does not");
     }
 }
