@@ -1,6 +1,6 @@
-//! Conditional manifest writes over HTTP: `If-Match` and `If-None-Match` on a push or delete by
+//! Conditional manifest requests over HTTP: `If-Match` and `If-None-Match` on a push or delete by
 //! tag (or digest), against the `ETag` a `GET` answers — so a pipeline promoting a tag moves it
-//! only from what it saw, and a 412 names what the tag names now.
+//! only from what it saw, and a 412 names what the tag names now — and on reads (304).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -75,5 +75,39 @@ async fn a_tag_moves_and_goes_only_from_what_the_client_saw() {
     refused(r, Some(&d2)).await;
     let r = client().delete(s.url(&by_digest)).header("if-match", d2.as_str()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_a_manifest_the_client_has_is_304() {
+    let s = TestServer::start().await;
+    let one = image_manifest(&s, "cas/app", "one", serde_json::json!({})).await;
+    assert_eq!(put_manifest(&s, "cas/app", "v1", OCI_MANIFEST, &one).await.status(), StatusCode::CREATED);
+    let seen = format!("\"{}\"", sha256(&one));
+    let get = |method: Method, header: (&'static str, String)| {
+        client().request(method, s.url("/v2/cas/app/manifests/v1")).header(header.0, header.1).send()
+    };
+    for method in [Method::GET, Method::HEAD] {
+        // Revalidation (a cache in front of the registry, or a client that kept it): no body.
+        let r = get(method.clone(), ("if-none-match", format!("W/\"x\", {seen}"))).await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(r.headers()["etag"], seen.as_str());
+        assert_eq!(r.headers()["docker-content-digest"], sha256(&one).as_str());
+        assert!(r.bytes().await.unwrap().is_empty());
+        // Another version than the one held: the manifest itself.
+        let r =
+            get(method.clone(), ("if-none-match", format!("\"sha256:{}\"", "0".repeat(64)))).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        // If-Match on a read: 412 when the tag names another manifest.
+        let r = get(method.clone(), ("if-match", format!("\"sha256:{}\"", "0".repeat(64)))).await.unwrap();
+        assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+        assert_eq!(get(method, ("if-match", seen.clone())).await.unwrap().status(), StatusCode::OK);
+    }
+    let full = get(Method::GET, ("if-match", seen.clone())).await.unwrap();
+    assert_eq!(full.bytes().await.unwrap().as_ref(), one.as_slice());
+    // A manifest that is not there is a 404 whatever the condition.
+    let r =
+        client().get(s.url("/v2/cas/app/manifests/v9")).header("if-none-match", "*").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
     s.stop().await;
 }

@@ -19,7 +19,7 @@ use crate::auth::Caller;
 use crate::meta::precondition::Etags;
 use crate::meta::{ManifestRecord, Precondition};
 use crate::proxy::{Proxy, Target};
-use crate::service::{BlobRead, Listing, PushOptions};
+use crate::service::{BlobRead, Listing, PushOptions, ServiceError};
 use berth_core::oci::range::parse_range;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
@@ -164,6 +164,25 @@ async fn get_manifest(
     r: &Reference,
     head: bool,
 ) -> Result<Response> {
+    let expect = precondition(req);
+    if !expect.is_none() {
+        // Preconditions count only where the manifest exists (a 404 stays a 404).
+        let record = st.registry.head_manifest(repo, r).await?;
+        let current = Some(&record.digest);
+        if !expect.if_match_holds(current) {
+            return Err(ServiceError::PreconditionFailed { current: Some(record.digest) }.into());
+        }
+        if !expect.if_none_match_holds(current) {
+            // The client (or a cache in front of the registry) has this manifest: a use all the same.
+            if !head {
+                st.registry.note_pull(repo, &record.digest);
+                st.pulled(req, caller, repo, r, &record);
+            }
+            let mut resp = StatusCode::NOT_MODIFIED.into_response();
+            resp.headers_mut().insert(header::ETAG, header_value(&format!("\"{}\"", record.digest)));
+            return Ok(with_digest(resp, &record.digest));
+        }
+    }
     let (record, body) = if head {
         (st.registry.head_manifest(repo, r).await?, Bytes::new())
     } else {
@@ -219,7 +238,7 @@ async fn put_manifest(
     Ok(with_digest(resp, &put.digest))
 }
 
-/// The condition of a manifest push or delete: its `If-Match` and `If-None-Match` headers.
+/// The condition of a manifest request: its `If-Match` and `If-None-Match` headers.
 fn precondition(req: &Parts) -> Precondition {
     let etags = |name| Etags::parse(req.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()));
     Precondition { if_match: etags(header::IF_MATCH), if_none_match: etags(header::IF_NONE_MATCH) }

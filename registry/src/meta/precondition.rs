@@ -1,6 +1,7 @@
-//! Conditional manifest writes (`If-Match`, `If-None-Match`; RFC 9110 §13.1): a tag moved or
+//! Conditional manifest requests (`If-Match`, `If-None-Match`; RFC 9110 §13.1): a tag moved or
 //! removed only if it still names what the client saw, checked in the write's own transaction —
-//! so two pipelines promoting one tag cannot both win, whichever replica each reaches.
+//! so two pipelines promoting one tag cannot both win, whichever replica each reaches — and a
+//! read answered `304` when the client has the manifest already.
 //!
 //! A manifest's entity tag is its digest in quotes (what `GET` answers as `ETag`). What a
 //! reference names now is a tag's manifest, or for a digest the manifest itself when the
@@ -78,8 +79,18 @@ impl Precondition {
     /// Whether the write may go ahead when its reference names `current` (RFC 9110 §13.2.2:
     /// `If-Match` by strong comparison, then `If-None-Match` by weak comparison).
     pub fn holds(&self, current: Option<&Digest>) -> bool {
+        self.if_match_holds(current) && self.if_none_match_holds(current)
+    }
+
+    /// Whether `If-Match`, if sent, lists `current` (strong comparison).
+    pub fn if_match_holds(&self, current: Option<&Digest>) -> bool {
         self.if_match.as_ref().is_none_or(|m| m.matches(current, false))
-            && self.if_none_match.as_ref().is_none_or(|m| !m.matches(current, true))
+    }
+
+    /// Whether `If-None-Match`, if sent, leaves `current` out (weak comparison). On a read, one
+    /// that does not hold means the client has the manifest already (304).
+    pub fn if_none_match_holds(&self, current: Option<&Digest>) -> bool {
+        self.if_none_match.as_ref().is_none_or(|m| !m.matches(current, true))
     }
 }
 
