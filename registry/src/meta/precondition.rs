@@ -25,28 +25,23 @@ pub enum Etags {
 impl Etags {
     /// The entity tags of every line of one header; `None` when the header is absent.
     pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Option<Etags> {
-        let mut found = None;
-        for line in lines {
-            for item in line.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-                if item == "*" {
-                    return Some(Etags::Any);
-                }
-                let (strong, weak) = match found.get_or_insert(Etags::Of { strong: vec![], weak: vec![] }) {
-                    Etags::Of { strong, weak } => (strong, weak),
-                    Etags::Any => return Some(Etags::Any),
-                };
-                let (list, quoted) = match item.strip_prefix("W/") {
-                    Some(rest) => (weak, rest),
-                    None => (strong, item),
-                };
-                let digest = quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"'));
-                if let Some(d) = digest.and_then(|d| d.parse::<Digest>().ok()) {
-                    list.push(d);
-                }
+        let (mut strong, mut weak, mut listed) = (Vec::new(), Vec::new(), false);
+        for item in lines.into_iter().flat_map(|l| l.split(',')).map(str::trim).filter(|i| !i.is_empty()) {
+            if item == "*" {
+                return Some(Etags::Any);
+            }
+            listed = true;
+            let (list, quoted) = match item.strip_prefix("W/") {
+                Some(rest) => (&mut weak, rest),
+                None => (&mut strong, item),
+            };
+            let digest = quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"'));
+            if let Some(d) = digest.and_then(|d| d.parse::<Digest>().ok()) {
+                list.push(d);
             }
         }
         // A header of nothing but commas and spaces counts as absent.
-        found
+        listed.then_some(Etags::Of { strong, weak })
     }
 
     fn matches(&self, current: Option<&Digest>, weak_too: bool) -> bool {
@@ -104,11 +99,18 @@ pub struct Condition {
 
 /// What a tag of a repository (by id) names now. Parameters: repository id, tag.
 pub(crate) const TAG_NOW: &str = "SELECT digest FROM tags WHERE repository_id = $1 AND name = $2";
+/// [`TAG_NOW`], its row locked until the transaction ends (PostgreSQL).
+pub(crate) const TAG_NOW_LOCKED: &str =
+    "SELECT digest FROM tags WHERE repository_id = $1 AND name = $2 FOR UPDATE";
 
 /// What a tag of a repository (by name) names now. Parameters: repository, tag.
 pub(crate) const NAMED_TAG_NOW: &str =
     "SELECT t.digest FROM tags t JOIN repositories r ON r.id = t.repository_id
      WHERE r.name = $1 AND t.name = $2";
+/// [`NAMED_TAG_NOW`], the tag's row locked until the transaction ends (PostgreSQL).
+pub(crate) const NAMED_TAG_NOW_LOCKED: &str =
+    "SELECT t.digest FROM tags t JOIN repositories r ON r.id = t.repository_id
+     WHERE r.name = $1 AND t.name = $2 FOR UPDATE OF t";
 
 /// `Ok` when `expect` holds for `current`; the failure that names `current` otherwise.
 pub(crate) fn check(expect: &Precondition, current: Option<Digest>) -> Result<()> {

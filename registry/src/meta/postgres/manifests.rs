@@ -177,8 +177,7 @@ async fn tag_now_locked(
     now: i64,
 ) -> TxResult<Option<Digest>> {
     for _ in 0..CLAIMS {
-        let locked = format!("{} FOR UPDATE", precondition::TAG_NOW);
-        if let Some(row) = query_opt(tx, &locked, &[&repo, &tag.as_str()]).await? {
+        if let Some(row) = query_opt(tx, precondition::TAG_NOW_LOCKED, &[&repo, &tag.as_str()]).await? {
             return Ok(Some(parse_stored("digest", row.get(0))?));
         }
         let claimed = execute(

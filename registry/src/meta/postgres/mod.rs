@@ -314,8 +314,7 @@ impl MetaStore for PostgresMeta {
             Box::pin(async move {
                 if !expect.is_none() {
                     // Locked, so that no push moves the tag between this look and the delete.
-                    let locked = format!("{} FOR UPDATE OF t", precondition::NAMED_TAG_NOW);
-                    let now = query_opt(tx, &locked, &[&repo, &tag]).await?;
+                    let now = query_opt(tx, precondition::NAMED_TAG_NOW_LOCKED, &[&repo, &tag]).await?;
                     let now = now.map(|r| parse("digest", r.get(0))).transpose()?;
                     precondition::check(&expect, now)?;
                 }
