@@ -164,32 +164,26 @@ async fn get_manifest(
     r: &Reference,
     head: bool,
 ) -> Result<Response> {
+    // One lookup serves the conditions and the answer, so both speak of the same manifest.
+    let record = st.registry.head_manifest(repo, r).await?;
     let expect = precondition(req);
-    if !expect.is_none() {
-        // Preconditions count only where the manifest exists (a 404 stays a 404).
-        let record = st.registry.head_manifest(repo, r).await?;
-        let current = Some(&record.digest);
-        if !expect.if_match_holds(current) {
-            return Err(ServiceError::PreconditionFailed { current: Some(record.digest) }.into());
-        }
-        if !expect.if_none_match_holds(current) {
-            // The client (or a cache in front of the registry) has this manifest: a use all the same.
-            if !head {
-                st.registry.note_pull(repo, &record.digest);
-                st.pulled(req, caller, repo, r, &record);
-            }
-            let mut resp = StatusCode::NOT_MODIFIED.into_response();
-            resp.headers_mut().insert(header::ETAG, header_value(&format!("\"{}\"", record.digest)));
-            return Ok(with_digest(resp, &record.digest));
-        }
+    let current = Some(&record.digest);
+    if !expect.if_match_holds(current) {
+        return Err(ServiceError::PreconditionFailed { current: Some(record.digest) }.into());
     }
-    let (record, body) = if head {
-        (st.registry.head_manifest(repo, r).await?, Bytes::new())
-    } else {
-        let (record, body) = st.registry.get_manifest(repo, r).await?;
+    // Conditions count only where the manifest exists (a 404 stays a 404): a client (or a cache
+    // in front of the registry) that has this manifest gets 304, a use all the same.
+    let modified = expect.if_none_match_holds(current);
+    let body = if head || !modified { Bytes::new() } else { st.registry.manifest_bytes(&record).await? };
+    if !head {
+        st.registry.note_pull(repo, &record.digest);
         st.pulled(req, caller, repo, r, &record);
-        (record, body)
-    };
+    }
+    if !modified {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        resp.headers_mut().insert(header::ETAG, header_value(&format!("\"{}\"", record.digest)));
+        return Ok(with_digest(resp, &record.digest));
+    }
     Ok(manifest_response(&record, body))
 }
 

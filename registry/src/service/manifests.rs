@@ -216,19 +216,8 @@ impl Registry {
         self.meta.manifest(repo, reference).await?.ok_or(ServiceError::ManifestUnknown)
     }
 
-    pub async fn get_manifest(
-        &self,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<(ManifestRecord, Bytes)> {
-        let record = self.head_manifest(repo, reference).await?;
-        let bytes = self.manifest_bytes(&record).await?;
-        self.note_pull(repo, &record.digest);
-        Ok((record, bytes))
-    }
-
     /// Notes a pull of the manifest `digest` now, written behind (retention and the UI read it):
-    /// [`Registry::get_manifest`] does, and so does the pull-through cache for what it serves.
+    /// a manifest `GET` does, and so does the pull-through cache for what it serves.
     pub fn note_pull(&self, repo: &RepoName, digest: &Digest) {
         self.pulls.note(repo, digest, crate::meta::now());
     }

@@ -286,8 +286,8 @@ mod tests {
         f.storage.delete(&key).await.unwrap();
         f.meta.end_purge(&digest).await.unwrap();
         push.await.unwrap().unwrap();
-        let (_, back) = f.registry.get_manifest(&r, &Reference::Tag("v1".parse().unwrap())).await.unwrap();
-        assert_eq!(back, body);
+        let record = f.registry.head_manifest(&r, &Reference::Tag("v1".parse().unwrap())).await.unwrap();
+        assert_eq!(f.registry.manifest_bytes(&record).await.unwrap(), body);
         assert_eq!(read_all(f.storage.as_ref(), &key).await.unwrap(), body, "stored, not only cached");
     }
 }
