@@ -51,6 +51,8 @@ struct Args {
     regsync: Option<PathBuf>,
 }
 
+const USAGE: &str = "usage: berth-bench --berth BIN [--distribution BIN] [--zot BIN] [--out FILE] [--quick] [--only SCENARIO] [--proxy-only] [--minio BIN] [--skopeo BIN [--regsync BIN]]";
+
 fn parse_args() -> anyhow::Result<Args> {
     let mut servers = Vec::new();
     let mut out = None;
@@ -73,11 +75,15 @@ fn parse_args() -> anyhow::Result<Args> {
             "--quick" => quick = true,
             "--proxy-only" => proxy_only = true,
             "--only" => only = Some(it.next().context("--only needs part of a scenario name")?),
-            other => bail!("unknown argument {other:?}"),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
     if servers.is_empty() {
-        bail!("usage: berth-bench --berth BIN [--distribution BIN] [--zot BIN] [--out FILE] [--quick] [--only SCENARIO] [--proxy-only] [--minio BIN] [--skopeo BIN [--regsync BIN]]");
+        bail!("{USAGE}");
     }
     Ok(Args { servers, out, quick, only, proxy_only, minio, skopeo, regsync })
 }
