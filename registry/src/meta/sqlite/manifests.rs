@@ -1,12 +1,15 @@
-//! The rows a manifest or a blob link writes in its transaction: the repository, the blob's row,
-//! the references, tags and events.
+//! The statements of manifests and blob links, each run in its caller's transaction: the rows a
+//! push or a link writes (the repository, the blob's row, the references, tags and events), a
+//! manifest's lookup, and the deletes of a manifest and of a tag.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::outbox;
 use crate::meta::sweep::Stored;
-use crate::meta::{parse_stored, precondition, MetaError, NewManifest, Result};
-use berth_core::oci::Digest;
+use crate::meta::{
+    parse_stored, precondition, ManifestRecord, MetaError, NewEvent, NewManifest, Precondition, Result,
+};
+use berth_core::oci::{Digest, Reference};
 
 pub(super) fn link_blob_tx(
     tx: &Connection,
@@ -173,4 +176,77 @@ pub(super) fn record_blob(
             .optional()?,
     };
     crate::meta::recorded_blob(digest, stored, state.as_deref())
+}
+
+/// The manifest `r` names in `repo`, if any.
+pub(super) fn manifest_tx(c: &Connection, repo: &str, r: &Reference) -> Result<Option<ManifestRecord>> {
+    let row = match r {
+        Reference::Digest(d) => c
+            .prepare_cached(
+                "SELECT m.digest, m.media_type, m.size FROM manifests m
+                 JOIN repositories r ON r.id = m.repository_id
+                 WHERE r.name = ?1 AND m.digest = ?2",
+            )?
+            .query_row([repo, d.as_str()], row_to_triple)
+            .optional()?,
+        Reference::Tag(t) => c
+            .prepare_cached(
+                "SELECT m.digest, m.media_type, m.size FROM tags t
+                 JOIN repositories r ON r.id = t.repository_id
+                 JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
+                 WHERE r.name = ?1 AND t.name = ?2",
+            )?
+            .query_row([repo, t.as_str()], row_to_triple)
+            .optional()?,
+    };
+    row.map(|(digest, media_type, size)| {
+        Ok(ManifestRecord { digest: parse_stored("digest", digest)?, media_type, size: size as u64 })
+    })
+    .transpose()
+}
+
+/// Deletes a manifest of `repo` and the tags naming it; whether it was there.
+pub(super) fn delete_manifest_tx(
+    tx: &Connection,
+    repo: &str,
+    digest: &str,
+    event: Option<NewEvent>,
+) -> Result<bool> {
+    let Some(id) = repo_id(tx, repo)? else { return Ok(false) };
+    tx.execute("DELETE FROM tags WHERE repository_id = ?1 AND digest = ?2", params![id, digest])?;
+    let n =
+        tx.execute("DELETE FROM manifests WHERE repository_id = ?1 AND digest = ?2", params![id, digest])?;
+    if n > 0 {
+        outbox::record(tx, event.as_slice(), None)?;
+    }
+    Ok(n > 0)
+}
+
+/// Deletes a tag of `repo` if `expect` holds for what it names; whether it was there.
+pub(super) fn delete_tag_tx(
+    tx: &Connection,
+    repo: &str,
+    tag: &str,
+    expect: &Precondition,
+    event: Option<NewEvent>,
+) -> Result<bool> {
+    if !expect.is_none() {
+        let now: Option<String> = tx
+            .prepare_cached(precondition::NAMED_TAG_NOW)?
+            .query_row(params![repo, tag], |r| r.get(0))
+            .optional()?;
+        precondition::check(expect, now.map(|d| parse_stored("digest", d)).transpose()?)?;
+    }
+    let named: Option<String> = tx
+        .query_row(
+            "DELETE FROM tags WHERE repository_id = (SELECT id FROM repositories WHERE name = ?1)
+                 AND name = ?2 RETURNING digest",
+            params![repo, tag],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(digest) = &named {
+        outbox::record(tx, event.as_slice(), Some(digest))?;
+    }
+    Ok(named.is_some())
 }

@@ -27,8 +27,8 @@ mod usage;
 mod writer;
 
 use manifests::{
-    check_references, ensure_repo, link_blob_at_tx, link_blob_tx, put_manifest_tx, record_blob, repo_id,
-    row_to_triple,
+    check_references, delete_manifest_tx, delete_tag_tx, ensure_repo, link_blob_at_tx, link_blob_tx,
+    manifest_tx, put_manifest_tx, record_blob, repo_id,
 };
 use open::{migrate, open_connection, remove_orphaned_temporaries};
 use writer::{Durability, Writer};
@@ -36,8 +36,8 @@ use writer::{Durability, Writer};
 use super::resolved::{self, Resolved};
 use super::sweep::Stored;
 use super::{
-    precondition, FoundBlob, ManifestRecord, MetaError, MetaStore, NewEvent, NewManifest, Page, Precondition,
-    Referrer, Result,
+    FoundBlob, ManifestRecord, MetaError, MetaStore, NewEvent, NewManifest, Page, Precondition, Referrer,
+    Result,
 };
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
@@ -304,33 +304,7 @@ impl MetaStore for SqliteMeta {
         };
         let repo = repo_name.to_string();
         let r = reference.clone();
-        let found = self
-            .read(move |c| {
-                let row = match &r {
-                    Reference::Digest(d) => c
-                        .prepare_cached(
-                            "SELECT m.digest, m.media_type, m.size FROM manifests m
-                         JOIN repositories r ON r.id = m.repository_id
-                         WHERE r.name = ?1 AND m.digest = ?2",
-                        )?
-                        .query_row([repo.as_str(), d.as_str()], row_to_triple)
-                        .optional()?,
-                    Reference::Tag(t) => c
-                        .prepare_cached(
-                            "SELECT m.digest, m.media_type, m.size FROM tags t
-                         JOIN repositories r ON r.id = t.repository_id
-                         JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
-                         WHERE r.name = ?1 AND t.name = ?2",
-                        )?
-                        .query_row([repo.as_str(), t.as_str()], row_to_triple)
-                        .optional()?,
-                };
-                row.map(|(digest, media_type, size)| {
-                    Ok(ManifestRecord { digest: parse("digest", digest)?, media_type, size: size as u64 })
-                })
-                .transpose()
-            })
-            .await?;
+        let found = self.read(move |c| manifest_tx(c, &repo, &r)).await?;
         if let Some(record) = &found {
             self.resolved().insert(began, repo_name, reference, record);
         }
@@ -345,16 +319,7 @@ impl MetaStore for SqliteMeta {
     ) -> Result<bool> {
         let (repo, digest) = (repo_name.to_string(), digest.to_string());
         self.write_clearing(repo_name, Durability::Synced, move |tx| {
-            let Some(id) = repo_id(tx, &repo)? else { return Ok(false) };
-            tx.execute("DELETE FROM tags WHERE repository_id = ?1 AND digest = ?2", params![id, digest])?;
-            let n = tx.execute(
-                "DELETE FROM manifests WHERE repository_id = ?1 AND digest = ?2",
-                params![id, digest],
-            )?;
-            if n > 0 {
-                outbox::record(tx, event.as_slice(), None)?;
-            }
-            Ok(n > 0)
+            delete_manifest_tx(tx, &repo, &digest, event)
         })
         .await
     }
@@ -368,25 +333,7 @@ impl MetaStore for SqliteMeta {
     ) -> Result<bool> {
         let (repo, tag, expect) = (repo_name.to_string(), tag.to_string(), expect.clone());
         self.write_clearing(repo_name, Durability::Synced, move |tx| {
-            if !expect.is_none() {
-                let now: Option<String> = tx
-                    .prepare_cached(precondition::NAMED_TAG_NOW)?
-                    .query_row(params![repo, tag], |r| r.get(0))
-                    .optional()?;
-                precondition::check(&expect, now.map(|d| parse("digest", d)).transpose()?)?;
-            }
-            let named: Option<String> = tx
-                .query_row(
-                    "DELETE FROM tags WHERE repository_id = (SELECT id FROM repositories WHERE name = ?1)
-                         AND name = ?2 RETURNING digest",
-                    params![repo, tag],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(digest) = &named {
-                outbox::record(tx, event.as_slice(), Some(digest))?;
-            }
-            Ok(named.is_some())
+            delete_tag_tx(tx, &repo, &tag, &expect, event)
         })
         .await
     }
