@@ -1,6 +1,7 @@
-//! Conditional manifest requests over HTTP: `If-Match` and `If-None-Match` on a push or delete by
+//! Conditional requests over HTTP: `If-Match` and `If-None-Match` on a manifest push or delete by
 //! tag (or digest), against the `ETag` a `GET` answers — so a pipeline promoting a tag moves it
-//! only from what it saw, and a 412 names what the tag names now — and on reads (304).
+//! only from what it saw, and a 412 names what the tag names now — and on manifest and blob reads
+//! (304), with `If-Range` on ranged blob reads.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -109,5 +110,55 @@ async fn a_read_of_a_manifest_the_client_has_is_304() {
     let r =
         client().get(s.url("/v2/cas/app/manifests/v9")).header("if-none-match", "*").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_reads_honour_conditions_and_if_range() {
+    let s = TestServer::start().await;
+    let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    let digest = push_blob(&s, "cas/app", &data).await;
+    let seen = format!("\"{digest}\"");
+    let other = format!("\"sha256:{}\"", "0".repeat(64));
+    let url = s.url(&format!("/v2/cas/app/blobs/{digest}"));
+    let get = |method: Method, headers: &[(&'static str, String)]| {
+        let mut r = client().request(method, url.clone());
+        for (k, v) in headers {
+            r = r.header(*k, v.clone());
+        }
+        r.send()
+    };
+    for method in [Method::GET, Method::HEAD] {
+        // A cache revalidating what it holds gets no body; one holding something else, the blob.
+        for held in [seen.clone(), format!("W/{seen}"), "*".to_owned()] {
+            let r = get(method.clone(), &[("if-none-match", held)]).await.unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+            assert_eq!(r.headers()["etag"], seen.as_str());
+            assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+            assert!(r.bytes().await.unwrap().is_empty());
+        }
+        let r = get(method.clone(), &[("if-none-match", other.clone())]).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = get(method.clone(), &[("if-match", other.clone())]).await.unwrap();
+        assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+        assert_eq!(r.headers()["etag"], seen.as_str());
+        assert_eq!(get(method, &[("if-match", seen.clone())]).await.unwrap().status(), StatusCode::OK);
+    }
+    // A blob that is not there is a 404 whatever the condition.
+    let missing = format!("/v2/cas/app/blobs/sha256:{}", "1".repeat(64));
+    let r = client().get(s.url(&missing)).header("if-none-match", "*").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // If-Range: the range while the validator names this blob, the whole blob otherwise (another
+    // entity tag, a weak one, or a date: blobs answer no Last-Modified).
+    let range = ("range", "bytes=10-19".to_owned());
+    let r = get(Method::GET, &[range.clone(), ("if-range", seen.clone())]).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[10..20]);
+    for validator in [other, format!("W/{seen}"), "Sun, 06 Dec 2026 07:00:00 GMT".to_owned()] {
+        let r = get(Method::GET, &[range.clone(), ("if-range", validator)]).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
+    }
     s.stop().await;
 }

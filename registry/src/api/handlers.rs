@@ -94,7 +94,7 @@ async fn proxied(
             Ok(manifest_response(&record, body))
         }
         Route::Blob(_, d) if *m == Method::GET || head => {
-            blob_response(proxy.blob(&t, &d, requested_range(req), head).await?, &d)
+            blob_response(proxy.blob(&t, &d, requested_range(req, &d), head).await?, &d)
         }
         Route::Tags(repo) if *m == Method::GET => {
             let (n, last) = pagination(req)?;
@@ -180,9 +180,7 @@ async fn get_manifest(
         st.pulled(req, caller, repo, r, &record);
     }
     if !modified {
-        let mut resp = StatusCode::NOT_MODIFIED.into_response();
-        resp.headers_mut().insert(header::ETAG, header_value(&format!("\"{}\"", record.digest)));
-        return Ok(with_digest(resp, &record.digest));
+        return Ok(not_modified(&record.digest));
     }
     Ok(manifest_response(&record, body))
 }
@@ -248,6 +246,20 @@ fn tag_params(req: &Parts) -> Result<Vec<Tag>> {
 }
 
 async fn get_blob(st: &AppState, req: &Parts, repo: &RepoName, d: &Digest, head: bool) -> Result<Response> {
+    let expect = precondition(req);
+    if !expect.is_none() {
+        // A blob's entity tag is its digest, which never names other bytes: once the repository
+        // is known to hold the blob (a 404 stays a 404), the conditions ask only whether the
+        // client names it. One that has it gets 304, from here rather than from a redirect.
+        st.registry.blob_size(repo, d).await?;
+        let current = Some(d);
+        if !expect.if_match_holds(current) {
+            return Err(ServiceError::PreconditionFailed { current: Some(d.clone()) }.into());
+        }
+        if !expect.if_none_match_holds(current) {
+            return Ok(not_modified(d));
+        }
+    }
     if !head {
         if let Some(url) = st.registry.blob_redirect(repo, d).await? {
             // The store serves the bytes (and any Range the client sends along).
@@ -257,13 +269,32 @@ async fn get_blob(st: &AppState, req: &Parts, repo: &RepoName, d: &Digest, head:
             return Ok(with_digest(resp, d));
         }
     }
-    let range = requested_range(req);
+    let range = requested_range(req, d);
     let read = st.registry.get_blob(repo, d, range, !head).await?;
     blob_response(read, d)
 }
 
-fn requested_range(req: &Parts) -> Option<berth_core::oci::range::ByteRange> {
-    req.headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(parse_range)
+/// `304 Not Modified` for a client that holds `digest`: no body, its `ETag` and digest.
+fn not_modified(digest: &Digest) -> Response {
+    let mut resp = StatusCode::NOT_MODIFIED.into_response();
+    resp.headers_mut().insert(header::ETAG, header_value(&format!("\"{digest}\"")));
+    with_digest(resp, digest)
+}
+
+/// The range a blob read asks for: `Range`, unless an `If-Range` names anything but the blob
+/// itself (RFC 9110 §13.1.5: another entity tag, or a date, since blobs answer no
+/// `Last-Modified`), when the client gets the whole blob instead.
+fn requested_range(req: &Parts, d: &Digest) -> Option<berth_core::oci::range::ByteRange> {
+    let range = req.headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(parse_range)?;
+    match req.headers.get(header::IF_RANGE) {
+        None => Some(range),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().strip_prefix('"')?.strip_suffix('"'))
+            .is_some_and(|tag| tag == d.as_str())
+            .then_some(range),
+    }
 }
 
 /// A blob read, a 206 for a range, or the 416 when the range cannot be satisfied (`Err(size)`).

@@ -45,6 +45,11 @@ impl Registry {
         Ok((found.size, key_at(digest, found.location.as_deref())?))
     }
 
+    /// The size of a blob the repository may read (`BLOB_UNKNOWN` when it holds none such).
+    pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        Ok(self.find_blob(repo, digest).await?.0)
+    }
+
     /// Opens a blob, or the satisfiable part of `range`. `Ok(Err(size))` means the range cannot be
     /// satisfied (416).
     pub async fn get_blob(
