@@ -135,10 +135,12 @@ async fn blob_reads_honour_conditions_and_if_range() {
             assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
             assert_eq!(r.headers()["etag"], seen.as_str());
             assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+            assert_eq!(r.headers()["cache-control"], "max-age=31536000");
             assert!(r.bytes().await.unwrap().is_empty());
         }
         let r = get(method.clone(), &[("if-none-match", other.clone())]).await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["cache-control"], "max-age=31536000", "a digest's bytes never change");
         let r = get(method.clone(), &[("if-match", other.clone())]).await.unwrap();
         assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
         assert_eq!(r.headers()["etag"], seen.as_str());

@@ -257,7 +257,7 @@ async fn get_blob(st: &AppState, req: &Parts, repo: &RepoName, d: &Digest, head:
             return Err(ServiceError::PreconditionFailed { current: Some(d.clone()) }.into());
         }
         if !expect.if_none_match_holds(current) {
-            return Ok(not_modified(d));
+            return Ok(immutable(not_modified(d)));
         }
     }
     if !head {
@@ -323,7 +323,14 @@ fn blob_response(read: std::result::Result<BlobRead, u64>, d: &Digest) -> Result
     if let Some((start, end)) = read.range {
         h.insert(header::CONTENT_RANGE, header_value(&format!("bytes {start}-{end}/{}", read.size)));
     }
-    Ok(with_digest(resp, d))
+    Ok(immutable(with_digest(resp, d)))
+}
+
+/// Marks a blob's answer fresh for a year: the bytes of a digest never change. Not `public`, so a
+/// shared cache keeps no answer to a request that carried credentials (RFC 9111 §3.5).
+fn immutable(mut resp: Response) -> Response {
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=31536000"));
+    resp
 }
 
 async fn referrers(st: &AppState, req: &Parts, repo: &RepoName, subject: &Digest) -> Result<Response> {
