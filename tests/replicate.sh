@@ -405,4 +405,24 @@ check "berth replicate --all moves every repository of A onto S3 + PostgreSQL" m
 check "the new home has the same digests" same_digests "$M"
 check "and there cosign verifies and oras discovers the SBOM (referrers API)" verifies "$M"
 
+# An index that names its child by a sha512 digest (the spec allows it; berth takes it).
+sha512_child() {
+  local dir=$WORK/sha512 b=http://$B/v2/sha512/app config layer manifest index child
+  mkdir -p "$dir" && printf '{}' >"$dir/config" && printf 'sha512 layer' >"$dir/layer" &&
+    config=sha256:$(sha256sum "$dir/config" | cut -d' ' -f1) && layer=sha256:$(sha256sum "$dir/layer" | cut -d' ' -f1) &&
+    curl -fsS -X POST --data-binary @"$dir/config" "$b/blobs/uploads/?digest=$config" -o /dev/null &&
+    curl -fsS -X POST --data-binary @"$dir/layer" "$b/blobs/uploads/?digest=$layer" -o /dev/null &&
+    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":2},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"%s","size":12}]}' \
+      "$config" "$layer" >"$dir/manifest" &&
+    child=sha512:$(sha512sum "$dir/manifest" | cut -d' ' -f1) &&
+    curl -fsS -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' --data-binary @"$dir/manifest" "$b/manifests/$child" -o /dev/null &&
+    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"%s","size":%d,"platform":{"os":"linux","architecture":"amd64"}}]}' \
+      "$child" "$(stat -c %s "$dir/manifest")" >"$dir/index" &&
+    curl -fsS -X PUT -H 'Content-Type: application/vnd.oci.image.index.v1+json' --data-binary @"$dir/index" "$b/manifests/v1" -o /dev/null &&
+    replicate "$B" "$C" sha512/app && report 'not r["failed"]' &&
+    equal "$(curl -fsS "http://$C/v2/sha512/app/manifests/$child" | sha512sum | cut -d' ' -f1)" "${child#sha512:}" &&
+    equal "$(curl -fsS "http://$C/v2/sha512/app/manifests/v1" | sha256sum)" "$(sha256sum <"$dir/index")"
+}
+check "an index whose child is named by sha512 is copied with that digest" sha512_child
+
 finish

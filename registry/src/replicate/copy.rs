@@ -404,7 +404,9 @@ impl Copier {
     }
 }
 
-/// `bytes` as the manifest `reference` names, its digest checked when that is a digest.
+/// `bytes` as the manifest `reference` names, its digest checked when that is a digest (by the
+/// digest's own algorithm: an index may name a child by sha512); a tag's manifest is known by
+/// its sha256, as registries answer it.
 fn checked(
     repo: &RepoName,
     reference: &str,
@@ -412,8 +414,9 @@ fn checked(
     bytes: Bytes,
     end: &str,
 ) -> anyhow::Result<Manifest> {
-    let digest = Digest::of(Algorithm::Sha256, &bytes);
-    if reference.contains(':') && reference != digest.as_str() {
+    let named = if reference.contains(':') { Some(parse_digest(reference)?) } else { None };
+    let digest = Digest::of(named.as_ref().map_or(Algorithm::Sha256, Digest::algorithm), &bytes);
+    if named.is_some_and(|n| n != digest) {
         anyhow::bail!("{repo}@{reference}: the {end} sent a manifest whose digest is {digest}");
     }
     Ok(Manifest { digest, media_type, bytes })
@@ -425,4 +428,24 @@ fn is_index(media_type: &str) -> bool {
 
 fn parse_digest(s: &str) -> anyhow::Result<Digest> {
     s.parse().map_err(|e| anyhow::anyhow!("descriptor digest {s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_are_checked_by_the_algorithm_their_reference_names() {
+        let repo: RepoName = "team/app".parse().unwrap();
+        let bytes = Bytes::from_static(br#"{"schemaVersion":2}"#);
+        let check = |reference: &str| checked(&repo, reference, "m".into(), bytes.clone(), "source");
+        let (sha256, sha512) = (Digest::of(Algorithm::Sha256, &bytes), Digest::of(Algorithm::Sha512, &bytes));
+        assert_eq!(check("v1").unwrap().digest, sha256, "a tag's manifest is known by its sha256");
+        assert_eq!(check(sha256.as_str()).unwrap().digest, sha256);
+        assert_eq!(check(sha512.as_str()).unwrap().digest, sha512, "an index may name a child by sha512");
+        let other = Digest::of(Algorithm::Sha512, b"other bytes");
+        let refused = check(other.as_str()).err().unwrap().to_string();
+        assert!(refused.contains(&format!("whose digest is {sha512}")), "{refused}");
+        assert!(check("sha256:not-hex").is_err(), "a malformed digest reference is refused");
+    }
 }
