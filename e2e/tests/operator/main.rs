@@ -273,3 +273,4 @@ mod nodemirror;
 mod replicas;
 mod replication;
 mod serving;
+mod tls;
