@@ -166,23 +166,17 @@ async fn get_manifest(
 ) -> Result<Response> {
     // One lookup serves the conditions and the answer, so both speak of the same manifest.
     let record = st.registry.head_manifest(repo, r).await?;
-    let expect = precondition(req);
-    let current = Some(&record.digest);
-    if !expect.if_match_holds(current) {
-        return Err(ServiceError::PreconditionFailed { current: Some(record.digest) }.into());
-    }
-    // Conditions count only where the manifest exists (a 404 stays a 404): a client (or a cache
-    // in front of the registry) that has this manifest gets 304, a use all the same.
-    let modified = expect.if_none_match_holds(current);
-    let body = if head || !modified { Bytes::new() } else { st.registry.manifest_bytes(&record).await? };
+    let answered = answered_by_conditions(&precondition(req), &record.digest)?;
+    let body = match (&answered, head) {
+        (None, false) => st.registry.manifest_bytes(&record).await?,
+        _ => Bytes::new(),
+    };
     if !head {
+        // A 304 (a client, or a cache in front of the registry, has the manifest) is a use too.
         st.registry.note_pull(repo, &record.digest);
         st.pulled(req, caller, repo, r, &record);
     }
-    if !modified {
-        return Ok(not_modified(&record.digest));
-    }
-    Ok(manifest_response(&record, body))
+    Ok(answered.unwrap_or_else(|| manifest_response(&record, body)))
 }
 
 fn manifest_response(record: &ManifestRecord, body: Bytes) -> Response {
@@ -252,12 +246,8 @@ async fn get_blob(st: &AppState, req: &Parts, repo: &RepoName, d: &Digest, head:
         // is known to hold the blob (a 404 stays a 404), the conditions ask only whether the
         // client names it. One that has it gets 304, from here rather than from a redirect.
         st.registry.blob_size(repo, d).await?;
-        let current = Some(d);
-        if !expect.if_match_holds(current) {
-            return Err(ServiceError::PreconditionFailed { current: Some(d.clone()) }.into());
-        }
-        if !expect.if_none_match_holds(current) {
-            return Ok(immutable(not_modified(d)));
+        if let Some(resp) = answered_by_conditions(&expect, d)? {
+            return Ok(immutable(resp));
         }
     }
     if !head {
@@ -274,11 +264,20 @@ async fn get_blob(st: &AppState, req: &Parts, repo: &RepoName, d: &Digest, head:
     blob_response(read, d)
 }
 
-/// `304 Not Modified` for a client that holds `digest`: no body, its `ETag` and digest.
-fn not_modified(digest: &Digest) -> Response {
+/// What a read's conditions make of the manifest or blob it names (`digest`, which exists; a
+/// 404 stays a 404): `412` when `If-Match` leaves it out, `304 Not Modified` (no body, its `ETag`
+/// and digest) when `If-None-Match` names it, and `None` when it is to be served.
+fn answered_by_conditions(expect: &Precondition, digest: &Digest) -> Result<Option<Response>> {
+    let current = Some(digest);
+    if !expect.if_match_holds(current) {
+        return Err(ServiceError::PreconditionFailed { current: Some(digest.clone()) }.into());
+    }
+    if expect.if_none_match_holds(current) {
+        return Ok(None);
+    }
     let mut resp = StatusCode::NOT_MODIFIED.into_response();
     resp.headers_mut().insert(header::ETAG, header_value(&format!("\"{digest}\"")));
-    with_digest(resp, digest)
+    Ok(Some(with_digest(resp, digest)))
 }
 
 /// The range a blob read asks for: `Range`, unless an `If-Range` names anything but the blob
