@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_core::oci::{Algorithm, Digest, Reference, RepoName};
+use berth_core::oci::{Digest, Reference};
 use bytes::Bytes;
 
 use super::{Collector, Options, Report};
@@ -21,13 +21,7 @@ use crate::service::{Limits, Registry, ServiceError};
 use crate::storage::memory::MemoryStorage;
 use crate::storage::{layout, put_all, Storage};
 
-fn d(name: &str) -> Digest {
-    Digest::of(Algorithm::Sha256, name.as_bytes())
-}
-
-fn repo(s: &str) -> RepoName {
-    s.parse().unwrap()
-}
+use crate::meta::testsuite::{digest as d, repo};
 
 struct World {
     meta: Arc<dyn MetaStore>,
@@ -75,26 +69,14 @@ impl World {
             self.blob(r, b).await;
         }
         put_all(self.storage.as_ref(), &layout::blob(&d(name)), Bytes::from(name.to_owned())).await.unwrap();
-        self.meta
-            .put_manifest(NewManifest {
-                repo: repo(r),
-                digest: d(name),
-                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-                size: name.len() as u64,
-                artifact_type: None,
-                subject: subject.map(d),
-                annotations: None,
-                blobs: blobs.iter().map(|b| d(b)).collect(),
-                manifests: children.iter().map(|c| d(c)).collect(),
-                tags: tag.map(|t| t.parse().unwrap()).into_iter().collect(),
-                verify_references: true,
-                children_optional: false,
-                stored: Stored::Written,
-                events: Vec::new(),
-                condition: None,
-            })
-            .await
-            .unwrap();
+        let needs: Vec<Digest> = blobs.iter().map(|b| d(b)).collect();
+        let m = NewManifest {
+            size: name.len() as u64,
+            subject: subject.map(d),
+            manifests: children.iter().map(|c| d(c)).collect(),
+            ..crate::meta::testsuite::manifest(r, name, &needs.iter().collect::<Vec<_>>(), tag)
+        };
+        self.meta.put_manifest(m).await.unwrap();
     }
 
     async fn has_manifest(&self, r: &str, name: &str) -> bool {
