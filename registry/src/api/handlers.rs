@@ -87,13 +87,15 @@ async fn proxied(
     let head = *m == Method::HEAD;
     match route {
         Route::Manifest(_, r) if *m == Method::GET || head => {
-            let (record, body) = proxy.manifest(&t, &r, head).await?;
-            if !head {
-                st.pulled(req, caller, &t.local, &r, &record);
-            }
-            Ok(manifest_response(&record, body))
+            let record = proxy.manifest(&t, &r).await?;
+            serve_manifest(st, req, caller, &t.local, &r, &record, head).await
         }
         Route::Blob(_, d) if *m == Method::GET || head => {
+            // The upstream's (or the cache's) answer to a HEAD says whether the blob exists.
+            let known = async { proxy.blob(&t, &d, None, true).await.map(|_| ()).map_err(ApiError::from) };
+            if let Some(resp) = answered_blob_conditions(req, &d, known).await? {
+                return Ok(resp);
+            }
             blob_response(proxy.blob(&t, &d, requested_range(req, &d), head).await?, &d)
         }
         Route::Tags(repo) if *m == Method::GET => {
@@ -164,19 +166,32 @@ async fn get_manifest(
     r: &Reference,
     head: bool,
 ) -> Result<Response> {
-    // One lookup serves the conditions and the answer, so both speak of the same manifest.
     let record = st.registry.head_manifest(repo, r).await?;
+    serve_manifest(st, req, caller, repo, r, &record, head).await
+}
+
+/// Answers a manifest read from one lookup's `record`, so the conditions and the answer speak of
+/// the same manifest; its bytes are read only when they are served.
+async fn serve_manifest(
+    st: &AppState,
+    req: &Parts,
+    caller: &Caller,
+    repo: &RepoName,
+    r: &Reference,
+    record: &ManifestRecord,
+    head: bool,
+) -> Result<Response> {
     let answered = answered_by_conditions(&precondition(req), &record.digest)?;
     let body = match (&answered, head) {
-        (None, false) => st.registry.manifest_bytes(&record).await?,
+        (None, false) => st.registry.manifest_bytes(record).await?,
         _ => Bytes::new(),
     };
     if !head {
         // A 304 (a client, or a cache in front of the registry, has the manifest) is a use too.
         st.registry.note_pull(repo, &record.digest);
-        st.pulled(req, caller, repo, r, &record);
+        st.pulled(req, caller, repo, r, record);
     }
-    Ok(answered.unwrap_or_else(|| manifest_response(&record, body)))
+    Ok(answered.unwrap_or_else(|| manifest_response(record, body)))
 }
 
 fn manifest_response(record: &ManifestRecord, body: Bytes) -> Response {
@@ -240,15 +255,10 @@ fn tag_params(req: &Parts) -> Result<Vec<Tag>> {
 }
 
 async fn get_blob(st: &AppState, req: &Parts, repo: &RepoName, d: &Digest, head: bool) -> Result<Response> {
-    let expect = precondition(req);
-    if !expect.is_none() {
-        // A blob's entity tag is its digest, which never names other bytes: once the repository
-        // is known to hold the blob (a 404 stays a 404), the conditions ask only whether the
-        // client names it. One that has it gets 304, from here rather than from a redirect.
-        st.registry.blob_size(repo, d).await?;
-        if let Some(resp) = answered_by_conditions(&expect, d)? {
-            return Ok(immutable(resp));
-        }
+    let known = async { st.registry.blob_size(repo, d).await.map(|_| ()).map_err(ApiError::from) };
+    if let Some(resp) = answered_blob_conditions(req, d, known).await? {
+        // From here rather than from a redirect to the store.
+        return Ok(resp);
     }
     if !head {
         if let Some(url) = st.registry.blob_redirect(repo, d).await? {
@@ -262,6 +272,22 @@ async fn get_blob(st: &AppState, req: &Parts, repo: &RepoName, d: &Digest, head:
     let range = requested_range(req, d);
     let read = st.registry.get_blob(repo, d, range, !head).await?;
     blob_response(read, d)
+}
+
+/// What a blob read's conditions make of it. A blob's entity tag is its digest, which never
+/// names other bytes: once `known` shows the repository holds the blob (a 404 stays a 404), the
+/// conditions ask only whether the client names it. `known` runs only when there are conditions.
+async fn answered_blob_conditions(
+    req: &Parts,
+    d: &Digest,
+    known: impl std::future::Future<Output = Result<()>>,
+) -> Result<Option<Response>> {
+    let expect = precondition(req);
+    if expect.is_none() {
+        return Ok(None);
+    }
+    known.await?;
+    Ok(answered_by_conditions(&expect, d)?.map(immutable))
 }
 
 /// What a read's conditions make of the manifest or blob it names (`digest`, which exists; a

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use berth_client::{Fetched, UpstreamError};
 use berth_core::oci::{Algorithm, Digest, Reference, Tag};
-use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use reqwest::Method;
 use tracing::info;
@@ -18,13 +17,9 @@ use crate::meta::{self, ManifestRecord};
 use crate::service::ServiceError;
 
 impl Proxy {
-    /// The manifest (bytes unless `head`) for a proxied repository.
-    pub async fn manifest(
-        self: &Arc<Self>,
-        t: &Target,
-        r: &Reference,
-        head: bool,
-    ) -> Result<(ManifestRecord, Bytes)> {
+    /// The record of a proxied repository's manifest: from the cache, or fetched once. Its bytes
+    /// are read from the cache like any manifest's.
+    pub async fn manifest(self: &Arc<Self>, t: &Target, r: &Reference) -> Result<ManifestRecord> {
         let up = self.upstream_name(t).to_owned();
         let record = match r {
             Reference::Digest(_) => match self.registry.head_manifest(&t.local, r).await {
@@ -44,12 +39,7 @@ impl Proxy {
             Reference::Tag(tag) => self.tag(t, tag).await?,
         };
         self.pulls.record(&t.local, &record.digest, ContentKind::Manifest, record.size);
-        if head {
-            return Ok((record, Bytes::new()));
-        }
-        self.registry.note_pull(&t.local, &record.digest);
-        let bytes = self.registry.manifest_bytes(&record).await?;
-        Ok((record, bytes))
+        Ok(record)
     }
 
     /// GETs a manifest, verifies it against its digest, and caches it (under `tag`, if given).

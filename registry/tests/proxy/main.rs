@@ -135,6 +135,64 @@ async fn a_pull_through_the_cache_records_when_the_manifest_was_last_pulled() {
     assert!(at.is_some_and(|t| t > 0), "a GET through the cache is a pull: {at:?}");
 }
 
+/// A read of a mirrored repository with `header: value`.
+async fn read_if(s: &TestServer, path: &str, header: (&str, &str)) -> reqwest::Response {
+    client().get(s.url(path)).header("accept", ACCEPT).header(header.0, header.1).send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_of_mirrored_repositories_honour_their_conditions() {
+    let s = setup(Auth::None, |_| {}).await;
+    let image = push_image(&s.upstream.url, "library/alpine", "3.20", vec![noise(8, 4000)]).await;
+    let (manifest_tag, layer) = (format!("\"{}\"", image.digest), &image.layers[0]);
+    let other = format!("\"sha256:{}\"", "0".repeat(64));
+    let by_tag = "/v2/hub/alpine/manifests/3.20";
+
+    // A cache in front of the mirror revalidating what it holds gets 304, even on a cold cache.
+    let r = read_if(&s.berth, by_tag, ("if-none-match", &manifest_tag)).await;
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(r.headers()["etag"], manifest_tag.as_str());
+    assert_eq!(r.headers()["docker-content-digest"], image.digest.as_str());
+    let r = read_if(&s.berth, by_tag, ("if-match", &other)).await;
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(r.headers()["etag"], manifest_tag.as_str());
+    assert_eq!(error_code(r).await, "PRECONDITION_FAILED");
+    let r = read_if(&s.berth, by_tag, ("if-none-match", &other)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap(), image.manifest);
+
+    // A blob not cached yet: the upstream's HEAD says it exists, and nothing is fetched for a 304.
+    s.counter.reset();
+    let blob = format!("/v2/hub/alpine/blobs/{layer}");
+    let r = read_if(&s.berth, &blob, ("if-none-match", &format!("\"{layer}\""))).await;
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(r.headers()["docker-content-digest"], layer.as_str());
+    assert_eq!(r.headers()["cache-control"], "max-age=31536000");
+    assert_eq!((s.counter.count("HEAD", "/blobs/"), s.counter.count("GET", "/blobs/")), (1, 0));
+    let r = read_if(&s.berth, &blob, ("if-match", &other)).await;
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    let missing = format!("/v2/hub/alpine/blobs/sha256:{}", "1".repeat(64));
+    let r = read_if(&s.berth, &missing, ("if-none-match", "*")).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "a condition does not make a missing blob exist");
+
+    // Once cached, the same answers come without the upstream.
+    let r = read_if(&s.berth, &blob, ("if-none-match", &other)).await;
+    assert_eq!(body_digest(r).await.unwrap(), *layer);
+    s.counter.reset();
+    let r = read_if(&s.berth, &blob, ("if-none-match", &format!("\"{layer}\""))).await;
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    let r = client()
+        .get(s.berth.url(&blob))
+        .header("range", "bytes=0-9")
+        .header("if-range", other.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "an If-Range naming other bytes gets the whole blob");
+    assert_eq!(r.bytes().await.unwrap(), noise(8, 4000));
+    assert_eq!(s.counter.seen(), vec![], "cached reads made upstream requests");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn proxied_repositories_are_read_only_and_private_ones_coexist() {
     let s = setup(Auth::None, |_| {}).await;
