@@ -88,4 +88,25 @@ check "a tampered key fails verification" bash -c "
   ! COSIGN_EXPERIMENTAL=1 '${COSIGN}' verify --key $WORK/other/cosign.pub --insecure-ignore-tlog \
     --experimental-oci11 ${COSIGN_FLAGS[*]} $IMG >/dev/null 2>&1"
 
+echo "== referrers a page at a time"
+# A second berth whose referrers pages hold about 2 KiB, so 40 referrers take several pages.
+printf 'limits:\n  referrers_page_bytes: 2048\n' >"$WORK/paged.yml"
+start_berth --config "$WORK/paged.yml"
+P=$BERTH_ADDR
+"$REGCTL" registry set --tls disabled "$P" >/dev/null 2>&1
+paged_subject() {
+  "${SK[@]}" copy --preserve-digests --dest-tls-verify=false "oci:$WORK/layout:multi" "docker://$P/clients/paged:v1" &&
+  size=$(curl -sfI "http://$P/v2/clients/paged/manifests/$MULTI" | tr -d '\r' | awk -F': ' 'tolower($1)=="content-length" {print $2}') &&
+  python3 "$ROOT/tests/push_many.py" "http://$P" clients/paged 0 40 "$WORK/paged-acked" "$MULTI" "$size"
+}
+check "40 referrers pushed onto an image" paged_subject
+check "the first page holds some of them and links to the next" bash -c "
+  page=\$(curl -sfi http://$P/v2/clients/paged/referrers/$MULTI) &&
+  grep -qi '^link: </v2/clients/paged/referrers/$MULTI?last=sha256' <<<\"\$page\" &&
+  (( \$(grep -o 'vnd.berth.test.note' <<<\"\$page\" | wc -l) < 40 ))"
+check "oras discovers all 40 across the pages" bash -c "
+  [[ \$('${ORAS}' discover --plain-http -o json $P/clients/paged@$MULTI | grep -o 'vnd.berth.test.note' | wc -l) == 40 ]]"
+check "regctl lists all 40 across the pages" bash -c "
+  [[ \$('${REGCTL}' artifact list --format '{{len .Descriptors}}' $P/clients/paged@$MULTI) == 40 ]]"
+
 finish

@@ -25,6 +25,7 @@ pub mod challenge;
 mod error;
 mod login;
 pub mod pace;
+pub mod pages;
 pub mod push;
 
 use berth_core::config::UpstreamConfig;

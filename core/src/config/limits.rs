@@ -46,6 +46,22 @@ pub struct LimitsConfig {
     /// takes this long. Behind a load balancer, make it longer than the balancer's own idle timeout.
     #[serde(default = "default_idle", with = "duration")]
     pub idle_timeout: Duration,
+    /// Most bytes of descriptors (annotations included) one page of a referrers list holds,
+    /// past its first; the list goes on in the page its `Link` names. Not written out when it is
+    /// the default, so configs rendered before it existed keep their hash.
+    #[serde(
+        default = "default_referrers_page_bytes",
+        skip_serializing_if = "is_default_referrers_page_bytes"
+    )]
+    pub referrers_page_bytes: u64,
+}
+
+fn default_referrers_page_bytes() -> u64 {
+    2 << 20
+}
+
+fn is_default_referrers_page_bytes(v: &u64) -> bool {
+    *v == default_referrers_page_bytes()
 }
 
 fn default_idle() -> Duration {
@@ -102,6 +118,7 @@ impl Default for LimitsConfig {
             max_connections: default_connections(),
             tls_handshake_timeout: default_handshake(),
             idle_timeout: default_idle(),
+            referrers_page_bytes: default_referrers_page_bytes(),
         }
     }
 }
@@ -128,6 +145,7 @@ impl LimitsConfig {
             "limits.tls_handshake_timeout",
             "100ms",
         )?;
+        at_least(self.referrers_page_bytes >= 1024, "limits.referrers_page_bytes", "1024")?;
         at_least(self.idle_timeout >= Duration::from_millis(100), "limits.idle_timeout", "100ms")
     }
 }

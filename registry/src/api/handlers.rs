@@ -361,8 +361,15 @@ fn immutable(mut resp: Response) -> Response {
 async fn referrers(st: &AppState, req: &Parts, repo: &RepoName, subject: &Digest) -> Result<Response> {
     let q = query(req);
     let filter = q.get("artifactType").filter(|s| !s.is_empty());
-    let found = st.registry.referrers(repo, subject, filter.map(String::as_str)).await?;
-    let manifests: Vec<serde_json::Value> = found
+    let after = match q.get("last") {
+        None => None,
+        Some(last) => Some(last.parse::<Digest>().map_err(|e| {
+            ApiError::new(Code::DigestInvalid, format!("last must be the digest a page ended with: {e}"))
+        })?),
+    };
+    let page = st.registry.referrers(repo, subject, filter.map(String::as_str), after.as_ref()).await?;
+    let manifests: Vec<serde_json::Value> = page
+        .items
         .into_iter()
         .map(|r| {
             let mut d = serde_json::json!({
@@ -383,6 +390,18 @@ async fn referrers(st: &AppState, req: &Parts, repo: &RepoName, subject: &Digest
     let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, OCI_INDEX)], body.to_string()).into_response();
     if filter.is_some() {
         resp.headers_mut().insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
+    }
+    if let Some(next) = page.next {
+        // The next page keeps the filter and the name's namespace; the path is the client's.
+        let mut link = form_urlencoded::Serializer::new(String::new());
+        for key in ["ns", "artifactType"] {
+            if let Some(v) = q.get(key).filter(|v| !v.is_empty()) {
+                link.append_pair(key, v);
+            }
+        }
+        link.append_pair("last", next.as_str());
+        let link = format!("<{}?{}>; rel=\"next\"", req.uri.path(), link.finish());
+        resp.headers_mut().insert(header::LINK, header_value(&link));
     }
     Ok(resp)
 }

@@ -159,11 +159,14 @@ pub trait MetaStore: UploadSessions + Purges + Send + Sync + 'static {
     async fn tags(&self, repo: &RepoName, page: &Page) -> Result<Option<Vec<String>>>;
     /// Repository names sorted, up to `limit + 1`.
     async fn catalog(&self, page: &Page) -> Result<Vec<String>>;
+    /// What refers to `subject` in `repo` (of `artifact_type`, if given), sorted by digest from
+    /// after `page.last`, up to `limit + 1`.
     async fn referrers(
         &self,
         repo: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
+        page: &Page,
     ) -> Result<Vec<Referrer>>;
 
     /// Makes the blob's link in `repo` young again (a client asked about it, and will push a

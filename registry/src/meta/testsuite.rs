@@ -4,7 +4,7 @@ use super::cache::CacheIndex;
 use super::multiparts::MultipartLog;
 use super::outbox::EventLog;
 use super::runs::{RunEnd, RunLog, RunRecord, RunState};
-use super::{Appended, MetaError, MetaStore, NewManifest, Page, Stored, UploadPart};
+use super::{Appended, MetaError, MetaStore, NewManifest, Page, Referrer, Stored, UploadPart};
 use crate::UploadId;
 use berth_core::oci::{Digest, Reference, Tag};
 
@@ -226,20 +226,39 @@ async fn tags_and_pagination(m: &dyn MetaStore) {
 
 async fn referrers_by_subject(m: &dyn MetaStore) {
     let subject = digest("never-pushed-subject");
-    for (name, at) in [("sig", "application/vnd.dev.cosign"), ("sbom", "application/spdx+json")] {
+    let mut pushed = Vec::new();
+    for (name, at) in [
+        ("sig", "application/vnd.dev.cosign"),
+        ("sbom", "application/spdx+json"),
+        ("sig-2", "application/vnd.dev.cosign"),
+        ("sbom-2", "application/spdx+json"),
+        ("sig-3", "application/vnd.dev.cosign"),
+    ] {
         let mut r = manifest("refs", name, &[], None);
         r.subject = Some(subject.clone());
         r.artifact_type = Some(at.into());
         r.annotations = Some(r#"{"k":"v"}"#.into());
         m.put_manifest(r).await.unwrap();
+        pushed.push(digest(name));
     }
-    let all = m.referrers(&repo("refs"), &subject, None).await.unwrap();
-    assert_eq!(all.len(), 2);
-    let sboms = m.referrers(&repo("refs"), &subject, Some("application/spdx+json")).await.unwrap();
-    assert_eq!(sboms.len(), 1);
-    assert_eq!(sboms[0].digest, digest("sbom"));
+    pushed.sort();
+    let page = |limit, last: Option<&Digest>| Page { limit, last: last.map(|d| d.to_string()) };
+    let listed = |found: Vec<Referrer>| found.into_iter().map(|r| r.digest).collect::<Vec<_>>();
+    let all = m.referrers(&repo("refs"), &subject, None, &page(100, None)).await.unwrap();
+    assert_eq!(listed(all), pushed, "sorted by digest");
+    // A page returns one past its limit, so the caller can tell that another follows.
+    let first = listed(m.referrers(&repo("refs"), &subject, None, &page(2, None)).await.unwrap());
+    assert_eq!(first, pushed[..3]);
+    let rest = listed(m.referrers(&repo("refs"), &subject, None, &page(2, Some(&pushed[1]))).await.unwrap());
+    assert_eq!(rest, pushed[2..5]);
+    let sbom = Some("application/spdx+json");
+    let sboms = m.referrers(&repo("refs"), &subject, sbom, &page(100, None)).await.unwrap();
+    assert_eq!(sboms.len(), 2);
+    assert!(sboms.iter().all(|r| r.artifact_type.as_deref() == sbom));
     assert_eq!(sboms[0].annotations.as_deref(), Some(r#"{"k":"v"}"#));
-    assert!(m.referrers(&repo("elsewhere"), &subject, None).await.unwrap().is_empty());
+    let after = m.referrers(&repo("refs"), &subject, sbom, &page(100, Some(&sboms[0].digest))).await.unwrap();
+    assert_eq!(listed(after), [sboms[1].digest.clone()]);
+    assert!(m.referrers(&repo("elsewhere"), &subject, None, &page(100, None)).await.unwrap().is_empty());
 }
 
 async fn deletes(m: &dyn MetaStore) {

@@ -33,10 +33,26 @@ fn listed(index: &serde_json::Value) -> anyhow::Result<Vec<Digest>> {
         .collect()
 }
 
-/// What refers to `digest` in `repo` at `src`.
+/// Pages of one referrers list read at most: a registry whose `Link` never ends is refused.
+const MOST_PAGES: usize = 10_000;
+
+/// What refers to `digest` in `repo` at `src`: every page of the referrers API's list, or the
+/// tag scheme's index.
 pub async fn list(src: &Upstream, repo: &RepoName, digest: &Digest) -> anyhow::Result<Vec<Digest>> {
-    if let Fetched::Found(resp) = src.fetch(Method::GET, repo, "referrers", digest.as_str()).await? {
-        return listed(&super::body::read_json(src, resp, "referrers list").await?);
+    if let Fetched::Found(mut resp) = src.fetch(Method::GET, repo, "referrers", digest.as_str()).await? {
+        let mut all = Vec::new();
+        for _ in 0..MOST_PAGES {
+            let next = berth_client::pages::next_link(resp.headers());
+            all.extend(listed(&super::body::read_json(src, resp, "referrers list").await?)?);
+            let Some(link) = next else { return Ok(all) };
+            resp = match src.next_page(repo, &link).await? {
+                Fetched::Found(resp) => resp,
+                Fetched::NotFound => {
+                    anyhow::bail!("the next page of the referrers of {digest}, {link}, is gone")
+                }
+            };
+        }
+        anyhow::bail!("the referrers of {digest} run past {MOST_PAGES} pages");
     }
     let Some(tag) = scheme_tag(digest.as_str()) else { return Ok(vec![]) };
     match src.fetch(Method::GET, repo, "manifests", &tag).await? {

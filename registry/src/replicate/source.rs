@@ -136,7 +136,7 @@ impl Source {
     pub async fn referrers(&self, repo: &RepoName, digest: &Digest) -> anyhow::Result<Vec<Digest>> {
         match self {
             Source::Remote(src) => referrers::list(src, repo, digest).await,
-            Source::Local(registry) => match registry.referrers(repo, digest, None).await {
+            Source::Local(registry) => match registry.all_referrers(repo, digest).await {
                 Ok(found) => Ok(found.into_iter().map(|r| r.digest).collect()),
                 Err(ServiceError::NameUnknown) => Ok(Vec::new()),
                 Err(e) => Err(e.into()),

@@ -204,6 +204,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, ServeError> {
         max_manifest_bytes: usize::try_from(config.limits.max_manifest_bytes).unwrap_or(usize::MAX),
         upload_ttl: config.limits.upload_ttl,
         max_upload_chunks: config.limits.max_upload_chunks,
+        referrers_page_bytes: usize::try_from(config.limits.referrers_page_bytes).unwrap_or(usize::MAX),
         purge_delay: config.retention.purge_delay.unwrap_or_default(),
         sparse_indexes: config.sparse_indexes,
         ..Limits::default()

@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use super::error::{Result, ServiceError};
 use super::registry::Registry;
-use crate::meta::{Condition, ManifestRecord, NewEvent, NewManifest, Page, Precondition, Referrer, Stored};
+use crate::meta::{Condition, ManifestRecord, NewEvent, NewManifest, Page, Precondition, Stored};
 use crate::notify::{Origin, Pushed};
 use crate::storage::{layout, put_all, read_all, StorageError};
 use berth_core::config::notifications::EventKind;
@@ -327,15 +327,6 @@ impl Registry {
                 return Ok(Listing { items, next: cursor });
             }
         }
-    }
-
-    pub async fn referrers(
-        &self,
-        repo: &RepoName,
-        subject: &Digest,
-        artifact_type: Option<&str>,
-    ) -> Result<Vec<Referrer>> {
-        Ok(self.meta.referrers(repo, subject, artifact_type).await?)
     }
 
     fn page(&self, n: Option<usize>, last: Option<String>) -> Page {

@@ -13,11 +13,13 @@ mod manifests;
 pub mod multiparts;
 mod pulls;
 mod purge;
+mod referrers;
 mod registry;
 mod uploads;
 
 pub use blobs::BlobRead;
 pub use error::{Result, ServiceError};
 pub use manifests::{Listing, PushOptions, PutManifest};
+pub use referrers::ReferrerPage;
 pub use registry::{BodyStream, Limits, Readiness, Registry};
 pub use uploads::UploadState;

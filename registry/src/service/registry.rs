@@ -28,6 +28,11 @@ pub struct Limits {
     pub max_page: usize,
     /// Most chunks one upload session may hold.
     pub max_upload_chunks: u32,
+    /// Most descriptors in one page of a referrers list.
+    pub referrers_page: usize,
+    /// Most bytes of descriptors (annotations included) in one page of a referrers list, past
+    /// its first descriptor.
+    pub referrers_page_bytes: usize,
     /// Most repository names one catalog request reads (see `catalog`).
     pub catalog_scan: usize,
     /// Released blobs' bytes are deleted no sooner than this (or the store's read grace).
@@ -43,6 +48,8 @@ impl Default for Limits {
             upload_ttl: Duration::from_secs(24 * 3600),
             max_page: 10_000,
             max_upload_chunks: 10_000,
+            referrers_page: 10_000,
+            referrers_page_bytes: 2 << 20,
             catalog_scan: 10_000,
             purge_delay: Duration::ZERO,
             sparse_indexes: false,

@@ -19,7 +19,8 @@ const REFERRER_DEPTH: usize = 3;
 const REFERRERS_SHOWN: usize = 50;
 /// The referrers of `subject`, and theirs, as nested lists.
 async fn referrers_tree(ui: &Ui, repo: &RepoName, subject: &Digest, depth: usize, out: &mut String) {
-    let Ok(found) = ui.st.registry.referrers(repo, subject, None).await else { return };
+    let Ok(page) = ui.st.registry.referrers(repo, subject, None, None).await else { return };
+    let found = page.items;
     if found.is_empty() {
         return;
     }
@@ -37,8 +38,12 @@ async fn referrers_tree(ui: &Ui, repo: &RepoName, subject: &Digest, depth: usize
         }
         out.push_str("</li>");
     }
-    if found.len() > REFERRERS_SHOWN {
-        let _ = write!(out, "<li class=\"muted\">and {} more</li>", found.len() - REFERRERS_SHOWN);
+    match (found.len().saturating_sub(REFERRERS_SHOWN), page.next.is_some()) {
+        (_, true) => out.push_str("<li class=\"muted\">and more</li>"),
+        (0, false) => {}
+        (more, false) => {
+            let _ = write!(out, "<li class=\"muted\">and {more} more</li>");
+        }
     }
     out.push_str("</ul>");
 }

@@ -230,7 +230,11 @@ pub async fn delete_preview(ui: &Ui, name: Option<&str>, reference: Option<&str>
             );
         }
         Reference::Digest(d) => {
-            let referrers = ui.st.registry.referrers(&repo, d, None).await.map(|r| r.len()).unwrap_or(0);
+            let referrers = match ui.st.registry.referrers(&repo, d, None, None).await {
+                Ok(page) if page.next.is_some() => format!("{} or more", page.items.len()),
+                Ok(page) => page.items.len().to_string(),
+                Err(_) => "Its".into(),
+            };
             let _ = write!(
                 body,
                 "<p>This deletes the manifest <code>{}</code> and every tag that points to it. {} referrer(s) \

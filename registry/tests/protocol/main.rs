@@ -1,9 +1,11 @@
 //! The distribution API as clients use it, over a real socket: headers, status codes and bodies.
-//! Here reads, manifests, listings and deletes; pushes of blobs in [`uploads`].
+//! Here reads, manifests, listings and deletes; pushes of blobs in [`uploads`]; referrers a page
+//! at a time in [`referrers`].
 #![allow(clippy::unwrap_used)]
 
 #[path = "../common/mod.rs"]
 mod common;
+mod referrers;
 mod uploads;
 
 use berth_registry::service::Limits;

@@ -367,16 +367,18 @@ impl MetaStore for PostgresMeta {
         repo: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
+        page: &Page,
     ) -> Result<Vec<Referrer>> {
         let c = self.client().await?;
+        let (last, limit) = page_params(page);
         let rows = query(
             &c,
             "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations
              FROM manifests m JOIN repositories r ON r.id = m.repository_id
              WHERE r.name = $1 AND m.subject = $2
-               AND ($3::text IS NULL OR m.artifact_type = $3)
-             ORDER BY m.created_at, m.digest",
-            &[&repo.as_str(), &subject.as_str(), &artifact_type],
+               AND ($3::text IS NULL OR m.artifact_type = $3) AND m.digest > $4
+             ORDER BY m.digest LIMIT $5",
+            &[&repo.as_str(), &subject.as_str(), &artifact_type, &last, &limit],
         )
         .await
         .map_err(db_error)?;

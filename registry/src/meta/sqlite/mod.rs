@@ -191,10 +191,14 @@ fn live_blob_size(c: &Connection, digest: &Digest) -> Result<Option<u64>> {
 }
 
 /// Names sorted after `page.last`, at most `page.limit + 1` of them.
+/// A page's `last` (empty for the first) and its row limit: one more than it shows.
+fn page_params(page: &Page) -> (String, i64) {
+    (page.last.clone().unwrap_or_default(), page.limit.saturating_add(1).min(i64::MAX as usize) as i64)
+}
+
 fn page_query(conn: &Connection, sql: &str, scope: Option<i64>, page: &Page) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(sql)?;
-    let last = page.last.clone().unwrap_or_default();
-    let limit = page.limit.saturating_add(1).min(i64::MAX as usize) as i64;
+    let (last, limit) = page_params(page);
     let name = |r: &rusqlite::Row<'_>| r.get::<_, String>(0);
     let rows: rusqlite::Result<Vec<String>> = match scope {
         Some(id) => stmt.query_map(params![id, last, limit], name)?.collect(),
@@ -363,19 +367,21 @@ impl MetaStore for SqliteMeta {
         repo: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
+        page: &Page,
     ) -> Result<Vec<Referrer>> {
         let (repo, subject) = (repo.to_string(), subject.to_string());
         let artifact_type = artifact_type.map(str::to_owned);
+        let (last, limit) = page_params(page);
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations
                  FROM manifests m JOIN repositories r ON r.id = m.repository_id
                  WHERE r.name = ?1 AND m.subject = ?2
-                   AND (?3 IS NULL OR m.artifact_type = ?3)
-                 ORDER BY m.created_at, m.digest",
+                   AND (?3 IS NULL OR m.artifact_type = ?3) AND m.digest > ?4
+                 ORDER BY m.digest LIMIT ?5",
             )?;
             let rows = stmt
-                .query_map(params![repo, subject, artifact_type], |r| {
+                .query_map(params![repo, subject, artifact_type, last, limit], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
