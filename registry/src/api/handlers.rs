@@ -14,7 +14,7 @@ use super::error::{ApiError, Code};
 use super::parts::{header_value, query, unsupported, with_digest, Result};
 use super::path::Route;
 use super::state::AppState;
-use super::uploads;
+use super::{referrers, uploads};
 use crate::auth::Caller;
 use crate::meta::precondition::Etags;
 use crate::meta::{ManifestRecord, Precondition};
@@ -22,8 +22,6 @@ use crate::proxy::{Proxy, Target};
 use crate::service::{BlobRead, Listing, PushOptions, ServiceError};
 use berth_core::oci::range::parse_range;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
-
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 pub(super) async fn handle(
     st: &AppState,
@@ -69,7 +67,9 @@ pub(super) async fn handle(
         }
         Route::UploadStart(repo) if *m == Method::POST => uploads::start(st, req, &repo, body, caller).await,
         Route::Upload(repo, id) => uploads::handle(st, req, &repo, id, body).await,
-        Route::Referrers(repo, subject) if *m == Method::GET => referrers(st, req, &repo, &subject).await,
+        Route::Referrers(repo, subject) if *m == Method::GET => {
+            referrers::local(st, req, &repo, &subject).await
+        }
         _ => Err(unsupported(m)),
     }
 }
@@ -109,7 +109,9 @@ async fn proxied(
             let body = serde_json::json!({"name": repo.as_str(), "tags": page.items});
             Ok(listing_response(&format!("/v2/{repo}/tags/list"), n, &page, body))
         }
-        Route::Referrers(_, subject) if *m == Method::GET => referrers(st, req, &t.local, &subject).await,
+        Route::Referrers(_, subject) if *m == Method::GET => {
+            referrers::proxied(st, proxy, req, &t, &subject).await
+        }
         _ => Err(ApiError::new(
             Code::Denied,
             format!(
@@ -356,54 +358,6 @@ fn blob_response(read: std::result::Result<BlobRead, u64>, d: &Digest) -> Result
 fn immutable(mut resp: Response) -> Response {
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=31536000"));
     resp
-}
-
-async fn referrers(st: &AppState, req: &Parts, repo: &RepoName, subject: &Digest) -> Result<Response> {
-    let q = query(req);
-    let filter = q.get("artifactType").filter(|s| !s.is_empty());
-    let after = match q.get("last") {
-        None => None,
-        Some(last) => Some(last.parse::<Digest>().map_err(|e| {
-            ApiError::new(Code::DigestInvalid, format!("last must be the digest a page ended with: {e}"))
-        })?),
-    };
-    let page = st.registry.referrers(repo, subject, filter.map(String::as_str), after.as_ref()).await?;
-    let manifests: Vec<serde_json::Value> = page
-        .items
-        .into_iter()
-        .map(|r| {
-            let mut d = serde_json::json!({
-                "mediaType": r.media_type,
-                "digest": r.digest.as_str(),
-                "size": r.size,
-            });
-            if let Some(at) = r.artifact_type {
-                d["artifactType"] = at.into();
-            }
-            if let Some(a) = r.annotations.and_then(|a| serde_json::from_str::<serde_json::Value>(&a).ok()) {
-                d["annotations"] = a;
-            }
-            d
-        })
-        .collect();
-    let body = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
-    let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, OCI_INDEX)], body.to_string()).into_response();
-    if filter.is_some() {
-        resp.headers_mut().insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
-    }
-    if let Some(next) = page.next {
-        // The next page keeps the filter and the name's namespace; the path is the client's.
-        let mut link = form_urlencoded::Serializer::new(String::new());
-        for key in ["ns", "artifactType"] {
-            if let Some(v) = q.get(key).filter(|v| !v.is_empty()) {
-                link.append_pair(key, v);
-            }
-        }
-        link.append_pair("last", next.as_str());
-        let link = format!("<{}?{}>; rel=\"next\"", req.uri.path(), link.finish());
-        resp.headers_mut().insert(header::LINK, header_value(&link));
-    }
-    Ok(resp)
 }
 
 enum BodyError {

@@ -12,6 +12,7 @@ pub mod error;
 mod handlers;
 mod parts;
 pub mod path;
+mod referrers;
 mod state;
 mod uploads;
 

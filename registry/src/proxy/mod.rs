@@ -27,11 +27,13 @@ mod freshness;
 mod listing;
 mod manifests;
 mod pulls;
+mod referrers;
 pub mod route;
 mod segments;
 mod state;
 mod tags;
 
 pub use error::{ProxyError, Result};
+pub use referrers::UpstreamReferrers;
 pub use route::Target;
 pub use state::Proxy;

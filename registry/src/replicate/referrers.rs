@@ -45,7 +45,7 @@ pub async fn list(src: &Upstream, repo: &RepoName, digest: &Digest) -> anyhow::R
             let next = berth_client::pages::next_link(resp.headers());
             all.extend(listed(&super::body::read_json(src, resp, "referrers list").await?)?);
             let Some(link) = next else { return Ok(all) };
-            resp = match src.next_page(repo, &link).await? {
+            resp = match src.next_page(repo, "referrers", digest.as_str(), &link).await? {
                 Fetched::Found(resp) => resp,
                 Fetched::NotFound => {
                     anyhow::bail!("the next page of the referrers of {digest}, {link}, is gone")

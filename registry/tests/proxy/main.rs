@@ -1,13 +1,15 @@
 //! The pull-through cache against a real upstream: CNCF Distribution, with a counting proxy in
 //! between that records every upstream request and can corrupt or hold back what it passes on.
 //! Here: names, freshness and read-only rules; one fetch per blob in [`fetches`]; upstream
-//! credentials, rate limits and redirects in [`upstreams`]; what leaves the cache in [`eviction`].
+//! credentials, rate limits and redirects in [`upstreams`]; what leaves the cache in [`eviction`];
+//! referrers of mirrored images in [`referrers`].
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../common/mod.rs"]
 mod common;
 mod eviction;
 mod fetches;
+mod referrers;
 mod upstreams;
 
 use std::sync::atomic::Ordering;

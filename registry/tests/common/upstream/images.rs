@@ -109,6 +109,32 @@ pub async fn put_manifest_to(base: &str, repo: &str, reference: &str, ct: &str, 
     sha256(body)
 }
 
+/// Pushes an artifact of type `artifact_type` that refers to `subject` (as `oras attach` does),
+/// annotated with `note`: its descriptor, as a referrers list names it.
+pub async fn push_referrer(
+    base: &str,
+    repo: &str,
+    subject: &Pushed,
+    artifact_type: &str,
+    note: &str,
+) -> serde_json::Value {
+    let empty = push_blob_to(base, repo, Bytes::from_static(b"{}")).await;
+    let blank =
+        serde_json::json!({"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2});
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type,
+        "config": blank, "layers": [blank],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject.digest, "size": subject.manifest.len()},
+        "annotations": {"note": note},
+    }))
+    .unwrap();
+    let digest = put_manifest_to(base, repo, &sha256(&manifest), OCI_MANIFEST, &manifest).await;
+    serde_json::json!({
+        "mediaType": OCI_MANIFEST, "digest": digest, "size": manifest.len(),
+        "artifactType": artifact_type, "annotations": {"note": note},
+    })
+}
+
 /// Deterministic pseudo-random bytes (so layers never deduplicate by accident).
 pub fn noise(seed: u64, len: usize) -> Bytes {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
