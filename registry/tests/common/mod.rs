@@ -223,6 +223,37 @@ pub async fn send(method: Method, url: String) -> reqwest::Response {
     client().request(method, url).send().await.unwrap()
 }
 
+/// One page of a referrers list: its descriptors' digests, and whether it said it applied the
+/// `artifactType` filter.
+pub struct ReferrerPage {
+    pub digests: Vec<String>,
+    pub filtered: bool,
+}
+
+/// Every page of the referrers list at `path` on `s`, following its `Link`s.
+pub async fn referrer_pages(s: &TestServer, path: &str) -> Vec<ReferrerPage> {
+    let (mut pages, mut next) = (Vec::new(), Some(path.to_owned()));
+    while let Some(path) = next {
+        assert!(pages.len() < 20, "pages without end");
+        let r = send(Method::GET, s.url(&path)).await;
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert_eq!(r.headers()["content-type"], OCI_INDEX);
+        let filtered = r.headers().get("oci-filters-applied").is_some_and(|v| v == "artifactType");
+        next = r.headers().get("link").map(|v| {
+            let v = v.to_str().unwrap();
+            assert!(v.ends_with(">; rel=\"next\""), "{v}");
+            v.strip_prefix('<').unwrap().split_once('>').unwrap().0.to_owned()
+        });
+        let body: serde_json::Value = r.json().await.unwrap();
+        let listed = body["manifests"].as_array().unwrap().iter();
+        pages.push(ReferrerPage {
+            digests: listed.map(|m| m["digest"].as_str().unwrap().to_owned()).collect(),
+            filtered,
+        });
+    }
+    pages
+}
+
 /// Sends a request line exactly as given (no client-side path normalisation) and returns the status.
 pub async fn raw_status(addr: std::net::SocketAddr, method: &str, path: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

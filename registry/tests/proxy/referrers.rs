@@ -8,29 +8,20 @@ use berth_registry::service::Limits;
 use reqwest::StatusCode;
 
 use super::common::upstream::{noise, push_image, push_referrer, put_manifest_to, Auth};
-use super::common::{client, TestServer, OCI_INDEX};
+use super::common::{client, referrer_pages, TestServer, OCI_INDEX};
 use super::{get, setup};
 
 const SBOM: &str = "application/spdx+json";
 const SIG: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
 
-/// Every page of the list at `path`, by its `Link`s: the descriptors' digests, and whether each
-/// page said it applied a filter.
+/// Every page of the list at `path`: the digests (each listed once), and whether each page
+/// said it applied a filter.
 async fn listed(s: &TestServer, path: &str) -> (BTreeSet<String>, Vec<bool>) {
-    let (mut all, mut filtered, mut next) = (BTreeSet::new(), Vec::new(), Some(path.to_owned()));
-    while let Some(path) = next {
-        assert!(filtered.len() < 20, "pages without end");
-        let r = get(s.url(&path)).await;
-        assert_eq!(r.status(), StatusCode::OK, "{path}");
-        assert_eq!(r.headers()["content-type"], OCI_INDEX);
-        filtered.push(r.headers().get("oci-filters-applied").is_some_and(|v| v == "artifactType"));
-        next = r.headers().get("link").map(|v| {
-            let v = v.to_str().unwrap();
-            v.strip_prefix('<').unwrap().split_once('>').unwrap().0.to_owned()
-        });
-        let body: serde_json::Value = r.json().await.unwrap();
-        for d in body["manifests"].as_array().unwrap() {
-            assert!(all.insert(d["digest"].as_str().unwrap().to_owned()), "listed twice: {d}");
+    let (mut all, mut filtered) = (BTreeSet::new(), Vec::new());
+    for page in referrer_pages(s, path).await {
+        filtered.push(page.filtered);
+        for d in page.digests {
+            assert!(all.insert(d.clone()), "listed twice: {d}");
         }
     }
     (all, filtered)
