@@ -55,6 +55,10 @@ pub(super) async fn proxied(
     subject: &Digest,
 ) -> Result<Response> {
     let q = query(req);
+    if q.contains_key("last") && !q.contains_key("next") {
+        // A page after one the cache answered: the cached list goes on.
+        return local(st, req, &t.local, subject).await;
+    }
     let filter = q.get("artifactType").filter(|s| !s.is_empty()).map(String::as_str);
     let Some(page) = proxy.referrers(t, subject, filter, q.get("next").map(String::as_str)).await? else {
         return local(st, req, &t.local, subject).await;

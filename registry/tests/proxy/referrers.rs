@@ -90,4 +90,8 @@ async fn without_an_api_upstream_the_tag_scheme_is_read_and_without_the_upstream
     let r = client().get(s.berth.url(&path)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(listed(&s.berth, &path).await.0, digests([&sbom]));
+    // A page after the cache's first goes on in the cache, even once the upstream is back.
+    s.upstream.restart(Auth::None).await;
+    let after = format!("{path}?last={sbom_digest}");
+    assert_eq!(listed(&s.berth, &after).await.0, BTreeSet::new());
 }
