@@ -55,10 +55,14 @@ async fn a_mirror_lists_the_upstreams_referrers_page_by_page() {
     assert_eq!(only, digests(&sboms));
     assert!(filtered.iter().all(|f| *f));
 
-    // A link that leaves the list is not followed upstream: the cached list (empty) instead.
-    let other = format!("{path}?next=%2Fv2%2Fteam%2Fsecret%2Fmanifests%2Flatest");
+    // A link that leaves the list is not followed upstream: the cached list (empty) instead. It
+    // names the image's list from the signature's, which the upstream would answer in full.
+    let sig_digest = sig["digest"].as_str().unwrap();
+    let crafted = format!("/v2/team/api/referrers/{}", image.digest);
+    let crafted: String = form_urlencoded::byte_serialize(crafted.as_bytes()).collect();
+    let other = format!("/v2/team.local/team/api/referrers/{sig_digest}?next={crafted}");
     let (none, _) = listed(&mirror, &other).await;
-    assert!(none.is_empty());
+    assert!(none.is_empty(), "followed a link outside the list: {none:?}");
     mirror.stop().await;
     upstream.stop().await;
 }
