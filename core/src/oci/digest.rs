@@ -39,6 +39,9 @@ impl Algorithm {
     }
 }
 
+/// The hex digits a referrers tag keeps of its subject's digest.
+const REFERRERS_TAG_HEX: usize = 64;
+
 /// A validated digest. It cannot exist in a malformed state; `as_str` is its canonical form.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest {
@@ -68,6 +71,24 @@ impl Digest {
     /// The hex part, after the colon.
     pub fn hex(&self) -> &str {
         &self.text[self.algorithm.name().len() + 1..]
+    }
+
+    /// The tag under which the OCI 1.1 referrers tag scheme keeps the index of what refers to
+    /// this digest, on a registry without the referrers API: `<algorithm>-<hex>`, the hex cut to
+    /// its first 64 digits as the scheme says (a tag has at most 128 characters; a sha512 has 128
+    /// digits).
+    pub fn referrers_tag(&self) -> String {
+        let hex = self.hex();
+        format!("{}-{}", self.algorithm.name(), &hex[..hex.len().min(REFERRERS_TAG_HEX)])
+    }
+
+    /// Whether `tag` is one [`Digest::referrers_tag`] makes: a list of referrers, not an image.
+    pub fn is_referrers_tag(tag: &str) -> bool {
+        tag.split_once('-').is_some_and(|(algorithm, hex)| {
+            [Algorithm::Sha256, Algorithm::Sha512].iter().any(|a| a.name() == algorithm)
+                && hex.len() == REFERRERS_TAG_HEX
+                && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
     }
 
     /// Digest of a byte slice held in memory.
@@ -223,6 +244,24 @@ mod tests {
         assert_eq!(d.algorithm(), Algorithm::Sha256);
         assert_eq!(d.to_string(), EMPTY_256);
         assert_eq!(d.hex().len(), 64);
+        assert_eq!(d.referrers_tag(), format!("sha256-{}", d.hex()));
+    }
+
+    #[test]
+    fn referrers_tags_are_valid_tags_for_both_algorithms() {
+        let long = Digest::of(Algorithm::Sha512, b"subject");
+        let tag = long.referrers_tag();
+        assert_eq!(tag, format!("sha512-{}", &long.hex()[..64]));
+        assert!(tag.parse::<crate::oci::Tag>().is_ok(), "{tag}");
+        let short = Digest::of(Algorithm::Sha256, b"subject");
+        for d in [&long, &short] {
+            assert!(Digest::is_referrers_tag(&d.referrers_tag()));
+        }
+        let hex = "a".repeat(64);
+        assert!(!Digest::is_referrers_tag(&format!("md5-{hex}")));
+        assert!(!Digest::is_referrers_tag(&format!("sha256-{}", "A".repeat(64))));
+        assert!(!Digest::is_referrers_tag(&format!("sha512-{}", "a".repeat(128))));
+        assert!(!Digest::is_referrers_tag("sha256-abc") && !Digest::is_referrers_tag("latest"));
     }
 
     #[test]

@@ -54,8 +54,7 @@ impl Proxy {
                 Fetched::Found(resp) => (resp, true),
                 Fetched::NotFound if next.is_none() => {
                     // No referrers API: the tag scheme's index, if the upstream keeps one.
-                    let tag = subject.as_str().replacen(':', "-", 1);
-                    match up.fetch(Method::GET, &t.remote, "manifests", &tag).await? {
+                    match up.fetch(Method::GET, &t.remote, "manifests", &subject.referrers_tag()).await? {
                         Fetched::Found(resp) => (resp, false),
                         Fetched::NotFound => {
                             return Ok(UpstreamReferrers {

@@ -289,7 +289,8 @@ impl Copier {
             let reference = tag.unwrap_or(m.digest.as_str());
             let headers = self.dst.put_manifest(&repo.dst, reference, &m.media_type, m.bytes.clone()).await?;
             tagged = tag.map(str::to_owned);
-            if let (false, Some(subject)) = (there, parsed["subject"]["digest"].as_str()) {
+            let subject = parsed["subject"]["digest"].as_str().and_then(|s| s.parse::<Digest>().ok());
+            if let (false, Some(subject)) = (there, subject) {
                 if headers.get("oci-subject").is_none() {
                     let referrer = referrers::Referrer {
                         digest: &m.digest,
@@ -297,7 +298,7 @@ impl Copier {
                         size: m.bytes.len(),
                         parsed: &parsed,
                     };
-                    referrers::add_to_scheme(&self.dst, &repo.dst, subject, referrer).await?;
+                    referrers::add_to_scheme(&self.dst, &repo.dst, &subject, referrer).await?;
                 }
             }
         }

@@ -4,9 +4,8 @@
 
 use anyhow::Context;
 use berth_core::glob::Glob;
+use berth_core::oci::Digest;
 use regex_lite::Regex;
-
-use super::referrers;
 
 #[derive(Debug, Clone, Default)]
 pub struct TagFilter {
@@ -65,7 +64,7 @@ impl TagFilter {
             Some(req) => version(tag).is_some_and(|v| req.matches(&v)),
             None => true,
         };
-        !referrers::is_scheme_tag(tag) && included && !excluded && in_range
+        !Digest::is_referrers_tag(tag) && included && !excluded && in_range
     }
 }
 

@@ -9,17 +9,6 @@ use reqwest::Method;
 
 const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-/// The scheme's tag for a subject's digest.
-fn scheme_tag(subject: &str) -> Option<String> {
-    let (algorithm, hex) = subject.split_once(':')?;
-    Some(format!("{algorithm}-{hex}"))
-}
-
-/// Whether a tag is the scheme's (a list of referrers, not an image).
-pub fn is_scheme_tag(tag: &str) -> bool {
-    tag.strip_prefix("sha256-").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
 /// The digests of the manifests in an index's JSON.
 fn listed(index: &serde_json::Value) -> anyhow::Result<Vec<Digest>> {
     index["manifests"]
@@ -54,8 +43,7 @@ pub async fn list(src: &Upstream, repo: &RepoName, digest: &Digest) -> anyhow::R
         }
         anyhow::bail!("the referrers of {digest} run past {MOST_PAGES} pages");
     }
-    let Some(tag) = scheme_tag(digest.as_str()) else { return Ok(vec![]) };
-    match src.fetch(Method::GET, repo, "manifests", &tag).await? {
+    match src.fetch(Method::GET, repo, "manifests", &digest.referrers_tag()).await? {
         Fetched::Found(resp) => listed(&super::body::read_json(src, resp, "referrers index").await?),
         Fetched::NotFound => Ok(vec![]),
     }
@@ -74,11 +62,11 @@ pub struct Referrer<'a> {
 pub async fn add_to_scheme(
     dst: &Upstream,
     repo: &RepoName,
-    subject: &str,
+    subject: &Digest,
     m: Referrer<'_>,
 ) -> anyhow::Result<()> {
     let parsed = m.parsed;
-    let Some(tag) = scheme_tag(subject) else { return Ok(()) };
+    let tag = subject.referrers_tag();
     let mut index = match dst.fetch(Method::GET, repo, "manifests", &tag).await? {
         Fetched::Found(resp) => super::body::read_json(dst, resp, "referrers index").await?,
         Fetched::NotFound => serde_json::json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": []}),
@@ -105,18 +93,4 @@ pub async fn add_to_scheme(
     let bytes = serde_json::to_vec(&index).context("writing a referrers index")?;
     dst.put_manifest(repo, &tag, INDEX, bytes.into()).await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scheme_tags() {
-        let hex = "a".repeat(64);
-        assert_eq!(scheme_tag(&format!("sha256:{hex}")), Some(format!("sha256-{hex}")));
-        assert!(is_scheme_tag(&format!("sha256-{hex}")));
-        assert!(!is_scheme_tag("sha256-abc") && !is_scheme_tag("latest"));
-        assert!(!is_scheme_tag(&format!("sha256-{}", "g".repeat(64))));
-    }
 }
