@@ -1,6 +1,8 @@
 //! `GET /v2/<name>/referrers/<digest>`: a subject's referrers a page at a time, from this
 //! registry's metadata or, for a mirrored repository, from its upstream.
 
+use std::collections::HashMap;
+
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +16,17 @@ use berth_core::oci::{Digest, RepoName};
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 pub(super) async fn local(st: &AppState, req: &Parts, repo: &RepoName, subject: &Digest) -> Result<Response> {
-    let q = query(req);
+    listed(st, req, &query(req), repo, subject).await
+}
+
+/// [`local`] with the request's query parsed.
+async fn listed(
+    st: &AppState,
+    req: &Parts,
+    q: &HashMap<String, String>,
+    repo: &RepoName,
+    subject: &Digest,
+) -> Result<Response> {
     let filter = q.get("artifactType").filter(|s| !s.is_empty()).map(String::as_str);
     let after = match q.get("last") {
         None => None,
@@ -42,7 +54,7 @@ pub(super) async fn local(st: &AppState, req: &Parts, repo: &RepoName, subject: 
         })
         .collect();
     let next = page.next.map(|d| d.to_string());
-    Ok(referrers_response(req, manifests, filter, next.as_deref().map(|d| ("last", d))))
+    Ok(referrers_response(req, q, manifests, filter, next.as_deref().map(|d| ("last", d))))
 }
 
 /// The referrers of a mirrored image: the upstream's (filtered here when the upstream did not
@@ -57,23 +69,25 @@ pub(super) async fn proxied(
     let q = query(req);
     if q.contains_key("last") && !q.contains_key("next") {
         // A page after one the cache answered: the cached list goes on.
-        return local(st, req, &t.local, subject).await;
+        return listed(st, req, &q, &t.local, subject).await;
     }
     let filter = q.get("artifactType").filter(|s| !s.is_empty()).map(String::as_str);
     let Some(page) = proxy.referrers(t, subject, filter, q.get("next").map(String::as_str)).await? else {
-        return local(st, req, &t.local, subject).await;
+        return listed(st, req, &q, &t.local, subject).await;
     };
     let mut manifests = page.manifests;
     if let (Some(at), false) = (filter, page.filtered) {
         manifests.retain(|d| d["artifactType"].as_str() == Some(at));
     }
-    Ok(referrers_response(req, manifests, filter, page.next.as_deref().map(|link| ("next", link))))
+    Ok(referrers_response(req, &q, manifests, filter, page.next.as_deref().map(|link| ("next", link))))
 }
 
 /// A referrers list: an image index of `manifests`, saying whether `filter` was applied, with a
-/// `Link` to the next page when `next` (the query parameter that names it) is given.
+/// `Link` to the next page when `next` (the query parameter that names it) is given; `q` is the
+/// request's query.
 fn referrers_response(
     req: &Parts,
+    q: &HashMap<String, String>,
     manifests: Vec<serde_json::Value>,
     filter: Option<&str>,
     next: Option<(&str, &str)>,
@@ -85,7 +99,6 @@ fn referrers_response(
     }
     if let Some((key, value)) = next {
         // The next page keeps the filter and the name's namespace; the path is the client's.
-        let q = query(req);
         let mut link = form_urlencoded::Serializer::new(String::new());
         for k in ["ns", "artifactType"] {
             if let Some(v) = q.get(k).filter(|v| !v.is_empty()) {
