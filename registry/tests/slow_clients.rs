@@ -305,3 +305,40 @@ fn raise_open_files() {
         }
     }
 }
+
+/// One request sending for longer than the upload TTL (a large layer over a slow link) keeps its
+/// session: a request on it meanwhile finds it in use, not abandoned, and the bytes become the blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_sending_for_longer_than_the_ttl_keeps_its_session() {
+    use futures_util::StreamExt;
+    let ttl = Duration::from_secs(2);
+    let s =
+        TestServer::with_limits(berth_registry::service::Limits { upload_ttl: ttl, ..Default::default() })
+            .await;
+    let c = client();
+    let loc = start_session(&s, "slow/ttl").await;
+    let data = content(64 * 1024, 7);
+    // Eight pieces, 0.6 s apart: the one PATCH runs for more than twice the TTL.
+    let pieces: Vec<Vec<u8>> = data.chunks(8 * 1024).map(<[u8]>::to_vec).collect();
+    let body = futures_util::stream::iter(pieces).then(|piece| async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        Ok::<_, std::io::Error>(piece)
+    });
+    let patch = c.patch(s.url(&loc)).body(reqwest::Body::wrap_stream(body)).send();
+    let meanwhile = async {
+        tokio::time::sleep(ttl + Duration::from_millis(1500)).await;
+        c.get(s.url(&loc)).send().await.unwrap().status()
+    };
+    let (patched, seen) = tokio::join!(patch, meanwhile);
+    assert_eq!(seen, StatusCode::NO_CONTENT, "the session is in use, not abandoned");
+    let patched = patched.unwrap();
+    assert_eq!(patched.status(), StatusCode::ACCEPTED, "every byte sent was recorded");
+    let next = patched.headers()["location"].to_str().unwrap().to_owned();
+    let d = sha256(&data);
+    let sep = if next.contains('?') { '&' } else { '?' };
+    let r = c.put(s.url(&format!("{next}{sep}digest={d}"))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let got = c.get(s.url(&format!("/v2/slow/ttl/blobs/{d}"))).send().await.unwrap();
+    assert_eq!(got.bytes().await.unwrap().as_ref(), &data[..]);
+    s.stop().await;
+}

@@ -11,6 +11,8 @@ use super::units::duration;
 pub struct LimitsConfig {
     #[serde(default = "default_manifest_bytes")]
     pub max_manifest_bytes: u64,
+    /// Upload sessions no request has touched for this long are abandoned and removed; one with a
+    /// request still sending to it is in use.
     #[serde(default = "default_upload_ttl", with = "duration")]
     pub upload_ttl: Duration,
     /// How long in-flight requests may run after a shutdown signal.

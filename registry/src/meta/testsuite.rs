@@ -297,6 +297,13 @@ async fn upload_sessions(m: &dyn MetaStore) {
     assert_eq!(m.upload_parts(id).await.unwrap(), vec![part(0, 10), part(10, 5)]);
     assert_eq!(m.stale_uploads(104, 10).await.unwrap(), vec![id]);
     assert!(m.stale_uploads(103, 10).await.unwrap().is_empty());
+    // A request still sending marks the session in use; an earlier mark never moves it back.
+    m.touch_upload(id, 110).await.unwrap();
+    m.touch_upload(id, 107).await.unwrap();
+    assert_eq!(m.upload(id).await.unwrap().unwrap().updated_at, 110);
+    assert!(m.stale_uploads(110, 10).await.unwrap().is_empty());
+    m.touch_upload(UploadId::random(), 111).await.unwrap();
+    assert_eq!(m.count_uploads().await.unwrap(), 1, "marking a session that is gone makes none");
 
     // A session holds a bounded number of chunks; an empty one takes no place.
     assert_eq!(m.append_upload(id, &chunk(15, 0), 3, 104).await.unwrap(), 15);

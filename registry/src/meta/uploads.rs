@@ -97,6 +97,9 @@ pub trait UploadSessions: Send + Sync + 'static {
     /// Forgets the session; false when it was gone already (finished or discarded by another
     /// request), whose objects are then not this caller's to remove.
     async fn delete_upload(&self, id: UploadId) -> Result<bool>;
+    /// Marks the session as in use at `now` (a request still sending to it), so that neither the
+    /// purge of idle sessions nor a request on another replica takes it for abandoned.
+    async fn touch_upload(&self, id: UploadId, now: i64) -> Result<()>;
     /// Sessions last touched before `before`.
     async fn stale_uploads(&self, before: i64, limit: usize) -> Result<Vec<UploadId>>;
     async fn count_uploads(&self) -> Result<u64>;

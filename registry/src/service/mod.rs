@@ -9,6 +9,7 @@ mod cache;
 mod changes;
 mod error;
 pub(crate) mod in_place;
+mod in_use;
 mod manifests;
 pub mod multiparts;
 mod pulls;

@@ -26,6 +26,7 @@ use futures_util::StreamExt;
 
 use super::assembly::{self, nonce, PartSink};
 use super::error::{Result, ServiceError};
+use super::in_use::InUse;
 use super::registry::{copy_body, repo_matches, BodyStream, Registry};
 use crate::meta::{now, Appended, Closing, Stored, Upload, UploadPart};
 use crate::storage::{layout, put_all};
@@ -280,6 +281,7 @@ impl Registry {
         body: BodyStream,
     ) -> Result<(u64, Option<Hasher>)> {
         let expected = expected_len(u, range, declared)?;
+        let _in_use = InUse::start(self.meta.clone(), u.id, u.updated_at, self.limits.upload_ttl);
         let mut hasher = self.hasher_at(u).await?;
         let mut scratch = Algorithm::Sha256.hasher();
         let h = hasher.as_mut().unwrap_or(&mut scratch);

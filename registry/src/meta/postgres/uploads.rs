@@ -126,6 +126,18 @@ impl UploadSessions for PostgresMeta {
         .await
     }
 
+    async fn touch_upload(&self, id: UploadId, now: i64) -> Result<()> {
+        let c = self.client().await?;
+        execute(
+            &c,
+            "UPDATE uploads SET updated_at = GREATEST(updated_at, $2) WHERE id = $1",
+            &[&id.to_string(), &now],
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
     async fn stale_uploads(&self, before: i64, limit: usize) -> Result<Vec<UploadId>> {
         let c = self.client().await?;
         let rows = query(

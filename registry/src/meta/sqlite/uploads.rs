@@ -145,6 +145,15 @@ impl UploadSessions for SqliteMeta {
         .await
     }
 
+    async fn touch_upload(&self, id: UploadId, now: i64) -> Result<()> {
+        self.write(Durability::Unsynced, move |tx| {
+            tx.prepare_cached("UPDATE uploads SET updated_at = max(updated_at, ?2) WHERE id = ?1")?
+                .execute(params![id.to_string(), now])?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn stale_uploads(&self, before: i64, limit: usize) -> Result<Vec<UploadId>> {
         self.read(move |c| {
             let ids = c
