@@ -80,11 +80,12 @@ impl Proxy {
                     .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|f| f.trim() == "artifactType")));
             let next = if api { berth_client::pages::next_link(resp.headers()) } else { None };
             let body = up.read_limited(resp, "referrers list", limit).await?;
-            let index: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            let mut index: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
                 UpstreamError::Protocol { upstream: up.name.clone(), detail: format!("referrers list: {e}") }
             })?;
-            let manifests = match index.get("manifests") {
-                Some(serde_json::Value::Array(m)) => m.clone(),
+            // Taken out of the parsed list, not copied: a page may hold megabytes of annotations.
+            let manifests = match index.get_mut("manifests").map(serde_json::Value::take) {
+                Some(serde_json::Value::Array(m)) => m,
                 _ => Vec::new(),
             };
             Ok(UpstreamReferrers { manifests, filtered, next })
