@@ -27,6 +27,7 @@ mod login;
 pub mod pace;
 pub mod pages;
 pub mod push;
+pub mod referrers;
 
 use berth_core::config::UpstreamConfig;
 use berth_core::oci::RepoName;

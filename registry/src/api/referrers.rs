@@ -72,7 +72,7 @@ pub(super) async fn proxied(
         return listed(st, req, &q, &t.local, subject).await;
     }
     let filter = q.get("artifactType").filter(|s| !s.is_empty()).map(String::as_str);
-    let Some(page) = proxy.referrers(t, subject, filter, q.get("next").map(String::as_str)).await? else {
+    let Some(page) = proxy.referrers(t, subject, filter, q.get("next").map(String::as_str)).await else {
         return listed(st, req, &q, &t.local, subject).await;
     };
     let mut manifests = page.manifests;

@@ -34,6 +34,5 @@ mod state;
 mod tags;
 
 pub use error::{ProxyError, Result};
-pub use referrers::UpstreamReferrers;
 pub use route::Target;
 pub use state::Proxy;

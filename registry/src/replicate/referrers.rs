@@ -9,17 +9,20 @@ use reqwest::Method;
 
 const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-/// The digests of the manifests in an index's JSON.
-fn listed(index: &serde_json::Value) -> anyhow::Result<Vec<Digest>> {
-    index["manifests"]
-        .as_array()
+/// The digests of descriptors as a list of referrers holds them.
+fn digests<'a>(descriptors: impl IntoIterator<Item = &'a serde_json::Value>) -> anyhow::Result<Vec<Digest>> {
+    descriptors
         .into_iter()
-        .flatten()
         .map(|d| {
             let s = d["digest"].as_str().unwrap_or_default();
             s.parse().map_err(|e| anyhow::anyhow!("referrer digest {s:?}: {e}"))
         })
         .collect()
+}
+
+/// The digests of the manifests in an index's JSON.
+fn listed(index: &serde_json::Value) -> anyhow::Result<Vec<Digest>> {
+    digests(index["manifests"].as_array().into_iter().flatten())
 }
 
 /// Pages of one referrers list read at most: a registry whose `Link` never ends is refused.
@@ -28,25 +31,17 @@ const MOST_PAGES: usize = 10_000;
 /// What refers to `digest` in `repo` at `src`: every page of the referrers API's list, or the
 /// tag scheme's index.
 pub async fn list(src: &Upstream, repo: &RepoName, digest: &Digest) -> anyhow::Result<Vec<Digest>> {
-    if let Fetched::Found(mut resp) = src.fetch(Method::GET, repo, "referrers", digest.as_str()).await? {
-        let mut all = Vec::new();
-        for _ in 0..MOST_PAGES {
-            let next = berth_client::pages::next_link(resp.headers());
-            all.extend(listed(&super::body::read_json(src, resp, "referrers list").await?)?);
-            let Some(link) = next else { return Ok(all) };
-            resp = match src.next_page(repo, "referrers", digest.as_str(), &link).await? {
-                Fetched::Found(resp) => resp,
-                Fetched::NotFound => {
-                    anyhow::bail!("the next page of the referrers of {digest}, {link}, is gone")
-                }
-            };
+    let mut all = Vec::new();
+    let mut next = None;
+    for _ in 0..MOST_PAGES {
+        let page = src.referrers(repo, digest, None, next.as_deref(), super::body::MAX_DOCUMENT).await?;
+        all.extend(digests(&page.manifests)?);
+        match page.next {
+            Some(link) => next = Some(link),
+            None => return Ok(all),
         }
-        anyhow::bail!("the referrers of {digest} run past {MOST_PAGES} pages");
     }
-    match src.fetch(Method::GET, repo, "manifests", &digest.referrers_tag()).await? {
-        Fetched::Found(resp) => listed(&super::body::read_json(src, resp, "referrers index").await?),
-        Fetched::NotFound => Ok(vec![]),
-    }
+    anyhow::bail!("the referrers of {digest} run past {MOST_PAGES} pages");
 }
 
 /// A referrer as its subject's index lists it: its descriptor's digest, media type and size,
