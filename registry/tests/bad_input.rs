@@ -158,6 +158,29 @@ async fn bad_manifests() {
         "blobs of another repository do not count"
     );
 
+    // Descriptors of another size than the content they name: every client pulling the image
+    // would refuse the blob (containerd checks the size), so the push is refused instead.
+    let mut wrong_size: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    let layer_size = wrong_size["layers"][0]["size"].as_u64().unwrap();
+    wrong_size["layers"][0]["size"] = (layer_size + 1).into();
+    let r = put_manifest(&s, "r/c", "t", OCI_MANIFEST, &serde_json::to_vec(&wrong_size).unwrap()).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "MANIFEST_INVALID", "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&format!("says {} bytes", layer_size + 1)), "{message}");
+    let r = put_manifest(&s, "r/c", &sha256(&good), OCI_MANIFEST, &good).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let index = |size: usize| {
+        let index = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": sha256(&good), "size": size}]});
+        serde_json::to_vec(&index).unwrap()
+    };
+    let r = put_manifest(&s, "r/c", "idx", OCI_INDEX, &index(good.len() - 1)).await;
+    assert_eq!(error_code(r).await, "MANIFEST_INVALID", "index with a child of another size");
+    let r = put_manifest(&s, "r/c", &sha256(&index(good.len())), OCI_INDEX, &index(good.len())).await;
+    assert_eq!(r.status(), StatusCode::CREATED, "the same index with the child's size");
+
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (OCI_MANIFEST, b"{not json".to_vec()),
         (OCI_MANIFEST, b"".to_vec()),

@@ -35,9 +35,17 @@ pub struct ParsedManifest {
     pub subject: Option<Digest>,
     pub annotations: Option<BTreeMap<String, String>>,
     /// Blobs (config and layers) that must exist in the repository.
-    pub blobs: Vec<Digest>,
+    pub blobs: Vec<Descriptor>,
     /// Child manifests (of an index) that must exist in the repository.
-    pub manifests: Vec<Digest>,
+    pub manifests: Vec<Descriptor>,
+}
+
+/// What a manifest says of content it references: the digest, and the size a client pulling
+/// it will expect (and check: containerd refuses content of another size).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Descriptor {
+    pub digest: Digest,
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,15 +87,15 @@ struct RawDescriptor {
 }
 
 impl RawDescriptor {
-    fn digest(&self, field: &str) -> Result<Digest, ManifestError> {
+    fn described(&self, field: &str) -> Result<Descriptor, ManifestError> {
         let raw = self
             .digest
             .as_deref()
             .ok_or_else(|| ManifestError::Invalid(format!("{field}: descriptor has no digest")))?;
         let digest = raw.parse().map_err(|e| ManifestError::Invalid(format!("{field}: {e}")))?;
-        match self.size {
-            Some(s) if s >= 0 => Ok(digest),
-            _ => Err(ManifestError::Invalid(format!("{field}: descriptor needs a size >= 0"))),
+        match self.size.and_then(|s| u64::try_from(s).ok()) {
+            Some(size) => Ok(Descriptor { digest, size }),
+            None => Err(ManifestError::Invalid(format!("{field}: descriptor needs a size >= 0"))),
         }
     }
 
@@ -119,7 +127,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest, 
         media::OCI_INDEX | media::DOCKER_LIST => ManifestKind::Index,
         other => return Err(ManifestError::UnsupportedMediaType(truncate(other))),
     };
-    let subject = raw.subject.as_ref().map(|s| s.digest("subject")).transpose()?;
+    let subject = raw.subject.as_ref().map(|s| s.described("subject")).transpose()?.map(|s| s.digest);
     let mut parsed = ParsedManifest {
         media_type,
         kind,
@@ -162,13 +170,13 @@ fn fill_image(raw: &RawManifest, out: &mut ParsedManifest) -> Result<(), Manifes
     }
     let config =
         raw.config.as_ref().ok_or_else(|| ManifestError::Invalid("image manifest has no config".into()))?;
-    out.blobs.push(config.digest("config")?);
+    out.blobs.push(config.described("config")?);
     let layers =
         raw.layers.as_ref().ok_or_else(|| ManifestError::Invalid("image manifest has no layers".into()))?;
     for (i, layer) in layers.iter().enumerate() {
-        let digest = layer.digest(&format!("layers[{i}]"))?;
+        let described = layer.described(&format!("layers[{i}]"))?;
         if !layer.is_external() {
-            out.blobs.push(digest);
+            out.blobs.push(described);
         }
     }
     if out.artifact_type.is_none() {
@@ -184,7 +192,7 @@ fn fill_index(raw: &RawManifest, out: &mut ParsedManifest) -> Result<(), Manifes
     let children =
         raw.manifests.as_ref().ok_or_else(|| ManifestError::Invalid("index has no \"manifests\"".into()))?;
     for (i, child) in children.iter().enumerate() {
-        out.manifests.push(child.digest(&format!("manifests[{i}]"))?);
+        out.manifests.push(child.described(&format!("manifests[{i}]"))?);
     }
     Ok(())
 }
@@ -207,7 +215,8 @@ mod tests {
     fn image_manifest_references_config_and_layers() {
         let m = parse(Some(media::OCI_MANIFEST), image("").as_bytes()).unwrap();
         assert_eq!(m.kind, ManifestKind::Image);
-        assert_eq!(m.blobs.len(), 2);
+        let described = m.blobs.iter().map(|b| (b.digest.as_str(), b.size)).collect::<Vec<_>>();
+        assert_eq!(described, [(D1, 2), (D2, 3)]);
         assert_eq!(m.artifact_type.as_deref(), Some("application/vnd.oci.image.config.v1+json"));
         assert!(m.subject.is_none());
     }
@@ -233,7 +242,7 @@ mod tests {
         );
         let m = parse(Some(media::OCI_INDEX), body.as_bytes()).unwrap();
         assert_eq!(m.kind, ManifestKind::Index);
-        assert_eq!(m.manifests.len(), 1);
+        assert_eq!(m.manifests.iter().map(|c| (c.digest.as_str(), c.size)).collect::<Vec<_>>(), [(D1, 5)]);
         assert!(m.blobs.is_empty());
     }
 

@@ -6,5 +6,5 @@ pub mod name;
 pub mod range;
 
 pub use digest::{hex, Algorithm, Digest, DigestError, Hasher};
-pub use manifest::{ManifestKind, ParsedManifest};
+pub use manifest::{Descriptor, ManifestKind, ParsedManifest};
 pub use name::{Reference, RepoName, Tag};

@@ -38,7 +38,7 @@ async fn collected_where_they_are<M: MetaStore + Collect>(w: World<M>) {
             artifact_type: None,
             subject: None,
             annotations: None,
-            blobs: vec![used_digest.clone()],
+            blobs: vec![berth_core::oci::Descriptor { digest: used_digest.clone(), size: used.len() as u64 }],
             manifests: vec![],
             tags: vec!["v1".parse().unwrap()],
             verify_references: true,

@@ -12,6 +12,9 @@ pub enum MetaError {
     /// write it again once the deletion is over ([`super::MetaStore::blob_purging`]).
     #[error("blob {0} is being deleted")]
     BlobGone(Digest),
+    /// A manifest describes content the repository holds with another size than it has.
+    #[error("its descriptor of {digest} says {described} bytes, but {digest} has {stored}")]
+    SizeMismatch { digest: Digest, described: u64, stored: u64 },
     #[error("upload session is unknown")]
     UploadUnknown,
     #[error("upload has {current} bytes, not as many as the chunk assumed")]

@@ -28,7 +28,7 @@ pub(crate) mod testsuite;
 pub mod uploads;
 pub mod usage;
 
-use berth_core::oci::{Digest, Reference, RepoName, Tag};
+use berth_core::oci::{Descriptor, Digest, Reference, RepoName, Tag};
 pub use error::{MetaError, Result};
 pub use events::NewEvent;
 pub use precondition::{Condition, Precondition};
@@ -54,8 +54,8 @@ pub struct NewManifest {
     pub subject: Option<Digest>,
     /// The manifest's `annotations`, as a JSON object.
     pub annotations: Option<String>,
-    pub blobs: Vec<Digest>,
-    pub manifests: Vec<Digest>,
+    pub blobs: Vec<Descriptor>,
+    pub manifests: Vec<Descriptor>,
     /// Tags to point at the manifest, in the same transaction.
     pub tags: Vec<Tag>,
     /// Refuse the manifest unless everything it references is already in the repository. Off
@@ -130,9 +130,15 @@ pub trait MetaStore: UploadSessions + Purges + Send + Sync + 'static {
     /// Makes `digest` unreadable in `repo`; false if it was not there.
     async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
 
-    /// `Ok` if `repo` holds every one of `blobs` and `manifests`; else the first that is missing
-    /// (`BlobUnknown` or `ManifestUnknown`).
-    async fn check_references(&self, repo: &RepoName, blobs: &[Digest], manifests: &[Digest]) -> Result<()>;
+    /// `Ok` if `repo` holds every one of `blobs` and `manifests`, each of the size described;
+    /// else the first that is missing (`BlobUnknown` or `ManifestUnknown`) or of another size
+    /// (`SizeMismatch`).
+    async fn check_references(
+        &self,
+        repo: &RepoName,
+        blobs: &[Descriptor],
+        manifests: &[Descriptor],
+    ) -> Result<()>;
     /// Checks every reference and records the manifest (and tag) in one transaction.
     async fn put_manifest(&self, m: NewManifest) -> Result<()>;
     async fn manifest(&self, repo: &RepoName, r: &Reference) -> Result<Option<ManifestRecord>>;
@@ -194,6 +200,20 @@ pub trait MetaStore: UploadSessions + Purges + Send + Sync + 'static {
 /// A value read back from the store that does not parse: the database was edited or damaged.
 pub(crate) fn parse_stored<T: std::str::FromStr>(what: &str, value: String) -> Result<T> {
     value.parse().map_err(|_| MetaError::Db(format!("stored {what} {value:?} does not parse")))
+}
+
+/// Whether a repository holds what `wanted` describes, from its stored size (`None`: not held):
+/// `missing` names it when absent, [`MetaError::SizeMismatch`] when its size is another.
+pub(crate) fn held(wanted: &Descriptor, stored: Option<i64>, missing: fn(Digest) -> MetaError) -> Result<()> {
+    match stored {
+        None => Err(missing(wanted.digest.clone())),
+        Some(size) if u64::try_from(size).ok() != Some(wanted.size) => Err(MetaError::SizeMismatch {
+            digest: wanted.digest.clone(),
+            described: wanted.size,
+            stored: size.max(0) as u64,
+        }),
+        Some(_) => Ok(()),
+    }
 }
 
 /// What a write that records a blob makes of the state it found: `Ok` when the blob is `live`

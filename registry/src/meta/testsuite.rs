@@ -6,7 +6,7 @@ use super::outbox::EventLog;
 use super::runs::{RunEnd, RunLog, RunRecord, RunState};
 use super::{Appended, MetaError, MetaStore, NewManifest, Page, Referrer, Stored, UploadPart};
 use crate::UploadId;
-use berth_core::oci::{Digest, Reference, Tag};
+use berth_core::oci::{Descriptor, Digest, Reference, Tag};
 
 mod cache;
 mod conditional;
@@ -14,7 +14,7 @@ mod events;
 mod fixtures;
 mod sweep;
 
-pub(crate) use fixtures::{digest, manifest, repo};
+pub(crate) use fixtures::{described, digest, manifest, repo};
 
 pub(crate) async fn run<M: MetaStore + CacheIndex + MultipartLog + RunLog + EventLog>(m: &M) {
     blobs_are_per_repository(m).await;
@@ -147,39 +147,46 @@ async fn blobs_are_per_repository(m: &dyn MetaStore) {
 }
 
 async fn manifests_check_references(m: &dyn MetaStore) {
-    let (config, layer) = (digest("m-config"), digest("m-layer"));
-    let none: &[Digest] = &[];
+    let (config, layer) = (described(&digest("m-config"), 2), described(&digest("m-layer"), 3));
+    let none: &[Descriptor] = &[];
     assert!(
         matches!(
             m.check_references(&repo("app"), std::slice::from_ref(&config), none).await,
-            Err(MetaError::BlobUnknown(d)) if d == config
+            Err(MetaError::BlobUnknown(d)) if d == config.digest
         ),
         "a repository that does not exist holds nothing"
     );
-    m.link_blob(&repo("app"), &config, 2, Stored::Written).await.unwrap();
+    m.link_blob(&repo("app"), &config.digest, 2, Stored::Written).await.unwrap();
     m.check_references(&repo("app"), std::slice::from_ref(&config), none).await.unwrap();
     assert!(matches!(
         m.check_references(&repo("app"), &[config.clone(), layer.clone()], none).await,
-        Err(MetaError::BlobUnknown(d)) if d == layer
+        Err(MetaError::BlobUnknown(d)) if d == layer.digest
     ));
     assert!(matches!(
-        m.check_references(&repo("app"), none, &[digest("img")]).await,
+        m.check_references(&repo("app"), none, &[described(&digest("img"), 100)]).await,
         Err(MetaError::ManifestUnknown(_))
     ));
     let missing = m.put_manifest(manifest("app", "img", &[&config, &layer], Some("v1"))).await;
-    assert!(matches!(missing, Err(MetaError::BlobUnknown(d)) if d == layer));
+    assert!(matches!(missing, Err(MetaError::BlobUnknown(d)) if d == layer.digest));
     // Nothing of the refused manifest is visible.
     let tag: Tag = "v1".parse().unwrap();
     assert_eq!(m.manifest(&repo("app"), &Reference::Tag(tag.clone())).await.unwrap(), None);
 
-    m.link_blob(&repo("app"), &layer, 3, Stored::Written).await.unwrap();
+    m.link_blob(&repo("app"), &layer.digest, 3, Stored::Written).await.unwrap();
+    // A descriptor of another size than the blob has is refused (a client pulling the image
+    // would refuse the blob), before the write and inside it.
+    let wrong = described(&layer.digest, 4);
+    let mismatch = |r| matches!(r, Err(MetaError::SizeMismatch { digest, described: 4, stored: 3 }) if digest == layer.digest);
+    assert!(mismatch(m.check_references(&repo("app"), &[config.clone(), wrong.clone()], none).await));
+    assert!(mismatch(m.put_manifest(manifest("app", "img", &[&config, &wrong], Some("v1"))).await));
+    assert_eq!(m.manifest(&repo("app"), &Reference::Tag(tag.clone())).await.unwrap(), None);
     m.put_manifest(manifest("app", "img", &[&config, &layer], Some("v1"))).await.unwrap();
     let by_tag = m.manifest(&repo("app"), &Reference::Tag(tag)).await.unwrap().unwrap();
     assert_eq!(by_tag.digest, digest("img"));
     // An index naming a child the repository lacks: refused, unless children are optional (a
     // sparse index); either way its blobs are checked.
-    let index = |children_optional, blobs: &[&Digest]| NewManifest {
-        manifests: vec![digest("img"), digest("absent-child")],
+    let index = |children_optional, blobs: &[&Descriptor]| NewManifest {
+        manifests: vec![described(&digest("img"), 100), described(&digest("absent-child"), 100)],
         children_optional,
         ..manifest("app", "sparse-index", blobs, None)
     };
@@ -187,7 +194,7 @@ async fn manifests_check_references(m: &dyn MetaStore) {
         matches!(m.put_manifest(index(false, &[])).await, Err(MetaError::ManifestUnknown(d)) if d == digest("absent-child"))
     );
     assert!(matches!(
-        m.put_manifest(index(true, &[&digest("absent-blob")])).await,
+        m.put_manifest(index(true, &[&described(&digest("absent-blob"), 1)])).await,
         Err(MetaError::BlobUnknown(_))
     ));
     m.put_manifest(index(true, &[])).await.unwrap();
@@ -198,9 +205,17 @@ async fn manifests_check_references(m: &dyn MetaStore) {
     assert_eq!(m.manifest(&repo("other"), &Reference::Digest(digest("img"))).await.unwrap(), None);
 
     let mut index = manifest("app", "index", &[], None);
-    index.manifests = vec![digest("img"), digest("absent")];
+    index.manifests = vec![described(&digest("img"), 100), described(&digest("absent"), 100)];
     assert!(matches!(m.put_manifest(index.clone()).await, Err(MetaError::ManifestUnknown(_))));
     index.manifests.pop();
+    // A child described with another size than the manifest has is refused too.
+    index.manifests[0].size = 99;
+    let refused = m.put_manifest(index.clone()).await;
+    assert!(
+        matches!(refused, Err(MetaError::SizeMismatch { described: 99, stored: 100, .. })),
+        "{refused:?}"
+    );
+    index.manifests[0].size = 100;
     m.put_manifest(index).await.unwrap();
 }
 

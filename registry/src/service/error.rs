@@ -57,6 +57,7 @@ impl From<MetaError> for ServiceError {
     fn from(e: MetaError) -> Self {
         match e {
             MetaError::BlobUnknown(d) | MetaError::ManifestUnknown(d) => ServiceError::ManifestBlobUnknown(d),
+            e @ MetaError::SizeMismatch { .. } => ServiceError::ManifestInvalid(e.to_string()),
             MetaError::UploadUnknown => ServiceError::UploadUnknown,
             MetaError::UploadOffset { current } => ServiceError::RangeInvalid { received: current },
             MetaError::UploadFull { max } => ServiceError::UploadInvalid(format!(

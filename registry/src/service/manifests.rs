@@ -142,7 +142,8 @@ impl Registry {
         // (the transaction below checks again, against pushes and deletes racing this one).
         let children_optional = self.limits.sparse_indexes;
         if verify_references {
-            let children: &[Digest] = if children_optional { &[] } else { &parsed.manifests };
+            let children: &[berth_core::oci::Descriptor] =
+                if children_optional { &[] } else { &parsed.manifests };
             self.meta.check_references(repo, &parsed.blobs, children).await?;
         }
         // A `live` row always has its object (see `crate::meta::sweep`); otherwise write it.

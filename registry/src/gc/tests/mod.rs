@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_core::oci::{Digest, Reference};
+use berth_core::oci::{Descriptor, Digest, Reference};
 use bytes::Bytes;
 
 use super::{Collector, Options, Report};
@@ -21,7 +21,7 @@ use crate::service::{Limits, Registry, ServiceError};
 use crate::storage::memory::MemoryStorage;
 use crate::storage::{layout, put_all, Storage};
 
-use crate::meta::testsuite::{digest as d, repo};
+use crate::meta::testsuite::{described, digest as d, repo};
 
 struct World {
     meta: Arc<dyn MetaStore>,
@@ -69,11 +69,11 @@ impl World {
             self.blob(r, b).await;
         }
         put_all(self.storage.as_ref(), &layout::blob(&d(name)), Bytes::from(name.to_owned())).await.unwrap();
-        let needs: Vec<Digest> = blobs.iter().map(|b| d(b)).collect();
+        let needs: Vec<Descriptor> = blobs.iter().map(|b| described(&d(b), b.len() as u64)).collect();
         let m = NewManifest {
             size: name.len() as u64,
             subject: subject.map(d),
-            manifests: children.iter().map(|c| d(c)).collect(),
+            manifests: children.iter().map(|c| described(&d(c), c.len() as u64)).collect(),
             ..crate::meta::testsuite::manifest(r, name, &needs.iter().collect::<Vec<_>>(), tag)
         };
         self.meta.put_manifest(m).await.unwrap();

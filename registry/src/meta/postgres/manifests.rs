@@ -6,7 +6,7 @@ use super::errors::TxResult;
 use super::outbox;
 use super::statements::{ensure_repo, execute, query, query_opt, Tx};
 use crate::meta::{parse_stored, precondition, MetaError, NewManifest, Stored};
-use berth_core::oci::{Digest, Tag};
+use berth_core::oci::{Descriptor, Digest, Tag};
 
 pub(super) async fn link_blob_tx(
     tx: &Tx<'_>,
@@ -69,31 +69,38 @@ pub(super) async fn record_blob(
 pub(super) async fn check_references<C: GenericClient>(
     c: &C,
     repo: Option<i64>,
-    blobs: &[Digest],
-    manifests: &[Digest],
+    blobs: &[Descriptor],
+    manifests: &[Descriptor],
     lock: bool,
 ) -> TxResult<()> {
     let Some(repo) = repo else {
         return Err(match (blobs.first(), manifests.first()) {
-            (Some(b), _) => MetaError::BlobUnknown(b.clone()).into(),
-            (None, Some(m)) => MetaError::ManifestUnknown(m.clone()).into(),
+            (Some(b), _) => MetaError::BlobUnknown(b.digest.clone()).into(),
+            (None, Some(m)) => MetaError::ManifestUnknown(m.digest.clone()).into(),
             (None, None) => return Ok(()),
         });
     };
+    // `OF rb`: the links are locked, as a delete removes them; the blobs' rows are not.
+    let suffix = if lock { " FOR SHARE OF rb" } else { "" };
+    let blob_sizes = format!(
+        "SELECT rb.digest, b.size FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
+         WHERE rb.repository_id = $1 AND rb.digest = ANY($2){suffix}"
+    );
     let suffix = if lock { " FOR SHARE" } else { "" };
-    for (table, wanted, missing) in [
-        ("repository_blobs", blobs, MetaError::BlobUnknown as fn(Digest) -> MetaError),
-        ("manifests", manifests, MetaError::ManifestUnknown as fn(Digest) -> MetaError),
+    let manifest_sizes =
+        format!("SELECT digest, size FROM manifests WHERE repository_id = $1 AND digest = ANY($2){suffix}");
+    for (sql, wanted, missing) in [
+        (blob_sizes, blobs, MetaError::BlobUnknown as fn(Digest) -> MetaError),
+        (manifest_sizes, manifests, MetaError::ManifestUnknown as fn(Digest) -> MetaError),
     ] {
         if wanted.is_empty() {
             continue;
         }
-        let digests: Vec<&str> = wanted.iter().map(Digest::as_str).collect();
-        let sql = format!("SELECT digest FROM {table} WHERE repository_id = $1 AND digest = ANY($2){suffix}");
-        let found: std::collections::HashSet<String> =
-            query(c, &sql, &[&repo, &digests]).await?.iter().map(|r| r.get(0)).collect();
-        if let Some(d) = wanted.iter().find(|d| !found.contains(d.as_str())) {
-            return Err(missing(d.clone()).into());
+        let digests: Vec<&str> = wanted.iter().map(|d| d.digest.as_str()).collect();
+        let found: std::collections::HashMap<String, i64> =
+            query(c, &sql, &[&repo, &digests]).await?.iter().map(|r| (r.get(0), r.get(1))).collect();
+        for d in wanted {
+            crate::meta::held(d, found.get(d.digest.as_str()).copied(), missing)?;
         }
     }
     Ok(())
@@ -103,7 +110,7 @@ pub(super) async fn put_manifest_tx(tx: &Tx<'_>, m: &NewManifest) -> TxResult<()
     let now = crate::meta::now();
     let repo = ensure_repo(tx, m.repo.as_str(), now).await?;
     if m.verify_references {
-        let children: &[Digest] = if m.children_optional { &[] } else { &m.manifests };
+        let children: &[Descriptor] = if m.children_optional { &[] } else { &m.manifests };
         check_references(tx, Some(repo), &m.blobs, children, true).await?;
     }
     record_blob(tx, &m.digest, m.size, now, m.stored).await?;
@@ -133,7 +140,7 @@ pub(super) async fn put_manifest_tx(tx: &Tx<'_>, m: &NewManifest) -> TxResult<()
             if children.is_empty() {
                 continue;
             }
-            let children: Vec<&str> = children.iter().map(Digest::as_str).collect();
+            let children: Vec<&str> = children.iter().map(|c| c.digest.as_str()).collect();
             execute(
                 tx,
                 "INSERT INTO manifest_references (repository_id, manifest_digest, child_digest, kind)

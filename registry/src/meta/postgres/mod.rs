@@ -52,7 +52,7 @@ use super::{
     Referrer, Result, Stored,
 };
 use berth_core::config::Contract;
-use berth_core::oci::{Digest, Reference, RepoName, Tag};
+use berth_core::oci::{Descriptor, Digest, Reference, RepoName, Tag};
 
 /// How often a `url_file` is read again for a rotated URL.
 pub const URL_REFRESH: Duration = Duration::from_secs(10);
@@ -254,7 +254,12 @@ impl MetaStore for PostgresMeta {
         .await
     }
 
-    async fn check_references(&self, repo: &RepoName, blobs: &[Digest], manifests: &[Digest]) -> Result<()> {
+    async fn check_references(
+        &self,
+        repo: &RepoName,
+        blobs: &[Descriptor],
+        manifests: &[Descriptor],
+    ) -> Result<()> {
         let c = self.client().await?;
         let id = repo_id(&c, repo.as_str()).await.map_err(db_error)?;
         Ok(check_references(&c, id, blobs, manifests, false).await?)

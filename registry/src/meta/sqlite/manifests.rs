@@ -9,7 +9,7 @@ use crate::meta::sweep::Stored;
 use crate::meta::{
     parse_stored, precondition, ManifestRecord, MetaError, NewEvent, NewManifest, Precondition, Result,
 };
-use berth_core::oci::{Digest, Reference};
+use berth_core::oci::{Descriptor, Digest, Reference};
 
 pub(super) fn link_blob_tx(
     tx: &Connection,
@@ -53,29 +53,30 @@ pub(super) fn row_to_triple(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, 
 pub(super) fn check_references(
     c: &Connection,
     repo: Option<i64>,
-    blobs: &[Digest],
-    manifests: &[Digest],
+    blobs: &[Descriptor],
+    manifests: &[Descriptor],
 ) -> Result<()> {
     let Some(repo) = repo else {
         return match (blobs.first(), manifests.first()) {
-            (Some(b), _) => Err(MetaError::BlobUnknown(b.clone())),
-            (None, Some(m)) => Err(MetaError::ManifestUnknown(m.clone())),
+            (Some(b), _) => Err(MetaError::BlobUnknown(b.digest.clone())),
+            (None, Some(m)) => Err(MetaError::ManifestUnknown(m.digest.clone())),
             (None, None) => Ok(()),
         };
     };
-    let mut has_blob =
-        c.prepare_cached("SELECT 1 FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2")?;
+    let mut blob_size = c.prepare_cached(
+        "SELECT b.size FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
+         WHERE rb.repository_id = ?1 AND rb.digest = ?2",
+    )?;
     for b in blobs {
-        if !has_blob.exists(params![repo, b.as_str()])? {
-            return Err(MetaError::BlobUnknown(b.clone()));
-        }
+        let stored = blob_size.query_row(params![repo, b.digest.as_str()], |r| r.get(0)).optional()?;
+        crate::meta::held(b, stored, MetaError::BlobUnknown)?;
     }
-    let mut has_manifest =
-        c.prepare_cached("SELECT 1 FROM manifests WHERE repository_id = ?1 AND digest = ?2")?;
+    let mut manifest_size =
+        c.prepare_cached("SELECT size FROM manifests WHERE repository_id = ?1 AND digest = ?2")?;
     for child in manifests {
-        if !has_manifest.exists(params![repo, child.as_str()])? {
-            return Err(MetaError::ManifestUnknown(child.clone()));
-        }
+        let stored =
+            manifest_size.query_row(params![repo, child.digest.as_str()], |r| r.get(0)).optional()?;
+        crate::meta::held(child, stored, MetaError::ManifestUnknown)?;
     }
     Ok(())
 }
@@ -125,10 +126,10 @@ pub(super) fn put_manifest_tx(tx: &Connection, m: &NewManifest) -> Result<()> {
              VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
         )?;
         for b in &m.blobs {
-            edge.execute(params![repo, digest, b.as_str(), "blob"])?;
+            edge.execute(params![repo, digest, b.digest.as_str(), "blob"])?;
         }
         for child in &m.manifests {
-            edge.execute(params![repo, digest, child.as_str(), "manifest"])?;
+            edge.execute(params![repo, digest, child.digest.as_str(), "manifest"])?;
         }
     }
     let mut set_tag = tx.prepare_cached(

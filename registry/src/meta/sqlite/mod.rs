@@ -39,7 +39,7 @@ use super::{
     FoundBlob, ManifestRecord, MetaError, MetaStore, NewEvent, NewManifest, Page, Precondition, Referrer,
     Result,
 };
-use berth_core::oci::{Digest, Reference, RepoName, Tag};
+use berth_core::oci::{Descriptor, Digest, Reference, RepoName, Tag};
 
 const MAX_IDLE_READERS: usize = 8;
 
@@ -291,7 +291,12 @@ impl MetaStore for SqliteMeta {
         .await
     }
 
-    async fn check_references(&self, repo: &RepoName, blobs: &[Digest], manifests: &[Digest]) -> Result<()> {
+    async fn check_references(
+        &self,
+        repo: &RepoName,
+        blobs: &[Descriptor],
+        manifests: &[Descriptor],
+    ) -> Result<()> {
         let (repo, blobs, manifests) = (repo.to_string(), blobs.to_vec(), manifests.to_vec());
         self.read(move |c| check_references(c, repo_id(c, &repo)?, &blobs, &manifests)).await
     }

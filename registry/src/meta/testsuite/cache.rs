@@ -5,14 +5,15 @@ use crate::meta::cache::{CacheIndex, CachedItem, CachedPull, ContentKind, FetchC
 use crate::meta::{MetaStore, Stored};
 use berth_core::oci::{Digest, Reference, Tag};
 
-use super::fixtures::{digest, manifest, repo};
+use super::fixtures::{described, digest, manifest, repo};
 
 pub(super) async fn cache_bookkeeping<M: MetaStore + CacheIndex>(m: &M) {
     let hub = repo("docker.io/library/alpine");
     let tag: Tag = "3.20".parse().unwrap();
     // A cached manifest may name blobs that have not been pulled yet.
     let (layer, shared) = (digest("c-layer"), digest("c-shared"));
-    let mut index = manifest("docker.io/library/alpine", "c-index", &[&layer], Some("3.20"));
+    let mut index =
+        manifest("docker.io/library/alpine", "c-index", &[&described(&layer, 1000)], Some("3.20"));
     assert!(m.put_manifest(index.clone()).await.is_err());
     index.verify_references = false;
     m.put_manifest(index).await.unwrap();

@@ -7,7 +7,7 @@ use crate::meta::{MetaStore, NewManifest, Stored};
 use berth_core::config::notifications::EventKind;
 use berth_core::oci::Tag;
 
-use super::fixtures::{digest, manifest, repo};
+use super::fixtures::{described, digest, manifest, repo};
 
 fn event(kind: EventKind, r: &str, actor: &str, at: i64, endpoints: &[&str]) -> NewEvent {
     let origin = crate::notify::Origin {
@@ -44,13 +44,13 @@ pub(super) async fn events_commit_with_their_change<M: MetaStore + EventLog>(m: 
     let attached = event(EventKind::Referrer, "ev/app", "ci", 1_000, &["ev-a"]);
     let image = NewManifest {
         events: vec![pushed.clone(), attached],
-        ..manifest("ev/app", "ev-image", &[&layer], Some("v1"))
+        ..manifest("ev/app", "ev-image", &[&described(&layer, 5)], Some("v1"))
     };
     m.put_manifest(image).await.unwrap();
     // A push refused (its layer is not there) records no event.
     let refused = NewManifest {
         events: vec![event(EventKind::Push, "ev/app", "ci", 1_001, &["ev-a"])],
-        ..manifest("ev/app", "ev-refused", &[&digest("ev-missing")], None)
+        ..manifest("ev/app", "ev-refused", &[&described(&digest("ev-missing"), 5)], None)
     };
     assert!(m.put_manifest(refused).await.is_err());
     let all = m.events(&listing(Some("ev/app"), None, None)).await.unwrap();

@@ -1,7 +1,7 @@
 //! What the metadata suite builds its cases from: names, digests and manifests.
 
 use crate::meta::{NewManifest, Stored};
-use berth_core::oci::{Algorithm, Digest, RepoName};
+use berth_core::oci::{Algorithm, Descriptor, Digest, RepoName};
 
 pub(crate) fn repo(s: &str) -> RepoName {
     s.parse().unwrap()
@@ -11,7 +11,13 @@ pub(crate) fn digest(s: &str) -> Digest {
     Digest::of(Algorithm::Sha256, s.as_bytes())
 }
 
-pub(crate) fn manifest(r: &str, name: &str, blobs: &[&Digest], tag: Option<&str>) -> NewManifest {
+/// What a manifest says of `digest`: that it has `size` bytes.
+pub(crate) fn described(digest: &Digest, size: u64) -> Descriptor {
+    Descriptor { digest: digest.clone(), size }
+}
+
+/// The manifest `name` (of 100 bytes) referencing `blobs`, tagged `tag`.
+pub(crate) fn manifest(r: &str, name: &str, blobs: &[&Descriptor], tag: Option<&str>) -> NewManifest {
     NewManifest {
         repo: repo(r),
         digest: digest(name),
@@ -20,7 +26,7 @@ pub(crate) fn manifest(r: &str, name: &str, blobs: &[&Digest], tag: Option<&str>
         artifact_type: None,
         subject: None,
         annotations: None,
-        blobs: blobs.iter().map(|d| (*d).clone()).collect(),
+        blobs: blobs.iter().map(|&d| d.clone()).collect(),
         manifests: vec![],
         tags: tag.map(|t| t.parse().unwrap()).into_iter().collect(),
         verify_references: true,
