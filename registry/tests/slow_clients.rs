@@ -293,6 +293,49 @@ async fn connections_past_the_limit_are_told_so_and_closed() {
     assert!(back);
 }
 
+/// A berth serving its metrics on a listener of its own (plain HTTP), with `limits`; its address.
+async fn with_metrics_listener(dir: &std::path::Path, limits: &str) -> (Berth, String) {
+    let metrics = free_addr();
+    let yaml = format!("limits: {{{limits}}}\nmetrics: {{listen: \"{metrics}\"}}\n");
+    let berth = Berth::spawn_with_config(dir, &free_addr(), &yaml).await;
+    let scraped = client().get(format!("http://{metrics}/metrics")).send().await.unwrap();
+    assert_eq!(scraped.status(), StatusCode::OK);
+    (berth, metrics)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_listener_closes_a_connection_without_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_berth, metrics) = with_metrics_listener(dir.path(), "idle_timeout: 1s").await;
+    let mut silent = TcpStream::connect(&metrics).await.unwrap();
+    assert!(closed_within(&mut silent, PROMPT).await, "a connection that never sent a request was kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_listener_refuses_connections_past_its_own_bound() {
+    // Each socket held open there would otherwise hold one of the process's file descriptors,
+    // which the registry's clients, files and database need.
+    const OPENED: usize = 80;
+    const BOUND: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let (berth, metrics) = with_metrics_listener(dir.path(), "").await;
+    let mut held = Vec::new();
+    for _ in 0..OPENED {
+        held.push(TcpStream::connect(&metrics).await.unwrap());
+    }
+    let answers = futures_util::future::join_all(held.iter_mut().map(|conn| async move {
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.read_to_end(&mut got)).await;
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 503")
+    }))
+    .await;
+    let refused = answers.iter().filter(|&&r| r).count();
+    assert!(refused >= OPENED - BOUND, "{refused} of {OPENED} connections refused");
+    // The registry's own listener is not touched by them.
+    let r = prompt("GET /v2/ meanwhile", client().get(format!("{}/v2/", berth.url)).send()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
 /// Eight hundred sockets and a margin: more than the usual soft limit of 1024 leaves.
 #[allow(unsafe_code)]
 fn raise_open_files() {

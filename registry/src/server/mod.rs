@@ -68,9 +68,9 @@ pub async fn serve(
     let reviews = Reviews::new(r.review_every, r.review_grace, r.review_keep_untagged);
     background.extend(state.collector.clone().map(|c| tokio::spawn(c.review(reviews))));
     background.extend(state.auth.clone().map(|a| tokio::spawn(refresh_credentials(a))));
-    background.extend(metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.clone()))));
     let connections =
         connection::Connections::new(config.limits.max_connections, state.metrics.connections.clone());
+    let metrics_app = metrics_listener.is_some().then(|| api::metrics_router(state.clone()));
     let stopping = state.stopping.clone();
     let registry = state.registry.clone();
     let notifier = state.notifier.clone();
@@ -91,6 +91,13 @@ pub async fn serve(
         stopping: stopping_connections,
         metrics: connections.metrics.clone(),
     };
+    if let (Some(listener), Some(app)) = (metrics_listener, metrics_app) {
+        // The same bounds as the registry's own connections, without TLS, and not counted in its
+        // connection metrics.
+        let metrics_serving =
+            connection::Serving { tls: None, app, metrics: Default::default(), ..serving.clone() };
+        background.push(tokio::spawn(serve_metrics(listener, metrics_serving)));
+    }
     tokio::pin!(shutdown);
     // After the signal: readiness off and connections still accepted until `stop_accepting`.
     let mut signalled = false;
@@ -110,14 +117,9 @@ pub async fn serve(
                 continue;
             }
             _ = &mut stop_accepting, if signalled => break,
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            accepted = accept(&listener) => match accepted {
+                Some(c) => c,
+                None => continue,
             },
         };
         let Some((stream, slot)) = connections.admit(stream, tls.is_none()) else { continue };
@@ -165,12 +167,31 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// A connection from `listener`; `None` after a failure (out of file descriptors and the like),
+/// once a short pause has passed, so the loop backs off instead of spinning.
+async fn accept(listener: &TcpListener) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener.accept().await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
+/// Connections the metrics listener serves at once: scrapers and probes need a handful; a client
+/// that opens more must not take the file descriptors the registry serves with.
+const METRICS_CONNECTIONS: usize = 64;
+
 /// `/metrics` on a listener of its own: plain HTTP, no access control (keep it off the network
-/// clients reach, or scrape it from inside the cluster).
-async fn serve_metrics(listener: TcpListener, state: AppState) {
-    let app = api::metrics_router(state);
-    if let Err(e) = axum::serve(listener, app).await {
-        warn!(error = %e, "metrics listener stopped");
+/// clients reach, or scrape it from inside the cluster), within the registry's connection bounds.
+async fn serve_metrics(listener: TcpListener, serving: connection::Serving) {
+    let connections = connection::Connections::new(METRICS_CONNECTIONS, Default::default());
+    loop {
+        let Some((stream, peer)) = accept(&listener).await else { continue };
+        let Some((stream, slot)) = connections.admit(stream, true) else { continue };
+        tokio::spawn(serving.clone().serve(stream, slot, peer));
     }
 }
 
