@@ -256,8 +256,13 @@ async fn bad_content_range_and_lengths() {
     assert_eq!(status.headers()["range"], "0-0", "nothing was recorded");
     let r = c.patch(s.url(&loc)).header("content-range", "0-2").body("abc").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED, "the session still works");
-    let r = c.get(s.url("/v2/r/e/tags/list?n=many")).send().await.unwrap();
-    assert_eq!(error_code(r).await, "PAGINATION_NUMBER_INVALID");
+    for bad in ["many", "-1", "1.5", ""] {
+        let r = c.get(s.url(&format!("/v2/r/e/tags/list?n={bad}"))).send().await.unwrap();
+        assert_eq!(error_code(r).await, "PAGINATION_NUMBER_INVALID", "n={bad}");
+    }
+    // An `n` past any number's range is a large page, as every large `n` is.
+    let r = c.get(s.url("/v2/_catalog?n=100000000000000000000000")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     s.stop().await;
 }
 

@@ -130,14 +130,18 @@ fn strip_ns(q: &str) -> String {
 
 fn pagination(req: &Parts) -> Result<(Option<usize>, Option<String>)> {
     let q = query(req);
-    let n =
-        match q.get("n") {
-            None => None,
-            Some(v) => Some(v.parse::<usize>().map_err(|_| {
-                ApiError::new(Code::PaginationNumberInvalid, "n must be a non-negative integer")
-            })?),
-        };
+    let n = q.get("n").map(|v| page_size(v)).transpose()?;
     Ok((n, q.get("last").cloned()))
+}
+
+/// The `n` of a listing: a non-negative integer; one too large for a number here asks for as
+/// many as a page may hold, as any large `n` does.
+fn page_size(n: &str) -> Result<usize> {
+    match n.parse::<usize>() {
+        Ok(n) => Ok(n),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Ok(usize::MAX),
+        Err(_) => Err(ApiError::new(Code::PaginationNumberInvalid, "n must be a non-negative integer")),
+    }
 }
 
 fn json_response(status: StatusCode, body: String) -> Response {
