@@ -4,6 +4,7 @@
 //! replicate` reads every page.
 
 use berth_core::oci::{Digest, RepoName};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use reqwest::Method;
 
 use super::{Fetched, Result, Upstream, UpstreamError};
@@ -36,7 +37,7 @@ impl Upstream {
             Some(link) => self.next_page(repo, "referrers", subject.as_str(), link).await?,
             None => {
                 let query = artifact_type
-                    .map(|at| format!("?artifactType={}", form_urlencoded_value(at)))
+                    .map(|at| format!("?artifactType={}", utf8_percent_encode(at, NON_ALPHANUMERIC)))
                     .unwrap_or_default();
                 self.fetch(Method::GET, repo, "referrers", &format!("{subject}{query}")).await?
             }
@@ -74,9 +75,4 @@ impl Upstream {
         };
         Ok(ReferrersPage { manifests, filtered, next })
     }
-}
-
-/// `s` as one value of a query string.
-fn form_urlencoded_value(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }

@@ -325,7 +325,7 @@ async fn the_metrics_listener_refuses_connections_past_its_own_bound() {
     }
     let answers = futures_util::future::join_all(held.iter_mut().map(|conn| async move {
         let mut got = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.read_to_end(&mut got)).await;
+        let _ = tokio::time::timeout(PROMPT, conn.read_to_end(&mut got)).await;
         String::from_utf8_lossy(&got).starts_with("HTTP/1.1 503")
     }))
     .await;

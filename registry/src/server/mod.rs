@@ -70,7 +70,7 @@ pub async fn serve(
     background.extend(state.auth.clone().map(|a| tokio::spawn(refresh_credentials(a))));
     let connections =
         connection::Connections::new(config.limits.max_connections, state.metrics.connections.clone());
-    let metrics_app = metrics_listener.is_some().then(|| api::metrics_router(state.clone()));
+    let metrics = metrics_listener.map(|listener| (listener, api::metrics_router(state.clone())));
     let stopping = state.stopping.clone();
     let registry = state.registry.clone();
     let notifier = state.notifier.clone();
@@ -91,7 +91,7 @@ pub async fn serve(
         stopping: stopping_connections,
         metrics: connections.metrics.clone(),
     };
-    if let (Some(listener), Some(app)) = (metrics_listener, metrics_app) {
+    if let Some((listener, app)) = metrics {
         // The same bounds as the registry's own connections, without TLS, and not counted in its
         // connection metrics.
         let metrics_serving =

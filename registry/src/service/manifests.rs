@@ -9,7 +9,7 @@ use crate::notify::{Origin, Pushed};
 use crate::storage::{layout, put_all, read_all, StorageError};
 use berth_core::config::notifications::EventKind;
 use berth_core::oci::manifest::{self, ManifestError};
-use berth_core::oci::{Algorithm, Digest, Reference, RepoName, Tag};
+use berth_core::oci::{Algorithm, Descriptor, Digest, Reference, RepoName, Tag};
 
 pub struct PutManifest {
     pub digest: Digest,
@@ -142,8 +142,7 @@ impl Registry {
         // (the transaction below checks again, against pushes and deletes racing this one).
         let children_optional = self.limits.sparse_indexes;
         if verify_references {
-            let children: &[berth_core::oci::Descriptor] =
-                if children_optional { &[] } else { &parsed.manifests };
+            let children: &[Descriptor] = if children_optional { &[] } else { &parsed.manifests };
             self.meta.check_references(repo, &parsed.blobs, children).await?;
         }
         // A `live` row always has its object (see `crate::meta::sweep`); otherwise write it.
