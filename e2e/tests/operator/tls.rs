@@ -9,6 +9,7 @@ async fn self_signed_tls_registry_serves_https_to_clients_trusting_its_ca() {
     install_operator(&cp);
     let client = cp.client().await.unwrap();
     let ns = TempNamespace::create(&client, "tls").await.unwrap();
+    let issued = names_of_every_certificate(ns.api(), "secure-tls").await;
     let yaml = concat!(
         "apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: secure\nspec:\n  tls:\n    mode: SelfSigned\n",
         pod_ip_env!()
@@ -20,6 +21,13 @@ async fn self_signed_tls_registry_serves_https_to_clients_trusting_its_ca() {
         "TLS Registry Ready\n{}",
         debug(&cp)
     );
+    // Nodes reach the Registry by its Service's cluster IP (the node mirror): the first
+    // certificate its pods serve already holds it, not only one issued a pass later.
+    let services: Api<Service> = ns.api();
+    let ip = services.get("secure").await.unwrap().spec.unwrap().cluster_ip.unwrap();
+    let versions = issued.lock().unwrap().clone();
+    assert!(!versions.is_empty(), "the serving certificate was seen being issued");
+    assert!(versions.iter().all(|names| names.split(',').any(|n| n == ip)), "{ip} in each of {versions:?}");
     let reg = regs.get("secure").await.unwrap();
     let ca_secret = reg.data["status"]["tls"]["caSecretName"].as_str().unwrap().to_owned();
     let fingerprint = reg.data["status"]["tls"]["caFingerprint"].as_str().unwrap().to_owned();
@@ -111,6 +119,40 @@ async fn self_signed_tls_registry_serves_https_to_clients_trusting_its_ca() {
     let after =
         skopeo_push(&cp, image.path(), &dest, &["--dest-cert-dir", &certs.path().display().to_string()]);
     assert!(after.status.success(), "clients trusting the CA still push");
+}
+
+/// The names of every version of the Secret `name` from now on, as the operator recorded them
+/// beside each certificate it issued (watched from before it exists, so none is missed).
+async fn names_of_every_certificate(
+    secrets: Api<Secret>,
+    name: &str,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use futures_util::StreamExt;
+    use kube::runtime::watcher;
+    use kube::ResourceExt;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = watcher(secrets, config).boxed();
+    let (started, listed) = tokio::sync::oneshot::channel();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        let mut started = Some(started);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::InitDone) => drop(started.take().map(|s| s.send(()))),
+                Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
+                    let names = s.annotations().get("berth.dev/dns-names").cloned().unwrap_or_default();
+                    let mut seen = record.lock().unwrap();
+                    if seen.last() != Some(&names) {
+                        seen.push(names);
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(30), listed).await.unwrap().unwrap();
+    seen
 }
 
 /// What installing cert-manager adds to the API that Berth relies on: the Certificate kind.

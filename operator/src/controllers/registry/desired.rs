@@ -238,7 +238,8 @@ fn port_name(eff: &Effective) -> &'static str {
     }
 }
 
-fn service(reg: &Registry, eff: &Effective) -> Result<Service, BuildError> {
+/// The Registry's Service, the one clients and nodes reach.
+pub fn service(reg: &Registry, eff: &Effective) -> Result<Service, BuildError> {
     let mut m = meta(reg, reg.name_any(), "registry");
     if let Some(a) = reg.spec.service.as_ref().and_then(|s| s.annotations.clone()) {
         m["annotations"] = serde_json::to_value(a).unwrap_or_default();

@@ -45,6 +45,17 @@ pub fn enabled(reg: &Registry) -> Option<&NodeMirrorSpec> {
     reg.spec.node_mirror.as_ref().filter(|m| m.enabled == Some(true))
 }
 
+/// `host:port` nodes reach the Registry at while the mirror is on: the spec's endpoint, else the
+/// Service's cluster IP (none until it has one).
+pub fn endpoint(reg: &Registry, port: i32, cluster_ip: Option<&str>) -> Option<String> {
+    let spec = enabled(reg)?;
+    if let Some(e) = &spec.endpoint {
+        return Some(e.clone());
+    }
+    let ip: std::net::IpAddr = cluster_ip?.parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, u16::try_from(port).ok()?).to_string())
+}
+
 pub fn name(reg: &Registry) -> String {
     format!("{}-node-mirror", reg.name_any())
 }
@@ -273,6 +284,24 @@ mod tests {
         r.metadata.namespace = Some("team".into());
         r.metadata.uid = Some("u1".into());
         r
+    }
+
+    #[test]
+    fn nodes_reach_the_spec_endpoint_else_the_cluster_ip() {
+        let r = registry(true);
+        assert_eq!(endpoint(&r, 443, Some("10.96.4.2")).as_deref(), Some("10.96.4.2:443"));
+        assert_eq!(endpoint(&r, 5000, Some("fd00::4:2")).as_deref(), Some("[fd00::4:2]:5000"));
+        // No address yet (or a headless Service's "None"): nothing for nodes until there is one.
+        assert_eq!(endpoint(&r, 443, None), None);
+        assert_eq!(endpoint(&r, 443, Some("None")), None);
+        let mut named = registry(true);
+        if let Some(m) = named.spec.node_mirror.as_mut() {
+            m.endpoint = Some("registry.example.com:443".into());
+        }
+        assert_eq!(endpoint(&named, 443, None).as_deref(), Some("registry.example.com:443"));
+        let mut off = registry(true);
+        off.spec.node_mirror = None;
+        assert_eq!(endpoint(&off, 443, Some("10.96.4.2")), None);
     }
 
     fn cache(name: &str, url: &str, prefix: Option<&str>) -> ProxySource {

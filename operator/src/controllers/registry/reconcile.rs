@@ -1,8 +1,8 @@
 //! The only code of the Registry controller that talks to the API server.
 //!
-//! One pass: TLS material → pure `desired::build` → server-side apply of every child → prune
-//! children no longer wanted → observe → pure `status::compute` → patch status only if it changed
-//! → an Event when `Ready` flips.
+//! One pass: the Service (for its cluster IP) → TLS material → pure `desired::build` → server-side
+//! apply of every other child → prune children no longer wanted → observe → pure
+//! `status::compute` → patch status only if it changed → an Event when `Ready` flips.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use kube::{Resource, ResourceExt};
 
 use super::credentials::{self, AuthError};
 use super::desired::{self, Child, Inputs};
-use super::effective;
+use super::effective::{self, Effective};
 use super::gc;
 use super::nodemirror;
 use super::pullsecrets;
@@ -72,7 +72,7 @@ async fn reconcile_inner(reg: &Registry, ctx: &Context) -> Result<Action, Error>
         return Ok(Action::await_change());
     }
     if !obs.suspended {
-        converge(reg, ctx, &ns, &mut obs).await?;
+        converge(reg, ctx, &ns, &eff, &mut obs).await?;
     }
     observe(reg, ctx, &ns, eff.replicas, &mut obs).await?;
     let new = status::compute(reg, &eff, &obs, crate::controllers::now());
@@ -103,29 +103,28 @@ async fn reconcile_inner(reg: &Registry, ctx: &Context) -> Result<Action, Error>
     })
 }
 
-/// `host:port` nodes reach the Registry at, while `spec.nodeMirror` is on: the spec's endpoint,
-/// else the Service's cluster IP (none until it has one).
-async fn mirror_endpoint(reg: &Registry, ctx: &Context, ns: &str) -> Result<Option<String>, Error> {
-    let Some(spec) = nodemirror::enabled(reg) else { return Ok(None) };
-    if let Some(e) = &spec.endpoint {
-        return Ok(Some(e.clone()));
-    }
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-    let ip = services.get_opt(&reg.name_any()).await?.and_then(|s| s.spec?.cluster_ip);
-    let port = effective::resolve(reg, &ctx.default_image).port;
-    Ok(ip.filter(|ip| !ip.is_empty() && ip != "None").map(|ip| {
-        if ip.contains(':') {
-            format!("[{ip}]:{port}")
-        } else {
-            format!("{ip}:{port}")
+/// The Service, TLS, children, pruning. Problems the user must fix become `obs.stalled` instead
+/// of errors, so the controller reports them instead of retrying in a tight loop.
+async fn converge(
+    reg: &Registry,
+    ctx: &Context,
+    ns: &str,
+    eff: &Effective,
+    obs: &mut Observed,
+) -> Result<(), Error> {
+    // The Service comes first: its cluster IP, allocated as it is made, goes into the first
+    // serving certificate and into the nodes' mirror files of the same pass. Were it made after
+    // the certificate, nodes would be sent to an address the pods' certificate lacks until they
+    // reload the one issued on the next pass.
+    let service = match desired::service(reg, eff) {
+        Ok(s) => s,
+        Err(e) => {
+            obs.stalled = Some((e.reason().into(), e.to_string()));
+            return Ok(());
         }
-    }))
-}
-
-/// TLS, children, pruning. Problems the user must fix become `obs.stalled` instead of errors, so
-/// the controller reports them instead of retrying in a tight loop.
-async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -> Result<(), Error> {
-    let tls = match tls::ensure(&ctx.client, reg).await {
+    };
+    let cluster_ip = apply(&ctx.client, ns, &service).await?.spec.and_then(|s| s.cluster_ip);
+    let tls = match tls::ensure(&ctx.client, reg, cluster_ip.as_deref()).await {
         Ok(t) => t,
         Err(TlsError::MissingSecret(s)) => {
             obs.stalled = Some(("TLSSecretMissing".into(), format!("TLS Secret {s} does not exist")));
@@ -172,7 +171,7 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
             .clone();
         Some(size)
     });
-    let mirror_endpoint = mirror_endpoint(reg, ctx, ns).await?;
+    let mirror_endpoint = nodemirror::endpoint(reg, eff.port, cluster_ip.as_deref());
     if nodemirror::enabled(reg).is_some() && mirror_endpoint.is_none() {
         obs.node_mirror = Some(MirrorState::NoEndpoint);
     }
@@ -198,6 +197,7 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
         keep.entry(child.kind()).or_default().push(child.name());
         match child {
             Child::Secret(o) => drop(apply(&ctx.client, ns, o).await?),
+            Child::Service(o) if o.name_any() == service.name_any() => {} // applied first, above
             Child::Service(o) => drop(apply(&ctx.client, ns, o).await?),
             Child::StatefulSet(o) => drop(apply(&ctx.client, ns, o).await?),
             Child::Pdb(o) => drop(apply(&ctx.client, ns, o).await?),
@@ -213,8 +213,7 @@ async fn converge(reg: &Registry, ctx: &Context, ns: &str, obs: &mut Observed) -
         }
     }
     if let Some(value) = gc::pending_request(reg) {
-        let eff = effective::resolve(reg, &ctx.default_image);
-        match gc::requested_job(reg, &eff, inputs.tls_secret.as_deref(), &value) {
+        match gc::requested_job(reg, eff, inputs.tls_secret.as_deref(), &value) {
             Ok(Some(job)) => {
                 let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
                 match jobs.create(&PostParams::default(), &job).await {

@@ -10,6 +10,7 @@ use kube::runtime::events::{Recorder, Reporter};
 
 use super::reconcile::reconcile;
 use crate::controllers::Context;
+use crate::crd::registry::{NodeMirrorSpec, TlsMode, TlsSpec};
 use crate::crd::Registry;
 use crate::metrics::Metrics;
 
@@ -36,6 +37,9 @@ fn context(handle_client: kube::Client) -> Arc<Context> {
     })
 }
 
+/// The address the mock API server gives the Registry's Service.
+const CLUSTER_IP: &str = "10.96.7.7";
+
 /// One request as the mock saw it.
 struct Seen {
     line: String,
@@ -45,28 +49,48 @@ struct Seen {
 /// Answers every request with what an API server would, recording each.
 async fn serve(mut handle: Handle, ready: bool) -> Vec<Seen> {
     let mut seen = Vec::new();
+    let mut service: Option<serde_json::Value> = None;
     while let Some((req, send)) = handle.next_request().await {
         let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
         let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
         let echo: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        let mut code = 200;
         let answer = match (method.as_str(), path.as_str()) {
             ("GET", "/apis/apps/v1/namespaces/team/statefulsets/hub") => serde_json::json!({
                 "apiVersion": "apps/v1", "kind": "StatefulSet",
                 "metadata": {"name": "hub", "namespace": "team", "generation": 1},
                 "status": {"observedGeneration": 1, "replicas": 1, "readyReplicas": if ready { 1 } else { 0 }, "updatedReplicas": 1},
             }),
+            ("GET", "/api/v1/namespaces/team/services/hub") if service.is_some() => {
+                service.clone().unwrap_or_default()
+            }
+            // No Secret exists yet (nor the Service before it is applied): the operator makes
+            // each one it needs.
+            ("GET", p)
+                if p.starts_with("/api/v1/namespaces/team/secrets/")
+                    || p == "/api/v1/namespaces/team/services/hub" =>
+            {
+                code = 404;
+                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
+            }
             ("GET", _) => {
                 serde_json::json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": []})
             }
             ("PATCH", p) if p.ends_with("/status") => {
                 serde_json::to_value(registry(echo["status"].clone())).unwrap()
             }
+            // The Service as sent, with the cluster IP the API server allocates.
+            ("PATCH", "/api/v1/namespaces/team/services/hub") => {
+                let mut applied = echo.clone();
+                applied["spec"]["clusterIP"] = CLUSTER_IP.into();
+                service.insert(applied).clone()
+            }
             // Server-side apply and events: the object as sent.
             _ => echo.clone(),
         };
         seen.push(Seen { line: format!("{method} {path}"), body: echo });
         send.send_response(
-            Response::builder().body(Body::from(serde_json::to_vec(&answer).unwrap())).unwrap(),
+            Response::builder().status(code).body(Body::from(serde_json::to_vec(&answer).unwrap())).unwrap(),
         );
     }
     seen
@@ -92,12 +116,13 @@ async fn first_pass_applies_children_prunes_observes_and_reports() {
     assert_eq!(
         lines(&seen),
         [
+            // first, for its cluster IP
+            "PATCH /api/v1/namespaces/team/services/hub",
             "GET /apis/berth.dev/v1alpha1/namespaces/team/proxycaches",
             "GET /apis/berth.dev/v1alpha1/namespaces/team/replicationpolicies",
             // the claim size the existing StatefulSet was created with
             "GET /apis/apps/v1/namespaces/team/statefulsets/hub",
             "PATCH /api/v1/namespaces/team/secrets/hub-config",
-            "PATCH /api/v1/namespaces/team/services/hub",
             "PATCH /api/v1/namespaces/team/services/hub-headless",
             "PATCH /apis/apps/v1/namespaces/team/statefulsets/hub",
             "GET /apis/policy/v1/namespaces/team/poddisruptionbudgets",
@@ -115,6 +140,33 @@ async fn first_pass_applies_children_prunes_observes_and_reports() {
     let ready = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
     assert_eq!(ready["status"], "True");
     assert_eq!(written("/events")["reason"], "Ready");
+}
+
+#[tokio::test]
+async fn the_first_certificate_and_the_nodes_mirror_files_hold_the_services_cluster_ip() {
+    // Nodes reach a Registry with its own CA by the Service's cluster IP: were the certificate
+    // issued before the Service had one, nodes would be sent to an address the pods' certificate
+    // lacks until they reload the one issued a pass later.
+    let mut reg = registry(serde_json::Value::Null);
+    reg.spec.tls = Some(TlsSpec { mode: Some(TlsMode::SelfSigned), ..Default::default() });
+    reg.spec.node_mirror = Some(NodeMirrorSpec { enabled: Some(true), ..Default::default() });
+    let seen = one_pass(reg, true).await;
+    let l = lines(&seen);
+    let at = |line: &str| l.iter().position(|x| *x == line).unwrap_or_else(|| panic!("no {line} in {l:?}"));
+    assert!(
+        at("PATCH /api/v1/namespaces/team/services/hub")
+            < at("PATCH /api/v1/namespaces/team/secrets/hub-tls")
+    );
+    let body = |line: &str| &seen.iter().find(|s| s.line == line).unwrap().body;
+    let names = body("PATCH /api/v1/namespaces/team/secrets/hub-tls")["metadata"]["annotations"]
+        ["berth.dev/dns-names"]
+        .as_str()
+        .unwrap();
+    assert!(names.split(',').any(|n| n == CLUSTER_IP), "{names}");
+    let plan = body("PATCH /api/v1/namespaces/team/configmaps/hub-node-mirror")["data"]["plan.json"]
+        .as_str()
+        .unwrap();
+    assert!(plan.contains(&format!("{CLUSTER_IP}:443")), "{plan}");
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use kube::{Resource, ResourceExt};
 use rcgen::{
@@ -130,14 +130,13 @@ pub fn serving_names(reg: &Registry, cluster_ip: Option<&str>) -> Vec<String> {
     names
 }
 
-/// The cluster IP of the Registry's Service, once it has one.
-async fn cluster_ip(client: &kube::Client, reg: &Registry) -> Result<Option<String>, kube::Error> {
-    let services: Api<Service> = Api::namespaced(client.clone(), &reg.namespace().unwrap_or_default());
-    Ok(services.get_opt(&reg.name_any()).await?.and_then(|s| s.spec?.cluster_ip))
-}
-
-/// Makes sure the TLS Secret for `reg` exists and is current; returns its name and status.
-pub async fn ensure(client: &kube::Client, reg: &Registry) -> Result<Option<(String, TlsStatus)>, TlsError> {
+/// Makes sure the TLS Secret for `reg` exists and is current; returns its name and status. A
+/// self-signed certificate holds `cluster_ip`, the Service's.
+pub async fn ensure(
+    client: &kube::Client,
+    reg: &Registry,
+    cluster_ip: Option<&str>,
+) -> Result<Option<(String, TlsStatus)>, TlsError> {
     let mode = reg.spec.tls.as_ref().and_then(|t| t.mode).unwrap_or(TlsMode::None);
     let ns = reg.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -151,10 +150,7 @@ pub async fn ensure(client: &kube::Client, reg: &Registry) -> Result<Option<(Str
             Ok(Some((name.clone(), TlsStatus { secret_name: Some(name), ..TlsStatus::default() })))
         }
         TlsMode::CertManager => cert_manager(client, &secrets, reg).await.map(Some),
-        TlsMode::SelfSigned => {
-            let names = serving_names(reg, cluster_ip(client, reg).await?.as_deref());
-            self_signed(&secrets, reg, names).await.map(Some)
-        }
+        TlsMode::SelfSigned => self_signed(&secrets, reg, serving_names(reg, cluster_ip)).await.map(Some),
     }
 }
 
