@@ -448,6 +448,25 @@ fn the_self_signed_certificate_holds_the_services_cluster_ip_once_it_has_one() {
     assert_eq!(after.last().map(String::as_str), Some("10.96.4.2"));
     // A headless Service's "None" is no address.
     assert_eq!(super::tls::serving_names(&r, Some("None")), before);
+    // The address nodes are told to use is in it too, whatever it is.
+    for (endpoint, host) in [
+        ("10.0.0.5:30443", "10.0.0.5"),
+        ("[fd00::5]:443", "fd00::5"),
+        ("mirror.example.com:443", "mirror.example.com"),
+    ] {
+        let r = registry(serde_json::json!({
+            "tls": {"mode": "SelfSigned"}, "nodeMirror": {"enabled": true, "endpoint": endpoint},
+        }));
+        let names = super::tls::serving_names(&r, Some("10.96.4.2"));
+        assert_eq!(names[names.len() - 2..], ["10.96.4.2", host], "{endpoint}");
+    }
+    // Named already (tls.dnsNames): once.
+    let r = registry(serde_json::json!({
+        "tls": {"mode": "SelfSigned", "dnsNames": ["mirror.example.com"]},
+        "nodeMirror": {"enabled": true, "endpoint": "mirror.example.com:443"},
+    }));
+    let names = super::tls::serving_names(&r, None);
+    assert_eq!(names.iter().filter(|n| *n == "mirror.example.com").count(), 1);
 }
 
 #[test]

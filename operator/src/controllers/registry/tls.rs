@@ -122,11 +122,18 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// What the self-signed serving certificate holds: every cluster name, and the Service's
-/// cluster IP when it has one.
+/// What the self-signed serving certificate holds: every cluster name, the Service's cluster IP
+/// when it has one, and the host nodes are told to reach the Registry at (`nodeMirror.endpoint`).
 pub fn serving_names(reg: &Registry, cluster_ip: Option<&str>) -> Vec<String> {
     let mut names = dns_names(reg);
     names.extend(cluster_ip.filter(|ip| ip.parse::<std::net::IpAddr>().is_ok()).map(str::to_owned));
+    let mirror_host = super::nodemirror::enabled(reg)
+        .and_then(|m| m.endpoint.as_deref())
+        .and_then(|e| e.rsplit_once(':'))
+        .map(|(host, _port)| host.trim_start_matches('[').trim_end_matches(']').to_owned());
+    if let Some(host) = mirror_host.filter(|h| !h.is_empty() && !names.contains(h)) {
+        names.push(host);
+    }
     names
 }
 
