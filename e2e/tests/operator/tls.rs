@@ -212,10 +212,15 @@ async fn cert_manager_mode_stalls_without_it_and_serves_the_secret_it_issues() {
     // Issue the Secret as cert-manager would; the registry then serves HTTPS with it.
     let dir = tempfile::tempdir().unwrap();
     let ca = berth_e2e::pki::Ca::new(dir.path(), "team-ca").unwrap();
+    // It asks for the Service's cluster IP too, the address nodes reach by default.
+    let services: Api<Service> = ns.api();
+    let ip = services.get("issued").await.unwrap().spec.unwrap().cluster_ip.unwrap();
+    assert_eq!(cert.data["spec"]["ipAddresses"], serde_json::json!([ip]));
     let names: Vec<String> = cert.data["spec"]["dnsNames"]
         .as_array()
         .unwrap()
         .iter()
+        .chain(cert.data["spec"]["ipAddresses"].as_array().unwrap())
         .map(|n| n.as_str().unwrap().to_owned())
         .collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();

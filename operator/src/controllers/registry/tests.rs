@@ -426,7 +426,7 @@ fn certificate_for_cert_manager() {
     let r = registry(
         serde_json::json!({"tls": {"mode": "CertManager", "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}, "dnsNames": ["registry.example.com"]}}),
     );
-    let c = super::tls::certificate(&r);
+    let c = super::tls::certificate(&r, Some("10.96.4.2"));
     assert_eq!(c["spec"]["secretName"], "hub-tls");
     assert_eq!(
         c["spec"]["issuerRef"],
@@ -435,7 +435,19 @@ fn certificate_for_cert_manager() {
     let names: Vec<&str> =
         c["spec"]["dnsNames"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
     assert!(names.contains(&"hub.team.svc.cluster.local") && names.contains(&"registry.example.com"));
+    // The address nodes reach by default, where cert-manager takes addresses.
+    assert_eq!(c["spec"]["ipAddresses"], serde_json::json!(["10.96.4.2"]));
+    assert!(!names.contains(&"10.96.4.2"));
     assert_eq!(c["metadata"]["ownerReferences"][0]["uid"], "u-1");
+    // An endpoint given for the nodes: its host, a name or an address, is asked for too.
+    let mut r = r;
+    r.spec.node_mirror = Some(NodeMirrorSpec {
+        enabled: Some(true),
+        endpoint: Some("10.0.0.5:30443".into()),
+        ..Default::default()
+    });
+    let c = super::tls::certificate(&r, Some("10.96.4.2"));
+    assert_eq!(c["spec"]["ipAddresses"], serde_json::json!(["10.96.4.2", "10.0.0.5"]));
 }
 
 #[test]

@@ -66,7 +66,7 @@ pub fn tls_secret_name(reg: &Registry) -> String {
 }
 
 /// Every name the registry answers to inside the cluster.
-pub fn dns_names(reg: &Registry) -> Vec<String> {
+fn dns_names(reg: &Registry) -> Vec<String> {
     let (name, ns) = (reg.name_any(), reg.namespace().unwrap_or_default());
     let mut names = vec![
         name.clone(),
@@ -138,7 +138,7 @@ pub fn serving_names(reg: &Registry, cluster_ip: Option<&str>) -> Vec<String> {
 }
 
 /// Makes sure the TLS Secret for `reg` exists and is current; returns its name and status. A
-/// self-signed certificate holds `cluster_ip`, the Service's.
+/// certificate the operator issues or asks cert-manager for holds `cluster_ip`, the Service's.
 pub async fn ensure(
     client: &kube::Client,
     reg: &Registry,
@@ -156,13 +156,17 @@ pub async fn ensure(
             }
             Ok(Some((name.clone(), TlsStatus { secret_name: Some(name), ..TlsStatus::default() })))
         }
-        TlsMode::CertManager => cert_manager(client, &secrets, reg).await.map(Some),
+        TlsMode::CertManager => cert_manager(client, &secrets, reg, cluster_ip).await.map(Some),
         TlsMode::SelfSigned => self_signed(&secrets, reg, serving_names(reg, cluster_ip)).await.map(Some),
     }
 }
 
-/// The cert-manager `Certificate` that writes `<name>-tls`; the Secret is used once it exists.
-pub fn certificate(reg: &Registry) -> serde_json::Value {
+/// The cert-manager `Certificate` that writes `<name>-tls`; the Secret is used once it exists. It
+/// asks for what a self-signed certificate holds: the names as `dnsNames`, the addresses (the
+/// Service's cluster IP, which nodes reach by default) as `ipAddresses`.
+pub fn certificate(reg: &Registry, cluster_ip: Option<&str>) -> serde_json::Value {
+    let (ips, names): (Vec<String>, Vec<String>) =
+        serving_names(reg, cluster_ip).into_iter().partition(|n| n.parse::<std::net::IpAddr>().is_ok());
     let issuer = reg.spec.tls.as_ref().and_then(|t| t.issuer_ref.clone()).unwrap_or_default();
     let mut meta = serde_json::json!({
         "name": tls_secret_name(reg),
@@ -178,7 +182,8 @@ pub fn certificate(reg: &Registry) -> serde_json::Value {
         "metadata": meta,
         "spec": {
             "secretName": tls_secret_name(reg),
-            "dnsNames": dns_names(reg),
+            "dnsNames": names,
+            "ipAddresses": ips,
             "issuerRef": {
                 "name": issuer.name,
                 "kind": issuer.kind.unwrap_or_else(|| "Issuer".into()),
@@ -192,6 +197,7 @@ async fn cert_manager(
     client: &kube::Client,
     secrets: &Api<Secret>,
     reg: &Registry,
+    cluster_ip: Option<&str>,
 ) -> Result<(String, TlsStatus), TlsError> {
     match client.list_api_group_resources("cert-manager.io/v1").await {
         Ok(list) if list.resources.iter().any(|r| r.name == "certificates") => {}
@@ -205,7 +211,7 @@ async fn cert_manager(
         Api::namespaced_with(client.clone(), &ns, &kube::core::ApiResource::from_gvk(&gvk));
     let name = tls_secret_name(reg);
     let params = kube::api::PatchParams::apply(FIELD_MANAGER).force();
-    certs.patch(&name, &params, &kube::api::Patch::Apply(certificate(reg))).await?;
+    certs.patch(&name, &params, &kube::api::Patch::Apply(certificate(reg, cluster_ip))).await?;
     if secrets.get_opt(&name).await?.is_none() {
         return Err(TlsError::CertificatePending(name));
     }

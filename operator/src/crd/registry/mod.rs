@@ -127,8 +127,8 @@ pub struct NodeMirrorSpec {
     pub crio_certs_path: Option<String>,
     /// How nodes reach the Registry, `host:port`. Default: its Service's cluster IP and port
     /// (nodes reach cluster IPs through kube-proxy; nodes seldom resolve cluster DNS names). A
-    /// `SelfSigned` certificate holds that IP, and the host given here; with another certificate,
-    /// give a name it holds (`tls.dnsNames`) that nodes resolve.
+    /// `SelfSigned` or `CertManager` certificate holds that IP and the host given here; with a
+    /// certificate of your own (`Secret`), give a name it holds that nodes resolve.
     #[schemars(regex(pattern = r"^[A-Za-z0-9.\-\[\]:]+:[0-9]+$"))]
     pub endpoint: Option<String>,
     /// Nodes to configure. Default: every node.
