@@ -233,4 +233,19 @@ spec:
     assert_eq!(reason, "Unreachable", "{message}");
     assert!(message.contains(&dest.url) && message.contains("refused the credentials"), "{message}");
     assert!(!message.contains("wrong"), "the password is never shown: {message}");
+
+    // The API server refuses the policy's CronJob (a quota allows no more): Stalled in its words.
+    let quota = "apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: no-more-crons\nspec:\n  hard: {count/cronjobs.batch: \"0\"}\n";
+    assert!(kubectl_apply(&cp, &ns.name, quota).status.success());
+    let fenced = "apiVersion: berth.dev/v1alpha1\nkind: ReplicationPolicy\nmetadata:\n  name: fenced\nspec:\n  \
+                  source: {registryRef: {name: hub}}\n  destination: {registryRef: {name: edge}}\n  trigger: {schedule: \"0 * * * *\"}\n";
+    assert!(kubectl_apply(&cp, &ns.name, fenced).status.success());
+    assert!(
+        wait_condition(&api, "fenced", "Stalled", "True", Duration::from_secs(90)).await,
+        "a refused CronJob stalls the policy\n{}",
+        debug(&cp)
+    );
+    let (_, reason, message) = condition(&api.get("fenced").await.unwrap(), "Stalled").unwrap();
+    assert_eq!(reason, "ChildRejected", "{message}");
+    assert!(message.contains("CronJob fenced-replicate") && message.contains("quota"), "{message}");
 }

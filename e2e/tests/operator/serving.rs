@@ -257,6 +257,31 @@ async fn invalid_specs_are_refused_and_unprovisionable_storage_stalls() {
     let (_, reason, message) = condition(&reg, "Stalled").unwrap();
     assert_eq!(reason, "StorageUnavailable");
     assert!(message.contains("does-not-exist"), "{message}");
+
+    // The API server refuses a child (here a quota allows no NodePort): Stalled in its words,
+    // and put right by the operator's next pass once the quota allows it.
+    let quota = |ports: u32| {
+        format!("apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: ports\nspec:\n  hard: {{services.nodeports: \"{ports}\"}}\n")
+    };
+    assert!(kubectl_apply(&cp, &ns.name, &quota(0)).status.success());
+    let fenced = "apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: fenced\nspec:\n  service: {type: NodePort}\n";
+    assert!(kubectl_apply(&cp, &ns.name, fenced).status.success());
+    assert!(
+        wait_condition(&regs, "fenced", "Stalled", "True", Duration::from_secs(120)).await,
+        "Stalled on the quota\n{}",
+        debug(&cp)
+    );
+    let (_, reason, message) = condition(&regs.get("fenced").await.unwrap(), "Stalled").unwrap();
+    assert_eq!(reason, "ChildRejected");
+    assert!(message.contains("Service fenced") && message.contains("quota"), "{message}");
+    assert!(kubectl_apply(&cp, &ns.name, &quota(1)).status.success());
+    assert!(
+        wait_condition(&regs, "fenced", "Stalled", "False", Duration::from_secs(120)).await,
+        "no longer Stalled once the quota allows it\n{}",
+        debug(&cp)
+    );
+    let services: Api<Service> = ns.api();
+    assert!(services.get_opt("fenced").await.unwrap().is_some(), "the Service was made");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

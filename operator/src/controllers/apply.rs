@@ -21,6 +21,20 @@ where
     api.patch(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await
 }
 
+/// Why the API server refused to write `what` (a kind and name), when that is the user's to fix:
+/// the object is invalid (400, 422), or something in the cluster forbids it (403: an admission
+/// policy, a quota, the operator's own RBAC). A controller reports it as `Stalled` (reason `ChildRejected`)
+/// in the API server's words and tries again at its next pass, rather than failing the pass and
+/// retrying in a tight loop with only its log to say why.
+pub fn refusal(what: &str, e: &kube::Error) -> Option<(String, String)> {
+    match e {
+        kube::Error::Api(s) if matches!(s.code, 400 | 403 | 422) => {
+            Some(("ChildRejected".into(), format!("the API server refused {what}: {}", s.message)))
+        }
+        _ => None,
+    }
+}
+
 /// Every write checks leadership first: a reconcile that began while this process led must not
 /// write once it no longer does (a pause, or renewals that failed meanwhile).
 fn not_leading() -> Result<(), kube::Error> {

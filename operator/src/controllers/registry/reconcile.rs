@@ -23,7 +23,7 @@ use super::nodemirror;
 use super::pullsecrets;
 use super::status::{self, MirrorState, Observed, SetState};
 use super::tls::{self, TlsError};
-use crate::controllers::apply::{apply, prune};
+use crate::controllers::apply::{apply, prune, refusal};
 use crate::controllers::render::auth::{Builtin, PULL_ROBOT};
 use crate::controllers::render::proxies::{self, ProxySource};
 use crate::controllers::render::replication::OnPushSource;
@@ -103,6 +103,12 @@ async fn reconcile_inner(reg: &Registry, ctx: &Context) -> Result<Action, Error>
     })
 }
 
+/// A child the API server refused ([`refusal`]) stalls the Registry; any other failure is an error.
+fn stall_or_fail(obs: &mut Observed, what: &str, e: kube::Error) -> Result<(), Error> {
+    obs.stalled = Some(refusal(what, &e).ok_or(e)?);
+    Ok(())
+}
+
 /// The Service, TLS, children, pruning. Problems the user must fix become `obs.stalled` instead
 /// of errors, so the controller reports them instead of retrying in a tight loop.
 async fn converge(
@@ -123,7 +129,10 @@ async fn converge(
             return Ok(());
         }
     };
-    let cluster_ip = apply(&ctx.client, ns, &service).await?.spec.and_then(|s| s.cluster_ip);
+    let cluster_ip = match apply(&ctx.client, ns, &service).await {
+        Ok(applied) => applied.spec.and_then(|s| s.cluster_ip),
+        Err(e) => return stall_or_fail(obs, &format!("Service {}", service.name_any()), e),
+    };
     let tls = match tls::ensure(&ctx.client, reg, cluster_ip.as_deref()).await {
         Ok(t) => t,
         Err(TlsError::MissingSecret(s)) => {
@@ -138,7 +147,7 @@ async fn converge(
             obs.waiting = Some(("CertificatePending".into(), e.to_string()));
             return Ok(());
         }
-        Err(TlsError::Kube(e)) => return Err(Error::Kube(e)),
+        Err(TlsError::Kube(e)) => return stall_or_fail(obs, "a Secret of the serving certificate", e),
         Err(e) => return Err(Error::Tls(e)),
     };
     obs.tls = tls.as_ref().map(|(_, s)| s.clone());
@@ -146,7 +155,7 @@ async fn converge(
     if let Some(spec) = &reg.spec.auth {
         match credentials::ensure(&ctx.client, reg, spec, Builtin::of(reg)).await {
             Ok(p) => pull_secret = p,
-            Err(AuthError::Kube(e)) => return Err(Error::Kube(e)),
+            Err(AuthError::Kube(e)) => return stall_or_fail(obs, "a Secret of access control", e),
             Err(e @ AuthError::Generate(_)) => {
                 obs.stalled = Some(("AuthSecretsFailed".into(), e.to_string()));
                 return Ok(());
@@ -195,21 +204,28 @@ async fn converge(
     let mut keep = std::collections::BTreeMap::<&str, Vec<String>>::new();
     for child in &children {
         keep.entry(child.kind()).or_default().push(child.name());
-        match child {
-            Child::Secret(o) => drop(apply(&ctx.client, ns, o).await?),
-            Child::Service(o) if o.name_any() == service.name_any() => {} // applied first, above
-            Child::Service(o) => drop(apply(&ctx.client, ns, o).await?),
-            Child::StatefulSet(o) => drop(apply(&ctx.client, ns, o).await?),
-            Child::Pdb(o) => drop(apply(&ctx.client, ns, o).await?),
-            Child::CronJob(o) => drop(apply(&ctx.client, ns, o).await?),
-            Child::ConfigMap(o) => drop(apply(&ctx.client, ns, o).await?),
+        // Each applied; the DaemonSet's answer carries its pods' state.
+        let applied = match child {
+            Child::Secret(o) => apply(&ctx.client, ns, o).await.map(|_| None),
+            Child::Service(o) if o.name_any() == service.name_any() => Ok(None), // applied first, above
+            Child::Service(o) => apply(&ctx.client, ns, o).await.map(|_| None),
+            Child::StatefulSet(o) => apply(&ctx.client, ns, o).await.map(|_| None),
+            Child::Pdb(o) => apply(&ctx.client, ns, o).await.map(|_| None),
+            Child::CronJob(o) => apply(&ctx.client, ns, o).await.map(|_| None),
+            Child::ConfigMap(o) => apply(&ctx.client, ns, o).await.map(|_| None),
             Child::DaemonSet(o) => {
-                let status = apply(&ctx.client, ns, o).await?.status.unwrap_or_default();
+                apply(&ctx.client, ns, o).await.map(|d| Some(d.status.unwrap_or_default()))
+            }
+        };
+        match applied {
+            Ok(Some(status)) => {
                 obs.node_mirror = Some(MirrorState::Pods {
                     scheduled: status.desired_number_scheduled,
                     ready: status.number_ready,
-                });
+                })
             }
+            Ok(None) => {}
+            Err(e) => return stall_or_fail(obs, &format!("{} {}", child.kind(), child.name()), e),
         }
     }
     if let Some(value) = gc::pending_request(reg) {
@@ -222,7 +238,7 @@ async fn converge(
                     }
                     // Made by an earlier pass whose status write did not land.
                     Err(kube::Error::Api(e)) if e.code == 409 => {}
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return stall_or_fail(obs, &format!("Job {}", job.name_any()), e),
                 }
                 obs.gc_requested = Some(value);
             }

@@ -40,14 +40,18 @@ fn context(handle_client: kube::Client) -> Arc<Context> {
 /// The address the mock API server gives the Registry's Service.
 const CLUSTER_IP: &str = "10.96.7.7";
 
+/// Why the mock's admission policy refuses an object.
+const DENIED: &str = "containers must not run as root";
+
 /// One request as the mock saw it.
 struct Seen {
     line: String,
     body: serde_json::Value,
 }
 
-/// Answers every request with what an API server would, recording each.
-async fn serve(mut handle: Handle, ready: bool) -> Vec<Seen> {
+/// Answers every request with what an API server would, recording each; a PATCH of `refused`
+/// is refused as an admission policy would.
+async fn serve(mut handle: Handle, ready: bool, refused: Option<&str>) -> Vec<Seen> {
     let mut seen = Vec::new();
     let mut service: Option<serde_json::Value> = None;
     while let Some((req, send)) = handle.next_request().await {
@@ -56,6 +60,11 @@ async fn serve(mut handle: Handle, ready: bool) -> Vec<Seen> {
         let echo: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         let mut code = 200;
         let answer = match (method.as_str(), path.as_str()) {
+            ("PATCH", p) if Some(p) == refused => {
+                code = 403;
+                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+                                   "message": format!("admission webhook \"policy.example.com\" denied the request: {DENIED}")})
+            }
             ("GET", "/apis/apps/v1/namespaces/team/statefulsets/hub") => serde_json::json!({
                 "apiVersion": "apps/v1", "kind": "StatefulSet",
                 "metadata": {"name": "hub", "namespace": "team", "generation": 1},
@@ -98,8 +107,13 @@ async fn serve(mut handle: Handle, ready: bool) -> Vec<Seen> {
 
 /// One reconcile pass against the mock; returns every request it made.
 async fn one_pass(reg: Registry, ready: bool) -> Vec<Seen> {
+    one_pass_refusing(reg, ready, None).await
+}
+
+/// [`one_pass`], with a PATCH of `refused` refused.
+async fn one_pass_refusing(reg: Registry, ready: bool, refused: Option<&'static str>) -> Vec<Seen> {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let server = tokio::spawn(serve(handle, ready));
+    let server = tokio::spawn(serve(handle, ready, refused));
     let ctx = context(kube::Client::new(service, "default"));
     reconcile(Arc::new(reg), ctx).await.unwrap();
     // The context held the only client: with it gone the mock sees no more requests and returns.
@@ -167,6 +181,38 @@ async fn the_first_certificate_and_the_nodes_mirror_files_hold_the_services_clus
         .as_str()
         .unwrap();
     assert!(plan.contains(&format!("{CLUSTER_IP}:443")), "{plan}");
+}
+
+#[tokio::test]
+async fn a_child_the_api_server_refuses_stalls_the_registry_in_its_words() {
+    let mut tls = registry(serde_json::Value::Null);
+    tls.spec.tls = Some(TlsSpec { mode: Some(TlsMode::SelfSigned), ..Default::default() });
+    for (reg, refused, what) in [
+        (
+            registry(serde_json::Value::Null),
+            "/apis/apps/v1/namespaces/team/statefulsets/hub",
+            "StatefulSet hub",
+        ),
+        (registry(serde_json::Value::Null), "/api/v1/namespaces/team/services/hub", "Service hub"),
+        (tls, "/api/v1/namespaces/team/secrets/hub-tls", "a Secret of the serving certificate"),
+    ] {
+        // The pass ends without an error (no retry in a tight loop), and says why in the status.
+        let seen = one_pass_refusing(reg, false, Some(refused)).await;
+        let l = lines(&seen);
+        assert!(
+            !l.iter().any(|x| x.starts_with("GET /apis/policy")),
+            "nothing pruned after a refusal: {l:?}"
+        );
+        let status =
+            &seen.iter().find(|s| s.line.ends_with("/status")).expect("a status write").body["status"];
+        let cond =
+            |t: &str| status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == t).unwrap();
+        assert_eq!(cond("Stalled")["status"], "True", "{refused}");
+        assert_eq!(cond("Stalled")["reason"], "ChildRejected");
+        let message = cond("Stalled")["message"].as_str().unwrap();
+        assert!(message.contains(what) && message.contains(DENIED), "{refused}: {message}");
+        assert_eq!(cond("Ready")["status"], "False");
+    }
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use kube::ResourceExt;
 
 use super::render::{self, Side};
 use super::status::{self, Observed};
-use crate::controllers::apply::apply;
+use crate::controllers::apply::{apply, refusal};
 use crate::controllers::{Context, Error};
 use crate::crd::replication::{Endpoint, ReplicationMode, ReplicationPolicy};
 use crate::crd::Registry;
@@ -77,22 +77,26 @@ async fn reconcile_inner(p: &ReplicationPolicy, ctx: &Context) -> Result<Action,
     match (&sides, &obs.stalled) {
         (Some((from, to)), None) => {
             match render::cron_job(p, &ctx.default_image, from, to) {
-                Ok(Some(cron)) => drop(apply(&ctx.client, &ns, &cron).await?),
+                Ok(Some(cron)) => {
+                    if let Err(e) = apply(&ctx.client, &ns, &cron).await {
+                        obs.stalled = Some(refusal(&format!("CronJob {}", cron.name_any()), &e).ok_or(e)?);
+                    }
+                }
                 Ok(None) => remove_cron_job(&crons, p).await?,
                 Err(e) => obs.stalled = Some((e.reason().into(), e.to_string())),
             }
             if let (Some(value), None) = (render::pending_request(p), &obs.stalled) {
                 match render::requested_job(p, &ctx.default_image, from, to, &value) {
-                    Ok(job) => {
-                        match jobs.create(&PostParams::default(), &job).await {
-                            Ok(_) => {
-                                tracing::info!(replicationpolicy = %p.name_any(), run = %value, "replication started")
-                            }
-                            Err(kube::Error::Api(e)) if e.code == 409 => {}
-                            Err(e) => return Err(e.into()),
+                    Ok(job) => match jobs.create(&PostParams::default(), &job).await {
+                        Ok(_) => {
+                            tracing::info!(replicationpolicy = %p.name_any(), run = %value, "replication started");
+                            obs.requested = Some(value);
                         }
-                        obs.requested = Some(value);
-                    }
+                        Err(kube::Error::Api(e)) if e.code == 409 => obs.requested = Some(value),
+                        Err(e) => {
+                            obs.stalled = Some(refusal(&format!("Job {}", job.name_any()), &e).ok_or(e)?)
+                        }
+                    },
                     Err(e) => obs.stalled = Some((e.reason().into(), e.to_string())),
                 }
             }
