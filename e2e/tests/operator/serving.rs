@@ -282,6 +282,26 @@ async fn invalid_specs_are_refused_and_unprovisionable_storage_stalls() {
     );
     let services: Api<Service> = ns.api();
     assert!(services.get_opt("fenced").await.unwrap().is_some(), "the Service was made");
+
+    // Pods the API server refuses (a quota allows no more) are the StatefulSet controller's to
+    // make, not the operator's: the Registry's Ready condition says why, from that controller.
+    let no_pods =
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: pods\nspec:\n  hard: {pods: \"0\"}\n";
+    assert!(kubectl_apply(&cp, &ns.name, no_pods).status.success());
+    let crowded = "apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: crowded\nspec: {}\n";
+    assert!(kubectl_apply(&cp, &ns.name, crowded).status.success());
+    let said = wait_until(Duration::from_secs(120), || {
+        let regs = regs.clone();
+        async move {
+            let reg = regs.get("crowded").await.ok();
+            reg.and_then(|r| condition(&r, "Ready")).is_some_and(|(_, reason, _)| reason == "PodsNotCreated")
+        }
+    })
+    .await;
+    assert!(said, "Ready says the pods were refused\n{}", debug(&cp));
+    let (status, _, message) = condition(&regs.get("crowded").await.unwrap(), "Ready").unwrap();
+    assert_eq!(status, "False");
+    assert!(message.contains("crowded-0") && message.contains("quota"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

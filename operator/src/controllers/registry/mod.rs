@@ -8,6 +8,7 @@ pub mod gc;
 pub mod nodemirror;
 pub mod pullsecrets;
 pub mod reconcile;
+pub mod refused_pods;
 pub mod status;
 pub mod tls;
 

@@ -21,6 +21,7 @@ use super::effective::{self, Effective};
 use super::gc;
 use super::nodemirror;
 use super::pullsecrets;
+use super::refused_pods;
 use super::status::{self, MirrorState, Observed, SetState};
 use super::tls::{self, TlsError};
 use crate::controllers::apply::{apply, prune, refusal};
@@ -408,6 +409,12 @@ async fn observe(
             ready: st.ready_replicas.unwrap_or(0),
             updated: st.updated_replicas.unwrap_or(0),
         });
+    }
+    // Fewer pods than wanted: the API server may have refused them (a quota, a policy).
+    if obs.waiting.is_none() && obs.statefulset.as_ref().is_some_and(|s| s.replicas < want) {
+        if let Some(why) = refused_pods::why(ctx, ns, &reg.name_any()).await? {
+            obs.waiting = Some((refused_pods::REASON.into(), why));
+        }
     }
     if reg.spec.gc.is_some() {
         let select = ListParams::default().labels(&gc::job_selector(reg));

@@ -1,0 +1,61 @@
+//! Why a Registry's pods do not exist. When the API server refuses a pod its StatefulSet asks
+//! for (a quota, an admission policy), the StatefulSet's status only shows fewer replicas; the
+//! reason is in the `FailedCreate` event its controller records. The operator reads the latest
+//! one and puts it in the Registry's `Ready` condition, so `kubectl get registry` says why.
+
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ListParams};
+
+use crate::controllers::Context;
+
+/// The reason of the condition it fills.
+pub const REASON: &str = "PodsNotCreated";
+
+/// What the StatefulSet `set`'s controller last said when a pod could not be created; `None`
+/// when it said nothing (or the operator may not read events, as an older chart allowed).
+pub async fn why(ctx: &Context, ns: &str, set: &str) -> Result<Option<String>, kube::Error> {
+    let events: Api<Event> = Api::namespaced(ctx.client.clone(), ns);
+    let fields = format!("involvedObject.kind=StatefulSet,involvedObject.name={set},reason=FailedCreate");
+    match events.list(&ListParams::default().fields(&fields)).await {
+        Ok(list) => Ok(latest(list.items)),
+        Err(kube::Error::Api(e)) if e.code == 403 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The message of the event seen last.
+fn latest(events: Vec<Event>) -> Option<String> {
+    let seen = |e: &Event| {
+        let last = e.last_timestamp.as_ref().map(|t| t.0);
+        last.or(e.event_time.as_ref().map(|t| t.0)).or(e.first_timestamp.as_ref().map(|t| t.0))
+    };
+    events.into_iter().max_by_key(seen).and_then(|e| e.message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(last: Option<&str>, at: Option<&str>, message: &str) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": message},
+            "involvedObject": {"kind": "StatefulSet", "name": "hub"},
+            "reason": "FailedCreate",
+            "lastTimestamp": last,
+            "eventTime": at,
+            "message": message,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_event_seen_last_says_why() {
+        let events = vec![
+            event(Some("2026-12-06T10:00:00Z"), None, "old: exceeded quota"),
+            event(Some("2026-12-06T11:00:00Z"), None, "new: denied by policy"),
+            event(None, Some("2026-12-06T10:30:00.000000Z"), "between"),
+        ];
+        assert_eq!(latest(events).as_deref(), Some("new: denied by policy"));
+        assert_eq!(latest(vec![]), None);
+    }
+}
