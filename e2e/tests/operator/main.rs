@@ -247,6 +247,11 @@ spec:
     pod_ip_env!()
 );
 
+/// A ResourceQuota `name` allowing `hard` of `resource`: how a test makes the API server refuse.
+fn resource_quota(name: &str, resource: &str, hard: u32) -> String {
+    format!("apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: {name}\nspec:\n  hard: {{{resource}: \"{hard}\"}}\n")
+}
+
 /// Whether the operator's ServiceAccount may `verb` Secrets (in `ns`, or in every namespace).
 fn operator_may(cp: &ControlPlane, verb: &str, ns: Option<&str>) -> bool {
     let mut cmd = cp.kubectl().unwrap();

@@ -235,8 +235,8 @@ spec:
     assert!(!message.contains("wrong"), "the password is never shown: {message}");
 
     // The API server refuses the policy's CronJob (a quota allows no more): Stalled in its words.
-    let quota = "apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: no-more-crons\nspec:\n  hard: {count/cronjobs.batch: \"0\"}\n";
-    assert!(kubectl_apply(&cp, &ns.name, quota).status.success());
+    let quota = resource_quota("no-more-crons", "count/cronjobs.batch", 0);
+    assert!(kubectl_apply(&cp, &ns.name, &quota).status.success());
     let fenced = "apiVersion: berth.dev/v1alpha1\nkind: ReplicationPolicy\nmetadata:\n  name: fenced\nspec:\n  \
                   source: {registryRef: {name: hub}}\n  destination: {registryRef: {name: edge}}\n  trigger: {schedule: \"0 * * * *\"}\n";
     assert!(kubectl_apply(&cp, &ns.name, fenced).status.success());

@@ -260,9 +260,7 @@ async fn invalid_specs_are_refused_and_unprovisionable_storage_stalls() {
 
     // The API server refuses a child (here a quota allows no NodePort): Stalled in its words,
     // and put right by the operator's next pass once the quota allows it.
-    let quota = |ports: u32| {
-        format!("apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: ports\nspec:\n  hard: {{services.nodeports: \"{ports}\"}}\n")
-    };
+    let quota = |ports| resource_quota("ports", "services.nodeports", ports);
     assert!(kubectl_apply(&cp, &ns.name, &quota(0)).status.success());
     let fenced = "apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: fenced\nspec:\n  service: {type: NodePort}\n";
     assert!(kubectl_apply(&cp, &ns.name, fenced).status.success());
@@ -285,9 +283,7 @@ async fn invalid_specs_are_refused_and_unprovisionable_storage_stalls() {
 
     // Pods the API server refuses (a quota allows no more) are the StatefulSet controller's to
     // make, not the operator's: the Registry's Ready condition says why, from that controller.
-    let no_pods =
-        "apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: pods\nspec:\n  hard: {pods: \"0\"}\n";
-    assert!(kubectl_apply(&cp, &ns.name, no_pods).status.success());
+    assert!(kubectl_apply(&cp, &ns.name, &resource_quota("pods", "pods", 0)).status.success());
     let crowded = "apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: crowded\nspec: {}\n";
     assert!(kubectl_apply(&cp, &ns.name, crowded).status.success());
     let said = wait_until(Duration::from_secs(120), || {
