@@ -206,4 +206,29 @@ async fn node_mirror_points_containerd_at_the_registry_and_takes_its_files_back(
         "no condition once it is off: {:?}",
         regs.get("hub").await.map(|r| r.data["status"].clone())
     );
+
+    // In a namespace whose Pod Security level refuses the pods (they mount host directories), the
+    // condition says so in the API server's words, not "see the pods' logs" of pods never made.
+    run(cp.kubectl().unwrap().args([
+        "label",
+        "namespace",
+        &ns.name,
+        "pod-security.kubernetes.io/enforce=baseline",
+        "--overwrite",
+    ]));
+    let patch = serde_json::json!({"spec": {"nodeMirror": {"enabled": true}}});
+    regs.patch("hub", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let refused = wait_until(Duration::from_secs(120), || {
+        let regs = regs.clone();
+        async move {
+            let reg = regs.get("hub").await.ok();
+            reg.and_then(|r| condition(&r, "NodeMirrorReady"))
+                .is_some_and(|(_, reason, _)| reason == "PodsNotCreated")
+        }
+    })
+    .await;
+    assert!(refused, "NodeMirrorReady names the refusal\n{}", debug(&cp));
+    let (status, _, message) = condition(&regs.get("hub").await.unwrap(), "NodeMirrorReady").unwrap();
+    assert_eq!(status, "False");
+    assert!(message.contains("PodSecurity"), "{message}");
 }

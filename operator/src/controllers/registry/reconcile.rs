@@ -220,9 +220,15 @@ async fn converge(
         };
         match applied {
             Ok(Some(status)) => {
+                let refused = if status.current_number_scheduled < status.desired_number_scheduled {
+                    refused_pods::why(ctx, ns, "DaemonSet", &child.name()).await?
+                } else {
+                    None
+                };
                 obs.node_mirror = Some(MirrorState::Pods {
                     scheduled: status.desired_number_scheduled,
                     ready: status.number_ready,
+                    refused,
                 })
             }
             Ok(None) => {}
@@ -412,7 +418,7 @@ async fn observe(
     }
     // Fewer pods than wanted: the API server may have refused them (a quota, a policy).
     if obs.waiting.is_none() && obs.statefulset.as_ref().is_some_and(|s| s.replicas < want) {
-        if let Some(why) = refused_pods::why(ctx, ns, &reg.name_any()).await? {
+        if let Some(why) = refused_pods::why(ctx, ns, "StatefulSet", &reg.name_any()).await? {
             obs.waiting = Some((refused_pods::REASON.into(), why));
         }
     }

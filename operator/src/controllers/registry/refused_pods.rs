@@ -1,7 +1,8 @@
-//! Why a Registry's pods do not exist. When the API server refuses a pod its StatefulSet asks
-//! for (a quota, an admission policy), the StatefulSet's status only shows fewer replicas; the
-//! reason is in the `FailedCreate` event its controller records. The operator reads the latest
-//! one and puts it in the Registry's `Ready` condition, so `kubectl get registry` says why.
+//! Why a Registry's pods do not exist. When the API server refuses a pod its StatefulSet (or the
+//! node mirror's DaemonSet) asks for — a quota, an admission policy such as Pod Security — the
+//! workload's status only shows fewer pods; the reason is in the `FailedCreate` event its
+//! controller records. The operator reads the latest one and puts it in the Registry's `Ready`
+//! (or `NodeMirrorReady`) condition, so `kubectl get registry` says why.
 
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams};
@@ -11,11 +12,11 @@ use crate::controllers::Context;
 /// The reason of the condition it fills.
 pub const REASON: &str = "PodsNotCreated";
 
-/// What the StatefulSet `set`'s controller last said when a pod could not be created; `None`
-/// when it said nothing (or the operator may not read events, as an older chart allowed).
-pub async fn why(ctx: &Context, ns: &str, set: &str) -> Result<Option<String>, kube::Error> {
+/// What the controller of workload `kind` `name` last said when a pod could not be created;
+/// `None` when it said nothing (or the operator may not read events, as an older chart allowed).
+pub async fn why(ctx: &Context, ns: &str, kind: &str, name: &str) -> Result<Option<String>, kube::Error> {
     let events: Api<Event> = Api::namespaced(ctx.client.clone(), ns);
-    let fields = format!("involvedObject.kind=StatefulSet,involvedObject.name={set},reason=FailedCreate");
+    let fields = format!("involvedObject.kind={kind},involvedObject.name={name},reason=FailedCreate");
     match events.list(&ListParams::default().fields(&fields)).await {
         Ok(list) => Ok(latest(list.items)),
         Err(kube::Error::Api(e)) if e.code == 403 => Ok(None),
@@ -57,5 +58,31 @@ mod tests {
         ];
         assert_eq!(latest(events).as_deref(), Some("new: denied by policy"));
         assert_eq!(latest(vec![]), None);
+    }
+
+    #[test]
+    fn the_node_mirrors_refused_pods_are_named_in_its_condition() {
+        use super::super::status::{self, MirrorState, Observed};
+        let r = super::super::tests::registry(serde_json::json!({"nodeMirror": {"enabled": true}}));
+        let eff = super::super::effective::resolve(&r, "img");
+        let at = |refused: Option<&str>| {
+            let obs = Observed {
+                node_mirror: Some(MirrorState::Pods {
+                    scheduled: 2,
+                    ready: 0,
+                    refused: refused.map(Into::into),
+                }),
+                ..Observed::default()
+            };
+            let s = status::compute(&r, &eff, &obs, crate::controllers::now());
+            let c =
+                s.conditions.unwrap_or_default().into_iter().find(|c| c.type_ == "NodeMirrorReady").unwrap();
+            (c.status, c.reason, c.message)
+        };
+        let (ok, reason, message) = at(Some("pods \"hub-node-mirror-x\" is forbidden: violates PodSecurity"));
+        assert_eq!((ok.as_str(), reason.as_str()), ("False", REASON));
+        assert!(message.contains("PodSecurity"), "{message}");
+        // Created but not ready: the pods' logs say why.
+        assert_eq!(at(None).1, "NodesNotConfigured");
     }
 }

@@ -43,8 +43,9 @@ pub struct Observed {
 pub enum MirrorState {
     /// The Service has no cluster IP yet (and the spec names no endpoint).
     NoEndpoint,
-    /// Pods the DaemonSet should run, and those ready (their node configured as planned).
-    Pods { scheduled: i32, ready: i32 },
+    /// Pods the DaemonSet should run, those ready (their node configured as planned), and why
+    /// the API server refused the ones it could not create.
+    Pods { scheduled: i32, ready: i32, refused: Option<String> },
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -170,13 +171,16 @@ fn node_mirror_condition(reg: &Registry, obs: &Observed) -> Option<Cond> {
         Some(MirrorState::Pods { scheduled: 0, .. }) => {
             Cond::new(kind, false, "NoNodes", "no node matches spec.nodeMirror.nodeSelector")
         }
-        Some(MirrorState::Pods { scheduled, ready }) if ready >= scheduled => Cond::new(
+        Some(MirrorState::Pods { scheduled, ready, .. }) if ready >= scheduled => Cond::new(
             kind,
             true,
             "Configured",
             format!("{ready}/{scheduled} nodes pull through this Registry"),
         ),
-        Some(MirrorState::Pods { scheduled, ready }) => Cond::new(
+        Some(MirrorState::Pods { refused: Some(why), .. }) => {
+            Cond::new(kind, false, super::refused_pods::REASON, why.clone())
+        }
+        Some(MirrorState::Pods { scheduled, ready, .. }) => Cond::new(
             kind,
             false,
             "NodesNotConfigured",
