@@ -121,6 +121,18 @@ async fn wait_condition(
     .await
 }
 
+/// Waits (up to `within`) for `name` to be `Stalled`; its reason and message.
+async fn stalled(
+    cp: &ControlPlane,
+    api: &Api<DynamicObject>,
+    name: &str,
+    within: Duration,
+) -> (String, String) {
+    assert!(wait_condition(api, name, "Stalled", "True", within).await, "{name} Stalled\n{}", debug(cp));
+    let (_, reason, message) = condition(&api.get(name).await.unwrap(), "Stalled").unwrap();
+    (reason, message)
+}
+
 fn kubectl_apply(cp: &ControlPlane, ns: &str, yaml: &str) -> std::process::Output {
     kubectl_with_stdin(cp, &["apply", "-n", ns, "-f", "-"], yaml)
 }

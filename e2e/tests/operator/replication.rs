@@ -169,12 +169,7 @@ spec:
 ";
     let out = kubectl_apply(&cp, &ns.name, unreachable);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        wait_condition(&api, "nowhere", "Stalled", "True", Duration::from_secs(60)).await,
-        "Stalled\n{}",
-        debug(&cp)
-    );
-    let (_, reason, message) = condition(&api.get("nowhere").await.unwrap(), "Stalled").unwrap();
+    let (reason, message) = stalled(&cp, &api, "nowhere", Duration::from_secs(60)).await;
     assert_eq!(reason, "Unreachable", "{message}");
     assert!(message.contains("127.0.0.1:9"), "{message}");
     let crons: Api<k8s_openapi::api::batch::v1::CronJob> = ns.api();
@@ -224,12 +219,7 @@ spec:
         debug(&cp)
     );
     login("wrong");
-    assert!(
-        wait_condition(&api, "to-dest", "Stalled", "True", Duration::from_secs(90)).await,
-        "a refused login stalls the policy\n{}",
-        debug(&cp)
-    );
-    let (_, reason, message) = condition(&api.get("to-dest").await.unwrap(), "Stalled").unwrap();
+    let (reason, message) = stalled(&cp, &api, "to-dest", Duration::from_secs(90)).await;
     assert_eq!(reason, "Unreachable", "{message}");
     assert!(message.contains(&dest.url) && message.contains("refused the credentials"), "{message}");
     assert!(!message.contains("wrong"), "the password is never shown: {message}");
@@ -240,12 +230,7 @@ spec:
     let fenced = "apiVersion: berth.dev/v1alpha1\nkind: ReplicationPolicy\nmetadata:\n  name: fenced\nspec:\n  \
                   source: {registryRef: {name: hub}}\n  destination: {registryRef: {name: edge}}\n  trigger: {schedule: \"0 * * * *\"}\n";
     assert!(kubectl_apply(&cp, &ns.name, fenced).status.success());
-    assert!(
-        wait_condition(&api, "fenced", "Stalled", "True", Duration::from_secs(90)).await,
-        "a refused CronJob stalls the policy\n{}",
-        debug(&cp)
-    );
-    let (_, reason, message) = condition(&api.get("fenced").await.unwrap(), "Stalled").unwrap();
+    let (reason, message) = stalled(&cp, &api, "fenced", Duration::from_secs(90)).await;
     assert_eq!(reason, "ChildRejected", "{message}");
     assert!(message.contains("CronJob fenced-replicate") && message.contains("quota"), "{message}");
 }

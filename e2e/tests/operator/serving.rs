@@ -248,13 +248,7 @@ async fn invalid_specs_are_refused_and_unprovisionable_storage_stalls() {
 
     // The StorageClass does not exist: Stalled with a reason, not an endless loop.
     let regs = registries(&client, &ns.name);
-    assert!(
-        wait_condition(&regs, "grow", "Stalled", "True", Duration::from_secs(120)).await,
-        "Stalled\n{}",
-        debug(&cp)
-    );
-    let reg = regs.get("grow").await.unwrap();
-    let (_, reason, message) = condition(&reg, "Stalled").unwrap();
+    let (reason, message) = stalled(&cp, &regs, "grow", Duration::from_secs(120)).await;
     assert_eq!(reason, "StorageUnavailable");
     assert!(message.contains("does-not-exist"), "{message}");
 
@@ -264,12 +258,7 @@ async fn invalid_specs_are_refused_and_unprovisionable_storage_stalls() {
     assert!(kubectl_apply(&cp, &ns.name, &quota(0)).status.success());
     let fenced = "apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: fenced\nspec:\n  service: {type: NodePort}\n";
     assert!(kubectl_apply(&cp, &ns.name, fenced).status.success());
-    assert!(
-        wait_condition(&regs, "fenced", "Stalled", "True", Duration::from_secs(120)).await,
-        "Stalled on the quota\n{}",
-        debug(&cp)
-    );
-    let (_, reason, message) = condition(&regs.get("fenced").await.unwrap(), "Stalled").unwrap();
+    let (reason, message) = stalled(&cp, &regs, "fenced", Duration::from_secs(120)).await;
     assert_eq!(reason, "ChildRejected");
     assert!(message.contains("Service fenced") && message.contains("quota"), "{message}");
     assert!(kubectl_apply(&cp, &ns.name, &quota(1)).status.success());

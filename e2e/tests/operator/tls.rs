@@ -185,12 +185,7 @@ async fn cert_manager_mode_stalls_without_it_and_serves_the_secret_it_issues() {
     );
     assert!(kubectl_apply(&cp, &ns.name, yaml).status.success());
     let regs = registries(&client, &ns.name);
-    assert!(
-        wait_condition(&regs, "issued", "Stalled", "True", Duration::from_secs(90)).await,
-        "Stalled without cert-manager\n{}",
-        debug(&cp)
-    );
-    assert_eq!(condition(&regs.get("issued").await.unwrap(), "Stalled").unwrap().1, "CertManagerMissing");
+    assert_eq!(stalled(&cp, &regs, "issued", Duration::from_secs(90)).await.0, "CertManagerMissing");
 
     // cert-manager's Certificate kind appears: the operator asks for a certificate.
     assert!(kubectl_apply(&cp, "default", CERTIFICATE_CRD).status.success());
