@@ -3,7 +3,8 @@
 # `berth`:
 #   - in what it asks of the kernel (strace): a blob's bytes are fsynced before its name appears,
 #     every directory its commit creates is fsynced in its parent, and the metadata commit that
-#     acknowledges the push syncs SQLite's write-ahead log before the answer;
+#     acknowledges the push syncs SQLite's write-ahead log before the answer; a small blob, kept
+#     as a row of the store's small-object database, has that database's log synced;
 #   - on a small filesystem of its own (tmpfs; needs root): a push that does not fit fails with 507
 #     and a code, nothing of it is visible, and pushes work again once there is room.
 source "$(dirname "$0")/lib.sh"
@@ -65,9 +66,12 @@ if what == "dirs":
             problems.append(f"{d} created, its parent never fsynced after")
     if not mkdirs:
         problems.append("the push created no directory under blobs/ (nothing was checked)")
-if what == "wal":
-    if not any(p.endswith("meta.db-wal") for _, p in synced):
-        problems.append("no fsync of meta.db-wal while the push was acknowledged")
+if what in ("wal", "small"):
+    log = "meta.db-wal" if what == "wal" else "/storage/small-objects.db-wal"
+    if not any(p.endswith(log) for _, p in synced):
+        problems.append(f"no fsync of {log} while the push was acknowledged")
+    if what == "small" and any("/storage/blobs/" in p for _, p in synced):
+        problems.append("a small blob was written as a file")
 for p in problems:
     print(p)
 sys.exit(1 if problems else 0)
@@ -75,6 +79,11 @@ EOF
 check "a blob's bytes are synced before its name appears" python3 "$WORK/check.py" "$WORK/trace" blob "$START"
 check "every directory the push created is fsynced in its parent" python3 "$WORK/check.py" "$WORK/trace" dirs "$START"
 check "the metadata commit that acknowledges it syncs SQLite's log" python3 "$WORK/check.py" "$WORK/trace" wal "$START"
+head -c 4096 /dev/urandom >"$WORK/small-blob"
+sleep 1
+START=$(wc -l <"$WORK/trace")
+check "a small push is acknowledged (201)" equal "$(push_blob "http://127.0.0.1:$PORT" durable/app "$WORK/small-blob")" 201
+check "a small blob is a row, its database's log synced" python3 "$WORK/check.py" "$WORK/trace" small "$START"
 
 echo "== a full disk"
 DISK=$WORK/disk

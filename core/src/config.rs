@@ -223,14 +223,23 @@ pub enum StorageConfig {
     Filesystem {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<PathBuf>,
+        /// Objects up to this size (manifests, configs, small layers) are kept as rows of one
+        /// database in the store rather than files: durable with one shared log sync instead of
+        /// a file's and its directory's. Only beside SQLite metadata (one process's store);
+        /// `0` keeps every object a file. Default 16Ki, at most 1Mi.
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "size::option")]
+        small_objects: Option<u64>,
     },
     Memory,
     S3(S3Config),
 }
 
+/// The largest `storage.small_objects`: rows are read whole into memory.
+pub const MAX_SMALL_OBJECTS: u64 = 1 << 20;
+
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig::Filesystem { path: None }
+        StorageConfig::Filesystem { path: None, small_objects: None }
     }
 }
 
@@ -323,6 +332,11 @@ impl Config {
         if let StorageConfig::S3(s3) = &self.storage {
             s3.validate()?;
         }
+        if let StorageConfig::Filesystem { small_objects: Some(n), .. } = &self.storage {
+            if *n > MAX_SMALL_OBJECTS {
+                return Err(("storage.small_objects", "must be at most 1Mi".into()));
+            }
+        }
         match (&self.storage, &self.metadata) {
             (StorageConfig::Memory, MetadataConfig::Sqlite { path: Some(_) }) => {
                 return Err((
@@ -360,7 +374,7 @@ impl Config {
 
     pub fn storage_path(&self) -> Option<PathBuf> {
         match &self.storage {
-            StorageConfig::Filesystem { path } => {
+            StorageConfig::Filesystem { path, .. } => {
                 Some(path.clone().unwrap_or_else(|| self.data_dir.join("storage")))
             }
             StorageConfig::Memory | StorageConfig::S3(_) => None,

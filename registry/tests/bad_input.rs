@@ -124,7 +124,7 @@ async fn digest_mismatch_stores_nothing_on_every_path() {
         let r = send(Method::HEAD, s.url(&format!("/v2/r/b/blobs/{d}"))).await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{d} must not exist");
     }
-    assert!(s.blob_files().is_empty(), "no blob reached storage: {:?}", s.blob_files());
+    assert!(s.stored_blobs().is_empty(), "no blob reached storage: {:?}", s.stored_blobs());
     s.stop().await;
 }
 
@@ -333,7 +333,7 @@ async fn one_blob_uploaded_by_many_clients_at_once() {
         let r = send(Method::GET, s.url(&format!("/v2/same/r{i}/blobs/{d}"))).await;
         assert!(r.bytes().await.unwrap().as_ref() == data.as_slice(), "content intact in r{i}");
     }
-    assert_eq!(s.blob_files().len(), 1, "stored once");
+    assert_eq!(s.stored_blobs().len(), 1, "stored once");
     s.stop().await;
 }
 

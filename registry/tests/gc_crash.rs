@@ -16,15 +16,7 @@ use reqwest::StatusCode;
 const KEPT: usize = 20;
 
 fn blob_files(data: &Path) -> usize {
-    fn count(dir: &Path) -> usize {
-        std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| if e.path().is_dir() { count(&e.path()) } else { 1 })
-            .sum()
-    }
-    count(&data.join("storage/blobs"))
+    stored_under(data, "storage/blobs").len()
 }
 
 async fn push(url: &str, repo: &str, data: &[u8]) {
@@ -173,11 +165,26 @@ async fn sigkill_mid_sweep_then_the_next_collection_finishes_the_work() {
     panic!("no attempt caught the sweep in the middle");
 }
 
+/// Copies a store as the README says: its small-object database online, then every other file.
+fn copy_store(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    online_copy(&from.join("small-objects.db"), &to.join("small-objects.db"));
+    copy_dir(from, to);
+}
+
+/// What `sqlite3 DB ".backup COPY"` does.
+fn online_copy(db: &Path, copy: &Path) {
+    let db = rusqlite::Connection::open(db).unwrap();
+    db.execute("VACUUM INTO ?1", [copy.to_str().unwrap()]).unwrap();
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap().flatten() {
         let target = to.join(e.file_name());
-        if e.path().is_dir() {
+        if e.file_name().to_string_lossy().starts_with("small-objects.db") {
+            continue;
+        } else if e.path().is_dir() {
             copy_dir(&e.path(), &target);
         } else {
             std::fs::copy(e.path(), target).unwrap();
@@ -194,9 +201,7 @@ async fn deleted_image_restores_whole(config: &str) -> bool {
     pushed(&url, 2).await;
     // The database, online (what `sqlite3 meta.db ".backup …"` does too).
     let backup = tempfile::tempdir().unwrap();
-    let db = rusqlite::Connection::open(dir.path().join("meta.db")).unwrap();
-    db.execute("VACUUM INTO ?1", [backup.path().join("meta.db").to_str().unwrap()]).unwrap();
-    drop(db);
+    online_copy(&dir.path().join("meta.db"), &backup.path().join("meta.db"));
     // Meanwhile image 1 is deleted and collected.
     let (_, _, manifest) = image(1);
     let r =
@@ -204,7 +209,7 @@ async fn deleted_image_restores_whole(config: &str) -> bool {
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     collect(&url).await.unwrap();
     // Then the store.
-    copy_dir(&dir.path().join("storage"), &backup.path().join("storage"));
+    copy_store(&dir.path().join("storage"), &backup.path().join("storage"));
     drop(berth);
 
     let berth = Berth::spawn(backup.path(), &free_addr(), &[]).await;

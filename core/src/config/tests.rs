@@ -57,6 +57,17 @@ fn memory_storage_keeps_metadata_in_memory() {
 }
 
 #[test]
+fn small_objects_are_a_size_of_at_most_a_mebibyte() {
+    let c = Config::from_yaml("storage: {kind: filesystem, small_objects: 64Ki}\n", "c.yaml").unwrap();
+    assert_eq!(c.storage, StorageConfig::Filesystem { path: None, small_objects: Some(64 << 10) });
+    assert_eq!(Config::from_yaml(&c.to_yaml(), "again").unwrap(), c);
+    let off = Config::from_yaml("storage: {kind: filesystem, small_objects: 0}\n", "c.yaml").unwrap();
+    assert_eq!(off.storage, StorageConfig::Filesystem { path: None, small_objects: Some(0) });
+    let e = Config::from_yaml("storage: {kind: filesystem, small_objects: 2Mi}\n", "c.yaml").unwrap_err();
+    assert!(e.to_string().contains("storage.small_objects"), "{e}");
+}
+
+#[test]
 fn full_file_round_trips() {
     let text = "listen: 0.0.0.0:5443\ndata_dir: /var/lib/berth\nlog: {level: debug, format: json}\n\
                 tls: {cert: /tls/tls.crt, key: /tls/tls.key, reload_interval: 2s}\n\

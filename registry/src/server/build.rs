@@ -21,7 +21,7 @@ use crate::replicate::on_push::PushCopier;
 #[cfg(feature = "s3")]
 use crate::service::multiparts::Journal;
 use crate::service::{Limits, Registry};
-use crate::storage::fs::FsStorage;
+use crate::storage::fs::{self, FsStorage};
 use crate::storage::memory::MemoryStorage;
 #[cfg(feature = "s3")]
 use crate::storage::s3::{S3Options, S3Storage};
@@ -189,8 +189,14 @@ pub async fn build_state(config: &Config) -> Result<AppState, ServeError> {
         open_metadata(config).await?;
     let mut journaled = None;
     let storage: Arc<dyn Storage> = match (&config.storage, config.storage_path()) {
-        (StorageConfig::Filesystem { .. }, Some(path)) => {
+        (StorageConfig::Filesystem { small_objects, .. }, Some(path)) => {
+            // Rows only where one process owns the store: beside SQLite metadata.
+            let small = match config.metadata {
+                MetadataConfig::Sqlite { .. } => small_objects.unwrap_or(fs::SMALL_OBJECTS_DEFAULT),
+                MetadataConfig::Postgres { .. } => 0,
+            };
             let fs = FsStorage::open(&path)
+                .and_then(|fs| fs.with_small_objects(small))
                 .map_err(|source| ServeError::Storage { path: path.display().to_string(), source })?;
             Arc::new(fs)
         }

@@ -188,7 +188,8 @@ pub trait Storage: Send + Sync + 'static {
     }
 
     /// Makes the complete local `file` (in a directory [`Storage::adopts_from`] accepts) the object
-    /// at `key` by moving it there, durably and atomically, without copying a byte. Handles
+    /// at `key` by moving it there, durably and atomically, without copying a byte (a store that
+    /// keeps small objects apart may copy one of those, and then removes the file). Handles
     /// already open on the file keep reading the same bytes.
     async fn adopt(&self, file: &Path, key: &Key) -> Result<(), StorageError> {
         let _ = (file, key);

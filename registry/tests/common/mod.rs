@@ -9,7 +9,7 @@ use berth_core::config::Config;
 use berth_registry::api::AppState;
 use berth_registry::meta::sqlite::SqliteMeta;
 use berth_registry::service::{Limits, Registry};
-use berth_registry::storage::fs::FsStorage;
+use berth_registry::storage::fs::{FsStorage, SMALL_OBJECTS_DEFAULT};
 use berth_registry::telemetry::Metrics;
 use reqwest::{Method, StatusCode};
 use sha2::Digest as _;
@@ -47,7 +47,9 @@ impl TestServer {
     /// A server over an existing data directory (for restart tests).
     pub async fn start_in(data: &Path, limits: Limits) -> TestServer {
         let metrics = Arc::new(Metrics::new());
-        let storage = Arc::new(FsStorage::open(data.join("storage")).unwrap());
+        let storage = Arc::new(
+            FsStorage::open(data.join("storage")).unwrap().with_small_objects(SMALL_OBJECTS_DEFAULT).unwrap(),
+        );
         let meta = Arc::new(SqliteMeta::open(data.join("meta.db")).unwrap());
         let registry = Arc::new(Registry::new(metrics.instrument(storage), meta, limits));
         let config = Config { data_dir: data.to_path_buf(), ..Config::default() };
@@ -103,28 +105,48 @@ impl TestServer {
         format!("{}{}", self.url, path)
     }
 
-    /// Files under storage/blobs (what a client could ever be served).
-    pub fn blob_files(&self) -> Vec<PathBuf> {
-        self.files_under("storage/blobs")
+    /// Blobs in storage (what a client could ever be served), as files or rows.
+    pub fn stored_blobs(&self) -> Vec<PathBuf> {
+        self.stored_under("storage/blobs")
     }
 
-    /// Files (not directories) anywhere under `dir` of the data directory.
-    pub fn files_under(&self, dir: &str) -> Vec<PathBuf> {
-        fn walk(p: &Path, out: &mut Vec<PathBuf>) {
-            if let Ok(rd) = std::fs::read_dir(p) {
-                for e in rd.flatten() {
-                    if e.path().is_dir() {
-                        walk(&e.path(), out)
-                    } else {
-                        out.push(e.path())
-                    }
+    /// Objects anywhere under `dir` of the data directory.
+    pub fn stored_under(&self, dir: &str) -> Vec<PathBuf> {
+        stored_under(&self.data, dir)
+    }
+}
+
+/// The objects a store in `data/storage` holds under `data/<dir>`: its files, and its small
+/// objects (rows of `small-objects.db`) at the paths they would have as files.
+pub fn stored_under(data: &Path, dir: &str) -> Vec<PathBuf> {
+    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                if e.path().is_dir() {
+                    walk(&e.path(), out)
+                } else {
+                    out.push(e.path())
                 }
             }
         }
-        let mut out = Vec::new();
-        walk(&self.data.join(dir), &mut out);
-        out
     }
+    let mut out = Vec::new();
+    walk(&data.join(dir), &mut out);
+    let storage = data.join("storage");
+    let db = rusqlite::Connection::open_with_flags(
+        storage.join("small-objects.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    );
+    if let (Some(prefix), Ok(db)) = (dir.strip_prefix("storage/"), db) {
+        // A store that has kept none has no table yet.
+        if let Ok(mut q) = db.prepare("SELECT key FROM objects WHERE substr(key, 1, length(?1)) = ?1") {
+            let keys = q.query_map([prefix], |r| r.get::<_, String>(0)).unwrap();
+            out.extend(keys.map(|k| storage.join(k.unwrap())));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 pub fn client() -> reqwest::Client {

@@ -132,7 +132,7 @@ async fn cancel_upload() {
     let r = c.get(s.url(&loc)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
-    assert_eq!(s.files_under("storage/uploads"), Vec::<std::path::PathBuf>::new());
+    assert_eq!(s.stored_under("storage/uploads"), Vec::<std::path::PathBuf>::new());
     s.stop().await;
 }
 

@@ -27,7 +27,7 @@ async fn the_size_limit_evicts_the_least_recently_pulled_content_only() {
     assert!(evicted >= 1, "nothing evicted");
     let layer_file = |d: &str| {
         let hex = d.trim_start_matches("sha256:").to_owned();
-        s.berth.blob_files().iter().any(|p| p.ends_with(&hex))
+        s.berth.stored_blobs().iter().any(|p| p.ends_with(&hex))
     };
     assert!(!layer_file(&mid.layers[0]), "the least recently pulled layer is evicted");
     assert!(layer_file(&old.layers[0]) && layer_file(&new.layers[0]));
@@ -63,7 +63,7 @@ async fn content_nobody_pulls_expires_and_pulled_content_stays() {
     assert!(proxy.maintain_once().await.unwrap() >= 1);
     let layer_file = |d: &str| {
         let hex = d.trim_start_matches("sha256:").to_owned();
-        s.berth.blob_files().iter().any(|p| p.ends_with(&hex))
+        s.berth.stored_blobs().iter().any(|p| p.ends_with(&hex))
     };
     assert!(!layer_file(&idle.layers[0]), "unpulled content expired");
     assert!(layer_file(&kept.layers[0]), "pulled content stays");

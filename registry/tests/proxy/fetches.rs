@@ -47,7 +47,7 @@ async fn fetched_blobs_are_stored_from_the_spool_on_files_and_copied_on_other_st
             assert_eq!(body_digest(r).await.unwrap(), layer, "memory={memory} pull {pull}");
         }
         assert_eq!(s.counter.count("GET", &layer), 1, "memory={memory}: {:?}", s.counter.seen());
-        let on_disk = s.berth.blob_files().iter().any(|p| p.display().to_string().contains(&layer[7..]));
+        let on_disk = s.berth.stored_blobs().iter().any(|p| p.display().to_string().contains(&layer[7..]));
         assert_eq!(on_disk, !memory);
         // Only storage that cannot adopt the spool file needs a writer of its own for the blob.
         let metrics = client().get(s.berth.url("/metrics")).send().await.unwrap().text().await.unwrap();
@@ -159,7 +159,7 @@ async fn corrupted_upstream_content_is_never_cached_or_served() {
     let r = get(s.berth.url(&format!("/v2/hub/node/blobs/{layer}"))).await;
     let served = body_digest(r).await;
     assert!(served.is_err(), "a corrupted layer was served whole: {served:?}");
-    let blobs: Vec<String> = s.berth.blob_files().iter().map(|p| p.display().to_string()).collect();
+    let blobs: Vec<String> = s.berth.stored_blobs().iter().map(|p| p.display().to_string()).collect();
     assert!(!blobs.iter().any(|p| p.contains(layer.trim_start_matches("sha256:"))), "{blobs:?}");
 
     // Once the upstream behaves, the same pulls succeed and are cached.

@@ -130,7 +130,10 @@ pub fn render_config(reg: &Registry, eff: &Effective, inputs: &Inputs) -> Result
         tls,
         storage: match &storage.s3 {
             Some(s3) => StorageConfig::S3(s3::config(s3)),
-            None => StorageConfig::Filesystem { path: Some(format!("{DATA_DIR}/storage").into()) },
+            None => StorageConfig::Filesystem {
+                path: Some(format!("{DATA_DIR}/storage").into()),
+                small_objects: None,
+            },
         },
         metadata: match postgres {
             Some(pg) => postgres::config(pg),

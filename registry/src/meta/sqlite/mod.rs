@@ -24,7 +24,7 @@ mod scrub;
 mod sweep;
 mod uploads;
 mod usage;
-mod writer;
+pub(crate) mod writer;
 
 use manifests::{
     check_references, delete_manifest_tx, delete_tag_tx, ensure_repo, link_blob_at_tx, link_blob_tx,
@@ -118,8 +118,8 @@ impl SqliteMeta {
         let mut wal = path.clone().into_os_string();
         wal.push("-wal");
         let wal = PathBuf::from(wal);
-        let writer =
-            Writer::start(conn, &wal).map_err(|e| cleanup(MetaError::Db(format!("metadata writer: {e}"))))?;
+        let writer = Writer::start(conn, &wal, "berth-meta")
+            .map_err(|e| cleanup(MetaError::Db(format!("metadata writer: {e}"))))?;
         let resolved = Resolved::new(resolved::CAPACITY);
         Ok(SqliteMeta {
             inner: Arc::new(Inner { path, writer, readers: Mutex::new(Vec::new()), resolved, scratch }),

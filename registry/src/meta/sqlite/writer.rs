@@ -100,15 +100,16 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts writing through `conn` (a database in WAL mode whose log is at `wal`).
-    pub fn start(conn: Connection, wal: &std::path::Path) -> std::io::Result<Writer> {
+    /// Starts writing through `conn` (a database in WAL mode whose log is at `wal`), on threads
+    /// named `<name>-writer` and `<name>-sync`.
+    pub fn start(conn: Connection, wal: &std::path::Path, name: &str) -> std::io::Result<Writer> {
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(std::io::Error::other)?;
         let log = open_log(wal)?;
-        Writer::spawn(conn, move || log.sync_data())
+        Writer::spawn(conn, name, move || log.sync_data())
     }
 
     /// Starts the writer and the syncer threads; `sync` makes every commit made so far durable.
-    fn spawn<S>(conn: Connection, sync: S) -> std::io::Result<Writer>
+    fn spawn<S>(conn: Connection, name: &str, sync: S) -> std::io::Result<Writer>
     where
         S: FnMut() -> std::io::Result<()> + Send + 'static,
     {
@@ -116,11 +117,11 @@ impl Writer {
         let (syncs, to_sync) = mpsc::channel();
         let sync_failed = failed.clone();
         std::thread::Builder::new()
-            .name("berth-meta-sync".into())
+            .name(format!("{name}-sync"))
             .spawn(move || sync_rounds(sync, &to_sync, &sync_failed))?;
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
-            .name("berth-meta-writer".into())
+            .name(format!("{name}-writer"))
             .spawn(move || serve(conn, &queue, &syncs, &failed))?;
         Ok(Writer { jobs })
     }
@@ -258,7 +259,7 @@ mod tests {
     fn writer(sync: impl FnMut() -> std::io::Result<()> + Send + 'static) -> Arc<Writer> {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE t (v INTEGER)").unwrap();
-        Arc::new(Writer::spawn(conn, sync).unwrap())
+        Arc::new(Writer::spawn(conn, "berth-test", sync).unwrap())
     }
 
     fn insert(v: i64) -> impl FnOnce(&Connection) -> Result<usize> + Send + 'static {

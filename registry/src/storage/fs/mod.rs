@@ -4,7 +4,9 @@
 //! it into `tmp/<random>` a batch at a time, and `commit` makes it visible with `fsync(file)`,
 //! `rename(tmp, final)` and an fsync of every directory the rename needed (the ones it created
 //! and the one that now names it): after a crash an object is either whole at its key or absent.
-//! Whatever is left in `tmp/` by a crash is removed when the backend is opened.
+//! Whatever is left in `tmp/` by a crash is removed when the backend is opened. Objects of a few
+//! KiB may instead be rows of a database in the root ([`small`]), which every call here looks at
+//! first, in the same trip to the blocking pool.
 //!
 //! No thread waits on a client. Reads and writes go to the blocking pool one disk operation at a
 //! time (a `pread` of the next chunk when the client asks for it, a vectored write of the next
@@ -24,9 +26,12 @@ use bytes::Bytes;
 use super::{ByteStream, Key, Listed, ObjectWriter, Storage, StorageError};
 
 mod place;
+mod small;
 mod writer;
 
 use place::{blocking, place_synced};
+pub use small::DEFAULT_MAX as SMALL_OBJECTS_DEFAULT;
+use small::{Durability, Small, SmallFirst};
 pub(crate) use writer::Appender;
 use writer::FsWriter;
 
@@ -38,6 +43,8 @@ const MAX_READ: u64 = 1 << 20;
 pub struct FsStorage {
     root: PathBuf,
     tmp: PathBuf,
+    /// Where objects small enough are kept as rows ([`small`]), if anywhere.
+    small: Option<Arc<Small>>,
 }
 
 impl FsStorage {
@@ -50,12 +57,41 @@ impl FsStorage {
         }
         fs::create_dir_all(&tmp)?;
         remove_upload_dirs_of_old_layout(&root.join("uploads"))?;
-        Ok(FsStorage { root, tmp })
+        Ok(FsStorage { root, tmp, small: None })
+    }
+
+    /// Keeps objects of at most `max` bytes as rows of a database in the root instead of files
+    /// ([`small`]); 0 keeps every object a file. Only one process may use a store that does.
+    pub fn with_small_objects(mut self, max: u64) -> io::Result<FsStorage> {
+        if max > 0 {
+            let max = usize::try_from(max).map_err(io::Error::other)?;
+            self.small = Some(Arc::new(Small::open(&self.root, max)?));
+        }
+        Ok(self)
     }
 
     fn path(&self, key: &Key) -> PathBuf {
         self.root.join(key.as_str())
     }
+
+    /// A writer for `file`'s object that keeps it a row if it turns out small enough.
+    fn small_first(&self, file: FsWriter) -> Box<dyn ObjectWriter> {
+        match &self.small {
+            Some(small) => Box::new(SmallFirst::new(small.clone(), Box::new(file))),
+            None => Box::new(file),
+        }
+    }
+}
+
+/// The size of the row at `key`, if rows are kept and there is one. Blocking.
+fn row_size(small: Option<&Arc<Small>>, key: &Key) -> io::Result<Option<u64>> {
+    small.map(|s| s.size(key)).transpose().map(Option::flatten)
+}
+
+/// What a read found at a key.
+enum Found {
+    Row(Bytes),
+    File(File, u64),
 }
 
 /// Before uploads were kept flat in `uploads/<hh>/`, each had a directory `uploads/<upload-id>/`.
@@ -95,63 +131,113 @@ impl Storage for FsStorage {
     }
 
     async fn stat(&self, key: &Key) -> Result<Option<u64>, StorageError> {
-        let path = self.path(key);
-        blocking(move || Ok(not_found_to_none(fs::metadata(&path))?.filter(|m| m.is_file()).map(|m| m.len())))
-            .await
+        let (path, small, key) = (self.path(key), self.small.clone(), key.clone());
+        blocking(move || {
+            if let Some(size) = row_size(small.as_ref(), &key)? {
+                return Ok(Some(size));
+            }
+            Ok(not_found_to_none(fs::metadata(&path))?.filter(|m| m.is_file()).map(|m| m.len()))
+        })
+        .await
     }
 
     async fn get(&self, key: &Key, range: Option<Range<u64>>) -> Result<ByteStream, StorageError> {
-        let path = self.path(key);
-        let (file, size) = blocking(move || {
+        let (path, small, key) = (self.path(key), self.small.clone(), key.clone());
+        let found = blocking(move || {
+            if let Some(bytes) = small.map(|s| s.bytes(&key)).transpose()?.flatten() {
+                return Ok(Some(Found::Row(bytes)));
+            }
             let file = not_found_to_none(File::open(&path))?;
             match file {
                 Some(f) => {
                     let size = f.metadata()?.len();
-                    Ok(Some((f, size)))
+                    Ok(Some(Found::File(f, size)))
                 }
                 None => Ok(None),
             }
         })
         .await?
         .ok_or(StorageError::NotFound)?;
-        let range = range.unwrap_or(0..size);
-        Ok(read_chunks(Arc::new(file), range.start, range.end.max(range.start)))
+        match found {
+            Found::Row(bytes) => {
+                let len = bytes.len() as u64;
+                let range = range.unwrap_or(0..len);
+                let (start, end) = (range.start.min(len), range.end.min(len));
+                let part = bytes.slice(start as usize..end.max(start) as usize);
+                Ok(Box::pin(futures_util::stream::iter((!part.is_empty()).then_some(Ok(part)))))
+            }
+            Found::File(file, size) => {
+                let range = range.unwrap_or(0..size);
+                Ok(read_chunks(Arc::new(file), range.start, range.end.max(range.start)))
+            }
+        }
     }
 
     async fn writer(&self) -> Result<Box<dyn ObjectWriter>, StorageError> {
         let temp = self.tmp.join(uuid::Uuid::new_v4().simple().to_string());
-        Ok(Box::new(FsWriter::new(self.root.clone(), temp)))
+        Ok(self.small_first(FsWriter::new(self.root.clone(), temp)))
     }
 
     async fn scratch_writer(&self, key: &Key) -> Result<Box<dyn ObjectWriter>, StorageError> {
         // Written at its own name: its commit renames nothing, so it takes no part in the
         // filesystem-wide lock every rename between directories holds.
-        Ok(Box::new(FsWriter::new(self.root.clone(), self.path(key))))
+        Ok(self.small_first(FsWriter::new(self.root.clone(), self.path(key))))
     }
 
     async fn rename(&self, from: &Key, to: &Key) -> Result<(), StorageError> {
-        let (from, to) = (self.path(from), self.path(to));
-        blocking(move || place_synced(&from, &to)).await.map_err(|e| match e {
+        let (from_path, to_path, small) = (self.path(from), self.path(to), self.small.clone());
+        let (from_key, to_key) = (from.clone(), to.clone());
+        // `Some(row at to)` once a file moved; `None` when `from` is a row.
+        let moved = blocking(move || {
+            if row_size(small.as_ref(), &from_key)?.is_some() {
+                return Ok(None);
+            }
+            place_synced(&from_path, &to_path)?;
+            Ok(Some(row_size(small.as_ref(), &to_key)?.is_some()))
+        })
+        .await
+        .map_err(|e| match e {
             StorageError::Io(e) if e.kind() == io::ErrorKind::NotFound => StorageError::NotFound,
             e => e,
-        })
+        })?;
+        match (moved, &self.small) {
+            (None, Some(small)) => small.rename(from, to).await,
+            // The file is there now: the row it replaces must not shadow it after a crash.
+            (Some(true), Some(small)) => small.delete(to, Durability::Synced).await,
+            _ => Ok(()),
+        }
     }
 
-    /// Removes the file. Its directory stays: every directory the layout makes is one of a
-    /// fixed few (hash prefixes), so keeping them costs nothing, and removing and remaking them
+    /// Removes the object. A file's directory stays: every directory the layout makes is one of
+    /// a fixed few (hash prefixes), so keeping them costs nothing, and removing and remaking them
     /// would cost an inode allocation and a free per object.
     async fn delete(&self, key: &Key) -> Result<(), StorageError> {
-        let path = self.path(key);
-        blocking(move || not_found_to_none(fs::remove_file(&path)).map(drop)).await
+        let (path, small, at) = (self.path(key), self.small.clone(), key.clone());
+        let row = blocking(move || {
+            not_found_to_none(fs::remove_file(&path))?;
+            row_size(small.as_ref(), &at)
+        })
+        .await?;
+        match (row, &self.small) {
+            (Some(_), Some(small)) => small.delete(key, Durability::Unsynced).await,
+            _ => Ok(()),
+        }
     }
 
     async fn list(&self, prefix: &Key) -> Result<Vec<Listed>, StorageError> {
         let root = self.root.clone();
         let prefix = prefix.clone();
         let dir = self.root.join(&prefix.as_str()[..prefix.as_str().rfind('/').map_or(0, |i| i + 1)]);
+        let small = self.small.clone();
         blocking(move || {
             let mut out = Vec::new();
             walk(&root, &dir, prefix.as_str(), &mut out)?;
+            if let Some(small) = small {
+                let rows = small.list(prefix.as_str())?;
+                // A row shadows a file at its key.
+                out.retain(|f| rows.binary_search_by(|r| r.key.cmp(&f.key)).is_err());
+                out.extend(rows);
+            }
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)
         })
@@ -166,9 +252,25 @@ impl Storage for FsStorage {
         }
     }
 
+    /// A file small enough to be a row becomes one (its few KiB copied), and is then removed.
     async fn adopt(&self, file: &Path, key: &Key) -> Result<(), StorageError> {
-        let (from, to) = (file.to_path_buf(), self.path(key));
-        blocking(move || place_synced(&from, &to)).await
+        let (from, to, max) = (file.to_path_buf(), self.path(key), self.small.as_ref().map(|s| s.max()));
+        let read = blocking(move || {
+            if max.is_some_and(|max| fs::metadata(&from).is_ok_and(|m| m.len() <= max as u64)) {
+                return fs::read(&from).map(Some);
+            }
+            place_synced(&from, &to).map(|()| None)
+        })
+        .await?;
+        let Some(small) = &self.small else { return Ok(()) };
+        match read {
+            Some(bytes) => {
+                small.put(key, Bytes::from(bytes), Durability::Synced).await?;
+                let file = file.to_path_buf();
+                blocking(move || not_found_to_none(fs::remove_file(&file)).map(drop)).await
+            }
+            None => small.forget(key, Durability::Synced).await,
+        }
     }
 }
 
