@@ -226,7 +226,8 @@ pub enum StorageConfig {
         /// Objects up to this size (manifests, configs, small layers) are kept as rows of one
         /// database in the store rather than files: durable with one shared log sync instead of
         /// a file's and its directory's. Only beside SQLite metadata (one process's store);
-        /// `0` keeps every object a file. Default 16Ki, at most 1Mi.
+        /// `0` makes every new object a file (rows kept before are still read; `berth
+        /// unpack-small-objects` writes them out). Default 16Ki, at most 1Mi.
         #[serde(default, skip_serializing_if = "Option::is_none", with = "size::option")]
         small_objects: Option<u64>,
     },

@@ -50,6 +50,10 @@ enum Command {
     /// them at their digests' keys). Replicas do it by themselves once nothing older is
     /// connected; this does it at once. Takes the same config as `serve`.
     ContractSchema(ServeArgs),
+    /// Before running a Berth older than this one on a filesystem store (a rollback), with berth
+    /// stopped: write every small object it keeps as a row (`storage.small_objects`) out as a
+    /// file, and remove the row. Takes the same config as `serve`.
+    UnpackSmallObjects(ServeArgs),
     /// Point this node's containerd (and CRI-O) at a Registry: writes the hosts files a plan
     /// (rendered by berth-operator) asks for, keeps them in step with it, and removes them on
     /// SIGTERM. Runs in a Registry's `spec.nodeMirror` DaemonSet.
@@ -243,6 +247,11 @@ fn main() -> ExitCode {
         Command::Gc(args) => run(async move { berth_registry::gc::client::run(&args.request()?).await }),
         Command::Replicate(args) => run(cli::replicate::run(*args)),
         Command::NodeMirror(args) => run(node_mirror(args)),
+        Command::UnpackSmallObjects(args) => run(async move {
+            let n = server::unpack_small_objects(&args.config()?).await?;
+            println!("{n} small objects written out as files; an older berth finds them");
+            Ok(())
+        }),
         Command::ContractSchema(args) => {
             run(async move {
                 let (before, now) = server::contract_schema(&args.config()?).await?;

@@ -394,3 +394,30 @@ async fn memory_storage_forgets_its_metadata_with_its_blobs() {
     drop(berth);
     assert!(!dir.path().join("data/meta.db").exists(), "no database file in the data directory");
 }
+
+/// A rollback to a Berth that reads only files: `berth unpack-small-objects` writes every row out
+/// as the file at its key, and the rows go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpacked_small_objects_are_files_at_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let berth = Berth::spawn(dir.path(), &addr, &[]).await;
+    let data = bytes::Bytes::from_static(b"a config of a few bytes");
+    let digest = common::upstream::push_blob_to(&berth.url, "small/app", data.clone()).await;
+    drop(berth);
+    let stored = stored_under(dir.path(), "storage/blobs");
+    assert_eq!(stored.len(), 1);
+    assert!(!stored[0].exists(), "kept as a row, not a file");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["unpack-small-objects", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("1 small objects"));
+    assert_eq!(std::fs::read(&stored[0]).unwrap(), data, "the file at its key");
+    let berth = Berth::spawn(dir.path(), &addr, &[]).await;
+    let got = client().get(format!("{}/v2/small/app/blobs/{digest}", berth.url)).send().await.unwrap();
+    assert_eq!(got.bytes().await.unwrap(), data);
+}

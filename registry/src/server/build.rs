@@ -147,6 +147,17 @@ pub async fn contract_schema(config: &Config) -> Result<(i32, i32), ServeError> 
     }
 }
 
+/// Writes the small objects of the configured filesystem store out as files (for an older Berth,
+/// which reads only files); returns how many.
+pub async fn unpack_small_objects(config: &Config) -> Result<u64, ServeError> {
+    let Some(path) = config.storage_path() else {
+        return Err(ServeError::Config("storage: only a filesystem store keeps small objects".into()));
+    };
+    let storage = |source| ServeError::Storage { path: path.display().to_string(), source };
+    let fs = FsStorage::open(&path).and_then(|fs| fs.with_small_objects(0)).map_err(storage)?;
+    fs.unpack_small_objects().await.map_err(|e| storage(std::io::Error::other(e)))
+}
+
 /// The configured metadata store.
 async fn open_metadata(config: &Config) -> Result<Metadata, ServeError> {
     match &config.metadata {

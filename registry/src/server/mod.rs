@@ -11,7 +11,7 @@ mod connection;
 mod unread;
 mod watch;
 
-pub use build::{build_state, contract_schema, ServeError};
+pub use build::{build_state, contract_schema, unpack_small_objects, ServeError};
 
 use std::future::Future;
 use std::sync::Arc;

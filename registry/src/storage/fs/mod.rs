@@ -61,9 +61,10 @@ impl FsStorage {
     }
 
     /// Keeps objects of at most `max` bytes as rows of a database in the root instead of files
-    /// ([`small`]); 0 keeps every object a file. Only one process may use a store that does.
+    /// ([`small`]). With 0 every new object is a file, but the rows an earlier run kept are still
+    /// read (and removed when deleted). Only one process may use a store that keeps rows.
     pub fn with_small_objects(mut self, max: u64) -> io::Result<FsStorage> {
-        if max > 0 {
+        if max > 0 || self.root.join(small::FILE).exists() {
             let max = usize::try_from(max).map_err(io::Error::other)?;
             self.small = Some(Arc::new(Small::open(&self.root, max)?));
         }
@@ -77,8 +78,34 @@ impl FsStorage {
     /// A writer for `file`'s object that keeps it a row if it turns out small enough.
     fn small_first(&self, file: FsWriter) -> Box<dyn ObjectWriter> {
         match &self.small {
-            Some(small) => Box::new(SmallFirst::new(small.clone(), Box::new(file))),
-            None => Box::new(file),
+            Some(small) if small.max() > 0 => Box::new(SmallFirst::new(small.clone(), Box::new(file))),
+            _ => Box::new(file),
+        }
+    }
+
+    /// Writes every row out as a file at its key, durably, then removes the row: what an older
+    /// Berth, which reads only files, needs to find on a store this one kept rows in. Run it on a
+    /// store no server is adding rows to. Returns how many objects became files.
+    pub async fn unpack_small_objects(&self) -> Result<u64, StorageError> {
+        let Some(small) = &self.small else { return Ok(0) };
+        let mut unpacked = 0;
+        loop {
+            let s = small.clone();
+            let keys = blocking(move || s.keys(UNPACK_BATCH)).await?;
+            if keys.is_empty() {
+                return Ok(unpacked);
+            }
+            for key in keys {
+                let (s, at) = (small.clone(), key.clone());
+                if let Some(bytes) = blocking(move || s.bytes(&at)).await? {
+                    let temp = self.tmp.join(uuid::Uuid::new_v4().simple().to_string());
+                    let mut file = FsWriter::new(self.root.clone(), temp);
+                    file.write(bytes).await?;
+                    Box::new(file).commit(&key).await?;
+                }
+                small.delete(&key, Durability::Synced).await?;
+                unpacked += 1;
+            }
         }
     }
 }
@@ -87,6 +114,9 @@ impl FsStorage {
 fn row_size(small: Option<&Arc<Small>>, key: &Key) -> io::Result<Option<u64>> {
     small.map(|s| s.size(key)).transpose().map(Option::flatten)
 }
+
+/// Rows written out as files per round of [`FsStorage::unpack_small_objects`].
+const UNPACK_BATCH: usize = 256;
 
 /// What a read found at a key.
 enum Found {
@@ -254,7 +284,8 @@ impl Storage for FsStorage {
 
     /// A file small enough to be a row becomes one (its few KiB copied), and is then removed.
     async fn adopt(&self, file: &Path, key: &Key) -> Result<(), StorageError> {
-        let (from, to, max) = (file.to_path_buf(), self.path(key), self.small.as_ref().map(|s| s.max()));
+        let max = self.small.as_ref().map(|s| s.max()).filter(|max| *max > 0);
+        let (from, to) = (file.to_path_buf(), self.path(key));
         let read = blocking(move || {
             if max.is_some_and(|max| fs::metadata(&from).is_ok_and(|m| m.len() <= max as u64)) {
                 return fs::read(&from).map(Some);

@@ -69,7 +69,7 @@ impl Small {
         Ok(Small { path, writer, readers: Mutex::new(Vec::new()), max })
     }
 
-    /// The largest object kept as a row.
+    /// The largest object kept as a row (0: none is made, rows already kept are still read).
     pub(super) fn max(&self) -> usize {
         self.max
     }
@@ -125,6 +125,15 @@ impl Small {
                     modified: r.get(2)?,
                 })
             })?;
+            rows.collect()
+        })
+    }
+
+    /// The first `n` keys, in order. Blocking.
+    pub(super) fn keys(&self, n: usize) -> io::Result<Vec<Key>> {
+        self.read(|c| {
+            let mut s = c.prepare_cached("SELECT key FROM objects ORDER BY key LIMIT ?1")?;
+            let rows = s.query_map([n as i64], |r| Ok(Key::new(r.get(0)?)))?;
             rows.collect()
         })
     }

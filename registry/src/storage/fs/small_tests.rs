@@ -171,3 +171,27 @@ async fn an_adopted_small_file_becomes_a_row() {
     assert_eq!(read_all(&s, &key).await.unwrap(), Bytes::from_static(b"a config"));
     assert!(s.adopt(&spooled, &key).await.is_err(), "a missing file is an error");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turned_off_rows_are_still_read_and_can_be_unpacked_for_an_older_berth() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), super::DEFAULT_MAX);
+    let kept: Vec<Bytes> = (0..300u16).map(|i| Bytes::from(i.to_string())).collect();
+    for b in &kept {
+        crate::storage::put_all(&s, &key_of(b), b.clone()).await.unwrap();
+    }
+    drop(s);
+    // `small_objects: 0`: what was kept is still there, and a new object is a file.
+    let s = store(dir.path(), 0);
+    assert_eq!(read_all(&s, &key_of(&kept[7])).await.unwrap(), kept[7]);
+    let new = Bytes::from_static(b"new");
+    crate::storage::put_all(&s, &key_of(&new), new.clone()).await.unwrap();
+    assert_eq!(files(dir.path()), [dir.path().join(key_of(&new).as_str()).display().to_string()]);
+    // Unpacked (more than one batch), a store that reads only files finds every object.
+    assert_eq!(s.unpack_small_objects().await.unwrap(), 300);
+    let older = FsStorage::open(dir.path()).unwrap();
+    for b in kept.iter().chain([&new]) {
+        assert_eq!(read_all(&older, &key_of(b)).await.unwrap(), b);
+    }
+    assert_eq!(s.unpack_small_objects().await.unwrap(), 0, "no row is left");
+}
