@@ -6,27 +6,13 @@ use crate::access;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use kube::api::{Patch, PatchParams};
 
-/// Files under the registry's blob store on its volume (a directory of the process kubelet).
+/// Blobs in the registry's store on its volume (a directory of the process kubelet).
 async fn blob_files(cp: &ControlPlane, client: &kube::Client, ns: &str) -> usize {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let volume = claims.get("data-hub-0").await.unwrap().spec.unwrap().volume_name.unwrap();
-    let blobs = cp.dir.join("kubelet/volumes").join(volume).join("storage/blobs");
-    fn count(dir: &Path) -> usize {
-        std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| {
-                let p = e.path();
-                if p.is_dir() {
-                    count(&p)
-                } else {
-                    1
-                }
-            })
-            .sum()
-    }
-    count(&blobs)
+    let storage = cp.dir.join("kubelet/volumes").join(volume).join("storage");
+    // Files and small objects (rows of the store's database) both.
+    berth_registry::storage::fs::stored_keys(&storage, "blobs/").unwrap().len()
 }
 
 /// The Job started for `value` of the run annotation, once it exists.

@@ -116,37 +116,13 @@ impl TestServer {
     }
 }
 
-/// The objects a store in `data/storage` holds under `data/<dir>`: its files, and its small
-/// objects (rows of `small-objects.db`) at the paths they would have as files.
+/// The objects a store in `data/storage` holds under `data/<dir>` (`storage/blobs`), files and
+/// small objects (rows) both, at the paths they have (or would have) as files.
 pub fn stored_under(data: &Path, dir: &str) -> Vec<PathBuf> {
-    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
-        if let Ok(rd) = std::fs::read_dir(p) {
-            for e in rd.flatten() {
-                if e.path().is_dir() {
-                    walk(&e.path(), out)
-                } else {
-                    out.push(e.path())
-                }
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&data.join(dir), &mut out);
     let storage = data.join("storage");
-    let db = rusqlite::Connection::open_with_flags(
-        storage.join("small-objects.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    );
-    if let (Some(prefix), Ok(db)) = (dir.strip_prefix("storage/"), db) {
-        // A store that has kept none has no table yet.
-        if let Ok(mut q) = db.prepare("SELECT key FROM objects WHERE substr(key, 1, length(?1)) = ?1") {
-            let keys = q.query_map([prefix], |r| r.get::<_, String>(0)).unwrap();
-            out.extend(keys.map(|k| storage.join(k.unwrap())));
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
+    let prefix = format!("{}/", dir.strip_prefix("storage/").expect("a directory of the store"));
+    let keys = berth_registry::storage::fs::stored_keys(&storage, &prefix).unwrap();
+    keys.into_iter().map(|k| storage.join(k)).collect()
 }
 
 pub fn client() -> reqwest::Client {

@@ -115,6 +115,22 @@ fn row_size(small: Option<&Arc<Small>>, key: &Key) -> io::Result<Option<u64>> {
     small.map(|s| s.size(key)).transpose().map(Option::flatten)
 }
 
+/// The keys of every object under `prefix` (`blobs/`, `uploads/`) in the store at `root`, files and
+/// rows both, sorted: what tests count, reading a store a server may be using (nothing is opened
+/// for writing).
+#[cfg(any(test, feature = "testing"))]
+pub fn stored_keys(root: &Path, prefix: &str) -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    walk(root, &root.join(prefix), prefix, &mut out)?;
+    let mut keys: Vec<String> = out.into_iter().map(|l| l.key.0).collect();
+    if root.join(small::FILE).exists() {
+        keys.extend(small::keys_read_only(&root.join(small::FILE), prefix)?.into_iter().map(|k| k.0));
+    }
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
+}
+
 /// Rows written out as files per round of [`FsStorage::unpack_small_objects`].
 const UNPACK_BATCH: usize = 256;
 

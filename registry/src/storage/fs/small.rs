@@ -112,21 +112,7 @@ impl Small {
 
     /// The rows whose keys start with `prefix`, sorted by key. Blocking.
     pub(super) fn list(&self, prefix: &str) -> io::Result<Vec<Listed>> {
-        // Keys are ASCII below DEL (`layout` builds them), so this bounds every key with the prefix.
-        let end = format!("{prefix}\u{7f}");
-        self.read(|c| {
-            let mut s = c.prepare_cached(
-                "SELECT key, length(data), modified FROM objects WHERE key >= ?1 AND key < ?2 ORDER BY key",
-            )?;
-            let rows = s.query_map([prefix, end.as_str()], |r| {
-                Ok(Listed {
-                    key: Key::new(r.get(0)?),
-                    size: r.get::<_, i64>(1)?.max(0) as u64,
-                    modified: r.get(2)?,
-                })
-            })?;
-            rows.collect()
-        })
+        self.read(|c| rows_under(c, prefix))
     }
 
     /// The first `n` keys, in order. Blocking.
@@ -193,6 +179,28 @@ impl Small {
             .await
             .map_err(storage_error)
     }
+}
+
+/// The rows whose keys start with `prefix`, sorted by key.
+fn rows_under(c: &Connection, prefix: &str) -> rusqlite::Result<Vec<Listed>> {
+    // Keys are ASCII below DEL (`layout` builds them), so this bounds every key with the prefix.
+    let end = format!("{prefix}\u{7f}");
+    let mut s = c.prepare_cached(
+        "SELECT key, length(data), modified FROM objects WHERE key >= ?1 AND key < ?2 ORDER BY key",
+    )?;
+    let rows = s.query_map([prefix, end.as_str()], |r| {
+        Ok(Listed { key: Key::new(r.get(0)?), size: r.get::<_, i64>(1)?.max(0) as u64, modified: r.get(2)? })
+    })?;
+    rows.collect()
+}
+
+/// The keys of the rows under `prefix` in the database at `path`, opened read-only.
+#[cfg(any(test, feature = "testing"))]
+pub(super) fn keys_read_only(path: &Path, prefix: &str) -> io::Result<Vec<Key>> {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let conn = Connection::open_with_flags(path, flags).map_err(io::Error::other)?;
+    let rows = rows_under(&conn, prefix).map_err(io::Error::other)?;
+    Ok(rows.into_iter().map(|l| l.key).collect())
 }
 
 fn connect(path: &Path) -> io::Result<Connection> {
