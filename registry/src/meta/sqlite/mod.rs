@@ -7,7 +7,7 @@
 //! loss resumes with a 416.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -19,18 +19,21 @@ mod multiparts;
 mod open;
 mod outbox;
 mod queue;
+pub(crate) mod readers;
 mod runs;
 mod scrub;
 mod sweep;
 mod uploads;
 mod usage;
 pub(crate) mod writer;
+pub(crate) use open::open_connection;
 
 use manifests::{
     check_references, delete_manifest_tx, delete_tag_tx, ensure_repo, link_blob_at_tx, link_blob_tx,
     manifest_tx, put_manifest_tx, record_blob, repo_id,
 };
-use open::{migrate, open_connection, remove_orphaned_temporaries};
+use open::{migrate, remove_orphaned_temporaries};
+use readers::Readers;
 use writer::{Durability, Writer};
 
 use super::resolved::{self, Resolved};
@@ -41,17 +44,14 @@ use super::{
 };
 use berth_core::oci::{Descriptor, Digest, Reference, RepoName, Tag};
 
-const MAX_IDLE_READERS: usize = 8;
-
 #[derive(Clone)]
 pub struct SqliteMeta {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    path: PathBuf,
     writer: Writer,
-    readers: Mutex<Vec<Connection>>,
+    readers: Readers,
     /// Manifest lookups, exact because every write to tags and manifests passes through here.
     resolved: Resolved,
     /// A directory of this process's own, removed with the store ([`SqliteMeta::temporary`]).
@@ -121,9 +121,7 @@ impl SqliteMeta {
         let writer = Writer::start(conn, &wal, "berth-meta")
             .map_err(|e| cleanup(MetaError::Db(format!("metadata writer: {e}"))))?;
         let resolved = Resolved::new(resolved::CAPACITY);
-        Ok(SqliteMeta {
-            inner: Arc::new(Inner { path, writer, readers: Mutex::new(Vec::new()), resolved, scratch }),
-        })
+        Ok(SqliteMeta { inner: Arc::new(Inner { writer, readers: Readers::new(path), resolved, scratch }) })
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -132,20 +130,7 @@ impl SqliteMeta {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let inner = self.inner.clone();
-        run_blocking(move || {
-            let pooled = inner.readers.lock().map_err(|_| poisoned())?.pop();
-            let conn = match pooled {
-                Some(c) => c,
-                None => open_connection(&inner.path)?,
-            };
-            let out = f(&conn);
-            let mut idle = inner.readers.lock().map_err(|_| poisoned())?;
-            if idle.len() < MAX_IDLE_READERS {
-                idle.push(conn);
-            }
-            out
-        })
-        .await
+        run_blocking(move || inner.readers.with(f)).await
     }
 
     fn resolved(&self) -> &Resolved {
@@ -171,10 +156,6 @@ impl SqliteMeta {
         self.resolved().invalidate(repo);
         out
     }
-}
-
-fn poisoned() -> MetaError {
-    MetaError::Db("metadata connection lock poisoned".into())
 }
 
 async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

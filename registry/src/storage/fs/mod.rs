@@ -102,9 +102,9 @@ impl FsStorage {
                     let mut file = FsWriter::new(self.root.clone(), temp);
                     file.write(bytes).await?;
                     Box::new(file).commit(&key).await?;
+                    unpacked += 1;
                 }
                 small.delete(&key, Durability::Synced).await?;
-                unpacked += 1;
             }
         }
     }

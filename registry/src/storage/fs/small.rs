@@ -24,13 +24,15 @@
 //! too. Space a deleted row leaves is reused by later rows; the file does not shrink.
 
 use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::place::blocking;
+use crate::meta::sqlite::open_connection;
+use crate::meta::sqlite::readers::Readers;
 pub(super) use crate::meta::sqlite::writer::Durability;
 use crate::meta::sqlite::writer::Writer;
 use crate::meta::MetaError;
@@ -42,12 +44,9 @@ pub const DEFAULT_MAX: u64 = 16 << 10;
 /// The database's file name, in the store's root (beside `blobs/`, so never listed).
 pub(super) const FILE: &str = "small-objects.db";
 
-const MAX_IDLE_READERS: usize = 8;
-
 pub(super) struct Small {
-    path: PathBuf,
     writer: Writer,
-    readers: Mutex<Vec<Connection>>,
+    readers: Readers,
     max: usize,
 }
 
@@ -55,7 +54,7 @@ impl Small {
     /// Opens (creating if needed) the database in `root`; objects up to `max` bytes become rows.
     pub(super) fn open(root: &Path, max: usize) -> io::Result<Small> {
         let path = root.join(FILE);
-        let conn = connect(&path)?;
+        let conn = open_connection(&path).map_err(io::Error::other)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS objects (
                  key TEXT PRIMARY KEY NOT NULL,
@@ -66,7 +65,7 @@ impl Small {
         .map_err(io::Error::other)?;
         let wal = root.join(format!("{FILE}-wal"));
         let writer = Writer::start(conn, &wal, "berth-small")?;
-        Ok(Small { path, writer, readers: Mutex::new(Vec::new()), max })
+        Ok(Small { writer, readers: Readers::new(path), max })
     }
 
     /// The largest object kept as a row (0: none is made, rows already kept are still read).
@@ -76,18 +75,7 @@ impl Small {
 
     /// Runs `f` on a pooled reading connection. Blocking.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> io::Result<T> {
-        let pooled = self.readers.lock().map_err(|_| io::Error::other("reader pool poisoned"))?.pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => connect(&self.path)?,
-        };
-        let out = f(&conn).map_err(io::Error::other)?;
-        if let Ok(mut idle) = self.readers.lock() {
-            if idle.len() < MAX_IDLE_READERS {
-                idle.push(conn);
-            }
-        }
-        Ok(out)
+        self.readers.with(f).map_err(io::Error::other)
     }
 
     /// The object's bytes, if it is a row. Blocking.
@@ -168,6 +156,19 @@ impl Small {
         }
     }
 
+    /// Removes the row at `key` if there is one (after a file was placed there).
+    pub(super) async fn forget(
+        self: &Arc<Small>,
+        key: &Key,
+        durability: Durability,
+    ) -> Result<(), StorageError> {
+        let (small, at) = (self.clone(), key.clone());
+        if blocking(move || small.size(&at)).await?.is_some() {
+            self.delete(key, durability).await?;
+        }
+        Ok(())
+    }
+
     /// Removes the row at `key`, if there is one.
     pub(super) async fn delete(&self, key: &Key, durability: Durability) -> Result<(), StorageError> {
         let key = key.as_str().to_owned();
@@ -203,13 +204,6 @@ pub(super) fn keys_read_only(path: &Path, prefix: &str) -> io::Result<Vec<Key>> 
     Ok(rows.into_iter().map(|l| l.key).collect())
 }
 
-fn connect(path: &Path) -> io::Result<Connection> {
-    let conn = Connection::open(path).map_err(io::Error::other)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(io::Error::other)?;
-    conn.execute_batch("PRAGMA journal_mode = WAL;").map_err(io::Error::other)?;
-    Ok(conn)
-}
-
 /// A full disk stays a full disk (the client hears 507); anything else is an I/O failure.
 fn storage_error(e: MetaError) -> StorageError {
     match e {
@@ -218,21 +212,6 @@ fn storage_error(e: MetaError) -> StorageError {
             "no space left for the small-object database",
         )),
         e => StorageError::Io(io::Error::other(format!("small-object database: {e}"))),
-    }
-}
-
-impl Small {
-    /// Removes the row at `key` if there is one (after a file was placed there).
-    pub(super) async fn forget(
-        self: &Arc<Small>,
-        key: &Key,
-        durability: Durability,
-    ) -> Result<(), StorageError> {
-        let (small, at) = (self.clone(), key.clone());
-        if blocking(move || small.size(&at)).await?.is_some() {
-            self.delete(key, durability).await?;
-        }
-        Ok(())
     }
 }
 
