@@ -50,9 +50,11 @@ impl FsWriter {
 
     /// The file, once the write in flight (if any) has finished; `None` before it is made.
     async fn file(&mut self) -> Result<Option<Appender>, StorageError> {
-        if let Some(task) = self.in_flight.take() {
-            let file = task.await.map_err(|e| StorageError::Io(io::Error::other(e)))?;
-            return file.map(Some).map_err(StorageError::Io);
+        if let Some(task) = self.in_flight.as_mut() {
+            // Taken only once finished: a writer dropped while waiting still knows of the task.
+            let file = task.await.map_err(|e| StorageError::Io(io::Error::other(e)));
+            self.in_flight = None;
+            return file?.map(Some).map_err(StorageError::Io);
         }
         match self.file.take() {
             Some(file) => Ok(Some(file)),
@@ -62,6 +64,15 @@ impl FsWriter {
             }
             None => Err(StorageError::Io(io::Error::other("an earlier write failed"))),
         }
+    }
+
+    /// Starts creating the file, with the first bytes received: the create (a slow inode
+    /// allocation on some disks, a round trip on a network filesystem) runs while the rest of the
+    /// first batch arrives and is hashed, not after it.
+    fn open(&mut self) {
+        self.opened = true;
+        let temp = self.temp.clone();
+        self.in_flight = Some(tokio::task::spawn_blocking(move || open_or_create(None, &temp)));
     }
 
     /// Starts writing the gathered batch.
@@ -119,9 +130,16 @@ impl Drop for FsWriter {
     fn drop(&mut self) {
         if self.opened && !self.done {
             let temp = std::mem::take(&mut self.temp);
-            // A write still in flight finishes on its own; the name goes now, the inode with it.
+            let in_flight = self.in_flight.take();
             match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn_blocking(move || fs::remove_file(temp))),
+                // A create or write still in flight finishes first, so the name it makes is
+                // removed after it, not before; the inode goes with the name.
+                Ok(rt) => drop(rt.spawn(async move {
+                    if let Some(task) = in_flight {
+                        let _ = task.await;
+                    }
+                    let _ = tokio::task::spawn_blocking(move || fs::remove_file(temp)).await;
+                })),
                 Err(_) => drop(fs::remove_file(temp)),
             }
         }
@@ -217,6 +235,9 @@ impl ObjectWriter for FsWriter {
         if data.is_empty() {
             return Ok(());
         }
+        if !self.opened {
+            self.open();
+        }
         self.written += data.len() as u64;
         self.pending_len += data.len();
         self.pending.push(data);
@@ -236,5 +257,32 @@ impl ObjectWriter for FsWriter {
 
     async fn commit_unsynced(self: Box<Self>, key: &Key) -> Result<(), StorageError> {
         self.complete(key, finish_unsynced).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A client that goes away mid-upload drops the writer while its create or write is still
+    /// running on the blocking pool: the removal must come after that, or the file outlives it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_dropped_mid_write_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..40 {
+            let mut w = FsWriter::new(dir.path().into(), dir.path().join(format!("upload-{i}")));
+            w.write(Bytes::from(vec![7u8; IO_CHUNK])).await.unwrap();
+            drop(w);
+        }
+        let mut left = usize::MAX;
+        for _ in 0..200 {
+            left = fs::read_dir(dir.path()).unwrap().count();
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(left, 0, "files left behind by dropped writers");
     }
 }
