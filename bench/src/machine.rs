@@ -1,7 +1,7 @@
 //! The machine's own limits, measured in the same run as the servers: loopback TCP throughput,
 //! sha256 speed (one core, the crate berth uses), sequential disk write with fsync, and how many
-//! small files per second 16 threads can make durable (write, fsync, rename, fsync the directory:
-//! what any registry must do for each acknowledged blob).
+//! files per second (4 KiB by 16 threads, 1 MiB by 8) the disk can make durable (write, fsync,
+//! rename, fsync the directory: what any registry must do for each acknowledged blob).
 
 use std::io::Write;
 use std::path::Path;
@@ -32,16 +32,24 @@ pub async fn measure(scratch: &Path) -> anyhow::Result<Vec<Metric>> {
         Metric {
             name: "durable 4 KiB files, 16 threads",
             unit: "files/s",
-            value: durable_small_files(scratch, 16, Duration::from_secs(5))?,
+            value: durable_files(scratch, 4 << 10, 16, Duration::from_secs(5))?,
+            higher_is_better: true,
+        },
+        // What a 1 MiB push must make durable, as 8 streams push it: the like-for-like limit
+        // beside the sequential write above, which pays one flush for 512 MiB.
+        Metric {
+            name: "durable 1 MiB files, 8 threads",
+            unit: "MB/s",
+            value: durable_files(scratch, 1 << 20, 8, Duration::from_secs(4))? * (1 << 20) as f64 / MB,
             higher_is_better: true,
         },
     ])
 }
 
-/// Files per second that `threads` threads make durable, each: write 4 KiB to a temp file, fsync
-/// it, rename it into a directory of its own kind (by a hash prefix, as blobs are), fsync that
-/// directory.
-fn durable_small_files(dir: &Path, threads: usize, run: Duration) -> anyhow::Result<f64> {
+/// Files per second that `threads` threads make durable, each: write `size` bytes to a temp
+/// file, fsync it, rename it into a directory of its own kind (by a hash prefix, as blobs are),
+/// fsync that directory.
+fn durable_files(dir: &Path, size: usize, threads: usize, run: Duration) -> anyhow::Result<f64> {
     let root = dir.join("durable-probe");
     std::fs::create_dir_all(root.join("tmp"))?;
     for i in 0..256 {
@@ -54,7 +62,7 @@ fn durable_small_files(dir: &Path, threads: usize, run: Duration) -> anyhow::Res
             .map(|t| {
                 let (root, done) = (&root, &done);
                 scope.spawn(move || -> anyhow::Result<()> {
-                    let data = vec![t as u8; 4096];
+                    let data = vec![t as u8; size];
                     let mut n = 0u64;
                     while start.elapsed() < run {
                         let tmp = root.join("tmp").join(format!("{t}-{n}"));
