@@ -17,15 +17,29 @@ impl Glob {
     }
 }
 
+/// `**` over parts as [`match_part`] does `*` over bytes: every other pattern part matches exactly
+/// one name part, so on a mismatch only the last `**` needs to take one part more — linear in
+/// the number of parts times the pattern's, however many `**` the pattern has (trying every
+/// split for each `**` costs the name's length to the power of their count, on every request).
 fn match_parts(pattern: &[String], name: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((p, rest)) if p == "**" => (0..=name.len()).any(|skip| match_parts(rest, &name[skip..])),
-        Some((p, rest)) => match name.split_first() {
-            Some((n, names)) => match_part(p.as_bytes(), n.as_bytes()) && match_parts(rest, names),
-            None => false,
-        },
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < name.len() {
+        if pi < pattern.len() && pattern[pi] == "**" {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if pi < pattern.len() && match_part(pattern[pi].as_bytes(), name[ni].as_bytes()) {
+            pi += 1;
+            ni += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
     }
+    pattern[pi..].iter().all(|p| p == "**")
 }
 
 /// `*` within one part: greedy with backtracking, linear in practice for these short names.
@@ -48,4 +62,51 @@ fn match_part(p: &[u8], s: &[u8]) -> bool {
         }
     }
     p[pi..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Glob;
+
+    #[test]
+    fn stars_within_a_part_and_across_parts() {
+        let cases = [
+            ("library/*", "library/nginx", true),
+            ("library/*", "library/team/nginx", false),
+            ("library/**", "library/team/nginx", true),
+            ("library/**", "library", true),
+            ("**", "a/b/c", true),
+            ("**/nginx", "nginx", true),
+            ("**/nginx", "a/b/nginx", true),
+            ("**/nginx", "a/b/nginx/x", false),
+            ("team-*/**/prod", "team-a/x/y/prod", true),
+            ("team-*/**/prod", "team-a/prod", true),
+            ("team-*/**/prod", "other/prod", false),
+            ("a/**/b/**/c", "a/b/c", true),
+            ("a/**/b/**/c", "a/x/b/y/b/z/c", true),
+            ("a/**/b/**/c", "a/x/y/c", false),
+            ("**/*-cache/**", "mirror/docker-cache/library/nginx", true),
+            ("*", "", true),
+            ("a", "a/b", false),
+        ];
+        for (pattern, name, want) in cases {
+            assert_eq!(Glob::new(pattern).matches(name), want, "{pattern} ~ {name}");
+        }
+    }
+
+    /// Patterns come from the config, names from requests: a pattern with several `**` against a
+    /// name of many parts must not cost the name's length to the power of their count.
+    #[test]
+    fn many_double_stars_against_a_long_name_answer_at_once() {
+        let pattern = Glob::new("**/a/**/a/**/a/**/a/**/a/**/a/**/a/**/b");
+        let name = vec!["a"; 120].join("/");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(pattern.matches(&name));
+        });
+        // Generous for a slow machine: the linear match takes microseconds; trying every split
+        // of 120 parts for eight `**` would not finish in a lifetime.
+        let matched = rx.recv_timeout(std::time::Duration::from_secs(60));
+        assert_eq!(matched, Ok(false));
+    }
 }
