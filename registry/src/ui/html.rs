@@ -30,10 +30,11 @@ pub fn size(n: u64) -> String {
     berth_core::config::size::approximate(n)
 }
 
-/// A digest shortened for tables: `sha256:0123456789ab`.
+/// A digest shortened for tables: `sha256:0123456789ab`. Any text is safe: a page must never
+/// panic (the process aborts) on what a document says.
 pub fn short(digest: &str) -> String {
     match digest.split_once(':') {
-        Some((alg, hex)) => format!("{alg}:{}", &hex[..hex.len().min(12)]),
+        Some((alg, hex)) => format!("{alg}:{}", hex.chars().take(12).collect::<String>()),
         None => digest.to_owned(),
     }
 }
@@ -113,6 +114,7 @@ mod tests {
         assert_eq!(size(512), "512 B");
         assert_eq!(size(1536), "1.5 KiB");
         assert_eq!(short("sha256:0123456789abcdef"), "sha256:0123456789ab");
+        assert_eq!(short("sha256:0123456789aé€bcdef"), "sha256:0123456789aé");
         assert_eq!(when(1_764_900_000), "2025-12-05 02:00 UTC");
         assert_eq!(when_text("2025-12-05T02:00:30.5Z"), "2025-12-05 02:00 UTC");
         assert_eq!(when_text("yesterday"), "yesterday");
