@@ -320,8 +320,10 @@ replication:
       deletes: tags
       backoff: 1s
 YAML
-start_berth --config "$WORK/on-push.yml"
+# Failed attempts, with their errors, are logged at debug.
+start_berth --config "$WORK/on-push.yml" --log-level info,berth_registry::notify=debug
 P=$BERTH_ADDR
+P_LOG=$BERTH_DIR/log
 copies() { curl -fsS "http://$P/metrics" | awk -v o="outcome=\"$1\"" 'index($0, "berth_replication_copies_total") == 1 && index($0, o) {s += $2} END {printf "%d\n", s}'; }
 at_f() { "$CRANE" --insecure digest "$F/$1" 2>/dev/null; }
 pushed_while_down() {
@@ -375,6 +377,39 @@ deletes_follow() {
 }
 check "deletes: tags: a tag deleted at P goes at F (only under the policy that says so)" deletes_follow
 
+# nested HOST REPO TAG N: a manifest under N indexes, each the only child of the next, the
+# outermost tagged TAG — what any user who may push can make. Each chain is its own (TAG is in
+# every level), so a copy finds none of it at the destination.
+nested() {
+  python3 - "$@" <<'PY'
+import hashlib, json, sys, urllib.request
+host, repo, tag, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+def put(path, body, media_type, method="PUT"):
+    req = urllib.request.Request(f"http://{host}/v2/{repo}/{path}", data=body, method=method,
+                                 headers={"Content-Type": media_type})
+    urllib.request.urlopen(req).read()
+config = b"{}"
+put(f"blobs/uploads/?digest=sha256:{hashlib.sha256(config).hexdigest()}", config, "application/octet-stream", "POST")
+media_type = "application/vnd.oci.image.manifest.v1+json"
+body = json.dumps({"schemaVersion": 2, "mediaType": media_type, "layers": [], "annotations": {"chain": tag}, "config": {
+    "mediaType": "application/vnd.oci.image.config.v1+json",
+    "digest": f"sha256:{hashlib.sha256(config).hexdigest()}", "size": len(config)}}).encode()
+for level in range(n + 1):
+    digest = f"sha256:{hashlib.sha256(body).hexdigest()}"
+    put(f"manifests/{tag if level == n else digest}", body, media_type)
+    body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                       "annotations": {"chain": tag},
+                       "manifests": [{"mediaType": media_type, "digest": digest, "size": len(body)}]}).encode()
+    media_type = "application/vnd.oci.image.index.v1+json"
+PY
+}
+too_deep_on_push() {
+  nested "$P" team/deep v-deep 40 &&
+    eventually 60 grep -q 'nested more than 32 levels' "$P_LOG" &&
+    curl -fsS -o /dev/null "http://$P/v2/"
+}
+check "an image nested too deep fails its copy on push, and says so; P keeps serving" too_deep_on_push
+
 echo "== moving house: a registry on the filesystem copied whole onto S3 and PostgreSQL"
 catalog() { # catalog URL [curl args...]: the repository names, sorted, one line
   local url=$1
@@ -424,5 +459,18 @@ sha512_child() {
     equal "$(curl -fsS "http://$C/v2/sha512/app/manifests/v1" | sha256sum)" "$(sha256sum <"$dir/index")"
 }
 check "an index whose child is named by sha512 is copied with that digest" sha512_child
+
+# Each level of an index's children (and of referrers of referrers) is a nested call of the copy:
+# a chain of 3,000 indexes overflowed a thread's stack and aborted the process. A copy follows
+# 32 levels and refuses more with a message.
+depth_bound() {
+  local manifest=(-H 'Accept: application/vnd.oci.image.index.v1+json')
+  nested "$B" deep/app v32 32 && replicate "$B" "$C" deep/app:v32 && report 'not r["failed"]' &&
+    equal "$(curl -fsS "${manifest[@]}" "http://$C/v2/deep/app/manifests/v32" | sha256sum)" \
+      "$(curl -fsS "${manifest[@]}" "http://$B/v2/deep/app/manifests/v32" | sha256sum)" &&
+    nested "$B" deep/app v33 33 && ! replicate "$B" "$C" deep/app:v33 &&
+    report 'r["failed"] and "nested more than 32 levels" in r["failed"][0]["error"]'
+}
+check "an image 32 levels deep is copied; one a level deeper fails with a message" depth_bound
 
 finish

@@ -154,7 +154,7 @@ impl Copier {
             self.unchanged(repo, &m.digest, Some(&m).filter(|m| is_index(&m.media_type))).await?;
             Outcome::Unchanged
         } else {
-            self.manifest(repo, &m, is_tag.then_some(reference)).await?;
+            self.manifest(repo, &m, is_tag.then_some(reference), 0).await?;
             if self.dry_run {
                 Outcome::WouldCopy
             } else {
@@ -172,24 +172,24 @@ impl Copier {
     /// A manifest the destination has already: only referrers added since are copied (once),
     /// to it and, for an `index`, to each of its children copied.
     async fn unchanged(&self, repo: &Repos, digest: &Digest, index: Option<&Manifest>) -> anyhow::Result<()> {
-        self.referrers_once(repo, digest).await?;
+        self.referrers_once(repo, digest, 1).await?;
         let Some(index) = index else { return Ok(()) };
         let parsed: serde_json::Value = serde_json::from_slice(&index.bytes)
             .with_context(|| format!("{}@{}: not JSON", repo.src, index.digest))?;
         for child in parsed["manifests"].as_array().into_iter().flatten() {
             if self.platforms.is_empty() || self.platforms.iter().any(|p| p.matches(child)) {
                 let digest = parse_digest(child["digest"].as_str().unwrap_or_default())?;
-                self.referrers_once(repo, &digest).await?;
+                self.referrers_once(repo, &digest, 2).await?;
             }
         }
         Ok(())
     }
 
     /// The referrers of a manifest the destination holds, looked at once per run.
-    async fn referrers_once(&self, repo: &Repos, digest: &Digest) -> anyhow::Result<()> {
+    async fn referrers_once(&self, repo: &Repos, digest: &Digest, depth: usize) -> anyhow::Result<()> {
         self.copy_of(&repo.dst, digest)
             .get_or_try_init(|| async {
-                self.referrers(repo, digest).await?;
+                self.referrers(repo, digest, depth).await?;
                 anyhow::Ok(Placed { copied: false, tagged: None })
             })
             .await?;
@@ -216,20 +216,23 @@ impl Copier {
 
     /// Copies a manifest with what it needs and its referrers (once per run, whoever asks),
     /// then puts it under `tag` if its copy did not: whether this call copied it (a dry run:
-    /// would have) rather than found it there or left it to another.
+    /// would have) rather than found it there or left it to another. `depth`: how many levels
+    /// below the image it is (0 for the image itself).
     fn manifest<'a>(
         &'a self,
         repo: &'a Repos,
         m: &'a Manifest,
         tag: Option<&'a str>,
+        depth: usize,
     ) -> futures_util::future::BoxFuture<'a, anyhow::Result<bool>> {
         Box::pin(async move {
+            deep_enough(repo, &m.digest, depth)?;
             let mut ours = false;
             let placed = self
                 .copy_of(&repo.dst, &m.digest)
                 .get_or_try_init(|| {
                     ours = true;
-                    self.place(repo, m, tag)
+                    self.place(repo, m, tag, depth)
                 })
                 .await?
                 .clone();
@@ -245,7 +248,13 @@ impl Copier {
     /// The work of one manifest's copy: what it needs (an index's children, a manifest's config
     /// and layers) unless the destination holds it, its bytes as they are (under `tag`, or its
     /// digest), then its referrers.
-    async fn place(&self, repo: &Repos, m: &Manifest, tag: Option<&str>) -> anyhow::Result<Placed> {
+    async fn place(
+        &self,
+        repo: &Repos,
+        m: &Manifest,
+        tag: Option<&str>,
+        depth: usize,
+    ) -> anyhow::Result<Placed> {
         let parsed: serde_json::Value = serde_json::from_slice(&m.bytes)
             .with_context(|| format!("{}@{}: not JSON", repo.src, m.digest))?;
         // A manifest the destination holds came with everything it needs (the destination
@@ -261,7 +270,7 @@ impl Copier {
                     let digest = parse_digest(child["digest"].as_str().unwrap_or_default())?;
                     if !self.copied(&repo.dst, &digest) {
                         let c = self.fetch(&repo.src, digest.as_str()).await?;
-                        self.manifest(repo, &c, None).await?;
+                        self.manifest(repo, &c, None, depth + 1).await?;
                     }
                 }
             } else {
@@ -303,7 +312,7 @@ impl Copier {
             }
         }
         self.with_report(|r| if there { r.manifests_skipped += 1 } else { r.manifests_copied += 1 });
-        self.referrers(repo, &m.digest).await?;
+        self.referrers(repo, &m.digest, depth + 1).await?;
         Ok(Placed { copied: !there, tagged })
     }
 
@@ -367,11 +376,13 @@ impl Copier {
     /// behind. A referrer the destination holds is read there (no GET at the source); one
     /// whose own `subject` is not `digest` is left out: a source's listing cannot make a copy
     /// wait on itself (a subject names its referrer's digest only by hashing it, so no chain
-    /// of checked subjects loops), nor carry foreign manifests along.
+    /// of checked subjects loops), nor carry foreign manifests along. `depth`: how many levels
+    /// below the image the referrers found here are.
     fn referrers<'a>(
         &'a self,
         repo: &'a Repos,
         digest: &'a Digest,
+        depth: usize,
     ) -> futures_util::future::BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             if !self.copy_referrers {
@@ -381,6 +392,7 @@ impl Copier {
                 if self.copied(&repo.dst, &d) {
                     continue;
                 }
+                deep_enough(repo, &d, depth)?;
                 let (m, there) = match self.fetch_there(&repo.dst, &d).await? {
                     Some(m) => (m, true),
                     None => (self.fetch(&repo.src, d.as_str()).await?, false),
@@ -395,8 +407,8 @@ impl Copier {
                 }
                 if there {
                     self.with_report(|r| r.manifests_skipped += 1);
-                    self.referrers_once(repo, &d).await?;
-                } else if self.manifest(repo, &m, None).await? {
+                    self.referrers_once(repo, &d, depth + 1).await?;
+                } else if self.manifest(repo, &m, None, depth).await? {
                     self.with_report(|r| r.referrers_copied += 1);
                 }
             }
@@ -421,6 +433,22 @@ fn checked(
         anyhow::bail!("{repo}@{reference}: the {end} sent a manifest whose digest is {digest}");
     }
     Ok(Manifest { digest, media_type, bytes })
+}
+
+/// How deep a copy follows an index's children and referrers of referrers (each level is a
+/// nested call): real images use two or three levels; a chain pushed deeper fails its copy with
+/// this message instead of overflowing a thread's stack (which aborts the whole process).
+const MAX_DEPTH: usize = 32;
+
+fn deep_enough(repo: &Repos, digest: &Digest, depth: usize) -> anyhow::Result<()> {
+    if depth > MAX_DEPTH {
+        anyhow::bail!(
+            "{}@{digest}: nested more than {MAX_DEPTH} levels below the image (index children, \
+             referrers of referrers): not copied",
+            repo.src
+        );
+    }
+    Ok(())
 }
 
 fn is_index(media_type: &str) -> bool {
