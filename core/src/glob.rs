@@ -17,40 +17,33 @@ impl Glob {
     }
 }
 
-/// `**` over parts as [`match_part`] does `*` over bytes: every other pattern part matches exactly
-/// one name part, so on a mismatch only the last `**` needs to take one part more — linear in
-/// the number of parts times the pattern's, however many `**` the pattern has (trying every
-/// split for each `**` costs the name's length to the power of their count, on every request).
+/// `**` over parts as `*` over bytes within a part ([`wildcard`] both).
 fn match_parts(pattern: &[String], name: &[&str]) -> bool {
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < name.len() {
-        if pi < pattern.len() && pattern[pi] == "**" {
-            star = Some((pi, ni));
-            pi += 1;
-        } else if pi < pattern.len() && match_part(pattern[pi].as_bytes(), name[ni].as_bytes()) {
-            pi += 1;
-            ni += 1;
-        } else if let Some((sp, sn)) = star {
-            pi = sp + 1;
-            ni = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[pi..].iter().all(|p| p == "**")
+    wildcard(pattern, name, |p| p == "**", |p, n| match_part(p.as_bytes(), n.as_bytes()))
 }
 
-/// `*` within one part: greedy with backtracking, linear in practice for these short names.
 fn match_part(p: &[u8], s: &[u8]) -> bool {
+    wildcard(p, s, |&c| c == b'*', |a, b| a == b)
+}
+
+/// Whether `pattern` matches all of `subject`, where each element of `pattern` that `is_star`
+/// matches any run of elements, and any other matches exactly one element that `matches` it.
+/// Greedy with backtracking to the last star only: a later star can take whatever an earlier
+/// one could have, so this is linear in the lengths' product however many stars there are
+/// (trying every split for each star costs the subject's length to the power of their count).
+fn wildcard<P, S>(
+    pattern: &[P],
+    subject: &[S],
+    is_star: impl Fn(&P) -> bool,
+    matches: impl Fn(&P, &S) -> bool,
+) -> bool {
     let (mut pi, mut si) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() && p[pi] == b'*' {
+    while si < subject.len() {
+        if pi < pattern.len() && is_star(&pattern[pi]) {
             star = Some((pi, si));
             pi += 1;
-        } else if pi < p.len() && p[pi] == s[si] {
+        } else if pi < pattern.len() && matches(&pattern[pi], &subject[si]) {
             pi += 1;
             si += 1;
         } else if let Some((sp, ss)) = star {
@@ -61,7 +54,7 @@ fn match_part(p: &[u8], s: &[u8]) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == b'*')
+    pattern[pi..].iter().all(is_star)
 }
 
 #[cfg(test)]
@@ -88,6 +81,10 @@ mod tests {
             ("**/*-cache/**", "mirror/docker-cache/library/nginx", true),
             ("*", "", true),
             ("a", "a/b", false),
+            ("*-operator", "cert-manager-operator", true),
+            ("*-operator", "operator", false),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
         ];
         for (pattern, name, want) in cases {
             assert_eq!(Glob::new(pattern).matches(name), want, "{pattern} ~ {name}");
