@@ -17,8 +17,8 @@ pub(super) const IO_CHUNK: usize = 1 << 20;
 
 /// A new object: received bytes are gathered, and each full batch is written on the blocking pool
 /// while the next one gathers (at most one write in flight). Between batches, and while the client
-/// is silent, no thread is held. The temp file is made with the first batch, so a writer that
-/// receives nothing (the empty closing `PUT` of an upload) costs no file.
+/// is silent, no thread is held. The temp file is made when the first bytes arrive, so a writer
+/// that receives nothing (the empty closing `PUT` of an upload) costs no file.
 pub(super) struct FsWriter {
     root: PathBuf,
     temp: PathBuf,
