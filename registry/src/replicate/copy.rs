@@ -226,7 +226,7 @@ impl Copier {
         depth: usize,
     ) -> futures_util::future::BoxFuture<'a, anyhow::Result<bool>> {
         Box::pin(async move {
-            deep_enough(repo, &m.digest, depth)?;
+            within_depth(repo, &m.digest, depth)?;
             let mut ours = false;
             let placed = self
                 .copy_of(&repo.dst, &m.digest)
@@ -392,7 +392,7 @@ impl Copier {
                 if self.copied(&repo.dst, &d) {
                     continue;
                 }
-                deep_enough(repo, &d, depth)?;
+                within_depth(repo, &d, depth)?;
                 let (m, there) = match self.fetch_there(&repo.dst, &d).await? {
                     Some(m) => (m, true),
                     None => (self.fetch(&repo.src, d.as_str()).await?, false),
@@ -440,7 +440,7 @@ fn checked(
 /// this message instead of overflowing a thread's stack (which aborts the whole process).
 const MAX_DEPTH: usize = 32;
 
-fn deep_enough(repo: &Repos, digest: &Digest, depth: usize) -> anyhow::Result<()> {
+fn within_depth(repo: &Repos, digest: &Digest, depth: usize) -> anyhow::Result<()> {
     if depth > MAX_DEPTH {
         anyhow::bail!(
             "{}@{digest}: nested more than {MAX_DEPTH} levels below the image (index children, \
