@@ -17,8 +17,8 @@ pub(super) const IO_CHUNK: usize = 1 << 20;
 
 /// A new object: received bytes are gathered, and each full batch is written on the blocking pool
 /// while the next one gathers (at most one write in flight). Between batches, and while the client
-/// is silent, no thread is held. The temp file is made when the first bytes arrive, so a writer
-/// that receives nothing (the empty closing `PUT` of an upload) costs no file.
+/// is silent, no thread is held. The temp file is made with the first batch, so a writer that
+/// receives nothing (the empty closing `PUT` of an upload) costs no file.
 pub(super) struct FsWriter {
     root: PathBuf,
     temp: PathBuf,
@@ -64,15 +64,6 @@ impl FsWriter {
             }
             None => Err(StorageError::Io(io::Error::other("an earlier write failed"))),
         }
-    }
-
-    /// Starts creating the file, with the first bytes received: the create (a slow inode
-    /// allocation on some disks, a round trip on a network filesystem) runs while the rest of the
-    /// first batch arrives and is hashed, not after it.
-    fn open(&mut self) {
-        self.opened = true;
-        let temp = self.temp.clone();
-        self.in_flight = Some(tokio::task::spawn_blocking(move || open_or_create(None, &temp)));
     }
 
     /// Starts writing the gathered batch.
@@ -132,8 +123,8 @@ impl Drop for FsWriter {
             let temp = std::mem::take(&mut self.temp);
             let in_flight = self.in_flight.take();
             match tokio::runtime::Handle::try_current() {
-                // A create or write still in flight finishes first, so the name it makes is
-                // removed after it, not before; the inode goes with the name.
+                // A write still in flight (the first one creates the file) finishes first, so
+                // the name it makes is removed after it, not before; the inode goes with it.
                 Ok(rt) => drop(rt.spawn(async move {
                     if let Some(task) = in_flight {
                         let _ = task.await;
@@ -234,9 +225,6 @@ impl ObjectWriter for FsWriter {
     async fn write(&mut self, data: Bytes) -> Result<(), StorageError> {
         if data.is_empty() {
             return Ok(());
-        }
-        if !self.opened {
-            self.open();
         }
         self.written += data.len() as u64;
         self.pending_len += data.len();
