@@ -7,7 +7,8 @@
 //! - [`glob`]: the repository patterns of access rules, upstream filters and (later) retention;
 //! - [`keys`]: key material Berth generates;
 //! - [`net`]: trusted proxies, the client behind `X-Forwarded-For`, external URLs;
-//! - [`nodemirror`]: the plan a node-mirror pod turns into containerd and CRI-O files.
+//! - [`nodemirror`]: the plan a node-mirror pod turns into containerd and CRI-O files;
+//! - [`text`]: quoted text cut to what a message can carry.
 
 pub mod config;
 pub mod glob;
@@ -15,3 +16,4 @@ pub mod keys;
 pub mod net;
 pub mod nodemirror;
 pub mod oci;
+pub mod text;

@@ -138,15 +138,7 @@ fn valid_encoded(encoded: &str) -> bool {
 
 /// Error messages quote input; keep what an attacker controls short.
 pub(crate) fn truncate(s: &str) -> String {
-    const MAX: usize = 160;
-    if s.len() <= MAX {
-        return s.to_owned();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    crate::text::clip(s, 160)
 }
 
 impl fmt::Display for Digest {

@@ -74,13 +74,7 @@ pub const PROBE_MESSAGE_MAX: usize = 160;
 /// An upstream's words as one short line: whatever a URL a user wrote answers, status carries at
 /// most this much of it (no bodies, no control characters).
 pub fn short_line(text: &str) -> String {
-    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
-    let clean: String = line.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    if clean.chars().count() <= PROBE_MESSAGE_MAX {
-        return clean;
-    }
-    let cut: String = clean.chars().take(PROBE_MESSAGE_MAX - 1).collect();
-    format!("{cut}…")
+    berth_core::text::one_line(text, PROBE_MESSAGE_MAX)
 }
 
 pub fn compute(pc: &ProxyCache, obs: &Observed, now: Time) -> ProxyCacheStatus {
