@@ -136,6 +136,27 @@ scanner_pending() {
 all_pending() { (($(scanner_pending) >= 21)); }
 pending_while_down() { eventually 20 all_pending || { echo "pending: $(scanner_pending)"; return 1; }; }
 check "deliveries wait while the receiver is down (admin API shows them pending)" pending_while_down
+# Why they wait, before anything is dead: the oldest one's attempts and last error, its age as a
+# gauge, and a warning in the log (tallied, not one line per attempt).
+scanner_oldest() {
+  curl -fsS "$URL/admin/v1/webhooks" | python3 -c '
+import json, sys
+for e in json.load(sys.stdin)["endpoints"]:
+    if e["endpoint"] == "scanner" and e["oldestPending"]:
+        o = e["oldestPending"]
+        print(o["attempts"] >= 1, o["lastError"])'
+}
+tried_and_refused() { scanner_oldest | grep -q "^True the endpoint could not be reached: .*[Cc]onnection refused"; }
+why_it_waits() { eventually 20 tried_and_refused || { echo "oldest pending: $(scanner_oldest)"; return 1; }; }
+check "the admin API says why: the oldest delivery's attempts and 'connection refused'" why_it_waits
+oldest_aged() {
+  curl -fsS "$URL/metrics" | awk '$1 == "berth_webhook_oldest_pending_seconds{endpoint=\"scanner\"}" && $2 >= 1 {f = 1} END {exit !f}'
+}
+check "berth_webhook_oldest_pending_seconds ages the oldest waiting event" eventually 20 oldest_aged
+logged_failures() {
+  grep 'deliveries failed and wait to be retried' "$WORK/berth.log" | grep scanner | grep -qi 'connection refused'
+}
+check "the log warns that scanner's deliveries fail, with the error" eventually 10 logged_failures
 start_receiver
 check "after it came back: all 20 pushes arrived" every_push_arrived "$WORK/acked-later" events/later
 tag_delete_received() {

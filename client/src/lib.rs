@@ -411,16 +411,7 @@ impl Upstream {
         if e.is_timeout() {
             return UpstreamError::Timeout { upstream };
         }
-        // The chain, without the URL (which never holds credentials, but keeps messages short).
-        let mut detail = String::new();
-        let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
-        while let Some(s) = source {
-            detail = s.to_string();
-            source = s.source();
-        }
-        if detail.is_empty() {
-            detail = e.to_string();
-        }
+        let detail = root_cause(e);
         if e.is_connect() {
             UpstreamError::Connect { upstream, detail }
         } else {
@@ -449,6 +440,19 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
 fn ratelimit_remaining(h: &HeaderMap) -> Option<i64> {
     let v = h.get("ratelimit-remaining")?.to_str().ok()?;
     v.split(';').next()?.trim().parse().ok()
+}
+
+/// What went wrong under a transport error, without the URL (which never holds credentials
+/// here, but keeps messages short): the innermost cause ("Connection refused (os error 111)"),
+/// where reqwest's own words say only "error sending request".
+pub fn root_cause(e: &reqwest::Error) -> String {
+    let mut detail = e.to_string();
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = source {
+        detail = s.to_string();
+        source = s.source();
+    }
+    detail
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! `GET /admin/v1/events?repository=team/app&actor=ci&n=100&before=<seq>` lists the events of
 //! changes (pushes, tag and manifest deletes, referrers attached), newest first, with who made
 //! them, from where, in which request; a full page's last `seq` is the next page's `before`.
-//! `GET /admin/v1/webhooks` lists each endpoint's pending and dead deliveries.
+//! `GET /admin/v1/webhooks` lists each endpoint's pending and dead deliveries, with the oldest
+//! pending one and the last given up (its event, attempts and last error): why an endpoint
+//! falls behind, before anything is dead.
 
 use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
@@ -61,13 +63,7 @@ pub async fn webhooks(State(st): State<AppState>, req: Request) -> Response {
         Err(refused) => return refused,
     };
     match log.backlog().await {
-        Ok(backlog) => {
-            let endpoints: Vec<_> = backlog
-                .iter()
-                .map(|b| serde_json::json!({"endpoint": b.endpoint, "pending": b.pending, "dead": b.dead}))
-                .collect();
-            json(StatusCode::OK, &serde_json::json!({ "endpoints": endpoints }))
-        }
+        Ok(backlog) => json(StatusCode::OK, &serde_json::json!({ "endpoints": backlog })),
         Err(e) => ApiError::from(crate::service::ServiceError::from(e)).into_response(),
     }
 }

@@ -90,12 +90,47 @@ pub struct EventQuery {
     pub limit: usize,
 }
 
-/// Pending and dead deliveries of one endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Pending and dead deliveries of one endpoint, and the two that say what holds it back.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Backlog {
     pub endpoint: String,
     pub pending: u64,
     pub dead: u64,
+    /// The delivery waiting longest: when an endpoint is down, the one tried most.
+    pub oldest_pending: Option<Delivery>,
+    /// The delivery given up on last.
+    pub last_dead: Option<Delivery>,
+}
+
+/// One delivery, as the backlog shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    /// The event's sequence number, and when it happened (unix milliseconds).
+    pub seq: i64,
+    pub at: i64,
+    pub attempts: u32,
+    /// Why its last attempt failed; none before the first.
+    pub last_error: Option<String>,
+}
+
+impl Delivery {
+    /// From the columns `seq, at, attempts, last_error` as [`BACKLOG`] reads them: none when
+    /// the endpoint has no such delivery.
+    pub(crate) fn from_columns(
+        seq: Option<i64>,
+        at: Option<i64>,
+        attempts: Option<i64>,
+        last_error: Option<String>,
+    ) -> Option<Delivery> {
+        Some(Delivery {
+            seq: seq?,
+            at: at?,
+            attempts: attempts.unwrap_or(0).clamp(0, u32::MAX as i64) as u32,
+            last_error,
+        })
+    }
 }
 
 /// A stored kind; `None` when the database holds one this berth does not know.
@@ -137,23 +172,39 @@ pub(crate) const SETTLE: &str = "UPDATE deliveries
      SET state = $1, next_at = $2, last_error = $3, settled_at = $4
      WHERE endpoint = $5 AND event_seq = $6 AND state = 'pending'";
 
+/// The most of an error a delivery keeps: one line of it (a peer's answer is not ours to store
+/// whole).
+pub const ERROR_KEPT: usize = 300;
+
 /// What a settlement writes: state, next at, error, settled at.
 pub(crate) fn settle_params(s: &Settled, now: i64) -> (&'static str, i64, Option<String>, Option<i64>) {
+    let kept = |e: &str| Some(berth_core::text::one_line(e, ERROR_KEPT));
     match s {
         Settled::Delivered => ("delivered", now, None, Some(now)),
-        Settled::Retry { next_at, error } => ("pending", *next_at, Some(error.clone()), None),
-        Settled::Dead { error } => ("dead", now, Some(error.clone()), Some(now)),
+        Settled::Retry { next_at, error } => ("pending", *next_at, kept(error), None),
+        Settled::Dead { error } => ("dead", now, kept(error), Some(now)),
     }
 }
 
 /// Pending and dead deliveries per endpoint, each counted through its partial index (never a
-/// scan of the delivered ones, which are most).
-pub(crate) const BACKLOG: &str = "SELECT endpoint, CAST(sum(pending) AS BIGINT), CAST(sum(dead) AS BIGINT)
-     FROM (SELECT endpoint, count(*) AS pending, 0 AS dead FROM deliveries WHERE state = 'pending'
-           GROUP BY endpoint
-           UNION ALL
-           SELECT endpoint, 0, count(*) FROM deliveries WHERE state = 'dead' GROUP BY endpoint) AS b
-     GROUP BY endpoint ORDER BY endpoint";
+/// scan of the delivered ones, which are most), with the oldest pending and the newest dead
+/// delivery: endpoint, pending, dead, then `seq, at, attempts, last_error` of each.
+pub(crate) const BACKLOG: &str = "SELECT b.endpoint, b.pending, b.dead,
+            b.oldest, po.at, p.attempts, p.last_error, b.newest, dn.at, d.attempts, d.last_error
+     FROM (SELECT endpoint, CAST(sum(pending) AS BIGINT) AS pending, CAST(sum(dead) AS BIGINT) AS dead,
+                  max(oldest) AS oldest, max(newest) AS newest
+           FROM (SELECT endpoint, count(*) AS pending, 0 AS dead, min(event_seq) AS oldest,
+                        CAST(NULL AS BIGINT) AS newest
+                 FROM deliveries WHERE state = 'pending' GROUP BY endpoint
+                 UNION ALL
+                 SELECT endpoint, 0, count(*), NULL, max(event_seq)
+                 FROM deliveries WHERE state = 'dead' GROUP BY endpoint) AS u
+           GROUP BY endpoint) AS b
+     LEFT JOIN deliveries p ON p.endpoint = b.endpoint AND p.event_seq = b.oldest
+     LEFT JOIN events po ON po.seq = b.oldest
+     LEFT JOIN deliveries d ON d.endpoint = b.endpoint AND d.event_seq = b.newest
+     LEFT JOIN events dn ON dn.seq = b.newest
+     ORDER BY b.endpoint";
 
 /// Parameters: before, limit.
 pub(crate) const FORGET_EVENTS: &str = "DELETE FROM events WHERE seq IN (

@@ -232,7 +232,7 @@ impl Notifier {
             Ok(backlog) => {
                 for d in &self.deliverers {
                     let b = backlog.iter().find(|b| b.endpoint == d.name());
-                    self.metrics.backlog(d.target(), b.map_or(0, |b| b.pending), b.map_or(0, |b| b.dead));
+                    self.metrics.backlog(d.target(), b, now_millis());
                 }
             }
             Err(e) => tracing::debug!(error = %e, "webhook backlog not counted"),
@@ -258,6 +258,7 @@ impl Notifier {
         let name = d.name();
         let (timeout, batch_size, _, _) = d.pacing();
         let lease = timeout + LEASE_MARGIN;
+        let mut failures = FailureLog::default();
         loop {
             // Listen before looking, so an event recorded meanwhile rings a bell heard below.
             let bell = self.events.recorded.clone();
@@ -274,6 +275,10 @@ impl Notifier {
                         .buffer_unordered(batch_size)
                         .collect()
                         .await;
+                    failures.note(outcomes.iter().filter_map(|(_, s)| match s {
+                        Settled::Retry { error, .. } => Some(error.as_str()),
+                        _ => None,
+                    }));
                     if let Err(e) = self.log.settle(&name, outcomes, now_millis()).await {
                         // The claims expire and the events go again.
                         tracing::warn!(endpoint = %name, error = %e, "webhook deliveries not recorded");
@@ -284,6 +289,10 @@ impl Notifier {
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(endpoint = %name, error = %e, "webhook deliveries not claimed"),
+            }
+            if let Some((failed, error)) = failures.due(std::time::Instant::now()) {
+                tracing::warn!(endpoint = %name, failed, last_error = %error,
+                    "deliveries failed and wait to be retried");
             }
             let _ = tokio::time::timeout(POLL, rung).await;
         }
@@ -334,6 +343,7 @@ impl Notifier {
             return (seq, Settled::Dead { error });
         }
         self.metrics.counted(sink.target(), "failed");
+        // Logged per event at debug; the endpoint's loop tallies failures in one warning a minute.
         tracing::debug!(endpoint = %name, event = %c.event.id, attempts = c.attempts, error = %error,
             "delivery failed, to be retried");
         let wait = backoff(first_backoff, c.attempts).max(retry_after.unwrap_or_default());
@@ -360,8 +370,18 @@ impl Notifier {
                 error: format!("the endpoint answered {}", resp.status()),
                 retry_after: retry_after(&resp),
             }),
+            Err(e) if e.is_timeout() => Err(Failed {
+                error: format!("the endpoint did not answer within {:?}", d.endpoint.timeout),
+                retry_after: None,
+            }),
             // Without the URL, which may carry a token.
-            Err(e) => Err(Failed { error: format!("{}", e.without_url()), retry_after: None }),
+            Err(e) => Err(Failed {
+                error: format!(
+                    "the endpoint could not be reached: {}",
+                    berth_client::root_cause(&e.without_url())
+                ),
+                retry_after: None,
+            }),
         }
     }
 }
@@ -406,6 +426,36 @@ fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     Some(Duration::from_secs(secs.min(3600)))
 }
 
+/// Failed attempts of one endpoint, logged at most once per [`FAILURES_LOGGED_EVERY`]: a down
+/// endpoint fails every delivery sent to it, and a line each would bury the log.
+#[derive(Default)]
+struct FailureLog {
+    /// Failed since the last line.
+    failed: u64,
+    last_error: String,
+    logged_at: Option<std::time::Instant>,
+}
+
+const FAILURES_LOGGED_EVERY: Duration = Duration::from_secs(60);
+
+impl FailureLog {
+    fn note<'a>(&mut self, errors: impl Iterator<Item = &'a str>) {
+        for error in errors {
+            self.failed += 1;
+            error.clone_into(&mut self.last_error);
+        }
+    }
+
+    /// What to log now, if anything: how many failed since the last line, and the last error.
+    fn due(&mut self, now: std::time::Instant) -> Option<(u64, String)> {
+        if self.failed == 0 || self.logged_at.is_some_and(|t| now.duration_since(t) < FAILURES_LOGGED_EVERY) {
+            return None;
+        }
+        self.logged_at = Some(now);
+        Some((std::mem::take(&mut self.failed), std::mem::take(&mut self.last_error)))
+    }
+}
+
 struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
 
 impl Drop for AbortOnDrop {
@@ -427,5 +477,19 @@ mod tests {
         assert_eq!(backoff(s, 2), Duration::from_secs(2));
         assert_eq!(backoff(s, 4), Duration::from_secs(8));
         assert_eq!(backoff(s, 40), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn failures_are_logged_at_most_once_a_minute_with_their_tally() {
+        let mut log = FailureLog::default();
+        let t0 = std::time::Instant::now();
+        assert_eq!(log.due(t0), None, "nothing failed");
+        log.note(["refused", "503"].into_iter());
+        assert_eq!(log.due(t0), Some((2, "503".to_owned())), "the first failures at once");
+        log.note(["timed out"].into_iter());
+        assert_eq!(log.due(t0 + Duration::from_secs(59)), None, "within the minute");
+        log.note(["reset"].into_iter());
+        assert_eq!(log.due(t0 + Duration::from_secs(61)), Some((2, "reset".to_owned())), "tallied");
+        assert_eq!(log.due(t0 + Duration::from_secs(200)), None, "nothing failed since");
     }
 }

@@ -7,6 +7,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::meta::events::Backlog;
+
 /// Where deliveries go, as the metrics name it.
 #[derive(Debug, Clone, Copy)]
 pub enum Target<'a> {
@@ -48,9 +50,11 @@ pub struct WebhookMetrics {
     deliveries: Family<OutcomeLabels, Counter>,
     pending: Family<EndpointLabels, Gauge>,
     dead: Family<EndpointLabels, Gauge>,
+    oldest: Family<EndpointLabels, Gauge>,
     copies: Family<CopyLabels, Counter>,
     copies_pending: Family<PolicyLabels, Gauge>,
     copies_dead: Family<PolicyLabels, Gauge>,
+    copies_oldest: Family<PolicyLabels, Gauge>,
 }
 
 impl WebhookMetrics {
@@ -63,6 +67,11 @@ impl WebhookMetrics {
         );
         r.register("pending", "Events waiting for delivery, by endpoint", self.pending.clone());
         r.register("dead", "Events given up on after every attempt failed, by endpoint", self.dead.clone());
+        r.register(
+            "oldest_pending_seconds",
+            "Age of the oldest event waiting for delivery (0 when none waits), by endpoint",
+            self.oldest.clone(),
+        );
         let r = registry.sub_registry_with_prefix("replication");
         r.register(
             "copies",
@@ -74,6 +83,11 @@ impl WebhookMetrics {
             "dead",
             "Copies given up on after every attempt failed, by policy",
             self.copies_dead.clone(),
+        );
+        r.register(
+            "oldest_pending_seconds",
+            "Age of the oldest push waiting to be copied (0 when none waits), by on-push policy",
+            self.copies_oldest.clone(),
         );
     }
 
@@ -106,21 +120,22 @@ impl WebhookMetrics {
         (done.iter().map(|o| count(o)).sum(), failed.iter().map(|o| count(o)).sum())
     }
 
-    pub(super) fn backlog(&self, target: Target<'_>, pending: u64, dead: u64) {
-        let (pending_gauge, dead_gauge) = match target {
+    /// The gauges of what waits for `target` (none: nothing waits), at `now` (unix ms).
+    pub(super) fn backlog(&self, target: Target<'_>, b: Option<&Backlog>, now: i64) {
+        let [pending, dead, oldest] = match target {
             Target::Webhook(endpoint) => {
                 let labels = EndpointLabels { endpoint: endpoint.to_owned() };
-                (self.pending.get_or_create(&labels).clone(), self.dead.get_or_create(&labels).clone())
+                [&self.pending, &self.dead, &self.oldest].map(|f| f.get_or_create(&labels).clone())
             }
             Target::OnPush(policy) => {
                 let labels = PolicyLabels { policy: policy.to_owned() };
-                (
-                    self.copies_pending.get_or_create(&labels).clone(),
-                    self.copies_dead.get_or_create(&labels).clone(),
-                )
+                [&self.copies_pending, &self.copies_dead, &self.copies_oldest]
+                    .map(|f| f.get_or_create(&labels).clone())
             }
         };
-        pending_gauge.set(pending as i64);
-        dead_gauge.set(dead as i64);
+        let waited = b.and_then(|b| b.oldest_pending.as_ref()).map_or(0, |d| now.saturating_sub(d.at) / 1000);
+        pending.set(b.map_or(0, |b| b.pending) as i64);
+        dead.set(b.map_or(0, |b| b.dead) as i64);
+        oldest.set(waited.max(0));
     }
 }

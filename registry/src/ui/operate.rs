@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use axum::http::StatusCode;
 
-use super::html::{esc, q, size};
+use super::html::{esc, q, size, when};
 use super::view::{Page, Ui};
 use crate::gc::Options;
 
@@ -161,18 +161,25 @@ async fn deliveries_section(ui: &Ui) -> Result<String, (StatusCode, String)> {
     let backlog = log.backlog().await.map_err(unavailable)?;
     let mut out = String::from(
         "<h2>Webhooks and replication on push</h2><table class=\"deliveries\"><thead><tr><th>Endpoint</th>\
-         <th>Kind</th><th>Waiting</th><th>Given up</th><th>Delivered here</th><th>Failed attempts here</th>\
-         </tr></thead><tbody>",
+         <th>Kind</th><th>Waiting</th><th>Waiting since</th><th>Given up</th><th>Last error</th>\
+         <th>Delivered here</th><th>Failed attempts here</th></tr></thead><tbody>",
     );
     for f in &figures {
         let b = backlog.iter().find(|b| b.endpoint == f.name);
+        let oldest = b.and_then(|b| b.oldest_pending.as_ref());
+        // Why the oldest waits; else why the last given up failed.
+        let error = oldest
+            .and_then(|d| d.last_error.as_deref())
+            .or_else(|| b.and_then(|b| b.last_dead.as_ref()).and_then(|d| d.last_error.as_deref()));
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&f.name),
             if f.on_push { "replication" } else { "webhook" },
             b.map_or(0, |b| b.pending),
+            oldest.map_or_else(|| "<span class=\"muted\">nothing waits</span>".to_owned(), |d| when(d.at / 1000)),
             b.map_or(0, |b| b.dead),
+            error.map_or_else(|| "<span class=\"muted\">none</span>".to_owned(), esc),
             f.done,
             f.failed
         );

@@ -2,7 +2,7 @@
 
 use super::errors::db_error;
 use super::{execute, query, PostgresMeta};
-use crate::meta::events::{self, Backlog, Claimed, Event, EventQuery, NewEvent, Settled};
+use crate::meta::events::{self, Backlog, Claimed, Delivery, Event, EventQuery, NewEvent, Settled};
 use crate::meta::outbox::{stored_kind, EventLog};
 use crate::meta::Result;
 
@@ -82,10 +82,16 @@ impl EventLog for PostgresMeta {
         let rows = query(&c, events::BACKLOG, &[]).await.map_err(db_error)?;
         Ok(rows
             .iter()
-            .map(|r| Backlog {
-                endpoint: r.get(0),
-                pending: super::size(r.get(1)),
-                dead: super::size(r.get(2)),
+            .map(|r| {
+                let delivery =
+                    |o: usize| Delivery::from_columns(r.get(o), r.get(o + 1), r.get(o + 2), r.get(o + 3));
+                Backlog {
+                    endpoint: r.get(0),
+                    pending: super::size(r.get(1)),
+                    dead: super::size(r.get(2)),
+                    oldest_pending: delivery(3),
+                    last_dead: delivery(7),
+                }
             })
             .collect())
     }

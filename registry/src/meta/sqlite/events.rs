@@ -4,7 +4,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::writer::Durability;
 use super::SqliteMeta;
-use crate::meta::events::{self, Backlog, Claimed, Event, EventQuery, NewEvent, Settled};
+use crate::meta::events::{self, Backlog, Claimed, Delivery, Event, EventQuery, NewEvent, Settled};
 use crate::meta::outbox::{stored_kind, EventLog};
 use crate::meta::Result;
 
@@ -93,10 +93,15 @@ impl EventLog for SqliteMeta {
             let rows = c
                 .prepare_cached(events::BACKLOG)?
                 .query_map([], |r| {
+                    let delivery = |o: usize| -> rusqlite::Result<Option<Delivery>> {
+                        Ok(Delivery::from_columns(r.get(o)?, r.get(o + 1)?, r.get(o + 2)?, r.get(o + 3)?))
+                    };
                     Ok(Backlog {
                         endpoint: r.get(0)?,
                         pending: r.get::<_, i64>(1)?.max(0) as u64,
                         dead: r.get::<_, i64>(2)?.max(0) as u64,
+                        oldest_pending: delivery(3)?,
+                        last_dead: delivery(7)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -1,7 +1,7 @@
 //! Events and their deliveries ([`crate::meta::events`]): recorded with the change they describe,
 //! the audit log's tally, and deliveries claimed and settled.
 
-use crate::meta::events::{Backlog, EventQuery, NewEvent, Settled};
+use crate::meta::events::{Backlog, Delivery, EventQuery, NewEvent, Settled};
 use crate::meta::outbox::EventLog;
 use crate::meta::{MetaStore, NewManifest, Stored};
 use berth_core::config::notifications::EventKind;
@@ -109,13 +109,17 @@ pub(super) async fn audit_entries_keep_their_tally<M: MetaStore + EventLog>(m: &
 }
 
 pub(super) async fn deliveries_are_claimed_and_settled<M: MetaStore + EventLog>(m: &M) {
-    let backlog = |a: u64, a_dead: u64, b: u64| {
-        vec![
-            Backlog { endpoint: "ev-a".into(), pending: a, dead: a_dead },
-            Backlog { endpoint: "ev-b".into(), pending: b, dead: 0 },
-        ]
+    let backlog =
+        |a: u64, a_dead: u64, b: u64| vec![("ev-a".to_owned(), a, a_dead), ("ev-b".to_owned(), b, 0)];
+    let counts = |b: Vec<Backlog>| b.into_iter().map(|b| (b.endpoint, b.pending, b.dead)).collect::<Vec<_>>();
+    let first = m.backlog().await.unwrap();
+    assert_eq!(counts(first.clone()), backlog(2, 0, 1));
+    let waiting = |seq, attempts, last_error: Option<&str>| {
+        Some(Delivery { seq, at: 1_000, attempts, last_error: last_error.map(str::to_owned) })
     };
-    assert_eq!(m.backlog().await.unwrap(), backlog(2, 0, 1));
+    let oldest = first[0].oldest_pending.as_ref().map_or(0, |d| d.seq);
+    assert_eq!((&first[0].oldest_pending, &first[0].last_dead), (&waiting(oldest, 0, None), &None));
+    assert_eq!(first[1].oldest_pending, waiting(oldest, 0, None), "the push waits for ev-b too");
     let claimed = m.claim("ev-a", 5_000, 65_000, 10).await.unwrap();
     assert_eq!(claimed.iter().map(|c| c.attempts).collect::<Vec<_>>(), [1, 1]);
     let (push, referrer) = (claimed[0].event.seq, claimed[1].event.seq);
@@ -123,19 +127,30 @@ pub(super) async fn deliveries_are_claimed_and_settled<M: MetaStore + EventLog>(
     assert!(m.claim("ev-a", 5_000, 65_000, 10).await.unwrap().is_empty(), "held by the claim");
     m.settle(
         "ev-a",
-        vec![(push, Settled::Delivered), (referrer, Settled::Retry { next_at: 10_000, error: "503".into() })],
+        vec![
+            (push, Settled::Delivered),
+            (referrer, Settled::Retry { next_at: 10_000, error: format!("503\n<html>{}", "x".repeat(5000)) }),
+        ],
         6_000,
     )
     .await
     .unwrap();
     assert!(m.claim("ev-a", 9_000, 69_000, 10).await.unwrap().is_empty(), "not yet due");
+    let after_retry = m.backlog().await.unwrap();
+    assert_eq!(counts(after_retry.clone()), backlog(1, 0, 1));
+    assert_eq!(after_retry[0].oldest_pending, waiting(referrer, 1, Some("503")), "why it waits: one line");
     let retried = m.claim("ev-a", 10_000, 70_000, 10).await.unwrap();
     assert_eq!((retried.len(), retried[0].attempts), (1, 2));
     // A claim whose replica died expires, and the delivery is taken again.
     let taken_again = m.claim("ev-a", 70_000, 130_000, 10).await.unwrap();
     assert_eq!((taken_again.len(), taken_again[0].attempts), (1, 3));
     m.settle("ev-a", vec![(referrer, Settled::Dead { error: "gone".into() })], 71_000).await.unwrap();
-    assert_eq!(m.backlog().await.unwrap(), backlog(0, 1, 1));
+    let after_dead = m.backlog().await.unwrap();
+    assert_eq!(counts(after_dead.clone()), backlog(0, 1, 1));
+    assert_eq!(
+        (&after_dead[0].oldest_pending, &after_dead[0].last_dead),
+        (&None, &waiting(referrer, 3, Some("gone")))
+    );
     // A settled delivery is not settled again by a late, second sender.
     m.settle("ev-a", vec![(push, Settled::Retry { next_at: 0, error: "late".into() })], 72_000)
         .await
