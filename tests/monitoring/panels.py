@@ -11,11 +11,25 @@ become `.*`, `$__rate_interval` one minute.
 """
 
 import json
+import re
 import sys
 import urllib.parse
 import urllib.request
 
 SUBSTITUTIONS = {"$__rate_interval": "1m", "$job": ".*", "$instance": ".*"}
+
+# Gauges every replica reports alike, read from the shared database or bucket: summed over
+# replicas they count each thing once per replica, so a panel takes their max.
+SHARED = [
+    "berth_storage_stored_bytes",
+    "berth_upload_sessions",
+    "berth_webhook_pending",
+    "berth_webhook_dead",
+    "berth_webhook_oldest_pending_seconds",
+    "berth_replication_pending",
+    "berth_replication_dead",
+    "berth_replication_oldest_pending_seconds",
+]
 
 
 def panels(dashboard):
@@ -42,6 +56,9 @@ def check(dashboard):
         for t in p["targets"]:
             assert t["expr"] and t["datasource"]["uid"] == "${datasource}", f"{p['title']}: {t}"
             assert "$job" in t["expr"] and "$instance" in t["expr"], f"{p['title']}: no job/instance filter"
+            for m in SHARED:
+                summed = re.search(r"sum\s*(by\s*\([^)]*\)\s*)?\(\s*" + m + r"\b", t["expr"])
+                assert not summed, f"{p['title']}: {m} is the same on every replica; take its max, not its sum"
 
 
 def query(prometheus, expr):
