@@ -199,6 +199,20 @@ async fn invalid_specs_are_refused_and_unprovisionable_storage_stalls() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Names its Service and StatefulSet could not take: 53 characters (the pods could never be
+    // made), a dot, a digit first.
+    let named =
+        |name: &str| format!("apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: {name}\n");
+    for (name, why) in [
+        ("r".repeat(53), "a Registry's name is at most 52 characters"),
+        ("team.hub".to_owned(), "a Registry's name starts with a lowercase letter"),
+        ("1hub".to_owned(), "a Registry's name starts with a lowercase letter"),
+    ] {
+        let out = kubectl_apply(&cp, &ns.name, &named(&name));
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && said.contains(why), "{name}: {said}");
+    }
+
     let two_kinds = "apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: two\nspec:\n  storage:\n    filesystem: {}\n    existingClaim: {name: x}\n";
     let out = kubectl_apply(&cp, &ns.name, two_kinds);
     assert!(String::from_utf8_lossy(&out.stderr).contains("set exactly one of filesystem, existingClaim, s3"));

@@ -40,7 +40,14 @@ pub use lifecycle::*;
     validation = Rule::new("!has(self.spec.replicas) || self.spec.replicas <= 1 || (has(self.spec.storage) && has(self.spec.storage.s3) && has(self.spec.database) && has(self.spec.database.postgres))")
         .message("more than one replica needs shared storage (spec.storage.s3) and PostgreSQL (spec.database.postgres)"),
     validation = Rule::new("!has(self.spec.pullSecrets) || has(self.spec.auth)")
-        .message("spec.pullSecrets needs spec.auth: an open registry needs no pull secret")
+        .message("spec.pullSecrets needs spec.auth: an open registry needs no pull secret"),
+    // The name is the Service's, which must be a DNS label (no dots, a letter first).
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("a Registry's name starts with a lowercase letter and has only lowercase letters, digits and '-': it names the Registry's Service"),
+    // The StatefulSet's controller labels each pod `<name>-<10-character revision hash>`, and a
+    // label is at most 63 characters: a longer name makes a StatefulSet that never has a pod.
+    validation = Rule::new("self.metadata.name.size() <= 52")
+        .message("a Registry's name is at most 52 characters: it names the StatefulSet, whose pods carry it with a revision hash in a label of at most 63")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrySpec {
