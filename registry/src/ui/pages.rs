@@ -5,12 +5,12 @@
 
 use std::fmt::Write;
 
-use berth_core::oci::{Reference, RepoName};
+use berth_core::oci::{Digest, Reference, RepoName};
 
 use futures_util::StreamExt;
 
 use super::html::{esc, q, short, size, when};
-use super::tags::{describe, Described, Order, Sizes, DESCRIBED_AT_ONCE};
+use super::tags::{describe, sizes_of, Described, Order, DESCRIBED_AT_ONCE};
 use super::view::{Page, Ui};
 use crate::auth::Actions;
 use crate::service::ServiceError;
@@ -100,12 +100,18 @@ pub async fn repository(
     }
     let mut tags = std::mem::take(&mut contents.tags);
     order.sort(&mut tags);
-    let sizes = Sizes::new(&contents);
     let shown = tags.get(from..).unwrap_or_default();
     let shown = &shown[..shown.len().min(PAGE)];
     let reads: Vec<_> = shown.iter().map(|t| describe(ui, &repo, &t.digest)).collect();
     let described: Vec<Described> =
         futures_util::stream::iter(reads).buffered(DESCRIBED_AT_ONCE).collect().await;
+    let wanted = shown
+        .iter()
+        .map(|t| t.digest.clone())
+        .chain(described.iter().flat_map(|a| a.platforms.iter().filter_map(|(_, child)| child.clone())))
+        .collect();
+    let sizes = sizes_of(contents, wanted).await;
+    let size_of = |d: &Digest| size(sizes.get(d).copied().unwrap_or(0));
     let may_delete = ui.caller.may(repo.as_str(), Actions::DELETE);
     let here = format!("/ui/repository?name={}", q(repo.as_str()));
     let mut body = format!("<h1>{}</h1>", esc(repo.as_str()));
@@ -142,7 +148,7 @@ pub async fn repository(
             let sep = if i == 0 { "" } else { "<br>" };
             let _ = write!(platforms, "{sep}{}", esc(p));
             if let Some(child) = child {
-                let _ = write!(platforms, " <span class=\"muted\">{}</span>", size(sizes.of(child)));
+                let _ = write!(platforms, " <span class=\"muted\">{}</span>", size_of(child));
             }
         }
         if platforms.is_empty() && about.kind != "image" && !about.kind.is_empty() {
@@ -158,7 +164,7 @@ pub async fn repository(
             t = esc(&tag.name),
             l = link(&repo, tag.digest.as_str()),
             p = platforms,
-            s = size(sizes.of(&tag.digest)),
+            s = size_of(&tag.digest),
             pushed = when(tag.pushed_at),
             pulled = tag.pulled_at.map_or_else(|| "<span class=\"muted\">never</span>".to_owned(), when),
             i = esc(&image),

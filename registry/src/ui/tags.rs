@@ -81,23 +81,36 @@ impl<'a> Sizes<'a> {
         Sizes { blob_size, edges }
     }
 
-    /// The bytes of every distinct blob `digest` needs, through its children.
+    /// The bytes of every distinct blob `digest` needs, through its children. A walk with a list
+    /// of its own, not nested calls: anyone who may push can nest indexes as deep as they like.
     pub fn of(&self, digest: &Digest) -> u64 {
-        let mut blobs = HashSet::new();
-        let mut seen = HashSet::new();
-        self.gather(digest, &mut blobs, &mut seen);
+        let mut blobs: HashSet<&Digest> = HashSet::new();
+        let mut seen: HashSet<&Digest> = HashSet::from([digest]);
+        let mut todo = vec![digest];
+        while let Some(d) = todo.pop() {
+            let Some((own, children)) = self.edges.get(d) else { continue };
+            blobs.extend(own.iter().copied());
+            todo.extend(children.iter().copied().filter(|c| seen.insert(*c)));
+        }
         blobs.iter().map(|b| self.blob_size.get(*b).copied().unwrap_or(0)).sum()
     }
+}
 
-    fn gather(&self, digest: &Digest, blobs: &mut HashSet<&'a Digest>, seen: &mut HashSet<&'a Digest>) {
-        let Some((own, children)) = self.edges.get(digest) else { return };
-        blobs.extend(own.iter().copied());
-        for child in children {
-            if seen.insert(*child) {
-                self.gather(child, blobs, seen);
-            }
-        }
-    }
+/// The sizes of `wanted` in `contents`, worked out on the blocking pool: each walks the
+/// repository's manifests, which can be many.
+pub async fn sizes_of(contents: RepoContents, wanted: Vec<Digest>) -> HashMap<Digest, u64> {
+    tokio::task::spawn_blocking(move || {
+        let sizes = Sizes::new(&contents);
+        wanted
+            .into_iter()
+            .map(|d| {
+                let n = sizes.of(&d);
+                (d, n)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// The largest config read for its view (a real one is a few KiB).
@@ -236,6 +249,23 @@ mod tests {
         assert_eq!(sizes.of(&d(3)), 1020);
         assert_eq!(sizes.of(&d(1)), 1030);
         assert_eq!(sizes.of(&d(99)), 0);
+    }
+
+    #[test]
+    fn an_index_nested_deeper_than_any_stack_is_sized() {
+        // Anyone who may push can nest indexes; a walk by nested calls overflowed the stack
+        // (and an overflow aborts the registry) on the repository's page.
+        const LEVELS: u64 = 200_000;
+        let nth = |i: u64| -> Digest { format!("sha256:{i:064x}").parse().unwrap() };
+        let mut edges: Vec<Edge> =
+            (0..LEVELS).map(|i| Edge { parent: nth(i), child: nth(i + 1), manifest: true }).collect();
+        edges.push(Edge { parent: nth(LEVELS), child: nth(LEVELS + 1), manifest: false });
+        let contents = RepoContents {
+            edges,
+            links: vec![Link { digest: nth(LEVELS + 1), size: 7, linked_at: 0 }],
+            ..RepoContents::default()
+        };
+        assert_eq!(Sizes::new(&contents).of(&nth(0)), 7);
     }
 
     #[test]
