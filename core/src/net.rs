@@ -68,6 +68,16 @@ fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
     }
 }
 
+/// The network one client holds, for limits kept per client: an IPv4 address as it is, an IPv6
+/// address's /64. A /64 is what one subscriber or one host is usually given, and whoever has one
+/// may use any of its 2^64 addresses: a limit per IPv6 address would limit nothing.
+pub fn client_network(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        v6 @ IpAddr::V6(_) => mask(v6, 64),
+        v4 => v4,
+    }
+}
+
 pub fn is_trusted(ip: IpAddr, trusted: &[Cidr]) -> bool {
     trusted.iter().any(|c| c.contains(ip))
 }
@@ -213,6 +223,16 @@ mod tests {
         for bad in ["", "10.0.0.0/33", "fd00::/129", "10.0.0/8", "x", "10.0.0.0/", "/8"] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_client_holds_an_ipv4_address_or_an_ipv6_slash_64() {
+        assert_eq!(client_network(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(client_network(ip("::ffff:192.0.2.7")), ip("192.0.2.7"), "IPv4 through an IPv6 socket");
+        let one = client_network(ip("2001:db8:1:2:aaaa::1"));
+        assert_eq!(one, ip("2001:db8:1:2::"));
+        assert_eq!(client_network(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")), one, "the same /64");
+        assert_ne!(client_network(ip("2001:db8:1:3::1")), one, "the next /64");
     }
 
     #[test]

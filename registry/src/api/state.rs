@@ -168,7 +168,8 @@ fn first_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Whose upload sessions count together: a user's or robot's wherever they connect from (behind
-/// a load balancer every client has the same address); anonymous clients by address.
+/// a load balancer every client has the same address); anonymous clients by the network they
+/// hold (an IPv4 address, an IPv6 /64: [`berth_core::net::client_network`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Uploader {
     Named(String),
@@ -178,7 +179,7 @@ pub enum Uploader {
 impl Uploader {
     pub fn of(caller: &Caller, client: IpAddr) -> Uploader {
         match &caller.identity {
-            Identity::Anonymous => Uploader::Address(client),
+            Identity::Anonymous => Uploader::Address(berth_core::net::client_network(client)),
             named => Uploader::Named(named.name().to_owned()),
         }
     }
@@ -188,6 +189,7 @@ impl std::fmt::Display for Uploader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Uploader::Named(n) => f.write_str(n),
+            Uploader::Address(a @ IpAddr::V6(_)) => write!(f, "{a}/64"),
             Uploader::Address(a) => write!(f, "{a}"),
         }
     }
@@ -241,5 +243,19 @@ impl AppState {
         if let Err(e) = log.record_audit(vec![event]).await {
             tracing::warn!(error = %e, "an admin action was not written to the audit log");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anonymous_uploaders_count_by_the_network_they_hold() {
+        let of = |ip: &str| Uploader::of(&Caller::open(), ip.parse().unwrap());
+        assert_eq!(of("2001:db8:5:5::1"), of("2001:db8:5:5:ffff::9"), "one /64, one uploader");
+        assert_ne!(of("2001:db8:5:5::1"), of("2001:db8:5:6::1"));
+        assert_ne!(of("192.0.2.1"), of("192.0.2.2"));
+        assert_eq!(of("2001:db8:5:5::1").to_string(), "2001:db8:5:5::/64");
     }
 }

@@ -91,6 +91,7 @@ impl<K: Hash + Eq + Clone> Table<K> {
 
 pub struct LoginGuard {
     users: Table<String>,
+    /// By the network a client holds ([`berth_core::net::client_network`]).
     addresses: Table<IpAddr>,
     hashing: Semaphore,
     hashing_wait: Duration,
@@ -118,7 +119,8 @@ impl LoginGuard {
     /// How long until a login as `user` from `client` is heard; `None`: now.
     pub fn wait(&self, user: &str, client: IpAddr) -> Option<Duration> {
         let now = Instant::now();
-        let wait = self.users.wait(&user.to_owned(), now).max(self.addresses.wait(&client, now));
+        let network = berth_core::net::client_network(client);
+        let wait = self.users.wait(&user.to_owned(), now).max(self.addresses.wait(&network, now));
         if wait.is_some() {
             self.metrics.throttled.inc();
         }
@@ -138,7 +140,7 @@ impl LoginGuard {
     pub fn failed(&self, user: &str, client: IpAddr) {
         let now = Instant::now();
         self.users.fail(&user.to_owned(), now);
-        self.addresses.fail(&client, now);
+        self.addresses.fail(&berth_core::net::client_network(client), now);
         self.metrics.failed.inc();
     }
 
@@ -174,6 +176,19 @@ mod tests {
         assert!(g.wait("alice", b).is_none() && g.wait("bob", a).is_some());
         assert_eq!(g.metrics.failed.get(), u64::from(policy.free) + 2);
         assert!(g.metrics.throttled.get() >= 4);
+    }
+
+    #[test]
+    fn an_ipv6_client_is_slowed_across_its_slash_64() {
+        // Whoever holds a /64 may log in from any of its addresses: each would start afresh.
+        let policy = FailedLogins::default();
+        let g = LoginGuard::new(&policy, 1, HASHING_WAIT, LoginMetrics::default());
+        let from = |n: u32| -> IpAddr { format!("2001:db8:7:7::{n:x}").parse().unwrap() };
+        for n in 0..=policy.free {
+            g.failed(&format!("user{n}"), from(n));
+        }
+        assert!(g.wait("someone", from(999)).is_some(), "another address of the same /64");
+        assert!(g.wait("someone", "2001:db8:7:8::1".parse().unwrap()).is_none(), "another /64");
     }
 
     #[test]
