@@ -147,7 +147,9 @@ for e in json.load(sys.stdin)["endpoints"]:
         print(o["attempts"] >= 1, o["lastError"])'
 }
 tried_and_refused() { scanner_oldest | grep -q "^True the endpoint could not be reached: .*[Cc]onnection refused"; }
-why_it_waits() { eventually 20 tried_and_refused || { echo "oldest pending: $(scanner_oldest)"; return 1; }; }
+# Within a lease (10 s timeout + 15 s) and a backoff: the oldest may be a delivery the SIGKILLed
+# berth had claimed, tried again only once its claim expires.
+why_it_waits() { eventually 60 tried_and_refused || { echo "oldest pending: $(scanner_oldest)"; return 1; }; }
 check "the admin API says why: the oldest delivery's attempts and 'connection refused'" why_it_waits
 oldest_aged() {
   curl -fsS "$URL/metrics" | awk '$1 == "berth_webhook_oldest_pending_seconds{endpoint=\"scanner\"}" && $2 >= 1 {f = 1} END {exit !f}'
