@@ -201,8 +201,9 @@ async fn invalid_specs_are_refused_and_unprovisionable_storage_stalls() {
 
     // Names its Service and StatefulSet could not take: 53 characters (the pods could never be
     // made), a dot, a digit first.
-    let named =
-        |name: &str| format!("apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: {name}\nspec: {{}}\n");
+    let named = |name: &str| {
+        format!("apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata:\n  name: {name}\nspec: {{}}\n")
+    };
     for (name, why) in [
         ("r".repeat(53), "a Registry's name is at most 52 characters"),
         ("team.hub".to_owned(), "a Registry's name starts with a lowercase letter"),
