@@ -377,7 +377,8 @@ impl Notifier {
             // Without the URL, which may carry a token.
             Err(e) => Err(Failed {
                 error: format!(
-                    "the endpoint could not be reached: {}",
+                    "{}: {}",
+                    if e.is_connect() { "the endpoint could not be reached" } else { "the request failed" },
                     berth_client::root_cause(&e.without_url())
                 ),
                 retry_after: None,
