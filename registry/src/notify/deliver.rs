@@ -260,6 +260,12 @@ impl Notifier {
         let lease = timeout + LEASE_MARGIN;
         let mut failures = FailureLog::default();
         loop {
+            // First in the loop, so full batches one after another (a down endpoint with a
+            // backlog) are logged too.
+            if let Some((failed, error)) = failures.due(std::time::Instant::now()) {
+                tracing::warn!(endpoint = %name, failed, last_error = %error,
+                    "deliveries failed and wait to be retried");
+            }
             // Listen before looking, so an event recorded meanwhile rings a bell heard below.
             let bell = self.events.recorded.clone();
             let rung = bell.notified();
@@ -289,10 +295,6 @@ impl Notifier {
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(endpoint = %name, error = %e, "webhook deliveries not claimed"),
-            }
-            if let Some((failed, error)) = failures.due(std::time::Instant::now()) {
-                tracing::warn!(endpoint = %name, failed, last_error = %error,
-                    "deliveries failed and wait to be retried");
             }
             let _ = tokio::time::timeout(POLL, rung).await;
         }
