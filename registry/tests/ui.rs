@@ -1,13 +1,14 @@
 //! The web UI's repository list over 10,000 repositories: pages of 50 that together hold every
 //! repository once, in order; each page light; a search that reads a bounded part of the catalog
-//! per page and still reaches a name at its very end.
+//! per page and still reaches a name at its very end. A repository's tags: pages of 50 in the
+//! order asked for, each tag with its image's size, and any `from` answered.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use berth_core::oci::{Digest, RepoName};
 use berth_registry::meta::Stored;
-use common::{client, push_blob, TestServer};
+use common::{client, image_manifest, push_blob, put_manifest, TestServer};
 use futures_util::StreamExt;
 
 const REPOSITORIES: usize = 10_000;
@@ -93,5 +94,65 @@ async fn ten_thousand_repositories_page_and_search() {
         }
     }
     assert_eq!(found, ["team-49/app-09999"], "after {pages} pages");
+    s.stop().await;
+}
+
+/// The tags a repository page lists (its rows' first cells), and its Next link.
+fn tags_listed(html: &str) -> (Vec<String>, Option<String>) {
+    let tags = html
+        .split("<tr><td>")
+        .skip(1)
+        .filter_map(|row| row.split("</td>").next())
+        .map(str::to_owned)
+        .collect();
+    let next = html
+        .split("\">Next</a>")
+        .next()
+        .filter(|before| before.len() < html.len())
+        .and_then(|before| before.rsplit("href=\"").next())
+        .map(|href| href.replace("&amp;", "&"));
+    (tags, next)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_of_many_tags_pages_them() {
+    const TAGS: usize = 120;
+    let s = TestServer::with_config(berth_core::config::Config::default()).await;
+    let image = image_manifest(&s, "many/tags", "one", serde_json::json!({})).await;
+    for i in 0..TAGS {
+        let r = put_manifest(&s, "many/tags", &format!("t{i:03}"), common::OCI_MANIFEST, &image).await;
+        assert_eq!(r.status(), 201);
+    }
+    // The image's config and layer, as `image_manifest` makes them.
+    let bytes = "{\"seed\":\"one\"}".len() + "layer-one".len() * 100;
+    let shown_size = berth_core::config::size::approximate(bytes as u64);
+
+    let (mut seen, mut path, mut pages) =
+        (Vec::new(), "/ui/repository?name=many/tags&order=name".to_owned(), 0);
+    loop {
+        let html = page(&s, &path).await;
+        assert!(html.contains(&format!("{TAGS} tags, by")), "{html}");
+        assert!(html.contains(&format!("<td>{shown_size}</td>")), "each row shows its image's size: {html}");
+        let (tags, next) = tags_listed(&html);
+        assert!(!tags.is_empty() && tags.len() <= 50, "{} on one page", tags.len());
+        seen.extend(tags);
+        pages += 1;
+        assert!(pages <= TAGS / 50 + 1, "more pages than the tags fill");
+        match next {
+            Some(n) => path = n,
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..TAGS).map(|i| format!("t{i:03}")).collect();
+    assert_eq!(seen, expected, "every tag once, by name");
+
+    // Past the end, however far: the count, no rows, no Next.
+    for from in ["120", "18446744073709551615"] {
+        let html = page(&s, &format!("/ui/repository?name=many/tags&from={from}")).await;
+        assert!(html.contains(&format!("{TAGS} tags, by")), "{html}");
+        assert_eq!(tags_listed(&html), (vec![], None), "from={from}");
+    }
+    let r = client().get(s.url("/ui/repository?name=nothing/here")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
     s.stop().await;
 }

@@ -35,6 +35,7 @@ use std::time::Duration;
 use berth_core::oci::{Digest, RepoName};
 use tracing::info;
 
+use crate::meta::browse::{TagOrder, TagPage};
 use crate::meta::gc::{Collect, RepoContents};
 use crate::meta::{self, Page};
 use crate::service::{Registry, Result};
@@ -106,9 +107,20 @@ impl Collector {
         self
     }
 
-    /// Everything `repo` holds, as a collection reads it (the UI lists tags from it).
-    pub async fn contents(&self, repo: &RepoName) -> Result<RepoContents> {
-        Ok(self.store.repo_contents(repo).await?)
+    /// One page of `repo`'s tags, as the UI lists them; `None` when it holds nothing.
+    pub async fn tag_page(
+        &self,
+        repo: &RepoName,
+        order: TagOrder,
+        from: u64,
+        limit: u64,
+    ) -> Result<Option<TagPage>> {
+        Ok(self.store.tag_page(repo, order, from, limit).await?)
+    }
+
+    /// The sizes of the images `digests` name in `repo` ([`crate::meta::browse::Browse::image_sizes`]).
+    pub async fn image_sizes(&self, repo: &RepoName, digests: Vec<Digest>) -> Result<HashMap<Digest, u64>> {
+        Ok(self.store.image_sizes(repo, digests).await?)
     }
 
     fn is_cached(&self, repo: &str) -> bool {

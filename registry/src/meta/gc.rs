@@ -108,7 +108,9 @@ impl Link {
 }
 
 #[async_trait::async_trait]
-pub trait Collect: super::runs::RunLog + super::scrub::Scrub + super::queue::ReviewQueue {
+pub trait Collect:
+    super::browse::Browse + super::runs::RunLog + super::scrub::Scrub + super::queue::ReviewQueue
+{
     /// The repository's manifests, tags, edges and links.
     async fn repo_contents(&self, repo: &RepoName) -> Result<RepoContents>;
     /// Removes each tag (in one transaction) that still names the digest it is given with.
@@ -180,12 +182,21 @@ pub(crate) const TOUCH_LINK: &str = "UPDATE repository_blobs SET created_at = $1
      WHERE digest = $2 AND created_at < CAST($1 AS BIGINT) - 60
        AND repository_id = (SELECT id FROM repositories WHERE name = $3)";
 
+/// A repository's tags, each with its manifest's last pull and annotations (the mark's and the
+/// UI's pages' query). Parameter: repository id.
+macro_rules! tags_of_repository {
+    () => {
+        "SELECT t.name, t.digest, t.updated_at, m.pulled_at, m.annotations
+         FROM tags t JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
+         WHERE t.repository_id = $1"
+    };
+}
+pub(crate) use tags_of_repository;
+
 /// What a mark needs of a repository. Parameter: repository id.
 pub(crate) const MANIFESTS: &str =
     "SELECT digest, subject, size, created_at FROM manifests WHERE repository_id = $1";
-pub(crate) const TAGS: &str = "SELECT t.name, t.digest, t.updated_at, m.pulled_at, m.annotations
-     FROM tags t JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
-     WHERE t.repository_id = $1";
+pub(crate) const TAGS: &str = tags_of_repository!();
 pub(crate) const EDGES: &str = "SELECT manifest_digest, child_digest, kind = 'manifest'
      FROM manifest_references WHERE repository_id = $1";
 pub(crate) const LINKS: &str = "SELECT rb.digest, b.size, rb.created_at

@@ -8,6 +8,7 @@
 //! cache's own bookkeeping (tag checks, pull times) is the separate [`cache::CacheIndex`], and the
 //! multipart uploads requests write straight into object storage are [`multiparts::MultipartLog`].
 
+pub mod browse;
 pub mod cache;
 mod error;
 pub mod events;

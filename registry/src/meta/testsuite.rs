@@ -1,5 +1,6 @@
 //! The metadata conformance suite: every `MetaStore` (with its `CacheIndex`) runs all of it.
 
+use super::browse::Browse;
 use super::cache::CacheIndex;
 use super::multiparts::MultipartLog;
 use super::outbox::EventLog;
@@ -8,6 +9,7 @@ use super::{Appended, MetaError, MetaStore, NewManifest, Page, Referrer, Stored,
 use crate::UploadId;
 use berth_core::oci::{Descriptor, Digest, Reference, Tag};
 
+mod browse;
 mod cache;
 mod conditional;
 mod events;
@@ -16,7 +18,7 @@ mod sweep;
 
 pub(crate) use fixtures::{described, digest, manifest, repo};
 
-pub(crate) async fn run<M: MetaStore + CacheIndex + MultipartLog + RunLog + EventLog>(m: &M) {
+pub(crate) async fn run<M: MetaStore + CacheIndex + MultipartLog + RunLog + EventLog + Browse>(m: &M) {
     blobs_are_per_repository(m).await;
     manifests_check_references(m).await;
     tags_and_pagination(m).await;
@@ -35,6 +37,8 @@ pub(crate) async fn run<M: MetaStore + CacheIndex + MultipartLog + RunLog + Even
     events::events_commit_with_their_change(m).await;
     events::audit_entries_keep_their_tally(m).await;
     events::deliveries_are_claimed_and_settled(m).await;
+    browse::tag_pages(m).await;
+    browse::image_sizes(m).await;
 }
 
 /// A run that runs (on `host`, since `started_at`), as the suite and the collector's tests make it.

@@ -10,9 +10,10 @@ use berth_core::oci::{Digest, Reference, RepoName};
 use futures_util::StreamExt;
 
 use super::html::{esc, q, short, size, when};
-use super::tags::{describe, sizes_of, Described, Order, DESCRIBED_AT_ONCE};
+use super::tags::{describe, Described, Order, DESCRIBED_AT_ONCE};
 use super::view::{Page, Ui};
 use crate::auth::Actions;
+use crate::meta::browse::TagPage;
 use crate::service::ServiceError;
 
 pub const PAGE: usize = 50;
@@ -77,13 +78,7 @@ pub async fn repositories(ui: &Ui, search: &str, last: Option<String>) -> Page {
     Ok(("Repositories".into(), body))
 }
 
-pub async fn repository(
-    ui: &Ui,
-    name: Option<&str>,
-    order: Order,
-    from: usize,
-    deleted: Option<&str>,
-) -> Page {
+pub async fn repository(ui: &Ui, name: Option<&str>, order: Order, from: u64, deleted: Option<&str>) -> Page {
     let repo = visible_repo(ui, name)?;
     let collector = ui.st.collector.as_ref().ok_or_else(|| {
         (axum::http::StatusCode::SERVICE_UNAVAILABLE, "This registry lists no tags here.".to_owned())
@@ -94,23 +89,19 @@ pub async fn repository(
             tracing::warn!(error = %e, "could not write pull times before listing tags");
         }
     }
-    let mut contents = collector.contents(&repo).await.map_err(failed)?;
-    if contents.tags.is_empty() && contents.manifests.is_empty() && contents.links.is_empty() {
-        return Err(missing("That repository"));
-    }
-    let mut tags = std::mem::take(&mut contents.tags);
-    order.sort(&mut tags);
-    let shown = tags.get(from..).unwrap_or_default();
-    let shown = &shown[..shown.len().min(PAGE)];
+    let page = collector.tag_page(&repo, order, from, PAGE as u64).await.map_err(failed)?;
+    let Some(TagPage { total, tags: shown }) = page else { return Err(missing("That repository")) };
     let reads: Vec<_> = shown.iter().map(|t| describe(ui, &repo, &t.digest)).collect();
     let described: Vec<Described> =
         futures_util::stream::iter(reads).buffered(DESCRIBED_AT_ONCE).collect().await;
-    let wanted = shown
+    let mut wanted: Vec<Digest> = shown
         .iter()
         .map(|t| t.digest.clone())
         .chain(described.iter().flat_map(|a| a.platforms.iter().filter_map(|(_, child)| child.clone())))
         .collect();
-    let sizes = sizes_of(contents, wanted).await;
+    wanted.sort();
+    wanted.dedup();
+    let sizes = collector.image_sizes(&repo, wanted).await.map_err(failed)?;
     let size_of = |d: &Digest| size(sizes.get(d).copied().unwrap_or(0));
     let may_delete = ui.caller.may(repo.as_str(), Actions::DELETE);
     let here = format!("/ui/repository?name={}", q(repo.as_str()));
@@ -118,11 +109,11 @@ pub async fn repository(
     if let Some(d) = deleted {
         let _ = write!(body, "<p class=\"notice\">Deleted {}.</p>", esc(d));
     }
-    if tags.is_empty() {
+    if total == 0 {
         body.push_str("<p class=\"muted\">No tags.</p>");
         return Ok((repo.as_str().to_owned(), body));
     }
-    let _ = write!(body, "<p class=\"order\">{} tags, by ", tags.len());
+    let _ = write!(body, "<p class=\"order\">{total} tags, by ");
     for (i, o) in Order::ALL.iter().enumerate() {
         let label = match o {
             Order::Pushed => "last pushed",
@@ -185,12 +176,12 @@ pub async fn repository(
             body,
             "<a href=\"{here}&amp;order={}&amp;from={}\">Previous</a> ",
             order.as_str(),
-            from.saturating_sub(PAGE)
+            from.saturating_sub(PAGE as u64)
         );
     }
-    if from + PAGE < tags.len() {
-        let _ =
-            write!(body, "<a href=\"{here}&amp;order={}&amp;from={}\">Next</a>", order.as_str(), from + PAGE);
+    let next = from.saturating_add(PAGE as u64);
+    if next < total {
+        let _ = write!(body, "<a href=\"{here}&amp;order={}&amp;from={next}\">Next</a>", order.as_str());
     }
     body.push_str("</p>");
     Ok((repo.as_str().to_owned(), body))

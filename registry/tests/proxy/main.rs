@@ -119,14 +119,15 @@ async fn cold_pull_matches_upstream_and_warm_pulls_stay_local_in_every_name_form
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pull_through_the_cache_records_when_the_manifest_was_last_pulled() {
+    use berth_registry::meta::browse::TagOrder;
     let s = setup(Auth::None, |_| {}).await;
     push_image(&s.upstream.url, "library/alpine", "3.20", vec![noise(1, 1000)]).await;
     let repo: berth_core::oci::RepoName = "docker.io/library/alpine".parse().unwrap();
     let collector = s.berth.state.collector.clone().unwrap();
     let pulled_at = || async {
         s.berth.state.registry.flush_behind().await.unwrap();
-        let contents = collector.contents(&repo).await.unwrap();
-        contents.tags.iter().find(|t| t.name == "3.20").map(|t| t.pulled_at)
+        let page = collector.tag_page(&repo, TagOrder::Name, 0, 10).await.unwrap();
+        page.and_then(|p| p.tags.into_iter().find(|t| t.name == "3.20")).map(|t| t.pulled_at)
     };
     let head =
         client().head(s.berth.url("/v2/docker.io/library/alpine/manifests/3.20")).send().await.unwrap();

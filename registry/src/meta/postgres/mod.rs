@@ -13,6 +13,7 @@
 //! resumes by itself when it returns: a broken connection is dropped, not reused.
 
 mod announced;
+mod browse;
 mod cache;
 mod errors;
 mod events;

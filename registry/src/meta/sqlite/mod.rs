@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+mod browse;
 mod cache;
 mod events;
 mod gc;

@@ -1,0 +1,141 @@
+//! What the UI's repository page reads ([`Browse`]): one page of a repository's tags in the order
+//! asked for, and the sizes of the images it shows. Each is a query whose cost follows the page,
+//! not the repository: a page of a repository of a hundred thousand manifests reads fifty tags and
+//! walks only the manifests those reach (the page once read every manifest, edge and link of the
+//! repository on each view).
+
+use std::collections::HashMap;
+
+use super::gc::StoredTag;
+use super::Result;
+use berth_core::oci::{Digest, RepoName};
+
+macro_rules! tag_page {
+    ($order:literal) => {
+        concat!(super::gc::tags_of_repository!(), " ORDER BY ", $order, " LIMIT $2 OFFSET $3")
+    };
+}
+
+/// How a page's tags are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagOrder {
+    /// Last pushed first.
+    Pushed,
+    /// Last pulled first; never pulled last (newest pushed first among them).
+    Pulled,
+    Name,
+}
+
+impl TagOrder {
+    pub const ALL: [TagOrder; 3] = [TagOrder::Pushed, TagOrder::Pulled, TagOrder::Name];
+
+    pub fn parse(s: Option<&str>) -> TagOrder {
+        match s {
+            Some("pulled") => TagOrder::Pulled,
+            Some("name") => TagOrder::Name,
+            _ => TagOrder::Pushed,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TagOrder::Pushed => "pushed",
+            TagOrder::Pulled => "pulled",
+            TagOrder::Name => "name",
+        }
+    }
+
+    /// The page's query in this order. Parameters: repository id, limit, offset. Ties fall to
+    /// the name, so pages do not overlap.
+    pub(crate) fn page_sql(self) -> &'static str {
+        match self {
+            TagOrder::Pushed => tag_page!("t.updated_at DESC, t.name"),
+            // Never pulled sorts last (false before true on both engines).
+            TagOrder::Pulled => {
+                tag_page!("(m.pulled_at IS NULL), m.pulled_at DESC, t.updated_at DESC, t.name")
+            }
+            TagOrder::Name => tag_page!("t.name"),
+        }
+    }
+}
+
+/// One page of a repository's tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagPage {
+    /// How many tags the repository has.
+    pub total: u64,
+    pub tags: Vec<StoredTag>,
+}
+
+#[async_trait::async_trait]
+pub trait Browse: Send + Sync {
+    /// At most `limit` of `repo`'s tags from `offset` in `order`; `None` when the repository
+    /// holds nothing (no tag, manifest or blob).
+    async fn tag_page(
+        &self,
+        repo: &RepoName,
+        order: TagOrder,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Option<TagPage>>;
+
+    /// For each of `digests` in `repo`: the bytes of every distinct blob it needs, through its
+    /// child manifests (an index counts a blob its platforms share once). A digest that needs
+    /// nothing is left out.
+    async fn image_sizes(&self, repo: &RepoName, digests: Vec<Digest>) -> Result<HashMap<Digest, u64>>;
+}
+
+/// Parameter: repository id.
+pub(crate) const TAG_COUNT: &str = "SELECT count(*) FROM tags WHERE repository_id = $1";
+/// A row when the repository holds a manifest or a blob. Parameter: repository id.
+pub(crate) const HOLDS_ANY: &str = "SELECT 1 WHERE EXISTS (SELECT 1 FROM manifests WHERE repository_id = $1)
+     OR EXISTS (SELECT 1 FROM repository_blobs WHERE repository_id = $1)";
+
+/// The sizes query, its roots read by `$roots` (a query of one column `d`, from parameter 1).
+/// Parameter 2: repository id. A walk the database makes with a table of its own (`UNION` keeps
+/// each manifest once per root), however deep anyone nests indexes.
+macro_rules! image_sizes {
+    ($roots:literal) => {
+        concat!(
+            "WITH RECURSIVE reach(root, digest) AS (
+                 SELECT d, d FROM (",
+            $roots,
+            ") AS roots
+                 UNION
+                 SELECT reach.root, r.child_digest FROM reach JOIN manifest_references r
+                   ON r.repository_id = $2 AND r.manifest_digest = reach.digest AND r.kind = 'manifest'
+             ),
+             needs(root, digest) AS (
+                 SELECT DISTINCT reach.root, r.child_digest FROM reach JOIN manifest_references r
+                   ON r.repository_id = $2 AND r.manifest_digest = reach.digest AND r.kind = 'blob'
+             )
+             SELECT needs.root, CAST(sum(b.size) AS BIGINT)
+             FROM needs JOIN blobs b ON b.digest = needs.digest GROUP BY needs.root"
+        )
+    };
+}
+
+/// Parameter 1: the roots as a JSON array of digests.
+pub(crate) const IMAGE_SIZES_SQLITE: &str = image_sizes!("SELECT value AS d FROM json_each($1)");
+/// Parameter 1: the roots as an array of digests.
+#[cfg(feature = "postgres")]
+pub(crate) const IMAGE_SIZES_POSTGRES: &str = image_sizes!("SELECT unnest(CAST($1 AS TEXT[])) AS d");
+
+/// `offset` and `limit` as the engines take them.
+pub(crate) fn window(offset: u64, limit: u64) -> (i64, i64) {
+    (i64::try_from(limit).unwrap_or(i64::MAX), i64::try_from(offset).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_read_from_their_names() {
+        for o in TagOrder::ALL {
+            assert_eq!(TagOrder::parse(Some(o.as_str())), o);
+        }
+        assert_eq!(TagOrder::parse(Some("nonsense")), TagOrder::Pushed);
+        assert_eq!(TagOrder::parse(None), TagOrder::Pushed);
+    }
+}
