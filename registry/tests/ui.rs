@@ -1,14 +1,15 @@
 //! The web UI's repository list over 10,000 repositories: pages of 50 that together hold every
 //! repository once, in order; each page light; a search that reads a bounded part of the catalog
 //! per page and still reaches a name at its very end. A repository's tags: pages of 50 in the
-//! order asked for, each tag with its image's size, and any `from` answered.
+//! order asked for, each tag with its image's size, and any `from` answered. A manifest's
+//! referrers tree: bounded however many referrers hang under it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use berth_core::oci::{Digest, RepoName};
 use berth_registry::meta::Stored;
-use common::{client, image_manifest, push_blob, put_manifest, TestServer};
+use common::{client, image_manifest, push_blob, put_manifest, sha256, TestServer, OCI_MANIFEST};
 use futures_util::StreamExt;
 
 const REPOSITORIES: usize = 10_000;
@@ -120,7 +121,7 @@ async fn a_repository_of_many_tags_pages_them() {
     let s = TestServer::with_config(berth_core::config::Config::default()).await;
     let image = image_manifest(&s, "many/tags", "one", serde_json::json!({})).await;
     for i in 0..TAGS {
-        let r = put_manifest(&s, "many/tags", &format!("t{i:03}"), common::OCI_MANIFEST, &image).await;
+        let r = put_manifest(&s, "many/tags", &format!("t{i:03}"), OCI_MANIFEST, &image).await;
         assert_eq!(r.status(), 201);
     }
     // The image's config and layer, as `image_manifest` makes them.
@@ -154,5 +155,61 @@ async fn a_repository_of_many_tags_pages_them() {
     }
     let r = client().get(s.url("/ui/repository?name=nothing/here")).send().await.unwrap();
     assert_eq!(r.status(), 404);
+    s.stop().await;
+}
+
+/// Pushes a signature of `subject` (its digest and size) to `repo`, distinct by `n`; its digest
+/// and size.
+async fn push_referrer(
+    s: &TestServer,
+    repo: &str,
+    empty: &str,
+    subject: &(String, usize),
+    n: usize,
+) -> (String, usize) {
+    let empty =
+        serde_json::json!({"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2});
+    let body = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.signature",
+        "config": empty,
+        "layers": [empty],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject.0, "size": subject.1},
+        "annotations": {"n": n.to_string()},
+    }))
+    .unwrap();
+    let digest = sha256(&body);
+    let r = put_manifest(s, repo, &digest, OCI_MANIFEST, &body).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    (digest, body.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_referrers_tree_shows_a_bounded_part() {
+    // 60 signatures of the image, each signed 4 times: the tree would list 50 + 50 × 4.
+    const FIRST: usize = 60;
+    const EACH: usize = 4;
+    let s = TestServer::start().await;
+    let image = image_manifest(&s, "signed/app", "app", serde_json::json!({})).await;
+    assert_eq!(put_manifest(&s, "signed/app", "v1", OCI_MANIFEST, &image).await.status(), 201);
+    let subject = (sha256(&image), image.len());
+    let empty = push_blob(&s, "signed/app", b"{}").await;
+    let first: Vec<(String, usize)> = futures_util::stream::iter(0..FIRST)
+        .map(|n| push_referrer(&s, "signed/app", &empty, &subject, n))
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let second: Vec<(String, usize)> =
+        futures_util::stream::iter(first.iter().flat_map(|f| (0..EACH).map(move |n| (f, n))))
+            .map(|(f, n)| push_referrer(&s, "signed/app", &empty, f, n))
+            .buffer_unordered(8)
+            .collect()
+            .await;
+    assert_eq!(second.len(), FIRST * EACH);
+
+    let html = page(&s, &format!("/ui/manifest?name=signed/app&ref={}", subject.0)).await;
+    assert_eq!(html.matches("<li>").count(), 200, "the tree's bound: {html}");
+    assert!(html.contains("<li class=\"muted\">and more</li>"), "{html}");
     s.stop().await;
 }

@@ -40,7 +40,29 @@ impl Registry {
         artifact_type: Option<&str>,
         after: Option<&Digest>,
     ) -> Result<ReferrerPage> {
-        let (most, budget) = (self.limits.referrers_page.max(1), self.limits.referrers_page_bytes);
+        self.referrers_page(repo, subject, artifact_type, after, self.limits.referrers_page).await
+    }
+
+    /// The first `most` referrers of `subject` in `repo` at most (fewer if their bytes fill a
+    /// page first), for those that show a few.
+    pub async fn first_referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        most: usize,
+    ) -> Result<ReferrerPage> {
+        self.referrers_page(repo, subject, None, None, most.min(self.limits.referrers_page)).await
+    }
+
+    async fn referrers_page(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        after: Option<&Digest>,
+        most: usize,
+    ) -> Result<ReferrerPage> {
+        let (most, budget) = (most.max(1), self.limits.referrers_page_bytes);
         let (mut items, mut bytes, mut widest) = (Vec::new(), 0usize, 1usize);
         let mut page = Page { limit: FIRST_BATCH.min(most), last: after.map(|d| d.to_string()) };
         loop {

@@ -17,15 +17,31 @@ use crate::auth::Actions;
 const REFERRER_DEPTH: usize = 3;
 /// Most referrers listed per subject.
 const REFERRERS_SHOWN: usize = 50;
-/// The referrers of `subject`, and theirs, as nested lists.
-async fn referrers_tree(ui: &Ui, repo: &RepoName, subject: &Digest, depth: usize, out: &mut String) {
-    let Ok(page) = ui.st.registry.referrers(repo, subject, None, None).await else { return };
-    let found = page.items;
-    if found.is_empty() {
+/// Most referrers listed in the whole tree: anyone who may push can hang any number of
+/// referrers under each, and a page reads only what it shows.
+const TREE_MOST: usize = 200;
+
+/// The referrers of `subject`, and theirs, as nested lists, while `left` lasts.
+async fn referrers_tree(
+    ui: &Ui,
+    repo: &RepoName,
+    subject: &Digest,
+    depth: usize,
+    left: &mut usize,
+    out: &mut String,
+) {
+    if *left == 0 {
         return;
     }
+    let Ok(page) = ui.st.registry.first_referrers(repo, subject, REFERRERS_SHOWN.min(*left)).await else {
+        return;
+    };
+    if page.items.is_empty() {
+        return;
+    }
+    *left = left.saturating_sub(page.items.len());
     out.push_str("<ul class=\"referrers\">");
-    for r in found.iter().take(REFERRERS_SHOWN) {
+    for r in &page.items {
         let _ = write!(
             out,
             "<li>{} {} <span class=\"muted\">{}</span>",
@@ -34,16 +50,12 @@ async fn referrers_tree(ui: &Ui, repo: &RepoName, subject: &Digest, depth: usize
             size(r.size)
         );
         if depth > 1 {
-            Box::pin(referrers_tree(ui, repo, &r.digest, depth - 1, out)).await;
+            Box::pin(referrers_tree(ui, repo, &r.digest, depth - 1, left, out)).await;
         }
         out.push_str("</li>");
     }
-    match (found.len().saturating_sub(REFERRERS_SHOWN), page.next.is_some()) {
-        (_, true) => out.push_str("<li class=\"muted\">and more</li>"),
-        (0, false) => {}
-        (more, false) => {
-            let _ = write!(out, "<li class=\"muted\">and {more} more</li>");
-        }
+    if page.next.is_some() {
+        out.push_str("<li class=\"muted\">and more</li>");
     }
     out.push_str("</ul>");
 }
@@ -78,7 +90,7 @@ pub async fn manifest(ui: &Ui, name: Option<&str>, reference: Option<&str>) -> P
         config_view(ui, &repo, config, &doc, &mut body).await;
     }
     if let Some(layers) = doc.get("layers").and_then(|l| l.as_array()) {
-        let total: u64 = layers.iter().map(size_of).sum();
+        let total = layers.iter().map(size_of).fold(0u64, u64::saturating_add);
         let _ = write!(
             body,
             "<h2>Layers <span class=\"muted\">{} in {}</span></h2><table><thead><tr><th>Digest</th><th>Media type</th><th>Size</th></tr></thead><tbody>",
@@ -97,7 +109,8 @@ pub async fn manifest(ui: &Ui, name: Option<&str>, reference: Option<&str>) -> P
         body.push_str("</tbody></table>");
     }
     let mut tree = String::new();
-    referrers_tree(ui, &repo, &record.digest, REFERRER_DEPTH, &mut tree).await;
+    let mut left = TREE_MOST;
+    referrers_tree(ui, &repo, &record.digest, REFERRER_DEPTH, &mut left, &mut tree).await;
     body.push_str("<h2>Referrers</h2>");
     if tree.is_empty() {
         body.push_str("<p class=\"muted\">No signatures, SBOMs or attestations refer to it.</p>");
