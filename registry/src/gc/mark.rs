@@ -5,11 +5,11 @@
 //! blobs (config, layers) are reachable; a referrer is reachable while its subject is. Links no
 //! reachable manifest needs, linked before the grace, are unreachable too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use berth_core::oci::Digest;
 
-use crate::meta::gc::RepoContents;
+use crate::meta::gc::{DigestId, RepoContents};
 
 /// Why something is removed, as the report and the log say it.
 pub const UNTAGGED: &str = "untagged and needed by no tagged manifest";
@@ -46,98 +46,134 @@ impl Roots {
     }
 }
 
+/// Where each digest's neighbours are, in one list: those of `id` are
+/// `to[start[id]..start[id + 1]]` (a few bytes an edge, however many digests share them).
+struct Adjacency {
+    start: Vec<u32>,
+    to: Vec<DigestId>,
+}
+
+impl Adjacency {
+    fn new(n: usize, pairs: impl Iterator<Item = (DigestId, DigestId)> + Clone) -> Adjacency {
+        let mut start = vec![0u32; n + 1];
+        for (from, _) in pairs.clone() {
+            start[from as usize + 1] += 1;
+        }
+        for i in 1..start.len() {
+            start[i] += start[i - 1];
+        }
+        let mut next = start.clone();
+        let mut to = vec![0; start[n] as usize];
+        for (from, t) in pairs {
+            let at = &mut next[from as usize];
+            to[*at as usize] = t;
+            *at += 1;
+        }
+        Adjacency { start, to }
+    }
+
+    fn of(&self, id: DigestId) -> &[DigestId] {
+        let i = id as usize;
+        &self.to[self.start[i] as usize..self.start[i + 1] as usize]
+    }
+}
+
 /// Marks `c` from its tags and `roots`.
 pub fn mark(c: &RepoContents, roots: &Roots) -> Marked {
-    let mut children: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
-    let mut blobs: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
-    for e in &c.edges {
-        let to = if e.manifest { &mut children } else { &mut blobs };
-        to.entry(&e.parent).or_default().push(&e.child);
-    }
-    let mut referrers: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
+    let n = c.digests.len();
+    let children = Adjacency::new(n, c.edges.iter().filter(|e| e.manifest).map(|e| (e.parent, e.child)));
+    let blobs = Adjacency::new(n, c.edges.iter().filter(|e| !e.manifest).map(|e| (e.parent, e.child)));
+    let referrers = Adjacency::new(n, c.manifests.iter().filter_map(|m| m.subject.map(|s| (s, m.digest))));
+    let mut present = vec![false; n];
+    let mut size = vec![0u64; n];
+    let mut subject_of: Vec<Option<DigestId>> = vec![None; n];
     for m in &c.manifests {
-        if let Some(s) = &m.subject {
-            referrers.entry(s).or_default().push(&m.digest);
-        }
+        present[m.digest as usize] = true;
+        size[m.digest as usize] = m.size;
+        subject_of[m.digest as usize] = m.subject;
     }
-    let present: HashSet<&Digest> = c.manifests.iter().map(|m| &m.digest).collect();
     let tagged: HashSet<&Digest> = c.tags.iter().map(|t| &t.digest).collect();
-    let mut reached: HashSet<&Digest> = HashSet::new();
-    let mut todo: Vec<&Digest> = c
+    let mut reached = vec![false; n];
+    let mut todo: Vec<DigestId> = c
         .manifests
         .iter()
         .filter(|m| {
             roots.keep_untagged
-                || tagged.contains(&m.digest)
+                || tagged.contains(c.digest(m.digest))
                 || m.created_at >= roots.manifests_since
                 || (roots.keep_referrers && m.subject.is_some())
         })
-        .map(|m| &m.digest)
+        .map(|m| m.digest)
         .collect();
     while let Some(d) = todo.pop() {
-        if !present.contains(d) || !reached.insert(d) {
+        if !present[d as usize] || reached[d as usize] {
             continue;
         }
-        todo.extend(children.get(d).into_iter().flatten());
-        todo.extend(referrers.get(d).into_iter().flatten());
+        reached[d as usize] = true;
+        todo.extend(children.of(d));
+        todo.extend(referrers.of(d));
     }
 
-    let sizes: HashMap<&Digest, u64> = c.manifests.iter().map(|m| (&m.digest, m.size)).collect();
-    let subject_of: HashMap<&Digest, &Digest> =
-        c.manifests.iter().filter_map(|m| m.subject.as_ref().map(|s| (&m.digest, s))).collect();
-    let unreached: HashSet<&Digest> = present.difference(&reached).copied().collect();
+    let unreached = |d: DigestId| present[d as usize] && !reached[d as usize];
     // Parents and subjects first: a manifest goes once no unreached manifest that is still there
     // points at it, and its subject (when that goes too) is gone.
-    let mut parents: HashMap<&Digest, usize> = HashMap::new();
-    for (parent, kids) in &children {
-        if unreached.contains(parent) {
-            for k in kids.iter().filter(|k| unreached.contains(**k)) {
-                *parents.entry(*k).or_default() += 1;
-            }
-        }
+    let mut parents = vec![0u32; n];
+    for e in c.edges.iter().filter(|e| e.manifest && unreached(e.parent) && unreached(e.child)) {
+        parents[e.child as usize] += 1;
     }
-    let mut placed: HashSet<&Digest> = HashSet::new();
-    let ready = |d: &Digest, parents: &HashMap<&Digest, usize>, placed: &HashSet<&Digest>| {
-        parents.get(d).is_none_or(|n| *n == 0)
-            && subject_of.get(d).is_none_or(|s| !unreached.contains(s) || placed.contains(s))
+    let mut placed = vec![false; n];
+    let ready = |d: DigestId, parents: &[u32], placed: &[bool]| {
+        parents[d as usize] == 0 && subject_of[d as usize].is_none_or(|s| !unreached(s) || placed[s as usize])
     };
-    let mut queue: Vec<&Digest> = unreached.iter().filter(|d| ready(d, &parents, &placed)).copied().collect();
-    queue.sort_by(|a, b| b.cmp(a));
+    // Smallest digest first among those ready, as a stack sorted the other way.
+    let by_digest_desc = |a: &DigestId, b: &DigestId| c.digest(*b).cmp(c.digest(*a));
+    let mut queue: Vec<DigestId> = c
+        .manifests
+        .iter()
+        .map(|m| m.digest)
+        .filter(|d| unreached(*d) && ready(*d, &parents, &placed))
+        .collect();
+    queue.sort_by(by_digest_desc);
+    queue.dedup();
     let mut manifests = Vec::new();
     while let Some(d) = queue.pop() {
-        if !placed.insert(d) {
+        if placed[d as usize] {
             continue;
         }
-        let why = match subject_of.get(d) {
-            Some(s) if unreached.contains(s) => WITH_SUBJECT,
-            Some(s) if !present.contains(s) => SUBJECT_GONE,
+        placed[d as usize] = true;
+        let why = match subject_of[d as usize] {
+            Some(s) if unreached(s) => WITH_SUBJECT,
+            Some(s) if !present[s as usize] => SUBJECT_GONE,
             _ => UNTAGGED,
         };
-        manifests.push((d.clone(), sizes.get(d).copied().unwrap_or(0), why));
-        for k in children.get(d).into_iter().flatten() {
-            if let Some(n) = parents.get_mut(*k) {
-                *n = n.saturating_sub(1);
+        manifests.push((c.digest(d).clone(), size[d as usize], why));
+        for k in children.of(d) {
+            if unreached(*k) {
+                parents[*k as usize] = parents[*k as usize].saturating_sub(1);
             }
         }
-        let mut next: Vec<&Digest> = children
-            .get(d)
-            .into_iter()
-            .flatten()
-            .chain(referrers.get(d).into_iter().flatten())
+        let mut next: Vec<DigestId> = children
+            .of(d)
+            .iter()
+            .chain(referrers.of(d))
             .copied()
-            .filter(|n| unreached.contains(*n) && !placed.contains(*n) && ready(n, &parents, &placed))
+            .filter(|n| unreached(*n) && !placed[*n as usize] && ready(*n, &parents, &placed))
             .collect();
-        next.sort_by(|a, b| b.cmp(a));
+        next.sort_by(by_digest_desc);
         queue.extend(next);
     }
 
-    let needed: HashSet<&Digest> =
-        reached.iter().flat_map(|m| blobs.get(m).into_iter().flatten().copied()).collect();
+    let mut needed = vec![false; n];
+    for m in (0..n).filter(|i| reached[*i]) {
+        for b in blobs.of(m as DigestId) {
+            needed[*b as usize] = true;
+        }
+    }
     let mut links: Vec<(Digest, u64)> = c
         .links
         .iter()
-        .filter(|l| l.linked_at < roots.links_since && !needed.contains(&l.digest))
-        .map(|l| (l.digest.clone(), l.size))
+        .filter(|l| l.linked_at < roots.links_since && !needed[l.digest as usize])
+        .map(|l| (c.digest(l.digest).clone(), l.size))
         .collect();
     links.sort();
     Marked { manifests, links }

@@ -11,14 +11,20 @@
 //! its own, which sees every write that held a conflicting lock before (a manifest push locks the
 //! references it checks `FOR SHARE`; a tag's foreign key locks its manifest).
 
+use std::collections::HashMap;
+
 use super::{parse_stored, Result};
 use berth_core::oci::{Digest, RepoName};
+
+/// A digest's place in [`RepoContents::digests`]: a repository's graph names each digest once,
+/// however many edges lead to it.
+pub type DigestId = u32;
 
 /// A manifest as the mark needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredManifest {
-    pub digest: Digest,
-    pub subject: Option<Digest>,
+    pub digest: DigestId,
+    pub subject: Option<DigestId>,
     pub size: u64,
     /// Unix seconds.
     pub created_at: i64,
@@ -38,45 +44,128 @@ pub struct StoredTag {
 }
 
 /// An edge from a manifest to what it needs: a blob (config, layer) or a child manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Edge {
-    pub parent: Digest,
-    pub child: Digest,
+    pub parent: DigestId,
+    pub child: DigestId,
     pub manifest: bool,
 }
 
 /// A blob readable in a repository.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Link {
-    pub digest: Digest,
+    pub digest: DigestId,
     pub size: u64,
     /// Unix seconds: when it was last linked (pushed or mounted).
     pub linked_at: i64,
 }
 
-/// Everything one repository holds.
+/// Everything one repository holds. Manifests, edges and links name digests by their place in
+/// `digests`: a repository of a million manifests is read as a few hundred bytes per manifest,
+/// not a copy of each digest per edge (a collection holds one repository at a time).
 #[derive(Debug, Clone, Default)]
 pub struct RepoContents {
+    pub digests: Vec<Digest>,
     pub manifests: Vec<StoredManifest>,
     pub tags: Vec<StoredTag>,
     pub edges: Vec<Edge>,
     pub links: Vec<Link>,
 }
 
-impl StoredManifest {
-    /// From a row of [`MANIFESTS`].
-    pub(crate) fn from_row(
-        digest: String,
-        subject: Option<String>,
+impl RepoContents {
+    pub fn digest(&self, id: DigestId) -> &Digest {
+        &self.digests[id as usize]
+    }
+}
+
+/// Builds [`RepoContents`] row by row, parsing each distinct digest once. Digests are found
+/// again by the first 128 bits of their hex (a few bytes each, where a copy of the text was
+/// a hundred), always checked against the whole digest: two that share those bits (which
+/// nobody can make on purpose) are told apart by their text.
+#[derive(Default)]
+pub(crate) struct ContentsBuilder {
+    ids: HashMap<u128, DigestId>,
+    shared_prefix: HashMap<Box<str>, DigestId>,
+    contents: RepoContents,
+}
+
+/// The first 128 bits of a digest's hex, if it has them.
+fn prefix(text: &str) -> Option<u128> {
+    let hex = text.split_once(':')?.1.get(..32)?;
+    hex.bytes().all(|b| b.is_ascii_hexdigit()).then(|| u128::from_str_radix(hex, 16).ok()).flatten()
+}
+
+impl ContentsBuilder {
+    fn id(&mut self, text: &str) -> Result<DigestId> {
+        let key = prefix(text);
+        if let Some(&id) = key.and_then(|k| self.ids.get(&k)) {
+            if self.contents.digest(id).as_str() == text {
+                return Ok(id);
+            }
+        }
+        if let Some(&id) = self.shared_prefix.get(text) {
+            return Ok(id);
+        }
+        let digest: Digest = parse_stored("digest", text.to_owned())?;
+        let id = DigestId::try_from(self.contents.digests.len())
+            .map_err(|_| super::MetaError::Db("a repository names more than 2^32 digests".into()))?;
+        match key {
+            Some(k) if !self.ids.contains_key(&k) => {
+                self.ids.insert(k, id);
+            }
+            _ => {
+                self.shared_prefix.insert(text.into(), id);
+            }
+        }
+        self.contents.digests.push(digest);
+        Ok(id)
+    }
+
+    /// A row of [`MANIFESTS`].
+    pub(crate) fn manifest(
+        &mut self,
+        digest: &str,
+        subject: Option<&str>,
         size: i64,
         created_at: i64,
-    ) -> Result<StoredManifest> {
-        Ok(StoredManifest {
-            digest: parse_stored("digest", digest)?,
-            subject: subject.map(|s| parse_stored("digest", s)).transpose()?,
+    ) -> Result<()> {
+        let digest = self.id(digest)?;
+        let subject = subject.map(|s| self.id(s)).transpose()?;
+        self.contents.manifests.push(StoredManifest {
+            digest,
+            subject,
             size: size.max(0) as u64,
             created_at,
-        })
+        });
+        Ok(())
+    }
+
+    /// A row of [`TAGS`].
+    pub(crate) fn tag(&mut self, tag: StoredTag) {
+        self.contents.tags.push(tag);
+    }
+
+    /// A row of [`EDGES`].
+    pub(crate) fn edge(&mut self, parent: &str, child: &str, manifest: bool) -> Result<()> {
+        let (parent, child) = (self.id(parent)?, self.id(child)?);
+        self.contents.edges.push(Edge { parent, child, manifest });
+        Ok(())
+    }
+
+    /// A row of [`LINKS`].
+    pub(crate) fn link(&mut self, digest: &str, size: i64, linked_at: i64) -> Result<()> {
+        let digest = self.id(digest)?;
+        self.contents.links.push(Link { digest, size: size.max(0) as u64, linked_at });
+        Ok(())
+    }
+
+    pub(crate) fn finish(self) -> RepoContents {
+        let mut c = self.contents;
+        c.digests.shrink_to_fit();
+        c.manifests.shrink_to_fit();
+        c.edges.shrink_to_fit();
+        c.links.shrink_to_fit();
+        c
     }
 }
 
@@ -90,20 +179,6 @@ impl StoredTag {
         annotations: Option<String>,
     ) -> Result<StoredTag> {
         Ok(StoredTag { name, digest: parse_stored("digest", digest)?, pushed_at, pulled_at, annotations })
-    }
-}
-
-impl Edge {
-    /// From a row of [`EDGES`].
-    pub(crate) fn from_row(parent: String, child: String, manifest: bool) -> Result<Edge> {
-        Ok(Edge { parent: parse_stored("digest", parent)?, child: parse_stored("digest", child)?, manifest })
-    }
-}
-
-impl Link {
-    /// From a row of [`LINKS`].
-    pub(crate) fn from_row(digest: String, size: i64, linked_at: i64) -> Result<Link> {
-        Ok(Link { digest: parse_stored("digest", digest)?, size: size.max(0) as u64, linked_at })
     }
 }
 

@@ -8,7 +8,7 @@
 
 use super::errors::db_error;
 use super::{execute, query, query_opt, repo_id, PostgresMeta, Tx, TxResult};
-use crate::meta::gc::{self, Collect, Edge, Link, RepoContents, StoredManifest, StoredTag};
+use crate::meta::gc::{self, Collect, ContentsBuilder, RepoContents, StoredTag};
 use crate::meta::{now_millis, parse_stored, Result};
 use berth_core::oci::{Digest, RepoName};
 
@@ -36,6 +36,20 @@ async fn each(
     Ok(removed)
 }
 
+/// Hands each row of `sql` (parameter: repository id) to `f` as it arrives, none kept after.
+async fn each_row<F>(c: &deadpool_postgres::Object, sql: &str, id: i64, mut f: F) -> Result<()>
+where
+    F: FnMut(&tokio_postgres::Row) -> Result<()>,
+{
+    let stmt = c.prepare_cached(sql).await.map_err(db_error)?;
+    let rows = c.query_raw(&stmt, [&id]).await.map_err(db_error)?;
+    futures_util::pin_mut!(rows);
+    while let Some(r) = futures_util::TryStreamExt::try_next(&mut rows).await.map_err(db_error)? {
+        f(&r)?;
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl Collect for PostgresMeta {
     async fn repo_contents(&self, repo: &RepoName) -> Result<RepoContents> {
@@ -43,28 +57,16 @@ impl Collect for PostgresMeta {
         let Some(id) = repo_id(&c, repo.as_str()).await.map_err(db_error)? else {
             return Ok(RepoContents::default());
         };
-        let manifests = query(&c, gc::MANIFESTS, &[&id]).await.map_err(db_error)?;
-        let tags = query(&c, gc::TAGS, &[&id]).await.map_err(db_error)?;
-        let edges = query(&c, gc::EDGES, &[&id]).await.map_err(db_error)?;
-        let links = query(&c, gc::LINKS, &[&id]).await.map_err(db_error)?;
-        Ok(RepoContents {
-            manifests: manifests
-                .into_iter()
-                .map(|r| StoredManifest::from_row(r.get(0), r.get(1), r.get(2), r.get(3)))
-                .collect::<Result<_>>()?,
-            tags: tags
-                .into_iter()
-                .map(|r| StoredTag::from_row(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-                .collect::<Result<_>>()?,
-            edges: edges
-                .into_iter()
-                .map(|r| Edge::from_row(r.get(0), r.get(1), r.get(2)))
-                .collect::<Result<_>>()?,
-            links: links
-                .into_iter()
-                .map(|r| Link::from_row(r.get(0), r.get(1), r.get(2)))
-                .collect::<Result<_>>()?,
+        let mut b = ContentsBuilder::default();
+        each_row(&c, gc::MANIFESTS, id, |r| b.manifest(r.get(0), r.get(1), r.get(2), r.get(3))).await?;
+        each_row(&c, gc::TAGS, id, |r| {
+            b.tag(StoredTag::from_row(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))?);
+            Ok(())
         })
+        .await?;
+        each_row(&c, gc::EDGES, id, |r| b.edge(r.get(0), r.get(1), r.get(2))).await?;
+        each_row(&c, gc::LINKS, id, |r| b.link(r.get(0), r.get(1), r.get(2))).await?;
+        Ok(b.finish())
     }
 
     async fn collect_manifests(

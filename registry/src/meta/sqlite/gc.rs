@@ -12,7 +12,7 @@ use rusqlite::{params, Connection};
 
 use super::writer::Durability;
 use super::{parse, repo_id, SqliteMeta};
-use crate::meta::gc::{self, Collect, Edge, Link, RepoContents, StoredManifest, StoredTag};
+use crate::meta::gc::{self, Collect, ContentsBuilder, RepoContents, StoredTag};
 use crate::meta::{now_millis, Result};
 use berth_core::oci::{Digest, RepoName};
 
@@ -130,52 +130,39 @@ fn each(tx: &Connection, repo: &str, digests: &[Digest], sql: &str, before: i64)
     digests.iter().map(|d| Ok(remove.execute(params![id, d.as_str(), before])? > 0)).collect()
 }
 
+/// Reads `id`'s contents row by row into one table of its digests (see [`ContentsBuilder`]).
 fn contents(c: &Connection, id: i64) -> Result<RepoContents> {
-    let manifests = c
-        .prepare_cached(gc::MANIFESTS)?
-        .query_map([id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<String>>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let tags = c
-        .prepare_cached(gc::TAGS)?
-        .query_map([id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-                r.get::<_, Option<String>>(4)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let edges = c
-        .prepare_cached(gc::EDGES)?
-        .query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?)))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let links = c
-        .prepare_cached(gc::LINKS)?
-        .query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(RepoContents {
-        manifests: manifests
-            .into_iter()
-            .map(|(d, subject, size, at)| StoredManifest::from_row(d, subject, size, at))
-            .collect::<Result<_>>()?,
-        tags: tags
-            .into_iter()
-            .map(|(name, d, pushed, pulled, annotations)| {
-                StoredTag::from_row(name, d, pushed, pulled, annotations)
-            })
-            .collect::<Result<_>>()?,
-        edges: edges.into_iter().map(|(p, c, m)| Edge::from_row(p, c, m)).collect::<Result<_>>()?,
-        links: links.into_iter().map(|(d, size, at)| Link::from_row(d, size, at)).collect::<Result<_>>()?,
-    })
+    let mut b = ContentsBuilder::default();
+    let mut stmt = c.prepare_cached(gc::MANIFESTS)?;
+    let mut rows = stmt.query([id])?;
+    while let Some(r) = rows.next()? {
+        b.manifest(text(r, 0)?, r.get_ref(1)?.as_str_or_null().map_err(db)?, r.get(2)?, r.get(3)?)?;
+    }
+    let mut stmt = c.prepare_cached(gc::TAGS)?;
+    let mut rows = stmt.query([id])?;
+    while let Some(r) = rows.next()? {
+        b.tag(StoredTag::from_row(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)?);
+    }
+    let mut stmt = c.prepare_cached(gc::EDGES)?;
+    let mut rows = stmt.query([id])?;
+    while let Some(r) = rows.next()? {
+        b.edge(text(r, 0)?, text(r, 1)?, r.get(2)?)?;
+    }
+    let mut stmt = c.prepare_cached(gc::LINKS)?;
+    let mut rows = stmt.query([id])?;
+    while let Some(r) = rows.next()? {
+        b.link(text(r, 0)?, r.get(1)?, r.get(2)?)?;
+    }
+    Ok(b.finish())
+}
+
+/// Column `i` of `r` as text, borrowed from the row.
+fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r str> {
+    r.get_ref(i)?.as_str().map_err(db)
+}
+
+fn db(e: rusqlite::types::FromSqlError) -> crate::meta::MetaError {
+    crate::meta::MetaError::Db(format!("a stored digest is not text: {e}"))
 }
 
 #[cfg(test)]
