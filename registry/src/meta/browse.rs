@@ -6,13 +6,23 @@
 
 use std::collections::HashMap;
 
-use super::gc::StoredTag;
-use super::Result;
+use super::{parse_stored, Result};
 use berth_core::oci::{Digest, RepoName};
+
+/// A repository's tags, each with its manifest's last pull and annotations (the mark's and the
+/// UI's pages' query). Parameter: repository id.
+macro_rules! tags_of_repository {
+    () => {
+        "SELECT t.name, t.digest, t.updated_at, m.pulled_at, m.annotations
+         FROM tags t JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
+         WHERE t.repository_id = $1"
+    };
+}
+pub(crate) use tags_of_repository;
 
 macro_rules! tag_page {
     ($order:literal) => {
-        concat!(super::gc::tags_of_repository!(), " ORDER BY ", $order, " LIMIT $2 OFFSET $3")
+        concat!(tags_of_repository!(), " ORDER BY ", $order, " LIMIT $2 OFFSET $3")
     };
 }
 
@@ -56,6 +66,32 @@ impl TagOrder {
             }
             TagOrder::Name => tag_page!("t.name"),
         }
+    }
+}
+
+/// A tag, with when it was pushed (last set) and when its manifest was last pulled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTag {
+    pub name: String,
+    pub digest: Digest,
+    /// Unix seconds.
+    pub pushed_at: i64,
+    /// Unix seconds; `None` when never pulled (since pulls were recorded).
+    pub pulled_at: Option<i64>,
+    /// The annotations of the manifest it names, as JSON.
+    pub annotations: Option<String>,
+}
+
+impl StoredTag {
+    /// From a row of [`tags_of_repository`].
+    pub(crate) fn from_row(
+        name: String,
+        digest: String,
+        pushed_at: i64,
+        pulled_at: Option<i64>,
+        annotations: Option<String>,
+    ) -> Result<StoredTag> {
+        Ok(StoredTag { name, digest: parse_stored("digest", digest)?, pushed_at, pulled_at, annotations })
     }
 }
 

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 
+pub use super::browse::StoredTag;
 use super::{parse_stored, Result};
 use berth_core::oci::{Digest, RepoName};
 
@@ -28,19 +29,6 @@ pub struct StoredManifest {
     pub size: u64,
     /// Unix seconds.
     pub created_at: i64,
-}
-
-/// A tag, with when it was pushed (last set) and when its manifest was last pulled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredTag {
-    pub name: String,
-    pub digest: Digest,
-    /// Unix seconds.
-    pub pushed_at: i64,
-    /// Unix seconds; `None` when never pulled (since pulls were recorded).
-    pub pulled_at: Option<i64>,
-    /// The annotations of the manifest it names, as JSON.
-    pub annotations: Option<String>,
 }
 
 /// An edge from a manifest to what it needs: a blob (config, layer) or a child manifest.
@@ -169,19 +157,6 @@ impl ContentsBuilder {
     }
 }
 
-impl StoredTag {
-    /// From a row of [`TAGS`].
-    pub(crate) fn from_row(
-        name: String,
-        digest: String,
-        pushed_at: i64,
-        pulled_at: Option<i64>,
-        annotations: Option<String>,
-    ) -> Result<StoredTag> {
-        Ok(StoredTag { name, digest: parse_stored("digest", digest)?, pushed_at, pulled_at, annotations })
-    }
-}
-
 #[async_trait::async_trait]
 pub trait Collect:
     super::browse::Browse + super::runs::RunLog + super::scrub::Scrub + super::queue::ReviewQueue
@@ -257,21 +232,10 @@ pub(crate) const TOUCH_LINK: &str = "UPDATE repository_blobs SET created_at = $1
      WHERE digest = $2 AND created_at < CAST($1 AS BIGINT) - 60
        AND repository_id = (SELECT id FROM repositories WHERE name = $3)";
 
-/// A repository's tags, each with its manifest's last pull and annotations (the mark's and the
-/// UI's pages' query). Parameter: repository id.
-macro_rules! tags_of_repository {
-    () => {
-        "SELECT t.name, t.digest, t.updated_at, m.pulled_at, m.annotations
-         FROM tags t JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
-         WHERE t.repository_id = $1"
-    };
-}
-pub(crate) use tags_of_repository;
-
 /// What a mark needs of a repository. Parameter: repository id.
 pub(crate) const MANIFESTS: &str =
     "SELECT digest, subject, size, created_at FROM manifests WHERE repository_id = $1";
-pub(crate) const TAGS: &str = tags_of_repository!();
+pub(crate) const TAGS: &str = super::browse::tags_of_repository!();
 pub(crate) const EDGES: &str = "SELECT manifest_digest, child_digest, kind = 'manifest'
      FROM manifest_references WHERE repository_id = $1";
 pub(crate) const LINKS: &str = "SELECT rb.digest, b.size, rb.created_at

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{described, digest, manifest, repo};
+use super::fixtures::{described, digest, manifest, repo};
 use crate::meta::browse::{Browse, TagOrder};
 use crate::meta::{MetaStore, NewManifest, Stored};
 use berth_core::oci::Digest;
