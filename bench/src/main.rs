@@ -16,6 +16,7 @@
 
 mod content;
 mod gc;
+mod gcmemory;
 mod load;
 mod machine;
 mod metric;
@@ -26,6 +27,10 @@ mod replicas;
 mod replicate;
 mod servers;
 mod wrk;
+
+/// Counts allocations only while the garbage collection memory scenario measures.
+#[global_allocator]
+static ALLOCATOR: gcmemory::Counting = gcmemory::Counting;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -106,6 +111,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some(berth) = berth.filter(|_| gc::wanted(&plan) && !args.proxy_only) {
         eprintln!("measuring garbage collection...");
         report.push_str(&gc::run(&berth.bin, scratch.path(), None).await?);
+    }
+    if berth.is_some() && gcmemory::wanted(&plan) && !args.proxy_only {
+        eprintln!("measuring garbage collection's memory...");
+        let manifests = if args.quick { 10_000 } else { 100_000 };
+        report.push_str(&gcmemory::run(scratch.path(), manifests).await?);
     }
     if let (Some(berth), Some(skopeo)) = (berth, &args.skopeo) {
         if replicate::wanted(&plan) && !args.proxy_only {
