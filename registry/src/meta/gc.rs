@@ -282,3 +282,37 @@ pub(crate) const RELEASE_UNUSED: &str = "UPDATE blobs SET state = 'deleting', st
      WHERE digest = $2 AND state = 'live' AND created_at < $3
        AND NOT EXISTS (SELECT 1 FROM repository_blobs WHERE digest = $2)
        AND NOT EXISTS (SELECT 1 FROM manifests WHERE digest = $2)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_are_kept_once_and_told_apart_by_their_whole_text() {
+        let shared = "0123456789abcdef".repeat(2);
+        let (a, b) =
+            (format!("sha256:{shared}{}", "a".repeat(32)), format!("sha256:{shared}{}", "b".repeat(32)));
+        let c = format!("sha256:{}", "c".repeat(64));
+        let mut builder = ContentsBuilder::default();
+        builder.manifest(&a, None, 10, 1).unwrap();
+        builder.manifest(&b, Some(&a), 20, 2).unwrap();
+        builder.edge(&a, &c, false).unwrap();
+        builder.edge(&b, &c, false).unwrap();
+        builder.link(&c, 30, 3).unwrap();
+        assert!(
+            builder.manifest("sha256:not-hex", None, 1, 1).is_err(),
+            "a stored digest that does not parse"
+        );
+        let contents = builder.finish();
+        // Three digests, though two share their first 128 bits and one is named three times.
+        assert_eq!(contents.digests.len(), 3);
+        let text = |id: DigestId| contents.digest(id).as_str().to_owned();
+        let [first, second] = [&contents.manifests[0], &contents.manifests[1]];
+        assert_eq!((text(first.digest), text(second.digest)), (a.clone(), b));
+        assert_eq!(second.subject.map(text), Some(a));
+        assert_eq!(contents.edges[0].child, contents.edges[1].child);
+        assert_eq!(text(contents.links[0].digest), c);
+        assert_eq!(prefix("sha256:short"), None);
+        assert_eq!(prefix(&format!("sha256:+{}", "1".repeat(31))), None, "hex digits only");
+    }
+}
