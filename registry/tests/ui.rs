@@ -2,7 +2,8 @@
 //! repository once, in order; each page light; a search that reads a bounded part of the catalog
 //! per page and still reaches a name at its very end. A repository's tags: pages of 50 in the
 //! order asked for, each tag with its image's size, and any `from` answered. A manifest's
-//! referrers tree: bounded however many referrers hang under it.
+//! referrers tree: bounded however many referrers hang under it; and an index's platforms in a
+//! tag's row.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -211,5 +212,38 @@ async fn a_referrers_tree_shows_a_bounded_part() {
     let html = page(&s, &format!("/ui/manifest?name=signed/app&ref={}", subject.0)).await;
     assert_eq!(html.matches("<li>").count(), 200, "the tree's bound: {html}");
     assert!(html.contains("<li class=\"muted\">and more</li>"), "{html}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_row_lists_a_bounded_part_of_an_index() {
+    const CHILDREN: usize = 20;
+    let s = TestServer::with_config(berth_core::config::Config::default()).await;
+    let mut children = Vec::new();
+    for i in 0..CHILDREN {
+        let image = image_manifest(&s, "multi/arch", &format!("child-{i}"), serde_json::json!({})).await;
+        let digest = sha256(&image);
+        assert_eq!(put_manifest(&s, "multi/arch", &digest, OCI_MANIFEST, &image).await.status(), 201);
+        children.push(serde_json::json!({
+            "mediaType": OCI_MANIFEST, "digest": digest, "size": image.len(),
+            "platform": {"os": "linux", "architecture": format!("arch{i:02}")},
+        }));
+    }
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": children,
+    }))
+    .unwrap();
+    let r = put_manifest(&s, "multi/arch", "latest", "application/vnd.oci.image.index.v1+json", &index).await;
+    assert_eq!(r.status(), 201);
+
+    let html = page(&s, "/ui/repository?name=multi/arch").await;
+    assert_eq!(html.matches("linux/arch").count(), 16, "{html}");
+    assert!(
+        html.contains("linux/arch00") && !html.contains("linux/arch16"),
+        "the index's first ones: {html}"
+    );
+    assert!(html.contains("and 4 more"), "{html}");
     s.stop().await;
 }

@@ -142,6 +142,9 @@ pub async fn repository(ui: &Ui, name: Option<&str>, order: Order, from: u64, de
                 let _ = write!(platforms, " <span class=\"muted\">{}</span>", size_of(child));
             }
         }
+        if about.more > 0 {
+            let _ = write!(platforms, "<br><span class=\"muted\">and {} more</span>", about.more);
+        }
         if platforms.is_empty() && about.kind != "image" && !about.kind.is_empty() {
             platforms = format!("<span class=\"muted\">{}</span>", about.kind);
         }

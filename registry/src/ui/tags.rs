@@ -41,12 +41,17 @@ fn kind(media_type: &str) -> &'static str {
     }
 }
 
+/// Most platforms a tag's row lists: an index may name thousands of children, and a page sizes
+/// each platform it shows.
+pub const PLATFORMS_SHOWN: usize = 16;
+
 /// What a tag's row shows beyond the metadata: its kind and its platforms (each with the child
-/// manifest whose size is its own, for an index).
+/// manifest whose size is its own, for an index), and how many more it has than are listed.
 #[derive(Default)]
 pub struct Described {
     pub kind: &'static str,
     pub platforms: Vec<(String, Option<Digest>)>,
+    pub more: usize,
 }
 
 /// Reads `digest`'s manifest (and an image's config) for its row.
@@ -58,9 +63,9 @@ pub async fn describe(ui: &Ui, repo: &RepoName, digest: &Digest) -> Described {
     let kind = kind(&record.media_type);
     let doc: serde_json::Value = match ui.st.registry.manifest_bytes(&record).await {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
-        Err(_) => return Described { kind, platforms: Vec::new() },
+        Err(_) => return Described { kind, ..Described::default() },
     };
-    let platforms = match kind {
+    let mut platforms: Vec<(String, Option<Digest>)> = match kind {
         "index" => doc
             .get("manifests")
             .and_then(|m| m.as_array())
@@ -89,7 +94,9 @@ pub async fn describe(ui: &Ui, repo: &RepoName, digest: &Digest) -> Described {
         }
         _ => Vec::new(),
     };
-    Described { kind, platforms }
+    let more = platforms.len().saturating_sub(PLATFORMS_SHOWN);
+    platforms.truncate(PLATFORMS_SHOWN);
+    Described { kind, platforms, more }
 }
 
 /// Rows described at once, so a page of tags is not read one by one.
