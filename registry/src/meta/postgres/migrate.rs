@@ -76,6 +76,8 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/postgres/0016_replica_schemas.sql"),
         compatible_from: 1,
     },
+    // Indexes.
+    Migration { sql: include_str!("../../../migrations/postgres/0017_tag_pages.sql"), compatible_from: 1 },
 ];
 
 /// The schema version whose code reads blob locations (`blobs.location`): they are written only

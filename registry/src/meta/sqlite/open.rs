@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0014_audit.sql"),
     include_str!("../../../migrations/sqlite/0015_fetch_segments.sql"),
     include_str!("../../../migrations/sqlite/0016_blob_locations.sql"),
+    include_str!("../../../migrations/sqlite/0017_tag_pages.sql"),
 ];
 
 pub(crate) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
