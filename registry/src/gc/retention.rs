@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use berth_core::config::retention::{Keep, Referrers, RetentionConfig, RetentionPolicy, TagMatch};
 use berth_core::glob::Glob;
 
-use crate::meta::gc::StoredTag;
+use crate::meta::browse::StoredTag;
 
 /// A tag retention removes.
 #[derive(Debug, Clone, PartialEq, Eq)]

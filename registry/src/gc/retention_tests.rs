@@ -4,7 +4,7 @@ use berth_core::config::RetentionConfig;
 use berth_core::oci::{Algorithm, Digest};
 
 use super::Policies;
-use crate::meta::gc::StoredTag;
+use crate::meta::browse::StoredTag;
 
 const DAY: i64 = 86_400;
 const NOW: i64 = 1_000 * DAY;

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-pub use super::browse::StoredTag;
+use super::browse::StoredTag;
 use super::{parse_stored, Result};
 use berth_core::oci::{Digest, RepoName};
 

@@ -8,7 +8,8 @@
 
 use super::errors::db_error;
 use super::{execute, query, query_opt, repo_id, PostgresMeta, Tx, TxResult};
-use crate::meta::gc::{self, Collect, ContentsBuilder, RepoContents, StoredTag};
+use crate::meta::browse::StoredTag;
+use crate::meta::gc::{self, Collect, ContentsBuilder, RepoContents};
 use crate::meta::{now_millis, parse_stored, Result};
 use berth_core::oci::{Digest, RepoName};
 

@@ -12,7 +12,8 @@ use rusqlite::{params, Connection};
 
 use super::writer::Durability;
 use super::{parse, repo_id, SqliteMeta};
-use crate::meta::gc::{self, Collect, ContentsBuilder, RepoContents, StoredTag};
+use crate::meta::browse::StoredTag;
+use crate::meta::gc::{self, Collect, ContentsBuilder, RepoContents};
 use crate::meta::{now_millis, Result};
 use berth_core::oci::{Digest, RepoName};
 
