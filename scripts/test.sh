@@ -57,10 +57,30 @@ provision() {
   ensure_debs skopeo containerd postgresql curl python3 python3-yaml ca-certificates util-linux mount lua5.4 podman buildah runc uidmap fuse-overlayfs strace prometheus \
     chromium chromium-driver python3-selenium &&
   for t in conformance conformance-main crane oras regctl cosign registry helm kubeconform minio weed; do ensure_tool "$t" || return 1; done &&
-  bash e2e/k8s-tools.sh
+  bash e2e/k8s-tools.sh &&
+  ensure_cargo_fuzz
 }
 
-stage "provision tools" provision
+# Provisioning runs beside the build: on a fresh machine both are long (package and module
+# downloads and the Go builds; the workspace's compile), neither needs the other, and each leaves a
+# core idle at times (downloads, unpacking, links). Its output is shown when its stage is reached,
+# after the build; every stage that runs a tool comes after that.
+PROVISIONING=$(mktemp -d)
+(
+  started=$SECONDS
+  provision >"$PROVISIONING/log" 2>&1
+  rc=$?
+  echo "provisioning took $((SECONDS - started))s, beside the build" >>"$PROVISIONING/log"
+  echo "$rc" >"$PROVISIONING/rc"
+) &
+
+# provisioned: waits for the provisioning started above; its output and exit code.
+provisioned() {
+  while [[ ! -s $PROVISIONING/rc ]]; do sleep 1; done
+  cat "$PROVISIONING/log"
+  return "$(cat "$PROVISIONING/rc")"
+}
+
 # One build serves every stage after it. clippy-driver, as the compiler wrapper of the workspace's
 # own crates, lints them while they compile (what `cargo clippy` does, with code generation), and
 # building every target in one invocation resolves features once: the CRD check, the tests, the
@@ -68,8 +88,9 @@ stage "provision tools" provision
 LINTED=(env RUSTC_WORKSPACE_WRAPPER="$(clippy_driver)" CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__")
 
 stage "cargo fmt --check" cargo fmt --all -- --check
-stage "no import circles" python3 scripts/module-cycles.py
 stage "clippy and build" "${LINTED[@]}" cargo build --workspace --all-targets
+stage "provision tools" provisioned
+stage "no import circles" python3 scripts/module-cycles.py
 stage "CRDs match the Rust types" target/debug/crdgen check crds charts/berth-operator/files/crds
 stage "cargo test" "${LINTED[@]}" cargo test --workspace --no-fail-fast
 stage "OCI conformance suite" bash tests/conformance.sh

@@ -89,6 +89,16 @@ ensure_tool() {
   rm -rf "$dest" && mv "$tmp" "$dest"
 }
 
+# cargo-fuzz, and the nightly toolchain it needs (sanitizer flags), installed once and cached.
+CARGO_FUZZ_VERSION=0.13.1
+cargo_fuzz_bin() { echo "$BERTH_CACHE/cargo-fuzz-$CARGO_FUZZ_VERSION/bin"; }
+ensure_cargo_fuzz() {
+  cargo +nightly --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal || return 1
+  [[ -x $(cargo_fuzz_bin)/cargo-fuzz ]] && return 0
+  echo "tools: building cargo-fuzz $CARGO_FUZZ_VERSION" >&2
+  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root "$BERTH_CACHE/cargo-fuzz-$CARGO_FUZZ_VERSION"
+}
+
 # Debian packages the suite needs, installed once.
 ensure_debs() {
   local missing=()

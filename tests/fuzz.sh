@@ -6,21 +6,12 @@
 #   tests/fuzz.sh [SECONDS_PER_TARGET]      (default 20)
 source "$(dirname "$0")/lib.sh"
 SECONDS_PER_TARGET=${1:-20}
-CARGO_FUZZ_VERSION=0.13.1
-CACHE=${BERTH_CACHE:-$HOME/.cache/berth}
-
-# cargo-fuzz needs a nightly toolchain (sanitizer flags); both are installed once and cached.
-if ! cargo +nightly --version >/dev/null 2>&1; then
-  rustup toolchain install nightly --profile minimal || { echo "cannot install a nightly toolchain" >&2; exit 1; }
-fi
-FUZZ_BIN=$CACHE/cargo-fuzz-$CARGO_FUZZ_VERSION/bin
-if [[ ! -x $FUZZ_BIN/cargo-fuzz ]]; then
-  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root "$CACHE/cargo-fuzz-$CARGO_FUZZ_VERSION" ||
-    { echo "cannot install cargo-fuzz" >&2; exit 1; }
-fi
-export PATH=$FUZZ_BIN:$PATH
+source "$ROOT/scripts/tools.sh"
+set +e
+ensure_cargo_fuzz || { echo "cannot install cargo-fuzz or a nightly toolchain" >&2; exit 1; }
+export PATH=$(cargo_fuzz_bin):$PATH
 # The instrumented build is kept between runs, like every other tool.
-export CARGO_TARGET_DIR=$CACHE/fuzz-target
+export CARGO_TARGET_DIR=$BERTH_CACHE/fuzz-target
 cd "$ROOT"
 cargo +nightly fuzz build || { echo "the fuzz targets do not build" >&2; exit 1; }
 
