@@ -61,10 +61,10 @@ provision() {
   ensure_cargo_fuzz
 }
 
-# Provisioning runs beside the build: on a fresh machine both are long (package and module
-# downloads and the Go builds; the workspace's compile), neither needs the other, and each leaves a
-# core idle at times (downloads, unpacking, links). Its output is shown when its stage is reached,
-# after the build; every stage that runs a tool comes after that.
+# Provisioning runs beside the build: on a fresh machine both are long, and neither needs the
+# other. Where downloads or package installs are slow this hides them behind the compile; where both
+# are bound by the CPU it costs nothing. Its output is shown when its stage is reached, after the
+# build; every stage that runs a tool comes after that.
 PROVISIONING=$(mktemp -d)
 (
   started=$SECONDS
@@ -73,11 +73,14 @@ PROVISIONING=$(mktemp -d)
   echo "provisioning took $((SECONDS - started))s, beside the build" >>"$PROVISIONING/log"
   echo "$rc" >"$PROVISIONING/rc"
 ) &
+PROVISIONING_PID=$!
 
-# provisioned: waits for the provisioning started above; its output and exit code.
+# provisioned: waits for the provisioning started above; its output and exit code (a failure if it
+# ended without one, e.g. killed).
 provisioned() {
-  while [[ ! -s $PROVISIONING/rc ]]; do sleep 1; done
+  while [[ ! -s $PROVISIONING/rc ]] && kill -0 "$PROVISIONING_PID" 2>/dev/null; do sleep 1; done
   cat "$PROVISIONING/log"
+  [[ -s $PROVISIONING/rc ]] || { echo "provisioning ended without an exit code" >&2; return 1; }
   return "$(cat "$PROVISIONING/rc")"
 }
 
@@ -90,6 +93,7 @@ LINTED=(env RUSTC_WORKSPACE_WRAPPER="$(clippy_driver)" CLIPPY_ARGS="-D__CLIPPY_H
 stage "cargo fmt --check" cargo fmt --all -- --check
 stage "clippy and build" "${LINTED[@]}" cargo build --workspace --all-targets
 stage "provision tools" provisioned
+rm -rf "$PROVISIONING"
 stage "no import circles" python3 scripts/module-cycles.py
 stage "CRDs match the Rust types" target/debug/crdgen check crds charts/berth-operator/files/crds
 stage "cargo test" "${LINTED[@]}" cargo test --workspace --no-fail-fast
