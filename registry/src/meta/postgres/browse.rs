@@ -4,8 +4,7 @@ use std::collections::HashMap;
 
 use super::errors::db_error;
 use super::{parse, query, query_opt, repo_id, size, PostgresMeta};
-use crate::meta::browse::StoredTag;
-use crate::meta::browse::{self, Browse, TagOrder, TagPage};
+use crate::meta::browse::{self, Browse, StoredTag, TagOrder, TagPage};
 use crate::meta::Result;
 use berth_core::oci::{Digest, RepoName};
 
