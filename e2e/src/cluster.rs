@@ -1,6 +1,7 @@
 //! Starting and stopping the control plane.
 //!
-//! Every process gets free loopback ports and lives under one temp directory; `Drop` stops them all
+//! Every process gets free loopback ports (`ports.rs`; a component that loses its port anyway is
+//! started again) and lives under one temp directory; `Drop` stops them all
 //! (and any pod process the kubelet left), also when a test panics.
 
 use std::os::unix::process::CommandExt;
@@ -16,7 +17,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::kubelet::provisioner::{PROVISIONER, STORAGE_CLASS};
 use crate::pki::{self, Ca, Pair};
-use crate::support::wait_until;
+use crate::ports::Picker;
 use crate::tools::{cache_dir, version};
 
 /// The process kubelet's node name and the StorageClass it provisions.
@@ -28,6 +29,8 @@ pub struct Options {
     pub kubelet: Option<KubeletBinary>,
     /// Keep the state directory here instead of a temp dir (for `make demo`).
     pub state_dir: Option<PathBuf>,
+    /// Where the components' loopback ports come from.
+    pub ports: Picker,
 }
 
 #[derive(Debug, Clone)]
@@ -53,8 +56,19 @@ pub struct ControlPlane {
     procs: Vec<Proc>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Starts of one step when a component loses its port to another process (see `ports.rs`).
+const START_ATTEMPTS: usize = 3;
+/// Lines of a component's log that an error shows (its directory goes when the cluster does).
+const LOG_TAIL_LINES: usize = 20;
+
+/// The longest one readiness check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How waiting for a component ended.
+enum Wait {
+    Ready,
+    Exited { name: &'static str, port_taken: bool },
+    TimedOut,
 }
 
 fn tool(dir: &str, name: &str) -> anyhow::Result<PathBuf> {
@@ -102,8 +116,6 @@ impl ControlPlane {
         let pki_dir = dir.join("pki");
         std::fs::create_dir_all(&pki_dir)?;
         let ca = Ca::new(&pki_dir, "berth-e2e-ca")?;
-        let api_port = free_port()?;
-        let server = format!("https://127.0.0.1:{api_port}");
         let serving = ca.issue(
             &pki_dir,
             "apiserver",
@@ -124,9 +136,7 @@ impl ControlPlane {
         let kcm = ca.issue(&pki_dir, "kcm", "system:kube-controller-manager", &[], &[], false)?;
         let (sa_key, sa_pub) = pki::service_account_keys(&pki_dir)?;
         let kubeconfig = dir.join("admin.kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_yaml(&server, &ca.pair, &admin))?;
         let kcm_kubeconfig = dir.join("kcm.kubeconfig");
-        std::fs::write(&kcm_kubeconfig, kubeconfig_yaml(&server, &ca.pair, &kcm))?;
         let hosts_file = dir.join("hosts");
         std::fs::write(&hosts_file, "127.0.0.1 localhost\n")?;
 
@@ -134,42 +144,39 @@ impl ControlPlane {
             dir: dir.clone(),
             network,
             _temp: temp,
-            kubeconfig,
-            server,
+            kubeconfig: kubeconfig.clone(),
+            server: String::new(),
             hosts_file,
             ca: ca.pair.clone(),
             procs: Vec::new(),
         };
-        let etcd_url = cp.start_etcd()?;
-        cp.start_apiserver(api_port, &etcd_url, &serving, &sa_key, &sa_pub)?;
+        let mut ports = opts.ports.clone();
+        let mut retry = false;
+        let start_api = |cp: &mut ControlPlane| {
+            let api_port = ports.port()?;
+            cp.server = format!("https://127.0.0.1:{api_port}");
+            std::fs::write(&cp.kubeconfig, kubeconfig_yaml(&cp.server, &cp.ca, &admin))?;
+            std::fs::write(&kcm_kubeconfig, kubeconfig_yaml(&cp.server, &cp.ca, &kcm))?;
+            let etcd_url = cp.start_etcd(&mut ports, std::mem::replace(&mut retry, true))?;
+            cp.start_apiserver(api_port, &etcd_url, &serving, &sa_key, &sa_pub)
+        };
+        let api_ready = || api_ready(kubeconfig.clone());
+        cp.start_step("kube-apiserver", Duration::from_secs(120), start_api, api_ready).await?;
         let client = cp.client().await?;
-        let ready = wait_until(Duration::from_secs(90), || {
-            let client = client.clone();
-            async move { client.request_text(http_get("/readyz")).await.is_ok_and(|t| t.trim() == "ok") }
-        })
-        .await;
-        if !ready {
-            bail!("kube-apiserver did not become ready: see {}", dir.join("kube-apiserver.log").display());
-        }
-        cp.start_controller_manager(&kcm_kubeconfig, &ca.pair, &sa_key)?;
         cp.storage_class(&client).await?;
         // The service-account controller creating `default` shows the controller manager works.
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-        let up = wait_until(Duration::from_secs(90), || {
+        let start_kcm = |cp: &mut ControlPlane| {
+            cp.start_controller_manager(&kcm_kubeconfig, &ca.pair, &sa_key, ports.port()?)
+        };
+        let kcm_up = || {
             let sas = sas.clone();
             async move { sas.get_opt("default").await.ok().flatten().is_some() }
-        })
-        .await;
-        if !up {
-            bail!(
-                "kube-controller-manager did not start: see {}",
-                dir.join("kube-controller-manager.log").display()
-            );
-        }
+        };
+        cp.start_step("kube-controller-manager", Duration::from_secs(90), start_kcm, kcm_up).await?;
         if let Some(kubelet) = &opts.kubelet {
-            cp.start_kubelet(kubelet)?;
             let nodes: Api<Node> = Api::all(client.clone());
-            let ready = wait_until(Duration::from_secs(60), || {
+            let node_ready = || {
                 let nodes = nodes.clone();
                 async move {
                     nodes
@@ -179,14 +186,9 @@ impl ControlPlane {
                         .flatten()
                         .is_some_and(|n| crate::support::node_ready(&n))
                 }
-            })
-            .await;
-            if !ready {
-                bail!(
-                    "berth-kubelet did not register a Ready node: see {}",
-                    dir.join("berth-kubelet.log").display()
-                );
-            }
+            };
+            let start_kubelet = |cp: &mut ControlPlane| cp.start_kubelet(kubelet);
+            cp.start_step("berth-kubelet", Duration::from_secs(60), start_kubelet, node_ready).await?;
         }
         Ok(cp)
     }
@@ -204,13 +206,101 @@ impl ControlPlane {
         Ok(())
     }
 
-    fn start_etcd(&mut self) -> anyhow::Result<String> {
-        let (client, peer) = (free_port()?, free_port()?);
+    /// Runs `spawn` and waits up to `within` for `ready`. If a component exits because another
+    /// process took its port, this step's components are stopped and started again on fresh
+    /// ports; any other exit, or a timeout, fails with the end of the log that explains it.
+    async fn start_step<S, F, Fut>(
+        &mut self,
+        component: &'static str,
+        within: Duration,
+        mut spawn: S,
+        mut ready: F,
+    ) -> anyhow::Result<()>
+    where
+        S: FnMut(&mut ControlPlane) -> anyhow::Result<()>,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let before = self.procs.len();
+        for attempt in 1..=START_ATTEMPTS {
+            spawn(self)?;
+            match self.wait_for(within, &mut ready).await {
+                Wait::Ready => return Ok(()),
+                Wait::Exited { name, port_taken: true } if attempt < START_ATTEMPTS => {
+                    tracing::warn!(
+                        component = name,
+                        attempt,
+                        "another process took its port: starting again"
+                    );
+                    while self.procs.len() > before {
+                        self.stop_newest();
+                    }
+                }
+                Wait::Exited { name, .. } => {
+                    bail!(
+                        "{name} exited while starting {component}; the end of its log:\n{}",
+                        self.log_tail(name)
+                    )
+                }
+                Wait::TimedOut => bail!(
+                    "{component} did not become ready within {within:?}; the end of its log:\n{}",
+                    self.log_tail(component)
+                ),
+            }
+        }
+        bail!("{component} lost its port {START_ATTEMPTS} times")
+    }
+
+    async fn wait_for<F, Fut>(&mut self, within: Duration, ready: &mut F) -> Wait
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = std::time::Instant::now() + within;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            if let Some(exited) = self.exited() {
+                return exited;
+            }
+            // A check that hangs (a port taken by a process that never answers) must not keep
+            // this loop from seeing the component exit.
+            if tokio::time::timeout(CHECK_TIMEOUT, ready()).await.unwrap_or(false) {
+                return Wait::Ready;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Wait::TimedOut;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// The first component that has exited, if any, and whether it lost its port.
+    fn exited(&mut self) -> Option<Wait> {
+        let name = self.procs.iter_mut().find_map(|p| p.child.try_wait().ok().flatten().map(|_| p.name))?;
+        let port_taken = self.log(name).contains("address already in use");
+        Some(Wait::Exited { name, port_taken })
+    }
+
+    fn log_tail(&self, name: &str) -> String {
+        let log = self.log(name);
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    }
+
+    /// etcd on fresh ports; `retry` clears the data the failed start left (it records the member's
+    /// old peer URL).
+    fn start_etcd(&mut self, ports: &mut Picker, retry: bool) -> anyhow::Result<String> {
+        let data = self.dir.join("etcd");
+        if retry && data.exists() {
+            std::fs::remove_dir_all(&data)?;
+        }
+        let (client, peer) = (ports.port()?, ports.port()?);
         let url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let mut cmd = Command::new(etcd_bin()?);
         cmd.arg("--data-dir")
-            .arg(self.dir.join("etcd"))
+            .arg(&data)
             .args(["--name", "berth-e2e", "--log-level", "error", "--unsafe-no-fsync"])
             .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
             .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
@@ -250,6 +340,7 @@ impl ControlPlane {
         kubeconfig: &Path,
         ca: &Pair,
         sa_key: &Path,
+        port: u16,
     ) -> anyhow::Result<()> {
         let mut cmd = Command::new(k8s_bin("kube-controller-manager")?);
         cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
@@ -260,7 +351,7 @@ impl ControlPlane {
             .arg(format!("--cluster-signing-cert-file={}", ca.cert.display()))
             .arg(format!("--cluster-signing-key-file={}", ca.key.display()))
             .args(["--use-service-account-credentials=true", "--leader-elect=false", "--controllers=*"])
-            .args(["--bind-address", "127.0.0.1", "--secure-port", &free_port()?.to_string()])
+            .args(["--bind-address", "127.0.0.1", "--secure-port", &port.to_string()])
             .args(["--concurrent-statefulset-syncs", "5", "--concurrent-job-syncs", "5"]);
         self.spawn("kube-controller-manager", cmd)
     }
@@ -339,27 +430,26 @@ impl ControlPlane {
 
     /// Stops everything, newest first: the kubelet stops its pods, then the control plane goes.
     pub fn stop(&mut self) {
-        while let Some(mut p) = self.procs.pop() {
-            let pid = p.child.id().to_string();
-            let _ = Command::new("kill")
-                .args(["-TERM", "--", &format!("-{pid}")])
-                .stderr(std::process::Stdio::null())
-                .status();
-            let deadline = std::time::Instant::now()
-                + Duration::from_secs(if p.name == "berth-kubelet" { 40 } else { 10 });
-            while std::time::Instant::now() < deadline {
-                if p.child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .stderr(std::process::Stdio::null())
-                .status();
-            let _ = p.child.wait();
+        while !self.procs.is_empty() {
+            self.stop_newest();
         }
         crate::kubelet::kill_leftovers(&self.dir.join("kubelet"));
+    }
+
+    fn stop_newest(&mut self) {
+        let Some(mut p) = self.procs.pop() else { return };
+        let pid = p.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", "--", &format!("-{pid}")]).stderr(Stdio::null()).status();
+        let deadline =
+            std::time::Instant::now() + Duration::from_secs(if p.name == "berth-kubelet" { 40 } else { 10 });
+        while std::time::Instant::now() < deadline {
+            if p.child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).stderr(Stdio::null()).status();
+        let _ = p.child.wait();
     }
 }
 
@@ -367,6 +457,16 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether the apiserver that `kubeconfig` points at answers `/readyz` with "ok".
+async fn api_ready(kubeconfig: PathBuf) -> bool {
+    let Ok(kc) = Kubeconfig::read_from(&kubeconfig) else { return false };
+    let Ok(config) = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await else {
+        return false;
+    };
+    let Ok(client) = kube::Client::try_from(config) else { return false };
+    client.request_text(http_get("/readyz")).await.is_ok_and(|t| t.trim() == "ok")
 }
 
 fn http_get(path: &'static str) -> http::Request<Vec<u8>> {

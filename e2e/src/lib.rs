@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod kubelet;
 pub mod network;
 pub mod pki;
+pub mod ports;
 pub mod support;
 pub mod tools;
 

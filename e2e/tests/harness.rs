@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use berth_e2e::cluster::KubeletBinary;
+use berth_e2e::ports::Picker;
 use berth_e2e::support::pod_ready;
 use berth_e2e::{wait_until, ControlPlane, Options, TempNamespace};
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -33,6 +34,7 @@ async fn cluster() -> ControlPlane {
             binaries: vec![("berth".into(), berth)],
         }),
         state_dir: None,
+        ..Options::default()
     };
     ControlPlane::start(opts).await.expect("control plane starts")
 }
@@ -205,4 +207,19 @@ async fn jobs_complete_and_fail_for_real_and_cronjobs_run_on_schedule() {
     })
     .await;
     assert!(scheduled, "the CronJob created a Job on schedule");
+}
+
+/// Another process may take a port between its choice and its use (see `ports.rs`): the component
+/// that loses it is started again on a fresh one, and the cluster comes up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_whose_ports_are_taken_starts_on_others() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().port();
+    // Attempt one: the apiserver and both etcd ports; attempt two: the apiserver's again.
+    let opts = Options { ports: Picker::starting_with([taken; 4]), ..Options::default() };
+    let cp = ControlPlane::start(opts).await.expect("control plane starts on other ports");
+    assert!(!cp.server.ends_with(&format!(":{taken}")), "{}", cp.server);
+    let out = cp.kubectl().unwrap().args(["get", "namespace", "default", "-o", "name"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "namespace/default");
+    drop(held);
 }

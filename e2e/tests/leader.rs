@@ -147,8 +147,7 @@ fn kubeconfig_via(cp: &ControlPlane, addr: &str, dir: &Path) -> PathBuf {
 }
 
 async fn control_plane_with_crds() -> ControlPlane {
-    let cp =
-        ControlPlane::start(Options { kubelet: None, state_dir: None }).await.expect("control plane starts");
+    let cp = ControlPlane::start(Options::default()).await.expect("control plane starts");
     let run = |args: &[&str]| {
         let out = cp.kubectl().unwrap().args(args).output().unwrap();
         assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));

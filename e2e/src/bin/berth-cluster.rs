@@ -48,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
         path: sibling("berth-kubelet")?,
         binaries: vec![("berth".into(), berth), ("berth-operator".into(), operator)],
     };
-    let cp = ControlPlane::start(Options { kubelet: Some(kubelet), state_dir }).await?;
+    let cp = ControlPlane::start(Options { kubelet: Some(kubelet), state_dir, ..Options::default() }).await?;
     let kubectl = |args: &[&str]| -> anyhow::Result<()> {
         let out = cp.kubectl()?.args(args).output()?;
         if !out.status.success() {

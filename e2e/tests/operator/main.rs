@@ -35,6 +35,7 @@ async fn cluster() -> ControlPlane {
             binaries: vec![("berth".into(), berth), ("berth-operator".into(), operator)],
         }),
         state_dir: None,
+        ..Options::default()
     };
     ControlPlane::start(opts).await.expect("control plane starts")
 }
