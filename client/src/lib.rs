@@ -21,7 +21,6 @@ use reqwest::header::{HeaderMap, ACCEPT, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
 pub mod authfile;
-pub mod challenge;
 mod error;
 mod login;
 pub mod pace;

@@ -11,8 +11,8 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 
 use crate::authfile;
-use crate::challenge::{self, Challenge};
 use crate::error::{Result, UpstreamError};
+use berth_core::auth::challenge::{self, Challenge};
 
 /// Tokens are renewed this long before they expire.
 const TOKEN_MARGIN: Duration = Duration::from_secs(15);

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| berth_registry::fuzzing::token(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| berth_core::fuzzing::token(data));

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| berth_registry::fuzzing::www_authenticate(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| berth_core::fuzzing::www_authenticate(data));

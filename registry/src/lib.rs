@@ -10,8 +10,6 @@
 
 pub mod api;
 pub mod auth;
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing;
 pub mod gc;
 pub mod meta;
 pub mod nodemirror;
@@ -24,6 +22,5 @@ pub mod storage;
 pub mod telemetry;
 pub mod tls;
 pub mod ui;
-pub mod upload_id;
 
-pub use upload_id::UploadId;
+pub use berth_core::oci::UploadId;

@@ -11,9 +11,9 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::error::{ApiError, Code};
-use super::path::Route;
 use super::state::AppState;
 use crate::auth::{parse_scope, Actions, AuthError, Authenticator, Caller, Identity, Scope};
+use berth_core::oci::route::Route;
 
 /// What a request needs: actions on repositories. (`/v2/` and `_catalog` need only a caller.)
 pub fn required(route: &Route, method: &Method) -> Vec<(String, Actions)> {

@@ -7,13 +7,13 @@
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::path::RouteError;
 use crate::meta::cache::ContentKind;
 use crate::proxy::ProxyError;
 use crate::service::ServiceError;
 use crate::storage::StorageError;
 use berth_client::UpstreamError;
 use berth_core::oci::name::ReferenceError;
+use berth_core::oci::route::RouteError;
 
 /// The spec's error codes (plus `UNKNOWN` for server faults), each with its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

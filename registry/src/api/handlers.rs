@@ -12,7 +12,6 @@ use futures_util::StreamExt;
 
 use super::error::{ApiError, Code};
 use super::parts::{header_value, query, unsupported, with_digest, Result};
-use super::path::Route;
 use super::state::AppState;
 use super::{referrers, uploads};
 use crate::auth::Caller;
@@ -21,6 +20,7 @@ use crate::meta::{ManifestRecord, Precondition};
 use crate::proxy::{Proxy, Target};
 use crate::service::{BlobRead, Listing, PushOptions, ServiceError};
 use berth_core::oci::range::parse_range;
+use berth_core::oci::route::Route;
 use berth_core::oci::{Digest, Reference, RepoName, Tag};
 
 pub(super) async fn handle(

@@ -1,7 +1,7 @@
 //! The HTTP edge: the only module that knows HTTP.
 //!
-//! One catch-all route takes every `/v2/...` request; [`path::parse`] turns the raw path into a
-//! typed [`path::Route`], a handler turns headers and query into typed values and calls one
+//! One catch-all route takes every `/v2/...` request; [`path::parse`](berth_core::oci::route::parse) turns the raw path into a
+//! typed [`Route`], a handler turns headers and query into typed values and calls one
 //! [`Registry`](crate::service::Registry) method, and [`error`] maps whatever failed to the spec's error envelope.
 
 mod admin;
@@ -11,7 +11,6 @@ mod body;
 pub mod error;
 mod handlers;
 mod parts;
-pub mod path;
 mod referrers;
 mod state;
 mod uploads;
@@ -28,9 +27,9 @@ use axum::routing::{any, get, post};
 use axum::Router;
 use tracing::Instrument;
 
+use berth_core::oci::route::{self as path, Route};
 use body::IdleLimited;
 use error::{ApiError, Code};
-use path::Route;
 pub use state::{AppState, PeerAddr, UploadsPerClient};
 
 /// The whole HTTP application; tests drive it without a socket.

@@ -10,9 +10,7 @@
 //! tokens never reach a log line, a `Debug` or an error message.
 
 pub mod htpasswd;
-mod scope;
 pub mod throttle;
-pub mod token;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -22,10 +20,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sha2::Digest as _;
 
+pub use berth_core::auth::token;
+pub use berth_core::auth::{decode_basic, parse_scope, Actions, Scope};
 use berth_core::config::auth::{Action, AuthConfig, Grant};
 use berth_core::glob::Glob;
 use htpasswd::{Htpasswd, Watched};
-pub use scope::{parse_scope, Actions, Scope};
 use throttle::{LoginGuard, LoginMetrics};
 use token::Signer;
 
@@ -262,7 +261,13 @@ impl Authenticator {
             r.hash.refresh();
         }
         if let Some(s) = &self.signer {
-            s.refresh();
+            match s.refresh() {
+                Ok(true) => tracing::info!(file = %s.path().display(), "token signing key reloaded"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "token signing key unreadable; keeping the previous one")
+                }
+            }
         }
     }
 
@@ -452,13 +457,4 @@ impl Authenticator {
         }
         v
     }
-}
-
-/// `user:password` from a Basic credential.
-pub fn decode_basic(b64: &str) -> Option<(String, String)> {
-    use base64::Engine as _;
-    let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-    let text = String::from_utf8(raw).ok()?;
-    let (user, password) = text.split_once(':')?;
-    Some((user.to_owned(), password.to_owned()))
 }

@@ -1,6 +1,6 @@
 //! What a caller may do to a repository (`Actions`), and the scopes token requests ask for.
 
-use berth_core::config::auth::Action;
+use crate::config::auth::Action;
 
 /// A set of actions on one repository.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -32,7 +32,7 @@ impl Actions {
         self.0 == 0
     }
 
-    pub(super) fn of(list: &[Action]) -> Actions {
+    pub fn of(list: &[Action]) -> Actions {
         list.iter().fold(Actions::NONE, |a, x| {
             a.union(match x {
                 Action::Pull => Actions::PULL,

@@ -8,9 +8,8 @@
 
 use percent_encoding::percent_decode_str;
 
-use crate::UploadId;
-use berth_core::oci::name::{NameError, ReferenceError};
-use berth_core::oci::{Digest, DigestError, Reference, RepoName};
+use super::name::{NameError, ReferenceError};
+use super::{Digest, DigestError, Reference, RepoName, UploadId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
 use super::scope::{Actions, Scope};
-use berth_core::config::auth::TokenConfig;
+use crate::config::auth::TokenConfig;
 
 /// Clock skew accepted between issuing and checking.
 const LEEWAY: u64 = 30;
@@ -150,7 +150,7 @@ fn load(path: &Path) -> Result<Key, String> {
 
 /// Writes a new key, readable only by its owner, without ever exposing a partial file.
 fn generate(path: &Path) -> Result<(), String> {
-    let pem = berth_core::keys::generate_token_key_pem()?;
+    let pem = crate::keys::generate_token_key_pem()?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
@@ -199,25 +199,27 @@ impl Signer {
     }
 
     /// Re-reads a configured key file that changed; the old key keeps verifying for one token
-    /// lifetime. Blocking file I/O: the server's refresh task runs it, never a request.
-    pub fn refresh(&self) {
+    /// lifetime. `Ok(true)` when a new key was loaded; an unreadable file keeps the previous key.
+    /// Blocking file I/O: the server's refresh task runs it, never a request.
+    pub fn refresh(&self) -> Result<bool, String> {
         if !self.watch {
-            return;
+            return Ok(false);
         }
         let now = stamp(&self.path);
         if self.keys.lock().map(|k| k.stamp == now).unwrap_or(true) {
-            return;
+            return Ok(false);
         }
-        match load(&self.path) {
-            Ok(next) => {
-                let Ok(mut keys) = self.keys.lock() else { return };
-                let old = std::mem::replace(&mut keys.current, next);
-                keys.previous = Some((old.pair.public_key().as_ref().to_vec(), old.kid, Instant::now()));
-                keys.stamp = now;
-                tracing::info!(file = %self.path.display(), "token signing key reloaded");
-            }
-            Err(e) => tracing::warn!(error = %e, "token signing key unreadable; keeping the previous one"),
-        }
+        let next = load(&self.path)?;
+        let mut keys = self.keys.lock().map_err(|_| "key lock poisoned".to_owned())?;
+        let old = std::mem::replace(&mut keys.current, next);
+        keys.previous = Some((old.pair.public_key().as_ref().to_vec(), old.kid, Instant::now()));
+        keys.stamp = now;
+        Ok(true)
+    }
+
+    /// The key file this signer reads.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Signs `claims` as they are (the token endpoint builds them with `issue`).
@@ -389,7 +391,7 @@ mod tests {
         let s = Signer::open(&path, false, &TokenConfig::default()).unwrap();
         let before = s.issue("alice", &[]).unwrap();
         generate(&path).unwrap();
-        s.refresh();
+        assert_eq!(s.refresh(), Ok(true), "the new key is loaded");
         let after = s.issue("alice", &[]).unwrap();
         assert_ne!(before.split('.').next(), after.split('.').next(), "a new key id");
         assert!(s.verify(&before).is_ok() && s.verify(&after).is_ok());

@@ -4,12 +4,12 @@
 
 use std::sync::OnceLock;
 
-use crate::api::path;
+use crate::auth::challenge;
 use crate::auth::token::Signer;
-use berth_client::challenge;
-use berth_core::config::auth::TokenConfig;
-use berth_core::oci::range::{parse_content_range, parse_range, RangeOutcome};
-use berth_core::oci::{manifest, Digest, Reference, RepoName, Tag};
+use crate::config::auth::TokenConfig;
+use crate::oci::range::{parse_content_range, parse_range, RangeOutcome};
+use crate::oci::route as path;
+use crate::oci::{manifest, Digest, Reference, RepoName, Tag};
 
 /// A check: returns, or panics on a broken invariant.
 pub type Check = fn(&[u8]);
@@ -118,7 +118,7 @@ pub fn token(data: &[u8]) {
 /// peer, then header values. The client found is the peer or an address the chain names; a host
 /// or URL accepted can never end a quoted header parameter or add a path.
 pub fn forwarded(data: &[u8]) {
-    use berth_core::net::{client_address, is_authority, parse_hop, Cidr, ExternalUrl};
+    use crate::net::{client_address, is_authority, parse_hop, Cidr, ExternalUrl};
     let s = text(data);
     let mut lines = s.lines();
     let trusted: Vec<Cidr> = lines.next().unwrap_or("").split(' ').filter_map(|c| c.parse().ok()).collect();
@@ -147,14 +147,14 @@ pub fn forwarded(data: &[u8]) {
 /// quotes, `*` only where one was written, and no manifest (or absence) both matches a list and
 /// does not match it.
 pub fn etags(data: &[u8]) {
-    use crate::meta::precondition::{Etags, Precondition};
+    use crate::oci::precondition::{Etags, Precondition};
     let s = text(data);
     let items = || s.lines().flat_map(|l| l.split(',')).map(str::trim);
     let Some(tags) = Etags::parse(s.lines()) else {
         assert!(items().all(str::is_empty), "{s:?} has items, but parsed as no header");
         return;
     };
-    let mut candidates = vec![None, Some(Digest::of(berth_core::oci::Algorithm::Sha256, data))];
+    let mut candidates = vec![None, Some(Digest::of(crate::oci::Algorithm::Sha256, data))];
     match &tags {
         Etags::Any => assert!(items().any(|i| i == "*"), "{s:?} gave * without one"),
         Etags::Of { strong, weak } => {

@@ -2,7 +2,7 @@
 //! failing) runs through its target's check on every `cargo test`, on stable Rust.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use berth_registry::fuzzing::TARGETS;
+use berth_core::fuzzing::TARGETS;
 
 #[test]
 fn saved_fuzz_cases_pass_their_checks() {
