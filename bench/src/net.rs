@@ -1,6 +1,6 @@
 //! Loopback ports for the servers a run starts.
 
-/// A port free on loopback right now.
+/// A port free on loopback right now, outside the range other sockets take theirs from.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(berth_core::ports::free_port()?)
 }

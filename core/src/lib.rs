@@ -10,6 +10,7 @@
 //! - [`keys`]: key material Berth generates;
 //! - [`net`]: trusted proxies, the client behind `X-Forwarded-For`, external URLs;
 //! - [`nodemirror`]: the plan a node-mirror pod turns into containerd and CRI-O files;
+//! - [`ports`]: loopback ports for the servers tests and benchmarks start;
 //! - [`text`]: quoted text cut to what a message can carry.
 
 pub mod auth;
@@ -21,4 +22,5 @@ pub mod keys;
 pub mod net;
 pub mod nodemirror;
 pub mod oci;
+pub mod ports;
 pub mod text;

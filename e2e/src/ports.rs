@@ -1,22 +1,11 @@
-//! Loopback ports for the control plane's processes.
-//!
-//! A port the kernel hands out for `bind(127.0.0.1:0)` is free only until it is released: any
-//! outgoing connection on the machine (and the suite makes thousands) may take it as its local port
-//! before the component meant to listen there binds it, and that component then exits with
-//! "address already in use". Ports are therefore drawn below the kernel's ephemeral range, which
-//! outgoing connections never use, and checked by binding them; the cluster still starts a
-//! component again on a fresh port if it loses one anyway (see `cluster.rs`).
+//! Ports for the control plane's components: free ones drawn as `berth_core::ports` draws them
+//! (below the ephemeral range, where the suite's outgoing connections cannot take them), or given
+//! ones first, which a test uses to hand out a taken port. A component that loses its port anyway
+//! is started again (see `cluster.rs`).
 
 use std::collections::VecDeque;
-use std::net::TcpListener;
-use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Where the kernel's ephemeral range cannot be read, or leaves no room below it.
-const FALLBACK: Range<u16> = 20_000..32_768;
-/// The lowest port drawn: well above the well-known and registered ports services default to.
-const LOWEST: u16 = 20_000;
-const DRAWS: usize = 200;
+use berth_core::ports::free_port;
 
 /// Hands out ports to listen on: first any given ones (tests use that to hand out a taken port),
 /// then free ports drawn at random below the ephemeral range.
@@ -34,54 +23,9 @@ impl Picker {
     pub fn port(&mut self) -> anyhow::Result<u16> {
         match self.first.pop_front() {
             Some(port) => Ok(port),
-            None => free_port(),
+            None => Ok(free_port()?),
         }
     }
-}
-
-/// A loopback port that is free now and outside the range outgoing connections take theirs from.
-pub fn free_port() -> anyhow::Result<u16> {
-    let range = below_ephemeral(std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok());
-    let span = u64::from(range.end - range.start);
-    for _ in 0..DRAWS {
-        let port = range.start + u16::try_from(next_random() % span).unwrap_or(0);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    // A crowded range: the kernel's own choice is still right far more often than not.
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// The ports below the ephemeral range that `ip_local_port_range` (`"32768\t60999"`) describes.
-fn below_ephemeral(ip_local_port_range: Option<String>) -> Range<u16> {
-    let low = ip_local_port_range
-        .as_deref()
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse::<u16>().ok());
-    match low {
-        Some(low) if low >= LOWEST + 1_000 => LOWEST..low,
-        _ => FALLBACK,
-    }
-}
-
-/// splitmix64 over a counter seeded from the clock and the process id: concurrent test processes
-/// draw different sequences.
-fn next_random() -> u64 {
-    static STATE: AtomicU64 = AtomicU64::new(0);
-    let mut state = STATE.load(Ordering::Relaxed);
-    if state == 0 {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
-        state = nanos ^ (u64::from(std::process::id()) << 32);
-        let _ = STATE.compare_exchange(0, state, Ordering::Relaxed, Ordering::Relaxed);
-    }
-    let mut z = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -89,30 +33,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ports_come_from_below_the_ephemeral_range() {
-        assert_eq!(below_ephemeral(Some("32768\t60999\n".into())), 20_000..32_768);
-        assert_eq!(below_ephemeral(Some("40000 60999".into())), 20_000..40_000);
-        // No room below, or nothing readable: the fixed range.
-        assert_eq!(below_ephemeral(Some("1024\t65535".into())), FALLBACK);
-        assert_eq!(below_ephemeral(Some("junk".into())), FALLBACK);
-        assert_eq!(below_ephemeral(None), FALLBACK);
-    }
-
-    #[test]
-    fn a_drawn_port_is_free_and_below_the_ephemeral_range() {
-        let range = below_ephemeral(std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok());
-        for _ in 0..20 {
-            let port = free_port().unwrap();
-            assert!(range.contains(&port), "{port} outside {range:?}");
-            TcpListener::bind(("127.0.0.1", port)).unwrap();
-        }
-    }
-
-    #[test]
     fn given_ports_come_first_then_free_ones() {
         let mut picker = Picker::starting_with([1, 2]);
         assert_eq!(picker.port().unwrap(), 1);
         assert_eq!(picker.port().unwrap(), 2);
-        assert!(picker.port().unwrap() >= LOWEST);
+        assert!(picker.port().unwrap() > 2);
     }
 }

@@ -17,7 +17,7 @@ pub struct Berth {
 
 impl Berth {
     pub async fn spawn(data: &Path, addr: &str, extra: &[&str]) -> Berth {
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
             .args(["serve", "--listen", addr, "--data-dir"])
             .arg(data)
             .args(extra)
@@ -31,6 +31,8 @@ impl Berth {
         })
         .await;
         assert!(up, "berth answered on {addr}");
+        // What answered must be this berth, not a server that took the port before it bound.
+        assert!(matches!(child.try_wait(), Ok(None)), "berth on {addr} exited: its port was taken?");
         Berth { child, url }
     }
 
@@ -86,9 +88,10 @@ impl Drop for Berth {
     }
 }
 
+/// A loopback address for a `berth` process to listen on (`berth_core::ports`: outside the range
+/// other sockets take their local ports from between its choice and its use).
 pub fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
+    format!("127.0.0.1:{}", berth_core::ports::free_port().unwrap())
 }
 
 /// A request body that sends `first`, then waits for more on the returned channel.

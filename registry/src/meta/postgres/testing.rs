@@ -86,10 +86,7 @@ fn start_server() -> Result<String, String> {
             return Err("as root, the server must run as the user postgres, and chown to it failed".into());
         }
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
+    let port = berth_core::ports::free_port().map_err(|e| e.to_string())?;
     let data = dir.join("data");
     // TLS on, with a certificate for 127.0.0.1 from a CA of its own ([`server_ca`]): clients
     // that prefer TLS (berth's default) get it, and tests can verify the server.

@@ -24,10 +24,7 @@ impl Drop for Minio {
 impl Minio {
     /// Starts MinIO and waits (at most 30 s) until it is ready.
     pub async fn start(bin: &Path, dir: &Path) -> Result<Minio, String> {
-        let free = || -> Result<u16, String> {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-            Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-        };
+        let free = || berth_core::ports::free_port().map_err(|e| e.to_string());
         let (port, console) = (free()?, free()?);
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let child = Command::new(bin)

@@ -101,9 +101,9 @@ impl Distribution {
                 )
             }
         };
-        // The port was free when picked, but any socket on this machine (a client's ephemeral
-        // port, another test's server) may take it before Distribution binds: then Distribution
-        // exits, and whatever holds the port must not pass for it. Start again until it is ours.
+        // The port was free when picked (and outside the range clients take theirs from), but
+        // another test's server may take it before Distribution binds: then Distribution exits,
+        // and whatever holds the port must not pass for it. Start again until it is ours.
         for _ in 0..20 {
             let port = port.unwrap_or_else(free_port);
             let url = format!("http://127.0.0.1:{port}");
@@ -167,5 +167,5 @@ impl Drop for Distribution {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    berth_core::ports::free_port().unwrap()
 }
