@@ -18,6 +18,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use crate::kubelet::provisioner::{PROVISIONER, STORAGE_CLASS};
 use crate::pki::{self, Ca, Pair};
 use crate::ports::Picker;
+use crate::support::poll_until;
 use crate::tools::{cache_dir, version};
 
 /// The process kubelet's node name and the StorageClass it provisions.
@@ -256,23 +257,23 @@ impl ControlPlane {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = std::time::Instant::now() + within;
-        let mut pause = Duration::from_millis(20);
-        loop {
-            if let Some(exited) = self.exited() {
-                return exited;
+        let outcome = poll_until(within, || {
+            // An exit is seen before the check runs; a check that hangs (a port taken by a
+            // process that never answers) is cut off, so the next round sees the exit.
+            let exited = self.exited();
+            let check = ready();
+            async move {
+                match exited {
+                    Some(exited) => Some(exited),
+                    None => tokio::time::timeout(CHECK_TIMEOUT, check)
+                        .await
+                        .unwrap_or(false)
+                        .then_some(Wait::Ready),
+                }
             }
-            // A check that hangs (a port taken by a process that never answers) must not keep
-            // this loop from seeing the component exit.
-            if tokio::time::timeout(CHECK_TIMEOUT, ready()).await.unwrap_or(false) {
-                return Wait::Ready;
-            }
-            if std::time::Instant::now() >= deadline {
-                return Wait::TimedOut;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
-        }
+        })
+        .await;
+        outcome.unwrap_or(Wait::TimedOut)
     }
 
     /// The first component that has exited, if any, and whether it lost its port.

@@ -13,14 +13,29 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    poll_until(within, || {
+        let done = check();
+        async move { done.await.then_some(()) }
+    })
+    .await
+    .is_some()
+}
+
+/// Polls `check` until it returns something or `within` passes (then `None`), pausing 20 ms at
+/// first and at most 500 ms between checks.
+pub async fn poll_until<T, F, Fut>(within: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let deadline = Instant::now() + within;
     let mut pause = Duration::from_millis(20);
     loop {
-        if check().await {
-            return true;
+        if let Some(found) = check().await {
+            return Some(found);
         }
         if Instant::now() >= deadline {
-            return false;
+            return None;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(500));
