@@ -22,8 +22,28 @@ trap cleanup EXIT
 
 on_exit() { CLEANUP+=("$1"); }
 
+# free_port: a loopback port for a server this suite starts, by berth_core::ports' rule: drawn at
+# random below the kernel's ephemeral range (which outgoing connections take their local ports
+# from, so none can take it before the server binds it) and checked by binding it.
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  python3 - <<'PY'
+import random, socket
+try:
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError, IndexError):
+    low = 0
+span = range(20000, low) if low >= 21000 else range(20000, 32768)
+# A crowded range falls back to the kernel's choice (port 0).
+for port in [random.choice(span) for _ in range(200)] + [0]:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        print(s.getsockname()[1])
+        break
+PY
 }
 
 # wait_for URL SECONDS: polls until URL answers (any HTTP status) or the deadline passes.
