@@ -381,4 +381,25 @@ async fn upload_sessions(m: &dyn MetaStore) {
     let closing = m.closing_upload(again, &blob).await.unwrap().unwrap();
     assert_eq!((closing.upload.repo, closing.parts, closing.stored), (repo("up-other"), vec![], Some(7)));
     assert!(m.delete_upload(again).await.unwrap());
+
+    // A session that never received a byte: marked, found stale, cancelled once, or closed.
+    let empty = UploadId::random();
+    m.create_upload(empty, &repo("up-empty"), 300).await.unwrap();
+    assert_eq!(m.upload_parts(empty).await.unwrap(), vec![]);
+    assert_eq!(m.stale_uploads(301, 10).await.unwrap(), vec![empty]);
+    m.touch_upload(empty, 305).await.unwrap();
+    assert_eq!(m.upload(empty).await.unwrap().map(|u| (u.received, u.updated_at)), Some((0, 305)));
+    assert!(m.stale_uploads(305, 10).await.unwrap().is_empty());
+    assert_eq!(m.count_uploads().await.unwrap(), 1);
+    assert!(m.delete_upload(empty).await.unwrap());
+    assert!(!m.delete_upload(empty).await.unwrap(), "cancelled once");
+    assert!(matches!(m.append_upload(empty, &chunk(0, 1), 3, 306).await, Err(MetaError::UploadUnknown)));
+    assert_eq!(m.upload(empty).await.unwrap(), None);
+    let whole = UploadId::random();
+    m.create_upload(whole, &repo("up-empty"), 310).await.unwrap();
+    m.finish_upload(whole, &repo("up-empty"), &digest("whole"), 3, Stored::Written).await.unwrap();
+    assert_eq!(m.upload(whole).await.unwrap(), None);
+    assert!(!m.delete_upload(whole).await.unwrap(), "closed");
+    assert_eq!(m.blob_in_repo(&repo("up-empty"), &digest("whole")).await.unwrap(), Some(3));
+    assert_eq!(m.count_uploads().await.unwrap(), 0);
 }

@@ -2,7 +2,7 @@
 //! across restarts.
 //!
 //! ```text
-//! POST /blobs/uploads/ ──► session (meta row, no bytes)
+//! POST /blobs/uploads/ ──► session (no bytes; SQLite writes its row with its first bytes)
 //! PATCH [Content-Range] ──► one storage object per chunk, written at its key (no rename):
 //!                           uploads/<hh>/<id>.<start>-<nonce>
 //!                           recorded only if the session still stood at <start> (else 416)

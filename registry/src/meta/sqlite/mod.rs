@@ -14,6 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 mod browse;
 mod cache;
 mod events;
+mod fresh;
 mod gc;
 mod manifests;
 mod multiparts;
@@ -29,6 +30,7 @@ mod usage;
 pub(crate) mod writer;
 pub(crate) use open::open_connection;
 
+use fresh::FreshUploads;
 use manifests::{
     check_references, delete_manifest_tx, delete_tag_tx, ensure_repo, link_blob_at_tx, link_blob_tx,
     manifest_tx, put_manifest_tx, record_blob, repo_id,
@@ -55,6 +57,8 @@ struct Inner {
     readers: Readers,
     /// Manifest lookups, exact because every write to tags and manifests passes through here.
     resolved: Resolved,
+    /// Upload sessions without bytes yet, and so without a row.
+    fresh: Arc<FreshUploads>,
     /// A directory of this process's own, removed with the store ([`SqliteMeta::temporary`]).
     scratch: Option<PathBuf>,
 }
@@ -122,7 +126,10 @@ impl SqliteMeta {
         let writer = Writer::start(conn, &wal, "berth-meta")
             .map_err(|e| cleanup(MetaError::Db(format!("metadata writer: {e}"))))?;
         let resolved = Resolved::new(resolved::CAPACITY);
-        Ok(SqliteMeta { inner: Arc::new(Inner { writer, readers: Readers::new(path), resolved, scratch }) })
+        let fresh = Arc::default();
+        Ok(SqliteMeta {
+            inner: Arc::new(Inner { writer, readers: Readers::new(path), resolved, fresh, scratch }),
+        })
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -136,6 +143,15 @@ impl SqliteMeta {
 
     fn resolved(&self) -> &Resolved {
         &self.inner.resolved
+    }
+
+    fn fresh(&self) -> &FreshUploads {
+        &self.inner.fresh
+    }
+
+    /// The sessions held in memory, for a write's closure.
+    fn fresh_uploads(&self) -> Arc<FreshUploads> {
+        self.inner.fresh.clone()
     }
 
     async fn write<T, F>(&self, durability: Durability, f: F) -> Result<T>
