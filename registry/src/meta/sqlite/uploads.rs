@@ -3,6 +3,9 @@
 //! client that loses it in a power loss resumes with a 416); the write that closes a session,
 //! linking its blob, is synced like every acknowledged write.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::fresh::Removed;
@@ -176,23 +179,26 @@ impl SqliteMeta {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let fresh = self.fresh_uploads();
+        // Set by the write that claimed the session and wrote its row (not by a refused one).
+        let moved = Arc::new(AtomicBool::new(false));
+        let moving = moved.clone();
         let out = self
             .write(durability, move |tx| {
-                let claimed = fresh.claim(id);
-                let out = match &claimed {
-                    Some((u, created_at)) => insert_session(tx, u, *created_at).and_then(|()| f(tx)),
-                    None => f(tx),
-                };
-                if out.is_err() && claimed.is_some() {
+                let Some((u, created_at)) = fresh.claim(id) else { return f(tx) };
+                let out = insert_session(tx, &u, created_at).and_then(|()| f(tx));
+                match out {
+                    Ok(_) => moving.store(true, Ordering::Release),
                     // The savepoint rolls the row back: the session is held in memory still.
-                    fresh.unclaim(id);
+                    Err(_) => fresh.unclaim(id),
                 }
                 out
             })
             .await;
-        // The commit that wrote a claimed session's row has ended (or failed: the session had no
-        // bytes, and its client starts another); the row alone answers from now on.
-        self.fresh().moved(id);
+        if moved.load(Ordering::Acquire) {
+            // The commit that wrote the row has ended (or failed: the session had no bytes, and
+            // its client starts another); the row alone answers from now on.
+            self.fresh().moved(id);
+        }
         out
     }
 }
@@ -281,8 +287,6 @@ fn parts(c: &Connection, id: UploadId) -> Result<Vec<UploadPart>> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     fn rows(m: &SqliteMeta) -> i64 {
