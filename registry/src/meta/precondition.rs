@@ -9,6 +9,7 @@ use berth_core::oci::Digest;
 /// What a tag of a repository (by id) names now. Parameters: repository id, tag.
 pub(crate) const TAG_NOW: &str = "SELECT digest FROM tags WHERE repository_id = $1 AND name = $2";
 /// [`TAG_NOW`], its row locked until the transaction ends (PostgreSQL).
+#[cfg(feature = "postgres")]
 pub(crate) const TAG_NOW_LOCKED: &str =
     "SELECT digest FROM tags WHERE repository_id = $1 AND name = $2 FOR UPDATE";
 
@@ -17,6 +18,7 @@ pub(crate) const NAMED_TAG_NOW: &str =
     "SELECT t.digest FROM tags t JOIN repositories r ON r.id = t.repository_id
      WHERE r.name = $1 AND t.name = $2";
 /// [`NAMED_TAG_NOW`], the tag's row locked until the transaction ends (PostgreSQL).
+#[cfg(feature = "postgres")]
 pub(crate) const NAMED_TAG_NOW_LOCKED: &str =
     "SELECT t.digest FROM tags t JOIN repositories r ON r.id = t.repository_id
      WHERE r.name = $1 AND t.name = $2 FOR UPDATE OF t";
