@@ -28,7 +28,7 @@ YAML
 start_berth --config "$WORK/berth.yml"
 R=$BERTH_ADDR
 SK=(skopeo --insecure-policy)
-blob_files() { stored_blobs "$BERTH_DIR/data/storage"; }
+blob_files() { stored_blobs "$BERTH_DIR/data"; }
 gc() { "$BERTH_BIN" gc --url "$BERTH_URL" --grace 0s --username alice --password-file "$WORK/alice.pw" "$@"; }
 push() { "${SK[@]}" copy ${3:-} --dest-tls-verify=false --dest-creds alice:alice-pw "oci:$WORK/layout:$1" "docker://$R/$2"; }
 pushed_all() { push multi gc/keep:v1 && push multiarch gc/drop:v1 --all && push multi gc/drop:multi; }
@@ -207,7 +207,7 @@ LAYER=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["layers"
 planted() {
   mkdir -p "$(dirname "$ORPHAN_FILE")" && printf 'left behind' >"$ORPHAN_FILE" &&
     touch -d '2 days ago' "$ORPHAN_FILE" &&
-    overwrite_object "$BERTH_DIR/data/storage" "blobs/sha256/${LAYER:7:2}/${LAYER#sha256:}" 'bit rot'
+    overwrite_object "$BERTH_DIR/data" "blobs/sha256/${LAYER:7:2}/${LAYER#sha256:}" 'bit rot'
 }
 scrub_dry() {
   local out

@@ -225,42 +225,41 @@ start_postgres() {
   PSQL=(psql -X -q -t -A -v ON_ERROR_STOP=1 "$PG_URL")
 }
 
-# check NAME COMMAND...: runs COMMAND, counts it, shows its output only when it fails.
-# stored_blobs STORAGE: how many blobs a filesystem store holds, files and small objects (rows of
-# its small-objects.db) both.
+# stored_blobs DATA: how many blobs the filesystem store of the data directory DATA holds, files
+# (DATA/storage) and small objects (rows of DATA/meta.db) both.
 stored_blobs() {
   python3 - "$1" <<'EOF'
 import os, sqlite3, sys
-root = sys.argv[1]
+data = sys.argv[1]
+root = os.path.join(data, "storage")
 keys = set()
 for d, _, files in os.walk(os.path.join(root, "blobs")):
     keys.update(os.path.relpath(os.path.join(d, f), root) for f in files)
-db = os.path.join(root, "small-objects.db")
-if os.path.exists(db):
-    keys.update(k for (k,) in sqlite3.connect(db, timeout=30).execute(
-        "SELECT key FROM objects WHERE key LIKE 'blobs/%'"))
+db = sqlite3.connect(os.path.join(data, "meta.db"), timeout=30)
+if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'small_objects'").fetchone():
+    keys.update(k for (k,) in db.execute("SELECT key FROM small_objects WHERE key LIKE 'blobs/%'"))
 print(len(keys))
 EOF
 }
 
-# overwrite_object STORAGE KEY BYTES: replaces what a filesystem store holds at KEY, a row or a
-# file, underneath berth (bit rot).
+# overwrite_object DATA KEY BYTES: replaces what the filesystem store of the data directory DATA
+# holds at KEY, a row or a file, underneath berth (bit rot).
 overwrite_object() {
   python3 - "$@" <<'EOF'
 import os, sqlite3, sys
-root, key, data = sys.argv[1], sys.argv[2], sys.argv[3].encode()
-db = os.path.join(root, "small-objects.db")
-if os.path.exists(db):
-    c = sqlite3.connect(db, timeout=30)
-    if c.execute("UPDATE objects SET data = ? WHERE key = ?", (data, key)).rowcount:
-        c.commit()
+data, key, value = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+db = sqlite3.connect(os.path.join(data, "meta.db"), timeout=30)
+if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'small_objects'").fetchone():
+    if db.execute("UPDATE small_objects SET data = ? WHERE key = ?", (value, key)).rowcount:
+        db.commit()
         sys.exit(0)
-path = os.path.join(root, key)
+path = os.path.join(data, "storage", key)
 os.makedirs(os.path.dirname(path), exist_ok=True)
-open(path, "wb").write(data)
+open(path, "wb").write(value)
 EOF
 }
 
+# check NAME COMMAND...: runs COMMAND, counts it, shows its output only when it fails.
 check() {
   local name=$1 out
   shift

@@ -223,9 +223,10 @@ pub enum StorageConfig {
     Filesystem {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<PathBuf>,
-        /// Objects up to this size (manifests, configs, small layers) are kept as rows of one
-        /// database in the store rather than files: durable with one shared log sync instead of
-        /// a file's and its directory's. Only beside SQLite metadata (one process's store);
+        /// Objects up to this size (manifests, configs, small layers) are kept as rows of the
+        /// SQLite metadata database rather than files: durable with the log sync of the commit
+        /// that records them instead of a file's and its directory's. Only beside SQLite
+        /// metadata (one process's store);
         /// `0` makes every new object a file (rows kept before are still read; `berth
         /// unpack-small-objects` writes them out). Default 16Ki, at most 1Mi.
         #[serde(default, skip_serializing_if = "Option::is_none", with = "size::option")]

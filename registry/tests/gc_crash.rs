@@ -165,13 +165,6 @@ async fn sigkill_mid_sweep_then_the_next_collection_finishes_the_work() {
     panic!("no attempt caught the sweep in the middle");
 }
 
-/// Copies a store as the README says: its small-object database online, then every other file.
-fn copy_store(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    online_copy(&from.join("small-objects.db"), &to.join("small-objects.db"));
-    copy_dir(from, to);
-}
-
 /// What `sqlite3 DB ".backup COPY"` does.
 fn online_copy(db: &Path, copy: &Path) {
     let db = rusqlite::Connection::open(db).unwrap();
@@ -182,9 +175,7 @@ fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap().flatten() {
         let target = to.join(e.file_name());
-        if e.file_name().to_string_lossy().starts_with("small-objects.db") {
-            continue;
-        } else if e.path().is_dir() {
+        if e.path().is_dir() {
             copy_dir(&e.path(), &target);
         } else {
             std::fs::copy(e.path(), target).unwrap();
@@ -209,7 +200,7 @@ async fn deleted_image_restores_whole(config: &str) -> bool {
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     collect(&url).await.unwrap();
     // Then the store.
-    copy_store(&dir.path().join("storage"), &backup.path().join("storage"));
+    copy_dir(&dir.path().join("storage"), &backup.path().join("storage"));
     drop(berth);
 
     let berth = Berth::spawn(backup.path(), &free_addr(), &[]).await;
@@ -231,12 +222,18 @@ async fn deleted_image_restores_whole(config: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_beside_collections_restores_whole_with_a_purge_delay() {
+    // Every object a file: small objects are rows of the database, copied with it.
+    let files = "storage:\n  kind: filesystem\n  small_objects: 0\n";
     assert!(
-        deleted_image_restores_whole("retention:\n  purge_delay: 1h\n").await,
+        deleted_image_restores_whole(&format!("{files}retention:\n  purge_delay: 1h\n")).await,
         "released bytes stay for the purge delay: the store's copy still has them"
     );
     assert!(
-        !deleted_image_restores_whole("").await,
+        !deleted_image_restores_whole(files).await,
         "without it the collection deletes them before the store is copied"
+    );
+    assert!(
+        deleted_image_restores_whole("").await,
+        "objects kept as rows are in the database's copy, whatever a collection does after it"
     );
 }

@@ -10,9 +10,11 @@ use kube::api::{Patch, PatchParams};
 async fn blob_files(cp: &ControlPlane, client: &kube::Client, ns: &str) -> usize {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let volume = claims.get("data-hub-0").await.unwrap().spec.unwrap().volume_name.unwrap();
-    let storage = cp.dir.join("kubelet/volumes").join(volume).join("storage");
-    // Files and small objects (rows of the store's database) both.
-    berth_registry::storage::fs::stored_keys(&storage, "blobs/").unwrap().len()
+    let data = cp.dir.join("kubelet/volumes").join(volume);
+    // Files and small objects (rows of the metadata database) both.
+    berth_registry::storage::fs::stored_keys(&data.join("storage"), &data.join("meta.db"), "blobs/")
+        .unwrap()
+        .len()
 }
 
 /// The Job started for `value` of the run annotation, once it exists.

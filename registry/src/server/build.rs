@@ -98,6 +98,8 @@ struct Metadata {
     usage: Arc<dyn crate::meta::usage::Usage>,
     /// Events of changes and their deliveries.
     events: Arc<dyn EventLog>,
+    /// The embedded store, which also keeps a filesystem store's small objects.
+    sqlite: Option<SqliteMeta>,
 }
 
 impl Metadata {
@@ -111,6 +113,7 @@ impl Metadata {
             collect: m.clone(),
             usage: m.clone(),
             events: m,
+            sqlite: None,
         }
     }
 }
@@ -150,11 +153,14 @@ pub async fn contract_schema(config: &Config) -> Result<(i32, i32), ServeError> 
 /// Writes the small objects of the configured filesystem store out as files (for an older Berth,
 /// which reads only files); returns how many.
 pub async fn unpack_small_objects(config: &Config) -> Result<u64, ServeError> {
-    let Some(path) = config.storage_path() else {
-        return Err(ServeError::Config("storage: only a filesystem store keeps small objects".into()));
+    let (Some(path), Some(db)) = (config.storage_path(), config.sqlite_path()) else {
+        return Err(ServeError::Config(
+            "storage: only a filesystem store with SQLite metadata keeps small objects".into(),
+        ));
     };
     let storage = |source| ServeError::Storage { path: path.display().to_string(), source };
-    let fs = FsStorage::open(&path).and_then(|fs| fs.with_small_objects(0)).map_err(storage)?;
+    let meta = SqliteMeta::open(db)?;
+    let fs = FsStorage::open(&path).map_err(storage)?.with_small_objects(0, &meta).await.map_err(storage)?;
     fs.unpack_small_objects().await.map_err(|e| storage(std::io::Error::other(e)))
 }
 
@@ -162,11 +168,11 @@ pub async fn unpack_small_objects(config: &Config) -> Result<u64, ServeError> {
 async fn open_metadata(config: &Config) -> Result<Metadata, ServeError> {
     match &config.metadata {
         MetadataConfig::Sqlite { .. } => {
-            let meta = Arc::new(match config.sqlite_path() {
+            let meta = match config.sqlite_path() {
                 Some(path) => SqliteMeta::open(path)?,
                 None => SqliteMeta::temporary()?,
-            });
-            Ok(Metadata::of(meta))
+            };
+            Ok(Metadata { sqlite: Some(meta.clone()), ..Metadata::of(Arc::new(meta)) })
         }
         #[cfg(feature = "postgres")]
         MetadataConfig::Postgres { url_file, max_connections, ca_file, contract } => {
@@ -196,19 +202,21 @@ async fn open_metadata(config: &Config) -> Result<Metadata, ServeError> {
 /// Opens storage and metadata as configured and wires up the application state.
 pub async fn build_state(config: &Config) -> Result<AppState, ServeError> {
     let metrics = Arc::new(Metrics::new());
-    let Metadata { meta, cache, multiparts, collect, usage, events: event_log } =
+    let Metadata { meta, cache, multiparts, collect, usage, events: event_log, sqlite } =
         open_metadata(config).await?;
     let mut journaled = None;
     let storage: Arc<dyn Storage> = match (&config.storage, config.storage_path()) {
         (StorageConfig::Filesystem { small_objects, .. }, Some(path)) => {
-            // Rows only where one process owns the store: beside SQLite metadata.
-            let small = match config.metadata {
-                MetadataConfig::Sqlite { .. } => small_objects.unwrap_or(fs::SMALL_OBJECTS_DEFAULT),
-                MetadataConfig::Postgres { .. } => 0,
+            let error = |source| ServeError::Storage { path: path.display().to_string(), source };
+            let fs = FsStorage::open(&path).map_err(error)?;
+            // Rows only where one process owns the store: in SQLite metadata.
+            let fs = match &sqlite {
+                Some(db) => {
+                    let small = small_objects.unwrap_or(fs::SMALL_OBJECTS_DEFAULT);
+                    fs.with_small_objects(small, db).await.map_err(error)?
+                }
+                None => fs.without_small_objects().map_err(error)?,
             };
-            let fs = FsStorage::open(&path)
-                .and_then(|fs| fs.with_small_objects(small))
-                .map_err(|source| ServeError::Storage { path: path.display().to_string(), source })?;
             Arc::new(fs)
         }
         (StorageConfig::S3(s3), _) => {

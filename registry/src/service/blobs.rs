@@ -119,7 +119,7 @@ impl Registry {
         digest: &Digest,
         size: u64,
     ) -> Result<()> {
-        writer.commit(&layout::blob(digest)).await?;
+        writer.commit_then_record(&layout::blob(digest)).await?;
         self.record_written(repo, digest, size).await
     }
 

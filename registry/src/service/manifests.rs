@@ -6,7 +6,7 @@ use super::error::{Result, ServiceError};
 use super::registry::Registry;
 use crate::meta::{Condition, ManifestRecord, NewEvent, NewManifest, Page, Precondition, Stored};
 use crate::notify::{Origin, Pushed};
-use crate::storage::{layout, put_all, read_all, StorageError};
+use crate::storage::{layout, put_all_then_record, read_all, StorageError};
 use berth_core::config::notifications::EventKind;
 use berth_core::oci::manifest::{self, ManifestError};
 use berth_core::oci::{Algorithm, Descriptor, Digest, Reference, RepoName, Tag};
@@ -151,7 +151,7 @@ impl Registry {
         let stored = if self.meta.blob_size(digest).await? == Some(size) {
             Stored::Assumed
         } else {
-            put_all(self.storage.as_ref(), &key, body.clone()).await?;
+            put_all_then_record(self.storage.as_ref(), &key, body.clone()).await?;
             Stored::Written
         };
         let annotations = match &parsed.annotations {
@@ -199,7 +199,7 @@ impl Registry {
         };
         if !recorded {
             // A purge took the bytes: they are in hand, so write them again.
-            put_all(self.storage.as_ref(), &key, body.clone()).await?;
+            put_all_then_record(self.storage.as_ref(), &key, body.clone()).await?;
             let record = |stored| self.meta.put_manifest(NewManifest { stored, ..m.clone() });
             if !self.record_past_purge(digest, size, Stored::Written, record).await? {
                 return Err(ServiceError::gone(digest));

@@ -29,7 +29,7 @@ use super::error::{Result, ServiceError};
 use super::in_use::InUse;
 use super::registry::{copy_body, repo_matches, BodyStream, Registry};
 use crate::meta::{now, Appended, Closing, Stored, Upload, UploadPart};
-use crate::storage::{layout, put_all};
+use crate::storage::{layout, put_all_then_record};
 use crate::UploadId;
 use berth_core::oci::range::ChunkRange;
 use berth_core::oci::{Algorithm, Digest, Hasher, RepoName};
@@ -195,7 +195,8 @@ impl Registry {
                 "uploaded content has digest {actual}, not {digest}"
             )));
         }
-        writer.commit(&layout::blob(digest)).await?;
+        // Every caller links it next.
+        writer.commit_then_record(&layout::blob(digest)).await?;
         Ok(size)
     }
 
@@ -370,14 +371,14 @@ impl Registry {
         Ok(())
     }
 
-    /// Makes the verified bytes of `u` the blob `digest`.
+    /// Makes the verified bytes of `u` the blob `digest`, which the caller links next.
     async fn publish(&self, u: &Upload, parts: &[UploadPart], digest: &Digest) -> Result<Published> {
         let target = layout::blob(digest);
         let part_key = |p: &UploadPart| layout::upload_part(&u.id, p.start, &p.nonce);
         match parts {
-            [] => put_all(self.storage.as_ref(), &target, bytes::Bytes::new()).await?,
+            [] => put_all_then_record(self.storage.as_ref(), &target, bytes::Bytes::new()).await?,
             [only] => {
-                self.storage.rename(&part_key(only), &target).await?;
+                self.storage.rename_then_record(&part_key(only), &target).await?;
                 return Ok(Published::Moved);
             }
             parts => {
@@ -388,7 +389,7 @@ impl Registry {
                         writer.write(chunk.map_err(crate::storage::StorageError::Io)?).await?;
                     }
                 }
-                writer.commit(&target).await?;
+                writer.commit_then_record(&target).await?;
             }
         }
         Ok(Published::Copied)

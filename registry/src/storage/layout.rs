@@ -11,8 +11,8 @@
 //!         ├── <upload-id>.<start offset, 20 digits>-<nonce>   one object per chunk received
 //!         └── <upload-id>.assembled      on object stores: the session's multipart upload
 //! ```
-//! The filesystem backend adds `tmp/` beside these for objects being written, and
-//! `small-objects.db`, whose rows are the objects of a few KiB at these same keys (`fs::small`).
+//! The filesystem backend adds `tmp/` beside these for objects being written; objects of a few
+//! KiB are rows of the SQLite metadata database at these same keys instead (`fs::small`).
 //!
 //! A blob is at its digest's key unless its row in the metadata store names another
 //! (`blobs.location`): on object stores, a blob pushed in pieces stays in its upload's object

@@ -113,6 +113,12 @@ pub trait Storage: Send + Sync + 'static {
     /// object is whole at `to` (or still at `from`), even if it was committed unsynced.
     async fn rename(&self, from: &Key, to: &Key) -> Result<(), StorageError>;
 
+    /// [`Storage::rename`] for an object the caller records in the metadata store next (a blob it
+    /// links): see [`ObjectWriter::commit_then_record`].
+    async fn rename_then_record(&self, from: &Key, to: &Key) -> Result<(), StorageError> {
+        self.rename(from, to).await
+    }
+
     /// Removes an object; removing a missing one is not an error.
     async fn delete(&self, key: &Key) -> Result<(), StorageError>;
 
@@ -236,6 +242,16 @@ pub trait ObjectWriter: Send {
     async fn commit_unsynced(self: Box<Self>, key: &Key) -> Result<(), StorageError> {
         self.commit(key).await
     }
+
+    /// [`ObjectWriter::commit`] for an object the caller records in the metadata store next, with
+    /// a synced write, whatever happens (a blob it links, a manifest it stores): the object need
+    /// only be durable once that record is. A store that keeps it in the metadata store's own log
+    /// (small objects beside SQLite metadata, `fs::small`) commits it there without waiting for
+    /// the disk, and the record's synced commit, later in the same log, makes both durable with
+    /// one flush. Every other store commits durably, as `commit` does.
+    async fn commit_then_record(self: Box<Self>, key: &Key) -> Result<(), StorageError> {
+        self.commit(key).await
+    }
 }
 
 /// Reads a whole (small) object into memory.
@@ -253,4 +269,11 @@ pub async fn put_all(storage: &dyn Storage, key: &Key, data: Bytes) -> Result<()
     let mut w = storage.writer().await?;
     w.write(data).await?;
     w.commit(key).await
+}
+
+/// [`put_all`] for an object the caller records next ([`ObjectWriter::commit_then_record`]).
+pub async fn put_all_then_record(storage: &dyn Storage, key: &Key, data: Bytes) -> Result<(), StorageError> {
+    let mut w = storage.writer().await?;
+    w.write(data).await?;
+    w.commit_then_record(key).await
 }

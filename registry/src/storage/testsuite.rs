@@ -110,6 +110,19 @@ async fn rename_and_delete(s: &dyn Storage) {
     s.delete(&to).await.unwrap();
     assert_eq!(s.stat(&to).await.unwrap(), None);
     s.delete(&to).await.unwrap();
+    // As a blob the caller records next is moved and written: visible at once, the same way.
+    put_all(s, &from, Bytes::from_static(b"renamed")).await.unwrap();
+    s.rename_then_record(&from, &to).await.unwrap();
+    assert_eq!(s.stat(&from).await.unwrap(), None);
+    assert_eq!(read_all(s, &to).await.unwrap(), Bytes::from_static(b"renamed"));
+    let written = key_for(b"written, recorded next");
+    crate::storage::put_all_then_record(s, &written, Bytes::from_static(b"written, recorded next"))
+        .await
+        .unwrap();
+    assert_eq!(read_all(s, &written).await.unwrap(), Bytes::from_static(b"written, recorded next"));
+    for key in [&to, &written] {
+        s.delete(key).await.unwrap();
+    }
 }
 
 /// Written at their own keys (an upload's chunks): whole there once committed, synced or not; gone

@@ -374,6 +374,13 @@ impl Storage for Instrumented {
         r
     }
 
+    async fn rename_then_record(&self, from: &Key, to: &Key) -> Result<(), StorageError> {
+        let t = Instant::now();
+        let r = self.inner.rename_then_record(from, to).await;
+        self.metrics.time_op("rename_then_record", t, &r);
+        r
+    }
+
     async fn delete(&self, key: &Key) -> Result<(), StorageError> {
         let t = Instant::now();
         let r = self.inner.delete(key).await;
@@ -477,6 +484,14 @@ impl ObjectWriter for InstrumentedWriter {
         let metrics = self.metrics.clone();
         let r = self.inner.commit_unsynced(key).await;
         metrics.time_op("commit_unsynced", t, &r);
+        r
+    }
+
+    async fn commit_then_record(self: Box<Self>, key: &Key) -> Result<(), StorageError> {
+        let t = Instant::now();
+        let metrics = self.metrics.clone();
+        let r = self.inner.commit_then_record(key).await;
+        metrics.time_op("commit_then_record", t, &r);
         r
     }
 }

@@ -47,10 +47,10 @@ impl TestServer {
     /// A server over an existing data directory (for restart tests).
     pub async fn start_in(data: &Path, limits: Limits) -> TestServer {
         let metrics = Arc::new(Metrics::new());
-        let storage = Arc::new(
-            FsStorage::open(data.join("storage")).unwrap().with_small_objects(SMALL_OBJECTS_DEFAULT).unwrap(),
-        );
-        let meta = Arc::new(SqliteMeta::open(data.join("meta.db")).unwrap());
+        let meta = SqliteMeta::open(data.join("meta.db")).unwrap();
+        let storage = FsStorage::open(data.join("storage")).unwrap();
+        let storage = Arc::new(storage.with_small_objects(SMALL_OBJECTS_DEFAULT, &meta).await.unwrap());
+        let meta = Arc::new(meta);
         let registry = Arc::new(Registry::new(metrics.instrument(storage), meta, limits));
         let config = Config { data_dir: data.to_path_buf(), ..Config::default() };
         let state = AppState::new(registry, metrics, &config).unwrap();
@@ -117,11 +117,11 @@ impl TestServer {
 }
 
 /// The objects a store in `data/storage` holds under `data/<dir>` (`storage/blobs`), files and
-/// small objects (rows) both, at the paths they have (or would have) as files.
+/// small objects (rows of `data/meta.db`) both, at the paths they have (or would have) as files.
 pub fn stored_under(data: &Path, dir: &str) -> Vec<PathBuf> {
     let storage = data.join("storage");
     let prefix = format!("{}/", dir.strip_prefix("storage/").expect("a directory of the store"));
-    let keys = berth_registry::storage::fs::stored_keys(&storage, &prefix).unwrap();
+    let keys = berth_registry::storage::fs::stored_keys(&storage, &data.join("meta.db"), &prefix).unwrap();
     keys.into_iter().map(|k| storage.join(k)).collect()
 }
 

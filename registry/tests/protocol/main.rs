@@ -333,7 +333,7 @@ async fn health_ready_and_metrics() {
         "berth_http_requests_total{endpoint=\"upload_start\",method=\"POST\",status=\"201\"} 1",
         "berth_upload_sessions 1",
         "berth_http_received_bytes_total 7",
-        "berth_storage_operation_duration_seconds_count{operation=\"commit\",outcome=\"ok\"}",
+        "berth_storage_operation_duration_seconds_count{operation=\"commit_then_record\",outcome=\"ok\"}",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }

@@ -54,7 +54,7 @@ pub struct SqliteMeta {
 
 struct Inner {
     writer: Writer,
-    readers: Readers,
+    readers: Arc<Readers>,
     /// Manifest lookups, exact because every write to tags and manifests passes through here.
     resolved: Resolved,
     /// Upload sessions without bytes yet, and so without a row.
@@ -128,7 +128,13 @@ impl SqliteMeta {
         let resolved = Resolved::new(resolved::CAPACITY);
         let fresh = Arc::default();
         Ok(SqliteMeta {
-            inner: Arc::new(Inner { writer, readers: Readers::new(path), resolved, fresh, scratch }),
+            inner: Arc::new(Inner {
+                writer,
+                readers: Arc::new(Readers::new(path)),
+                resolved,
+                fresh,
+                scratch,
+            }),
         })
     }
 
@@ -139,6 +145,13 @@ impl SqliteMeta {
     {
         let inner = self.inner.clone();
         run_blocking(move || inner.readers.with(f)).await
+    }
+
+    /// The database's one writer and its reading connections, for the small objects of a
+    /// filesystem store kept in it (`storage::fs::small`): a row committed without waiting for the
+    /// disk is durable once a synced metadata write that follows it in the same log is.
+    pub(crate) fn log(&self) -> (Writer, Arc<Readers>) {
+        (self.inner.writer.clone(), self.inner.readers.clone())
     }
 
     fn resolved(&self) -> &Resolved {

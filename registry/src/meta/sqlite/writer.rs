@@ -94,7 +94,8 @@ struct Job {
     work: Box<dyn Work>,
 }
 
-/// Hands writes to the writer thread; the threads end when this is dropped.
+/// Hands writes to the writer thread; the threads end when the last clone is dropped.
+#[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
 }

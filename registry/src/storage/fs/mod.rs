@@ -5,8 +5,8 @@
 //! `rename(tmp, final)` and an fsync of every directory the rename needed (the ones it created
 //! and the one that now names it): after a crash an object is either whole at its key or absent.
 //! Whatever is left in `tmp/` by a crash is removed when the backend is opened. Objects of a few
-//! KiB may instead be rows of a database in the root ([`small`]), which every call here looks at
-//! first, in the same trip to the blocking pool.
+//! KiB may instead be rows of the SQLite metadata database ([`small`]), which every call here looks
+//! at first, in the same trip to the blocking pool.
 //!
 //! No thread waits on a client. Reads and writes go to the blocking pool one disk operation at a
 //! time (a `pread` of the next chunk when the client asks for it, a vectored write of the next
@@ -24,6 +24,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{ByteStream, Key, Listed, ObjectWriter, Storage, StorageError};
+use crate::meta::sqlite::SqliteMeta;
 
 mod place;
 mod small;
@@ -31,7 +32,7 @@ mod writer;
 
 use place::{blocking, place_synced};
 pub use small::DEFAULT_MAX as SMALL_OBJECTS_DEFAULT;
-use small::{Durability, Small, SmallFirst};
+use small::{Commit, Durability, Small, SmallFirst};
 pub(crate) use writer::Appender;
 use writer::FsWriter;
 
@@ -60,13 +61,34 @@ impl FsStorage {
         Ok(FsStorage { root, tmp, small: None })
     }
 
-    /// Keeps objects of at most `max` bytes as rows of a database in the root instead of files
-    /// ([`small`]). With 0 every new object is a file, but the rows an earlier run kept are still
-    /// read (and removed when deleted). Only one process may use a store that keeps rows.
-    pub fn with_small_objects(mut self, max: u64) -> io::Result<FsStorage> {
-        if max > 0 || self.root.join(small::FILE).exists() {
-            let max = usize::try_from(max).map_err(io::Error::other)?;
-            self.small = Some(Arc::new(Small::open(&self.root, max)?));
+    /// Keeps objects of at most `max` bytes as rows of `meta`'s database instead of files
+    /// ([`small`]), moving in the rows of an older Berth's `small-objects.db` in the root. With 0
+    /// every new object is a file, but the rows kept before are still read (and removed when
+    /// deleted). Only one process may use a store that keeps rows.
+    pub async fn with_small_objects(mut self, max: u64, meta: &SqliteMeta) -> io::Result<FsStorage> {
+        let max = usize::try_from(max).map_err(io::Error::other)?;
+        let io = |e: StorageError| match e {
+            StorageError::Io(e) => e,
+            e => io::Error::other(e),
+        };
+        let small = Arc::new(Small::open(&self.root, meta, max).await.map_err(io)?);
+        // Rows off and none kept: no call looks for one.
+        let s = small.clone();
+        if max > 0 || blocking(move || s.holds_any()).await.map_err(io)? {
+            self.small = Some(small);
+        }
+        Ok(self)
+    }
+
+    /// Keeps no object as a row (metadata other than SQLite's): refuses a store in which an older
+    /// Berth kept some in `small-objects.db`, which only a Berth with SQLite metadata reads.
+    pub fn without_small_objects(self) -> io::Result<FsStorage> {
+        if self.root.join(small::OLD_FILE).exists() {
+            return Err(io::Error::other(format!(
+                "{} holds small objects only a Berth with SQLite metadata reads: run `berth \
+                 unpack-small-objects` with that configuration first",
+                self.root.join(small::OLD_FILE).display()
+            )));
         }
         Ok(self)
     }
@@ -80,6 +102,31 @@ impl FsStorage {
         match &self.small {
             Some(small) if small.max() > 0 => Box::new(SmallFirst::new(small.clone(), Box::new(file))),
             _ => Box::new(file),
+        }
+    }
+
+    /// Moves an object: a row within the database (committed as `how` says), a file durably.
+    async fn rename_with(&self, from: &Key, to: &Key, how: Commit) -> Result<(), StorageError> {
+        let (from_path, to_path, small) = (self.path(from), self.path(to), self.small.clone());
+        let (from_key, to_key) = (from.clone(), to.clone());
+        // `Some(row at to)` once a file moved; `None` when `from` is a row.
+        let moved = blocking(move || {
+            if row_size(small.as_ref(), &from_key)?.is_some() {
+                return Ok(None);
+            }
+            place_synced(&from_path, &to_path)?;
+            Ok(Some(row_size(small.as_ref(), &to_key)?.is_some()))
+        })
+        .await
+        .map_err(|e| match e {
+            StorageError::Io(e) if e.kind() == io::ErrorKind::NotFound => StorageError::NotFound,
+            e => e,
+        })?;
+        match (moved, &self.small) {
+            (None, Some(small)) => small.rename(from, to, how.row()).await,
+            // The file is there now: the row it replaces goes, not to shadow it.
+            (Some(true), Some(small)) => small.delete(to, how.row()).await,
+            _ => Ok(()),
         }
     }
 
@@ -115,16 +162,16 @@ fn row_size(small: Option<&Arc<Small>>, key: &Key) -> io::Result<Option<u64>> {
     small.map(|s| s.size(key)).transpose().map(Option::flatten)
 }
 
-/// The keys of every object under `prefix` (`blobs/`, `uploads/`) in the store at `root`, files and
-/// rows both, sorted: what tests count, reading a store a server may be using (nothing is opened
-/// for writing).
+/// The keys of every object under `prefix` (`blobs/`, `uploads/`) in the store at `root` whose
+/// small objects are rows of the metadata database `meta`, files and rows both, sorted: what
+/// tests count, reading a store a server may be using (nothing is opened for writing).
 #[cfg(any(test, feature = "testing"))]
-pub fn stored_keys(root: &Path, prefix: &str) -> io::Result<Vec<String>> {
+pub fn stored_keys(root: &Path, meta: &Path, prefix: &str) -> io::Result<Vec<String>> {
     let mut out = Vec::new();
     walk(root, &root.join(prefix), prefix, &mut out)?;
     let mut keys: Vec<String> = out.into_iter().map(|l| l.key.0).collect();
-    if root.join(small::FILE).exists() {
-        keys.extend(small::keys_read_only(&root.join(small::FILE), prefix)?.into_iter().map(|k| k.0));
+    if meta.exists() {
+        keys.extend(small::keys_read_only(meta, prefix)?.into_iter().map(|k| k.0));
     }
     keys.sort();
     keys.dedup();
@@ -231,27 +278,11 @@ impl Storage for FsStorage {
     }
 
     async fn rename(&self, from: &Key, to: &Key) -> Result<(), StorageError> {
-        let (from_path, to_path, small) = (self.path(from), self.path(to), self.small.clone());
-        let (from_key, to_key) = (from.clone(), to.clone());
-        // `Some(row at to)` once a file moved; `None` when `from` is a row.
-        let moved = blocking(move || {
-            if row_size(small.as_ref(), &from_key)?.is_some() {
-                return Ok(None);
-            }
-            place_synced(&from_path, &to_path)?;
-            Ok(Some(row_size(small.as_ref(), &to_key)?.is_some()))
-        })
-        .await
-        .map_err(|e| match e {
-            StorageError::Io(e) if e.kind() == io::ErrorKind::NotFound => StorageError::NotFound,
-            e => e,
-        })?;
-        match (moved, &self.small) {
-            (None, Some(small)) => small.rename(from, to).await,
-            // The file is there now: the row it replaces must not shadow it after a crash.
-            (Some(true), Some(small)) => small.delete(to, Durability::Synced).await,
-            _ => Ok(()),
-        }
+        self.rename_with(from, to, Commit::Durable).await
+    }
+
+    async fn rename_then_record(&self, from: &Key, to: &Key) -> Result<(), StorageError> {
+        self.rename_with(from, to, Commit::ThenRecord).await
     }
 
     /// Removes the object. A file's directory stays: every directory the layout makes is one of
