@@ -278,7 +278,7 @@ fn rows_under(c: &Connection, prefix: &str) -> rusqlite::Result<Vec<Listed>> {
 /// Up to [`MOVE_BATCH`] rows of an old database, in key order after `after`: none if it has no
 /// table of objects.
 fn old_rows(c: &Connection, after: &str) -> rusqlite::Result<Vec<(String, Vec<u8>, i64)>> {
-    if !c.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'objects'")?.exists([])? {
+    if !has_table(c, "objects")? {
         return Ok(Vec::new());
     }
     let mut s = c.prepare("SELECT key, data, modified FROM objects WHERE key > ?1 ORDER BY key LIMIT ?2")?;
@@ -291,15 +291,16 @@ fn old_rows(c: &Connection, after: &str) -> rusqlite::Result<Vec<(String, Vec<u8
 pub(super) fn keys_read_only(path: &Path, prefix: &str) -> io::Result<Vec<Key>> {
     let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
     let conn = Connection::open_with_flags(path, flags).map_err(io::Error::other)?;
-    let table = conn
-        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'small_objects'")
-        .and_then(|mut s| s.exists([]))
-        .map_err(io::Error::other)?;
-    if !table {
+    if !has_table(&conn, "small_objects").map_err(io::Error::other)? {
         return Ok(Vec::new());
     }
     let rows = rows_under(&conn, prefix).map_err(io::Error::other)?;
     Ok(rows.into_iter().map(|l| l.key).collect())
+}
+
+/// Whether the database has a table `name`.
+fn has_table(c: &Connection, name: &str) -> rusqlite::Result<bool> {
+    c.prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?.exists([name])
 }
 
 /// A full disk stays a full disk (the client hears 507); anything else is an I/O failure.
